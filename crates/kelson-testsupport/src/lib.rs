@@ -1,0 +1,1 @@
+//! kelson-testsupport

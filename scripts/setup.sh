@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Kelson's build and tests need. Idempotent; run as root.
+#   build:  protobuf-compiler (raft, tonic-build), libclang-dev (bindgen for librocksdb-sys),
+#           librocksdb-dev (we link RocksDB 7.8.3 from Debian instead of building it: ~10 min saved)
+#   tests:  etcd-server + etcd-client (compatibility oracle and benchmark peer), dbus (private bus),
+#           python3 (linearizability checker input), and the node runtime for later issues.
+set -euo pipefail
+pkgs=(protobuf-compiler libclang-dev clang librocksdb-dev pkg-config
+      etcd-server etcd-client dbus
+      containerd runc containernetworking-plugins nftables busybox-static iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian starts etcd as a service on install; Kelson's tests start their own.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+  pkill -x etcd 2>/dev/null || true
+else
+  echo "setup: all packages present"
+fi
