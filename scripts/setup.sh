@@ -5,7 +5,7 @@
 #   tests:  etcd-server + etcd-client (compatibility oracle and benchmark peer), dbus (private bus),
 #           python3 (linearizability checker input), and the node runtime for later issues.
 set -euo pipefail
-pkgs=(protobuf-compiler libclang-dev clang librocksdb-dev pkg-config
+pkgs=(protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev pkg-config
       etcd-server etcd-client dbus
       containerd runc containernetworking-plugins nftables busybox-static iproute2)
 missing=()

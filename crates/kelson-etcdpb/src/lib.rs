@@ -16,10 +16,16 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
-/// Kelson-internal messages: the request replicated through Raft and its response.
-pub mod internal {
-    tonic::include_proto!("kelson.kv.v1");
+/// Kelson-internal messages (package `kelson.kv.v1`), nested as prost's paths expect.
+pub mod kelson {
+    pub mod kv {
+        pub mod v1 {
+            tonic::include_proto!("kelson.kv.v1");
+        }
+    }
 }
+/// Kelson-internal messages: the request replicated through Raft and its response.
+pub use kelson::kv::v1 as internal;
 
 pub use etcdserverpb::*;
 pub use mvccpb::{event::EventType, Event, KeyValue};
