@@ -1,0 +1,259 @@
+//! The watcher hub: the one place committed events enter the watch layer.
+//!
+//! Design (the "pull" model). The store calls [`WatchHub::publish`] after every durable batch.
+//! `publish` appends the batch, shared behind an `Arc`, to a bounded in-memory ring of recent
+//! revisions and bumps a `tokio::sync::watch` revision signal; it does no per-watcher work, so
+//! the raft loop that calls it never waits on a watcher. Each watch stream owns a task that wakes
+//! on the signal and *pulls*: for every watcher it reads the events after that watcher's next
+//! revision, either from the ring (the watcher is "synced": everything it has not seen is still
+//! in memory, shared by all watchers, so 1000 watchers cost one copy of the batch) or, when the
+//! watcher starts in the past or fell behind the ring because its client was slow, from
+//! [`EventSource::events`] in bounded batches ("unsynced" catch-up). Since a watcher is just a
+//! next-revision cursor, moving between the two states cannot produce a gap or a duplicate:
+//! both paths return exactly the events with `mod_revision >= next_rev`, and the cursor moves
+//! past whatever was read.
+//!
+//! The ring covers the revision interval `(base, current]`: evicting the oldest batch moves
+//! `base` up to that batch's last revision. A read with `next_rev > base` is served from memory.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use kelson_etcdpb::mvccpb::Event;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::source::{EventSource, WatchSourceError};
+
+/// Tuning of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events kept in memory for synced watchers (the newest batch is kept whatever its size).
+    /// A watcher whose client lags further behind catches up from the store instead.
+    pub ring_events: usize,
+    /// Events read from the store per catch-up call (see the batching contract of
+    /// [`EventSource::events`]); bounds the memory one lagging watcher can pin.
+    pub catchup_batch: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            ring_events: 16 * 1024,
+            catchup_batch: 1000,
+        }
+    }
+}
+
+/// One `publish` call: the events of the revisions `(after_rev, to_rev]`.
+#[derive(Debug)]
+struct Batch {
+    to_rev: i64,
+    events: Arc<Vec<Event>>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    batches: VecDeque<Batch>,
+    events: usize,
+    /// Every event with `mod_revision > base` (and `<= current`) is in `batches`.
+    base: i64,
+    current: i64,
+}
+
+/// Events read for one watcher: all events with `from <= mod_revision <= upto`.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) from: i64,
+    pub(crate) upto: i64,
+    /// Whether the chunk was served from the store rather than the ring (for tests/metrics).
+    pub(crate) from_store: bool,
+    data: ChunkData,
+}
+
+#[derive(Debug)]
+enum ChunkData {
+    Ring(Vec<Arc<Vec<Event>>>),
+    Store(Vec<Event>),
+}
+
+impl Chunk {
+    /// The chunk's events in revision order, restricted to `[from, upto]` (a ring batch may hold
+    /// revisions the watcher has already seen when it joined in the middle of it).
+    pub(crate) fn events(&self) -> impl Iterator<Item = &Event> + '_ {
+        let (from, upto) = (self.from, self.upto);
+        let all: Box<dyn Iterator<Item = &Event> + '_> = match &self.data {
+            ChunkData::Ring(batches) => Box::new(batches.iter().flat_map(|b| b.iter())),
+            ChunkData::Store(events) => Box::new(events.iter()),
+        };
+        all.filter(move |e| {
+            let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            rev >= from && rev <= upto
+        })
+    }
+}
+
+/// Fan-out point between the store and every watch stream. See the module docs.
+pub struct WatchHub {
+    source: Arc<dyn EventSource>,
+    config: HubConfig,
+    ring: RwLock<Ring>,
+    signal: watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for WatchHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ring = self.ring.read();
+        f.debug_struct("WatchHub")
+            .field("current", &ring.current)
+            .field("ring_base", &ring.base)
+            .field("ring_events", &ring.events)
+            .finish()
+    }
+}
+
+impl WatchHub {
+    /// A hub over `source` with default tuning, starting at the source's current revision.
+    pub fn new(source: Arc<dyn EventSource>) -> Arc<WatchHub> {
+        Self::with_config(source, HubConfig::default())
+    }
+
+    /// A hub with explicit tuning.
+    pub fn with_config(source: Arc<dyn EventSource>, config: HubConfig) -> Arc<WatchHub> {
+        let current = source.current_revision();
+        let (signal, _) = watch::channel(current);
+        Arc::new(WatchHub {
+            source,
+            config: HubConfig {
+                ring_events: config.ring_events.max(1),
+                catchup_batch: config.catchup_batch.max(1),
+            },
+            ring: RwLock::new(Ring {
+                batches: VecDeque::new(),
+                events: 0,
+                base: current,
+                current,
+            }),
+            signal,
+        })
+    }
+
+    /// Called by the store after each durable batch, with every event of the newly visible
+    /// revisions in order (prev_kv filled) and the new current revision. Cheap: an append to the
+    /// ring under a short write lock and a wake-up of the stream tasks.
+    pub fn publish(&self, events: Arc<Vec<Event>>, revision: i64) {
+        {
+            let mut ring = self.ring.write();
+            if revision <= ring.current {
+                if !events.is_empty() {
+                    tracing::warn!(
+                        revision,
+                        current = ring.current,
+                        "watch hub: ignoring publish of an old revision"
+                    );
+                }
+                return;
+            }
+            ring.events += events.len();
+            ring.batches.push_back(Batch {
+                to_rev: revision,
+                events,
+            });
+            ring.current = revision;
+            while ring.events > self.config.ring_events && ring.batches.len() > 1 {
+                if let Some(old) = ring.batches.pop_front() {
+                    ring.events -= old.events.len();
+                    ring.base = old.to_rev;
+                }
+            }
+        }
+        self.signal.send_replace(revision);
+    }
+
+    /// Forgets the in-memory history and jumps to `revision`, e.g. after the store installed a
+    /// raft snapshot: every watcher behind `revision` then catches up from the store, which is
+    /// the only source that knows what the snapshot contained.
+    pub fn reset(&self, revision: i64) {
+        {
+            let mut ring = self.ring.write();
+            ring.batches.clear();
+            ring.events = 0;
+            ring.base = revision;
+            ring.current = revision;
+        }
+        self.signal.send_replace(revision);
+    }
+
+    /// The newest revision published (what a watch with start_revision 0 starts after).
+    pub fn current_revision(&self) -> i64 {
+        self.ring.read().current
+    }
+
+    /// The store's compact revision.
+    pub fn compact_revision(&self) -> i64 {
+        self.source.compact_revision()
+    }
+
+    /// The tuning in effect.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// A receiver that is marked changed on every publish.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<i64> {
+        self.signal.subscribe()
+    }
+
+    /// Reads the events a watcher with cursor `from` has not seen, up to the current revision:
+    /// from the ring when it still covers `from`, otherwise one batch from the store.
+    /// Returns `None` when there is nothing new (`from > current`).
+    pub(crate) fn read(&self, from: i64) -> Result<Option<Chunk>, WatchSourceError> {
+        let current = {
+            let ring = self.ring.read();
+            if from > ring.current {
+                return Ok(None);
+            }
+            if from > ring.base {
+                // Batches are in revision order: skip those that end before `from`.
+                let start = ring.batches.partition_point(|b| b.to_rev < from);
+                let batches = ring
+                    .batches
+                    .range(start..)
+                    .map(|b| Arc::clone(&b.events))
+                    .collect();
+                return Ok(Some(Chunk {
+                    from,
+                    upto: ring.current,
+                    from_store: false,
+                    data: ChunkData::Ring(batches),
+                }));
+            }
+            ring.current
+        };
+        // The store read happens without the ring lock so publish never waits on disk.
+        let limit = self.config.catchup_batch;
+        let events = self.source.events(from, current, limit)?;
+        let upto = if events.len() < limit {
+            current
+        } else {
+            let last = events
+                .last()
+                .and_then(|e| e.kv.as_ref())
+                .map_or(0, |kv| kv.mod_revision);
+            if last < from {
+                // A source breaking its contract must not make the caller spin forever.
+                return Err(WatchSourceError::Unavailable(format!(
+                    "event source returned {} events ending at revision {last}, before {from}",
+                    events.len()
+                )));
+            }
+            last.min(current)
+        };
+        Ok(Some(Chunk {
+            from,
+            upto,
+            from_store: true,
+            data: ChunkData::Store(events),
+        }))
+    }
+}
