@@ -1,0 +1,454 @@
+//! TLS with rustls (ring provider): server and client configs from PEM files, certificates
+//! reloaded without a restart, and a TLS accept stream for `tonic`/`hyper`.
+//!
+//! Reloading: the server config's certificate comes from [`ReloadingCertResolver`], which on
+//! each handshake — at most once per `reload_interval` — stats the certificate and key files
+//! and, if either changed (mtime, size or inode, so an atomic rename counts), loads the new
+//! pair. A pair that fails to load (half-written, key not matching the certificate) is logged
+//! and the old pair keeps being served; the resolver retries once the files change again.
+//! Polling on the handshake path instead of an inotify watcher keeps this free of background
+//! tasks and works for files replaced by renames or on filesystems without inotify; a stat
+//! every few seconds costs nothing. `SIGHUP`/`Reload()` can force a check via
+//! [`ReloadingCertResolver::reload`]. The client-CA bundle is read once at start-up.
+//!
+//! Every config is built with an explicit ring `CryptoProvider`, so it does not depend on (or
+//! panic over) the process-wide default provider.
+//!
+//! [`tls_incoming`] accepts TCP connections and runs each handshake in its own task with a
+//! timeout, so one slow or hostile client cannot stall accepting; failed handshakes are logged
+//! and dropped and never end the stream. Its items are `tokio_rustls::server::TlsStream<TcpStream>`,
+//! which tonic (feature `tls-ring`) accepts in `Server::serve_with_incoming`, exposing the
+//! peer certificates through `TlsConnectInfo`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How often, at most, the certificate files are checked for changes.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a client gets to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// ALPN protocol id for HTTP/2 (gRPC).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Errors from loading TLS material or building configs. Every file error names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid PEM in {path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("no certificates found in {path}")]
+    NoCertificates { path: PathBuf },
+    #[error("no private key found in {path}")]
+    NoPrivateKey { path: PathBuf },
+    #[error("unusable private key in {path}: {source}")]
+    InvalidKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("private key {key} does not match certificate {cert}: {source}")]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("invalid CA certificate in {path}: {source}")]
+    InvalidCa {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("client certificates are required but no client CA bundle was given")]
+    MissingClientCa,
+    #[error("cannot build the client-certificate verifier: {0}")]
+    Verifier(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// All certificates in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_path_buf(),
+        },
+        other => TlsError::Pem {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    })
+}
+
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = load_certs(cert)?;
+    let der = load_key(key)?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| TlsError::InvalidKey {
+            path: key.to_path_buf(),
+            source,
+        })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|source| TlsError::KeyMismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })?;
+    Ok(ck)
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|source| TlsError::InvalidCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Identity of a file's current content, cheap to read: a change in any part means "reload".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino: m.ino(),
+    })
+}
+
+/// Serves a certificate/key pair from files, reloading it when the files change.
+pub struct ReloadingCertResolver {
+    cert: PathBuf,
+    key: PathBuf,
+    interval: Duration,
+    provider: Arc<CryptoProvider>,
+    state: RwLock<Loaded>,
+}
+
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    stamps: (Option<Stamp>, Option<Stamp>),
+    failed: Option<(Option<Stamp>, Option<Stamp>)>,
+    checked: Instant,
+}
+
+impl std::fmt::Debug for ReloadingCertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCertResolver")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+impl ReloadingCertResolver {
+    /// Load the pair now (errors name the file) and check for changes at most every `interval`.
+    pub fn new(cert: &Path, key: &Path, interval: Duration) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let stamps = (stamp(cert), stamp(key));
+        let ck = load_certified_key(cert, key, &provider)?;
+        Ok(Arc::new(ReloadingCertResolver {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            interval,
+            provider,
+            state: RwLock::new(Loaded {
+                key: Arc::new(ck),
+                stamps,
+                failed: None,
+                checked: Instant::now(),
+            }),
+        }))
+    }
+
+    /// The pair currently served.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.state.read().key.clone()
+    }
+
+    /// Check the files now; `Ok(true)` if a new pair was loaded, `Ok(false)` if unchanged.
+    /// On error the previous pair stays in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let mut st = self.state.write();
+        st.checked = Instant::now();
+        let stamps = (stamp(&self.cert), stamp(&self.key));
+        if stamps == st.stamps {
+            return Ok(false);
+        }
+        match load_certified_key(&self.cert, &self.key, &self.provider) {
+            Ok(ck) => {
+                st.key = Arc::new(ck);
+                st.stamps = stamps;
+                st.failed = None;
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                Ok(true)
+            }
+            Err(err) => {
+                st.failed = Some(stamps);
+                Err(err)
+            }
+        }
+    }
+
+    fn maybe_reload(&self) {
+        {
+            let st = self.state.read();
+            if st.checked.elapsed() < self.interval {
+                return;
+            }
+        }
+        let stamps = (stamp(&self.cert), stamp(&self.key));
+        {
+            let mut st = self.state.write();
+            // Another handshake may have just checked; and a pair that failed to load is not
+            // retried (nor logged again) until the files change once more.
+            if st.checked.elapsed() < self.interval
+                || stamps == st.stamps
+                || st.failed.as_ref() == Some(&stamps)
+            {
+                st.checked = Instant::now();
+                return;
+            }
+        }
+        if let Err(err) = self.reload() {
+            tracing::warn!(error = %err, "TLS certificate reload failed; serving the previous one");
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.maybe_reload();
+        Some(self.current())
+    }
+}
+
+/// Server config with a reloading certificate (checked every [`DEFAULT_RELOAD_INTERVAL`]).
+///
+/// `client_ca` enables client-certificate verification against that bundle; with
+/// `require_client_cert` a client without a valid certificate is rejected, without it the
+/// certificate is optional (but verified if sent). `alpn` is usually `&[ALPN_H2]` for gRPC.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    require_client_cert: bool,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = ReloadingCertResolver::new(cert, key, DEFAULT_RELOAD_INTERVAL)?;
+    server_config_with_resolver(resolver, client_ca, require_client_cert, alpn)
+}
+
+/// Like [`server_config`] with a resolver the caller keeps (to force reloads on SIGHUP or use
+/// another interval).
+pub fn server_config_with_resolver(
+    resolver: Arc<ReloadingCertResolver>,
+    client_ca: Option<&Path>,
+    require_client_cert: bool,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let roots = Arc::new(load_roots(ca)?);
+            let vb = WebPkiClientVerifier::builder_with_provider(roots, provider);
+            let vb = if require_client_cert {
+                vb
+            } else {
+                vb.allow_unauthenticated()
+            };
+            let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None if require_client_cert => return Err(TlsError::MissingClientCa),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Client config trusting `ca`, presenting `cert`/`key` if both are given.
+pub fn client_config(
+    ca: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(ca)?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let chain = load_certs(cert)?;
+            let der = load_key(key)?;
+            builder
+                .with_client_auth_cert(chain, der)
+                .map_err(|source| TlsError::InvalidKey {
+                    path: key.to_path_buf(),
+                    source,
+                })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A stream of established TLS connections (see [`tls_incoming`]).
+pub struct TlsIncoming {
+    rx: mpsc::Receiver<io::Result<TlsStream<TcpStream>>>,
+    task: JoinHandle<()>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for TlsIncoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIncoming")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl TlsIncoming {
+    /// The listener's address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+}
+
+impl futures::Stream for TlsIncoming {
+    type Item = io::Result<TlsStream<TcpStream>>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for TlsIncoming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Accept TCP connections on `listener` and hand out those that complete a TLS handshake.
+/// Use with `tonic::transport::Server::serve_with_incoming`. Items are never `Err`: accept
+/// and handshake failures are logged and skipped (the `io::Result` item type is what the
+/// servers expect).
+pub fn tls_incoming(listener: TcpListener, config: Arc<ServerConfig>) -> TlsIncoming {
+    // A small queue: established connections wait here only until the server polls.
+    let (tx, rx) = mpsc::channel(32);
+    let local_addr = listener.local_addr().ok();
+    let acceptor = TlsAcceptor::from(config);
+    // Bound concurrent handshakes so a flood of idle connections cannot exhaust memory.
+    let permits = Arc::new(tokio::sync::Semaphore::new(512));
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                r = listener.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    TlsIncoming {
+        rx,
+        task,
+        local_addr,
+    }
+}
