@@ -1,0 +1,338 @@
+//! Starting and stopping a kelson-kv member.
+//!
+//! Order matters for what clients and systemd observe: open (or refuse) the data directory,
+//! recover the MVCC from disk, start Raft (which replays/bootstraps and starts the peer server),
+//! then serve the etcd API on every client URL, and only report `READY=1` once the member knows a
+//! leader and has applied everything committed before it started — i.e. when it can actually
+//! answer a linearizable read. SIGTERM → `STOPPING=1`, stop accepting, stop Raft, flush, exit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use kelson_etcdpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use kelson_mvcc::Mvcc;
+use kelson_raft::{PeerTls, RaftConfig, RaftNode};
+use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::logging::LogHandle;
+use kelson_runtime::{signals, tls};
+use kelson_watch::{WatchHub, WatchService};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{parse_listen_url, split_urls, KvConfig};
+use crate::lease::LeaseClock;
+use crate::store::{Headers, KvStateMachine, MvccEvents, Shared};
+
+/// gRPC framing overhead etcd allows on top of --max-request-bytes.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Marker file identifying a kelson-kv data directory.
+const MARKER: &str = "kelson-kv.version";
+const DATA_VERSION: &str = "1\n";
+
+/// Opens the RocksDB instance with every column family the store uses, refusing a directory
+/// that is not a kelson-kv data dir (an etcd data dir, a random directory).
+pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
+    check_data_dir(data_dir)?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let marker = data_dir.join(MARKER);
+    if !marker.exists() {
+        std::fs::write(&marker, DATA_VERSION)
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Keep memory bounded (the 1M-key RSS target): modest memtables, shared block cache.
+    opts.set_write_buffer_size(32 * 1024 * 1024);
+    opts.set_max_write_buffer_number(3);
+    opts.increase_parallelism(2);
+    let mut cfs: Vec<&str> = kelson_mvcc::CFS.to_vec();
+    cfs.extend_from_slice(kelson_raft::CFS);
+    let path = data_dir.join("db");
+    let db = rocksdb::DB::open_cf(&opts, &path, cfs)
+        .with_context(|| format!("opening the store at {} (corrupt data dir?)", path.display()))?;
+    Ok(Arc::new(db))
+}
+
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("data dir {} is not a directory", dir.display());
+    }
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        let v = std::fs::read_to_string(&marker)
+            .with_context(|| format!("reading {}", marker.display()))?;
+        if v != DATA_VERSION {
+            bail!("data dir {} has unsupported format version {:?}", dir.display(), v.trim());
+        }
+        return Ok(());
+    }
+    if dir.join("member").exists() {
+        bail!(
+            "data dir {} looks like an etcd data dir (has member/); kelson-kv cannot open it — \
+             restore an etcd snapshot with `kelsonctl kv snapshot restore` instead",
+            dir.display()
+        );
+    }
+    let non_empty = std::fs::read_dir(dir)?.next().is_some();
+    if non_empty {
+        bail!(
+            "data dir {} is not empty and is not a kelson-kv data dir (no {MARKER}); refusing to use it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn raft_config(cfg: &KvConfig) -> anyhow::Result<RaftConfig> {
+    let peer_listen = split_urls(&cfg.listen_peer_urls);
+    let first = peer_listen.first().context("--listen-peer-urls is empty")?;
+    let ep = parse_listen_url("--listen-peer-urls", first)?;
+    let peer_tls = ep.tls.then(|| PeerTls {
+        cert_file: cfg.peer_cert_file.clone().unwrap_or_default(),
+        key_file: cfg.peer_key_file.clone().unwrap_or_default(),
+        trusted_ca_file: cfg.peer_trusted_ca_file.clone(),
+        client_cert_auth: cfg.peer_client_cert_auth,
+    });
+    let mut rc = RaftConfig::new(&cfg.name, cfg.data_dir.clone(), ep.addr);
+    rc.initial_cluster = cfg.initial_cluster()?;
+    rc.initial_cluster_token = cfg.initial_cluster_token.clone();
+    rc.join_existing = cfg.initial_cluster_state == "existing";
+    rc.client_urls = split_urls(&cfg.advertise_client_urls);
+    rc.peer_urls = split_urls(&cfg.initial_advertise_peer_urls);
+    rc.peer_tls = peer_tls;
+    rc.heartbeat_interval = cfg.heartbeat();
+    rc.election_timeout = cfg.election();
+    rc.snapshot_count = cfg.snapshot_count;
+    rc.max_request_bytes = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    Ok(rc)
+}
+
+/// A running member.
+pub struct Member {
+    pub shared: Arc<Shared>,
+    pub client_addrs: Vec<SocketAddr>,
+    servers: Vec<JoinHandle<()>>,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// Recovers the store, starts Raft and serves the etcd API. Returns once listeners are bound.
+pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
+    cfg.validate()?;
+    let db = open_db(&cfg.data_dir)?;
+    let mvcc = Mvcc::open(db.clone()).context("recovering the keyspace")?;
+    let leases = LeaseClock::new(&mvcc.leases());
+    let mvcc = Arc::new(RwLock::new(mvcc));
+    let hub = WatchHub::new(Arc::new(MvccEvents(mvcc.clone())));
+    let shared = Shared::new(cfg.clone(), db.clone(), mvcc.clone(), hub.clone(), leases.clone());
+    let sm = KvStateMachine::new(mvcc, hub.clone(), leases);
+    let node = RaftNode::start(db, raft_config(&cfg)?, Box::new(sm))
+        .await
+        .context("starting raft")?;
+    shared.set_node(node);
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let leader = Arc::new(crate::leader::LeaderClient::default());
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let progress = Duration::from_millis(cfg.watch_progress_notify_interval.max(1));
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(
+            KvServer::new(crate::kv_service::KvService::new(shared.clone()))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(WatchService::new(hub, Arc::new(Headers(shared.clone())), progress))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(crate::lease::LeaseService::new(shared.clone(), leader))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            ClusterServer::new(crate::cluster_service::ClusterService::new(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            MaintenanceServer::new(crate::maintenance::MaintenanceService::new(shared.clone()))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        );
+
+    let mut servers = Vec::new();
+    let mut client_addrs = Vec::new();
+    for url in split_urls(&cfg.listen_client_urls) {
+        let ep = parse_listen_url("--listen-client-urls", &url)?;
+        let listener = TcpListener::bind(ep.addr)
+            .await
+            .with_context(|| format!("binding client URL {url}"))?;
+        let addr = listener.local_addr()?;
+        client_addrs.push(addr);
+        let router = router.clone();
+        let mut stop = shutdown_rx.clone();
+        let stop_fut = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let handle = if ep.tls {
+            let server_tls = tls::server_config(
+                cfg.cert_file.as_deref().context("--cert-file")?,
+                cfg.key_file.as_deref().context("--key-file")?,
+                cfg.trusted_ca_file.as_deref(),
+                cfg.client_cert_auth,
+                &[b"h2"],
+            )
+            .context("loading client TLS certificates")?;
+            let incoming = tls::tls_incoming(listener, server_tls);
+            tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop_fut).await {
+                    tracing::error!(error = %e, "client server failed");
+                }
+            })
+        } else {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop_fut).await {
+                    tracing::error!(error = %e, "client server failed");
+                }
+            })
+        };
+        tracing::info!(%url, %addr, "serving etcd v3 API");
+        servers.push(handle);
+    }
+    servers.push(tokio::spawn(crate::lease::run_expiry(shared.clone(), shutdown_rx.clone())));
+    Ok(Member { shared, client_addrs, servers, shutdown_tx })
+}
+
+impl Member {
+    /// Waits until the member can serve linearizable reads (a leader exists and the local state
+    /// machine has caught up with the commit index seen at that time).
+    pub async fn wait_serving(&self, state: &DaemonState) {
+        let node = self.shared.node();
+        let mut status = node.watch_status();
+        loop {
+            let st = node.status();
+            if st.leader_id != 0 {
+                state.set_status(format!("waiting to catch up (applied {})", st.applied_index));
+                match tokio::time::timeout(Duration::from_secs(5), node.read_index()).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "read barrier not yet possible"),
+                    Err(_) => tracing::debug!("read barrier timed out"),
+                }
+            } else {
+                state.set_status("waiting for a leader");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), status.changed()).await;
+        }
+    }
+
+    /// Stops serving clients, stops Raft and flushes the store.
+    pub async fn stop(self) {
+        let _ = self.shutdown_tx.send(true);
+        for s in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        self.shared.node().shutdown().await;
+        if let Err(e) = self.shared.db.flush_wal(true) {
+            tracing::warn!(error = %e, "flushing the WAL at shutdown");
+        }
+    }
+}
+
+/// The whole daemon: start, report readiness, serve until SIGTERM/SIGINT, stop gracefully.
+pub async fn run(cfg: KvConfig, common: &kelson_runtime::config::CommonArgs, log: LogHandle) -> anyhow::Result<()> {
+    let mut shutdown = signals::ShutdownSignals::new()?;
+    let mut hup = signals::reload_signals()?;
+    let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    state.set_status("recovering the store");
+    state.on_reload(|| Box::pin(async { Ok(()) }));
+
+    let member = start(cfg.clone()).await?;
+    let shared = member.shared.clone();
+
+    let dbus = if common.no_dbus {
+        None
+    } else {
+        let opts = DbusOptions::for_component("KV", common.dbus_address.clone());
+        let path = opts.path.clone();
+        let served = async {
+            DbusServer::new(opts, state.clone(), log.clone())?
+                .interface(crate::dbus::Kv1 { shared: shared.clone() })?
+                .serve()
+                .await
+        }
+        .await;
+        match served {
+            Ok(h) => {
+                tokio::spawn(crate::dbus::watch_leader(shared.clone(), h.connection().clone(), path));
+                Some(h)
+            }
+            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
+            Err(e) => {
+                // The system bus is optional for a store (dev boxes, containers): say so and go on.
+                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.KV1");
+                None
+            }
+        }
+    };
+    if let Some(addr) = common.metrics_addr {
+        let registry = kelson_runtime::metrics::registry();
+        kelson_runtime::metrics::serve(addr, registry).await.context("serving metrics")?;
+    }
+
+    tokio::select! {
+        _ = member.wait_serving(&state) => {}
+        sig = shutdown.recv() => {
+            tracing::info!(signal = sig.name(), "stopping before ready");
+            state.set_state(Lifecycle::Stopping);
+            member.stop().await;
+            return Ok(());
+        }
+    }
+    let st = shared.node().status();
+    state.set_status(format!("serving; member {:x}, leader {:x}, term {}", st.id, st.leader_id, st.term));
+    state.set_state(Lifecycle::Running);
+    tracing::info!(member = %format!("{:x}", st.id), addrs = ?member.client_addrs, "ready to serve client requests");
+    let _watchdog = state.spawn_watchdog();
+
+    let mut status = shared.node().watch_status();
+    loop {
+        tokio::select! {
+            sig = shutdown.recv() => {
+                tracing::info!(signal = sig.name(), "stopping");
+                break;
+            }
+            Some(()) = hup.recv() => { let _ = state.reload().await; }
+            r = status.changed() => {
+                if r.is_err() { break; }
+                let st = status.borrow_and_update().clone();
+                state.set_health(st.leader_id != 0);
+                state.set_status(format!("serving; member {:x}, leader {:x}, term {}", st.id, st.leader_id, st.term));
+            }
+        }
+    }
+    state.set_state(Lifecycle::Stopping);
+    state.set_status("stopping");
+    tokio::time::timeout(Duration::from_secs(15), member.stop())
+        .await
+        .unwrap_or_else(|_| tracing::warn!("graceful stop timed out"));
+    drop(dbus);
+    Ok(())
+}
+
+/// Where kelson-kv keeps snapshot files and the DB inside a data dir.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
