@@ -1,0 +1,458 @@
+//! Raft storage over the shared RocksDB instance.
+//!
+//! Layout: `raft_log` maps an 8-byte big-endian index to a prost-encoded `Entry`, so the log is
+//! ordered and a truncation is one range delete. `raft_meta` holds small keys: the hard state,
+//! the conf state, the truncation point (index and term of the entry just before the first one
+//! kept), the applied index, the membership (JSON), the newest snapshot's (index, term) and the
+//! (cluster id, member id) pair this data belongs to.
+//!
+//! Writes never go through this type directly: the Ready loop *stages* changes into the write
+//! batch that also carries the state machine's writes, performs one write, and only then updates
+//! the in-memory [`Core`] that raft reads through the [`raft::Storage`] trait. Raft reads storage
+//! only from the loop's thread, so it never observes a staged-but-unwritten state.
+//!
+//! Snapshots are files `snap/<term>-<index>.snap` (hex) holding a prost-encoded raft `Snapshot`
+//! whose data is this crate's frame (see `node`); they are written atomically (tmp, fsync,
+//! rename, fsync dir) and the newest two are kept.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prost_011::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{ColumnFamily, WriteBatch, DB};
+
+use crate::{MemberInfo, RaftError};
+
+pub(crate) const CF_LOG: &str = "raft_log";
+pub(crate) const CF_META: &str = "raft_meta";
+
+pub(crate) const K_HARD_STATE: &[u8] = b"hard_state";
+pub(crate) const K_CONF_STATE: &[u8] = b"conf_state";
+pub(crate) const K_TRUNCATED: &[u8] = b"truncated";
+pub(crate) const K_APPLIED: &[u8] = b"applied";
+pub(crate) const K_MEMBERS: &[u8] = b"members";
+pub(crate) const K_SNAPSHOT: &[u8] = b"snapshot";
+pub(crate) const K_IDS: &[u8] = b"ids";
+
+/// Entries kept in memory at the tail of the log; followers and the apply path read recent
+/// entries, so this avoids a RocksDB lookup per entry in the common case.
+const CACHE_MAX: usize = 4096;
+
+pub(crate) fn idx_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn pair(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn unpair(what: &str, v: &[u8]) -> Result<(u64, u64), RaftError> {
+    if v.len() != 16 {
+        return Err(RaftError::Storage(format!(
+            "corrupt raft_meta key {what}: {} bytes",
+            v.len()
+        )));
+    }
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&v[..8]);
+    b.copy_from_slice(&v[8..]);
+    Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+}
+
+fn u64_of(what: &str, v: &[u8]) -> Result<u64, RaftError> {
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| RaftError::Storage(format!("corrupt raft_meta key {what}")))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// The in-memory view raft reads.
+#[derive(Default)]
+pub(crate) struct Core {
+    pub hs: HardState,
+    pub cs: ConfState,
+    /// First index available in the log (truncated index + 1).
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Term of the entry at `first_index - 1`.
+    pub truncated_term: u64,
+    /// Newest snapshot file (index, term); (0, 0) when there is none.
+    pub snap: (u64, u64),
+    pub cache: VecDeque<Entry>,
+}
+
+/// What `open` found on disk besides the raft state itself.
+#[derive(Debug, Default)]
+pub(crate) struct Persisted {
+    pub ids: Option<(u64, u64)>,
+    pub applied: u64,
+    pub members: Option<Vec<MemberInfo>>,
+    /// A hard state or conf state exists: this is a restart.
+    pub initialized: bool,
+}
+
+/// `raft::Storage` over RocksDB; cheap to clone (the loop keeps one, the RawNode another).
+#[derive(Clone)]
+pub struct RocksStorage {
+    db: Arc<DB>,
+    pub(crate) core: Arc<RwLock<Core>>,
+    snap_dir: PathBuf,
+}
+
+impl RocksStorage {
+    /// Loads the raft state from `db` (column families [`crate::CFS`] must exist).
+    pub(crate) fn open(db: Arc<DB>, snap_dir: PathBuf) -> Result<(Self, Persisted), RaftError> {
+        for cf in crate::CFS {
+            if db.cf_handle(cf).is_none() {
+                return Err(RaftError::Storage(format!(
+                    "column family {cf} missing: open the DB with kelson_raft::CFS"
+                )));
+            }
+        }
+        fs::create_dir_all(&snap_dir)
+            .map_err(|e| RaftError::Storage(format!("creating {}: {e}", snap_dir.display())))?;
+        let s = RocksStorage {
+            db,
+            core: Arc::new(RwLock::new(Core::default())),
+            snap_dir,
+        };
+        let mut p = Persisted::default();
+        let mut core = Core::default();
+        if let Some(v) = s.meta_get(K_HARD_STATE)? {
+            core.hs = HardState::decode(&v[..])
+                .map_err(|e| RaftError::Storage(format!("corrupt raft_meta hard_state: {e}")))?;
+            p.initialized = true;
+        }
+        if let Some(v) = s.meta_get(K_CONF_STATE)? {
+            core.cs = ConfState::decode(&v[..])
+                .map_err(|e| RaftError::Storage(format!("corrupt raft_meta conf_state: {e}")))?;
+            p.initialized = true;
+        }
+        let (trunc_idx, trunc_term) = match s.meta_get(K_TRUNCATED)? {
+            Some(v) => unpair("truncated", &v)?,
+            None => (0, 0),
+        };
+        core.first_index = trunc_idx + 1;
+        core.truncated_term = trunc_term;
+        if let Some(v) = s.meta_get(K_SNAPSHOT)? {
+            core.snap = unpair("snapshot", &v)?;
+        }
+        if let Some(v) = s.meta_get(K_APPLIED)? {
+            p.applied = u64_of("applied", &v)?;
+        }
+        if let Some(v) = s.meta_get(K_IDS)? {
+            p.ids = Some(unpair("ids", &v)?);
+        }
+        if let Some(v) = s.meta_get(K_MEMBERS)? {
+            p.members = Some(
+                serde_json::from_slice(&v)
+                    .map_err(|e| RaftError::Storage(format!("corrupt raft_meta members: {e}")))?,
+            );
+        }
+        core.last_index = trunc_idx;
+        {
+            let mut it = s.db.raw_iterator_cf(s.cf_log()?);
+            it.seek_to_last();
+            if let Some(k) = it.key() {
+                core.last_index = u64_of("raft_log key", k)?.max(trunc_idx);
+            }
+            it.status()?;
+        }
+        if p.applied > core.hs.commit && p.initialized {
+            return Err(RaftError::Storage(format!(
+                "corrupt raft_meta: applied {} beyond commit {}",
+                p.applied, core.hs.commit
+            )));
+        }
+        *s.core.write() = core;
+        Ok((s, p))
+    }
+
+    fn meta_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        Ok(self.db.get_cf(self.cf_meta()?, k)?)
+    }
+
+    pub(crate) fn cf_log(&self) -> Result<&ColumnFamily, RaftError> {
+        self.db
+            .cf_handle(CF_LOG)
+            .ok_or_else(|| RaftError::Storage("column family raft_log missing".into()))
+    }
+
+    pub(crate) fn cf_meta(&self) -> Result<&ColumnFamily, RaftError> {
+        self.db
+            .cf_handle(CF_META)
+            .ok_or_else(|| RaftError::Storage("column family raft_meta missing".into()))
+    }
+
+    pub(crate) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// Stages appending `ents` (which may overwrite a conflicting tail) into `wb`.
+    pub(crate) fn stage_entries(&self, wb: &mut WriteBatch, ents: &[Entry]) -> Result<(), RaftError> {
+        let (Some(first), Some(last)) = (ents.first(), ents.last()) else {
+            return Ok(());
+        };
+        let core = self.core.read();
+        if first.index < core.first_index {
+            return Err(RaftError::Storage(format!(
+                "append at {} overwrites compacted log (first index {})",
+                first.index, core.first_index
+            )));
+        }
+        if first.index > core.last_index + 1 {
+            return Err(RaftError::Storage(format!(
+                "append at {} leaves a gap after {}",
+                first.index, core.last_index
+            )));
+        }
+        let cf = self.cf_log()?;
+        for e in ents {
+            wb.put_cf(cf, idx_key(e.index), e.encode_to_vec());
+        }
+        if core.last_index > last.index {
+            wb.delete_range_cf(cf, idx_key(last.index + 1), idx_key(core.last_index + 1));
+        }
+        Ok(())
+    }
+
+    /// Makes appended entries visible to raft once the batch holding them is written.
+    pub(crate) fn commit_entries(&self, ents: &[Entry]) {
+        let (Some(first), Some(last)) = (ents.first(), ents.last()) else {
+            return;
+        };
+        let mut core = self.core.write();
+        core.last_index = last.index;
+        while core.cache.back().is_some_and(|e| e.index >= first.index) {
+            core.cache.pop_back();
+        }
+        if core.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+            core.cache.clear();
+        }
+        core.cache.extend(ents.iter().cloned());
+        while core.cache.len() > CACHE_MAX {
+            core.cache.pop_front();
+        }
+    }
+
+    /// Drops log entries below `compact_to` (exclusive), remembering the term of the entry just
+    /// before the new first index. Written immediately: losing it in a crash only keeps more log.
+    pub(crate) fn compact(&self, compact_to: u64) -> Result<(), RaftError> {
+        let (first, last) = {
+            let c = self.core.read();
+            (c.first_index, c.last_index)
+        };
+        if compact_to <= first || compact_to > last + 1 {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, compact_to - 1)
+            .map_err(|e| RaftError::Storage(format!("term of {}: {e}", compact_to - 1)))?;
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf_meta()?, K_TRUNCATED, pair(compact_to - 1, term));
+        wb.delete_range_cf(self.cf_log()?, idx_key(0), idx_key(compact_to));
+        self.db.write(wb)?;
+        let mut core = self.core.write();
+        core.first_index = compact_to;
+        core.truncated_term = term;
+        while core.cache.front().is_some_and(|e| e.index < compact_to) {
+            core.cache.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Path of the snapshot file for (term, index).
+    pub(crate) fn snap_path(&self, term: u64, index: u64) -> PathBuf {
+        self.snap_dir.join(format!("{term:016x}-{index:016x}.snap"))
+    }
+
+    /// Writes a snapshot file atomically and keeps only the newest two.
+    pub(crate) fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), RaftError> {
+        let meta = snap.get_metadata();
+        let path = self.snap_path(meta.term, meta.index);
+        let tmp = path.with_extension("snap.tmp");
+        let io = |e: std::io::Error| RaftError::Storage(format!("writing {}: {e}", path.display()));
+        {
+            let mut f = fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&snap.encode_to_vec()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        fs::rename(&tmp, &path).map_err(io)?;
+        fs::File::open(&self.snap_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        self.prune_snapshots(2);
+        Ok(())
+    }
+
+    fn prune_snapshots(&self, keep: usize) {
+        let Ok(rd) = fs::read_dir(&self.snap_dir) else {
+            return;
+        };
+        let mut files: Vec<(u64, PathBuf)> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let p = e.path();
+                let name = p.file_name()?.to_str()?.to_string();
+                if let Some(stem) = name.strip_suffix(".snap.tmp") {
+                    let _ = stem;
+                    let _ = fs::remove_file(&p);
+                    return None;
+                }
+                let stem = name.strip_suffix(".snap")?;
+                let (_, idx) = stem.split_once('-')?;
+                Some((u64::from_str_radix(idx, 16).ok()?, p))
+            })
+            .collect();
+        files.sort();
+        let n = files.len().saturating_sub(keep);
+        for (_, p) in files.into_iter().take(n) {
+            if let Err(e) = fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), "removing old snapshot: {e}");
+            }
+        }
+    }
+
+    /// Loads the newest snapshot file.
+    pub(crate) fn load_snapshot(&self) -> Result<Option<Snapshot>, RaftError> {
+        let (index, term) = self.core.read().snap;
+        if index == 0 {
+            return Ok(None);
+        }
+        let path = self.snap_path(term, index);
+        let bytes = fs::read(&path)
+            .map_err(|e| RaftError::Storage(format!("reading {}: {e}", path.display())))?;
+        let snap = Snapshot::decode(&bytes[..])
+            .map_err(|e| RaftError::Storage(format!("corrupt snapshot {}: {e}", path.display())))?;
+        Ok(Some(snap))
+    }
+
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        {
+            let core = self.core.read();
+            if let Some(front) = core.cache.front() {
+                if front.index <= low {
+                    let start = (low - front.index) as usize;
+                    let end = ((high - front.index) as usize).min(core.cache.len());
+                    out.extend(core.cache.range(start..end).cloned());
+                }
+            }
+        }
+        if out.is_empty() {
+            let cf = self.cf_log().map_err(to_raft_err)?;
+            let mut it = self.db.raw_iterator_cf(cf);
+            it.seek(idx_key(low));
+            let mut next = low;
+            while next < high {
+                let Some(v) = it.value() else { break };
+                let e = Entry::decode(v).map_err(|e| {
+                    to_raft_err(RaftError::Storage(format!("corrupt raft_log entry: {e}")))
+                })?;
+                if e.index != next {
+                    return Err(to_raft_err(RaftError::Storage(format!(
+                        "raft_log hole: wanted {next}, found {}",
+                        e.index
+                    ))));
+                }
+                out.push(e);
+                next += 1;
+                it.next();
+            }
+            it.status().map_err(|e| to_raft_err(e.into()))?;
+        }
+        if out.len() as u64 != high - low {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+}
+
+fn to_raft_err(e: RaftError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for RocksStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.core.read();
+        Ok(RaftState::new(c.hs.clone(), c.cs.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        {
+            let c = self.core.read();
+            if low < c.first_index {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
+            if high > c.last_index + 1 || low > high {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        if low == high {
+            return Ok(Vec::new());
+        }
+        self.read_entries(low, high, max_size.into())
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        {
+            let c = self.core.read();
+            if idx + 1 == c.first_index {
+                return Ok(c.truncated_term);
+            }
+            if idx < c.first_index {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
+            if idx > c.last_index {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+            if let Some(front) = c.cache.front() {
+                if front.index <= idx {
+                    if let Some(e) = c.cache.get((idx - front.index) as usize) {
+                        return Ok(e.term);
+                    }
+                }
+            }
+        }
+        Ok(self.read_entries(idx, idx + 1, None)?[0].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().first_index)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.load_snapshot() {
+            Ok(Some(s)) if s.get_metadata().index >= request_index => Ok(s),
+            Ok(_) => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+            Err(e) => {
+                tracing::error!("loading snapshot for a peer: {e}");
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! Peer transport: a small gRPC service (proto/kelson/raftpeer.proto) between members.
+//!
+//! Sending: one task per peer owns a bounded queue and one long-lived client stream
+//! (`SendMessages`). The Ready loop only `try_send`s into that queue, so a slow or dead peer can
+//! never block raft; a full queue or a broken stream is reported to raft as unreachable (raft then
+//! probes instead of pipelining). Messages are batched per write (up to ~4 MiB). Snapshot
+//! messages, which can be hundreds of MB, go over a separate chunked `Snapshot` stream in a task of
+//! their own, and their outcome is reported back with `report_snapshot`.
+//!
+//! Receiving: every batch names the cluster and both members; a mismatch or a message that does
+//! not decode is refused with a gRPC error and logged, never stepped into raft. The server's
+//! streams end when the node shuts down so a graceful server stop cannot hang on a peer's stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prost_011::Message as _;
+use raft::eraftpb::{EntryType, Message, MessageType};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::Msg;
+use crate::{MemberInfo, PeerTls, RaftError};
+
+/// Generated gRPC types of the peer protocol.
+pub mod pb {
+    tonic::include_proto!("kelson.raftpeer");
+}
+
+use pb::raft_peer_client::RaftPeerClient;
+use pb::raft_peer_server::{RaftPeer, RaftPeerServer};
+use pb::{Done, MembersRequest, MembersResponse, MessageBatch, SnapshotChunk};
+
+/// Messages queued per peer before we start dropping (raft retransmits what is lost).
+const PEER_QUEUE: usize = 4096;
+/// Upper bound for one batch on the wire.
+const BATCH_BYTES: usize = 4 << 20;
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Largest gRPC message either side accepts: a batch, or one entry of max_request_bytes plus slack.
+pub(crate) fn max_grpc_message(max_request_bytes: usize) -> usize {
+    (BATCH_BYTES + 2 * max_request_bytes).max(16 << 20)
+}
+
+pub(crate) type Members = Arc<RwLock<BTreeMap<u64, MemberInfo>>>;
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, RaftError> {
+    std::fs::read(path).map_err(|e| RaftError::Transport(format!("reading {}: {e}", path.display())))
+}
+
+/// Server-side TLS from the PEM files; client certificates are required when `client_cert_auth`.
+pub(crate) fn server_tls(t: &PeerTls) -> Result<ServerTlsConfig, RaftError> {
+    let id = Identity::from_pem(read_pem(&t.cert_file)?, read_pem(&t.key_file)?);
+    let mut cfg = ServerTlsConfig::new().identity(id);
+    if let Some(ca) = &t.trusted_ca_file {
+        cfg = cfg
+            .client_ca_root(Certificate::from_pem(read_pem(ca)?))
+            .client_auth_optional(!t.client_cert_auth);
+    }
+    Ok(cfg)
+}
+
+/// Client-side TLS: present our certificate, trust the configured CA.
+pub(crate) fn client_tls(t: &PeerTls) -> Result<ClientTlsConfig, RaftError> {
+    let id = Identity::from_pem(read_pem(&t.cert_file)?, read_pem(&t.key_file)?);
+    let mut cfg = ClientTlsConfig::new().identity(id);
+    if let Some(ca) = &t.trusted_ca_file {
+        cfg = cfg.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+    }
+    Ok(cfg)
+}
+
+fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, RaftError> {
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| RaftError::Transport(format!("bad peer url {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let tls = tls.ok_or_else(|| {
+            RaftError::Transport(format!("https peer url {url} but no peer TLS configured"))
+        })?;
+        ep = ep
+            .tls_config(tls.clone())
+            .map_err(|e| RaftError::Transport(format!("peer TLS for {url}: {e}")))?;
+    }
+    Ok(ep)
+}
+
+/// Asks the members at `urls` for the member list (used by a member joining an existing
+/// cluster to learn the cluster id and its own id). Tries each URL once.
+pub(crate) async fn fetch_members(
+    urls: &[String],
+    tls: Option<&ClientTlsConfig>,
+) -> Result<(u64, Vec<MemberInfo>), RaftError> {
+    let mut last = RaftError::Transport("no peer urls to ask for the member list".into());
+    for url in urls {
+        let ep = match endpoint(url, tls) {
+            Ok(ep) => ep,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let res = tokio::time::timeout(Duration::from_secs(2), async {
+            let ch = ep.connect().await.map_err(|e| RaftError::Transport(format!("{url}: {e}")))?;
+            let resp = RaftPeerClient::new(ch)
+                .members(MembersRequest {})
+                .await
+                .map_err(|e| RaftError::Transport(format!("{url}: {e}")))?
+                .into_inner();
+            let members: Vec<MemberInfo> = serde_json::from_slice(&resp.members_json)
+                .map_err(|e| RaftError::Transport(format!("{url}: bad member list: {e}")))?;
+            Ok::<_, RaftError>((resp.cluster_id, members))
+        })
+        .await;
+        match res {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = RaftError::Transport(format!("{url}: timed out")),
+        }
+    }
+    Err(last)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side.
+
+pub(crate) struct PeerService {
+    pub id: u64,
+    pub cluster_id: Arc<AtomicU64>,
+    pub inbox: mpsc::Sender<Msg>,
+    pub members: Members,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+impl PeerService {
+    fn check_header(&self, cluster_id: u64, from: u64, to: u64) -> Result<(), Status> {
+        let ours = self.cluster_id.load(Ordering::Relaxed);
+        if cluster_id != ours {
+            tracing::warn!(from = %format!("{from:x}"), "refusing peer traffic for cluster {cluster_id:x}, ours is {ours:x}");
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: got {cluster_id:x}, want {ours:x}"
+            )));
+        }
+        if to != self.id {
+            tracing::warn!(from = %format!("{from:x}"), "refusing peer traffic addressed to {to:x}");
+            return Err(Status::failed_precondition(format!(
+                "member id mismatch: got {to:x}, this is {:x}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one raft message from a peer and checks the fields raft-rs would panic on.
+pub(crate) fn decode_peer_message(bytes: &[u8], from: u64, to: u64) -> Result<Message, Status> {
+    let m = Message::decode(bytes).map_err(|e| {
+        tracing::warn!(from = %format!("{from:x}"), "malformed raft message: {e}");
+        Status::invalid_argument(format!("malformed raft message: {e}"))
+    })?;
+    if MessageType::from_i32(m.msg_type).is_none()
+        || m.entries.iter().any(|e| EntryType::from_i32(e.entry_type).is_none())
+    {
+        tracing::warn!(from = %format!("{from:x}"), "raft message with an unknown type");
+        return Err(Status::invalid_argument("raft message with an unknown type"));
+    }
+    if m.from != from || m.to != to {
+        tracing::warn!(from = %format!("{from:x}"), "raft message from/to {:x}/{:x} does not match its batch", m.from, m.to);
+        return Err(Status::invalid_argument("raft message from/to does not match its batch"));
+    }
+    Ok(m)
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn send_messages(
+        &self,
+        req: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<Done>, Status> {
+        let mut s = req.into_inner();
+        let stop = stopped(self.shutdown.clone());
+        tokio::pin!(stop);
+        loop {
+            let batch = tokio::select! {
+                r = s.message() => r?,
+                _ = &mut stop => return Err(Status::unavailable("etcdserver: server stopped")),
+            };
+            let Some(batch) = batch else {
+                return Ok(Response::new(Done {}));
+            };
+            self.check_header(batch.cluster_id, batch.from, batch.to)?;
+            for raw in &batch.messages {
+                let m = decode_peer_message(raw, batch.from, batch.to)?;
+                self.inbox
+                    .send(Msg::Raft(m))
+                    .await
+                    .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+            }
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Done>, Status> {
+        let mut s = req.into_inner();
+        let mut header: Option<(u64, u64, Vec<u8>)> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = s.message().await? {
+            if header.is_none() {
+                self.check_header(chunk.cluster_id, chunk.from, chunk.to)?;
+                header = Some((chunk.from, chunk.to, chunk.message));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let Some((from, to, msg)) = header else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let mut m = decode_peer_message(&msg, from, to)?;
+        if m.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument("snapshot stream without a snapshot message"));
+        }
+        m.mut_snapshot().data = data;
+        tracing::info!(from = %format!("{from:x}"), index = m.get_snapshot().get_metadata().index, "received snapshot");
+        self.inbox
+            .send(Msg::Raft(m))
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        Ok(Response::new(Done {}))
+    }
+
+    async fn members(&self, _req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        let members: Vec<MemberInfo> = self.members.read().values().cloned().collect();
+        let members_json = serde_json::to_vec(&members).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.cluster_id.load(Ordering::Relaxed),
+            members_json,
+        }))
+    }
+}
+
+/// Runs the peer server on `listener` until `shutdown` turns true.
+pub(crate) fn spawn_server(
+    listener: TcpListener,
+    svc: PeerService,
+    tls: Option<ServerTlsConfig>,
+    max_msg: usize,
+) -> Result<JoinHandle<()>, RaftError> {
+    let shutdown = svc.shutdown.clone();
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| RaftError::Transport(format!("peer server TLS: {e}")))?;
+    }
+    let router = builder.add_service(
+        RaftPeerServer::new(svc)
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(max_msg),
+    );
+    Ok(tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(listener);
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, stopped(shutdown))
+            .await
+        {
+            tracing::error!("peer server: {e}");
+        }
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side.
+
+struct Peer {
+    url: String,
+    tx: mpsc::Sender<Message>,
+    client: RaftPeerClient<Channel>,
+    task: JoinHandle<()>,
+}
+
+/// Outgoing side, owned by the Ready loop.
+pub(crate) struct Transport {
+    rt: Handle,
+    id: u64,
+    cluster_id: Arc<AtomicU64>,
+    tls: Option<ClientTlsConfig>,
+    inbox: mpsc::Sender<Msg>,
+    peers: HashMap<u64, Peer>,
+    max_msg: usize,
+    snapshot_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Transport {
+    pub(crate) fn new(
+        rt: Handle,
+        id: u64,
+        cluster_id: Arc<AtomicU64>,
+        tls: Option<ClientTlsConfig>,
+        inbox: mpsc::Sender<Msg>,
+        max_msg: usize,
+    ) -> Transport {
+        Transport {
+            rt,
+            id,
+            cluster_id,
+            tls,
+            inbox,
+            peers: HashMap::new(),
+            max_msg,
+            snapshot_tasks: Vec::new(),
+        }
+    }
+
+    fn peer(&mut self, to: u64, members: &Members) -> Option<&mut Peer> {
+        let url = members.read().get(&to)?.peer_urls.first()?.clone();
+        if self.peers.get(&to).is_some_and(|p| p.url != url) {
+            if let Some(old) = self.peers.remove(&to) {
+                old.task.abort();
+            }
+        }
+        if !self.peers.contains_key(&to) {
+            let ep = match endpoint(&url, self.tls.as_ref()) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    tracing::warn!(peer = %format!("{to:x}"), "{e}");
+                    return None;
+                }
+            };
+            let channel = {
+                let _g = self.rt.enter();
+                ep.connect_lazy()
+            };
+            let client = RaftPeerClient::new(channel)
+                .max_decoding_message_size(self.max_msg)
+                .max_encoding_message_size(self.max_msg);
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let task = self.rt.spawn(peer_task(
+                self.id,
+                to,
+                self.cluster_id.clone(),
+                client.clone(),
+                rx,
+                self.inbox.clone(),
+            ));
+            self.peers.insert(to, Peer { url, tx, client, task });
+        }
+        self.peers.get_mut(&to)
+    }
+
+    /// Queues messages; returns the ids raft should consider unreachable right now.
+    pub(crate) fn send(&mut self, msgs: Vec<Message>, members: &Members) -> Vec<u64> {
+        let mut unreachable = Vec::new();
+        self.snapshot_tasks.retain(|t| !t.is_finished());
+        for m in msgs {
+            let to = m.to;
+            if to == self.id {
+                continue;
+            }
+            let is_snap = m.get_msg_type() == MessageType::MsgSnapshot;
+            let (id, cluster_id, inbox) = (self.id, self.cluster_id.clone(), self.inbox.clone());
+            let rt = self.rt.clone();
+            let Some(peer) = self.peer(to, members) else {
+                unreachable.push(to);
+                continue;
+            };
+            if is_snap {
+                let client = peer.client.clone();
+                let t = rt.spawn(send_snapshot(id, cluster_id, client, m, inbox));
+                self.snapshot_tasks.push(t);
+            } else if peer.tx.try_send(m).is_err() {
+                unreachable.push(to);
+            }
+        }
+        unreachable.sort_unstable();
+        unreachable.dedup();
+        unreachable
+    }
+
+    /// Forgets a peer (removed member, or its URL changed).
+    pub(crate) fn remove_peer(&mut self, id: u64) {
+        if let Some(p) = self.peers.remove(&id) {
+            p.task.abort();
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        for (_, p) in self.peers.drain() {
+            p.task.abort();
+        }
+        for t in self.snapshot_tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn peer_task(
+    from: u64,
+    to: u64,
+    cluster_id: Arc<AtomicU64>,
+    client: RaftPeerClient<Channel>,
+    mut rx: mpsc::Receiver<Message>,
+    inbox: mpsc::Sender<Msg>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    'connect: loop {
+        let Some(first) = rx.recv().await else { return };
+        let (stx, srx) = mpsc::channel::<MessageBatch>(16);
+        let mut c = client.clone();
+        let call = tokio::spawn(async move {
+            c.send_messages(Request::new(ReceiverStream::new(srx))).await
+        });
+        let mut pending = Some(first);
+        loop {
+            let m = match pending.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => m,
+                    None => {
+                        call.abort();
+                        return;
+                    }
+                },
+            };
+            let mut size = m.encoded_len();
+            let mut batch = vec![m.encode_to_vec()];
+            while size < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        size += m.encoded_len();
+                        batch.push(m.encode_to_vec());
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mb = MessageBatch {
+                cluster_id: cluster_id.load(Ordering::Relaxed),
+                from,
+                to,
+                messages: batch,
+            };
+            if stx.send(mb).await.is_err() {
+                // The call ended (peer down, refused us, or restarted): say so and reconnect.
+                match call.await {
+                    Ok(Err(status)) => tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}"),
+                    Ok(Ok(_)) | Err(_) => {}
+                }
+                let _ = inbox.try_send(Msg::Unreachable(to));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Drop what queued up while the peer was away; raft resends from its progress.
+                while rx.try_recv().is_ok() {}
+                continue 'connect;
+            }
+            backoff = Duration::from_millis(50);
+        }
+    }
+}
+
+async fn send_snapshot(
+    from: u64,
+    cluster_id: Arc<AtomicU64>,
+    mut client: RaftPeerClient<Channel>,
+    mut m: Message,
+    inbox: mpsc::Sender<Msg>,
+) {
+    let to = m.to;
+    let data = std::mem::take(&mut m.mut_snapshot().data);
+    let index = m.get_snapshot().get_metadata().index;
+    let header = m.encode_to_vec();
+    let cid = cluster_id.load(Ordering::Relaxed);
+    let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
+    let mut first = true;
+    let mut rest: &[u8] = &data;
+    while first || !rest.is_empty() {
+        let n = rest.len().min(SNAPSHOT_CHUNK);
+        chunks.push(SnapshotChunk {
+            cluster_id: cid,
+            from,
+            to,
+            message: if first { header.clone() } else { Vec::new() },
+            data: rest[..n].to_vec(),
+        });
+        rest = &rest[n..];
+        first = false;
+    }
+    tracing::info!(peer = %format!("{to:x}"), index, bytes = data.len(), "sending snapshot");
+    let res = tokio::time::timeout(
+        Duration::from_secs(600),
+        client.snapshot(tokio_stream::iter(chunks)),
+    )
+    .await;
+    let ok = matches!(res, Ok(Ok(_)));
+    if !ok {
+        tracing::warn!(peer = %format!("{to:x}"), index, "sending snapshot failed: {res:?}");
+    }
+    let _ = inbox.send(Msg::SnapshotStatus(to, ok)).await;
+}
