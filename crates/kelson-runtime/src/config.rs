@@ -160,9 +160,12 @@ fn from_tables<T: DeserializeOwned>(
             }
         };
         if let Some((field, expected)) = parse_unknown_field(&message) {
-            // serde_path_to_error stops at the table holding the unknown key; append it.
+            // serde_path_to_error's path normally ends at the unknown key already; append it
+            // only when it stops at the enclosing table.
             let key = if path == "." || path.is_empty() {
                 field
+            } else if path == field || path.ends_with(&format!(".{field}")) {
+                path
             } else {
                 format!("{path}.{field}")
             };
@@ -188,6 +191,7 @@ fn parse_unknown_field(message: &str) -> Option<(String, String)> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
     let expected = rest
+        .trim()
         .trim_start_matches(", ")
         .trim_start_matches("expected one of ")
         .trim_start_matches("expected ")

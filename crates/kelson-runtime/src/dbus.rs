@@ -342,9 +342,11 @@ impl DbusServer {
                 .map_err(|e| err("parse the address", e))?,
             None => zbus::connection::Builder::system().map_err(|e| err("find", e))?,
         };
+        // The name is requested after connecting (see `serve`), not via `Builder::name`, whose
+        // request may end up queued behind another owner without an error.
+        zbus::names::WellKnownName::try_from(opts.name.as_str())
+            .map_err(|e| err(&format!("use the name {:?}", opts.name), e.into()))?;
         let builder = builder
-            .name(opts.name.clone())
-            .map_err(|e| err(&format!("use the name {:?}", opts.name), e))?
             .serve_at(
                 opts.path.clone(),
                 Daemon1 {
@@ -382,10 +384,24 @@ impl DbusServer {
             state,
         } = self;
         let conn = builder.build().await.map_err(|source| RuntimeError::Dbus {
-            action: format!("connect and own {}", opts.name),
+            action: format!("connect (to serve {})", opts.name),
             bus: opts.bus(),
             source,
         })?;
+        // DoNotQueue: if another process owns the name, fail now with NameTaken rather than
+        // run as an invisible second instance.
+        let reply = conn
+            .request_name_with_flags(
+                opts.name.as_str(),
+                zbus::fdo::RequestNameFlags::DoNotQueue.into(),
+            )
+            .await
+            .map_err(|source| RuntimeError::Dbus {
+                action: format!("own the name {}", opts.name),
+                bus: opts.bus(),
+                source,
+            })?;
+        tracing::debug!(?reply, name = %opts.name, "bus name requested");
         let path = OwnedObjectPath::try_from(opts.path.clone()).map_err(|e| RuntimeError::Dbus {
             action: format!("use the object path {:?}", opts.path),
             bus: opts.bus(),
