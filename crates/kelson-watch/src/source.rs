@@ -34,7 +34,12 @@ pub trait EventSource: Send + Sync + 'static {
     ///
     /// Returns `Err(WatchSourceError::Compacted { compact_revision })` if
     /// `from_rev <= compact revision`.
-    fn events(&self, from_rev: i64, to_rev: i64, limit: usize) -> Result<Vec<Event>, WatchSourceError>;
+    fn events(
+        &self,
+        from_rev: i64,
+        to_rev: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, WatchSourceError>;
     /// The newest committed revision visible to readers.
     fn current_revision(&self) -> i64;
     /// The revision of the last compaction (0 if never compacted).

@@ -290,7 +290,12 @@ impl StreamTask {
             }
         };
         if chunk.from_store {
-            tracing::trace!(id, from = chunk.from, upto = chunk.upto, "watch catch-up from store");
+            tracing::trace!(
+                id,
+                from = chunk.from,
+                upto = chunk.upto,
+                "watch catch-up from store"
+            );
         }
         let events: Vec<Event> = chunk.events().filter_map(|e| w.project(e)).collect();
         let (fragment, upto) = (w.fragment, chunk.upto);
@@ -468,7 +473,10 @@ mod tests {
     }
 
     fn revs(resp: &WatchResponse) -> Vec<i64> {
-        resp.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect()
+        resp.events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect()
     }
 
     #[test]

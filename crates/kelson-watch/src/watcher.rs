@@ -69,13 +69,8 @@ pub(crate) struct Watcher {
 
 impl Watcher {
     /// Builds a watcher from a create request. `next_rev` is decided by the caller.
-    pub(crate) fn new(
-        id: i64,
-        req: &WatchCreateRequest,
-        range: KeyRange,
-        next_rev: i64,
-    ) -> Self {
-        let has = |f: FilterType| req.filters.iter().any(|&x| x == f as i32);
+    pub(crate) fn new(id: i64, req: &WatchCreateRequest, range: KeyRange, next_rev: i64) -> Self {
+        let has = |f: FilterType| req.filters.contains(&(f as i32));
         Watcher {
             id,
             range,

@@ -15,7 +15,9 @@ async fn connect(s: &Setup) -> Client {
 
 async fn connect_svc(svc: kelson_watch::WatchService) -> Client {
     let addr = serve_grpc(svc).await;
-    Client::connect([format!("http://{addr}")], None).await.unwrap()
+    Client::connect([format!("http://{addr}")], None)
+        .await
+        .unwrap()
 }
 
 async fn next(ws: &mut WatchStream) -> WatchResponse {
@@ -33,7 +35,10 @@ async fn silence(ws: &mut WatchStream, wait: Duration) {
 }
 
 fn revs(r: &WatchResponse) -> Vec<i64> {
-    r.events().iter().map(|e| e.kv().unwrap().mod_revision()).collect()
+    r.events()
+        .iter()
+        .map(|e| e.kv().unwrap().mod_revision())
+        .collect()
 }
 
 /// Reads until an event at or after `last`, checking order, uniqueness and atomicity.
@@ -65,9 +70,14 @@ async fn etcd_client_watch_key_and_prefix() {
     assert!(created.created());
     assert_eq!(created.watch_id(), 0);
     let h = created.header().unwrap();
-    assert_eq!((h.revision(), h.cluster_id(), h.member_id(), h.raft_term()), (1, CLUSTER_ID, MEMBER_ID, RAFT_TERM));
+    assert_eq!(
+        (h.revision(), h.cluster_id(), h.member_id(), h.raft_term()),
+        (1, CLUSTER_ID, MEMBER_ID, RAFT_TERM)
+    );
 
-    ws.watch("p/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    ws.watch("p/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     let c2 = next(&mut ws).await;
     assert!(c2.created() && c2.watch_id() == 1);
 
@@ -90,12 +100,21 @@ async fn etcd_client_filters_and_prev_kv() {
     let s = default_setup();
     s.store.put("k", "old");
     let mut client = connect(&s).await;
-    let opts = WatchOptions::new().with_prev_key().with_filters([WatchFilterType::NoDelete]);
+    let opts = WatchOptions::new()
+        .with_prev_key()
+        .with_filters([WatchFilterType::NoDelete]);
     let mut ws = client.watch("k", Some(opts)).await.unwrap();
     assert!(next(&mut ws).await.created());
-    ws.watch("k", Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]).with_watch_id(50)))
-        .await
-        .unwrap();
+    ws.watch(
+        "k",
+        Some(
+            WatchOptions::new()
+                .with_filters([WatchFilterType::NoPut])
+                .with_watch_id(50),
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(next(&mut ws).await.watch_id(), 50);
 
     s.store.put("k", "new");
@@ -112,7 +131,13 @@ async fn etcd_client_filters_and_prev_kv() {
 
 #[tokio::test]
 async fn etcd_client_replay_then_live_and_atomic_txn() {
-    let s = setup(HubConfig { ring_events: 4, catchup_batch: 5 }, Duration::ZERO);
+    let s = setup(
+        HubConfig {
+            ring_events: 4,
+            catchup_batch: 5,
+        },
+        Duration::ZERO,
+    );
     for i in 0..40 {
         s.store.put(&format!("r/{}", i % 3), "v");
     }
@@ -123,7 +148,11 @@ async fn etcd_client_replay_then_live_and_atomic_txn() {
     assert_eq!(collect(&mut ws, 0, 40).await, (3..=40).collect::<Vec<_>>());
 
     // A multi-key transaction arrives in one response.
-    let rev = s.store.txn(&[Op::Put(b"r/a", b"1"), Op::Put(b"r/b", b"2"), Op::Delete(b"r/0")]);
+    let rev = s.store.txn(&[
+        Op::Put(b"r/a", b"1"),
+        Op::Put(b"r/b", b"2"),
+        Op::Delete(b"r/0"),
+    ]);
     let r = next(&mut ws).await;
     assert_eq!(revs(&r), vec![rev, rev, rev]);
     assert_eq!(r.header().unwrap().revision(), rev);
@@ -149,9 +178,13 @@ async fn etcd_client_compacted_duplicate_and_cancel() {
     assert_eq!(r.compact_revision(), 8);
     assert_eq!(r.cancel_reason(), ERR_COMPACTED);
 
-    ws.watch("k", Some(WatchOptions::new().with_watch_id(5))).await.unwrap();
+    ws.watch("k", Some(WatchOptions::new().with_watch_id(5)))
+        .await
+        .unwrap();
     assert_eq!(next(&mut ws).await.watch_id(), 5);
-    ws.watch("j", Some(WatchOptions::new().with_watch_id(5))).await.unwrap();
+    ws.watch("j", Some(WatchOptions::new().with_watch_id(5)))
+        .await
+        .unwrap();
     let dup = next(&mut ws).await;
     assert!(dup.created() && dup.canceled());
     assert_eq!(dup.watch_id(), INVALID_WATCH_ID);
@@ -197,7 +230,10 @@ async fn etcd_client_fragment() {
     let s = default_setup();
     let mut client = connect_svc(s.svc.clone().with_max_response_bytes(32 * 1024)).await;
     let mut ws = client
-        .watch("f/", Some(WatchOptions::new().with_prefix().with_fragment()))
+        .watch(
+            "f/",
+            Some(WatchOptions::new().with_prefix().with_fragment()),
+        )
         .await
         .unwrap();
     assert!(next(&mut ws).await.created());
@@ -220,27 +256,42 @@ async fn etcd_client_fragment() {
 
 #[tokio::test]
 async fn etcd_client_many_watchers_and_a_slow_stream() {
-    let s = setup(HubConfig { ring_events: 64, catchup_batch: 100 }, Duration::ZERO);
+    let s = setup(
+        HubConfig {
+            ring_events: 64,
+            catchup_batch: 100,
+        },
+        Duration::ZERO,
+    );
     let mut client = connect_svc(s.svc.clone().with_stream_buffer(4)).await;
     // 200 watchers over 10 streams of 20 watchers each.
     let mut streams = Vec::new();
     for _ in 0..10 {
-        let mut ws = client.watch("m/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+        let mut ws = client
+            .watch("m/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .unwrap();
         assert!(next(&mut ws).await.created());
         for _ in 1..20 {
-            ws.watch("m/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+            ws.watch("m/", Some(WatchOptions::new().with_prefix()))
+                .await
+                .unwrap();
             assert!(next(&mut ws).await.created());
         }
         streams.push(ws);
     }
     // One more stream that nobody reads until the end.
-    let mut slow = client.watch("m/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut slow = client
+        .watch("m/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert!(next(&mut slow).await.created());
 
     let n: i64 = 300;
     let value = vec![b'x'; 2048];
     for i in 0..n {
-        s.store.txn(&[Op::Put(format!("m/{}", i % 11).as_bytes(), &value)]);
+        s.store
+            .txn(&[Op::Put(format!("m/{}", i % 11).as_bytes(), &value)]);
         if i % 20 == 0 {
             tokio::task::yield_now().await;
         }
@@ -270,7 +321,10 @@ async fn etcd_client_many_watchers_and_a_slow_stream() {
         })
         .collect();
     for t in tasks {
-        let per = tokio::time::timeout(Duration::from_secs(20), t).await.unwrap().unwrap();
+        let per = tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(per.len(), 20);
         for list in per.values() {
             assert_eq!(*list, (1..=n).collect::<Vec<_>>());

@@ -19,7 +19,10 @@ async fn created_comes_first_with_current_revision_then_events() {
     let created = c.watch(key("a")).await;
     assert_eq!(created.watch_id, 0);
     let h = created.header.unwrap();
-    assert_eq!((h.revision, h.cluster_id, h.member_id, h.raft_term), (1, CLUSTER_ID, MEMBER_ID, RAFT_TERM));
+    assert_eq!(
+        (h.revision, h.cluster_id, h.member_id, h.raft_term),
+        (1, CLUSTER_ID, MEMBER_ID, RAFT_TERM)
+    );
     assert!(created.events.is_empty());
 
     let rev = s.store.put("a", "1");
@@ -49,7 +52,10 @@ async fn key_prefix_and_from_key_selection() {
     while got.len() < 4 {
         let r = c.next().await;
         for e in &r.events {
-            got.push((r.watch_id, String::from_utf8(e.kv.as_ref().unwrap().key.clone()).unwrap()));
+            got.push((
+                r.watch_id,
+                String::from_utf8(e.kv.as_ref().unwrap().key.clone()).unwrap(),
+            ));
         }
     }
     got.sort();
@@ -84,8 +90,14 @@ async fn noput_and_nodelete_filters() {
         std::mem::swap(&mut a, &mut b);
     }
     assert_eq!(a.events.len() + b.events.len(), 2);
-    assert_eq!((a.watch_id, a.events[0].r#type, rev_of(&a.events[0])), (nd, EventType::Put as i32, put_rev));
-    assert_eq!((b.watch_id, b.events[0].r#type, rev_of(&b.events[0])), (np, EventType::Delete as i32, del_rev));
+    assert_eq!(
+        (a.watch_id, a.events[0].r#type, rev_of(&a.events[0])),
+        (nd, EventType::Put as i32, put_rev)
+    );
+    assert_eq!(
+        (b.watch_id, b.events[0].r#type, rev_of(&b.events[0])),
+        (np, EventType::Delete as i32, del_rev)
+    );
     c.expect_silence(Duration::from_millis(100)).await;
 }
 
@@ -114,7 +126,13 @@ async fn prev_kv_only_when_asked() {
 #[tokio::test]
 async fn past_start_replays_from_store_then_continues_live_without_gap_or_dup() {
     // A small ring and small store batches force several store reads and a ring hand-over.
-    let s = setup(HubConfig { ring_events: 8, catchup_batch: 7 }, Duration::ZERO);
+    let s = setup(
+        HubConfig {
+            ring_events: 8,
+            catchup_batch: 7,
+        },
+        Duration::ZERO,
+    );
     for i in 0..50 {
         s.store.put(&format!("k{}", i % 5), "v");
     }
@@ -193,7 +211,13 @@ async fn compacted_start_is_created_then_canceled_with_compact_revision() {
 async fn lagging_watcher_behind_a_compaction_is_canceled() {
     // A one-event ring and two-event store batches: a stalled watcher needs the store, and the
     // store has compacted what it has not seen yet.
-    let s = setup(HubConfig { ring_events: 1, catchup_batch: 2 }, Duration::ZERO);
+    let s = setup(
+        HubConfig {
+            ring_events: 1,
+            catchup_batch: 2,
+        },
+        Duration::ZERO,
+    );
     let mut c = Client::open(&s.svc);
     let id = c.watch(key("k")).await.watch_id;
     let slow_svc = s.svc.clone().with_stream_buffer(1);
@@ -202,7 +226,10 @@ async fn lagging_watcher_behind_a_compaction_is_canceled() {
     for i in 0..20 {
         s.store.put("k", &i.to_string());
     }
-    assert_eq!(collect_until(&mut c, id, 20).await, (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        collect_until(&mut c, id, 20).await,
+        (1..=20).collect::<Vec<_>>()
+    );
     s.store.compact(15);
     s.store.put("k", "last");
     assert_eq!(collect_until(&mut c, id, 21).await, vec![21]);
@@ -290,11 +317,20 @@ async fn progress_notify_sends_bookmarks_to_idle_synced_watchers() {
 
 #[tokio::test]
 async fn progress_request_answers_stream_wide_after_catch_up() {
-    let s = setup(HubConfig { ring_events: 4, catchup_batch: 3 }, Duration::ZERO);
+    let s = setup(
+        HubConfig {
+            ring_events: 4,
+            catchup_batch: 3,
+        },
+        Duration::ZERO,
+    );
     let mut c = Client::open(&s.svc);
     c.progress().await;
     let r = c.next().await;
-    assert_eq!((r.watch_id, r.header.unwrap().revision), (INVALID_WATCH_ID, 0));
+    assert_eq!(
+        (r.watch_id, r.header.unwrap().revision),
+        (INVALID_WATCH_ID, 0)
+    );
 
     for i in 0..30 {
         s.store.put("k", &i.to_string());
@@ -334,7 +370,11 @@ async fn a_revision_is_never_split_without_fragment_and_is_fragmented_with_it() 
 
     let mut frag_parts = Vec::new();
     let mut plain_resps = Vec::new();
-    while plain_resps.is_empty() || frag_parts.last().is_none_or(|r: &kelson_etcdpb::WatchResponse| r.fragment) {
+    while plain_resps.is_empty()
+        || frag_parts
+            .last()
+            .is_none_or(|r: &kelson_etcdpb::WatchResponse| r.fragment)
+    {
         let r = c.next().await;
         if r.watch_id == plain {
             plain_resps.push(r);
@@ -350,17 +390,31 @@ async fn a_revision_is_never_split_without_fragment_and_is_fragmented_with_it() 
     assert!(rest.iter().all(|r| r.fragment) && !last.fragment);
     let all: Vec<&[u8]> = frag_parts
         .iter()
-        .flat_map(|r| r.events.iter().map(|e| e.kv.as_ref().unwrap().key.as_slice()))
+        .flat_map(|r| {
+            r.events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().key.as_slice())
+        })
         .collect();
     let want: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
     assert_eq!(all, want);
-    assert!(frag_parts.iter().all(|r| r.header.as_ref().unwrap().revision == rev));
-    assert!(frag_parts.iter().all(|r| prost::Message::encoded_len(r) <= 64 * 1024));
+    assert!(frag_parts
+        .iter()
+        .all(|r| r.header.as_ref().unwrap().revision == rev));
+    assert!(frag_parts
+        .iter()
+        .all(|r| prost::Message::encoded_len(r) <= 64 * 1024));
 }
 
 #[tokio::test]
 async fn slow_consumer_does_not_block_others_and_catches_up_in_order() {
-    let s = setup(HubConfig { ring_events: 16, catchup_batch: 50 }, Duration::ZERO);
+    let s = setup(
+        HubConfig {
+            ring_events: 16,
+            catchup_batch: 50,
+        },
+        Duration::ZERO,
+    );
     let slow_svc = s.svc.clone().with_stream_buffer(2);
     let mut slow = Client::open(&slow_svc);
     let slow_id = slow.watch(prefix("s/")).await.watch_id;

@@ -15,7 +15,9 @@ use kelson_etcdpb::etcdserverpb::{
     WatchResponse,
 };
 use kelson_etcdpb::mvccpb::{event::EventType, Event, KeyValue};
-use kelson_watch::{EventSource, HeaderSource, HubConfig, WatchHub, WatchService, WatchSourceError};
+use kelson_watch::{
+    EventSource, HeaderSource, HubConfig, WatchHub, WatchService, WatchSourceError,
+};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -125,7 +127,9 @@ impl MemStore {
     pub fn compact(&self, rev: i64) {
         let mut inner = self.inner.lock();
         inner.compact = rev;
-        inner.log.retain(|e| e.kv.as_ref().unwrap().mod_revision > rev);
+        inner
+            .log
+            .retain(|e| e.kv.as_ref().unwrap().mod_revision > rev);
     }
 }
 
@@ -304,7 +308,11 @@ pub async fn collect_until(c: &mut Client, id: i64, last: i64) -> Vec<i64> {
         assert_eq!(resp.watch_id, id, "{resp:?}");
         assert!(!resp.canceled, "{resp:?}");
         if let (Some(prev), Some(first)) = (revs.last(), resp.events.first()) {
-            assert!(rev_of(first) > *prev, "revision {} split or repeated", rev_of(first));
+            assert!(
+                rev_of(first) > *prev,
+                "revision {} split or repeated",
+                rev_of(first)
+            );
         }
         revs.extend(resp.events.iter().map(rev_of));
     }
