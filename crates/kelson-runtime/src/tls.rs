@@ -9,7 +9,9 @@
 //! Polling on the handshake path instead of an inotify watcher keeps this free of background
 //! tasks and works for files replaced by renames or on filesystems without inotify; a stat
 //! every few seconds costs nothing. `SIGHUP`/`Reload()` can force a check via
-//! [`ReloadingCertResolver::reload`]. The client-CA bundle is read once at start-up.
+//! [`ReloadingCertResolver::reload`]. The client-CA bundle is read once at start-up. (A client
+//! that resumes a TLS session does not get a certificate at all, so it keeps its session until
+//! the ticket expires; new full handshakes see the new certificate.)
 //!
 //! Every config is built with an explicit ring `CryptoProvider`, so it does not depend on (or
 //! panic over) the process-wide default provider.
@@ -38,7 +40,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
+pub use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// How often, at most, the certificate files are checked for changes.
