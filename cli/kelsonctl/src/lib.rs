@@ -1,1 +1,125 @@
-//! kelsonctl
+//! `kelsonctl`: the admin CLI for Kelson.
+//!
+//! The binary (`main.rs`) only parses arguments and sets up logging; everything else is here so
+//! it can be tested and reused:
+//! - [`pki`]-subcommands wrap `kelson-pki` (idempotent certificate creation, inspection);
+//! - [`kv`] talks to a store (kelson-kv or etcd) with the stock etcd client: status and
+//!   snapshots, plus offline restore through kelson-kv's library;
+//! - [`up`] runs an all-in-one cluster in the foreground as a list of supervised components.
+//!
+//! Errors are `anyhow` with context; commands return an exit code for "ran, but unhealthy".
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod kv;
+pub mod up;
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "kelsonctl", version, about = "Administer a Kelson cluster")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// The key-value store (kelson-kv or any etcd v3 server).
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+    /// Run an all-in-one cluster in the foreground (Ctrl-C stops it; run again to resume).
+    Up(up::UpArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the store's CA and certificates in DIR; existing valid files are kept.
+    Init(PkiInitArgs),
+    /// Show subject, names and expiry of every certificate in DIR.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PkiInitArgs {
+    /// Directory for ca.crt/ca.key, kv-server.*, kv-peer.*, kv-client.*.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Extra DNS names or IP addresses for the server and peer certificates.
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+}
+
+/// Default state directory: /var/lib/kelson as root, else ~/.local/share/kelson.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/kelson");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("kelson")
+}
+
+/// Runs a parsed command line; the result is the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Pki(PkiCommand::Init(a)) => {
+            let p = kelson_pki::init_store_pki(&a.dir, &a.hosts)?;
+            println!("pki: {}", p.dir.display());
+            for f in [&p.ca_cert, &p.server_cert, &p.peer_cert, &p.client_cert] {
+                println!("  {}", f.display());
+            }
+            Ok(0)
+        }
+        Command::Pki(PkiCommand::Show { dir }) => pki_show(&dir),
+        Command::Kv(c) => kv::run(c).await,
+        Command::Up(a) => up::run(a).await,
+    }
+}
+
+fn pki_show(dir: &std::path::Path) -> anyhow::Result<i32> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    entries.sort();
+    let mut code = 0;
+    for path in entries {
+        match kelson_pki::cert_info(&path) {
+            Ok(i) => {
+                let soon = if i.expires_within(std::time::Duration::ZERO) {
+                    code = 1;
+                    "  EXPIRED"
+                } else if i.expires_within(kelson_pki::RENEW_BEFORE) {
+                    "  expires soon"
+                } else {
+                    ""
+                };
+                println!(
+                    "{}\n  subject: {}\n  issuer:  {}\n  names:   {}\n  expires: {}{soon}",
+                    path.display(),
+                    i.subject,
+                    i.issuer,
+                    i.sans.join(", "),
+                    i.not_after
+                );
+            }
+            Err(e) => {
+                code = 1;
+                println!("{}\n  error: {e}", path.display());
+            }
+        }
+    }
+    Ok(code)
+}

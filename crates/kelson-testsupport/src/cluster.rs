@@ -259,9 +259,6 @@ impl StoreCluster {
                 Some(a) => cmd.arg("--dbus-address").arg(a),
                 None => cmd.arg("--no-dbus"),
             };
-            // A fixed default metrics port would collide between parallel tests.
-            cmd.arg("--metrics-addr")
-                .arg(format!("127.0.0.1:{}", free_port()));
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "info");
             }

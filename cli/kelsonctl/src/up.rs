@@ -1,0 +1,615 @@
+//! `kelsonctl up`: an all-in-one cluster in the foreground.
+//!
+//! Layout under the data dir (default /var/lib/kelson as root, else ~/.local/share/kelson):
+//! `pki/` (kelson-pki store PKI), `kv/` (kelson-kv data), `logs/<component>.log`, and
+//! `up.toml`, the settings chosen on first start (ports, member name, cluster token). A later
+//! `up` reads `up.toml` and starts the same cluster on the same data, certificates and peer URL,
+//! which is what makes it a resume rather than a new cluster.
+//!
+//! Components are entries in a list ([`components`]): each has a program, arguments, a log file
+//! and a readiness probe. They start in order, each only after the previous one is ready; `ready`
+//! is printed once all are; on SIGINT/SIGTERM they stop in reverse order (SIGTERM, bounded wait,
+//! SIGKILL). Later issues add the API server, scheduler and friends as more entries.
+//!
+//! Children run in their own process groups (so a terminal's Ctrl-C reaches only us and we stop
+//! them in order) and with a parent-death signal (so they do not outlive a killed kelsonctl).
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use kelson_pki::PkiPaths;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::kv::ConnArgs;
+
+#[derive(Debug, Args, Clone)]
+pub struct UpArgs {
+    /// State directory (default: /var/lib/kelson as root, else ~/.local/share/kelson).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// kelson-kv client port on 127.0.0.1 (default: the one saved by a previous `up`, else 2379).
+    #[arg(long)]
+    pub kv_port: Option<u16>,
+    /// API server port. Accepted and saved now; the API server component arrives in a later
+    /// release and will use it.
+    #[arg(long)]
+    pub apiserver_port: Option<u16>,
+    /// Extra DNS names / IPs for the server certificates.
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Install missing system packages first (runs the source tree's scripts/setup.sh; root).
+    #[arg(long)]
+    pub install_deps: bool,
+    /// Seconds to wait for each component to become ready.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout: u64,
+}
+
+/// Settings fixed by the first `up` on a data dir (`up.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpState {
+    pub name: String,
+    pub cluster_token: String,
+    pub kv_port: u16,
+    pub kv_peer_port: u16,
+    pub apiserver_port: u16,
+}
+
+const STATE_FILE: &str = "up.toml";
+const DEFAULT_KV_PORT: u16 = 2379;
+const DEFAULT_APISERVER_PORT: u16 = 6443;
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn any_free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Loads `up.toml`, or chooses and saves settings for a new data dir. Flags override the
+/// client-facing ports; the peer port and identity are kept once chosen.
+pub fn load_or_init_state(dir: &Path, args: &UpArgs) -> anyhow::Result<UpState> {
+    let path = dir.join(STATE_FILE);
+    let mut state = match fs::read_to_string(&path) {
+        Ok(text) => toml::from_str::<UpState>(&text)
+            .with_context(|| format!("parsing {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kv_port = args.kv_port.unwrap_or(DEFAULT_KV_PORT);
+            let kv_peer_port = match kv_port.checked_add(1) {
+                Some(p) if port_free(p) => p,
+                _ => any_free_port()?,
+            };
+            UpState {
+                name: "kelson".into(),
+                cluster_token: format!("kelson-{:x}", std::process::id() as u64 ^ now_nanos()),
+                kv_port,
+                kv_peer_port,
+                apiserver_port: args.apiserver_port.unwrap_or(DEFAULT_APISERVER_PORT),
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if let Some(p) = args.kv_port {
+        state.kv_port = p;
+    }
+    if let Some(p) = args.apiserver_port {
+        state.apiserver_port = p;
+    }
+    if state.kv_port == state.kv_peer_port {
+        bail!(
+            "kv port {} is the saved peer port; pick another --kv-port",
+            state.kv_port
+        );
+    }
+    let text = toml::to_string(&state)?;
+    kelson_pki::write_atomic(&path, text.as_bytes(), 0o644)?;
+    Ok(state)
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// How to tell that a component is serving.
+#[derive(Debug, Clone)]
+pub enum Readiness {
+    /// An etcd v3 status call over mTLS answers and reports a leader.
+    KvStatus { conn: ConnArgs },
+}
+
+/// One supervised process of the all-in-one cluster.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub log: PathBuf,
+    pub readiness: Readiness,
+    /// Lines printed once it is ready ("where things are").
+    pub info: Vec<String>,
+}
+
+/// Finds a workspace binary: `$KELSON_<NAME>_BIN`, next to our own executable, else `$PATH`.
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let env = format!(
+        "KELSON_{}_BIN",
+        name.trim_start_matches("kelson-").to_uppercase()
+    );
+    if let Some(p) = std::env::var_os(&env) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!("{name} not found next to kelsonctl or on PATH; build it: `cargo build -p {name}` (or set {env})")
+}
+
+/// The component list for a data dir. Order matters: each starts after the previous is ready.
+pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result<Vec<Component>> {
+    let client_url = format!("https://127.0.0.1:{}", state.kv_port);
+    let peer_url = format!("https://127.0.0.1:{}", state.kv_peer_port);
+    let mut args: Vec<OsString> = Vec::new();
+    let mut flag = |k: &str, v: &dyn AsRef<std::ffi::OsStr>| {
+        args.push(k.into());
+        args.push(v.as_ref().to_os_string());
+    };
+    flag("--name", &state.name);
+    flag("--data-dir", &dir.join("kv"));
+    flag("--listen-client-urls", &client_url);
+    flag("--advertise-client-urls", &client_url);
+    flag("--listen-peer-urls", &peer_url);
+    flag("--initial-advertise-peer-urls", &peer_url);
+    flag("--initial-cluster", &format!("{}={peer_url}", state.name));
+    // etcd semantics: ignored once the data dir holds a member, so resume is the same command.
+    flag("--initial-cluster-state", &"new");
+    flag("--initial-cluster-token", &state.cluster_token);
+    flag("--cert-file", &pki.server_cert);
+    flag("--key-file", &pki.server_key);
+    flag("--trusted-ca-file", &pki.ca_cert);
+    flag("--peer-cert-file", &pki.peer_cert);
+    flag("--peer-key-file", &pki.peer_key);
+    flag("--peer-trusted-ca-file", &pki.ca_cert);
+    args.push("--client-cert-auth".into());
+    args.push("--peer-client-cert-auth".into());
+    // Not on the system bus: an all-in-one dev cluster must not clash with installed services.
+    args.push("--no-dbus".into());
+
+    let conn = ConnArgs {
+        endpoints: vec![client_url.clone()],
+        cacert: Some(pki.ca_cert.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+        command_timeout: 3,
+    };
+    let kv = Component {
+        name: "kv",
+        program: find_binary("kelson-kv")?,
+        args,
+        log: dir.join("logs").join("kv.log"),
+        readiness: Readiness::KvStatus { conn },
+        info: vec![
+            format!("kv: endpoint {client_url} (mutual TLS)"),
+            format!(
+                "kv: etcdctl --endpoints={client_url} --cacert={} --cert={} --key={} get --prefix ''",
+                pki.ca_cert.display(),
+                pki.client_cert.display(),
+                pki.client_key.display()
+            ),
+        ],
+    };
+    Ok(vec![kv])
+}
+
+/// A started component.
+struct Running {
+    comp: Component,
+    child: Child,
+}
+
+impl Running {
+    fn start(comp: Component) -> anyhow::Result<Running> {
+        if let Some(d) = comp.log.parent() {
+            fs::create_dir_all(d)?;
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&comp.log)
+            .with_context(|| format!("opening {}", comp.log.display()))?;
+        let mut cmd = Command::new(&comp.program);
+        cmd.args(&comp.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Logs go to the file we name, not to the journal of whoever started us.
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .process_group(0);
+        set_parent_death_signal(&mut cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", comp.program.display()))?;
+        Ok(Running { comp, child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let text = fs::read(&self.comp.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// SIGTERM to the component's group, up to `grace` to exit, then SIGKILL.
+    async fn stop(&mut self, grace: Duration) {
+        let pgid = Pid::from_raw(self.pid() as i32);
+        if self.exited().is_some() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            return;
+        }
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(st) = self.exited() {
+                println!("{}: stopped ({st})", self.comp.name);
+                let _ = killpg(pgid, Signal::SIGKILL);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("{}: did not stop within {grace:?}; killing", self.comp.name);
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Asks the kernel to SIGTERM the child when kelsonctl dies, so a `kill -9` of kelsonctl does
+/// not leave daemons behind holding ports and data dirs.
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            // The parent may have died between fork and prctl: then nobody would signal us.
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(std::io::Error::other("parent exited during start"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Why a wait ended.
+enum Stop {
+    Signal(&'static str),
+}
+
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.int.recv() => Stop::Signal("SIGINT"),
+            _ = self.term.recv() => Stop::Signal("SIGTERM"),
+        }
+    }
+}
+
+async fn probe(r: &Readiness) -> anyhow::Result<String> {
+    match r {
+        Readiness::KvStatus { conn } => {
+            let s = crate::kv::endpoint_status(conn, &conn.endpoints[0]).await?;
+            if s.leader == 0 {
+                bail!("no leader yet");
+            }
+            Ok(format!(
+                "member {:x}, version {}, raft term {}",
+                s.member_id, s.version, s.raft_term
+            ))
+        }
+    }
+}
+
+/// Waits until `r` is ready; fails if its process exits or the bound passes. `Ok(None)` means
+/// a stop signal arrived first.
+async fn wait_ready(
+    r: &mut Running,
+    signals: &mut Signals,
+    timeout: Duration,
+) -> anyhow::Result<Option<String>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    loop {
+        if let Some(st) = r.exited() {
+            bail!(
+                "{} exited during startup ({st}); last log lines from {}:\n{}",
+                r.comp.name,
+                r.comp.log.display(),
+                r.log_tail(30)
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{} not ready after {timeout:?} ({last}); last log lines from {}:\n{}",
+                r.comp.name,
+                r.comp.log.display(),
+                r.log_tail(30)
+            );
+        }
+        tokio::select! {
+            res = probe(&r.comp.readiness) => match res {
+                Ok(what) => return Ok(Some(what)),
+                Err(e) => last = format!("{e:#}"),
+            },
+            Stop::Signal(s) = signals.recv() => {
+                println!("{s} received during startup");
+                return Ok(None);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            Stop::Signal(s) = signals.recv() => {
+                println!("{s} received during startup");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+async fn stop_all(running: &mut [Running]) {
+    for r in running.iter_mut().rev() {
+        r.stop(Duration::from_secs(15)).await;
+    }
+}
+
+fn install_deps() -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup.sh");
+    if !script.is_file() {
+        bail!(
+            "--install-deps needs the source tree's scripts/setup.sh (looked at {})",
+            script.display()
+        );
+    }
+    println!("deps: running {}", script.display());
+    let st = Command::new("bash").arg(&script).status()?;
+    if !st.success() {
+        bail!("{} failed: {st}", script.display());
+    }
+    Ok(())
+}
+
+/// Runs the all-in-one cluster until SIGINT/SIGTERM (exit 0) or a component fails (error).
+pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
+    // Handlers first: a signal during startup must still stop what was started.
+    let mut signals = Signals::new()?;
+    if args.install_deps {
+        install_deps()?;
+    }
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::default_data_dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Holds private keys and the whole keyspace.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    }
+    println!("data dir: {}", dir.display());
+    let state = load_or_init_state(&dir, &args)?;
+    let pki = kelson_pki::init_store_pki(&dir.join("pki"), &args.hosts)?;
+    println!(
+        "pki: {} (ca.crt, kv-server, kv-peer, kv-client)",
+        pki.dir.display()
+    );
+    println!(
+        "apiserver: port {} saved for the API server component (not started by this release)",
+        state.apiserver_port
+    );
+
+    let comps = components(&dir, &pki, &state)?;
+    let timeout = Duration::from_secs(args.ready_timeout.max(1));
+    let mut running: Vec<Running> = Vec::new();
+    for comp in comps {
+        println!(
+            "{}: starting {} (log: {})",
+            comp.name,
+            comp.program.display(),
+            comp.log.display()
+        );
+        let r = Running::start(comp);
+        let mut r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                stop_all(&mut running).await;
+                return Err(e);
+            }
+        };
+        println!("{}: pid {}", r.comp.name, r.pid());
+        let res = wait_ready(&mut r, &mut signals, timeout).await;
+        running.push(r);
+        match res {
+            Ok(Some(what)) => {
+                let r = running.last().expect("just pushed");
+                println!("{}: ready ({what})", r.comp.name);
+                for line in &r.comp.info {
+                    println!("{line}");
+                }
+            }
+            Ok(None) => {
+                stop_all(&mut running).await;
+                return Ok(0);
+            }
+            Err(e) => {
+                stop_all(&mut running).await;
+                return Err(e);
+            }
+        }
+    }
+    println!("logs: {}", dir.join("logs").display());
+    println!("ready");
+
+    // Serve until told to stop, or until a component dies (then stop the rest and fail).
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            Stop::Signal(s) = signals.recv() => {
+                println!("{s} received; stopping");
+                stop_all(&mut running).await;
+                println!("stopped");
+                return Ok(0);
+            }
+            _ = tick.tick() => {
+                let mut died = None;
+                for r in running.iter_mut() {
+                    if let Some(st) = r.exited() {
+                        died = Some(format!(
+                            "{} exited unexpectedly ({st}); last log lines from {}:\n{}",
+                            r.comp.name, r.comp.log.display(), r.log_tail(30)
+                        ));
+                        break;
+                    }
+                }
+                if let Some(msg) = died {
+                    stop_all(&mut running).await;
+                    bail!(msg);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> UpArgs {
+        UpArgs {
+            data_dir: Some(dir.to_path_buf()),
+            kv_port: None,
+            apiserver_port: None,
+            hosts: vec![],
+            install_deps: false,
+            ready_timeout: 5,
+        }
+    }
+
+    #[test]
+    fn state_is_chosen_once_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.kv_port = Some(kelson_testsupport::free_port());
+        let s1 = load_or_init_state(dir.path(), &a).unwrap();
+        assert_eq!(s1.kv_port, a.kv_port.unwrap());
+        assert_ne!(s1.kv_peer_port, s1.kv_port);
+        assert_eq!(s1.apiserver_port, DEFAULT_APISERVER_PORT);
+        // Resume without flags: same everything.
+        let s2 = load_or_init_state(dir.path(), &args(dir.path())).unwrap();
+        assert_eq!(s1, s2);
+        // A new client port is honored; identity and peer port stay.
+        let mut b = args(dir.path());
+        b.kv_port = Some(s1.kv_port.wrapping_add(7));
+        b.apiserver_port = Some(7443);
+        let s3 = load_or_init_state(dir.path(), &b).unwrap();
+        assert_eq!(s3.kv_peer_port, s1.kv_peer_port);
+        assert_eq!(s3.cluster_token, s1.cluster_token);
+        assert_eq!(s3.apiserver_port, 7443);
+        // Clashing with the peer port is refused.
+        let mut c = args(dir.path());
+        c.kv_port = Some(s1.kv_peer_port);
+        assert!(load_or_init_state(dir.path(), &c).is_err());
+    }
+
+    #[test]
+    fn broken_state_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE_FILE), "kv_port = 'x'\nbogus = 1\n").unwrap();
+        let err = load_or_init_state(dir.path(), &args(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("up.toml"), "{err:#}");
+    }
+
+    #[test]
+    fn kv_component_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = PkiPaths::under(&dir.path().join("pki"));
+        let state = UpState {
+            name: "n".into(),
+            cluster_token: "t".into(),
+            kv_port: 12379,
+            kv_peer_port: 12380,
+            apiserver_port: 6443,
+        };
+        // Any existing file will do as the binary for building the list.
+        std::env::set_var("KELSON_KV_BIN", "/bin/true");
+        let comps = components(dir.path(), &pki, &state).unwrap();
+        assert_eq!(comps.len(), 1);
+        let a: Vec<String> = comps[0]
+            .args
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let joined = a.join(" ");
+        assert!(
+            joined.contains("--listen-client-urls https://127.0.0.1:12379"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--initial-cluster n=https://127.0.0.1:12380"),
+            "{joined}"
+        );
+        assert!(a.contains(&"--client-cert-auth".to_string()));
+        assert!(comps[0].log.ends_with("logs/kv.log"));
+    }
+}
