@@ -16,7 +16,9 @@ use kelson_watch::{EventSource, HeaderSource, WatchHub, WatchService, WatchSourc
 struct NoHistory;
 impl EventSource for NoHistory {
     fn events(&self, _: i64, _: i64, _: usize) -> Result<Vec<Event>, WatchSourceError> {
-        Err(WatchSourceError::Unavailable("no history in this benchmark".into()))
+        Err(WatchSourceError::Unavailable(
+            "no history in this benchmark".into(),
+        ))
     }
     fn current_revision(&self) -> i64 {
         0
@@ -38,7 +40,10 @@ impl HeaderSource for Header {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let watchers = args.first().copied().unwrap_or(1000);
     let events = args.get(1).copied().unwrap_or(2000) as i64;
     let value_bytes = args.get(2).copied().unwrap_or(128);
@@ -73,7 +78,11 @@ async fn main() {
             let mut got = 0i64;
             while let Some(Ok(resp)) = out.next().await {
                 got += resp.events.len() as i64;
-                if resp.events.last().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision)
+                if resp
+                    .events
+                    .last()
+                    .and_then(|e| e.kv.as_ref())
+                    .map(|kv| kv.mod_revision)
                     == Some(events)
                 {
                     break;
@@ -109,7 +118,11 @@ async fn main() {
         delivered += r.await.unwrap();
     }
     let total = start.elapsed();
-    assert_eq!(delivered, events * watchers as i64, "every watcher must get every event");
+    assert_eq!(
+        delivered,
+        events * watchers as i64,
+        "every watcher must get every event"
+    );
     println!("| watchers | events | value B | publish ms | total ms | delivered events/s |");
     println!("|---------:|-------:|--------:|-----------:|---------:|-------------------:|");
     println!(

@@ -332,3 +332,55 @@ async fn etcd_client_many_watchers_and_a_slow_stream() {
     }
     assert_eq!(collect(&mut slow, 0, n).await, (1..=n).collect::<Vec<_>>());
 }
+
+/// The real etcdctl (3.4, Go clientv3) watching through our service, if installed.
+#[tokio::test]
+async fn etcdctl_watch_prefix() {
+    use tokio::io::AsyncBufReadExt;
+    let etcdctl = std::path::Path::new("/usr/bin/etcdctl");
+    if !etcdctl.exists() {
+        eprintln!("skipping: /usr/bin/etcdctl not installed");
+        return;
+    }
+    let s = default_setup();
+    let addr = serve_grpc(s.svc.clone()).await;
+    let mut child = tokio::process::Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints=http://{addr}"),
+            "--dial-timeout=3s",
+            "watch",
+            "--prefix",
+            "--prev-kv",
+            "e/",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // etcdctl prints nothing on creation, so keep writing until its first event shows up,
+    // then delete the key and wait for the DELETE.
+    let mut out: Vec<String> = Vec::new();
+    let mut deleted = false;
+    for i in 0..100 {
+        if out.iter().any(|l| l == "DELETE") {
+            break;
+        }
+        if out.is_empty() {
+            s.store.put("e/k", &format!("v{i}"));
+        } else if !deleted {
+            s.store.delete("e/k");
+            deleted = true;
+        }
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
+        {
+            out.push(line.unwrap().unwrap_or_default());
+        }
+    }
+    assert_eq!(out.first().map(String::as_str), Some("PUT"), "{out:?}");
+    assert_eq!(out.get(1).map(String::as_str), Some("e/k"), "{out:?}");
+    assert!(out.iter().any(|l| l == "DELETE"), "{out:?}");
+    child.kill().await.unwrap();
+}
