@@ -32,7 +32,12 @@ pub struct CommonArgs {
     #[arg(long)]
     pub print_config: bool,
     /// Log filter: a level (error, warn, info, debug, trace) or `level,target=level,...`.
-    #[arg(long, value_name = "FILTER", default_value = "info", env = "KELSON_LOG_LEVEL")]
+    #[arg(
+        long,
+        value_name = "FILTER",
+        default_value = "info",
+        env = "KELSON_LOG_LEVEL"
+    )]
     pub log_level: String,
     /// D-Bus address to serve on instead of the system bus (tests use a private bus).
     #[arg(long, value_name = "ADDR", env = "KELSON_DBUS_ADDRESS")]

@@ -312,7 +312,9 @@ impl DbusOptions {
     }
 
     fn bus(&self) -> String {
-        self.address.clone().unwrap_or_else(|| "the system bus".into())
+        self.address
+            .clone()
+            .unwrap_or_else(|| "the system bus".into())
     }
 }
 
@@ -325,13 +327,19 @@ pub struct DbusServer {
 
 impl std::fmt::Debug for DbusServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbusServer").field("opts", &self.opts).finish()
+        f.debug_struct("DbusServer")
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
 impl DbusServer {
     /// Prepare a connection serving `io.kelson.Daemon1` at `opts.path`.
-    pub fn new(opts: DbusOptions, state: DaemonState, log: LogHandle) -> Result<Self, RuntimeError> {
+    pub fn new(
+        opts: DbusOptions,
+        state: DaemonState,
+        log: LogHandle,
+    ) -> Result<Self, RuntimeError> {
         let err = |action: &str, source| RuntimeError::Dbus {
             action: action.to_string(),
             bus: opts.bus(),
@@ -402,11 +410,12 @@ impl DbusServer {
                 source,
             })?;
         tracing::debug!(?reply, name = %opts.name, "bus name requested");
-        let path = OwnedObjectPath::try_from(opts.path.clone()).map_err(|e| RuntimeError::Dbus {
-            action: format!("use the object path {:?}", opts.path),
-            bus: opts.bus(),
-            source: e.into(),
-        })?;
+        let path =
+            OwnedObjectPath::try_from(opts.path.clone()).map_err(|e| RuntimeError::Dbus {
+                action: format!("use the object path {:?}", opts.path),
+                bus: opts.bus(),
+                source: e.into(),
+            })?;
         let (tx, rx) = mpsc::unbounded_channel();
         *state.inner.changes.lock() = Some(tx);
         let task = tokio::spawn(emit_changes(conn.clone(), path.clone(), rx));
@@ -434,11 +443,7 @@ async fn emit_changes(
     path: OwnedObjectPath,
     mut rx: mpsc::UnboundedReceiver<Prop>,
 ) {
-    let iface = match conn
-        .object_server()
-        .interface::<_, Daemon1>(&path)
-        .await
-    {
+    let iface = match conn.object_server().interface::<_, Daemon1>(&path).await {
         Ok(i) => i,
         Err(err) => {
             tracing::error!(error = %err, "Daemon1 interface missing; no PropertiesChanged");

@@ -94,7 +94,10 @@ pub fn parse_filter(directive: &str) -> Result<EnvFilter, RuntimeError> {
     }
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     for part in directive.split(',').map(str::trim) {
-        if !part.contains('=') && !part.contains('[') && !LEVELS.contains(&part.to_ascii_lowercase().as_str()) {
+        if !part.contains('=')
+            && !part.contains('[')
+            && !LEVELS.contains(&part.to_ascii_lowercase().as_str())
+        {
             return Err(invalid(format!(
                 "{part:?} is not a level (expected one of {}, or target=level)",
                 LEVELS.join(", ")

@@ -36,7 +36,8 @@ pub type SharedRegistry = Arc<Mutex<Registry>>;
 /// Content type for the Prometheus text format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Content type for OpenMetrics text 1.0.0.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The process-wide registry, created on first use with the `process_*` metrics in it.
 pub fn registry() -> SharedRegistry {
@@ -228,7 +229,10 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         // Started within the last hour, not in the future (allowing USER_HZ rounding).
-        assert!(start <= now + 1.0 && start > now - 3600.0, "start={start} now={now}");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "start={start} now={now}"
+        );
     }
 
     #[test]

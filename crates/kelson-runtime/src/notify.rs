@@ -101,7 +101,10 @@ impl Notifier {
             }
         };
         if sent != msg.len() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "short notify write"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short notify write",
+            ));
         }
         Ok(())
     }

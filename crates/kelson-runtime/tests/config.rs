@@ -57,8 +57,14 @@ fn flags_override_file_and_defaults_apply() {
     let over = config::overrides_from(&flags).unwrap();
     let cfg: Cfg = config::load(Some(&file), over).unwrap();
     assert_eq!(cfg.name, "from-flag");
-    assert_eq!(cfg.snapshot_count, 5, "unset flag must not clobber the file");
-    assert_eq!(cfg.raft.tick_ms, 250, "dotted flag overrides a key inside a section");
+    assert_eq!(
+        cfg.snapshot_count, 5,
+        "unset flag must not clobber the file"
+    );
+    assert_eq!(
+        cfg.raft.tick_ms, 250,
+        "dotted flag overrides a key inside a section"
+    );
     assert_eq!(cfg.raft.peers, vec!["a".to_string()], "merge is deep");
 
     let only_flags: Cfg = config::load(None, config::overrides_from(&flags).unwrap()).unwrap();
@@ -78,7 +84,10 @@ fn unknown_key_names_key_and_file() {
     );
     assert!(msg.contains("\"snaphot-count\""), "{msg}");
     assert!(msg.contains(&file.display().to_string()), "{msg}");
-    assert!(msg.contains("\"snapshot-count\""), "lists expected keys: {msg}");
+    assert!(
+        msg.contains("\"snapshot-count\""),
+        "lists expected keys: {msg}"
+    );
 
     // Nested: the path includes the section.
     let file = write(dir.path(), "name = \"x\"\n[raft]\ntikc-ms = 1\n");
@@ -95,7 +104,10 @@ fn bad_values_and_files_are_errors() {
         matches!(&err, ConfigError::Invalid { key, .. } if key == "snapshot-count"),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
 
     // Missing required key.
     let file = write(dir.path(), "snapshot-count = 1\n");
@@ -122,7 +134,10 @@ fn print_config_round_trips() {
         },
     };
     let text = config::print_config(&cfg).unwrap();
-    assert!(text.contains("snapshot-count = 42"), "kebab-case keys: {text}");
+    assert!(
+        text.contains("snapshot-count = 42"),
+        "kebab-case keys: {text}"
+    );
     let back: Cfg = config::load_str(&text, Path::new("printed.toml"), Default::default()).unwrap();
     assert_eq!(back, cfg);
 }
@@ -146,10 +161,16 @@ fn common_args_parse() {
         "debug",
     ])
     .unwrap();
-    assert_eq!(cli.common.config.as_deref(), Some(Path::new("/etc/kelson/kv.toml")));
+    assert_eq!(
+        cli.common.config.as_deref(),
+        Some(Path::new("/etc/kelson/kv.toml"))
+    );
     assert!(cli.common.no_dbus);
     assert!(!cli.common.print_config);
     assert_eq!(cli.common.log_level, "debug");
-    assert_eq!(cli.common.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(
+        cli.common.metrics_addr,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
     assert!(Cli::try_parse_from(["kv", "--metrics-addr", "nonsense"]).is_err());
 }

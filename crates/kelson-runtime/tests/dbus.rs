@@ -71,7 +71,10 @@ impl Kv1 {
 
 async fn get(props: &PropertiesProxy<'_>, name: &str) -> String {
     let v: OwnedValue = props
-        .get(InterfaceName::from_static_str_unchecked("io.kelson.Daemon1"), name)
+        .get(
+            InterfaceName::from_static_str_unchecked("io.kelson.Daemon1"),
+            name,
+        )
         .await
         .unwrap();
     String::try_from(v).unwrap()
@@ -123,7 +126,10 @@ async fn daemon1_properties_methods_and_signals() {
 
     // The component interface is at the same path.
     let members: OwnedValue = props
-        .get(InterfaceName::from_static_str_unchecked("io.kelson.KV1"), "Members")
+        .get(
+            InterfaceName::from_static_str_unchecked("io.kelson.KV1"),
+            "Members",
+        )
         .await
         .unwrap();
     assert_eq!(u32::try_from(members).unwrap(), 3);
@@ -137,7 +143,10 @@ async fn daemon1_properties_methods_and_signals() {
         .unwrap();
     let args = sig.args().unwrap();
     assert_eq!(args.interface_name().as_str(), "io.kelson.Daemon1");
-    let v = args.changed_properties().get("State").expect("State changed");
+    let v = args
+        .changed_properties()
+        .get("State")
+        .expect("State changed");
     assert_eq!(String::try_from(v.try_clone().unwrap()).unwrap(), "running");
     assert_eq!(get(&props, "State").await, "running");
 
@@ -146,14 +155,26 @@ async fn daemon1_properties_methods_and_signals() {
         .await
         .unwrap()
         .unwrap();
-    assert!(sig.args().unwrap().changed_properties().contains_key("Health"));
+    assert!(sig
+        .args()
+        .unwrap()
+        .changed_properties()
+        .contains_key("Health"));
     assert_eq!(get(&props, "Health").await, "unhealthy");
 
     // Methods.
-    let proxy = zbus::Proxy::new(&client, "io.kelson.KV1", "/io/kelson/KV1", "io.kelson.Daemon1")
+    let proxy = zbus::Proxy::new(
+        &client,
+        "io.kelson.KV1",
+        "/io/kelson/KV1",
+        "io.kelson.Daemon1",
+    )
+    .await
+    .unwrap();
+    let () = proxy
+        .call("SetLogLevel", &("debug,zbus=warn",))
         .await
         .unwrap();
-    let () = proxy.call("SetLogLevel", &("debug,zbus=warn",)).await.unwrap();
     assert_eq!(log.level(), "debug,zbus=warn");
     let err = proxy
         .call::<_, _, ()>("SetLogLevel", &("verbose",))
@@ -165,11 +186,19 @@ async fn daemon1_properties_methods_and_signals() {
         }
         other => panic!("expected InvalidArgs, got {other:?}"),
     }
-    assert_eq!(log.level(), "debug,zbus=warn", "bad level leaves the filter alone");
+    assert_eq!(
+        log.level(),
+        "debug,zbus=warn",
+        "bad level leaves the filter alone"
+    );
 
     let () = proxy.call("Reload", &()).await.unwrap();
     assert_eq!(reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(get(&props, "State").await, "running", "back to running after reload");
+    assert_eq!(
+        get(&props, "State").await,
+        "running",
+        "back to running after reload"
+    );
 
     // A component signal through the handle's emitter reaches a subscriber.
     let rule = zbus::MatchRule::builder()
@@ -182,7 +211,9 @@ async fn daemon1_properties_methods_and_signals() {
     let mut sigs = zbus::MessageStream::for_match_rule(rule, &client, None)
         .await
         .unwrap();
-    Kv1::leader_changed(&handle.signal_emitter(), 7).await.unwrap();
+    Kv1::leader_changed(&handle.signal_emitter(), 7)
+        .await
+        .unwrap();
     let msg = tokio::time::timeout(Duration::from_secs(5), sigs.next())
         .await
         .unwrap()

@@ -102,9 +102,8 @@ async fn mutual_tls_rejects_anonymous_and_reloads_certs() {
         }
     });
 
-    let good = with_h2(
-        tls::client_config(&ca_path, Some(&client_cert), Some(&client_key)).unwrap(),
-    );
+    let good =
+        with_h2(tls::client_config(&ca_path, Some(&client_cert), Some(&client_key)).unwrap());
     let anon = with_h2(tls::client_config(&ca_path, None, None).unwrap());
 
     let served = tokio::time::timeout(Duration::from_secs(5), ping(addr, good.clone()))
@@ -192,20 +191,33 @@ fn errors_name_the_file() {
     let cert = write(d, "cert.pem", &c1);
     let key = write(d, "key.pem", &k1);
     let other_key = write(d, "other.key", &k_other);
-    let garbage = write(d, "garbage.pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n");
+    let garbage = write(
+        d,
+        "garbage.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+    );
     let empty = write(d, "empty.pem", "nothing here\n");
     let missing = d.join("missing.pem");
 
     let err = tls::server_config(&missing, &key, None, false, &[]).unwrap_err();
-    assert!(matches!(err, TlsError::Read { .. }) && err.to_string().contains("missing.pem"), "{err}");
+    assert!(
+        matches!(err, TlsError::Read { .. }) && err.to_string().contains("missing.pem"),
+        "{err}"
+    );
     let err = tls::server_config(&garbage, &key, None, false, &[]).unwrap_err();
     assert!(err.to_string().contains("garbage.pem"), "{err}");
     let err = tls::server_config(&empty, &key, None, false, &[]).unwrap_err();
     assert!(matches!(err, TlsError::NoCertificates { .. }), "{err:?}");
     let err = tls::server_config(&cert, &empty, None, false, &[]).unwrap_err();
-    assert!(matches!(err, TlsError::NoPrivateKey { .. }) && err.to_string().contains("empty.pem"), "{err:?}");
+    assert!(
+        matches!(err, TlsError::NoPrivateKey { .. }) && err.to_string().contains("empty.pem"),
+        "{err:?}"
+    );
     let err = tls::server_config(&cert, &other_key, None, false, &[]).unwrap_err();
-    assert!(matches!(err, TlsError::KeyMismatch { .. }) && err.to_string().contains("other.key"), "{err:?}");
+    assert!(
+        matches!(err, TlsError::KeyMismatch { .. }) && err.to_string().contains("other.key"),
+        "{err:?}"
+    );
     let err = tls::server_config(&cert, &key, None, true, &[]).unwrap_err();
     assert!(matches!(err, TlsError::MissingClientCa), "{err:?}");
     let err = tls::client_config(&empty, None, None).unwrap_err();
