@@ -148,8 +148,13 @@ pub trait StateMachine: Send + 'static {
     /// Apply one committed normal entry's payload (what was given to `propose`). Put all writes
     /// into `wb`; the node commits `wb` together with the applied index in one write. Returns
     /// the bytes handed to the proposer's `propose` future (only on the member that proposed it).
-    fn apply(&mut self, index: u64, term: u64, data: &[u8], wb: &mut rocksdb::WriteBatch)
-        -> Vec<u8>;
+    fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+        wb: &mut rocksdb::WriteBatch,
+    ) -> Vec<u8>;
     /// Called after the batch holding everything applied so far is durable (make it visible to
     /// readers, publish watch events).
     fn on_durable(&mut self);

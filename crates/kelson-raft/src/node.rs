@@ -49,8 +49,15 @@ type Reply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
 
 /// Everything the Ready loop accepts.
 pub(crate) enum Msg {
-    Propose { data: Vec<u8>, reply: Reply },
-    ConfChange { cc: ConfChange, check_learner_ready: bool, reply: Reply },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply,
+    },
+    ConfChange {
+        cc: ConfChange,
+        check_learner_ready: bool,
+        reply: Reply,
+    },
     ReadIndex(oneshot::Sender<Result<(), RaftError>>),
     Raft(Message),
     Unreachable(u64),
@@ -79,7 +86,11 @@ struct SnapHeader {
 
 /// Snapshot data frame: b'K', version 1, u32 BE header length, JSON header, state machine data.
 fn encode_snap_data(cluster_id: u64, members: Vec<MemberInfo>, sm: &[u8]) -> Vec<u8> {
-    let header = serde_json::to_vec(&SnapHeader { cluster_id, members }).unwrap_or_default();
+    let header = serde_json::to_vec(&SnapHeader {
+        cluster_id,
+        members,
+    })
+    .unwrap_or_default();
     let mut out = Vec::with_capacity(6 + header.len() + sm.len());
     out.extend_from_slice(&[b'K', 1]);
     out.extend_from_slice(&(header.len() as u32).to_be_bytes());
@@ -98,8 +109,7 @@ fn decode_snap_data(data: &[u8]) -> Result<(SnapHeader, &[u8]), RaftError> {
     if rest.len() < n {
         return Err(bad("short header"));
     }
-    let header: SnapHeader =
-        serde_json::from_slice(&rest[..n]).map_err(|e| bad(&e.to_string()))?;
+    let header: SnapHeader = serde_json::from_slice(&rest[..n]).map_err(|e| bad(&e.to_string()))?;
     Ok((header, &rest[n..]))
 }
 
@@ -157,8 +167,16 @@ impl RaftNode {
             ));
         }
         let (storage, persisted) = RocksStorage::open(db.clone(), cfg.data_dir.join("snap"))?;
-        let client_tls = cfg.peer_tls.as_ref().map(transport::client_tls).transpose()?;
-        let server_tls = cfg.peer_tls.as_ref().map(transport::server_tls).transpose()?;
+        let client_tls = cfg
+            .peer_tls
+            .as_ref()
+            .map(transport::client_tls)
+            .transpose()?;
+        let server_tls = cfg
+            .peer_tls
+            .as_ref()
+            .map(transport::server_tls)
+            .transpose()?;
         let meta = storage.cf_meta()?;
 
         let (cid, id, members, mut applied) = if persisted.initialized {
@@ -172,7 +190,8 @@ impl RaftNode {
                         "data dir belongs to cluster {cid:x}, but --initial-cluster describes {want_cid:x}"
                     )));
                 }
-                if let Some((name, urls)) = cfg.initial_cluster.iter().find(|(n, _)| *n == cfg.name) {
+                if let Some((name, urls)) = cfg.initial_cluster.iter().find(|(n, _)| *n == cfg.name)
+                {
                     let want = crate::member_id(name, urls, &cfg.initial_cluster_token);
                     if want != id {
                         return Err(RaftError::ClusterMismatch(format!(
@@ -200,7 +219,11 @@ impl RaftNode {
             let id = me.id;
             let mut wb = WriteBatch::default();
             wb.put_cf(meta, K_IDS, pair(cid, id));
-            wb.put_cf(meta, K_MEMBERS, serde_json::to_vec(&members).unwrap_or_default());
+            wb.put_cf(
+                meta,
+                K_MEMBERS,
+                serde_json::to_vec(&members).unwrap_or_default(),
+            );
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             db.write_opt(wb, &wo)?;
@@ -251,7 +274,8 @@ impl RaftNode {
             read_only_option: ReadOnlyOption::Safe,
             ..Default::default()
         };
-        rcfg.validate().map_err(|e| RaftError::Other(format!("raft config: {e}")))?;
+        rcfg.validate()
+            .map_err(|e| RaftError::Other(format!("raft config: {e}")))?;
         let logger = crate::logger::raft_logger(id);
         let raw = RawNode::new(&rcfg, storage.clone(), &logger)
             .map_err(|e| RaftError::Storage(format!("starting raft: {e}")))?;
@@ -260,10 +284,15 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Transport(format!("listen {}: {e}", cfg.listen_peer_addr)))?;
         let cluster_id = Arc::new(AtomicU64::new(cid));
-        let members: Members = Arc::new(RwLock::new(members.into_iter().map(|m| (m.id, m)).collect()));
+        let members: Members = Arc::new(RwLock::new(
+            members.into_iter().map(|m| (m.id, m)).collect(),
+        ));
         let (tx, rx) = mpsc::channel(INBOX);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (status_tx, status_rx) = watch::channel(NodeStatus { id, ..Default::default() });
+        let (status_tx, status_rx) = watch::channel(NodeStatus {
+            id,
+            ..Default::default()
+        });
         let max_msg = transport::max_grpc_message(cfg.max_request_bytes);
         let server = transport::spawn_server(
             listener,
@@ -317,7 +346,10 @@ impl RaftNode {
         std::thread::Builder::new()
             .name(format!("raft-{id:x}"))
             .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt.block_on(lp.run()),
                     Err(e) => tracing::error!("raft loop runtime: {e}"),
                 }
@@ -359,13 +391,20 @@ impl RaftNode {
                 if current.is_some_and(|m| m.name == name && m.client_urls == client_urls) {
                     return;
                 }
-                let attrs = Attrs { id: node.inner.id, name: name.clone(), client_urls: client_urls.clone() };
+                let attrs = Attrs {
+                    id: node.inner.id,
+                    name: name.clone(),
+                    client_urls: client_urls.clone(),
+                };
                 let mut data = vec![FRAME_ATTRS];
                 data.extend(serde_json::to_vec(&attrs).unwrap_or_default());
                 let wait = if node.status().leader_id == 0 {
                     Duration::from_millis(100)
                 } else {
-                    match node.propose_framed(data, node.inner.election_timeout * 2).await {
+                    match node
+                        .propose_framed(data, node.inner.election_timeout * 2)
+                        .await
+                    {
                         Ok(_) => continue,
                         Err(RaftError::Stopped) => return,
                         Err(e) => {
@@ -399,7 +438,11 @@ impl RaftNode {
         if *self.inner.shutdown_tx.borrow() {
             return Err(RaftError::Stopped);
         }
-        self.inner.tx.send(msg).await.map_err(|_| RaftError::Stopped)?;
+        self.inner
+            .tx
+            .send(msg)
+            .await
+            .map_err(|_| RaftError::Stopped)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RaftError::Stopped),
@@ -421,7 +464,8 @@ impl RaftNode {
         let mut framed = Vec::with_capacity(data.len() + 1);
         framed.push(FRAME_SM);
         framed.extend_from_slice(&data);
-        self.propose_framed(framed, self.inner.request_timeout).await
+        self.propose_framed(framed, self.inner.request_timeout)
+            .await
     }
 
     /// Linearizable read barrier: resolves once the local applied index reaches the leader's
@@ -431,7 +475,8 @@ impl RaftNode {
             return Err(RaftError::NoLeader);
         }
         let (reply, rx) = oneshot::channel();
-        self.call(Msg::ReadIndex(reply), rx, self.inner.request_timeout).await
+        self.call(Msg::ReadIndex(reply), rx, self.inner.request_timeout)
+            .await
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -447,11 +492,23 @@ impl RaftNode {
         self.inner.members.read().values().cloned().collect()
     }
 
-    async fn conf_change(&self, cc: ConfChange, check_learner_ready: bool) -> Result<(), RaftError> {
+    async fn conf_change(
+        &self,
+        cc: ConfChange,
+        check_learner_ready: bool,
+    ) -> Result<(), RaftError> {
         let (reply, rx) = oneshot::channel();
-        self.call(Msg::ConfChange { cc, check_learner_ready, reply }, rx, self.inner.request_timeout)
-            .await
-            .map(|_| ())
+        self.call(
+            Msg::ConfChange {
+                cc,
+                check_learner_ready,
+                reply,
+            },
+            rx,
+            self.inner.request_timeout,
+        )
+        .await
+        .map(|_| ())
     }
 
     fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), RaftError> {
@@ -478,13 +535,27 @@ impl RaftNode {
         if is_learner && self.inner.members.read().values().any(|m| m.is_learner) {
             return Err(RaftError::TooManyLearners);
         }
-        let id = crate::member_id("", &peer_urls, &format!("{}/{}", self.inner.token, now_nanos()));
+        let id = crate::member_id(
+            "",
+            &peer_urls,
+            &format!("{}/{}", self.inner.token, now_nanos()),
+        );
         if self.inner.members.read().contains_key(&id) {
             return Err(RaftError::MemberExists);
         }
-        let member = MemberInfo { id, name: String::new(), peer_urls, client_urls: Vec::new(), is_learner };
+        let member = MemberInfo {
+            id,
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner,
+        };
         let cc = ConfChange {
-            change_type: if is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode } as i32,
+            change_type: if is_learner {
+                ConfChangeType::AddLearnerNode
+            } else {
+                ConfChangeType::AddNode
+            } as i32,
             node_id: id,
             context: serde_json::to_vec(&member).unwrap_or_default(),
             id: 0,
@@ -497,28 +568,49 @@ impl RaftNode {
         if !self.inner.members.read().contains_key(&id) {
             return Err(RaftError::MemberNotFound);
         }
-        let cc = ConfChange { change_type: ConfChangeType::RemoveNode as i32, node_id: id, context: Vec::new(), id: 0 };
+        let cc = ConfChange {
+            change_type: ConfChangeType::RemoveNode as i32,
+            node_id: id,
+            context: Vec::new(),
+            id: 0,
+        };
         self.conf_change(cc, false).await?;
         Ok(self.members())
     }
 
-    pub async fn update_member(&self, id: u64, peer_urls: Vec<String>) -> Result<Vec<MemberInfo>, RaftError> {
+    pub async fn update_member(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<Vec<MemberInfo>, RaftError> {
         if !self.inner.members.read().contains_key(&id) {
             return Err(RaftError::MemberNotFound);
         }
         self.check_urls_free(&peer_urls, id)?;
         let mut data = vec![FRAME_UPDATE];
         data.extend(serde_json::to_vec(&UpdateUrls { id, peer_urls }).unwrap_or_default());
-        self.propose_framed(data, self.inner.request_timeout).await?;
+        self.propose_framed(data, self.inner.request_timeout)
+            .await?;
         Ok(self.members())
     }
 
     pub async fn promote_member(&self, id: u64) -> Result<Vec<MemberInfo>, RaftError> {
-        let member = self.inner.members.read().get(&id).cloned().ok_or(RaftError::MemberNotFound)?;
+        let member = self
+            .inner
+            .members
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(RaftError::MemberNotFound)?;
         if !member.is_learner {
             return Err(RaftError::NotLearner);
         }
-        let cc = ConfChange { change_type: ConfChangeType::AddNode as i32, node_id: id, context: Vec::new(), id: 0 };
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddNode as i32,
+            node_id: id,
+            context: Vec::new(),
+            id: 0,
+        };
         self.conf_change(cc, true).await?;
         Ok(self.members())
     }
@@ -532,7 +624,11 @@ impl RaftNode {
             return Err(RaftError::NoLeader);
         }
         let mut st = self.watch_status();
-        self.inner.tx.send(Msg::TransferLeader(to)).await.map_err(|_| RaftError::Stopped)?;
+        self.inner
+            .tx
+            .send(Msg::TransferLeader(to))
+            .await
+            .map_err(|_| RaftError::Stopped)?;
         let wait = self.inner.election_timeout * 3 + Duration::from_secs(1);
         let res = tokio::time::timeout(wait, st.wait_for(|s| s.leader_id == to))
             .await
@@ -550,7 +646,10 @@ impl RaftNode {
         let stop = self.inner.stop.lock().take();
         if let Some((done, mut server)) = stop {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
-            if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                .await
+                .is_err()
+            {
                 server.abort();
             }
             tracing::info!(member = %format!("{:x}", self.inner.id), "raft member stopped");
@@ -574,7 +673,9 @@ async fn join_lookup(
         match transport::fetch_members(&urls, tls).await {
             Ok(v) => return Ok(v),
             Err(e) if Instant::now() >= deadline => {
-                return Err(RaftError::Transport(format!("joining existing cluster: {e}")))
+                return Err(RaftError::Transport(format!(
+                    "joining existing cluster: {e}"
+                )))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -589,9 +690,15 @@ fn bootstrap(
     id: u64,
     members: &[MemberInfo],
 ) -> Result<(), RaftError> {
-    let cs = ConfState { voters: members.iter().map(|m| m.id).collect(), ..Default::default() };
+    let cs = ConfState {
+        voters: members.iter().map(|m| m.id).collect(),
+        ..Default::default()
+    };
     let sm_data = sm.snapshot().map_err(RaftError::Storage)?;
-    let mut snap = Snapshot { data: encode_snap_data(cid, members.to_vec(), &sm_data), metadata: None };
+    let mut snap = Snapshot {
+        data: encode_snap_data(cid, members.to_vec(), &sm_data),
+        metadata: None,
+    };
     {
         let m = snap.mut_metadata();
         m.index = 1;
@@ -599,7 +706,11 @@ fn bootstrap(
         m.set_conf_state(cs.clone());
     }
     storage.write_snapshot_file(&snap)?;
-    let hs = HardState { term: 1, vote: 0, commit: 1 };
+    let hs = HardState {
+        term: 1,
+        vote: 0,
+        commit: 1,
+    };
     let meta = storage.cf_meta()?;
     let mut wb = WriteBatch::default();
     wb.put_cf(meta, K_HARD_STATE, hs.encode_to_vec());
@@ -607,7 +718,11 @@ fn bootstrap(
     wb.put_cf(meta, K_TRUNCATED, pair(1, 1));
     wb.put_cf(meta, K_SNAPSHOT, pair(1, 1));
     wb.put_cf(meta, K_APPLIED, 1u64.to_be_bytes());
-    wb.put_cf(meta, K_MEMBERS, serde_json::to_vec(members).unwrap_or_default());
+    wb.put_cf(
+        meta,
+        K_MEMBERS,
+        serde_json::to_vec(members).unwrap_or_default(),
+    );
     wb.put_cf(meta, K_IDS, pair(cid, id));
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
@@ -709,10 +824,20 @@ impl Loop {
                     }
                 }
             }
-            Msg::ConfChange { cc, check_learner_ready, reply } => {
+            Msg::ConfChange {
+                cc,
+                check_learner_ready,
+                reply,
+            } => {
                 if check_learner_ready && self.raw.raft.state == StateRole::Leader {
                     let committed = self.raw.raft.raft_log.committed;
-                    let matched = self.raw.raft.prs().get(cc.node_id).map(|p| p.matched).unwrap_or(0);
+                    let matched = self
+                        .raw
+                        .raft
+                        .prs()
+                        .get(cc.node_id)
+                        .map(|p| p.matched)
+                        .unwrap_or(0);
                     // etcd's rule: a learner is ready once it has 90% of the leader's log.
                     if (matched as f64) < committed as f64 * 0.9 {
                         let _ = reply.send(Err(RaftError::LearnerNotReady));
@@ -726,7 +851,10 @@ impl Loop {
                     return;
                 }
                 *seq += 1;
-                match self.raw.propose_conf_change(proposal_ctx(self.id, *seq), cc) {
+                match self
+                    .raw
+                    .propose_conf_change(proposal_ctx(self.id, *seq), cc)
+                {
                     Ok(()) => {
                         self.pending.insert(*seq, reply);
                     }
@@ -746,7 +874,11 @@ impl Loop {
             }
             Msg::Unreachable(id) => self.raw.report_unreachable(id),
             Msg::SnapshotStatus(id, ok) => {
-                let st = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let st = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(id, st);
                 if !ok {
                     self.raw.report_unreachable(id);
@@ -790,10 +922,10 @@ impl Loop {
     /// Drops bookkeeping for callers that gave up (their futures timed out).
     fn gc(&mut self) {
         self.pending.retain(|_, tx| !tx.is_closed());
-        let stale = Instant::now() - Duration::from_secs(30).min(Instant::now().elapsed());
+        // Rounds raft silently dropped (leader change) are forgotten once nobody waits on them.
         self.read_inflight.retain(|_, (t, w)| {
             w.retain(|tx| !tx.is_closed());
-            !w.is_empty() && *t >= stale
+            !w.is_empty() && t.elapsed() < Duration::from_secs(60)
         });
     }
 
@@ -824,7 +956,12 @@ impl Loop {
             self.stage_snapshot(snap, &mut wb)?;
         }
         for rs in rd.take_read_states() {
-            let n = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let n = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             if let Some((_, waiters)) = self.read_inflight.remove(&n) {
                 self.read_ready.push((rs.index, waiters));
             }
@@ -893,7 +1030,11 @@ impl Loop {
         wb.put_cf(meta, K_APPLIED, self.applied.to_be_bytes());
         if std::mem::take(&mut self.members_dirty) {
             let members: Vec<MemberInfo> = self.members.read().values().cloned().collect();
-            wb.put_cf(meta, K_MEMBERS, serde_json::to_vec(&members).unwrap_or_default());
+            wb.put_cf(
+                meta,
+                K_MEMBERS,
+                serde_json::to_vec(&members).unwrap_or_default(),
+            );
         }
         if std::mem::take(&mut self.cs_dirty) {
             wb.put_cf(meta, K_CONF_STATE, self.cs.encode_to_vec());
@@ -918,7 +1059,11 @@ impl Loop {
         };
         let _ = first;
         let log = self.storage.cf_log()?;
-        wb.delete_range_cf(log, storage::idx_key(0), storage::idx_key(last.max(meta.index) + 1));
+        wb.delete_range_cf(
+            log,
+            storage::idx_key(0),
+            storage::idx_key(last.max(meta.index) + 1),
+        );
         let cfm = self.storage.cf_meta()?;
         wb.put_cf(cfm, K_TRUNCATED, pair(meta.index, meta.term));
         wb.put_cf(cfm, K_SNAPSHOT, pair(meta.index, meta.term));
@@ -926,7 +1071,11 @@ impl Loop {
         self.cs_dirty = true;
         {
             let mut m = self.members.write();
-            *m = header.members.into_iter().map(|m| (m.id, m)).collect::<BTreeMap<_, _>>();
+            *m = header
+                .members
+                .into_iter()
+                .map(|m| (m.id, m))
+                .collect::<BTreeMap<_, _>>();
         }
         self.members_dirty = true;
         self.applied = meta.index;
@@ -934,7 +1083,11 @@ impl Loop {
         self.last_snap_index = meta.index;
         self.snapshots_installed += 1;
         self.installed_snapshot = Some((meta.index, meta.term));
-        tracing::info!(index = meta.index, term = meta.term, "installed snapshot from leader");
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installed snapshot from leader"
+        );
         Ok(())
     }
 
@@ -955,14 +1108,20 @@ impl Loop {
                     Ok(cc) => self.apply_conf_change(&cc),
                     Err(err) => Err(RaftError::Other(format!("malformed conf change: {err}"))),
                 }),
-                Some(EntryType::EntryConfChangeV2) => Some(match ConfChangeV2::decode(&e.data[..]) {
-                    Ok(cc) => self.raw.apply_conf_change(&cc).map(|cs| {
-                        self.cs = cs;
-                        self.cs_dirty = true;
-                        Vec::new()
-                    }).map_err(|err| RaftError::Other(err.to_string())),
-                    Err(err) => Err(RaftError::Other(format!("malformed conf change: {err}"))),
-                }),
+                Some(EntryType::EntryConfChangeV2) => {
+                    Some(match ConfChangeV2::decode(&e.data[..]) {
+                        Ok(cc) => self
+                            .raw
+                            .apply_conf_change(&cc)
+                            .map(|cs| {
+                                self.cs = cs;
+                                self.cs_dirty = true;
+                                Vec::new()
+                            })
+                            .map_err(|err| RaftError::Other(err.to_string())),
+                        Err(err) => Err(RaftError::Other(format!("malformed conf change: {err}"))),
+                    })
+                }
                 None => Some(Err(RaftError::Other("unknown entry type".into()))),
             };
             self.applied = e.index;
@@ -982,8 +1141,9 @@ impl Loop {
         match e.data[0] {
             FRAME_SM => Ok(self.sm.apply(e.index, e.term, body, wb)),
             FRAME_ATTRS => {
-                let a: Attrs = serde_json::from_slice(body)
-                    .map_err(|err| RaftError::Other(format!("malformed member attributes: {err}")))?;
+                let a: Attrs = serde_json::from_slice(body).map_err(|err| {
+                    RaftError::Other(format!("malformed member attributes: {err}"))
+                })?;
                 let mut members = self.members.write();
                 let m = members.get_mut(&a.id).ok_or(RaftError::MemberNotFound)?;
                 m.name = a.name;
@@ -1050,7 +1210,9 @@ impl Loop {
     /// Every `snapshot_count` applied entries: snapshot the state machine and compact the log,
     /// keeping a tail so slightly lagging followers still catch up from the log.
     fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        if self.applied < self.last_snap_index + self.snapshot_count {
+        let wanted = std::mem::take(&mut self.storage.core.write().want_snapshot);
+        let due = self.applied >= self.last_snap_index + self.snapshot_count;
+        if !(due || (wanted && self.applied > self.last_snap_index)) {
             return Ok(());
         }
         let sm_data = match self.sm.snapshot() {
@@ -1073,9 +1235,11 @@ impl Loop {
             m.set_conf_state(self.cs.clone());
         }
         self.storage.write_snapshot_file(&snap)?;
-        self.storage
-            .db()
-            .put_cf(self.storage.cf_meta()?, K_SNAPSHOT, pair(self.applied, self.applied_term))?;
+        self.storage.db().put_cf(
+            self.storage.cf_meta()?,
+            K_SNAPSHOT,
+            pair(self.applied, self.applied_term),
+        )?;
         self.storage.core.write().snap = (self.applied, self.applied_term);
         self.last_snap_index = self.applied;
         let keep = self.snapshot_count.min(5000);

@@ -89,6 +89,9 @@ pub(crate) struct Core {
     /// Newest snapshot file (index, term); (0, 0) when there is none.
     pub snap: (u64, u64),
     pub cache: VecDeque<Entry>,
+    /// Set when a peer needs a snapshot newer than the newest file (e.g. one that includes the
+    /// peer itself in its conf state); the Ready loop takes one promptly.
+    pub want_snapshot: bool,
 }
 
 /// What `open` found on disk besides the raft state itself.
@@ -199,7 +202,11 @@ impl RocksStorage {
     }
 
     /// Stages appending `ents` (which may overwrite a conflicting tail) into `wb`.
-    pub(crate) fn stage_entries(&self, wb: &mut WriteBatch, ents: &[Entry]) -> Result<(), RaftError> {
+    pub(crate) fn stage_entries(
+        &self,
+        wb: &mut WriteBatch,
+        ents: &[Entry],
+    ) -> Result<(), RaftError> {
         let (Some(first), Some(last)) = (ents.first(), ents.last()) else {
             return Ok(());
         };
@@ -236,7 +243,11 @@ impl RocksStorage {
         while core.cache.back().is_some_and(|e| e.index >= first.index) {
             core.cache.pop_back();
         }
-        if core.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+        if core
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
             core.cache.clear();
         }
         core.cache.extend(ents.iter().cloned());
@@ -441,12 +452,28 @@ impl raft::Storage for RocksStorage {
         Ok(self.core.read().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let includes = |s: &Snapshot| {
+            let cs = s.get_metadata().get_conf_state();
+            [
+                &cs.voters,
+                &cs.learners,
+                &cs.voters_outgoing,
+                &cs.learners_next,
+            ]
+            .iter()
+            .any(|ids| ids.contains(&to))
+        };
         match self.load_snapshot() {
-            Ok(Some(s)) if s.get_metadata().index >= request_index => Ok(s),
-            Ok(_) => Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            )),
+            // A snapshot that predates the peer's own addition is useless to it: raft-rs would
+            // ignore it, so ask the loop for a fresh one and let raft retry.
+            Ok(Some(s)) if s.get_metadata().index >= request_index && includes(&s) => Ok(s),
+            Ok(_) => {
+                self.core.write().want_snapshot = true;
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
             Err(e) => {
                 tracing::error!("loading snapshot for a peer: {e}");
                 Err(raft::Error::Store(

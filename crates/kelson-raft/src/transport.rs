@@ -55,7 +55,8 @@ pub(crate) fn max_grpc_message(max_request_bytes: usize) -> usize {
 pub(crate) type Members = Arc<RwLock<BTreeMap<u64, MemberInfo>>>;
 
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, RaftError> {
-    std::fs::read(path).map_err(|e| RaftError::Transport(format!("reading {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| RaftError::Transport(format!("reading {}: {e}", path.display())))
 }
 
 /// Server-side TLS from the PEM files; client certificates are required when `client_cert_auth`.
@@ -114,7 +115,10 @@ pub(crate) async fn fetch_members(
             }
         };
         let res = tokio::time::timeout(Duration::from_secs(2), async {
-            let ch = ep.connect().await.map_err(|e| RaftError::Transport(format!("{url}: {e}")))?;
+            let ch = ep
+                .connect()
+                .await
+                .map_err(|e| RaftError::Transport(format!("{url}: {e}")))?;
             let resp = RaftPeerClient::new(ch)
                 .members(MembersRequest {})
                 .await
@@ -176,14 +180,20 @@ pub(crate) fn decode_peer_message(bytes: &[u8], from: u64, to: u64) -> Result<Me
         Status::invalid_argument(format!("malformed raft message: {e}"))
     })?;
     if MessageType::from_i32(m.msg_type).is_none()
-        || m.entries.iter().any(|e| EntryType::from_i32(e.entry_type).is_none())
+        || m.entries
+            .iter()
+            .any(|e| EntryType::from_i32(e.entry_type).is_none())
     {
         tracing::warn!(from = %format!("{from:x}"), "raft message with an unknown type");
-        return Err(Status::invalid_argument("raft message with an unknown type"));
+        return Err(Status::invalid_argument(
+            "raft message with an unknown type",
+        ));
     }
     if m.from != from || m.to != to {
         tracing::warn!(from = %format!("{from:x}"), "raft message from/to {:x}/{:x} does not match its batch", m.from, m.to);
-        return Err(Status::invalid_argument("raft message from/to does not match its batch"));
+        return Err(Status::invalid_argument(
+            "raft message from/to does not match its batch",
+        ));
     }
     Ok(m)
 }
@@ -235,7 +245,9 @@ impl RaftPeer for PeerService {
         };
         let mut m = decode_peer_message(&msg, from, to)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
-            return Err(Status::invalid_argument("snapshot stream without a snapshot message"));
+            return Err(Status::invalid_argument(
+                "snapshot stream without a snapshot message",
+            ));
         }
         m.mut_snapshot().data = data;
         tracing::info!(from = %format!("{from:x}"), index = m.get_snapshot().get_metadata().index, "received snapshot");
@@ -246,9 +258,13 @@ impl RaftPeer for PeerService {
         Ok(Response::new(Done {}))
     }
 
-    async fn members(&self, _req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
         let members: Vec<MemberInfo> = self.members.read().values().cloned().collect();
-        let members_json = serde_json::to_vec(&members).map_err(|e| Status::internal(e.to_string()))?;
+        let members_json =
+            serde_json::to_vec(&members).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(MembersResponse {
             cluster_id: self.cluster_id.load(Ordering::Relaxed),
             members_json,
@@ -360,7 +376,15 @@ impl Transport {
                 rx,
                 self.inbox.clone(),
             ));
-            self.peers.insert(to, Peer { url, tx, client, task });
+            self.peers.insert(
+                to,
+                Peer {
+                    url,
+                    tx,
+                    client,
+                    task,
+                },
+            );
         }
         self.peers.get_mut(&to)
     }
@@ -431,7 +455,8 @@ async fn peer_task(
         let (stx, srx) = mpsc::channel::<MessageBatch>(16);
         let mut c = client.clone();
         let call = tokio::spawn(async move {
-            c.send_messages(Request::new(ReceiverStream::new(srx))).await
+            c.send_messages(Request::new(ReceiverStream::new(srx)))
+                .await
         });
         let mut pending = Some(first);
         loop {
@@ -465,7 +490,9 @@ async fn peer_task(
             if stx.send(mb).await.is_err() {
                 // The call ended (peer down, refused us, or restarted): say so and reconnect.
                 match call.await {
-                    Ok(Err(status)) => tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}"),
+                    Ok(Err(status)) => {
+                        tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}")
+                    }
                     Ok(Ok(_)) | Err(_) => {}
                 }
                 let _ = inbox.try_send(Msg::Unreachable(to));
