@@ -112,7 +112,9 @@ impl KeyIndex {
     /// not exist (or was deleted) then.
     pub fn get(&self, at: i64) -> Option<Rev> {
         match self {
-            KeyIndex::Single { main, sub } => (*main <= at).then(|| Rev::new(*main, i64::from(*sub))),
+            KeyIndex::Single { main, sub } => {
+                (*main <= at).then(|| Rev::new(*main, i64::from(*sub)))
+            }
             KeyIndex::Multi(h) => {
                 for g in h.gens.iter().rev() {
                     let n = g.revs.partition_point(|r| r.main <= at);

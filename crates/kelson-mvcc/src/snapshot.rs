@@ -17,7 +17,11 @@ pub fn encode(sections: &[Section]) -> Vec<u8> {
     let size: usize = sections
         .iter()
         .map(|(n, recs)| {
-            9 + n.len() + recs.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
+            9 + n.len()
+                + recs
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + v.len())
+                    .sum::<usize>()
         })
         .sum();
     let mut out = Vec::with_capacity(MAGIC.len() + size + 4);
@@ -52,10 +56,14 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
     fn u32(&mut self) -> Result<u32, MvccError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, MvccError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 

@@ -162,10 +162,11 @@ fn encode_alarms(alarms: &[AlarmMember]) -> Vec<u8> {
 }
 
 fn decode_alarms(v: &[u8]) -> Result<Vec<AlarmMember>, MvccError> {
-    if v.len() % 12 != 0 {
+    let chunks = v.chunks_exact(12);
+    if !chunks.remainder().is_empty() {
         return Err(corrupt("alarms", "bad length"));
     }
-    Ok(v.chunks_exact(12)
+    Ok(chunks
         .map(|c| AlarmMember {
             member_id: u64::from_be_bytes(c[..8].try_into().expect("8 bytes")),
             alarm: i32::from_be_bytes(c[8..].try_into().expect("4 bytes")),
@@ -442,7 +443,12 @@ impl Mvcc {
     /// All events with `from_rev <= main <= to_rev` (capped at the published revision), oldest
     /// first, with prev_kv. Stops once `limit` events are collected (0 = no limit), but never in
     /// the middle of a revision.
-    pub fn events(&self, from_rev: i64, to_rev: i64, limit: usize) -> Result<Vec<Event>, MvccError> {
+    pub fn events(
+        &self,
+        from_rev: i64,
+        to_rev: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, MvccError> {
         self.readable()?;
         if from_rev <= self.st.compact_rev {
             return Err(MvccError::Compacted);
@@ -561,7 +567,10 @@ impl Mvcc {
             let Some(cf) = self.db.cf_handle(name) else {
                 continue;
             };
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+            for prop in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ] {
                 if let Ok(Some(n)) = self.db.property_int_value_cf(&cf, prop) {
                     total = total.saturating_add(n);
                 }
@@ -758,7 +767,12 @@ impl Mvcc {
     }
 
     /// etcd's `checkRequests` along the chosen path: puts' leases exist; ignore_* keys exist.
-    fn check_path(&self, t: &TxnRequest, path: &[bool], cursor: &mut usize) -> Result<(), MvccError> {
+    fn check_path(
+        &self,
+        t: &TxnRequest,
+        path: &[bool],
+        cursor: &mut usize,
+    ) -> Result<(), MvccError> {
         let ok = path.get(*cursor).copied().unwrap_or(false);
         *cursor += 1;
         for op in if ok { &t.success } else { &t.failure } {
@@ -1036,8 +1050,7 @@ impl Writer<'_> {
             },
         );
         let cf = cf!(self.db, CF_LEASE);
-        self.wb
-            .put_cf(&cf, g.id.to_be_bytes(), g.ttl.to_be_bytes());
+        self.wb.put_cf(&cf, g.id.to_be_bytes(), g.ttl.to_be_bytes());
         Ok(LeaseGrantResponse {
             header: header(self.read_rev()),
             id: g.id,
@@ -1085,7 +1098,7 @@ impl Writer<'_> {
             AlarmAction::Activate => {
                 if a.alarm != AlarmType::None as i32 {
                     if !st.alarms.contains(&member) {
-                        st.alarms.push(member.clone());
+                        st.alarms.push(member);
                         st.alarms.sort_by_key(|m| (m.member_id, m.alarm));
                         changed = true;
                     }

@@ -135,20 +135,26 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(Vec<&[u8]>, Vec<KeyRange<'_>>),
 
 /// True if the txn contains any put or delete, in either branch, at any depth.
 pub fn has_writes(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).any(|op| match &op.request {
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => true,
-        Some(Request::RequestTxn(t)) => has_writes(t),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => true,
+            Some(Request::RequestTxn(t)) => has_writes(t),
+            _ => false,
+        })
 }
 
 /// True if the txn contains any put (what etcd's quota charges for, so NOSPACE rejects it).
 pub fn has_puts(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).any(|op| match &op.request {
-        Some(Request::RequestPut(_)) => true,
-        Some(Request::RequestTxn(t)) => has_puts(t),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(t)) => has_puts(t),
+            _ => false,
+        })
 }
 
 /// etcd's `compareKV`: compares one key-value (the zero KeyValue for a missing key) against the
@@ -311,15 +317,39 @@ mod tests {
         };
         use CompareResult::*;
         use CompareTarget as T;
-        assert!(compare_kv(&c(T::Value, Equal, TargetUnion::Value(b"m".to_vec())), &kv));
-        assert!(compare_kv(&c(T::Value, Greater, TargetUnion::Value(b"a".to_vec())), &kv));
-        assert!(compare_kv(&c(T::Value, Less, TargetUnion::Value(b"z".to_vec())), &kv));
-        assert!(compare_kv(&c(T::Version, NotEqual, TargetUnion::Version(2)), &kv));
-        assert!(compare_kv(&c(T::Create, Equal, TargetUnion::CreateRevision(2)), &kv));
-        assert!(!compare_kv(&c(T::Mod, Less, TargetUnion::ModRevision(5)), &kv));
+        assert!(compare_kv(
+            &c(T::Value, Equal, TargetUnion::Value(b"m".to_vec())),
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(T::Value, Greater, TargetUnion::Value(b"a".to_vec())),
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(T::Value, Less, TargetUnion::Value(b"z".to_vec())),
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(T::Version, NotEqual, TargetUnion::Version(2)),
+            &kv
+        ));
+        assert!(compare_kv(
+            &c(T::Create, Equal, TargetUnion::CreateRevision(2)),
+            &kv
+        ));
+        assert!(!compare_kv(
+            &c(T::Mod, Less, TargetUnion::ModRevision(5)),
+            &kv
+        ));
         assert!(compare_kv(&c(T::Lease, Equal, TargetUnion::Lease(7)), &kv));
         // Missing key: VALUE always false, others compare against zero.
-        assert!(!compare_all(&c(T::Value, NotEqual, TargetUnion::Value(b"x".to_vec())), &[]));
-        assert!(compare_all(&c(T::Mod, Equal, TargetUnion::ModRevision(0)), &[]));
+        assert!(!compare_all(
+            &c(T::Value, NotEqual, TargetUnion::Value(b"x".to_vec())),
+            &[]
+        ));
+        assert!(compare_all(
+            &c(T::Mod, Equal, TargetUnion::ModRevision(0)),
+            &[]
+        ));
     }
 }

@@ -154,7 +154,11 @@ fn put_validation_errors() {
         err(fx.apply(put("k", "", 5, false, true))).0,
         "etcdserver: lease is provided"
     );
-    assert_eq!(fx.m.current_revision(), 1, "failed requests take no revision");
+    assert_eq!(
+        fx.m.current_revision(),
+        1,
+        "failed requests take no revision"
+    );
 
     fx.grant(5, 60);
     fx.put_lease("k", "v", 5);
@@ -162,13 +166,19 @@ fn put_validation_errors() {
     let a = fx.apply(put("k", "", 0, true, true));
     assert_eq!(a.response.error, "");
     let kv = fx.get("k").unwrap();
-    assert_eq!((kv.value.as_slice(), kv.lease, kv.version), (&b"v"[..], 5, 2));
+    assert_eq!(
+        (kv.value.as_slice(), kv.lease, kv.version),
+        (&b"v"[..], 5, 2)
+    );
     fx.apply(put("k", "w", 0, false, true));
     let kv = fx.get("k").unwrap();
     assert_eq!((kv.value.as_slice(), kv.lease), (&b"w"[..], 5));
     fx.apply(put("k", "x", 0, false, false));
     assert_eq!(fx.get("k").unwrap().lease, 0);
-    assert!(fx.m.lease_keys(5).is_empty(), "re-put without lease detaches");
+    assert!(
+        fx.m.lease_keys(5).is_empty(),
+        "re-put without lease detaches"
+    );
 }
 
 fn seed_range_data(fx: &mut Fx) {
@@ -233,13 +243,15 @@ fn range_options() {
         ..rr("a", "c")
     });
     assert_eq!(keys(&resp.kvs), ["a", "b"]);
-    assert!(resp.kvs.iter().all(|kv| kv.value.is_empty() && kv.version > 0));
+    assert!(resp
+        .kvs
+        .iter()
+        .all(|kv| kv.value.is_empty() && kv.version > 0));
 
     // Sorting.
     let sorted = |order: SortOrder, target: SortTarget, limit: i64| {
-        let resp = fx
-            .m
-            .range(&RangeRequest {
+        let resp =
+            fx.m.range(&RangeRequest {
                 sort_order: order as i32,
                 sort_target: target as i32,
                 limit,
@@ -248,7 +260,10 @@ fn range_options() {
             .unwrap();
         (keys(&resp.kvs), resp.more)
     };
-    assert_eq!(sorted(SortOrder::Descend, SortTarget::Key, 0).0, ["e", "d", "c", "b", "a"]);
+    assert_eq!(
+        sorted(SortOrder::Descend, SortTarget::Key, 0).0,
+        ["e", "d", "c", "b", "a"]
+    );
     assert_eq!(
         sorted(SortOrder::Ascend, SortTarget::Value, 0).0,
         ["e", "d", "c", "b", "a"]
@@ -263,8 +278,14 @@ fn range_options() {
         (vec!["b".to_string(), "c".to_string()], true)
     );
     assert_eq!(sorted(SortOrder::Descend, SortTarget::Mod, 1).0, ["c"]);
-    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Create, 0).0, ["a", "b", "c", "d", "e"]);
-    assert_eq!(sorted(SortOrder::Descend, SortTarget::Create, 0).0, ["e", "d", "c", "b", "a"]);
+    assert_eq!(
+        sorted(SortOrder::Ascend, SortTarget::Create, 0).0,
+        ["a", "b", "c", "d", "e"]
+    );
+    assert_eq!(
+        sorted(SortOrder::Descend, SortTarget::Create, 0).0,
+        ["e", "d", "c", "b", "a"]
+    );
 
     // Revision filters (applied after the index count, like etcd).
     let resp = r(RangeRequest {
@@ -298,7 +319,11 @@ fn range_options() {
         ..rr("\0", "\0")
     });
     assert_eq!(keys(&resp.kvs), ["a", "b", "c"]);
-    assert_eq!(resp.header.unwrap().revision, 12, "header is the current revision");
+    assert_eq!(
+        resp.header.unwrap().revision,
+        12,
+        "header is the current revision"
+    );
 
     // Errors.
     assert!(matches!(
@@ -322,27 +347,35 @@ fn compaction_and_compacted_errors() {
     let hash_before = fx.m.hash_kv(6).unwrap();
 
     let a = fx.compact(7);
-    assert_eq!(a.response.error, "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        a.response.error,
+        "etcdserver: mvcc: required revision is a future revision"
+    );
     assert_eq!(a.response.error_code, 11);
     let a = fx.compact(5);
     assert_eq!(a.response.error, "");
     assert_eq!(a.revision, 6, "compaction takes no revision");
     assert_eq!(fx.m.compact_revision(), 5);
     let a = fx.compact(5);
-    assert_eq!(a.response.error, "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        a.response.error,
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     let a = fx.compact(3);
     assert_eq!(a.response.error_code, 11);
 
     // Reads below 5 fail, at 5 and above see the same as before.
-    let err = fx
-        .m
-        .range(&RangeRequest {
+    let err =
+        fx.m.range(&RangeRequest {
             revision: 4,
             ..rr("a", "")
         })
         .unwrap_err();
     assert!(matches!(err, MvccError::Compacted));
-    assert_eq!(err.to_string(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        err.to_string(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
     assert_eq!(fx.get_at("a", 5).unwrap().value, b"2");
     assert_eq!(fx.get_at("b", 5), None);
     assert_eq!(keys(&fx.all_at(5)), ["a"]);
@@ -360,7 +393,11 @@ fn compaction_and_compacted_errors() {
     // Compacting at the current revision, then writing on.
     assert_eq!(fx.compact(6).response.error, "");
     fx.put("a", "3");
-    assert_eq!(fx.get("a").unwrap().version, 3, "version survives compaction");
+    assert_eq!(
+        fx.get("a").unwrap().version,
+        3,
+        "version survives compaction"
+    );
     assert_eq!(fx.get("a").unwrap().create_revision, 2);
 }
 
@@ -374,20 +411,58 @@ fn txn_compares_branches_and_own_writes() {
     use CompareResult::*;
     use CompareTarget as T;
     let cases = [
-        (cmp("k", T::Value, Equal, TargetUnion::Value("v2".into())), true),
-        (cmp("k", T::Value, Greater, TargetUnion::Value("v1".into())), true),
-        (cmp("k", T::Value, Less, TargetUnion::Value("v1".into())), false),
-        (cmp("k", T::Value, NotEqual, TargetUnion::Value("v2".into())), false),
+        (
+            cmp("k", T::Value, Equal, TargetUnion::Value("v2".into())),
+            true,
+        ),
+        (
+            cmp("k", T::Value, Greater, TargetUnion::Value("v1".into())),
+            true,
+        ),
+        (
+            cmp("k", T::Value, Less, TargetUnion::Value("v1".into())),
+            false,
+        ),
+        (
+            cmp("k", T::Value, NotEqual, TargetUnion::Value("v2".into())),
+            false,
+        ),
         (cmp("k", T::Version, Equal, TargetUnion::Version(2)), true),
-        (cmp("k", T::Version, Greater, TargetUnion::Version(2)), false),
-        (cmp("k", T::Create, Equal, TargetUnion::CreateRevision(2)), true),
-        (cmp("k", T::Create, Less, TargetUnion::CreateRevision(3)), true),
+        (
+            cmp("k", T::Version, Greater, TargetUnion::Version(2)),
+            false,
+        ),
+        (
+            cmp("k", T::Create, Equal, TargetUnion::CreateRevision(2)),
+            true,
+        ),
+        (
+            cmp("k", T::Create, Less, TargetUnion::CreateRevision(3)),
+            true,
+        ),
         (cmp("k", T::Mod, Equal, TargetUnion::ModRevision(3)), true),
-        (cmp("k", T::Mod, NotEqual, TargetUnion::ModRevision(3)), false),
+        (
+            cmp("k", T::Mod, NotEqual, TargetUnion::ModRevision(3)),
+            false,
+        ),
         (cmp("k", T::Lease, Equal, TargetUnion::Lease(0)), true),
-        (cmp("missing", T::Mod, Equal, TargetUnion::ModRevision(0)), true),
-        (cmp("missing", T::Version, Greater, TargetUnion::Version(0)), false),
-        (cmp("missing", T::Value, NotEqual, TargetUnion::Value("a".into())), false),
+        (
+            cmp("missing", T::Mod, Equal, TargetUnion::ModRevision(0)),
+            true,
+        ),
+        (
+            cmp("missing", T::Version, Greater, TargetUnion::Version(0)),
+            false,
+        ),
+        (
+            cmp(
+                "missing",
+                T::Value,
+                NotEqual,
+                TargetUnion::Value("a".into()),
+            ),
+            false,
+        ),
     ];
     for (c, want) in cases {
         let t = TxnRequest {
@@ -400,7 +475,11 @@ fn txn_compares_branches_and_own_writes() {
         assert_eq!(ro.succeeded, want, "{c:?}");
         let ap = txn_resp(&fx.apply(IReq::Txn(t)));
         assert_eq!(ap.succeeded, want, "{c:?}");
-        assert_eq!(ap.header.unwrap().revision, 5, "read-only txn takes no revision");
+        assert_eq!(
+            ap.header.unwrap().revision,
+            5,
+            "read-only txn takes no revision"
+        );
     }
     // Range compare: every key must satisfy it.
     let mut c = cmp("r1", T::Value, Equal, TargetUnion::Value("x".into()));
@@ -419,7 +498,12 @@ fn txn_compares_branches_and_own_writes() {
     let t = TxnRequest {
         compare: vec![cmp("k", T::Value, Equal, TargetUnion::Value("nope".into()))],
         success: vec![put_op("s", "1")],
-        failure: vec![put_op("f1", "1"), put_op("f2", "2"), get_op("f", "g"), del_op("r1", "")],
+        failure: vec![
+            put_op("f1", "1"),
+            put_op("f2", "2"),
+            get_op("f", "g"),
+            del_op("r1", ""),
+        ],
     };
     let a = fx.apply(IReq::Txn(t));
     let resp = txn_resp(&a);
@@ -431,7 +515,10 @@ fn txn_compares_branches_and_own_writes() {
         other => panic!("{other:?}"),
     }
     assert_eq!(a.events.len(), 3);
-    assert!(a.events.iter().all(|e| e.kv.as_ref().unwrap().mod_revision == rev0 + 1));
+    assert!(a
+        .events
+        .iter()
+        .all(|e| e.kv.as_ref().unwrap().mod_revision == rev0 + 1));
     assert_eq!(a.events[2].r#type, EventType::Delete as i32);
     assert!(fx.get("s").is_none());
     assert_eq!(fx.get("f2").unwrap().mod_revision, rev0 + 1);
@@ -467,7 +554,10 @@ fn txn_compares_branches_and_own_writes() {
         success: vec![put_op("d", "1"), put_op("d", "2")],
         failure: vec![],
     }));
-    assert_eq!(a.response.error, "etcdserver: duplicate key given in txn request");
+    assert_eq!(
+        a.response.error,
+        "etcdserver: duplicate key given in txn request"
+    );
     assert_eq!(a.response.error_code, 3);
     assert_eq!(fx.m.current_revision(), rev);
     assert!(fx.get("d").is_none());
@@ -514,7 +604,11 @@ fn events_in_order_with_prev_kv_and_whole_revisions() {
         .iter()
         .map(|e| {
             let kv = e.kv.as_ref().unwrap();
-            (kv.mod_revision, e.r#type, String::from_utf8(kv.key.clone()).unwrap())
+            (
+                kv.mod_revision,
+                e.r#type,
+                String::from_utf8(kv.key.clone()).unwrap(),
+            )
         })
         .collect();
     let (put, del) = (EventType::Put as i32, EventType::Delete as i32);
@@ -670,13 +764,19 @@ fn nospace_alarm_blocks_puts_only() {
         key: "b".into(),
         ..Default::default()
     }));
-    assert_eq!(a.response.error, "etcdserver: mvcc: database space exceeded");
+    assert_eq!(
+        a.response.error,
+        "etcdserver: mvcc: database space exceeded"
+    );
     assert_eq!(a.response.error_code, 8);
     let a = fx.apply(IReq::Txn(TxnRequest {
         success: vec![put_op("b", "1")],
         ..Default::default()
     }));
-    assert_eq!(a.response.error, "etcdserver: mvcc: database space exceeded");
+    assert_eq!(
+        a.response.error,
+        "etcdserver: mvcc: database space exceeded"
+    );
     assert_eq!(fx.grant(1, 10).response.error_code, 8);
     // Deletes, read txns and compaction still work.
     fx.del("a", "");
@@ -716,7 +816,10 @@ fn observe(fx: &Fx) -> impl PartialEq + std::fmt::Debug {
         fx.m.events(fx.m.compact_revision() + 1, cur, 0).unwrap(),
         fx.m.hash_kv(0).unwrap(),
         fx.m.leases(),
-        fx.m.leases().iter().map(|(id, _)| fx.m.lease_keys(*id)).collect::<Vec<_>>(),
+        fx.m.leases()
+            .iter()
+            .map(|(id, _)| fx.m.lease_keys(*id))
+            .collect::<Vec<_>>(),
         fx.m.alarms(),
         fx.m.key_count(),
     )
@@ -763,7 +866,10 @@ fn snapshot_restore_gives_identical_store() {
     dst.grant(99, 5);
     let mut wb = rocksdb::WriteBatch::default();
     dst.m.restore(&blob, &mut wb).unwrap();
-    assert!(matches!(dst.m.range(&rr("a", "")), Err(MvccError::Restoring)));
+    assert!(matches!(
+        dst.m.range(&rr("a", "")),
+        Err(MvccError::Restoring)
+    ));
     dst.db.write(wb).unwrap();
     dst.m.publish();
     assert_eq!(observe(&dst), observe(&src));
@@ -778,7 +884,10 @@ fn snapshot_restore_gives_identical_store() {
     bad[mid] ^= 0x40;
     let mut dst = dst;
     let mut wb = rocksdb::WriteBatch::default();
-    assert!(matches!(dst.m.restore(&bad, &mut wb), Err(MvccError::Corrupt(_))));
+    assert!(matches!(
+        dst.m.restore(&bad, &mut wb),
+        Err(MvccError::Corrupt(_))
+    ));
     assert!(wb.is_empty());
     assert_eq!(observe(&dst), observe(&src));
 }
@@ -793,7 +902,11 @@ fn equal_histories_hash_equal() {
     assert_eq!(a.m.hash_kv(12).unwrap(), b.m.hash_kv(12).unwrap());
     b.put("extra", "1");
     let rev = a.m.current_revision();
-    assert_eq!(a.m.hash_kv(rev).unwrap(), b.m.hash_kv(rev).unwrap(), "same prefix");
+    assert_eq!(
+        a.m.hash_kv(rev).unwrap(),
+        b.m.hash_kv(rev).unwrap(),
+        "same prefix"
+    );
     assert_ne!(a.m.hash_kv(0).unwrap().0, b.m.hash_kv(0).unwrap().0);
     assert!(matches!(a.m.hash_kv(rev + 1), Err(MvccError::FutureRev)));
     assert!(a.m.db_size_bytes() > 0);
