@@ -114,6 +114,8 @@ impl std::fmt::Debug for WatchHub {
 
 impl WatchHub {
     /// A hub over `source` with default tuning, starting at the source's current revision.
+    /// Create it once the store has recovered (or call [`WatchHub::reset`] afterwards), and
+    /// publish every batch committed after that point.
     pub fn new(source: Arc<dyn EventSource>) -> Arc<WatchHub> {
         Self::with_config(source, HubConfig::default())
     }

@@ -34,6 +34,9 @@ pub trait EventSource: Send + Sync + 'static {
     ///
     /// Returns `Err(WatchSourceError::Compacted { compact_revision })` if
     /// `from_rev <= compact revision`.
+    ///
+    /// Called synchronously from a watch stream's task when a watcher catches up, so one call
+    /// should stay short (the hub asks for `HubConfig::catchup_batch` events at a time).
     fn events(
         &self,
         from_rev: i64,
