@@ -1,0 +1,244 @@
+//! `kelsonctl up` end to end with the real kelson-kv binary: prints `ready`, serves etcdctl over
+//! mutual TLS with the generated client cert, stops cleanly on SIGTERM leaving no child behind,
+//! and a second `up` on the same data dir resumes the same data and certificates. Also offline
+//! `kv snapshot restore` into a fresh data dir that kelson-kv then serves.
+//!
+//! Needs `cargo build -p kelson-kv` first (bin_path explains if it is missing).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kelson_testsupport::{
+    bin_path, etcdctl, free_port, ChildGuard, ClusterOpts, StoreCluster, StoreKind,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Kills a process we only know by pid (kelson-kv under kelsonctl) if the test fails midway.
+struct PidGuard(i32);
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // kill(pid, 0) also succeeds for zombies; a zombie has exited.
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+}
+
+fn start_up(data: &Path, kv_port: u16, log: &Path) -> ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelsonctl"));
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--kv-port")
+        .arg(kv_port.to_string())
+        .arg("--ready-timeout=60")
+        .env("KELSON_KV_BIN", bin_path("kelson-kv"));
+    ChildGuard::spawn("kelsonctl up", cmd, log).unwrap()
+}
+
+/// Waits for a `ready` line; returns kelson-kv's pid from the `kv: pid N` line.
+fn wait_ready(up: &mut ChildGuard) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let log = up.log();
+        if log.lines().any(|l| l == "ready") {
+            let pid = log
+                .lines()
+                .filter_map(|l| l.strip_prefix("kv: pid "))
+                .last()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no `kv: pid` line:\n{log}"));
+            return pid;
+        }
+        if let Some(st) = up.try_wait() {
+            panic!("kelsonctl up exited ({st}) before ready:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "no `ready` within 90 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tls_args(pki: &Path) -> Vec<String> {
+    vec![
+        format!("--cacert={}", pki.join("ca.crt").display()),
+        format!("--cert={}", pki.join("kv-client.crt").display()),
+        format!("--key={}", pki.join("kv-client.key").display()),
+    ]
+}
+
+fn ctl(endpoint: &str, pki: &Path, args: &[&str]) -> std::process::Output {
+    let tls = tls_args(pki);
+    let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    etcdctl(endpoint, &all)
+}
+
+#[test]
+fn up_serves_stops_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kelson");
+    let pki = data.join("pki");
+    let port = free_port();
+    let ep = format!("https://127.0.0.1:{port}");
+
+    let mut up = start_up(&data, port, &tmp.path().join("up1.log"));
+    let kv_pid = wait_ready(&mut up);
+    let _kv_guard = PidGuard(kv_pid);
+    let log = up.log();
+    for want in ["data dir:", "pki:", "kv.log", &ep] {
+        assert!(log.contains(want), "missing {want:?} in:\n{log}");
+    }
+
+    let out = ctl(&ep, &pki, &["put", "resume-key", "resume-value"]);
+    assert!(out.status.success(), "put: {out:?}\n{}", up.log());
+    let out = ctl(&ep, &pki, &["get", "resume-key", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "resume-value",
+        "{out:?}"
+    );
+    // Client-cert auth is on: no client certificate, no service.
+    let out = etcdctl(
+        &ep,
+        &[
+            &format!("--cacert={}", pki.join("ca.crt").display()),
+            "get",
+            "resume-key",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "no client cert must be refused: {out:?}"
+    );
+
+    // kelsonctl kv status over the same TLS material.
+    let tls = tls_args(&pki);
+    let st = Command::new(env!("CARGO_BIN_EXE_kelsonctl"))
+        .args(["kv", "status", &format!("--endpoints={ep}")])
+        .args(&tls)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "kv status: {st:?}");
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("true"),
+        "{st:?}"
+    );
+
+    let ca_before = std::fs::read(pki.join("ca.crt")).unwrap();
+    let status = up.terminate(Duration::from_secs(30)).unwrap();
+    assert!(
+        status.success(),
+        "up must exit 0 on SIGTERM: {status}\n{}",
+        up.log()
+    );
+    assert!(!alive(kv_pid), "kelson-kv {kv_pid} outlived kelsonctl up");
+    assert!(up.log().contains("stopped"), "{}", up.log());
+
+    // Second run: same dir, same port → same data, same CA.
+    let mut up2 = start_up(&data, port, &tmp.path().join("up2.log"));
+    let kv_pid2 = wait_ready(&mut up2);
+    let _kv_guard2 = PidGuard(kv_pid2);
+    assert_eq!(
+        std::fs::read(pki.join("ca.crt")).unwrap(),
+        ca_before,
+        "CA rotated"
+    );
+    let out = ctl(&ep, &pki, &["get", "resume-key", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "resume-value",
+        "{out:?}\n{}",
+        up2.log()
+    );
+    let status = up2.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}\n{}", up2.log());
+    assert!(!alive(kv_pid2));
+}
+
+#[tokio::test]
+async fn snapshot_save_and_restore_with_kelson_kv() {
+    let src = StoreCluster::start(StoreKind::Kelson, 1, ClusterOpts::default())
+        .await
+        .unwrap();
+    let out = src.etcdctl(&["put", "restored-key", "restored-value"]);
+    assert!(out.status.success(), "{out:?}\n{}", src.logs());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("snap.db");
+    let ctl = env!("CARGO_BIN_EXE_kelsonctl");
+    let out = Command::new(ctl)
+        .args(["kv", "snapshot", "save", file.to_str().unwrap()])
+        .arg(format!("--endpoints={}", src.endpoint(0)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "save: {out:?}\n{}", src.logs());
+    drop(src);
+
+    let data = tmp.path().join("restored");
+    let (cport, pport) = (free_port(), free_port());
+    let peer = format!("http://127.0.0.1:{pport}");
+    let client = format!("http://127.0.0.1:{cport}");
+    let out = Command::new(ctl)
+        .args(["kv", "snapshot", "restore", file.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "r1", "--initial-cluster-token", "restored"])
+        .arg(format!("--initial-cluster=r1={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {out:?}");
+    // Restoring over an existing data dir is refused.
+    let again = Command::new(ctl)
+        .args(["kv", "snapshot", "restore", file.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let mut cmd = Command::new(bin_path("kelson-kv"));
+    cmd.args([
+        "--name",
+        "r1",
+        "--initial-cluster-token",
+        "restored",
+        "--no-dbus",
+    ])
+    .arg("--data-dir")
+    .arg(&data)
+    .arg(format!("--listen-client-urls={client}"))
+    .arg(format!("--advertise-client-urls={client}"))
+    .arg(format!("--listen-peer-urls={peer}"))
+    .arg(format!("--initial-advertise-peer-urls={peer}"))
+    .arg(format!("--initial-cluster=r1={peer}"));
+    let mut kv = ChildGuard::spawn("kelson-kv restored", cmd, &tmp.path().join("kv.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = etcdctl(&client, &["get", "restored-key", "--print-value-only"]);
+        if String::from_utf8_lossy(&out.stdout).trim() == "restored-value" {
+            break;
+        }
+        assert!(kv.is_running(), "kelson-kv exited:\n{}", kv.log());
+        assert!(
+            Instant::now() < deadline,
+            "restored data not served: {out:?}\n{}",
+            kv.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kv.terminate(Duration::from_secs(15)).unwrap();
+}
