@@ -29,7 +29,7 @@ use tracing::{error, info};
 
 use report::{Better, Line, Target};
 use server::{Kind, Server};
-use workload::{closed_loop, conns_for, connect_pool, preload, watch_fanout, Op};
+use workload::{closed_loop, connect_pool, conns_for, preload, watch_fanout, Op};
 
 /// Benchmark kelson-kv against etcd with identical workloads and print a comparison table.
 #[derive(Parser, Debug)]
@@ -84,12 +84,16 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Row {
     PutSeq,
+    #[value(name = "put-64")]
     Put64,
+    #[value(name = "put-256")]
     Put256,
     RangeLin,
     RangeSer,
     Watch,
+    #[value(name = "rss-64")]
     Rss64,
+    #[value(name = "rss-256")]
     Rss256,
 }
 
@@ -189,9 +193,9 @@ impl Settings {
 
 /// "1M", "20k", "1500": key counts as people say them.
 fn human_count(n: u64) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -265,12 +269,7 @@ fn add_note(line: &mut Line, kind: Kind, note: &str) {
 }
 
 /// Runs one throughput/latency row against a running server and fills in its lines.
-async fn run_row(
-    row: Row,
-    srv: &Server,
-    s: &Settings,
-    lines: &mut [Line],
-) -> anyhow::Result<()> {
+async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> anyhow::Result<()> {
     let kind = srv.kind();
     let ep = srv.endpoint();
     let put = |_| Op::Put {
@@ -373,8 +372,10 @@ fn machine_description() -> String {
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
         })
         .unwrap_or_else(|| "unknown OS".into());
     format!("{cores} cores, {os}, Linux {}", kernel.trim())
@@ -422,7 +423,10 @@ async fn main() -> anyhow::Result<()> {
         for &kind in &s.kinds {
             info!("starting {} for the throughput rows", kind.name());
             let mut srv = Server::start(kind, s.bin(kind), s.data_root.as_deref()).await?;
-            if s.rows.iter().any(|r| matches!(r, Row::RangeLin | Row::RangeSer)) {
+            if s.rows
+                .iter()
+                .any(|r| matches!(r, Row::RangeLin | Row::RangeSer))
+            {
                 let pool = connect_pool(srv.endpoint(), 4).await?;
                 preload(&pool, "bench/range/", s.range_keys, s.value_size)
                     .await
@@ -495,10 +499,19 @@ mod tests {
 
     #[test]
     fn only_selects_rows_in_table_order() {
-        let s = settings(&["--only", "rss-64,put-seq", "--only", "put-seq", "--etcd-only"]).unwrap();
+        let s = settings(&[
+            "--only",
+            "rss-64,put-seq",
+            "--only",
+            "put-seq",
+            "--etcd-only",
+        ])
+        .unwrap();
         assert_eq!(s.rows, vec![Row::PutSeq, Row::Rss64]);
         assert_eq!(s.kinds, vec![Kind::Etcd]);
         assert!(settings(&["--only", "nope"]).is_err());
+        let s = settings(&["--only", "put-64,put-256,rss-256"]).unwrap();
+        assert_eq!(s.rows, vec![Row::Put64, Row::Put256, Row::Rss256]);
     }
 
     #[test]

@@ -168,7 +168,10 @@ pub fn render(lines: &[Line]) -> String {
     };
     line(&mut out, &header);
     let dashes: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    line(&mut out, &dashes.iter().map(String::as_str).collect::<Vec<_>>());
+    line(
+        &mut out,
+        &dashes.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     for r in &rows {
         line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
     }
@@ -198,7 +201,12 @@ mod tests {
     #[test]
     fn ratio_is_oriented_so_above_one_means_kelson_better() {
         // Throughput: kelson 2000 vs etcd 1000 → 2x better.
-        let l = line(Better::Higher, Target::Ratio(1.5), Some(1000.0), Some(2000.0));
+        let l = line(
+            Better::Higher,
+            Target::Ratio(1.5),
+            Some(1000.0),
+            Some(2000.0),
+        );
         assert_eq!(l.ratio(), Some(2.0));
         assert_eq!(l.mark(), Mark::Pass);
         // Latency: kelson 4 ms vs etcd 2 ms → 0.5x (worse).
@@ -225,9 +233,19 @@ mod tests {
 
     #[test]
     fn absolute_cap_checks_kelson_only() {
-        let l = line(Better::Lower, Target::AtMost(250.0), Some(900.0), Some(240.0));
+        let l = line(
+            Better::Lower,
+            Target::AtMost(250.0),
+            Some(900.0),
+            Some(240.0),
+        );
         assert_eq!(l.mark(), Mark::Pass);
-        let l = line(Better::Lower, Target::AtMost(250.0), Some(100.0), Some(251.0));
+        let l = line(
+            Better::Lower,
+            Target::AtMost(250.0),
+            Some(100.0),
+            Some(251.0),
+        );
         assert_eq!(l.mark(), Mark::Miss);
         let l = line(Better::Lower, Target::AtMost(250.0), Some(100.0), None);
         assert_eq!(l.mark(), Mark::NotMeasured);
@@ -236,8 +254,18 @@ mod tests {
     #[test]
     fn table_is_aligned_markdown_with_every_line() {
         let lines = vec![
-            line(Better::Higher, Target::Ratio(1.5), Some(1234.5), Some(2469.0)),
-            line(Better::Lower, Target::AtMost(250.0), Some(300.0), Some(260.0)),
+            line(
+                Better::Higher,
+                Target::Ratio(1.5),
+                Some(1234.5),
+                Some(2469.0),
+            ),
+            line(
+                Better::Lower,
+                Target::AtMost(250.0),
+                Some(300.0),
+                Some(260.0),
+            ),
         ];
         let t = render(&lines);
         let rows: Vec<&str> = t.lines().collect();
@@ -245,7 +273,10 @@ mod tests {
         assert!(rows[0].contains("ratio (>1 = kelson better)"));
         assert!(rows[1].starts_with("| ---"));
         assert!(rows[2].contains("2.00x") && rows[2].contains("PASS"), "{t}");
-        assert!(rows[3].contains("<= 250") && rows[3].contains("MISS"), "{t}");
+        assert!(
+            rows[3].contains("<= 250") && rows[3].contains("MISS"),
+            "{t}"
+        );
         let widths: Vec<usize> = rows.iter().map(|r| r.chars().count()).collect();
         assert!(widths.iter().all(|w| *w == widths[0]), "{t}");
         assert_eq!(summary(&lines), (1, 1));

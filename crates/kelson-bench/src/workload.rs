@@ -371,3 +371,108 @@ pub async fn watch_fanout(
         elapsed: last.duration_since(start),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{Kind, Server};
+    use std::path::Path;
+
+    #[test]
+    fn keys_have_fixed_width_and_conns_round_up() {
+        assert_eq!(key("p/", 7), b"p/0000000007".to_vec());
+        assert_eq!(key("p/", 12345).len(), key("p/", 0).len());
+        assert_eq!(conns_for(1), 1);
+        assert_eq!(conns_for(16), 1);
+        assert_eq!(conns_for(17), 2);
+        assert_eq!(conns_for(256), 16);
+    }
+
+    /// The workloads against the real etcd, tiny: they must produce plausible numbers and see
+    /// the data they wrote, so a broken workload cannot print a clean table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workloads_run_against_real_etcd() {
+        let etcd = Path::new("/usr/bin/etcd");
+        assert!(etcd.is_file(), "etcd-server missing: run scripts/setup.sh");
+        let srv = Server::start(Kind::Etcd, etcd, None).await.unwrap();
+        let pool = connect_pool(srv.endpoint(), 2).await.unwrap();
+
+        // 300 keys: more than two txn batches, the last one partial.
+        preload(&pool, "t/r/", 300, 16).await.unwrap();
+        let mut kv = pool[0].kv_client();
+        let all = kv
+            .get(
+                "t/r/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.count(), 300);
+        let last = kv.get(key("t/r/", 299), None).await.unwrap();
+        assert_eq!(last.kvs()[0].value(), vec![b'v'; 16].as_slice());
+
+        let put = Op::Put {
+            prefix: "t/p/".into(),
+            keyspace: 50,
+            value_size: 32,
+        };
+        let r = closed_loop(&pool, 4, Duration::from_millis(300), put)
+            .await
+            .unwrap();
+        assert!(r.ops > 0 && r.errors == 0, "{r:?}");
+        assert_eq!(r.hist.len(), r.ops);
+        assert!(r.qps() > 0.0);
+        let (p50, p99) = (r.quantile_ms(0.5).unwrap(), r.quantile_ms(0.99).unwrap());
+        assert!(p50 > 0.0 && p50 <= p99 && p99 < 30_000.0, "{p50} {p99}");
+        let written = kv
+            .get(
+                "t/p/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        assert!(written.count() > 0 && written.count() <= 50);
+
+        for serializable in [false, true] {
+            let range = Op::Range {
+                prefix: "t/r/".into(),
+                keyspace: 300,
+                serializable,
+            };
+            let r = closed_loop(&pool, 3, Duration::from_millis(200), range)
+                .await
+                .unwrap();
+            assert!(r.ops > 0 && r.errors == 0, "{r:?}");
+        }
+
+        let w = watch_fanout(srv.endpoint(), 150, 20, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(w.expected, 150 * 20);
+        assert!(w.complete(), "{w:?}");
+        assert_eq!(w.delivered, w.expected, "no event may be counted twice");
+        assert!(w.events_per_sec() > 0.0);
+    }
+
+    #[tokio::test]
+    async fn empty_inputs_are_errors() {
+        assert!(closed_loop(
+            &[],
+            1,
+            Duration::from_millis(1),
+            Op::Range {
+                prefix: "x".into(),
+                keyspace: 1,
+                serializable: true
+            }
+        )
+        .await
+        .is_err());
+        assert!(preload(&[], "x", 1, 1).await.is_err());
+        assert!(
+            watch_fanout("http://127.0.0.1:1", 0, 1, Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+    }
+}
