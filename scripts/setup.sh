@@ -17,11 +17,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  # Debian starts etcd as a service on install; Kelson's tests start their own.
+  # Debian starts etcd as a service on install; Kelson's tests start their own, and
+  # `kelsonctl up` wants port 2379. Stop only that service, never other etcd processes.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/etcd ]; then
+    $SUDO /etc/init.d/etcd stop >/dev/null 2>&1 || true
   fi
-  pkill -x etcd 2>/dev/null || true
 else
   echo "setup: all packages present"
 fi

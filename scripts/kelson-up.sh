@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One command to an all-in-one Kelson cluster on this machine (Debian 12, Rust installed):
+# installs missing system packages, builds release binaries, runs `kelsonctl up` in the
+# foreground (Ctrl-C stops it; running this again resumes the same cluster).
+# Arguments go to `kelsonctl up`, e.g. --data-dir /tmp/kelson --kv-port 12379.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+cargo build --release -p kelson-kv -p kelsonctl
+exec target/release/kelsonctl up "$@"
