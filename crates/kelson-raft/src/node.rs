@@ -46,6 +46,7 @@ const DRAIN_MAX: usize = 4096;
 const INBOX: usize = 16384;
 
 type Reply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
+type ReadWaiter = oneshot::Sender<Result<(), RaftError>>;
 
 /// Everything the Ready loop accepts.
 pub(crate) enum Msg {
@@ -750,9 +751,9 @@ struct Loop {
     shutdown_rx: watch::Receiver<bool>,
     status_tx: watch::Sender<NodeStatus>,
     pending: HashMap<u64, Reply>,
-    read_waiting: Vec<oneshot::Sender<Result<(), RaftError>>>,
-    read_inflight: HashMap<u64, (Instant, Vec<oneshot::Sender<Result<(), RaftError>>>)>,
-    read_ready: Vec<(u64, Vec<oneshot::Sender<Result<(), RaftError>>>)>,
+    read_waiting: Vec<ReadWaiter>,
+    read_inflight: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
+    read_ready: Vec<(u64, Vec<ReadWaiter>)>,
     next_read: u64,
     applied: u64,
     applied_term: u64,

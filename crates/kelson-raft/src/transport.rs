@@ -489,11 +489,8 @@ async fn peer_task(
             };
             if stx.send(mb).await.is_err() {
                 // The call ended (peer down, refused us, or restarted): say so and reconnect.
-                match call.await {
-                    Ok(Err(status)) => {
-                        tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}")
-                    }
-                    Ok(Ok(_)) | Err(_) => {}
+                if let Ok(Err(status)) = call.await {
+                    tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}");
                 }
                 let _ = inbox.try_send(Msg::Unreachable(to));
                 tokio::time::sleep(backoff).await;

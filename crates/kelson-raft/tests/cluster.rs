@@ -291,10 +291,12 @@ async fn malformed_peer_messages_are_rejected() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
 
     // A well-formed message with an unknown type is refused too (raft-rs would panic on it).
-    let mut m = raft::eraftpb::Message::default();
-    m.msg_type = 999;
-    m.from = 7;
-    m.to = a.node.id();
+    let m = raft::eraftpb::Message {
+        msg_type: 999,
+        from: 7,
+        to: a.node.id(),
+        ..Default::default()
+    };
     let bad_type = MessageBatch {
         cluster_id: a.node.cluster_id(),
         from: 7,
