@@ -114,3 +114,36 @@ async fn corrupt_raft_meta_is_an_error() {
         Ok(_) => panic!("started on corrupt raft_meta"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let cfg = config("solo", dir.path(), addr, &[("solo".into(), addr)]);
+    let m = start(cfg, dir).await;
+    assert!(wait_leader(&[&m.node], Duration::from_secs(3))
+        .await
+        .is_some());
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..256 {
+        let node = m.node.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..4 {
+                node.propose(format!("c{c}-{i}=v").into_bytes())
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(m.view.len(), 1024);
+    // 1024 synced proposals in well under a second each: they must have shared fsyncs.
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    m.node.shutdown().await;
+}
