@@ -32,9 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use kelson_linz::{CheckOptions, Input, Operation, Output, Recorder};
 use kelson_testsupport::{bin_path, free_port, wait_for, ChildGuard, StoreKind, ETCD};
 use rand::rngs::StdRng;
@@ -70,6 +68,113 @@ async fn etcd_is_linearizable_under_crashes_and_partitions() {
 async fn kelson_kv_is_linearizable_under_crashes_and_partitions() {
     let _turn = SERIAL.lock().await;
     chaos(StoreKind::Kelson).await;
+}
+
+/// Negative control for both the partition and the checker: a serializable (local) read from an
+/// isolated member returns the value from before the partition although a newer write was
+/// acknowledged by the majority. The checker must call that a violation, naming the read.
+/// On kelson-kv it also shows that the cuts really separate its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_serializable_read_from_isolated_etcd_member_is_caught() {
+    stale_serializable_read_is_caught(StoreKind::Etcd, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_serializable_read_from_isolated_kelson_kv_member_is_caught() {
+    stale_serializable_read_is_caught(StoreKind::Kelson, 3).await;
+}
+
+async fn stale_serializable_read_is_caught(kind: StoreKind, slot: u32) {
+    let _turn = SERIAL.lock().await;
+    let (cluster, fw) = start(kind, slot).await;
+    let key = key_name(0);
+    let rec = Recorder::new();
+    let mut majority = connect(vec![cluster.endpoint(1)]).await.unwrap();
+    let mut isolated = connect(vec![cluster.endpoint(0)]).await.unwrap();
+    let local = || Some(GetOptions::new().with_serializable());
+
+    let invoke = rec.now();
+    majority.put(key.as_bytes(), "1", None).await.unwrap();
+    rec.record(kelson_linz::op(
+        0,
+        &key,
+        Input::Put(1),
+        Output::Put,
+        invoke,
+        rec.now(),
+    ));
+    // m0 must have applied it before it is cut off.
+    wait_for(
+        Duration::from_secs(10),
+        "m0 to apply the first write",
+        || {
+            let mut c = isolated.clone();
+            let key = key.clone();
+            async move {
+                let r = c
+                    .get(key.as_bytes(), Some(GetOptions::new().with_serializable()))
+                    .await?;
+                match r.kvs().first().map(|kv| kv.value().to_vec()) {
+                    Some(v) if v == b"1" => Ok(()),
+                    v => bail!("m0 has {v:?}"),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    let ids: Vec<PeerId> = cluster.members.iter().map(|m| m.id.clone()).collect();
+    fw.cut(&[(&ids[0], &ids[1]), (&ids[0], &ids[2])]).unwrap();
+    let invoke = rec.now();
+    // m1 and m2 are a majority: the write commits without m0 (after a possible election).
+    let r = wait_for(
+        Duration::from_secs(15),
+        "a write on the majority side",
+        || {
+            let mut c = majority.clone();
+            let key = key.clone();
+            async move { Ok(c.put(key.as_bytes(), "2", None).await?) }
+        },
+    )
+    .await;
+    r.unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", fw.rules(), cluster.logs()));
+    rec.record(kelson_linz::op(
+        1,
+        &key,
+        Input::Put(2),
+        Output::Put,
+        invoke,
+        rec.now(),
+    ));
+    let invoke = rec.now();
+    let r = isolated.get(key.as_bytes(), local()).await.unwrap();
+    let seen = r.kvs().first().map(|kv| parse_value(kv.value()));
+    rec.record(kelson_linz::op(
+        2,
+        &key,
+        Input::Get,
+        Output::Get(seen),
+        invoke,
+        rec.now(),
+    ));
+    assert_eq!(
+        seen,
+        Some(1),
+        "the isolated member should still have the old value\n{}",
+        cluster.logs()
+    );
+    let dropped = fw.heal().unwrap();
+    assert!(dropped > 0, "the partition dropped no packets");
+
+    let report = kelson_linz::check(&rec.operations(), &CheckOptions::default()).unwrap();
+    assert_eq!(report.violations(), 1, "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("BLOCKED:    [client 2] get(\"linz/k0\") -> 1"),
+        "{text}"
+    );
+    eprintln!("{text}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,7 +260,7 @@ impl Firewall {
                 // `from`'s connections to `to`'s peer listener, both directions of them.
                 for dir in ["dport", "sport"] {
                     script.push_str(&format!(
-                        "add rule inet {} cuts ct mark {} tcp {dir} {} drop\n",
+                        "add rule inet {} cuts ct mark {} tcp {dir} {} counter drop\n",
                         self.table, from.uid, to.peer_port
                     ));
                 }
@@ -164,8 +269,21 @@ impl Firewall {
         nft(&script)
     }
 
-    fn heal(&self) -> anyhow::Result<()> {
-        nft(&format!("flush chain inet {} cuts\n", self.table))
+    /// Removes every cut; returns how many packets the cuts dropped, which shows the cuts
+    /// really separated the members (a partition that drops nothing would prove nothing).
+    fn heal(&self) -> anyhow::Result<u64> {
+        let out = Command::new("nft")
+            .args(["list", "chain", "inet", &self.table, "cuts"])
+            .output()
+            .context("listing the cuts")?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let dropped = listing
+            .lines()
+            .filter_map(|l| l.split("counter packets ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        nft(&format!("flush chain inet {} cuts\n", self.table))?;
+        Ok(dropped)
     }
 
     fn rules(&self) -> String {
@@ -180,7 +298,10 @@ impl Firewall {
 impl Drop for Firewall {
     fn drop(&mut self) {
         if let Err(e) = nft(&format!("delete table inet {}\n", self.table)) {
-            eprintln!("linearizability: could not delete nft table {}: {e:#}", self.table);
+            eprintln!(
+                "linearizability: could not delete nft table {}: {e:#}",
+                self.table
+            );
         }
     }
 }
@@ -328,7 +449,11 @@ impl Cluster {
         for m in &self.members {
             let log = std::fs::read_to_string(&m.log_path).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
-            out.push_str(&format!("----- {} {} (last 25 lines)\n", self.kind.name(), m.name));
+            out.push_str(&format!(
+                "----- {} {} (last 25 lines)\n",
+                self.kind.name(),
+                m.name
+            ));
             out.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
             out.push('\n');
         }
@@ -439,9 +564,11 @@ async fn client_loop(
                     Some(e) => Compare::value(key.as_bytes(), CompareOp::Equal, e.to_string()),
                     None => Compare::version(key.as_bytes(), CompareOp::Equal, 0),
                 };
-                let txn = Txn::new()
-                    .when([cmp])
-                    .and_then([TxnOp::put(key.as_bytes(), new.to_string(), None)]);
+                let txn = Txn::new().when([cmp]).and_then([TxnOp::put(
+                    key.as_bytes(),
+                    new.to_string(),
+                    None,
+                )]);
                 match tokio::time::timeout(OP_TIMEOUT, client.txn(txn)).await {
                     Ok(Ok(r)) => {
                         if r.succeeded() {
@@ -486,13 +613,20 @@ async fn nemesis(
             let mut rng = rand::thread_rng();
             let v = rng.gen_range(0..MEMBERS);
             let o = (v + rng.gen_range(1..MEMBERS)) % MEMBERS;
-            (v, o, rng.gen_range(1000..2000u64), rng.gen_range(500..1000u64))
+            (
+                v,
+                o,
+                rng.gen_range(1000..2000u64),
+                rng.gen_range(500..1000u64),
+            )
         };
         let at = rec.now() as f64 / 1e6;
         let ids: Vec<PeerId> = cluster.members.iter().map(|m| m.id.clone()).collect();
         match round % 3 {
             0 => {
-                log.push(format!("{at:.0}ms kill -9 m{victim}, restart after {hold_ms}ms"));
+                log.push(format!(
+                    "{at:.0}ms kill -9 m{victim}, restart after {hold_ms}ms"
+                ));
                 cluster.kill9(victim);
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
                 cluster.spawn(victim)?;
@@ -505,13 +639,23 @@ async fn nemesis(
                     .collect();
                 fw.cut(&links)?;
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
-                fw.heal()?;
+                let dropped = fw.heal()?;
+                log.push(format!("  healed; the cuts dropped {dropped} packets"));
+                if dropped == 0 {
+                    bail!("isolating m{victim} dropped no packets: the partition had no effect");
+                }
             }
             _ => {
-                log.push(format!("{at:.0}ms cut link m{victim}<->m{other} for {hold_ms}ms"));
+                log.push(format!(
+                    "{at:.0}ms cut link m{victim}<->m{other} for {hold_ms}ms"
+                ));
                 fw.cut(&[(&ids[victim], &ids[other])])?;
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
-                fw.heal()?;
+                let dropped = fw.heal()?;
+                log.push(format!("  healed; the cut dropped {dropped} packets"));
+                if dropped == 0 {
+                    bail!("cutting m{victim}<->m{other} dropped no packets: no effect");
+                }
             }
         }
         round += 1;
@@ -552,19 +696,15 @@ async fn converged(cluster: &Cluster) -> anyhow::Result<(i64, u32)> {
     Ok((rev, hashes[0]))
 }
 
-async fn chaos(kind: StoreKind) {
+/// A healthy cluster of `kind` with our nftables table in place (installed before any member
+/// starts, so every peer connection gets its mark). `slot` keeps uids and table names apart
+/// between the tests of one process.
+async fn start(kind: StoreKind, slot: u32) -> (Cluster, Firewall) {
     require_root_and_nft();
-    let kind_slot = match kind {
-        StoreKind::Etcd => 0,
-        StoreKind::Kelson => 1,
-    };
-    // Per process and per store: concurrent runs must not share uids (marks) or tables.
-    let uid_base = 40_000 + (std::process::id() % 2_000) * 8 + kind_slot * 4;
-    let table = format!("kelson_linz_{}_{}", std::process::id(), kind_slot);
-
+    let uid_base = 40_000 + (std::process::id() % 2_000) * 16 + slot * 4;
+    let table = format!("kelson_linz_{}_{slot}", std::process::id());
     let mut cluster = Cluster::new(kind, uid_base).expect("preparing the cluster");
     let uids: Vec<u32> = cluster.members.iter().map(|m| m.id.uid).collect();
-    // Before any member starts, so every peer connection gets its mark.
     let fw = Firewall::install(table, &uids).expect("installing the nftables table");
     for i in 0..MEMBERS {
         cluster.spawn(i).expect("starting a member");
@@ -573,6 +713,15 @@ async fn chaos(kind: StoreKind) {
         .wait_healthy(Duration::from_secs(40))
         .await
         .expect("cluster did not become healthy");
+    (cluster, fw)
+}
+
+async fn chaos(kind: StoreKind) {
+    let slot = match kind {
+        StoreKind::Etcd => 0,
+        StoreKind::Kelson => 1,
+    };
+    let (mut cluster, fw) = start(kind, slot).await;
 
     let rec = Arc::new(Recorder::new());
     let errors = Arc::new(AtomicU64::new(0));
@@ -604,7 +753,10 @@ async fn chaos(kind: StoreKind) {
         Ok(l) => l,
         Err(e) => panic!("nemesis failed: {e:#}\nrules:\n{}", fw.rules()),
     };
-    eprintln!("linearizability: nemesis did:\n  {}", nemesis_log.join("\n  "));
+    eprintln!(
+        "linearizability: nemesis did:\n  {}",
+        nemesis_log.join("\n  ")
+    );
 
     // Heal everything and let the cluster settle.
     fw.heal().expect("healing");
