@@ -466,7 +466,7 @@ impl Mvcc {
         limit: usize,
     ) -> Result<Vec<Event>, MvccError> {
         self.readable()?;
-        if from_rev <= self.st.compact_rev {
+        if from_rev < self.st.compact_rev {
             return Err(MvccError::Compacted);
         }
         let to_rev = to_rev.min(self.visible_rev);

@@ -33,7 +33,7 @@ pub trait EventSource: Send + Sync + 'static {
     ///   a revision (it may return more than `limit` events to finish the last revision).
     ///
     /// Returns `Err(WatchSourceError::Compacted { compact_revision })` if
-    /// `from_rev <= compact revision`.
+    /// `from_rev < compact revision` (etcd refuses only revisions below it).
     ///
     /// Called synchronously from a watch stream's task when a watcher catches up, so one call
     /// should stay short (the hub asks for `HubConfig::catchup_batch` events at a time).

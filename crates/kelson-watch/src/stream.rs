@@ -231,7 +231,7 @@ impl StreamTask {
         self.send(created).await?;
 
         let compact = self.hub.compact_revision();
-        if req.start_revision > 0 && req.start_revision <= compact {
+        if req.start_revision > 0 && req.start_revision < compact {
             // As etcd: the watch is created, then canceled with the compact revision, so a
             // client knows where it can resume (after re-listing).
             return self.send(self.compacted(id, compact)).await;

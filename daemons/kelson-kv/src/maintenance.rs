@@ -32,26 +32,33 @@ pub const SNAPSHOT_MAGIC: &[u8] = b"KELSONKV-SNAPSHOT-1\n";
 pub const ETCD_VERSION: &str = "3.5.0";
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
-/// Wraps an MVCC snapshot in the on-disk snapshot format.
+/// Wraps an MVCC snapshot in the on-disk snapshot format: magic, 8-byte little-endian length,
+/// the MVCC snapshot, zero padding to a multiple of 512 bytes, then the SHA-256 of everything
+/// before it. The padding matters: `etcdctl snapshot save` accepts a stream only if its size is
+/// `512·n + 32` (a bbolt file plus its checksum).
 pub fn encode_snapshot(mvcc_snapshot: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + mvcc_snapshot.len() + 32);
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 8 + mvcc_snapshot.len() + 512 + 32);
     out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(mvcc_snapshot.len() as u64).to_le_bytes());
     out.extend_from_slice(mvcc_snapshot);
+    out.resize(out.len().div_ceil(512) * 512, 0);
     let digest = Sha256::digest(&out);
     out.extend_from_slice(&digest);
     out
 }
 
-/// Checks magic and checksum; returns the MVCC snapshot bytes.
+/// Checks magic, checksum and length; returns the MVCC snapshot bytes.
 pub fn decode_snapshot(data: &[u8]) -> Result<&[u8], String> {
-    if data.len() < SNAPSHOT_MAGIC.len() + 32 || !data.starts_with(SNAPSHOT_MAGIC) {
+    if data.len() < SNAPSHOT_MAGIC.len() + 8 + 32 || !data.starts_with(SNAPSHOT_MAGIC) {
         return Err("not a kelson-kv snapshot (bad magic); etcd bbolt snapshots cannot be restored into kelson-kv".into());
     }
     let (body, sum) = data.split_at(data.len() - 32);
     if Sha256::digest(body).as_slice() != sum {
         return Err("snapshot checksum mismatch: the file is truncated or corrupt".into());
     }
-    Ok(&body[SNAPSHOT_MAGIC.len()..])
+    let rest = &body[SNAPSHOT_MAGIC.len()..];
+    let len = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
+    rest.get(8..8 + len).ok_or_else(|| "snapshot length field exceeds the file".to_string())
 }
 
 /// Refuses a write that would exceed the quota, raising the NOSPACE alarm once.
@@ -260,5 +267,7 @@ mod tests {
         assert!(decode_snapshot(&bad).unwrap_err().contains("checksum"));
         assert!(decode_snapshot(b"bolt").unwrap_err().contains("magic"));
         assert!(decode_snapshot(&enc[..enc.len() - 1]).is_err());
+        // etcdctl's `snapshot save` requires a bbolt-like size: 512·n + 32.
+        assert_eq!(enc.len() % 512, 32);
     }
 }

@@ -123,13 +123,14 @@ impl MemStore {
         self.txn(&[Op::Delete(k.as_bytes())])
     }
 
-    /// Compacts history at `rev`: events at or below it can no longer be read.
+    /// Compacts history at `rev`: events below it can no longer be read (as in etcd, the
+    /// revision itself stays readable).
     pub fn compact(&self, rev: i64) {
         let mut inner = self.inner.lock();
         inner.compact = rev;
         inner
             .log
-            .retain(|e| e.kv.as_ref().unwrap().mod_revision > rev);
+            .retain(|e| e.kv.as_ref().unwrap().mod_revision >= rev);
     }
 }
 
@@ -137,7 +138,7 @@ impl EventSource for MemStore {
     fn events(&self, from: i64, to: i64, limit: usize) -> Result<Vec<Event>, WatchSourceError> {
         self.events_calls.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.lock();
-        if from <= inner.compact {
+        if from < inner.compact {
             return Err(WatchSourceError::Compacted {
                 compact_revision: inner.compact,
             });
