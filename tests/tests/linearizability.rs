@@ -609,9 +609,16 @@ async fn nemesis(
     // Let the clients warm up against a healthy cluster first.
     tokio::time::sleep(Duration::from_millis(800)).await;
     while Instant::now() + Duration::from_secs(3) < deadline {
+        // Half of the faults hit the leader: a deposed leader serving reads or acknowledging
+        // writes is the classic way to lose linearizability.
+        let leader = if round % 2 == 0 {
+            leader_index(cluster).await
+        } else {
+            None
+        };
         let (victim, other, hold_ms, pause_ms) = {
             let mut rng = rand::thread_rng();
-            let v = rng.gen_range(0..MEMBERS);
+            let v = leader.unwrap_or_else(|| rng.gen_range(0..MEMBERS));
             let o = (v + rng.gen_range(1..MEMBERS)) % MEMBERS;
             (
                 v,
@@ -625,14 +632,18 @@ async fn nemesis(
         match round % 3 {
             0 => {
                 log.push(format!(
-                    "{at:.0}ms kill -9 m{victim}, restart after {hold_ms}ms"
+                    "{at:.0}ms kill -9 m{victim}{}, restart after {hold_ms}ms",
+                    if leader.is_some() { " (leader)" } else { "" }
                 ));
                 cluster.kill9(victim);
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
                 cluster.spawn(victim)?;
             }
             1 => {
-                log.push(format!("{at:.0}ms isolate m{victim} for {hold_ms}ms"));
+                log.push(format!(
+                    "{at:.0}ms isolate m{victim}{} for {hold_ms}ms",
+                    if leader.is_some() { " (leader)" } else { "" }
+                ));
                 let links: Vec<(&PeerId, &PeerId)> = (0..MEMBERS)
                     .filter(|&j| j != victim)
                     .map(|j| (&ids[victim], &ids[j]))
@@ -662,6 +673,22 @@ async fn nemesis(
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
     }
     Ok(log)
+}
+
+/// The index of the member that says it is the leader, if one answers quickly.
+async fn leader_index(cluster: &Cluster) -> Option<usize> {
+    for i in 0..cluster.members.len() {
+        let probe = async {
+            let mut c = connect(vec![cluster.endpoint(i)]).await?;
+            let s = c.status().await?;
+            let me = s.header().map(|h| h.member_id()).unwrap_or(0);
+            anyhow::Ok(me != 0 && s.leader() == me)
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// After healing: every member reaches the same `HashKV` at one revision.
