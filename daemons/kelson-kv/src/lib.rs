@@ -22,6 +22,7 @@ pub mod kv_service;
 pub mod leader;
 pub mod lease;
 pub mod maintenance;
+pub mod metrics;
 pub mod restore;
 pub mod server;
 pub mod store;

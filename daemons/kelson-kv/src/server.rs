@@ -289,7 +289,10 @@ pub async fn run(cfg: KvConfig, common: &kelson_runtime::config::CommonArgs, log
     };
     if let Some(addr) = common.metrics_addr {
         let registry = kelson_runtime::metrics::registry();
-        kelson_runtime::metrics::serve(addr, registry).await.context("serving metrics")?;
+        registry.lock().register_collector(Box::new(crate::metrics::KvCollector(shared.clone())));
+        let (bound, _) =
+            kelson_runtime::metrics::serve(addr, registry).await.context("serving metrics")?;
+        tracing::info!(%bound, "serving /metrics");
     }
 
     tokio::select! {
