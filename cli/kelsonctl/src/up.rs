@@ -440,11 +440,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         .data_dir
         .clone()
         .unwrap_or_else(crate::default_data_dir);
+    let created = !dir.exists();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    {
+    if created {
         use std::os::unix::fs::PermissionsExt;
-        // Holds private keys and the whole keyspace.
+        // Holds private keys and the whole keyspace. Only a directory we created is narrowed:
+        // `--data-dir` pointing at an existing shared directory must not change its mode.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     }
     println!("data dir: {}", dir.display());

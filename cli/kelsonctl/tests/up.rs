@@ -58,7 +58,7 @@ fn wait_ready(up: &mut ChildGuard) -> i32 {
             let pid = log
                 .lines()
                 .filter_map(|l| l.strip_prefix("kv: pid "))
-                .last()
+                .next_back()
                 .and_then(|p| p.trim().parse().ok())
                 .unwrap_or_else(|| panic!("no `kv: pid` line:\n{log}"));
             return pid;
