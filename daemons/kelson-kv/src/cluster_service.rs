@@ -19,7 +19,10 @@ impl ClusterService {
         ClusterService { shared }
     }
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.shared.header(self.shared.mvcc.read().current_revision()))
+        Some(
+            self.shared
+                .header(self.shared.mvcc.read().current_revision()),
+        )
     }
 }
 
@@ -39,7 +42,9 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
     }
     for u in urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
-            return Err(Status::invalid_argument(format!("etcdserver: invalid peer URL {u:?}")));
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: invalid peer URL {u:?}"
+            )));
         }
     }
     Ok(())
@@ -71,8 +76,12 @@ impl Cluster for ClusterService {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        let members =
-            self.shared.node().remove_member(id).await.map_err(|e| raft_status(&e))?;
+        let members = self
+            .shared
+            .node()
+            .remove_member(id)
+            .await
+            .map_err(|e| raft_status(&e))?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: members.iter().map(to_pb).collect(),
@@ -115,8 +124,12 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        let members =
-            self.shared.node().promote_member(id).await.map_err(|e| raft_status(&e))?;
+        let members = self
+            .shared
+            .node()
+            .promote_member(id)
+            .await
+            .map_err(|e| raft_status(&e))?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: members.iter().map(to_pb).collect(),

@@ -174,7 +174,11 @@ impl Default for KvConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid URL {url:?} in {flag}: {reason}")]
-    Url { flag: &'static str, url: String, reason: String },
+    Url {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
     #[error("invalid --initial-cluster entry {0:?}: expected name=url")]
     InitialCluster(String),
     #[error("--initial-cluster does not name this member ({name:?}) with its advertised peer URLs {urls:?}")]
@@ -199,7 +203,11 @@ pub struct Endpoint {
 /// Parses `http://host:port` / `https://host:port` (host must be an IP or `localhost`, as etcd
 /// requires for listen URLs).
 pub fn parse_listen_url(flag: &'static str, url: &str) -> Result<Endpoint, ConfigError> {
-    let err = |reason: &str| ConfigError::Url { flag, url: url.to_string(), reason: reason.into() };
+    let err = |reason: &str| ConfigError::Url {
+        flag,
+        url: url.to_string(),
+        reason: reason.into(),
+    };
     let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("http://") {
@@ -215,15 +223,20 @@ pub fn parse_listen_url(flag: &'static str, url: &str) -> Result<Endpoint, Confi
 
 /// Splits a comma-separated URL list, dropping empty items.
 pub fn split_urls(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Parses `name=url,name=url2,other=url3` into (name, urls) in first-seen order.
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (name, url) =
-            item.split_once('=').ok_or_else(|| ConfigError::InitialCluster(item.to_string()))?;
+        let (name, url) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::InitialCluster(item.to_string()))?;
         if name.is_empty() || url.is_empty() {
             return Err(ConfigError::InitialCluster(item.to_string()));
         }
@@ -255,7 +268,10 @@ impl KvConfig {
     /// The initial cluster, defaulting (like etcd) to this member alone.
     pub fn initial_cluster(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
         if self.initial_cluster.trim().is_empty() {
-            return Ok(vec![(self.name.clone(), split_urls(&self.initial_advertise_peer_urls))]);
+            return Ok(vec![(
+                self.name.clone(),
+                split_urls(&self.initial_advertise_peer_urls),
+            )]);
         }
         parse_initial_cluster(&self.initial_cluster)
     }
@@ -271,7 +287,9 @@ impl KvConfig {
         for u in split_urls(&self.listen_peer_urls) {
             let ep = parse_listen_url("--listen-peer-urls", &u)?;
             if ep.tls && (self.peer_cert_file.is_none() || self.peer_key_file.is_none()) {
-                return Err(ConfigError::TlsMissing("--peer-cert-file and --peer-key-file"));
+                return Err(ConfigError::TlsMissing(
+                    "--peer-cert-file and --peer-key-file",
+                ));
             }
         }
         match self.initial_cluster_state.as_str() {
@@ -291,9 +309,14 @@ impl KvConfig {
         }
         let cluster = self.initial_cluster()?;
         let mine = split_urls(&self.initial_advertise_peer_urls);
-        if !cluster.iter().any(|(n, urls)| n == &self.name && urls.iter().all(|u| mine.contains(u)))
+        if !cluster
+            .iter()
+            .any(|(n, urls)| n == &self.name && urls.iter().all(|u| mine.contains(u)))
         {
-            return Err(ConfigError::SelfNotInCluster { name: self.name.clone(), urls: mine });
+            return Err(ConfigError::SelfNotInCluster {
+                name: self.name.clone(),
+                urls: mine,
+            });
         }
         Ok(())
     }
@@ -305,8 +328,9 @@ mod tests {
 
     #[test]
     fn initial_cluster_parses_and_groups_urls() {
-        let c = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3")
-            .unwrap();
+        let c =
+            parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3")
+                .unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].1, vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]);
         assert!(parse_initial_cluster("a").is_err());
@@ -319,19 +343,31 @@ mod tests {
         c.validate().unwrap();
         c.election_timeout = 200;
         assert!(matches!(c.validate(), Err(ConfigError::Timing { .. })));
-        let mut c = KvConfig { listen_client_urls: "https://127.0.0.1:1".into(), ..Default::default() };
+        let mut c = KvConfig {
+            listen_client_urls: "https://127.0.0.1:1".into(),
+            ..Default::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::TlsMissing(_))));
         c.listen_client_urls = "tcp://x".into();
         assert!(matches!(c.validate(), Err(ConfigError::Url { .. })));
-        let c = KvConfig { initial_cluster: "other=http://127.0.0.1:9".into(), ..Default::default() };
-        assert!(matches!(c.validate(), Err(ConfigError::SelfNotInCluster { .. })));
+        let c = KvConfig {
+            initial_cluster: "other=http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::SelfNotInCluster { .. })
+        ));
     }
 
     #[test]
     fn listen_url_forms() {
         assert_eq!(
             parse_listen_url("f", "https://localhost:2379").unwrap(),
-            Endpoint { tls: true, addr: "127.0.0.1:2379".parse().unwrap() }
+            Endpoint {
+                tls: true,
+                addr: "127.0.0.1:2379".parse().unwrap()
+            }
         );
         assert!(parse_listen_url("f", "http://[::1]:2379").is_ok());
         assert!(parse_listen_url("f", "http://example.com:2379").is_err());

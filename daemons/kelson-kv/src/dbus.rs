@@ -71,7 +71,9 @@ impl Kv1 {
             let data = crate::maintenance::encode_snapshot(&data);
             let tmp = format!("{path}.part");
             std::fs::write(&tmp, &data).map_err(|e| format!("{tmp}: {e}"))?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &path).map_err(|e| format!("{path}: {e}"))?;
             Ok(data.len() as u64)
         })
@@ -83,7 +85,10 @@ impl Kv1 {
     /// Compacts history up to `revision`.
     async fn compact(&self, revision: i64) -> fdo::Result<()> {
         self.shared
-            .propose(IReq::Compaction(CompactionRequest { revision, physical: true }))
+            .propose(IReq::Compaction(CompactionRequest {
+                revision,
+                physical: true,
+            }))
             .await
             .map(|_| ())
             .map_err(|s| fdo::Error::Failed(s.message().to_string()))
@@ -91,11 +96,17 @@ impl Kv1 {
 
     async fn defragment(&self) -> fdo::Result<()> {
         let db = self.shared.db.clone();
-        tokio::task::spawn_blocking(move || crate::maintenance::defragment(&db)).await.map_err(failed)
+        tokio::task::spawn_blocking(move || crate::maintenance::defragment(&db))
+            .await
+            .map_err(failed)
     }
 
     #[zbus(signal, name = "LeaderChanged")]
-    async fn leadership_changed(emitter: &SignalEmitter<'_>, leader: u64, term: u64) -> zbus::Result<()>;
+    async fn leadership_changed(
+        emitter: &SignalEmitter<'_>,
+        leader: u64,
+        term: u64,
+    ) -> zbus::Result<()>;
 }
 
 pub fn health(shared: &Shared) -> String {
@@ -120,7 +131,11 @@ pub async fn watch_leader(shared: Arc<Shared>, conn: zbus::Connection, path: Str
             (st.leader_id, st.term)
         };
         if (leader, term) != last && leader != last.0 {
-            if let Ok(iface) = conn.object_server().interface::<_, Kv1>(path.as_str()).await {
+            if let Ok(iface) = conn
+                .object_server()
+                .interface::<_, Kv1>(path.as_str())
+                .await
+            {
                 let emitter = iface.signal_emitter();
                 let _ = Kv1::leadership_changed(emitter, leader, term).await;
                 let kv = iface.get().await;

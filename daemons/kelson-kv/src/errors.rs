@@ -57,7 +57,10 @@ pub fn mvcc_status(e: &kelson_mvcc::MvccError) -> Status {
             tracing::error!(error = %e, "storage error");
             Status::internal(format!("etcdserver: {e}"))
         }
-        other => Status::new(Code::from_i32(other.grpc_code() as i32), other.etcd_message()),
+        other => Status::new(
+            Code::from_i32(other.grpc_code() as i32),
+            other.etcd_message(),
+        ),
     }
 }
 
@@ -85,10 +88,22 @@ mod tests {
     #[test]
     fn codes_match_etcd_rpctypes() {
         assert_eq!(status_for_message(ERR_COMPACTED).code(), Code::OutOfRange);
-        assert_eq!(status_for_message(ERR_NO_SPACE).code(), Code::ResourceExhausted);
-        assert_eq!(status_for_message(ERR_LEASE_NOT_FOUND).code(), Code::NotFound);
+        assert_eq!(
+            status_for_message(ERR_NO_SPACE).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            status_for_message(ERR_LEASE_NOT_FOUND).code(),
+            Code::NotFound
+        );
         assert_eq!(status_for_message(ERR_NO_LEADER).code(), Code::Unavailable);
-        assert_eq!(status_for_message(ERR_REQUEST_TOO_LARGE).code(), Code::InvalidArgument);
-        assert_eq!(status_for_message(ERR_REQUEST_TOO_LARGE).message(), ERR_REQUEST_TOO_LARGE);
+        assert_eq!(
+            status_for_message(ERR_REQUEST_TOO_LARGE).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            status_for_message(ERR_REQUEST_TOO_LARGE).message(),
+            ERR_REQUEST_TOO_LARGE
+        );
     }
 }

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use kelson_etcdpb::internal::{internal_request::Request as IReq, internal_response::Response as IResp};
+use kelson_etcdpb::internal::{
+    internal_request::Request as IReq, internal_response::Response as IResp,
+};
 use kelson_etcdpb::kv_server::Kv;
 use kelson_etcdpb::*;
 use kelson_mvcc::Mvcc;
@@ -67,20 +69,27 @@ fn check_txn(req: &TxnRequest) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         if req.key.is_empty() {
             return Err(status_for_message(ERR_EMPTY_KEY));
         }
         self.shared.read_barrier(req.serializable).await?;
-        let mut resp = self.shared.mvcc.read().range(&req).map_err(|e| mvcc_status(&e))?;
+        let mut resp = self
+            .shared
+            .mvcc
+            .read()
+            .range(&req)
+            .map_err(|e| mvcc_status(&e))?;
         resp.header = self.header(resp.header);
         Ok(Response::new(resp))
     }
 
-    type RangeStreamStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<RangeStreamResponse, Status>> + Send>,
-    >;
+    type RangeStreamStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
 
     /// etcd 3.7's chunked Range: the same result as Range, its kvs split over several messages,
     /// header/more/count only on the last one.
@@ -94,13 +103,23 @@ impl Kv for KvService {
         let mut chunks = Vec::new();
         while kvs.len() > CHUNK {
             let rest = kvs.split_off(CHUNK);
-            chunks.push(RangeResponse { kvs, ..Default::default() });
+            chunks.push(RangeResponse {
+                kvs,
+                ..Default::default()
+            });
             kvs = rest;
         }
-        chunks.push(RangeResponse { header: resp.header, kvs, more: resp.more, count: resp.count });
-        let out = futures::stream::iter(
-            chunks.into_iter().map(|r| Ok(RangeStreamResponse { range_response: Some(r) })),
-        );
+        chunks.push(RangeResponse {
+            header: resp.header,
+            kvs,
+            more: resp.more,
+            count: resp.count,
+        });
+        let out = futures::stream::iter(chunks.into_iter().map(|r| {
+            Ok(RangeStreamResponse {
+                range_response: Some(r),
+            })
+        }));
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -143,8 +162,12 @@ impl Kv for KvService {
             // A read-only txn needs no consensus round, only the read barrier (etcd does the same).
             let serializable = txn_all_serializable(&req);
             self.shared.read_barrier(serializable).await?;
-            let mut resp =
-                self.shared.mvcc.read().txn_read_only(&req).map_err(|e| mvcc_status(&e))?;
+            let mut resp = self
+                .shared
+                .mvcc
+                .read()
+                .txn_read_only(&req)
+                .map_err(|e| mvcc_status(&e))?;
             resp.header = self.header(resp.header);
             return Ok(Response::new(resp));
         }
@@ -185,11 +208,7 @@ fn txn_all_serializable(req: &TxnRequest) -> bool {
                     return false;
                 }
             }
-            Some(request_op::Request::RequestTxn(t)) => {
-                if !txn_all_serializable(t) {
-                    return false;
-                }
-            }
+            Some(request_op::Request::RequestTxn(t)) if !txn_all_serializable(t) => return false,
             _ => {}
         }
     }

@@ -56,7 +56,9 @@ impl LeaderClient {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5));
         if url.starts_with("https://") {
-            ep = ep.tls_config(client_tls(shared)?).map_err(|e| Status::internal(e.to_string()))?;
+            ep = ep
+                .tls_config(client_tls(shared)?)
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         let ch = ep.connect_lazy();
         *self.channel.lock() = Some((st.leader_id, ch.clone()));
@@ -69,17 +71,28 @@ impl LeaderClient {
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
         let (_, ch) = self.channel(shared)?;
-        Ok(LeaseClient::new(ch).lease_time_to_live(req).await?.into_inner())
+        Ok(LeaseClient::new(ch)
+            .lease_time_to_live(req)
+            .await?
+            .into_inner())
     }
 
-    pub async fn keep_alive(&self, shared: &Shared, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    pub async fn keep_alive(
+        &self,
+        shared: &Shared,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
         let (leader, ch) = self.channel(shared)?;
         let mut guard = self.stream.lock().await;
         if guard.as_ref().map(|r| r.leader) != Some(leader) {
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             let rx_stream = tokio_stream::wrappers::ReceiverStream::new(rx);
             let resp = LeaseClient::new(ch).lease_keep_alive(rx_stream).await?;
-            *guard = Some(KeepAliveRelay { leader, tx, rx: resp.into_inner() });
+            *guard = Some(KeepAliveRelay {
+                leader,
+                tx,
+                rx: resp.into_inner(),
+            });
         }
         let relay = guard.as_mut().expect("set above");
         let result = async {

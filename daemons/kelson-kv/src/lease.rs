@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use kelson_etcdpb::internal::{internal_request::Request as IReq, internal_response::Response as IResp};
+use kelson_etcdpb::internal::{
+    internal_request::Request as IReq, internal_response::Response as IResp,
+};
 use kelson_etcdpb::lease_server::Lease;
 use kelson_etcdpb::*;
 use parking_lot::Mutex;
@@ -52,7 +54,13 @@ impl LeaseClock {
     }
 
     pub fn granted(&self, id: i64, ttl: i64) {
-        self.leases.lock().insert(id, Deadline { ttl, expiry: Self::deadline(ttl) });
+        self.leases.lock().insert(
+            id,
+            Deadline {
+                ttl,
+                expiry: Self::deadline(ttl),
+            },
+        );
     }
 
     pub fn revoked(&self, id: i64) {
@@ -65,7 +73,13 @@ impl LeaseClock {
         let mut m = self.leases.lock();
         m.clear();
         for &(id, ttl) in leases {
-            m.insert(id, Deadline { ttl, expiry: Self::deadline(ttl) });
+            m.insert(
+                id,
+                Deadline {
+                    ttl,
+                    expiry: Self::deadline(ttl),
+                },
+            );
         }
     }
 
@@ -136,7 +150,10 @@ pub async fn run_expiry(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::R
             let s = shared.clone();
             tokio::spawn(async move {
                 tracing::info!(lease = id, "lease expired; revoking");
-                match s.propose(IReq::LeaseRevoke(LeaseRevokeRequest { id })).await {
+                match s
+                    .propose(IReq::LeaseRevoke(LeaseRevokeRequest { id }))
+                    .await
+                {
                     Ok(_) => {}
                     Err(e) if e.message() == ERR_LEASE_NOT_FOUND => s.leases.revoked(id),
                     Err(e) => {
@@ -192,7 +209,10 @@ impl Lease for LeaseService {
         crate::maintenance::check_quota(&self.shared, 64).await?;
         match self.shared.propose(IReq::LeaseGrant(req)).await?.response {
             Some(IResp::LeaseGrant(mut r)) => {
-                r.header = Some(self.shared.header(r.header.map(|h| h.revision).unwrap_or(0)));
+                r.header = Some(
+                    self.shared
+                        .header(r.header.map(|h| h.revision).unwrap_or(0)),
+                );
                 Ok(Response::new(r))
             }
             _ => Err(Status::internal("etcdserver: unexpected apply result")),
@@ -206,7 +226,10 @@ impl Lease for LeaseService {
         let req = request.into_inner();
         match self.shared.propose(IReq::LeaseRevoke(req)).await?.response {
             Some(IResp::LeaseRevoke(mut r)) => {
-                r.header = Some(self.shared.header(r.header.map(|h| h.revision).unwrap_or(0)));
+                r.header = Some(
+                    self.shared
+                        .header(r.header.map(|h| h.revision).unwrap_or(0)),
+                );
                 Ok(Response::new(r))
             }
             _ => Err(Status::internal("etcdserver: unexpected apply result")),
@@ -250,14 +273,22 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
         if !self.is_leader() {
-            return self.leader.time_to_live(&self.shared, req).await.map(Response::new);
+            return self
+                .leader
+                .time_to_live(&self.shared, req)
+                .await
+                .map(Response::new);
         }
         let Some((granted, remaining)) = self.shared.leases.remaining(req.id) else {
             return Err(status_for_message(ERR_LEASE_NOT_FOUND));
         };
         let (keys, rev) = {
             let m = self.shared.mvcc.read();
-            let keys = if req.keys { m.lease_keys(req.id) } else { Vec::new() };
+            let keys = if req.keys {
+                m.lease_keys(req.id)
+            } else {
+                Vec::new()
+            };
             (keys, m.current_revision())
         };
         Ok(Response::new(LeaseTimeToLiveResponse {
@@ -275,7 +306,11 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.shared.read_barrier(false).await?;
         let m = self.shared.mvcc.read();
-        let leases = m.leases().into_iter().map(|(id, _)| LeaseStatus { id }).collect();
+        let leases = m
+            .leases()
+            .into_iter()
+            .map(|(id, _)| LeaseStatus { id })
+            .collect();
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.shared.header(m.current_revision())),
             leases,
@@ -291,7 +326,10 @@ mod tests {
     fn clock_expires_and_refreshes() {
         let c = LeaseClock::new(&[(1, 0), (2, 100)]);
         assert_eq!(c.take_expired(), vec![1]);
-        assert!(c.take_expired().is_empty(), "an expiring lease is handed out once");
+        assert!(
+            c.take_expired().is_empty(),
+            "an expiring lease is handed out once"
+        );
         c.revoke_failed(1);
         assert_eq!(c.take_expired(), vec![1]);
         assert_eq!(c.keep_alive(2), Some(100));

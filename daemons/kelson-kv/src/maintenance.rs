@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use kelson_etcdpb::internal::{internal_request::Request as IReq, internal_response::Response as IResp};
+use kelson_etcdpb::internal::{
+    internal_request::Request as IReq, internal_response::Response as IResp,
+};
 use kelson_etcdpb::maintenance_server::Maintenance;
 use kelson_etcdpb::*;
 use sha2::{Digest, Sha256};
@@ -58,7 +60,8 @@ pub fn decode_snapshot(data: &[u8]) -> Result<&[u8], String> {
     }
     let rest = &body[SNAPSHOT_MAGIC.len()..];
     let len = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
-    rest.get(8..8 + len).ok_or_else(|| "snapshot length field exceeds the file".to_string())
+    rest.get(8..8 + len)
+        .ok_or_else(|| "snapshot length field exceeds the file".to_string())
 }
 
 /// Refuses a write that would exceed the quota, raising the NOSPACE alarm once.
@@ -69,13 +72,20 @@ pub async fn check_quota(shared: &Shared, cost: usize) -> Result<(), Status> {
     }
     let (size, active) = {
         let m = shared.mvcc.read();
-        (m.db_size_bytes().max(0) as u64, m.alarms().contains(&(AlarmType::Nospace as i32)))
+        (
+            m.db_size_bytes().max(0) as u64,
+            m.alarms().contains(&(AlarmType::Nospace as i32)),
+        )
     };
     if size + cost as u64 <= quota {
         return Ok(());
     }
     if !active {
-        tracing::warn!(db_size = size, quota, "backend quota exceeded; raising NOSPACE alarm");
+        tracing::warn!(
+            db_size = size,
+            quota,
+            "backend quota exceeded; raising NOSPACE alarm"
+        );
         let req = AlarmRequest {
             action: alarm_request::AlarmAction::Activate as i32,
             member_id: shared.node().id(),
@@ -95,7 +105,10 @@ impl MaintenanceService {
         MaintenanceService { shared }
     }
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.shared.header(self.shared.mvcc.read().current_revision()))
+        Some(
+            self.shared
+                .header(self.shared.mvcc.read().current_revision()),
+        )
     }
 }
 
@@ -112,7 +125,10 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
         if req.action == alarm_request::AlarmAction::Get as i32 {
             let m = self.shared.mvcc.read();
@@ -145,7 +161,9 @@ impl Maintenance for MaintenanceService {
                 .alarms()
                 .into_iter()
                 .map(|a| match AlarmType::try_from(a) {
-                    Ok(AlarmType::Nospace) => "memberID:".to_string() + &format!("{:x} alarm:NOSPACE", st.id),
+                    Ok(AlarmType::Nospace) => {
+                        "memberID:".to_string() + &format!("{:x} alarm:NOSPACE", st.id)
+                    }
                     Ok(AlarmType::Corrupt) => format!("memberID:{:x} alarm:CORRUPT", st.id),
                     _ => format!("memberID:{:x} alarm:{a}", st.id),
                 })
@@ -177,18 +195,29 @@ impl Maintenance for MaintenanceService {
         tokio::task::spawn_blocking(move || defragment(&db))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(DefragmentResponse { header: self.header() }))
+        Ok(Response::new(DefragmentResponse {
+            header: self.header(),
+        }))
     }
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let (hash, _, _) = self.shared.mvcc.read().hash_kv(0).map_err(|e| mvcc_status(&e))?;
-        Ok(Response::new(HashResponse { header: self.header(), hash }))
+        let (hash, _, _) = self
+            .shared
+            .mvcc
+            .read()
+            .hash_kv(0)
+            .map_err(|e| mvcc_status(&e))?;
+        Ok(Response::new(HashResponse {
+            header: self.header(),
+            hash,
+        }))
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let rev = r.into_inner().revision;
         let m = self.shared.mvcc.read();
-        let (hash, compact_revision, hash_revision) = m.hash_kv(rev).map_err(|e| mvcc_status(&e))?;
+        let (hash, compact_revision, hash_revision) =
+            m.hash_kv(rev).map_err(|e| mvcc_status(&e))?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.shared.header(m.current_revision())),
             hash,
@@ -216,7 +245,7 @@ impl Maintenance for MaintenanceService {
             for chunk in data.chunks(SNAPSHOT_CHUNK) {
                 sent += chunk.len();
                 yield Ok(SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: (total - sent) as u64,
                     blob: chunk.to_vec(),
                     version: ETCD_VERSION.into(),
@@ -236,21 +265,29 @@ impl Maintenance for MaintenanceService {
         if st.leader_id != st.id {
             return Err(status_for_message(ERR_NOT_LEADER));
         }
-        if !node.members().iter().any(|m| m.id == target && !m.is_learner) {
+        if !node
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
             return Err(status_for_message(ERR_BAD_LEADER_TRANSFEREE));
         }
         tokio::time::timeout(Duration::from_secs(10), node.transfer_leader(target))
             .await
             .map_err(|_| status_for_message(crate::errors::ERR_TIMEOUT))?
             .map_err(|e| raft_status(&e))?;
-        Ok(Response::new(MoveLeaderResponse { header: self.header() }))
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.header(),
+        }))
     }
 
     async fn downgrade(
         &self,
         _r: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("etcdserver: cluster version downgrade is not supported by kelson-kv"))
+        Err(Status::unimplemented(
+            "etcdserver: cluster version downgrade is not supported by kelson-kv",
+        ))
     }
 }
 

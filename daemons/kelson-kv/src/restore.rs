@@ -25,12 +25,18 @@ pub fn restore_snapshot(
     if !initial_cluster.is_empty() {
         let cluster = parse_initial_cluster(initial_cluster)?;
         let mine = crate::config::split_urls(initial_advertise_peer_urls);
-        if !cluster.iter().any(|(n, urls)| n == name && mine.iter().all(|u| urls.contains(u))) {
+        if !cluster
+            .iter()
+            .any(|(n, urls)| n == name && mine.iter().all(|u| urls.contains(u)))
+        {
             bail!("--initial-cluster does not contain {name}={initial_advertise_peer_urls}");
         }
     }
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
-        bail!("data dir {} already exists and is not empty; refusing to overwrite it", data_dir.display());
+        bail!(
+            "data dir {} already exists and is not empty; refusing to overwrite it",
+            data_dir.display()
+        );
     }
     let raw = std::fs::read(snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
     let state = crate::maintenance::decode_snapshot(&raw)
@@ -38,7 +44,8 @@ pub fn restore_snapshot(
     let db = crate::server::open_db(data_dir)?;
     let mut mvcc = Mvcc::open(db.clone())?;
     let mut wb = rocksdb::WriteBatch::default();
-    mvcc.restore(state, &mut wb).context("restoring the keyspace")?;
+    mvcc.restore(state, &mut wb)
+        .context("restoring the keyspace")?;
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.write_opt(wb, &wo)?;

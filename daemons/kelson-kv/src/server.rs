@@ -57,8 +57,12 @@ pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
     let mut cfs: Vec<&str> = kelson_mvcc::CFS.to_vec();
     cfs.extend_from_slice(kelson_raft::CFS);
     let path = data_dir.join("db");
-    let db = rocksdb::DB::open_cf(&opts, &path, cfs)
-        .with_context(|| format!("opening the store at {} (corrupt data dir?)", path.display()))?;
+    let db = rocksdb::DB::open_cf(&opts, &path, cfs).with_context(|| {
+        format!(
+            "opening the store at {} (corrupt data dir?)",
+            path.display()
+        )
+    })?;
     Ok(Arc::new(db))
 }
 
@@ -74,7 +78,11 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
         let v = std::fs::read_to_string(&marker)
             .with_context(|| format!("reading {}", marker.display()))?;
         if v != DATA_VERSION {
-            bail!("data dir {} has unsupported format version {:?}", dir.display(), v.trim());
+            bail!(
+                "data dir {} has unsupported format version {:?}",
+                dir.display(),
+                v.trim()
+            );
         }
         return Ok(());
     }
@@ -135,7 +143,13 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
     let leases = LeaseClock::new(&mvcc.leases());
     let mvcc = Arc::new(RwLock::new(mvcc));
     let hub = WatchHub::new(Arc::new(MvccEvents(mvcc.clone())));
-    let shared = Shared::new(cfg.clone(), db.clone(), mvcc.clone(), hub.clone(), leases.clone());
+    let shared = Shared::new(
+        cfg.clone(),
+        db.clone(),
+        mvcc.clone(),
+        hub.clone(),
+        leases.clone(),
+    );
     let sm = KvStateMachine::new(mvcc, hub.clone(), leases);
     let node = RaftNode::start(db, raft_config(&cfg)?, Box::new(sm))
         .await
@@ -154,9 +168,13 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(
-            WatchServer::new(WatchService::new(hub, Arc::new(Headers(shared.clone())), progress))
-                .max_decoding_message_size(max_msg)
-                .max_encoding_message_size(usize::MAX),
+            WatchServer::new(WatchService::new(
+                hub,
+                Arc::new(Headers(shared.clone())),
+                progress,
+            ))
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(
             LeaseServer::new(crate::lease::LeaseService::new(shared.clone(), leader))
@@ -197,14 +215,20 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
             .context("loading client TLS certificates")?;
             let incoming = tls::tls_incoming(listener, server_tls);
             tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop_fut).await {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, stop_fut)
+                    .await
+                {
                     tracing::error!(error = %e, "client server failed");
                 }
             })
         } else {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop_fut).await {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, stop_fut)
+                    .await
+                {
                     tracing::error!(error = %e, "client server failed");
                 }
             })
@@ -212,8 +236,16 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
         tracing::info!(%url, %addr, "serving etcd v3 API");
         servers.push(handle);
     }
-    servers.push(tokio::spawn(crate::lease::run_expiry(shared.clone(), shutdown_rx.clone())));
-    Ok(Member { shared, client_addrs, servers, shutdown_tx })
+    servers.push(tokio::spawn(crate::lease::run_expiry(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    Ok(Member {
+        shared,
+        client_addrs,
+        servers,
+        shutdown_tx,
+    })
 }
 
 impl Member {
@@ -225,7 +257,10 @@ impl Member {
         loop {
             let st = node.status();
             if st.leader_id != 0 {
-                state.set_status(format!("waiting to catch up (applied {})", st.applied_index));
+                state.set_status(format!(
+                    "waiting to catch up (applied {})",
+                    st.applied_index
+                ));
                 match tokio::time::timeout(Duration::from_secs(5), node.read_index()).await {
                     Ok(Ok(())) => return,
                     Ok(Err(e)) => tracing::debug!(error = %e, "read barrier not yet possible"),
@@ -252,7 +287,11 @@ impl Member {
 }
 
 /// The whole daemon: start, report readiness, serve until SIGTERM/SIGINT, stop gracefully.
-pub async fn run(cfg: KvConfig, common: &kelson_runtime::config::CommonArgs, log: LogHandle) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: KvConfig,
+    common: &kelson_runtime::config::CommonArgs,
+    log: LogHandle,
+) -> anyhow::Result<()> {
     let mut shutdown = signals::ShutdownSignals::new()?;
     let mut hup = signals::reload_signals()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
@@ -269,14 +308,20 @@ pub async fn run(cfg: KvConfig, common: &kelson_runtime::config::CommonArgs, log
         let path = opts.path.clone();
         let served = async {
             DbusServer::new(opts, state.clone(), log.clone())?
-                .interface(crate::dbus::Kv1 { shared: shared.clone() })?
+                .interface(crate::dbus::Kv1 {
+                    shared: shared.clone(),
+                })?
                 .serve()
                 .await
         }
         .await;
         match served {
             Ok(h) => {
-                tokio::spawn(crate::dbus::watch_leader(shared.clone(), h.connection().clone(), path));
+                tokio::spawn(crate::dbus::watch_leader(
+                    shared.clone(),
+                    h.connection().clone(),
+                    path,
+                ));
                 Some(h)
             }
             Err(e) if common.dbus_address.is_some() => return Err(e.into()),
@@ -289,9 +334,12 @@ pub async fn run(cfg: KvConfig, common: &kelson_runtime::config::CommonArgs, log
     };
     if let Some(addr) = common.metrics_addr {
         let registry = kelson_runtime::metrics::registry();
-        registry.lock().register_collector(Box::new(crate::metrics::KvCollector(shared.clone())));
-        let (bound, _) =
-            kelson_runtime::metrics::serve(addr, registry).await.context("serving metrics")?;
+        registry
+            .lock()
+            .register_collector(Box::new(crate::metrics::KvCollector(shared.clone())));
+        let (bound, _) = kelson_runtime::metrics::serve(addr, registry)
+            .await
+            .context("serving metrics")?;
         tracing::info!(%bound, "serving /metrics");
     }
 
@@ -305,7 +353,10 @@ pub async fn run(cfg: KvConfig, common: &kelson_runtime::config::CommonArgs, log
         }
     }
     let st = shared.node().status();
-    state.set_status(format!("serving; member {:x}, leader {:x}, term {}", st.id, st.leader_id, st.term));
+    state.set_status(format!(
+        "serving; member {:x}, leader {:x}, term {}",
+        st.id, st.leader_id, st.term
+    ));
     state.set_state(Lifecycle::Running);
     tracing::info!(member = %format!("{:x}", st.id), addrs = ?member.client_addrs, "ready to serve client requests");
     let _watchdog = state.spawn_watchdog();

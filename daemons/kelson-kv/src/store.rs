@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::Status;
 
 use crate::config::KvConfig;
-use crate::errors::{raft_status, status_from_apply, status_for_message, ERR_REQUEST_TOO_LARGE};
+use crate::errors::{raft_status, status_for_message, status_from_apply, ERR_REQUEST_TOO_LARGE};
 use crate::lease::LeaseClock;
 
 /// Per-process state shared by the gRPC services, the lease loop and D-Bus.
@@ -42,7 +42,14 @@ impl Shared {
         hub: Arc<WatchHub>,
         leases: Arc<LeaseClock>,
     ) -> Arc<Self> {
-        Arc::new(Shared { cfg, mvcc, hub, leases, db, node: OnceLock::new() })
+        Arc::new(Shared {
+            cfg,
+            mvcc,
+            hub,
+            leases,
+            db,
+            node: OnceLock::new(),
+        })
     }
 
     pub fn set_node(&self, node: RaftNode) {
@@ -51,7 +58,9 @@ impl Shared {
 
     /// The Raft node. Services are only started after it is set.
     pub fn node(&self) -> &RaftNode {
-        self.node.get().expect("raft node is set before services start")
+        self.node
+            .get()
+            .expect("raft node is set before services start")
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
@@ -73,13 +82,23 @@ impl Shared {
     }
 
     /// Replicates one request and returns the applied response (or the etcd error it produced).
-    pub async fn propose(&self, req: internal_request::Request) -> Result<InternalResponse, Status> {
-        let req = InternalRequest { id: 0, request: Some(req) };
+    pub async fn propose(
+        &self,
+        req: internal_request::Request,
+    ) -> Result<InternalResponse, Status> {
+        let req = InternalRequest {
+            id: 0,
+            request: Some(req),
+        };
         let data = req.encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(status_for_message(ERR_REQUEST_TOO_LARGE));
         }
-        let out = self.node().propose(data).await.map_err(|e| raft_status(&e))?;
+        let out = self
+            .node()
+            .propose(data)
+            .await
+            .map_err(|e| raft_status(&e))?;
         let resp = InternalResponse::decode(out.as_slice())
             .map_err(|e| Status::internal(format!("etcdserver: bad apply result: {e}")))?;
         if !resp.error.is_empty() {
@@ -100,12 +119,24 @@ pub struct KvStateMachine {
 
 impl KvStateMachine {
     pub fn new(mvcc: Arc<RwLock<Mvcc>>, hub: Arc<WatchHub>, leases: Arc<LeaseClock>) -> Self {
-        KvStateMachine { mvcc, hub, leases, pending: Vec::new(), restored: false }
+        KvStateMachine {
+            mvcc,
+            hub,
+            leases,
+            pending: Vec::new(),
+            restored: false,
+        }
     }
 }
 
 impl StateMachine for KvStateMachine {
-    fn apply(&mut self, index: u64, _term: u64, data: &[u8], wb: &mut rocksdb::WriteBatch) -> Vec<u8> {
+    fn apply(
+        &mut self,
+        index: u64,
+        _term: u64,
+        data: &[u8],
+        wb: &mut rocksdb::WriteBatch,
+    ) -> Vec<u8> {
         let req = match InternalRequest::decode(data) {
             Ok(r) => r,
             Err(e) => {
@@ -154,7 +185,10 @@ impl StateMachine for KvStateMachine {
     fn restore(&mut self, data: &[u8], wb: &mut rocksdb::WriteBatch) -> Result<(), String> {
         self.pending.clear();
         self.restored = true;
-        self.mvcc.write().restore(data, wb).map_err(|e| e.to_string())
+        self.mvcc
+            .write()
+            .restore(data, wb)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -162,12 +196,17 @@ impl StateMachine for KvStateMachine {
 pub struct MvccEvents(pub Arc<RwLock<Mvcc>>);
 
 impl EventSource for MvccEvents {
-    fn events(&self, from_rev: i64, to_rev: i64, limit: usize) -> Result<Vec<Event>, WatchSourceError> {
+    fn events(
+        &self,
+        from_rev: i64,
+        to_rev: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, WatchSourceError> {
         let m = self.0.read();
         m.events(from_rev, to_rev, limit).map_err(|e| match e {
-            MvccError::Compacted => {
-                WatchSourceError::Compacted { compact_revision: m.compact_revision() }
-            }
+            MvccError::Compacted => WatchSourceError::Compacted {
+                compact_revision: m.compact_revision(),
+            },
             other => WatchSourceError::Unavailable(other.to_string()),
         })
     }

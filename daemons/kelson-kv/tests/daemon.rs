@@ -21,10 +21,22 @@ fn kv_command(dir: &Path, p: &Ports) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["--name", "t1", "--data-dir"])
         .arg(dir.join("data"))
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", p.client)])
-        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{}", p.client)])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", p.peer)])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", p.peer)]);
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", p.client),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{}", p.client),
+        ])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", p.peer),
+        ])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{}", p.peer),
+        ]);
     cmd
 }
 
@@ -34,7 +46,8 @@ fn wait_notify(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
             let done = msg.lines().any(|l| l == want);
@@ -60,7 +73,11 @@ async fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
-#[zbus::proxy(interface = "io.kelson.KV1", default_path = "/io/kelson/KV1", default_service = "io.kelson.KV1")]
+#[zbus::proxy(
+    interface = "io.kelson.KV1",
+    default_path = "/io/kelson/KV1",
+    default_service = "io.kelson.KV1"
+)]
 trait Kv1 {
     #[zbus(property)]
     fn member_id(&self) -> zbus::Result<u64>;
@@ -80,7 +97,11 @@ trait Kv1 {
     fn transfer_leadership(&self, member: u64) -> zbus::Result<()>;
 }
 
-#[zbus::proxy(interface = "io.kelson.Daemon1", default_path = "/io/kelson/KV1", default_service = "io.kelson.KV1")]
+#[zbus::proxy(
+    interface = "io.kelson.Daemon1",
+    default_path = "/io/kelson/KV1",
+    default_service = "io.kelson.KV1"
+)]
 trait Daemon1 {
     #[zbus(property)]
     fn state(&self) -> zbus::Result<String>;
@@ -95,7 +116,10 @@ async fn notify_dbus_metrics_and_graceful_stop() {
     let bus = DbusDaemon::start().unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let ports = Ports { client: free_port(), peer: free_port() };
+    let ports = Ports {
+        client: free_port(),
+        peer: free_port(),
+    };
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut cmd = kv_command(dir.path(), &ports);
     cmd.args(["--dbus-address", bus.address(), "--metrics-addr", &metrics])
@@ -103,7 +127,10 @@ async fn notify_dbus_metrics_and_graceful_stop() {
     let mut kv = ChildGuard::spawn("kelson-kv", cmd, &dir.path().join("kv.log")).unwrap();
 
     let seen = wait_notify(&notify, "READY=1", Duration::from_secs(20));
-    assert!(seen.iter().any(|m| m.contains("STATUS=")), "STATUS before READY: {seen:?}");
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=")),
+        "STATUS before READY: {seen:?}"
+    );
 
     // Write something so there is a revision to compact and data to snapshot.
     let mut client = etcd_client::Client::connect([format!("127.0.0.1:{}", ports.client)], None)
@@ -112,14 +139,28 @@ async fn notify_dbus_metrics_and_graceful_stop() {
     for i in 0..5 {
         client.put(format!("k{i}"), "v", None).await.unwrap();
     }
-    let rev = client.get("k0", None).await.unwrap().header().unwrap().revision();
+    let rev = client
+        .get("k0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
 
-    let conn = zbus::connection::Builder::address(bus.address()).unwrap().build().await.unwrap();
+    let conn = zbus::connection::Builder::address(bus.address())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
     let kv1 = Kv1Proxy::new(&conn).await.unwrap();
     let d1 = Daemon1Proxy::new(&conn).await.unwrap();
     let id = kv1.member_id().await.unwrap();
     assert_ne!(id, 0);
-    assert_eq!(kv1.leader().await.unwrap(), id, "a single member leads itself");
+    assert_eq!(
+        kv1.leader().await.unwrap(),
+        id,
+        "a single member leads itself"
+    );
     assert!(kv1.term().await.unwrap() >= 1);
     assert!(kv1.applied_index().await.unwrap() >= 5);
     assert!(kv1.db_size().await.unwrap() > 0);
@@ -131,10 +172,17 @@ async fn notify_dbus_metrics_and_graceful_stop() {
 
     kv1.compact(rev).await.unwrap();
     let err = client
-        .get("k0", Some(etcd_client::GetOptions::new().with_revision(rev - 1)))
+        .get(
+            "k0",
+            Some(etcd_client::GetOptions::new().with_revision(rev - 1)),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("required revision has been compacted"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("required revision has been compacted"),
+        "{err}"
+    );
     // Compacting again at an older revision is an etcd error carried over D-Bus.
     let err = kv1.compact(rev - 1).await.unwrap_err();
     assert!(err.to_string().contains("compacted"), "{err}");
@@ -150,19 +198,29 @@ async fn notify_dbus_metrics_and_graceful_stop() {
     let body = http_get(&metrics, "/metrics").await;
     assert!(body.contains("etcd_server_has_leader 1"), "{body}");
     assert!(body.contains("etcd_server_is_leader 1"), "{body}");
-    assert!(body.contains(&format!("etcd_debugging_mvcc_compact_revision {rev}")), "{body}");
+    assert!(
+        body.contains(&format!("etcd_debugging_mvcc_compact_revision {rev}")),
+        "{body}"
+    );
     assert!(body.contains("process_resident_memory_bytes"), "{body}");
 
     // SIGTERM: STOPPING=1, then a clean exit.
     let status = kv.terminate(Duration::from_secs(15)).unwrap();
     wait_notify(&notify, "STOPPING=1", Duration::from_secs(5));
-    assert!(status.success(), "exit status {status:?}; log:\n{}", kv.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        kv.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_from_disk_keeps_data_and_revision() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports { client: free_port(), peer: free_port() };
+    let ports = Ports {
+        client: free_port(),
+        peer: free_port(),
+    };
     let ep = format!("127.0.0.1:{}", ports.client);
     let spawn = || {
         let mut cmd = kv_command(dir.path(), &ports);
@@ -184,22 +242,43 @@ async fn restart_from_disk_keeps_data_and_revision() {
     let mut kv = spawn();
     let mut c = connect().await;
     for i in 0..20 {
-        c.put(format!("key/{i:02}"), format!("v{i}"), None).await.unwrap();
+        c.put(format!("key/{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap();
     }
-    let before = c.get("key/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
-    assert!(kv.terminate(Duration::from_secs(15)).unwrap().success(), "{}", kv.log());
+    let before = c
+        .get("key/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(
+        kv.terminate(Duration::from_secs(15)).unwrap().success(),
+        "{}",
+        kv.log()
+    );
 
     let mut kv = spawn();
     let mut c = connect().await;
-    let after = c.get("key/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    let after = c
+        .get("key/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(after.kvs().len(), 20);
-    assert_eq!(after.header().unwrap().revision(), before.header().unwrap().revision());
+    assert_eq!(
+        after.header().unwrap().revision(),
+        before.header().unwrap().revision()
+    );
     for (a, b) in after.kvs().iter().zip(before.kvs()) {
-        assert_eq!((a.key(), a.value(), a.mod_revision()), (b.key(), b.value(), b.mod_revision()));
+        assert_eq!(
+            (a.key(), a.value(), a.mod_revision()),
+            (b.key(), b.value(), b.mod_revision())
+        );
     }
     // And it keeps taking writes at the next revision.
     let r = c.put("key/next", "x", None).await.unwrap();
-    assert_eq!(r.header().unwrap().revision(), before.header().unwrap().revision() + 1);
+    assert_eq!(
+        r.header().unwrap().revision(),
+        before.header().unwrap().revision() + 1
+    );
     kv.kill9();
 }
 
@@ -208,7 +287,12 @@ fn unknown_config_key_names_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("kv.toml");
     std::fs::write(&file, "name = \"a\"\nsnaphot-count = 5\n").unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&file).arg("--print-config").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .arg("--print-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("snaphot-count"), "{err}");
@@ -226,15 +310,25 @@ fn print_config_shows_file_and_flag_layers() {
         .args(["--snapshot-count", "7", "--print-config"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("name = \"from-file\""), "{text}");
     assert!(text.contains("snapshot-count = 7"), "flags win: {text}");
-    assert!(text.contains("max-request-bytes = 1572864"), "etcd's default: {text}");
+    assert!(
+        text.contains("max-request-bytes = 1572864"),
+        "etcd's default: {text}"
+    );
 }
 
 fn start_fails_with(dir: &Path, want: &str) {
-    let ports = Ports { client: free_port(), peer: free_port() };
+    let ports = Ports {
+        client: free_port(),
+        peer: free_port(),
+    };
     let mut cmd = kv_command(dir, &ports);
     cmd.arg("--no-dbus");
     let mut child = ChildGuard::spawn("kelson-kv", cmd, &dir.join("kv.log")).unwrap();
@@ -274,7 +368,13 @@ fn invalid_flags_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--initial-cluster-state"), "{err}");
     let out = Command::new(BIN)
-        .args(["--no-dbus", "--heartbeat-interval", "500", "--election-timeout", "1000"])
+        .args([
+            "--no-dbus",
+            "--heartbeat-interval",
+            "500",
+            "--election-timeout",
+            "1000",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
