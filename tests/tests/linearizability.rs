@@ -611,7 +611,7 @@ async fn nemesis(
     while Instant::now() + Duration::from_secs(3) < deadline {
         // Half of the faults hit the leader: a deposed leader serving reads or acknowledging
         // writes is the classic way to lose linearizability.
-        let leader = if round % 2 == 0 {
+        let leader = if round & 1 == 0 {
             leader_index(cluster).await
         } else {
             None
