@@ -67,7 +67,9 @@ async fn json(c: &StoreCluster, args: &[&str]) -> Value {
 }
 
 fn b64(v: &Value) -> String {
-    let s = v.as_str().unwrap_or_else(|| panic!("not a base64 string: {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a base64 string: {v}"));
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
         .unwrap_or_else(|e| panic!("bad base64 {s:?}: {e}"));
@@ -78,7 +80,9 @@ fn int(v: &Value, field: &str) -> i64 {
     // etcdctl omits zero-valued fields (omitempty), so absent means 0.
     match &v[field] {
         Value::Null => 0,
-        x => x.as_i64().unwrap_or_else(|| panic!("{field} is not an integer in {v}")),
+        x => x
+            .as_i64()
+            .unwrap_or_else(|| panic!("{field} is not an integer in {v}")),
     }
 }
 
@@ -96,16 +100,28 @@ async fn put_get_flags(kind: StoreKind) {
     let c = start(kind, 1, ClusterOpts::default()).await;
     // A fresh store is at revision 1, as etcd's is (first write creates revision 2).
     let v = json(&c, &["get", "nothing"]).await;
-    assert_eq!(int(&v["header"], "revision"), 1, "fresh store revision: {v}\n{}", c.logs());
+    assert_eq!(
+        int(&v["header"], "revision"),
+        1,
+        "fresh store revision: {v}\n{}",
+        c.logs()
+    );
     assert!(v["kvs"].is_null(), "no kvs expected: {v}");
 
     let r1 = put_rev(&c, "a/1", "v1").await;
     let r2 = put_rev(&c, "a/2", "v2").await;
     let r3 = put_rev(&c, "a/1", "v1b").await;
     let r4 = put_rev(&c, "b/1", "x").await;
-    assert_eq!((r1, r2, r3, r4), (2, 3, 4, 5), "each put takes one revision");
+    assert_eq!(
+        (r1, r2, r3, r4),
+        (2, 3, 4, 5),
+        "each put takes one revision"
+    );
 
-    assert_eq!(lines(&ok(&c, &["get", "a/", "--prefix"]).await), ["a/1", "v1b", "a/2", "v2"]);
+    assert_eq!(
+        lines(&ok(&c, &["get", "a/", "--prefix"]).await),
+        ["a/1", "v1b", "a/2", "v2"]
+    );
     assert_eq!(lines(&ok(&c, &["get", "a/1"]).await), ["a/1", "v1b"]);
     assert_eq!(
         lines(&ok(&c, &["get", "a/", "--prefix", "--keys-only"]).await),
@@ -115,20 +131,40 @@ async fn put_get_flags(kind: StoreKind) {
         lines(&ok(&c, &["get", "a/", "--prefix", "--print-value-only"]).await),
         ["v1b", "v2"]
     );
-    assert_eq!(lines(&ok(&c, &["get", "a/", "--prefix", "--limit", "1"]).await), ["a/1", "v1b"]);
+    assert_eq!(
+        lines(&ok(&c, &["get", "a/", "--prefix", "--limit", "1"]).await),
+        ["a/1", "v1b"]
+    );
     // Range end given explicitly, and from-key.
-    assert_eq!(lines(&ok(&c, &["get", "a/2", "b/2", "--keys-only"]).await), ["a/2", "", "b/1", ""]);
-    assert_eq!(lines(&ok(&c, &["get", "b", "--from-key", "--keys-only"]).await), ["b/1", ""]);
+    assert_eq!(
+        lines(&ok(&c, &["get", "a/2", "b/2", "--keys-only"]).await),
+        ["a/2", "", "b/1", ""]
+    );
+    assert_eq!(
+        lines(&ok(&c, &["get", "b", "--from-key", "--keys-only"]).await),
+        ["b/1", ""]
+    );
     // Historical reads.
-    assert_eq!(lines(&ok(&c, &["get", "a/1", "--rev", &r1.to_string()]).await), ["a/1", "v1"]);
+    assert_eq!(
+        lines(&ok(&c, &["get", "a/1", "--rev", &r1.to_string()]).await),
+        ["a/1", "v1"]
+    );
     assert_eq!(
         lines(&ok(&c, &["get", "a/", "--prefix", "--rev", &r2.to_string()]).await),
         ["a/1", "v1", "a/2", "v2"]
     );
-    assert!(ok(&c, &["get", "b/1", "--rev", &r3.to_string()]).await.is_empty());
+    assert!(ok(&c, &["get", "b/1", "--rev", &r3.to_string()])
+        .await
+        .is_empty());
     // Descending order by key.
     assert_eq!(
-        lines(&ok(&c, &["get", "a/", "--prefix", "--keys-only", "--order", "DESCEND"]).await),
+        lines(
+            &ok(
+                &c,
+                &["get", "a/", "--prefix", "--keys-only", "--order", "DESCEND"]
+            )
+            .await
+        ),
         ["a/2", "", "a/1", ""]
     );
 
@@ -153,7 +189,10 @@ async fn put_get_flags(kind: StoreKind) {
     assert_eq!(v["kvs"].as_array().map(Vec::len), Some(1), "{v}");
     let v = json(&c, &["get", "", "--prefix", "--keys-only"]).await;
     assert_eq!(int(&v, "count"), 3, "{v}");
-    assert!(v["kvs"][0]["value"].is_null(), "keys-only returns no values: {v}");
+    assert!(
+        v["kvs"][0]["value"].is_null(),
+        "keys-only returns no values: {v}"
+    );
 }
 
 async fn del_flags(kind: StoreKind) {
@@ -163,7 +202,10 @@ async fn del_flags(kind: StoreKind) {
     }
     ok(&c, &["put", "p", "pv"]).await;
     assert_eq!(lines(&ok(&c, &["del", "nothing"]).await), ["0"]);
-    assert_eq!(lines(&ok(&c, &["del", "p", "--prev-kv"]).await), ["1", "p", "pv"]);
+    assert_eq!(
+        lines(&ok(&c, &["del", "p", "--prev-kv"]).await),
+        ["1", "p", "pv"]
+    );
     assert_eq!(lines(&ok(&c, &["del", "d/", "--prefix"]).await), ["3"]);
     assert!(ok(&c, &["get", "", "--prefix"]).await.is_empty());
     // A delete of nothing does not take a revision; a delete of something does.
@@ -191,7 +233,12 @@ async fn txn_interactive(kind: StoreKind) {
     let script = "value(\"k\") = \"v1\"\nversion(\"k\") = \"1\"\n\nput k v2\nput k2 x\n\nget k\n\n";
     let out = etcdctl_in(&ep, &["txn", "-i"], script.as_bytes()).await;
     assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
-    assert_eq!(stdout(&out), format!("{TXN_PROMPTS}SUCCESS\n\nOK\n\nOK\n"), "{}", show(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{TXN_PROMPTS}SUCCESS\n\nOK\n\nOK\n"),
+        "{}",
+        show(&out)
+    );
     let rk2 = int(&json(&c, &["get", "k"]).await["header"], "revision");
     assert_eq!(rk2, rk + 1, "a txn with two puts takes one revision");
 
@@ -212,13 +259,23 @@ async fn txn_interactive(kind: StoreKind) {
     );
     let out = etcdctl_in(&ep, &["txn", "-i"], script.as_bytes()).await;
     assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
-    assert_eq!(stdout(&out), format!("{TXN_PROMPTS}SUCCESS\n\n1\n"), "{}", show(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{TXN_PROMPTS}SUCCESS\n\n1\n"),
+        "{}",
+        show(&out)
+    );
 
     // One failing compare among several fails the whole txn.
     let script = "value(\"k\") = \"v2\"\nvalue(\"k3\") != \"z\"\n\nput k bad\n\n\n";
     let out = etcdctl_in(&ep, &["txn", "-i"], script.as_bytes()).await;
     assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
-    assert_eq!(stdout(&out), format!("{TXN_PROMPTS}FAILURE\n"), "{}", show(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{TXN_PROMPTS}FAILURE\n"),
+        "{}",
+        show(&out)
+    );
 
     assert_eq!(
         lines(&ok(&c, &["get", "k", "--prefix"]).await),
@@ -241,7 +298,10 @@ fn parse_watch(lines: &[String]) -> Vec<(String, Vec<String>)> {
 }
 
 fn ev(t: &str, fields: &[&str]) -> (String, Vec<String>) {
-    (t.to_string(), fields.iter().map(|s| s.to_string()).collect())
+    (
+        t.to_string(),
+        fields.iter().map(|s| s.to_string()).collect(),
+    )
 }
 
 async fn watch_command(kind: StoreKind) {
@@ -286,7 +346,13 @@ async fn watch_command(kind: StoreKind) {
     // Anything extra (e.g. the unwatched key) would arrive promptly too.
     w.pump(Duration::from_millis(300)).await;
     w.kill().await;
-    assert_eq!(got, want, "watch --prefix --prev-kv transcript:\n{}\n{}", w.transcript(), c.logs());
+    assert_eq!(
+        got,
+        want,
+        "watch --prefix --prev-kv transcript:\n{}\n{}",
+        w.transcript(),
+        c.logs()
+    );
     let all: Vec<_> = parse_watch(&w.stdout_lines());
     assert!(
         !all.iter().any(|(_, f)| f.iter().any(|l| l == "other")),
@@ -302,7 +368,11 @@ async fn watch_command(kind: StoreKind) {
     w.kill().await;
     assert_eq!(
         parse_watch(&w.stdout_lines()),
-        vec![ev("PUT", &["w/a", "1"]), ev("PUT", &["w/a", "2"]), ev("DELETE", &["w/a", ""])],
+        vec![
+            ev("PUT", &["w/a", "1"]),
+            ev("PUT", &["w/a", "2"]),
+            ev("DELETE", &["w/a", ""])
+        ],
         "watch --rev transcript:\n{}\n{}",
         w.transcript(),
         c.logs()
@@ -351,11 +421,23 @@ async fn lease_grant_keepalive_revoke(kind: StoreKind) {
     );
     let list = ok(&c, &["lease", "list"]).await;
     assert!(list.contains(&id), "lease list: {list}");
-    assert_eq!(ok(&c, &["lease", "revoke", &id]).await.trim(), format!("lease {id} revoked"));
-    assert_eq!(lines(&ok(&c, &["get", "", "--prefix", "--keys-only"]).await), ["plain", ""]);
+    assert_eq!(
+        ok(&c, &["lease", "revoke", &id]).await.trim(),
+        format!("lease {id} revoked")
+    );
+    assert_eq!(
+        lines(&ok(&c, &["get", "", "--prefix", "--keys-only"]).await),
+        ["plain", ""]
+    );
     let list = ok(&c, &["lease", "list"]).await;
     assert!(!list.contains(&id), "revoked lease still listed: {list}");
-    fails_with(&c, &["lease", "revoke", &id], b"", "etcdserver: requested lease not found").await;
+    fails_with(
+        &c,
+        &["lease", "revoke", &id],
+        b"",
+        "etcdserver: requested lease not found",
+    )
+    .await;
 }
 
 async fn lease_expires_without_keepalive(kind: StoreKind) {
@@ -365,7 +447,11 @@ async fn lease_expires_without_keepalive(kind: StoreKind) {
     let t0 = Instant::now();
     ok(&c, &["put", "ek", "v", &format!("--lease={id}")]).await;
     ok(&c, &["put", "keep", "v"]).await;
-    assert_eq!(lines(&ok(&c, &["get", "ek"]).await), ["ek", "v"], "present before expiry");
+    assert_eq!(
+        lines(&ok(&c, &["get", "ek"]).await),
+        ["ek", "v"],
+        "present before expiry"
+    );
     let gone = loop {
         if ok(&c, &["get", "ek"]).await.is_empty() {
             break Some(t0.elapsed());
@@ -375,9 +461,13 @@ async fn lease_expires_without_keepalive(kind: StoreKind) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let gone = gone.unwrap_or_else(|| panic!("key with a 2 s lease still there after 10 s\n{}", c.logs()));
+    let gone =
+        gone.unwrap_or_else(|| panic!("key with a 2 s lease still there after 10 s\n{}", c.logs()));
     println!("{}: 2 s lease expired after {gone:?}", kind.name());
-    assert!(gone >= Duration::from_millis(1500), "expired too early: {gone:?}");
+    assert!(
+        gone >= Duration::from_millis(1500),
+        "expired too early: {gone:?}"
+    );
     let out = ok(&c, &["lease", "timetolive", &id]).await;
     assert_eq!(out.trim(), format!("lease {id} already expired"));
     assert_eq!(lines(&ok(&c, &["get", "keep"]).await), ["keep", "v"]);
@@ -390,7 +480,10 @@ async fn compaction_and_revision_errors(kind: StoreKind) {
         revs.push(put_rev(&c, "ck", &format!("v{i}")).await);
     }
     let r3 = revs[2].to_string();
-    assert_eq!(ok(&c, &["compact", &r3]).await.trim(), format!("compacted revision {r3}"));
+    assert_eq!(
+        ok(&c, &["compact", &r3]).await.trim(),
+        format!("compacted revision {r3}")
+    );
     fails_with(
         &c,
         &["get", "ck", "--rev", &revs[1].to_string()],
@@ -399,7 +492,10 @@ async fn compaction_and_revision_errors(kind: StoreKind) {
     )
     .await;
     // The compacted revision itself is still readable.
-    assert_eq!(lines(&ok(&c, &["get", "ck", "--rev", &r3]).await), ["ck", "v3"]);
+    assert_eq!(
+        lines(&ok(&c, &["get", "ck", "--rev", &r3]).await),
+        ["ck", "v3"]
+    );
     assert_eq!(lines(&ok(&c, &["get", "ck"]).await), ["ck", "v5"]);
     // The key's history below the compaction point is gone but its create revision stays.
     let v = json(&c, &["get", "ck"]).await;
@@ -434,7 +530,13 @@ async fn bad_input_errors(kind: StoreKind) {
     // 1.6 MiB is over the 1.5 MiB default --max-request-bytes; etcdctl reads the value from
     // stdin (an argument that long is over the kernel's limit).
     let big = vec![b'x'; 1_600_000];
-    fails_with(&c, &["put", "big"], &big, "etcdserver: request is too large").await;
+    fails_with(
+        &c,
+        &["put", "big"],
+        &big,
+        "etcdserver: request is too large",
+    )
+    .await;
     let mut client = c.client().await.unwrap();
     match client.put("big", big.clone(), None).await {
         Err(etcd_client::Error::GRpcStatus(s)) => {
@@ -446,7 +548,12 @@ async fn bad_input_errors(kind: StoreKind) {
     // Just under the limit is accepted.
     let ok_value = vec![b'y'; 1_000_000];
     let out = etcdctl_in(&c.endpoints_str(), &["put", "fits"], &ok_value).await;
-    assert!(out.status.success(), "1 MB put must fit: {}\n{}", show(&out), c.logs());
+    assert!(
+        out.status.success(),
+        "1 MB put must fit: {}\n{}",
+        show(&out),
+        c.logs()
+    );
 
     fails_with(
         &c,
@@ -456,29 +563,51 @@ async fn bad_input_errors(kind: StoreKind) {
     )
     .await;
     match client
-        .put("x", "y", Some(etcd_client::PutOptions::new().with_lease(0x1234abcd)))
+        .put(
+            "x",
+            "y",
+            Some(etcd_client::PutOptions::new().with_lease(0x1234abcd)),
+        )
         .await
     {
         Err(etcd_client::Error::GRpcStatus(s)) => {
-            assert_eq!(s.message(), "etcdserver: requested lease not found", "{s:?}");
+            assert_eq!(
+                s.message(),
+                "etcdserver: requested lease not found",
+                "{s:?}"
+            );
             assert_eq!(format!("{:?}", s.code()), "NotFound", "{s:?}");
         }
         other => panic!("put with unknown lease: {other:?}"),
     }
     match client
-        .get("x", Some(etcd_client::GetOptions::new().with_revision(1_000_000)))
+        .get(
+            "x",
+            Some(etcd_client::GetOptions::new().with_revision(1_000_000)),
+        )
         .await
     {
         Err(etcd_client::Error::GRpcStatus(s)) => {
-            assert_eq!(s.message(), "etcdserver: mvcc: required revision is a future revision");
+            assert_eq!(
+                s.message(),
+                "etcdserver: mvcc: required revision is a future revision"
+            );
             assert_eq!(format!("{:?}", s.code()), "OutOfRange", "{s:?}");
         }
         other => panic!("get at a future revision: {other:?}"),
     }
-    fails_with(&c, &["get", "x", "--rev", "1000000"], b"", "required revision is a future revision")
-        .await;
+    fails_with(
+        &c,
+        &["get", "x", "--rev", "1000000"],
+        b"",
+        "required revision is a future revision",
+    )
+    .await;
     // Nothing above was written.
-    assert_eq!(lines(&ok(&c, &["get", "", "--prefix", "--keys-only"]).await), ["fits", ""]);
+    assert_eq!(
+        lines(&ok(&c, &["get", "", "--prefix", "--keys-only"]).await),
+        ["fits", ""]
+    );
 }
 
 async fn three_members_membership_and_endpoints(kind: StoreKind) {
@@ -498,19 +627,35 @@ async fn three_members_membership_and_endpoints(kind: StoreKind) {
             serde_json::json!([format!("http://127.0.0.1:{}", m.peer_port)]),
             "{v}"
         );
-        assert_eq!(found["clientURLs"], serde_json::json!([c.endpoint(i)]), "{v}");
-        assert!(found["isLearner"].is_null() || found["isLearner"] == false, "{v}");
+        assert_eq!(
+            found["clientURLs"],
+            serde_json::json!([c.endpoint(i)]),
+            "{v}"
+        );
+        assert!(
+            found["isLearner"].is_null() || found["isLearner"] == false,
+            "{v}"
+        );
         ids.push(found["ID"].as_u64().unwrap_or(0));
     }
     ids.sort();
     ids.dedup();
-    assert!(ids.len() == 3 && ids[0] != 0, "member IDs must be distinct and non-zero: {v}");
+    assert!(
+        ids.len() == 3 && ids[0] != 0,
+        "member IDs must be distinct and non-zero: {v}"
+    );
 
     // A learner: added, listed as learner, removed.
     let url = format!("http://127.0.0.1:{}", free_port());
     // etcd refuses reconfiguration ("unhealthy cluster") until every member has been connected
     // for 5 s (--strict-reconfig-check); retry that one error for a bounded time.
-    let add = ["member", "add", "m3", "--learner", &format!("--peer-urls={url}")];
+    let add = [
+        "member",
+        "add",
+        "m3",
+        "--learner",
+        &format!("--peer-urls={url}"),
+    ];
     let deadline = Instant::now() + Duration::from_secs(15);
     let out = loop {
         let out = etcdctl(&c.endpoints_str(), &add).await;
@@ -533,8 +678,14 @@ async fn three_members_membership_and_endpoints(kind: StoreKind) {
     );
     let new_id = words[1].to_string();
     assert!(out.contains("ETCD_NAME=\"m3\""), "{out}");
-    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
-    assert!(out.contains(&format!("m3={url}")) && out.contains("m0=http://127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("m3={url}")) && out.contains("m0=http://127.0.0.1:"),
+        "{out}"
+    );
     let v = json(&c, &["member", "list"]).await;
     let members = v["members"].as_array().cloned().unwrap_or_default();
     assert_eq!(members.len(), 4, "{v}");
@@ -550,10 +701,55 @@ async fn three_members_membership_and_endpoints(kind: StoreKind) {
         ok(&c, &["member", "remove", &new_id]).await.trim(),
         format!("Member {new_id} removed from cluster {}", &words[5])
     );
-    assert_eq!(json(&c, &["member", "list"]).await["members"].as_array().map(Vec::len), Some(3));
-    fails_with(&c, &["member", "remove", "1234abcd"], b"", "etcdserver: member not found").await;
+    assert_eq!(
+        json(&c, &["member", "list"]).await["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    fails_with(
+        &c,
+        &["member", "remove", "1234abcd"],
+        b"",
+        "etcdserver: member not found",
+    )
+    .await;
+
+    let out = etcdctl(&c.endpoints_str(), &["endpoint", "health"]).await;
+    let text = all_output(&out);
+    assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
+    for i in 0..3 {
+        let host = c.endpoint(i).trim_start_matches("http://").to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&host) && l.contains("is healthy")),
+            "endpoint {host} not healthy: {text}"
+        );
+    }
+
+    // A write through one member is readable through each (linearizable and, once applied,
+    // serializable), at the same revision.
+    let rev = int(
+        &json(&c, &["put", "shared", "v"]).await["header"],
+        "revision",
+    );
+    for i in 0..3 {
+        let ep = c.endpoint(i);
+        let out = ok_at(&c, &ep, &["get", "shared", "-w", "json"]).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(b64(&v["kvs"][0]["value"]), "v", "member {i}: {v}");
+        assert_eq!(int(&v["header"], "revision"), rev, "member {i}: {v}");
+        let out = ok_at(&c, &ep, &["get", "shared", "--consistency=s"]).await;
+        assert_eq!(
+            lines(&out),
+            ["shared", "v"],
+            "serializable read on member {i}"
+        );
+    }
 
     // endpoint status over all three endpoints: one agreed leader, which is one of them.
+    // Last on purpose: etcdctl 3.4 sends `:authority = http://host:port` here (etcd issue
+    // 13192), which strict HTTP/2 servers reject, so a failure here says nothing of the above.
     let v = json(&c, &["endpoint", "status"]).await;
     let st = v.as_array().cloned().unwrap_or_default();
     assert_eq!(st.len(), 3, "{v}");
@@ -562,38 +758,20 @@ async fn three_members_membership_and_endpoints(kind: StoreKind) {
     let mut is_leader = 0;
     for s in &st {
         assert_eq!(s["Status"]["leader"].as_u64(), Some(leader), "{v}");
-        assert!(!s["Status"]["version"].as_str().unwrap_or("").is_empty(), "{v}");
+        assert!(
+            !s["Status"]["version"].as_str().unwrap_or("").is_empty(),
+            "{v}"
+        );
         assert!(int(&s["Status"], "dbSize") > 0, "{v}");
-        assert!(int(&s["Status"], "raftIndex") > 0 && int(&s["Status"], "raftTerm") > 0, "{v}");
+        assert!(
+            int(&s["Status"], "raftIndex") > 0 && int(&s["Status"], "raftTerm") > 0,
+            "{v}"
+        );
         if s["Status"]["header"]["member_id"].as_u64() == Some(leader) {
             is_leader += 1;
         }
     }
     assert_eq!(is_leader, 1, "exactly one endpoint is the leader: {v}");
-
-    let out = etcdctl(&c.endpoints_str(), &["endpoint", "health"]).await;
-    let text = all_output(&out);
-    assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
-    for i in 0..3 {
-        let host = c.endpoint(i).trim_start_matches("http://").to_string();
-        assert!(
-            text.lines().any(|l| l.contains(&host) && l.contains("is healthy")),
-            "endpoint {host} not healthy: {text}"
-        );
-    }
-
-    // A write through one member is readable through each (linearizable and, once applied,
-    // serializable), at the same revision.
-    let rev = int(&json(&c, &["put", "shared", "v"]).await["header"], "revision");
-    for i in 0..3 {
-        let ep = c.endpoint(i);
-        let out = ok_at(&c, &ep, &["get", "shared", "-w", "json"]).await;
-        let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(b64(&v["kvs"][0]["value"]), "v", "member {i}: {v}");
-        assert_eq!(int(&v["header"], "revision"), rev, "member {i}: {v}");
-        let out = ok_at(&c, &ep, &["get", "shared", "--consistency=s"]).await;
-        assert_eq!(lines(&out), ["shared", "v"], "serializable read on member {i}");
-    }
 }
 
 async fn snapshot_save_and_restore(kind: StoreKind) {
@@ -610,8 +788,15 @@ async fn snapshot_save_and_restore(kind: StoreKind) {
     let file_s = file.to_str().unwrap();
     let out = etcdctl(&c.endpoint(0), &["snapshot", "save", file_s]).await;
     assert!(out.status.success(), "{}\n{}", show(&out), c.logs());
-    assert!(stdout(&out).contains(&format!("Snapshot saved at {file_s}")), "{}", show(&out));
-    assert!(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 0, "empty snapshot file");
+    assert!(
+        stdout(&out).contains(&format!("Snapshot saved at {file_s}")),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 0,
+        "empty snapshot file"
+    );
 
     // Restore with the store's own tool, then start a fresh one-member cluster on the result.
     let data = dir.path().join("restored");
@@ -640,7 +825,9 @@ async fn snapshot_save_and_restore(kind: StoreKind) {
         }
         StoreKind::Kelson => {
             let mut cmd = tokio::process::Command::new(bin_path("kelsonctl"));
-            cmd.args(["kv", "snapshot", "restore"]).args(restore_args).kill_on_drop(true);
+            cmd.args(["kv", "snapshot", "restore"])
+                .args(restore_args)
+                .kill_on_drop(true);
             tokio::time::timeout(Duration::from_secs(30), cmd.output())
                 .await
                 .expect("kelsonctl restore hung")
@@ -653,16 +840,34 @@ async fn snapshot_save_and_restore(kind: StoreKind) {
         StoreKind::Etcd => std::process::Command::new(kelson_testsupport::ETCD),
         StoreKind::Kelson => {
             let mut cmd = std::process::Command::new(bin_path("kelson-kv"));
-            cmd.arg("--no-dbus").arg("--metrics-addr").arg(format!("127.0.0.1:{}", free_port()));
+            cmd.arg("--no-dbus")
+                .arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{}", free_port()));
             cmd
         }
     };
     cmd.args(["--name", "r0", "--data-dir"])
         .arg(&data)
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &initial, "--initial-cluster-token", "restored"]);
-    let guard = ChildGuard::spawn("restored member", cmd, &dir.path().join("restored.log")).unwrap();
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args([
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-token",
+            "restored",
+        ]);
+    let guard =
+        ChildGuard::spawn("restored member", cmd, &dir.path().join("restored.log")).unwrap();
     let mut v = Value::Null;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -673,14 +878,28 @@ async fn snapshot_save_and_restore(kind: StoreKind) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(!v.is_null(), "restored member never served reads:\n{}", guard.log_tail(40));
+    assert!(
+        !v.is_null(),
+        "restored member never served reads:\n{}",
+        guard.log_tail(40)
+    );
     assert_eq!(int(&v["header"], "revision"), rev, "restored revision: {v}");
     let after = etcdctl(&client_url, &["get", "s/", "--prefix"]).await;
-    assert_eq!(stdout(&after), before, "restored keys differ\n{}", guard.log_tail(40));
+    assert_eq!(
+        stdout(&after),
+        before,
+        "restored keys differ\n{}",
+        guard.log_tail(40)
+    );
     assert_eq!(int(&v, "count"), 19, "{v}");
     // The restored member accepts writes on top of the restored history.
     let out = etcdctl(&client_url, &["put", "after", "restore", "-w", "json"]).await;
-    assert!(out.status.success(), "{}\n{}", show(&out), guard.log_tail(40));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        show(&out),
+        guard.log_tail(40)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(int(&v["header"], "revision"), rev + 1, "{v}");
 }

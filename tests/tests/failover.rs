@@ -46,7 +46,12 @@ async fn member_keys(c: &StoreCluster, i: usize) -> anyhow::Result<(BTreeSet<Str
     let r = cl
         .get(
             "fo/",
-            Some(GetOptions::new().with_prefix().with_keys_only().with_serializable()),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_serializable(),
+            ),
         )
         .await?;
     let rev = r.header().map(|h| h.revision()).unwrap_or(0);
@@ -59,24 +64,33 @@ async fn member_keys(c: &StoreCluster, i: usize) -> anyhow::Result<(BTreeSet<Str
 }
 
 /// Waits until member `i` has every acknowledged key.
-async fn has_all(c: &StoreCluster, i: usize, acked: &[Ack], timeout: Duration) -> anyhow::Result<()> {
-    wait_for(timeout, &format!("member {i} to have all acked keys"), || async move {
-        let (keys, rev) = member_keys(c, i).await?;
-        let missing: Vec<&str> = acked
-            .iter()
-            .map(|a| a.key.as_str())
-            .filter(|k| !keys.contains(*k))
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "member {i} at revision {rev} lacks {} of {} acked keys, e.g. {:?}",
-                missing.len(),
-                acked.len(),
-                &missing[..missing.len().min(5)]
-            );
-        }
-        Ok(())
-    })
+async fn has_all(
+    c: &StoreCluster,
+    i: usize,
+    acked: &[Ack],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_for(
+        timeout,
+        &format!("member {i} to have all acked keys"),
+        || async move {
+            let (keys, rev) = member_keys(c, i).await?;
+            let missing: Vec<&str> = acked
+                .iter()
+                .map(|a| a.key.as_str())
+                .filter(|k| !keys.contains(*k))
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "member {i} at revision {rev} lacks {} of {} acked keys, e.g. {:?}",
+                    missing.len(),
+                    acked.len(),
+                    &missing[..missing.len().min(5)]
+                );
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -135,17 +149,30 @@ async fn kill_leader_during_writes(kind: StoreKind) {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while n_acked() < 50 {
-        assert!(Instant::now() < deadline, "writes too slow before the kill\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline,
+            "writes too slow before the kill\n{}",
+            c.logs()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed_at = Instant::now();
     c.kill9(leader);
-    println!("{}: killed leader m{leader} after {} acked writes", kind.name(), n_acked());
+    println!(
+        "{}: killed leader m{leader} after {} acked writes",
+        kind.name(),
+        n_acked()
+    );
 
     // Wait for enough writes after the kill (bounded), then stop the writer.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let after = acks.lock().unwrap().iter().filter(|a| a.started >= killed_at).count();
+        let after = acks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.started >= killed_at)
+            .count();
         if after >= WRITES_WHILE_DOWN {
             break;
         }
@@ -203,11 +230,15 @@ async fn kill_leader_during_writes(kind: StoreKind) {
     };
     let mut hashes = Vec::new();
     for i in 0..3 {
-        let h = wait_for(Duration::from_secs(10), &format!("hash_kv({rev}) on m{i}"), || async {
-            let mut cl = c.member_client(i).await?;
-            let h = cl.hash_kv(rev).await.context("hash_kv")?;
-            Ok((h.hash(), h.compact_version()))
-        })
+        let h = wait_for(
+            Duration::from_secs(10),
+            &format!("hash_kv({rev}) on m{i}"),
+            || async {
+                let mut cl = c.member_client(i).await?;
+                let h = cl.hash_kv(rev).await.context("hash_kv")?;
+                Ok((h.hash(), h.compact_version()))
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
         hashes.push(h);
@@ -246,13 +277,32 @@ async fn kill_leader_during_writes(kind: StoreKind) {
         }
     }
     let cl = c.client().await.unwrap();
-    let r = wait_for(Duration::from_secs(10), "a linearizable read after restart", || {
-        let mut cl = cl.clone();
-        async move { Ok(cl.get("fo/", Some(GetOptions::new().with_prefix().with_count_only())).await?) }
-    })
+    let r = wait_for(
+        Duration::from_secs(10),
+        "a linearizable read after restart",
+        || {
+            let mut cl = cl.clone();
+            async move {
+                Ok(cl
+                    .get(
+                        "fo/",
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await?)
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     let now = r.header().map(|h| h.revision()).unwrap_or(0);
-    assert!(now >= rev, "revision went back from {rev} to {now} across a restart");
-    assert!(r.count() as usize >= acked.len(), "count {} < acked {}", r.count(), acked.len());
+    assert!(
+        now >= rev,
+        "revision went back from {rev} to {now} across a restart"
+    );
+    assert!(
+        r.count() as usize >= acked.len(),
+        "count {} < acked {}",
+        r.count(),
+        acked.len()
+    );
 }

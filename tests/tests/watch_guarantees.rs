@@ -49,7 +49,12 @@ fn evs(resp: &WatchResponse) -> Vec<Ev> {
             } else {
                 String::new()
             };
-            (kv.mod_revision(), t, String::from_utf8_lossy(kv.key()).into_owned(), value)
+            (
+                kv.mod_revision(),
+                t,
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                value,
+            )
         })
         .collect()
 }
@@ -59,19 +64,33 @@ async fn next(s: &mut WatchStream, c: &StoreCluster, what: &str) -> WatchRespons
     match tokio::time::timeout(Duration::from_secs(10), s.message()).await {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => panic!("watch stream ended while waiting for {what}\n{}", c.logs()),
-        Ok(Err(e)) => panic!("watch stream error while waiting for {what}: {e}\n{}", c.logs()),
-        Err(_) => panic!("no watch response within 10 s while waiting for {what}\n{}", c.logs()),
+        Ok(Err(e)) => panic!(
+            "watch stream error while waiting for {what}: {e}\n{}",
+            c.logs()
+        ),
+        Err(_) => panic!(
+            "no watch response within 10 s while waiting for {what}\n{}",
+            c.logs()
+        ),
     }
 }
 
 /// Opens a watch and waits for its `created` response; returns the stream and watch id.
-async fn open(client: &mut Client, c: &StoreCluster, key: &str, o: WatchOptions) -> (WatchStream, i64) {
+async fn open(
+    client: &mut Client,
+    c: &StoreCluster,
+    key: &str,
+    o: WatchOptions,
+) -> (WatchStream, i64) {
     let mut s = client
         .watch(key, Some(o))
         .await
         .unwrap_or_else(|e| panic!("watch {key}: {e}\n{}", c.logs()));
     let r = next(&mut s, c, "the created response").await;
-    assert!(r.created() && !r.canceled(), "first response must be `created`: {r:?}");
+    assert!(
+        r.created() && !r.canceled(),
+        "first response must be `created`: {r:?}"
+    );
     let id = r.watch_id();
     (s, id)
 }
@@ -95,7 +114,11 @@ async fn collect(s: &mut WatchStream, c: &StoreCluster, until: i64) -> Vec<(usiz
             c.logs()
         );
         let r = next(s, c, &format!("events up to revision {until}")).await;
-        assert!(!r.canceled(), "watch canceled unexpectedly: {r:?}\n{}", c.logs());
+        assert!(
+            !r.canceled(),
+            "watch canceled unexpectedly: {r:?}\n{}",
+            c.logs()
+        );
         for e in evs(&r) {
             out.push((n, e));
         }
@@ -129,7 +152,8 @@ impl Writer {
         // Deleting nothing takes no revision and produces no event.
         if r.deleted() > 0 {
             let rev = r.header().expect("header").revision();
-            self.expected.push((rev, "DELETE", key.into(), String::new()));
+            self.expected
+                .push((rev, "DELETE", key.into(), String::new()));
             self.last_rev = rev;
         }
     }
@@ -140,7 +164,11 @@ impl Writer {
             .iter()
             .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
             .collect();
-        let r = self.client.txn(Txn::new().and_then(ops)).await.expect("txn");
+        let r = self
+            .client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .expect("txn");
         assert!(r.succeeded());
         let rev = r.header().expect("header").revision();
         for (k, v) in kvs {
@@ -152,7 +180,11 @@ impl Writer {
 
     /// Keeps only expected events for keys `keep` accepts.
     fn expected_for(&self, keep: impl Fn(&str) -> bool) -> Vec<Ev> {
-        self.expected.iter().filter(|e| keep(&e.2)).cloned().collect()
+        self.expected
+            .iter()
+            .filter(|e| keep(&e.2))
+            .cloned()
+            .collect()
     }
 }
 
@@ -161,8 +193,20 @@ async fn ordered_unique_reliable_across_compaction(kind: StoreKind) {
     let c = start(kind, 3, ClusterOpts::default()).await;
     let mut wc = c.member_client(1).await.unwrap();
     let start_rev = current_rev(&mut wc).await + 1;
-    let (mut s, _) = open(&mut wc, &c, "r/", WatchOptions::new().with_prefix().with_start_revision(start_rev)).await;
-    let mut w = Writer { client: c.member_client(0).await.unwrap(), expected: Vec::new(), last_rev: 0 };
+    let (mut s, _) = open(
+        &mut wc,
+        &c,
+        "r/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_rev),
+    )
+    .await;
+    let mut w = Writer {
+        client: c.member_client(0).await.unwrap(),
+        expected: Vec::new(),
+        last_rev: 0,
+    };
     let mut compact_at = 0;
     for i in 0..400 {
         w.put(&format!("r/{:02}", i % 37), &format!("v{i}")).await;
@@ -170,7 +214,9 @@ async fn ordered_unique_reliable_across_compaction(kind: StoreKind) {
             w.del(&format!("r/{:02}", (i * 3) % 37)).await;
         }
         if i % 50 == 25 {
-            let kvs: Vec<_> = (0..3).map(|j| (format!("r/t{j}"), format!("t{i}"))).collect();
+            let kvs: Vec<_> = (0..3)
+                .map(|j| (format!("r/t{j}"), format!("t{i}")))
+                .collect();
             w.txn(&kvs).await;
         }
         if i % 10 == 0 {
@@ -214,12 +260,26 @@ async fn txn_events_arrive_in_one_response(kind: StoreKind) {
     let c = start(kind, 1, ClusterOpts::default()).await;
     let mut client = c.client().await.unwrap();
     let start_rev = current_rev(&mut client).await + 1;
-    let (mut s, _) = open(&mut client, &c, "t/", WatchOptions::new().with_prefix().with_start_revision(start_rev)).await;
-    let mut w = Writer { client: client.clone(), expected: Vec::new(), last_rev: 0 };
+    let (mut s, _) = open(
+        &mut client,
+        &c,
+        "t/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_rev),
+    )
+    .await;
+    let mut w = Writer {
+        client: client.clone(),
+        expected: Vec::new(),
+        last_rev: 0,
+    };
     let mut txn_revs = Vec::new();
     for n in 0..20 {
         w.put(&format!("t/single{n}"), "s").await;
-        let kvs: Vec<_> = (0..5).map(|j| (format!("t/{n:02}/{j}"), format!("{n}-{j}"))).collect();
+        let kvs: Vec<_> = (0..5)
+            .map(|j| (format!("t/{n:02}/{j}"), format!("{n}-{j}")))
+            .collect();
         txn_revs.push(w.txn(&kvs).await);
     }
     let got = collect(&mut s, &c, w.last_rev).await;
@@ -244,7 +304,11 @@ async fn txn_events_arrive_in_one_response(kind: StoreKind) {
             "txn revision {r} split over responses {:?}",
             by_rev.get(r)
         );
-        assert_eq!(got.iter().filter(|(_, e)| e.0 == *r).count(), 5, "txn revision {r}");
+        assert_eq!(
+            got.iter().filter(|(_, e)| e.0 == *r).count(),
+            5,
+            "txn revision {r}"
+        );
     }
 }
 
@@ -252,8 +316,20 @@ async fn resumable_after_cancel(kind: StoreKind) {
     let c = start(kind, 1, ClusterOpts::default()).await;
     let mut client = c.client().await.unwrap();
     let start_rev = current_rev(&mut client).await + 1;
-    let (mut s, id) = open(&mut client, &c, "s/", WatchOptions::new().with_prefix().with_start_revision(start_rev)).await;
-    let mut w = Writer { client: client.clone(), expected: Vec::new(), last_rev: 0 };
+    let (mut s, id) = open(
+        &mut client,
+        &c,
+        "s/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_rev),
+    )
+    .await;
+    let mut w = Writer {
+        client: client.clone(),
+        expected: Vec::new(),
+        last_rev: 0,
+    };
     for i in 0..100 {
         w.put(&format!("s/{}", i % 13), &format!("a{i}")).await;
     }
@@ -276,10 +352,29 @@ async fn resumable_after_cancel(kind: StoreKind) {
             w.del(&format!("s/{}", i % 13)).await;
         }
     }
-    let (mut s2, _) = open(&mut client, &c, "s/", WatchOptions::new().with_prefix().with_start_revision(last_seen + 1)).await;
+    let (mut s2, _) = open(
+        &mut client,
+        &c,
+        "s/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(last_seen + 1),
+    )
+    .await;
     got.extend(only_events(collect(&mut s2, &c, w.last_rev).await));
-    assert_eq!(got.len(), w.expected.len(), "event count after resuming at {}\n{}", last_seen + 1, c.logs());
-    assert_eq!(got, w.expected, "resumed sequence is not continuous\n{}", c.logs());
+    assert_eq!(
+        got.len(),
+        w.expected.len(),
+        "event count after resuming at {}\n{}",
+        last_seen + 1,
+        c.logs()
+    );
+    assert_eq!(
+        got,
+        w.expected,
+        "resumed sequence is not continuous\n{}",
+        c.logs()
+    );
 }
 
 /// Waits for a progress notification (no events, not created/canceled); events that arrive
@@ -301,9 +396,16 @@ async fn progress_notify_bookmarks(kind: StoreKind) {
     let c = start(kind, 1, ClusterOpts::default()).await;
     let mut client = c.client().await.unwrap();
     let start_rev = current_rev(&mut client).await + 1;
-    let o = WatchOptions::new().with_prefix().with_start_revision(start_rev).with_progress_notify();
+    let o = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(start_rev)
+        .with_progress_notify();
     let (mut s, _) = open(&mut client, &c, "p/", o).await;
-    let mut w = Writer { client: client.clone(), expected: Vec::new(), last_rev: 0 };
+    let mut w = Writer {
+        client: client.clone(),
+        expected: Vec::new(),
+        last_rev: 0,
+    };
     let mut got: Vec<Ev> = Vec::new();
     let mut bookmark = 0;
     for round in 0..5 {
@@ -325,7 +427,10 @@ async fn progress_notify_bookmarks(kind: StoreKind) {
              {outside} (watcher was caught up)\n{}",
             c.logs()
         );
-        assert!(rev >= bookmark, "progress revision went back: {bookmark} -> {rev}");
+        assert!(
+            rev >= bookmark,
+            "progress revision went back: {bookmark} -> {rev}"
+        );
         // Nothing at or below a bookmark may arrive after it.
         let later = only_events(collect_after(&mut s, &c, &mut w, round).await);
         assert!(
@@ -339,7 +444,12 @@ async fn progress_notify_bookmarks(kind: StoreKind) {
 }
 
 /// Writes one more key under the prefix and collects up to its event.
-async fn collect_after(s: &mut WatchStream, c: &StoreCluster, w: &mut Writer, round: usize) -> Vec<(usize, Ev)> {
+async fn collect_after(
+    s: &mut WatchStream,
+    c: &StoreCluster,
+    w: &mut Writer,
+    round: usize,
+) -> Vec<(usize, Ev)> {
     let rev = w.put(&format!("p/after{round}"), "a").await;
     collect(s, c, rev).await
 }
@@ -347,7 +457,11 @@ async fn collect_after(s: &mut WatchStream, c: &StoreCluster, w: &mut Writer, ro
 async fn watch_at_compacted_revision_is_canceled(kind: StoreKind) {
     let c = start(kind, 1, ClusterOpts::default()).await;
     let mut client = c.client().await.unwrap();
-    let mut w = Writer { client: client.clone(), expected: Vec::new(), last_rev: 0 };
+    let mut w = Writer {
+        client: client.clone(),
+        expected: Vec::new(),
+        last_rev: 0,
+    };
     let mut revs = Vec::new();
     for i in 0..10 {
         revs.push(w.put("c/k", &i.to_string()).await);
@@ -355,22 +469,50 @@ async fn watch_at_compacted_revision_is_canceled(kind: StoreKind) {
     let compacted = revs[5];
     client.compact(compacted, None).await.expect("compact");
     let mut s = client
-        .watch("c/", Some(WatchOptions::new().with_prefix().with_start_revision(revs[1])))
+        .watch(
+            "c/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revs[1]),
+            ),
+        )
         .await
         .expect("watch");
     let mut canceled = None;
     for _ in 0..10 {
-        let r = next(&mut s, &c, "cancellation of a watch at a compacted revision").await;
-        assert!(r.events().is_empty(), "events from a compacted watch: {r:?}");
+        let r = next(
+            &mut s,
+            &c,
+            "cancellation of a watch at a compacted revision",
+        )
+        .await;
+        assert!(
+            r.events().is_empty(),
+            "events from a compacted watch: {r:?}"
+        );
         if r.canceled() {
             canceled = Some(r);
             break;
         }
     }
     let r = canceled.expect("canceled response");
-    assert_eq!(r.compact_revision(), compacted, "compact_revision: {r:?}\n{}", c.logs());
+    assert_eq!(
+        r.compact_revision(),
+        compacted,
+        "compact_revision: {r:?}\n{}",
+        c.logs()
+    );
     // At the compacted revision itself the history is still there.
-    let (mut s, _) = open(&mut client, &c, "c/", WatchOptions::new().with_prefix().with_start_revision(compacted)).await;
+    let (mut s, _) = open(
+        &mut client,
+        &c,
+        "c/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(compacted),
+    )
+    .await;
     let got = only_events(collect(&mut s, &c, revs[9]).await);
     assert_eq!(got, w.expected[5..].to_vec());
 }
@@ -386,20 +528,33 @@ async fn overlapping_watchers_see_exactly_their_events(kind: StoreKind) {
     let (mut se, _) = open(&mut client, &c, "ov/c", o().with_from_key()).await;
     // ...and two watches multiplexed on one stream, told apart by watch id.
     let (mut shared, id_c) = open(&mut client, &c, "ov/a/1", o()).await;
-    shared.watch("ov/b", Some(o().with_range("ov/d"))).await.expect("second watch");
+    shared
+        .watch("ov/b", Some(o().with_range("ov/d")))
+        .await
+        .expect("second watch");
     let r = next(&mut shared, &c, "the second created response").await;
     assert!(r.created(), "{r:?}");
     let id_d = r.watch_id();
     assert_ne!(id_c, id_d);
 
-    let mut w = Writer { client: client.clone(), expected: Vec::new(), last_rev: 0 };
-    let keys = ["ov/a/1", "ov/a/2", "ov/a", "ov/b", "ov/b/1", "ov/c", "ov/d", "ov/e", "zz", "a", "ov/"];
+    let mut w = Writer {
+        client: client.clone(),
+        expected: Vec::new(),
+        last_rev: 0,
+    };
+    let keys = [
+        "ov/a/1", "ov/a/2", "ov/a", "ov/b", "ov/b/1", "ov/c", "ov/d", "ov/e", "zz", "a", "ov/",
+    ];
     for round in 0..4 {
         for k in keys {
             w.put(k, &format!("{round}")).await;
         }
-        w.txn(&[("ov/a/1".into(), "t".into()), ("ov/c".into(), "t".into()), ("zz".into(), "t".into())])
-            .await;
+        w.txn(&[
+            ("ov/a/1".into(), "t".into()),
+            ("ov/c".into(), "t".into()),
+            ("zz".into(), "t".into()),
+        ])
+        .await;
         w.del("ov/a/1").await;
         w.del("ov/b").await;
         w.del("zz").await;
@@ -415,13 +570,23 @@ async fn overlapping_watchers_see_exactly_their_events(kind: StoreKind) {
     let got_b = only_events(collect(&mut sb, &c, want_b.last().unwrap().0).await);
     let got_e = only_events(collect(&mut se, &c, want_e.last().unwrap().0).await);
     let mut by_id: HashMap<i64, Vec<Ev>> = HashMap::new();
-    let targets = [(id_c, want_c.last().unwrap().0), (id_d, want_d.last().unwrap().0)];
+    let targets = [
+        (id_c, want_c.last().unwrap().0),
+        (id_d, want_d.last().unwrap().0),
+    ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while targets
-        .iter()
-        .any(|(id, r)| by_id.get(id).and_then(|v| v.last()).map(|e| e.0).unwrap_or(0) < *r)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "shared stream incomplete: {by_id:?}");
+    while targets.iter().any(|(id, r)| {
+        by_id
+            .get(id)
+            .and_then(|v| v.last())
+            .map(|e| e.0)
+            .unwrap_or(0)
+            < *r
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shared stream incomplete: {by_id:?}"
+        );
         let r = next(&mut shared, &c, "events on the shared stream").await;
         assert!(!r.canceled(), "{r:?}");
         by_id.entry(r.watch_id()).or_default().extend(evs(&r));
@@ -429,12 +594,26 @@ async fn overlapping_watchers_see_exactly_their_events(kind: StoreKind) {
     assert_eq!(got_a, want_a, "prefix ov/");
     assert_eq!(got_b, want_b, "prefix ov/a/");
     assert_eq!(got_e, want_e, "from key ov/c");
-    assert_eq!(by_id.remove(&id_c).unwrap_or_default(), want_c, "key ov/a/1 (shared stream)");
-    assert_eq!(by_id.remove(&id_d).unwrap_or_default(), want_d, "range [ov/b, ov/d) (shared stream)");
+    assert_eq!(
+        by_id.remove(&id_c).unwrap_or_default(),
+        want_c,
+        "key ov/a/1 (shared stream)"
+    );
+    assert_eq!(
+        by_id.remove(&id_d).unwrap_or_default(),
+        want_d,
+        "range [ov/b, ov/d) (shared stream)"
+    );
     assert!(by_id.is_empty(), "events for unknown watch ids: {by_id:?}");
     // No stray events after the last write on any stream.
-    for (s, name) in [(&mut sa, "ov/"), (&mut sb, "ov/a/"), (&mut se, "ov/c+"), (&mut shared, "shared")] {
-        if let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(300), s.message()).await {
+    for (s, name) in [
+        (&mut sa, "ov/"),
+        (&mut sb, "ov/a/"),
+        (&mut se, "ov/c+"),
+        (&mut shared, "shared"),
+    ] {
+        if let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(300), s.message()).await
+        {
             panic!("{name}: unexpected response after revision {last}: {r:?}");
         }
     }

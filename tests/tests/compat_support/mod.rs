@@ -44,7 +44,10 @@ macro_rules! store_tests {
 pub async fn start(kind: StoreKind, n: usize, opts: ClusterOpts) -> StoreCluster {
     match StoreCluster::start(kind, n, opts).await {
         Ok(c) => c,
-        Err(e) => panic!("starting a {n}-member {} cluster failed: {e:#}", kind.name()),
+        Err(e) => panic!(
+            "starting a {n}-member {} cluster failed: {e:#}",
+            kind.name()
+        ),
     }
 }
 
@@ -215,13 +218,4 @@ pub async fn leader_index(c: &StoreCluster, candidates: &[usize]) -> anyhow::Res
         Some((i, _)) => Ok(*i),
         None => bail!("no member of {candidates:?} is the leader {leader:x} (ids {ids:?})"),
     }
-}
-
-/// Bounded retry of an async operation, for calls that may race an election.
-pub async fn retry<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    kelson_testsupport::wait_for(timeout, what, || f()).await
 }
