@@ -89,6 +89,10 @@ pub struct StoreCluster {
 
 /// The kelson-kv cluster type (same type as for etcd; the kind is a field).
 pub type KvCluster = StoreCluster;
+/// The real-etcd cluster type: `StoreCluster::start(StoreKind::Etcd, n, opts)`.
+pub type EtcdCluster = StoreCluster;
+/// A member of either kind.
+pub type KvMember = Member;
 
 /// Starts `n` members of `kind` with default options and waits until they are healthy.
 pub async fn start_cluster(kind: StoreKind, n: usize) -> anyhow::Result<StoreCluster> {

@@ -24,7 +24,9 @@ use nix::unistd::Pid;
 mod cluster;
 mod dbus;
 
-pub use cluster::{start_cluster, ClusterOpts, KvCluster, Member, StoreCluster, StoreKind};
+pub use cluster::{
+    start_cluster, ClusterOpts, EtcdCluster, KvCluster, KvMember, Member, StoreCluster, StoreKind,
+};
 pub use dbus::DbusDaemon;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound, read, released).
