@@ -280,7 +280,16 @@ impl Lease for LeaseService {
                 .map(Response::new);
         }
         let Some((granted, remaining)) = self.shared.leases.remaining(req.id) else {
-            return Err(status_for_message(ERR_LEASE_NOT_FOUND));
+            // etcd answers an unknown (expired or revoked) lease with TTL -1, not an error;
+            // etcdctl prints "lease ... already expired" for it.
+            let rev = self.shared.mvcc.read().current_revision();
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header: Some(self.shared.header(rev)),
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            }));
         };
         let (keys, rev) = {
             let m = self.shared.mvcc.read();
