@@ -14,6 +14,7 @@
 //! the proposer answers the client. A linearizable read waits for a ReadIndex round and then reads
 //! the local MVCC.
 
+pub mod authority;
 pub mod cluster_service;
 pub mod config;
 pub mod dbus;

@@ -25,6 +25,7 @@ use kelson_watch::{WatchHub, WatchService};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 
 use crate::config::{parse_listen_url, split_urls, KvConfig};
 use crate::lease::LeaseClock;
@@ -213,7 +214,8 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
                 &[b"h2"],
             )
             .context("loading client TLS certificates")?;
-            let incoming = tls::tls_incoming(listener, server_tls);
+            let incoming = tls::tls_incoming(listener, server_tls)
+                .map(|conn| conn.map(crate::authority::AuthorityFix::new));
             tokio::spawn(async move {
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, stop_fut)
@@ -223,7 +225,8 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
                 }
             })
         } else {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+                .map(|conn| conn.map(crate::authority::AuthorityFix::new));
             tokio::spawn(async move {
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, stop_fut)

@@ -1,0 +1,670 @@
+//! A connection shim that repairs the HTTP/2 `:authority` pseudo-header before h2 sees it.
+//!
+//! Why: some etcd clients send an `:authority` that is not an RFC 3986 authority —
+//! etcdctl 3.4 dials single endpoints with `:authority: http://127.0.0.1:2379`, Go clients
+//! 3.5.0–3.5.9 send `#initially=[...]` (etcd issue 13192). Go's gRPC server ignores it; the Rust
+//! `h2` crate resets such a stream with `PROTOCOL_ERROR` ("malformed authority") and has no
+//! option to relax that (h2 issue 525). gRPC routes by `:path` and never needs the authority, so
+//! we fix the header on the wire, below tonic/hyper/h2.
+//!
+//! How: [`AuthorityFix`] wraps an accepted connection (plain TCP or TLS). Server→client bytes
+//! pass through untouched. Client→server bytes are parsed as HTTP/2: the 24-byte preface, then
+//! frames. Every frame other than HEADERS/CONTINUATION is forwarded as it came, its payload
+//! copied without inspection (large DATA frames are even read straight into hyper's buffer).
+//! A header block (HEADERS plus CONTINUATION frames up to END_HEADERS) is reassembled, padding
+//! and priority fields removed, and decoded with an HPACK decoder that mirrors the *client's*
+//! encoder (dynamic table limit 4096, the SETTINGS_HEADER_TABLE_SIZE h2 advertises by
+//! default). Then:
+//!
+//! - while every `:authority` seen on the connection was valid, the block is forwarded
+//!   byte-identical (re-framed), so h2's decoder tracks the client's dynamic table as usual and
+//!   well-behaved clients (etcd-client, the API server) see no change at all;
+//! - from the first block that needs a repair on, every block is re-encoded with literal
+//!   "without indexing" representations only. Such blocks never touch h2's dynamic table, so
+//!   h2's table stays frozen at the state it had when we switched and nothing ever refers to it
+//!   again — both sides stay consistent whatever the client's encoder does next (indexing,
+//!   eviction, table size updates, which we consume).
+//!
+//! Repair = strip a leading `scheme://`; if the rest is still not an authority (parsed with
+//! [`http::uri::Authority`], as h2 does), drop the header. Re-encoded blocks are emitted as a
+//! HEADERS frame plus CONTINUATION frames of at most 16384 bytes (h2's default
+//! SETTINGS_MAX_FRAME_SIZE) with the original stream id and END_STREAM flag.
+//!
+//! Anything we cannot parse (a wrong preface, a CONTINUATION out of place, an HPACK error, a
+//! header block over [`MAX_HEADER_BLOCK`] bytes, a decoded header list over
+//! [`MAX_HEADER_LIST`]) ends the connection with an `InvalidData` I/O error, which is what h2
+//! would do with a broken peer anyway; nothing here panics on input.
+
+use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use loona_hpack::Decoder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest header block (all fragments of one HEADERS+CONTINUATION sequence) we accept.
+pub const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// Largest decoded header list (RFC 9113 size: name + value + 32 per field) we accept; bounds
+/// what a small block of indexed references to a big dynamic-table entry can expand to.
+pub const MAX_HEADER_LIST: usize = 1 << 20;
+/// Frame size we re-emit header blocks in: h2's default SETTINGS_MAX_FRAME_SIZE, which the
+/// server never raises.
+pub const MAX_FRAME_SIZE: usize = 16_384;
+/// The dynamic table size the client's encoder starts with and may not exceed (h2's default
+/// SETTINGS_HEADER_TABLE_SIZE; tonic does not change it).
+pub const HEADER_TABLE_SIZE: usize = 4096;
+
+const FRAME_HEADER_LEN: usize = 9;
+const TYPE_HEADERS: u8 = 0x1;
+const TYPE_CONTINUATION: u8 = 0x9;
+const FLAG_END_STREAM: u8 = 0x1;
+const FLAG_END_HEADERS: u8 = 0x4;
+const FLAG_PADDED: u8 = 0x8;
+const FLAG_PRIORITY: u8 = 0x20;
+/// Read buffer for frame headers and small frames; grows only for big header frames.
+const INPUT_CHUNK: usize = 16 * 1024;
+
+/// Why a client connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("not an HTTP/2 connection preface")]
+    BadPreface,
+    #[error("header block of {size} bytes exceeds the {MAX_HEADER_BLOCK}-byte limit")]
+    HeaderBlockTooLarge { size: usize },
+    #[error("decoded header list exceeds the {MAX_HEADER_LIST}-byte limit")]
+    HeaderListTooLarge,
+    #[error("frame type {frame_type:#x} on stream {stream_id} inside a header block of stream {expected}")]
+    ExpectedContinuation {
+        frame_type: u8,
+        stream_id: u32,
+        expected: u32,
+    },
+    #[error("CONTINUATION frame outside a header block")]
+    UnexpectedContinuation,
+    #[error("HEADERS frame on stream 0")]
+    HeadersOnStreamZero,
+    #[error("HEADERS frame padding or priority longer than the frame")]
+    BadPadding,
+    #[error("HPACK: {0}")]
+    Hpack(#[from] loona_hpack::decoder::DecoderError),
+}
+
+impl From<RewriteError> for io::Error {
+    fn from(e: RewriteError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// What to do with an `:authority` value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthorityFixup<'a> {
+    /// Valid as sent.
+    Keep,
+    /// Valid after removing a `scheme://` prefix: send this instead.
+    Replace(&'a [u8]),
+    /// Not repairable: leave the header out.
+    Drop,
+}
+
+/// Decides how to repair an `:authority` value so that h2 accepts it.
+pub fn fix_authority(value: &[u8]) -> AuthorityFixup<'_> {
+    if is_valid_authority(value) {
+        return AuthorityFixup::Keep;
+    }
+    if let Some(pos) = find_scheme_separator(value) {
+        let rest = &value[pos + 3..];
+        if is_valid_authority(rest) {
+            return AuthorityFixup::Replace(rest);
+        }
+    }
+    AuthorityFixup::Drop
+}
+
+/// The same check h2 applies (`Authority::from_maybe_shared`), which also refuses "".
+fn is_valid_authority(v: &[u8]) -> bool {
+    http::uri::Authority::try_from(v).is_ok()
+}
+
+/// Position of `://` after a leading RFC 3986 scheme (`ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`).
+fn find_scheme_separator(v: &[u8]) -> Option<usize> {
+    let pos = v.windows(3).position(|w| w == b"://")?;
+    let scheme = &v[..pos];
+    let first_ok = scheme.first().is_some_and(u8::is_ascii_alphabetic);
+    let rest_ok = scheme
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'));
+    (first_ok && rest_ok).then_some(pos)
+}
+
+/// HPACK literal header field without indexing, new name (RFC 7541 §6.2.2), no Huffman.
+fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    encode_string(out, name);
+    encode_string(out, value);
+}
+
+fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
+    // Writing into a Vec cannot fail.
+    let _ = loona_hpack::encoder::encode_integer_into(s.len(), 7, 0, out);
+    out.extend_from_slice(s);
+}
+
+fn push_frame_header(out: &mut Vec<u8>, len: usize, ty: u8, flags: u8, stream_id: u32) {
+    let len = len as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(ty);
+    out.push(flags);
+    out.extend_from_slice(&(stream_id & 0x7fff_ffff).to_be_bytes());
+}
+
+/// Emits `block` as HEADERS (+ CONTINUATION) frames no larger than [`MAX_FRAME_SIZE`].
+fn emit_header_block(out: &mut Vec<u8>, stream_id: u32, end_stream: bool, block: &[u8]) {
+    let n_frames = block.len().div_ceil(MAX_FRAME_SIZE).max(1);
+    out.reserve(block.len() + n_frames * FRAME_HEADER_LEN);
+    let mut chunks = block.chunks(MAX_FRAME_SIZE);
+    for i in 0..n_frames {
+        let chunk = chunks.next().unwrap_or(&[]);
+        let last = i + 1 == n_frames;
+        let (ty, mut flags) = if i == 0 {
+            let es = if end_stream { FLAG_END_STREAM } else { 0 };
+            (TYPE_HEADERS, es)
+        } else {
+            (TYPE_CONTINUATION, 0)
+        };
+        if last {
+            flags |= FLAG_END_HEADERS;
+        }
+        push_frame_header(out, chunk.len(), ty, flags, stream_id);
+        out.extend_from_slice(chunk);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Expecting the connection preface.
+    Preface,
+    /// Expecting a 9-byte frame header.
+    FrameHeader,
+    /// Forwarding this many payload bytes unchanged.
+    PassThrough(usize),
+    /// Collecting the whole payload of a HEADERS/CONTINUATION frame.
+    HeaderPayload { len: usize, ty: u8, flags: u8 },
+}
+
+/// The open header block: its stream, END_STREAM, and the fragments so far.
+struct PendingBlock {
+    stream_id: u32,
+    end_stream: bool,
+}
+
+/// The sans-I/O core: consumes client bytes, appends what h2 should see to an output buffer.
+pub struct Rewriter {
+    state: State,
+    decoder: Decoder<'static>,
+    pending: Option<PendingBlock>,
+    block: Vec<u8>,
+    reencoded: Vec<u8>,
+    /// Set at the first block that needed a repair; from then on every block is re-encoded.
+    rewriting: bool,
+}
+
+impl Default for Rewriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Rewriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewriter")
+            .field("state", &self.state)
+            .field("rewriting", &self.rewriting)
+            .finish()
+    }
+}
+
+impl Rewriter {
+    pub fn new() -> Self {
+        let mut decoder = Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+        Self {
+            state: State::Preface,
+            decoder,
+            pending: None,
+            block: Vec::new(),
+            reencoded: Vec::new(),
+            rewriting: false,
+        }
+    }
+
+    /// Whether header blocks are being re-encoded (some `:authority` needed a repair).
+    pub fn is_rewriting(&self) -> bool {
+        self.rewriting
+    }
+
+    /// Payload bytes of the current frame that may be forwarded without looking at them.
+    pub fn passthrough_remaining(&self) -> usize {
+        match self.state {
+            State::PassThrough(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Records that `n` (≤ [`Self::passthrough_remaining`]) payload bytes were forwarded.
+    pub fn skip_passthrough(&mut self, n: usize) {
+        if let State::PassThrough(rem) = self.state {
+            let rem = rem.saturating_sub(n);
+            self.state = if rem == 0 {
+                State::FrameHeader
+            } else {
+                State::PassThrough(rem)
+            };
+        }
+    }
+
+    /// How many contiguous input bytes the next step needs before it can make progress.
+    pub fn needed(&self) -> usize {
+        match self.state {
+            State::Preface => PREFACE.len(),
+            State::FrameHeader => FRAME_HEADER_LEN,
+            State::PassThrough(_) => 1,
+            State::HeaderPayload { len, .. } => len.max(1),
+        }
+    }
+
+    /// Consumes as much of `input` as forms complete units and appends the bytes to forward to
+    /// `out`. Returns how many input bytes were consumed (the rest must be offered again, with
+    /// more data appended).
+    pub fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, RewriteError> {
+        let mut pos = 0;
+        loop {
+            let avail = &input[pos..];
+            match self.state {
+                State::Preface => {
+                    if avail.len() < PREFACE.len() {
+                        // Reject early garbage without waiting for 24 bytes.
+                        if !PREFACE.starts_with(avail) {
+                            return Err(RewriteError::BadPreface);
+                        }
+                        return Ok(pos);
+                    }
+                    if &avail[..PREFACE.len()] != PREFACE {
+                        return Err(RewriteError::BadPreface);
+                    }
+                    out.extend_from_slice(PREFACE);
+                    pos += PREFACE.len();
+                    self.state = State::FrameHeader;
+                }
+                State::FrameHeader => {
+                    if avail.len() < FRAME_HEADER_LEN {
+                        return Ok(pos);
+                    }
+                    let hdr = &avail[..FRAME_HEADER_LEN];
+                    let len = u32::from_be_bytes([0, hdr[0], hdr[1], hdr[2]]) as usize;
+                    let ty = hdr[3];
+                    let flags = hdr[4];
+                    let stream_id =
+                        u32::from_be_bytes([hdr[5], hdr[6], hdr[7], hdr[8]]) & 0x7fff_ffff;
+                    pos += FRAME_HEADER_LEN;
+                    if let Some(p) = &self.pending {
+                        if ty != TYPE_CONTINUATION || stream_id != p.stream_id {
+                            return Err(RewriteError::ExpectedContinuation {
+                                frame_type: ty,
+                                stream_id,
+                                expected: p.stream_id,
+                            });
+                        }
+                    }
+                    match ty {
+                        TYPE_HEADERS | TYPE_CONTINUATION => {
+                            if ty == TYPE_CONTINUATION && self.pending.is_none() {
+                                return Err(RewriteError::UnexpectedContinuation);
+                            }
+                            if ty == TYPE_HEADERS {
+                                if stream_id == 0 {
+                                    return Err(RewriteError::HeadersOnStreamZero);
+                                }
+                                self.pending = Some(PendingBlock {
+                                    stream_id,
+                                    end_stream: flags & FLAG_END_STREAM != 0,
+                                });
+                                self.block.clear();
+                            }
+                            // Refuse before buffering: the payload bounds the fragment.
+                            let size = self.block.len() + len;
+                            if size > MAX_HEADER_BLOCK + 256 {
+                                return Err(RewriteError::HeaderBlockTooLarge { size });
+                            }
+                            self.state = State::HeaderPayload { len, ty, flags };
+                        }
+                        _ => {
+                            out.extend_from_slice(hdr);
+                            self.state = if len == 0 {
+                                State::FrameHeader
+                            } else {
+                                State::PassThrough(len)
+                            };
+                        }
+                    }
+                }
+                State::PassThrough(rem) => {
+                    if avail.is_empty() {
+                        return Ok(pos);
+                    }
+                    let n = rem.min(avail.len());
+                    out.extend_from_slice(&avail[..n]);
+                    pos += n;
+                    self.skip_passthrough(n);
+                }
+                State::HeaderPayload { len, ty, flags } => {
+                    if avail.len() < len {
+                        return Ok(pos);
+                    }
+                    let payload = &avail[..len];
+                    pos += len;
+                    self.state = State::FrameHeader;
+                    self.header_fragment(payload, ty, flags, out)?;
+                }
+            }
+        }
+    }
+
+    fn header_fragment(
+        &mut self,
+        payload: &[u8],
+        ty: u8,
+        flags: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RewriteError> {
+        let fragment = if ty == TYPE_HEADERS {
+            let mut start = 0;
+            let mut pad = 0;
+            if flags & FLAG_PADDED != 0 {
+                pad = *payload.first().ok_or(RewriteError::BadPadding)? as usize;
+                start = 1;
+            }
+            if flags & FLAG_PRIORITY != 0 {
+                start += 5;
+            }
+            if start + pad > payload.len() {
+                return Err(RewriteError::BadPadding);
+            }
+            &payload[start..payload.len() - pad]
+        } else {
+            payload
+        };
+        if self.block.len() + fragment.len() > MAX_HEADER_BLOCK {
+            return Err(RewriteError::HeaderBlockTooLarge {
+                size: self.block.len() + fragment.len(),
+            });
+        }
+        if flags & FLAG_END_HEADERS == 0 {
+            self.block.extend_from_slice(fragment);
+            return Ok(());
+        }
+        let Some(p) = self.pending.take() else {
+            return Err(RewriteError::UnexpectedContinuation);
+        };
+        // The common case, one HEADERS frame: decode straight from the input.
+        let block: &[u8] = if self.block.is_empty() {
+            fragment
+        } else {
+            self.block.extend_from_slice(fragment);
+            &self.block
+        };
+        let rewrite = rewrite_block(
+            &mut self.decoder,
+            block,
+            &mut self.reencoded,
+            self.rewriting,
+        )?;
+        if rewrite {
+            self.rewriting = true;
+            emit_header_block(out, p.stream_id, p.end_stream, &self.reencoded);
+        } else {
+            emit_header_block(out, p.stream_id, p.end_stream, block);
+        }
+        self.block.clear();
+        if self.block.capacity() > 4 * MAX_FRAME_SIZE {
+            self.block = Vec::new();
+        }
+        self.reencoded.clear();
+        if self.reencoded.capacity() > 4 * MAX_FRAME_SIZE {
+            self.reencoded = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `block` (updating the mirror of the client's table) and, when `force` is set or an
+/// `:authority` needs a repair, writes a literal-only re-encoding to `reencoded`. Returns
+/// whether the re-encoding is to be sent instead of the original block.
+fn rewrite_block(
+    decoder: &mut Decoder<'static>,
+    block: &[u8],
+    reencoded: &mut Vec<u8>,
+    force: bool,
+) -> Result<bool, RewriteError> {
+    let mut list_size = 0usize;
+    let mut needs_fix = false;
+    // Encode optimistically while decoding (one pass); a block that turns out to be fine and
+    // `!force` just discards the encoding.
+    decoder.decode_with_cb(block, |name: Cow<[u8]>, value: Cow<[u8]>| {
+        list_size = list_size.saturating_add(name.len() + value.len() + 32);
+        if list_size > MAX_HEADER_LIST {
+            return;
+        }
+        if name.as_ref() == b":authority" {
+            match fix_authority(&value) {
+                AuthorityFixup::Keep => encode_literal(reencoded, &name, &value),
+                AuthorityFixup::Replace(v) => {
+                    needs_fix = true;
+                    encode_literal(reencoded, &name, v);
+                }
+                AuthorityFixup::Drop => needs_fix = true,
+            }
+        } else {
+            encode_literal(reencoded, &name, &value);
+        }
+    })?;
+    if list_size > MAX_HEADER_LIST {
+        return Err(RewriteError::HeaderListTooLarge);
+    }
+    if needs_fix {
+        tracing::debug!("repairing an HTTP/2 :authority the h2 server would refuse");
+    }
+    Ok(force || needs_fix)
+}
+
+/// A client connection whose HTTP/2 header blocks get their `:authority` repaired (see the
+/// module docs). Delegates writes and connection info to the inner stream.
+pub struct AuthorityFix<S> {
+    inner: S,
+    rewriter: Rewriter,
+    /// Raw client bytes not yet processed: `input[lo..hi]`.
+    input: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    /// Processed bytes not yet handed to the reader: `output[out_pos..]`.
+    output: Vec<u8>,
+    out_pos: usize,
+    failed: bool,
+}
+
+impl<S> std::fmt::Debug for AuthorityFix<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityFix")
+            .field("rewriter", &self.rewriter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> AuthorityFix<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            rewriter: Rewriter::new(),
+            input: Vec::new(),
+            lo: 0,
+            hi: 0,
+            output: Vec::new(),
+            out_pos: 0,
+            failed: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Whether this connection's header blocks are being re-encoded.
+    pub fn is_rewriting(&self) -> bool {
+        self.rewriter.is_rewriting()
+    }
+
+    /// Makes room for at least `need` contiguous unprocessed bytes plus some read space.
+    fn make_room(&mut self, need: usize) {
+        if self.lo == self.hi {
+            self.lo = 0;
+            self.hi = 0;
+            // Give back the memory of an exceptional big header frame.
+            if self.input.len() > 4 * INPUT_CHUNK {
+                self.input = Vec::new();
+            }
+        }
+        let want = need.max(INPUT_CHUNK);
+        if self.input.len() - self.lo < want || self.hi == self.input.len() {
+            self.input.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+        }
+        if self.input.len() < want {
+            self.input.resize(want, 0);
+        }
+    }
+}
+
+impl<S: Connected> Connected for AuthorityFix<S> {
+    type ConnectInfo = S::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "connection refused by the HTTP/2 authority filter",
+            )));
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.out_pos < this.output.len() {
+                let n = buf.remaining().min(this.output.len() - this.out_pos);
+                buf.put_slice(&this.output[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.output.len() {
+                    this.output.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let pt = this.rewriter.passthrough_remaining();
+            if pt > 0 {
+                if this.lo < this.hi {
+                    let n = pt.min(this.hi - this.lo).min(buf.remaining());
+                    buf.put_slice(&this.input[this.lo..this.lo + n]);
+                    this.lo += n;
+                    this.rewriter.skip_passthrough(n);
+                    return Poll::Ready(Ok(()));
+                }
+                if buf.remaining() <= pt {
+                    // The bulk of a big DATA frame: straight into the caller's buffer.
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                    let n = buf.filled().len() - before;
+                    this.rewriter.skip_passthrough(n);
+                    return Poll::Ready(Ok(()));
+                }
+            } else if this.lo < this.hi {
+                let consumed = match this
+                    .rewriter
+                    .process(&this.input[this.lo..this.hi], &mut this.output)
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "closing a client connection");
+                        this.failed = true;
+                        return Poll::Ready(Err(e.into()));
+                    }
+                };
+                this.lo += consumed;
+                if this.lo == this.hi {
+                    this.lo = 0;
+                    this.hi = 0;
+                }
+                if consumed > 0 || this.out_pos < this.output.len() {
+                    continue;
+                }
+            }
+            // Need more client bytes.
+            let need = (this.hi - this.lo).max(this.rewriter.needed());
+            this.make_room(need);
+            let mut rb = ReadBuf::new(&mut this.input[this.hi..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                // EOF. A partial frame left over is h2's to notice (it sees EOF mid-connection).
+                return Poll::Ready(Ok(()));
+            }
+            this.hi += n;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
