@@ -380,3 +380,144 @@ fn invalid_flags_are_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("election-timeout"));
 }
+
+/// Three members, each on its own private bus (each owns `io.kelson.KV1`): TransferLeadership
+/// on the leader moves leadership, and a follower's bus carries `LeaderChanged` with the new
+/// leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leadership_emits_leader_changed() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let buses: Vec<DbusDaemon> = (0..3).map(|_| DbusDaemon::start().unwrap()).collect();
+    let ports: Vec<Ports> = (0..3)
+        .map(|_| Ports {
+            client: free_port(),
+            peer: free_port(),
+        })
+        .collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}=http://127.0.0.1:{}", p.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut guards = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.path().join(format!("d{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", p.client),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", p.client),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", p.peer),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", p.peer),
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster,
+                "--dbus-address",
+                buses[i].address(),
+            ]);
+        let log = dir.path().join(format!("m{i}.log"));
+        guards.push(ChildGuard::spawn(&format!("m{i}"), cmd, &log).unwrap());
+    }
+    let mut proxies = Vec::new();
+    for bus in &buses {
+        // The name appears once the member has started serving D-Bus.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let conn = zbus::connection::Builder::address(bus.address())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let proxy = loop {
+            let p = Kv1Proxy::new(&conn).await.unwrap();
+            if p.member_id().await.is_ok() {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member did not appear on its bus"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        proxies.push(proxy);
+    }
+    // Wait for one leader all agree on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (leader_idx, leader_id) = loop {
+        let mut leaders = Vec::new();
+        for p in &proxies {
+            leaders.push(p.leader().await.unwrap());
+        }
+        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+            let mut idx = None;
+            for (i, p) in proxies.iter().enumerate() {
+                if p.member_id().await.unwrap() == leaders[0] {
+                    idx = Some(i);
+                }
+            }
+            break (idx.expect("leader is a member"), leaders[0]);
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let target_idx = (leader_idx + 1) % 3;
+    let watcher_idx = (leader_idx + 2) % 3;
+    let target_id = proxies[target_idx].member_id().await.unwrap();
+
+    // Subscribe on the third member's bus before moving leadership.
+    let watch_conn = zbus::connection::Builder::address(buses[watcher_idx].address())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("io.kelson.KV1")
+        .unwrap()
+        .member("LeaderChanged")
+        .unwrap()
+        .build();
+    let mut signals = zbus::MessageStream::for_match_rule(rule, &watch_conn, None)
+        .await
+        .unwrap();
+
+    // A follower refuses; the leader hands over.
+    assert!(proxies[target_idx]
+        .transfer_leadership(target_id)
+        .await
+        .is_err());
+    proxies[leader_idx]
+        .transfer_leadership(target_id)
+        .await
+        .unwrap();
+    assert_eq!(proxies[target_idx].leader().await.unwrap(), target_id);
+    assert_ne!(target_id, leader_id);
+
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = signals.next().await {
+            let (leader, term): (u64, u64) = msg.body().deserialize().unwrap();
+            if leader == target_id {
+                return term;
+            }
+        }
+        panic!("signal stream ended");
+    })
+    .await
+    .expect("LeaderChanged with the new leader on a follower's bus");
+    assert!(got >= 2, "the transfer happened in a later term: {got}");
+    for g in &mut guards {
+        g.kill9();
+    }
+}
