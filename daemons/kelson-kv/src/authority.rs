@@ -668,3 +668,525 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use loona_hpack::Encoder;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Yields the given chunks one per read (split further if the caller's buffer is smaller).
+    struct Chunked(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            // An empty chunk would read as EOF: skip it.
+            while this.0.front().is_some_and(Vec::is_empty) {
+                this.0.pop_front();
+            }
+            if let Some(mut c) = this.0.pop_front() {
+                let n = c.len().min(buf.remaining());
+                buf.put_slice(&c[..n]);
+                if n < c.len() {
+                    this.0.push_front(c.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Runs `chunks` through the shim, reading with buffers of `read_size` bytes.
+    async fn run(chunks: Vec<Vec<u8>>, read_size: usize) -> io::Result<Vec<u8>> {
+        let mut fix = AuthorityFix::new(Chunked(chunks.into()));
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; read_size];
+        // Bounded: every read makes progress or ends the stream.
+        for _ in 0..1_000_000 {
+            let n = fix.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        panic!("shim did not reach EOF");
+    }
+
+    fn frame(ty: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        push_frame_header(&mut v, payload.len(), ty, flags, stream_id);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Frame {
+        ty: u8,
+        flags: u8,
+        stream_id: u32,
+        payload: Vec<u8>,
+    }
+
+    fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
+        assert_eq!(&bytes[..24], PREFACE, "preface forwarded first");
+        let mut rest = &bytes[24..];
+        let mut frames = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            frames.push(Frame {
+                ty: rest[3],
+                flags: rest[4],
+                stream_id: u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]),
+                payload: rest[9..9 + len].to_vec(),
+            });
+            rest = &rest[9 + len..];
+        }
+        frames
+    }
+
+    type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// Decodes the header blocks of `frames` the way h2 would: one decoder for the connection.
+    fn server_decode(frames: &[Frame]) -> Vec<(u32, bool, Headers)> {
+        let mut dec = Decoder::new();
+        let mut out = Vec::new();
+        let mut block = Vec::new();
+        let mut cur = None;
+        for f in frames {
+            match f.ty {
+                TYPE_HEADERS => {
+                    assert_eq!(f.flags & (FLAG_PADDED | FLAG_PRIORITY), 0);
+                    assert!(cur.is_none());
+                    cur = Some((f.stream_id, f.flags & FLAG_END_STREAM != 0));
+                    block = f.payload.clone();
+                }
+                TYPE_CONTINUATION => {
+                    assert_eq!(cur.unwrap().0, f.stream_id);
+                    block.extend_from_slice(&f.payload);
+                }
+                _ => continue,
+            }
+            assert!(f.payload.len() <= MAX_FRAME_SIZE);
+            if f.flags & FLAG_END_HEADERS != 0 {
+                let (sid, es) = cur.take().unwrap();
+                out.push((sid, es, dec.decode(&block).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn request(authority: &str, path: &str) -> Headers {
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("user-agent", "grpc-go/1.26.0"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+    }
+
+    fn encode(enc: &mut Encoder<'_>, h: &Headers) -> Vec<u8> {
+        enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])))
+    }
+
+    fn authority(h: &Headers) -> Option<&[u8]> {
+        h.iter()
+            .find(|(n, _)| n == b":authority")
+            .map(|(_, v)| &v[..])
+    }
+
+    fn without_authority(h: &Headers) -> Headers {
+        h.iter()
+            .filter(|(n, _)| n != b":authority")
+            .cloned()
+            .collect()
+    }
+
+    fn settings() -> Vec<u8> {
+        // SETTINGS_ENABLE_PUSH = 0, SETTINGS_INITIAL_WINDOW_SIZE = 1 MiB.
+        frame(0x4, 0, 0, &[0, 2, 0, 0, 0, 0, 0, 4, 0, 0x10, 0, 0])
+    }
+
+    #[test]
+    fn authority_fixups() {
+        assert_eq!(fix_authority(b"127.0.0.1:2379"), AuthorityFixup::Keep);
+        assert_eq!(fix_authority(b"[::1]:2379"), AuthorityFixup::Keep);
+        assert_eq!(fix_authority(b"etcd.example:2379"), AuthorityFixup::Keep);
+        assert_eq!(
+            fix_authority(b"http://127.0.0.1:2379"),
+            AuthorityFixup::Replace(b"127.0.0.1:2379")
+        );
+        assert_eq!(
+            fix_authority(b"https://etcd-0.local:2379"),
+            AuthorityFixup::Replace(b"etcd-0.local:2379")
+        );
+        assert_eq!(
+            fix_authority(b"#initially=[http://127.0.0.1:2379]"),
+            AuthorityFixup::Drop
+        );
+        assert_eq!(
+            fix_authority(b"http://127.0.0.1:2379/"),
+            AuthorityFixup::Drop
+        );
+        assert_eq!(
+            fix_authority(b"unix:///run/etcd.sock"),
+            AuthorityFixup::Drop
+        );
+        assert_eq!(fix_authority(b"://x"), AuthorityFixup::Drop);
+        assert_eq!(fix_authority(b""), AuthorityFixup::Drop);
+    }
+
+    /// Every field as "literal with incremental indexing, new name", as aggressive encoders do.
+    fn encode_indexing(h: &Headers) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in h {
+            out.push(0x40);
+            encode_string(&mut out, n);
+            encode_string(&mut out, v);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn http_authority_is_repaired_and_tables_stay_consistent() {
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        // The same request twice on one connection: the second block is nothing but references
+        // into the client's dynamic table (newest entry = 62), which h2 never gets to see.
+        let r = request("http://127.0.0.1:2379", "/etcdserverpb.Maintenance/Status");
+        let b1 = encode_indexing(&r);
+        let b2: Vec<u8> = (0..r.len())
+            .map(|i| 0x80 | (62 + r.len() - 1 - i) as u8)
+            .collect();
+        // A third one from an ordinary encoder state: a size update, then literals again.
+        let mut b3 = vec![0x3f, 0xe1, 0x1f]; // table size update to 4096
+        b3.extend(encode_indexing(&r));
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &b1));
+        input.extend(frame(0x0, FLAG_END_STREAM, 1, b"\0\0\0\0\0"));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            3,
+            &b2,
+        ));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            5,
+            &b3,
+        ));
+        let out = run(vec![input], 4096).await.unwrap();
+        let frames = parse_frames(&out);
+        assert_eq!(frames[0].ty, 0x4, "SETTINGS forwarded");
+        assert_eq!(frames[2].payload, b"\0\0\0\0\0", "DATA forwarded");
+        let decoded = server_decode(&frames);
+        assert_eq!(decoded.len(), 3);
+        for ((sid, es, h), (want_sid, want_es)) in
+            decoded.iter().zip([(1, false), (3, true), (5, true)])
+        {
+            assert_eq!((*sid, *es), (want_sid, want_es));
+            assert_eq!(authority(h), Some(&b"127.0.0.1:2379"[..]));
+            assert_eq!(without_authority(h), without_authority(&r));
+            assert!(http::uri::Authority::try_from(authority(h).unwrap()).is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn unrepairable_authority_is_dropped() {
+        let mut enc = Encoder::new();
+        let r = request("#initially=[http://127.0.0.1:2379]", "/etcdserverpb.KV/Put");
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &encode(&mut enc, &r),
+        ));
+        let out = run(vec![input], 4096).await.unwrap();
+        let decoded = server_decode(&parse_frames(&out));
+        assert_eq!(decoded[0].2, without_authority(&r));
+    }
+
+    #[tokio::test]
+    async fn valid_authority_passes_byte_identical_until_a_repair() {
+        let mut enc = Encoder::new();
+        let good = request("127.0.0.1:2379", "/etcdserverpb.KV/Range");
+        let bad = request("http://127.0.0.1:2379", "/etcdserverpb.KV/Range");
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        let g1 = frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &encode(&mut enc, &good));
+        input.extend(&g1);
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            3,
+            &encode(&mut enc, &good),
+        ));
+        let out = run(vec![input.clone()], 4096).await.unwrap();
+        assert_eq!(out, input, "well-behaved clients see no change");
+
+        // After a repair every block is literal-only, including good ones that the client
+        // encodes as dynamic-table references.
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            5,
+            &encode(&mut enc, &bad),
+        ));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            7,
+            &encode(&mut enc, &good),
+        ));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            9,
+            &encode(&mut enc, &bad),
+        ));
+        let out = run(vec![input], 4096).await.unwrap();
+        let frames = parse_frames(&out);
+        assert_eq!(
+            frames[1].payload,
+            g1[9..],
+            "blocks before the repair untouched"
+        );
+        let decoded = server_decode(&frames);
+        assert_eq!(decoded.len(), 5);
+        for (_, _, h) in &decoded {
+            assert_eq!(authority(h), Some(&b"127.0.0.1:2379"[..]));
+            assert_eq!(without_authority(h), without_authority(&good));
+        }
+        // Literal without indexing (0x00 first octet) for every field of the rewritten blocks.
+        for f in &frames[3..] {
+            assert_eq!(f.payload[0], 0x00);
+        }
+    }
+
+    #[tokio::test]
+    async fn continuation_padding_and_priority_are_reassembled() {
+        let mut enc = Encoder::new();
+        let r = request("http://127.0.0.1:2379", "/etcdserverpb.Watch/Watch");
+        let block = encode(&mut enc, &r);
+        let (a, rest) = block.split_at(10);
+        let (b, c) = rest.split_at(7);
+        // HEADERS with PADDED (3 bytes of padding) and PRIORITY (5 bytes), then 2 CONTINUATIONs.
+        let mut p = vec![3u8];
+        p.extend_from_slice(&[0x80, 0, 0, 0, 15]);
+        p.extend_from_slice(a);
+        p.extend_from_slice(&[0, 0, 0]);
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_PADDED | FLAG_PRIORITY | FLAG_END_STREAM,
+            1,
+            &p,
+        ));
+        input.extend(frame(TYPE_CONTINUATION, 0, 1, b));
+        input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, c));
+        let out = run(vec![input], 4096).await.unwrap();
+        let frames = parse_frames(&out);
+        assert_eq!(frames.len(), 1, "one HEADERS frame out");
+        assert_eq!(frames[0].flags, FLAG_END_HEADERS | FLAG_END_STREAM);
+        let decoded = server_decode(&frames);
+        assert_eq!(decoded[0].0, 1);
+        assert!(decoded[0].1, "END_STREAM kept");
+        assert_eq!(authority(&decoded[0].2), Some(&b"127.0.0.1:2379"[..]));
+    }
+
+    #[tokio::test]
+    async fn big_blocks_are_split_into_continuations() {
+        let mut enc = Encoder::new();
+        let mut r = request("http://127.0.0.1:2379", "/etcdserverpb.KV/Range");
+        r.push((b"x-big".to_vec(), vec![b'v'; 40_000]));
+        let block = encode(&mut enc, &r);
+        let mut input = PREFACE.to_vec();
+        // The client sends it in legal 16 KiB frames too.
+        let mut chunks = block.chunks(MAX_FRAME_SIZE).peekable();
+        let mut first = true;
+        while let Some(c) = chunks.next() {
+            let flags = if chunks.peek().is_none() {
+                FLAG_END_HEADERS
+            } else {
+                0
+            };
+            let ty = if first {
+                TYPE_HEADERS
+            } else {
+                TYPE_CONTINUATION
+            };
+            first = false;
+            input.extend(frame(ty, flags, 1, c));
+        }
+        let out = run(vec![input], 1000).await.unwrap();
+        let frames = parse_frames(&out);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].ty, TYPE_HEADERS);
+        assert!(frames[1..].iter().all(|f| f.ty == TYPE_CONTINUATION));
+        assert_eq!(frames[2].flags, FLAG_END_HEADERS);
+        assert_eq!(frames[0].flags & FLAG_END_HEADERS, 0);
+        let decoded = server_decode(&frames);
+        assert_eq!(authority(&decoded[0].2), Some(&b"127.0.0.1:2379"[..]));
+        assert_eq!(decoded[0].2.last().unwrap().1.len(), 40_000);
+    }
+
+    #[tokio::test]
+    async fn data_frames_pass_untouched() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let mut enc = Encoder::new();
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &encode(&mut enc, &request("127.0.0.1:1", "/p")),
+        ));
+        // A frame bigger than the reader's buffer exercises the direct-read path.
+        input.extend(frame(0x0, 0, 1, &payload[..150_000]));
+        input.extend(frame(0x8, 0, 1, &[0, 0, 1, 0])); // WINDOW_UPDATE
+        input.extend(frame(0x0, FLAG_END_STREAM, 1, &payload[150_000..]));
+        let chunks: Vec<Vec<u8>> = input.chunks(7_000).map(<[u8]>::to_vec).collect();
+        for read_size in [1, 100, 8192, 65_536] {
+            let out = run(chunks.clone(), read_size).await.unwrap();
+            assert_eq!(out, input, "read size {read_size}");
+        }
+    }
+
+    /// A conversation touching every state: preface, SETTINGS, padded HEADERS with CONTINUATION,
+    /// DATA, a second HEADERS, PING.
+    fn conversation() -> Vec<u8> {
+        let mut enc = Encoder::new();
+        let r1 = encode(&mut enc, &request("http://127.0.0.1:2379", "/a"));
+        let r2 = encode(&mut enc, &request("http://127.0.0.1:2379", "/b"));
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        let mut p = vec![2u8];
+        p.extend_from_slice(&r1[..5]);
+        p.extend_from_slice(&[0, 0]);
+        input.extend(frame(TYPE_HEADERS, FLAG_PADDED, 1, &p));
+        input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &r1[5..]));
+        input.extend(frame(0x0, FLAG_END_STREAM, 1, b"0123456789abcdef"));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            3,
+            &r2,
+        ));
+        input.extend(frame(0x6, 0, 0, b"pingping"));
+        input
+    }
+
+    #[tokio::test]
+    async fn split_reads_at_every_byte_boundary() {
+        let input = conversation();
+        let whole = run(vec![input.clone()], 65_536).await.unwrap();
+        assert_eq!(server_decode(&parse_frames(&whole)).len(), 2);
+        for k in 0..=input.len() {
+            let parts = vec![input[..k].to_vec(), input[k..].to_vec()];
+            assert_eq!(run(parts, 65_536).await.unwrap(), whole, "split at {k}");
+        }
+        // And one byte at a time, both from the socket and into the reader.
+        let bytes: Vec<Vec<u8>> = input.iter().map(|b| vec![*b]).collect();
+        assert_eq!(run(bytes.clone(), 65_536).await.unwrap(), whole);
+        assert_eq!(run(bytes, 1).await.unwrap(), whole);
+    }
+
+    async fn refused(input: Vec<u8>) -> io::Error {
+        let e = run(vec![input], 4096).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        e
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_the_connection() {
+        // Not HTTP/2 at all (refused at the first byte, without waiting for 24).
+        let e = refused(b"GET / HTTP/1.1\r\n".to_vec()).await;
+        assert!(e.to_string().contains("preface"), "{e}");
+
+        // CONTINUATION without HEADERS.
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &[0x82]));
+        refused(i).await;
+
+        // Another frame in the middle of a header block.
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(TYPE_HEADERS, 0, 1, &[0x82]));
+        i.extend(frame(0x0, 0, 1, b"x"));
+        refused(i).await;
+
+        // Padding longer than the frame.
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(
+            TYPE_HEADERS,
+            FLAG_PADDED | FLAG_END_HEADERS,
+            1,
+            &[9, 0x82],
+        ));
+        refused(i).await;
+
+        // HPACK garbage: an index beyond both tables, and a truncated string.
+        for block in [&[0xff, 0x80, 0x01][..], &[0x00, 0x05, b'a'][..]] {
+            let mut i = PREFACE.to_vec();
+            i.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, block));
+            refused(i).await;
+        }
+
+        // Table size update above the advertised 4096.
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &[0x3f, 0xe1, 0x3f, 0x82],
+        ));
+        refused(i).await;
+
+        // HEADERS on stream 0.
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 0, &[0x82]));
+        refused(i).await;
+    }
+
+    #[tokio::test]
+    async fn oversized_header_blocks_close_the_connection() {
+        // One huge frame is refused from its header, before the payload is buffered.
+        let mut i = PREFACE.to_vec();
+        push_frame_header(&mut i, (1 << 24) - 1, TYPE_HEADERS, 0, 1);
+        let e = refused(i).await;
+        assert!(e.to_string().contains("exceeds"), "{e}");
+
+        // Many CONTINUATIONs adding up past 1 MiB.
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(TYPE_HEADERS, 0, 1, &[0x82]));
+        for _ in 0..70 {
+            i.extend(frame(TYPE_CONTINUATION, 0, 1, &[0x82; MAX_FRAME_SIZE]));
+        }
+        refused(i).await;
+
+        // A small block expanding to a huge header list through the dynamic table.
+        let mut block = vec![0x40, 1, b'x'];
+        encode_string(&mut block, &[b'v'; 4000]);
+        let mut i = PREFACE.to_vec();
+        i.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block));
+        // 62 is the entry just added; 300 000 references ≈ 1.2 GB decoded.
+        let refs = vec![0x80 | 62; 300_000];
+        for c in refs.chunks(MAX_FRAME_SIZE) {
+            i.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, c));
+        }
+        let e = refused(i).await;
+        assert!(e.to_string().contains("header list"), "{e}");
+    }
+}
