@@ -410,7 +410,11 @@ mod tests {
         assert_eq!(all.count(), 300);
         let last = kv.get(key("t/r/", 299), None).await.unwrap();
         assert_eq!(last.kvs()[0].value(), vec![b'v'; 16].as_slice());
-        assert_eq!(last.kvs().len(), 1, "a range op must read one key, not a span");
+        assert_eq!(
+            last.kvs().len(),
+            1,
+            "a range op must read one key, not a span"
+        );
 
         let put = Op::Put {
             prefix: "t/p/".into(),
