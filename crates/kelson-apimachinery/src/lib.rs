@@ -14,5 +14,6 @@
 
 pub mod error;
 pub mod field;
+pub mod validation;
 
 pub use error::{ApiError, StatusCause, StatusDetails};
