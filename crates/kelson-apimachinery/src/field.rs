@@ -101,6 +101,17 @@ pub fn invalid(field: &str, value: &Value, detail: &str) -> StatusCause {
     )
 }
 
+/// `field.Invalid` with the bad value already printed (for values whose Go rendering, such as
+/// `[]string{"a"}`, has no JSON equivalent).
+pub fn invalid_raw(field: &str, printed_value: &str, detail: &str) -> StatusCause {
+    cause(
+        "FieldValueInvalid",
+        field,
+        format!("Invalid value: {printed_value}"),
+        detail,
+    )
+}
+
 /// `field.Invalid` for a string value (the common case).
 pub fn invalid_str(field: &str, value: &str, detail: &str) -> StatusCause {
     invalid(field, &Value::String(value.to_string()), detail)

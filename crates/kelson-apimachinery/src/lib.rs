@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod field;
+pub mod selector;
 pub mod validation;
 
 pub use error::{ApiError, StatusCause, StatusDetails};
