@@ -1,0 +1,899 @@
+//! Storage semantics against real stores: every scenario runs once against the real etcd
+//! (`/usr/bin/etcd`) and once against kelson-kv (build it first: `cargo build -p kelson-kv`),
+//! each on its own single-member cluster on loopback ports in a temp dir.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use kelson_apistorage::{
+    decode_continue, EtcdTls, ListOptions, Preconditions, ResourceVersionMatch, Storage,
+    StorageConfig, StorageError, UpdateError, UpdateOptions, WatchEvent, WatchFilter,
+};
+use kelson_testsupport::{ClusterOpts, StoreCluster, StoreKind};
+use serde_json::{json, Value};
+
+/// Runs `$name(kind)` as two tests, `$name::etcd` and `$name::kelson`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use kelson_testsupport::StoreKind;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                super::$name(StoreKind::Etcd).await.unwrap();
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kelson() {
+                super::$name(StoreKind::Kelson).await.unwrap();
+            }
+        }
+    )*};
+}
+
+both!(
+    create_and_get,
+    list_paging_and_filter,
+    list_resource_version_semantics,
+    continue_after_compaction_is_410_with_fresh_token,
+    concurrent_updates_lose_nothing,
+    stale_cached_object_is_retried,
+    noop_update_writes_nothing,
+    preconditions_and_callback_errors,
+    delete_returns_the_deleted_object,
+    dry_run_never_writes,
+    watch_added_modified_deleted,
+    filtered_watch_transitions,
+    watch_from_old_revision_replays,
+    compacted_watch_is_410_event,
+    watch_bookmarks,
+    tls_connection,
+);
+
+const T: Duration = Duration::from_secs(5);
+
+async fn setup(kind: StoreKind) -> Result<(StoreCluster, Storage)> {
+    setup_with(kind, ClusterOpts::default()).await
+}
+
+async fn setup_with(kind: StoreKind, opts: ClusterOpts) -> Result<(StoreCluster, Storage)> {
+    let tls = opts.tls;
+    let cluster = StoreCluster::start(kind, 1, opts).await?;
+    let tls = if tls {
+        let p = cluster.pki().context("tls cluster without pki")?;
+        Some(EtcdTls {
+            ca: p.ca_cert.clone(),
+            cert: Some(p.client_cert.clone()),
+            key: Some(p.client_key.clone()),
+        })
+    } else {
+        None
+    };
+    let config = StorageConfig {
+        bookmark_interval: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..StorageConfig::default()
+    };
+    let storage = Storage::connect_with(&cluster.endpoints(), tls, config).await?;
+    Ok((cluster, storage))
+}
+
+fn pod(name: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                     "labels": {"app": app}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    })
+}
+
+fn key(name: &str) -> String {
+    format!("/registry/pods/ns/{name}")
+}
+
+fn rv(o: &Value) -> i64 {
+    o["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn names(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn storage_err<E: std::fmt::Debug>(e: UpdateError<E>) -> Result<StorageError> {
+    match e {
+        UpdateError::Storage(s) => Ok(s),
+        UpdateError::Rejected(r) => bail!("expected a storage error, got rejection {r:?}"),
+    }
+}
+
+/// Next watch event, bounded by `T`.
+async fn next(w: &mut BoxStream<'static, WatchEvent>) -> Result<WatchEvent> {
+    tokio::time::timeout(T, w.next())
+        .await
+        .map_err(|_| anyhow!("no watch event within {T:?}"))?
+        .ok_or_else(|| anyhow!("watch ended"))
+}
+
+/// Next non-bookmark event.
+async fn next_change(w: &mut BoxStream<'static, WatchEvent>) -> Result<WatchEvent> {
+    for _ in 0..100 {
+        match next(w).await? {
+            WatchEvent::Bookmark(_) => continue,
+            e => return Ok(e),
+        }
+    }
+    bail!("only bookmarks")
+}
+
+async fn create_and_get(kind: StoreKind) -> Result<()> {
+    let (cluster, s) = setup(kind).await?;
+    let created = s.create(&key("a"), pod("a", "x"), false).await?;
+    let r = rv(&created);
+    ensure!(r > 0 && r == s.current_revision().await?, "rv {r}");
+    // Stored without resourceVersion.
+    let mut raw = cluster.client().await?;
+    let stored = raw.get(key("a"), None).await?;
+    let stored: Value = serde_json::from_slice(stored.kvs()[0].value())?;
+    ensure!(
+        stored["metadata"].get("resourceVersion").is_none(),
+        "{stored}"
+    );
+    ensure!(stored["metadata"]["name"] == "a");
+
+    let e = s.create(&key("a"), pod("a", "x"), false).await.unwrap_err();
+    ensure!(matches!(e, StorageError::AlreadyExists { .. }), "{e:?}");
+    ensure!(e.http_code() == 409);
+
+    let mut with_rv = pod("b", "x");
+    with_rv["metadata"]["resourceVersion"] = json!("5");
+    let e = s.create(&key("b"), with_rv, false).await.unwrap_err();
+    ensure!(e == StorageError::ResourceVersionSetOnCreate, "{e:?}");
+
+    let got = s.get(&key("a"), None).await?;
+    ensure!(got == created, "{got} != {created}");
+    let got0 = s.get(&key("a"), Some("0")).await?;
+    ensure!(rv(&got0) == r);
+    ensure!(s.get(&key("a"), Some(&r.to_string())).await? == created);
+
+    let e = s.get(&key("missing"), None).await.unwrap_err();
+    ensure!(matches!(e, StorageError::NotFound { .. }) && e.http_code() == 404);
+    let e = s
+        .get(&key("a"), Some(&(r + 100).to_string()))
+        .await
+        .unwrap_err();
+    ensure!(
+        e == StorageError::TooLargeResourceVersion {
+            requested: (r + 100) as u64,
+            current: r as u64
+        },
+        "{e:?}"
+    );
+    let e = s.get(&key("a"), Some("abc")).await.unwrap_err();
+    ensure!(e.http_code() == 400, "{e:?}");
+    let e = s.get("/registry/../etc", None).await.unwrap_err();
+    ensure!(e.http_code() == 400, "{e:?}");
+    Ok(())
+}
+
+async fn list_paging_and_filter(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    for (i, n) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        let app = if i % 2 == 0 { "even" } else { "odd" };
+        s.create(&key(n), pod(n, app), false).await?;
+    }
+    // A sibling prefix that a naive prefix range would include.
+    s.create("/registry/podsx/ns/zz", pod("zz", "even"), false)
+        .await?;
+    let list_rev = s.current_revision().await?;
+
+    let all = s
+        .list("/registry/pods", &ListOptions::default(), None)
+        .await?;
+    ensure!(
+        names(&all.items) == ["a", "b", "c", "d", "e"],
+        "{:?}",
+        names(&all.items)
+    );
+    ensure!(all.resource_version == list_rev);
+    ensure!(all.continue_token.is_none() && all.remaining_item_count.is_none());
+
+    let mut opts = ListOptions {
+        limit: 2,
+        ..ListOptions::default()
+    };
+    let p1 = s.list("/registry/pods/", &opts, None).await?;
+    ensure!(names(&p1.items) == ["a", "b"]);
+    ensure!(p1.resource_version == list_rev);
+    ensure!(
+        p1.remaining_item_count == Some(3),
+        "{:?}",
+        p1.remaining_item_count
+    );
+    let tok = p1.continue_token.clone().context("no continue token")?;
+    let (start, trv) = decode_continue(&tok, "/registry/pods/")?;
+    ensure!(
+        start == "/registry/pods/ns/b\0" && trv == list_rev,
+        "{start:?} {trv}"
+    );
+
+    // Writes after the first page are invisible to the rest of this list.
+    s.create(&key("bb"), pod("bb", "odd"), false).await?;
+    opts.continue_token = Some(tok);
+    let p2 = s.list("/registry/pods/", &opts, None).await?;
+    ensure!(names(&p2.items) == ["c", "d"], "{:?}", names(&p2.items));
+    ensure!(p2.resource_version == list_rev);
+    ensure!(p2.remaining_item_count == Some(1));
+    opts.continue_token = p2.continue_token.clone();
+    let p3 = s.list("/registry/pods/", &opts, None).await?;
+    ensure!(names(&p3.items) == ["e"]);
+    ensure!(p3.continue_token.is_none() && p3.remaining_item_count.is_none());
+
+    // Filtered: pages keep filling until `limit` matches; no remaining count.
+    let even = |o: &Value| o["metadata"]["labels"]["app"] == "even";
+    let opts = ListOptions {
+        limit: 2,
+        ..ListOptions::default()
+    };
+    let f1 = s.list("/registry/pods/", &opts, Some(&even)).await?;
+    ensure!(names(&f1.items) == ["a", "c"], "{:?}", names(&f1.items));
+    ensure!(f1.remaining_item_count.is_none());
+    let opts = ListOptions {
+        continue_token: f1.continue_token.clone(),
+        ..opts
+    };
+    ensure!(opts.continue_token.is_some());
+    let f2 = s.list("/registry/pods/", &opts, Some(&even)).await?;
+    ensure!(names(&f2.items) == ["e"], "{:?}", names(&f2.items));
+    ensure!(f2.continue_token.is_none());
+
+    let bad = ListOptions {
+        continue_token: Some("garbage!".into()),
+        ..ListOptions::default()
+    };
+    let e = s.list("/registry/pods/", &bad, None).await.unwrap_err();
+    ensure!(e.http_code() == 400, "{e:?}");
+    Ok(())
+}
+
+async fn list_resource_version_semantics(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let a = s.create(&key("a"), pod("a", "x"), false).await?;
+    let r1 = rv(&a);
+    s.create(&key("b"), pod("b", "x"), false).await?;
+    let r2 = s.current_revision().await?;
+
+    let exact = |rv: i64| ListOptions {
+        resource_version: Some(rv.to_string()),
+        resource_version_match: Some(ResourceVersionMatch::Exact),
+        ..ListOptions::default()
+    };
+    let l = s.list("/registry/pods/", &exact(r1), None).await?;
+    ensure!(names(&l.items) == ["a"] && l.resource_version == r1);
+    // Legacy: a paged list at a resourceVersion reads exactly there.
+    let legacy = ListOptions {
+        resource_version: Some(r1.to_string()),
+        limit: 10,
+        ..ListOptions::default()
+    };
+    let l = s.list("/registry/pods/", &legacy, None).await?;
+    ensure!(names(&l.items) == ["a"] && l.resource_version == r1);
+    // NotOlderThan: latest, as long as it is at least that.
+    let not_older = ListOptions {
+        resource_version: Some(r1.to_string()),
+        resource_version_match: Some(ResourceVersionMatch::NotOlderThan),
+        ..ListOptions::default()
+    };
+    let l = s.list("/registry/pods/", &not_older, None).await?;
+    ensure!(names(&l.items) == ["a", "b"] && l.resource_version == r2);
+    let too_new = ListOptions {
+        resource_version: Some((r2 + 50).to_string()),
+        ..not_older.clone()
+    };
+    let e = s.list("/registry/pods/", &too_new, None).await.unwrap_err();
+    ensure!(
+        matches!(e, StorageError::TooLargeResourceVersion { .. }),
+        "{e:?}"
+    );
+    ensure!(e.http_code() == 504);
+    // "0": any version (served by a serializable read here).
+    let any = ListOptions {
+        resource_version: Some("0".into()),
+        ..ListOptions::default()
+    };
+    let l = s.list("/registry/pods/", &any, None).await?;
+    ensure!(l.items.len() == 2 && l.resource_version >= r2);
+    let bad = ListOptions {
+        resource_version: Some("0".into()),
+        resource_version_match: Some(ResourceVersionMatch::Exact),
+        ..ListOptions::default()
+    };
+    ensure!(
+        s.list("/registry/pods/", &bad, None)
+            .await
+            .unwrap_err()
+            .http_code()
+            == 400
+    );
+
+    // Exact at a compacted revision: 410 with upstream's message.
+    s.guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+        o["spec"]["x"] = json!(1);
+        Ok::<_, String>(o)
+    })
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    s.compact(s.current_revision().await?).await?;
+    let e = s
+        .list("/registry/pods/", &exact(r1), None)
+        .await
+        .unwrap_err();
+    ensure!(
+        e == StorageError::Expired {
+            message: "The resourceVersion for the provided list is too old.".into(),
+            continue_token: None
+        },
+        "{e:?}"
+    );
+    ensure!(e.http_code() == 410);
+    Ok(())
+}
+
+async fn continue_after_compaction_is_410_with_fresh_token(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    for n in ["a", "b", "c", "d"] {
+        s.create(&key(n), pod(n, "x"), false).await?;
+    }
+    let opts = ListOptions {
+        limit: 2,
+        ..ListOptions::default()
+    };
+    let p1 = s.list("/registry/pods/", &opts, None).await?;
+    ensure!(names(&p1.items) == ["a", "b"]);
+    // Move on and compact past the list's revision.
+    s.create(&key("e"), pod("e", "x"), false).await?;
+    s.compact(s.current_revision().await?).await?;
+
+    let cont = ListOptions {
+        continue_token: p1.continue_token.clone(),
+        ..opts.clone()
+    };
+    let e = s.list("/registry/pods/", &cont, None).await.unwrap_err();
+    ensure!(e.http_code() == 410 && e.reason() == "Expired", "{e:?}");
+    ensure!(
+        e.to_string().starts_with(
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter, or use the continue token \
+             in this response to retrieve the remainder of the results."
+        ),
+        "{e}"
+    );
+    let fresh = e.continue_token().context("no fresh continue token")?;
+    let (start, trv) = decode_continue(fresh, "/registry/pods/")?;
+    ensure!(
+        start == "/registry/pods/ns/b\0" && trv == -1,
+        "{start:?} {trv}"
+    );
+    // The fresh token continues at the latest revision (which now includes "e").
+    let cont = ListOptions {
+        continue_token: Some(fresh.to_string()),
+        limit: 10,
+        ..ListOptions::default()
+    };
+    let rest = s.list("/registry/pods/", &cont, None).await?;
+    ensure!(
+        names(&rest.items) == ["c", "d", "e"],
+        "{:?}",
+        names(&rest.items)
+    );
+    ensure!(rest.resource_version == s.current_revision().await?);
+    Ok(())
+}
+
+async fn concurrent_updates_lose_nothing(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let mut o = pod("counter", "x");
+    o["spec"]["n"] = json!(0);
+    s.create(&key("counter"), o, false).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let s = s.clone();
+        let calls = calls.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..15 {
+                s.guaranteed_update(
+                    &key("counter"),
+                    &Preconditions::default(),
+                    false,
+                    |mut o: Value| {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let n = o["spec"]["n"].as_i64().unwrap_or(-1000);
+                        o["spec"]["n"] = json!(n + 1);
+                        Ok::<_, String>(o)
+                    },
+                )
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t).await???;
+    }
+    let got = s.get(&key("counter"), None).await?;
+    ensure!(got["spec"]["n"] == 30, "lost updates: {}", got["spec"]["n"]);
+    ensure!(calls.load(Ordering::SeqCst) >= 30);
+    Ok(())
+}
+
+async fn stale_cached_object_is_retried(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let mut o = pod("a", "x");
+    o["spec"]["n"] = json!(0);
+    let stale = s.create(&key("a"), o, false).await?;
+    // Someone else updates behind our cached copy.
+    s.guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+        o["spec"]["n"] = json!(10);
+        Ok::<_, String>(o)
+    })
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    let mut seen = Vec::new();
+    let out = s
+        .guaranteed_update_with(
+            &key("a"),
+            UpdateOptions {
+                cached: Some(stale),
+                ..UpdateOptions::default()
+            },
+            |cur: Option<Value>| {
+                let mut o = cur.ok_or("missing")?;
+                seen.push(o["spec"]["n"].as_i64().unwrap_or(-1));
+                o["spec"]["n"] = json!(o["spec"]["n"].as_i64().unwrap_or(0) + 1);
+                Ok::<_, &str>(o)
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    // First pass on the stale copy (0) conflicts; the retry uses the Else(Get) copy (10).
+    ensure!(seen == [0, 10], "{seen:?}");
+    ensure!(out["spec"]["n"] == 11);
+    ensure!(rv(&out) == s.current_revision().await?);
+
+    // Update-create: a missing key with ignore_not_found.
+    let created = s
+        .guaranteed_update_with(
+            &key("new"),
+            UpdateOptions {
+                ignore_not_found: true,
+                ..UpdateOptions::default()
+            },
+            |cur: Option<Value>| match cur {
+                None => Ok(pod("new", "x")),
+                Some(_) => Err("exists"),
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    ensure!(rv(&created) == s.current_revision().await?);
+    let e = s
+        .guaranteed_update(&key("nope"), &Preconditions::default(), false, |o| {
+            Ok::<_, String>(o)
+        })
+        .await
+        .unwrap_err();
+    ensure!(matches!(storage_err(e)?, StorageError::NotFound { .. }));
+    Ok(())
+}
+
+async fn noop_update_writes_nothing(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let created = s.create(&key("a"), pod("a", "x"), false).await?;
+    let before = s.current_revision().await?;
+    // Returning the object unchanged — even with a different resourceVersion — is no write.
+    let out = s
+        .guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+            o["metadata"]["resourceVersion"] = json!("1");
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    ensure!(
+        s.current_revision().await? == before,
+        "a no-op update wrote"
+    );
+    ensure!(out == created, "{out} != {created}");
+    // A real change writes once.
+    let out = s
+        .guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+            o["metadata"]["labels"]["app"] = json!("y");
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    ensure!(s.current_revision().await? == before + 1);
+    ensure!(rv(&out) == before + 1 && out["metadata"]["labels"]["app"] == "y");
+    Ok(())
+}
+
+async fn preconditions_and_callback_errors(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let created = s.create(&key("a"), pod("a", "x"), false).await?;
+    let r = rv(&created);
+    let touch = |mut o: Value| {
+        o["spec"]["touched"] = json!(true);
+        Ok::<_, String>(o)
+    };
+    let bad_uid = Preconditions {
+        uid: Some("other".into()),
+        resource_version: None,
+    };
+    let e = storage_err(
+        s.guaranteed_update(&key("a"), &bad_uid, false, touch)
+            .await
+            .unwrap_err(),
+    )?;
+    ensure!(
+        e == StorageError::Conflict {
+            key: key("a"),
+            message: "Precondition failed: UID in precondition: other, UID in object meta: uid-a"
+                .into()
+        },
+        "{e:?}"
+    );
+    let bad_rv = Preconditions {
+        uid: None,
+        resource_version: Some("1".into()),
+    };
+    let e = storage_err(
+        s.guaranteed_update(&key("a"), &bad_rv, false, touch)
+            .await
+            .unwrap_err(),
+    )?;
+    ensure!(
+        e.to_string()
+            == format!(
+                "Precondition failed: ResourceVersion in precondition: 1, ResourceVersion in object meta: {r}"
+            ),
+        "{e}"
+    );
+    ensure!(
+        s.current_revision().await? == r,
+        "a failed precondition wrote"
+    );
+    let good = Preconditions {
+        uid: Some("uid-a".into()),
+        resource_version: Some(r.to_string()),
+    };
+    let out = s
+        .guaranteed_update(&key("a"), &good, false, touch)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    ensure!(out["spec"]["touched"] == true);
+
+    // The callback's own error comes back untouched, and nothing is written.
+    let rev = s.current_revision().await?;
+    let e = s
+        .guaranteed_update(&key("a"), &Preconditions::default(), false, |_| {
+            Err::<Value, _>("invalid: spec is wrong")
+        })
+        .await
+        .unwrap_err();
+    ensure!(
+        e == UpdateError::Rejected("invalid: spec is wrong"),
+        "{e:?}"
+    );
+    let e = s
+        .delete(&key("a"), &bad_uid, false, |_| Ok::<_, String>(()))
+        .await
+        .unwrap_err();
+    ensure!(storage_err(e)?.http_code() == 409);
+    ensure!(s.current_revision().await? == rev);
+    Ok(())
+}
+
+async fn delete_returns_the_deleted_object(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let created = s.create(&key("a"), pod("a", "x"), false).await?;
+    let e = s
+        .delete(&key("a"), &Preconditions::default(), false, |o: &Value| {
+            if o["metadata"]["name"] == "a" {
+                Err("has finalizers")
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .unwrap_err();
+    ensure!(e == UpdateError::Rejected("has finalizers"));
+    ensure!(
+        s.get(&key("a"), None).await.is_ok(),
+        "rejected delete deleted"
+    );
+
+    let pre = Preconditions {
+        uid: Some("uid-a".into()),
+        resource_version: Some(rv(&created).to_string()),
+    };
+    let deleted = s
+        .delete(&key("a"), &pre, false, |_| Ok::<_, String>(()))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let del_rev = s.current_revision().await?;
+    ensure!(rv(&deleted) == del_rev && del_rev > rv(&created));
+    ensure!(deleted["metadata"]["name"] == "a" && deleted["spec"] == created["spec"]);
+    ensure!(matches!(
+        s.get(&key("a"), None).await.unwrap_err(),
+        StorageError::NotFound { .. }
+    ));
+    let e = s
+        .delete(&key("a"), &Preconditions::default(), false, |_| {
+            Ok::<_, String>(())
+        })
+        .await
+        .unwrap_err();
+    ensure!(matches!(storage_err(e)?, StorageError::NotFound { .. }));
+    Ok(())
+}
+
+async fn dry_run_never_writes(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let r0 = s.current_revision().await?;
+    let out = s.create(&key("a"), pod("a", "x"), true).await?;
+    ensure!(out["metadata"]["name"] == "a");
+    ensure!(s.current_revision().await? == r0, "dry-run create wrote");
+    ensure!(s.get(&key("a"), None).await.is_err());
+
+    let created = s.create(&key("a"), pod("a", "x"), false).await?;
+    let r1 = s.current_revision().await?;
+    let e = s.create(&key("a"), pod("a", "x"), true).await.unwrap_err();
+    ensure!(matches!(e, StorageError::AlreadyExists { .. }));
+
+    let out = s
+        .guaranteed_update(&key("a"), &Preconditions::default(), true, |mut o| {
+            o["spec"]["x"] = json!(1);
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    ensure!(out["spec"]["x"] == 1);
+    let bad = Preconditions {
+        uid: Some("zzz".into()),
+        resource_version: None,
+    };
+    let e = s
+        .guaranteed_update(&key("a"), &bad, true, |o| Ok::<_, String>(o))
+        .await
+        .unwrap_err();
+    ensure!(storage_err(e)?.http_code() == 409);
+
+    let out = s
+        .delete(&key("a"), &Preconditions::default(), true, |_| {
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    ensure!(out == created);
+    ensure!(s.current_revision().await? == r1, "a dry run wrote");
+    ensure!(s.get(&key("a"), None).await? == created);
+    Ok(())
+}
+
+async fn watch_added_modified_deleted(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    s.create(&key("before"), pod("before", "x"), false).await?;
+    let mut w = s.watch("/registry/pods", true, 0, None, false).await?;
+    let mut one = s.watch(&key("b"), false, 0, None, false).await?;
+
+    let a = s.create(&key("a"), pod("a", "x"), false).await?;
+    let b = s.create(&key("b"), pod("b", "x"), false).await?;
+    s.create("/registry/podsx/ns/c", pod("c", "x"), false)
+        .await?;
+    let b2 = s
+        .guaranteed_update(&key("b"), &Preconditions::default(), false, |mut o| {
+            o["spec"]["n"] = json!(2);
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let del = s
+        .delete(&key("a"), &Preconditions::default(), false, |_| {
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+
+    ensure!(next(&mut w).await? == WatchEvent::Added(a.clone()));
+    ensure!(next(&mut w).await? == WatchEvent::Added(b.clone()));
+    ensure!(next(&mut w).await? == WatchEvent::Modified(b2.clone()));
+    let d = next(&mut w).await?;
+    ensure!(d == WatchEvent::Deleted(del.clone()), "{d:?}");
+    let WatchEvent::Deleted(dobj) = d else {
+        bail!("not deleted")
+    };
+    ensure!(
+        rv(&dobj) > rv(&a),
+        "deleted object carries the delete revision"
+    );
+
+    ensure!(next(&mut one).await? == WatchEvent::Added(b));
+    ensure!(next(&mut one).await? == WatchEvent::Modified(b2));
+    // Nothing else arrives for the single-key watch.
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(300), one.next())
+            .await
+            .is_err(),
+        "unexpected event on a single-key watch"
+    );
+    Ok(())
+}
+
+async fn filtered_watch_transitions(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let filter: WatchFilter = Some(Arc::new(|o: &Value| {
+        o["metadata"]["labels"]["app"] == "web"
+    }));
+    let mut w = s.watch("/registry/pods/", true, 0, filter, false).await?;
+    let set_app = |app: &'static str| {
+        move |mut o: Value| {
+            o["metadata"]["labels"]["app"] = json!(app);
+            Ok::<_, String>(o)
+        }
+    };
+    let none = Preconditions::default();
+    // Not matching: nothing.
+    s.create(&key("a"), pod("a", "db"), false).await?;
+    // Starts matching: ADDED.
+    let m1 = s
+        .guaranteed_update(&key("a"), &none, false, set_app("web"))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    // Still matching: MODIFIED.
+    let m2 = s
+        .guaranteed_update(&key("a"), &none, false, |mut o| {
+            o["spec"]["n"] = json!(1);
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    // Stops matching: DELETED with the previous content at the event's revision.
+    let m3 = s
+        .guaranteed_update(&key("a"), &none, false, set_app("db"))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    // Deleting a non-matching object: nothing. Then a matching create: ADDED.
+    s.delete(&key("a"), &none, false, |_| Ok::<_, String>(()))
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let b = s.create(&key("b"), pod("b", "web"), false).await?;
+
+    ensure!(next(&mut w).await? == WatchEvent::Added(m1));
+    ensure!(next(&mut w).await? == WatchEvent::Modified(m2.clone()));
+    let mut expect_del = m2;
+    expect_del["metadata"]["resourceVersion"] = json!(rv(&m3).to_string());
+    let e = next(&mut w).await?;
+    ensure!(e == WatchEvent::Deleted(expect_del), "{e:?}");
+    ensure!(next(&mut w).await? == WatchEvent::Added(b));
+    Ok(())
+}
+
+async fn watch_from_old_revision_replays(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let a = s.create(&key("a"), pod("a", "x"), false).await?;
+    let b = s.create(&key("b"), pod("b", "x"), false).await?;
+    let a2 = s
+        .guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+            o["spec"]["n"] = json!(1);
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut w = s.watch("/registry/pods", true, rv(&a), None, false).await?;
+    ensure!(next(&mut w).await? == WatchEvent::Added(b));
+    ensure!(next(&mut w).await? == WatchEvent::Modified(a2));
+    Ok(())
+}
+
+async fn compacted_watch_is_410_event(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let a = s.create(&key("a"), pod("a", "x"), false).await?;
+    for i in 0..3 {
+        s.guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+            o["spec"]["n"] = json!(i);
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    }
+    let compact_at = s.current_revision().await?;
+    s.compact(compact_at).await?;
+    let from = rv(&a);
+    let mut w = s.watch("/registry/pods", true, from, None, false).await?;
+    let e = next(&mut w).await?;
+    let WatchEvent::Error(err) = e else {
+        bail!("expected an error event, got {e:?}")
+    };
+    ensure!(
+        err.http_code() == 410 && err.reason() == "Expired",
+        "{err:?}"
+    );
+    ensure!(
+        err.to_string() == format!("too old resource version: {from} ({compact_at})"),
+        "{err}"
+    );
+    let end = tokio::time::timeout(T, w.next()).await?;
+    ensure!(
+        end.is_none(),
+        "the stream continued after the error: {end:?}"
+    );
+    Ok(())
+}
+
+async fn watch_bookmarks(kind: StoreKind) -> Result<()> {
+    let (_c, s) = setup(kind).await?;
+    let mut w = s.watch("/registry/pods", true, 0, None, true).await?;
+    let a = s.create(&key("a"), pod("a", "x"), false).await?;
+    // Unrelated writes move the revision; the bookmark must reach at least the last of them.
+    s.create("/registry/other/x", pod("x", "x"), false).await?;
+    let latest = s.current_revision().await?;
+    ensure!(next(&mut w).await? == WatchEvent::Added(a.clone()));
+    let mut last = rv(&a);
+    for _ in 0..50 {
+        match next(&mut w).await? {
+            WatchEvent::Bookmark(r) => {
+                ensure!(r >= last, "bookmark {r} went back before {last}");
+                last = r;
+                if r >= latest {
+                    return Ok(());
+                }
+            }
+            e => bail!("unexpected event {e:?}"),
+        }
+    }
+    bail!("no bookmark reached revision {latest} (last {last})")
+}
+
+async fn tls_connection(kind: StoreKind) -> Result<()> {
+    let opts = ClusterOpts {
+        tls: true,
+        ..ClusterOpts::default()
+    };
+    let (c, s) = setup_with(kind, opts).await?;
+    ensure!(c.endpoint(0).starts_with("https://"));
+    let a = s.create(&key("a"), pod("a", "x"), false).await?;
+    ensure!(s.get(&key("a"), None).await? == a);
+    let mut w = s.watch("/registry/pods", true, 0, None, false).await?;
+    let b = s.create(&key("b"), pod("b", "x"), false).await?;
+    ensure!(next_change(&mut w).await? == WatchEvent::Added(b));
+    // Without a client certificate the store refuses us.
+    let p = c.pki().context("pki")?;
+    let anon = Storage::connect_with(
+        &c.endpoints(),
+        Some(EtcdTls {
+            ca: p.ca_cert.clone(),
+            cert: None,
+            key: None,
+        }),
+        StorageConfig {
+            request_timeout: Duration::from_secs(3),
+            ..StorageConfig::default()
+        },
+    )
+    .await;
+    if let Ok(anon) = anon {
+        ensure!(
+            anon.get(&key("a"), None).await.is_err(),
+            "a client without a certificate was served"
+        );
+    }
+    Ok(())
+}
