@@ -14,6 +14,8 @@
 
 pub mod error;
 pub mod field;
+pub mod meta;
+pub mod table;
 pub mod selector;
 pub mod validation;
 
