@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use kelson_apimachinery::error::{ApiError, StatusCause, StatusDetails};
+
 /// A failure of a storage operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
@@ -108,6 +110,54 @@ impl StorageError {
             StorageError::TooLargeResourceVersion { .. } => Some(1),
             _ => None,
         }
+    }
+}
+
+impl StorageError {
+    /// The Kubernetes error for this failure on object `name` of `group`/`resource`, with
+    /// upstream's messages (`pods "x" not found`, `Operation cannot be fulfilled on ...`).
+    /// An expired paged list's fresh continue token is not part of [`ApiError`]: use
+    /// [`StorageError::to_status`] (or [`StorageError::continue_token`]) for the wire form.
+    pub fn to_api_error(&self, group: &str, resource: &str, name: &str) -> ApiError {
+        match self {
+            StorageError::NotFound { .. } => ApiError::not_found(group, resource, name),
+            StorageError::AlreadyExists { .. } => ApiError::already_exists(group, resource, name),
+            StorageError::Conflict { message, .. } => {
+                ApiError::conflict(group, resource, name, message)
+            }
+            StorageError::Expired { message, .. } => ApiError::expired(message.clone()),
+            StorageError::TooLargeResourceVersion { .. } => {
+                // Upstream's NewTooLargeResourceVersionError: a Timeout with a typed cause
+                // that clients (reflectors) recognise, and retry after one second.
+                let mut e = ApiError::timeout(&self.to_string());
+                e.details = Some(StatusDetails {
+                    causes: vec![StatusCause {
+                        reason: "ResourceVersionTooLarge".into(),
+                        message: "Too large resource version".into(),
+                        field: String::new(),
+                    }],
+                    retry_after_seconds: 1,
+                    ..StatusDetails::default()
+                });
+                e
+            }
+            StorageError::BadRequest(m) => ApiError::bad_request(m.clone()),
+            StorageError::TooLarge(m) => ApiError::too_large(m),
+            StorageError::Unavailable(m) => ApiError::service_unavailable(m.clone()),
+            StorageError::Timeout(m) => ApiError::timeout(m),
+            StorageError::ResourceVersionSetOnCreate
+            | StorageError::InvalidObject(_)
+            | StorageError::Internal(_) => ApiError::internal(&self.to_string()),
+        }
+    }
+
+    /// The `metav1.Status` JSON, including `metadata.continue` for an expired paged list.
+    pub fn to_status(&self, group: &str, resource: &str, name: &str) -> serde_json::Value {
+        let mut status = self.to_api_error(group, resource, name).to_status();
+        if let (Some(token), Some(meta)) = (self.continue_token(), status.get_mut("metadata")) {
+            meta["continue"] = serde_json::Value::String(token.to_string());
+        }
+        status
     }
 }
 
@@ -236,5 +286,65 @@ mod tests {
         ));
         let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader"));
         assert_eq!(etcd_error(down, "x").http_code(), 503);
+    }
+
+    #[test]
+    fn converts_to_upstream_status() {
+        let nf = StorageError::NotFound {
+            key: "/registry/pods/ns/x".into(),
+        };
+        let s = nf.to_status("", "pods", "x");
+        assert_eq!(s["message"], "pods \"x\" not found");
+        assert_eq!(
+            (s["code"].as_u64(), s["reason"].as_str()),
+            (Some(404), Some("NotFound"))
+        );
+        let c = StorageError::Conflict {
+            key: "k".into(),
+            message: "Precondition failed: UID in precondition: a, UID in object meta: b".into(),
+        };
+        assert_eq!(
+            c.to_api_error("apps", "deployments", "web").message,
+            "Operation cannot be fulfilled on deployments.apps \"web\": Precondition failed: \
+             UID in precondition: a, UID in object meta: b"
+        );
+        let exp = StorageError::Expired {
+            message: "too old".into(),
+            continue_token: Some("tok".into()),
+        };
+        let s = exp.to_status("", "pods", "");
+        assert_eq!(
+            (s["code"].as_u64(), s["reason"].as_str()),
+            (Some(410), Some("Expired"))
+        );
+        assert_eq!(s["metadata"]["continue"], "tok");
+        let big = StorageError::TooLargeResourceVersion {
+            requested: 9,
+            current: 3,
+        };
+        let s = big.to_status("", "pods", "");
+        assert_eq!(
+            s["message"],
+            "Timeout: Too large resource version: 9, current: 3"
+        );
+        assert_eq!(s["details"]["retryAfterSeconds"], 1);
+        assert_eq!(
+            s["details"]["causes"][0]["reason"],
+            "ResourceVersionTooLarge"
+        );
+        assert_eq!(
+            StorageError::ResourceVersionSetOnCreate
+                .to_api_error("", "pods", "x")
+                .code,
+            500
+        );
+        for e in [
+            StorageError::BadRequest("b".into()),
+            StorageError::Unavailable("u".into()),
+            StorageError::Timeout("t".into()),
+            StorageError::TooLarge("l".into()),
+        ] {
+            assert_eq!(e.to_api_error("", "pods", "x").code, e.http_code(), "{e:?}");
+        }
     }
 }

@@ -671,7 +671,7 @@ async fn dry_run_never_writes(kind: StoreKind) -> Result<()> {
         resource_version: None,
     };
     let e = s
-        .guaranteed_update(&key("a"), &bad, true, |o| Ok::<_, String>(o))
+        .guaranteed_update(&key("a"), &bad, true, Ok::<_, String>)
         .await
         .unwrap_err();
     ensure!(storage_err(e)?.http_code() == 409);
