@@ -292,6 +292,22 @@ mod tests {
         assert!("exact".parse::<ResourceVersionMatch>().is_err());
     }
 
+    /// Compile-time check: every operation's future is `Send`, so the API server can run them
+    /// on a multi-threaded runtime (axum handlers require it).
+    #[allow(dead_code)]
+    fn futures_are_send(s: &Storage) {
+        fn is_send<T: Send>(_: &T) {}
+        let keep = |_: &serde_json::Value| true;
+        let o = ListOptions::default();
+        is_send(&s.list("/p/", &o, Some(&keep)));
+        is_send(&s.create("/k", json!({}), false));
+        is_send(&s.get("/k", None));
+        let p = Preconditions::default();
+        is_send(&s.guaranteed_update("/k", &p, false, Ok::<_, String>));
+        is_send(&s.delete("/k", &p, false, |_| Ok::<_, String>(())));
+        is_send(&s.watch("/p/", true, 0, None, true));
+    }
+
     #[tokio::test]
     async fn connect_rejects_bad_tls_and_empty_endpoints() {
         assert!(Storage::connect(&[], None).await.is_err());
