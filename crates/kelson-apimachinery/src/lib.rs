@@ -15,6 +15,7 @@
 pub mod error;
 pub mod field;
 pub mod meta;
+pub mod patch;
 pub mod table;
 pub mod selector;
 pub mod validation;
