@@ -50,6 +50,9 @@ struct Args {
     /// Value size in bytes for the put and range workloads.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// Concurrent clients sharing one gRPC connection in the put and range rows.
+    #[arg(long, default_value_t = workload::CLIENTS_PER_CONN)]
+    clients_per_conn: usize,
     /// Watchers in the fan-out row.
     #[arg(long, default_value_t = 1000)]
     watchers: usize,
@@ -124,6 +127,7 @@ struct Settings {
     range_keys: u64,
     put_keyspace: u64,
     value_size: usize,
+    clients_per_conn: usize,
     watchers: usize,
     watch_events: usize,
     rows: Vec<Row>,
@@ -140,8 +144,15 @@ impl Settings {
             anyhow::bail!("--duration must be in (0, 3600] seconds, got {duration}");
         }
         let keys = a.keys.unwrap_or(if a.quick { 20_000 } else { 1_000_000 });
-        if keys == 0 || a.range_keys == 0 || a.put_keyspace == 0 || a.watchers == 0 {
-            anyhow::bail!("--keys, --range-keys, --put-keyspace and --watchers must be positive");
+        if keys == 0
+            || a.range_keys == 0
+            || a.put_keyspace == 0
+            || a.watchers == 0
+            || a.clients_per_conn == 0
+        {
+            anyhow::bail!(
+                "--keys, --range-keys, --put-keyspace, --watchers and --clients-per-conn must be positive"
+            );
         }
         let watch_events = a.watch_events.unwrap_or(if a.quick { 100 } else { 1000 });
         if watch_events == 0 {
@@ -173,6 +184,7 @@ impl Settings {
             range_keys: a.range_keys,
             put_keyspace: a.put_keyspace,
             value_size: a.value_size,
+            clients_per_conn: a.clients_per_conn,
             watchers: a.watchers,
             watch_events,
             rows,
@@ -309,7 +321,7 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
         }
         Row::Rss64 | Row::Rss256 => unreachable!("RSS rows use their own servers"),
     };
-    let pool = connect_pool(ep, conns_for(clients)).await?;
+    let pool = connect_pool(ep, conns_for(clients, s.clients_per_conn)).await?;
     let r = closed_loop(&pool, clients, s.duration, op).await?;
     info!(
         "{} {row:?}: {} ops, {} errors in {:?} = {:.0} QPS, p50 {:?} ms, p99 {:?} ms",
@@ -519,6 +531,7 @@ mod tests {
         assert!(settings(&["--duration", "0"]).is_err());
         assert!(settings(&["--duration", "-1"]).is_err());
         assert!(settings(&["--keys", "0"]).is_err());
+        assert!(settings(&["--clients-per-conn", "0"]).is_err());
         assert!(settings(&["--watch-events", "0"]).is_err());
         assert!(settings(&["--etcd-only", "--kelson-only"]).is_err());
     }

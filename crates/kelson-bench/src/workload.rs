@@ -31,7 +31,8 @@ use tokio::task::JoinSet;
 
 use crate::server::connect_options;
 
-/// Concurrent clients sharing one gRPC connection (etcd's benchmark uses similar ratios).
+/// Default number of concurrent clients sharing one gRPC connection (etcd's benchmark uses
+/// similar ratios); `--clients-per-conn` overrides it.
 pub const CLIENTS_PER_CONN: usize = 16;
 /// Watches created on one watch stream in the fan-out workload.
 pub const WATCHES_PER_STREAM: usize = 100;
@@ -54,9 +55,9 @@ pub async fn connect_pool(endpoint: &str, n: usize) -> anyhow::Result<Vec<Client
     Ok(pool)
 }
 
-/// Connections needed for `clients` concurrent clients.
-pub fn conns_for(clients: usize) -> usize {
-    clients.div_ceil(CLIENTS_PER_CONN).max(1)
+/// Connections needed for `clients` concurrent clients at `per_conn` clients per connection.
+pub fn conns_for(clients: usize, per_conn: usize) -> usize {
+    clients.div_ceil(per_conn.max(1)).max(1)
 }
 
 /// The key of index `i` under `prefix`: fixed width, so every key has the same size.
@@ -382,10 +383,12 @@ mod tests {
     fn keys_have_fixed_width_and_conns_round_up() {
         assert_eq!(key("p/", 7), b"p/0000000007".to_vec());
         assert_eq!(key("p/", 12345).len(), key("p/", 0).len());
-        assert_eq!(conns_for(1), 1);
-        assert_eq!(conns_for(16), 1);
-        assert_eq!(conns_for(17), 2);
-        assert_eq!(conns_for(256), 16);
+        assert_eq!(conns_for(1, CLIENTS_PER_CONN), 1);
+        assert_eq!(conns_for(16, CLIENTS_PER_CONN), 1);
+        assert_eq!(conns_for(17, CLIENTS_PER_CONN), 2);
+        assert_eq!(conns_for(256, CLIENTS_PER_CONN), 16);
+        assert_eq!(conns_for(64, 1), 64);
+        assert_eq!(conns_for(64, 0), 64);
     }
 
     /// The workloads against the real etcd, tiny: they must produce plausible numbers and see
