@@ -219,7 +219,11 @@ impl ApiError {
     /// 422 Invalid: `Pod "x" is invalid: spec.containers[0].name: Required value`; several causes
     /// are joined like upstream's `ErrorList.ToAggregate()` (`[a, b]`, duplicates dropped).
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<StatusCause>) -> Self {
-        let head = format!("{} {} is invalid", qualified_kind(group, kind), go_quote(name));
+        let head = format!(
+            "{} {} is invalid",
+            qualified_kind(group, kind),
+            go_quote(name)
+        );
         let message = match aggregate(&causes) {
             Some(agg) => format!("{head}: {agg}"),
             None => head,
@@ -318,7 +322,10 @@ impl ApiError {
         let message = if resource.is_empty() && group.is_empty() {
             format!("forbidden: {err}")
         } else if name.is_empty() {
-            format!("{} is forbidden: {err}", qualified_resource(group, resource))
+            format!(
+                "{} is forbidden: {err}",
+                qualified_resource(group, resource)
+            )
         } else {
             format!(
                 "{} {} is forbidden: {err}",
@@ -545,7 +552,11 @@ mod tests {
         let cases = [
             (ApiError::expired("too old"), 410, "Expired"),
             (ApiError::gone("gone"), 410, "Gone"),
-            (ApiError::too_large("limit is 3145728"), 413, "RequestEntityTooLarge"),
+            (
+                ApiError::too_large("limit is 3145728"),
+                413,
+                "RequestEntityTooLarge",
+            ),
             (
                 ApiError::unsupported_media_type("application/json"),
                 415,
@@ -559,7 +570,11 @@ mod tests {
             (ApiError::not_acceptable("no"), 406, "NotAcceptable"),
             (ApiError::internal("boom"), 500, "InternalError"),
             (ApiError::timeout("slow"), 504, "Timeout"),
-            (ApiError::service_unavailable("down"), 503, "ServiceUnavailable"),
+            (
+                ApiError::service_unavailable("down"),
+                503,
+                "ServiceUnavailable",
+            ),
             (ApiError::unauthorized(), 401, "Unauthorized"),
             (ApiError::bad_request("bad"), 400, "BadRequest"),
             (ApiError::unprocessable(), 422, "Invalid"),

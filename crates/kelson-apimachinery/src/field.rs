@@ -216,17 +216,32 @@ mod tests {
         assert_eq!(c.reason, "FieldValueInvalid");
         assert_eq!(c.message, "Invalid value: \"x\": bad name");
         assert_eq!(
-            invalid("spec.replicas", &json!(-1), "must be greater than or equal to 0").message,
+            invalid(
+                "spec.replicas",
+                &json!(-1),
+                "must be greater than or equal to 0"
+            )
+            .message,
             "Invalid value: -1: must be greater than or equal to 0"
         );
-        assert_eq!(invalid("a", &Value::Null, "").message, "Invalid value: \"null\"");
-        let c = not_supported("spec.restartPolicy", &json!("Sometimes"), &["Always", "Never"]);
+        assert_eq!(
+            invalid("a", &Value::Null, "").message,
+            "Invalid value: \"null\""
+        );
+        let c = not_supported(
+            "spec.restartPolicy",
+            &json!("Sometimes"),
+            &["Always", "Never"],
+        );
         assert_eq!(c.reason, "FieldValueNotSupported");
         assert_eq!(
             c.message,
             "Unsupported value: \"Sometimes\": supported values: \"Always\", \"Never\""
         );
-        assert_eq!(duplicate("x", &json!("c")).message, "Duplicate value: \"c\"");
+        assert_eq!(
+            duplicate("x", &json!("c")).message,
+            "Duplicate value: \"c\""
+        );
         assert_eq!(duplicate("x", &json!("c")).reason, "FieldValueDuplicate");
         let c = forbidden("metadata.namespace", "not allowed on this type");
         assert_eq!(

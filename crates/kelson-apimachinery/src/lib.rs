@@ -16,8 +16,8 @@ pub mod error;
 pub mod field;
 pub mod meta;
 pub mod patch;
-pub mod table;
 pub mod selector;
+pub mod table;
 pub mod validation;
 
 pub use error::{ApiError, StatusCause, StatusDetails};

@@ -282,7 +282,9 @@ impl Smp<'_> {
                     let mut out = Vec::with_capacity(a.len());
                     for e in a {
                         out.push(match e {
-                            Value::Object(m) => Value::Object(self.merge_map(Map::new(), m, def)?),
+                            Value::Object(m) => {
+                                Value::Object(self.merge_map(Map::new(), m, def)?)
+                            }
                             other => other,
                         });
                     }
@@ -472,7 +474,10 @@ impl Smp<'_> {
         let kind = element_kind(&original, &patch)?;
         if kind != Some(Kind::Map) {
             if is_delete_list {
-                return Ok(original.into_iter().filter(|v| !patch.contains(v)).collect());
+                return Ok(original
+                    .into_iter()
+                    .filter(|v| !patch.contains(v))
+                    .collect());
             }
             let mut merged: Vec<Value> = Vec::with_capacity(original.len() + patch.len());
             for v in original.iter().chain(patch.iter()) {
@@ -613,9 +618,11 @@ mod tests {
                 }
                 ("PodSpec", "tolerations") => m(Strategy::NONE, None, Some("Toleration")),
                 ("Container", "env") => m(Strategy::MERGE, Some("name"), Some("EnvVar")),
-                ("Container", "ports") => {
-                    m(Strategy::MERGE, Some("containerPort"), Some("ContainerPort"))
-                }
+                ("Container", "ports") => m(
+                    Strategy::MERGE,
+                    Some("containerPort"),
+                    Some("ContainerPort"),
+                ),
                 ("ObjectMeta", "finalizers") => m(Strategy::MERGE, None, None),
                 ("ObjectMeta", "ownerReferences") => {
                     m(Strategy::MERGE, Some("uid"), Some("OwnerReference"))
@@ -655,7 +662,9 @@ mod tests {
     }
 
     fn containers(v: &Value) -> &Vec<Value> {
-        v["spec"]["template"]["spec"]["containers"].as_array().unwrap()
+        v["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
     }
 
     #[test]
@@ -737,7 +746,10 @@ mod tests {
         assert_eq!(out["metadata"]["labels"], json!({"app": "web", "new": "x"}));
         assert!(containers(&out)[1].get("args").is_none());
         // A null for a key the object lacks is ignored, not stored.
-        let out = smp(&d, json!({"metadata": {"annotations": {"a": null, "b": "1"}}}));
+        let out = smp(
+            &d,
+            json!({"metadata": {"annotations": {"a": null, "b": "1"}}}),
+        );
         assert_eq!(out["metadata"]["annotations"], json!({"b": "1"}));
     }
 
@@ -781,7 +793,10 @@ mod tests {
             json!({"spec": {"template": {"spec": {"containers": [
                 {"$patch": "replace"}, {"name": "only", "image": "x"}]}}}}),
         );
-        assert_eq!(containers(&out), &vec![json!({"name": "only", "image": "x"})]);
+        assert_eq!(
+            containers(&out),
+            &vec![json!({"name": "only", "image": "x"})]
+        );
         // `$patch: replace` in a map replaces the map.
         let out = smp(
             &d,
@@ -817,7 +832,10 @@ mod tests {
             "Deployment",
         )
         .unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), (400, "invalid patch format of retainKeys"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (400, "invalid patch format of retainKeys")
+        );
     }
 
     #[test]
@@ -875,8 +893,9 @@ mod tests {
     #[test]
     fn unknown_schema_merges_maps_and_replaces_lists() {
         let o = json!({"a": {"b": 1, "c": [1, 2]}, "d": 1});
-        let out = strategic_merge_patch(&o, &json!({"a": {"c": [3], "e": 2}}), &TestMeta, "Unknown")
-            .unwrap();
+        let out =
+            strategic_merge_patch(&o, &json!({"a": {"c": [3], "e": 2}}), &TestMeta, "Unknown")
+                .unwrap();
         assert_eq!(out, json!({"a": {"b": 1, "c": [3], "e": 2}, "d": 1}));
     }
 
@@ -924,7 +943,10 @@ mod tests {
     #[test]
     fn strategy_parse() {
         assert_eq!(Strategy::parse("merge"), Strategy::MERGE);
-        assert_eq!(Strategy::parse("merge,retainKeys"), Strategy::MERGE_RETAIN_KEYS);
+        assert_eq!(
+            Strategy::parse("merge,retainKeys"),
+            Strategy::MERGE_RETAIN_KEYS
+        );
         assert_eq!(Strategy::parse("retainKeys"), Strategy::RETAIN_KEYS);
         assert_eq!(Strategy::parse("replace"), Strategy::REPLACE);
         assert_eq!(Strategy::parse(""), Strategy::NONE);

@@ -512,7 +512,9 @@ impl Parser {
         Requirement::new(&key, op, values)
     }
 
-    fn parse_key_and_infer_operator(&mut self) -> Result<(String, Option<Operator>), SelectorError> {
+    fn parse_key_and_infer_operator(
+        &mut self,
+    ) -> Result<(String, Option<Operator>), SelectorError> {
         let mut op = None;
         let (mut tok, mut lit) = self.next(Ctx::Values);
         if tok == Tok::Not {
@@ -634,7 +636,9 @@ impl Parser {
         if tok == Tok::Ident {
             return Ok(vec![lit]);
         }
-        Err(SelectorError(format!("found '{lit}', expected: identifier")))
+        Err(SelectorError(format!(
+            "found '{lit}', expected: identifier"
+        )))
     }
 }
 
@@ -802,8 +806,8 @@ fn split_term(term: &str) -> Option<(&str, FieldOp, &str)> {
             ("==", FieldOp::Equals),
             ("=", FieldOp::Equals),
         ] {
-            if rest.starts_with(op) {
-                return Some((&term[..i], kind, &rest[op.len()..]));
+            if let Some(value) = rest.strip_prefix(op) {
+                return Some((&term[..i], kind, value));
             }
         }
     }
@@ -954,7 +958,10 @@ mod tests {
                 "a b",
                 "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt",
             ),
-            ("=a", "found '=', expected: !, identifier, or 'end of string'"),
+            (
+                "=a",
+                "found '=', expected: !, identifier, or 'end of string'",
+            ),
             (
                 "a in b",
                 "unable to parse requirement: found 'b' expected: '('",
@@ -975,7 +982,10 @@ mod tests {
                 "a=(",
                 "unable to parse requirement: found '(', expected: identifier",
             ),
-            ("!", "unable to parse requirement: found '', expected: identifier"),
+            (
+                "!",
+                "unable to parse requirement: found '', expected: identifier",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(Selector::parse(text).unwrap_err().0, want, "{text:?}");
@@ -1018,14 +1028,20 @@ mod tests {
         assert_eq!(s.to_string(), "app=web,!old,tier in (be,fe)");
         assert!(s.matches(&labels(&[("app", "web"), ("tier", "fe")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "fe"), ("old", "1")])));
-        assert!(label_selector_as_selector(Some(&json!({}))).unwrap().is_empty());
+        assert!(label_selector_as_selector(Some(&json!({})))
+            .unwrap()
+            .is_empty());
         let none = label_selector_as_selector(None).unwrap();
         assert!(!none.matches(&labels(&[])));
-        let e = label_selector_as_selector(Some(&json!({"matchExpressions": [{"key": "a", "operator": "Gt"}]})))
-            .unwrap_err();
+        let e = label_selector_as_selector(Some(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Gt"}]}),
+        ))
+        .unwrap_err();
         assert_eq!(e.0, "\"Gt\" is not a valid label selector operator");
-        let e = label_selector_as_selector(Some(&json!({"matchExpressions": [{"key": "a", "operator": "In"}]})))
-            .unwrap_err();
+        let e = label_selector_as_selector(Some(
+            &json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+        ))
+        .unwrap_err();
         assert_eq!(
             e.0,
             "values: Invalid value: []string{}: for 'in', 'notin' operators, values set can't be empty"
@@ -1042,8 +1058,12 @@ mod tests {
         let f2 = labels(&[("metadata.name", "web"), ("status.phase", "Failed")]);
         assert!(!s.matches(&f2));
         // Missing fields read as "".
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&labels(&[])));
-        assert!(FieldSelector::parse("spec.nodeName==").unwrap().matches(&labels(&[])));
+        assert!(FieldSelector::parse("spec.nodeName=")
+            .unwrap()
+            .matches(&labels(&[])));
+        assert!(FieldSelector::parse("spec.nodeName==")
+            .unwrap()
+            .matches(&labels(&[])));
         assert!(FieldSelector::parse("").unwrap().is_empty());
 
         let s = FieldSelector::parse(r"a=x\,y\=z\\").unwrap();

@@ -127,7 +127,10 @@ impl Table {
         let columns: Vec<Value> = if no_headers {
             Vec::new()
         } else {
-            self.columns.iter().map(ColumnDefinition::to_value).collect()
+            self.columns
+                .iter()
+                .map(ColumnDefinition::to_value)
+                .collect()
         };
         let rows: Vec<Value> = self
             .rows

@@ -203,7 +203,10 @@ pub fn is_qualified_name(value: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push(format!("name part {}", empty_error()));
     } else if name.len() > QUALIFIED_NAME_MAX_LENGTH {
-        errs.push(format!("name part {}", max_len_error(QUALIFIED_NAME_MAX_LENGTH)));
+        errs.push(format!(
+            "name part {}",
+            max_len_error(QUALIFIED_NAME_MAX_LENGTH)
+        ));
     }
     if !match_qualified_name(name) {
         errs.push(format!(
@@ -375,7 +378,11 @@ pub fn validate_labels(labels: &Value, path: &str) -> Vec<StatusCause> {
     let mut errs = Vec::new();
     let Some(map) = labels.as_object() else {
         if !labels.is_null() {
-            errs.push(field::type_invalid(path, labels, "must be a map of strings"));
+            errs.push(field::type_invalid(
+                path,
+                labels,
+                "must be a map of strings",
+            ));
         }
         return errs;
     };
@@ -389,7 +396,11 @@ pub fn validate_labels(labels: &Value, path: &str) -> Vec<StatusCause> {
                     errs.push(field::invalid_str(path, s, &msg));
                 }
             }
-            None => errs.push(field::type_invalid(&field::key(path, k), v, "must be a string")),
+            None => errs.push(field::type_invalid(
+                &field::key(path, k),
+                v,
+                "must be a string",
+            )),
         }
     }
     errs
@@ -401,7 +412,11 @@ pub fn validate_annotations(annotations: &Value, path: &str) -> Vec<StatusCause>
     let mut errs = Vec::new();
     let Some(map) = annotations.as_object() else {
         if !annotations.is_null() {
-            errs.push(field::type_invalid(path, annotations, "must be a map of strings"));
+            errs.push(field::type_invalid(
+                path,
+                annotations,
+                "must be a map of strings",
+            ));
         }
         return errs;
     };
@@ -412,7 +427,11 @@ pub fn validate_annotations(annotations: &Value, path: &str) -> Vec<StatusCause>
         }
         match v.as_str() {
             Some(s) => total += k.len() + s.len(),
-            None => errs.push(field::type_invalid(&field::key(path, k), v, "must be a string")),
+            None => errs.push(field::type_invalid(
+                &field::key(path, k),
+                v,
+                "must be a string",
+            )),
         }
     }
     if total > TOTAL_ANNOTATION_SIZE_LIMIT_B {
@@ -426,7 +445,11 @@ pub fn validate_finalizers(finalizers: &Value, path: &str) -> Vec<StatusCause> {
     let mut errs = Vec::new();
     let Some(list) = finalizers.as_array() else {
         if !finalizers.is_null() {
-            errs.push(field::type_invalid(path, finalizers, "must be a list of strings"));
+            errs.push(field::type_invalid(
+                path,
+                finalizers,
+                "must be a list of strings",
+            ));
         }
         return errs;
     };
@@ -630,7 +653,10 @@ mod tests {
     fn dns1123_label_messages() {
         assert!(is_dns1123_label("my-name").is_empty());
         assert!(is_dns1123_label("123-abc").is_empty());
-        assert_eq!(is_dns1123_label("a.b"), vec!["must not contain dots".to_string()]);
+        assert_eq!(
+            is_dns1123_label("a.b"),
+            vec!["must not contain dots".to_string()]
+        );
         assert_eq!(
             is_dns1123_label("My"),
             vec!["a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_string()]
@@ -657,7 +683,8 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!(e[0], "name part must be non-empty");
         assert!(is_qualified_name("a/b/c")[0].starts_with("a qualified name must consist"));
-        assert!(is_qualified_name("Bad_Prefix/x")[0].starts_with("prefix part a lowercase RFC 1123 subdomain"));
+        assert!(is_qualified_name("Bad_Prefix/x")[0]
+            .starts_with("prefix part a lowercase RFC 1123 subdomain"));
         assert_eq!(
             is_qualified_name(&"a".repeat(64)),
             vec!["name part must be no more than 63 characters".to_string()]
@@ -689,10 +716,16 @@ mod tests {
             ]
         );
         assert_eq!(is_valid_port_name("a-very-long-port-name").len(), 1);
-        assert_eq!(is_valid_port_num(0), vec!["must be between 1 and 65535, inclusive".to_string()]);
+        assert_eq!(
+            is_valid_port_num(0),
+            vec!["must be between 1 and 65535, inclusive".to_string()]
+        );
         assert!(is_valid_port_num(443).is_empty());
         assert!(is_config_map_key("app.properties").is_empty());
-        assert_eq!(is_config_map_key(".."), vec!["must not be '..'".to_string()]);
+        assert_eq!(
+            is_config_map_key(".."),
+            vec!["must not be '..'".to_string()]
+        );
         assert_eq!(is_config_map_key("a/b").len(), 1);
     }
 
@@ -704,7 +737,10 @@ mod tests {
         let errs = validate_object_meta(&json!({}), true, name_is_dns_subdomain);
         let fields: Vec<&str> = errs.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["metadata.name", "metadata.namespace"]);
-        assert_eq!(errs[0].message, "Required value: name or generateName is required");
+        assert_eq!(
+            errs[0].message,
+            "Required value: name or generateName is required"
+        );
         assert_eq!(errs[1].message, "Required value");
 
         let errs = validate_object_meta(
@@ -723,7 +759,9 @@ mod tests {
         );
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "metadata.name");
-        assert!(errs[0].message.starts_with("Invalid value: \"web-\": a lowercase RFC 1123 subdomain"));
+        assert!(errs[0]
+            .message
+            .starts_with("Invalid value: \"web-\": a lowercase RFC 1123 subdomain"));
     }
 
     #[test]
@@ -759,11 +797,16 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         assert_eq!(got, want);
-        assert_eq!(errs[0].message, "Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(
+            errs[0].message,
+            "Invalid value: -1: must be greater than or equal to 0"
+        );
         assert!(errs[6].message.ends_with(
             "Only one reference can have Controller set to true. Found \"true\" in references for ReplicaSet/rs and ReplicaSet/rs2"
         ));
-        assert!(errs[7].message.ends_with("finalizer orphan and foregroundDeletion cannot be both set"));
+        assert!(errs[7]
+            .message
+            .ends_with("finalizer orphan and foregroundDeletion cannot be both set"));
     }
 
     #[test]
