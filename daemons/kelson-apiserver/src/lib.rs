@@ -1,0 +1,203 @@
+//! kelson-apiserver: the Kubernetes-compatible API server.
+//!
+//! Serves the Kubernetes REST API (what kubectl 1.32 and client libraries speak) over HTTPS,
+//! storing objects in any etcd v3 store (kelson-kv or etcd). Layers, outermost first:
+//! [`server`] (TLS, HTTP/1.1 + HTTP/2, authentication, authorization, routing),
+//! [`handlers`] (generic REST verbs for every resource in [`registry`]), [`strategy`]
+//! (per-kind defaulting and validation), [`storage`] (Kubernetes semantics over etcd).
+//! [`run`] is the daemon: kelson-runtime config, logging, D-Bus `io.kelson.APIServer1`,
+//! `/metrics`, `READY=1` once the store answers and the default namespaces exist.
+
+pub mod alloc;
+pub mod auth;
+pub mod config;
+pub mod dbus;
+pub mod error;
+pub mod fieldval;
+pub mod handlers;
+pub mod http;
+pub mod meta;
+pub mod openapi;
+pub mod patch;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod storage;
+pub mod strategy;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kelson_runtime::config::CommonArgs;
+use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::logging::LogHandle;
+use kelson_runtime::signals;
+use serde_json::json;
+
+pub use config::{ApiServerConfig, ApiServerFlags};
+
+/// Namespaces every cluster has.
+pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+fn read(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// Builds the shared state (connects the store lazily: etcd-client dials on first use).
+pub async fn build(cfg: &ApiServerConfig, server_address: String) -> anyhow::Result<Arc<server::Api>> {
+    cfg.validate()?;
+    let tls = match &cfg.etcd_cafile {
+        Some(ca) => Some(storage::EtcdTls {
+            ca: read(ca)?,
+            cert: match (&cfg.etcd_certfile, &cfg.etcd_keyfile) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                (None, None) => None,
+                _ => anyhow::bail!("--etcd-certfile and --etcd-keyfile go together"),
+            },
+        }),
+        None => None,
+    };
+    let endpoints = cfg.etcd_servers();
+    let store = tokio::time::timeout(Duration::from_secs(30), storage::Storage::connect(&endpoints, tls))
+        .await
+        .context("connecting to the store timed out")?
+        .context("connecting to the store")?;
+    let authz: Arc<dyn auth::Authorizer> = match cfg.authz_mode()? {
+        config::AuthzMode::AlwaysAllow => Arc::new(auth::AlwaysAllow),
+        config::AuthzMode::Rbac => Arc::new(auth::RbacPending),
+    };
+    Ok(Arc::new(server::Api {
+        store,
+        root: cfg.etcd_prefix.clone(),
+        authz: auth::Authz::new(authz),
+        alloc: alloc::Allocator::new(cfg.service_cidr()?, cfg.node_port_range()?, &cfg.etcd_prefix),
+        anonymous: cfg.anonymous_auth,
+        stats: Default::default(),
+        metrics: Default::default(),
+        ready: Default::default(),
+        etcd_servers: endpoints,
+        server_address,
+    }))
+}
+
+/// Creates the default namespaces (existing ones are fine).
+pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), error::ApiError> {
+    let info = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
+    for ns in DEFAULT_NAMESPACES {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match handlers::create_object(api, info, None, obj, false).await {
+            Ok(_) => tracing::info!(namespace = ns, "created default namespace"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The whole daemon: serve until SIGTERM/SIGINT.
+pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> anyhow::Result<()> {
+    let mut shutdown = signals::ShutdownSignals::new()?;
+    let mut hup = signals::reload_signals()?;
+    let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    state.set_status("connecting to the store");
+    state.on_reload(|| Box::pin(async { Ok(()) }));
+    cfg.validate()?;
+
+    let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
+    let (listener, bound) = server::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let tls = kelson_runtime::tls::server_config(
+        cfg.tls_cert_file.as_deref().context("--tls-cert-file")?,
+        cfg.tls_private_key_file.as_deref().context("--tls-private-key-file")?,
+        cfg.client_ca_file.as_deref(),
+        false,
+        &[b"h2", b"http/1.1"],
+    )
+    .context("loading the serving certificate")?;
+    let api = build(&cfg, bound.to_string()).await?;
+
+    let dbus = if common.no_dbus {
+        None
+    } else {
+        let opts = DbusOptions::for_component("APIServer", common.dbus_address.clone());
+        let served = async {
+            DbusServer::new(opts, state.clone(), log.clone())?
+                .interface(dbus::ApiServer1 { api: api.clone() })?
+                .serve()
+                .await
+        }
+        .await;
+        match served {
+            Ok(h) => Some(h),
+            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.APIServer1");
+                None
+            }
+        }
+    };
+    if let Some(maddr) = common.metrics_addr {
+        let registry = kelson_runtime::metrics::registry();
+        {
+            let mut reg = registry.lock();
+            reg.register("apiserver_request", "Requests by verb and HTTP code", api.metrics.requests.clone());
+            reg.register("apiserver_longrunning_requests", "Open watches", api.metrics.watches.clone());
+        }
+        let (mbound, _) = kelson_runtime::metrics::serve(maddr, registry).await.context("serving metrics")?;
+        tracing::info!(%mbound, "serving /metrics");
+    }
+    let server_task = server::serve(api.clone(), listener, tls);
+    tracing::info!(addr = %bound, "serving the Kubernetes API over HTTPS");
+
+    // Ready once the store answers and the default namespaces exist.
+    let ready = async {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match bootstrap(&api).await {
+                Ok(()) => return,
+                Err(e) => {
+                    state.set_status(format!("waiting for the store: {e}"));
+                    tracing::warn!(error = %e, "store not ready");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    };
+    tokio::select! {
+        _ = ready => {}
+        sig = shutdown.recv() => {
+            tracing::info!(signal = sig.name(), "stopping before ready");
+            server_task.abort();
+            return Ok(());
+        }
+    }
+    api.ready.store(true, Ordering::Relaxed);
+    state.set_status(format!("serving on {bound}"));
+    state.set_state(Lifecycle::Running);
+    let _watchdog = state.spawn_watchdog();
+    let watches = api.clone();
+    let gauge = tokio::spawn(async move {
+        loop {
+            watches.metrics.watches.set(watches.stats.watches.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    loop {
+        tokio::select! {
+            sig = shutdown.recv() => {
+                tracing::info!(signal = sig.name(), "stopping");
+                break;
+            }
+            Some(()) = hup.recv() => { let _ = state.reload().await; }
+        }
+    }
+    state.set_state(Lifecycle::Stopping);
+    gauge.abort();
+    server_task.abort();
+    drop(dbus);
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The HTTPS server and the request pipeline in front of the handlers.
+//!
+//! One TLS listener (rustls via kelson-runtime, ALPN h2 + http/1.1, client certificates
+//! optional but verified against `--client-ca-file`), hyper-util's auto connection builder so
+//! each connection speaks HTTP/1.1 or HTTP/2. The client's identity is read once per
+//! connection from its verified certificate and handed to every request on it.
+//!
+//! Pipeline per request: authenticate (401 unless a cert or `--anonymous-auth`) → route →
+//! negotiate the response format → authorize (403) → read the body (413 over 3 MiB) →
+//! handler. Every failure is a `metav1.Status` with the right code.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{Method, Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::alloc::Allocator;
+use crate::auth::{Attributes, Authz, Decision, User};
+use crate::error::ApiError;
+use crate::handlers::{self, Req};
+use crate::http::{self as h, Body, Format};
+use crate::registry;
+use crate::router::{self, Endpoint, Route};
+use crate::storage::Storage;
+
+/// Counters shared with D-Bus and /metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub requests: Arc<AtomicU64>,
+    pub watches: Arc<AtomicI64>,
+}
+
+/// Prometheus instruments (upstream's names where they exist).
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub requests: Family<Vec<(String, String)>, Counter>,
+    pub watches: Gauge,
+}
+
+/// Shared server state.
+pub struct Api {
+    pub store: Storage,
+    pub root: String,
+    pub authz: Authz,
+    pub alloc: Allocator,
+    pub anonymous: bool,
+    pub stats: Stats,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+    pub etcd_servers: Vec<String>,
+    pub server_address: String,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("root", &self.root).finish()
+    }
+}
+
+/// Serves HTTPS on `listener` until the returned task is aborted.
+pub fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> JoinHandle<()> {
+    let mut incoming = kelson_runtime::tls::tls_incoming(listener, tls);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(conn) = incoming.next().await {
+            let Ok(stream) = conn else { continue };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::auth::user_from_cert(c.as_ref()));
+            let api = api.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let api = api.clone();
+                    let user = user.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(api, user, req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            });
+        }
+    })
+}
+
+fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "emulationMajor": "1",
+        "emulationMinor": "33",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "32",
+        "gitVersion": "v1.33.0-kelson",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-01-01T00:00:00Z",
+        "goVersion": concat!("rust (kelson-apiserver ", env!("CARGO_PKG_VERSION"), ")"),
+        "compiler": "rustc",
+        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+/// One request, start to end.
+pub async fn handle<B>(api: Arc<Api>, user: Option<User>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    api.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match pipeline(&api, user, req).await {
+        Ok(r) => r,
+        Err(e) => h::error_response(&e),
+    };
+    api.metrics
+        .requests
+        .get_or_create(&vec![
+            ("verb".to_string(), method.to_string()),
+            ("code".to_string(), resp.status().as_u16().to_string()),
+        ])
+        .inc();
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    resp
+}
+
+async fn pipeline<B>(api: &Arc<Api>, user: Option<User>, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let user = match user {
+        Some(u) => u,
+        None if api.anonymous => User::anonymous(),
+        None => return Err(ApiError::unauthorized()),
+    };
+    let (parts, body) = req.into_parts();
+    let route = router::route(parts.uri.path())?;
+    let q = h::query(&parts.uri);
+    let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    match route {
+        Route::Endpoint(ep) => {
+            let attrs = Attributes {
+                verb: method_verb(&parts.method).into(),
+                path: parts.uri.path().to_string(),
+                resource_request: false,
+                ..Default::default()
+            };
+            if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
+                return Err(ApiError::forbidden_msg(format!(
+                    "forbidden: User \"{}\" cannot {} path \"{}\": {reason}",
+                    user.name, attrs.verb, attrs.path
+                )));
+            }
+            if parts.method != Method::GET && parts.method != Method::HEAD {
+                return Err(ApiError::method_not_supported(parts.method.as_str(), parts.uri.path()));
+            }
+            endpoint(api, ep, &q, accept).await
+        }
+        Route::Resource(t) => {
+            let fmt = h::negotiate(accept, true)?;
+            let verb = handlers::verb(&parts.method, &t, &q)?;
+            let attrs = Attributes {
+                verb: verb.into(),
+                group: t.info.group.into(),
+                resource: t.info.resource.into(),
+                subresource: t.sub.map(|s| s.name().to_string()).unwrap_or_default(),
+                namespace: t.namespace.clone().unwrap_or_default(),
+                name: t.name.clone().unwrap_or_default(),
+                path: parts.uri.path().to_string(),
+                resource_request: true,
+            };
+            if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
+                let res = if attrs.subresource.is_empty() { attrs.resource.clone() } else { format!("{}/{}", attrs.resource, attrs.subresource) };
+                return Err(ApiError::forbidden(&user.name, verb, &attrs.group, &res, &attrs.namespace, &attrs.name, &reason));
+            }
+            let body = h::read_body(body).await?;
+            let mut r = Req { api, t: &t, q, fmt, headers: &parts.headers, warnings: Vec::new() };
+            handlers::dispatch(&mut r, &parts.method, body).await
+        }
+    }
+}
+
+fn method_verb(m: &Method) -> &'static str {
+    match *m {
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "post",
+        Method::PUT => "put",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "options",
+    }
+}
+
+async fn endpoint(api: &Arc<Api>, ep: Endpoint, q: &std::collections::HashMap<String, String>, accept: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let fmt = match h::negotiate(accept, false) {
+        Ok(Format::Yaml) => Format::Yaml,
+        _ => Format::Json,
+    };
+    let ok = |v: Value| h::respond(StatusCode::OK, &v, fmt);
+    Ok(match ep {
+        Endpoint::Version => ok(version_info()),
+        Endpoint::Health { kind, check } => health(api, kind, check.as_deref(), q.contains_key("verbose")).await?,
+        Endpoint::Api => ok(registry::discovery_api(&api.server_address)),
+        Endpoint::Apis => ok(registry::discovery_apis()),
+        Endpoint::Group(g) => ok(registry::discovery_group(&g).ok_or_else(ApiError::path_not_found)?),
+        Endpoint::GroupVersion(g, v) => ok(registry::discovery_group_version(&g, &v).ok_or_else(ApiError::path_not_found)?),
+        Endpoint::OpenApiV2 => openapi_v2(accept)?,
+        Endpoint::OpenApiV3Root => h::json(StatusCode::OK, &crate::openapi::v3_root()),
+        Endpoint::OpenApiV3(gv) => h::json(StatusCode::OK, &crate::openapi::v3_group_version(&gv).ok_or_else(ApiError::path_not_found)?),
+    })
+}
+
+fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, ApiError> {
+    // Clients that can only take the protobuf form fall back to /openapi/v3 on 406.
+    let wants_json = accept.is_none_or(|a| a.contains("json") || a.contains("*/*"));
+    if !wants_json {
+        return Err(ApiError::not_acceptable("only application/json is served for /openapi/v2"));
+    }
+    Ok(h::json(StatusCode::OK, &crate::openapi::v2()))
+}
+
+async fn health(api: &Arc<Api>, kind: &str, check: Option<&str>, verbose: bool) -> Result<Response<Body>, ApiError> {
+    let etcd_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), api.store.current_revision()).await,
+        Ok(Ok(_))
+    );
+    let mut checks: Vec<(&str, bool)> = vec![("ping", true), ("log", true), ("etcd", etcd_ok)];
+    if kind == "readyz" {
+        checks.push(("informer-sync", true));
+        checks.push(("poststarthook/kelson-bootstrap-namespaces", api.ready.load(Ordering::Relaxed)));
+    }
+    if let Some(c) = check {
+        let Some((_, ok)) = checks.iter().find(|(n, _)| *n == c) else {
+            return Err(ApiError::path_not_found());
+        };
+        return Ok(if *ok { h::text(StatusCode::OK, "ok") } else { h::text(StatusCode::INTERNAL_SERVER_ERROR, format!("[-]{c} failed: reason withheld\n")) });
+    }
+    let all = checks.iter().all(|(_, ok)| *ok);
+    let code = if all { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    if verbose || !all {
+        let mut s = String::new();
+        for (n, ok) in &checks {
+            s.push_str(&if *ok { format!("[+]{n} ok\n") } else { format!("[-]{n} failed: reason withheld\n") });
+        }
+        s.push_str(&if all { format!("{kind} check passed\n") } else { format!("{kind} check failed\n") });
+        return Ok(h::text(code, s));
+    }
+    Ok(h::text(code, "ok"))
+}
+
+/// Starts listening on `addr` (port 0 allowed) and returns the bound address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
