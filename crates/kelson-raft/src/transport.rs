@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
@@ -292,7 +292,10 @@ pub(crate) fn spawn_server(
             .max_encoding_message_size(max_msg),
     );
     Ok(tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // Nagle on accepted peer sockets would hold small raft messages (appends, acks,
+        // heartbeats) back against the peer's delayed ACK: ~40 ms per round trip.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stopped(shutdown))
             .await
