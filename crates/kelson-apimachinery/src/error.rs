@@ -100,6 +100,20 @@ pub const OPTIMISTIC_LOCK_ERROR_MSG: &str =
     "the object has been modified; please apply your changes to the latest version and try again";
 
 impl ApiError {
+    /// An error with the given code, reason and message and no details.
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self::simple(code, reason, message)
+    }
+
+    /// 404 for a URL that names no resource: upstream's generic not-found text.
+    pub fn path_not_found() -> Self {
+        Self::simple(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
     fn simple(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -262,30 +276,24 @@ impl ApiError {
     /// 403 Forbidden from the authorizer: `pods "x" is forbidden: User "bob" cannot get
     /// resource "pods" in API group "" in the namespace "default"` (upstream's
     /// `forbiddenMessage`), with `: <reason>` appended when the authorizer gave one.
-    /// `subresource` may be empty; `name` empty gives `pods is forbidden: ...`;
-    /// `namespace` empty gives `... at the cluster scope`.
-    #[allow(clippy::too_many_arguments)]
+    /// `resource` may carry a subresource (`pods/exec`): the message names it, the object part
+    /// and details use the resource alone, as upstream. `name` empty gives
+    /// `pods is forbidden: ...`; `namespace` empty gives `... at the cluster scope`.
     pub fn forbidden(
         user: &str,
         verb: &str,
         group: &str,
         resource: &str,
-        subresource: &str,
         namespace: &str,
         name: &str,
         reason: &str,
     ) -> Self {
-        let res = if subresource.is_empty() {
-            resource.to_string()
-        } else {
-            format!("{resource}/{subresource}")
-        };
         let mut why = if namespace.is_empty() {
             format!(
                 "User {} cannot {} resource {} in API group {} at the cluster scope",
                 go_quote(user),
                 verb,
-                go_quote(&res),
+                go_quote(resource),
                 go_quote(group)
             )
         } else {
@@ -293,7 +301,7 @@ impl ApiError {
                 "User {} cannot {} resource {} in API group {} in the namespace {}",
                 go_quote(user),
                 verb,
-                go_quote(&res),
+                go_quote(resource),
                 go_quote(group),
                 go_quote(namespace)
             )
@@ -302,7 +310,8 @@ impl ApiError {
             why.push_str(": ");
             why.push_str(reason);
         }
-        Self::forbidden_msg(group, resource, name, &why)
+        let base = resource.split('/').next().unwrap_or(resource);
+        Self::forbidden_for(group, base, name, &why)
     }
 
     /// 403 Forbidden for a non-resource URL: `forbidden: User "bob" cannot get path "/foo"`.
@@ -313,12 +322,17 @@ impl ApiError {
             verb,
             go_quote(path)
         );
-        Self::forbidden_msg("", "", "", &why)
+        Self::forbidden_for("", "", "", &why)
+    }
+
+    /// 403 Forbidden with a message used verbatim.
+    pub fn forbidden_msg(msg: impl Into<String>) -> Self {
+        Self::simple(403, "Forbidden", msg)
     }
 
     /// 403 Forbidden with a free-form reason (admission, namespace termination, ...), formatted
     /// like upstream's `NewForbidden`: `pods "x" is forbidden: <err>`.
-    pub fn forbidden_msg(group: &str, resource: &str, name: &str, err: &str) -> Self {
+    pub fn forbidden_for(group: &str, resource: &str, name: &str, err: &str) -> Self {
         let message = if resource.is_empty() && group.is_empty() {
             format!("forbidden: {err}")
         } else if name.is_empty() {
@@ -352,37 +366,39 @@ impl ApiError {
     }
 
     /// 413 RequestEntityTooLarge: `Request entity too large: <msg>`.
-    pub fn too_large(msg: &str) -> Self {
+    pub fn too_large(msg: impl Into<String>) -> Self {
         Self::simple(
             413,
             "RequestEntityTooLarge",
-            format!("Request entity too large: {msg}"),
+            format!("Request entity too large: {}", msg.into()),
         )
     }
 
-    /// 415 UnsupportedMediaType as upstream's content negotiation reports it.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 415 UnsupportedMediaType as upstream's content negotiation reports it; `accepted` is
+    /// the list of media types the endpoint takes (`application/json, application/yaml`).
+    pub fn unsupported_media_type(accepted: &str) -> Self {
         Self::simple(
             415,
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format - accepted media types include: {}",
-                content_type
+                accepted
             ),
         )
     }
 
-    /// 405 MethodNotAllowed: `<verb> is not supported on resources of kind "pods"`.
-    pub fn method_not_supported(group: &str, resource: &str, verb: &str) -> Self {
+    /// 405 MethodNotAllowed: `<verb> is not supported on resources of kind "pods"`;
+    /// `resource` is the qualified resource (`deployments.apps`, `pods/log`).
+    pub fn method_not_supported(verb: &str, resource: &str) -> Self {
         let message = format!(
             "{verb} is not supported on resources of kind {}",
-            go_quote(&qualified_resource(group, resource))
+            go_quote(resource)
         );
-        let mut e = Self::with_object(405, "MethodNotAllowed", message, group, resource, "");
-        if let Some(d) = e.details.as_mut() {
-            d.name.clear();
-        }
-        e
+        let (res, group) = match resource.split_once('.') {
+            Some((r, g)) => (r, g),
+            None => (resource, ""),
+        };
+        Self::with_object(405, "MethodNotAllowed", message, group, res, "")
     }
 
     /// 406 NotAcceptable.
@@ -391,7 +407,8 @@ impl ApiError {
     }
 
     /// 500 InternalError: `Internal error occurred: <msg>` with the message as the one cause.
-    pub fn internal(msg: &str) -> Self {
+    pub fn internal(msg: impl Into<String>) -> Self {
+        let msg = msg.into();
         ApiError {
             code: 500,
             reason: "InternalError",
@@ -399,7 +416,7 @@ impl ApiError {
             details: Some(StatusDetails {
                 causes: vec![StatusCause {
                     reason: String::new(),
-                    message: msg.to_string(),
+                    message: msg,
                     field: String::new(),
                 }],
                 ..Default::default()
@@ -408,8 +425,8 @@ impl ApiError {
     }
 
     /// 504 Timeout: `Timeout: <msg>`.
-    pub fn timeout(msg: &str) -> Self {
-        Self::simple(504, "Timeout", format!("Timeout: {msg}"))
+    pub fn timeout(msg: impl Into<String>) -> Self {
+        Self::simple(504, "Timeout", format!("Timeout: {}", msg.into()))
     }
 
     /// 503 ServiceUnavailable.
@@ -524,18 +541,18 @@ mod tests {
 
     #[test]
     fn forbidden_messages() {
-        let e = ApiError::forbidden("bob", "get", "", "pods", "", "default", "x", "");
+        let e = ApiError::forbidden("bob", "get", "", "pods", "default", "x", "");
         assert_eq!(e.code, 403);
         assert_eq!(
             e.message,
             "pods \"x\" is forbidden: User \"bob\" cannot get resource \"pods\" in API group \"\" in the namespace \"default\""
         );
-        let e = ApiError::forbidden("bob", "list", "apps", "deployments", "", "", "", "");
+        let e = ApiError::forbidden("bob", "list", "apps", "deployments", "", "", "");
         assert_eq!(
             e.message,
             "deployments.apps is forbidden: User \"bob\" cannot list resource \"deployments\" in API group \"apps\" at the cluster scope"
         );
-        let e = ApiError::forbidden("bob", "create", "", "pods", "exec", "ns", "p", "no rule");
+        let e = ApiError::forbidden("bob", "create", "", "pods/exec", "ns", "p", "no rule");
         assert_eq!(
             e.message,
             "pods \"p\" is forbidden: User \"bob\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"ns\": no rule"
@@ -563,7 +580,7 @@ mod tests {
                 "UnsupportedMediaType",
             ),
             (
-                ApiError::method_not_supported("", "pods", "deletecollection"),
+                ApiError::method_not_supported("deletecollection", "pods"),
                 405,
                 "MethodNotAllowed",
             ),
@@ -587,7 +604,7 @@ mod tests {
             assert_eq!(st["status"], "Failure");
         }
         assert_eq!(
-            ApiError::method_not_supported("", "pods", "deletecollection").message,
+            ApiError::method_not_supported("deletecollection", "pods").message,
             "deletecollection is not supported on resources of kind \"pods\""
         );
         assert_eq!(
@@ -595,6 +612,21 @@ mod tests {
             json!({"causes": [{"message": "boom"}]})
         );
         assert_eq!(ApiError::timeout("slow").message, "Timeout: slow");
+        let e = ApiError::method_not_supported("create", "deployments.apps");
+        assert_eq!(
+            e.message,
+            "create is not supported on resources of kind \"deployments.apps\""
+        );
+        assert_eq!(
+            e.to_status()["details"],
+            json!({"group": "apps", "kind": "deployments"})
+        );
+        assert_eq!(ApiError::path_not_found().code, 404);
+        assert_eq!(ApiError::forbidden_msg("no").message, "no");
+        assert_eq!(
+            ApiError::forbidden_for("", "pods", "p", "unable to create new content").message,
+            "pods \"p\" is forbidden: unable to create new content"
+        );
         assert_eq!(
             ApiError::too_large("x").message,
             "Request entity too large: x"

@@ -25,6 +25,20 @@ pub struct StatusCause {
 }
 
 impl StatusCause {
+    /// A `FieldValueInvalid` cause with a ready-made message.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        StatusCause {
+            reason: "FieldValueInvalid".into(),
+            message: message.into(),
+            field: field.into(),
+        }
+    }
+
+    /// A bare `FieldValueRequired` cause (`Required value`).
+    pub fn required(field: &str) -> Self {
+        required(field, "")
+    }
+
     /// The cause's JSON, empty members omitted like upstream's `omitempty`.
     pub fn to_value(&self) -> Value {
         let mut m = Map::new();
