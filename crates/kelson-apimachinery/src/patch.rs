@@ -31,7 +31,7 @@ pub fn json_patch(doc: &mut Value, patch: &[u8]) -> Result<(), ApiError> {
     let ops: json_patch::Patch =
         serde_json::from_slice(patch).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
-        return Err(ApiError::too_large(&format!(
+        return Err(ApiError::too_large(format!(
             "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
             ops.0.len()
         )));
