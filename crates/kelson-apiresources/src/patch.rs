@@ -259,3 +259,56 @@ mod tests {
         }
     }
 }
+
+/// The generated table, as strategic merge patch consumes it.
+///
+/// Upstream's strategic merge patch (like kubectl's) reads only the patch strategy and merge key;
+/// the list-type / map-keys facts are for server-side apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmpMeta;
+
+impl kelson_apimachinery::patch::PatchMeta for SmpMeta {
+    fn field(&self, definition: &str, field: &str) -> Option<kelson_apimachinery::patch::FieldMeta> {
+        let m = field_meta(definition, field)?;
+        Some(kelson_apimachinery::patch::FieldMeta {
+            strategy: m
+                .patch_strategy
+                .map(kelson_apimachinery::patch::Strategy::parse)
+                .unwrap_or(kelson_apimachinery::patch::Strategy::NONE),
+            merge_key: m.patch_merge_key.map(str::to_string),
+            ref_definition: m.ref_target.map(str::to_string),
+        })
+    }
+}
+
+#[cfg(test)]
+mod smp_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The table drives the real strategic merge patch: kubectl's typical image change on a
+    /// Deployment merges by container name instead of replacing the list.
+    #[test]
+    fn deployment_image_patch_merges_containers_by_name() {
+        let orig = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"a": "1", "b": "2"}},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": "busybox:1", "ports": [{"containerPort": 80}]},
+                {"name": "side", "image": "sidecar:1"}]}}}});
+        let patch = json!({"metadata": {"labels": {"b": null}},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "busybox:2"}]}}}});
+        let out = kelson_apimachinery::patch::strategic_merge_patch(
+            &orig,
+            &patch,
+            &SmpMeta,
+            "io.k8s.api.apps.v1.Deployment",
+        )
+        .unwrap();
+        let containers = &out["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers.as_array().unwrap().len(), 2, "{out}");
+        assert_eq!(containers[0]["image"], "busybox:2");
+        assert_eq!(containers[0]["ports"][0]["containerPort"], 80);
+        assert_eq!(containers[1]["name"], "side");
+        assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
+    }
+}
