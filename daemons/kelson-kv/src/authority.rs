@@ -583,6 +583,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 if this.out_pos == this.output.len() {
                     this.output.clear();
                     this.out_pos = 0;
+                    // Give back the memory of an exceptional big header block.
+                    if this.output.capacity() > 4 * INPUT_CHUNK {
+                        this.output = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
