@@ -25,7 +25,7 @@ use crate::error::{ApiError, StatusCause};
 use crate::http::{self as h, Body, Format};
 use crate::meta::{self, FieldSelector, LabelSelector};
 use crate::patch::{self, PatchType};
-use crate::registry::{self, ResourceInfo, Subresource};
+use crate::registry::{self, ResourceExt, ResourceInfo, Subresource};
 use crate::router::{SubTarget, Target};
 use crate::server::Api;
 use crate::storage::{ListOptions, Preconditions, StorageError};
@@ -937,7 +937,7 @@ async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
     let opts = DeleteOpts { grace: Some(0), pre: Preconditions::default(), dry: false };
     for round in 0..120 {
         let mut remaining = 0usize;
-        for info in registry::resources().iter().filter(|i| i.namespaced) {
+        for info in registry::resources().iter().filter(|i| i.namespaced && i.listable()) {
             let prefix = info.key_prefix(&api.root, Some(&ns));
             let Ok(res) = api.store.list(&prefix, &ListOptions::default(), &|_| true).await else {
                 remaining += 1;

@@ -17,7 +17,6 @@ pub mod fieldval;
 pub mod handlers;
 pub mod http;
 pub mod meta;
-pub mod openapi;
 pub mod patch;
 pub mod registry;
 pub mod router;

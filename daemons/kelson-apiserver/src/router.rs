@@ -39,6 +39,8 @@ pub enum SubTarget {
     Known(Subresource),
     /// `namespaces/<name>/finalize`.
     Finalize,
+    /// A subresource discovery lists but no handler serves yet (log, exec, eviction, ...).
+    Unsupported(&'static str),
 }
 
 impl SubTarget {
@@ -46,6 +48,7 @@ impl SubTarget {
         match self {
             SubTarget::Known(s) => s.name(),
             SubTarget::Finalize => "finalize",
+            SubTarget::Unsupported(n) => n,
         }
     }
 }
@@ -120,9 +123,13 @@ fn resource(group: &str, version: &str, segs: &[&str]) -> Result<Route, ApiError
     let sub = match sub {
         None => None,
         Some("finalize") if info.kind == "Namespace" => Some(SubTarget::Finalize),
-        Some(s) => Some(SubTarget::Known(
-            info.subresources.iter().copied().find(|x| x.name() == s).ok_or_else(nf)?,
-        )),
+        Some(s) => {
+            let sr = info.subresource(s).ok_or_else(nf)?;
+            Some(match Subresource::from_name(sr.name) {
+                Some(k) => SubTarget::Known(k),
+                None => SubTarget::Unsupported(sr.name),
+            })
+        }
     };
     if watch_path && sub.is_some() {
         return Err(nf());

@@ -30,7 +30,6 @@ use crate::auth::{Attributes, Authz, Decision, User};
 use crate::error::ApiError;
 use crate::handlers::{self, Req};
 use crate::http::{self as h, Body, Format};
-use crate::registry;
 use crate::router::{self, Endpoint, Route};
 use crate::storage::Storage;
 
@@ -213,26 +212,58 @@ async fn endpoint(api: &Arc<Api>, ep: Endpoint, q: &std::collections::HashMap<St
         _ => Format::Json,
     };
     let ok = |v: Value| h::respond(StatusCode::OK, &v, fmt);
+    let discovery = |legacy: bool, doc: Value| {
+        use kelson_apiresources::DiscoveryFormat;
+        let f = kelson_apiresources::negotiate_discovery(accept.unwrap_or(""));
+        let v = match f {
+            DiscoveryFormat::Legacy => doc,
+            DiscoveryFormat::AggregatedV2 => kelson_apiresources::aggregated_discovery(legacy, true),
+            DiscoveryFormat::AggregatedV2Beta1 => kelson_apiresources::aggregated_discovery(legacy, false),
+        };
+        let mut r = h::json(StatusCode::OK, &v);
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(f.content_type()));
+        r
+    };
     Ok(match ep {
         Endpoint::Version => ok(version_info()),
         Endpoint::Health { kind, check } => health(api, kind, check.as_deref(), q.contains_key("verbose")).await?,
-        Endpoint::Api => ok(registry::discovery_api(&api.server_address)),
-        Endpoint::Apis => ok(registry::discovery_apis()),
-        Endpoint::Group(g) => ok(registry::discovery_group(&g).ok_or_else(ApiError::path_not_found)?),
-        Endpoint::GroupVersion(g, v) => ok(registry::discovery_group_version(&g, &v).ok_or_else(ApiError::path_not_found)?),
+        Endpoint::Api => discovery(true, kelson_apiresources::discovery_api_for(&api.server_address)),
+        Endpoint::Apis => discovery(false, kelson_apiresources::discovery_apis()),
+        Endpoint::Group(g) => ok(discovery_group(&g).ok_or_else(ApiError::path_not_found)?),
+        Endpoint::GroupVersion(g, v) => {
+            ok(kelson_apiresources::discovery_group_version(&g, &v).ok_or_else(ApiError::path_not_found)?)
+        }
         Endpoint::OpenApiV2 => openapi_v2(accept)?,
-        Endpoint::OpenApiV3Root => h::json(StatusCode::OK, &crate::openapi::v3_root()),
-        Endpoint::OpenApiV3(gv) => h::json(StatusCode::OK, &crate::openapi::v3_group_version(&gv).ok_or_else(ApiError::path_not_found)?),
+        Endpoint::OpenApiV3Root => h::json(StatusCode::OK, &kelson_apiresources::openapi_v3_index()),
+        Endpoint::OpenApiV3(gv) => {
+            let doc = kelson_apiresources::openapi_v3(&gv).ok_or_else(ApiError::path_not_found)?;
+            raw_json(doc)
+        }
     })
 }
 
+fn raw_json(bytes: &'static [u8]) -> Response<Body> {
+    let mut r = Response::new(h::full(bytes::Bytes::from_static(bytes)));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `GET /apis/<group>`: the group entry of `/apis` as an `APIGroup`.
+fn discovery_group(g: &str) -> Option<Value> {
+    let apis = kelson_apiresources::discovery_apis();
+    let mut grp = apis["groups"].as_array()?.iter().find(|x| x["name"] == g)?.clone();
+    grp["kind"] = json!("APIGroup");
+    grp["apiVersion"] = json!("v1");
+    Some(grp)
+}
+
 fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, ApiError> {
-    // Clients that can only take the protobuf form fall back to /openapi/v3 on 406.
+    // Only the JSON form is served; a protobuf-only client gets 406 (client-go then uses v3).
     let wants_json = accept.is_none_or(|a| a.contains("json") || a.contains("*/*"));
     if !wants_json {
         return Err(ApiError::not_acceptable("only application/json is served for /openapi/v2"));
     }
-    Ok(h::json(StatusCode::OK, &crate::openapi::v2()))
+    Ok(raw_json(kelson_apiresources::openapi_v2()))
 }
 
 async fn health(api: &Arc<Api>, kind: &str, check: Option<&str>, verbose: bool) -> Result<Response<Body>, ApiError> {
