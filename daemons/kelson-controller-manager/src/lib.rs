@@ -1,0 +1,320 @@
+//! kelson-controller-manager: every built-in controller in one process, as
+//! kube-controller-manager.
+//!
+//! Start-up order: build the API client from `--kubeconfig`, register the enabled controllers
+//! (each wires its handlers into the shared informers, see [`controllers`]), start the used
+//! informers and wait until they have listed — only then report `READY=1` (the API is
+//! reachable and the caches are synced). Then leader election on the
+//! `kube-system/kube-controller-manager` Lease (upstream's flags and defaults); workers run
+//! only while leading. Losing the lease ends the process with an error, as upstream does, so
+//! systemd restarts it as a clean standby and no controller ever acts on a stale view next to
+//! the new leader.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::coordination::v1::Lease;
+use kelson_kube::LeaderElectionConfig;
+use kelson_runtime::config::CommonArgs;
+use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::logging::LogHandle;
+use kelson_runtime::signals;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+pub mod controllers;
+pub mod dbus;
+pub mod informer;
+pub mod queue;
+pub mod util;
+
+/// Command-line flags, named like kube-controller-manager's. All optional: given ones
+/// override the TOML file.
+#[derive(clap::Args, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CmFlags {
+    /// Path to a kubeconfig file with the API server address and credentials.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Start a leader election client and gain leadership before running controllers.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect: Option<bool>,
+    /// How long a non-leader waits after the last renewal before taking over (e.g. 15s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_lease_duration: Option<String>,
+    /// How long the leader keeps retrying renewal before stepping down (e.g. 10s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_renew_deadline: Option<String>,
+    /// Wait between acquire/renew attempts (e.g. 2s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_retry_period: Option<String>,
+    /// Namespace of the leader election Lease.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_resource_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_elect_resource_name: Option<String>,
+    /// Controllers to enable: `*` for the defaults, `foo` to enable, `-foo` to disable.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controllers: Option<Vec<String>>,
+    /// CA bundle published in every namespace as the kube-root-ca.crt ConfigMap.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_ca_file: Option<PathBuf>,
+    /// How long a node may go without renewing its Lease before it is marked unhealthy.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_monitor_grace_period: Option<String>,
+    /// How often node health is checked.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_monitor_period: Option<String>,
+    /// A zone is unhealthy (no evictions) when this fraction of its nodes is not ready.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_zone_threshold: Option<f64>,
+    /// Allocate a podCIDR per node from --cluster-cidr.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocate_node_cidrs: Option<bool>,
+    /// The IPv4 range pod CIDRs are allocated from (e.g. 10.244.0.0/16).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
+    /// Prefix length of each node's podCIDR.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_cidr_mask_size: Option<u8>,
+}
+
+/// The effective configuration (defaults ← TOML ← flags).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct CmConfig {
+    pub kubeconfig: Option<PathBuf>,
+    pub leader_elect: bool,
+    pub leader_elect_lease_duration: String,
+    pub leader_elect_renew_deadline: String,
+    pub leader_elect_retry_period: String,
+    pub leader_elect_resource_namespace: String,
+    pub leader_elect_resource_name: String,
+    pub controllers: Vec<String>,
+    pub root_ca_file: Option<PathBuf>,
+    pub node_monitor_grace_period: String,
+    pub node_monitor_period: String,
+    pub unhealthy_zone_threshold: f64,
+    pub allocate_node_cidrs: bool,
+    pub cluster_cidr: Option<String>,
+    pub node_cidr_mask_size: u8,
+}
+
+impl Default for CmConfig {
+    fn default() -> Self {
+        CmConfig {
+            kubeconfig: None,
+            leader_elect: true,
+            leader_elect_lease_duration: "15s".into(),
+            leader_elect_renew_deadline: "10s".into(),
+            leader_elect_retry_period: "2s".into(),
+            leader_elect_resource_namespace: "kube-system".into(),
+            leader_elect_resource_name: "kube-controller-manager".into(),
+            controllers: vec!["*".into()],
+            root_ca_file: None,
+            node_monitor_grace_period: "50s".into(),
+            node_monitor_period: "5s".into(),
+            unhealthy_zone_threshold: 0.55,
+            allocate_node_cidrs: false,
+            cluster_cidr: None,
+            node_cidr_mask_size: 24,
+        }
+    }
+}
+
+fn dur(name: &str, v: &str) -> anyhow::Result<Duration> {
+    util::parse_duration(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+}
+
+impl CmConfig {
+    /// Checks everything that can be checked before connecting.
+    pub fn settings(&self) -> anyhow::Result<controllers::Settings> {
+        controllers::validate_list(&self.controllers).map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
+        if self.allocate_node_cidrs && self.cluster_cidr.is_none() {
+            bail!("--allocate-node-cidrs requires --cluster-cidr");
+        }
+        if let Some(c) = &self.cluster_cidr {
+            controllers::nodelifecycle::parse_cidr(c).map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+        }
+        Ok(controllers::Settings {
+            root_ca_file: self.root_ca_file.clone(),
+            node_monitor_grace_period: dur("node-monitor-grace-period", &self.node_monitor_grace_period)?,
+            node_monitor_period: dur("node-monitor-period", &self.node_monitor_period)?,
+            cluster_cidr: if self.allocate_node_cidrs || self.cluster_cidr.is_some() { self.cluster_cidr.clone() } else { None },
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+        })
+    }
+}
+
+/// The daemon: connect, sync caches (READY=1), elect, reconcile until SIGTERM.
+pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::Result<()> {
+    let settings = cfg.settings()?;
+    let mut shutdown = signals::ShutdownSignals::new()?;
+    let mut hup = signals::reload_signals()?;
+    let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    state.set_status("connecting to the API server");
+    state.on_reload(|| Box::pin(async { Ok(()) }));
+
+    let client = match &cfg.kubeconfig {
+        Some(p) => kelson_kube::client_from_kubeconfig(p).await?,
+        None => kube::Client::try_default().await.context("no --kubeconfig and no in-cluster/default config")?,
+    };
+    let ctx = controllers::Ctx {
+        client: client.clone(),
+        inf: controllers::Informers::new(&client),
+        settings: Arc::new(settings),
+    };
+    let ctrls = controllers::build(&ctx, &cfg.controllers);
+    let names: Vec<&str> = ctrls.iter().map(|c| c.name).collect();
+    tracing::info!(controllers = ?names, "enabled controllers");
+
+    let (lead_tx, lead_rx) = tokio::sync::watch::channel(false);
+    let queues: Arc<Mutex<BTreeMap<&'static str, queue::WorkQueue>>> = Arc::default();
+    for c in &ctrls {
+        queues.lock().insert(c.name, c.queue.clone());
+    }
+    let _dbus = if common.no_dbus {
+        None
+    } else {
+        let opts = DbusOptions::for_component("ControllerManager", common.dbus_address.clone());
+        let served = async {
+            DbusServer::new(opts, state.clone(), log.clone())?
+                .interface(dbus::ControllerManager1 { leading: lead_rx.clone(), queues: queues.clone() })?
+                .serve()
+                .await
+        }
+        .await;
+        match served {
+            Ok(h) => Some(h),
+            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.ControllerManager1");
+                None
+            }
+        }
+    };
+    if let Some(addr) = common.metrics_addr {
+        let (bound, _) = kelson_runtime::metrics::serve(addr, kelson_runtime::metrics::registry())
+            .await
+            .context("serving metrics")?;
+        tracing::info!(%bound, "serving /metrics");
+    }
+
+    state.set_status("syncing informer caches");
+    let sync = async {
+        for attempt in 0u32.. {
+            if ctx.inf.start_and_sync(Duration::from_secs(10)).await {
+                return;
+            }
+            tracing::warn!(attempt, "informer caches not synced yet; is the API server reachable?");
+        }
+    };
+    tokio::select! {
+        _ = sync => {}
+        sig = shutdown.recv() => {
+            tracing::info!(signal = sig.name(), "stopping before ready");
+            state.set_state(Lifecycle::Stopping);
+            return Ok(());
+        }
+    }
+    state.set_state(Lifecycle::Running);
+    let _watchdog = state.spawn_watchdog();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let election = if cfg.leader_elect {
+        let mut le = LeaderElectionConfig::new(
+            &cfg.leader_elect_resource_namespace,
+            &cfg.leader_elect_resource_name,
+            &kelson_kube::default_identity(),
+        );
+        le.lease_duration = dur("leader-elect-lease-duration", &cfg.leader_elect_lease_duration)?;
+        le.renew_deadline = dur("leader-elect-renew-deadline", &cfg.leader_elect_renew_deadline)?;
+        le.retry_period = dur("leader-elect-retry-period", &cfg.leader_elect_retry_period)?;
+        state.set_status(format!("waiting for leadership ({})", le.identity));
+        let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &cfg.leader_elect_resource_namespace);
+        Some(tokio::spawn(kelson_kube::run_leader_election(api, le, lead_tx.clone(), stop_rx.clone())))
+    } else {
+        let _ = lead_tx.send(true);
+        None
+    };
+
+    let mut lead = lead_rx.clone();
+    let mut tasks = Vec::new();
+    let mut led = false;
+    let result = loop {
+        let leading = *lead.borrow_and_update();
+        if leading && !led {
+            led = true;
+            tracing::info!("leading: starting controllers");
+            state.set_status(format!("leading; {} controllers running", ctrls.len()));
+            for c in &ctrls {
+                tasks.extend(c.spawn(queues.clone()));
+            }
+        } else if !leading && led {
+            state.set_health(false);
+            break Err(anyhow::anyhow!("leader election lost"));
+        }
+        tokio::select! {
+            sig = shutdown.recv() => {
+                tracing::info!(signal = sig.name(), "stopping");
+                break Ok(());
+            }
+            Some(()) = hup.recv() => { let _ = state.reload().await; }
+            r = lead.changed() => {
+                if r.is_err() {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    state.set_state(Lifecycle::Stopping);
+    for c in &ctrls {
+        c.queue.shutdown();
+    }
+    let _ = stop_tx.send(true);
+    if let Some(e) = election {
+        // Releasing the lease lets a standby take over at once.
+        let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_upstreams() {
+        let c = CmConfig::default();
+        let s = c.settings().unwrap();
+        assert_eq!(s.node_monitor_grace_period, Duration::from_secs(50));
+        assert_eq!(c.leader_elect_resource_name, "kube-controller-manager");
+        let bad = CmConfig { controllers: vec!["*".into(), "-nope".into()], ..Default::default() };
+        assert!(bad.settings().is_err());
+        let bad = CmConfig { node_monitor_grace_period: "5q".into(), ..Default::default() };
+        assert!(bad.settings().is_err());
+    }
+}
