@@ -9,7 +9,10 @@
 //! Components are entries in a list ([`components`]): each has a program, arguments, a log file
 //! and a readiness probe. They start in order, each only after the previous one is ready; `ready`
 //! is printed once all are; on SIGINT/SIGTERM they stop in reverse order (SIGTERM, bounded wait,
-//! SIGKILL). Later issues add the API server, scheduler and friends as more entries.
+//! SIGKILL). The API server follows the store: it gets its own serving certificate and an
+//! etcd client certificate from the cluster CA, and `admin.kubeconfig` (an admin client
+//! certificate in `system:masters`, everything embedded) is written next to `up.toml`; it is
+//! ready when `/readyz` answers `ok` over mutual TLS. Scheduler and friends come as more entries.
 //!
 //! Children run in their own process groups (so a terminal's Ctrl-C reaches only us and we stop
 //! them in order) and with a parent-death signal (so they do not outlive a killed kelsonctl).
@@ -39,8 +42,7 @@ pub struct UpArgs {
     /// kelson-kv client port on 127.0.0.1 (default: the one saved by a previous `up`, else 2379).
     #[arg(long)]
     pub kv_port: Option<u16>,
-    /// API server port. Accepted and saved now; the API server component arrives in a later
-    /// release and will use it.
+    /// API server (HTTPS) port (default: the one saved by a previous `up`, else 6443).
     #[arg(long)]
     pub apiserver_port: Option<u16>,
     /// Extra DNS names / IPs for the server certificates.
@@ -131,6 +133,137 @@ fn now_nanos() -> u64 {
 pub enum Readiness {
     /// An etcd v3 status call over mTLS answers and reports a leader.
     KvStatus { conn: ConnArgs },
+    /// `GET /readyz` over mutual TLS answers 200 `ok`.
+    HttpsReadyz {
+        addr: std::net::SocketAddr,
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// The API server's files under `pki/`, issued by the cluster CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServerPki {
+    /// Serving certificate (`apiserver.crt/.key`).
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+    /// The API server's client certificate towards the store (`apiserver-etcd-client`).
+    pub etcd_client_cert: PathBuf,
+    pub etcd_client_key: PathBuf,
+    /// `kubernetes-admin` in `system:masters` (`admin.crt/.key`).
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+impl ApiServerPki {
+    pub fn under(dir: &Path) -> ApiServerPki {
+        ApiServerPki {
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            etcd_client_cert: dir.join("apiserver-etcd-client.crt"),
+            etcd_client_key: dir.join("apiserver-etcd-client.key"),
+            admin_cert: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+        }
+    }
+}
+
+/// The in-cluster names of the API server (the `kubernetes` service) plus local ones.
+fn apiserver_names(hosts: &[String]) -> (Vec<String>, Vec<std::net::IpAddr>) {
+    let mut dns: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut ips: Vec<std::net::IpAddr> = vec![
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from([10, 96, 0, 1]),
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    if let Some(h) = kelson_pki::hostname() {
+        dns.push(h);
+    }
+    for h in hosts.iter().map(|h| h.trim()).filter(|h| !h.is_empty()) {
+        match h.parse() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(h.to_string()),
+        }
+    }
+    (dns, ips)
+}
+
+/// Issues the API server's certificates with the cluster CA, keeping valid existing ones
+/// (a resume must not change what clients already trust or hold).
+pub fn ensure_apiserver_pki(pki: &PkiPaths, hosts: &[String]) -> anyhow::Result<ApiServerPki> {
+    use kelson_pki::{CertRequest, Usage};
+    let paths = ApiServerPki::under(&pki.dir);
+    let ca = kelson_pki::Ca::load(&pki.dir).context("loading the cluster CA")?;
+    let (dns, ips) = apiserver_names(hosts);
+    let want: Vec<(&str, &Path, CertRequest)> = vec![
+        (
+            "apiserver",
+            &paths.serving_cert,
+            CertRequest {
+                dns_names: dns.clone(),
+                ip_addresses: ips.clone(),
+                ..CertRequest::new("kube-apiserver", Usage::Server)
+            },
+        ),
+        (
+            "apiserver-etcd-client",
+            &paths.etcd_client_cert,
+            CertRequest::new("kube-apiserver-etcd-client", Usage::Client),
+        ),
+        (
+            "admin",
+            &paths.admin_cert,
+            CertRequest {
+                organization: Some("system:masters".into()),
+                ..CertRequest::new("kubernetes-admin", Usage::Client)
+            },
+        ),
+    ];
+    for (base, cert, req) in want {
+        let keep = kelson_pki::cert_info(cert).ok().is_some_and(|info| {
+            !info.expires_within(Duration::from_secs(30 * 86400))
+                && info.issuer.contains("kelson-ca")
+                && req.dns_names.iter().all(|d| info.sans.contains(d))
+                && req.ip_addresses.iter().all(|i| info.sans.contains(&i.to_string()))
+        }) && pki.dir.join(format!("{base}.key")).is_file();
+        if !keep {
+            ca.issue(&req)?.write_pair(&pki.dir, base)?;
+        }
+    }
+    Ok(paths)
+}
+
+/// Writes `<dir>/admin.kubeconfig` (0600) with the CA and admin credentials embedded.
+pub fn write_admin_kubeconfig(
+    dir: &Path,
+    pki: &PkiPaths,
+    api: &ApiServerPki,
+    port: u16,
+) -> anyhow::Result<PathBuf> {
+    use base64::Engine;
+    let b64 = |p: &Path| -> anyhow::Result<String> {
+        Ok(base64::engine::general_purpose::STANDARD
+            .encode(fs::read(p).with_context(|| format!("reading {}", p.display()))?))
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kelson\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {}\nusers:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kubernetes-admin@kelson\n  context:\n    cluster: kelson\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@kelson\n",
+        b64(&pki.ca_cert)?,
+        b64(&api.admin_cert)?,
+        b64(&api.admin_key)?,
+    );
+    let path = dir.join("admin.kubeconfig");
+    kelson_pki::write_atomic(&path, text.as_bytes(), 0o600)?;
+    Ok(path)
 }
 
 /// One supervised process of the all-in-one cluster.
@@ -227,7 +360,79 @@ pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result
             ),
         ],
     };
-    Ok(vec![kv])
+    let api = ApiServerPki::under(&pki.dir);
+    let api_addr = std::net::SocketAddr::from(([127, 0, 0, 1], state.apiserver_port));
+    let mut a: Vec<OsString> = Vec::new();
+    let mut flag = |k: &str, v: &dyn AsRef<std::ffi::OsStr>| {
+        a.push(k.into());
+        a.push(v.as_ref().to_os_string());
+    };
+    flag("--secure-port", &state.apiserver_port.to_string());
+    flag("--bind-address", &"127.0.0.1");
+    flag("--etcd-servers", &client_url);
+    flag("--etcd-cafile", &pki.ca_cert);
+    flag("--etcd-certfile", &api.etcd_client_cert);
+    flag("--etcd-keyfile", &api.etcd_client_key);
+    flag("--tls-cert-file", &api.serving_cert);
+    flag("--tls-private-key-file", &api.serving_key);
+    flag("--client-ca-file", &pki.ca_cert);
+    a.push("--no-dbus".into());
+    let kubeconfig = dir.join("admin.kubeconfig");
+    let apiserver = Component {
+        name: "apiserver",
+        program: find_binary("kelson-apiserver")?,
+        args: a,
+        log: dir.join("logs").join("apiserver.log"),
+        readiness: Readiness::HttpsReadyz {
+            addr: api_addr,
+            ca: pki.ca_cert.clone(),
+            cert: api.admin_cert.clone(),
+            key: api.admin_key.clone(),
+        },
+        info: vec![
+            format!("apiserver: https://{api_addr}"),
+            format!("apiserver: export KUBECONFIG={}", kubeconfig.display()),
+        ],
+    };
+    Ok(vec![kv, apiserver])
+}
+
+/// `GET /readyz` over mutual TLS (HTTP/1.1, one request per connection).
+async fn readyz(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = kelson_runtime::tls::client_config(ca, Some(cert), Some(key))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let name = rustls_pki_types::ServerName::from(addr.ip());
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")??;
+    tls.write_all(
+        format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        (&mut tls).take(64 * 1024).read_to_end(&mut buf),
+    )
+    .await
+    .context("no answer")??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.lines().next().unwrap_or_default().to_string();
+    if !status.contains(" 200 ") {
+        bail!("/readyz: {status}");
+    }
+    Ok("readyz ok".into())
 }
 
 /// A started component.
@@ -358,6 +563,12 @@ async fn probe(r: &Readiness) -> anyhow::Result<String> {
                 s.member_id, s.version, s.raft_term
             ))
         }
+        Readiness::HttpsReadyz {
+            addr,
+            ca,
+            cert,
+            key,
+        } => readyz(*addr, ca, cert, key).await,
     }
 }
 
@@ -456,9 +667,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         "pki: {} (ca.crt, kv-server, kv-peer, kv-client)",
         pki.dir.display()
     );
+    let api_pki = ensure_apiserver_pki(&pki, &args.hosts)?;
+    let kubeconfig = write_admin_kubeconfig(&dir, &pki, &api_pki, state.apiserver_port)?;
     println!(
-        "apiserver: port {} saved for the API server component (not started by this release)",
-        state.apiserver_port
+        "pki: apiserver, apiserver-etcd-client, admin (system:masters); kubeconfig: {}",
+        kubeconfig.display()
     );
 
     let comps = components(&dir, &pki, &state)?;
@@ -575,6 +788,26 @@ mod tests {
     }
 
     #[test]
+    fn apiserver_pki_is_issued_once_and_kubeconfig_embeds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = kelson_pki::init_store_pki(&dir.path().join("pki"), &[]).unwrap();
+        let api = ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
+        let info = kelson_pki::cert_info(&api.serving_cert).unwrap();
+        for name in ["kubernetes.default.svc", "127.0.0.1", "10.96.0.1", "10.1.2.3"] {
+            assert!(info.sans.iter().any(|s| s == name), "{name} in {:?}", info.sans);
+        }
+        assert!(kelson_pki::cert_info(&api.admin_cert).unwrap().subject.contains("system:masters"));
+        let before = fs::read(&api.admin_cert).unwrap();
+        ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
+        assert_eq!(fs::read(&api.admin_cert).unwrap(), before, "a valid cert is kept");
+        let kc = write_admin_kubeconfig(dir.path(), &pki, &api, 7443).unwrap();
+        let text = fs::read_to_string(&kc).unwrap();
+        assert!(text.contains("server: https://127.0.0.1:7443") && text.contains("client-key-data: "));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&kc).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
     fn broken_state_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(STATE_FILE), "kv_port = 'x'\nbogus = 1\n").unwrap();
@@ -595,8 +828,19 @@ mod tests {
         };
         // Any existing file will do as the binary for building the list.
         std::env::set_var("KELSON_KV_BIN", "/bin/true");
+        std::env::set_var("KELSON_APISERVER_BIN", "/bin/true");
         let comps = components(dir.path(), &pki, &state).unwrap();
-        assert_eq!(comps.len(), 1);
+        assert_eq!(comps.len(), 2);
+        let api: Vec<String> = comps[1]
+            .args
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let api = api.join(" ");
+        assert_eq!(comps[1].name, "apiserver");
+        assert!(api.contains("--etcd-servers https://127.0.0.1:12379"), "{api}");
+        assert!(api.contains("--secure-port 6443"), "{api}");
+        assert!(api.contains("apiserver-etcd-client.crt"), "{api}");
         let a: Vec<String> = comps[0]
             .args
             .iter()

@@ -37,15 +37,18 @@ fn alive(pid: i32) -> bool {
             .unwrap_or(true)
 }
 
-fn start_up(data: &Path, kv_port: u16, log: &Path) -> ChildGuard {
+fn start_up(data: &Path, kv_port: u16, api_port: u16, log: &Path) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelsonctl"));
     cmd.arg("up")
         .arg("--data-dir")
         .arg(data)
         .arg("--kv-port")
         .arg(kv_port.to_string())
+        .arg("--apiserver-port")
+        .arg(api_port.to_string())
         .arg("--ready-timeout=60")
-        .env("KELSON_KV_BIN", bin_path("kelson-kv"));
+        .env("KELSON_KV_BIN", bin_path("kelson-kv"))
+        .env("KELSON_APISERVER_BIN", bin_path("kelson-apiserver"));
     ChildGuard::spawn("kelsonctl up", cmd, log).unwrap()
 }
 
@@ -92,9 +95,10 @@ fn up_serves_stops_and_resumes() {
     let data = tmp.path().join("kelson");
     let pki = data.join("pki");
     let port = free_port();
+    let api_port = free_port();
     let ep = format!("https://127.0.0.1:{port}");
 
-    let mut up = start_up(&data, port, &tmp.path().join("up1.log"));
+    let mut up = start_up(&data, port, api_port, &tmp.path().join("up1.log"));
     let kv_pid = wait_ready(&mut up);
     let _kv_guard = PidGuard(kv_pid);
     let log = up.log();
@@ -124,6 +128,24 @@ fn up_serves_stops_and_resumes() {
         "no client cert must be refused: {out:?}"
     );
 
+    // The API server is up behind the store, and admin.kubeconfig reaches it.
+    let kubectl = |args: &[&str]| {
+        Command::new("/usr/bin/kubectl")
+            .env("KUBECONFIG", data.join("admin.kubeconfig"))
+            .env("HOME", tmp.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ns = kubectl(&["get", "ns", "-o", "name"]);
+    assert!(
+        String::from_utf8_lossy(&ns.stdout).contains("namespace/kube-system"),
+        "{ns:?}\n{}",
+        up.log()
+    );
+    let cm = kubectl(&["-n", "default", "create", "configmap", "resume-cm", "--from-literal=k=v"]);
+    assert!(cm.status.success(), "{cm:?}");
+
     // kelsonctl kv status over the same TLS material.
     let tls = tls_args(&pki);
     let st = Command::new(env!("CARGO_BIN_EXE_kelsonctl"))
@@ -148,7 +170,7 @@ fn up_serves_stops_and_resumes() {
     assert!(up.log().contains("stopped"), "{}", up.log());
 
     // Second run: same dir, same port → same data, same CA.
-    let mut up2 = start_up(&data, port, &tmp.path().join("up2.log"));
+    let mut up2 = start_up(&data, port, api_port, &tmp.path().join("up2.log"));
     let kv_pid2 = wait_ready(&mut up2);
     let _kv_guard2 = PidGuard(kv_pid2);
     assert_eq!(
@@ -163,6 +185,8 @@ fn up_serves_stops_and_resumes() {
         "{out:?}\n{}",
         up2.log()
     );
+    let cm = kubectl(&["-n", "default", "get", "configmap", "resume-cm", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(String::from_utf8_lossy(&cm.stdout), "v", "{cm:?}");
     let status = up2.terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status}\n{}", up2.log());
     assert!(!alive(kv_pid2));

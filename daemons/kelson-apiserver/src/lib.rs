@@ -18,6 +18,10 @@ pub mod handlers;
 pub mod http;
 pub mod meta;
 pub mod patch;
+pub mod protobuf;
+#[rustfmt::skip]
+#[allow(clippy::all)]
+mod proto_schema;
 pub mod registry;
 pub mod router;
 pub mod server;

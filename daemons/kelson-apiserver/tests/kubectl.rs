@@ -175,10 +175,23 @@ async fn kubectl_on_real_etcd() {
     c.ok_in(&["-n", "e2e", "apply", "-f", "-"], MANIFESTS);
     let pods = c.ok(&["-n", "e2e", "get", "pods"]);
     assert!(pods.contains("p1") && pods.contains("Pending"), "{pods}");
-    c.ok(&["-n", "e2e", "patch", "cm", "cfg", "--type", "merge", "-p", r#"{"data":{"b":"2"}}"#]);
-    assert_eq!(c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.b}"]), "2");
+    c.ok(&["-n", "e2e", "patch", "cm", "cfg", "--type", "merge", "-p", r#"{"data":{"a":"9"}}"#]);
+    assert_eq!(c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "9");
     let again = c.ok_in(&["-n", "e2e", "apply", "-f", "-"], MANIFESTS);
     assert!(again.contains("configmap/cfg configured"), "apply restores data: {again}");
+    assert_eq!(c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "1");
+    // Typed kubectl generators send protobuf bodies.
+    c.ok(&["-n", "e2e", "create", "deployment", "gen", "--image=nginx:1.25", "--replicas=3"]);
+    let d = json(&c.ok(&["-n", "e2e", "get", "deploy", "gen", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
+    c.ok(&["-n", "e2e", "create", "secret", "generic", "s1", "--from-literal=user=admin"]);
+    assert_eq!(c.ok(&["-n", "e2e", "get", "secret", "s1", "-o", "jsonpath={.data.user}"]), "YWRtaW4=");
+    c.ok(&["-n", "e2e", "create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    let svc = json(&c.ok(&["-n", "e2e", "get", "svc", "np", "-o", "json"]));
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10."), "{svc}");
+    let np = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&np), "{svc}");
     let list = json(&c.ok(&["get", "--raw", "/api/v1/namespaces/e2e/configmaps?limit=1"]));
     assert_eq!(list["kind"], "ConfigMapList");
     c.ok(&["-n", "e2e", "delete", "cm", "cfg"]);
