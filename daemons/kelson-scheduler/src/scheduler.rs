@@ -1,0 +1,758 @@
+//! The scheduler's main loop: informers → cache + queue → attempt → assume → bind.
+//!
+//! One task owns all mutable state (the node/pod cache, the queue, the algorithm), so nothing
+//! is locked on the hot path. Watchers (kube::runtime) for nodes and pods, and reflector stores
+//! for PriorityClasses and PodDisruptionBudgets, feed it through a channel; binding runs in
+//! spawned tasks whose results come back through the same channel.
+//!
+//! Assumed pods: after choosing a node the pod is added to that node in the cache immediately
+//! (so the next attempt sees the resources as used) and marked assumed; the watch event that
+//! shows `spec.nodeName` confirms it; a failed binding forgets it and re-queues the pod with
+//! back-off. Only the leader pops the queue; all instances keep their caches warm so a new
+//! leader starts scheduling at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::framework::{preempt, Algorithm, FitError};
+use crate::nodeinfo::{NodeInfo, PodInfo, Snapshot};
+use crate::queue::{Lengths, SchedulingQueue};
+use crate::selectors::label_selector_matches;
+
+/// State shared with D-Bus and metrics.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub is_leader: AtomicBool,
+    pub scheduled_total: AtomicU64,
+    pub attempts_unschedulable: AtomicU64,
+    pub attempts_error: AtomicU64,
+    pub lengths: Mutex<Lengths>,
+    pub synced: AtomicBool,
+}
+
+enum Msg {
+    Node(watcher::Event<Node>),
+    Pod(watcher::Event<Pod>),
+    Bound {
+        key: String,
+        uid: String,
+        node: String,
+        result: Result<(), String>,
+    },
+    WatchError(&'static str, String),
+}
+
+/// Options for [`Scheduler::run`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub profiles: Vec<crate::config::Profile>,
+    pub percentage_of_nodes_to_score: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub component: String,
+    pub identity: String,
+}
+
+struct Cache {
+    nodes: Vec<Arc<NodeInfo>>,
+    index: Arc<HashMap<String, usize>>,
+    /// Assigned (or assumed) pods by uid: (node name, info).
+    pods: HashMap<String, (String, Arc<PodInfo>)>,
+    /// Assigned pods whose node is not (yet) known, by node name.
+    orphans: HashMap<String, Vec<Arc<PodInfo>>>,
+    assumed: HashSet<String>,
+    snapshot: Option<Snapshot>,
+}
+
+impl Cache {
+    fn new() -> Self {
+        Cache {
+            nodes: Vec::new(),
+            index: Arc::new(HashMap::new()),
+            pods: HashMap::new(),
+            orphans: HashMap::new(),
+            assumed: HashSet::new(),
+            snapshot: None,
+        }
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        if let Some(s) = &self.snapshot {
+            return s.clone();
+        }
+        let mut s = Snapshot::new(self.nodes.clone());
+        s.index = self.index.clone();
+        self.snapshot = Some(s.clone());
+        s
+    }
+
+    fn upsert_node(&mut self, node: Node) -> bool {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        self.snapshot = None;
+        let node = Arc::new(node);
+        if let Some(&i) = self.index.get(&name) {
+            Arc::make_mut(&mut self.nodes[i]).set_node(node);
+            false
+        } else {
+            let mut ni = NodeInfo::new(node);
+            for p in self.orphans.remove(&name).unwrap_or_default() {
+                ni.add_pod(p);
+            }
+            Arc::make_mut(&mut self.index).insert(name, self.nodes.len());
+            self.nodes.push(Arc::new(ni));
+            true
+        }
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        let Some(i) = Arc::make_mut(&mut self.index).remove(name) else {
+            return;
+        };
+        self.snapshot = None;
+        let removed = self.nodes.swap_remove(i);
+        if i < self.nodes.len() {
+            let moved = self.nodes[i].name.clone();
+            Arc::make_mut(&mut self.index).insert(moved, i);
+        }
+        // Pods stay known, as orphans, until their own delete events arrive.
+        self.orphans
+            .insert(name.to_string(), removed.pods.clone());
+    }
+
+    fn add_pod(&mut self, node: &str, p: Arc<PodInfo>) {
+        self.remove_pod(&p.uid.clone());
+        self.snapshot = None;
+        self.pods.insert(p.uid.clone(), (node.to_string(), p.clone()));
+        match self.index.get(node) {
+            Some(&i) => Arc::make_mut(&mut self.nodes[i]).add_pod(p),
+            None => self.orphans.entry(node.to_string()).or_default().push(p),
+        }
+    }
+
+    fn remove_pod(&mut self, uid: &str) -> bool {
+        let Some((node, _)) = self.pods.remove(uid) else {
+            return false;
+        };
+        self.snapshot = None;
+        self.assumed.remove(uid);
+        match self.index.get(&node) {
+            Some(&i) => {
+                Arc::make_mut(&mut self.nodes[i]).remove_pod(uid);
+            }
+            None => {
+                if let Some(v) = self.orphans.get_mut(&node) {
+                    v.retain(|p| p.uid != uid);
+                }
+            }
+        }
+        true
+    }
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+fn is_terminal(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+/// Resolves a pod's priority: `spec.priority` (set by the Priority admission plugin), else its
+/// PriorityClass, else the global default class, else 0.
+fn resolve_priority(p: &Pod, classes: &Store<PriorityClass>) -> i32 {
+    let spec = p.spec.as_ref();
+    if let Some(prio) = spec.and_then(|s| s.priority) {
+        return prio;
+    }
+    let state = classes.state();
+    if let Some(name) = spec.and_then(|s| s.priority_class_name.as_deref()).filter(|n| !n.is_empty()) {
+        return state
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .map(|c| c.value)
+            .unwrap_or(0);
+    }
+    state
+        .iter()
+        .find(|c| c.global_default == Some(true))
+        .map(|c| c.value)
+        .unwrap_or(0)
+}
+
+fn now_time() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The scheduler daemon's core.
+pub struct Scheduler {
+    client: kube::Client,
+    opts: Options,
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    pub fn new(client: kube::Client, opts: Options, shared: Arc<Shared>) -> Self {
+        Scheduler {
+            client,
+            opts,
+            shared,
+        }
+    }
+
+    /// Runs until `shutdown` fires or leadership is lost (an error: upstream exits then, and
+    /// the service manager restarts it as a follower).
+    pub async fn run(
+        self,
+        mut leading: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Msg>(4096);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let wcfg = watcher::Config::default();
+        let mut tasks = Vec::new();
+        {
+            let tx = tx.clone();
+            let mut s = watcher(nodes, wcfg.clone()).default_backoff().boxed();
+            tasks.push(tokio::spawn(async move {
+                while let Some(ev) = s.next().await {
+                    let m = match ev {
+                        Ok(e) => Msg::Node(e),
+                        Err(e) => Msg::WatchError("nodes", e.to_string()),
+                    };
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        {
+            let tx = tx.clone();
+            let mut s = watcher(pods, wcfg.clone()).default_backoff().boxed();
+            tasks.push(tokio::spawn(async move {
+                while let Some(ev) = s.next().await {
+                    let m = match ev {
+                        Ok(e) => Msg::Pod(e),
+                        Err(e) => Msg::WatchError("pods", e.to_string()),
+                    };
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        let (pc_store, pc_writer) = reflector::store::<PriorityClass>();
+        let pcs = reflector::reflector(
+            pc_writer,
+            watcher(Api::<PriorityClass>::all(self.client.clone()), wcfg.clone()).default_backoff(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut s = pcs.boxed();
+            while s.next().await.is_some() {}
+        }));
+        let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
+        let pdbs = reflector::reflector(
+            pdb_writer,
+            watcher(Api::<PodDisruptionBudget>::all(self.client.clone()), wcfg).default_backoff(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut s = pdbs.boxed();
+            while s.next().await.is_some() {}
+        }));
+        struct Abort(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                for t in &self.0 {
+                    t.abort();
+                }
+            }
+        }
+        let _abort = Abort(tasks);
+
+        let mut st = Loop {
+            client: self.client.clone(),
+            opts: self.opts.clone(),
+            shared: self.shared.clone(),
+            cache: Cache::new(),
+            queue: SchedulingQueue::new(self.opts.initial_backoff, self.opts.max_backoff),
+            pending: HashMap::new(),
+            algorithms: self
+                .opts
+                .profiles
+                .iter()
+                .map(|p| {
+                    (
+                        p.scheduler_name.clone(),
+                        Algorithm::new(p.weights.clone(), self.opts.percentage_of_nodes_to_score),
+                    )
+                })
+                .collect(),
+            classes: pc_store,
+            pdbs: pdb_store,
+            tx: tx.clone(),
+            nodes_synced: false,
+            pods_synced: false,
+            init_nodes: None,
+            init_pods: None,
+        };
+        let mut was_leader = false;
+        loop {
+            // Apply everything that has arrived before the next attempt.
+            while let Ok(m) = rx.try_recv() {
+                st.handle(m);
+            }
+            let now = Instant::now();
+            let next_backoff = st.queue.flush_backoff(now);
+            *self.shared.lengths.lock() = st.queue.lengths();
+            let leader = *leading.borrow();
+            self.shared.is_leader.store(leader, Ordering::Relaxed);
+            if was_leader && !leader {
+                anyhow::bail!("leader election lost");
+            }
+            was_leader = leader;
+            let synced = st.nodes_synced && st.pods_synced;
+            self.shared.synced.store(synced, Ordering::Relaxed);
+            if leader && synced {
+                if let Some(key) = st.queue.pop() {
+                    st.schedule_one(&key).await;
+                    // Let watch events and binding results in between attempts.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            }
+            let sleep = next_backoff
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => st.handle(m),
+                    None => anyhow::bail!("all watchers stopped"),
+                },
+                _ = leading.changed() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+struct Loop {
+    client: kube::Client,
+    opts: Options,
+    shared: Arc<Shared>,
+    cache: Cache,
+    queue: SchedulingQueue,
+    /// Pending pods (no node yet, ours to schedule) by key.
+    pending: HashMap<String, Arc<Pod>>,
+    algorithms: HashMap<String, Algorithm>,
+    classes: Store<PriorityClass>,
+    pdbs: Store<PodDisruptionBudget>,
+    tx: mpsc::Sender<Msg>,
+    nodes_synced: bool,
+    pods_synced: bool,
+    init_nodes: Option<HashSet<String>>,
+    init_pods: Option<HashSet<String>>,
+}
+
+impl Loop {
+    fn handle(&mut self, m: Msg) {
+        let now = Instant::now();
+        match m {
+            Msg::Node(ev) => match ev {
+                watcher::Event::Init => self.init_nodes = Some(HashSet::new()),
+                watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
+                    if let Some(s) = self.init_nodes.as_mut() {
+                        s.insert(n.metadata.name.clone().unwrap_or_default());
+                    }
+                    self.cache.upsert_node(n);
+                    // Node added or updated: unschedulable pods may fit now.
+                    self.queue.move_all_to_active_or_backoff(now);
+                }
+                watcher::Event::Delete(n) => {
+                    self.cache.remove_node(n.metadata.name.as_deref().unwrap_or(""));
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.init_nodes.take() {
+                        let gone: Vec<String> = self
+                            .cache
+                            .nodes
+                            .iter()
+                            .filter(|n| !seen.contains(&n.name))
+                            .map(|n| n.name.clone())
+                            .collect();
+                        for g in gone {
+                            self.cache.remove_node(&g);
+                        }
+                    }
+                    self.nodes_synced = true;
+                }
+            },
+            Msg::Pod(ev) => match ev {
+                watcher::Event::Init => self.init_pods = Some(HashSet::new()),
+                watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+                    if let Some(s) = self.init_pods.as_mut() {
+                        s.insert(p.metadata.uid.clone().unwrap_or_default());
+                    }
+                    self.pod_applied(p, now);
+                }
+                watcher::Event::Delete(p) => self.pod_deleted(&p, now),
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.init_pods.take() {
+                        let gone: Vec<String> = self
+                            .cache
+                            .pods
+                            .keys()
+                            .filter(|u| !seen.contains(*u) && !self.cache.assumed.contains(*u))
+                            .cloned()
+                            .collect();
+                        for u in gone {
+                            self.cache.remove_pod(&u);
+                        }
+                        let gone: Vec<String> = self
+                            .pending
+                            .iter()
+                            .filter(|(_, p)| !seen.contains(p.metadata.uid.as_deref().unwrap_or("")))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for k in gone {
+                            self.pending.remove(&k);
+                            self.queue.remove(&k);
+                        }
+                    }
+                    self.pods_synced = true;
+                }
+            },
+            Msg::Bound {
+                key,
+                uid,
+                node,
+                result,
+            } => match result {
+                Ok(()) => {
+                    self.shared.scheduled_total.fetch_add(1, Ordering::Relaxed);
+                    self.queue.remove(&key);
+                    self.pending.remove(&key);
+                    tracing::info!(pod = %key, node = %node, "bound");
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %key, node = %node, error = %e, "binding failed");
+                    self.shared.attempts_error.fetch_add(1, Ordering::Relaxed);
+                    // Forget the assumption; retry after back-off.
+                    if self.cache.assumed.contains(&uid) {
+                        self.cache.remove_pod(&uid);
+                    }
+                    self.queue.requeue_failed(&key, false, Instant::now());
+                }
+            },
+            Msg::WatchError(what, e) => tracing::warn!(resource = what, error = %e, "watch failed; retrying"),
+        }
+    }
+
+    fn pod_applied(&mut self, p: Pod, now: Instant) {
+        let key = pod_key(&p);
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        if is_terminal(&p) {
+            // Finished pods use no resources.
+            if self.cache.remove_pod(&uid) {
+                self.queue.move_all_to_active_or_backoff(now);
+            }
+            self.pending.remove(&key);
+            self.queue.remove(&key);
+            return;
+        }
+        if let Some(node) = node {
+            self.pending.remove(&key);
+            self.queue.remove(&key);
+            let prio = resolve_priority(&p, &self.classes);
+            self.cache.assumed.remove(&uid);
+            self.cache.add_pod(&node, Arc::new(PodInfo::new(Arc::new(p), prio)));
+            return;
+        }
+        if self.cache.assumed.contains(&uid) {
+            // A stale event from before our binding landed.
+            return;
+        }
+        let spec = p.spec.as_ref();
+        let name = spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler");
+        let gated = spec
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|g| !g.is_empty());
+        if !self.algorithms.contains_key(name) || p.metadata.deletion_timestamp.is_some() || gated {
+            self.pending.remove(&key);
+            self.queue.remove(&key);
+            return;
+        }
+        let prio = resolve_priority(&p, &self.classes);
+        self.pending.insert(key.clone(), Arc::new(p));
+        self.queue.add(&key, prio, now);
+    }
+
+    fn pod_deleted(&mut self, p: &Pod, now: Instant) {
+        let key = pod_key(p);
+        let uid = p.metadata.uid.as_deref().unwrap_or("");
+        self.pending.remove(&key);
+        self.queue.remove(&key);
+        if self.cache.remove_pod(uid) {
+            // Freed resources: unschedulable pods may fit now.
+            self.queue.move_all_to_active_or_backoff(now);
+        }
+    }
+
+    fn violates_pdb(&self, p: &PodInfo) -> bool {
+        self.pdbs.state().iter().any(|pdb| {
+            pdb.metadata.namespace.as_deref() == Some(p.namespace.as_str())
+                && pdb
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| label_selector_matches(s.selector.as_ref(), &p.labels))
+                && pdb
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.disruptions_allowed <= 0)
+        })
+    }
+
+    async fn schedule_one(&mut self, key: &str) {
+        let Some(pod) = self.pending.get(key).cloned() else {
+            self.queue.remove(key);
+            return;
+        };
+        let sched_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.clone())
+            .unwrap_or_else(|| "default-scheduler".into());
+        let prio = resolve_priority(&pod, &self.classes);
+        let pi = Arc::new(PodInfo::new(pod.clone(), prio));
+        let snap = self.cache.snapshot();
+        let Some(alg) = self.algorithms.get_mut(&sched_name) else {
+            self.queue.remove(key);
+            return;
+        };
+        let started = Instant::now();
+        match alg.schedule(pi.clone(), &snap) {
+            Ok(i) => {
+                let node = snap.nodes[i].name.clone();
+                tracing::debug!(pod = %key, node = %node, took = ?started.elapsed(), "scheduled");
+                // Assume: the pod occupies the node from now on in our cache.
+                let mut assumed = (*pod).clone();
+                if let Some(s) = assumed.spec.as_mut() {
+                    s.node_name = Some(node.clone());
+                }
+                let uid = pi.uid.clone();
+                self.cache
+                    .add_pod(&node, Arc::new(PodInfo::new(Arc::new(assumed), prio)));
+                self.cache.assumed.insert(uid.clone());
+                let client = self.client.clone();
+                let tx = self.tx.clone();
+                let key = key.to_string();
+                let ns = pi.namespace.clone();
+                let name = pi.name.clone();
+                let component = self.opts.component.clone();
+                let identity = self.opts.identity.clone();
+                tokio::spawn(async move {
+                    let result = bind(&client, &ns, &name, &uid, &node).await;
+                    if result.is_ok() {
+                        let msg = format!("Successfully assigned {ns}/{name} to {node}");
+                        record_event(&client, &pod, "Normal", "Scheduled", &msg, &component, &identity).await;
+                    }
+                    let _ = tx
+                        .send(Msg::Bound {
+                            key,
+                            uid,
+                            node,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Err(mut fit) => {
+                self.shared
+                    .attempts_unschedulable
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut nominated = None;
+                if !fit.failures.is_empty() {
+                    match preempt(pi.clone(), &snap, &fit, &|v| self.violates_pdb(v)) {
+                        Ok(plan) => {
+                            let node = snap.nodes[plan.node].name.clone();
+                            tracing::info!(pod = %key, node = %node, victims = plan.victims.len(), "preempting");
+                            for v in &plan.victims {
+                                self.evict(v, &pod, &node).await;
+                            }
+                            nominated = Some(node);
+                        }
+                        Err(msg) => fit.post_filter_msg = Some(msg),
+                    }
+                }
+                self.report_unschedulable(&pod, &fit, nominated).await;
+                self.queue.requeue_failed(key, true, Instant::now());
+            }
+        }
+    }
+
+    async fn evict(&self, victim: &PodInfo, preemptor: &Pod, node: &str) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &victim.namespace);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(victim.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&victim.name, &dp).await {
+            Ok(_) => {
+                let msg = format!(
+                    "Preempted by pod {} on node {node}",
+                    preemptor.metadata.uid.as_deref().unwrap_or("")
+                );
+                record_event(
+                    &self.client,
+                    &victim.pod,
+                    "Normal",
+                    "Preempted",
+                    &msg,
+                    &self.opts.component,
+                    &self.opts.identity,
+                )
+                .await;
+            }
+            Err(e) => tracing::warn!(victim = %victim.key(), error = %e, "deleting preemption victim failed"),
+        }
+    }
+
+    async fn report_unschedulable(&self, pod: &Pod, fit: &FitError, nominated: Option<String>) {
+        let msg = fit.message();
+        tracing::info!(pod = %pod_key(pod), reason = %msg, "unschedulable");
+        record_event(
+            &self.client,
+            pod,
+            "Warning",
+            "FailedScheduling",
+            &msg,
+            &self.opts.component,
+            &self.opts.identity,
+        )
+        .await;
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        let mut status = json!({
+            "conditions": [{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": msg,
+                "lastProbeTime": null,
+                "lastTransitionTime": now_time(),
+            }]
+        });
+        if let Some(n) = nominated {
+            status["nominatedNodeName"] = json!(n);
+        }
+        let body = json!({ "status": status });
+        let pp = PatchParams::default();
+        if let Err(e) = api.patch_status(name, &pp, &Patch::Strategic(&body)).await {
+            tracing::debug!(error = %e, "strategic status patch failed; trying merge patch");
+            if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&body)).await {
+                tracing::warn!(pod = %pod_key(pod), error = %e, "updating PodScheduled condition failed");
+            }
+        }
+    }
+}
+
+/// POST pods/<name>/binding.
+async fn bind(client: &kube::Client, ns: &str, name: &str, uid: &str, node: &str) -> Result<(), String> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns, "uid": uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    api.create_subresource::<_, serde_json::Value>("binding", name, &PostParams::default(), &body)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Creates a core/v1 Event about `pod` (what `kubectl describe pod` and `kubectl get events`
+/// show). Failures are logged, never fatal.
+async fn record_event(
+    client: &kube::Client,
+    pod: &Pod,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    instance: &str,
+) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ev = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{pod_name}.{:x}", now.as_nanosecond())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod_name),
+            namespace: Some(ns.clone()),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(type_.into()),
+        count: Some(1),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        action: Some(if reason == "Scheduled" { "Binding" } else { "Scheduling" }.into()),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(instance.into()),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some(component.into()),
+            host: None,
+        }),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::debug!(error = %e, reason, "recording event failed");
+    }
+}
