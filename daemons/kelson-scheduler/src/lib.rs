@@ -21,6 +21,9 @@ pub mod resources;
 pub mod scheduler;
 pub mod selectors;
 
+#[cfg(test)]
+mod plugin_tests;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
