@@ -234,7 +234,10 @@ pub fn ensure_apiserver_pki(pki: &PkiPaths, hosts: &[String]) -> anyhow::Result<
             !info.expires_within(Duration::from_secs(30 * 86400))
                 && info.issuer.contains("kelson-ca")
                 && req.dns_names.iter().all(|d| info.sans.contains(d))
-                && req.ip_addresses.iter().all(|i| info.sans.contains(&i.to_string()))
+                && req
+                    .ip_addresses
+                    .iter()
+                    .all(|i| info.sans.contains(&i.to_string()))
         }) && pki.dir.join(format!("{base}.key")).is_file();
         if !keep {
             ca.issue(&req)?.write_pair(&pki.dir, base)?;
@@ -793,18 +796,39 @@ mod tests {
         let pki = kelson_pki::init_store_pki(&dir.path().join("pki"), &[]).unwrap();
         let api = ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
         let info = kelson_pki::cert_info(&api.serving_cert).unwrap();
-        for name in ["kubernetes.default.svc", "127.0.0.1", "10.96.0.1", "10.1.2.3"] {
-            assert!(info.sans.iter().any(|s| s == name), "{name} in {:?}", info.sans);
+        for name in [
+            "kubernetes.default.svc",
+            "127.0.0.1",
+            "10.96.0.1",
+            "10.1.2.3",
+        ] {
+            assert!(
+                info.sans.iter().any(|s| s == name),
+                "{name} in {:?}",
+                info.sans
+            );
         }
-        assert!(kelson_pki::cert_info(&api.admin_cert).unwrap().subject.contains("system:masters"));
+        assert!(kelson_pki::cert_info(&api.admin_cert)
+            .unwrap()
+            .subject
+            .contains("system:masters"));
         let before = fs::read(&api.admin_cert).unwrap();
         ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
-        assert_eq!(fs::read(&api.admin_cert).unwrap(), before, "a valid cert is kept");
+        assert_eq!(
+            fs::read(&api.admin_cert).unwrap(),
+            before,
+            "a valid cert is kept"
+        );
         let kc = write_admin_kubeconfig(dir.path(), &pki, &api, 7443).unwrap();
         let text = fs::read_to_string(&kc).unwrap();
-        assert!(text.contains("server: https://127.0.0.1:7443") && text.contains("client-key-data: "));
+        assert!(
+            text.contains("server: https://127.0.0.1:7443") && text.contains("client-key-data: ")
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&kc).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&kc).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -838,7 +862,10 @@ mod tests {
             .collect();
         let api = api.join(" ");
         assert_eq!(comps[1].name, "apiserver");
-        assert!(api.contains("--etcd-servers https://127.0.0.1:12379"), "{api}");
+        assert!(
+            api.contains("--etcd-servers https://127.0.0.1:12379"),
+            "{api}"
+        );
         assert!(api.contains("--secure-port 6443"), "{api}");
         assert!(api.contains("apiserver-etcd-client.crt"), "{api}");
         let a: Vec<String> = comps[0]

@@ -143,7 +143,14 @@ fn up_serves_stops_and_resumes() {
         "{ns:?}\n{}",
         up.log()
     );
-    let cm = kubectl(&["-n", "default", "create", "configmap", "resume-cm", "--from-literal=k=v"]);
+    let cm = kubectl(&[
+        "-n",
+        "default",
+        "create",
+        "configmap",
+        "resume-cm",
+        "--from-literal=k=v",
+    ]);
     assert!(cm.status.success(), "{cm:?}");
 
     // kelsonctl kv status over the same TLS material.
@@ -185,7 +192,15 @@ fn up_serves_stops_and_resumes() {
         "{out:?}\n{}",
         up2.log()
     );
-    let cm = kubectl(&["-n", "default", "get", "configmap", "resume-cm", "-o", "jsonpath={.data.k}"]);
+    let cm = kubectl(&[
+        "-n",
+        "default",
+        "get",
+        "configmap",
+        "resume-cm",
+        "-o",
+        "jsonpath={.data.k}",
+    ]);
     assert_eq!(String::from_utf8_lossy(&cm.stdout), "v", "{cm:?}");
     let status = up2.terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "{status}\n{}", up2.log());

@@ -34,7 +34,10 @@ impl Cidr {
             return Err(err());
         }
         let mask = u32::MAX << (32 - prefix);
-        Ok(Cidr { base: u32::from(ip) & mask, prefix })
+        Ok(Cidr {
+            base: u32::from(ip) & mask,
+            prefix,
+        })
     }
     pub fn size(&self) -> u32 {
         1u32 << (32 - self.prefix)
@@ -62,7 +65,11 @@ const SCAN_LIMIT: u32 = 70_000;
 
 impl Allocator {
     pub fn new(cidr: Cidr, ports: (u16, u16), root: &str) -> Self {
-        Allocator { cidr, ports, root: root.trim_end_matches('/').to_string() }
+        Allocator {
+            cidr,
+            ports,
+            root: root.trim_end_matches('/').to_string(),
+        }
     }
 
     fn ip_key(&self, ip: Ipv4Addr) -> String {
@@ -86,11 +93,24 @@ impl Allocator {
     ) -> Result<String, ApiError> {
         let internal = |e: crate::storage::StorageError| ApiError::internal(e.to_string());
         if let Some(w) = want {
-            let ip: Ipv4Addr = w.parse().map_err(|_| invalid_ip(w, "must be a valid IP address"))?;
-            if !self.cidr.contains(ip) || ip == self.cidr.nth(0) || ip == self.cidr.nth(self.cidr.size() - 1) {
-                return Err(invalid_ip(w, "provided IP is not in the valid range. The range of valid IPs is ").with_range(self));
+            let ip: Ipv4Addr = w
+                .parse()
+                .map_err(|_| invalid_ip(w, "must be a valid IP address"))?;
+            if !self.cidr.contains(ip)
+                || ip == self.cidr.nth(0)
+                || ip == self.cidr.nth(self.cidr.size() - 1)
+            {
+                return Err(invalid_ip(
+                    w,
+                    "provided IP is not in the valid range. The range of valid IPs is ",
+                )
+                .with_range(self));
             }
-            if !store.claim(&self.ip_key(ip), owner).await.map_err(internal)? {
+            if !store
+                .claim(&self.ip_key(ip), owner)
+                .await
+                .map_err(internal)?
+            {
                 return Err(invalid_ip(w, "provided IP is already allocated"));
             }
             return Ok(ip.to_string());
@@ -101,22 +121,40 @@ impl Allocator {
         for _ in 0..RANDOM_TRIES {
             let n = 2 + rand::thread_rng().gen_range(0..usable);
             let ip = self.cidr.nth(n);
-            if store.claim(&self.ip_key(ip), owner).await.map_err(internal)? {
+            if store
+                .claim(&self.ip_key(ip), owner)
+                .await
+                .map_err(internal)?
+            {
                 return Ok(ip.to_string());
             }
         }
         for n in (2..size.saturating_sub(1)).take(SCAN_LIMIT as usize) {
             let ip = self.cidr.nth(n);
-            if store.claim(&self.ip_key(ip), owner).await.map_err(internal)? {
+            if store
+                .claim(&self.ip_key(ip), owner)
+                .await
+                .map_err(internal)?
+            {
                 return Ok(ip.to_string());
             }
         }
-        Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
+        Err(ApiError::internal(
+            "failed to allocate a serviceIP: range is full",
+        ))
     }
 
     /// Claims a specific address without validation (the `kubernetes` service at startup).
-    pub async fn claim_ip(&self, store: &Storage, ip: Ipv4Addr, owner: &str) -> Result<bool, ApiError> {
-        store.claim(&self.ip_key(ip), owner).await.map_err(|e| ApiError::internal(e.to_string()))
+    pub async fn claim_ip(
+        &self,
+        store: &Storage,
+        ip: Ipv4Addr,
+        owner: &str,
+    ) -> Result<bool, ApiError> {
+        store
+            .claim(&self.ip_key(ip), owner)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     pub async fn release_ip(&self, store: &Storage, ip: &str) {
@@ -143,23 +181,45 @@ impl Allocator {
                 return Err(ApiError::invalid("", "Service", owner, vec![StatusCause::invalid(field, format!("Invalid value: {w}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"))]));
             }
             let p = w as u16;
-            if !store.claim(&self.port_key(p), owner).await.map_err(internal)? {
-                return Err(ApiError::invalid("", "Service", owner, vec![StatusCause::invalid(field, format!("Invalid value: {w}: provided port is already allocated"))]));
+            if !store
+                .claim(&self.port_key(p), owner)
+                .await
+                .map_err(internal)?
+            {
+                return Err(ApiError::invalid(
+                    "",
+                    "Service",
+                    owner,
+                    vec![StatusCause::invalid(
+                        field,
+                        format!("Invalid value: {w}: provided port is already allocated"),
+                    )],
+                ));
             }
             return Ok(p);
         }
         for _ in 0..RANDOM_TRIES {
             let p = rand::thread_rng().gen_range(lo..=hi);
-            if store.claim(&self.port_key(p), owner).await.map_err(internal)? {
+            if store
+                .claim(&self.port_key(p), owner)
+                .await
+                .map_err(internal)?
+            {
                 return Ok(p);
             }
         }
         for p in lo..=hi {
-            if store.claim(&self.port_key(p), owner).await.map_err(internal)? {
+            if store
+                .claim(&self.port_key(p), owner)
+                .await
+                .map_err(internal)?
+            {
                 return Ok(p);
             }
         }
-        Err(ApiError::internal("failed to allocate a nodePort: range is full"))
+        Err(ApiError::internal(
+            "failed to allocate a nodePort: range is full",
+        ))
     }
 
     pub async fn release_port(&self, store: &Storage, port: u16) {
@@ -174,7 +234,10 @@ fn invalid_ip(w: &str, msg: &str) -> ApiError {
         "",
         "Service",
         "",
-        vec![StatusCause::invalid("spec.clusterIPs", format!("Invalid value: {w:?}: {msg}"))],
+        vec![StatusCause::invalid(
+            "spec.clusterIPs",
+            format!("Invalid value: {w:?}: {msg}"),
+        )],
     )
 }
 
@@ -205,7 +268,10 @@ mod tests {
         assert!(c.contains("10.100.1.2".parse().unwrap()));
         assert!(!c.contains("10.112.0.1".parse().unwrap()));
         assert_eq!(c.nth(1).to_string(), "10.96.0.1");
-        assert_eq!(Cidr::parse("10.96.3.4/24").unwrap().nth(0).to_string(), "10.96.3.0");
+        assert_eq!(
+            Cidr::parse("10.96.3.4/24").unwrap().nth(0).to_string(),
+            "10.96.3.0"
+        );
         for bad in ["10.0.0.0", "10.0.0.0/33", "x/8", "10.0.0.0/0", "::1/64"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }

@@ -92,7 +92,10 @@ pub struct RbacPending;
 
 /// Paths upstream's `system:public-info-viewer` / `system:discovery` grant to everyone.
 fn public_path(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/")
+    matches!(
+        path,
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+    )
 }
 
 impl Authorizer for RbacPending {
@@ -141,13 +144,34 @@ mod tests {
     #[test]
     fn masters_bypass_and_rbac_pending_denies() {
         let authz = Authz::new(Arc::new(RbacPending));
-        let admin = User { name: "admin".into(), groups: vec![MASTERS.into(), "system:authenticated".into()] };
-        let bob = User { name: "bob".into(), groups: vec!["system:authenticated".into()] };
-        let get_pods = Attributes { verb: "get".into(), resource: "pods".into(), resource_request: true, ..Default::default() };
+        let admin = User {
+            name: "admin".into(),
+            groups: vec![MASTERS.into(), "system:authenticated".into()],
+        };
+        let bob = User {
+            name: "bob".into(),
+            groups: vec!["system:authenticated".into()],
+        };
+        let get_pods = Attributes {
+            verb: "get".into(),
+            resource: "pods".into(),
+            resource_request: true,
+            ..Default::default()
+        };
         assert_eq!(authz.authorize(&admin, &get_pods), Decision::Allow);
-        assert!(matches!(authz.authorize(&bob, &get_pods), Decision::Deny(_)));
-        let version = Attributes { verb: "get".into(), path: "/version".into(), ..Default::default() };
-        assert_eq!(authz.authorize(&User::anonymous(), &version), Decision::Allow);
+        assert!(matches!(
+            authz.authorize(&bob, &get_pods),
+            Decision::Deny(_)
+        ));
+        let version = Attributes {
+            verb: "get".into(),
+            path: "/version".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            authz.authorize(&User::anonymous(), &version),
+            Decision::Allow
+        );
         let allow = Authz::new(Arc::new(AlwaysAllow));
         assert_eq!(allow.authorize(&bob, &get_pods), Decision::Allow);
     }
@@ -155,13 +179,22 @@ mod tests {
     #[test]
     fn user_from_a_real_certificate() {
         let mut params = rcgen_params();
-        params.0.distinguished_name.push(rcgen::DnType::CommonName, "alice");
-        params.0.distinguished_name.push(rcgen::DnType::OrganizationName, "devs");
+        params
+            .0
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        params
+            .0
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "devs");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.0.self_signed(&key).unwrap();
         let u = user_from_cert(cert.der()).unwrap();
         assert_eq!(u.name, "alice");
-        assert_eq!(u.groups, vec!["devs".to_string(), "system:authenticated".to_string()]);
+        assert_eq!(
+            u.groups,
+            vec!["devs".to_string(), "system:authenticated".to_string()]
+        );
         assert!(user_from_cert(b"garbage").is_none());
     }
 

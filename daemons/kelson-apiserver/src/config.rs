@@ -172,7 +172,9 @@ impl ApiServerConfig {
             let mode = match m {
                 "AlwaysAllow" => AuthzMode::AlwaysAllow,
                 "RBAC" => AuthzMode::Rbac,
-                other => bail!("--authorization-mode: unsupported mode {other:?} (RBAC or AlwaysAllow)"),
+                other => {
+                    bail!("--authorization-mode: unsupported mode {other:?} (RBAC or AlwaysAllow)")
+                }
             };
             found.get_or_insert(mode);
         }
@@ -180,8 +182,12 @@ impl ApiServerConfig {
     }
 
     pub fn service_cidr(&self) -> anyhow::Result<crate::alloc::Cidr> {
-        crate::alloc::Cidr::parse(&self.service_cluster_ip_range)
-            .with_context(|| format!("--service-cluster-ip-range {:?}", self.service_cluster_ip_range))
+        crate::alloc::Cidr::parse(&self.service_cluster_ip_range).with_context(|| {
+            format!(
+                "--service-cluster-ip-range {:?}",
+                self.service_cluster_ip_range
+            )
+        })
     }
 
     pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
@@ -189,8 +195,14 @@ impl ApiServerConfig {
         let (a, b) = r
             .split_once('-')
             .with_context(|| format!("--service-node-port-range {r:?}: want FROM-TO"))?;
-        let a: u16 = a.trim().parse().with_context(|| format!("--service-node-port-range {r:?}"))?;
-        let b: u16 = b.trim().parse().with_context(|| format!("--service-node-port-range {r:?}"))?;
+        let a: u16 = a
+            .trim()
+            .parse()
+            .with_context(|| format!("--service-node-port-range {r:?}"))?;
+        let b: u16 = b
+            .trim()
+            .parse()
+            .with_context(|| format!("--service-node-port-range {r:?}"))?;
         if a == 0 || a > b {
             bail!("--service-node-port-range {r:?}: empty or invalid range");
         }

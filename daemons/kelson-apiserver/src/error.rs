@@ -105,7 +105,9 @@ impl ApiError {
                     "causes".into(),
                     d.causes
                         .iter()
-                        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                        .map(
+                            |c| json!({"reason": c.reason, "message": c.message, "field": c.field}),
+                        )
                         .collect(),
                 );
             }
@@ -117,13 +119,21 @@ impl ApiError {
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
         ApiError {
             details: details(group, resource, name),
-            ..Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(group, resource)))
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", qualified(group, resource)),
+            )
         }
     }
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
         ApiError {
             details: details(group, resource, name),
-            ..Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(group, resource)))
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", qualified(group, resource)),
+            )
         }
     }
     pub fn conflict(group: &str, resource: &str, name: &str, msg: &str) -> Self {
@@ -132,7 +142,10 @@ impl ApiError {
             ..Self::new(
                 409,
                 "Conflict",
-                format!("Operation cannot be fulfilled on {} \"{name}\": {msg}", qualified(group, resource)),
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": {msg}",
+                    qualified(group, resource)
+                ),
             )
         }
     }
@@ -147,7 +160,11 @@ impl ApiError {
         } else {
             format!("[{}]", list.join(", "))
         };
-        let qkind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let qkind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         ApiError {
             details: Some(StatusDetails {
                 name: name.into(),
@@ -155,7 +172,11 @@ impl ApiError {
                 kind: kind.into(),
                 causes,
             }),
-            ..Self::new(422, "Invalid", format!("{qkind} \"{name}\" is invalid: {body}"))
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{qkind} \"{name}\" is invalid: {body}"),
+            )
         }
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
@@ -210,13 +231,21 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"))
     }
     pub fn method_not_supported(verb: &str, resource: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("{verb} is not supported on resources of kind {resource:?}"))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("{verb} is not supported on resources of kind {resource:?}"),
+        )
     }
     pub fn not_acceptable(msg: impl Into<String>) -> Self {
         Self::new(406, "NotAcceptable", msg)
     }
     pub fn internal(msg: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", msg.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", msg.into()),
+        )
     }
     pub fn timeout(msg: impl Into<String>) -> Self {
         Self::new(504, "Timeout", msg)
@@ -225,7 +254,11 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", msg)
     }
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 }
 
@@ -239,10 +272,21 @@ mod tests {
         assert_eq!(s["message"], "deployments.apps \"web\" not found");
         assert_eq!(s["code"], 404);
         assert_eq!(s["details"]["kind"], "deployments");
-        let e = ApiError::invalid("", "Pod", "p", vec![StatusCause::required("spec.containers")]);
+        let e = ApiError::invalid(
+            "",
+            "Pod",
+            "p",
+            vec![StatusCause::required("spec.containers")],
+        );
         assert_eq!(e.code, 422);
-        assert_eq!(e.message, "Pod \"p\" is invalid: spec.containers: Required value");
-        assert_eq!(e.to_status()["details"]["causes"][0]["field"], "spec.containers");
+        assert_eq!(
+            e.message,
+            "Pod \"p\" is invalid: spec.containers: Required value"
+        );
+        assert_eq!(
+            e.to_status()["details"]["causes"][0]["field"],
+            "spec.containers"
+        );
         let c = ApiError::conflict("", "configmaps", "c", "the object has been modified");
         assert_eq!(c.to_status()["reason"], "Conflict");
     }

@@ -48,7 +48,9 @@ fn typed(info: &ResourceInfo, obj: &Value) -> Option<Value> {
         ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::v1::Role>(obj),
         ("rbac.authorization.k8s.io", "RoleBinding") => roundtrip::<rbac::v1::RoleBinding>(obj),
         ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<rbac::v1::ClusterRole>(obj),
-        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => roundtrip::<rbac::v1::ClusterRoleBinding>(obj),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            roundtrip::<rbac::v1::ClusterRoleBinding>(obj)
+        }
         ("scheduling.k8s.io", "PriorityClass") => roundtrip::<scheduling::v1::PriorityClass>(obj),
         ("storage.k8s.io", "StorageClass") => roundtrip::<storage::v1::StorageClass>(obj),
         _ => None,
@@ -62,7 +64,11 @@ fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match bm.get(k) {
                     None => out.push(p),
                     Some(bv) => diff(v, bv, &p, out),
@@ -99,7 +105,13 @@ mod tests {
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}, "creationTimestamp": null},
             "spec": {"replicas": 1, "bogus": true, "selector": {"matchLabels": {"a": "b"}},
               "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "x", "imagePullPolice": "Always"}]}}}});
-        assert_eq!(unknown_fields(info, &d), vec!["spec.bogus".to_string(), "spec.template.spec.containers[0].imagePullPolice".to_string()]);
+        assert_eq!(
+            unknown_fields(info, &d),
+            vec![
+                "spec.bogus".to_string(),
+                "spec.template.spec.containers[0].imagePullPolice".to_string()
+            ]
+        );
         let cm = crate::registry::lookup("", "v1", "configmaps").unwrap();
         assert!(unknown_fields(cm, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})).is_empty());
     }

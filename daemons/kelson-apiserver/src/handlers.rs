@@ -43,7 +43,11 @@ pub struct Req<'a> {
 }
 
 /// The authorization verb of a resource request.
-pub fn verb(method: &Method, t: &Target, q: &HashMap<String, String>) -> Result<&'static str, ApiError> {
+pub fn verb(
+    method: &Method,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<&'static str, ApiError> {
     let watch = t.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
     Ok(match (method.as_str(), t.name.is_some()) {
         ("GET", false) if watch => "watch",
@@ -56,7 +60,12 @@ pub fn verb(method: &Method, t: &Target, q: &HashMap<String, String>) -> Result<
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
         ("DELETE", false) => "deletecollection",
-        _ => return Err(ApiError::method_not_supported(method.as_str(), t.info.resource)),
+        _ => {
+            return Err(ApiError::method_not_supported(
+                method.as_str(),
+                t.info.resource,
+            ))
+        }
     })
 }
 
@@ -71,14 +80,19 @@ fn storage_err(t: &Target, name: &str) -> impl FnOnce(StorageError) -> ApiError 
 }
 
 pub fn key(api: &Api, info: &ResourceInfo, ns: Option<&str>, name: &str) -> String {
-    format!("{}{name}", info.key_prefix(&api.root, if info.namespaced { ns } else { None }))
+    format!(
+        "{}{name}",
+        info.key_prefix(&api.root, if info.namespaced { ns } else { None })
+    )
 }
 
 fn dry_run(q: &HashMap<String, String>) -> Result<bool, ApiError> {
     match q.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
-        Some(v) => Err(ApiError::bad_request(format!("Invalid dryRun value: {v:?}: supported values: \"All\""))),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "Invalid dryRun value: {v:?}: supported values: \"All\""
+        ))),
     }
 }
 
@@ -96,7 +110,13 @@ impl Req<'_> {
     fn ok(&self, code: StatusCode, obj: &Value) -> Response<Body> {
         let r = match self.fmt {
             Format::Table { beta } if obj["kind"] != "Status" => {
-                let t = table::table(self.t.info.kind, std::slice::from_ref(obj), json!({"resourceVersion": obj["metadata"]["resourceVersion"]}), Include::parse(self.q.get("includeObject").map(String::as_str)), beta);
+                let t = table::table(
+                    self.t.info.kind,
+                    std::slice::from_ref(obj),
+                    json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                    Include::parse(self.q.get("includeObject").map(String::as_str)),
+                    beta,
+                );
                 h::respond(code, &t, Format::Json)
             }
             Format::Table { .. } => h::json(code, obj),
@@ -118,19 +138,31 @@ impl Req<'_> {
     }
 }
 
+/// A shared object predicate (selectors), as storage's list and watch take it.
+type Filter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
 /// The request's selectors as one predicate.
-fn selector_filter(t: &Target, q: &HashMap<String, String>) -> Result<Arc<dyn Fn(&Value) -> bool + Send + Sync>, ApiError> {
+fn selector_filter(t: &Target, q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fs = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""), t.info.kind)?;
+    let fs = FieldSelector::parse(
+        q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+        t.info.kind,
+    )?;
     let kind = t.info.kind;
     let name = t.name.clone();
     Ok(Arc::new(move |o: &Value| {
-        ls.matches(o) && fs.matches(kind, o) && name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
+        ls.matches(o)
+            && fs.matches(kind, o)
+            && name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
     }))
 }
 
 /// Dispatches a resource request (authorization already done).
-pub async fn dispatch(r: &mut Req<'_>, method: &Method, body: Bytes) -> Result<Response<Body>, ApiError> {
+pub async fn dispatch(
+    r: &mut Req<'_>,
+    method: &Method,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
     let v = verb(method, r.t, &r.q)?;
     let info = r.t.info;
     if !info.supports(v) && r.t.sub.is_none() {
@@ -149,14 +181,23 @@ pub async fn dispatch(r: &mut Req<'_>, method: &Method, body: Bytes) -> Result<R
         ("update", Some(SubTarget::Known(Subresource::Status))) => update(r, &body, true).await,
         ("patch", Some(SubTarget::Known(Subresource::Status))) => patch_obj(r, &body, true).await,
         ("get", Some(SubTarget::Known(Subresource::Scale))) => get_scale(r).await,
-        ("update", Some(SubTarget::Known(Subresource::Scale))) => update_scale(r, &body, None).await,
+        ("update", Some(SubTarget::Known(Subresource::Scale))) => {
+            update_scale(r, &body, None).await
+        }
         ("patch", Some(SubTarget::Known(Subresource::Scale))) => {
-            let pt = PatchType::from_content_type(&h::media_type(r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())))?;
+            let pt = PatchType::from_content_type(&h::media_type(
+                r.headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+            ))?;
             update_scale(r, &body, Some(pt)).await
         }
         ("create", Some(SubTarget::Known(Subresource::Binding))) => bind(r, &body).await,
         ("update", Some(SubTarget::Finalize)) => update(r, &body, false).await,
-        (v, Some(s)) => Err(ApiError::method_not_supported(v, &format!("{}/{}", info.resource, s.name()))),
+        (v, Some(s)) => Err(ApiError::method_not_supported(
+            v,
+            &format!("{}/{}", info.resource, s.name()),
+        )),
         (v, None) => Err(ApiError::method_not_supported(v, info.resource)),
     }
 }
@@ -165,7 +206,12 @@ pub async fn dispatch(r: &mut Req<'_>, method: &Method, body: Bytes) -> Result<R
 // Reads
 
 async fn get(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
-    let obj = r.api.store.get(&r.key(r.name()), None).await.map_err(storage_err(r.t, r.name()))?;
+    let obj = r
+        .api
+        .store
+        .get(&r.key(r.name()), None)
+        .await
+        .map_err(storage_err(r.t, r.name()))?;
     Ok(r.ok(StatusCode::OK, &obj))
 }
 
@@ -176,11 +222,21 @@ fn list_prefix(r: &Req<'_>) -> String {
 async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let filter = selector_filter(r.t, &r.q)?;
     let limit = match r.q.get("limit") {
-        Some(l) => l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let opts = ListOptions { limit, continue_token: r.q.get("continue").filter(|c| !c.is_empty()).cloned() };
-    let res = r.api.store.list(&list_prefix(r), &opts, &*filter).await.map_err(storage_err(r.t, ""))?;
+    let opts = ListOptions {
+        limit,
+        continue_token: r.q.get("continue").filter(|c| !c.is_empty()).cloned(),
+    };
+    let res = r
+        .api
+        .store
+        .list(&list_prefix(r), &opts, &*filter)
+        .await
+        .map_err(storage_err(r.t, ""))?;
     let mut lm = json!({"resourceVersion": res.resource_version.to_string()});
     if let Some(c) = &res.continue_token {
         lm["continue"] = json!(c);
@@ -191,7 +247,13 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let info = r.t.info;
     let resp = match r.fmt {
         Format::Table { beta } => {
-            let t = table::table(info.kind, &res.items, lm, Include::parse(r.q.get("includeObject").map(String::as_str)), beta);
+            let t = table::table(
+                info.kind,
+                &res.items,
+                lm,
+                Include::parse(r.q.get("includeObject").map(String::as_str)),
+                beta,
+            );
             h::respond(StatusCode::OK, &t, Format::Json)
         }
         f => h::respond(
@@ -207,13 +269,14 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
 /// the store ending the watch.
 async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let filter = selector_filter(r.t, &r.q)?;
-    let bookmarks = r.q.get("allowWatchBookmarks").is_some_and(|b| b == "true" || b == "1");
-    let timeout = r
-        .q
-        .get("timeoutSeconds")
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(1800)
-        .min(3600);
+    let bookmarks =
+        r.q.get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true" || b == "1");
+    let timeout =
+        r.q.get("timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1800)
+            .min(3600);
     let rv = r.q.get("resourceVersion").cloned().unwrap_or_default();
     let api = r.api.clone();
     let info = r.t.info;
@@ -229,34 +292,54 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let mut initial = Vec::new();
     let from = if rv.is_empty() || rv == "0" {
         let res = if recursive {
-            api.store.list(&prefix, &ListOptions::default(), &*filter).await.map_err(storage_err(r.t, ""))?
+            api.store
+                .list(&prefix, &ListOptions::default(), &*filter)
+                .await
+                .map_err(storage_err(r.t, ""))?
         } else {
-            let cur = api.store.current_revision().await.map_err(storage_err(r.t, ""))?;
+            let cur = api
+                .store
+                .current_revision()
+                .await
+                .map_err(storage_err(r.t, ""))?;
             let items = match api.store.get(&prefix, None).await {
                 Ok(o) if filter(&o) => vec![o],
                 Ok(_) | Err(StorageError::NotFound) => vec![],
                 Err(e) => return Err(storage_err(r.t, "")(e)),
             };
-            crate::storage::ListResult { items, resource_version: cur, continue_token: None, remaining: None }
+            crate::storage::ListResult {
+                items,
+                resource_version: cur,
+                continue_token: None,
+                remaining: None,
+            }
         };
         initial = res.items;
         res.resource_version
     } else {
-        rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
+        rv.parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let encode = move |ty: &str, obj: Value| -> Bytes {
         let obj = match (fmt, ty) {
-            (Format::Table { beta }, "ADDED" | "MODIFIED" | "DELETED") => {
-                table::table(info.kind, &[obj.clone()], json!({"resourceVersion": obj["metadata"]["resourceVersion"]}), include, beta)
-            }
+            (Format::Table { beta }, "ADDED" | "MODIFIED" | "DELETED") => table::table(
+                info.kind,
+                std::slice::from_ref(&obj),
+                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                include,
+                beta,
+            ),
             _ => obj,
         };
         let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
         b.push(b'\n');
         Bytes::from(b)
     };
-    let stream_res = api.store.watch(&prefix, recursive, from, filter.clone(), bookmarks).await;
+    let stream_res = api
+        .store
+        .watch(&prefix, recursive, from, filter.clone(), bookmarks)
+        .await;
     let watches = api.stats.watches.clone();
     tokio::spawn(async move {
         watches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -271,7 +354,12 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         let mut stream = match stream_res {
             Ok(s) => s,
             Err(e) => {
-                let _ = tx.send(encode("ERROR", e.into_api(info.group, info.resource, "").to_status())).await;
+                let _ = tx
+                    .send(encode(
+                        "ERROR",
+                        e.into_api(info.group, info.resource, "").to_status(),
+                    ))
+                    .await;
                 return;
             }
         };
@@ -306,15 +394,20 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     use futures::StreamExt;
     use http_body_util::BodyExt;
     let body = BodyExt::boxed(http_body_util::StreamBody::new(
-        tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b))),
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b))),
     ));
     let mut resp = Response::new(body);
     let ct = match fmt {
         Format::Table { .. } => "application/json;as=Table;v=v1;g=meta.k8s.io",
         _ => "application/json",
     };
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
@@ -335,8 +428,16 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 // Writes
 
 /// Decodes a body and checks its apiVersion/kind against the resource (filling them in).
-fn decode_typed(r: &mut Req<'_>, body: &[u8], kind: &str, api_version: &str) -> Result<Value, ApiError> {
-    let ct = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+fn decode_typed(
+    r: &mut Req<'_>,
+    body: &[u8],
+    kind: &str,
+    api_version: &str,
+) -> Result<Value, ApiError> {
+    let ct = r
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let mut obj = h::decode_object(ct, body)?;
     match obj["apiVersion"].as_str() {
         None | Some("") => obj["apiVersion"] = json!(api_version),
@@ -369,7 +470,10 @@ fn decode_typed(r: &mut Req<'_>, body: &[u8], kind: &str, api_version: &str) -> 
 
 /// fieldValidation=Strict|Warn|Ignore against the typed schema (k8s-openapi round trip).
 fn field_validation(r: &mut Req<'_>, obj: &Value) -> Result<(), ApiError> {
-    let mode = r.q.get("fieldValidation").map(String::as_str).unwrap_or("Warn");
+    let mode =
+        r.q.get("fieldValidation")
+            .map(String::as_str)
+            .unwrap_or("Warn");
     let mode = match mode {
         "" | "Warn" => "Warn",
         "Strict" => "Strict",
@@ -385,13 +489,17 @@ fn field_validation(r: &mut Req<'_>, obj: &Value) -> Result<(), ApiError> {
         return Ok(());
     }
     if mode == "Strict" {
-        let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+        let msgs: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
         return Err(ApiError::bad_request(format!(
             "strict decoding error: {}",
             msgs.join(", ")
         )));
     }
-    r.warnings.extend(unknown.into_iter().map(|f| format!("unknown field {f:?}")));
+    r.warnings
+        .extend(unknown.into_iter().map(|f| format!("unknown field {f:?}")));
     Ok(())
 }
 
@@ -407,22 +515,39 @@ fn meta_causes(info: &ResourceInfo, obj: &Value) -> Vec<StatusCause> {
     } else {
         meta::validate_subdomain("metadata.name", name)
     };
-    causes.extend(meta::validate_labels("metadata.labels", &obj["metadata"]["labels"]));
+    causes.extend(meta::validate_labels(
+        "metadata.labels",
+        &obj["metadata"]["labels"],
+    ));
     if let Some(a) = obj["metadata"]["annotations"].as_object() {
         if a.values().any(|v| !v.is_string()) {
-            causes.push(StatusCause::invalid("metadata.annotations", "Invalid value: annotation values must be strings"));
+            causes.push(StatusCause::invalid(
+                "metadata.annotations",
+                "Invalid value: annotation values must be strings",
+            ));
         }
     }
     causes
 }
 
 /// NamespaceLifecycle admission: the namespace must exist and not be terminating.
-async fn namespace_admission(api: &Api, info: &ResourceInfo, ns: &str, name: &str) -> Result<(), ApiError> {
+async fn namespace_admission(
+    api: &Api,
+    info: &ResourceInfo,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
     let nsinfo = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     match api.store.get(&key(api, nsinfo, None, ns), None).await {
         Ok(o) => {
-            if o["metadata"]["deletionTimestamp"].is_string() || o["status"]["phase"] == "Terminating" {
-                let what = if info.group.is_empty() { info.resource.to_string() } else { format!("{}.{}", info.resource, info.group) };
+            if o["metadata"]["deletionTimestamp"].is_string()
+                || o["status"]["phase"] == "Terminating"
+            {
+                let what = if info.group.is_empty() {
+                    info.resource.to_string()
+                } else {
+                    format!("{}.{}", info.resource, info.group)
+                };
                 return Err(ApiError::forbidden_msg(format!(
                     "{what} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
                 )));
@@ -435,14 +560,36 @@ async fn namespace_admission(api: &Api, info: &ResourceInfo, ns: &str, name: &st
 }
 
 /// Prepares and stores a new object (used by POST and by startup bootstrapping).
-pub async fn create_object(api: &Arc<Api>, info: &'static ResourceInfo, url_ns: Option<&str>, mut obj: Value, dry: bool) -> Result<Value, ApiError> {
-    let meta = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+pub async fn create_object(
+    api: &Arc<Api>,
+    info: &'static ResourceInfo,
+    url_ns: Option<&str>,
+    mut obj: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let name = if name.is_empty() {
-        match meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        match meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+        {
             Some(g) => format!("{g}{}", meta::name_suffix()),
             None => {
-                return Err(ApiError::invalid(info.group, info.kind, "", vec![StatusCause::required("metadata.name").with_message("Required value: name or generateName is required")]));
+                return Err(ApiError::invalid(
+                    info.group,
+                    info.kind,
+                    "",
+                    vec![StatusCause::required("metadata.name")
+                        .with_message("Required value: name or generateName is required")],
+                ));
             }
         }
     } else {
@@ -450,7 +597,11 @@ pub async fn create_object(api: &Arc<Api>, info: &'static ResourceInfo, url_ns: 
     };
     meta.insert("name".into(), json!(name));
     if info.namespaced {
-        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+        let body_ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let ns = match (url_ns, body_ns.as_str()) {
             (Some(u), "") => u.to_string(),
             (Some(u), b) if u == b => u.to_string(),
@@ -461,7 +612,14 @@ pub async fn create_object(api: &Arc<Api>, info: &'static ResourceInfo, url_ns: 
     } else {
         meta.remove("namespace");
     }
-    for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink", "generation"] {
+    for f in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+        "generation",
+    ] {
         meta.remove(f);
     }
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -514,8 +672,16 @@ async fn create(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError
 
 /// The object an update stores: the client's object with the server-owned metadata of the
 /// stored one, its status kept when status is a subresource, defaults, validation, generation.
-fn merge_update(info: &ResourceInfo, cur: &Value, mut new: Value, status_only: bool) -> Result<Value, ApiError> {
-    let name = cur["metadata"]["name"].as_str().unwrap_or_default().to_string();
+fn merge_update(
+    info: &ResourceInfo,
+    cur: &Value,
+    mut new: Value,
+    status_only: bool,
+) -> Result<Value, ApiError> {
+    let name = cur["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if status_only {
         let mut out = cur.clone();
         out["status"] = new["status"].take();
@@ -526,7 +692,15 @@ fn merge_update(info: &ResourceInfo, cur: &Value, mut new: Value, status_only: b
         }
         return Ok(out);
     }
-    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+        "name",
+    ] {
         match cur["metadata"].get(f) {
             Some(v) => new["metadata"][f] = v.clone(),
             None => {
@@ -552,7 +726,10 @@ fn merge_update(info: &ResourceInfo, cur: &Value, mut new: Value, status_only: b
     }
     // A deleting object may lose finalizers but gain none (upstream: "no new finalizers can be added if the object is being deleted").
     if cur["metadata"]["deletionTimestamp"].is_string() {
-        let old: Vec<Value> = cur["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let old: Vec<Value> = cur["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if let Some(nf) = new["metadata"]["finalizers"].as_array() {
             if nf.iter().any(|f| !old.contains(f)) {
                 return Err(ApiError::invalid(info.group, info.kind, &name, vec![StatusCause {
@@ -576,7 +753,11 @@ fn merge_update(info: &ResourceInfo, cur: &Value, mut new: Value, status_only: b
     }
     if has_spec(&new) {
         let g = cur["metadata"]["generation"].as_i64().unwrap_or(0);
-        let g = if new["spec"] != cur["spec"] || g == 0 { g + 1 } else { g };
+        let g = if new["spec"] != cur["spec"] || g == 0 {
+            g + 1
+        } else {
+            g
+        };
         new["metadata"]["generation"] = json!(g);
     }
     Ok(new)
@@ -590,7 +771,10 @@ fn check_name(r: &Req<'_>, obj: &Value) -> Result<(), ApiError> {
             r.name()
         )));
     }
-    if let (Some(u), Some(b)) = (r.t.namespace.as_deref(), obj["metadata"]["namespace"].as_str()) {
+    if let (Some(u), Some(b)) = (
+        r.t.namespace.as_deref(),
+        obj["metadata"]["namespace"].as_str(),
+    ) {
         if !b.is_empty() && u != b {
             return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
         }
@@ -599,22 +783,47 @@ fn check_name(r: &Req<'_>, obj: &Value) -> Result<(), ApiError> {
 }
 
 /// After a write: a deleting object whose last finalizer went is deleted now.
-async fn finish_if_finalized(api: &Arc<Api>, info: &'static ResourceInfo, obj: Value, dry: bool) -> Result<Value, ApiError> {
+async fn finish_if_finalized(
+    api: &Arc<Api>,
+    info: &'static ResourceInfo,
+    obj: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
     let deleting = obj["metadata"]["deletionTimestamp"].is_string();
-    let none_left = obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+    let none_left = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty());
     if !(deleting && none_left) || dry || info.kind == "Namespace" {
         return Ok(obj);
     }
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let k = key(api, info, obj["metadata"]["namespace"].as_str(), &name);
-    let pre = Preconditions { uid: obj["metadata"]["uid"].as_str().map(String::from), resource_version: None };
-    match api.store.delete(&k, &pre, false, |cur| {
-        if cur["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
-            Err(ApiError::conflict(info.group, info.resource, &name, "finalizers were added concurrently"))
-        } else {
-            Ok(())
-        }
-    }).await {
+    let pre = Preconditions {
+        uid: obj["metadata"]["uid"].as_str().map(String::from),
+        resource_version: None,
+    };
+    match api
+        .store
+        .delete(&k, &pre, false, |cur| {
+            if cur["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+            {
+                Err(ApiError::conflict(
+                    info.group,
+                    info.resource,
+                    &name,
+                    "finalizers were added concurrently",
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    {
         Ok(o) => {
             after_delete(api, info, &o).await;
             Ok(o)
@@ -624,27 +833,46 @@ async fn finish_if_finalized(api: &Arc<Api>, info: &'static ResourceInfo, obj: V
     }
 }
 
-async fn update(r: &mut Req<'_>, body: &[u8], status_only: bool) -> Result<Response<Body>, ApiError> {
+async fn update(
+    r: &mut Req<'_>,
+    body: &[u8],
+    status_only: bool,
+) -> Result<Response<Body>, ApiError> {
     let info = r.t.info;
     let obj = decode_typed(r, body, info.kind, &info.api_version())?;
     check_name(r, &obj)?;
     let dry = r.dry_run()?;
-    let rv = obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(String::from);
-    let pre = Preconditions { uid: None, resource_version: rv };
+    let rv = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let pre = Preconditions {
+        uid: None,
+        resource_version: rv,
+    };
     let key = r.key(r.name());
     let out = r
         .api
         .store
-        .guaranteed_update(&key, &pre, dry, |cur| merge_update(info, &cur, obj.clone(), status_only))
+        .guaranteed_update(&key, &pre, dry, |cur| {
+            merge_update(info, &cur, obj.clone(), status_only)
+        })
         .await
         .map_err(storage_err(r.t, r.name()))?;
     let out = finish_if_finalized(r.api, info, out, dry).await?;
     Ok(r.ok(StatusCode::OK, &out))
 }
 
-async fn patch_obj(r: &mut Req<'_>, body: &[u8], status_only: bool) -> Result<Response<Body>, ApiError> {
+async fn patch_obj(
+    r: &mut Req<'_>,
+    body: &[u8],
+    status_only: bool,
+) -> Result<Response<Body>, ApiError> {
     let info = r.t.info;
-    let ct = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let ct = r
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let pt = PatchType::from_content_type(&h::media_type(ct))?;
     if pt == PatchType::Apply {
         return Err(patch::apply(pt, &Value::Null, body).unwrap_err());
@@ -653,7 +881,12 @@ async fn patch_obj(r: &mut Req<'_>, body: &[u8], status_only: bool) -> Result<Re
     let key = r.key(r.name());
     let name = r.name().to_string();
     // Field validation runs on the first patched result; later retries reuse the verdict.
-    let cur0 = r.api.store.get(&key, None).await.map_err(storage_err(r.t, &name))?;
+    let cur0 = r
+        .api
+        .store
+        .get(&key, None)
+        .await
+        .map_err(storage_err(r.t, &name))?;
     let first = patch::apply(pt, &cur0, body)?;
     field_validation(r, &first)?;
     let out = r
@@ -710,25 +943,49 @@ fn to_scale(obj: &Value) -> Value {
 }
 
 async fn get_scale(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
-    let obj = r.api.store.get(&r.key(r.name()), None).await.map_err(storage_err(r.t, r.name()))?;
-    Ok(h::respond(StatusCode::OK, &to_scale(&obj), if r.fmt == Format::Yaml { Format::Yaml } else { Format::Json }))
+    let obj = r
+        .api
+        .store
+        .get(&r.key(r.name()), None)
+        .await
+        .map_err(storage_err(r.t, r.name()))?;
+    Ok(h::respond(
+        StatusCode::OK,
+        &to_scale(&obj),
+        if r.fmt == Format::Yaml {
+            Format::Yaml
+        } else {
+            Format::Json
+        },
+    ))
 }
 
-async fn update_scale(r: &mut Req<'_>, body: &[u8], patch_type: Option<PatchType>) -> Result<Response<Body>, ApiError> {
+async fn update_scale(
+    r: &mut Req<'_>,
+    body: &[u8],
+    patch_type: Option<PatchType>,
+) -> Result<Response<Body>, ApiError> {
     let info = r.t.info;
     let dry = r.dry_run()?;
     let name = r.name().to_string();
     let key = r.key(&name);
     let body_scale = match patch_type {
         None => {
-            let ct = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let ct = r
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
             Some(h::decode_object(ct, body)?)
         }
         Some(_) => None,
     };
     let pre = Preconditions {
         uid: None,
-        resource_version: body_scale.as_ref().and_then(|s| s["metadata"]["resourceVersion"].as_str()).filter(|s| !s.is_empty()).map(String::from),
+        resource_version: body_scale
+            .as_ref()
+            .and_then(|s| s["metadata"]["resourceVersion"].as_str())
+            .filter(|s| !s.is_empty())
+            .map(String::from),
     };
     let out = r
         .api
@@ -740,10 +997,23 @@ async fn update_scale(r: &mut Req<'_>, body: &[u8], patch_type: Option<PatchType
                 (None, None) => unreachable_scale(),
             };
             let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
-                ApiError::invalid("autoscaling", "Scale", &name, vec![StatusCause::required("spec.replicas")])
+                ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    &name,
+                    vec![StatusCause::required("spec.replicas")],
+                )
             })?;
             if replicas < 0 {
-                return Err(ApiError::invalid("autoscaling", "Scale", &name, vec![StatusCause::invalid("spec.replicas", format!("Invalid value: {replicas}: must be greater than or equal to 0"))]));
+                return Err(ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    &name,
+                    vec![StatusCause::invalid(
+                        "spec.replicas",
+                        format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                    )],
+                ));
             }
             let mut new = cur.clone();
             new["spec"]["replicas"] = json!(replicas);
@@ -764,17 +1034,32 @@ fn unreachable_scale() -> Value {
 }
 
 async fn bind(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> {
-    let ct = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let ct = r
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let b = h::decode_object(ct, body)?;
-    let node = b["target"]["name"].as_str().filter(|n| !n.is_empty()).map(String::from).ok_or_else(|| {
-        ApiError::invalid("", "Binding", r.name(), vec![StatusCause::required("target.name")])
-    })?;
+    let node = b["target"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "",
+                "Binding",
+                r.name(),
+                vec![StatusCause::required("target.name")],
+            )
+        })?;
     let dry = r.dry_run()?;
     let name = r.name().to_string();
     let key = r.key(&name);
     let pre = Preconditions {
         uid: b["metadata"]["uid"].as_str().map(String::from),
-        resource_version: b["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(String::from),
+        resource_version: b["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
     };
     r.api
         .store
@@ -799,7 +1084,10 @@ async fn bind(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> 
         })
         .await
         .map_err(storage_err(r.t, &name))?;
-    Ok(h::json(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    Ok(h::json(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -813,11 +1101,21 @@ struct DeleteOpts {
 }
 
 fn delete_opts(r: &Req<'_>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
-    let ct = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let o = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { h::decode_object(ct, body)? };
+    let ct = r
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let o = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        h::decode_object(ct, body)?
+    };
     let mut grace = o["gracePeriodSeconds"].as_i64();
     if let Some(g) = r.q.get("gracePeriodSeconds") {
-        grace = Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?);
+        grace = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
     }
     let mut policy = o["propagationPolicy"].as_str().map(String::from);
     if let Some(p) = r.q.get("propagationPolicy") {
@@ -835,12 +1133,17 @@ fn delete_opts(r: &Req<'_>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
         tracing::debug!(policy = %p, "delete propagation policy");
     }
     let mut dry = dry_run(&r.q)?;
-    if o["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All")) {
+    if o["dryRun"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == "All"))
+    {
         dry = true;
     }
     let pre = Preconditions {
         uid: o["preconditions"]["uid"].as_str().map(String::from),
-        resource_version: o["preconditions"]["resourceVersion"].as_str().map(String::from),
+        resource_version: o["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from),
     };
     Ok(DeleteOpts { grace, pre, dry })
 }
@@ -853,27 +1156,53 @@ async fn after_delete(api: &Arc<Api>, info: &ResourceInfo, obj: &Value) {
 }
 
 /// Deletes one object by the upstream rules; `Ok((obj, deleted_now))`.
-async fn delete_one(api: &Arc<Api>, info: &'static ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOpts) -> Result<(Value, bool), ApiError> {
+async fn delete_one(
+    api: &Arc<Api>,
+    info: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<(Value, bool), ApiError> {
     let k = key(api, info, ns, name);
-    let cur = api.store.get(&k, None).await.map_err(|e| e.into_api(info.group, info.resource, name))?;
-    let has_finalizers = cur["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    let cur = api
+        .store
+        .get(&k, None)
+        .await
+        .map_err(|e| e.into_api(info.group, info.resource, name))?;
+    let has_finalizers = cur["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
     let pod_graceful = info.kind == "Pod"
-        && cur["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
-        && opts.grace.or(cur["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30) > 0
+        && cur["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        && opts
+            .grace
+            .or(cur["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            > 0
         && !(cur["metadata"]["deletionTimestamp"].is_string() && opts.grace == Some(0));
     let is_ns = info.kind == "Namespace";
     if has_finalizers || pod_graceful || is_ns {
         if cur["metadata"]["deletionTimestamp"].is_string() && !is_ns {
             return Ok((cur, false));
         }
-        let grace = if pod_graceful { opts.grace.or(cur["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30) } else { 0 };
+        let grace = if pod_graceful {
+            opts.grace
+                .or(cur["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+        } else {
+            0
+        };
         let out = api
             .store
             .guaranteed_update(&k, &opts.pre, opts.dry, |mut o| {
                 if !o["metadata"]["deletionTimestamp"].is_string() {
                     let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(grace);
                     let at = at.replace_nanosecond(0).unwrap_or(at);
-                    o["metadata"]["deletionTimestamp"] = json!(at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
+                    o["metadata"]["deletionTimestamp"] = json!(at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default());
                     o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
                 }
                 if is_ns {
@@ -902,16 +1231,31 @@ async fn delete_one(api: &Arc<Api>, info: &'static ResourceInfo, ns: Option<&str
 async fn delete(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let opts = delete_opts(r, body)?;
     let (obj, now) = delete_one(r.api, r.t.info, r.t.namespace.as_deref(), r.name(), &opts).await?;
-    Ok(r.ok(if now { StatusCode::OK } else { StatusCode::ACCEPTED }, &obj))
+    Ok(r.ok(
+        if now {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        },
+        &obj,
+    ))
 }
 
 async fn delete_collection(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let opts = delete_opts(r, body)?;
     let filter = selector_filter(r.t, &r.q)?;
-    let res = r.api.store.list(&list_prefix(r), &ListOptions::default(), &*filter).await.map_err(storage_err(r.t, ""))?;
+    let res = r
+        .api
+        .store
+        .list(&list_prefix(r), &ListOptions::default(), &*filter)
+        .await
+        .map_err(storage_err(r.t, ""))?;
     let mut deleted = Vec::new();
     for o in res.items {
-        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let ns = o["metadata"]["namespace"].as_str().map(String::from);
         match delete_one(r.api, r.t.info, ns.as_deref(), &name, &opts).await {
             Ok((o, _)) => deleted.push(o),
@@ -923,29 +1267,50 @@ async fn delete_collection(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body
     Ok(h::respond(
         StatusCode::OK,
         &json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": {}, "items": deleted}),
-        if r.fmt == Format::Yaml { Format::Yaml } else { Format::Json },
+        if r.fmt == Format::Yaml {
+            Format::Yaml
+        } else {
+            Format::Json
+        },
     ))
 }
 
 /// The namespace controller's job, done in-process: delete everything in the namespace, then
 /// the namespace itself once empty (bounded; objects held by finalizers keep it Terminating).
-pub fn finalize_namespace(api: Arc<Api>, ns: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+pub fn finalize_namespace(
+    api: Arc<Api>,
+    ns: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     Box::pin(finalize_namespace_inner(api, ns))
 }
 
 async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
-    let opts = DeleteOpts { grace: Some(0), pre: Preconditions::default(), dry: false };
+    let opts = DeleteOpts {
+        grace: Some(0),
+        pre: Preconditions::default(),
+        dry: false,
+    };
     for round in 0..120 {
         let mut remaining = 0usize;
-        for info in registry::resources().iter().filter(|i| i.namespaced && i.listable()) {
+        for info in registry::resources()
+            .iter()
+            .filter(|i| i.namespaced && i.listable())
+        {
             let prefix = info.key_prefix(&api.root, Some(&ns));
-            let Ok(res) = api.store.list(&prefix, &ListOptions::default(), &|_| true).await else {
+            let Ok(res) = api
+                .store
+                .list(&prefix, &ListOptions::default(), &|_| true)
+                .await
+            else {
                 remaining += 1;
                 continue;
             };
             for o in res.items {
                 remaining += 1;
-                let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 if let Err(e) = delete_one(&api, info, Some(&ns), &name, &opts).await {
                     if e.code != 404 {
                         tracing::debug!(namespace = %ns, %name, error = %e, "namespace cleanup");
@@ -964,7 +1329,11 @@ async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
     }
     let nsinfo = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let k = key(&api, nsinfo, None, &ns);
-    if let Err(e) = api.store.delete(&k, &Preconditions::default(), false, |_| Ok(())).await {
+    if let Err(e) = api
+        .store
+        .delete(&k, &Preconditions::default(), false, |_| Ok(()))
+        .await
+    {
         if !matches!(e, StorageError::NotFound) {
             tracing::warn!(namespace = %ns, error = %e, "deleting the finalized namespace");
         }
@@ -983,14 +1352,27 @@ struct Allocated {
 impl Allocated {
     fn from_service(obj: &Value) -> Allocated {
         let spec = &obj["spec"];
-        let mut ips: Vec<String> = spec["clusterIPs"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        let mut ips: Vec<String> = spec["clusterIPs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some(ip) = spec["clusterIP"].as_str() {
             if !ips.iter().any(|i| i == ip) {
                 ips.push(ip.to_string());
             }
         }
         ips.retain(|i| i != "None" && !i.is_empty());
-        let ports = spec["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_i64()).filter_map(|p| u16::try_from(p).ok()).collect();
+        let ports = spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["nodePort"].as_i64())
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect();
         Allocated { ips, ports }
     }
     async fn release(&self, api: &Arc<Api>) {
@@ -1006,19 +1388,39 @@ impl Allocated {
 /// Assigns spec.clusterIP(s) and node ports, claiming them in the store.
 async fn allocate_service(api: &Arc<Api>, obj: &mut Value) -> Result<Allocated, ApiError> {
     let mut got = Allocated::default();
-    let owner = format!("{}/{}", obj["metadata"]["namespace"].as_str().unwrap_or_default(), obj["metadata"]["name"].as_str().unwrap_or_default());
-    let ty = obj["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let owner = format!(
+        "{}/{}",
+        obj["metadata"]["namespace"].as_str().unwrap_or_default(),
+        obj["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let ty = obj["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
     if ty == "ExternalName" {
         return Ok(got);
     }
-    let want = obj["spec"]["clusterIP"].as_str().map(String::from).or_else(|| obj["spec"]["clusterIPs"][0].as_str().map(String::from));
+    let want = obj["spec"]["clusterIP"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| obj["spec"]["clusterIPs"][0].as_str().map(String::from));
     if want.as_deref() != Some("None") {
-        let res = api.alloc.allocate_ip(&api.store, want.as_deref().filter(|w| !w.is_empty()), &owner).await;
+        let res = api
+            .alloc
+            .allocate_ip(
+                &api.store,
+                want.as_deref().filter(|w| !w.is_empty()),
+                &owner,
+            )
+            .await;
         let ip = match res {
             Ok(ip) => ip,
             Err(mut e) => {
                 if let Some(d) = e.details.as_mut() {
-                    d.name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    d.name = obj["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                 }
                 return Err(e);
             }
@@ -1033,7 +1435,16 @@ async fn allocate_service(api: &Arc<Api>, obj: &mut Value) -> Result<Allocated, 
         let n = obj["spec"]["ports"].as_array().map(Vec::len).unwrap_or(0);
         for i in 0..n {
             let want = obj["spec"]["ports"][i]["nodePort"].as_i64();
-            match api.alloc.allocate_port(&api.store, want, &owner, &format!("spec.ports[{i}].nodePort")).await {
+            match api
+                .alloc
+                .allocate_port(
+                    &api.store,
+                    want,
+                    &owner,
+                    &format!("spec.ports[{i}].nodePort"),
+                )
+                .await
+            {
                 Ok(p) => {
                     obj["spec"]["ports"][i]["nodePort"] = json!(p);
                     got.ports.push(p);

@@ -33,7 +33,9 @@ pub enum Format {
     Json,
     Yaml,
     /// `as=Table`; `v1beta1` is still asked for by older clients and is answered alike.
-    Table { beta: bool },
+    Table {
+        beta: bool,
+    },
 }
 
 impl Format {
@@ -71,11 +73,13 @@ pub fn negotiate(accept: Option<&str>, allow_table: bool) -> Result<Format, ApiE
         match mt.as_str() {
             "application/json" | "*/*" | "application/*" => match as_.as_deref() {
                 None => return Ok(Format::Json),
-                Some("Table") if allow_table && g.as_deref() == Some("meta.k8s.io") => match v.as_deref() {
-                    Some("v1") => return Ok(Format::Table { beta: false }),
-                    Some("v1beta1") => return Ok(Format::Table { beta: true }),
-                    _ => continue,
-                },
+                Some("Table") if allow_table && g.as_deref() == Some("meta.k8s.io") => {
+                    match v.as_deref() {
+                        Some("v1") => return Ok(Format::Table { beta: false }),
+                        Some("v1beta1") => return Ok(Format::Table { beta: true }),
+                        _ => continue,
+                    }
+                }
                 _ => continue,
             },
             "application/yaml" if as_.is_none() => return Ok(Format::Yaml),
@@ -94,11 +98,15 @@ pub fn respond(code: StatusCode, v: &Value, fmt: Format) -> Response<Body> {
             Ok(s) => (Bytes::from(s), "application/yaml"),
             Err(e) => return error_response(&ApiError::internal(e.to_string())),
         },
-        _ => (Bytes::from(serde_json::to_vec(v).unwrap_or_default()), "application/json"),
+        _ => (
+            Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            "application/json",
+        ),
     };
     let mut r = Response::new(full(bytes));
     *r.status_mut() = code;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     r
 }
 
@@ -109,7 +117,10 @@ pub fn json(code: StatusCode, v: &Value) -> Response<Body> {
 pub fn text(code: StatusCode, s: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(full(s.into()));
     *r.status_mut() = code;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -126,10 +137,17 @@ where
 {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(
-            ApiError::too_large("Request entity too large: limit is 3145728"),
-        ),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(
+                "Request entity too large: limit is 3145728",
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -180,7 +198,8 @@ pub fn pct_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(x) => {
                         out.push(x);
                         i += 2;
@@ -202,23 +221,49 @@ mod tests {
     #[test]
     fn kubectl_accept_headers() {
         let get = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert_eq!(negotiate(Some(get), true).unwrap(), Format::Table { beta: false });
+        assert_eq!(
+            negotiate(Some(get), true).unwrap(),
+            Format::Table { beta: false }
+        );
         assert_eq!(negotiate(Some(get), false).unwrap(), Format::Json);
-        assert_eq!(negotiate(Some("application/yaml"), true).unwrap(), Format::Yaml);
+        assert_eq!(
+            negotiate(Some("application/yaml"), true).unwrap(),
+            Format::Yaml
+        );
         assert_eq!(negotiate(None, true).unwrap(), Format::Json);
         assert_eq!(
-            negotiate(Some("application/vnd.kubernetes.protobuf, application/json"), true).unwrap(),
+            negotiate(
+                Some("application/vnd.kubernetes.protobuf, application/json"),
+                true
+            )
+            .unwrap(),
             Format::Json
         );
-        assert_eq!(negotiate(Some("application/vnd.kubernetes.protobuf"), true).unwrap_err().code, 406);
+        assert_eq!(
+            negotiate(Some("application/vnd.kubernetes.protobuf"), true)
+                .unwrap_err()
+                .code,
+            406
+        );
     }
 
     #[test]
     fn bodies_and_queries() {
-        assert!(decode_object(Some("application/yaml"), b"kind: Pod\nmetadata: {name: a}\n").is_ok());
-        assert_eq!(decode_object(Some("text/plain"), b"x").unwrap_err().code, 415);
+        assert!(decode_object(
+            Some("application/yaml"),
+            b"kind: Pod\nmetadata: {name: a}\n"
+        )
+        .is_ok());
+        assert_eq!(
+            decode_object(Some("text/plain"), b"x").unwrap_err().code,
+            415
+        );
         assert_eq!(decode_object(None, b"[1]").unwrap_err().code, 400);
-        let q = query(&"/x?labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1".parse().unwrap());
+        let q = query(
+            &"/x?labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1"
+                .parse()
+                .unwrap(),
+        );
         assert_eq!(q["labelSelector"], "app=web,tier in (a)");
         assert_eq!(q["watch"], "1");
         assert_eq!(pct_decode("100%"), "100%");

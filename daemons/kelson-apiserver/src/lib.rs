@@ -44,14 +44,18 @@ use serde_json::json;
 pub use config::{ApiServerConfig, ApiServerFlags};
 
 /// Namespaces every cluster has.
-pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 fn read(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
 
 /// Builds the shared state (connects the store lazily: etcd-client dials on first use).
-pub async fn build(cfg: &ApiServerConfig, server_address: String) -> anyhow::Result<Arc<server::Api>> {
+pub async fn build(
+    cfg: &ApiServerConfig,
+    server_address: String,
+) -> anyhow::Result<Arc<server::Api>> {
     cfg.validate()?;
     let tls = match &cfg.etcd_cafile {
         Some(ca) => Some(storage::EtcdTls {
@@ -65,10 +69,13 @@ pub async fn build(cfg: &ApiServerConfig, server_address: String) -> anyhow::Res
         None => None,
     };
     let endpoints = cfg.etcd_servers();
-    let store = tokio::time::timeout(Duration::from_secs(30), storage::Storage::connect(&endpoints, tls))
-        .await
-        .context("connecting to the store timed out")?
-        .context("connecting to the store")?;
+    let store = tokio::time::timeout(
+        Duration::from_secs(30),
+        storage::Storage::connect(&endpoints, tls),
+    )
+    .await
+    .context("connecting to the store timed out")?
+    .context("connecting to the store")?;
     let authz: Arc<dyn auth::Authorizer> = match cfg.authz_mode()? {
         config::AuthzMode::AlwaysAllow => Arc::new(auth::AlwaysAllow),
         config::AuthzMode::Rbac => Arc::new(auth::RbacPending),
@@ -77,7 +84,11 @@ pub async fn build(cfg: &ApiServerConfig, server_address: String) -> anyhow::Res
         store,
         root: cfg.etcd_prefix.clone(),
         authz: auth::Authz::new(authz),
-        alloc: alloc::Allocator::new(cfg.service_cidr()?, cfg.node_port_range()?, &cfg.etcd_prefix),
+        alloc: alloc::Allocator::new(
+            cfg.service_cidr()?,
+            cfg.node_port_range()?,
+            &cfg.etcd_prefix,
+        ),
         anonymous: cfg.anonymous_auth,
         stats: Default::default(),
         metrics: Default::default(),
@@ -111,10 +122,14 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     cfg.validate()?;
 
     let addr = SocketAddr::new(cfg.bind_address, cfg.secure_port);
-    let (listener, bound) = server::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let (listener, bound) = server::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let tls = kelson_runtime::tls::server_config(
         cfg.tls_cert_file.as_deref().context("--tls-cert-file")?,
-        cfg.tls_private_key_file.as_deref().context("--tls-private-key-file")?,
+        cfg.tls_private_key_file
+            .as_deref()
+            .context("--tls-private-key-file")?,
         cfg.client_ca_file.as_deref(),
         false,
         &[b"h2", b"http/1.1"],
@@ -146,10 +161,20 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
         let registry = kelson_runtime::metrics::registry();
         {
             let mut reg = registry.lock();
-            reg.register("apiserver_request", "Requests by verb and HTTP code", api.metrics.requests.clone());
-            reg.register("apiserver_longrunning_requests", "Open watches", api.metrics.watches.clone());
+            reg.register(
+                "apiserver_request",
+                "Requests by verb and HTTP code",
+                api.metrics.requests.clone(),
+            );
+            reg.register(
+                "apiserver_longrunning_requests",
+                "Open watches",
+                api.metrics.watches.clone(),
+            );
         }
-        let (mbound, _) = kelson_runtime::metrics::serve(maddr, registry).await.context("serving metrics")?;
+        let (mbound, _) = kelson_runtime::metrics::serve(maddr, registry)
+            .await
+            .context("serving metrics")?;
         tracing::info!(%mbound, "serving /metrics");
     }
     let server_task = server::serve(api.clone(), listener, tls);
@@ -185,7 +210,10 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     let watches = api.clone();
     let gauge = tokio::spawn(async move {
         loop {
-            watches.metrics.watches.set(watches.stats.watches.load(Ordering::Relaxed));
+            watches
+                .metrics
+                .watches
+                .set(watches.stats.watches.load(Ordering::Relaxed));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

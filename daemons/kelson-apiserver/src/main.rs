@@ -18,8 +18,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg: ApiServerConfig = config::load(cli.common.config.as_deref(), config::overrides_from(&cli.flags)?)
-        .context("loading configuration")?;
+    let cfg: ApiServerConfig = config::load(
+        cli.common.config.as_deref(),
+        config::overrides_from(&cli.flags)?,
+    )
+    .context("loading configuration")?;
     if cli.common.print_config {
         print!("{}", config::print_config(&cfg)?);
         return Ok(());

@@ -46,13 +46,17 @@ fn split_terms(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    out.into_iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn valid_label_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 253
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 impl LabelSelector {
@@ -70,14 +74,25 @@ impl LabelSelector {
             } else if let Some((k, v)) = lower.split_once('=') {
                 LabelReq::Eq(k.trim().into(), v.trim().into())
             } else if let Some(idx) = lower.find(" notin ").or_else(|| lower.find(" notin(")) {
-                LabelReq::NotIn(lower[..idx].trim().into(), set_values(&lower[idx + 6..]).ok_or_else(|| bad(&t))?)
+                LabelReq::NotIn(
+                    lower[..idx].trim().into(),
+                    set_values(&lower[idx + 6..]).ok_or_else(|| bad(&t))?,
+                )
             } else if let Some(idx) = lower.find(" in ").or_else(|| lower.find(" in(")) {
-                LabelReq::In(lower[..idx].trim().into(), set_values(&lower[idx + 3..]).ok_or_else(|| bad(&t))?)
+                LabelReq::In(
+                    lower[..idx].trim().into(),
+                    set_values(&lower[idx + 3..]).ok_or_else(|| bad(&t))?,
+                )
             } else {
                 LabelReq::Exists(lower.trim().into())
             };
             let key = match &req {
-                LabelReq::Eq(k, _) | LabelReq::Ne(k, _) | LabelReq::In(k, _) | LabelReq::NotIn(k, _) | LabelReq::Exists(k) | LabelReq::NotExists(k) => k,
+                LabelReq::Eq(k, _)
+                | LabelReq::Ne(k, _)
+                | LabelReq::In(k, _)
+                | LabelReq::NotIn(k, _)
+                | LabelReq::Exists(k)
+                | LabelReq::NotExists(k) => k,
             };
             if !valid_label_key(key) {
                 return Err(bad(&t));
@@ -92,13 +107,23 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(LabelReq::Eq(k.clone(), v.as_str().unwrap_or_default().into()));
+                reqs.push(LabelReq::Eq(
+                    k.clone(),
+                    v.as_str().unwrap_or_default().into(),
+                ));
             }
         }
         if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
                 let k = e["key"].as_str().unwrap_or_default().to_string();
-                let vals: Vec<String> = e["values"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+                let vals: Vec<String> = e["values"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 reqs.push(match e["operator"].as_str().unwrap_or_default() {
                     "In" => LabelReq::In(k, vals),
                     "NotIn" => LabelReq::NotIn(k, vals),
@@ -135,7 +160,13 @@ impl LabelSelector {
 fn set_values(s: &str) -> Option<Vec<String>> {
     let s = s.trim();
     let inner = s.strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 /// A parsed field selector.
@@ -152,21 +183,42 @@ pub fn field_value(kind: &str, obj: &Value, field: &str) -> Option<Option<String
         ("Pod", "spec.restartPolicy") => s(&obj["spec"]["restartPolicy"]),
         ("Pod", "spec.schedulerName") => s(&obj["spec"]["schedulerName"]),
         ("Pod", "spec.serviceAccountName") => s(&obj["spec"]["serviceAccountName"]),
-        ("Pod", "spec.hostNetwork") => Some(obj["spec"]["hostNetwork"].as_bool().unwrap_or(false).to_string()),
+        ("Pod", "spec.hostNetwork") => Some(
+            obj["spec"]["hostNetwork"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
+        ),
         ("Pod", "status.phase") => s(&obj["status"]["phase"]),
         ("Pod", "status.podIP") => s(&obj["status"]["podIP"]),
         ("Pod", "status.nominatedNodeName") => s(&obj["status"]["nominatedNodeName"]),
-        ("Node", "spec.unschedulable") => Some(obj["spec"]["unschedulable"].as_bool().unwrap_or(false).to_string()),
+        ("Node", "spec.unschedulable") => Some(
+            obj["spec"]["unschedulable"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
+        ),
         ("Namespace", "status.phase") => s(&obj["status"]["phase"]),
         ("Secret", "type") => s(&obj["type"]),
-        ("Event", "involvedObject.kind" | "involvedObject.name" | "involvedObject.namespace" | "involvedObject.uid" | "reason" | "type" | "source") => {
+        (
+            "Event",
+            "involvedObject.kind"
+            | "involvedObject.name"
+            | "involvedObject.namespace"
+            | "involvedObject.uid"
+            | "reason"
+            | "type"
+            | "source",
+        ) => {
             let mut v = obj;
             for p in field.split('.') {
                 v = &v[p];
             }
             s(v)
         }
-        ("ReplicaSet" | "Job", "status.replicas") => obj["status"]["replicas"].as_i64().map(|n| n.to_string()),
+        ("ReplicaSet" | "Job", "status.replicas") => {
+            obj["status"]["replicas"].as_i64().map(|n| n.to_string())
+        }
         _ => return None,
     })
 }
@@ -182,11 +234,15 @@ impl FieldSelector {
             } else if let Some((k, v)) = t.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{t}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{t}'"
+                )));
             };
             let k = k.trim().to_string();
             if field_value(kind, &Value::Null, &k).is_none() {
-                return Err(ApiError::bad_request(format!("field label not supported: {k}")));
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {k}"
+                )));
             }
             out.push((k, eq, v.trim().to_string()));
         }
@@ -202,13 +258,18 @@ impl FieldSelector {
 
     /// The name an exact `metadata.name=` term pins, if any (single-object watches).
     pub fn exact_name(&self) -> Option<&str> {
-        self.0.iter().find(|(k, eq, _)| k == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, eq, _)| k == "metadata.name" && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 }
 
 /// RFC 3339 in seconds, UTC (`2024-01-02T03:04:05Z`), as upstream's metav1.Time.
 pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     now.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -225,7 +286,11 @@ pub fn human_duration(secs: i64) -> String {
     let m = s / 60;
     if m < 10 {
         let rem = s % 60;
-        return if rem == 0 { format!("{m}m") } else { format!("{m}m{rem}s") };
+        return if rem == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rem}s")
+        };
     }
     if m < 180 {
         return format!("{m}m");
@@ -233,7 +298,11 @@ pub fn human_duration(secs: i64) -> String {
     let h = s / 3600;
     if h < 8 {
         let rm = (s % 3600) / 60;
-        return if rm == 0 { format!("{h}h") } else { format!("{h}h{rm}m") };
+        return if rm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rm}m")
+        };
     }
     if h < 48 {
         return format!("{h}h");
@@ -241,7 +310,11 @@ pub fn human_duration(secs: i64) -> String {
     let d = h / 24;
     if d < 8 {
         let rh = h % 24;
-        return if rh == 0 { format!("{d}d") } else { format!("{d}d{rh}h") };
+        return if rh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rh}h")
+        };
     }
     if d < 365 * 2 {
         return format!("{d}d");
@@ -249,14 +322,21 @@ pub fn human_duration(secs: i64) -> String {
     let y = d / 365;
     if y < 8 {
         let rd = d % 365;
-        return if rd == 0 { format!("{y}y") } else { format!("{y}y{rd}d") };
+        return if rd == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{rd}d")
+        };
     }
     format!("{y}y")
 }
 
 /// Age of an object from its creationTimestamp, "<unknown>" when absent.
 pub fn age(obj: &Value) -> String {
-    match obj["metadata"]["creationTimestamp"].as_str().and_then(parse_time) {
+    match obj["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(parse_time)
+    {
         Some(t) => human_duration((OffsetDateTime::now_utc() - t).whole_seconds()),
         None => "<unknown>".into(),
     }
@@ -267,7 +347,9 @@ pub fn name_suffix() -> String {
     use rand::Rng;
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut r = rand::thread_rng();
-    (0..5).map(|_| ALPHA[r.gen_range(0..ALPHA.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHA[r.gen_range(0..ALPHA.len())] as char)
+        .collect()
 }
 
 /// DNS-1123 subdomain: the rule for most object names.
@@ -276,7 +358,8 @@ pub fn validate_subdomain(field: &str, name: &str) -> Vec<StatusCause> {
         && name.len() <= 253
         && name.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         });
@@ -291,7 +374,9 @@ pub fn validate_subdomain(field: &str, name: &str) -> Vec<StatusCause> {
 pub fn validate_label(field: &str, name: &str) -> Vec<StatusCause> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -314,7 +399,9 @@ pub fn validate_labels(field: &str, labels: &Value) -> Vec<StatusCause> {
         };
         let name_ok = !name.is_empty()
             && name.len() <= 63
-            && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
             && name.as_bytes()[0].is_ascii_alphanumeric()
             && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
         let prefix_ok = prefix.is_none_or(|p| validate_subdomain("", p).is_empty());
@@ -324,11 +411,13 @@ pub fn validate_labels(field: &str, labels: &Value) -> Vec<StatusCause> {
         let val = v.as_str().unwrap_or("\u{0}");
         let val_ok = val.is_empty()
             || (val.len() <= 63
-                && val.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+                && val
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
                 && val.as_bytes()[0].is_ascii_alphanumeric()
                 && val.as_bytes()[val.len() - 1].is_ascii_alphanumeric());
         if !val_ok {
-            out.push(StatusCause::invalid(&format!("{field}"), format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+            out.push(StatusCause::invalid(field, format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
         }
     }
     out
@@ -363,11 +452,29 @@ mod tests {
     #[test]
     fn field_selectors() {
         let pod = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "Pod").unwrap().matches("Pod", &pod));
-        assert!(!FieldSelector::parse("metadata.name=q", "Pod").unwrap().matches("Pod", &pod));
-        assert!(FieldSelector::parse("spec.nodeName=", "Pod").unwrap().matches("Pod", &json!({})));
-        assert_eq!(FieldSelector::parse("spec.nodeName=x", "ConfigMap").unwrap_err().code, 400);
-        assert_eq!(FieldSelector::parse("metadata.name=a", "Pod").unwrap().exact_name(), Some("a"));
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "Pod")
+                .unwrap()
+                .matches("Pod", &pod)
+        );
+        assert!(!FieldSelector::parse("metadata.name=q", "Pod")
+            .unwrap()
+            .matches("Pod", &pod));
+        assert!(FieldSelector::parse("spec.nodeName=", "Pod")
+            .unwrap()
+            .matches("Pod", &json!({})));
+        assert_eq!(
+            FieldSelector::parse("spec.nodeName=x", "ConfigMap")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            FieldSelector::parse("metadata.name=a", "Pod")
+                .unwrap()
+                .exact_name(),
+            Some("a")
+        );
     }
 
     #[test]
@@ -380,7 +487,9 @@ mod tests {
         assert_eq!(human_duration(3600 * 5), "5h");
         assert_eq!(human_duration(86400 * 3), "3d");
         assert_eq!(name_suffix().len(), 5);
-        assert!(validate_labels("metadata.labels", &json!({"app": "ok", "bad key!": "x"})).len() == 1);
+        assert!(
+            validate_labels("metadata.labels", &json!({"app": "ok", "bad key!": "x"})).len() == 1
+        );
         assert!(parse_time(&now_rfc3339()).is_some());
     }
 }

@@ -70,8 +70,14 @@ pub fn apply(pt: PatchType, orig: &Value, body: &[u8]) -> Result<Value, ApiError
 /// an atomic list. `Some("")` marks a set of scalars (union).
 fn merge_key(path: &str, field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" | "readinessGates" => {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "readinessGates" => {
             if field == "readinessGates" {
                 "conditionType"
             } else {
@@ -106,11 +112,17 @@ fn strategic(orig: &Value, patch: &Value, path: &str) -> Value {
             continue;
         }
         if k == "$retainKeys" {
-            retain = pv.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect());
+            retain = pv.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            });
             continue;
         }
         if let Some(f) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(list), Some(del)) = (out.get_mut(f).and_then(Value::as_array_mut), pv.as_array()) {
+            if let (Some(list), Some(del)) =
+                (out.get_mut(f).and_then(Value::as_array_mut), pv.as_array())
+            {
                 list.retain(|x| !del.contains(x));
             }
             continue;
@@ -119,18 +131,30 @@ fn strategic(orig: &Value, patch: &Value, path: &str) -> Value {
             out.remove(k);
             continue;
         }
-        let child_path = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let child_path = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         match pv {
             Value::Object(o) if o.get("$patch").and_then(Value::as_str) == Some("delete") => {
                 out.remove(k);
             }
             Value::Object(_) => {
                 let cur = out.get(k).cloned().unwrap_or(Value::Object(Map::new()));
-                let base = if cur.is_object() { cur } else { Value::Object(Map::new()) };
+                let base = if cur.is_object() {
+                    cur
+                } else {
+                    Value::Object(Map::new())
+                };
                 out.insert(k.clone(), strategic(&base, pv, &child_path));
             }
             Value::Array(items) => {
-                let cur = out.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+                let cur = out
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let merged = match merge_key(path, k) {
                     Some("") => {
                         let mut list = cur;
@@ -159,7 +183,10 @@ fn strategic(orig: &Value, patch: &Value, path: &str) -> Value {
 
 fn merge_list(mut cur: Vec<Value>, items: &[Value], key: &str, path: &str) -> Vec<Value> {
     // `$patch: replace` as a list element replaces the whole list.
-    if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         return items
             .iter()
             .filter(|i| i.get("$patch").is_none())
@@ -200,7 +227,9 @@ mod tests {
             {"name": "b", "image": "b:2"}, {"name": "c", "image": "c:1"}, {"name": "a", "$patch": "delete"}
         ]}}}, "metadata": {"finalizers": ["y"], "labels": {"gone": null}}});
         let out = apply(PatchType::Strategic, &orig, patch.to_string().as_bytes()).unwrap();
-        let cs = out["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+        let cs = out["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
         assert_eq!(cs.len(), 2);
         assert_eq!(cs[0]["image"], "b:2");
         assert_eq!(cs[1]["name"], "c");
@@ -211,12 +240,34 @@ mod tests {
     #[test]
     fn json_and_merge_patches() {
         let orig = json!({"a": 1, "b": {"c": 2}, "l": [1, 2]});
-        let j = apply(PatchType::Json, &orig, br#"[{"op":"replace","path":"/a","value":5},{"op":"remove","path":"/l/0"}]"#).unwrap();
+        let j = apply(
+            PatchType::Json,
+            &orig,
+            br#"[{"op":"replace","path":"/a","value":5},{"op":"remove","path":"/l/0"}]"#,
+        )
+        .unwrap();
         assert_eq!(j, json!({"a": 5, "b": {"c": 2}, "l": [2]}));
-        let m = apply(PatchType::Merge, &orig, br#"{"b":{"c":null,"d":3},"l":[9]}"#).unwrap();
+        let m = apply(
+            PatchType::Merge,
+            &orig,
+            br#"{"b":{"c":null,"d":3},"l":[9]}"#,
+        )
+        .unwrap();
         assert_eq!(m, json!({"a": 1, "b": {"d": 3}, "l": [9]}));
-        assert_eq!(apply(PatchType::Json, &orig, br#"[{"op":"test","path":"/a","value":2}]"#).unwrap_err().code, 422);
+        assert_eq!(
+            apply(
+                PatchType::Json,
+                &orig,
+                br#"[{"op":"test","path":"/a","value":2}]"#
+            )
+            .unwrap_err()
+            .code,
+            422
+        );
         assert_eq!(apply(PatchType::Apply, &orig, b"{}").unwrap_err().code, 415);
-        assert_eq!(PatchType::from_content_type("text/plain").unwrap_err().code, 415);
+        assert_eq!(
+            PatchType::from_content_type("text/plain").unwrap_err().code,
+            415
+        );
     }
 }

@@ -43,13 +43,26 @@ pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 const MAGIC: &[u8] = b"k8s\0";
 const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
 /// Fields whose zero value is meaningful (pointers upstream): kept when decoded as zero.
-const KEEP_ZERO: &[&str] = &["replicas", "minReplicas", "parallelism", "completions", "backoffLimit", "value", "weight"];
+const KEEP_ZERO: &[&str] = &[
+    "replicas",
+    "minReplicas",
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "value",
+    "weight",
+];
 /// Nesting bound: a hostile body must not recurse without limit.
 const MAX_DEPTH: usize = 64;
 
 fn schema() -> &'static HashMap<&'static str, &'static [F]> {
     static S: OnceLock<HashMap<&'static str, &'static [F]>> = OnceLock::new();
-    S.get_or_init(|| crate::proto_schema::MESSAGES.iter().map(|(n, f)| (*n, *f)).collect())
+    S.get_or_init(|| {
+        crate::proto_schema::MESSAGES
+            .iter()
+            .map(|(n, f)| (*n, *f))
+            .collect()
+    })
 }
 
 fn bad(msg: impl std::fmt::Display) -> ApiError {
@@ -71,7 +84,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, ApiError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let byte = *self.b.get(self.pos).ok_or_else(|| bad("truncated varint"))?;
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or_else(|| bad("truncated varint"))?;
             self.pos += 1;
             v |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
@@ -81,7 +97,11 @@ impl<'a> Reader<'a> {
         Err(bad("varint too long"))
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], ApiError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.b.len()).ok_or_else(|| bad("truncated field"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| bad("truncated field"))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -113,8 +133,12 @@ fn value(r: &mut Reader<'_>, wire: u64, t: &T, depth: usize) -> Result<Value, Ap
         T::Bool => json!(r.varint()? != 0),
         T::I32 => json!(r.varint()? as i64 as i32),
         T::I64 => json!(r.varint()? as i64),
-        T::F64 => json!(f64::from_le_bytes(r.take(8)?.try_into().map_err(|_| bad("double"))?)),
-        T::F32 => json!(f32::from_le_bytes(r.take(4)?.try_into().map_err(|_| bad("float"))?)),
+        T::F64 => json!(f64::from_le_bytes(
+            r.take(8)?.try_into().map_err(|_| bad("double"))?
+        )),
+        T::F32 => json!(f32::from_le_bytes(
+            r.take(4)?.try_into().map_err(|_| bad("float"))?
+        )),
         T::M(name) => {
             if wire != 2 {
                 return Err(bad(format!("message field {name} with wire type {wire}")));
@@ -130,9 +154,22 @@ fn rfc3339(secs: i64, nanos: i64, micro: bool) -> Value {
         return Value::Null;
     };
     let fmt = if micro {
-        format!("{}.{:06}Z", t.format(&time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]")).unwrap_or_default(), nanos / 1000)
+        format!(
+            "{}.{:06}Z",
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]"
+            ))
+            .unwrap_or_default(),
+            nanos / 1000
+        )
     } else {
-        format!("{}Z", t.format(&time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]")).unwrap_or_default())
+        format!(
+            "{}Z",
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]"
+            ))
+            .unwrap_or_default()
+        )
     };
     json!(fmt)
 }
@@ -148,7 +185,9 @@ fn special(name: &str, m: &Map<String, Value>) -> Option<Value> {
                 rfc3339(int("seconds"), int("nanos"), n.ends_with("MicroTime"))
             }
         }
-        "k8s.io.apimachinery.pkg.api.resource.Quantity" => m.get("string").cloned().unwrap_or(json!("0")),
+        "k8s.io.apimachinery.pkg.api.resource.Quantity" => {
+            m.get("string").cloned().unwrap_or(json!("0"))
+        }
         "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => {
             if int("type") == 1 {
                 m.get("strVal").cloned().unwrap_or(json!(""))
@@ -182,7 +221,9 @@ fn message(b: &[u8], name: &str, depth: usize) -> Result<Value, ApiError> {
     if depth > MAX_DEPTH {
         return Err(bad("nesting too deep"));
     }
-    let fields = schema().get(name).ok_or_else(|| bad(format!("unknown message {name}")))?;
+    let fields = schema()
+        .get(name)
+        .ok_or_else(|| bad(format!("unknown message {name}")))?;
     let mut out = Map::new();
     let mut r = Reader::new(b);
     while !r.done() {
@@ -232,7 +273,18 @@ fn message(b: &[u8], name: &str, depth: usize) -> Result<Value, ApiError> {
                     let mut pr = Reader::new(run);
                     let mut v = Vec::new();
                     while !pr.done() {
-                        v.push(value(&mut pr, if matches!(t, T::F64) { 1 } else if matches!(t, T::F32) { 5 } else { 0 }, t, depth)?);
+                        v.push(value(
+                            &mut pr,
+                            if matches!(t, T::F64) {
+                                1
+                            } else if matches!(t, T::F32) {
+                                5
+                            } else {
+                                0
+                            },
+                            t,
+                            depth,
+                        )?);
                     }
                     v
                 } else {
@@ -279,18 +331,33 @@ fn prune(v: &mut Value) {
 /// The protobuf package of an API group version (`apps/v1` → `k8s.io.api.apps.v1`).
 fn package(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    if matches!(kind, "DeleteOptions" | "Status" | "ListOptions" | "PatchOptions" | "CreateOptions" | "UpdateOptions") {
+    if matches!(
+        kind,
+        "DeleteOptions"
+            | "Status"
+            | "ListOptions"
+            | "PatchOptions"
+            | "CreateOptions"
+            | "UpdateOptions"
+    ) {
         return META.to_string();
     }
-    let pkg = if group.is_empty() { "core" } else { group.split('.').next().unwrap_or(group) };
+    let pkg = if group.is_empty() {
+        "core"
+    } else {
+        group.split('.').next().unwrap_or(group)
+    };
     format!("k8s.io.api.{pkg}.{version}")
 }
 
 /// Decodes a `k8s\0`-framed protobuf body into the JSON object it carries.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
-    let rest = body.strip_prefix(MAGIC).ok_or_else(|| bad("missing the k8s\\0 prefix"))?;
+    let rest = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| bad("missing the k8s\\0 prefix"))?;
     let mut r = Reader::new(rest);
-    let (mut api_version, mut kind, mut raw): (String, String, &[u8]) = (String::new(), String::new(), &[]);
+    let (mut api_version, mut kind, mut raw): (String, String, &[u8]) =
+        (String::new(), String::new(), &[]);
     while !r.done() {
         let tag = r.varint()?;
         match (tag >> 3, tag & 7) {
@@ -405,7 +472,10 @@ mod tests {
         let v = decode(&sample()).unwrap();
         assert_eq!(v["apiVersion"], "apps/v1");
         assert_eq!(v["kind"], "Deployment");
-        assert_eq!(v["metadata"], json!({"name": "web", "labels": {"app": "web"}}));
+        assert_eq!(
+            v["metadata"],
+            json!({"name": "web", "labels": {"app": "web"}})
+        );
         assert_eq!(v["spec"]["replicas"], 0);
         let c = &v["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["name"], "nginx");
@@ -430,7 +500,15 @@ mod tests {
 
     #[test]
     fn schema_has_the_kinds_kubectl_creates() {
-        for m in ["k8s.io.api.core.v1.Namespace", "k8s.io.api.core.v1.ConfigMap", "k8s.io.api.core.v1.Secret", "k8s.io.api.apps.v1.Deployment", "k8s.io.api.core.v1.Service", "k8s.io.api.policy.v1.Eviction", "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta"] {
+        for m in [
+            "k8s.io.api.core.v1.Namespace",
+            "k8s.io.api.core.v1.ConfigMap",
+            "k8s.io.api.core.v1.Secret",
+            "k8s.io.api.apps.v1.Deployment",
+            "k8s.io.api.core.v1.Service",
+            "k8s.io.api.policy.v1.Eviction",
+            "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        ] {
             assert!(schema().contains_key(m), "{m}");
         }
     }

@@ -75,7 +75,10 @@ mod tests {
         let d = lookup("apps", "v1", "deployments").unwrap();
         assert_eq!(d.kind, "Deployment");
         assert!(d.has(Subresource::Scale) && d.has(Subresource::Status));
-        assert_eq!(d.key_prefix("/registry", Some("default")), "/registry/apps/deployments/default/");
+        assert_eq!(
+            d.key_prefix("/registry", Some("default")),
+            "/registry/apps/deployments/default/"
+        );
         let p = by_kind("", "v1", "Pod").unwrap();
         assert!(p.has(Subresource::Binding));
         assert_eq!(p.key_prefix("/registry", None), "/registry/pods/");

@@ -14,7 +14,10 @@ use crate::registry::{self, ResourceInfo, Subresource};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Version,
-    Health { kind: &'static str, check: Option<String> },
+    Health {
+        kind: &'static str,
+        check: Option<String>,
+    },
     Api,
     Apis,
     Group(String),
@@ -75,7 +78,10 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
                 "livez" => "livez",
                 _ => "readyz",
             };
-            ep(Health { kind, check: rest.first().map(|s| s.to_string()) })
+            ep(Health {
+                kind,
+                check: rest.first().map(|s| s.to_string()),
+            })
         }
         ["openapi", "v2"] => ep(OpenApiV2),
         ["openapi", "v3"] => ep(OpenApiV3Root),
@@ -103,13 +109,23 @@ fn resource(group: &str, version: &str, segs: &[&str]) -> Result<Route, ApiError
             if rest.len() > 2 {
                 return Err(nf());
             }
-            (*res, Some(ns.to_string()), rest.first().map(|s| s.to_string()), rest.get(1).copied())
+            (
+                *res,
+                Some(ns.to_string()),
+                rest.first().map(|s| s.to_string()),
+                rest.get(1).copied(),
+            )
         }
         [res, rest @ ..] => {
             if rest.len() > 2 {
                 return Err(nf());
             }
-            (*res, None, rest.first().map(|s| s.to_string()), rest.get(1).copied())
+            (
+                *res,
+                None,
+                rest.first().map(|s| s.to_string()),
+                rest.get(1).copied(),
+            )
         }
         [] => return Err(nf()),
     };
@@ -134,7 +150,13 @@ fn resource(group: &str, version: &str, segs: &[&str]) -> Result<Route, ApiError
     if watch_path && sub.is_some() {
         return Err(nf());
     }
-    Ok(Route::Resource(Target { info, namespace: ns, name, sub, watch_path }))
+    Ok(Route::Resource(Target {
+        info,
+        namespace: ns,
+        name,
+        sub,
+        watch_path,
+    }))
 }
 
 #[cfg(test)]
@@ -151,10 +173,16 @@ mod tests {
     #[test]
     fn resource_paths() {
         let t = target("/api/v1/namespaces/default/pods/p1/status");
-        assert_eq!((t.info.resource, t.namespace.as_deref(), t.name.as_deref()), ("pods", Some("default"), Some("p1")));
+        assert_eq!(
+            (t.info.resource, t.namespace.as_deref(), t.name.as_deref()),
+            ("pods", Some("default"), Some("p1"))
+        );
         assert_eq!(t.sub, Some(SubTarget::Known(Subresource::Status)));
         let t = target("/api/v1/namespaces/kube-system");
-        assert_eq!((t.info.resource, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (t.info.resource, t.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let t = target("/api/v1/namespaces/x/finalize");
         assert_eq!(t.sub, Some(SubTarget::Finalize));
         let t = target("/apis/apps/v1/namespaces/d/deployments/web/scale");
@@ -181,8 +209,16 @@ mod tests {
         ] {
             assert_eq!(route(p).unwrap_err().code, 404, "{p}");
         }
-        assert!(matches!(route("/version"), Ok(Route::Endpoint(Endpoint::Version))));
-        assert!(matches!(route("/readyz/etcd"), Ok(Route::Endpoint(Endpoint::Health { .. }))));
-        assert!(matches!(route("/openapi/v3/apis/apps/v1"), Ok(Route::Endpoint(Endpoint::OpenApiV3(p))) if p == "apis/apps/v1"));
+        assert!(matches!(
+            route("/version"),
+            Ok(Route::Endpoint(Endpoint::Version))
+        ));
+        assert!(matches!(
+            route("/readyz/etcd"),
+            Ok(Route::Endpoint(Endpoint::Health { .. }))
+        ));
+        assert!(
+            matches!(route("/openapi/v3/apis/apps/v1"), Ok(Route::Endpoint(Endpoint::OpenApiV3(p))) if p == "apis/apps/v1")
+        );
     }
 }

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use http::{Method, Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,7 +68,11 @@ impl std::fmt::Debug for Api {
 }
 
 /// Serves HTTPS on `listener` until the returned task is aborted.
-pub fn serve(api: Arc<Api>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> JoinHandle<()> {
+pub fn serve(
+    api: Arc<Api>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> JoinHandle<()> {
     let mut incoming = kelson_runtime::tls::tls_incoming(listener, tls);
     tokio::spawn(async move {
         use futures::StreamExt;
@@ -138,7 +142,11 @@ where
     resp
 }
 
-async fn pipeline<B>(api: &Arc<Api>, user: Option<User>, req: Request<B>) -> Result<Response<Body>, ApiError>
+async fn pipeline<B>(
+    api: &Arc<Api>,
+    user: Option<User>,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -151,7 +159,10 @@ where
     let (parts, body) = req.into_parts();
     let route = router::route(parts.uri.path())?;
     let q = h::query(&parts.uri);
-    let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let accept = parts
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
     match route {
         Route::Endpoint(ep) => {
             let attrs = Attributes {
@@ -167,7 +178,10 @@ where
                 )));
             }
             if parts.method != Method::GET && parts.method != Method::HEAD {
-                return Err(ApiError::method_not_supported(parts.method.as_str(), parts.uri.path()));
+                return Err(ApiError::method_not_supported(
+                    parts.method.as_str(),
+                    parts.uri.path(),
+                ));
             }
             endpoint(api, ep, &q, accept).await
         }
@@ -185,11 +199,30 @@ where
                 resource_request: true,
             };
             if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
-                let res = if attrs.subresource.is_empty() { attrs.resource.clone() } else { format!("{}/{}", attrs.resource, attrs.subresource) };
-                return Err(ApiError::forbidden(&user.name, verb, &attrs.group, &res, &attrs.namespace, &attrs.name, &reason));
+                let res = if attrs.subresource.is_empty() {
+                    attrs.resource.clone()
+                } else {
+                    format!("{}/{}", attrs.resource, attrs.subresource)
+                };
+                return Err(ApiError::forbidden(
+                    &user.name,
+                    verb,
+                    &attrs.group,
+                    &res,
+                    &attrs.namespace,
+                    &attrs.name,
+                    &reason,
+                ));
             }
             let body = h::read_body(body).await?;
-            let mut r = Req { api, t: &t, q, fmt, headers: &parts.headers, warnings: Vec::new() };
+            let mut r = Req {
+                api,
+                t: &t,
+                q,
+                fmt,
+                headers: &parts.headers,
+                warnings: Vec::new(),
+            };
             handlers::dispatch(&mut r, &parts.method, body).await
         }
     }
@@ -206,7 +239,12 @@ fn method_verb(m: &Method) -> &'static str {
     }
 }
 
-async fn endpoint(api: &Arc<Api>, ep: Endpoint, q: &std::collections::HashMap<String, String>, accept: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn endpoint(
+    api: &Arc<Api>,
+    ep: Endpoint,
+    q: &std::collections::HashMap<String, String>,
+    accept: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let fmt = match h::negotiate(accept, false) {
         Ok(Format::Yaml) => Format::Yaml,
         _ => Format::Json,
@@ -217,24 +255,37 @@ async fn endpoint(api: &Arc<Api>, ep: Endpoint, q: &std::collections::HashMap<St
         let f = kelson_apiresources::negotiate_discovery(accept.unwrap_or(""));
         let v = match f {
             DiscoveryFormat::Legacy => doc,
-            DiscoveryFormat::AggregatedV2 => kelson_apiresources::aggregated_discovery(legacy, true),
-            DiscoveryFormat::AggregatedV2Beta1 => kelson_apiresources::aggregated_discovery(legacy, false),
+            DiscoveryFormat::AggregatedV2 => {
+                kelson_apiresources::aggregated_discovery(legacy, true)
+            }
+            DiscoveryFormat::AggregatedV2Beta1 => {
+                kelson_apiresources::aggregated_discovery(legacy, false)
+            }
         };
         let mut r = h::json(StatusCode::OK, &v);
-        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(f.content_type()));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(f.content_type()),
+        );
         r
     };
     Ok(match ep {
         Endpoint::Version => ok(version_info()),
-        Endpoint::Health { kind, check } => health(api, kind, check.as_deref(), q.contains_key("verbose")).await?,
-        Endpoint::Api => discovery(true, kelson_apiresources::discovery_api_for(&api.server_address)),
+        Endpoint::Health { kind, check } => {
+            health(api, kind, check.as_deref(), q.contains_key("verbose")).await?
+        }
+        Endpoint::Api => discovery(
+            true,
+            kelson_apiresources::discovery_api_for(&api.server_address),
+        ),
         Endpoint::Apis => discovery(false, kelson_apiresources::discovery_apis()),
         Endpoint::Group(g) => ok(discovery_group(&g).ok_or_else(ApiError::path_not_found)?),
-        Endpoint::GroupVersion(g, v) => {
-            ok(kelson_apiresources::discovery_group_version(&g, &v).ok_or_else(ApiError::path_not_found)?)
-        }
+        Endpoint::GroupVersion(g, v) => ok(kelson_apiresources::discovery_group_version(&g, &v)
+            .ok_or_else(ApiError::path_not_found)?),
         Endpoint::OpenApiV2 => openapi_v2(accept)?,
-        Endpoint::OpenApiV3Root => h::json(StatusCode::OK, &kelson_apiresources::openapi_v3_index()),
+        Endpoint::OpenApiV3Root => {
+            h::json(StatusCode::OK, &kelson_apiresources::openapi_v3_index())
+        }
         Endpoint::OpenApiV3(gv) => {
             let doc = kelson_apiresources::openapi_v3(&gv).ok_or_else(ApiError::path_not_found)?;
             raw_json(doc)
@@ -244,14 +295,21 @@ async fn endpoint(api: &Arc<Api>, ep: Endpoint, q: &std::collections::HashMap<St
 
 fn raw_json(bytes: &'static [u8]) -> Response<Body> {
     let mut r = Response::new(h::full(bytes::Bytes::from_static(bytes)));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// `GET /apis/<group>`: the group entry of `/apis` as an `APIGroup`.
 fn discovery_group(g: &str) -> Option<Value> {
     let apis = kelson_apiresources::discovery_apis();
-    let mut grp = apis["groups"].as_array()?.iter().find(|x| x["name"] == g)?.clone();
+    let mut grp = apis["groups"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == g)?
+        .clone();
     grp["kind"] = json!("APIGroup");
     grp["apiVersion"] = json!("v1");
     Some(grp)
@@ -261,12 +319,19 @@ fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, ApiError> {
     // Only the JSON form is served; a protobuf-only client gets 406 (client-go then uses v3).
     let wants_json = accept.is_none_or(|a| a.contains("json") || a.contains("*/*"));
     if !wants_json {
-        return Err(ApiError::not_acceptable("only application/json is served for /openapi/v2"));
+        return Err(ApiError::not_acceptable(
+            "only application/json is served for /openapi/v2",
+        ));
     }
     Ok(raw_json(kelson_apiresources::openapi_v2()))
 }
 
-async fn health(api: &Arc<Api>, kind: &str, check: Option<&str>, verbose: bool) -> Result<Response<Body>, ApiError> {
+async fn health(
+    api: &Arc<Api>,
+    kind: &str,
+    check: Option<&str>,
+    verbose: bool,
+) -> Result<Response<Body>, ApiError> {
     let etcd_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), api.store.current_revision()).await,
         Ok(Ok(_))
@@ -274,22 +339,44 @@ async fn health(api: &Arc<Api>, kind: &str, check: Option<&str>, verbose: bool) 
     let mut checks: Vec<(&str, bool)> = vec![("ping", true), ("log", true), ("etcd", etcd_ok)];
     if kind == "readyz" {
         checks.push(("informer-sync", true));
-        checks.push(("poststarthook/kelson-bootstrap-namespaces", api.ready.load(Ordering::Relaxed)));
+        checks.push((
+            "poststarthook/kelson-bootstrap-namespaces",
+            api.ready.load(Ordering::Relaxed),
+        ));
     }
     if let Some(c) = check {
         let Some((_, ok)) = checks.iter().find(|(n, _)| *n == c) else {
             return Err(ApiError::path_not_found());
         };
-        return Ok(if *ok { h::text(StatusCode::OK, "ok") } else { h::text(StatusCode::INTERNAL_SERVER_ERROR, format!("[-]{c} failed: reason withheld\n")) });
+        return Ok(if *ok {
+            h::text(StatusCode::OK, "ok")
+        } else {
+            h::text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("[-]{c} failed: reason withheld\n"),
+            )
+        });
     }
     let all = checks.iter().all(|(_, ok)| *ok);
-    let code = if all { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let code = if all {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
     if verbose || !all {
         let mut s = String::new();
         for (n, ok) in &checks {
-            s.push_str(&if *ok { format!("[+]{n} ok\n") } else { format!("[-]{n} failed: reason withheld\n") });
+            s.push_str(&if *ok {
+                format!("[+]{n} ok\n")
+            } else {
+                format!("[-]{n} failed: reason withheld\n")
+            });
         }
-        s.push_str(&if all { format!("{kind} check passed\n") } else { format!("{kind} check failed\n") });
+        s.push_str(&if all {
+            format!("{kind} check passed\n")
+        } else {
+            format!("{kind} check failed\n")
+        });
         return Ok(h::text(code, s));
     }
     Ok(h::text(code, "ok"))

@@ -66,9 +66,7 @@ impl From<etcd_client::Error> for StorageError {
     fn from(e: etcd_client::Error) -> Self {
         let s = e.to_string();
         if s.contains("compacted") {
-            StorageError::Compacted(
-                "The resourceVersion for the provided list is too old.".into(),
-            )
+            StorageError::Compacted("The resourceVersion for the provided list is too old.".into())
         } else if s.contains("too large") {
             StorageError::Api(ApiError::too_large(s))
         } else {
@@ -143,8 +141,12 @@ fn strip_rv(obj: &Value) -> Value {
 }
 
 fn decode(kv: &etcd_client::KeyValue) -> Result<Value, StorageError> {
-    let v: Value = serde_json::from_slice(kv.value())
-        .map_err(|e| StorageError::Internal(format!("undecodable object at {:?}: {e}", String::from_utf8_lossy(kv.key()))))?;
+    let v: Value = serde_json::from_slice(kv.value()).map_err(|e| {
+        StorageError::Internal(format!(
+            "undecodable object at {:?}: {e}",
+            String::from_utf8_lossy(kv.key())
+        ))
+    })?;
     Ok(with_rv(v, kv.mod_revision()))
 }
 
@@ -193,7 +195,10 @@ struct ContinueToken {
 }
 
 impl Storage {
-    pub async fn connect(endpoints: &[String], tls: Option<EtcdTls>) -> Result<Storage, StorageError> {
+    pub async fn connect(
+        endpoints: &[String],
+        tls: Option<EtcdTls>,
+    ) -> Result<Storage, StorageError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(30))
@@ -218,7 +223,12 @@ impl Storage {
         Ok(r.header().map(|h| h.revision()).unwrap_or_default())
     }
 
-    pub async fn create(&self, key: &str, obj: Value, dry_run: bool) -> Result<Value, StorageError> {
+    pub async fn create(
+        &self,
+        key: &str,
+        obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, StorageError> {
         let data = encode(&obj)?;
         if dry_run {
             let r = self.client.kv_client().get(key, None).await?;
@@ -247,7 +257,10 @@ impl Storage {
     }
 
     pub async fn get(&self, key: &str, _rv: Option<&str>) -> Result<Value, StorageError> {
-        self.get_raw(key).await?.map(|(v, _)| v).ok_or(StorageError::NotFound)
+        self.get_raw(key)
+            .await?
+            .map(|(v, _)| v)
+            .ok_or(StorageError::NotFound)
     }
 
     /// Lists `prefix` at one revision, keeping the objects `filter` accepts. With a limit,
@@ -263,11 +276,16 @@ impl Storage {
             Some(tok) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(tok)
-                    .map_err(|_| StorageError::Api(ApiError::bad_request("continue key is not valid")))?;
-                let t: ContinueToken = serde_json::from_slice(&bytes)
-                    .map_err(|_| StorageError::Api(ApiError::bad_request("continue key is not valid")))?;
+                    .map_err(|_| {
+                        StorageError::Api(ApiError::bad_request("continue key is not valid"))
+                    })?;
+                let t: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| {
+                    StorageError::Api(ApiError::bad_request("continue key is not valid"))
+                })?;
                 if !t.start.starts_with(prefix.trim_end_matches('/')) && !t.start.is_empty() {
-                    return Err(StorageError::Api(ApiError::bad_request("continue key is not valid")));
+                    return Err(StorageError::Api(ApiError::bad_request(
+                        "continue key is not valid",
+                    )));
                 }
                 (t.start.into_bytes(), t.rv)
             }
@@ -281,7 +299,11 @@ impl Storage {
             if rev > 0 {
                 go = go.with_revision(rev);
             }
-            let page = if limit > 0 { (limit - items.len() as i64).max(1) + 1 } else { 0 };
+            let page = if limit > 0 {
+                (limit - items.len() as i64).max(1) + 1
+            } else {
+                0
+            };
             if page > 0 {
                 go = go.with_limit(page.max(2));
             }
@@ -322,11 +344,21 @@ impl Storage {
                             remaining: Some(remaining),
                         });
                     }
-                    return Ok(ListResult { items, resource_version: rev, continue_token: None, remaining: None });
+                    return Ok(ListResult {
+                        items,
+                        resource_version: rev,
+                        continue_token: None,
+                        remaining: None,
+                    });
                 }
             }
             if !r.more() || kvs.is_empty() {
-                return Ok(ListResult { items, resource_version: rev, continue_token: None, remaining: None });
+                return Ok(ListResult {
+                    items,
+                    resource_version: rev,
+                    continue_token: None,
+                    remaining: None,
+                });
             }
             let mut next = kvs[kvs.len() - 1].key().to_vec();
             next.push(0);
@@ -371,7 +403,9 @@ impl Storage {
             }
             cached = fresh_from_else(&r.op_responses())?;
         }
-        Err(StorageError::Conflict("too many concurrent updates; please try again".into()))
+        Err(StorageError::Conflict(
+            "too many concurrent updates; please try again".into(),
+        ))
     }
 
     /// Deletes `key` once `check` accepts the current object; returns the deleted object with
@@ -407,7 +441,9 @@ impl Storage {
             }
             cached = fresh_from_else(&r.op_responses())?;
         }
-        Err(StorageError::Conflict("too many concurrent updates; please try again".into()))
+        Err(StorageError::Conflict(
+            "too many concurrent updates; please try again".into(),
+        ))
     }
 
     /// Raw create-if-absent of a small marker value (allocations); false if it exists.
@@ -427,7 +463,9 @@ impl Storage {
     /// Raw read of a marker key's value.
     pub async fn raw_get(&self, key: &str) -> Result<Option<String>, StorageError> {
         let r = self.client.kv_client().get(key, None).await?;
-        Ok(r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Watches `key` (a prefix when `recursive`) from revision `from_rv + 1`.
@@ -439,7 +477,9 @@ impl Storage {
         filter: Arc<dyn Fn(&Value) -> bool + Send + Sync>,
         bookmarks: bool,
     ) -> Result<BoxStream<'static, WatchEvent>, StorageError> {
-        let mut wo = WatchOptions::new().with_prev_key().with_start_revision(from_rv + 1);
+        let mut wo = WatchOptions::new()
+            .with_prev_key()
+            .with_start_revision(from_rv + 1);
         if recursive {
             wo = wo.with_range(prefix_end(key));
         }
@@ -531,11 +571,26 @@ mod tests {
     fn preconditions_compare_uid_and_rv() {
         let obj = serde_json::json!({"metadata": {"uid": "u1", "resourceVersion": "5"}});
         assert!(check_pre(&Preconditions::default(), &obj).is_ok());
-        let p = Preconditions { uid: Some("u2".into()), resource_version: None };
-        assert!(matches!(check_pre(&p, &obj), Err(StorageError::Conflict(_))));
-        let p = Preconditions { uid: None, resource_version: Some("4".into()) };
-        assert!(matches!(check_pre(&p, &obj), Err(StorageError::Conflict(_))));
-        let p = Preconditions { uid: Some("u1".into()), resource_version: Some("5".into()) };
+        let p = Preconditions {
+            uid: Some("u2".into()),
+            resource_version: None,
+        };
+        assert!(matches!(
+            check_pre(&p, &obj),
+            Err(StorageError::Conflict(_))
+        ));
+        let p = Preconditions {
+            uid: None,
+            resource_version: Some("4".into()),
+        };
+        assert!(matches!(
+            check_pre(&p, &obj),
+            Err(StorageError::Conflict(_))
+        ));
+        let p = Preconditions {
+            uid: Some("u1".into()),
+            resource_version: Some("5".into()),
+        };
         assert!(check_pre(&p, &obj).is_ok());
     }
 
@@ -543,7 +598,9 @@ mod tests {
     fn rv_lives_outside_the_stored_value() {
         let obj = serde_json::json!({"metadata": {"name": "a", "resourceVersion": "9"}});
         let bytes = encode(&obj).unwrap();
-        assert!(!String::from_utf8(bytes).unwrap().contains("resourceVersion"));
+        assert!(!String::from_utf8(bytes)
+            .unwrap()
+            .contains("resourceVersion"));
         assert_eq!(with_rv(obj, 12)["metadata"]["resourceVersion"], "12");
     }
 }

@@ -71,7 +71,10 @@ impl Strategy for NamespaceStrategy {
         self.prepare_for_create_defaults(obj);
     }
     fn prepare_for_create_defaults(&self, obj: &mut Value) {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let meta = obj_mut(obj, "metadata");
         let labels = meta.entry("labels").or_insert_with(|| json!({}));
         if labels.is_object() {
@@ -88,14 +91,24 @@ impl Strategy for NamespaceStrategy {
 /// Container defaults upstream applies (SetDefaults_Container and friends).
 fn default_containers(spec: &mut Value) {
     for field in ["containers", "initContainers"] {
-        let Some(cs) = spec[field].as_array_mut() else { continue };
+        let Some(cs) = spec[field].as_array_mut() else {
+            continue;
+        };
         for c in cs.iter_mut() {
             let Some(m) = c.as_object_mut() else { continue };
-            let image = m.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+            let image = m
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let tag = image.rsplit('/').next().unwrap_or_default();
             let latest = !tag.contains(':') || tag.ends_with(":latest");
             let latest = latest && !image.contains('@');
-            default(m, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
+            default(
+                m,
+                "imagePullPolicy",
+                json!(if latest { "Always" } else { "IfNotPresent" }),
+            );
             default(m, "terminationMessagePath", json!("/dev/termination-log"));
             default(m, "terminationMessagePolicy", json!("File"));
             default(m, "resources", json!({}));
@@ -152,7 +165,10 @@ fn validate_pod_spec(spec: &Value, path: &str) -> Vec<StatusCause> {
             for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
                 let port = p["containerPort"].as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&port) {
-                    out.push(StatusCause::invalid(&format!("{f}.ports[{j}].containerPort"), format!("Invalid value: {port}: must be between 1 and 65535, inclusive")));
+                    out.push(StatusCause::invalid(
+                        &format!("{f}.ports[{j}].containerPort"),
+                        format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                    ));
                 }
             }
         }
@@ -171,7 +187,11 @@ fn validate_pod_spec(spec: &Value, path: &str) -> Vec<StatusCause> {
 
 /// QoS class from requests/limits, as upstream computes it for status.qosClass.
 fn qos_class(spec: &Value) -> &'static str {
-    let cs: Vec<&Value> = spec["containers"].as_array().into_iter().flatten().collect();
+    let cs: Vec<&Value> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     let mut any = false;
     let mut guaranteed = !cs.is_empty();
     for c in &cs {
@@ -207,7 +227,10 @@ impl Strategy for PodStrategy {
         let spec = obj_mut(obj, "spec");
         let tol = spec.entry("tolerations").or_insert_with(|| json!([]));
         if let Some(t) = tol.as_array_mut() {
-            for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+            for key in [
+                "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable",
+            ] {
                 if !t.iter().any(|x| x["key"] == key) {
                     t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
                 }
@@ -292,7 +315,10 @@ impl Strategy for ServiceStrategy {
         if let Some(ports) = new["spec"]["ports"].as_array_mut() {
             for p in ports.iter_mut() {
                 if p["nodePort"].is_null() {
-                    if let Some(op) = old_ports.iter().find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"]) {
+                    if let Some(op) = old_ports
+                        .iter()
+                        .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+                    {
                         if !op["nodePort"].is_null() {
                             p["nodePort"] = op["nodePort"].clone();
                         }
@@ -331,7 +357,10 @@ impl Strategy for ServiceStrategy {
         for (i, p) in ports.iter().enumerate() {
             let port = p["port"].as_i64().unwrap_or(0);
             if !(1..=65535).contains(&port) {
-                out.push(StatusCause::invalid(&format!("spec.ports[{i}].port"), format!("Invalid value: {port}: must be between 1 and 65535, inclusive")));
+                out.push(StatusCause::invalid(
+                    &format!("spec.ports[{i}].port"),
+                    format!("Invalid value: {port}: must be between 1 and 65535, inclusive"),
+                ));
             }
             let name = p["name"].as_str().unwrap_or_default();
             if ports.len() > 1 && name.is_empty() {
@@ -351,7 +380,10 @@ impl Strategy for ServiceStrategy {
         let mut out = self.validate(new);
         let (o, n) = (&old["spec"]["clusterIP"], &new["spec"]["clusterIP"]);
         if !o.is_null() && o != n && new["spec"]["type"] != "ExternalName" {
-            out.push(StatusCause::invalid("spec.clusterIPs[0]", format!("Invalid value: {n}: may not change once set")));
+            out.push(StatusCause::invalid(
+                "spec.clusterIPs[0]",
+                format!("Invalid value: {n}: may not change once set"),
+            ));
         }
         out
     }
@@ -361,7 +393,12 @@ impl Strategy for ServiceStrategy {
 // ConfigMap / Secret
 
 fn valid_config_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) && k != "." && k != ".."
+    !k.is_empty()
+        && k.len() <= 253
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        && k != "."
+        && k != ".."
 }
 
 fn validate_keys(obj: &Value, fields: &[&str]) -> Vec<StatusCause> {
@@ -369,7 +406,7 @@ fn validate_keys(obj: &Value, fields: &[&str]) -> Vec<StatusCause> {
     for f in fields {
         for k in obj[*f].as_object().into_iter().flatten().map(|(k, _)| k) {
             if !valid_config_key(k) {
-                out.push(StatusCause::invalid(&format!("{f}"), format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')")));
+                out.push(StatusCause::invalid(f, format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')")));
             }
         }
     }
@@ -382,12 +419,20 @@ impl Strategy for ConfigMapStrategy {
         let mut out = validate_keys(obj, &["data", "binaryData"]);
         for (k, v) in obj["data"].as_object().into_iter().flatten() {
             if !v.is_string() {
-                out.push(StatusCause::invalid(&format!("data[{k}]"), "Invalid value: must be a string"));
+                out.push(StatusCause::invalid(
+                    &format!("data[{k}]"),
+                    "Invalid value: must be a string",
+                ));
             }
         }
         for (k, v) in obj["binaryData"].as_object().into_iter().flatten() {
-            if v.as_str().is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err()) {
-                out.push(StatusCause::invalid(&format!("binaryData[{k}]"), "Invalid value: illegal base64 data"));
+            if v.as_str()
+                .is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err())
+            {
+                out.push(StatusCause::invalid(
+                    &format!("binaryData[{k}]"),
+                    "Invalid value: illegal base64 data",
+                ));
             }
         }
         out
@@ -401,8 +446,14 @@ impl SecretStrategy {
         if let Some(Value::Object(sd)) = sd {
             let data = obj_mut(obj, "data");
             for (k, v) in sd {
-                let s = v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
-                data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                let s = v
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string());
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
             }
         }
     }
@@ -420,8 +471,13 @@ impl Strategy for SecretStrategy {
     fn validate(&self, obj: &Value) -> Vec<StatusCause> {
         let mut out = validate_keys(obj, &["data"]);
         for (k, v) in obj["data"].as_object().into_iter().flatten() {
-            if v.as_str().is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err()) {
-                out.push(StatusCause::invalid(&format!("data[{k}]"), "Invalid value: illegal base64 data"));
+            if v.as_str()
+                .is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err())
+            {
+                out.push(StatusCause::invalid(
+                    &format!("data[{k}]"),
+                    "Invalid value: illegal base64 data",
+                ));
             }
         }
         out
@@ -429,7 +485,10 @@ impl Strategy for SecretStrategy {
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<StatusCause> {
         let mut out = self.validate(new);
         if old["type"] != new["type"] {
-            out.push(StatusCause::invalid("type", format!("Invalid value: {}: field is immutable", new["type"])));
+            out.push(StatusCause::invalid(
+                "type",
+                format!("Invalid value: {}: field is immutable", new["type"]),
+            ));
         }
         if old["immutable"] == json!(true) && old["data"] != new["data"] {
             out.push(StatusCause {
@@ -451,7 +510,10 @@ impl Strategy for NodeStrategy {
         let mut out = Vec::new();
         if let Some(cidr) = obj["spec"]["podCIDR"].as_str() {
             if crate::alloc::Cidr::parse(cidr).is_err() && !cidr.contains(':') {
-                out.push(StatusCause::invalid("spec.podCIDR", format!("Invalid value: {cidr:?}: must be a valid CIDR value")));
+                out.push(StatusCause::invalid(
+                    "spec.podCIDR",
+                    format!("Invalid value: {cidr:?}: must be a valid CIDR value"),
+                ));
             }
         }
         out
@@ -465,16 +527,26 @@ impl Strategy for NodeStrategy {
 fn validate_selector(obj: &Value) -> Vec<StatusCause> {
     let sel = &obj["spec"]["selector"];
     let empty = sel["matchLabels"].as_object().is_none_or(|m| m.is_empty())
-        && sel["matchExpressions"].as_array().is_none_or(|a| a.is_empty());
+        && sel["matchExpressions"]
+            .as_array()
+            .is_none_or(|a| a.is_empty());
     if sel.is_null() || empty {
         return vec![StatusCause::required("spec.selector")];
     }
     let labels = obj["spec"]["template"]["metadata"]["labels"].as_object();
     match LabelSelector::from_object(sel) {
-        Err(e) => vec![StatusCause::invalid("spec.selector", format!("Invalid value: {e}"))],
+        Err(e) => vec![StatusCause::invalid(
+            "spec.selector",
+            format!("Invalid value: {e}"),
+        )],
         Ok(s) if !s.matches_labels(labels) => {
             let shown = labels
-                .map(|m| m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(" "))
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
                 .unwrap_or_default();
             vec![StatusCause::invalid(
                 "spec.template.metadata.labels",
@@ -489,16 +561,28 @@ fn validate_workload(obj: &Value) -> Vec<StatusCause> {
     let mut out = validate_selector(obj);
     if let Some(r) = obj["spec"]["replicas"].as_i64() {
         if r < 0 {
-            out.push(StatusCause::invalid("spec.replicas", format!("Invalid value: {r}: must be greater than or equal to 0")));
+            out.push(StatusCause::invalid(
+                "spec.replicas",
+                format!("Invalid value: {r}: must be greater than or equal to 0"),
+            ));
         }
     }
-    out.extend(validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec"));
+    out.extend(validate_pod_spec(
+        &obj["spec"]["template"]["spec"],
+        "spec.template.spec",
+    ));
     out
 }
 
 fn selector_immutable(new: &Value, old: &Value) -> Vec<StatusCause> {
     if new["spec"]["selector"] != old["spec"]["selector"] {
-        vec![StatusCause::invalid("spec.selector", format!("Invalid value: {}: field is immutable", new["spec"]["selector"]))]
+        vec![StatusCause::invalid(
+            "spec.selector",
+            format!(
+                "Invalid value: {}: field is immutable",
+                new["spec"]["selector"]
+            ),
+        )]
     } else {
         vec![]
     }
@@ -581,14 +665,23 @@ mod tests {
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
         assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert!(s.validate(&d).is_empty());
         let bad = deploy(json!({"matchLabels": {"app": "x"}}), json!({"app": "w"}));
         assert_eq!(s.validate(&bad)[0].field, "spec.template.metadata.labels");
         let none = deploy(Value::Null, json!({"app": "w"}));
         assert_eq!(s.validate(&none)[0].field, "spec.selector");
-        let moved = deploy(json!({"matchLabels": {"app": "w", "x": "y"}}), json!({"app": "w", "x": "y"}));
-        assert!(s.validate_update(&moved, &d).iter().any(|c| c.field == "spec.selector"));
+        let moved = deploy(
+            json!({"matchLabels": {"app": "w", "x": "y"}}),
+            json!({"app": "w", "x": "y"}),
+        );
+        assert!(s
+            .validate_update(&moved, &d)
+            .iter()
+            .any(|c| c.field == "spec.selector"));
     }
 
     #[test]
@@ -614,7 +707,9 @@ mod tests {
         s.prepare_for_create(&mut sec);
         assert_eq!(sec["data"]["a"], "aGVsbG8=");
         assert_eq!(sec["type"], "Opaque");
-        assert!(s.validate(&json!({"data": {"a": "!!"}}))[0].message.contains("base64"));
+        assert!(s.validate(&json!({"data": {"a": "!!"}}))[0]
+            .message
+            .contains("base64"));
 
         let svc = for_kind("", "Service");
         let mut o = json!({"spec": {"ports": [{"port": 80}]}});
@@ -622,6 +717,9 @@ mod tests {
         assert_eq!(o["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(o["spec"]["type"], "ClusterIP");
         assert!(svc.validate(&o).is_empty());
-        assert_eq!(svc.validate(&json!({"spec": {"type": "ClusterIP"}}))[0].field, "spec.ports");
+        assert_eq!(
+            svc.validate(&json!({"spec": {"type": "ClusterIP"}}))[0].field,
+            "spec.ports"
+        );
     }
 }

@@ -71,7 +71,12 @@ fn columns(kind: &str) -> Vec<Col> {
         ],
         "Namespace" => vec![name, Col("Status", "string", 0, ""), age],
         "ConfigMap" => vec![name, Col("Data", "integer", 0, ""), age],
-        "Secret" => vec![name, Col("Type", "string", 0, ""), Col("Data", "integer", 0, ""), age],
+        "Secret" => vec![
+            name,
+            Col("Type", "string", 0, ""),
+            Col("Data", "integer", 0, ""),
+            age,
+        ],
         _ => vec![name, age],
     }
 }
@@ -93,8 +98,14 @@ fn or_none(x: String) -> Value {
 fn containers_images(spec: &Value) -> (String, String) {
     let cs = spec["containers"].as_array().cloned().unwrap_or_default();
     (
-        cs.iter().map(|c| s(&c["name"])).collect::<Vec<_>>().join(","),
-        cs.iter().map(|c| s(&c["image"])).collect::<Vec<_>>().join(","),
+        cs.iter()
+            .map(|c| s(&c["name"]))
+            .collect::<Vec<_>>()
+            .join(","),
+        cs.iter()
+            .map(|c| s(&c["image"]))
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 
@@ -107,7 +118,10 @@ fn selector_string(sel: &Value) -> String {
     }
     if let Some(es) = sel["matchExpressions"].as_array() {
         for e in es {
-            let vals: Vec<String> = e["values"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+            let vals: Vec<String> = e["values"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
             parts.push(match e["operator"].as_str().unwrap_or_default() {
                 "In" => format!("{} in ({})", s(&e["key"]), vals.join(",")),
                 "NotIn" => format!("{} notin ({})", s(&e["key"]), vals.join(",")),
@@ -124,11 +138,23 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
     let a = json!(age(o));
     match kind {
         "Pod" => {
-            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-            let total = o["spec"]["containers"].as_array().map(Vec::len).unwrap_or(0);
-            let ready = statuses.iter().filter(|c| c["ready"].as_bool() == Some(true)).count();
+            let statuses = o["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let total = o["spec"]["containers"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0);
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"].as_bool() == Some(true))
+                .count();
             let restarts: i64 = statuses.iter().map(|c| n(&c["restartCount"])).sum();
-            let mut status = o["status"]["reason"].as_str().map(String::from).unwrap_or_else(|| s(&o["status"]["phase"]));
+            let mut status = o["status"]["reason"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| s(&o["status"]["phase"]));
             for c in &statuses {
                 if let Some(r) = c["state"]["waiting"]["reason"].as_str() {
                     status = r.to_string();
@@ -137,7 +163,10 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             if o["metadata"]["deletionTimestamp"].is_string() {
                 status = "Terminating".into();
             }
-            let gates = o["spec"]["readinessGates"].as_array().map(|g| g.len()).unwrap_or(0);
+            let gates = o["spec"]["readinessGates"]
+                .as_array()
+                .map(|g| g.len())
+                .unwrap_or(0);
             vec![
                 name,
                 json!(format!("{ready}/{total}")),
@@ -147,14 +176,22 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 or_none(s(&o["status"]["podIP"])),
                 or_none(s(&o["spec"]["nodeName"])),
                 or_none(s(&o["status"]["nominatedNodeName"])),
-                if gates == 0 { json!("<none>") } else { json!(format!("0/{gates}")) },
+                if gates == 0 {
+                    json!("<none>")
+                } else {
+                    json!(format!("0/{gates}"))
+                },
             ]
         }
         "Deployment" => {
             let (c, i) = containers_images(&o["spec"]["template"]["spec"]);
             vec![
                 name,
-                json!(format!("{}/{}", n(&o["status"]["readyReplicas"]), n(&o["spec"]["replicas"]))),
+                json!(format!(
+                    "{}/{}",
+                    n(&o["status"]["readyReplicas"]),
+                    n(&o["spec"]["replicas"])
+                )),
                 json!(n(&o["status"]["updatedReplicas"])),
                 json!(n(&o["status"]["availableReplicas"])),
                 a,
@@ -201,7 +238,12 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             };
             let sel = o["spec"]["selector"]
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default();
             vec![
                 name,
@@ -214,7 +256,10 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             ]
         }
         "Node" => {
-            let conds = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let conds = o["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let mut status = match conds.iter().find(|c| c["type"] == "Ready") {
                 Some(c) if c["status"] == "True" => "Ready".to_string(),
                 Some(_) => "NotReady".to_string(),
@@ -225,11 +270,21 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             }
             let mut roles: Vec<String> = o["metadata"]["labels"]
                 .as_object()
-                .map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect())
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| {
+                            k.strip_prefix("node-role.kubernetes.io/").map(String::from)
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             roles.sort();
             let addr = |t: &str| {
-                o["status"]["addresses"].as_array().and_then(|a| a.iter().find(|x| x["type"] == t)).map(|x| s(&x["address"])).unwrap_or_default()
+                o["status"]["addresses"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["type"] == t))
+                    .map(|x| s(&x["address"]))
+                    .unwrap_or_default()
             };
             let info = &o["status"]["nodeInfo"];
             vec![
@@ -245,14 +300,24 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(s(&info["containerRuntimeVersion"])),
             ]
         }
-        "Namespace" => vec![name, json!(o["status"]["phase"].as_str().unwrap_or("Active")), a],
+        "Namespace" => vec![
+            name,
+            json!(o["status"]["phase"].as_str().unwrap_or("Active")),
+            a,
+        ],
         "ConfigMap" => {
-            let d = o["data"].as_object().map(|m| m.len()).unwrap_or(0) + o["binaryData"].as_object().map(|m| m.len()).unwrap_or(0);
+            let d = o["data"].as_object().map(|m| m.len()).unwrap_or(0)
+                + o["binaryData"].as_object().map(|m| m.len()).unwrap_or(0);
             vec![name, json!(d), a]
         }
         "Secret" => {
             let d = o["data"].as_object().map(|m| m.len()).unwrap_or(0);
-            vec![name, json!(o["type"].as_str().unwrap_or("Opaque")), json!(d), a]
+            vec![
+                name,
+                json!(o["type"].as_str().unwrap_or("Opaque")),
+                json!(d),
+                a,
+            ]
         }
         _ => vec![name, a],
     }
@@ -319,7 +384,13 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "creationTimestamp": crate::meta::now_rfc3339()},
             "spec": {"containers": [{"name": "c"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
-        let t = table("Pod", &[pod], json!({"resourceVersion": "5"}), Include::Metadata, false);
+        let t = table(
+            "Pod",
+            &[pod],
+            json!({"resourceVersion": "5"}),
+            Include::Metadata,
+            false,
+        );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "p");
         assert_eq!(cells[1], "1/1");
@@ -327,14 +398,23 @@ mod tests {
         assert_eq!(cells[3], "2");
         assert_eq!(cells[5], "10.0.0.5");
         assert_eq!(cells[6], "n1");
-        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), cells.as_array().unwrap().len());
+        assert_eq!(
+            t["columnDefinitions"].as_array().unwrap().len(),
+            cells.as_array().unwrap().len()
+        );
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         let d = json!({"metadata": {"name": "d"}, "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "w"}}, "template": {"spec": {"containers": [{"name": "w", "image": "nginx"}]}}}, "status": {"readyReplicas": 1}});
         let t = table("Deployment", &[d], json!({}), Include::None, false);
         assert_eq!(t["rows"][0]["cells"][1], "1/3");
         assert_eq!(t["rows"][0]["cells"][7], "app=w");
         assert!(t["rows"][0].get("object").is_none());
-        let cm = table("Widget", &[json!({"metadata": {"name": "x"}})], json!({}), Include::Object, false);
+        let cm = table(
+            "Widget",
+            &[json!({"metadata": {"name": "x"}})],
+            json!({}),
+            Include::Object,
+            false,
+        );
         assert_eq!(cm["columnDefinitions"][1]["name"], "Age");
         assert_eq!(cm["rows"][0]["cells"][1], "<unknown>");
     }

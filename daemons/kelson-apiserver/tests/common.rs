@@ -21,9 +21,18 @@ pub struct ApiCluster {
     pub dir: tempfile::TempDir,
 }
 
-fn write_kubeconfig(path: &Path, port: u16, ca: &Path, cert: Option<(&Path, &Path)>) -> anyhow::Result<()> {
+fn write_kubeconfig(
+    path: &Path,
+    port: u16,
+    ca: &Path,
+    cert: Option<(&Path, &Path)>,
+) -> anyhow::Result<()> {
     let user = match cert {
-        Some((c, k)) => format!("{{client-certificate: {}, client-key: {}}}", c.display(), k.display()),
+        Some((c, k)) => format!(
+            "{{client-certificate: {}, client-key: {}}}",
+            c.display(),
+            k.display()
+        ),
         // A token kelson-apiserver does not accept: without any credential kubectl would
         // prompt for a password instead of sending the request.
         None => "{token: not-a-valid-token}".into(),
@@ -39,8 +48,18 @@ fn write_kubeconfig(path: &Path, port: u16, ca: &Path, cert: Option<(&Path, &Pat
 impl ApiCluster {
     /// A one-member store of `kind` (mutual TLS) and an API server in front of it.
     pub async fn start(kind: StoreKind, extra: &[&str]) -> anyhow::Result<ApiCluster> {
-        let store = StoreCluster::start(kind, 1, ClusterOpts { tls: true, ..Default::default() }).await?;
-        let dir = tempfile::Builder::new().prefix("kelson-apiserver-test-").tempdir()?;
+        let store = StoreCluster::start(
+            kind,
+            1,
+            ClusterOpts {
+                tls: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let dir = tempfile::Builder::new()
+            .prefix("kelson-apiserver-test-")
+            .tempdir()?;
         let pki = dir.path().join("pki");
         std::fs::create_dir_all(&pki)?;
         let ca = Ca::generate("kelson-apiserver-test-ca")?;
@@ -51,29 +70,68 @@ impl ApiCluster {
             ..CertRequest::new("kube-apiserver", Usage::Server)
         })?;
         server.write_pair(&pki, "apiserver")?;
-        ca.issue(&CertRequest { organization: Some("system:masters".into()), ..CertRequest::new("kubernetes-admin", Usage::Client) })?
-            .write_pair(&pki, "admin")?;
-        ca.issue(&CertRequest { organization: Some("devs".into()), ..CertRequest::new("bob", Usage::Client) })?
-            .write_pair(&pki, "bob")?;
+        ca.issue(&CertRequest {
+            organization: Some("system:masters".into()),
+            ..CertRequest::new("kubernetes-admin", Usage::Client)
+        })?
+        .write_pair(&pki, "admin")?;
+        ca.issue(&CertRequest {
+            organization: Some("devs".into()),
+            ..CertRequest::new("bob", Usage::Client)
+        })?
+        .write_pair(&pki, "bob")?;
         let port = free_port();
         let spki = store.pki().context("store PKI")?.clone();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelson-apiserver"));
-        cmd.args(["--no-dbus", "--bind-address", "127.0.0.1", "--log-level", "info"])
-            .args(["--secure-port", &port.to_string()])
-            .args(["--etcd-servers", &store.endpoints_str()])
-            .arg("--etcd-cafile").arg(&spki.ca_cert)
-            .arg("--etcd-certfile").arg(&spki.client_cert)
-            .arg("--etcd-keyfile").arg(&spki.client_key)
-            .arg("--tls-cert-file").arg(pki.join("apiserver.crt"))
-            .arg("--tls-private-key-file").arg(pki.join("apiserver.key"))
-            .arg("--client-ca-file").arg(pki.join("ca.crt"))
-            .args(extra);
+        cmd.args([
+            "--no-dbus",
+            "--bind-address",
+            "127.0.0.1",
+            "--log-level",
+            "info",
+        ])
+        .args(["--secure-port", &port.to_string()])
+        .args(["--etcd-servers", &store.endpoints_str()])
+        .arg("--etcd-cafile")
+        .arg(&spki.ca_cert)
+        .arg("--etcd-certfile")
+        .arg(&spki.client_cert)
+        .arg("--etcd-keyfile")
+        .arg(&spki.client_key)
+        .arg("--tls-cert-file")
+        .arg(pki.join("apiserver.crt"))
+        .arg("--tls-private-key-file")
+        .arg(pki.join("apiserver.key"))
+        .arg("--client-ca-file")
+        .arg(pki.join("ca.crt"))
+        .args(extra);
         let server = ChildGuard::spawn("kelson-apiserver", cmd, &dir.path().join("apiserver.log"))?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        write_kubeconfig(&kubeconfig, port, &pki.join("ca.crt"), Some((&pki.join("admin.crt"), &pki.join("admin.key"))))?;
-        write_kubeconfig(&dir.path().join("bob.kubeconfig"), port, &pki.join("ca.crt"), Some((&pki.join("bob.crt"), &pki.join("bob.key"))))?;
-        write_kubeconfig(&dir.path().join("anon.kubeconfig"), port, &pki.join("ca.crt"), None)?;
-        let mut c = ApiCluster { store, server, port, kubeconfig, dir };
+        write_kubeconfig(
+            &kubeconfig,
+            port,
+            &pki.join("ca.crt"),
+            Some((&pki.join("admin.crt"), &pki.join("admin.key"))),
+        )?;
+        write_kubeconfig(
+            &dir.path().join("bob.kubeconfig"),
+            port,
+            &pki.join("ca.crt"),
+            Some((&pki.join("bob.crt"), &pki.join("bob.key"))),
+        )?;
+        write_kubeconfig(
+            &dir.path().join("anon.kubeconfig"),
+            port,
+            &pki.join("ca.crt"),
+            None,
+        )?;
+        let mut c = ApiCluster {
+            store,
+            server,
+            port,
+            kubeconfig,
+            dir,
+        };
         c.wait_ready(Duration::from_secs(30))?;
         Ok(c)
     }
@@ -86,10 +144,17 @@ impl ApiCluster {
                 return Ok(());
             }
             if let Some(st) = self.server.try_wait() {
-                bail!("kelson-apiserver exited ({st}):\n{}", self.server.log_tail(40));
+                bail!(
+                    "kelson-apiserver exited ({st}):\n{}",
+                    self.server.log_tail(40)
+                );
             }
             if start.elapsed() > timeout {
-                bail!("not ready after {timeout:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.server.log_tail(40));
+                bail!(
+                    "not ready after {timeout:?}: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.server.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -111,7 +176,12 @@ impl ApiCluster {
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl runs");
         if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("kubectl finishes")
@@ -129,14 +199,23 @@ impl ApiCluster {
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}\n--- server log ---\n{}", String::from_utf8_lossy(&out.stderr), self.server.log_tail(20));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n--- server log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server.log_tail(20)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     #[track_caller]
     pub fn ok_in(&self, args: &[&str], stdin: &str) -> String {
         let out = self.kubectl_in(args, stdin);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -144,7 +223,11 @@ impl ApiCluster {
     #[track_caller]
     pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_as(&self.kubeconfig, args, stdin);
-        assert!(!out.status.success(), "kubectl {args:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }

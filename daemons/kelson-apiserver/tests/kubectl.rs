@@ -69,15 +69,27 @@ async fn kubectl_workflow_on_kelson_kv() {
     let v = c.ok(&["version"]);
     assert!(v.contains("Server Version: v1.33.0-kelson"), "{v}");
     let r = c.ok(&["api-resources"]);
-    assert!(r.contains("deployments") && r.contains("apps/v1") && r.contains("configmaps"), "{r}");
+    assert!(
+        r.contains("deployments") && r.contains("apps/v1") && r.contains("configmaps"),
+        "{r}"
+    );
 
     c.ok(&["create", "ns", "demo"]);
     let ns = c.ok(&["get", "ns"]);
-    for n in ["default", "kube-system", "kube-public", "kube-node-lease", "demo"] {
+    for n in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "demo",
+    ] {
         assert!(ns.contains(n), "{ns}");
     }
     let created = c.ok_in(&["-n", "demo", "create", "-f", "-"], MANIFESTS);
-    assert!(created.contains("deployment.apps/web created") && created.contains("pod/p1 created"), "{created}");
+    assert!(
+        created.contains("deployment.apps/web created") && created.contains("pod/p1 created"),
+        "{created}"
+    );
 
     // Defaults and metadata.
     let d = json(&c.ok(&["-n", "demo", "get", "deploy", "web", "-o", "json"]));
@@ -86,51 +98,154 @@ async fn kubectl_workflow_on_kelson_kv() {
     assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
     assert!(d["metadata"]["uid"].as_str().unwrap().len() == 36);
     let y = c.ok(&["-n", "demo", "get", "cm", "cfg", "-o", "yaml"]);
-    assert!(y.contains("a: \"1\"") && y.contains("resourceVersion:"), "{y}");
+    assert!(
+        y.contains("a: \"1\"") && y.contains("resourceVersion:"),
+        "{y}"
+    );
     let wide = c.ok(&["-n", "demo", "get", "pods", "-o", "wide"]);
-    assert!(wide.contains("IP") && wide.contains("NODE") && wide.contains("Pending"), "{wide}");
+    assert!(
+        wide.contains("IP") && wide.contains("NODE") && wide.contains("Pending"),
+        "{wide}"
+    );
     let deploys = c.ok(&["-n", "demo", "get", "deploy"]);
-    assert!(deploys.contains("UP-TO-DATE") && deploys.contains("0/2"), "{deploys}");
+    assert!(
+        deploys.contains("UP-TO-DATE") && deploys.contains("0/2"),
+        "{deploys}"
+    );
 
     // apply, then apply again: unchanged.
     c.ok_in(&["-n", "demo", "apply", "-f", "-"], MANIFESTS);
     let again = c.ok_in(&["-n", "demo", "apply", "-f", "-"], MANIFESTS);
-    assert!(again.contains("deployment.apps/web unchanged") && again.contains("configmap/cfg unchanged"), "{again}");
+    assert!(
+        again.contains("deployment.apps/web unchanged")
+            && again.contains("configmap/cfg unchanged"),
+        "{again}"
+    );
 
     // label + selectors.
     c.ok(&["-n", "demo", "label", "cm", "cfg", "tier=fe"]);
-    assert!(c.ok(&["-n", "demo", "get", "cm", "-l", "tier=fe", "-o", "name"]).contains("configmap/cfg"));
-    assert!(!c.ok(&["-n", "demo", "get", "cm", "-l", "tier!=fe", "-o", "name"]).contains("configmap/cfg"));
-    assert!(c.ok(&["-n", "demo", "get", "pods", "--field-selector", "status.phase=Pending", "-o", "name"]).contains("pod/p1"));
+    assert!(c
+        .ok(&["-n", "demo", "get", "cm", "-l", "tier=fe", "-o", "name"])
+        .contains("configmap/cfg"));
+    assert!(!c
+        .ok(&["-n", "demo", "get", "cm", "-l", "tier!=fe", "-o", "name"])
+        .contains("configmap/cfg"));
+    assert!(c
+        .ok(&[
+            "-n",
+            "demo",
+            "get",
+            "pods",
+            "--field-selector",
+            "status.phase=Pending",
+            "-o",
+            "name"
+        ])
+        .contains("pod/p1"));
 
     // The three patch types.
-    c.ok(&["-n", "demo", "patch", "cm", "cfg", "--type", "merge", "-p", r#"{"data":{"b":"2"}}"#]);
-    c.ok(&["-n", "demo", "patch", "cm", "cfg", "--type", "json", "-p", r#"[{"op":"add","path":"/data/c","value":"3"}]"#]);
-    c.ok(&["-n", "demo", "patch", "deploy", "web", "--type", "strategic", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.26"}]}}}}"#]);
+    c.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "cfg",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"b":"2"}}"#,
+    ]);
+    c.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "cfg",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/data/c","value":"3"}]"#,
+    ]);
+    c.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "strategic",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.26"}]}}}}"#,
+    ]);
     let cm = json(&c.ok(&["-n", "demo", "get", "cm", "cfg", "-o", "json"]));
-    assert_eq!(cm["data"], serde_json::json!({"a": "1", "b": "2", "c": "3"}));
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"a": "1", "b": "2", "c": "3"})
+    );
     let d = json(&c.ok(&["-n", "demo", "get", "deploy", "web", "-o", "json"]));
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.26");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80, "strategic merge kept the port");
-    assert_eq!(d["metadata"]["generation"], 2, "spec change bumps generation");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.26"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80,
+        "strategic merge kept the port"
+    );
+    assert_eq!(
+        d["metadata"]["generation"], 2,
+        "spec change bumps generation"
+    );
 
     // scale subresource.
     c.ok(&["-n", "demo", "scale", "deploy", "web", "--replicas", "5"]);
-    assert_eq!(c.ok(&["-n", "demo", "get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "5");
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "5"
+    );
 
     // A stale replace is a 409.
     let stale = c.ok(&["-n", "demo", "get", "cm", "cfg", "-o", "yaml"]);
-    c.ok(&["-n", "demo", "patch", "cm", "cfg", "--type", "merge", "-p", r#"{"data":{"d":"4"}}"#]);
+    c.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "cfg",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"d":"4"}}"#,
+    ]);
     let e = c.fails(&["-n", "demo", "replace", "-f", "-"], Some(&stale));
-    assert!(e.contains("Conflict") && e.contains("the object has been modified"), "{e}");
+    assert!(
+        e.contains("Conflict") && e.contains("the object has been modified"),
+        "{e}"
+    );
 
     // Invalid objects are 422, a missing namespace 404, unknown fields 400 (Strict).
     let bad = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"bad"},"spec":{"selector":{"matchLabels":{"a":"b"}},"template":{"metadata":{"labels":{"a":"c"}},"spec":{"containers":[{"name":"c","image":"x"}]}}}}"#;
     let e = c.fails(&["-n", "demo", "create", "-f", "-"], Some(bad));
-    assert!(e.contains("is invalid") && e.contains("`selector` does not match template `labels`"), "{e}");
+    assert!(
+        e.contains("is invalid") && e.contains("`selector` does not match template `labels`"),
+        "{e}"
+    );
     let e = c.fails(&["-n", "nope", "create", "-f", "-"], Some(MANIFESTS));
-    assert!(e.contains("NotFound") && e.contains("namespaces \"nope\" not found"), "{e}");
-    let e = c.fails(&["-n", "demo", "create", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"bogus":1}"#));
+    assert!(
+        e.contains("NotFound") && e.contains("namespaces \"nope\" not found"),
+        "{e}"
+    );
+    let e = c.fails(
+        &["-n", "demo", "create", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"bogus":1}"#),
+    );
     assert!(e.contains("unknown field \"bogus\""), "{e}");
 
     // get -w sees events.
@@ -143,7 +258,10 @@ async fn kubectl_workflow_on_kelson_kv() {
         .spawn()
         .unwrap();
     wait_file_contains(&wfile, "cfg", Duration::from_secs(10));
-    c.ok_in(&["-n", "demo", "create", "-f", "-"], r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"watched"}}"#);
+    c.ok_in(
+        &["-n", "demo", "create", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"watched"}}"#,
+    );
     let seen = wait_file_contains(&wfile, "watched", Duration::from_secs(10));
     let _ = watcher.kill();
     let _ = watcher.wait();
@@ -152,20 +270,44 @@ async fn kubectl_workflow_on_kelson_kv() {
     // Finalizers hold deletion until removed.
     c.ok_in(&["-n", "demo", "create", "-f", "-"], r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"fin","finalizers":["example.com/hold"]}}"#);
     c.ok(&["-n", "demo", "delete", "cm", "fin", "--wait=false"]);
-    let ts = c.ok(&["-n", "demo", "get", "cm", "fin", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+    let ts = c.ok(&[
+        "-n",
+        "demo",
+        "get",
+        "cm",
+        "fin",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
     assert!(!ts.is_empty());
-    c.ok(&["-n", "demo", "patch", "cm", "fin", "--type", "json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
-    assert!(c.fails(&["-n", "demo", "get", "cm", "fin"], None).contains("NotFound"));
+    c.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "cm",
+        "fin",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    assert!(c
+        .fails(&["-n", "demo", "get", "cm", "fin"], None)
+        .contains("NotFound"));
 
     // delete.
     c.ok(&["-n", "demo", "delete", "pod", "p1"]);
     c.ok(&["-n", "demo", "delete", "deploy", "web"]);
-    assert!(c.fails(&["-n", "demo", "get", "pod", "p1"], None).contains("NotFound"));
+    assert!(c
+        .fails(&["-n", "demo", "get", "pod", "p1"], None)
+        .contains("NotFound"));
 
     // Deleting a namespace removes its content, then the namespace.
     c.ok(&["delete", "ns", "demo", "--timeout=30s"]);
     assert!(c.fails(&["get", "ns", "demo"], None).contains("NotFound"));
-    assert!(c.fails(&["-n", "demo", "get", "cm", "cfg"], None).contains("NotFound"));
+    assert!(c
+        .fails(&["-n", "demo", "get", "cm", "cfg"], None)
+        .contains("NotFound"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,27 +317,92 @@ async fn kubectl_on_real_etcd() {
     c.ok_in(&["-n", "e2e", "apply", "-f", "-"], MANIFESTS);
     let pods = c.ok(&["-n", "e2e", "get", "pods"]);
     assert!(pods.contains("p1") && pods.contains("Pending"), "{pods}");
-    c.ok(&["-n", "e2e", "patch", "cm", "cfg", "--type", "merge", "-p", r#"{"data":{"a":"9"}}"#]);
-    assert_eq!(c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "9");
+    c.ok(&[
+        "-n",
+        "e2e",
+        "patch",
+        "cm",
+        "cfg",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"a":"9"}}"#,
+    ]);
+    assert_eq!(
+        c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]),
+        "9"
+    );
     let again = c.ok_in(&["-n", "e2e", "apply", "-f", "-"], MANIFESTS);
-    assert!(again.contains("configmap/cfg configured"), "apply restores data: {again}");
-    assert_eq!(c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "1");
+    assert!(
+        again.contains("configmap/cfg configured"),
+        "apply restores data: {again}"
+    );
+    assert_eq!(
+        c.ok(&["-n", "e2e", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
     // Typed kubectl generators send protobuf bodies.
-    c.ok(&["-n", "e2e", "create", "deployment", "gen", "--image=nginx:1.25", "--replicas=3"]);
+    c.ok(&[
+        "-n",
+        "e2e",
+        "create",
+        "deployment",
+        "gen",
+        "--image=nginx:1.25",
+        "--replicas=3",
+    ]);
     let d = json(&c.ok(&["-n", "e2e", "get", "deploy", "gen", "-o", "json"]));
     assert_eq!(d["spec"]["replicas"], 3);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
-    c.ok(&["-n", "e2e", "create", "secret", "generic", "s1", "--from-literal=user=admin"]);
-    assert_eq!(c.ok(&["-n", "e2e", "get", "secret", "s1", "-o", "jsonpath={.data.user}"]), "YWRtaW4=");
-    c.ok(&["-n", "e2e", "create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.25"
+    );
+    c.ok(&[
+        "-n",
+        "e2e",
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "--from-literal=user=admin",
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "-n",
+            "e2e",
+            "get",
+            "secret",
+            "s1",
+            "-o",
+            "jsonpath={.data.user}"
+        ]),
+        "YWRtaW4="
+    );
+    c.ok(&[
+        "-n",
+        "e2e",
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+    ]);
     let svc = json(&c.ok(&["-n", "e2e", "get", "svc", "np", "-o", "json"]));
-    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10."), "{svc}");
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10."),
+        "{svc}"
+    );
     let np = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
     assert!((30000..=32767).contains(&np), "{svc}");
     let list = json(&c.ok(&["get", "--raw", "/api/v1/namespaces/e2e/configmaps?limit=1"]));
     assert_eq!(list["kind"], "ConfigMapList");
     c.ok(&["-n", "e2e", "delete", "cm", "cfg"]);
-    assert!(c.fails(&["-n", "e2e", "get", "cm", "cfg"], None).contains("NotFound"));
+    assert!(c
+        .fails(&["-n", "e2e", "get", "cm", "cfg"], None)
+        .contains("NotFound"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,15 +412,33 @@ async fn authentication_and_authorization() {
     let anon = c.kubectl_as(&c.kubeconfig_for("anon"), &["get", "ns"], None);
     assert!(!anon.status.success());
     let anon_err = String::from_utf8_lossy(&anon.stderr);
-    assert!(anon_err.contains("provide credentials") || anon_err.contains("Unauthorized"), "{anon_err}");
+    assert!(
+        anon_err.contains("provide credentials") || anon_err.contains("Unauthorized"),
+        "{anon_err}"
+    );
     // A user outside system:masters under RBAC (not implemented yet): a clear 403.
-    let bob = c.kubectl_as(&c.kubeconfig_for("bob"), &["get", "pods", "-n", "default"], None);
+    let bob = c.kubectl_as(
+        &c.kubeconfig_for("bob"),
+        &["get", "pods", "-n", "default"],
+        None,
+    );
     let err = String::from_utf8_lossy(&bob.stderr);
-    assert!(!bob.status.success() && err.contains("Forbidden") && err.contains("User \"bob\" cannot list resource \"pods\""), "{err}");
-    assert!(err.contains("RBAC authorization is not implemented"), "{err}");
+    assert!(
+        !bob.status.success()
+            && err.contains("Forbidden")
+            && err.contains("User \"bob\" cannot list resource \"pods\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("RBAC authorization is not implemented"),
+        "{err}"
+    );
     // Health endpoints.
     let h = c.ok(&["get", "--raw", "/healthz?verbose"]);
-    assert!(h.contains("[+]etcd ok") && h.contains("healthz check passed"), "{h}");
+    assert!(
+        h.contains("[+]etcd ok") && h.contains("healthz check passed"),
+        "{h}"
+    );
     assert_eq!(c.ok(&["get", "--raw", "/livez"]), "ok");
     let e = c.fails(&["get", "--raw", "/apis/nope.example.com/v1/things"], None);
     assert!(e.contains("NotFound"), "{e}");
@@ -221,10 +446,34 @@ async fn authentication_and_authorization() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn always_allow_and_anonymous() {
-    let c = ApiCluster::start(StoreKind::Kelson, &["--authorization-mode", "AlwaysAllow", "--anonymous-auth"]).await.unwrap();
-    let bob = c.kubectl_as(&c.kubeconfig_for("bob"), &["get", "ns", "default", "-o", "name"], None);
-    assert!(bob.status.success(), "{}", String::from_utf8_lossy(&bob.stderr));
-    let anon = c.kubectl_as(&c.kubeconfig_for("anon"), &["get", "ns", "default", "-o", "name"], None);
-    assert!(anon.status.success(), "{}", String::from_utf8_lossy(&anon.stderr));
-    assert_eq!(String::from_utf8_lossy(&anon.stdout).trim(), "namespace/default");
+    let c = ApiCluster::start(
+        StoreKind::Kelson,
+        &["--authorization-mode", "AlwaysAllow", "--anonymous-auth"],
+    )
+    .await
+    .unwrap();
+    let bob = c.kubectl_as(
+        &c.kubeconfig_for("bob"),
+        &["get", "ns", "default", "-o", "name"],
+        None,
+    );
+    assert!(
+        bob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bob.stderr)
+    );
+    let anon = c.kubectl_as(
+        &c.kubeconfig_for("anon"),
+        &["get", "ns", "default", "-o", "name"],
+        None,
+    );
+    assert!(
+        anon.status.success(),
+        "{}",
+        String::from_utf8_lossy(&anon.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&anon.stdout).trim(),
+        "namespace/default"
+    );
 }
