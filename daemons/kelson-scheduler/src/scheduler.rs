@@ -600,7 +600,14 @@ impl Loop {
                     .attempts_unschedulable
                     .fetch_add(1, Ordering::Relaxed);
                 let mut nominated = None;
-                if !fit.failures.is_empty() {
+                if self.waiting_for_victims(&pod, &snap, prio) {
+                    // Upstream's PodEligibleToPreemptOthers: victims on the nominated node are
+                    // still terminating; evicting more would be needless.
+                    fit.post_filter_msg = Some(
+                        "preemption: not eligible due to a terminating pod on the nominated node.".into(),
+                    );
+                    nominated = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone());
+                } else if !fit.failures.is_empty() {
                     match preempt(pi.clone(), &snap, &fit, &|v| self.violates_pdb(v)) {
                         Ok(plan) => {
                             let node = snap.nodes[plan.node].name.clone();
@@ -617,6 +624,20 @@ impl Loop {
                 self.queue.requeue_failed(key, true, Instant::now());
             }
         }
+    }
+
+    fn waiting_for_victims(&self, pod: &Pod, snap: &Snapshot, prio: i32) -> bool {
+        let Some(n) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .and_then(|n| snap.get(n))
+        else {
+            return false;
+        };
+        n.pods
+            .iter()
+            .any(|p| p.priority < prio && p.pod.metadata.deletion_timestamp.is_some())
     }
 
     async fn evict(&self, victim: &PodInfo, preemptor: &Pod, node: &str) {
