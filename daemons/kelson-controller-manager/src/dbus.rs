@@ -32,11 +32,19 @@ impl ControllerManager1 {
 
     /// Keys waiting in each controller's queue.
     fn queue_depths(&self) -> HashMap<String, u32> {
-        self.queues.lock().iter().map(|(k, q)| (k.to_string(), q.len() as u32)).collect()
+        self.queues
+            .lock()
+            .iter()
+            .map(|(k, q)| (k.to_string(), q.len() as u32))
+            .collect()
     }
 
     /// The last reconcile error of each controller ("" if none).
     fn last_errors(&self) -> HashMap<String, String> {
-        self.queues.lock().iter().map(|(k, q)| (k.to_string(), q.last_error())).collect()
+        self.queues
+            .lock()
+            .iter()
+            .map(|(k, q)| (k.to_string(), q.last_error()))
+            .collect()
     }
 }

@@ -38,7 +38,13 @@ pub trait Object:
 {
 }
 impl<K> Object for K where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -98,8 +104,7 @@ impl<K: Object> Informer<K> {
         let handlers = self.handlers.clone();
         Some(tokio::spawn(async move {
             let cfg = watcher::Config::default();
-            let stream = reflector::reflector(writer, watcher::watcher(api, cfg))
-                .default_backoff();
+            let stream = reflector::reflector(writer, watcher::watcher(api, cfg)).default_backoff();
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {

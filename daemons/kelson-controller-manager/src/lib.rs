@@ -148,18 +148,27 @@ fn dur(name: &str, v: &str) -> anyhow::Result<Duration> {
 impl CmConfig {
     /// Checks everything that can be checked before connecting.
     pub fn settings(&self) -> anyhow::Result<controllers::Settings> {
-        controllers::validate_list(&self.controllers).map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
+        controllers::validate_list(&self.controllers)
+            .map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
         if self.allocate_node_cidrs && self.cluster_cidr.is_none() {
             bail!("--allocate-node-cidrs requires --cluster-cidr");
         }
         if let Some(c) = &self.cluster_cidr {
-            controllers::nodelifecycle::parse_cidr(c).map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+            controllers::nodelifecycle::parse_cidr(c)
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
         }
         Ok(controllers::Settings {
             root_ca_file: self.root_ca_file.clone(),
-            node_monitor_grace_period: dur("node-monitor-grace-period", &self.node_monitor_grace_period)?,
+            node_monitor_grace_period: dur(
+                "node-monitor-grace-period",
+                &self.node_monitor_grace_period,
+            )?,
             node_monitor_period: dur("node-monitor-period", &self.node_monitor_period)?,
-            cluster_cidr: if self.allocate_node_cidrs || self.cluster_cidr.is_some() { self.cluster_cidr.clone() } else { None },
+            cluster_cidr: if self.allocate_node_cidrs || self.cluster_cidr.is_some() {
+                self.cluster_cidr.clone()
+            } else {
+                None
+            },
             node_cidr_mask_size: self.node_cidr_mask_size,
             unhealthy_zone_threshold: self.unhealthy_zone_threshold,
         })
@@ -177,7 +186,9 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
 
     let client = match &cfg.kubeconfig {
         Some(p) => kelson_kube::client_from_kubeconfig(p).await?,
-        None => kube::Client::try_default().await.context("no --kubeconfig and no in-cluster/default config")?,
+        None => kube::Client::try_default()
+            .await
+            .context("no --kubeconfig and no in-cluster/default config")?,
     };
     let ctx = controllers::Ctx {
         client: client.clone(),
@@ -199,7 +210,10 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
         let opts = DbusOptions::for_component("ControllerManager", common.dbus_address.clone());
         let served = async {
             DbusServer::new(opts, state.clone(), log.clone())?
-                .interface(dbus::ControllerManager1 { leading: lead_rx.clone(), queues: queues.clone() })?
+                .interface(dbus::ControllerManager1 {
+                    leading: lead_rx.clone(),
+                    queues: queues.clone(),
+                })?
                 .serve()
                 .await
         }
@@ -226,7 +240,10 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
             if ctx.inf.start_and_sync(Duration::from_secs(10)).await {
                 return;
             }
-            tracing::warn!(attempt, "informer caches not synced yet; is the API server reachable?");
+            tracing::warn!(
+                attempt,
+                "informer caches not synced yet; is the API server reachable?"
+            );
         }
     };
     tokio::select! {
@@ -247,12 +264,24 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
             &cfg.leader_elect_resource_name,
             &kelson_kube::default_identity(),
         );
-        le.lease_duration = dur("leader-elect-lease-duration", &cfg.leader_elect_lease_duration)?;
-        le.renew_deadline = dur("leader-elect-renew-deadline", &cfg.leader_elect_renew_deadline)?;
+        le.lease_duration = dur(
+            "leader-elect-lease-duration",
+            &cfg.leader_elect_lease_duration,
+        )?;
+        le.renew_deadline = dur(
+            "leader-elect-renew-deadline",
+            &cfg.leader_elect_renew_deadline,
+        )?;
         le.retry_period = dur("leader-elect-retry-period", &cfg.leader_elect_retry_period)?;
         state.set_status(format!("waiting for leadership ({})", le.identity));
-        let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &cfg.leader_elect_resource_namespace);
-        Some(tokio::spawn(kelson_kube::run_leader_election(api, le, lead_tx.clone(), stop_rx.clone())))
+        let api: kube::Api<Lease> =
+            kube::Api::namespaced(client.clone(), &cfg.leader_elect_resource_namespace);
+        Some(tokio::spawn(kelson_kube::run_leader_election(
+            api,
+            le,
+            lead_tx.clone(),
+            stop_rx.clone(),
+        )))
     } else {
         let _ = lead_tx.send(true);
         None
@@ -312,9 +341,15 @@ mod tests {
         let s = c.settings().unwrap();
         assert_eq!(s.node_monitor_grace_period, Duration::from_secs(50));
         assert_eq!(c.leader_elect_resource_name, "kube-controller-manager");
-        let bad = CmConfig { controllers: vec!["*".into(), "-nope".into()], ..Default::default() };
+        let bad = CmConfig {
+            controllers: vec!["*".into(), "-nope".into()],
+            ..Default::default()
+        };
         assert!(bad.settings().is_err());
-        let bad = CmConfig { node_monitor_grace_period: "5q".into(), ..Default::default() };
+        let bad = CmConfig {
+            node_monitor_grace_period: "5q".into(),
+            ..Default::default()
+        };
         assert!(bad.settings().is_err());
     }
 }

@@ -19,8 +19,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg: CmConfig = config::load(cli.common.config.as_deref(), config::overrides_from(&cli.cm)?)
-        .context("loading configuration")?;
+    let cfg: CmConfig = config::load(
+        cli.common.config.as_deref(),
+        config::overrides_from(&cli.cm)?,
+    )
+    .context("loading configuration")?;
     if cli.common.print_config {
         print!("{}", config::print_config(&cfg)?);
         return Ok(());

@@ -42,7 +42,9 @@ pub struct WorkQueue {
 
 impl std::fmt::Debug for WorkQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkQueue").field("len", &self.len()).finish()
+        f.debug_struct("WorkQueue")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -191,7 +193,10 @@ mod tests {
         let h = tokio::spawn(async move { q2.get().await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         q.shutdown();
-        let r = tokio::time::timeout(Duration::from_secs(2), h).await.unwrap().unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(r.is_none());
     }
 

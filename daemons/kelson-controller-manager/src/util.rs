@@ -249,7 +249,10 @@ mod tests {
         let p = IntOrString::String("25%".into());
         assert_eq!(scaled_value(Some(&p), 10, "25%", true), 3);
         assert_eq!(scaled_value(Some(&p), 10, "25%", false), 2);
-        assert_eq!(scaled_value(Some(&IntOrString::Int(2)), 10, "25%", false), 2);
+        assert_eq!(
+            scaled_value(Some(&IntOrString::Int(2)), 10, "25%", false),
+            2
+        );
         assert_eq!(scaled_value(None, 4, "25%", false), 1);
     }
 

@@ -15,7 +15,10 @@ async fn count<K>(api: &Api<K>, labels: &str) -> usize
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.list(&ListParams::default().labels(labels)).await.map(|l| l.items.len()).unwrap_or(usize::MAX)
+    api.list(&ListParams::default().labels(labels))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(usize::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,20 +29,50 @@ async fn garbage_collection_policies() {
     let deps: Api<Deployment> = Api::namespaced(env.client.clone(), "default");
 
     // Background (kubectl's default): the Deployment goes at once, the GC removes the rest.
-    env.kubectl(&["create", "deployment", "bg", "--image=registry.invalid/x:1", "--replicas=2"]);
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "bg",
+        "--image=registry.invalid/x:1",
+        "--replicas=2",
+    ]);
     env.kubectl(&["rollout", "status", "deployment/bg", "--timeout=60s"]);
     env.kubectl(&["delete", "deployment", "bg", "--cascade=background"]);
-    env.wait("background cascade", 30, || async { (count(&rss, "app=bg").await == 0 && count(&pods, "app=bg").await == 0).then_some(()) }).await;
+    env.wait("background cascade", 30, || async {
+        (count(&rss, "app=bg").await == 0 && count(&pods, "app=bg").await == 0).then_some(())
+    })
+    .await;
 
     // Orphan: an owner carrying the orphan finalizer; dependents lose the reference and stay.
-    env.kubectl(&["create", "deployment", "or", "--image=registry.invalid/x:1", "--replicas=1"]);
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "or",
+        "--image=registry.invalid/x:1",
+        "--replicas=1",
+    ]);
     env.kubectl(&["rollout", "status", "deployment/or", "--timeout=60s"]);
-    deps.patch("or", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["orphan"]}}))).await.unwrap();
+    deps.patch(
+        "or",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["orphan"]}})),
+    )
+    .await
+    .unwrap();
     deps.delete("or", &DeleteParams::orphan()).await.unwrap();
     env.wait("orphaned replica set", 30, || async {
         let gone = deps.get_opt("or").await.ok()?.is_none();
-        let l = rss.list(&ListParams::default().labels("app=or")).await.ok()?.items;
-        let free = l.len() == 1 && l[0].metadata.owner_references.as_ref().is_none_or(|r| r.is_empty());
+        let l = rss
+            .list(&ListParams::default().labels("app=or"))
+            .await
+            .ok()?
+            .items;
+        let free = l.len() == 1
+            && l[0]
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(|r| r.is_empty());
         (gone && free).then_some(())
     })
     .await;
@@ -47,10 +80,24 @@ async fn garbage_collection_policies() {
     assert_eq!(count(&pods, "app=or").await, 1, "orphaned pods stay");
 
     // Foreground: the owner (foregroundDeletion finalizer) is deleted only after its dependents.
-    env.kubectl(&["create", "deployment", "fg", "--image=registry.invalid/x:1", "--replicas=2"]);
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "fg",
+        "--image=registry.invalid/x:1",
+        "--replicas=2",
+    ]);
     env.kubectl(&["rollout", "status", "deployment/fg", "--timeout=60s"]);
-    deps.patch("fg", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["foregroundDeletion"]}}))).await.unwrap();
-    deps.delete("fg", &DeleteParams::foreground()).await.unwrap();
+    deps.patch(
+        "fg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["foregroundDeletion"]}})),
+    )
+    .await
+    .unwrap();
+    deps.delete("fg", &DeleteParams::foreground())
+        .await
+        .unwrap();
     env.wait("foreground cascade", 30, || async {
         let d = deps.get_opt("fg").await.ok()?;
         if d.is_some() {
@@ -59,15 +106,27 @@ async fn garbage_collection_policies() {
         Some(())
     })
     .await;
-    assert_eq!(count(&rss, "app=fg").await, 0, "dependents went before the owner");
+    assert_eq!(
+        count(&rss, "app=fg").await,
+        0,
+        "dependents went before the owner"
+    );
 
     // Through kubectl: what the API server records for --cascade decides the outcome.
-    env.kubectl(&["create", "deployment", "ko", "--image=registry.invalid/x:1", "--replicas=1"]);
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "ko",
+        "--image=registry.invalid/x:1",
+        "--replicas=1",
+    ]);
     env.kubectl(&["rollout", "status", "deployment/ko", "--timeout=60s"]);
     env.kubectl(&["delete", "deployment", "ko", "--cascade=orphan"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let left = count(&rss, "app=ko").await;
-    eprintln!("kubectl --cascade=orphan left {left} replica sets (1 if the API server records Orphan)");
+    eprintln!(
+        "kubectl --cascade=orphan left {left} replica sets (1 if the API server records Orphan)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,20 +143,59 @@ async fn namespaces_serviceaccounts_root_ca() {
     })
     .await;
     // Deleted SA comes back; an edited root CA is restored.
-    sas.delete("default", &DeleteParams::default()).await.unwrap();
-    cms.patch("kube-root-ca.crt", &PatchParams::default(), &Patch::Merge(json!({"data": {"ca.crt": "tampered"}}))).await.unwrap();
+    sas.delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    cms.patch(
+        "kube-root-ca.crt",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"ca.crt": "tampered"}})),
+    )
+    .await
+    .unwrap();
     env.wait("repair", 30, || async {
         let ok_sa = sas.get_opt("default").await.ok()?.is_some();
-        let ok_cm = cms.get_opt("kube-root-ca.crt").await.ok()??.data?.get("ca.crt").is_some_and(|c| c.contains("BEGIN CERTIFICATE"));
+        let ok_cm = cms
+            .get_opt("kube-root-ca.crt")
+            .await
+            .ok()??
+            .data?
+            .get("ca.crt")
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE"));
         (ok_sa && ok_cm).then_some(())
     })
     .await;
-    env.kubectl(&["-n", "team", "create", "deployment", "app", "--image=registry.invalid/x:1", "--replicas=2"]);
-    env.kubectl(&["-n", "team", "create", "configmap", "settings", "--from-literal=a=b"]);
-    env.kubectl(&["-n", "team", "rollout", "status", "deployment/app", "--timeout=60s"]);
+    env.kubectl(&[
+        "-n",
+        "team",
+        "create",
+        "deployment",
+        "app",
+        "--image=registry.invalid/x:1",
+        "--replicas=2",
+    ]);
+    env.kubectl(&[
+        "-n",
+        "team",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=a=b",
+    ]);
+    env.kubectl(&[
+        "-n",
+        "team",
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=60s",
+    ]);
     env.kubectl(&["delete", "namespace", "team", "--wait=false"]);
     let nss: Api<Namespace> = Api::all(env.client.clone());
-    env.wait("namespace emptied and gone", 60, || async { nss.get_opt("team").await.ok()?.is_none().then_some(()) }).await;
+    env.wait("namespace emptied and gone", 60, || async {
+        nss.get_opt("team").await.ok()?.is_none().then_some(())
+    })
+    .await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "team");
     assert_eq!(count(&pods, "").await, 0);
 }
@@ -105,8 +203,21 @@ async fn namespaces_serviceaccounts_root_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_readiness() {
     let env = Env::start(&[], &[("n1", "zone-a"), ("n2", "zone-b")]).await;
-    env.kubectl(&["create", "deployment", "api", "--image=registry.invalid/x:1", "--replicas=2", "--port=8080"]);
-    env.kubectl(&["expose", "deployment", "api", "--port=80", "--target-port=8080"]);
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "api",
+        "--image=registry.invalid/x:1",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    env.kubectl(&[
+        "expose",
+        "deployment",
+        "api",
+        "--port=80",
+        "--target-port=8080",
+    ]);
     env.kubectl(&["rollout", "status", "deployment/api", "--timeout=60s"]);
     let eps: Api<Endpoints> = Api::namespaced(env.client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), "default");
@@ -117,82 +228,185 @@ async fn endpoints_follow_readiness() {
     })
     .await;
     env.wait("slice with zones", 30, || async {
-        let l = slices.list(&ListParams::default().labels("kubernetes.io/service-name=api")).await.ok()?.items;
+        let l = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
+            .await
+            .ok()?
+            .items;
         let s = l.first()?;
         let zones: Vec<_> = s.endpoints.iter().filter_map(|e| e.zone.clone()).collect();
-        let ready = s.endpoints.iter().all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
-        (l.len() == 1 && s.endpoints.len() == 2 && ready && zones.contains(&"zone-a".to_string()) && zones.contains(&"zone-b".to_string())).then_some(())
+        let ready = s
+            .endpoints
+            .iter()
+            .all(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
+        (l.len() == 1
+            && s.endpoints.len() == 2
+            && ready
+            && zones.contains(&"zone-a".to_string())
+            && zones.contains(&"zone-b".to_string()))
+        .then_some(())
     })
     .await;
     // One pod turns not ready: it moves to notReadyAddresses and ready=false in the slice.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
-    let victim = pods.list(&ListParams::default().labels("app=api")).await.unwrap().items[0].metadata.name.clone().unwrap();
+    let victim = pods
+        .list(&ListParams::default().labels("app=api"))
+        .await
+        .unwrap()
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
     env.kubectl(&["label", "pod", &victim, "fake-ready=false"]);
     env.wait("not-ready endpoint", 30, || async {
-        let s = eps.get_opt("api").await.ok()??.subsets?.into_iter().next()?;
+        let s = eps
+            .get_opt("api")
+            .await
+            .ok()??
+            .subsets?
+            .into_iter()
+            .next()?;
         let nr = s.not_ready_addresses?;
-        let sl = slices.list(&ListParams::default().labels("kubernetes.io/service-name=api")).await.ok()?.items;
-        let e = sl.first()?.endpoints.iter().find(|e| e.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some(victim.as_str()))?.clone();
+        let sl = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
+            .await
+            .ok()?
+            .items;
+        let e = sl
+            .first()?
+            .endpoints
+            .iter()
+            .find(|e| {
+                e.target_ref.as_ref().and_then(|r| r.name.as_deref()) == Some(victim.as_str())
+            })?
+            .clone();
         let c = e.conditions?;
-        (s.addresses?.len() == 1 && nr.len() == 1 && c.ready == Some(false) && c.serving == Some(false)).then_some(())
+        (s.addresses?.len() == 1
+            && nr.len() == 1
+            && c.ready == Some(false)
+            && c.serving == Some(false))
+        .then_some(())
     })
     .await;
     env.kubectl(&["delete", "service", "api"]);
     env.wait("endpoints removed with the service", 30, || async {
         let gone = eps.get_opt("api").await.ok()?.is_none();
-        let none = slices.list(&ListParams::default().labels("kubernetes.io/service-name=api")).await.ok()?.items.is_empty();
+        let none = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=api"))
+            .await
+            .ok()?
+            .items
+            .is_empty();
         (gone && none).then_some(())
     })
     .await;
 }
 
 fn has_taint(n: &Node, key: &str, effect: &str) -> bool {
-    n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == effect))
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == effect))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_lifecycle_taints_and_evicts() {
     let env = Env::start(
-        &["--node-monitor-grace-period=3s", "--node-monitor-period=500ms", "--cluster-cidr=10.244.0.0/16"],
-        &[("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b"), ("n5", "b")],
+        &[
+            "--node-monitor-grace-period=3s",
+            "--node-monitor-period=500ms",
+            "--cluster-cidr=10.244.0.0/16",
+        ],
+        &[
+            ("n1", "a"),
+            ("n2", "a"),
+            ("n3", "b"),
+            ("n4", "b"),
+            ("n5", "b"),
+        ],
     )
     .await;
     let nodes: Api<Node> = Api::all(env.client.clone());
     env.wait("pod CIDRs", 30, || async {
         let l = nodes.list(&ListParams::default()).await.ok()?.items;
-        let mut cidrs: Vec<String> = l.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).collect();
+        let mut cidrs: Vec<String> = l
+            .iter()
+            .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+            .collect();
         cidrs.sort();
         cidrs.dedup();
-        (cidrs.len() == 5 && cidrs.iter().all(|c| c.starts_with("10.244.") && c.ends_with("/24"))).then_some(())
+        (cidrs.len() == 5
+            && cidrs
+                .iter()
+                .all(|c| c.starts_with("10.244.") && c.ends_with("/24")))
+        .then_some(())
     })
     .await;
     // Pods tolerate unreachable for 2 s: evicted and replaced soon after the taint.
     let d = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\nspec:\n  replicas: 5\n  selector: {matchLabels: {app: w}}\n  template:\n    metadata: {labels: {app: w}}\n    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]\n      containers: [{name: c, image: registry.invalid/x:1}]\n";
-    assert!(env.cp.kubectl_stdin(&["apply", "-f", "-"], Some(d)).status.success());
+    assert!(env
+        .cp
+        .kubectl_stdin(&["apply", "-f", "-"], Some(d))
+        .status
+        .success());
     env.kubectl(&["rollout", "status", "deployment/w", "--timeout=60s"]);
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
     let on = |node: &'static str| {
         let pods = pods.clone();
         async move {
-            pods.list(&ListParams::default().labels("app=w")).await.map(|l| {
-                l.items.into_iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) && p.metadata.deletion_timestamp.is_none()).count()
-            })
+            pods.list(&ListParams::default().labels("app=w"))
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|p| {
+                            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                                && p.metadata.deletion_timestamp.is_none()
+                        })
+                        .count()
+                })
         }
     };
     assert!(on("n1").await.unwrap() >= 1);
     env.nodes.stop("n1");
     env.wait("n1 NotReady and tainted", 30, || async {
         let n = nodes.get("n1").await.ok()?;
-        let ready = n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?.status.clone();
-        (ready == "Unknown" && has_taint(&n, "node.kubernetes.io/unreachable", "NoExecute")).then_some(())
+        let ready = n
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .status
+            .clone();
+        (ready == "Unknown" && has_taint(&n, "node.kubernetes.io/unreachable", "NoExecute"))
+            .then_some(())
     })
     .await;
     // Its pods go (the fake kubelet on n1 is dead; the harness finishes deletions only for live
     // nodes, so check deletion was requested) and replacements land elsewhere.
     env.wait("pods evicted from n1 and replaced", 30, || async {
-        let l = pods.list(&ListParams::default().labels("app=w")).await.ok()?.items;
-        let live_on_n1 = l.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("n1") && p.metadata.deletion_timestamp.is_none()).count();
-        let active_elsewhere = l.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some("n1") && p.metadata.deletion_timestamp.is_none()).count();
+        let l = pods
+            .list(&ListParams::default().labels("app=w"))
+            .await
+            .ok()?
+            .items;
+        let live_on_n1 = l
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("n1")
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .count();
+        let active_elsewhere = l
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some("n1")
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .count();
         (live_on_n1 == 0 && active_elsewhere == 5).then_some(())
     })
     .await;
@@ -204,17 +418,31 @@ async fn node_lifecycle_taints_and_evicts() {
     }
     env.wait("zone b Unknown", 30, || async {
         let l = nodes.list(&ListParams::default()).await.ok()?.items;
-        let all = l.iter().filter(|n| ["n3", "n4", "n5"].contains(&n.metadata.name.as_deref().unwrap_or_default())).all(|n| {
-            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "Unknown"))
-                && has_taint(n, "node.kubernetes.io/unreachable", "NoSchedule")
-        });
+        let all = l
+            .iter()
+            .filter(|n| {
+                ["n3", "n4", "n5"].contains(&n.metadata.name.as_deref().unwrap_or_default())
+            })
+            .all(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+                    })
+                    && has_taint(n, "node.kubernetes.io/unreachable", "NoSchedule")
+            });
         all.then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     for n in ["n3", "n4", "n5"] {
         let node = nodes.get(n).await.unwrap();
-        assert!(!has_taint(&node, "node.kubernetes.io/unreachable", "NoExecute"), "{n} got NoExecute in a dark zone");
+        assert!(
+            !has_taint(&node, "node.kubernetes.io/unreachable", "NoExecute"),
+            "{n} got NoExecute in a dark zone"
+        );
     }
     let after: usize = on("n3").await.unwrap() + on("n4").await.unwrap() + on("n5").await.unwrap();
     assert_eq!(before, after, "no evictions in a fully disrupted zone");

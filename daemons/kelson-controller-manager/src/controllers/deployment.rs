@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -62,8 +64,14 @@ pub fn controller(ctx: &Ctx) -> Controller {
             Some(_) => {}
             None => {
                 for d in deps.list_ns(&ns) {
-                    let sel = d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
-                    if !util::selector_is_empty(&sel) && util::selector_matches(&sel, rs.metadata.labels.as_ref()) {
+                    let sel = d
+                        .spec
+                        .as_ref()
+                        .map(|s| s.selector.clone())
+                        .unwrap_or_default();
+                    if !util::selector_is_empty(&sel)
+                        && util::selector_matches(&sel, rs.metadata.labels.as_ref())
+                    {
                         q.add(key_of(&*d));
                     }
                 }
@@ -80,7 +88,9 @@ pub fn controller(ctx: &Ctx) -> Controller {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         if let Some(r) = util::controller_of(&pod.metadata).filter(|r| r.kind == "ReplicaSet") {
             if let Some(rs) = rss.get(Some(ns), &r.name) {
-                if let Some(d) = util::controller_of(&rs.metadata).filter(|r| r.kind == "Deployment") {
+                if let Some(d) =
+                    util::controller_of(&rs.metadata).filter(|r| r.kind == "Deployment")
+                {
                     q.add(format!("{ns}/{}", d.name));
                 }
             }
@@ -92,23 +102,35 @@ pub fn controller(ctx: &Ctx) -> Controller {
         let c = c.clone();
         async move { reconcile(&c, &key).await }
     })
-    .resync(Duration::from_secs(30), move || deps.list().iter().map(|d| key_of(&**d)).collect())
+    .resync(Duration::from_secs(30), move || {
+        deps.list().iter().map(|d| key_of(&**d)).collect()
+    })
 }
 
 fn rs_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
 fn rs_available(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
 }
 pub fn revision_of(meta: &ObjectMeta) -> i64 {
-    meta.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The template as JSON with the hash label removed (upstream `EqualIgnoreHash`).
 fn template_key(t: Option<&PodTemplateSpec>) -> Value {
     let mut v = serde_json::to_value(t.cloned().unwrap_or_default()).unwrap_or(Value::Null);
-    if let Some(l) = v.pointer_mut("/metadata/labels").and_then(|l| l.as_object_mut()) {
+    if let Some(l) = v
+        .pointer_mut("/metadata/labels")
+        .and_then(|l| l.as_object_mut())
+    {
         l.remove(HASH_LABEL);
         if l.is_empty() {
             v["metadata"].as_object_mut().map(|m| m.remove("labels"));
@@ -125,8 +147,12 @@ struct Plan<'a> {
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
-    let (Some(ns), name) = split_key(key) else { return Ok(None) };
-    let Some(d) = ctx.inf.deployments.get(Some(ns), name) else { return Ok(None) };
+    let (Some(ns), name) = split_key(key) else {
+        return Ok(None);
+    };
+    let Some(d) = ctx.inf.deployments.get(Some(ns), name) else {
+        return Ok(None);
+    };
     if util::is_deleting(&d.metadata) {
         return Ok(None);
     }
@@ -140,7 +166,11 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
 
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
-    let ru = spec.strategy.as_ref().and_then(|s| s.rolling_update.clone()).unwrap_or_default();
+    let ru = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.clone())
+        .unwrap_or_default();
     let (mut max_surge, mut max_unavailable) = if recreate {
         (0, 0)
     } else {
@@ -155,10 +185,16 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     if recreate {
         max_surge = 0;
     }
-    let plan = Plan { d: &d, replicas, max_surge, max_unavailable };
+    let plan = Plan {
+        d: &d,
+        replicas,
+        max_surge,
+        max_unavailable,
+    };
     let paused = spec.paused == Some(true);
 
-    let (new_rs, old, created) = new_and_old(ctx, &rs_api, &plan, rs_list, !paused && !recreate).await?;
+    let (new_rs, old, created) =
+        new_and_old(ctx, &rs_api, &plan, rs_list, !paused && !recreate).await?;
     let mut new_rs = new_rs;
     let mut old = old;
 
@@ -178,11 +214,21 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         let old_uids: Vec<String> = old.iter().filter_map(|o| o.metadata.uid.clone()).collect();
         let old_pods_left = ctx.inf.pods.list_ns(ns).iter().any(|p: &Arc<Pod>| {
             util::controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid))
-                && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"))
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded") | Some("Failed")
+                )
         });
         if !scaled && !old_pods_left {
             if new_rs.is_none() {
-                let (n, o, _) = new_and_old(ctx, &rs_api, &plan, claim_replicasets(ctx, &rs_api, &d).await?, true).await?;
+                let (n, o, _) = new_and_old(
+                    ctx,
+                    &rs_api,
+                    &plan,
+                    claim_replicasets(ctx, &rs_api, &d).await?,
+                    true,
+                )
+                .await?;
                 new_rs = n;
                 old = o;
             }
@@ -202,7 +248,9 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         rs_replicas(n) == replicas
             && n.status.as_ref().map(|s| s.replicas).unwrap_or(0) == replicas
             && rs_available(n) >= replicas
-    }) && old.iter().all(|o| rs_replicas(o) == 0 && o.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0);
+    }) && old
+        .iter()
+        .all(|o| rs_replicas(o) == 0 && o.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0);
     if complete || paused {
         cleanup(&rs_api, &old, spec.revision_history_limit.unwrap_or(10)).await?;
     }
@@ -210,9 +258,17 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
 }
 
 /// Adopts orphan ReplicaSets the selector matches; releases owned ones it no longer matches.
-async fn claim_replicasets(ctx: &Ctx, api: &Api<ReplicaSet>, d: &Deployment) -> Result<Vec<ReplicaSet>> {
+async fn claim_replicasets(
+    ctx: &Ctx,
+    api: &Api<ReplicaSet>,
+    d: &Deployment,
+) -> Result<Vec<ReplicaSet>> {
     let ns = d.metadata.namespace.as_deref().unwrap_or_default();
-    let sel = d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+    let sel = d
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let mut out = Vec::new();
     for rs in ctx.inf.replicasets.list_ns(ns) {
@@ -229,7 +285,14 @@ async fn claim_replicasets(ctx: &Ctx, api: &Api<ReplicaSet>, d: &Deployment) -> 
                 let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
                 refs.push(util::controller_ref("apps/v1", "Deployment", &d.metadata));
                 let patch = json!({"metadata": {"ownerReferences": refs, "uid": rs.metadata.uid}});
-                match api.patch(rs.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await {
+                match api
+                    .patch(
+                        rs.metadata.name.as_deref().unwrap_or_default(),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await
+                {
                     Ok(r) => out.push(r),
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => return Err(e.into()),
@@ -238,7 +301,12 @@ async fn claim_replicasets(ctx: &Ctx, api: &Api<ReplicaSet>, d: &Deployment) -> 
             _ => {}
         }
     }
-    out.sort_by_key(|r| (r.metadata.creation_timestamp.as_ref().map(|t| t.0), r.metadata.name.clone()));
+    out.sort_by_key(|r| {
+        (
+            r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            r.metadata.name.clone(),
+        )
+    });
     Ok(out)
 }
 
@@ -257,24 +325,46 @@ async fn new_and_old(
     let mut new_rs = None;
     let mut old = Vec::new();
     for rs in rs_list {
-        if new_rs.is_none() && template_key(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == want {
+        if new_rs.is_none()
+            && template_key(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == want
+        {
             new_rs = Some(rs);
         } else {
             old.push(rs);
         }
     }
-    let max_old = old.iter().map(|r| revision_of(&r.metadata)).max().unwrap_or(0);
+    let max_old = old
+        .iter()
+        .map(|r| revision_of(&r.metadata))
+        .max()
+        .unwrap_or(0);
     let revision = (max_old + 1).to_string();
     let mut created = false;
     match &mut new_rs {
         Some(n) => {
             let ann = n.metadata.annotations.clone().unwrap_or_default();
             let have = revision_of(&n.metadata);
-            if have <= max_old || ann.get(DESIRED_REPLICAS) != Some(&plan.replicas.to_string()) || n.spec.as_ref().and_then(|s| s.min_ready_seconds) != spec.min_ready_seconds {
+            if have <= max_old
+                || ann.get(DESIRED_REPLICAS) != Some(&plan.replicas.to_string())
+                || n.spec.as_ref().and_then(|s| s.min_ready_seconds) != spec.min_ready_seconds
+            {
                 let mut a = rs_annotations(d, plan);
-                a.insert(REVISION.into(), if have <= max_old { revision.clone() } else { have.to_string() });
+                a.insert(
+                    REVISION.into(),
+                    if have <= max_old {
+                        revision.clone()
+                    } else {
+                        have.to_string()
+                    },
+                );
                 let patch = json!({"metadata": {"annotations": a}, "spec": {"minReadySeconds": spec.min_ready_seconds.unwrap_or(0)}});
-                *n = api.patch(n.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+                *n = api
+                    .patch(
+                        n.metadata.name.as_deref().unwrap_or_default(),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await?;
             }
         }
         None if create => {
@@ -287,10 +377,23 @@ async fn new_and_old(
     // Mirror the revision (and change-cause) on the Deployment.
     if let Some(n) = &new_rs {
         let rev = revision_of(&n.metadata).to_string();
-        if d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)) != Some(&rev) {
-            let dapi: Api<Deployment> = Api::namespaced(ctx.client.clone(), d.metadata.namespace.as_deref().unwrap_or_default());
+        if d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION))
+            != Some(&rev)
+        {
+            let dapi: Api<Deployment> = Api::namespaced(
+                ctx.client.clone(),
+                d.metadata.namespace.as_deref().unwrap_or_default(),
+            );
             let patch = json!({"metadata": {"annotations": {REVISION: rev}}});
-            dapi.patch(d.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+            dapi.patch(
+                d.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
         }
     }
     Ok((new_rs, old, created))
@@ -306,11 +409,19 @@ fn rs_annotations(d: &Deployment, plan: &Plan<'_>) -> BTreeMap<String, String> {
         .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
         .collect();
     a.insert(DESIRED_REPLICAS.into(), plan.replicas.to_string());
-    a.insert(MAX_REPLICAS.into(), (plan.replicas + plan.max_surge).to_string());
+    a.insert(
+        MAX_REPLICAS.into(),
+        (plan.replicas + plan.max_surge).to_string(),
+    );
     a
 }
 
-async fn create_new_rs(api: &Api<ReplicaSet>, plan: &Plan<'_>, revision: &str, old: &[ReplicaSet]) -> Result<ReplicaSet> {
+async fn create_new_rs(
+    api: &Api<ReplicaSet>,
+    plan: &Plan<'_>,
+    revision: &str,
+    old: &[ReplicaSet],
+) -> Result<ReplicaSet> {
     let d = plan.d;
     let spec = d.spec.clone().unwrap_or_default();
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
@@ -319,9 +430,14 @@ async fn create_new_rs(api: &Api<ReplicaSet>, plan: &Plan<'_>, revision: &str, o
     let name = format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or_default());
     let mut template = spec.template.clone();
     let tm = template.metadata.get_or_insert_with(Default::default);
-    tm.labels.get_or_insert_with(Default::default).insert(HASH_LABEL.into(), hash.clone());
+    tm.labels
+        .get_or_insert_with(Default::default)
+        .insert(HASH_LABEL.into(), hash.clone());
     let mut selector = spec.selector.clone();
-    selector.match_labels.get_or_insert_with(Default::default).insert(HASH_LABEL.into(), hash.clone());
+    selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(HASH_LABEL.into(), hash.clone());
     let mut annotations = rs_annotations(d, plan);
     annotations.insert(REVISION.into(), revision.into());
     // Initial size as upstream's NewRSNewReplicas: within replicas + maxSurge.
@@ -337,11 +453,19 @@ async fn create_new_rs(api: &Api<ReplicaSet>, plan: &Plan<'_>, revision: &str, o
             namespace: d.metadata.namespace.clone(),
             labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
             annotations: Some(annotations),
-            owner_references: Some(vec![util::controller_ref("apps/v1", "Deployment", &d.metadata)]),
+            owner_references: Some(vec![util::controller_ref(
+                "apps/v1",
+                "Deployment",
+                &d.metadata,
+            )]),
             ..Default::default()
         },
         spec: Some(ReplicaSetSpec {
-            replicas: Some(if spec.paused == Some(true) { 0 } else { initial }),
+            replicas: Some(if spec.paused == Some(true) {
+                0
+            } else {
+                initial
+            }),
             min_ready_seconds: spec.min_ready_seconds,
             selector,
             template: Some(template),
@@ -357,16 +481,29 @@ async fn create_new_rs(api: &Api<ReplicaSet>, plan: &Plan<'_>, revision: &str, o
             // Same name, different template (a hash collision): bump collisionCount so the next
             // attempt hashes differently. Ours with the same template is found on the next pass.
             if let Some(existing) = api.get_opt(&name).await? {
-                let ours = util::controller_of(&existing.metadata).is_some_and(|r| Some(&r.uid) == d.metadata.uid.as_ref());
-                if ours && template_key(existing.spec.as_ref().and_then(|s| s.template.as_ref())) == template_key(Some(&spec.template)) {
+                let ours = util::controller_of(&existing.metadata)
+                    .is_some_and(|r| Some(&r.uid) == d.metadata.uid.as_ref());
+                if ours
+                    && template_key(existing.spec.as_ref().and_then(|s| s.template.as_ref()))
+                        == template_key(Some(&spec.template))
+                {
                     return Ok(existing);
                 }
             }
-            let dapi: Api<Deployment> = Api::namespaced(api.clone().into_client(), d.metadata.namespace.as_deref().unwrap_or_default());
+            let dapi: Api<Deployment> = Api::namespaced(
+                api.clone().into_client(),
+                d.metadata.namespace.as_deref().unwrap_or_default(),
+            );
             let cc = collision.unwrap_or(0) + 1;
-            dapi.patch_status(d.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"status": {"collisionCount": cc}})))
-                .await?;
-            Err(Error::Other(format!("replica set {name} exists with another template; collisionCount now {cc}")))
+            dapi.patch_status(
+                d.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"collisionCount": cc}})),
+            )
+            .await?;
+            Err(Error::Other(format!(
+                "replica set {name} exists with another template; collisionCount now {cc}"
+            )))
         }
         Err(e) => Err(e.into()),
     }
@@ -378,12 +515,23 @@ async fn scale(api: &Api<ReplicaSet>, rs: &mut ReplicaSet, n: i32, plan: &Plan<'
         "spec": {"replicas": n},
     });
     tracing::info!(replicaset = ?rs.metadata.name, from = rs_replicas(rs), to = n, "scaling replica set");
-    *rs = api.patch(rs.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    *rs = api
+        .patch(
+            rs.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
     Ok(())
 }
 
 /// Scales the new ReplicaSet toward replicas within maxSurge; true if it scaled.
-async fn rolling_new(api: &Api<ReplicaSet>, new_rs: &mut ReplicaSet, old: &[ReplicaSet], plan: &Plan<'_>) -> Result<bool> {
+async fn rolling_new(
+    api: &Api<ReplicaSet>,
+    new_rs: &mut ReplicaSet,
+    old: &[ReplicaSet],
+    plan: &Plan<'_>,
+) -> Result<bool> {
     let cur = rs_replicas(new_rs);
     if cur == plan.replicas {
         return Ok(false);
@@ -403,7 +551,12 @@ async fn rolling_new(api: &Api<ReplicaSet>, new_rs: &mut ReplicaSet, old: &[Repl
 }
 
 /// Scales old ReplicaSets down while availability stays at replicas − maxUnavailable.
-async fn rolling_old(api: &Api<ReplicaSet>, new_rs: &ReplicaSet, old: &mut [ReplicaSet], plan: &Plan<'_>) -> Result<()> {
+async fn rolling_old(
+    api: &Api<ReplicaSet>,
+    new_rs: &ReplicaSet,
+    old: &mut [ReplicaSet],
+    plan: &Plan<'_>,
+) -> Result<()> {
     let old_count: i32 = old.iter().map(rs_replicas).sum();
     if old_count == 0 {
         return Ok(());
@@ -451,7 +604,11 @@ async fn rolling_old(api: &Api<ReplicaSet>, new_rs: &ReplicaSet, old: &mut [Repl
 async fn cleanup(api: &Api<ReplicaSet>, old: &[ReplicaSet], limit: i32) -> Result<()> {
     let mut dead: Vec<&ReplicaSet> = old
         .iter()
-        .filter(|r| rs_replicas(r) == 0 && r.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0 && !util::is_deleting(&r.metadata))
+        .filter(|r| {
+            rs_replicas(r) == 0
+                && r.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0
+                && !util::is_deleting(&r.metadata)
+        })
         .collect();
     let excess = dead.len() as i64 - i64::from(limit.max(0));
     if excess <= 0 {
@@ -459,7 +616,13 @@ async fn cleanup(api: &Api<ReplicaSet>, old: &[ReplicaSet], limit: i32) -> Resul
     }
     dead.sort_by_key(|r| revision_of(&r.metadata));
     for r in dead.into_iter().take(excess as usize) {
-        match api.delete(r.metadata.name.as_deref().unwrap_or_default(), &DeleteParams::default()).await {
+        match api
+            .delete(
+                r.metadata.name.as_deref().unwrap_or_default(),
+                &DeleteParams::default(),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),
@@ -473,11 +636,21 @@ fn cond<'a>(st: &'a DeploymentStatus, t: &str) -> Option<&'a DeploymentCondition
 }
 
 /// Sets a condition, keeping lastTransitionTime when the status does not change.
-fn set_cond(st: &mut DeploymentStatus, t: &str, status: &str, reason: &str, message: String, now: &Time) {
+fn set_cond(
+    st: &mut DeploymentStatus,
+    t: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: &Time,
+) {
     let conds = st.conditions.get_or_insert_with(Vec::new);
     let prev = conds.iter().find(|c| c.type_ == t).cloned();
     if let Some(p) = &prev {
-        if p.status == status && p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(message.as_str()) {
+        if p.status == status
+            && p.reason.as_deref() == Some(reason)
+            && p.message.as_deref() == Some(message.as_str())
+        {
             return;
         }
     }
@@ -511,8 +684,18 @@ async fn sync_status(
     let mut st = DeploymentStatus {
         observed_generation: d.metadata.generation,
         replicas: Some(sum(&|r| r.status.as_ref().map(|s| s.replicas).unwrap_or(0))),
-        updated_replicas: Some(new_rs.and_then(|n| n.status.as_ref()).map(|s| s.replicas).unwrap_or(0)),
-        ready_replicas: Some(sum(&|r| r.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0))),
+        updated_replicas: Some(
+            new_rs
+                .and_then(|n| n.status.as_ref())
+                .map(|s| s.replicas)
+                .unwrap_or(0),
+        ),
+        ready_replicas: Some(sum(&|r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+        })),
         available_replicas: Some(sum(&rs_available)),
         collision_count: prev.collision_count,
         conditions: prev.conditions.clone(),
@@ -520,7 +703,13 @@ async fn sync_status(
     };
     st.unavailable_replicas = Some((plan.replicas - st.available_replicas.unwrap_or(0)).max(0));
     // Upstream drops zero counters (omitempty): keep the JSON identical.
-    for f in [&mut st.replicas, &mut st.updated_replicas, &mut st.ready_replicas, &mut st.available_replicas, &mut st.unavailable_replicas] {
+    for f in [
+        &mut st.replicas,
+        &mut st.updated_replicas,
+        &mut st.ready_replicas,
+        &mut st.available_replicas,
+        &mut st.unavailable_replicas,
+    ] {
         if *f == Some(0) {
             *f = None;
         }
@@ -528,37 +717,97 @@ async fn sync_status(
     let now = Time(Timestamp::now());
     let available = st.available_replicas.unwrap_or(0);
     if available >= plan.replicas - plan.max_unavailable {
-        set_cond(&mut st, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), &now);
+        set_cond(
+            &mut st,
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+            &now,
+        );
     } else {
-        set_cond(&mut st, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), &now);
+        set_cond(
+            &mut st,
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+            &now,
+        );
     }
-    let rs_name = new_rs.and_then(|n| n.metadata.name.clone()).unwrap_or_default();
-    let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(600);
+    let rs_name = new_rs
+        .and_then(|n| n.metadata.name.clone())
+        .unwrap_or_default();
+    let deadline = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .unwrap_or(600);
     let mut again = None;
     let prog = cond(&prev, "Progressing").cloned();
-    let was_paused = prog.as_ref().is_some_and(|c| c.reason.as_deref() == Some("DeploymentPaused"));
+    let was_paused = prog
+        .as_ref()
+        .is_some_and(|c| c.reason.as_deref() == Some("DeploymentPaused"));
     let complete = new_rs.is_some()
         && st.updated_replicas.unwrap_or(0) == plan.replicas
         && st.replicas.unwrap_or(0) == plan.replicas
         && available >= plan.replicas;
     if paused {
         if !was_paused {
-            set_cond(&mut st, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), &now);
+            set_cond(
+                &mut st,
+                "Progressing",
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused".into(),
+                &now,
+            );
         }
     } else if was_paused {
-        set_cond(&mut st, "Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into(), &now);
+        set_cond(
+            &mut st,
+            "Progressing",
+            "Unknown",
+            "DeploymentResumed",
+            "Deployment is resumed".into(),
+            &now,
+        );
     } else if complete {
-        set_cond(&mut st, "Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."), &now);
+        set_cond(
+            &mut st,
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            &now,
+        );
     } else if created {
-        set_cond(&mut st, "Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\""), &now);
+        set_cond(
+            &mut st,
+            "Progressing",
+            "True",
+            "NewReplicaSetCreated",
+            format!("Created new replica set \"{rs_name}\""),
+            &now,
+        );
     } else if prog.is_none() && new_rs.is_some() {
-        set_cond(&mut st, "Progressing", "True", "FoundNewReplicaSet", format!("Found new replica set \"{rs_name}\""), &now);
+        set_cond(
+            &mut st,
+            "Progressing",
+            "True",
+            "FoundNewReplicaSet",
+            format!("Found new replica set \"{rs_name}\""),
+            &now,
+        );
     } else {
         let progressed = st.updated_replicas > prev.updated_replicas
             || st.ready_replicas > prev.ready_replicas
             || st.available_replicas > prev.available_replicas
-            || st.replicas.unwrap_or(0) - st.updated_replicas.unwrap_or(0) < prev.replicas.unwrap_or(0) - prev.updated_replicas.unwrap_or(0);
-        let timed_out_already = prog.as_ref().is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+            || st.replicas.unwrap_or(0) - st.updated_replicas.unwrap_or(0)
+                < prev.replicas.unwrap_or(0) - prev.updated_replicas.unwrap_or(0);
+        let timed_out_already = prog
+            .as_ref()
+            .is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
         if progressed && new_rs.is_some() {
             // Upstream bumps lastUpdateTime on every progress, restarting the deadline.
             let conds = st.conditions.get_or_insert_with(Vec::new);
@@ -569,35 +818,69 @@ async fn sync_status(
                 reason: Some("ReplicaSetUpdated".into()),
                 message: Some(format!("ReplicaSet \"{rs_name}\" is progressing.")),
                 last_update_time: Some(now.clone()),
-                last_transition_time: prog.as_ref().filter(|c| c.status == "True").and_then(|c| c.last_transition_time.clone()).or(Some(now.clone())),
+                last_transition_time: prog
+                    .as_ref()
+                    .filter(|c| c.status == "True")
+                    .and_then(|c| c.last_transition_time.clone())
+                    .or(Some(now.clone())),
             });
         } else if !timed_out_already {
-            let since = prog.as_ref().and_then(|c| c.last_update_time.as_ref()).map(|t| t.0.as_second()).unwrap_or(now.0.as_second());
+            let since = prog
+                .as_ref()
+                .and_then(|c| c.last_update_time.as_ref())
+                .map(|t| t.0.as_second())
+                .unwrap_or(now.0.as_second());
             let left = since + i64::from(deadline) - now.0.as_second();
             if left <= 0 {
-                set_cond(&mut st, "Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs_name}\" has timed out progressing."), &now);
+                set_cond(
+                    &mut st,
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                    &now,
+                );
             } else {
                 again = Some(Duration::from_secs(left as u64 + 1));
             }
         }
     }
     if !complete && !paused && again.is_none() {
-        let since = cond(&st, "Progressing").and_then(|c| c.last_update_time.as_ref()).map(|t| t.0.as_second()).unwrap_or(now.0.as_second());
+        let since = cond(&st, "Progressing")
+            .and_then(|c| c.last_update_time.as_ref())
+            .map(|t| t.0.as_second())
+            .unwrap_or(now.0.as_second());
         let left = since + i64::from(deadline) - now.0.as_second();
         if left > 0 {
             again = Some(Duration::from_secs(left as u64 + 1));
         }
     }
     if st != prev {
-        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), d.metadata.namespace.as_deref().unwrap_or_default());
+        let api: Api<Deployment> = Api::namespaced(
+            ctx.client.clone(),
+            d.metadata.namespace.as_deref().unwrap_or_default(),
+        );
         let mut v = serde_json::to_value(&st)?;
         // Merge patch: absent counters must be cleared explicitly.
-        for k in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas"] {
+        for k in [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "unavailableReplicas",
+        ] {
             if v.get(k).is_none() {
                 v[k] = Value::Null;
             }
         }
-        match api.patch_status(d.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"status": v}))).await {
+        match api
+            .patch_status(
+                d.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": v})),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),
@@ -612,12 +895,29 @@ mod tests {
 
     #[test]
     fn template_comparison_ignores_the_hash_label() {
-        let mut a = PodTemplateSpec::default();
-        a.metadata = Some(ObjectMeta { labels: Some([("app".to_string(), "x".to_string())].into()), ..Default::default() });
+        let a = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some([("app".to_string(), "x".to_string())].into()),
+                ..Default::default()
+            }),
+            spec: None,
+        };
         let mut b = a.clone();
-        b.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert(HASH_LABEL.into(), "abc".into());
+        b.metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(HASH_LABEL.into(), "abc".into());
         assert_eq!(template_key(Some(&a)), template_key(Some(&b)));
-        b.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert("app".into(), "y".into());
+        b.metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("app".into(), "y".into());
         assert_ne!(template_key(Some(&a)), template_key(Some(&b)));
     }
 }

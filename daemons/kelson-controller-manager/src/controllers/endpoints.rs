@@ -13,8 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -39,7 +43,9 @@ fn wire(ctx: &Ctx, queue: &WorkQueue) {
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
         for s in svcs.list_ns(ns) {
             if let Some(sel) = s.spec.as_ref().and_then(|s| s.selector.as_ref()) {
-                if !sel.is_empty() && util::selector_matches(&util::map_selector(sel), p.metadata.labels.as_ref()) {
+                if !sel.is_empty()
+                    && util::selector_matches(&util::map_selector(sel), p.metadata.labels.as_ref())
+                {
                     q.add(key_of(&*s));
                 }
             }
@@ -47,6 +53,9 @@ fn wire(ctx: &Ctx, queue: &WorkQueue) {
     });
     ctx.inf.nodes.mark_used();
 }
+
+/// (name, port, protocol) of a service port resolved for one pod.
+type ResolvedPort = (Option<String>, i32, String);
 
 struct Selected {
     pod: Arc<Pod>,
@@ -57,7 +66,12 @@ struct Selected {
 
 fn selected(ctx: &Ctx, svc: &Service) -> Option<Vec<Selected>> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-    let sel = svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())?;
+    let sel = svc
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())?;
     let sel = util::map_selector(sel);
     let mut out: Vec<Selected> = ctx
         .inf
@@ -65,10 +79,25 @@ fn selected(ctx: &Ctx, svc: &Service) -> Option<Vec<Selected>> {
         .list_ns(ns)
         .into_iter()
         .filter(|p| util::selector_matches(&sel, p.metadata.labels.as_ref()))
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed")))
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded") | Some("Failed")
+            )
+        })
         .filter_map(|p| {
-            let ip = p.status.as_ref()?.pod_ip.clone().filter(|i| !i.is_empty())?;
-            Some(Selected { ready: util::is_pod_ready(&p), terminating: util::is_deleting(&p.metadata), ip, pod: p })
+            let ip = p
+                .status
+                .as_ref()?
+                .pod_ip
+                .clone()
+                .filter(|i| !i.is_empty())?;
+            Some(Selected {
+                ready: util::is_pod_ready(&p),
+                terminating: util::is_deleting(&p.metadata),
+                ip,
+                pod: p,
+            })
         })
         .collect();
     out.sort_by(|a, b| a.ip.cmp(&b.ip));
@@ -112,11 +141,15 @@ pub fn endpoints_controller(ctx: &Ctx) -> Controller {
         let c = c.clone();
         async move { sync_endpoints(&c, &key).await }
     })
-    .resync(Duration::from_secs(30), move || svcs.list().iter().map(|s| key_of(&**s)).collect())
+    .resync(Duration::from_secs(30), move || {
+        svcs.list().iter().map(|s| key_of(&**s)).collect()
+    })
 }
 
 async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
-    let (Some(ns), name) = split_key(key) else { return Ok(None) };
+    let (Some(ns), name) = split_key(key) else {
+        return Ok(None);
+    };
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
     let existing = ctx.inf.endpoints.get(Some(ns), name);
     let Some(svc) = ctx.inf.services.get(Some(ns), name) else {
@@ -129,18 +162,37 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         }
         return Ok(None);
     };
-    let Some(pods) = selected(ctx, &svc) else { return Ok(None) };
-    let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses) == Some(true);
-    let sports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let Some(pods) = selected(ctx, &svc) else {
+        return Ok(None);
+    };
+    let publish = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        == Some(true);
+    let sports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
     // Group addresses by their resolved port list, as upstream's subset repacking does.
-    let mut subsets: BTreeMap<Vec<(Option<String>, i32, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    let mut subsets: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
     for s in &pods {
         if s.terminating && !publish {
             continue;
         }
         let ports: Option<Vec<_>> = sports
             .iter()
-            .map(|sp| target_port(sp, &s.pod).map(|p| (sp.name.clone(), p, sp.protocol.clone().unwrap_or_else(|| "TCP".into()))))
+            .map(|sp| {
+                target_port(sp, &s.pod).map(|p| {
+                    (
+                        sp.name.clone(),
+                        p,
+                        sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    )
+                })
+            })
             .collect();
         let Some(ports) = ports else { continue };
         let addr = EndpointAddress {
@@ -161,7 +213,17 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         .map(|(ports, (ready, not_ready))| EndpointSubset {
             addresses: (!ready.is_empty()).then_some(ready),
             not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
-            ports: Some(ports.into_iter().map(|(name, port, protocol)| EndpointPort { name, port, protocol: Some(protocol), ..Default::default() }).collect()),
+            ports: Some(
+                ports
+                    .into_iter()
+                    .map(|(name, port, protocol)| EndpointPort {
+                        name,
+                        port,
+                        protocol: Some(protocol),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         })
         .collect();
     let subsets = (!subsets.is_empty()).then_some(subsets);
@@ -177,7 +239,12 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         }
         None => {
             let e = Endpoints {
-                metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), labels, ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(ns.into()),
+                    labels,
+                    ..Default::default()
+                },
                 subsets,
             };
             match api.create(&PostParams::default(), &e).await {
@@ -194,8 +261,16 @@ pub fn endpointslice_controller(ctx: &Ctx) -> Controller {
     wire(ctx, &queue);
     let q = queue.clone();
     ctx.inf.endpointslices.on_change(move |s, _| {
-        if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            q.add(format!("{}/{svc}", s.metadata.namespace.as_deref().unwrap_or_default()));
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            q.add(format!(
+                "{}/{svc}",
+                s.metadata.namespace.as_deref().unwrap_or_default()
+            ));
         }
     });
     let c = ctx.clone();
@@ -204,18 +279,26 @@ pub fn endpointslice_controller(ctx: &Ctx) -> Controller {
         let c = c.clone();
         async move { sync_slices(&c, &key).await }
     })
-    .resync(Duration::from_secs(30), move || svcs.list().iter().map(|s| key_of(&**s)).collect())
+    .resync(Duration::from_secs(30), move || {
+        svcs.list().iter().map(|s| key_of(&**s)).collect()
+    })
 }
 
 /// Our slices for a service: `<service>-<hash of the service uid>` (one slice per service).
 fn slice_name(svc: &Service) -> String {
     let uid = svc.metadata.uid.as_deref().unwrap_or_default();
     let h = util::safe_encode(&util::fnv32a(&[uid.as_bytes()]).to_string());
-    format!("{}-{}", svc.metadata.name.as_deref().unwrap_or_default(), &h[..h.len().min(5)])
+    format!(
+        "{}-{}",
+        svc.metadata.name.as_deref().unwrap_or_default(),
+        &h[..h.len().min(5)]
+    )
 }
 
 async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
-    let (Some(ns), name) = split_key(key) else { return Ok(None) };
+    let (Some(ns), name) = split_key(key) else {
+        return Ok(None);
+    };
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
     let ours: Vec<Arc<EndpointSlice>> = ctx
         .inf
@@ -224,7 +307,8 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         .into_iter()
         .filter(|s| {
             let l = s.metadata.labels.clone().unwrap_or_default();
-            l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name) && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+            l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
+                && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
         })
         .collect();
     let svc = ctx.inf.services.get(Some(ns), name);
@@ -232,7 +316,13 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     let (Some(svc), Some(pods)) = (svc, pods) else {
         // No service (or no selector): our slices go (the GC would too, via ownerReferences).
         for s in ours {
-            match api.delete(s.metadata.name.as_deref().unwrap_or_default(), &DeleteParams::default()).await {
+            match api
+                .delete(
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    &DeleteParams::default(),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) => return Err(e.into()),
@@ -240,7 +330,11 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         }
         return Ok(None);
     };
-    let sports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let sports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
     let mut endpoints = Vec::new();
     let mut ports: Option<Vec<SlicePort>> = None;
     for s in &pods {
@@ -248,7 +342,12 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         let zone = node
             .as_deref()
             .and_then(|n| ctx.inf.nodes.get(None, n))
-            .and_then(|n| n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()));
+            .and_then(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(ZONE_LABEL).cloned())
+            });
         if ports.is_none() {
             ports = Some(
                 sports
@@ -275,7 +374,12 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             ..Default::default()
         });
     }
-    let ip_v6 = svc.spec.as_ref().and_then(|s| s.ip_families.as_ref()).and_then(|f| f.first()).is_some_and(|f| f == "IPv6");
+    let ip_v6 = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.as_ref())
+        .and_then(|f| f.first())
+        .is_some_and(|f| f == "IPv6");
     let want_name = slice_name(&svc);
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.insert(SERVICE_NAME_LABEL.into(), name.into());
@@ -294,15 +398,30 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     };
     for s in &ours {
         if s.metadata.name.as_deref() != Some(want_name.as_str()) {
-            match api.delete(s.metadata.name.as_deref().unwrap_or_default(), &DeleteParams::default()).await {
+            match api
+                .delete(
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                    &DeleteParams::default(),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    match ours.iter().find(|s| s.metadata.name.as_deref() == Some(want_name.as_str())) {
-        Some(cur) if cur.endpoints == slice.endpoints && cur.ports == slice.ports && cur.metadata.labels == slice.metadata.labels => Ok(None),
+    match ours
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(want_name.as_str()))
+    {
+        Some(cur)
+            if cur.endpoints == slice.endpoints
+                && cur.ports == slice.ports
+                && cur.metadata.labels == slice.metadata.labels =>
+        {
+            Ok(None)
+        }
         Some(cur) => {
             let mut s = slice;
             s.metadata.resource_version = cur.metadata.resource_version.clone();

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
+};
 use serde_json::json;
 
 use super::{is_status, Controller, Ctx, Result};
@@ -54,7 +57,11 @@ impl<K: Object> Source for Typed<K> {
 type Sources = Arc<Vec<Box<dyn Source>>>;
 
 fn key(idx: usize, m: &ObjectMeta) -> String {
-    format!("{idx}|{}|{}", m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default())
+    format!(
+        "{idx}|{}|{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Which source serves the kind a reference names.
@@ -83,7 +90,11 @@ fn watch<K: Object>(inf: &Informer<K>, idx: usize, sources: Sources, q: WorkQueu
         q.add(key(idx, m));
         for r in m.owner_references.iter().flatten() {
             if let Some(oi) = source_for(&sources, r) {
-                q.add(format!("{oi}|{}|{}", m.namespace.as_deref().unwrap_or_default(), r.name));
+                q.add(format!(
+                    "{oi}|{}|{}",
+                    m.namespace.as_deref().unwrap_or_default(),
+                    r.name
+                ));
             }
         }
         if change == Change::Deleted {
@@ -147,12 +158,19 @@ enum OwnerState {
     WaitingForDependents,
 }
 
-async fn owner_state(ctx: &Ctx, sources: &Sources, ns: Option<&str>, r: &OwnerReference) -> Result<OwnerState> {
+async fn owner_state(
+    ctx: &Ctx,
+    sources: &Sources,
+    ns: Option<&str>,
+    r: &OwnerReference,
+) -> Result<OwnerState> {
     let Some(i) = source_for(sources, r) else {
         // A kind we do not watch: never delete what we cannot verify.
         return Ok(OwnerState::Alive);
     };
-    let cached = sources[i].get(ns, &r.name).or_else(|| sources[i].get(None, &r.name));
+    let cached = sources[i]
+        .get(ns, &r.name)
+        .or_else(|| sources[i].get(None, &r.name));
     let meta = match cached.filter(|m| m.uid.as_deref() == Some(r.uid.as_str())) {
         Some(m) => m,
         None => {
@@ -167,17 +185,30 @@ async fn owner_state(ctx: &Ctx, sources: &Sources, ns: Option<&str>, r: &OwnerRe
             }
         }
     };
-    let fg = meta.deletion_timestamp.is_some() && meta.finalizers.iter().flatten().any(|f| f == FOREGROUND);
-    Ok(if fg { OwnerState::WaitingForDependents } else { OwnerState::Alive })
+    let fg = meta.deletion_timestamp.is_some()
+        && meta.finalizers.iter().flatten().any(|f| f == FOREGROUND);
+    Ok(if fg {
+        OwnerState::WaitingForDependents
+    } else {
+        OwnerState::Alive
+    })
 }
 
 async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Duration>> {
     let mut parts = key.splitn(3, '|');
-    let (Some(idx), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else { return Ok(None) };
-    let Ok(idx) = idx.parse::<usize>() else { return Ok(None) };
-    let Some(src) = sources.get(idx) else { return Ok(None) };
+    let (Some(idx), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let Ok(idx) = idx.parse::<usize>() else {
+        return Ok(None);
+    };
+    let Some(src) = sources.get(idx) else {
+        return Ok(None);
+    };
     let ns = (!ns.is_empty()).then_some(ns);
-    let Some(meta) = src.get(ns, name) else { return Ok(None) };
+    let Some(meta) = src.get(ns, name) else {
+        return Ok(None);
+    };
     let ar = src.resource();
     let api = dyn_api(ctx, &ar, ns);
     let uid = meta.uid.clone().unwrap_or_default();
@@ -185,10 +216,22 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
 
     if meta.deletion_timestamp.is_some() && finalizers.iter().any(|f| f == ORPHAN) {
         for (i, d) in dependents_of(sources, &uid) {
-            let refs: Vec<&OwnerReference> = d.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
+            let refs: Vec<&OwnerReference> = d
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|r| r.uid != uid)
+                .collect();
             let dapi = dyn_api(ctx, &sources[i].resource(), d.namespace.as_deref());
             let patch = json!({"metadata": {"ownerReferences": refs, "uid": d.uid}});
-            match dapi.patch(d.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            match dapi
+                .patch(
+                    d.name.as_deref().unwrap_or_default(),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) || is_status(&e, 422) => {}
                 Err(e) => return Err(e.into()),
@@ -201,7 +244,11 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
         let deps = dependents_of(sources, &uid);
         let mut blocking = 0;
         for (i, d) in &deps {
-            let blocks = d.owner_references.iter().flatten().any(|r| r.uid == uid && r.block_owner_deletion == Some(true));
+            let blocks = d
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.uid == uid && r.block_owner_deletion == Some(true));
             if blocks {
                 blocking += 1;
             }
@@ -209,10 +256,16 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
                 let dapi = dyn_api(ctx, &sources[*i].resource(), d.namespace.as_deref());
                 let dp = DeleteParams {
                     propagation_policy: Some(PropagationPolicy::Foreground),
-                    preconditions: Some(Preconditions { uid: d.uid.clone(), resource_version: None }),
+                    preconditions: Some(Preconditions {
+                        uid: d.uid.clone(),
+                        resource_version: None,
+                    }),
                     ..Default::default()
                 };
-                match dapi.delete(d.name.as_deref().unwrap_or_default(), &dp).await {
+                match dapi
+                    .delete(d.name.as_deref().unwrap_or_default(), &dp)
+                    .await
+                {
                     Ok(_) => {}
                     Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
                     Err(e) => return Err(e.into()),
@@ -243,11 +296,18 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
     }
     if alive == 0 {
         // No owner keeps it: delete, in the foreground if an owner waits for its dependents.
-        let policy = if waiting { PropagationPolicy::Foreground } else { PropagationPolicy::Background };
+        let policy = if waiting {
+            PropagationPolicy::Foreground
+        } else {
+            PropagationPolicy::Background
+        };
         tracing::info!(kind = %ar.kind, namespace = ?ns, %name, ?policy, "deleting object whose owners are gone");
         let dp = DeleteParams {
             propagation_policy: Some(policy),
-            preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         match api.delete(name, &dp).await {
@@ -258,9 +318,13 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
         return Ok(None);
     }
     if !dangling.is_empty() {
-        let keep: Vec<&OwnerReference> = refs.iter().filter(|r| !dangling.contains(&r.uid)).collect();
+        let keep: Vec<&OwnerReference> =
+            refs.iter().filter(|r| !dangling.contains(&r.uid)).collect();
         let patch = json!({"metadata": {"ownerReferences": keep, "uid": meta.uid}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),
@@ -269,11 +333,24 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
     Ok(None)
 }
 
-async fn remove_finalizer(api: &Api<DynamicObject>, name: &str, meta: &ObjectMeta, f: &str) -> Result<()> {
-    let keep: Vec<&String> = meta.finalizers.iter().flatten().filter(|x| *x != f).collect();
+async fn remove_finalizer(
+    api: &Api<DynamicObject>,
+    name: &str,
+    meta: &ObjectMeta,
+    f: &str,
+) -> Result<()> {
+    let keep: Vec<&String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|x| *x != f)
+        .collect();
     // resourceVersion makes this a compare-and-swap: a finalizer added meanwhile is not lost.
     let patch = json!({"metadata": {"finalizers": keep, "resourceVersion": meta.resource_version}});
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use parking_lot::Mutex;
@@ -143,7 +145,9 @@ pub struct Ctx {
     pub settings: Arc<Settings>,
 }
 
-type Reconcile = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Option<Duration>>> + Send>> + Send + Sync>;
+type Reconcile = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Option<Duration>>> + Send>> + Send + Sync,
+>;
 type Resync = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// A controller wired to its queue.
@@ -172,13 +176,20 @@ impl Controller {
 
     /// Re-queues the keys `f` returns every `every` (covers deletes missed across relists and
     /// time-based conditions nobody sends an event for).
-    pub fn resync(mut self, every: Duration, f: impl Fn() -> Vec<String> + Send + Sync + 'static) -> Self {
+    pub fn resync(
+        mut self,
+        every: Duration,
+        f: impl Fn() -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
         self.resync = Some((every, Arc::new(f)));
         self
     }
 
     /// Runs the workers until the queue shuts down.
-    pub fn spawn(&self, stats: Arc<Mutex<BTreeMap<&'static str, WorkQueue>>>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        &self,
+        stats: Arc<Mutex<BTreeMap<&'static str, WorkQueue>>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         stats.lock().insert(self.name, self.queue.clone());
         let mut tasks = Vec::new();
         if let Some((every, f)) = self.resync.clone() {
@@ -238,7 +249,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("garbage-collector-controller", "garbagecollector"),
     ("namespace-controller", "namespace"),
     ("serviceaccount-controller", "serviceaccount"),
-    ("root-ca-certificate-publisher-controller", "root-ca-cert-publisher"),
+    (
+        "root-ca-certificate-publisher-controller",
+        "root-ca-cert-publisher",
+    ),
     ("endpoints-controller", "endpoint"),
     ("endpointslice-controller", "endpointslice"),
     ("node-lifecycle-controller", "nodelifecycle"),
@@ -321,10 +335,26 @@ mod tests {
     #[test]
     fn controllers_flag() {
         assert!(is_enabled("deployment-controller", "deployment", &l("*")));
-        assert!(!is_enabled("deployment-controller", "deployment", &l("*,-deployment")));
-        assert!(!is_enabled("deployment-controller", "deployment", &l("*,-deployment-controller")));
-        assert!(is_enabled("deployment-controller", "deployment", &l("deployment")));
-        assert!(!is_enabled("replicaset-controller", "replicaset", &l("deployment")));
+        assert!(!is_enabled(
+            "deployment-controller",
+            "deployment",
+            &l("*,-deployment")
+        ));
+        assert!(!is_enabled(
+            "deployment-controller",
+            "deployment",
+            &l("*,-deployment-controller")
+        ));
+        assert!(is_enabled(
+            "deployment-controller",
+            "deployment",
+            &l("deployment")
+        ));
+        assert!(!is_enabled(
+            "replicaset-controller",
+            "replicaset",
+            &l("deployment")
+        ));
         assert!(validate_list(&l("*,-nope")).is_err());
         assert!(validate_list(&l("*,-replicaset,endpointslice-controller")).is_ok());
     }

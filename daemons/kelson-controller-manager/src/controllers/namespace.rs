@@ -26,7 +26,8 @@ pub const ROOT_CA: &str = "kube-root-ca.crt";
 const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 
 fn active(ns: &Namespace) -> bool {
-    ns.metadata.deletion_timestamp.is_none() && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+    ns.metadata.deletion_timestamp.is_none()
+        && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
 }
 
 pub fn namespace_controller(ctx: &Ctx) -> Controller {
@@ -45,7 +46,9 @@ pub fn namespace_controller(ctx: &Ctx) -> Controller {
 }
 
 async fn sync_namespace(ctx: &Ctx, name: &str) -> Result<Option<Duration>> {
-    let Some(ns) = ctx.inf.namespaces.get(None, name) else { return Ok(None) };
+    let Some(ns) = ctx.inf.namespaces.get(None, name) else {
+        return Ok(None);
+    };
     if ns.metadata.deletion_timestamp.is_none() {
         return Ok(None);
     }
@@ -53,7 +56,10 @@ async fn sync_namespace(ctx: &Ctx, name: &str) -> Result<Option<Duration>> {
     let mut remaining = 0usize;
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) || !caps.supports_operation(verbs::DELETE) {
+            if caps.scope != Scope::Namespaced
+                || !caps.supports_operation(verbs::LIST)
+                || !caps.supports_operation(verbs::DELETE)
+            {
                 continue;
             }
             let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), name, &ar);
@@ -79,16 +85,28 @@ async fn sync_namespace(ctx: &Ctx, name: &str) -> Result<Option<Duration>> {
     if remaining > 0 {
         return Ok(Some(Duration::from_secs(1)));
     }
-    let finalizers: Vec<String> = ns.spec.as_ref().and_then(|s| s.finalizers.clone()).unwrap_or_default();
+    let finalizers: Vec<String> = ns
+        .spec
+        .as_ref()
+        .and_then(|s| s.finalizers.clone())
+        .unwrap_or_default();
     if !finalizers.iter().any(|f| f == "kubernetes") {
         return Ok(None);
     }
     let mut fin = (*ns).clone();
     if let Some(spec) = fin.spec.as_mut() {
-        spec.finalizers = Some(finalizers.into_iter().filter(|f| f != "kubernetes").collect());
+        spec.finalizers = Some(
+            finalizers
+                .into_iter()
+                .filter(|f| f != "kubernetes")
+                .collect(),
+        );
     }
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    match api.replace_subresource("finalize", name, &PostParams::default(), &fin).await {
+    match api
+        .replace_subresource("finalize", name, &PostParams::default(), &fin)
+        .await
+    {
         Ok(_) => Ok(None),
         Err(e) if is_status(&e, 404) => Ok(None),
         Err(e) if is_status(&e, 409) => Err(e.into()),
@@ -110,18 +128,29 @@ pub fn serviceaccount_controller(ctx: &Ctx) -> Controller {
     Controller::new("serviceaccount-controller", queue, 1, move |ns| {
         let c = c.clone();
         async move {
-            let Some(n) = c.inf.namespaces.get(None, &ns) else { return Ok(None) };
+            let Some(n) = c.inf.namespaces.get(None, &ns) else {
+                return Ok(None);
+            };
             if !active(&n) || c.inf.serviceaccounts.get(Some(&ns), "default").is_some() {
                 return Ok(None);
             }
             let sa = ServiceAccount {
-                metadata: ObjectMeta { name: Some("default".into()), namespace: Some(ns.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some("default".into()),
+                    namespace: Some(ns.clone()),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
-            match Api::<ServiceAccount>::namespaced(c.client.clone(), &ns).create(&PostParams::default(), &sa).await {
+            match Api::<ServiceAccount>::namespaced(c.client.clone(), &ns)
+                .create(&PostParams::default(), &sa)
+                .await
+            {
                 Ok(_) => Ok(None),
                 // Already there (cache behind) or the namespace is terminating.
-                Err(e) if is_status(&e, 409) || is_status(&e, 403) || is_status(&e, 404) => Ok(None),
+                Err(e) if is_status(&e, 409) || is_status(&e, 403) || is_status(&e, 404) => {
+                    Ok(None)
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -139,15 +168,24 @@ pub fn root_ca_controller(ctx: &Ctx) -> Controller {
         }
     });
     let c = ctx.clone();
-    Controller::new("root-ca-certificate-publisher-controller", queue, 1, move |ns| {
-        let c = c.clone();
-        async move { sync_root_ca(&c, &ns).await }
-    })
+    Controller::new(
+        "root-ca-certificate-publisher-controller",
+        queue,
+        1,
+        move |ns| {
+            let c = c.clone();
+            async move { sync_root_ca(&c, &ns).await }
+        },
+    )
 }
 
 async fn sync_root_ca(ctx: &Ctx, ns: &str) -> Result<Option<Duration>> {
-    let Some(path) = &ctx.settings.root_ca_file else { return Ok(None) };
-    let Some(n) = ctx.inf.namespaces.get(None, ns) else { return Ok(None) };
+    let Some(path) = &ctx.settings.root_ca_file else {
+        return Ok(None);
+    };
+    let Some(n) = ctx.inf.namespaces.get(None, ns) else {
+        return Ok(None);
+    };
     if !active(&n) {
         return Ok(None);
     }
@@ -155,13 +193,22 @@ async fn sync_root_ca(ctx: &Ctx, ns: &str) -> Result<Option<Duration>> {
         .await
         .map_err(|e| Error::Other(format!("reading --root-ca-file {}: {e}", path.display())))?;
     let data: BTreeMap<String, String> = [("ca.crt".to_string(), ca)].into();
-    let annotations: BTreeMap<String, String> = [("kubernetes.io/description".to_string(), ROOT_CA_DESCRIPTION.to_string())].into();
+    let annotations: BTreeMap<String, String> = [(
+        "kubernetes.io/description".to_string(),
+        ROOT_CA_DESCRIPTION.to_string(),
+    )]
+    .into();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     match ctx.inf.configmaps.get(Some(ns), ROOT_CA) {
         Some(cm) if cm.data.as_ref() == Some(&data) => Ok(None),
         Some(_) => {
             let patch = json!({"data": data, "metadata": {"annotations": annotations}});
-            api.patch(ROOT_CA, &Default::default(), &kube::api::Patch::Merge(patch)).await?;
+            api.patch(
+                ROOT_CA,
+                &Default::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await?;
             Ok(None)
         }
         None => {
@@ -177,7 +224,9 @@ async fn sync_root_ca(ctx: &Ctx, ns: &str) -> Result<Option<Duration>> {
             };
             match api.create(&PostParams::default(), &cm).await {
                 Ok(_) => Ok(None),
-                Err(e) if is_status(&e, 409) || is_status(&e, 403) || is_status(&e, 404) => Ok(None),
+                Err(e) if is_status(&e, 409) || is_status(&e, 403) || is_status(&e, 404) => {
+                    Ok(None)
+                }
                 Err(e) => Err(e.into()),
             }
         }

@@ -66,11 +66,19 @@ pub fn controller(ctx: &Ctx) -> Controller {
 }
 
 fn ready_condition(n: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
-    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+    n.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
 }
 
 fn has_taint(n: &Node, key: &str, effect: &str) -> bool {
-    n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == effect))
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == effect))
 }
 
 async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Option<Duration>> {
@@ -86,8 +94,14 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
             let lease = ctx.inf.leases.get(Some(LEASE_NS), &name);
             let stamp = format!(
                 "{:?}/{:?}",
-                lease.as_ref().and_then(|l| l.spec.as_ref()).and_then(|s| s.renew_time.as_ref()).map(|t| t.0),
-                ready_condition(n).and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0)
+                lease
+                    .as_ref()
+                    .and_then(|l| l.spec.as_ref())
+                    .and_then(|s| s.renew_time.as_ref())
+                    .map(|t| t.0),
+                ready_condition(n)
+                    .and_then(|c| c.last_heartbeat_time.as_ref())
+                    .map(|t| t.0)
             );
             let p = pr.entry(name.clone()).or_default();
             if p.stamp != stamp || p.seen.is_none() {
@@ -111,8 +125,15 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
     // 2. Zone disruption.
     let mut zones: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for n in &nodes {
-        let z = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()).unwrap_or_default();
-        let bad = health.get(n.metadata.name.as_deref().unwrap_or_default()).is_some_and(|h| h.1.is_some());
+        let z = n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL).cloned())
+            .unwrap_or_default();
+        let bad = health
+            .get(n.metadata.name.as_deref().unwrap_or_default())
+            .is_some_and(|h| h.1.is_some());
         let e = zones.entry(z).or_default();
         e.0 += 1;
         e.1 += usize::from(bad);
@@ -121,7 +142,8 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
     let disrupted = |z: &str| {
         all_down
             || zones.get(z).is_some_and(|(t, b)| {
-                (*b as f64) / (*t as f64) >= ctx.settings.unhealthy_zone_threshold && (*b > 2 || b == t)
+                (*b as f64) / (*t as f64) >= ctx.settings.unhealthy_zone_threshold
+                    && (*b > 2 || b == t)
             })
     };
     // 3. Conditions and taints.
@@ -130,11 +152,23 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
     for n in &nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let (stale, problem) = health.get(&name).cloned().unwrap_or((false, None));
-        let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned()).unwrap_or_default();
+        let zone = n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL).cloned())
+            .unwrap_or_default();
         if stale && ready_condition(n).is_none_or(|c| c.status != "Unknown") {
-            let mut conds = n.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+            let mut conds = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
             if !conds.iter().any(|c| c.type_ == "Ready") {
-                conds.push(k8s_openapi::api::core::v1::NodeCondition { type_: "Ready".into(), ..Default::default() });
+                conds.push(k8s_openapi::api::core::v1::NodeCondition {
+                    type_: "Ready".into(),
+                    ..Default::default()
+                });
             }
             for c in conds.iter_mut() {
                 if c.status != "Unknown" {
@@ -147,7 +181,12 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
             tracing::info!(node = %name, "node stopped renewing; marking Ready=Unknown");
             // Conditions are a merge-keyed list; a strategic patch would need the type key, so
             // send the whole list with a merge patch.
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await?;
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"conditions": conds}})),
+            )
+            .await?;
         }
         let mut want: Vec<(&str, &str)> = Vec::new();
         if let Some(key) = problem {
@@ -157,28 +196,55 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
             }
         }
         let managed = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
-        let cur: Vec<Taint> = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-        let mut next: Vec<Taint> = cur.iter().filter(|t| !managed(t) || want.iter().any(|(k, e)| t.key == *k && t.effect == *e)).cloned().collect();
+        let cur: Vec<Taint> = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let mut next: Vec<Taint> = cur
+            .iter()
+            .filter(|t| !managed(t) || want.iter().any(|(k, e)| t.key == *k && t.effect == *e))
+            .cloned()
+            .collect();
         for (k, e) in &want {
             if !has_taint(n, k, e) {
-                next.push(Taint { key: (*k).into(), effect: (*e).into(), time_added: Some(now.clone()), value: None });
+                next.push(Taint {
+                    key: (*k).into(),
+                    effect: (*e).into(),
+                    time_added: Some(now.clone()),
+                    value: None,
+                });
             }
         }
         if next != cur {
             tracing::info!(node = %name, taints = ?want, "updating node lifecycle taints");
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": next}}))).await?;
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": next}})),
+            )
+            .await?;
         }
     }
     // 4. NoExecute eviction.
     let mut again: Option<Duration> = None;
     for n in &nodes {
-        let taints: Vec<Taint> = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().filter(|t| t.effect == "NoExecute").collect();
+        let taints: Vec<Taint> = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.effect == "NoExecute")
+            .collect();
         if taints.is_empty() {
             continue;
         }
         let name = n.metadata.name.as_deref().unwrap_or_default();
         for p in ctx.inf.pods.list() {
-            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(name) || p.metadata.deletion_timestamp.is_some() {
+            if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(name)
+                || p.metadata.deletion_timestamp.is_some()
+            {
                 continue;
             }
             match eviction_delay(&p, &taints, Timestamp::now()) {
@@ -186,7 +252,10 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
                 Some(d) if d.is_zero() => {
                     let pn = p.metadata.name.as_deref().unwrap_or_default();
                     tracing::info!(pod = %pn, node = %name, "evicting pod from tainted node");
-                    let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
+                    let papi: Api<Pod> = Api::namespaced(
+                        ctx.client.clone(),
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                    );
                     match papi.delete(pn, &DeleteParams::default()).await {
                         Ok(_) => {}
                         Err(e) if is_status(&e, 404) => {}
@@ -201,18 +270,31 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
 }
 
 fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect.as_deref().is_some_and(|e| !e.is_empty() && e != taint.effect) {
+    if t.effect
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != taint.effect)
+    {
         return false;
     }
     match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => t.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key),
-        _ => t.key.as_deref() == Some(taint.key.as_str()) && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        "Exists" => t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key),
+        _ => {
+            t.key.as_deref() == Some(taint.key.as_str())
+                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
     }
 }
 
 /// `None`: the pod tolerates every taint forever. `Some(0)`: evict now. `Some(d)`: evict in d.
 pub fn eviction_delay(p: &Pod, taints: &[Taint], now: Timestamp) -> Option<Duration> {
-    let tols: Vec<Toleration> = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let tols: Vec<Toleration> = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
     let mut delay: Option<Duration> = None;
     for taint in taints {
         let matching: Vec<&Toleration> = tols.iter().filter(|t| tolerates(t, taint)).collect();
@@ -222,7 +304,11 @@ pub fn eviction_delay(p: &Pod, taints: &[Taint], now: Timestamp) -> Option<Durat
         // The shortest tolerationSeconds among matching tolerations wins; none means forever.
         let secs = matching.iter().filter_map(|t| t.toleration_seconds).min();
         if let Some(s) = secs {
-            let added = taint.time_added.as_ref().map(|t| t.0.as_second()).unwrap_or(now.as_second());
+            let added = taint
+                .time_added
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(now.as_second());
             let left = (added + s.max(0) - now.as_second()).max(0) as u64;
             let d = Duration::from_secs(left);
             delay = Some(delay.map_or(d, |x| x.min(d)));
@@ -254,7 +340,14 @@ async fn pod_gc(ctx: &Ctx) -> Result<Option<Duration>> {
     let napi: Api<Node> = Api::all(ctx.client.clone());
     let mut missing: HashMap<String, bool> = HashMap::new();
     for p in ctx.inf.pods.list() {
-        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) else { continue };
+        let Some(node) = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
         if ctx.inf.nodes.get(None, &node).is_some() {
             continue;
         }
@@ -267,9 +360,21 @@ async fn pod_gc(ctx: &Ctx) -> Result<Option<Duration>> {
             }
         };
         if gone {
-            let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), p.metadata.namespace.as_deref().unwrap_or_default());
+            let papi: Api<Pod> = Api::namespaced(
+                ctx.client.clone(),
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+            );
             tracing::info!(pod = ?p.metadata.name, %node, "deleting orphaned pod");
-            match papi.delete(p.metadata.name.as_deref().unwrap_or_default(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await {
+            match papi
+                .delete(
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) => return Err(e.into()),
@@ -281,9 +386,17 @@ async fn pod_gc(ctx: &Ctx) -> Result<Option<Duration>> {
 
 /// Parses an IPv4 CIDR (`10.244.0.0/16`).
 pub fn parse_cidr(s: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: invalid IPv4 address"))?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("{s:?}: invalid prefix length"))?;
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{s:?}: invalid IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{s:?}: invalid prefix length"))?;
     Ok((ip, len))
 }
 
@@ -296,8 +409,17 @@ pub fn nth_subnet(cidr: (Ipv4Addr, u8), mask: u8, idx: u32) -> Option<String> {
     if u64::from(idx) >= count {
         return None;
     }
-    let base = u32::from(cidr.0) & (if cidr.1 == 0 { 0 } else { u32::MAX << (32 - cidr.1) });
-    let step = if mask == 32 { 1u64 } else { 1u64 << (32 - mask) };
+    let base = u32::from(cidr.0)
+        & (if cidr.1 == 0 {
+            0
+        } else {
+            u32::MAX << (32 - cidr.1)
+        });
+    let step = if mask == 32 {
+        1u64
+    } else {
+        1u64 << (32 - mask)
+    };
     let ip = u64::from(base) + u64::from(idx) * step;
     Some(format!("{}/{mask}", Ipv4Addr::from(ip as u32)))
 }
@@ -319,13 +441,21 @@ pub fn ipam_controller(ctx: &Ctx) -> Controller {
 }
 
 async fn allocate(ctx: &Ctx) -> Result<Option<Duration>> {
-    let Some(cidr) = &ctx.settings.cluster_cidr else { return Ok(None) };
+    let Some(cidr) = &ctx.settings.cluster_cidr else {
+        return Ok(None);
+    };
     let cidr = parse_cidr(cidr).map_err(super::Error::Other)?;
     let mask = ctx.settings.node_cidr_mask_size;
     let nodes = ctx.inf.nodes.list();
-    let mut used: Vec<String> = nodes.iter().filter_map(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone())).collect();
+    let mut used: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
+        .collect();
     let api: Api<Node> = Api::all(ctx.client.clone());
-    let mut sorted: Vec<_> = nodes.iter().filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none()).collect();
+    let mut sorted: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none())
+        .collect();
     sorted.sort_by_key(|n| n.metadata.name.clone());
     for n in sorted {
         let mut idx = 0u32;
@@ -336,11 +466,18 @@ async fn allocate(ctx: &Ctx) -> Result<Option<Duration>> {
             }
         };
         let Some(sub) = pick else {
-            return Err(super::Error::Other(format!("--cluster-cidr exhausted: no free /{mask} for node {:?}", n.metadata.name)));
+            return Err(super::Error::Other(format!(
+                "--cluster-cidr exhausted: no free /{mask} for node {:?}",
+                n.metadata.name
+            )));
         };
         tracing::info!(node = ?n.metadata.name, cidr = %sub, "allocated pod CIDR");
-        api.patch(n.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(json!({"spec": {"podCIDR": sub, "podCIDRs": [sub]}})))
-            .await?;
+        api.patch(
+            n.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"podCIDR": sub, "podCIDRs": [sub]}})),
+        )
+        .await?;
         used.push(sub);
     }
     Ok(None)
@@ -363,9 +500,17 @@ mod tests {
     #[test]
     fn toleration_seconds_delay_eviction() {
         let now = Timestamp::now();
-        let taint = Taint { key: UNREACHABLE.into(), effect: "NoExecute".into(), time_added: Some(Time(now)), value: None };
+        let taint = Taint {
+            key: UNREACHABLE.into(),
+            effect: "NoExecute".into(),
+            time_added: Some(Time(now)),
+            value: None,
+        };
         let mut p = Pod::default();
-        assert_eq!(eviction_delay(&p, std::slice::from_ref(&taint), now), Some(Duration::ZERO));
+        assert_eq!(
+            eviction_delay(&p, std::slice::from_ref(&taint), now),
+            Some(Duration::ZERO)
+        );
         p.spec = Some(Default::default());
         p.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
             key: Some(UNREACHABLE.into()),
@@ -374,7 +519,10 @@ mod tests {
             toleration_seconds: Some(30),
             ..Default::default()
         }]);
-        assert_eq!(eviction_delay(&p, std::slice::from_ref(&taint), now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            eviction_delay(&p, std::slice::from_ref(&taint), now),
+            Some(Duration::from_secs(30))
+        );
         p.spec.as_mut().unwrap().tolerations.as_mut().unwrap()[0].toleration_seconds = None;
         assert_eq!(eviction_delay(&p, &[taint], now), None);
     }

@@ -74,7 +74,9 @@ impl Expectations {
 pub fn controller(ctx: &Ctx) -> Controller {
     let queue = WorkQueue::new();
     let q = queue.clone();
-    ctx.inf.replicasets.on_change(move |rs, _| q.add(key_of(rs)));
+    ctx.inf
+        .replicasets
+        .on_change(move |rs, _| q.add(key_of(rs)));
     let q = queue.clone();
     let rss = ctx.inf.replicasets.clone();
     ctx.inf.pods.on_change(move |pod, _| {
@@ -88,7 +90,9 @@ pub fn controller(ctx: &Ctx) -> Controller {
         // An orphan: every ReplicaSet that could adopt it.
         for rs in rss.list_ns(&ns) {
             if let Some(sel) = rs.spec.as_ref().map(|s| &s.selector) {
-                if !util::selector_is_empty(sel) && util::selector_matches(sel, pod.metadata.labels.as_ref()) {
+                if !util::selector_is_empty(sel)
+                    && util::selector_matches(sel, pod.metadata.labels.as_ref())
+                {
                     q.add(key_of(&*rs));
                 }
             }
@@ -101,11 +105,15 @@ pub fn controller(ctx: &Ctx) -> Controller {
         let (c, exp) = (c.clone(), exp.clone());
         async move { reconcile(&c, &exp, &key).await }
     })
-    .resync(Duration::from_secs(30), move || rss.list().iter().map(|r| key_of(&**r)).collect())
+    .resync(Duration::from_secs(30), move || {
+        rss.list().iter().map(|r| key_of(&**r)).collect()
+    })
 }
 
 async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Duration>> {
-    let (Some(ns), name) = split_key(key) else { return Ok(None) };
+    let (Some(ns), name) = split_key(key) else {
+        return Ok(None);
+    };
     let Some(rs) = ctx.inf.replicasets.get(Some(ns), name) else {
         exp.0.lock().remove(key);
         return Ok(None);
@@ -119,7 +127,8 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     // Claim.
     let mut owned: Vec<Arc<Pod>> = Vec::new();
     for pod in ctx.inf.pods.list_ns(ns) {
-        let matches = !util::selector_is_empty(&sel) && util::selector_matches(&sel, pod.metadata.labels.as_ref());
+        let matches = !util::selector_is_empty(&sel)
+            && util::selector_matches(&sel, pod.metadata.labels.as_ref());
         match util::controller_of(&pod.metadata) {
             Some(r) if r.uid == rs_uid => {
                 if matches || deleting {
@@ -129,10 +138,12 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
                 }
             }
             Some(_) => {}
-            None if matches && !deleting && !util::is_deleting(&pod.metadata) => {
-                if adopt(ctx, &pods_api, &rs, &pod).await? {
-                    owned.push(pod);
-                }
+            None if matches
+                && !deleting
+                && !util::is_deleting(&pod.metadata)
+                && adopt(ctx, &pods_api, &rs, &pod).await? =>
+            {
+                owned.push(pod);
             }
             None => {}
         }
@@ -173,7 +184,12 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     // Status.
     let now = Timestamp::now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let tmpl_labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+    let tmpl_labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     let mut st = ReplicaSetStatus {
         replicas: active.len() as i32,
         observed_generation: rs.metadata.generation,
@@ -202,7 +218,11 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     if rs.status.as_ref() != Some(&st) {
         let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
         match rs_api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": st})))
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": st})),
+            )
             .await
         {
             Ok(_) => {}
@@ -216,7 +236,11 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
 /// Upstream's ranking of pods to delete first: unscheduled, pending, not ready, ready for less
 /// time, then the newest.
 fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, i64) {
-    let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let scheduled = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
     let phase_rank = match phase {
         Some("Pending") => 0,
@@ -224,7 +248,12 @@ fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, i64) {
         _ => 2,
     };
     let ready_at = util::ready_since(p);
-    let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0);
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0);
     (
         u8::from(scheduled),
         phase_rank,
@@ -235,13 +264,29 @@ fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, i64) {
     )
 }
 
-async fn create_pods(ctx: &Ctx, api: &Api<Pod>, rs: &ReplicaSet, n: usize) -> (Vec<String>, Result<()>) {
-    let tmpl = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+async fn create_pods(
+    ctx: &Ctx,
+    api: &Api<Pod>,
+    rs: &ReplicaSet,
+    n: usize,
+) -> (Vec<String>, Result<()>) {
+    let tmpl = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
     let mut meta = tmpl.metadata.clone().unwrap_or_default();
-    meta.generate_name = Some(format!("{}-", rs.metadata.name.as_deref().unwrap_or_default()));
+    meta.generate_name = Some(format!(
+        "{}-",
+        rs.metadata.name.as_deref().unwrap_or_default()
+    ));
     meta.name = None;
     meta.namespace = rs.metadata.namespace.clone();
-    meta.owner_references = Some(vec![util::controller_ref("apps/v1", "ReplicaSet", &rs.metadata)]);
+    meta.owner_references = Some(vec![util::controller_ref(
+        "apps/v1",
+        "ReplicaSet",
+        &rs.metadata,
+    )]);
     let pod = Pod {
         metadata: meta,
         spec: tmpl.spec.clone(),
@@ -273,13 +318,27 @@ async fn adopt(ctx: &Ctx, pods: &Api<Pod>, rs: &ReplicaSet, pod: &Pod) -> Result
     let fresh = Api::<ReplicaSet>::namespaced(ctx.client.clone(), ns)
         .get_opt(rs.metadata.name.as_deref().unwrap_or_default())
         .await?;
-    if fresh.as_ref().is_none_or(|f| f.metadata.uid != rs.metadata.uid || util::is_deleting(&f.metadata)) {
+    if fresh
+        .as_ref()
+        .is_none_or(|f| f.metadata.uid != rs.metadata.uid || util::is_deleting(&f.metadata))
+    {
         return Ok(false);
     }
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(util::controller_ref("apps/v1", ReplicaSet::kind(&()).as_ref(), &rs.metadata));
+    refs.push(util::controller_ref(
+        "apps/v1",
+        ReplicaSet::kind(&()).as_ref(),
+        &rs.metadata,
+    ));
     let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-    match pods.patch(pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await {
+    match pods
+        .patch(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
         Ok(_) => Ok(true),
         Err(e) if is_status(&e, 404) => Ok(false),
         Err(e) => Err(e.into()),
@@ -291,12 +350,25 @@ pub async fn release<K>(api: &Api<K>, obj: &K, owner_uid: &str) -> Result<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let refs: Vec<_> = obj.meta().owner_references.iter().flatten().filter(|r| r.uid != owner_uid).cloned().collect();
+    let refs: Vec<_> = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != owner_uid)
+        .cloned()
+        .collect();
     let patch = json!({"metadata": {"ownerReferences": refs, "uid": obj.meta().uid}});
-    match api.patch(obj.meta().name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(patch)).await {
+    match api
+        .patch(
+            obj.meta().name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if is_status(&e, 404) || is_status(&e, 422) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
-

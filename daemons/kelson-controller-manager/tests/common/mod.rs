@@ -38,19 +38,33 @@ impl Env {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelson-controller-manager"));
         cmd.arg("--kubeconfig")
             .arg(cp.kubeconfig_path())
-            .args(["--no-dbus", "--leader-elect=false", "--log-level", "info,kelson_controller_manager=debug"])
+            .args([
+                "--no-dbus",
+                "--leader-elect=false",
+                "--log-level",
+                "info,kelson_controller_manager=debug",
+            ])
             .arg("--root-ca-file")
             .arg(cp.dir().join("pki/ca.crt"))
             .args(extra);
-        let cm = ChildGuard::spawn("kelson-controller-manager", cmd, &cp.dir().join("cm.log")).expect("cm starts");
+        let cm = ChildGuard::spawn("kelson-controller-manager", cmd, &cp.dir().join("cm.log"))
+            .expect("cm starts");
         let nodes = FakeNodes::start(client.clone(), nodes).await;
-        Env { cm, cp, client, nodes }
+        Env {
+            cm,
+            cp,
+            client,
+            nodes,
+        }
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {
         match self.cp.kubectl_ok(args) {
             Ok(s) => s,
-            Err(e) => panic!("{e}\n--- controller manager log ---\n{}", self.cm.log_tail(40)),
+            Err(e) => panic!(
+                "{e}\n--- controller manager log ---\n{}",
+                self.cm.log_tail(40)
+            ),
         }
     }
 
@@ -66,7 +80,10 @@ impl Env {
                 return v;
             }
             if start.elapsed() > Duration::from_secs(secs) {
-                panic!("timed out waiting for {what}\n--- controller manager log ---\n{}", self.cm.log_tail(60));
+                panic!(
+                    "timed out waiting for {what}\n--- controller manager log ---\n{}",
+                    self.cm.log_tail(60)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -91,7 +108,12 @@ impl Drop for FakeNodes {
 impl FakeNodes {
     pub async fn start(client: Client, nodes: &[(&str, &str)]) -> FakeNodes {
         let ns: Api<Namespace> = Api::all(client.clone());
-        let _ = ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "kube-node-lease"}})).unwrap()).await;
+        let _ = ns
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "kube-node-lease"}})).unwrap(),
+            )
+            .await;
         let napi: Api<Node> = Api::all(client.clone());
         for (name, zone) in nodes {
             let node: Node = serde_json::from_value(json!({
@@ -99,14 +121,26 @@ impl FakeNodes {
                 "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": Timestamp::now().to_string(), "lastTransitionTime": Timestamp::now().to_string()}]}
             }))
             .unwrap();
-            napi.create(&PostParams::default(), &node).await.expect("create node");
+            napi.create(&PostParams::default(), &node)
+                .await
+                .expect("create node");
             // Status is a subresource: set it explicitly in case create dropped it.
-            let _ = napi.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": node.status}))).await;
+            let _ = napi
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": node.status})),
+                )
+                .await;
         }
         let stopped: Arc<Mutex<HashSet<String>>> = Arc::default();
         let names: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
         let task = tokio::spawn(run(client, names.clone(), stopped.clone()));
-        FakeNodes { stopped, names, task: Arc::new(task) }
+        FakeNodes {
+            stopped,
+            names,
+            task: Arc::new(task),
+        }
     }
 
     pub fn stop(&self, node: &str) {
@@ -120,12 +154,18 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
     let mut rr = 0usize;
     let mut tick = 0u64;
     loop {
-        let live: Vec<String> = nodes.iter().filter(|n| !stopped.lock().contains(*n)).cloned().collect();
-        if tick % 5 == 0 {
+        let live: Vec<String> = nodes
+            .iter()
+            .filter(|n| !stopped.lock().contains(*n))
+            .cloned()
+            .collect();
+        if tick.is_multiple_of(5) {
             for n in &live {
                 let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": n, "namespace": "kube-node-lease"},
                     "spec": {"holderIdentity": n, "leaseDurationSeconds": 40, "renewTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
-                let patched = leases.patch(n, &PatchParams::default(), &Patch::Merge(&lease)).await;
+                let patched = leases
+                    .patch(n, &PatchParams::default(), &Patch::Merge(&lease))
+                    .await;
                 if patched.is_err() {
                     let l: Lease = serde_json::from_value(lease).unwrap();
                     let _ = leases.create(&PostParams::default(), &l).await;
@@ -145,7 +185,15 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                     }
                 }
                 if p.metadata.deletion_timestamp.is_some() {
-                    let _ = papi.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                    let _ = papi
+                        .delete(
+                            &name,
+                            &DeleteParams {
+                                grace_period_seconds: Some(0),
+                                ..Default::default()
+                            },
+                        )
+                        .await;
                     continue;
                 }
                 let Some(node) = node else {
@@ -155,17 +203,34 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                     let target = &live[rr % live.len()];
                     rr += 1;
                     let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
-                    let _: Result<serde_json::Value, _> = papi.create_subresource("binding", &name, &PostParams::default(), &b).await;
+                    let _: Result<serde_json::Value, _> = papi
+                        .create_subresource("binding", &name, &PostParams::default(), &b)
+                        .await;
                     continue;
                 };
-                let want_ready = p.metadata.labels.as_ref().and_then(|l| l.get("fake-ready")).map(String::as_str) != Some("false");
-                let is_ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let want_ready = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("fake-ready"))
+                    .map(String::as_str)
+                    != Some("false");
+                let is_ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                 if running && is_ready == want_ready {
                     continue;
                 }
                 let idx = nodes.iter().position(|n| *n == node).unwrap_or(0);
-                let ip = format!("10.{}.{}.{}", 100 + idx, (fnv(&name) >> 8) % 250, fnv(&name) % 250 + 2);
+                let ip = format!(
+                    "10.{}.{}.{}",
+                    100 + idx,
+                    (fnv(&name) >> 8) % 250,
+                    fnv(&name) % 250 + 2
+                );
                 let st = if want_ready { "True" } else { "False" };
                 let now = Timestamp::now().to_string();
                 let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "192.0.2.1", "startTime": now,
@@ -174,7 +239,9 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                         {"type": "ContainersReady", "status": st, "lastTransitionTime": now},
                         {"type": "Ready", "status": st, "lastTransitionTime": now},
                         {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}]}});
-                let _ = papi.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+                let _ = papi
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -182,5 +249,7 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
 }
 
 fn fnv(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
