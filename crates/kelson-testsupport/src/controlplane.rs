@@ -123,8 +123,7 @@ impl ControlPlane {
         .arg("--client-ca-file")
         .arg(pki.join("ca.crt"))
         .args(&opts.apiserver_args);
-        let server =
-            ChildGuard::spawn("kelson-apiserver", cmd, &dir.path().join("apiserver.log"))?;
+        let server = ChildGuard::spawn("kelson-apiserver", cmd, &dir.path().join("apiserver.log"))?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let mut cp = ControlPlane {
             server,
@@ -139,12 +138,7 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    fn issue_kubeconfig(
-        &self,
-        path: &Path,
-        user: &str,
-        group: Option<&str>,
-    ) -> anyhow::Result<()> {
+    fn issue_kubeconfig(&self, path: &Path, user: &str, group: Option<&str>) -> anyhow::Result<()> {
         let pki = self.dir.path().join("pki");
         let base = format!("client-{}", user.replace([':', '/'], "_"));
         self.ca

@@ -13,7 +13,10 @@ async fn control_plane_serves_kubectl_and_kube_client() {
     let client = cp.client().await.unwrap();
     let ns: Api<Namespace> = Api::all(client);
     let list = ns.list(&ListParams::default()).await.unwrap();
-    assert!(list.items.iter().any(|n| n.metadata.name.as_deref() == Some("kube-system")));
+    assert!(list
+        .items
+        .iter()
+        .any(|n| n.metadata.name.as_deref() == Some("kube-system")));
     // A second identity from the same CA authenticates too (as a non-admin it may be forbidden,
     // but it must not be rejected as unauthenticated).
     let kc = cp.kubeconfig_for("system:kube-scheduler", None).unwrap();

@@ -128,7 +128,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
             .ok_or_else(err)?;
         let n: f64 = rest[..n_end].parse().map_err(|_| err())?;
         rest = &rest[n_end..];
-        let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..u_end] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -154,7 +156,9 @@ impl SchedulerConfig {
             ));
         }
         if retry.is_zero() {
-            return Err(ConfigError::Invalid("leader-elect-retry-period must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "leader-elect-retry-period must be positive".into(),
+            ));
         }
         Ok((lease, renew, retry))
     }
@@ -162,18 +166,30 @@ impl SchedulerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.leader_timings()?;
         if self.profiles.is_empty() {
-            return Err(ConfigError::Invalid("at least one profile is required".into()));
+            return Err(ConfigError::Invalid(
+                "at least one profile is required".into(),
+            ));
         }
-        let mut names: Vec<&str> = self.profiles.iter().map(|p| p.scheduler_name.as_str()).collect();
+        let mut names: Vec<&str> = self
+            .profiles
+            .iter()
+            .map(|p| p.scheduler_name.as_str())
+            .collect();
         names.sort();
         names.dedup();
         if names.len() != self.profiles.len() {
-            return Err(ConfigError::Invalid("duplicate profile scheduler-name".into()));
+            return Err(ConfigError::Invalid(
+                "duplicate profile scheduler-name".into(),
+            ));
         }
         if self.percentage_of_nodes_to_score > 100 {
-            return Err(ConfigError::Invalid("percentage-of-nodes-to-score must be 0..=100".into()));
+            return Err(ConfigError::Invalid(
+                "percentage-of-nodes-to-score must be 0..=100".into(),
+            ));
         }
-        if self.pod_initial_backoff_seconds == 0 || self.pod_max_backoff_seconds < self.pod_initial_backoff_seconds {
+        if self.pod_initial_backoff_seconds == 0
+            || self.pod_max_backoff_seconds < self.pod_initial_backoff_seconds
+        {
             return Err(ConfigError::Invalid(
                 "pod back-off: need 0 < initial <= max".into(),
             ));
@@ -214,8 +230,10 @@ mod tests {
             Default::default(),
         );
         assert!(bad.is_err());
-        let mut c = SchedulerConfig::default();
-        c.leader_elect_renew_deadline = "20s".into();
+        let c = SchedulerConfig {
+            leader_elect_renew_deadline: "20s".into(),
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
     }
 }

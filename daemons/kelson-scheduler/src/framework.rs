@@ -113,19 +113,20 @@ impl Algorithm {
     }
 }
 
+/// (feasible node indices, per-node failures, nodes visited).
+type FilterOutcome = (Vec<usize>, Vec<(usize, Failure)>, usize);
+
 /// Filters nodes from `start` (wrapping) until `want` feasible ones are found or all were
 /// visited. Returns (feasible, failures, number visited).
-fn find_feasible(
-    st: &CycleState,
-    snap: &Snapshot,
-    start: usize,
-    want: usize,
-) -> (Vec<usize>, Vec<(usize, Failure)>, usize) {
+fn find_feasible(st: &CycleState, snap: &Snapshot, start: usize, want: usize) -> FilterOutcome {
     let n = snap.nodes.len();
     let order = |k: usize| (start + k) % n;
     // Parallel in chunks for big clusters; each chunk stops once the total is reached.
     const PAR_THRESHOLD: usize = 1000;
-    let threads = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1).min(8);
+    let threads = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1)
+        .min(8);
     if n < PAR_THRESHOLD || threads < 2 {
         let mut feasible = Vec::new();
         let mut failures = Vec::new();
@@ -147,7 +148,7 @@ fn find_feasible(
     }
     let found = std::sync::atomic::AtomicUsize::new(0);
     let chunk = n.div_ceil(threads);
-    let results: Vec<(Vec<usize>, Vec<(usize, Failure)>, usize)> = std::thread::scope(|s| {
+    let results: Vec<FilterOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let found = &found;
@@ -235,20 +236,31 @@ pub fn preempt(
     if candidates.is_empty() {
         let mut parts = Vec::new();
         if no_victims > 0 {
-            parts.push(format!("{no_victims} No preemption victims found for incoming pod"));
+            parts.push(format!(
+                "{no_victims} No preemption victims found for incoming pod"
+            ));
         }
         if not_helpful > 0 {
-            parts.push(format!("{not_helpful} Preemption is not helpful for scheduling"));
+            parts.push(format!(
+                "{not_helpful} Preemption is not helpful for scheduling"
+            ));
         }
         parts.sort();
-        return Err(format!("preemption: 0/{n} nodes are available: {}.", parts.join(", ")));
+        return Err(format!(
+            "preemption: 0/{n} nodes are available: {}.",
+            parts.join(", ")
+        ));
     }
     // Upstream's pickOneNodeForPreemption: fewest PDB violations, lowest highest-priority
     // victim, smallest priority sum, fewest victims.
     candidates.sort_by_key(|c| {
         (
             c.pdb_violations,
-            c.victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN),
+            c.victims
+                .iter()
+                .map(|v| v.priority)
+                .max()
+                .unwrap_or(i32::MIN),
             c.victims.iter().map(|v| v.priority as i64).sum::<i64>(),
             c.victims.len(),
         )

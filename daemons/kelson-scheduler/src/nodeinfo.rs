@@ -55,14 +55,20 @@ impl PodInfo {
         let paa = aff.and_then(|a| a.pod_anti_affinity.as_ref());
         let mut preferred = Vec::new();
         for w in pa
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
         {
             preferred.push((w.weight, w.pod_affinity_term.clone()));
         }
         for w in paa
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
         {
@@ -82,10 +88,16 @@ impl PodInfo {
             priority,
             host_ports,
             required_affinity: pa
-                .and_then(|a| a.required_during_scheduling_ignored_during_execution.clone())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
                 .unwrap_or_default(),
             required_anti_affinity: paa
-                .and_then(|a| a.required_during_scheduling_ignored_during_execution.clone())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .clone()
+                })
                 .unwrap_or_default(),
             preferred_affinity: preferred,
             pod,
@@ -220,7 +232,8 @@ pub fn normalize_image(name: &str) -> String {
         n.push_str(":latest");
     }
     let first = n.split('/').next().unwrap_or("");
-    let has_registry = n.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        n.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     if !has_registry {
         if n.contains('/') {
             n = format!("docker.io/{n}");
@@ -273,9 +286,18 @@ mod tests {
     #[test]
     fn image_names_normalize() {
         assert_eq!(normalize_image("nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(normalize_image("nginx:1.25"), "docker.io/library/nginx:1.25");
+        assert_eq!(
+            normalize_image("nginx:1.25"),
+            "docker.io/library/nginx:1.25"
+        );
         assert_eq!(normalize_image("foo/bar:1"), "docker.io/foo/bar:1");
-        assert_eq!(normalize_image("registry.k8s.io/pause:3.9"), "registry.k8s.io/pause:3.9");
-        assert_eq!(normalize_image("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(
+            normalize_image("registry.k8s.io/pause:3.9"),
+            "registry.k8s.io/pause:3.9"
+        );
+        assert_eq!(
+            normalize_image("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
     }
 }

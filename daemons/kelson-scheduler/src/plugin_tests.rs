@@ -69,9 +69,18 @@ fn place(s: &Snapshot, p: Arc<PodInfo>) -> Result<String, String> {
 #[test]
 fn resource_fit_and_message() {
     let s = snap(vec![
-        with_pods(node("a", "1", "1Gi", json!(null), json!(null)), vec![pod("x", cpu("800m"))]),
+        with_pods(
+            node("a", "1", "1Gi", json!(null), json!(null)),
+            vec![pod("x", cpu("800m"))],
+        ),
         node("b", "2", "1Gi", json!(null), json!(null)),
-        node("c", "1", "1Gi", json!(null), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])),
+        node(
+            "c",
+            "1",
+            "1Gi",
+            json!(null),
+            json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+        ),
     ]);
     assert_eq!(place(&s, pod("p", cpu("500m"))).unwrap(), "b");
     let msg = place(&s, pod("p", cpu("3"))).unwrap_err();
@@ -82,7 +91,10 @@ fn resource_fit_and_message() {
     // Extended resources and memory are checked too.
     let spec = json!({"containers": [{"name": "c", "resources": {"requests": {"example.com/gpu": "1", "memory": "2Gi"}}}]});
     let msg = place(&s, pod("p", spec)).unwrap_err();
-    assert!(msg.contains("2 Insufficient example.com/gpu") && msg.contains("2 Insufficient memory"), "{msg}");
+    assert!(
+        msg.contains("2 Insufficient example.com/gpu") && msg.contains("2 Insufficient memory"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -103,7 +115,13 @@ fn taints_and_tolerations() {
     assert_eq!(place(&s, pod("p", all)).unwrap(), "t");
     // PreferNoSchedule does not filter but scores lower.
     let s = snap(vec![
-        node("soft", "4", "4Gi", json!(null), json!([{"key": "soft", "effect": "PreferNoSchedule"}])),
+        node(
+            "soft",
+            "4",
+            "4Gi",
+            json!(null),
+            json!([{"key": "soft", "effect": "PreferNoSchedule"}]),
+        ),
         node("plain", "4", "4Gi", json!(null), json!(null)),
     ]);
     assert_eq!(place(&s, pod("p", json!({}))).unwrap(), "plain");
@@ -112,10 +130,25 @@ fn taints_and_tolerations() {
 #[test]
 fn node_affinity_selector_name_ports_unschedulable() {
     let s = snap(vec![
-        node("a", "4", "4Gi", json!({"disk": "ssd", "zone": "z1"}), json!(null)),
-        node("b", "4", "4Gi", json!({"disk": "hdd", "zone": "z2"}), json!(null)),
+        node(
+            "a",
+            "4",
+            "4Gi",
+            json!({"disk": "ssd", "zone": "z1"}),
+            json!(null),
+        ),
+        node(
+            "b",
+            "4",
+            "4Gi",
+            json!({"disk": "hdd", "zone": "z2"}),
+            json!(null),
+        ),
     ]);
-    assert_eq!(place(&s, pod("p", json!({"nodeSelector": {"disk": "hdd"}}))).unwrap(), "b");
+    assert_eq!(
+        place(&s, pod("p", json!({"nodeSelector": {"disk": "hdd"}}))).unwrap(),
+        "b"
+    );
     let aff = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}});
     assert_eq!(place(&s, pod("p", aff)).unwrap(), "a");
@@ -130,16 +163,23 @@ fn node_affinity_selector_name_ports_unschedulable() {
     assert_eq!(place(&s, pod("p", pref)).unwrap(), "b");
     assert_eq!(place(&s, pod("p", json!({"nodeName": "a"}))).unwrap(), "a");
 
-    let hp = json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
+    let hp =
+        json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
     let s2 = snap(vec![
-        with_pods(node("a", "4", "4Gi", json!(null), json!(null)), vec![pod("x", hp.clone())]),
+        with_pods(
+            node("a", "4", "4Gi", json!(null), json!(null)),
+            vec![pod("x", hp.clone())],
+        ),
         node("b", "4", "4Gi", json!(null), json!(null)),
     ]);
     assert_eq!(place(&s2, pod("p", hp.clone())).unwrap(), "b");
     let mut cordoned = node("b", "4", "4Gi", json!(null), json!(null));
     cordoned.unschedulable = true;
     let s3 = snap(vec![
-        with_pods(node("a", "4", "4Gi", json!(null), json!(null)), vec![pod("x", hp.clone())]),
+        with_pods(
+            node("a", "4", "4Gi", json!(null), json!(null)),
+            vec![pod("x", hp.clone())],
+        ),
         cordoned,
     ]);
     assert_eq!(
@@ -151,9 +191,20 @@ fn node_affinity_selector_name_ports_unschedulable() {
 fn zones(counts: &[usize]) -> Snapshot {
     let mut nodes = Vec::new();
     for (z, &c) in counts.iter().enumerate() {
-        let mut n = node(&format!("n{z}"), "100", "100Gi", json!({"topology.kubernetes.io/zone": format!("z{z}")}), json!(null));
+        let mut n = node(
+            &format!("n{z}"),
+            "100",
+            "100Gi",
+            json!({"topology.kubernetes.io/zone": format!("z{z}")}),
+            json!(null),
+        );
         for i in 0..c {
-            n.add_pod(pod_l(&format!("w{z}-{i}"), json!({"app": "web"}), json!({}), 0));
+            n.add_pod(pod_l(
+                &format!("w{z}-{i}"),
+                json!({"app": "web"}),
+                json!({}),
+                0,
+            ));
         }
         nodes.push(n);
     }
@@ -167,12 +218,29 @@ fn topology_spread_hard_and_soft() {
             "whenUnsatisfiable": when, "labelSelector": {"matchLabels": {"app": "web"}}}]})
     };
     let s = zones(&[2, 1, 2]);
-    assert_eq!(place(&s, pod_l("p", json!({"app": "web"}), spread("DoNotSchedule"), 0)).unwrap(), "n1");
-    assert_eq!(place(&s, pod_l("p", json!({"app": "web"}), spread("ScheduleAnyway"), 0)).unwrap(), "n1");
+    assert_eq!(
+        place(
+            &s,
+            pod_l("p", json!({"app": "web"}), spread("DoNotSchedule"), 0)
+        )
+        .unwrap(),
+        "n1"
+    );
+    assert_eq!(
+        place(
+            &s,
+            pod_l("p", json!({"app": "web"}), spread("ScheduleAnyway"), 0)
+        )
+        .unwrap(),
+        "n1"
+    );
     // Skew already at max everywhere but z1: only z1 is feasible.
     let s = zones(&[2, 1, 2]);
     let mut a = alg();
-    let st = crate::plugins::CycleState::prepare(pod_l("p", json!({"app": "web"}), spread("DoNotSchedule"), 0), &s);
+    let st = crate::plugins::CycleState::prepare(
+        pod_l("p", json!({"app": "web"}), spread("DoNotSchedule"), 0),
+        &s,
+    );
     assert!(crate::plugins::filter(&st, &s.nodes[0]).is_err());
     assert!(crate::plugins::filter(&st, &s.nodes[1]).is_ok());
     let _ = a.schedule(pod("q", json!({})), &s);
@@ -184,12 +252,25 @@ fn topology_spread_hard_and_soft() {
     );
     // Sequential placement over 3 empty zones lands evenly.
     let mut nodes: Vec<NodeInfo> = (0..3)
-        .map(|z| node(&format!("n{z}"), "100", "100Gi", json!({"topology.kubernetes.io/zone": format!("z{z}")}), json!(null)))
+        .map(|z| {
+            node(
+                &format!("n{z}"),
+                "100",
+                "100Gi",
+                json!({"topology.kubernetes.io/zone": format!("z{z}")}),
+                json!(null),
+            )
+        })
         .collect();
     let mut a = alg();
     for i in 0..9 {
         let s = snap(nodes.clone());
-        let p = pod_l(&format!("r{i}"), json!({"app": "web"}), spread("DoNotSchedule"), 0);
+        let p = pod_l(
+            &format!("r{i}"),
+            json!({"app": "web"}),
+            spread("DoNotSchedule"),
+            0,
+        );
         let idx = a.schedule(p.clone(), &s).unwrap();
         nodes[idx].add_pod(p);
     }
@@ -202,13 +283,22 @@ fn inter_pod_affinity_and_anti_affinity() {
     let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
         {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}}}]}}});
     let s = snap(vec![
-        with_pods(node("a", "4", "4Gi", json!(null), json!(null)), vec![pod_l("db0", json!({"app": "db"}), anti.clone(), 0)]),
+        with_pods(
+            node("a", "4", "4Gi", json!(null), json!(null)),
+            vec![pod_l("db0", json!({"app": "db"}), anti.clone(), 0)],
+        ),
         node("b", "4", "4Gi", json!(null), json!(null)),
     ]);
     // The incoming pod's own anti-affinity keeps it off a.
-    assert_eq!(place(&s, pod_l("db1", json!({"app": "db"}), anti.clone(), 0)).unwrap(), "b");
+    assert_eq!(
+        place(&s, pod_l("db1", json!({"app": "db"}), anti.clone(), 0)).unwrap(),
+        "b"
+    );
     // The existing pod's anti-affinity also rejects a plain pod with the matching label.
-    assert_eq!(place(&s, pod_l("x", json!({"app": "db"}), json!({}), 0)).unwrap(), "b");
+    assert_eq!(
+        place(&s, pod_l("x", json!({"app": "db"}), json!({}), 0)).unwrap(),
+        "b"
+    );
     // Existing pods' rules are checked first (upstream order) ...
     let s1 = snap(vec![with_pods(
         node("a", "4", "4Gi", json!(null), json!(null)),
@@ -232,11 +322,20 @@ fn inter_pod_affinity_and_anti_affinity() {
         {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "cache"}}}]}}});
     let s = snap(vec![
         node("a", "4", "4Gi", json!(null), json!(null)),
-        with_pods(node("b", "4", "4Gi", json!(null), json!(null)), vec![pod_l("c0", json!({"app": "cache"}), json!({}), 0)]),
+        with_pods(
+            node("b", "4", "4Gi", json!(null), json!(null)),
+            vec![pod_l("c0", json!({"app": "cache"}), json!({}), 0)],
+        ),
     ]);
-    assert_eq!(place(&s, pod_l("w", json!({}), aff.clone(), 0)).unwrap(), "b");
+    assert_eq!(
+        place(&s, pod_l("w", json!({}), aff.clone(), 0)).unwrap(),
+        "b"
+    );
     let empty = snap(vec![node("a", "4", "4Gi", json!(null), json!(null))]);
-    assert_eq!(place(&empty, pod_l("c1", json!({"app": "cache"}), aff.clone(), 0)).unwrap(), "a");
+    assert_eq!(
+        place(&empty, pod_l("c1", json!({"app": "cache"}), aff.clone(), 0)).unwrap(),
+        "a"
+    );
     assert_eq!(
         place(&empty, pod_l("w", json!({}), aff, 0)).unwrap_err(),
         "0/1 nodes are available: 1 node(s) didn't match pod affinity rules."
@@ -244,13 +343,19 @@ fn inter_pod_affinity_and_anti_affinity() {
     // Preferred anti-affinity spreads.
     let pref = json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
         {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "cache"}}}}]}}});
-    assert_eq!(place(&s, pod_l("c2", json!({"app": "cache"}), pref, 0)).unwrap(), "a");
+    assert_eq!(
+        place(&s, pod_l("c2", json!({"app": "cache"}), pref, 0)).unwrap(),
+        "a"
+    );
 }
 
 #[test]
 fn scores_least_allocated_and_image_locality() {
     let s = snap(vec![
-        with_pods(node("busy", "4", "8Gi", json!(null), json!(null)), vec![pod("x", cpu("3"))]),
+        with_pods(
+            node("busy", "4", "8Gi", json!(null), json!(null)),
+            vec![pod("x", cpu("3"))],
+        ),
         node("idle", "4", "8Gi", json!(null), json!(null)),
     ]);
     assert_eq!(place(&s, pod("p", cpu("100m"))).unwrap(), "idle");
@@ -264,18 +369,33 @@ fn scores_least_allocated_and_image_locality() {
     };
     let s = snap(vec![
         img("cold", json!([])),
-        img("warm", json!([{"names": ["docker.io/library/bigimage:1"], "sizeBytes": 900_000_000i64}])),
+        img(
+            "warm",
+            json!([{"names": ["docker.io/library/bigimage:1"], "sizeBytes": 900_000_000i64}]),
+        ),
     ]);
-    let p = pod("p", json!({"containers": [{"name": "c", "image": "bigimage:1"}]}));
+    let p = pod(
+        "p",
+        json!({"containers": [{"name": "c", "image": "bigimage:1"}]}),
+    );
     assert_eq!(place(&s, p).unwrap(), "warm");
 }
 
 #[test]
 fn preemption_picks_lowest_priority_victims_and_honors_pdbs() {
     let s = snap(vec![
-        with_pods(node("a", "1", "4Gi", json!(null), json!(null)), vec![pod_l("low-a", json!({"app": "a"}), cpu("800m"), 10)]),
-        with_pods(node("b", "1", "4Gi", json!(null), json!(null)), vec![pod_l("low-b", json!({"app": "b"}), cpu("800m"), 5)]),
-        with_pods(node("c", "1", "4Gi", json!(null), json!(null)), vec![pod_l("high-c", json!({}), cpu("800m"), 2000)]),
+        with_pods(
+            node("a", "1", "4Gi", json!(null), json!(null)),
+            vec![pod_l("low-a", json!({"app": "a"}), cpu("800m"), 10)],
+        ),
+        with_pods(
+            node("b", "1", "4Gi", json!(null), json!(null)),
+            vec![pod_l("low-b", json!({"app": "b"}), cpu("800m"), 5)],
+        ),
+        with_pods(
+            node("c", "1", "4Gi", json!(null), json!(null)),
+            vec![pod_l("high-c", json!({}), cpu("800m"), 2000)],
+        ),
     ]);
     let hi = pod_l("hi", json!({}), cpu("500m"), 1000);
     let err = alg().schedule(hi.clone(), &s).unwrap_err();
@@ -291,10 +411,20 @@ fn preemption_picks_lowest_priority_victims_and_honors_pdbs() {
     let lo = pod_l("lo", json!({}), cpu("500m"), 0);
     let err = alg().schedule(lo.clone(), &s).unwrap_err();
     let msg = preempt(lo, &s, &err, &|_| false).unwrap_err();
-    assert_eq!(msg, "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.");
+    assert_eq!(
+        msg,
+        "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+    );
     // preemptionPolicy Never.
-    let never = pod_l("n", json!({}), json!({"preemptionPolicy": "Never", "containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}), 1000);
-    assert!(preempt(never, &s, &err, &|_| false).unwrap_err().contains("preemptionPolicy=Never"));
+    let never = pod_l(
+        "n",
+        json!({}),
+        json!({"preemptionPolicy": "Never", "containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}),
+        1000,
+    );
+    assert!(preempt(never, &s, &err, &|_| false)
+        .unwrap_err()
+        .contains("preemptionPolicy=Never"));
 }
 
 #[test]
@@ -310,7 +440,15 @@ fn sampling_like_upstream() {
 #[test]
 fn big_cluster_attempts_are_fast_enough_in_debug() {
     let nodes: Vec<NodeInfo> = (0..5000)
-        .map(|i| node(&format!("n{i}"), "32", "64Gi", json!({"topology.kubernetes.io/zone": format!("z{}", i % 3)}), json!(null)))
+        .map(|i| {
+            node(
+                &format!("n{i}"),
+                "32",
+                "64Gi",
+                json!({"topology.kubernetes.io/zone": format!("z{}", i % 3)}),
+                json!(null),
+            )
+        })
         .collect();
     let s = snap(nodes);
     let mut a = alg();
@@ -321,6 +459,10 @@ fn big_cluster_attempts_are_fast_enough_in_debug() {
         seen.insert(idx);
     }
     // Rotation spreads the search start; bound generously (debug build, shared CI cores).
-    assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(seen.len() > 1);
 }

@@ -156,8 +156,9 @@ fn term_namespaces_match(term: &PodAffinityTerm, owner_ns: &str, target_ns: &str
     }
     match &term.namespace_selector {
         // An empty namespace selector means all namespaces.
-        Some(s) if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
+        Some(s)
+            if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
         {
             true
         }
@@ -178,15 +179,23 @@ impl CycleState {
     pub fn prepare(pod: Arc<PodInfo>, snap: &Snapshot) -> CycleState {
         let spec = pod.spec();
         let tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
-        let node_selector = spec.and_then(|s| s.node_selector.clone()).unwrap_or_default();
+        let node_selector = spec
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default();
         let na = spec
             .and_then(|s| s.affinity.as_ref())
             .and_then(|a| a.node_affinity.as_ref());
         let required_node_terms = na
-            .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .map(|r| r.node_selector_terms.clone());
         let preferred_node_terms = na
-            .and_then(|n| n.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|n| {
+                n.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .map(|v| v.iter().map(|p| (p.weight, p.preference.clone())).collect())
             .unwrap_or_default();
 
@@ -241,7 +250,11 @@ impl CycleState {
             if !self.node_affinity_matches(n) {
                 continue;
             }
-            if !self.constraints.iter().all(|c| n.labels.contains_key(&c.key)) {
+            if !self
+                .constraints
+                .iter()
+                .all(|c| n.labels.contains_key(&c.key))
+            {
                 continue;
             }
             for (i, c) in self.constraints.iter().enumerate() {
@@ -406,11 +419,18 @@ pub fn filter(st: &CycleState, n: &NodeInfo) -> Result<(), Failure> {
             ..Default::default()
         };
         if !tolerates(&st.tolerations, &t) {
-            return Err(fail("NodeUnschedulable", true, "node(s) were unschedulable"));
+            return Err(fail(
+                "NodeUnschedulable",
+                true,
+                "node(s) were unschedulable",
+            ));
         }
     }
     // NodeName
-    if let Some(want) = spec.and_then(|s| s.node_name.as_deref()).filter(|s| !s.is_empty()) {
+    if let Some(want) = spec
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|s| !s.is_empty())
+    {
         if want != n.name {
             return Err(fail(
                 "NodeName",
@@ -444,9 +464,7 @@ pub fn filter(st: &CycleState, n: &NodeInfo) -> Result<(), Failure> {
     // NodePorts
     for (proto, ip, port) in &st.pod.host_ports {
         let conflict = n.used_ports.iter().any(|(p2, ip2, port2)| {
-            p2 == proto
-                && port2 == port
-                && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
+            p2 == proto && port2 == port && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
         });
         if conflict {
             return Err(fail(
@@ -469,7 +487,9 @@ pub fn filter(st: &CycleState, n: &NodeInfo) -> Result<(), Failure> {
     if req.memory > 0 && req.memory > a.memory - u.memory {
         reasons.push("Insufficient memory".into());
     }
-    if req.ephemeral_storage > 0 && req.ephemeral_storage > a.ephemeral_storage - u.ephemeral_storage {
+    if req.ephemeral_storage > 0
+        && req.ephemeral_storage > a.ephemeral_storage - u.ephemeral_storage
+    {
         reasons.push("Insufficient ephemeral-storage".into());
     }
     for (k, v) in &req.scalar {
@@ -515,10 +535,11 @@ pub fn filter(st: &CycleState, n: &NodeInfo) -> Result<(), Failure> {
             .unwrap_or(0)
     };
     if !st.existing_anti.is_empty()
-        && n
-            .labels
-            .iter()
-            .any(|(k, v)| st.existing_anti.get(&(k.clone(), v.clone())).is_some_and(|c| *c > 0))
+        && n.labels.iter().any(|(k, v)| {
+            st.existing_anti
+                .get(&(k.clone(), v.clone()))
+                .is_some_and(|c| *c > 0)
+        })
     {
         return Err(fail(
             "InterPodAffinity",
@@ -529,7 +550,8 @@ pub fn filter(st: &CycleState, n: &NodeInfo) -> Result<(), Failure> {
     if !st.pod.required_affinity.is_empty() {
         let ok = st.pod.required_affinity.iter().all(|t| {
             n.labels.contains_key(&t.topology_key)
-                && (st.affinity_self_satisfied || pair_count(&st.affinity_counts, &t.topology_key) > 0)
+                && (st.affinity_self_satisfied
+                    || pair_count(&st.affinity_counts, &t.topology_key) > 0)
         });
         if !ok {
             return Err(fail(
@@ -606,10 +628,19 @@ fn balanced_allocation(st: &CycleState, n: &NodeInfo) -> i64 {
     ((1.0 - std) * MAX_NODE_SCORE as f64) as i64
 }
 
-fn image_locality(st: &CycleState, n: &NodeInfo, total_nodes: usize, spread: &HashMap<String, usize>) -> i64 {
+fn image_locality(
+    st: &CycleState,
+    n: &NodeInfo,
+    total_nodes: usize,
+    spread: &HashMap<String, usize>,
+) -> i64 {
     const MIN_THRESHOLD: i64 = 23 * 1024 * 1024;
     const MAX_CONTAINER_THRESHOLD: i64 = 1000 * 1024 * 1024;
-    let containers = st.pod.spec().map(|s| s.containers.as_slice()).unwrap_or(&[]);
+    let containers = st
+        .pod
+        .spec()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[]);
     let mut sum: i64 = 0;
     for c in containers {
         let Some(img) = c.image.as_deref() else {
@@ -636,7 +667,10 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
         }
     };
     if w.node_resources_fit != 0 {
-        add(nodes.iter().map(|n| least_allocated(st, n)).collect(), w.node_resources_fit);
+        add(
+            nodes.iter().map(|n| least_allocated(st, n)).collect(),
+            w.node_resources_fit,
+        );
     }
     if w.node_resources_balanced_allocation != 0 {
         add(
@@ -650,7 +684,9 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
             .map(|n| {
                 st.preferred_node_terms
                     .iter()
-                    .filter(|(_, t)| node_selector_terms_match(std::slice::from_ref(t), &n.name, &n.labels))
+                    .filter(|(_, t)| {
+                        node_selector_terms_match(std::slice::from_ref(t), &n.name, &n.labels)
+                    })
                     .map(|(w, _)| *w as i64)
                     .sum()
             })
@@ -662,7 +698,11 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
         let prefer: Vec<Toleration> = st
             .tolerations
             .iter()
-            .filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"))
+            .filter(|t| {
+                t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+            })
             .cloned()
             .collect();
         let mut s: Vec<i64> = nodes
@@ -704,10 +744,15 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
         add(s, w.inter_pod_affinity);
     }
     if w.pod_topology_spread != 0 && st.constraints.iter().any(|c| !c.hard) {
-        let soft: Vec<usize> = (0..st.constraints.len()).filter(|&i| !st.constraints[i].hard).collect();
+        let soft: Vec<usize> = (0..st.constraints.len())
+            .filter(|&i| !st.constraints[i].hard)
+            .collect();
         let mut raw: Vec<Option<f64>> = Vec::with_capacity(nodes.len());
         for n in &nodes {
-            if !soft.iter().all(|&i| n.labels.contains_key(&st.constraints[i].key)) {
+            if !soft
+                .iter()
+                .all(|&i| n.labels.contains_key(&st.constraints[i].key))
+            {
                 raw.push(None);
                 continue;
             }
@@ -737,11 +782,23 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
     }
     if w.image_locality != 0 {
         let mut spread: HashMap<String, usize> = HashMap::new();
-        let containers = st.pod.spec().map(|s| s.containers.as_slice()).unwrap_or(&[]);
-        let imgs: Vec<String> = containers.iter().filter_map(|c| c.image.as_deref()).map(normalize_image).collect();
+        let containers = st
+            .pod
+            .spec()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or(&[]);
+        let imgs: Vec<String> = containers
+            .iter()
+            .filter_map(|c| c.image.as_deref())
+            .map(normalize_image)
+            .collect();
         if snap.nodes.iter().any(|n| !n.images.is_empty()) {
             for img in &imgs {
-                let c = snap.nodes.iter().filter(|n| n.images.contains_key(img)).count();
+                let c = snap
+                    .nodes
+                    .iter()
+                    .filter(|n| n.images.contains_key(img))
+                    .count();
                 spread.insert(img.clone(), c);
             }
             add(

@@ -6,6 +6,7 @@
 //!   (upstream 1 s .. 10 s) before becoming active again ([`SchedulingQueue::flush_backoff`]).
 //! - `unschedulable`: pods no node fits; they wait for a cluster event that could help
 //!   ([`SchedulingQueue::move_all_to_active_or_backoff`]) or for the 5-minute safety flush.
+//!
 //! A failure that races with such an event (the event arrived while the pod was being
 //! scheduled) sends the pod to back-off instead, so the event is not lost (upstream's
 //! `moveRequestCycle`). The queue is owned by one task; time is passed in, so it is testable

@@ -129,14 +129,14 @@ impl Cache {
             Arc::make_mut(&mut self.index).insert(moved, i);
         }
         // Pods stay known, as orphans, until their own delete events arrive.
-        self.orphans
-            .insert(name.to_string(), removed.pods.clone());
+        self.orphans.insert(name.to_string(), removed.pods.clone());
     }
 
     fn add_pod(&mut self, node: &str, p: Arc<PodInfo>) {
         self.remove_pod(&p.uid.clone());
         self.snapshot = None;
-        self.pods.insert(p.uid.clone(), (node.to_string(), p.clone()));
+        self.pods
+            .insert(p.uid.clone(), (node.to_string(), p.clone()));
         match self.index.get(node) {
             Some(&i) => Arc::make_mut(&mut self.nodes[i]).add_pod(p),
             None => self.orphans.entry(node.to_string()).or_default().push(p),
@@ -186,7 +186,10 @@ fn resolve_priority(p: &Pod, classes: &Store<PriorityClass>) -> i32 {
         return prio;
     }
     let state = classes.state();
-    if let Some(name) = spec.and_then(|s| s.priority_class_name.as_deref()).filter(|n| !n.is_empty()) {
+    if let Some(name) = spec
+        .and_then(|s| s.priority_class_name.as_deref())
+        .filter(|n| !n.is_empty())
+    {
         return state
             .iter()
             .find(|c| c.metadata.name.as_deref() == Some(name))
@@ -391,7 +394,8 @@ impl Loop {
                     self.queue.move_all_to_active_or_backoff(now);
                 }
                 watcher::Event::Delete(n) => {
-                    self.cache.remove_node(n.metadata.name.as_deref().unwrap_or(""));
+                    self.cache
+                        .remove_node(n.metadata.name.as_deref().unwrap_or(""));
                 }
                 watcher::Event::InitDone => {
                     if let Some(seen) = self.init_nodes.take() {
@@ -433,7 +437,9 @@ impl Loop {
                         let gone: Vec<String> = self
                             .pending
                             .iter()
-                            .filter(|(_, p)| !seen.contains(p.metadata.uid.as_deref().unwrap_or("")))
+                            .filter(|(_, p)| {
+                                !seen.contains(p.metadata.uid.as_deref().unwrap_or(""))
+                            })
                             .map(|(k, _)| k.clone())
                             .collect();
                         for k in gone {
@@ -466,7 +472,9 @@ impl Loop {
                     self.queue.requeue_failed(&key, false, Instant::now());
                 }
             },
-            Msg::WatchError(what, e) => tracing::warn!(resource = what, error = %e, "watch failed; retrying"),
+            Msg::WatchError(what, e) => {
+                tracing::warn!(resource = what, error = %e, "watch failed; retrying")
+            }
         }
     }
 
@@ -492,7 +500,8 @@ impl Loop {
             self.queue.remove(&key);
             let prio = resolve_priority(&p, &self.classes);
             self.cache.assumed.remove(&uid);
-            self.cache.add_pod(&node, Arc::new(PodInfo::new(Arc::new(p), prio)));
+            self.cache
+                .add_pod(&node, Arc::new(PodInfo::new(Arc::new(p), prio)));
             return;
         }
         if self.cache.assumed.contains(&uid) {
@@ -583,7 +592,16 @@ impl Loop {
                     let result = bind(&client, &ns, &name, &uid, &node).await;
                     if result.is_ok() {
                         let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                        record_event(&client, &pod, "Normal", "Scheduled", &msg, &component, &identity).await;
+                        record_event(
+                            &client,
+                            &pod,
+                            "Normal",
+                            "Scheduled",
+                            &msg,
+                            &component,
+                            &identity,
+                        )
+                        .await;
                     }
                     let _ = tx
                         .send(Msg::Bound {
@@ -604,9 +622,13 @@ impl Loop {
                     // Upstream's PodEligibleToPreemptOthers: victims on the nominated node are
                     // still terminating; evicting more would be needless.
                     fit.post_filter_msg = Some(
-                        "preemption: not eligible due to a terminating pod on the nominated node.".into(),
+                        "preemption: not eligible due to a terminating pod on the nominated node."
+                            .into(),
                     );
-                    nominated = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone());
+                    nominated = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.clone());
                 } else if !fit.failures.is_empty() {
                     match preempt(pi.clone(), &snap, &fit, &|v| self.violates_pdb(v)) {
                         Ok(plan) => {
@@ -666,7 +688,9 @@ impl Loop {
                 )
                 .await;
             }
-            Err(e) => tracing::warn!(victim = %victim.key(), error = %e, "deleting preemption victim failed"),
+            Err(e) => {
+                tracing::warn!(victim = %victim.key(), error = %e, "deleting preemption victim failed")
+            }
         }
     }
 
@@ -713,7 +737,13 @@ impl Loop {
 }
 
 /// POST pods/<name>/binding.
-async fn bind(client: &kube::Client, ns: &str, name: &str, uid: &str, node: &str) -> Result<(), String> {
+async fn bind(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    node: &str,
+) -> Result<(), String> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let body = json!({
         "apiVersion": "v1",
@@ -738,7 +768,11 @@ async fn record_event(
     component: &str,
     instance: &str,
 ) {
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now();
     let ev = Event {
@@ -763,7 +797,14 @@ async fn record_event(
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
         event_time: Some(MicroTime(now)),
-        action: Some(if reason == "Scheduled" { "Binding" } else { "Scheduling" }.into()),
+        action: Some(
+            if reason == "Scheduled" {
+                "Binding"
+            } else {
+                "Scheduling"
+            }
+            .into(),
+        ),
         reporting_component: Some(component.into()),
         reporting_instance: Some(instance.into()),
         source: Some(k8s_openapi::api::core::v1::EventSource {

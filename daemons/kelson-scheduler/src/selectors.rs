@@ -91,7 +91,9 @@ mod tests {
     use serde_json::json;
 
     fn labels(p: &[(&str, &str)]) -> Labels {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -101,7 +103,10 @@ mod tests {
             "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]
         }))
         .unwrap();
-        assert!(label_selector_matches(Some(&sel), &labels(&[("app", "web")])));
+        assert!(label_selector_matches(
+            Some(&sel),
+            &labels(&[("app", "web")])
+        ));
         assert!(!label_selector_matches(
             Some(&sel),
             &labels(&[("app", "web"), ("tier", "db")])
@@ -120,9 +125,21 @@ mod tests {
             "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]
         }))
         .unwrap();
-        assert!(node_selector_term_matches(&t, "n1", &labels(&[("cores", "8")])));
-        assert!(!node_selector_term_matches(&t, "n2", &labels(&[("cores", "8")])));
-        assert!(!node_selector_term_matches(&t, "n1", &labels(&[("cores", "2")])));
+        assert!(node_selector_term_matches(
+            &t,
+            "n1",
+            &labels(&[("cores", "8")])
+        ));
+        assert!(!node_selector_term_matches(
+            &t,
+            "n2",
+            &labels(&[("cores", "8")])
+        ));
+        assert!(!node_selector_term_matches(
+            &t,
+            "n1",
+            &labels(&[("cores", "2")])
+        ));
         assert!(!node_selector_term_matches(
             &NodeSelectorTerm::default(),
             "n1",

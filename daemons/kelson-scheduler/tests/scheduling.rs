@@ -39,7 +39,12 @@ async fn create_node(client: &kube::Client, name: &str, cpu: &str, labels: Value
     let api: Api<Node> = Api::all(client.clone());
     let created = api.create(&PostParams::default(), &node).await.unwrap();
     // Some servers drop status on create; make sure it is there.
-    if created.status.as_ref().and_then(|s| s.allocatable.as_ref()).is_none() {
+    if created
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .is_none()
+    {
         let st = json!({"status": node.status});
         api.patch_status(name, &Default::default(), &kube::api::Patch::Merge(&st))
             .await
@@ -82,11 +87,15 @@ async fn node_of(client: &kube::Client, pod: &str) -> Option<String> {
 }
 
 async fn wait_bound(client: &kube::Client, pod: &str, log: &Path) -> String {
-    wait_for(Duration::from_secs(20), &format!("pod {pod} bound"), || async {
-        node_of(client, pod)
-            .await
-            .ok_or_else(|| anyhow::anyhow!("not bound"))
-    })
+    wait_for(
+        Duration::from_secs(20),
+        &format!("pod {pod} bound"),
+        || async {
+            node_of(client, pod)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("not bound"))
+        },
+    )
     .await
     .unwrap_or_else(|e| {
         panic!(
@@ -101,9 +110,23 @@ async fn placement_rules_failed_scheduling_and_recovery() {
     let cp = ControlPlane::start().await.unwrap();
     let client = cp.client().await.unwrap();
     for z in 0..3 {
-        create_node(&client, &format!("z{z}"), "4", json!({"topology.kubernetes.io/zone": format!("zone-{z}")}), json!(null)).await;
+        create_node(
+            &client,
+            &format!("z{z}"),
+            "4",
+            json!({"topology.kubernetes.io/zone": format!("zone-{z}")}),
+            json!(null),
+        )
+        .await;
     }
-    create_node(&client, "gpu", "4", json!({"accel": "gpu"}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])).await;
+    create_node(
+        &client,
+        "gpu",
+        "4",
+        json!({"accel": "gpu"}),
+        json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+    )
+    .await;
     let _s = spawn_scheduler(&cp, "sched", &["--leader-elect=false"]);
     let log = cp.dir().join("sched.log");
 
@@ -112,19 +135,37 @@ async fn placement_rules_failed_scheduling_and_recovery() {
         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}],
         "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "100m"}}}]});
     for i in 0..6 {
-        create_pod(&client, &format!("web-{i}"), json!({"app": "web"}), spread.clone()).await;
+        create_pod(
+            &client,
+            &format!("web-{i}"),
+            json!({"app": "web"}),
+            spread.clone(),
+        )
+        .await;
     }
     let mut per_node = std::collections::BTreeMap::new();
     for i in 0..6 {
-        *per_node.entry(wait_bound(&client, &format!("web-{i}"), &log).await).or_insert(0) += 1;
+        *per_node
+            .entry(wait_bound(&client, &format!("web-{i}"), &log).await)
+            .or_insert(0) += 1;
     }
-    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{per_node:?}");
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per_node:?}"
+    );
 
     // Anti-affinity keeps replicas apart.
     let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
         {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}}}]}}});
     for i in 0..3 {
-        create_pod(&client, &format!("db-{i}"), json!({"app": "db"}), anti.clone()).await;
+        create_pod(
+            &client,
+            &format!("db-{i}"),
+            json!({"app": "db"}),
+            anti.clone(),
+        )
+        .await;
     }
     let mut db_nodes = std::collections::BTreeSet::new();
     for i in 0..3 {
@@ -148,17 +189,21 @@ async fn placement_rules_failed_scheduling_and_recovery() {
     // Resource fit / unschedulable: nothing has 10 CPUs.
     create_pod(&client, "huge", json!({}), cpu("10")).await;
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let msg = wait_for(Duration::from_secs(20), "FailedScheduling event", || async {
-        let list = events.list(&ListParams::default()).await?;
-        list.items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("FailedScheduling")
-                    && e.involved_object.name.as_deref() == Some("huge")
-            })
-            .and_then(|e| e.message)
-            .ok_or_else(|| anyhow::anyhow!("no event yet"))
-    })
+    let msg = wait_for(
+        Duration::from_secs(20),
+        "FailedScheduling event",
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling")
+                        && e.involved_object.name.as_deref() == Some("huge")
+                })
+                .and_then(|e| e.message)
+                .ok_or_else(|| anyhow::anyhow!("no event yet"))
+        },
+    )
     .await
     .unwrap();
     assert!(
@@ -183,12 +228,29 @@ async fn placement_rules_failed_scheduling_and_recovery() {
     assert_eq!(node_of(&client, "no-toleration").await, None);
 
     // A fitting node appears: the pod schedules there promptly (node-added event).
-    create_node(&client, "big", "16", json!({"topology.kubernetes.io/zone": "zone-0"}), json!(null)).await;
+    create_node(
+        &client,
+        "big",
+        "16",
+        json!({"topology.kubernetes.io/zone": "zone-0"}),
+        json!(null),
+    )
+    .await;
     assert_eq!(wait_bound(&client, "huge", &log).await, "big");
-    // Successful binds are reported.
-    let list = events.list(&ListParams::default()).await.unwrap();
-    assert!(list.items.iter().any(|e| e.reason.as_deref() == Some("Scheduled")
-        && e.message.as_deref() == Some("Successfully assigned default/huge to big")));
+    // Successful binds are reported (the event is written right after the binding).
+    wait_for(Duration::from_secs(10), "Scheduled event", || async {
+        let list = events.list(&ListParams::default()).await?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Scheduled")
+                    && e.message.as_deref() == Some("Successfully assigned default/huge to big")
+            })
+            .map(|_| ())
+            .ok_or_else(|| anyhow::anyhow!("no Scheduled event"))
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -236,7 +298,13 @@ async fn high_priority_pod_preempts_lower_priority_one() {
     assert_eq!(nominated, "small");
     // Play the kubelet: finish the graceful deletion; the preemptor then fits.
     let _ = pods
-        .delete("low", &kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .delete(
+            "low",
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
         .await;
     assert_eq!(wait_bound(&client, "high", &log).await, "small");
 }
@@ -251,28 +319,42 @@ async fn two_instances_one_leader_and_failover() {
     let client = cp.client().await.unwrap();
     create_node(&client, "n1", "4", json!(null), json!(null)).await;
     let fast = [
-        "--leader-elect-lease-duration", "3s",
-        "--leader-elect-renew-deadline", "2s",
-        "--leader-elect-retry-period", "500ms",
+        "--leader-elect-lease-duration",
+        "3s",
+        "--leader-elect-renew-deadline",
+        "2s",
+        "--leader-elect-retry-period",
+        "500ms",
     ];
     let mut a = spawn_scheduler(&cp, "sched-a", &fast);
     let mut b = spawn_scheduler(&cp, "sched-b", &fast);
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     let first = wait_for(Duration::from_secs(20), "a Lease holder", || async {
         let l = leases.get("kube-scheduler").await?;
-        holder(&l).filter(|h| !h.is_empty()).ok_or_else(|| anyhow::anyhow!("no holder"))
+        holder(&l)
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("no holder"))
     })
     .await
     .unwrap();
     // Let both settle, then exactly one says it leads.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leading = |g: &ChildGuard| g.log().contains("became leader");
-    assert!(leading(&a) ^ leading(&b), "a:\n{}\nb:\n{}", a.log_tail(20), b.log_tail(20));
+    assert!(
+        leading(&a) ^ leading(&b),
+        "a:\n{}\nb:\n{}",
+        a.log_tail(20),
+        b.log_tail(20)
+    );
     create_pod(&client, "p1", json!({}), json!({})).await;
     wait_bound(&client, "p1", &cp.dir().join("sched-a.log")).await;
 
     // Kill the leader hard (no lease release): the other takes over within the lease duration.
-    let (leader, standby) = if leading(&a) { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (leader, standby) = if leading(&a) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     leader.kill9();
     let killed_at = std::time::Instant::now();
     let second = wait_for(Duration::from_secs(10), "a new Lease holder", || async {
@@ -284,7 +366,11 @@ async fn two_instances_one_leader_and_failover() {
     .await
     .unwrap();
     // Lease 3 s + one retry period + slack for a loaded CI box.
-    assert!(killed_at.elapsed() < Duration::from_secs(7), "{:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        killed_at.elapsed()
+    );
     assert_ne!(second, first);
     create_pod(&client, "p2", json!({}), json!({})).await;
     assert_eq!(wait_bound(&client, "p2", standby.log_path()).await, "n1");
