@@ -1098,6 +1098,9 @@ struct DeleteOpts {
     grace: Option<i64>,
     pre: Preconditions,
     dry: bool,
+    /// The finalizer the garbage collector acts on for this propagation policy
+    /// (`foregroundDeletion` for Foreground, `orphan` for Orphan; Background needs none).
+    gc_finalizer: Option<&'static str>,
 }
 
 fn delete_opts(r: &Req<'_>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
@@ -1129,9 +1132,12 @@ fn delete_opts(r: &Req<'_>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
                 field: "propagationPolicy".into(),
             }]));
         }
-        // Recorded for the garbage collector; dependents are not cascaded until it exists.
-        tracing::debug!(policy = %p, "delete propagation policy");
     }
+    let gc_finalizer = match policy.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
     let mut dry = dry_run(&r.q)?;
     if o["dryRun"]
         .as_array()
@@ -1145,7 +1151,12 @@ fn delete_opts(r: &Req<'_>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
             .as_str()
             .map(String::from),
     };
-    Ok(DeleteOpts { grace, pre, dry })
+    Ok(DeleteOpts {
+        grace,
+        pre,
+        dry,
+        gc_finalizer,
+    })
 }
 
 /// Releases what a deleted object held (service IPs and node ports).
@@ -1183,8 +1194,14 @@ async fn delete_one(
             > 0
         && !(cur["metadata"]["deletionTimestamp"].is_string() && opts.grace == Some(0));
     let is_ns = info.kind == "Namespace";
-    if has_finalizers || pod_graceful || is_ns {
-        if cur["metadata"]["deletionTimestamp"].is_string() && !is_ns {
+    let gc_finalizer = opts.gc_finalizer.filter(|_| !is_ns);
+    let needs_gc_finalizer = gc_finalizer.is_some_and(|f| {
+        !cur["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == f))
+    });
+    if has_finalizers || needs_gc_finalizer || pod_graceful || is_ns {
+        if cur["metadata"]["deletionTimestamp"].is_string() && !is_ns && !needs_gc_finalizer {
             return Ok((cur, false));
         }
         let grace = if pod_graceful {
@@ -1207,6 +1224,13 @@ async fn delete_one(
                 }
                 if is_ns {
                     o["status"]["phase"] = json!("Terminating");
+                }
+                if let Some(f) = gc_finalizer {
+                    match o["metadata"]["finalizers"].as_array_mut() {
+                        Some(a) if a.iter().any(|x| x == f) => {}
+                        Some(a) => a.push(json!(f)),
+                        None => o["metadata"]["finalizers"] = json!([f]),
+                    }
                 }
                 Ok(o)
             })
@@ -1289,6 +1313,7 @@ async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
         grace: Some(0),
         pre: Preconditions::default(),
         dry: false,
+        gc_finalizer: None,
     };
     for round in 0..120 {
         let mut remaining = 0usize;

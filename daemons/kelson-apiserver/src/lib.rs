@@ -98,7 +98,7 @@ pub async fn build(
     }))
 }
 
-/// Creates the default namespaces (existing ones are fine).
+/// Creates the default namespaces and the `kubernetes` service (existing ones are fine).
 pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), error::ApiError> {
     let info = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     for ns in DEFAULT_NAMESPACES {
@@ -108,6 +108,27 @@ pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), error::ApiError> {
             Err(e) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
+    }
+    // The in-cluster address of the API server: the range's first IP, port 443 → secure port.
+    let port: u16 = api
+        .server_address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(6443);
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": api.alloc.kubernetes_ip().to_string(),
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+    });
+    let info = registry::lookup("", "v1", "services").expect("services are registered");
+    match handlers::create_object(api, info, Some("default"), svc, false).await {
+        Ok(_) => tracing::info!("created the kubernetes service"),
+        // Exists, or its IP is held by a previous run's service: both mean it was made before.
+        Err(e) if e.code == 409 || e.code == 422 => {}
+        Err(e) => return Err(e),
     }
     Ok(())
 }

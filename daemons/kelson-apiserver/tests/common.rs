@@ -48,6 +48,15 @@ fn write_kubeconfig(
 impl ApiCluster {
     /// A one-member store of `kind` (mutual TLS) and an API server in front of it.
     pub async fn start(kind: StoreKind, extra: &[&str]) -> anyhow::Result<ApiCluster> {
+        Self::start_env(kind, extra, &[]).await
+    }
+
+    /// As [`ApiCluster::start`], with extra environment for the server process.
+    pub async fn start_env(
+        kind: StoreKind,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<ApiCluster> {
         let store = StoreCluster::start(
             kind,
             1,
@@ -83,28 +92,28 @@ impl ApiCluster {
         let port = free_port();
         let spki = store.pki().context("store PKI")?.clone();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelson-apiserver"));
-        cmd.args([
-            "--no-dbus",
-            "--bind-address",
-            "127.0.0.1",
-            "--log-level",
-            "info",
-        ])
-        .args(["--secure-port", &port.to_string()])
-        .args(["--etcd-servers", &store.endpoints_str()])
-        .arg("--etcd-cafile")
-        .arg(&spki.ca_cert)
-        .arg("--etcd-certfile")
-        .arg(&spki.client_cert)
-        .arg("--etcd-keyfile")
-        .arg(&spki.client_key)
-        .arg("--tls-cert-file")
-        .arg(pki.join("apiserver.crt"))
-        .arg("--tls-private-key-file")
-        .arg(pki.join("apiserver.key"))
-        .arg("--client-ca-file")
-        .arg(pki.join("ca.crt"))
-        .args(extra);
+        cmd.args(["--bind-address", "127.0.0.1", "--log-level", "info"])
+            .args(["--secure-port", &port.to_string()])
+            .args(["--etcd-servers", &store.endpoints_str()])
+            .arg("--etcd-cafile")
+            .arg(&spki.ca_cert)
+            .arg("--etcd-certfile")
+            .arg(&spki.client_cert)
+            .arg("--etcd-keyfile")
+            .arg(&spki.client_key)
+            .arg("--tls-cert-file")
+            .arg(pki.join("apiserver.crt"))
+            .arg("--tls-private-key-file")
+            .arg(pki.join("apiserver.key"))
+            .arg("--client-ca-file")
+            .arg(pki.join("ca.crt"))
+            .args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if !extra.contains(&"--dbus-address") {
+            cmd.arg("--no-dbus");
+        }
         let server = ChildGuard::spawn("kelson-apiserver", cmd, &dir.path().join("apiserver.log"))?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
         write_kubeconfig(
