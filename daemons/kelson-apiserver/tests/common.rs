@@ -240,3 +240,104 @@ impl ApiCluster {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
+
+/// A raw HTTPS response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl ApiCluster {
+    /// One HTTP/1.1 request with the admin certificate (or none); reads the body to the end.
+    pub async fn request(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
+        use http_body_util::BodyExt;
+        let pki = self.dir.path().join("pki");
+        let (cert, key) = match user {
+            Some(u) => (
+                Some(pki.join(format!("{u}.crt"))),
+                Some(pki.join(format!("{u}.key"))),
+            ),
+            None => (None, None),
+        };
+        let cfg = kelson_runtime::tls::client_config(
+            &pki.join("ca.crt"),
+            cert.as_deref(),
+            key.as_deref(),
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
+            .await
+            .expect("body in time")
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(Some("admin"), "GET", path, &[], vec![]).await
+    }
+
+    pub async fn send_json(&self, method: &str, path: &str, body: &serde_json::Value) -> Resp {
+        self.request(
+            Some("admin"),
+            method,
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+}
