@@ -112,7 +112,7 @@ async fn garbage_collection_policies() {
         "dependents went before the owner"
     );
 
-    // Through kubectl: what the API server records for --cascade decides the outcome.
+    // Through kubectl: the API server records --cascade as the finalizer the GC acts on.
     env.kubectl(&[
         "create",
         "deployment",
@@ -122,11 +122,46 @@ async fn garbage_collection_policies() {
     ]);
     env.kubectl(&["rollout", "status", "deployment/ko", "--timeout=60s"]);
     env.kubectl(&["delete", "deployment", "ko", "--cascade=orphan"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let left = count(&rss, "app=ko").await;
-    eprintln!(
-        "kubectl --cascade=orphan left {left} replica sets (1 if the API server records Orphan)"
-    );
+    env.wait(
+        "kubectl --cascade=orphan keeps the replica set, unowned",
+        30,
+        || async {
+            let gone = deps.get_opt("ko").await.ok()?.is_none();
+            let l = rss
+                .list(&ListParams::default().labels("app=ko"))
+                .await
+                .ok()?
+                .items;
+            let free = l.len() == 1
+                && l[0]
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_none_or(|r| r.is_empty());
+            (gone && free).then_some(())
+        },
+    )
+    .await;
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "kf",
+        "--image=registry.invalid/x:1",
+        "--replicas=2",
+    ]);
+    env.kubectl(&["rollout", "status", "deployment/kf", "--timeout=60s"]);
+    env.kubectl(&[
+        "delete",
+        "deployment",
+        "kf",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    env.wait("kubectl --cascade=foreground", 30, || async {
+        let gone = deps.get_opt("kf").await.ok()?.is_none();
+        (gone && count(&rss, "app=kf").await == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

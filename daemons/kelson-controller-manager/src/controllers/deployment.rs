@@ -110,11 +110,15 @@ pub fn controller(ctx: &Ctx) -> Controller {
 fn rs_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
+/// Available pods of a ReplicaSet, never more than its spec: right after we scale one down its
+/// status still counts the pods being removed, and trusting that would let the next pass scale
+/// down again below replicas − maxUnavailable.
 fn rs_available(rs: &ReplicaSet) -> i32 {
     rs.status
         .as_ref()
         .and_then(|s| s.available_replicas)
         .unwrap_or(0)
+        .min(rs_replicas(rs))
 }
 pub fn revision_of(meta: &ObjectMeta) -> i64 {
     meta.annotations
