@@ -887,13 +887,13 @@ async fn patch_obj(
         .get(&key, None)
         .await
         .map_err(storage_err(r.t, &name))?;
-    let first = patch::apply(pt, &cur0, body)?;
+    let first = patch::apply_to(pt, &cur0, body, info.definition)?;
     field_validation(r, &first)?;
     let out = r
         .api
         .store
         .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
-            let mut patched = patch::apply(pt, &cur, body)?;
+            let mut patched = patch::apply_to(pt, &cur, body, info.definition)?;
             let want_rv = patched["metadata"]["resourceVersion"].clone();
             if !want_rv.is_null() && want_rv != cur["metadata"]["resourceVersion"] {
                 return Err(ApiError::conflict(info.group, info.resource, &name, "the object has been modified; please apply your changes to the latest version and try again"));

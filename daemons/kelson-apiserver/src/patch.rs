@@ -1,12 +1,14 @@
 //! PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch.
 //!
 //! JSON and merge patches come from the `json-patch` crate. Strategic merge patch needs, per
-//! list field, whether it merges by a key; upstream takes that from the Go struct tags. Until the
-//! generated table of kelson-apiresources is available this module keeps a small table of the
-//! built-in list fields clients actually patch (containers by name, ports by containerPort /
-//! port, env by name, volumes by name, …) and treats every other list as atomic, which is
-//! upstream's default too. Directives handled: `$patch: replace|delete|merge`, `$retainKeys`,
-//! `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>` (ordering only; ignored).
+//! list field, whether it merges by a key; upstream takes that from the Go struct tags. For
+//! built-in kinds this uses kelson-apimachinery's strategic merge patch driven by
+//! kelson-apiresources' table generated from upstream's OpenAPI (`SmpMeta`). For a definition
+//! the table does not know, a small fallback table of the common list fields (containers by
+//! name, ports by containerPort / port, env by name, volumes by name, …) applies and other
+//! lists are atomic, upstream's default. Directives handled there: `$patch:
+//! replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`
+//! (ordering only; ignored).
 
 use serde_json::{Map, Value};
 
@@ -33,7 +35,30 @@ impl PatchType {
     }
 }
 
-/// Applies `patch` (raw body) of type `pt` to `orig`.
+/// Applies `patch` (raw body) of type `pt` to `orig`, an object of OpenAPI `definition`
+/// (`io.k8s.api.apps.v1.Deployment`; empty when unknown).
+pub fn apply_to(
+    pt: PatchType,
+    orig: &Value,
+    body: &[u8],
+    definition: &str,
+) -> Result<Value, ApiError> {
+    if pt == PatchType::Strategic && kelson_apiresources::Meta::for_definition(definition).is_some()
+    {
+        let p: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        return kelson_apimachinery::patch::strategic_merge_patch(
+            orig,
+            &p,
+            &kelson_apiresources::patch::SmpMeta,
+            definition,
+        )
+        .map_err(|e| ApiError::new(e.code, e.reason, e.message));
+    }
+    apply(pt, orig, body)
+}
+
+/// Applies `patch` (raw body) of type `pt` to `orig` without schema knowledge.
 pub fn apply(pt: PatchType, orig: &Value, body: &[u8]) -> Result<Value, ApiError> {
     match pt {
         PatchType::Json => {
@@ -235,6 +260,33 @@ mod tests {
         assert_eq!(cs[1]["name"], "c");
         assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
         assert_eq!(out["metadata"]["labels"], json!({"k": "v"}));
+    }
+
+    #[test]
+    fn schema_driven_strategic_merge_for_built_in_kinds() {
+        let orig = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]}],
+                     "tolerations": [{"key": "k", "operator": "Exists"}]}});
+        let patch = json!({"spec": {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}]}],
+                                    "tolerations": [{"key": "j", "operator": "Exists"}]}});
+        let out = apply_to(
+            PatchType::Strategic,
+            &orig,
+            patch.to_string().as_bytes(),
+            "io.k8s.api.core.v1.Pod",
+        )
+        .unwrap();
+        let c = &out["spec"]["containers"][0];
+        assert_eq!(c["image"], "a:1");
+        let env = c["env"].as_array().unwrap();
+        assert_eq!(env.len(), 2, "merged by name, not replaced: {env:?}");
+        assert!(env.contains(&json!({"name": "X", "value": "1"})));
+        assert!(env.contains(&json!({"name": "Y", "value": "2"})));
+        assert_eq!(
+            out["spec"]["tolerations"],
+            json!([{"key": "j", "operator": "Exists"}]),
+            "tolerations are atomic"
+        );
     }
 
     #[test]
