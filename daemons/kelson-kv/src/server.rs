@@ -225,8 +225,14 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
                 }
             })
         } else {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-                .map(|conn| conn.map(crate::authority::AuthorityFix::new));
+            // tonic ignores its tcp_nodelay setting with serve_with_incoming: set it here (the
+            // TLS acceptor does the same), or pipelined responses stall on delayed ACKs.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.map(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                    crate::authority::AuthorityFix::new(tcp)
+                })
+            });
             tokio::spawn(async move {
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, stop_fut)
