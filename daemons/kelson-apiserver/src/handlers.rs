@@ -193,7 +193,7 @@ pub async fn dispatch(
             update_scale(r, &body, Some(pt)).await
         }
         ("create", Some(SubTarget::Known(Subresource::Binding))) => bind(r, &body).await,
-        ("update", Some(SubTarget::Finalize)) => update(r, &body, false).await,
+        ("update", Some(SubTarget::Finalize)) => finalize(r, &body).await,
         (v, Some(s)) => Err(ApiError::method_not_supported(
             v,
             &format!("{}/{}", info.resource, s.name()),
@@ -863,6 +863,55 @@ async fn update(
     Ok(r.ok(StatusCode::OK, &out))
 }
 
+/// `PUT namespaces/<n>/finalize`: only `spec.finalizers` changes; a terminating namespace
+/// whose finalizers are all gone is deleted (what the namespace controller relies on).
+async fn finalize(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let info = r.t.info;
+    let obj = decode_typed(r, body, info.kind, &info.api_version())?;
+    check_name(r, &obj)?;
+    let dry = r.dry_run()?;
+    let pre = Preconditions {
+        uid: None,
+        resource_version: obj["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    };
+    let key = r.key(r.name());
+    let out = r
+        .api
+        .store
+        .guaranteed_update(&key, &pre, dry, |mut cur| {
+            cur["spec"]["finalizers"] = obj["spec"]["finalizers"].clone();
+            if cur["spec"]["finalizers"].is_null() {
+                if let Some(m) = cur["spec"].as_object_mut() {
+                    m.remove("finalizers");
+                }
+            }
+            Ok(cur)
+        })
+        .await
+        .map_err(storage_err(r.t, r.name()))?;
+    let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
+    if !dry
+        && out["metadata"]["deletionTimestamp"].is_string()
+        && empty(&out["spec"]["finalizers"])
+        && empty(&out["metadata"]["finalizers"])
+    {
+        match r
+            .api
+            .store
+            .delete(&key, &Preconditions::default(), false, |_| Ok(()))
+            .await
+        {
+            Ok(o) => return Ok(r.ok(StatusCode::OK, &o)),
+            Err(StorageError::NotFound) => {}
+            Err(e) => return Err(storage_err(r.t, r.name())(e)),
+        }
+    }
+    Ok(r.ok(StatusCode::OK, &out))
+}
+
 async fn patch_obj(
     r: &mut Req<'_>,
     body: &[u8],
@@ -1354,9 +1403,30 @@ async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
     }
     let nsinfo = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     let k = key(&api, nsinfo, None, &ns);
+    // Our own work is the `kubernetes` finalizer's; other spec or metadata finalizers keep the
+    // namespace (their owners finish it through /finalize or an update).
+    let only_ours = |o: &Value| {
+        o["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(|a| a.iter().all(|f| f == "kubernetes"))
+            && o["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+    };
     if let Err(e) = api
         .store
-        .delete(&k, &Preconditions::default(), false, |_| Ok(()))
+        .delete(&k, &Preconditions::default(), false, |o| {
+            if only_ours(o) {
+                Ok(())
+            } else {
+                Err(ApiError::conflict(
+                    "",
+                    "namespaces",
+                    &ns,
+                    "other finalizers remain",
+                ))
+            }
+        })
         .await
     {
         if !matches!(e, StorageError::NotFound) {

@@ -382,6 +382,34 @@ async fn subresources_and_admission() {
         .await;
     assert_eq!(r.status, 404);
 
+    // A namespace with another finalizer stays Terminating until /finalize clears it.
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fin2"},
+        "spec": {"finalizers": ["example.com/custom"]}});
+    assert_eq!(
+        c.send_json("POST", "/api/v1/namespaces", &ns).await.status,
+        201
+    );
+    let r = c
+        .request(
+            Some("admin"),
+            "DELETE",
+            "/api/v1/namespaces/fin2",
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.json()["status"]["phase"], "Terminating");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cur = c.get("/api/v1/namespaces/fin2").await;
+    assert_eq!(cur.status, 200, "kept for its custom finalizer");
+    let mut fin = cur.json();
+    fin["spec"]["finalizers"] = json!([]);
+    let r = c
+        .send_json("PUT", "/api/v1/namespaces/fin2/finalize", &fin)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(c.get("/api/v1/namespaces/fin2").await.status, 404);
+
     // Foreground deletion leaves the GC's finalizer on the object.
     let cms = "/api/v1/namespaces/default/configmaps";
     assert_eq!(
