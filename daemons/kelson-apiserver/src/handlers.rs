@@ -851,16 +851,135 @@ async fn update(
         resource_version: rv,
     };
     let key = r.key(r.name());
-    let out = r
+    let svc = if is_service(info) && !status_only && !dry {
+        let cur0 = r
+            .api
+            .store
+            .get(&key, None)
+            .await
+            .map_err(storage_err(r.t, r.name()))?;
+        let candidate = merge_update(info, &cur0, obj.clone(), false)?;
+        Some(ServiceAlloc::prepare(r.api, cur0, &candidate).await?)
+    } else {
+        None
+    };
+    let res = r
         .api
         .store
         .guaranteed_update(&key, &pre, dry, |cur| {
-            merge_update(info, &cur, obj.clone(), status_only)
+            let mut new = merge_update(info, &cur, obj.clone(), status_only)?;
+            if let Some(a) = &svc {
+                a.fill(&mut new);
+            }
+            Ok(new)
         })
         .await
-        .map_err(storage_err(r.t, r.name()))?;
-    let out = finish_if_finalized(r.api, info, out, dry).await?;
+        .map_err(storage_err(r.t, r.name()));
+    if let Some(a) = &svc {
+        a.finish(r.api, res.as_ref().ok()).await;
+    }
+    let out = finish_if_finalized(r.api, info, res?, dry).await?;
     Ok(r.ok(StatusCode::OK, &out))
+}
+
+fn is_service(info: &ResourceInfo) -> bool {
+    info.kind == "Service" && info.group.is_empty()
+}
+
+/// Node ports a Service update needs, claimed before the write (claims are async; the storage
+/// retry loop is not) and reconciled after it: ports the new object does not use are released.
+struct ServiceAlloc {
+    old: Value,
+    /// Freshly allocated ports for `nodePort`-less ports, handed out in order.
+    pool: Vec<u16>,
+    /// Explicitly requested ports that were not the service's before.
+    claimed: Vec<u16>,
+}
+
+impl ServiceAlloc {
+    async fn prepare(
+        api: &Arc<Api>,
+        old: Value,
+        candidate: &Value,
+    ) -> Result<ServiceAlloc, ApiError> {
+        let mut a = ServiceAlloc {
+            old,
+            pool: Vec::new(),
+            claimed: Vec::new(),
+        };
+        if !matches!(
+            candidate["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        ) {
+            return Ok(a);
+        }
+        let owned = Allocated::from_service(&a.old).ports;
+        let owner = format!(
+            "{}/{}",
+            candidate["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default(),
+            candidate["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let ports = candidate["spec"]["ports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, p) in ports.iter().enumerate() {
+            let field = format!("spec.ports[{i}].nodePort");
+            let res = match p["nodePort"].as_i64() {
+                Some(n) if owned.iter().any(|o| i64::from(*o) == n) => continue,
+                Some(n) => api
+                    .alloc
+                    .allocate_port(&api.store, Some(n), &owner, &field)
+                    .await
+                    .map(|p| a.claimed.push(p)),
+                None => api
+                    .alloc
+                    .allocate_port(&api.store, None, &owner, &field)
+                    .await
+                    .map(|p| a.pool.push(p)),
+            };
+            if let Err(e) = res {
+                a.finish(api, None).await;
+                return Err(e);
+            }
+        }
+        Ok(a)
+    }
+
+    fn fill(&self, new: &mut Value) {
+        if !matches!(
+            new["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        ) {
+            return;
+        }
+        let mut pool = self.pool.iter();
+        if let Some(ports) = new["spec"]["ports"].as_array_mut() {
+            for p in ports.iter_mut().filter(|p| p["nodePort"].is_null()) {
+                if let Some(n) = pool.next() {
+                    p["nodePort"] = json!(n);
+                }
+            }
+        }
+    }
+
+    /// Releases what the stored result (`None`: the write failed) does not hold.
+    async fn finish(&self, api: &Arc<Api>, new: Option<&Value>) {
+        let keep = new
+            .map(|n| Allocated::from_service(n).ports)
+            .unwrap_or_default();
+        let mut candidates: Vec<u16> = self.pool.iter().chain(&self.claimed).copied().collect();
+        if new.is_some() {
+            candidates.extend(Allocated::from_service(&self.old).ports);
+        }
+        for p in candidates {
+            if !keep.contains(&p) {
+                api.alloc.release_port(&api.store, p).await;
+            }
+        }
+    }
 }
 
 /// `PUT namespaces/<n>/finalize`: only `spec.finalizers` changes; a terminating namespace
@@ -938,7 +1057,16 @@ async fn patch_obj(
         .map_err(storage_err(r.t, &name))?;
     let first = patch::apply_to(pt, &cur0, body, info.definition)?;
     field_validation(r, &first)?;
-    let out = r
+    let svc = if is_service(info) && !status_only && !dry {
+        let mut first = first.clone();
+        first["kind"] = json!(info.kind);
+        first["apiVersion"] = json!(info.api_version());
+        let candidate = merge_update(info, &cur0, first, false)?;
+        Some(ServiceAlloc::prepare(r.api, cur0.clone(), &candidate).await?)
+    } else {
+        None
+    };
+    let res = r
         .api
         .store
         .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
@@ -955,11 +1083,18 @@ async fn patch_obj(
             }
             patched["kind"] = json!(info.kind);
             patched["apiVersion"] = json!(info.api_version());
-            merge_update(info, &cur, patched, status_only)
+            let mut new = merge_update(info, &cur, patched, status_only)?;
+            if let Some(a) = &svc {
+                a.fill(&mut new);
+            }
+            Ok(new)
         })
         .await
-        .map_err(storage_err(r.t, &name))?;
-    let out = finish_if_finalized(r.api, info, out, dry).await?;
+        .map_err(storage_err(r.t, &name));
+    if let Some(a) = &svc {
+        a.finish(r.api, res.as_ref().ok()).await;
+    }
+    let out = finish_if_finalized(r.api, info, res?, dry).await?;
     Ok(r.ok(StatusCode::OK, &out))
 }
 

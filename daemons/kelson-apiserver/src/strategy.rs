@@ -312,6 +312,29 @@ impl Strategy for ServiceStrategy {
             }
         }
         let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        let node_ports = |v: &Value| {
+            matches!(
+                v["spec"]["type"].as_str(),
+                Some("NodePort" | "LoadBalancer")
+            )
+        };
+        if !node_ports(new) {
+            // Switching away from NodePort drops the node ports the client did not change
+            // (upstream's dropTypeDependentFields).
+            if let Some(ports) = new["spec"]["ports"].as_array_mut() {
+                for p in ports.iter_mut() {
+                    let same = old_ports
+                        .iter()
+                        .any(|o| !o["nodePort"].is_null() && o["nodePort"] == p["nodePort"]);
+                    if same {
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("nodePort");
+                        }
+                    }
+                }
+            }
+            return;
+        }
         if let Some(ports) = new["spec"]["ports"].as_array_mut() {
             for p in ports.iter_mut() {
                 if p["nodePort"].is_null() {

@@ -337,6 +337,44 @@ async fn subresources_and_admission() {
         "released on delete"
     );
 
+    // Type changes allocate and release node ports.
+    let merge = |body: serde_json::Value| body.to_string().into_bytes();
+    let ct = [("content-type", "application/merge-patch+json")];
+    let r = c
+        .request(
+            Some("admin"),
+            "PATCH",
+            &format!("{svcs}/b"),
+            &ct,
+            merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["spec"]["ports"][0]["nodePort"].is_null(),
+        "{}",
+        r.text()
+    );
+    let c2 = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "c"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
+    assert_eq!(
+        c.send_json("POST", svcs, &c2).await.status,
+        201,
+        "30080 was released"
+    );
+    let r = c
+        .request(
+            Some("admin"),
+            "PATCH",
+            &format!("{svcs}/b"),
+            &ct,
+            merge(json!({"spec": {"type": "NodePort"}})),
+        )
+        .await;
+    let np = r.json()["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!((30000..=32767).contains(&np) && np != 30080, "{}", r.text());
+
     // NamespaceLifecycle: a terminating namespace refuses new content with 403.
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "term"}});
     assert_eq!(
