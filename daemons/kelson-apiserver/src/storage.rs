@@ -26,6 +26,9 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
+/// How often a watch that allows bookmarks asks the store for progress.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How many times a guaranteed update re-reads after a lost race before giving up.
 const MAX_UPDATE_ATTEMPTS: usize = 16;
 
@@ -486,10 +489,25 @@ impl Storage {
         if bookmarks {
             wo = wo.with_progress_notify();
         }
-        let mut ws = self.client.watch_client().watch(key, Some(wo)).await?;
+        let ws = self.client.watch_client().watch(key, Some(wo)).await?;
+        let (mut requests, mut responses) = ws.split();
         let s = async_stream::stream! {
+            // Bookmarks: ask the store for a progress notification now and then; it answers
+            // with the revision the watch has caught up to, once every event up to it was sent.
+            let mut tick = tokio::time::interval(BOOKMARK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
             loop {
-                let msg = match ws.message().await {
+                let next = tokio::select! {
+                    m = responses.message() => m,
+                    _ = tick.tick(), if bookmarks => {
+                        if let Err(e) = requests.request_progress().await {
+                            tracing::debug!(error = %e, "watch progress request");
+                        }
+                        continue;
+                    }
+                };
+                let msg = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) => {

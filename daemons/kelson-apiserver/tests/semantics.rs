@@ -541,6 +541,36 @@ async fn watch_streams_and_expiry() {
         .await;
     assert!(r.text().is_empty(), "{}", r.text());
 
+    // Bookmarks carry a resourceVersion at least as new as the last event.
+    let head: i64 = c2.get(cms).await.json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = c2
+        .get(&format!(
+            "{cms}?watch=1&resourceVersion={head}&allowWatchBookmarks=true&timeoutSeconds=3"
+        ))
+        .await;
+    let marks: Vec<i64> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "BOOKMARK")
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        !marks.is_empty() && marks.iter().all(|m| *m >= head),
+        "{}",
+        r.text()
+    );
+
     // A compacted start revision is an ERROR event carrying a 410 Expired Status.
     for i in 0..3 {
         c2.send_json("POST", cms, &cm(&format!("c{i}"), json!({})))
