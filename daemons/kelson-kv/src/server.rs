@@ -193,6 +193,13 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
 
     let mut servers = Vec::new();
     let mut client_addrs = Vec::new();
+    let (published_tx, published) = tokio::sync::watch::channel(false);
+    servers.push(tokio::spawn(watch_published(
+        shared.clone(),
+        split_urls(&cfg.advertise_client_urls),
+        published_tx,
+        shutdown_rx.clone(),
+    )));
     for url in split_urls(&cfg.listen_client_urls) {
         let ep = parse_listen_url("--listen-client-urls", &url)?;
         let listener = TcpListener::bind(ep.addr)
@@ -201,6 +208,7 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
         let addr = listener.local_addr()?;
         client_addrs.push(addr);
         let router = router.clone();
+        let gate = (published.clone(), shutdown_rx.clone());
         let mut stop = shutdown_rx.clone();
         let stop_fut = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -217,6 +225,9 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
             let incoming = tls::tls_incoming(listener, server_tls)
                 .map(|conn| conn.map(crate::authority::AuthorityFix::new));
             tokio::spawn(async move {
+                if !until_published(gate).await {
+                    return;
+                }
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, stop_fut)
                     .await
@@ -234,6 +245,9 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
                 })
             });
             tokio::spawn(async move {
+                if !until_published(gate).await {
+                    return;
+                }
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, stop_fut)
                     .await
@@ -255,6 +269,49 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
         servers,
         shutdown_tx,
     })
+}
+
+/// Sets `published` once this member's client URLs are in its applied membership (the
+/// publication `kelson_raft` proposes at start; immediate on a restart with unchanged URLs).
+/// Like etcd, which serves clients only after publishing, so that no client can see a member
+/// list in which the member answering has no client URLs.
+async fn watch_published(
+    shared: Arc<Shared>,
+    urls: Vec<String>,
+    published: tokio::sync::watch::Sender<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let node = shared.node();
+    let id = node.id();
+    let mut status = node.watch_status();
+    loop {
+        if node
+            .members()
+            .iter()
+            .any(|m| m.id == id && m.client_urls == urls)
+        {
+            let _ = published.send(true);
+            return;
+        }
+        // Membership changes arrive with applied entries (status updates); poll as a backstop.
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_millis(50), status.changed()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Waits for [`watch_published`]; false if the member is stopping first.
+async fn until_published(
+    (mut published, mut stop): (
+        tokio::sync::watch::Receiver<bool>,
+        tokio::sync::watch::Receiver<bool>,
+    ),
+) -> bool {
+    tokio::select! {
+        r = published.wait_for(|p| *p) => r.is_ok(),
+        _ = stop.wait_for(|s| *s) => false,
+    }
 }
 
 impl Member {
