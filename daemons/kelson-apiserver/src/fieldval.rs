@@ -2,9 +2,10 @@
 //!
 //! The object is decoded into its `k8s-openapi` type (which drops fields it does not know) and
 //! encoded back; every key of the request that did not survive is unknown. Paths are reported
-//! as upstream does (`spec.template.spec.containers[0].imagePullPolice`). A request whose
-//! typed decode fails (e.g. a quantity written as a YAML number, which upstream accepts) is not
-//! judged here: type errors are for the strategies' validation, not for a false "unknown field".
+//! as upstream does (`spec.template.spec.containers[0].imagePullPolice`). A typed decode that
+//! fails is a type error in the request (`replicas: "three"`, `template: "x"`): upstream answers
+//! those with 400 whatever the field-validation mode, and so does [`check`]. (k8s-openapi
+//! accepts what upstream accepts here: quantities as numbers, missing required fields.)
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -12,12 +13,14 @@ use serde_json::Value;
 
 use crate::registry::ResourceInfo;
 
-fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
-    let t: T = serde_json::from_value(v.clone()).ok()?;
-    serde_json::to_value(t).ok()
+fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Result<Value, String>> {
+    Some(match serde_json::from_value::<T>(v.clone()) {
+        Ok(t) => serde_json::to_value(t).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    })
 }
 
-fn typed(info: &ResourceInfo, obj: &Value) -> Option<Value> {
+fn typed(info: &ResourceInfo, obj: &Value) -> Option<Result<Value, String>> {
     use k8s_openapi::api::*;
     match (info.group, info.kind) {
         ("", "Namespace") => roundtrip::<core::v1::Namespace>(obj),
@@ -84,14 +87,21 @@ fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// The request's fields the kind's schema does not have (empty when none, or when unknown).
-pub fn unknown_fields(info: &ResourceInfo, obj: &Value) -> Vec<String> {
+/// The request's fields the kind's schema does not have (empty when none or for kinds without
+/// a typed schema); `Err` is a type error (the decode message).
+pub fn check(info: &ResourceInfo, obj: &Value) -> Result<Vec<String>, String> {
     let Some(rt) = typed(info, obj) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
+    let rt = rt?;
     let mut out = Vec::new();
     diff(obj, &rt, "", &mut out);
-    out
+    Ok(out)
+}
+
+/// [`check`] without the type verdict.
+pub fn unknown_fields(info: &ResourceInfo, obj: &Value) -> Vec<String> {
+    check(info, obj).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -113,6 +123,16 @@ mod tests {
             ]
         );
         let cm = crate::registry::lookup("", "v1", "configmaps").unwrap();
+        let mut bad = d.clone();
+        bad["spec"]["replicas"] = json!("three");
+        assert!(check(info, &bad).is_err());
+        let mut bad = d.clone();
+        bad["spec"]["template"] = json!("x");
+        assert!(check(info, &bad).is_err());
+        let mut quantity = d.clone();
+        quantity["spec"]["template"]["spec"]["containers"][0]["resources"] =
+            json!({"limits": {"cpu": 1}});
+        assert!(check(info, &quantity).is_ok(), "quantities may be numbers");
         assert!(unknown_fields(cm, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})).is_empty());
     }
 }

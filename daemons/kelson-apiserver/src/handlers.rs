@@ -470,6 +470,13 @@ fn decode_typed(
 
 /// fieldValidation=Strict|Warn|Ignore against the typed schema (k8s-openapi round trip).
 fn field_validation(r: &mut Req<'_>, obj: &Value) -> Result<(), ApiError> {
+    let info = r.t.info;
+    let unknown = crate::fieldval::check(info, obj).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {e}",
+            info.kind, info.version, info.kind
+        ))
+    })?;
     let mode =
         r.q.get("fieldValidation")
             .map(String::as_str)
@@ -484,7 +491,6 @@ fn field_validation(r: &mut Req<'_>, obj: &Value) -> Result<(), ApiError> {
             )))
         }
     };
-    let unknown = crate::fieldval::unknown_fields(r.t.info, obj);
     if unknown.is_empty() {
         return Ok(());
     }

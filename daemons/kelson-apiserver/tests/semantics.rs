@@ -98,6 +98,22 @@ async fn http_semantics() {
     let r = c.get("/readyz?verbose").await;
     assert!(r.text().contains("[+]etcd ok"), "{}", r.text());
 
+    // Type errors are 400 whatever fieldValidation says, never a dropped connection.
+    let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad"}, "spec": {"replicas": "three", "template": "x"}});
+    let r = c
+        .send_json(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments?fieldValidation=Ignore",
+            &bad,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("cannot be handled as a Deployment"),
+        "{}",
+        r.text()
+    );
+
     // The kubernetes service has the range's first address.
     let k = c
         .get("/api/v1/namespaces/default/services/kubernetes")
