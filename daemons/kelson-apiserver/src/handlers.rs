@@ -40,6 +40,8 @@ pub struct Req<'a> {
     pub fmt: Format,
     pub headers: &'a HeaderMap,
     pub warnings: Vec<String>,
+    /// The authenticated caller (reviews answer about them).
+    pub user: &'a crate::auth::User,
 }
 
 /// The authorization verb of a resource request.
@@ -172,6 +174,9 @@ pub async fn dispatch(
         ("get", None) => get(r).await,
         ("list", None) => list(r).await,
         ("watch", None) => watch(r).await,
+        ("create", None) if crate::reviews::is_review(info) => {
+            crate::reviews::create(r, &body).await
+        }
         ("create", None) => create(r, &body).await,
         ("update", None) => update(r, &body, false).await,
         ("patch", None) => patch_obj(r, &body, false).await,

@@ -23,6 +23,7 @@ pub mod protobuf;
 #[allow(clippy::all)]
 mod proto_schema;
 pub mod registry;
+pub mod reviews;
 pub mod router;
 pub mod server;
 pub mod storage;

@@ -222,6 +222,7 @@ where
                 fmt,
                 headers: &parts.headers,
                 warnings: Vec::new(),
+                user: &user,
             };
             handlers::dispatch(&mut r, &parts.method, body).await
         }

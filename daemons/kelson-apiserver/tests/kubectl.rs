@@ -433,6 +433,17 @@ async fn authentication_and_authorization() {
         err.contains("RBAC authorization is not implemented"),
         "{err}"
     );
+    // Reviews: answered by the authorizer, never stored.
+    assert_eq!(c.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
+    let bob_can = c.kubectl_as(
+        &c.kubeconfig_for("bob"),
+        &["auth", "can-i", "list", "pods"],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&bob_can.stdout).starts_with("no"),
+        "{bob_can:?}"
+    );
     // Health endpoints.
     let h = c.ok(&["get", "--raw", "/healthz?verbose"]);
     assert!(
