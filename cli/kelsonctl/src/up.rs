@@ -140,6 +140,9 @@ pub enum Readiness {
         cert: PathBuf,
         key: PathBuf,
     },
+    /// The daemon's own `READY=1` over sd_notify: `up` plays systemd's part with a socket of its
+    /// own, so the readiness it waits for is exactly what a `Type=notify` unit would.
+    Notify,
 }
 
 /// The API server's files under `pki/`, issued by the cluster CA.
@@ -397,8 +400,41 @@ pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result
             format!("apiserver: export KUBECONFIG={}", kubeconfig.display()),
         ],
     };
-    Ok(vec![kv, apiserver])
+    // Controllers are ordinary API clients of the admin kubeconfig for now; they get identities
+    // of their own (system:kube-scheduler, system:kube-controller-manager) with RBAC.
+    let client = |name: &'static str, program: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut args: Vec<OsString> = vec!["--kubeconfig".into(), kubeconfig.clone().into()];
+        args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+        args.push("--no-dbus".into());
+        Ok::<_, anyhow::Error>(Component {
+            name,
+            program: find_binary(program)?,
+            args,
+            log: dir.join("logs").join(format!("{name}.log")),
+            readiness: Readiness::Notify,
+            info: vec![format!(
+                "{name}: log {}",
+                dir.join("logs").join(format!("{name}.log")).display()
+            )],
+        })
+    };
+    let scheduler = client("scheduler", "kelson-scheduler", &[])?;
+    let controller_manager = client(
+        "controller-manager",
+        "kelson-controller-manager",
+        &[
+            &"--root-ca-file",
+            &pki.ca_cert,
+            &"--allocate-node-cidrs",
+            &"--cluster-cidr",
+            &CLUSTER_CIDR,
+        ],
+    )?;
+    Ok(vec![kv, apiserver, scheduler, controller_manager])
 }
+
+/// Pod network of the all-in-one cluster (node IPAM hands out a /24 per node).
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 /// `GET /readyz` over mutual TLS (HTTP/1.1, one request per connection).
 async fn readyz(
@@ -442,6 +478,9 @@ async fn readyz(
 struct Running {
     comp: Component,
     child: Child,
+    notify: Option<std::os::unix::net::UnixDatagram>,
+    ready: bool,
+    status: String,
 }
 
 impl Running {
@@ -463,11 +502,48 @@ impl Running {
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .process_group(0);
+        let notify = if matches!(comp.readiness, Readiness::Notify) {
+            // Next to the log: short enough for sun_path in any data dir a test makes.
+            let dir = comp.log.parent().unwrap_or(Path::new("."));
+            let path = dir.join(format!("{}.notify", comp.name));
+            let _ = fs::remove_file(&path);
+            let sock = std::os::unix::net::UnixDatagram::bind(&path)
+                .with_context(|| format!("binding the notify socket {}", path.display()))?;
+            sock.set_nonblocking(true)?;
+            cmd.env("NOTIFY_SOCKET", &path);
+            Some(sock)
+        } else {
+            None
+        };
         set_parent_death_signal(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", comp.program.display()))?;
-        Ok(Running { comp, child })
+        Ok(Running {
+            comp,
+            child,
+            notify,
+            ready: false,
+            status: String::new(),
+        })
+    }
+
+    /// Drains sd_notify datagrams; true once `READY=1` has arrived.
+    fn poll_notify(&mut self) -> bool {
+        let Some(sock) = &self.notify else {
+            return false;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                if line == "READY=1" {
+                    self.ready = true;
+                } else if let Some(st) = line.strip_prefix("STATUS=") {
+                    self.status = st.to_string();
+                }
+            }
+        }
+        self.ready
     }
 
     fn pid(&self) -> u32 {
@@ -572,6 +648,7 @@ async fn probe(r: &Readiness) -> anyhow::Result<String> {
             cert,
             key,
         } => readyz(*addr, ca, cert, key).await,
+        Readiness::Notify => bail!("waiting for READY=1"),
     }
 }
 
@@ -601,14 +678,21 @@ async fn wait_ready(
                 r.log_tail(30)
             );
         }
-        tokio::select! {
-            res = probe(&r.comp.readiness) => match res {
-                Ok(what) => return Ok(Some(what)),
-                Err(e) => last = format!("{e:#}"),
-            },
-            Stop::Signal(s) = signals.recv() => {
-                println!("{s} received during startup");
-                return Ok(None);
+        if matches!(r.comp.readiness, Readiness::Notify) {
+            if r.poll_notify() {
+                return Ok(Some(r.status.clone()));
+            }
+            last = format!("no READY=1 yet (status: {:?})", r.status);
+        } else {
+            tokio::select! {
+                res = probe(&r.comp.readiness) => match res {
+                    Ok(what) => return Ok(Some(what)),
+                    Err(e) => last = format!("{e:#}"),
+                },
+                Stop::Signal(s) = signals.recv() => {
+                    println!("{s} received during startup");
+                    return Ok(None);
+                }
             }
         }
         tokio::select! {
