@@ -112,7 +112,7 @@ impl fmt::Display for RuleSource<'_> {
 pub fn applies_to_user(user: &User, subject: &Subject, namespace: &str) -> bool {
     match subject.kind.as_str() {
         "User" => user.name == subject.name,
-        "Group" => user.groups.iter().any(|g| *g == subject.name),
+        "Group" => user.groups.contains(&subject.name),
         "ServiceAccount" => {
             let ns = subject
                 .namespace
@@ -136,6 +136,10 @@ fn applies_to<'s>(
         .iter()
         .find(|s| applies_to_user(user, s, namespace))
 }
+
+/// What [`Rbac::visit_rules_for`] calls: `(source, rule, error)`, returning whether to go on.
+pub type Visitor<'v> =
+    dyn FnMut(Option<RuleSource<'_>>, Option<&PolicyRule>, Option<ResolveError>) -> bool + 'v;
 
 /// The rules bound to a user in a namespace (for rules reviews).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -231,16 +235,7 @@ impl Rbac {
     /// Upstream's `VisitRulesFor`: calls `visitor(source, rule, error)` for each rule bound
     /// to `user` (cluster role bindings, then role bindings in `namespace` if non-empty) and
     /// each resolution error; the walk stops when the visitor returns false.
-    pub fn visit_rules_for(
-        &self,
-        user: &User,
-        namespace: &str,
-        visitor: &mut dyn FnMut(
-            Option<RuleSource<'_>>,
-            Option<&PolicyRule>,
-            Option<ResolveError>,
-        ) -> bool,
-    ) {
+    pub fn visit_rules_for(&self, user: &User, namespace: &str, visitor: &mut Visitor<'_>) {
         match self.source.list_cluster_role_bindings() {
             Err(e) => {
                 if !visitor(None, None, Some(e.into())) {
