@@ -241,6 +241,24 @@ impl<E: fmt::Display> fmt::Display for UpdateError<E> {
 
 impl<E: fmt::Debug + fmt::Display> std::error::Error for UpdateError<E> {}
 
+impl UpdateError<ApiError> {
+    /// The Kubernetes error of an update or delete whose callback speaks [`ApiError`] (what
+    /// the API server's handlers do): a rejection is returned as the callback made it, a
+    /// storage failure is named after `group`/`resource`/`name` as
+    /// [`StorageError::to_api_error`] does.
+    pub fn into_api_error(self, group: &str, resource: &str, name: &str) -> ApiError {
+        match self {
+            UpdateError::Storage(e) => e.to_api_error(group, resource, name),
+            UpdateError::Rejected(e) => e,
+        }
+    }
+
+    /// Whether the object was missing (so "already gone" can be told from real failures).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpdateError::Storage(StorageError::NotFound { .. }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +304,21 @@ mod tests {
         ));
         let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader"));
         assert_eq!(etcd_error(down, "x").http_code(), 503);
+    }
+
+    #[test]
+    fn update_errors_become_api_errors() {
+        let rejected: UpdateError<ApiError> =
+            UpdateError::Rejected(ApiError::bad_request("no such field"));
+        assert!(!rejected.is_not_found());
+        let e = rejected.into_api_error("", "pods", "p");
+        assert_eq!((e.code, e.message.as_str()), (400, "no such field"));
+        let missing: UpdateError<ApiError> = StorageError::NotFound { key: "/k".into() }.into();
+        assert!(missing.is_not_found());
+        assert_eq!(
+            missing.into_api_error("apps", "deployments", "web").message,
+            "deployments.apps \"web\" not found"
+        );
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! call, rather than passed in by the caller), and the rules "an error on a possibly stale copy
 //! is only final once a fresh read shows the same revision" and "a conflict's `Else(Get)` is the
 //! fresh copy". Dry runs follow upstream's `DryRunnableStorage`: read, check, never write.
+//!
+//! A write whose answer is lost (the store timed out the proposal, or our request timeout
+//! fired, or the connection broke) may still be applied. Reporting that as a retryable 503/504
+//! makes clients, which retry those, see `409 AlreadyExists` for their own create, or a
+//! Conflict for their own update. So an ambiguous failure is resolved here: the key is read
+//! again, and if it holds exactly the bytes this call wrote, the write succeeded; if the key
+//! is still untouched, the write is tried again (the compare on `mod_revision` makes a late
+//! apply of the first attempt fail harmlessly).
 
 use std::future::Future;
 
@@ -35,6 +43,14 @@ const INCONSISTENT_CONTINUE: &str = "The provided continue parameter is too old 
 /// Compaction cannot happen to a read of the latest revision; if it is reported anyway the
 /// message says so.
 const UNEXPECTED: &str = "unexpected compaction on a read of the latest revision";
+
+/// How often an ambiguous write failure is resolved by re-reading before it is reported.
+const AMBIGUOUS_RETRIES: usize = 3;
+
+/// Whether a failed write may have been applied anyway (its answer was lost, not refused).
+fn is_ambiguous(e: &StorageError) -> bool {
+    matches!(e, StorageError::Timeout(_) | StorageError::Unavailable(_))
+}
 
 /// The object an update or delete works on. `obj == None` is an absent key (rev 0).
 struct ObjState {
@@ -144,15 +160,61 @@ impl Storage {
             }
             return Ok(obj);
         }
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), data, None)]);
-        let resp = self.txn(txn).await?;
+        let resp = match self.txn(create_txn(&key, &data)).await {
+            Ok(r) => r,
+            Err(e) if is_ambiguous(&e) => return self.resolve_create(&key, obj, &data, e).await,
+            Err(e) => return Err(e),
+        };
         if !resp.succeeded() {
             return Err(StorageError::AlreadyExists { key });
         }
         set_resource_version(&mut obj, header_revision(resp.header())?);
         Ok(obj)
+    }
+
+    /// Settles a create whose outcome is unknown: the key holding our bytes means it was
+    /// applied; an absent key is created again; anything else is AlreadyExists. `first` is
+    /// reported if the store stays unreachable.
+    pub(crate) async fn resolve_create(
+        &self,
+        key: &str,
+        mut obj: Value,
+        data: &[u8],
+        first: StorageError,
+    ) -> Result<Value, StorageError> {
+        debug!(key, error = %first, "create: outcome unknown, reading back");
+        for attempt in 0..AMBIGUOUS_RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let resp = match self.range(key, GetOptions::new()).await {
+                Ok(r) => r,
+                Err(e) if is_ambiguous(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            match resp.kvs().first() {
+                Some(kv) if kv.value() == data => {
+                    set_resource_version(&mut obj, kv.mod_revision());
+                    return Ok(obj);
+                }
+                Some(_) => {
+                    return Err(StorageError::AlreadyExists {
+                        key: key.to_string(),
+                    })
+                }
+                None => match self.txn(create_txn(key, data)).await {
+                    Ok(r) if r.succeeded() => {
+                        set_resource_version(&mut obj, header_revision(r.header())?);
+                        return Ok(obj);
+                    }
+                    // Created meanwhile (perhaps by the first attempt): look again.
+                    Ok(_) => continue,
+                    Err(e) if is_ambiguous(&e) => continue,
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Err(first)
     }
 
     /// Reads one object. `rv` None/"" is a linearizable read; "0" allows a serializable
@@ -410,6 +472,7 @@ impl Storage {
             Some(c) => (state_from_object(c)?, false),
             None => (self.current_state(&key, opts.ignore_not_found).await?, true),
         };
+        let mut resolved_ambiguity = false;
         for _ in 0..self.config.max_conflict_retries.max(1) {
             if let Err(e) = pre.check(&key, state.obj.as_ref()) {
                 if is_current {
@@ -459,9 +522,25 @@ impl Storage {
                     CompareOp::Equal,
                     state.rev,
                 )])
-                .and_then([TxnOp::put(key.as_str(), data, None)])
+                .and_then([TxnOp::put(key.as_str(), data.clone(), None)])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = self.txn(txn).await?;
+            let resp = match self.txn(txn).await {
+                Ok(r) => r,
+                Err(e) if is_ambiguous(&e) && !resolved_ambiguity => {
+                    // The write may have been applied: the fresh object tells.
+                    debug!(key, error = %e, "guaranteed update: outcome unknown, reading back");
+                    resolved_ambiguity = true;
+                    let fresh = self.current_state(&key, opts.ignore_not_found).await?;
+                    if fresh.obj.is_some() && fresh.data == data {
+                        set_resource_version(&mut new, fresh.rev);
+                        return Ok(new);
+                    }
+                    state = fresh;
+                    is_current = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !resp.succeeded() {
                 debug!(
                     key,
@@ -542,6 +621,13 @@ impl Storage {
         }
         .into())
     }
+}
+
+/// `If(mod_revision == 0) Then(Put)`: create only if absent.
+fn create_txn(key: &str, data: &[u8]) -> Txn {
+    Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, data.to_vec(), None)])
 }
 
 fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Result<i64, StorageError> {

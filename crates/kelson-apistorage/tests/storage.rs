@@ -50,6 +50,7 @@ both!(
     compacted_watch_is_410_event,
     watch_bookmarks,
     tls_connection,
+    lost_answers_are_resolved,
 );
 
 const T: Duration = Duration::from_secs(5);
@@ -895,5 +896,129 @@ async fn tls_connection(kind: StoreKind) -> Result<()> {
             "a client without a certificate was served"
         );
     }
+    Ok(())
+}
+
+/// A TCP proxy in front of the store that can hold back the store's answers (the requests
+/// still reach it): a write then commits while its caller times out, which is what a
+/// proposal timeout or a broken connection looks like from the API server.
+struct AnswerHoldingProxy {
+    addr: std::net::SocketAddr,
+    hold_until: Arc<parking_lot_free::Hold>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+mod parking_lot_free {
+    /// The instant until which answers are held (std mutex: held only to copy an Instant).
+    #[derive(Default)]
+    pub struct Hold(pub std::sync::Mutex<Option<tokio::time::Instant>>);
+    impl Hold {
+        pub fn until(&self) -> Option<tokio::time::Instant> {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        pub fn set(&self, t: tokio::time::Instant) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
+    }
+}
+
+impl AnswerHoldingProxy {
+    async fn start(upstream: String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let hold = Arc::new(parking_lot_free::Hold::default());
+        let h = hold.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if let Some(t) = h.until() {
+                            tokio::time::sleep_until(t).await;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        Ok(AnswerHoldingProxy {
+            addr,
+            hold_until: hold,
+            task,
+        })
+    }
+}
+
+impl Drop for AnswerHoldingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A create or update whose answer is lost after the store applied it must still succeed
+/// (clients retry 503/504, and would then see `409 AlreadyExists` for their own create).
+async fn lost_answers_are_resolved(kind: StoreKind) -> Result<()> {
+    let (cluster, _) = setup(kind).await?;
+    let upstream = cluster
+        .endpoint(0)
+        .trim_start_matches("http://")
+        .to_string();
+    let proxy = AnswerHoldingProxy::start(upstream).await?;
+    let config = StorageConfig {
+        request_timeout: Duration::from_millis(700),
+        ..StorageConfig::default()
+    };
+    let s = Storage::connect_with(&[format!("http://{}", proxy.addr)], None, config).await?;
+    s.current_revision().await?; // connected, answers flowing
+
+    // Answers stop for a second: the create commits but its answer comes after the timeout.
+    proxy
+        .hold_until
+        .set(tokio::time::Instant::now() + Duration::from_millis(1000));
+    let created = s.create(&key("lost"), pod("lost", "x"), false).await?;
+    let stored = cluster.client().await?.get(key("lost"), None).await?;
+    ensure!(stored.kvs().len() == 1, "stored once");
+    ensure!(
+        rv(&created) == stored.kvs()[0].mod_revision(),
+        "resourceVersion is the stored one: {created}"
+    );
+
+    // The same for an update (from the cached object, so the write is the first request).
+    proxy
+        .hold_until
+        .set(tokio::time::Instant::now() + Duration::from_millis(1000));
+    let opts = UpdateOptions {
+        cached: Some(created),
+        ..UpdateOptions::default()
+    };
+    let updated = s
+        .guaranteed_update_with(&key("lost"), opts, |o| {
+            let mut o = o.ok_or("missing")?;
+            o["metadata"]["labels"]["app"] = json!("y");
+            Ok::<_, &str>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let stored = cluster.client().await?.get(key("lost"), None).await?;
+    let v: Value = serde_json::from_slice(stored.kvs()[0].value())?;
+    ensure!(v["metadata"]["labels"]["app"] == "y", "{v}");
+    ensure!(rv(&updated) == stored.kvs()[0].mod_revision(), "{updated}");
     Ok(())
 }
