@@ -984,6 +984,7 @@ impl Loop {
             c.truncated_term = term;
             c.snap = (index, term);
             c.cache.clear();
+            c.cache_bytes = 0;
         }
         self.storage.commit_entries(rd.entries());
         {

@@ -43,6 +43,13 @@ pub(crate) const K_IDS: &[u8] = b"ids";
 /// Entries kept in memory at the tail of the log; followers and the apply path read recent
 /// entries, so this avoids a RocksDB lookup per entry in the common case.
 const CACHE_MAX: usize = 4096;
+/// The entry cache is also bounded by size: with large entries (a 128-put txn is ~40 KB) a
+/// count bound alone would keep hundreds of MB resident.
+const CACHE_MAX_BYTES: usize = 8 << 20;
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 32
+}
 
 pub(crate) fn idx_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
@@ -89,6 +96,8 @@ pub(crate) struct Core {
     /// Newest snapshot file (index, term); (0, 0) when there is none.
     pub snap: (u64, u64),
     pub cache: VecDeque<Entry>,
+    /// Sum of `entry_bytes` over `cache`.
+    pub cache_bytes: usize,
     /// Set when a peer needs a snapshot newer than the newest file (e.g. one that includes the
     /// peer itself in its conf state); the Ready loop takes one promptly.
     pub want_snapshot: bool,
@@ -241,7 +250,9 @@ impl RocksStorage {
         let mut core = self.core.write();
         core.last_index = last.index;
         while core.cache.back().is_some_and(|e| e.index >= first.index) {
-            core.cache.pop_back();
+            if let Some(e) = core.cache.pop_back() {
+                core.cache_bytes -= entry_bytes(&e);
+            }
         }
         if core
             .cache
@@ -249,10 +260,15 @@ impl RocksStorage {
             .is_some_and(|e| e.index + 1 != first.index)
         {
             core.cache.clear();
+            core.cache_bytes = 0;
         }
+        core.cache_bytes += ents.iter().map(entry_bytes).sum::<usize>();
         core.cache.extend(ents.iter().cloned());
-        while core.cache.len() > CACHE_MAX {
-            core.cache.pop_front();
+        while core.cache.len() > CACHE_MAX || core.cache_bytes > CACHE_MAX_BYTES {
+            match core.cache.pop_front() {
+                Some(e) => core.cache_bytes -= entry_bytes(&e),
+                None => break,
+            }
         }
     }
 
@@ -276,7 +292,9 @@ impl RocksStorage {
         core.first_index = compact_to;
         core.truncated_term = term;
         while core.cache.front().is_some_and(|e| e.index < compact_to) {
-            core.cache.pop_front();
+            if let Some(e) = core.cache.pop_front() {
+                core.cache_bytes -= entry_bytes(&e);
+            }
         }
         Ok(())
     }

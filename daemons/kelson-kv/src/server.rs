@@ -38,7 +38,7 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 /// One memtable of one column family.
 const MEMTABLE_BYTES: usize = 16 << 20;
 /// All memtables of all column families together (RocksDB's write buffer manager).
-const TOTAL_MEMTABLE_BYTES: usize = 48 << 20;
+const TOTAL_MEMTABLE_BYTES: usize = 64 << 20;
 /// Marker file identifying a kelson-kv data directory.
 const MARKER: &str = "kelson-kv.version";
 const DATA_VERSION: &str = "1\n";
@@ -68,7 +68,9 @@ pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
         let mut o = rocksdb::Options::default();
         o.set_block_based_table_factory(&table);
         o.set_write_buffer_size(MEMTABLE_BYTES);
-        o.set_max_write_buffer_number(2);
+        // Room for memtables waiting to flush, so a flush never stalls writers; the total is
+        // still capped by the write buffer manager below.
+        o.set_max_write_buffer_number(4);
         o
     };
     let mut opts = cf_opts();
