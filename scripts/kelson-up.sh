@@ -10,5 +10,7 @@ bash scripts/setup.sh
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
-cargo build --release -p kelson-kv -p kelsonctl
+# Every daemon `kelsonctl up` starts is found next to kelsonctl in target/release.
+cargo build --release -p kelsonctl -p kelson-kv -p kelson-apiserver -p kelson-scheduler \
+  -p kelson-controller-manager
 exec target/release/kelsonctl up "$@"
