@@ -1,0 +1,302 @@
+//! The kubelet's configuration: TOML keys and flags named like upstream's kubelet flags.
+//!
+//! As in every Kelson daemon, flags are merged over the file and the merged table is
+//! deserialized once (see `kelson_runtime::config`), so `--print-config` shows exactly what runs
+//! and a misspelt key is an error. Durations are whole seconds; lists (`node-labels`,
+//! `register-with-taints`) are `key=value` strings like upstream's flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The effective configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubeletConfig {
+    /// Kubeconfig with the node's credentials.
+    pub kubeconfig: PathBuf,
+    /// Node name; defaults to the lower-cased host name.
+    #[serde(default)]
+    pub hostname_override: Option<String>,
+    /// CRI endpoint (`unix:///path` or a plain path).
+    #[serde(default = "default_runtime_endpoint")]
+    pub container_runtime_endpoint: String,
+    /// Where the CNI config for containerd's CRI plugin is written.
+    #[serde(default = "default_cni_conf_dir")]
+    pub cni_conf_dir: PathBuf,
+    /// Linux bridge the CNI bridge plugin creates for pods.
+    #[serde(default = "default_bridge")]
+    pub cni_bridge_name: String,
+    /// host-local IPAM state directory.
+    #[serde(default = "default_ipam_dir")]
+    pub cni_ipam_data_dir: PathBuf,
+    /// SNAT pod traffic leaving the node (bridge plugin `ipMasq`).
+    #[serde(default)]
+    pub cni_masquerade: bool,
+    /// The node's pod CIDR when Node.spec.podCIDR is unset (no node IPAM running).
+    #[serde(default)]
+    pub pod_cidr: Option<String>,
+    /// Root of per-pod state (volumes).
+    #[serde(default = "default_root_dir")]
+    pub root_dir: PathBuf,
+    /// Root of container logs (`<ns>_<pod>_<uid>/<container>/<restart>.log`, CRI format).
+    #[serde(default = "default_pod_logs_dir")]
+    pub pod_logs_dir: PathBuf,
+    /// The address reported as the node's InternalIP; detected when unset.
+    #[serde(default)]
+    pub node_ip: Option<String>,
+    /// Extra node labels, `key=value`.
+    #[serde(default)]
+    pub node_labels: Vec<String>,
+    /// Taints registered with the node, `key=value:Effect` or `key:Effect`.
+    #[serde(default)]
+    pub register_with_taints: Vec<String>,
+    /// topology.kubernetes.io/zone label.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// topology.kubernetes.io/region label.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Resources kept back from pods, e.g. `cpu=100m,memory=256Mi`.
+    #[serde(default)]
+    pub system_reserved: BTreeMap<String, String>,
+    #[serde(default)]
+    pub kube_reserved: BTreeMap<String, String>,
+    #[serde(default = "default_max_pods")]
+    pub max_pods: u32,
+    /// Seconds between node status posts.
+    #[serde(default = "default_status_freq")]
+    pub node_status_update_frequency: u64,
+    /// The node Lease's duration (renewed every quarter of it, upstream's 40 s / 10 s).
+    #[serde(default = "default_lease_duration")]
+    pub node_lease_duration_seconds: i32,
+    /// Cgroup parent of all pods (cgroupfs driver).
+    #[serde(default = "default_cgroup_root")]
+    pub cgroup_root: String,
+    /// Whether missing images may be pulled from a registry. Off by default: Kelson nodes are
+    /// treated as air-gapped, images come from `kelsonctl images import`, and a pull attempt
+    /// would only hang on an unreachable registry.
+    #[serde(default)]
+    pub allow_image_pull: bool,
+}
+
+fn default_runtime_endpoint() -> String {
+    "unix:///run/containerd/containerd.sock".into()
+}
+fn default_cni_conf_dir() -> PathBuf {
+    "/etc/cni/net.d".into()
+}
+fn default_bridge() -> String {
+    "cni0".into()
+}
+fn default_ipam_dir() -> PathBuf {
+    "/var/lib/cni/networks".into()
+}
+fn default_root_dir() -> PathBuf {
+    "/var/lib/kelson/kubelet".into()
+}
+fn default_pod_logs_dir() -> PathBuf {
+    "/var/log/pods".into()
+}
+fn default_max_pods() -> u32 {
+    110
+}
+fn default_status_freq() -> u64 {
+    10
+}
+fn default_lease_duration() -> i32 {
+    40
+}
+fn default_cgroup_root() -> String {
+    "/kubepods".into()
+}
+
+/// Flags; every one overrides the file key of the same name.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct KubeletFlags {
+    /// Kubeconfig with the node's credentials.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname_override: Option<String>,
+    /// CRI endpoint, e.g. unix:///run/containerd/containerd.sock.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime_endpoint: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_conf_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_bridge_name: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_ipam_data_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_masquerade: Option<bool>,
+    /// Pod CIDR used when the Node object has none.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_logs_dir: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<String>,
+    /// Extra node labels (comma-separated key=value).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_labels: Vec<String>,
+    /// Node taints (comma-separated key=value:Effect).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub register_with_taints: Vec<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pods: Option<u32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_status_update_frequency: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_lease_duration_seconds: Option<i32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<String>,
+    /// Allow pulling missing images from registries.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_image_pull: Option<bool>,
+}
+
+impl KubeletConfig {
+    /// The node name: the override, else the kernel's host name, lower-cased like upstream.
+    pub fn node_name(&self) -> String {
+        self.hostname_override
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into())
+            })
+            .to_lowercase()
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_secs(self.node_status_update_frequency.max(1))
+    }
+
+    /// The CRI socket path from the endpoint.
+    pub fn runtime_socket(&self) -> PathBuf {
+        PathBuf::from(
+            self.container_runtime_endpoint
+                .strip_prefix("unix://")
+                .unwrap_or(&self.container_runtime_endpoint),
+        )
+    }
+}
+
+/// Errors in flag-style list values.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParseError {
+    #[error("invalid label {0:?}: expected key=value")]
+    Label(String),
+    #[error("invalid taint {0:?}: expected key[=value]:NoSchedule|PreferNoSchedule|NoExecute")]
+    Taint(String),
+}
+
+/// Parses `key=value` labels.
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| ParseError::Label(item.clone()))?;
+        if k.trim().is_empty() {
+            return Err(ParseError::Label(item.clone()));
+        }
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// Parses `key[=value]:Effect` taints.
+pub fn parse_taints(
+    items: &[String],
+) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, ParseError> {
+    items
+        .iter()
+        .map(|item| {
+            let (kv, effect) = item
+                .rsplit_once(':')
+                .ok_or_else(|| ParseError::Taint(item.clone()))?;
+            if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+                return Err(ParseError::Taint(item.clone()));
+            }
+            let (key, value) = match kv.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_string())),
+                None => (kv, None),
+            };
+            if key.is_empty() {
+                return Err(ParseError::Taint(item.clone()));
+            }
+            Ok(k8s_openapi::api::core::v1::Taint {
+                key: key.into(),
+                value,
+                effect: effect.into(),
+                time_added: None,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_taints_parse_like_upstream_flags() {
+        let l = parse_labels(&["a=b".into(), "x/y=".into()]).unwrap();
+        assert_eq!(l["a"], "b");
+        assert_eq!(l["x/y"], "");
+        assert_eq!(
+            parse_labels(&["nope".into()]).unwrap_err(),
+            ParseError::Label("nope".into())
+        );
+        let t = parse_taints(&["k=v:NoSchedule".into(), "only:NoExecute".into()]).unwrap();
+        assert_eq!(t[0].key, "k");
+        assert_eq!(t[0].value.as_deref(), Some("v"));
+        assert_eq!(t[1].value, None);
+        assert_eq!(t[1].effect, "NoExecute");
+        assert!(parse_taints(&["k=v:Sometimes".into()]).is_err());
+        assert!(parse_taints(&["k=v".into()]).is_err());
+    }
+
+    #[test]
+    fn defaults_fill_in_and_unknown_keys_fail() {
+        let cfg: KubeletConfig = toml::from_str("kubeconfig = \"/k\"\n").unwrap();
+        assert_eq!(cfg.node_lease_duration_seconds, 40);
+        assert_eq!(cfg.runtime_socket(), PathBuf::from("/run/containerd/containerd.sock"));
+        assert!(toml::from_str::<KubeletConfig>("kubeconfig = \"/k\"\nbogus = 1\n").is_err());
+        let cfg: KubeletConfig =
+            toml::from_str("kubeconfig = \"/k\"\nhostname-override = \"NodeA\"\n").unwrap();
+        assert_eq!(cfg.node_name(), "nodea");
+    }
+}

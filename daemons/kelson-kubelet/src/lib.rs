@@ -1,0 +1,252 @@
+//! kelson-kubelet: the node agent.
+//!
+//! It registers the Node, keeps its Lease and status fresh, and runs the pods bound to it
+//! through CRI v1 (containerd), with pod networking by CNI (a bridge per node over its
+//! podCIDR). It is an ordinary API client: everything it knows about pods comes from a watch on
+//! `spec.nodeName=<node>`, everything it reports goes through `pods/status` and
+//! `nodes/status`, so it could run against any conformant API server.
+//!
+//! Modules: [`config`] (TOML + upstream-named flags), [`cri`] (the runtime client),
+//! [`node`] (registration, status, lease), [`cni`] (network config), [`pod`] (Pod → CRI
+//! configs, env, volumes, images), [`resources`] (quantities, cgroup values, QoS),
+//! [`worker`] (one task per pod), [`manager`] (watch → workers, orphan clean-up),
+//! [`dbus`] (`io.kelson.Kubelet1`).
+//!
+//! Lifecycle: READY=1 once the API server answered, the Node is registered, the runtime
+//! answered and the pod cache has synced. SIGTERM stops the kubelet *without* touching
+//! containers, so a restart adopts them.
+
+pub mod cni;
+pub mod config;
+pub mod cri;
+pub mod dbus;
+pub mod manager;
+pub mod node;
+pub mod pod;
+pub mod resources;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeStatus};
+use kube::api::Api;
+use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::logging::LogHandle;
+use kelson_runtime::signals;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+pub use config::{KubeletConfig, KubeletFlags};
+
+fn cni_settings(cfg: &KubeletConfig, cidr: Option<String>) -> Option<cni::CniSettings> {
+    cidr.filter(|c| !c.is_empty()).map(|pod_cidr| cni::CniSettings {
+        pod_cidr,
+        bridge: cfg.cni_bridge_name.clone(),
+        ipam_data_dir: cfg.cni_ipam_data_dir.clone(),
+        masquerade: cfg.cni_masquerade,
+    })
+}
+
+fn node_pod_cidr(node: &Node) -> Option<String> {
+    node.spec.as_ref().and_then(|s| s.pod_cidr.clone())
+}
+
+async fn runtime_ok(cri: &cri::Cri) -> Result<(), String> {
+    let st = tokio::time::timeout(Duration::from_secs(10), cri.status())
+        .await
+        .map_err(|_| "the runtime did not answer Status within 10s".to_string())?
+        .map_err(|e| e.to_string())?;
+    match st.conditions.iter().find(|c| c.r#type == "RuntimeReady") {
+        Some(c) if c.status => Ok(()),
+        Some(c) => Err(format!("RuntimeReady=false: {} {}", c.reason, c.message)),
+        None => Err("the runtime reports no RuntimeReady condition".into()),
+    }
+}
+
+/// Runs the kubelet until SIGTERM/SIGINT.
+pub async fn run(
+    cfg: KubeletConfig,
+    common: &kelson_runtime::config::CommonArgs,
+    log: LogHandle,
+) -> anyhow::Result<()> {
+    let mut shutdown = signals::ShutdownSignals::new()?;
+    let mut hup = signals::reload_signals()?;
+    let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    state.on_reload(|| Box::pin(async { Ok(()) }));
+    state.set_status("connecting to the API server and the container runtime");
+
+    let client = kelson_kube::client_from_kubeconfig(&cfg.kubeconfig)
+        .await
+        .context("building the API client")?;
+    let cri = cri::Cri::connect(&cfg.runtime_socket())?;
+    let version = cri
+        .version()
+        .await
+        .with_context(|| format!("asking the runtime at {} for its version", cfg.container_runtime_endpoint))?;
+    let info = node::NodeInfo::from_config(
+        &cfg,
+        format!("{}://{}", version.runtime_name, version.runtime_version),
+    )?;
+    let node_name = info.name.clone();
+    tracing::info!(node = %node_name, runtime = %info.runtime_version, ip = %info.ip, "starting");
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let registered = loop {
+        match node::register(&nodes, &info, cfg.pod_cidr.as_deref()).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the node; retrying");
+                state.set_status(format!("registering the node: {e}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    sig = shutdown.recv() => {
+                        tracing::info!(signal = sig.name(), "stopping before registration");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    };
+    let pod_cidr = node_pod_cidr(&registered).or(cfg.pod_cidr.clone());
+    let cni = cni_settings(&cfg, pod_cidr);
+    if let Some(c) = &cni {
+        cni::write_conf(&cfg.cni_conf_dir, c)?;
+    }
+    let shared = Arc::new(worker::Shared {
+        cri: cri.clone(),
+        client: client.clone(),
+        ctx: pod::PodContext {
+            node_name: node_name.clone(),
+            node_ip: info.ip.clone(),
+            pod_logs_dir: cfg.pod_logs_dir.clone(),
+            root_dir: cfg.root_dir.clone(),
+            cgroup_root: cfg.cgroup_root.clone(),
+            allow_image_pull: cfg.allow_image_pull,
+        },
+        cni: Mutex::new(cni),
+        cni_conf_dir: cfg.cni_conf_dir.clone(),
+        phases: Mutex::new(Default::default()),
+    });
+
+    let dbus = if common.no_dbus {
+        None
+    } else {
+        let opts = DbusOptions::for_component("Kubelet", common.dbus_address.clone());
+        let served = async {
+            DbusServer::new(opts, state.clone(), log.clone())?
+                .interface(dbus::Kubelet1 {
+                    node_name: node_name.clone(),
+                    shared: shared.clone(),
+                })?
+                .serve()
+                .await
+        }
+        .await;
+        match served {
+            Ok(h) => Some(h),
+            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.Kubelet1");
+                None
+            }
+        }
+    };
+    if let Some(addr) = common.metrics_addr {
+        let (bound, _) = kelson_runtime::metrics::serve(addr, kelson_runtime::metrics::registry())
+            .await
+            .context("serving metrics")?;
+        tracing::info!(%bound, "serving /metrics");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Node status: first post now (so the node turns Ready at once), then periodically.
+    let status_task = {
+        let (nodes, info, cri, shared, cfg) =
+            (nodes.clone(), info.clone(), cri.clone(), shared.clone(), cfg.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut prev: Option<NodeStatus> = None;
+            loop {
+                let st = info.status(runtime_ok(&cri).await, prev.as_ref());
+                match node::post_status(&nodes, &info.name, &st).await {
+                    Ok(n) => {
+                        prev = Some(st);
+                        // Node IPAM may assign a podCIDR later.
+                        if let Some(c) = node_pod_cidr(&n) {
+                            let mut cur = shared.cni.lock();
+                            if cur.as_ref().map(|s| &s.pod_cidr) != Some(&c) {
+                                *cur = cni_settings(&cfg, Some(c));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "posting node status"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.status_interval()) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    let lease_task = {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), node::LEASE_NAMESPACE);
+        let duration = cfg.node_lease_duration_seconds.max(4);
+        let node_obj = registered.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs((duration / 4).max(1) as u64);
+            loop {
+                if let Err(e) = node::renew_lease(&leases, &node_obj, duration).await {
+                    tracing::warn!(error = %e, "renewing the node lease");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    let (synced_tx, mut synced_rx) = watch::channel(false);
+    let manager_task = tokio::spawn(manager::run(
+        shared.clone(),
+        node_name.clone(),
+        synced_tx,
+        stop_rx.clone(),
+    ));
+
+    state.set_status("syncing pods");
+    tokio::select! {
+        r = synced_rx.wait_for(|s| *s) => { r.context("pod manager ended before syncing")?; }
+        sig = shutdown.recv() => {
+            tracing::info!(signal = sig.name(), "stopping before ready");
+            state.set_state(Lifecycle::Stopping);
+            let _ = stop_tx.send(true);
+            return Ok(());
+        }
+    }
+    state.set_status(format!("running pods on node {node_name}"));
+    state.set_state(Lifecycle::Running);
+    tracing::info!(node = %node_name, "ready");
+    let _watchdog = state.spawn_watchdog();
+
+    loop {
+        tokio::select! {
+            sig = shutdown.recv() => {
+                tracing::info!(signal = sig.name(), "stopping (containers keep running)");
+                break;
+            }
+            Some(()) = hup.recv() => { let _ = state.reload().await; }
+        }
+    }
+    state.set_state(Lifecycle::Stopping);
+    state.set_status("stopping");
+    let _ = stop_tx.send(true);
+    for t in [status_task, lease_task, manager_task] {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    drop(dbus);
+    Ok(())
+}

@@ -1,0 +1,851 @@
+//! One worker task per pod: drive the runtime towards the spec, report status, tear down.
+//!
+//! The worker is a level-triggered loop. Each pass (on a pod update, or every second) it looks
+//! at what the runtime has for this pod — found by the pod-UID label, so a restarted kubelet
+//! adopts running sandboxes and containers instead of restarting them — and does the next
+//! step: write the CNI config, run the sandbox, run init containers one at a time, then start
+//! or restart containers per `restartPolicy`. It then computes the pod status from the runtime
+//! state and patches `pods/status` when it changed.
+//!
+//! Restarts back off like upstream: the first restart is immediate, then 10 s, doubling to
+//! 5 min, measured from the container's finish time; while backing off the container reports
+//! `Waiting/CrashLoopBackOff`. Image and config errors are remembered per container and shown
+//! as its waiting reason (`ErrImageNeverPull`, `ErrImagePull`, `CreateContainerConfigError`).
+//!
+//! Deletion: when the pod gets a deletionTimestamp the worker stops all containers with the
+//! grace period (StopContainer's timeout: SIGTERM, then SIGKILL), removes them, stops and
+//! removes the sandbox, removes the pod's volume dir and finally deletes the Pod with grace 0
+//! and a UID precondition. A pod that vanished from the API is torn down the same way, quickly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::cni::{write_conf, CniSettings};
+use crate::cri::Cri;
+use crate::pod::{self as podspec, ContainerFailure, ContainerInputs, Lookups, PodContext};
+
+const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often a worker re-checks the runtime without a pod update.
+pub const RESYNC: Duration = Duration::from_secs(1);
+/// Grace used when a pod disappeared from the API without a graceful delete.
+const ORPHAN_GRACE: i64 = 2;
+
+/// What every worker shares.
+pub struct Shared {
+    pub cri: Cri,
+    pub client: kube::Client,
+    pub ctx: PodContext,
+    /// CNI settings once the node's podCIDR is known.
+    pub cni: Mutex<Option<CniSettings>>,
+    pub cni_conf_dir: std::path::PathBuf,
+    /// Last phase each pod reported (for the RunningPods D-Bus property).
+    pub phases: Mutex<HashMap<String, String>>,
+}
+
+impl Shared {
+    pub fn running_pods(&self) -> u32 {
+        self.phases.lock().values().filter(|p| *p == "Running").count() as u32
+    }
+}
+
+#[derive(Default, Debug)]
+struct ContainerState {
+    /// Current back-off step (None before the first restart).
+    backoff: Option<Duration>,
+    /// Why the container is not running, if we know better than the runtime.
+    failure: Option<ContainerFailure>,
+    /// When an image pull last failed (for ImagePullBackOff).
+    pull_failed_at: Option<Instant>,
+}
+
+/// The runtime's view of one container name in the current sandbox.
+#[derive(Debug, Clone)]
+struct Observed {
+    latest: cri::ContainerStatus,
+    previous: Option<cri::ContainerStatus>,
+    restart_count: u32,
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    uid: String,
+    rx: watch::Receiver<Option<Arc<Pod>>>,
+    containers: HashMap<String, ContainerState>,
+    sandbox: Option<(String, String)>,
+    last_status: Option<Value>,
+    start_time: Option<String>,
+    terminal: bool,
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn ns_to_rfc3339(ns: i64) -> Option<String> {
+    if ns <= 0 {
+        return None;
+    }
+    k8s_openapi::jiff::Timestamp::from_nanosecond(ns as i128)
+        .ok()
+        .and_then(|t| t.round(k8s_openapi::jiff::Unit::Second).ok())
+        .map(|t| t.to_string())
+}
+
+fn state_of(s: &cri::ContainerStatus) -> cri::ContainerState {
+    cri::ContainerState::try_from(s.state).unwrap_or(cri::ContainerState::ContainerUnknown)
+}
+
+fn restart_count_of(s: &cri::ContainerStatus) -> u32 {
+    s.annotations
+        .get(podspec::ANN_RESTART_COUNT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, uid: String, rx: watch::Receiver<Option<Arc<Pod>>>) -> Self {
+        Worker {
+            shared,
+            uid,
+            rx,
+            containers: HashMap::new(),
+            sandbox: None,
+            last_status: None,
+            start_time: None,
+            terminal: false,
+        }
+    }
+
+    /// Runs until the pod is gone (deleted in the API, or vanished).
+    pub async fn run(mut self) {
+        loop {
+            let pod = self.rx.borrow_and_update().clone();
+            match pod {
+                None => {
+                    self.teardown(ORPHAN_GRACE).await;
+                    self.shared.phases.lock().remove(&self.uid);
+                    return;
+                }
+                Some(p) if p.metadata.deletion_timestamp.is_some() => {
+                    let grace = p
+                        .metadata
+                        .deletion_grace_period_seconds
+                        .or(p.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                        .unwrap_or(30);
+                    self.teardown(grace).await;
+                    self.delete_pod(&p).await;
+                    self.shared.phases.lock().remove(&self.uid);
+                    return;
+                }
+                Some(p) => {
+                    if let Err(e) = self.sync(&p).await {
+                        tracing::warn!(pod = %podspec::name(&p), namespace = %podspec::namespace(&p), error = %e, "pod sync failed");
+                    }
+                    self.report(&p).await;
+                }
+            }
+            tokio::select! {
+                r = self.rx.changed() => {
+                    if r.is_err() {
+                        // The manager dropped us (shutdown): leave containers running.
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    fn uid_labels(&self) -> HashMap<String, String> {
+        HashMap::from([(podspec::LABEL_POD_UID.to_string(), self.uid.clone())])
+    }
+
+    /// The newest ready sandbox of this pod, adopting one from a previous kubelet run.
+    async fn find_sandbox(&self) -> Result<Option<(String, String)>, crate::cri::CriError> {
+        let mut sbs = self.shared.cri.list_pod_sandboxes(self.uid_labels()).await?;
+        sbs.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        for sb in sbs {
+            if sb.state == cri::PodSandboxState::SandboxReady as i32 {
+                let st = self.shared.cri.pod_sandbox_status(&sb.id).await?;
+                let ip = st.network.map(|n| n.ip).unwrap_or_default();
+                return Ok(Some((sb.id, ip)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn sync(&mut self, pod: &Pod) -> anyhow::Result<()> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        if self.terminal {
+            return Ok(());
+        }
+        let phase_in_api = pod.status.as_ref().and_then(|s| s.phase.clone());
+        if matches!(phase_in_api.as_deref(), Some("Succeeded" | "Failed")) {
+            // Terminal phases are final: make sure nothing runs, keep the status.
+            self.terminal = true;
+            self.stop_all(0).await;
+            return Ok(());
+        }
+        // 1. Sandbox.
+        if self.sandbox.is_none() {
+            self.sandbox = self.find_sandbox().await?;
+        } else if let Some((id, _)) = &self.sandbox {
+            let st = self.shared.cri.pod_sandbox_status(id).await;
+            if !st.is_ok_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
+                self.sandbox = None;
+            }
+        }
+        let sandbox_cfg_attempt = 0;
+        if self.sandbox.is_none() {
+            let host_net = spec.host_network.unwrap_or(false);
+            if !host_net {
+                let cni = self.shared.cni.lock().clone();
+                match cni {
+                    Some(c) => {
+                        write_conf(&self.shared.cni_conf_dir, &c)?;
+                    }
+                    None => {
+                        self.fail_all(&spec, ContainerFailure::new(
+                            "ContainerCreating",
+                            "network is not ready: the node has no podCIDR (set Node.spec.podCIDR or --pod-cidr)",
+                        ));
+                        return Ok(());
+                    }
+                }
+            }
+            // A sandbox that died takes its containers with it (upstream: a new sandbox
+            // restarts every container); clear out leftovers first.
+            self.remove_dead_sandboxes().await;
+            let cfg = podspec::sandbox_config(&self.shared.ctx, pod, sandbox_cfg_attempt);
+            if let Err(e) = std::fs::create_dir_all(&cfg.log_directory) {
+                tracing::warn!(dir = %cfg.log_directory, error = %e, "creating the pod log dir");
+            }
+            let id = match self.shared.cri.run_pod_sandbox(cfg).await {
+                Ok(id) => id,
+                Err(e) => {
+                    self.fail_all(&spec, ContainerFailure::new("ContainerCreating", format!("Failed to create pod sandbox: {}", e.message())));
+                    return Err(e.into());
+                }
+            };
+            let st = self.shared.cri.pod_sandbox_status(&id).await?;
+            let ip = st.network.map(|n| n.ip).unwrap_or_default();
+            tracing::info!(pod = %podspec::name(pod), sandbox = %id, %ip, "sandbox running");
+            self.sandbox = Some((id, ip));
+        }
+        let (sb_id, pod_ip) = self.sandbox.clone().unwrap_or_default();
+
+        // 2. Volumes (re-done each pass: configMap/secret contents follow their objects).
+        let mut look = Lookups::new(self.shared.client.clone(), podspec::namespace(pod));
+        let volumes = match podspec::prepare_volumes(&self.shared.ctx, pod, &pod_ip, &mut look).await {
+            Ok(v) => v,
+            Err(f) => {
+                self.fail_all(&spec, f);
+                return Ok(());
+            }
+        };
+        let observed = self.observe(&sb_id).await?;
+        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+
+        // 3. Init containers, in order, one at a time.
+        for c in spec.init_containers.iter().flatten() {
+            match observed.get(&c.name) {
+                Some(o) => match state_of(&o.latest) {
+                    cri::ContainerState::ContainerExited if o.latest.exit_code == 0 => continue,
+                    cri::ContainerState::ContainerExited => {
+                        if policy == "Never" {
+                            return Ok(()); // the pod is Failed; status says so
+                        }
+                        self.maybe_restart(pod, c, &sb_id, &pod_ip, &volumes, &mut look, Some(o)).await;
+                        return Ok(());
+                    }
+                    cri::ContainerState::ContainerCreated => {
+                        self.start_existing(c, &o.latest.id).await;
+                        return Ok(());
+                    }
+                    _ => return Ok(()),
+                },
+                None => {
+                    self.start_new(pod, c, &sb_id, &pod_ip, &volumes, &mut look, 0).await;
+                    return Ok(());
+                }
+            }
+        }
+
+        // 4. Containers.
+        for c in &spec.containers {
+            match observed.get(&c.name) {
+                None => {
+                    self.start_new(pod, c, &sb_id, &pod_ip, &volumes, &mut look, 0).await;
+                }
+                Some(o) => match state_of(&o.latest) {
+                    cri::ContainerState::ContainerRunning => {
+                        self.containers.entry(c.name.clone()).or_default().failure = None;
+                    }
+                    cri::ContainerState::ContainerCreated => self.start_existing(c, &o.latest.id).await,
+                    cri::ContainerState::ContainerExited => {
+                        let restart = match policy.as_str() {
+                            "Never" => false,
+                            "OnFailure" => o.latest.exit_code != 0,
+                            _ => true,
+                        };
+                        if restart {
+                            self.maybe_restart(pod, c, &sb_id, &pod_ip, &volumes, &mut look, Some(o)).await;
+                        }
+                    }
+                    cri::ContainerState::ContainerUnknown => {}
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_all(&mut self, spec: &k8s_openapi::api::core::v1::PodSpec, f: ContainerFailure) {
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            self.containers.entry(c.name.clone()).or_default().failure = Some(f.clone());
+        }
+    }
+
+    /// Latest and previous container per name in the sandbox (older ones are removed).
+    async fn observe(&self, sb_id: &str) -> anyhow::Result<HashMap<String, Observed>> {
+        let list = self.shared.cri.list_containers(Some(sb_id), self.uid_labels()).await?;
+        let mut by_name: HashMap<String, Vec<cri::Container>> = HashMap::new();
+        for c in list {
+            let name = c
+                .labels
+                .get(podspec::LABEL_CONTAINER_NAME)
+                .cloned()
+                .unwrap_or_default();
+            by_name.entry(name).or_default().push(c);
+        }
+        let mut out = HashMap::new();
+        for (name, mut cs) in by_name {
+            cs.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+            // Upstream keeps one dead instance for `logs --previous`; older ones go.
+            for old in cs.iter().skip(2) {
+                let _ = self.shared.cri.remove_container(&old.id).await;
+            }
+            let latest = match self.shared.cri.container_status(&cs[0].id).await {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let previous = match cs.get(1) {
+                Some(p) => self.shared.cri.container_status(&p.id).await.ok(),
+                None => None,
+            };
+            let restart_count = restart_count_of(&latest);
+            out.insert(name, Observed { latest, previous, restart_count });
+        }
+        Ok(out)
+    }
+
+    async fn start_existing(&mut self, c: &Container, id: &str) {
+        if let Err(e) = self.shared.cri.start_container(id).await {
+            self.containers.entry(c.name.clone()).or_default().failure =
+                Some(ContainerFailure::new("RunContainerError", e.message()));
+        }
+    }
+
+    /// Restart an exited container unless it is backing off.
+    #[allow(clippy::too_many_arguments)]
+    async fn maybe_restart(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        sb_id: &str,
+        pod_ip: &str,
+        volumes: &HashMap<String, std::path::PathBuf>,
+        look: &mut Lookups,
+        o: Option<&Observed>,
+    ) {
+        let finished = o.map(|o| o.latest.finished_at).unwrap_or(0);
+        let st = self.containers.entry(c.name.clone()).or_default();
+        if let Some(b) = st.backoff {
+            let now_ns = k8s_openapi::jiff::Timestamp::now().as_nanosecond() as i64;
+            let elapsed = Duration::from_nanos(now_ns.saturating_sub(finished).max(0) as u64);
+            if elapsed < b {
+                st.failure = Some(ContainerFailure::new(
+                    "CrashLoopBackOff",
+                    format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        b.as_secs(),
+                        c.name,
+                        podspec::name(pod),
+                        podspec::namespace(pod),
+                        self.uid
+                    ),
+                ));
+                return;
+            }
+        }
+        st.backoff = Some(match st.backoff {
+            None => BACKOFF_INITIAL,
+            Some(b) => (b * 2).min(BACKOFF_MAX),
+        });
+        let next = o.map(|o| o.restart_count + 1).unwrap_or(0);
+        self.start_new(pod, c, sb_id, pod_ip, volumes, look, next).await;
+    }
+
+    /// Image, env, mounts, CreateContainer, StartContainer; failures become waiting reasons.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_new(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        sb_id: &str,
+        pod_ip: &str,
+        volumes: &HashMap<String, std::path::PathBuf>,
+        look: &mut Lookups,
+        restart_count: u32,
+    ) {
+        let result = self
+            .create_and_start(pod, c, sb_id, pod_ip, volumes, look, restart_count)
+            .await;
+        let st = self.containers.entry(c.name.clone()).or_default();
+        match result {
+            Ok(id) => {
+                st.failure = None;
+                tracing::info!(pod = %podspec::name(pod), container = %c.name, id = %id, restart_count, "container started");
+            }
+            Err(f) => {
+                tracing::info!(pod = %podspec::name(pod), container = %c.name, reason = %f.reason, message = %f.message, "container not started");
+                if f.reason == "ErrImagePull" {
+                    st.pull_failed_at = Some(Instant::now());
+                }
+                st.failure = Some(f);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_and_start(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        sb_id: &str,
+        pod_ip: &str,
+        volumes: &HashMap<String, std::path::PathBuf>,
+        look: &mut Lookups,
+        restart_count: u32,
+    ) -> Result<String, ContainerFailure> {
+        let image_id = self.ensure_image(c).await?;
+        let envs = podspec::resolve_env(&self.shared.ctx, pod, c, pod_ip, look).await?;
+        let mounts = podspec::mounts(c, volumes)?;
+        let inputs = ContainerInputs {
+            image_id,
+            envs,
+            mounts,
+            restart_count,
+        };
+        let cfg = podspec::container_config(&self.shared.ctx, pod, c, &inputs);
+        let sb_cfg = podspec::sandbox_config(&self.shared.ctx, pod, 0);
+        let id = self
+            .shared
+            .cri
+            .create_container(sb_id, cfg, sb_cfg)
+            .await
+            .map_err(|e| ContainerFailure::new("CreateContainerError", e.message()))?;
+        self.shared
+            .cri
+            .start_container(&id)
+            .await
+            .map_err(|e| ContainerFailure::new("RunContainerError", e.message()))?;
+        Ok(id)
+    }
+
+    /// The image per pull policy against what the runtime has. With pulls disabled
+    /// (air-gapped nodes, the default) a missing image fails without contacting a registry.
+    async fn ensure_image(&mut self, c: &Container) -> Result<String, ContainerFailure> {
+        let image = c.image.clone().unwrap_or_default();
+        if image.is_empty() {
+            return Err(ContainerFailure::new("InvalidImageName", "image is empty"));
+        }
+        let policy = podspec::pull_policy(c);
+        let present = self
+            .shared
+            .cri
+            .image_status(&image)
+            .await
+            .map_err(|e| ContainerFailure::new("ErrImageInspect", e.message()))?;
+        if let Some(img) = &present {
+            if policy != "Always" || !self.shared.ctx.allow_image_pull {
+                return Ok(img.id.clone());
+            }
+        }
+        if policy == "Never" {
+            return Err(ContainerFailure::new(
+                "ErrImageNeverPull",
+                format!("Container image \"{image}\" is not present with pull policy of Never"),
+            ));
+        }
+        let st = self.containers.entry(c.name.clone()).or_default();
+        if let Some(at) = st.pull_failed_at {
+            if at.elapsed() < BACKOFF_INITIAL {
+                return Err(ContainerFailure::new(
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{image}\""),
+                ));
+            }
+        }
+        if !self.shared.ctx.allow_image_pull {
+            return Err(ContainerFailure::new(
+                "ErrImagePull",
+                format!(
+                    "failed to pull image \"{image}\": the image is not present on the node and image pulls are disabled (allow-image-pull = false); import it with `kelsonctl images import`"
+                ),
+            ));
+        }
+        match self.shared.cri.pull_image(&image).await {
+            Ok(r) => Ok(r),
+            Err(e) => match present {
+                Some(img) => {
+                    tracing::warn!(%image, error = %e.message(), "pull failed; using the local image");
+                    Ok(img.id)
+                }
+                None => Err(ContainerFailure::new("ErrImagePull", e.message())),
+            },
+        }
+    }
+
+    async fn remove_dead_sandboxes(&self) {
+        let Ok(sbs) = self.shared.cri.list_pod_sandboxes(self.uid_labels()).await else {
+            return;
+        };
+        for sb in sbs {
+            if sb.state != cri::PodSandboxState::SandboxReady as i32 {
+                if let Ok(cs) = self.shared.cri.list_containers(Some(&sb.id), HashMap::new()).await {
+                    for c in cs {
+                        let _ = self.shared.cri.remove_container(&c.id).await;
+                    }
+                }
+                let _ = self.shared.cri.stop_pod_sandbox(&sb.id).await;
+                let _ = self.shared.cri.remove_pod_sandbox(&sb.id).await;
+            }
+        }
+    }
+
+    /// Stops every container of the pod concurrently with `grace` seconds each.
+    async fn stop_all(&self, grace: i64) {
+        let Ok(cs) = self.shared.cri.list_containers(None, self.uid_labels()).await else {
+            return;
+        };
+        let stops = cs
+            .iter()
+            .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            .map(|c| self.shared.cri.stop_container(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "stopping a container");
+            }
+        }
+    }
+
+    /// Stop (grace), remove containers, stop and remove sandboxes, remove the pod's dirs.
+    async fn teardown(&mut self, grace: i64) {
+        self.stop_all(grace.max(0)).await;
+        if let Ok(cs) = self.shared.cri.list_containers(None, self.uid_labels()).await {
+            for c in cs {
+                if let Err(e) = self.shared.cri.remove_container(&c.id).await {
+                    tracing::warn!(container = %c.id, error = %e, "removing a container");
+                }
+            }
+        }
+        if let Ok(sbs) = self.shared.cri.list_pod_sandboxes(self.uid_labels()).await {
+            for sb in sbs {
+                if let Err(e) = self.shared.cri.stop_pod_sandbox(&sb.id).await {
+                    tracing::warn!(sandbox = %sb.id, error = %e, "stopping a sandbox");
+                }
+                if let Err(e) = self.shared.cri.remove_pod_sandbox(&sb.id).await {
+                    tracing::warn!(sandbox = %sb.id, error = %e, "removing a sandbox");
+                }
+            }
+        }
+        let dir = podspec::pod_dir(&self.shared.ctx, &self.uid);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing the pod dir");
+            }
+        }
+        self.sandbox = None;
+        tracing::info!(uid = %self.uid, "pod torn down");
+    }
+
+    async fn delete_pod(&self, pod: &Pod) {
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &podspec::namespace(pod));
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&podspec::name(pod), &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => tracing::warn!(pod = %podspec::name(pod), error = %e, "deleting the pod object"),
+        }
+    }
+
+    /// Computes the status from the runtime and patches it if it changed.
+    async fn report(&mut self, pod: &Pod) {
+        if self.terminal {
+            return;
+        }
+        let observed = match &self.sandbox {
+            Some((id, _)) => self.observe(id).await.unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let status = self.build_status(pod, &observed);
+        let phase = status["phase"].as_str().unwrap_or("").to_string();
+        self.shared.phases.lock().insert(self.uid.clone(), phase.clone());
+        if self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &podspec::namespace(pod));
+        let patch = json!({"status": status});
+        match api
+            .patch_status(&podspec::name(pod), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.last_status = Some(status);
+                if phase == "Succeeded" || phase == "Failed" {
+                    self.terminal = true;
+                    // Upstream kills the sandbox of a finished pod; keep the containers for logs.
+                    if let Some((id, _)) = self.sandbox.take() {
+                        let _ = self.shared.cri.stop_pod_sandbox(&id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(pod = %podspec::name(pod), error = %e, "updating pod status"),
+        }
+    }
+
+    fn container_status(&self, c: &Container, o: Option<&Observed>, default_wait: &str) -> Value {
+        let failure = self.containers.get(&c.name).and_then(|s| s.failure.clone());
+        let terminated = |s: &cri::ContainerStatus| {
+            json!({"terminated": {
+                "exitCode": s.exit_code,
+                "reason": if s.reason.is_empty() { if s.exit_code == 0 { "Completed" } else { "Error" } } else { s.reason.as_str() },
+                "message": (!s.message.is_empty()).then(|| s.message.clone()),
+                "startedAt": ns_to_rfc3339(s.started_at),
+                "finishedAt": ns_to_rfc3339(s.finished_at),
+                "containerID": format!("containerd://{}", s.id),
+            }})
+        };
+        let mut out = json!({
+            "name": c.name,
+            "image": c.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "started": false,
+            "lastState": {},
+        });
+        match o {
+            None => {
+                let (reason, message) = match failure {
+                    Some(f) => (f.reason, Some(f.message)),
+                    None => (default_wait.to_string(), None),
+                };
+                out["state"] = json!({"waiting": {"reason": reason, "message": message}});
+            }
+            Some(o) => {
+                let s = &o.latest;
+                out["restartCount"] = json!(o.restart_count);
+                out["containerID"] = json!(format!("containerd://{}", s.id));
+                out["imageID"] = json!(s.image_ref);
+                if let Some(p) = &o.previous {
+                    if state_of(p) == cri::ContainerState::ContainerExited {
+                        out["lastState"] = terminated(p);
+                    }
+                }
+                match state_of(s) {
+                    cri::ContainerState::ContainerRunning => {
+                        out["state"] = json!({"running": {"startedAt": ns_to_rfc3339(s.started_at)}});
+                        out["ready"] = json!(true);
+                        out["started"] = json!(true);
+                    }
+                    cri::ContainerState::ContainerExited => match failure {
+                        Some(f) => {
+                            out["state"] = json!({"waiting": {"reason": f.reason, "message": f.message}});
+                            out["lastState"] = terminated(s);
+                        }
+                        None => out["state"] = terminated(s),
+                    },
+                    _ => {
+                        let (reason, message) = match failure {
+                            Some(f) => (f.reason, Some(f.message)),
+                            None => ("ContainerCreating".to_string(), None),
+                        };
+                        out["state"] = json!({"waiting": {"reason": reason, "message": message}});
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn build_status(&mut self, pod: &Pod, observed: &HashMap<String, Observed>) -> Value {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let inits: Vec<&Container> = spec.init_containers.iter().flatten().collect();
+        let mut init_statuses = Vec::new();
+        let mut init_done = true;
+        let mut init_failed = false;
+        for c in &inits {
+            let o = observed.get(&c.name);
+            init_statuses.push(self.container_status(c, o, "PodInitializing"));
+            match o.map(|o| (state_of(&o.latest), o.latest.exit_code)) {
+                Some((cri::ContainerState::ContainerExited, 0)) => {}
+                Some((cri::ContainerState::ContainerExited, _)) => {
+                    init_done = false;
+                    if policy == "Never" {
+                        init_failed = true;
+                    }
+                }
+                _ => init_done = false,
+            }
+        }
+        let default_wait = if init_done { "ContainerCreating" } else { "PodInitializing" };
+        let statuses: Vec<Value> = spec
+            .containers
+            .iter()
+            .map(|c| self.container_status(c, observed.get(&c.name), default_wait))
+            .collect();
+
+        // Upstream getPhase.
+        let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+        for s in &statuses {
+            if s["state"]["running"].is_object() {
+                running += 1;
+            } else if s["state"]["terminated"].is_object() {
+                stopped += 1;
+                if s["state"]["terminated"]["exitCode"] == 0 {
+                    succeeded += 1;
+                }
+            } else if s["lastState"]["terminated"].is_object() {
+                stopped += 1;
+            } else {
+                waiting += 1;
+            }
+        }
+        let phase = if init_failed {
+            "Failed"
+        } else if !init_done {
+            "Pending"
+        } else if waiting > 0 {
+            "Pending"
+        } else if running > 0 {
+            "Running"
+        } else if stopped > 0 {
+            match policy.as_str() {
+                "Always" => "Running",
+                "OnFailure" if stopped == succeeded => "Succeeded",
+                "OnFailure" => "Running",
+                _ if stopped == succeeded => "Succeeded",
+                _ => "Failed",
+            }
+        } else {
+            "Pending"
+        };
+        let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
+        let t = now_rfc3339();
+        let prev_conds = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let cond = |ty: &str, ok: bool, reason: Option<&str>| {
+            let st = if ok { "True" } else { "False" };
+            let transition = prev_conds
+                .iter()
+                .find(|c| c.type_ == ty && c.status == st)
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0.to_string())
+                .unwrap_or_else(|| t.clone());
+            let mut v = json!({"type": ty, "status": st, "lastProbeTime": null, "lastTransitionTime": transition});
+            if let Some(r) = reason.filter(|_| !ok) {
+                v["reason"] = json!(r);
+            }
+            v
+        };
+        let not_ready_reason = if phase == "Succeeded" || phase == "Failed" {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        };
+        let ready = all_ready && phase == "Running";
+        let mut conditions = vec![
+            cond("PodReadyToStartContainers", self.sandbox.is_some(), None),
+            cond("Initialized", init_done, Some(if phase == "Succeeded" || phase == "Failed" { "PodCompleted" } else { "ContainersNotInitialized" })),
+            cond("Ready", ready, Some(not_ready_reason)),
+            cond("ContainersReady", ready, Some(not_ready_reason)),
+        ];
+        // The scheduler's condition is the scheduler's: keep it as it is.
+        let scheduled = prev_conds
+            .iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+            .unwrap_or_else(|| cond("PodScheduled", true, None));
+        conditions.push(scheduled);
+        if self.start_time.is_none() {
+            self.start_time = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0.to_string())
+                .or_else(|| Some(t.clone()));
+        }
+        let pod_ip = if spec.host_network.unwrap_or(false) {
+            self.shared.ctx.node_ip.clone()
+        } else {
+            self.sandbox.as_ref().map(|(_, ip)| ip.clone()).unwrap_or_default()
+        };
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": self.shared.ctx.node_ip,
+            "hostIPs": [{"ip": self.shared.ctx.node_ip}],
+            "startTime": self.start_time,
+            "containerStatuses": statuses,
+            "qosClass": crate::resources::qos_class(&spec),
+        });
+        if !init_statuses.is_empty() {
+            status["initContainerStatuses"] = json!(init_statuses);
+        }
+        if !pod_ip.is_empty() {
+            status["podIP"] = json!(pod_ip);
+            status["podIPs"] = json!([{"ip": pod_ip}]);
+        }
+        status
+    }
+}
+
+/// Summary of a status for tests/logs: phase and each container's state key and reason.
+pub fn summarize(status: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert("phase".into(), status["phase"].as_str().unwrap_or("").into());
+    for c in status["containerStatuses"].as_array().into_iter().flatten() {
+        let st = c["state"].as_object().and_then(|m| m.iter().next());
+        let text = match st {
+            Some((k, v)) => format!("{k}:{}", v["reason"].as_str().unwrap_or("")),
+            None => String::new(),
+        };
+        out.insert(c["name"].as_str().unwrap_or("").into(), text);
+    }
+    out
+}
