@@ -66,6 +66,7 @@ fn add_types(g: &mut SchemaGenerator) {
         apps::v1::ReplicaSet,
         apps::v1::StatefulSet,
         events::v1::Event,
+        authentication::v1::SelfSubjectReview,
         authorization::v1::LocalSubjectAccessReview,
         authorization::v1::SelfSubjectAccessReview,
         authorization::v1::SelfSubjectRulesReview,

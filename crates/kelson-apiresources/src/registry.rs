@@ -551,6 +551,20 @@ static RESOURCES: &[ResourceInfo] = &[
         NONE,
         &[]
     ),
+    // authentication.k8s.io/v1: `kubectl auth whoami`, create-only, never stored.
+    res!(
+        "authentication.k8s.io",
+        "authentication",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        "selfsubjectreview",
+        false,
+        CREATE,
+        NONE,
+        NONE,
+        &[]
+    ),
     // authorization.k8s.io/v1: create-only reviews, never stored.
     res!(
         "authorization.k8s.io",

@@ -129,7 +129,7 @@ impl StorageError {
             StorageError::TooLargeResourceVersion { .. } => {
                 // Upstream's NewTooLargeResourceVersionError: a Timeout with a typed cause
                 // that clients (reflectors) recognise, and retry after one second.
-                let mut e = ApiError::timeout(&self.to_string());
+                let mut e = ApiError::timeout(self.to_string());
                 e.details = Some(StatusDetails {
                     causes: vec![StatusCause {
                         reason: "ResourceVersionTooLarge".into(),
@@ -147,7 +147,7 @@ impl StorageError {
             StorageError::Timeout(m) => ApiError::timeout(m),
             StorageError::ResourceVersionSetOnCreate
             | StorageError::InvalidObject(_)
-            | StorageError::Internal(_) => ApiError::internal(&self.to_string()),
+            | StorageError::Internal(_) => ApiError::internal(self.to_string()),
         }
     }
 

@@ -1,17 +1,17 @@
 //! ClusterIP and NodePort allocation, shared by every API server through the store.
 //!
-//! Each allocated IP or port is a marker key (`<root>/kelson/serviceips/<ip>`,
-//! `<root>/kelson/nodeports/<port>`) created with a create-if-absent transaction, so two API
-//! servers racing for the same value cannot both win; the value names the owning service for
-//! diagnosis. Free values are found by random probing (bounded), then a bounded linear scan —
+//! Each allocated IP or port is a marker object (`<root>/kelson/serviceips/<ip>`,
+//! `<root>/kelson/nodeports/<port>`) written with kelson-apistorage's create (a create-if-absent
+//! transaction), so two API servers racing for the same value cannot both win; the marker
+//! (`{"owner": "<ns>/<name>"}`) names the owning service for diagnosis. Free values are found by random probing (bounded), then a bounded linear scan —
 //! cheap while the range is sparse, still correct when it is nearly full.
 
 use std::net::Ipv4Addr;
 
 use rand::Rng;
 
-use crate::error::{ApiError, StatusCause};
-use crate::storage::Storage;
+use kelson_apimachinery::{ApiError, StatusCause};
+use kelson_apistorage::{Preconditions, Storage, StorageError};
 
 /// An IPv4 CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Allocator {
         want: Option<&str>,
         owner: &str,
     ) -> Result<String, ApiError> {
-        let internal = |e: crate::storage::StorageError| ApiError::internal(e.to_string());
+        let internal = |e: StorageError| ApiError::internal(e.to_string());
         if let Some(w) = want {
             let ip: Ipv4Addr = w
                 .parse()
@@ -106,8 +106,7 @@ impl Allocator {
                 )
                 .with_range(self));
             }
-            if !store
-                .claim(&self.ip_key(ip), owner)
+            if !claim(store, &self.ip_key(ip), owner)
                 .await
                 .map_err(internal)?
             {
@@ -121,8 +120,7 @@ impl Allocator {
         for _ in 0..RANDOM_TRIES {
             let n = 2 + rand::thread_rng().gen_range(0..usable);
             let ip = self.cidr.nth(n);
-            if store
-                .claim(&self.ip_key(ip), owner)
+            if claim(store, &self.ip_key(ip), owner)
                 .await
                 .map_err(internal)?
             {
@@ -131,8 +129,7 @@ impl Allocator {
         }
         for n in (2..size.saturating_sub(1)).take(SCAN_LIMIT as usize) {
             let ip = self.cidr.nth(n);
-            if store
-                .claim(&self.ip_key(ip), owner)
+            if claim(store, &self.ip_key(ip), owner)
                 .await
                 .map_err(internal)?
             {
@@ -151,15 +148,14 @@ impl Allocator {
         ip: Ipv4Addr,
         owner: &str,
     ) -> Result<bool, ApiError> {
-        store
-            .claim(&self.ip_key(ip), owner)
+        claim(store, &self.ip_key(ip), owner)
             .await
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     pub async fn release_ip(&self, store: &Storage, ip: &str) {
         if let Ok(ip) = ip.parse::<Ipv4Addr>() {
-            if let Err(e) = store.release(&self.ip_key(ip)).await {
+            if let Err(e) = release(store, &self.ip_key(ip)).await {
                 tracing::warn!(%ip, error = %e, "releasing service IP");
             }
         }
@@ -174,15 +170,14 @@ impl Allocator {
         owner: &str,
         field: &str,
     ) -> Result<u16, ApiError> {
-        let internal = |e: crate::storage::StorageError| ApiError::internal(e.to_string());
+        let internal = |e: StorageError| ApiError::internal(e.to_string());
         let (lo, hi) = self.ports;
         if let Some(w) = want {
             if w < lo as i64 || w > hi as i64 {
                 return Err(ApiError::invalid("", "Service", owner, vec![StatusCause::invalid(field, format!("Invalid value: {w}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"))]));
             }
             let p = w as u16;
-            if !store
-                .claim(&self.port_key(p), owner)
+            if !claim(store, &self.port_key(p), owner)
                 .await
                 .map_err(internal)?
             {
@@ -200,8 +195,7 @@ impl Allocator {
         }
         for _ in 0..RANDOM_TRIES {
             let p = rand::thread_rng().gen_range(lo..=hi);
-            if store
-                .claim(&self.port_key(p), owner)
+            if claim(store, &self.port_key(p), owner)
                 .await
                 .map_err(internal)?
             {
@@ -209,8 +203,7 @@ impl Allocator {
             }
         }
         for p in lo..=hi {
-            if store
-                .claim(&self.port_key(p), owner)
+            if claim(store, &self.port_key(p), owner)
                 .await
                 .map_err(internal)?
             {
@@ -223,9 +216,36 @@ impl Allocator {
     }
 
     pub async fn release_port(&self, store: &Storage, port: u16) {
-        if let Err(e) = store.release(&self.port_key(port)).await {
+        if let Err(e) = release(store, &self.port_key(port)).await {
             tracing::warn!(port, error = %e, "releasing node port");
         }
+    }
+}
+
+/// Creates the marker `key` for `owner`; false if another owner holds it.
+async fn claim(store: &Storage, key: &str, owner: &str) -> Result<bool, StorageError> {
+    match store
+        .create(key, serde_json::json!({ "owner": owner }), false)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(StorageError::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a marker; an absent one is already released.
+async fn release(store: &Storage, key: &str) -> Result<(), StorageError> {
+    match store
+        .delete(key, &Preconditions::default(), false, |_| {
+            Ok::<_, ApiError>(())
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(kelson_apistorage::UpdateError::Storage(e)) => Err(e),
+        Err(kelson_apistorage::UpdateError::Rejected(e)) => Err(StorageError::Internal(e.message)),
     }
 }
 

@@ -21,16 +21,20 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, StatusCause};
 use crate::http::{self as h, Body, Format};
-use crate::meta::{self, FieldSelector, LabelSelector};
+use crate::meta::{self, FieldSelector};
 use crate::patch::{self, PatchType};
 use crate::registry::{self, ResourceExt, ResourceInfo, Subresource};
 use crate::router::{SubTarget, Target};
 use crate::server::Api;
-use crate::storage::{ListOptions, Preconditions, StorageError};
 use crate::strategy;
-use crate::table::{self, Include};
+use crate::table;
+use kelson_apimachinery::meta::{generate_name, new_uid, now_rfc3339};
+use kelson_apimachinery::validation;
+use kelson_apimachinery::{ApiError, StatusCause};
+use kelson_apistorage::{
+    ListOptions, ListResult, Preconditions, StorageError, UpdateError, WatchEvent,
+};
 
 /// Everything a handler needs about one request.
 pub struct Req<'a> {
@@ -78,7 +82,19 @@ fn gr(t: &Target) -> (&'static str, &'static str) {
 fn storage_err(t: &Target, name: &str) -> impl FnOnce(StorageError) -> ApiError {
     let (g, r) = gr(t);
     let name = name.to_string();
-    move |e| e.into_api(g, r, &name)
+    move |e| e.to_api_error(g, r, &name)
+}
+
+/// The error of a guaranteed update or delete whose callback rejects with an [`ApiError`].
+fn update_err(t: &Target, name: &str) -> impl FnOnce(UpdateError<ApiError>) -> ApiError {
+    let (g, r) = gr(t);
+    let name = name.to_string();
+    move |e| e.into_api_error(g, r, &name)
+}
+
+/// `resourceVersion` of a read (`None`: the latest, a linearizable read).
+fn read_rv(q: &HashMap<String, String>) -> Option<&str> {
+    q.get("resourceVersion").map(String::as_str)
 }
 
 pub fn key(api: &Api, info: &ResourceInfo, ns: Option<&str>, name: &str) -> String {
@@ -116,7 +132,7 @@ impl Req<'_> {
                     self.t.info.kind,
                     std::slice::from_ref(obj),
                     json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
-                    Include::parse(self.q.get("includeObject").map(String::as_str)),
+                    table::include(self.q.get("includeObject").map(String::as_str)),
                     beta,
                 );
                 h::respond(code, &t, Format::Json)
@@ -145,18 +161,25 @@ type Filter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 
 /// The request's selectors as one predicate.
 fn selector_filter(t: &Target, q: &HashMap<String, String>) -> Result<Filter, ApiError> {
-    let ls = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    let ls = meta::label_selector(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
     let fs = FieldSelector::parse(
         q.get("fieldSelector").map(String::as_str).unwrap_or(""),
         t.info.kind,
     )?;
-    let kind = t.info.kind;
     let name = t.name.clone();
     Ok(Arc::new(move |o: &Value| {
-        ls.matches(o)
-            && fs.matches(kind, o)
+        meta::labels_match(&ls, o)
+            && fs.matches(o)
             && name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
     }))
+}
+
+/// Whether the request has no selector (storage then counts `remainingItemCount`, as
+/// upstream does only for unfiltered lists).
+fn unfiltered(q: &HashMap<String, String>) -> bool {
+    ["labelSelector", "fieldSelector"]
+        .iter()
+        .all(|k| q.get(*k).is_none_or(|v| v.is_empty()))
 }
 
 /// Dispatches a resource request (authorization already done).
@@ -214,7 +237,7 @@ async fn get(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let obj = r
         .api
         .store
-        .get(&r.key(r.name()), None)
+        .get(&r.key(r.name()), read_rv(&r.q))
         .await
         .map_err(storage_err(r.t, r.name()))?;
     Ok(r.ok(StatusCode::OK, &obj))
@@ -233,19 +256,31 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         None => 0,
     };
     let opts = ListOptions {
+        resource_version: read_rv(&r.q).map(String::from),
+        resource_version_match: r
+            .q
+            .get("resourceVersionMatch")
+            .filter(|m| !m.is_empty())
+            .map(|m| m.parse())
+            .transpose()
+            .map_err(storage_err(r.t, ""))?,
         limit,
         continue_token: r.q.get("continue").filter(|c| !c.is_empty()).cloned(),
     };
     let res = r
         .api
         .store
-        .list(&list_prefix(r), &opts, &*filter)
+        .list(
+            &list_prefix(r),
+            &opts,
+            (!unfiltered(&r.q)).then_some(&*filter),
+        )
         .await
         .map_err(storage_err(r.t, ""))?;
     let mut lm = json!({"resourceVersion": res.resource_version.to_string()});
     if let Some(c) = &res.continue_token {
         lm["continue"] = json!(c);
-        if let Some(n) = res.remaining {
+        if let Some(n) = res.remaining_item_count {
             lm["remainingItemCount"] = json!(n);
         }
     }
@@ -256,7 +291,7 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                 info.kind,
                 &res.items,
                 lm,
-                Include::parse(r.q.get("includeObject").map(String::as_str)),
+                table::include(r.q.get("includeObject").map(String::as_str)),
                 beta,
             );
             h::respond(StatusCode::OK, &t, Format::Json)
@@ -291,14 +326,14 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     };
     let recursive = r.t.name.is_none();
     let fmt = r.fmt;
-    let include = Include::parse(r.q.get("includeObject").map(String::as_str));
+    let include = table::include(r.q.get("includeObject").map(String::as_str));
 
     // Initial state: rv "" or "0" means "current state as ADDED events, then changes".
     let mut initial = Vec::new();
     let from = if rv.is_empty() || rv == "0" {
         let res = if recursive {
             api.store
-                .list(&prefix, &ListOptions::default(), &*filter)
+                .list(&prefix, &ListOptions::default(), Some(&*filter))
                 .await
                 .map_err(storage_err(r.t, ""))?
         } else {
@@ -309,14 +344,14 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                 .map_err(storage_err(r.t, ""))?;
             let items = match api.store.get(&prefix, None).await {
                 Ok(o) if filter(&o) => vec![o],
-                Ok(_) | Err(StorageError::NotFound) => vec![],
+                Ok(_) | Err(StorageError::NotFound { .. }) => vec![],
                 Err(e) => return Err(storage_err(r.t, "")(e)),
             };
-            crate::storage::ListResult {
+            ListResult {
                 items,
                 resource_version: cur,
                 continue_token: None,
-                remaining: None,
+                remaining_item_count: None,
             }
         };
         initial = res.items;
@@ -343,7 +378,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     };
     let stream_res = api
         .store
-        .watch(&prefix, recursive, from, filter.clone(), bookmarks)
+        .watch(&prefix, recursive, from, Some(filter.clone()), bookmarks)
         .await;
     let watches = api.stats.watches.clone();
     tokio::spawn(async move {
@@ -360,10 +395,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
             Ok(s) => s,
             Err(e) => {
                 let _ = tx
-                    .send(encode(
-                        "ERROR",
-                        e.into_api(info.group, info.resource, "").to_status(),
-                    ))
+                    .send(encode("ERROR", e.to_status(info.group, info.resource, "")))
                     .await;
                 return;
             }
@@ -379,15 +411,17 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
             };
             let frame = match ev {
                 None => return,
-                Some(crate::storage::WatchEvent::Added(o)) => encode("ADDED", o),
-                Some(crate::storage::WatchEvent::Modified(o)) => encode("MODIFIED", o),
-                Some(crate::storage::WatchEvent::Deleted(o)) => encode("DELETED", o),
-                Some(crate::storage::WatchEvent::Bookmark(rev)) => encode(
+                Some(WatchEvent::Added(o)) => encode("ADDED", o),
+                Some(WatchEvent::Modified(o)) => encode("MODIFIED", o),
+                Some(WatchEvent::Deleted(o)) => encode("DELETED", o),
+                Some(WatchEvent::Bookmark(rev)) => encode(
                     "BOOKMARK",
                     json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}}),
                 ),
-                Some(crate::storage::WatchEvent::Error(e)) => {
-                    let _ = tx.send(encode("ERROR", e.to_status())).await;
+                Some(WatchEvent::Error(e)) => {
+                    let _ = tx
+                        .send(encode("ERROR", e.to_status(info.group, info.resource, "")))
+                        .await;
                     return;
                 }
             };
@@ -518,27 +552,19 @@ fn has_spec(obj: &Value) -> bool {
     obj.get("spec").is_some_and(|s| !s.is_null())
 }
 
-/// Metadata checks shared by create and internal creates.
+/// Upstream's `ValidateObjectMeta` for create and update: names (DNS labels for namespaces
+/// and services, subdomains otherwise), namespace by scope, labels, annotations, owner
+/// references, finalizers.
 fn meta_causes(info: &ResourceInfo, obj: &Value) -> Vec<StatusCause> {
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let mut causes = if matches!(info.kind, "Namespace" | "Service") {
-        meta::validate_label("metadata.name", name)
+    let name_fn: validation::NameFn = if matches!(info.kind, "Namespace" | "Service") {
+        validation::name_is_dns_label
+    } else if info.group == "rbac.authorization.k8s.io" {
+        // Roles and bindings are named like `system:controller:x` (ValidateRBACName).
+        validation::name_is_path_segment
     } else {
-        meta::validate_subdomain("metadata.name", name)
+        validation::name_is_dns_subdomain
     };
-    causes.extend(meta::validate_labels(
-        "metadata.labels",
-        &obj["metadata"]["labels"],
-    ));
-    if let Some(a) = obj["metadata"]["annotations"].as_object() {
-        if a.values().any(|v| !v.is_string()) {
-            causes.push(StatusCause::invalid(
-                "metadata.annotations",
-                "Invalid value: annotation values must be strings",
-            ));
-        }
-    }
-    causes
+    validation::validate_object_meta(&obj["metadata"], info.namespaced, name_fn)
 }
 
 /// NamespaceLifecycle admission: the namespace must exist and not be terminating.
@@ -565,8 +591,7 @@ async fn namespace_admission(
             }
             Ok(())
         }
-        Err(StorageError::NotFound) => Err(ApiError::not_found("", "namespaces", ns)),
-        Err(e) => Err(e.into_api("", "namespaces", ns)),
+        Err(e) => Err(e.to_api_error("", "namespaces", ns)),
     }
 }
 
@@ -592,7 +617,7 @@ pub async fn create_object(
             .and_then(Value::as_str)
             .filter(|g| !g.is_empty())
         {
-            Some(g) => format!("{g}{}", meta::name_suffix()),
+            Some(g) => generate_name(g),
             None => {
                 return Err(ApiError::invalid(
                     info.group,
@@ -633,21 +658,25 @@ pub async fn create_object(
     ] {
         meta.remove(f);
     }
-    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-    meta.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+    meta.insert("uid".into(), json!(new_uid()));
+    meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     let strat = strategy::for_kind(info.group, info.kind);
     strat.prepare_for_create(&mut obj);
     if has_spec(&obj) {
         obj["metadata"]["generation"] = json!(1);
     }
+    // Admission runs before validation, as upstream: NamespaceLifecycle, then the pod plugins.
+    let ns = obj["metadata"]["namespace"].as_str().map(String::from);
+    if let Some(ns) = &ns {
+        namespace_admission(api, info, ns, &name).await?;
+        if info.kind == "Pod" && info.group.is_empty() {
+            crate::admission::admit_pod_create(api, ns, &name, &mut obj).await?;
+        }
+    }
     let mut causes = meta_causes(info, &obj);
     causes.extend(strat.validate(&obj));
     if !causes.is_empty() {
         return Err(ApiError::invalid(info.group, info.kind, &name, causes));
-    }
-    let ns = obj["metadata"]["namespace"].as_str().map(String::from);
-    if let Some(ns) = &ns {
-        namespace_admission(api, info, ns, &name).await?;
     }
     let mut allocated = Allocated::default();
     if info.kind == "Service" && info.group.is_empty() && !dry {
@@ -658,7 +687,7 @@ pub async fn create_object(
         Ok(o) => Ok(o),
         Err(e) => {
             allocated.release(api).await;
-            Err(e.into_api(info.group, info.resource, &name))
+            Err(e.to_api_error(info.group, info.resource, &name))
         }
     }
 }
@@ -839,8 +868,8 @@ async fn finish_if_finalized(
             after_delete(api, info, &o).await;
             Ok(o)
         }
-        Err(StorageError::NotFound) => Ok(obj),
-        Err(e) => Err(e.into_api(info.group, info.resource, &name)),
+        Err(e) if e.is_not_found() => Ok(obj),
+        Err(e) => Err(e.into_api_error(info.group, info.resource, &name)),
     }
 }
 
@@ -853,14 +882,14 @@ async fn update(
     let obj = decode_typed(r, body, info.kind, &info.api_version())?;
     check_name(r, &obj)?;
     let dry = r.dry_run()?;
+    // Upstream's update compares the client's resourceVersion inside the update loop (not as a
+    // storage precondition), so a stale one is a Conflict with the optimistic-lock message.
     let rv = obj["metadata"]["resourceVersion"]
         .as_str()
         .filter(|s| !s.is_empty())
         .map(String::from);
-    let pre = Preconditions {
-        uid: None,
-        resource_version: rv,
-    };
+    let pre = Preconditions::default();
+    let name = r.name().to_string();
     let key = r.key(r.name());
     let svc = if is_service(info) && !status_only && !dry {
         let cur0 = r
@@ -878,6 +907,7 @@ async fn update(
         .api
         .store
         .guaranteed_update(&key, &pre, dry, |cur| {
+            check_resource_version(info, &name, rv.as_deref(), &cur)?;
             let mut new = merge_update(info, &cur, obj.clone(), status_only)?;
             if let Some(a) = &svc {
                 a.fill(&mut new);
@@ -885,12 +915,32 @@ async fn update(
             Ok(new)
         })
         .await
-        .map_err(storage_err(r.t, r.name()));
+        .map_err(update_err(r.t, r.name()));
     if let Some(a) = &svc {
         a.finish(r.api, res.as_ref().ok()).await;
     }
     let out = finish_if_finalized(r.api, info, res?, dry).await?;
     Ok(r.ok(StatusCode::OK, &out))
+}
+
+/// A client's `metadata.resourceVersion` (on update, patch, scale) must be the stored one.
+fn check_resource_version(
+    info: &ResourceInfo,
+    name: &str,
+    want: Option<&str>,
+    cur: &Value,
+) -> Result<(), ApiError> {
+    match want {
+        Some(rv) if cur["metadata"]["resourceVersion"].as_str() != Some(rv) => {
+            Err(ApiError::conflict(
+                info.group,
+                info.resource,
+                name,
+                kelson_apimachinery::error::OPTIMISTIC_LOCK_ERROR_MSG,
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn is_service(info: &ResourceInfo) -> bool {
@@ -1000,18 +1050,17 @@ async fn finalize(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiErr
     let obj = decode_typed(r, body, info.kind, &info.api_version())?;
     check_name(r, &obj)?;
     let dry = r.dry_run()?;
-    let pre = Preconditions {
-        uid: None,
-        resource_version: obj["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(String::from),
-    };
+    let rv = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let name = r.name().to_string();
     let key = r.key(r.name());
     let out = r
         .api
         .store
-        .guaranteed_update(&key, &pre, dry, |mut cur| {
+        .guaranteed_update(&key, &Preconditions::default(), dry, |mut cur| {
+            check_resource_version(info, &name, rv.as_deref(), &cur)?;
             cur["spec"]["finalizers"] = obj["spec"]["finalizers"].clone();
             if cur["spec"]["finalizers"].is_null() {
                 if let Some(m) = cur["spec"].as_object_mut() {
@@ -1021,7 +1070,7 @@ async fn finalize(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiErr
             Ok(cur)
         })
         .await
-        .map_err(storage_err(r.t, r.name()))?;
+        .map_err(update_err(r.t, r.name()))?;
     let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
     if !dry
         && out["metadata"]["deletionTimestamp"].is_string()
@@ -1031,12 +1080,14 @@ async fn finalize(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiErr
         match r
             .api
             .store
-            .delete(&key, &Preconditions::default(), false, |_| Ok(()))
+            .delete(&key, &Preconditions::default(), false, |_| {
+                Ok::<_, ApiError>(())
+            })
             .await
         {
             Ok(o) => return Ok(r.ok(StatusCode::OK, &o)),
-            Err(StorageError::NotFound) => {}
-            Err(e) => return Err(storage_err(r.t, r.name())(e)),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(update_err(r.t, r.name())(e)),
         }
     }
     Ok(r.ok(StatusCode::OK, &out))
@@ -1082,15 +1133,21 @@ async fn patch_obj(
         .store
         .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
             let mut patched = patch::apply_to(pt, &cur, body, info.definition)?;
-            let want_rv = patched["metadata"]["resourceVersion"].clone();
-            if !want_rv.is_null() && want_rv != cur["metadata"]["resourceVersion"] {
-                return Err(ApiError::conflict(info.group, info.resource, &name, "the object has been modified; please apply your changes to the latest version and try again"));
-            }
+            check_resource_version(
+                info,
+                &name,
+                patched["metadata"]["resourceVersion"].as_str(),
+                &cur,
+            )?;
             if patched["metadata"]["name"] != cur["metadata"]["name"] {
-                return Err(ApiError::bad_request("metadata.name cannot be changed by a patch"));
+                return Err(ApiError::bad_request(
+                    "metadata.name cannot be changed by a patch",
+                ));
             }
             if !patched.is_object() || !patched["metadata"].is_object() {
-                return Err(ApiError::bad_request("the patched object is not a valid object"));
+                return Err(ApiError::bad_request(
+                    "the patched object is not a valid object",
+                ));
             }
             patched["kind"] = json!(info.kind);
             patched["apiVersion"] = json!(info.api_version());
@@ -1101,7 +1158,7 @@ async fn patch_obj(
             Ok(new)
         })
         .await
-        .map_err(storage_err(r.t, &name));
+        .map_err(update_err(r.t, &name));
     if let Some(a) = &svc {
         a.finish(r.api, res.as_ref().ok()).await;
     }
@@ -1113,19 +1170,11 @@ async fn patch_obj(
 // Scale and binding
 
 fn to_scale(obj: &Value) -> Value {
-    let sel = crate::meta::LabelSelector::from_object(&obj["spec"]["selector"]).ok();
-    let sel_str = match sel {
-        Some(_) => {
-            let mut parts = Vec::new();
-            if let Some(m) = obj["spec"]["selector"]["matchLabels"].as_object() {
-                for (k, v) in m {
-                    parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
-                }
-            }
-            parts.join(",")
-        }
-        None => String::new(),
-    };
+    // status.selector is the selector in upstream's canonical string form.
+    let sel_str =
+        kelson_apimachinery::selector::label_selector_as_selector(Some(&obj["spec"]["selector"]))
+            .map(|s| s.to_string())
+            .unwrap_or_default();
     let m = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -1174,18 +1223,16 @@ async fn update_scale(
         }
         Some(_) => None,
     };
-    let pre = Preconditions {
-        uid: None,
-        resource_version: body_scale
-            .as_ref()
-            .and_then(|s| s["metadata"]["resourceVersion"].as_str())
-            .filter(|s| !s.is_empty())
-            .map(String::from),
-    };
+    let rv = body_scale
+        .as_ref()
+        .and_then(|s| s["metadata"]["resourceVersion"].as_str())
+        .filter(|s| !s.is_empty())
+        .map(String::from);
     let out = r
         .api
         .store
-        .guaranteed_update(&key, &pre, dry, |cur| {
+        .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
+            check_resource_version(info, &name, rv.as_deref(), &cur)?;
             let scale = match (&body_scale, patch_type) {
                 (Some(s), _) => s.clone(),
                 (None, Some(pt)) => patch::apply(pt, &to_scale(&cur), body)?,
@@ -1219,8 +1266,7 @@ async fn update_scale(
             Ok(new)
         })
         .await
-        .map_err(storage_err(r.t, &name))?;
-    let _ = info;
+        .map_err(update_err(r.t, &name))?;
     Ok(h::json(StatusCode::OK, &to_scale(&out)))
 }
 
@@ -1267,7 +1313,7 @@ async fn bind(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> 
             }
             let mut new = cur.clone();
             new["spec"]["nodeName"] = json!(node);
-            let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339()});
+            let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
             match new["status"]["conditions"].as_array_mut() {
                 Some(cs) => {
                     cs.retain(|c| c["type"] != "PodScheduled");
@@ -1278,7 +1324,7 @@ async fn bind(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> 
             Ok(new)
         })
         .await
-        .map_err(storage_err(r.t, &name))?;
+        .map_err(update_err(r.t, &name))?;
     Ok(h::json(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -1374,7 +1420,7 @@ async fn delete_one(
         .store
         .get(&k, None)
         .await
-        .map_err(|e| e.into_api(info.group, info.resource, name))?;
+        .map_err(|e| e.to_api_error(info.group, info.resource, name))?;
     let has_finalizers = cur["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty());
@@ -1430,7 +1476,7 @@ async fn delete_one(
                 Ok(o)
             })
             .await
-            .map_err(|e| e.into_api(info.group, info.resource, name))?;
+            .map_err(|e| e.into_api_error(info.group, info.resource, name))?;
         if is_ns && !opts.dry {
             tokio::spawn(finalize_namespace(api.clone(), name.to_string()));
         }
@@ -1438,9 +1484,9 @@ async fn delete_one(
     }
     let out = api
         .store
-        .delete(&k, &opts.pre, opts.dry, |_| Ok(()))
+        .delete(&k, &opts.pre, opts.dry, |_| Ok::<_, ApiError>(()))
         .await
-        .map_err(|e| e.into_api(info.group, info.resource, name))?;
+        .map_err(|e| e.into_api_error(info.group, info.resource, name))?;
     if !opts.dry {
         after_delete(api, info, &out).await;
     }
@@ -1466,7 +1512,7 @@ async fn delete_collection(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body
     let res = r
         .api
         .store
-        .list(&list_prefix(r), &ListOptions::default(), &*filter)
+        .list(&list_prefix(r), &ListOptions::default(), Some(&*filter))
         .await
         .map_err(storage_err(r.t, ""))?;
     let mut deleted = Vec::new();
@@ -1517,11 +1563,7 @@ async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
             .filter(|i| i.namespaced && i.listable())
         {
             let prefix = info.key_prefix(&api.root, Some(&ns));
-            let Ok(res) = api
-                .store
-                .list(&prefix, &ListOptions::default(), &|_| true)
-                .await
-            else {
+            let Ok(res) = api.store.list(&prefix, &ListOptions::default(), None).await else {
                 remaining += 1;
                 continue;
             };
@@ -1575,7 +1617,7 @@ async fn finalize_namespace_inner(api: Arc<Api>, ns: String) {
         })
         .await
     {
-        if !matches!(e, StorageError::NotFound) {
+        if !e.is_not_found() {
             tracing::warn!(namespace = %ns, error = %e, "deleting the finalized namespace");
         }
     }

@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use kelson_apimachinery::ApiError;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -141,9 +141,7 @@ where
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(ApiError::too_large(
-                "Request entity too large: limit is 3145728",
-            ))
+            Err(ApiError::too_large("limit is 3145728"))
         }
         Err(e) => Err(ApiError::bad_request(format!(
             "reading the request body: {e}"
@@ -170,7 +168,11 @@ pub fn decode_object(ct: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
         crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(body)?,
-        other => return Err(ApiError::unsupported_media_type(other)),
+        _ => {
+            return Err(ApiError::unsupported_media_type(
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            ))
+        }
     };
     if !v.is_object() {
         return Err(ApiError::bad_request("the request body must be an object"));

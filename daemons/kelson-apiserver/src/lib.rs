@@ -4,15 +4,17 @@
 //! storing objects in any etcd v3 store (kelson-kv or etcd). Layers, outermost first:
 //! [`server`] (TLS, HTTP/1.1 + HTTP/2, authentication, authorization, routing),
 //! [`handlers`] (generic REST verbs for every resource in [`registry`]), [`strategy`]
-//! (per-kind defaulting and validation), [`storage`] (Kubernetes semantics over etcd).
+//! (per-kind defaulting and validation), [`admission`] (mutating and validating admission),
+//! and `kelson_apistorage` (Kubernetes storage semantics over etcd). Errors are
+//! `kelson_apimachinery::ApiError` throughout.
 //! [`run`] is the daemon: kelson-runtime config, logging, D-Bus `io.kelson.APIServer1`,
 //! `/metrics`, `READY=1` once the store answers and the default namespaces exist.
 
+pub mod admission;
 pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod dbus;
-pub mod error;
 pub mod fieldval;
 pub mod handlers;
 pub mod http;
@@ -26,7 +28,6 @@ pub mod registry;
 pub mod reviews;
 pub mod router;
 pub mod server;
-pub mod storage;
 pub mod strategy;
 pub mod table;
 
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kelson_apimachinery::ApiError;
 use kelson_runtime::config::CommonArgs;
 use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
 use kelson_runtime::logging::LogHandle;
@@ -48,8 +50,13 @@ pub use config::{ApiServerConfig, ApiServerFlags};
 pub const DEFAULT_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-fn read(p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+/// Storage tunables: watch bookmarks every few seconds (clients resume watches from them
+/// after a disconnect instead of relisting), the rest as kelson-apistorage's defaults.
+fn storage_config() -> kelson_apistorage::StorageConfig {
+    kelson_apistorage::StorageConfig {
+        bookmark_interval: Duration::from_secs(2),
+        ..kelson_apistorage::StorageConfig::default()
+    }
 }
 
 /// Builds the shared state (connects the store lazily: etcd-client dials on first use).
@@ -58,21 +65,18 @@ pub async fn build(
     server_address: String,
 ) -> anyhow::Result<Arc<server::Api>> {
     cfg.validate()?;
-    let tls = match &cfg.etcd_cafile {
-        Some(ca) => Some(storage::EtcdTls {
-            ca: read(ca)?,
-            cert: match (&cfg.etcd_certfile, &cfg.etcd_keyfile) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                (None, None) => None,
-                _ => anyhow::bail!("--etcd-certfile and --etcd-keyfile go together"),
-            },
-        }),
-        None => None,
-    };
+    let tls = cfg
+        .etcd_cafile
+        .as_ref()
+        .map(|ca| kelson_apistorage::EtcdTls {
+            ca: ca.clone(),
+            cert: cfg.etcd_certfile.clone(),
+            key: cfg.etcd_keyfile.clone(),
+        });
     let endpoints = cfg.etcd_servers();
     let store = tokio::time::timeout(
         Duration::from_secs(30),
-        storage::Storage::connect(&endpoints, tls),
+        kelson_apistorage::Storage::connect_with(&endpoints, tls, storage_config()),
     )
     .await
     .context("connecting to the store timed out")?
@@ -100,7 +104,7 @@ pub async fn build(
 }
 
 /// Creates the default namespaces and the `kubernetes` service (existing ones are fine).
-pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), error::ApiError> {
+pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), ApiError> {
     let info = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
     for ns in DEFAULT_NAMESPACES {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -124,6 +128,14 @@ pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), error::ApiError> {
         "spec": {"type": "ClusterIP", "clusterIP": api.alloc.kubernetes_ip().to_string(),
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
     });
+    let info = registry::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .expect("priorityclasses are registered");
+    for pc in admission::system_priority_classes() {
+        match handlers::create_object(api, info, None, pc, false).await {
+            Ok(_) | Err(ApiError { code: 409, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let info = registry::lookup("", "v1", "services").expect("services are registered");
     match handlers::create_object(api, info, Some("default"), svc, false).await {
         Ok(_) => tracing::info!("created the kubernetes service"),

@@ -1,18 +1,15 @@
-//! PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch.
+//! PATCH bodies: which patch a request carries, and applying it with kelson-apimachinery.
 //!
-//! JSON and merge patches come from the `json-patch` crate. Strategic merge patch needs, per
-//! list field, whether it merges by a key; upstream takes that from the Go struct tags. For
-//! built-in kinds this uses kelson-apimachinery's strategic merge patch driven by
-//! kelson-apiresources' table generated from upstream's OpenAPI (`SmpMeta`). For a definition
-//! the table does not know, a small fallback table of the common list fields (containers by
-//! name, ports by containerPort / port, env by name, volumes by name, …) applies and other
-//! lists are atomic, upstream's default. Directives handled there: `$patch:
-//! replace|delete|merge`, `$retainKeys`, `$deleteFromPrimitiveList/<f>`, `$setElementOrder/<f>`
-//! (ordering only; ignored).
+//! JSON patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch all come from
+//! `kelson_apimachinery::patch`; strategic merge patch takes its schema knowledge (which lists
+//! merge, by which key) from kelson-apiresources' table generated from upstream's OpenAPI
+//! (`SmpMeta`). A definition the table does not know (the `Scale` subresource) gets upstream's
+//! default for unknown fields: maps merge, lists are replaced. Server-side apply is not
+//! implemented: its media type is a 415 that says so.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::error::ApiError;
+use kelson_apimachinery::ApiError;
 
 /// Which patch a `Content-Type` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +20,10 @@ pub enum PatchType {
     Apply,
 }
 
+/// The media types PATCH accepts (what a 415 lists).
+const PATCH_MEDIA_TYPES: &str = "application/json-patch+json, application/merge-patch+json, \
+    application/strategic-merge-patch+json, application/apply-patch+yaml";
+
 impl PatchType {
     pub fn from_content_type(mt: &str) -> Result<PatchType, ApiError> {
         Ok(match mt {
@@ -30,9 +31,14 @@ impl PatchType {
             "application/merge-patch+json" => PatchType::Merge,
             "application/strategic-merge-patch+json" => PatchType::Strategic,
             "application/apply-patch+yaml" | "application/apply-patch+cbor" => PatchType::Apply,
-            other => return Err(ApiError::unsupported_media_type(other)),
+            _ => return Err(ApiError::unsupported_media_type(PATCH_MEDIA_TYPES)),
         })
     }
+}
+
+fn decode_patch(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
 }
 
 /// Applies `patch` (raw body) of type `pt` to `orig`, an object of OpenAPI `definition`
@@ -43,198 +49,34 @@ pub fn apply_to(
     body: &[u8],
     definition: &str,
 ) -> Result<Value, ApiError> {
-    if pt == PatchType::Strategic && kelson_apiresources::Meta::for_definition(definition).is_some()
-    {
-        let p: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-        return kelson_apimachinery::patch::strategic_merge_patch(
-            orig,
-            &p,
-            &kelson_apiresources::patch::SmpMeta,
-            definition,
-        )
-        .map_err(|e| ApiError::new(e.code, e.reason, e.message));
-    }
-    apply(pt, orig, body)
-}
-
-/// Applies `patch` (raw body) of type `pt` to `orig` without schema knowledge.
-pub fn apply(pt: PatchType, orig: &Value, body: &[u8]) -> Result<Value, ApiError> {
+    use kelson_apimachinery::patch;
+    let mut doc = orig.clone();
     match pt {
         PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            let mut doc = orig.clone();
-            json_patch::patch(&mut doc, &p).map_err(|e| {
-                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
-            })?;
+            patch::json_patch(&mut doc, body)?;
             Ok(doc)
         }
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            let mut doc = orig.clone();
-            json_patch::merge(&mut doc, &p);
+            patch::merge_patch(&mut doc, &decode_patch(body)?);
             Ok(doc)
         }
-        PatchType::Strategic => {
-            let p: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            if !p.is_object() {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
-            }
-            Ok(strategic(orig, &p, ""))
-        }
+        PatchType::Strategic => patch::strategic_merge_patch(
+            orig,
+            &decode_patch(body)?,
+            &kelson_apiresources::patch::SmpMeta,
+            definition,
+        ),
         PatchType::Apply => Err(ApiError::unsupported_media_type(
-            "application/apply-patch+yaml (server-side apply is not implemented in kelson-apiserver yet; use client-side `kubectl apply`)",
+            "application/json-patch+json, application/merge-patch+json, \
+             application/strategic-merge-patch+json (server-side apply is not implemented in \
+             kelson-apiserver yet; use client-side `kubectl apply`)",
         )),
     }
 }
 
-/// The merge key of list field `field` under `path` (dot-joined parent fields), or `None` for
-/// an atomic list. `Some("")` marks a set of scalars (union).
-fn merge_key(path: &str, field: &str) -> Option<&'static str> {
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets"
-        | "resourceClaims"
-        | "readinessGates" => {
-            if field == "readinessGates" {
-                "conditionType"
-            } else {
-                "name"
-            }
-        }
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "conditions" => "type",
-        "hostAliases" => "ip",
-        "ownerReferences" => "uid",
-        "finalizers" => "",
-        "ports" if path.contains("ontainers") => "containerPort",
-        "ports" => "port",
-        _ => return None,
-    })
-}
-
-fn strategic(orig: &Value, patch: &Value, path: &str) -> Value {
-    let Some(pm) = patch.as_object() else {
-        return patch.clone();
-    };
-    if pm.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let mut m = pm.clone();
-        m.remove("$patch");
-        return Value::Object(m);
-    }
-    let mut out: Map<String, Value> = orig.as_object().cloned().unwrap_or_default();
-    let mut retain: Option<Vec<String>> = None;
-    for (k, pv) in pm {
-        if k == "$patch" || k.starts_with("$setElementOrder/") {
-            continue;
-        }
-        if k == "$retainKeys" {
-            retain = pv.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            });
-            continue;
-        }
-        if let Some(f) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(list), Some(del)) =
-                (out.get_mut(f).and_then(Value::as_array_mut), pv.as_array())
-            {
-                list.retain(|x| !del.contains(x));
-            }
-            continue;
-        }
-        if pv.is_null() {
-            out.remove(k);
-            continue;
-        }
-        let child_path = if path.is_empty() {
-            k.clone()
-        } else {
-            format!("{path}.{k}")
-        };
-        match pv {
-            Value::Object(o) if o.get("$patch").and_then(Value::as_str) == Some("delete") => {
-                out.remove(k);
-            }
-            Value::Object(_) => {
-                let cur = out.get(k).cloned().unwrap_or(Value::Object(Map::new()));
-                let base = if cur.is_object() {
-                    cur
-                } else {
-                    Value::Object(Map::new())
-                };
-                out.insert(k.clone(), strategic(&base, pv, &child_path));
-            }
-            Value::Array(items) => {
-                let cur = out
-                    .get(k)
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let merged = match merge_key(path, k) {
-                    Some("") => {
-                        let mut list = cur;
-                        for it in items {
-                            if !list.contains(it) {
-                                list.push(it.clone());
-                            }
-                        }
-                        list
-                    }
-                    Some(key) => merge_list(cur, items, key, &child_path),
-                    None => items.clone(),
-                };
-                out.insert(k.clone(), Value::Array(merged));
-            }
-            _ => {
-                out.insert(k.clone(), pv.clone());
-            }
-        }
-    }
-    if let Some(keep) = retain {
-        out.retain(|k, _| keep.contains(k));
-    }
-    Value::Object(out)
-}
-
-fn merge_list(mut cur: Vec<Value>, items: &[Value], key: &str, path: &str) -> Vec<Value> {
-    // `$patch: replace` as a list element replaces the whole list.
-    if items
-        .iter()
-        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
-    {
-        return items
-            .iter()
-            .filter(|i| i.get("$patch").is_none())
-            .cloned()
-            .collect();
-    }
-    for it in items {
-        let Some(kv) = it.get(key) else {
-            cur.push(it.clone());
-            continue;
-        };
-        let pos = cur.iter().position(|c| c.get(key) == Some(kv));
-        let delete = it.get("$patch").and_then(Value::as_str) == Some("delete");
-        match (pos, delete) {
-            (Some(i), true) => {
-                cur.remove(i);
-            }
-            (None, true) => {}
-            (Some(i), false) => cur[i] = strategic(&cur[i], it, path),
-            (None, false) => cur.push(strategic(&Value::Object(Map::new()), it, path)),
-        }
-    }
-    cur
+/// Applies `patch` (raw body) of type `pt` to `orig` without schema knowledge.
+pub fn apply(pt: PatchType, orig: &Value, body: &[u8]) -> Result<Value, ApiError> {
+    apply_to(pt, orig, body, "")
 }
 
 #[cfg(test)]
@@ -251,14 +93,21 @@ mod tests {
         let patch = json!({"spec": {"template": {"spec": {"containers": [
             {"name": "b", "image": "b:2"}, {"name": "c", "image": "c:1"}, {"name": "a", "$patch": "delete"}
         ]}}}, "metadata": {"finalizers": ["y"], "labels": {"gone": null}}});
-        let out = apply(PatchType::Strategic, &orig, patch.to_string().as_bytes()).unwrap();
+        let out = apply_to(
+            PatchType::Strategic,
+            &orig,
+            patch.to_string().as_bytes(),
+            "io.k8s.api.apps.v1.Deployment",
+        )
+        .unwrap();
         let cs = out["spec"]["template"]["spec"]["containers"]
             .as_array()
             .unwrap();
         assert_eq!(cs.len(), 2);
         assert_eq!(cs[0]["image"], "b:2");
         assert_eq!(cs[1]["name"], "c");
-        assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
+        // Upstream's normalizeElementOrder: patch items not in the live list come first.
+        assert_eq!(out["metadata"]["finalizers"], json!(["y", "x"]));
         assert_eq!(out["metadata"]["labels"], json!({"k": "v"}));
     }
 

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use crate::error::ApiError;
+use kelson_apimachinery::ApiError;
 
 /// A field's type.
 #[derive(Debug)]

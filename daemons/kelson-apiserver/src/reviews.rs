@@ -9,10 +9,10 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::auth::{Attributes, Decision, User};
-use crate::error::ApiError;
 use crate::handlers::Req;
 use crate::http::{self as h, Body};
 use crate::registry::ResourceInfo;
+use kelson_apimachinery::ApiError;
 
 pub fn is_review(info: &ResourceInfo) -> bool {
     matches!(

@@ -7,8 +7,8 @@
 //! `namespaces/<name>/status|finalize` paths address the Namespace itself, not a resource
 //! called "status". Anything else is a 404 Status, never an empty 200.
 
-use crate::error::ApiError;
 use crate::registry::{self, ResourceInfo, Subresource};
+use kelson_apimachinery::ApiError;
 
 /// A non-resource endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

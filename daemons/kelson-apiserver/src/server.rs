@@ -27,11 +27,11 @@ use tokio::task::JoinHandle;
 
 use crate::alloc::Allocator;
 use crate::auth::{Attributes, Authz, Decision, User};
-use crate::error::ApiError;
 use crate::handlers::{self, Req};
 use crate::http::{self as h, Body, Format};
 use crate::router::{self, Endpoint, Route};
-use crate::storage::Storage;
+use kelson_apimachinery::ApiError;
+use kelson_apistorage::Storage;
 
 /// Counters shared with D-Bus and /metrics.
 #[derive(Debug, Default, Clone)]

@@ -9,8 +9,18 @@
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use crate::error::StatusCause;
-use crate::meta::{validate_label, LabelSelector};
+use kelson_apimachinery::field;
+use kelson_apimachinery::selector::label_selector_as_selector;
+use kelson_apimachinery::validation::is_dns1123_label;
+use kelson_apimachinery::StatusCause;
+
+/// DNS-1123 label causes for `name` at `path` (container and port names).
+fn validate_label(path: &str, name: &str) -> Vec<StatusCause> {
+    is_dns1123_label(name)
+        .iter()
+        .map(|m| field::invalid_str(path, name, m))
+        .collect()
+}
 
 pub trait Strategy: Send + Sync {
     /// Defaults and resets on create (e.g. a new Deployment's status is cleared).
@@ -556,13 +566,14 @@ fn validate_selector(obj: &Value) -> Vec<StatusCause> {
     if sel.is_null() || empty {
         return vec![StatusCause::required("spec.selector")];
     }
-    let labels = obj["spec"]["template"]["metadata"]["labels"].as_object();
-    match LabelSelector::from_object(sel) {
+    let template_labels = &obj["spec"]["template"]["metadata"]["labels"];
+    let labels = template_labels.as_object();
+    match label_selector_as_selector(Some(sel)) {
         Err(e) => vec![StatusCause::invalid(
             "spec.selector",
             format!("Invalid value: {e}"),
         )],
-        Ok(s) if !s.matches_labels(labels) => {
+        Ok(s) if !s.matches(template_labels) => {
             let shown = labels
                 .map(|m| {
                     m.iter()

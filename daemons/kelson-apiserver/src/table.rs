@@ -7,9 +7,18 @@
 //! as `PartialObjectMetadata` (default `includeObject=Metadata`), the full object
 //! (`includeObject=Object`) or nothing (`None`), as upstream.
 
+use kelson_apimachinery::table::{ColumnDefinition, IncludeObject, Table};
 use serde_json::{json, Value};
 
-use crate::meta::age;
+/// kubectl's AGE of an object, from its creationTimestamp.
+fn age(obj: &Value) -> String {
+    kelson_apimachinery::table::age(
+        obj["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default(),
+        time::OffsetDateTime::now_utc(),
+    )
+}
 
 struct Col(&'static str, &'static str, u8, &'static str);
 
@@ -323,56 +332,42 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
     }
 }
 
-/// How much of each object a row carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Include {
-    None,
-    Metadata,
-    Object,
-}
+/// What each row's `object` holds (`?includeObject=`; unknown values get the default).
+pub type Include = IncludeObject;
 
-impl Include {
-    pub fn parse(s: Option<&str>) -> Include {
-        match s {
-            Some("None") => Include::None,
-            Some("Object") => Include::Object,
-            _ => Include::Metadata,
-        }
-    }
-}
-
-fn row(kind: &str, o: &Value, inc: Include, beta: bool) -> Value {
-    let obj = match inc {
-        Include::None => Value::Null,
-        Include::Object => o.clone(),
-        Include::Metadata => json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": if beta { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" },
-            "metadata": o["metadata"],
-        }),
-    };
-    let mut r = json!({"cells": cells(kind, o)});
-    if !obj.is_null() {
-        r["object"] = obj;
-    }
-    r
+/// `includeObject` from the query: `Metadata` unless `None` or `Object`.
+pub fn include(q: Option<&str>) -> Include {
+    IncludeObject::parse(q.unwrap_or_default()).unwrap_or_default()
 }
 
 /// A Table of `items` of `kind`; `list_meta` is the list's metadata (resourceVersion, continue).
+/// `beta` answers a `meta.k8s.io/v1beta1` request in that version.
 pub fn table(kind: &str, items: &[Value], list_meta: Value, inc: Include, beta: bool) -> Value {
-    let defs: Vec<Value> = columns(kind)
+    let defs = columns(kind)
         .into_iter()
-        .map(|Col(name, ty, prio, fmt)| {
-            json!({"name": name, "type": ty, "format": fmt, "description": name, "priority": prio})
-        })
+        .map(|Col(name, ty, prio, fmt)| ColumnDefinition::new(name, ty, fmt, name, prio.into()))
         .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": if beta { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" },
-        "metadata": list_meta,
-        "columnDefinitions": defs,
-        "rows": items.iter().map(|o| row(kind, o, inc, beta)).collect::<Vec<_>>(),
-    })
+    let mut t = Table::new(defs);
+    for o in items {
+        t.push(cells(kind, o), o, inc);
+    }
+    t.resource_version = s(&list_meta["resourceVersion"]);
+    t.continue_token = s(&list_meta["continue"]);
+    t.remaining_item_count = list_meta["remainingItemCount"].as_i64();
+    let mut v = t.to_value(false);
+    if beta {
+        let beta_version = json!("meta.k8s.io/v1beta1");
+        v["apiVersion"] = beta_version.clone();
+        if let Some(rows) = v["rows"].as_array_mut() {
+            for r in rows
+                .iter_mut()
+                .filter(|r| r["object"]["kind"] == "PartialObjectMetadata")
+            {
+                r["object"]["apiVersion"] = beta_version.clone();
+            }
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -381,7 +376,7 @@ mod tests {
 
     #[test]
     fn pod_and_deployment_rows() {
-        let pod = json!({"metadata": {"name": "p", "creationTimestamp": crate::meta::now_rfc3339()},
+        let pod = json!({"metadata": {"name": "p", "creationTimestamp": kelson_apimachinery::meta::now_rfc3339()},
             "spec": {"containers": [{"name": "c"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
         let t = table(

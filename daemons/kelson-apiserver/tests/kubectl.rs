@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{ApiCluster, KUBECTL};
 use kelson_testsupport::StoreKind;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const MANIFESTS: &str = r#"apiVersion: apps/v1
 kind: Deployment
@@ -487,4 +487,109 @@ async fn always_allow_and_anonymous() {
         String::from_utf8_lossy(&anon.stdout).trim(),
         "namespace/default"
     );
+}
+
+/// `kubectl auth whoami`, and pod admission: ServiceAccount defaulting and lookup, Priority
+/// from PriorityClasses.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_admission() {
+    let c = ApiCluster::start(StoreKind::Kelson, &[]).await.unwrap();
+    let pod = |name: &str, extra: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{{extra}"containers":[{{"name":"c","image":"busybox"}}]}}}}"#
+        )
+    };
+    let get = |name: &str| json(&c.ok(&["get", "pod", name, "-o", "json"]));
+
+    // `kubectl auth whoami`: a SelfSubjectReview answered from the client certificate.
+    let me = json(&c.ok(&["auth", "whoami", "-o", "json"]));
+    assert_eq!(me["kind"], "SelfSubjectReview", "{me}");
+    let groups = me["status"]["userInfo"]["groups"].to_string();
+    assert!(
+        groups.contains("system:masters") && groups.contains("system:authenticated"),
+        "{me}"
+    );
+
+    // The system classes exist from bootstrap.
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pc",
+            "system-node-critical",
+            "-o",
+            "jsonpath={.value}"
+        ]),
+        "2000001000"
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pc",
+            "system-cluster-critical",
+            "-o",
+            "jsonpath={.value}"
+        ]),
+        "2000000000"
+    );
+
+    // Defaults: the `default` service account, priority 0, PreemptLowerPriority.
+    c.ok_in(&["create", "-f", "-"], &pod("plain", ""));
+    let p = get("plain");
+    assert_eq!(p["spec"]["serviceAccountName"], "default", "{p}");
+    assert_eq!(p["spec"]["priority"], 0, "{p}");
+    assert_eq!(p["spec"]["preemptionPolicy"], "PreemptLowerPriority", "{p}");
+
+    // A named class gives its value.
+    c.ok_in(
+        &["create", "-f", "-"],
+        &pod("critical", r#""priorityClassName":"system-node-critical","#),
+    );
+    assert_eq!(get("critical")["spec"]["priority"], 2000001000);
+
+    // Unknown class and missing service account: upstream's 403s.
+    let e = c.fails(
+        &["create", "-f", "-"],
+        Some(&pod("nopc", r#""priorityClassName":"nope","#)),
+    );
+    assert!(
+        e.contains("Forbidden") && e.contains("no PriorityClass with name nope was found"),
+        "{e}"
+    );
+    let e = c.fails(
+        &["create", "-f", "-"],
+        Some(&pod("nosa", r#""serviceAccountName":"ghost","#)),
+    );
+    assert!(
+        e.contains("Forbidden")
+            && e.contains(r#"error looking up service account default/ghost: serviceaccount "ghost" not found"#),
+        "{e}"
+    );
+    c.ok(&["create", "serviceaccount", "ghost"]);
+    c.ok_in(
+        &["create", "-f", "-"],
+        &pod("withsa", r#""serviceAccountName":"ghost","#),
+    );
+
+    // A globalDefault class applies to pods that name none; a client-set priority that
+    // differs from the class's is refused.
+    c.ok_in(
+        &["create", "-f", "-"],
+        r#"{"apiVersion":"scheduling.k8s.io/v1","kind":"PriorityClass","metadata":{"name":"batch"},"value":100,"globalDefault":true,"preemptionPolicy":"Never"}"#,
+    );
+    c.ok_in(&["create", "-f", "-"], &pod("defaulted", ""));
+    let p = get("defaulted");
+    assert_eq!(
+        (
+            p["spec"]["priorityClassName"].clone(),
+            p["spec"]["priority"].clone(),
+            p["spec"]["preemptionPolicy"].clone()
+        ),
+        (json!("batch"), json!(100), json!("Never")),
+        "{p}"
+    );
+    let e = c.fails(
+        &["create", "-f", "-"],
+        Some(&pod("setprio", r#""priority":7,"#)),
+    );
+    assert!(e.contains("must not be provided in pod spec"), "{e}");
 }
