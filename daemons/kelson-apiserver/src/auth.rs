@@ -6,13 +6,24 @@
 //! No certificate means anonymous (`system:anonymous` / `system:unauthenticated`), which is
 //! refused with 401 unless `--anonymous-auth`.
 //!
-//! Authorization is a trait so RBAC can be written separately: `system:masters` always passes
-//! (as upstream's privileged group), [`AlwaysAllow`] allows everything, and [`RbacPending`]
-//! denies with a clear reason until the RBAC authorizer exists.
+//! Authorization is a trait so modes plug in: `system:masters` always passes (as upstream's
+//! privileged group), [`AlwaysAllow`] allows everything, and [`Rbac`] is `kelson-rbac`'s
+//! evaluator over a [`PolicyCache`] that [`feed_rbac_cache`] keeps in step with storage (list
+//! each RBAC kind, then watch from the list's revision; relist when a watch ends or fails),
+//! as upstream's informer-fed RBAC authorizer. [`bootstrap_rbac`] creates the default
+//! ClusterRoles and ClusterRoleBindings that are missing and waits until the cache has them,
+//! so the server is only ready once the default policy is in force.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use kelson_apimachinery::ApiError;
+use kelson_apistorage::{ListOptions, WatchEvent};
+use kelson_rbac::{EventType, Kind, PolicyCache, PolicySource};
 use x509_parser::prelude::*;
+
+use crate::server::Api;
 
 /// An authenticated identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +85,14 @@ pub enum Decision {
 
 pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &User, attrs: &Attributes) -> Decision;
+    /// `SelfSubjectRulesReview` status for `user` in `namespace`, if the mode can list rules.
+    fn rules_review(&self, _user: &User, _namespace: &str) -> Option<serde_json::Value> {
+        None
+    }
+    /// The RBAC authorizer, when this is it (the daemon feeds its cache).
+    fn as_rbac(&self) -> Option<&Rbac> {
+        None
+    }
 }
 
 #[derive(Debug, Default)]
@@ -83,10 +102,211 @@ impl Authorizer for AlwaysAllow {
     fn authorize(&self, _: &User, _: &Attributes) -> Decision {
         Decision::Allow
     }
+    fn rules_review(&self, _: &User, _: &str) -> Option<serde_json::Value> {
+        // Upstream's AlwaysAllow authorizer lists `*` for everything.
+        Some(serde_json::json!({
+            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            "incomplete": false,
+        }))
+    }
 }
 
-/// `--authorization-mode=RBAC` until the RBAC evaluator lands: only `system:masters` (handled
-/// before any authorizer) and the public non-resource paths are allowed.
+fn rbac_user(user: &User) -> kelson_rbac::User {
+    kelson_rbac::User {
+        name: user.name.clone(),
+        groups: user.groups.clone(),
+    }
+}
+
+/// `--authorization-mode=RBAC`: kelson-rbac's evaluator over a watch-fed policy cache.
+#[derive(Debug)]
+pub struct Rbac {
+    rbac: kelson_rbac::Rbac,
+    cache: Arc<PolicyCache>,
+    feeding: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Rbac {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rbac {
+    /// An evaluator over an empty, unsynced cache (denies with a reason until fed).
+    pub fn new() -> Self {
+        let cache = Arc::new(PolicyCache::new());
+        Rbac {
+            rbac: kelson_rbac::Rbac::new(cache.clone()),
+            cache,
+            feeding: Default::default(),
+        }
+    }
+    pub fn cache(&self) -> &Arc<PolicyCache> {
+        &self.cache
+    }
+}
+
+impl Authorizer for Rbac {
+    fn authorize(&self, user: &User, attrs: &Attributes) -> Decision {
+        let a = kelson_rbac::Attributes {
+            verb: attrs.verb.clone(),
+            group: attrs.group.clone(),
+            resource: attrs.resource.clone(),
+            subresource: attrs.subresource.clone(),
+            namespace: attrs.namespace.clone(),
+            name: attrs.name.clone(),
+            path: attrs.path.clone(),
+            resource_request: attrs.resource_request,
+        };
+        match self.rbac.authorize(&rbac_user(user), &a) {
+            kelson_rbac::Decision::Allow(_) => Decision::Allow,
+            kelson_rbac::Decision::NoOpinion(reason) => Decision::Deny(reason),
+        }
+    }
+    fn rules_review(&self, user: &User, namespace: &str) -> Option<serde_json::Value> {
+        Some(kelson_rbac::review::rules_review_status(
+            &self.rbac,
+            &rbac_user(user),
+            namespace,
+        ))
+    }
+    fn as_rbac(&self) -> Option<&Rbac> {
+        Some(self)
+    }
+}
+
+fn rbac_prefix(api: &Api, kind: Kind) -> String {
+    use crate::registry::ResourceExt;
+    let info = crate::registry::lookup(Kind::GROUP, "v1", kind.resource())
+        .expect("the RBAC kinds are registered");
+    info.key_prefix(&api.root, None)
+}
+
+/// One list + watch pass for `kind`: returns when the watch ends, fails, or the API is gone.
+async fn list_watch(api: &Weak<Api>, cache: &PolicyCache, kind: Kind) -> Result<(), String> {
+    let (prefix, mut stream) = {
+        let api = api.upgrade().ok_or("API server gone")?;
+        let prefix = rbac_prefix(&api, kind);
+        let list = api
+            .store
+            .list(&prefix, &ListOptions::default(), None)
+            .await
+            .map_err(|e| format!("listing {}: {e}", kind.resource()))?;
+        cache
+            .replace(kind, &list.items)
+            .map_err(|e| format!("listing {}: {e}", kind.resource()))?;
+        let stream = api
+            .store
+            .watch(&prefix, true, list.resource_version, None, false)
+            .await
+            .map_err(|e| format!("watching {}: {e}", kind.resource()))?;
+        (prefix, stream)
+    };
+    while let Some(ev) = stream.next().await {
+        if api.strong_count() == 0 {
+            return Ok(());
+        }
+        let res = match &ev {
+            WatchEvent::Added(o) => cache.apply(kind, EventType::Added, o),
+            WatchEvent::Modified(o) => cache.apply(kind, EventType::Modified, o),
+            WatchEvent::Deleted(o) => cache.apply(kind, EventType::Deleted, o),
+            WatchEvent::Bookmark(_) => Ok(()),
+            WatchEvent::Error(e) => return Err(format!("watching {prefix}: {e}")),
+        };
+        if let Err(e) = res {
+            // A stored object the cache cannot decode grants nothing; keep watching.
+            tracing::warn!(kind = kind.name(), error = %e, "ignoring an RBAC object");
+        }
+    }
+    Err(format!("watch of {prefix} ended"))
+}
+
+/// Keeps `cache` in step with storage until the API is dropped (spawn it): per kind, list then
+/// watch, and relist with a bounded backoff whenever a watch ends or fails.
+pub async fn feed_rbac_cache(api: Weak<Api>, cache: Arc<PolicyCache>) {
+    let tasks = Kind::ALL.map(|kind| {
+        let (api, cache) = (api.clone(), cache.clone());
+        async move {
+            let mut delay = Duration::from_millis(100);
+            while api.strong_count() > 0 {
+                let started = Instant::now();
+                if let Err(e) = list_watch(&api, &cache, kind).await {
+                    tracing::warn!(kind = kind.name(), error = %e, "RBAC cache: relisting");
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    delay = Duration::from_millis(100);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    });
+    futures::future::join_all(tasks).await;
+}
+
+/// Creates the default RBAC policy objects that are missing (existing ones are left as they
+/// are). Under RBAC it first starts [`feed_rbac_cache`] (once) and afterwards waits, bounded,
+/// until the cache holds every bootstrap object, so readiness means the policy is in force.
+pub async fn bootstrap_rbac(api: &Arc<Api>) -> Result<(), ApiError> {
+    let rbac = api.authz.rbac();
+    if let Some(rbac) = rbac {
+        if !rbac.feeding.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tokio::spawn(feed_rbac_cache(Arc::downgrade(api), rbac.cache.clone()));
+        }
+    }
+    let objects = kelson_rbac::bootstrap::objects();
+    for obj in &objects {
+        let kind: Kind = obj["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| ApiError::internal(format!("bootstrap policy: {e}")))?;
+        let info = crate::registry::lookup(Kind::GROUP, "v1", kind.resource())
+            .expect("the RBAC kinds are registered");
+        match crate::handlers::create_object(api, info, None, obj.clone(), false).await {
+            Ok(_) => {
+                tracing::info!(kind = kind.name(), name = %obj["metadata"]["name"], "created bootstrap RBAC object")
+            }
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(cache) = rbac.map(|r| &r.cache) else {
+        return Ok(());
+    };
+    let has_all = || {
+        let Ok(bindings) = cache.list_cluster_role_bindings() else {
+            return false;
+        };
+        cache.is_synced()
+            && objects.iter().all(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                if o["kind"] == "ClusterRole" {
+                    cache.get_cluster_role(name).is_ok()
+                } else {
+                    bindings
+                        .iter()
+                        .any(|b| b.metadata.name.as_deref() == Some(name))
+                }
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !has_all() {
+        if Instant::now() > deadline {
+            return Err(ApiError::service_unavailable(
+                "the RBAC policy cache did not catch up with the bootstrap policy in 30s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A fixed stand-in for RBAC (no policy store): only `system:masters` (handled before any
+/// authorizer), self reviews and the public non-resource paths are allowed. Kept for tests
+/// that need an authorizer without storage.
 #[derive(Debug, Default)]
 pub struct RbacPending;
 
@@ -150,6 +370,14 @@ impl Authz {
         }
         self.inner.authorize(user, attrs)
     }
+    /// The RBAC authorizer, if that is the mode.
+    pub fn rbac(&self) -> Option<&Rbac> {
+        self.inner.as_rbac()
+    }
+    /// `SelfSubjectRulesReview` status (`kubectl auth can-i --list`), if the mode lists rules.
+    pub fn rules_review(&self, user: &User, namespace: &str) -> Option<serde_json::Value> {
+        self.inner.rules_review(user, namespace)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +417,62 @@ mod tests {
         );
         let allow = Authz::new(Arc::new(AlwaysAllow));
         assert_eq!(allow.authorize(&bob, &get_pods), Decision::Allow);
+    }
+
+    #[test]
+    fn rbac_authorizer_over_its_cache() {
+        let rbac = Rbac::new();
+        let bob = User {
+            name: "bob".into(),
+            groups: vec!["system:authenticated".into()],
+        };
+        let list_pods = Attributes {
+            verb: "list".into(),
+            resource: "pods".into(),
+            namespace: "demo".into(),
+            resource_request: true,
+            ..Default::default()
+        };
+        // Unfed: denied, saying why.
+        assert_eq!(
+            rbac.authorize(&bob, &list_pods),
+            Decision::Deny(
+                "RBAC: [clusterrolebindings cache not synced yet, rolebindings cache not synced yet]"
+                    .into()
+            )
+        );
+        let mut objs = kelson_rbac::bootstrap::objects();
+        objs.push(serde_json::json!({"kind": "RoleBinding",
+            "metadata": {"name": "bob-view", "namespace": "demo"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "User", "name": "bob"}]}));
+        for kind in Kind::ALL {
+            let items: Vec<_> = objs
+                .iter()
+                .filter(|o| o["kind"] == kind.name())
+                .cloned()
+                .collect();
+            rbac.cache().replace(kind, &items).unwrap();
+        }
+        let authz = Authz::new(Arc::new(rbac));
+        assert!(authz.rbac().is_some());
+        assert_eq!(authz.authorize(&bob, &list_pods), Decision::Allow);
+        let other_ns = Attributes {
+            namespace: "default".into(),
+            ..list_pods.clone()
+        };
+        assert_eq!(
+            authz.authorize(&bob, &other_ns),
+            Decision::Deny(String::new())
+        );
+        let review = authz.rules_review(&bob, "demo").unwrap();
+        assert_eq!(review["incomplete"], false);
+        assert!(review["resourceRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"].as_array().unwrap().contains(&"pods".into())));
+        assert!(Authz::new(Arc::new(AlwaysAllow)).rbac().is_none());
     }
 
     #[test]

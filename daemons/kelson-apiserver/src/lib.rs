@@ -83,7 +83,7 @@ pub async fn build(
     .context("connecting to the store")?;
     let authz: Arc<dyn auth::Authorizer> = match cfg.authz_mode()? {
         config::AuthzMode::AlwaysAllow => Arc::new(auth::AlwaysAllow),
-        config::AuthzMode::Rbac => Arc::new(auth::RbacPending),
+        config::AuthzMode::Rbac => Arc::new(auth::Rbac::new()),
     };
     Ok(Arc::new(server::Api {
         store,
@@ -143,7 +143,7 @@ pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), ApiError> {
         Err(e) if e.code == 409 || e.code == 422 => {}
         Err(e) => return Err(e),
     }
-    Ok(())
+    auth::bootstrap_rbac(api).await
 }
 
 /// The whole daemon: serve until SIGTERM/SIGINT.
