@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod images;
 pub mod kv;
 pub mod up;
 
@@ -32,6 +33,9 @@ pub enum Command {
     /// The key-value store (kelson-kv or any etcd v3 server).
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Container images without a registry (import into containerd, build test images).
+    #[command(subcommand)]
+    Images(images::ImagesCommand),
     /// Run an all-in-one cluster in the foreground (Ctrl-C stops it; run again to resume).
     Up(up::UpArgs),
 }
@@ -84,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pki(PkiCommand::Show { dir }) => pki_show(&dir),
         Command::Kv(c) => kv::run(c).await,
         Command::Up(a) => up::run(a).await,
+        Command::Images(c) => images::run(c),
     }
 }
 

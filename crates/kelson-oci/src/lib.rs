@@ -433,7 +433,10 @@ mod tests {
             let e = e.unwrap();
             let p = e.path().unwrap().to_string_lossy().into_owned();
             if p == "bin/sh" {
-                sh_target = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
+                sh_target = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
             }
             names.push(p);
         }
@@ -513,15 +516,25 @@ mod tests {
                 // The sleep must not outlive the script (gone, or a zombie awaiting reaping).
                 let sleep_pid = sleeps[0];
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while std::fs::read_to_string(format!("/proc/{sleep_pid}/stat"))
-                    .is_ok_and(|st| !st.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-                {
-                    assert!(std::time::Instant::now() < deadline, "sleep {sleep_pid} outlived pause");
+                while std::fs::read_to_string(format!("/proc/{sleep_pid}/stat")).is_ok_and(|st| {
+                    !st.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                }) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "sleep {sleep_pid} outlived pause"
+                    );
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "pause ignored SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pause ignored SIGTERM"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -535,7 +548,10 @@ mod tests {
                 let p: u32 = e.file_name().to_str()?.parse().ok()?;
                 let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
                 let comm = stat.split('(').nth(1).and_then(|r| r.split(')').next());
-                let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1));
+                let ppid = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1));
                 (comm == Some(name) && ppid == Some(&pid.to_string())).then_some(p)
             })
             .collect()

@@ -22,6 +22,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 mod cluster;
+pub mod containerd;
 mod controlplane;
 mod dbus;
 
@@ -29,6 +30,7 @@ pub use cluster::{
     start_cluster, ClusterOpts, EtcdCluster, KvCluster, KvMember, Member, StoreCluster, StoreKind,
 };
 pub use controlplane::{client_for, ControlPlane, ControlPlaneOpts, KUBECTL};
+pub use containerd::Containerd;
 pub use dbus::DbusDaemon;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound, read, released).

@@ -117,7 +117,10 @@ mod tests {
                 .unwrap();
         assert_eq!(v["plugins"][0]["type"], "bridge");
         assert_eq!(v["plugins"][0]["bridge"], "kt0");
-        assert_eq!(v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.250.3.0/24");
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.250.3.0/24"
+        );
         assert_eq!(v["plugins"][1]["type"], "portmap");
         let bad = CniSettings {
             pod_cidr: "10.0.0.0".into(),

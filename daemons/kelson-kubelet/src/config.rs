@@ -293,7 +293,10 @@ mod tests {
     fn defaults_fill_in_and_unknown_keys_fail() {
         let cfg: KubeletConfig = toml::from_str("kubeconfig = \"/k\"\n").unwrap();
         assert_eq!(cfg.node_lease_duration_seconds, 40);
-        assert_eq!(cfg.runtime_socket(), PathBuf::from("/run/containerd/containerd.sock"));
+        assert_eq!(
+            cfg.runtime_socket(),
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
         assert!(toml::from_str::<KubeletConfig>("kubeconfig = \"/k\"\nbogus = 1\n").is_err());
         let cfg: KubeletConfig =
             toml::from_str("kubeconfig = \"/k\"\nhostname-override = \"NodeA\"\n").unwrap();

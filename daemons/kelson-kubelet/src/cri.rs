@@ -98,23 +98,30 @@ impl Cri {
                 }
             }));
         Ok(Cri {
-            runtime: RuntimeServiceClient::new(channel.clone())
-                .max_decoding_message_size(64 << 20),
+            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             images: ImageServiceClient::new(channel).max_decoding_message_size(64 << 20),
         })
     }
 
     pub async fn version(&self) -> Result<cri::VersionResponse> {
-        rpc!(self.runtime.clone(), version, "Version", cri::VersionRequest {
-            version: "v1".into()
-        })
+        rpc!(
+            self.runtime.clone(),
+            version,
+            "Version",
+            cri::VersionRequest {
+                version: "v1".into()
+            }
+        )
     }
 
     /// Runtime conditions (RuntimeReady, NetworkReady).
     pub async fn status(&self) -> Result<cri::RuntimeStatus> {
-        let r = rpc!(self.runtime.clone(), status, "Status", cri::StatusRequest {
-            verbose: false
-        })?;
+        let r = rpc!(
+            self.runtime.clone(),
+            status,
+            "Status",
+            cri::StatusRequest { verbose: false }
+        )?;
         r.status.ok_or(CriError::Empty("Status"))
     }
 

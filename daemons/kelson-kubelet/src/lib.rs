@@ -32,22 +32,23 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
-use kube::api::Api;
 use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
 use kelson_runtime::logging::LogHandle;
 use kelson_runtime::signals;
+use kube::api::Api;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 pub use config::{KubeletConfig, KubeletFlags};
 
 fn cni_settings(cfg: &KubeletConfig, cidr: Option<String>) -> Option<cni::CniSettings> {
-    cidr.filter(|c| !c.is_empty()).map(|pod_cidr| cni::CniSettings {
-        pod_cidr,
-        bridge: cfg.cni_bridge_name.clone(),
-        ipam_data_dir: cfg.cni_ipam_data_dir.clone(),
-        masquerade: cfg.cni_masquerade,
-    })
+    cidr.filter(|c| !c.is_empty())
+        .map(|pod_cidr| cni::CniSettings {
+            pod_cidr,
+            bridge: cfg.cni_bridge_name.clone(),
+            ipam_data_dir: cfg.cni_ipam_data_dir.clone(),
+            masquerade: cfg.cni_masquerade,
+        })
 }
 
 fn node_pod_cidr(node: &Node) -> Option<String> {
@@ -82,10 +83,12 @@ pub async fn run(
         .await
         .context("building the API client")?;
     let cri = cri::Cri::connect(&cfg.runtime_socket())?;
-    let version = cri
-        .version()
-        .await
-        .with_context(|| format!("asking the runtime at {} for its version", cfg.container_runtime_endpoint))?;
+    let version = cri.version().await.with_context(|| {
+        format!(
+            "asking the runtime at {} for its version",
+            cfg.container_runtime_endpoint
+        )
+    })?;
     let info = node::NodeInfo::from_config(
         &cfg,
         format!("{}://{}", version.runtime_name, version.runtime_version),
@@ -164,8 +167,13 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Node status: first post now (so the node turns Ready at once), then periodically.
     let status_task = {
-        let (nodes, info, cri, shared, cfg) =
-            (nodes.clone(), info.clone(), cri.clone(), shared.clone(), cfg.clone());
+        let (nodes, info, cri, shared, cfg) = (
+            nodes.clone(),
+            info.clone(),
+            cri.clone(),
+            shared.clone(),
+            cfg.clone(),
+        );
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut prev: Option<NodeStatus> = None;

@@ -69,7 +69,10 @@ pub fn machine_capacity(root_dir: &Path, max_pods: u32) -> BTreeMap<String, Quan
     BTreeMap::from([
         ("cpu".to_string(), Quantity(cpus.to_string())),
         ("memory".into(), Quantity(format!("{mem_kib}Ki"))),
-        ("ephemeral-storage".into(), Quantity(format!("{}Ki", disk / 1024))),
+        (
+            "ephemeral-storage".into(),
+            Quantity(format!("{}Ki", disk / 1024)),
+        ),
         ("pods".into(), Quantity(max_pods.to_string())),
     ])
 }
@@ -100,7 +103,14 @@ pub fn allocatable(
             ((left + 999) / 1000).to_string()
         };
         // Keep the capacity's own spelling when nothing is reserved.
-        out.insert(k.clone(), if minus == 0 { q.clone() } else { Quantity(text) });
+        out.insert(
+            k.clone(),
+            if minus == 0 {
+                q.clone()
+            } else {
+                Quantity(text)
+            },
+        );
     }
     out
 }
@@ -135,8 +145,10 @@ fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
         })
         .unwrap_or_else(|| "Linux".into())
 }
@@ -227,7 +239,12 @@ impl NodeInfo {
             }
         };
         let ready = match &runtime_ok {
-            Ok(()) => cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            Ok(()) => cond(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
             Err(e) => cond(
                 "Ready",
                 "False",
@@ -340,7 +357,11 @@ pub async fn register(
 }
 
 /// Posts node status (merge patch on the status subresource).
-pub async fn post_status(api: &Api<Node>, name: &str, status: &NodeStatus) -> Result<Node, NodeError> {
+pub async fn post_status(
+    api: &Api<Node>,
+    name: &str,
+    status: &NodeStatus,
+) -> Result<Node, NodeError> {
     let patch = json!({"status": status});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -405,7 +426,10 @@ pub async fn set_unschedulable(api: &Api<Node>, name: &str, on: bool) -> Result<
     let patch = json!({"spec": {"unschedulable": if on { json!(true) } else { json!(null) }}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(api_err(format!("{} node {name}", if on { "cordoning" } else { "uncordoning" })))?;
+        .map_err(api_err(format!(
+            "{} node {name}",
+            if on { "cordoning" } else { "uncordoning" }
+        )))?;
     Ok(())
 }
 
@@ -456,10 +480,16 @@ mod tests {
         assert_eq!(ready(&s1).status, "True");
         std::thread::sleep(std::time::Duration::from_millis(5));
         let s2 = info.status(Ok(()), Some(&s1));
-        assert_eq!(ready(&s2).last_transition_time, ready(&s1).last_transition_time);
+        assert_eq!(
+            ready(&s2).last_transition_time,
+            ready(&s1).last_transition_time
+        );
         let s3 = info.status(Err("boom".into()), Some(&s2));
         assert_eq!(ready(&s3).status, "False");
         assert_eq!(ready(&s3).reason.as_deref(), Some("KubeletNotReady"));
-        assert_ne!(ready(&s3).last_transition_time, ready(&s1).last_transition_time);
+        assert_ne!(
+            ready(&s3).last_transition_time,
+            ready(&s1).last_transition_time
+        );
     }
 }

@@ -99,7 +99,10 @@ fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
         network: mode(host_network(pod), cri::NamespaceMode::Pod),
         pid: mode(
             spec.and_then(|s| s.host_pid).unwrap_or(false),
-            if spec.and_then(|s| s.share_process_namespace).unwrap_or(false) {
+            if spec
+                .and_then(|s| s.share_process_namespace)
+                .unwrap_or(false)
+            {
                 cri::NamespaceMode::Pod
             } else {
                 cri::NamespaceMode::Container
@@ -447,7 +450,10 @@ impl Lookups {
         if !self.configmaps.contains_key(name) {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
             let v = api.get_opt(name).await.map_err(|e| {
-                ContainerFailure::new("CreateContainerConfigError", format!("configmap {name:?}: {e}"))
+                ContainerFailure::new(
+                    "CreateContainerConfigError",
+                    format!("configmap {name:?}: {e}"),
+                )
             })?;
             self.configmaps.insert(name.into(), v);
         }
@@ -458,7 +464,10 @@ impl Lookups {
         if !self.secrets.contains_key(name) {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
             let v = api.get_opt(name).await.map_err(|e| {
-                ContainerFailure::new("CreateContainerConfigError", format!("secret {name:?}: {e}"))
+                ContainerFailure::new(
+                    "CreateContainerConfigError",
+                    format!("secret {name:?}: {e}"),
+                )
             })?;
             self.secrets.insert(name.into(), v);
         }
@@ -534,69 +543,74 @@ pub async fn resolve_env(
         }
     }
     for e in c.env.iter().flatten() {
-        let value = if let Some(vf) = &e.value_from {
-            if let Some(r) = &vf.config_map_key_ref {
-                let optional = r.optional == Some(true);
-                match look.configmap(&r.name).await? {
-                    Some(cm) => match cm_value(cm, &r.key) {
-                        Some(v) => Some(v),
+        let value =
+            if let Some(vf) = &e.value_from {
+                if let Some(r) = &vf.config_map_key_ref {
+                    let optional = r.optional == Some(true);
+                    match look.configmap(&r.name).await? {
+                        Some(cm) => match cm_value(cm, &r.key) {
+                            Some(v) => Some(v),
+                            None if optional => None,
+                            None => {
+                                return Err(cfg_err(format!(
+                                    "couldn't find key {} in ConfigMap {}/{}",
+                                    r.key,
+                                    namespace(pod),
+                                    r.name
+                                )))
+                            }
+                        },
                         None if optional => None,
-                        None => {
-                            return Err(cfg_err(format!(
-                                "couldn't find key {} in ConfigMap {}/{}",
-                                r.key,
-                                namespace(pod),
-                                r.name
-                            )))
-                        }
-                    },
-                    None if optional => None,
-                    None => return Err(cfg_err(format!("configmap \"{}\" not found", r.name))),
-                }
-            } else if let Some(r) = &vf.secret_key_ref {
-                let optional = r.optional == Some(true);
-                match look.secret(&r.name).await? {
-                    Some(s) => match secret_value(s, &r.key) {
-                        Some(v) => Some(v),
+                        None => return Err(cfg_err(format!("configmap \"{}\" not found", r.name))),
+                    }
+                } else if let Some(r) = &vf.secret_key_ref {
+                    let optional = r.optional == Some(true);
+                    match look.secret(&r.name).await? {
+                        Some(s) => match secret_value(s, &r.key) {
+                            Some(v) => Some(v),
+                            None if optional => None,
+                            None => {
+                                return Err(cfg_err(format!(
+                                    "couldn't find key {} in Secret {}/{}",
+                                    r.key,
+                                    namespace(pod),
+                                    r.name
+                                )))
+                            }
+                        },
                         None if optional => None,
-                        None => {
-                            return Err(cfg_err(format!(
-                                "couldn't find key {} in Secret {}/{}",
-                                r.key,
-                                namespace(pod),
-                                r.name
-                            )))
-                        }
-                    },
-                    None if optional => None,
-                    None => return Err(cfg_err(format!("secret \"{}\" not found", r.name))),
-                }
-            } else if let Some(r) = &vf.field_ref {
-                Some(field_value(pod, ctx, pod_ip, &r.field_path).ok_or_else(|| {
-                    cfg_err(format!("unsupported fieldRef {:?}", r.field_path))
-                })?)
-            } else if let Some(r) = &vf.resource_field_ref {
-                let target = r
-                    .container_name
-                    .as_ref()
-                    .and_then(|n| {
-                        pod.spec
-                            .as_ref()
-                            .and_then(|s| s.containers.iter().find(|c| &c.name == n))
-                    })
-                    .unwrap_or(c);
-                Some(
-                    resource_value(target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))
+                        None => return Err(cfg_err(format!("secret \"{}\" not found", r.name))),
+                    }
+                } else if let Some(r) = &vf.field_ref {
+                    Some(field_value(pod, ctx, pod_ip, &r.field_path).ok_or_else(|| {
+                        cfg_err(format!("unsupported fieldRef {:?}", r.field_path))
+                    })?)
+                } else if let Some(r) = &vf.resource_field_ref {
+                    let target = r
+                        .container_name
+                        .as_ref()
+                        .and_then(|n| {
+                            pod.spec
+                                .as_ref()
+                                .and_then(|s| s.containers.iter().find(|c| &c.name == n))
+                        })
+                        .unwrap_or(c);
+                    Some(
+                        resource_value(
+                            target,
+                            &r.resource,
+                            r.divisor.as_ref().map(|d| d.0.as_str()),
+                        )
                         .unwrap_or_else(|| "0".into()),
-                )
+                    )
+                } else {
+                    None
+                }
             } else {
-                None
-            }
-        } else {
-            let vars: HashMap<&str, &str> =
-                out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Some(expand(e.value.as_deref().unwrap_or(""), &vars))
-        };
+                let vars: HashMap<&str, &str> =
+                    out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Some(expand(e.value.as_deref().unwrap_or(""), &vars))
+            };
         if let Some(v) = value {
             set(&mut out, e.name.clone(), v);
         }
@@ -636,7 +650,10 @@ pub async fn prepare_volumes(
                     std::fs::create_dir_all(&p).map_err(|e| io(&v.name, e))?;
                 }
                 "Directory" if !p.is_dir() => {
-                    return Err(failed(&v.name, format!("hostPath type check failed: {} is not a directory", h.path)))
+                    return Err(failed(
+                        &v.name,
+                        format!("hostPath type check failed: {} is not a directory", h.path),
+                    ))
                 }
                 "FileOrCreate" if !p.exists() => {
                     if let Some(d) = p.parent() {
@@ -645,14 +662,20 @@ pub async fn prepare_volumes(
                     std::fs::write(&p, b"").map_err(|e| io(&v.name, e))?;
                 }
                 "File" if !p.is_file() => {
-                    return Err(failed(&v.name, format!("hostPath type check failed: {} is not a file", h.path)))
+                    return Err(failed(
+                        &v.name,
+                        format!("hostPath type check failed: {} is not a file", h.path),
+                    ))
                 }
                 _ => {}
             }
             p
         } else if let Some(cmv) = &v.config_map {
             let p = vols_dir.join("kubernetes.io~configmap").join(&v.name);
-            let cm = look.configmap(&cmv.name).await.map_err(|e| failed(&v.name, e.message))?;
+            let cm = look
+                .configmap(&cmv.name)
+                .await
+                .map_err(|e| failed(&v.name, e.message))?;
             let files: BTreeMap<String, Vec<u8>> = match cm {
                 Some(cm) => {
                     let mut all: BTreeMap<String, Vec<u8>> = cm
@@ -661,18 +684,31 @@ pub async fn prepare_volumes(
                         .flatten()
                         .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
                         .collect();
-                    all.extend(cm.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+                    all.extend(
+                        cm.binary_data
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.clone(), v.0.clone())),
+                    );
                     select_items(all, cmv.items.as_deref())
                 }
                 None if cmv.optional == Some(true) => BTreeMap::new(),
-                None => return Err(failed(&v.name, format!("configmap \"{}\" not found", cmv.name))),
+                None => {
+                    return Err(failed(
+                        &v.name,
+                        format!("configmap \"{}\" not found", cmv.name),
+                    ))
+                }
             };
             write_files(&p, &files, cmv.default_mode).map_err(|e| io(&v.name, e))?;
             p
         } else if let Some(sv) = &v.secret {
             let p = vols_dir.join("kubernetes.io~secret").join(&v.name);
             let sname = sv.secret_name.clone().unwrap_or_default();
-            let s = look.secret(&sname).await.map_err(|e| failed(&v.name, e.message))?;
+            let s = look
+                .secret(&sname)
+                .await
+                .map_err(|e| failed(&v.name, e.message))?;
             let files = match s {
                 Some(s) => select_items(
                     s.data
@@ -699,7 +735,10 @@ pub async fn prepare_volumes(
             write_files(&p, &files, dv.default_mode).map_err(|e| io(&v.name, e))?;
             p
         } else {
-            return Err(failed(&v.name, "volume type not supported by kelson-kubelet".into()));
+            return Err(failed(
+                &v.name,
+                "volume type not supported by kelson-kubelet".into(),
+            ));
         };
         out.insert(v.name.clone(), path);
     }
@@ -725,7 +764,11 @@ fn set_mode(p: &Path, mode: u32) {
 }
 
 /// Writes `files` under `dir` (relative paths only; `..` is refused).
-fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: Option<i32>) -> std::io::Result<()> {
+fn write_files(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    mode: Option<i32>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for (rel, data) in files {
         if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
@@ -756,7 +799,10 @@ pub fn mounts(
         let base = volumes.get(&m.name).ok_or_else(|| {
             ContainerFailure::new(
                 "CreateContainerConfigError",
-                format!("cannot find volume \"{}\" to mount into container \"{}\"", m.name, c.name),
+                format!(
+                    "cannot find volume \"{}\" to mount into container \"{}\"",
+                    m.name, c.name
+                ),
             )
         })?;
         let mut host = base.clone();
@@ -840,10 +886,22 @@ mod tests {
             "spec": {"containers": [{"name": "c"}]}
         }))
         .unwrap();
-        assert_eq!(field_value(&pod, &ctx, "10.0.0.5", "metadata.name").as_deref(), Some("p"));
-        assert_eq!(field_value(&pod, &ctx, "10.0.0.5", "status.podIP").as_deref(), Some("10.0.0.5"));
-        assert_eq!(field_value(&pod, &ctx, "", "spec.nodeName").as_deref(), Some("n1"));
-        assert_eq!(field_value(&pod, &ctx, "", "metadata.labels['app']").as_deref(), Some("web"));
+        assert_eq!(
+            field_value(&pod, &ctx, "10.0.0.5", "metadata.name").as_deref(),
+            Some("p")
+        );
+        assert_eq!(
+            field_value(&pod, &ctx, "10.0.0.5", "status.podIP").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            field_value(&pod, &ctx, "", "spec.nodeName").as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            field_value(&pod, &ctx, "", "metadata.labels['app']").as_deref(),
+            Some("web")
+        );
         assert_eq!(field_value(&pod, &ctx, "", "bogus"), None);
         assert_eq!(log_dir(&ctx, &pod), PathBuf::from("/l/ns_p_u1"));
         assert_eq!(cgroup_parent(&ctx, &pod), "/kubepods/besteffort/podu1");

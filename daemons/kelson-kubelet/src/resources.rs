@@ -55,7 +55,11 @@ pub fn parse_milli(q: &str) -> Option<i128> {
     }
     let int: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
     let frac_den = 10i128.checked_pow(frac.len() as u32)?;
-    let frac_num: i128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_num: i128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     // value*1000 = (int + frac_num/frac_den) * mult_num / mult_den * 1000, rounded up.
     let numer = (int.checked_mul(frac_den)? + frac_num)
         .checked_mul(mult_num)?
@@ -159,9 +163,7 @@ mod tests {
     #[test]
     fn resources_become_cgroup_values() {
         let r = ResourceRequirements {
-            limits: Some(
-                [("cpu".to_string(), q("500m")), ("memory".into(), q("64Mi"))].into(),
-            ),
+            limits: Some([("cpu".to_string(), q("500m")), ("memory".into(), q("64Mi"))].into()),
             requests: Some([("cpu".to_string(), q("250m"))].into()),
             ..Default::default()
         };

@@ -53,7 +53,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn running_pods(&self) -> u32 {
-        self.phases.lock().values().filter(|p| *p == "Running").count() as u32
+        self.phases
+            .lock()
+            .values()
+            .filter(|p| *p == "Running")
+            .count() as u32
     }
 }
 
@@ -142,7 +146,10 @@ impl Worker {
                     let grace = p
                         .metadata
                         .deletion_grace_period_seconds
-                        .or(p.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                        .or(p
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds))
                         .unwrap_or(30);
                     self.teardown(grace).await;
                     self.delete_pod(&p).await;
@@ -174,7 +181,11 @@ impl Worker {
 
     /// The newest ready sandbox of this pod, adopting one from a previous kubelet run.
     async fn find_sandbox(&self) -> Result<Option<(String, String)>, crate::cri::CriError> {
-        let mut sbs = self.shared.cri.list_pod_sandboxes(self.uid_labels()).await?;
+        let mut sbs = self
+            .shared
+            .cri
+            .list_pod_sandboxes(self.uid_labels())
+            .await?;
         sbs.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         for sb in sbs {
             if sb.state == cri::PodSandboxState::SandboxReady as i32 {
@@ -235,7 +246,13 @@ impl Worker {
             let id = match self.shared.cri.run_pod_sandbox(cfg).await {
                 Ok(id) => id,
                 Err(e) => {
-                    self.fail_all(&spec, ContainerFailure::new("ContainerCreating", format!("Failed to create pod sandbox: {}", e.message())));
+                    self.fail_all(
+                        &spec,
+                        ContainerFailure::new(
+                            "ContainerCreating",
+                            format!("Failed to create pod sandbox: {}", e.message()),
+                        ),
+                    );
                     return Err(e.into());
                 }
             };
@@ -248,15 +265,19 @@ impl Worker {
 
         // 2. Volumes (re-done each pass: configMap/secret contents follow their objects).
         let mut look = Lookups::new(self.shared.client.clone(), podspec::namespace(pod));
-        let volumes = match podspec::prepare_volumes(&self.shared.ctx, pod, &pod_ip, &mut look).await {
-            Ok(v) => v,
-            Err(f) => {
-                self.fail_all(&spec, f);
-                return Ok(());
-            }
-        };
+        let volumes =
+            match podspec::prepare_volumes(&self.shared.ctx, pod, &pod_ip, &mut look).await {
+                Ok(v) => v,
+                Err(f) => {
+                    self.fail_all(&spec, f);
+                    return Ok(());
+                }
+            };
         let observed = self.observe(&sb_id).await?;
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
 
         // 3. Init containers, in order, one at a time.
         for c in spec.init_containers.iter().flatten() {
@@ -267,7 +288,8 @@ impl Worker {
                         if policy == "Never" {
                             return Ok(()); // the pod is Failed; status says so
                         }
-                        self.maybe_restart(pod, c, &sb_id, &pod_ip, &volumes, &mut look, Some(o)).await;
+                        self.maybe_restart(pod, c, &sb_id, &pod_ip, &volumes, &mut look, Some(o))
+                            .await;
                         return Ok(());
                     }
                     cri::ContainerState::ContainerCreated => {
@@ -277,7 +299,8 @@ impl Worker {
                     _ => return Ok(()),
                 },
                 None => {
-                    self.start_new(pod, c, &sb_id, &pod_ip, &volumes, &mut look, 0).await;
+                    self.start_new(pod, c, &sb_id, &pod_ip, &volumes, &mut look, 0)
+                        .await;
                     return Ok(());
                 }
             }
@@ -287,13 +310,16 @@ impl Worker {
         for c in &spec.containers {
             match observed.get(&c.name) {
                 None => {
-                    self.start_new(pod, c, &sb_id, &pod_ip, &volumes, &mut look, 0).await;
+                    self.start_new(pod, c, &sb_id, &pod_ip, &volumes, &mut look, 0)
+                        .await;
                 }
                 Some(o) => match state_of(&o.latest) {
                     cri::ContainerState::ContainerRunning => {
                         self.containers.entry(c.name.clone()).or_default().failure = None;
                     }
-                    cri::ContainerState::ContainerCreated => self.start_existing(c, &o.latest.id).await,
+                    cri::ContainerState::ContainerCreated => {
+                        self.start_existing(c, &o.latest.id).await
+                    }
                     cri::ContainerState::ContainerExited => {
                         let restart = match policy.as_str() {
                             "Never" => false,
@@ -301,7 +327,16 @@ impl Worker {
                             _ => true,
                         };
                         if restart {
-                            self.maybe_restart(pod, c, &sb_id, &pod_ip, &volumes, &mut look, Some(o)).await;
+                            self.maybe_restart(
+                                pod,
+                                c,
+                                &sb_id,
+                                &pod_ip,
+                                &volumes,
+                                &mut look,
+                                Some(o),
+                            )
+                            .await;
                         }
                     }
                     cri::ContainerState::ContainerUnknown => {}
@@ -312,14 +347,22 @@ impl Worker {
     }
 
     fn fail_all(&mut self, spec: &k8s_openapi::api::core::v1::PodSpec, f: ContainerFailure) {
-        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
             self.containers.entry(c.name.clone()).or_default().failure = Some(f.clone());
         }
     }
 
     /// Latest and previous container per name in the sandbox (older ones are removed).
     async fn observe(&self, sb_id: &str) -> anyhow::Result<HashMap<String, Observed>> {
-        let list = self.shared.cri.list_containers(Some(sb_id), self.uid_labels()).await?;
+        let list = self
+            .shared
+            .cri
+            .list_containers(Some(sb_id), self.uid_labels())
+            .await?;
         let mut by_name: HashMap<String, Vec<cri::Container>> = HashMap::new();
         for c in list {
             let name = c
@@ -346,7 +389,14 @@ impl Worker {
                 None => None,
             };
             let restart_count = restart_count_of(&latest);
-            out.insert(name, Observed { latest, previous, restart_count });
+            out.insert(
+                name,
+                Observed {
+                    latest,
+                    previous,
+                    restart_count,
+                },
+            );
         }
         Ok(out)
     }
@@ -395,7 +445,8 @@ impl Worker {
             Some(b) => (b * 2).min(BACKOFF_MAX),
         });
         let next = o.map(|o| o.restart_count + 1).unwrap_or(0);
-        self.start_new(pod, c, sb_id, pod_ip, volumes, look, next).await;
+        self.start_new(pod, c, sb_id, pod_ip, volumes, look, next)
+            .await;
     }
 
     /// Image, env, mounts, CreateContainer, StartContainer; failures become waiting reasons.
@@ -525,7 +576,12 @@ impl Worker {
         };
         for sb in sbs {
             if sb.state != cri::PodSandboxState::SandboxReady as i32 {
-                if let Ok(cs) = self.shared.cri.list_containers(Some(&sb.id), HashMap::new()).await {
+                if let Ok(cs) = self
+                    .shared
+                    .cri
+                    .list_containers(Some(&sb.id), HashMap::new())
+                    .await
+                {
                     for c in cs {
                         let _ = self.shared.cri.remove_container(&c.id).await;
                     }
@@ -538,7 +594,12 @@ impl Worker {
 
     /// Stops every container of the pod concurrently with `grace` seconds each.
     async fn stop_all(&self, grace: i64) {
-        let Ok(cs) = self.shared.cri.list_containers(None, self.uid_labels()).await else {
+        let Ok(cs) = self
+            .shared
+            .cri
+            .list_containers(None, self.uid_labels())
+            .await
+        else {
             return;
         };
         let stops = cs
@@ -555,7 +616,12 @@ impl Worker {
     /// Stop (grace), remove containers, stop and remove sandboxes, remove the pod's dirs.
     async fn teardown(&mut self, grace: i64) {
         self.stop_all(grace.max(0)).await;
-        if let Ok(cs) = self.shared.cri.list_containers(None, self.uid_labels()).await {
+        if let Ok(cs) = self
+            .shared
+            .cri
+            .list_containers(None, self.uid_labels())
+            .await
+        {
             for c in cs {
                 if let Err(e) = self.shared.cri.remove_container(&c.id).await {
                     tracing::warn!(container = %c.id, error = %e, "removing a container");
@@ -595,7 +661,9 @@ impl Worker {
         match api.delete(&podspec::name(pod), &dp).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => tracing::warn!(pod = %podspec::name(pod), error = %e, "deleting the pod object"),
+            Err(e) => {
+                tracing::warn!(pod = %podspec::name(pod), error = %e, "deleting the pod object")
+            }
         }
     }
 
@@ -610,14 +678,21 @@ impl Worker {
         };
         let status = self.build_status(pod, &observed);
         let phase = status["phase"].as_str().unwrap_or("").to_string();
-        self.shared.phases.lock().insert(self.uid.clone(), phase.clone());
+        self.shared
+            .phases
+            .lock()
+            .insert(self.uid.clone(), phase.clone());
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &podspec::namespace(pod));
         let patch = json!({"status": status});
         match api
-            .patch_status(&podspec::name(pod), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &podspec::name(pod),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => {
@@ -675,13 +750,15 @@ impl Worker {
                 }
                 match state_of(s) {
                     cri::ContainerState::ContainerRunning => {
-                        out["state"] = json!({"running": {"startedAt": ns_to_rfc3339(s.started_at)}});
+                        out["state"] =
+                            json!({"running": {"startedAt": ns_to_rfc3339(s.started_at)}});
                         out["ready"] = json!(true);
                         out["started"] = json!(true);
                     }
                     cri::ContainerState::ContainerExited => match failure {
                         Some(f) => {
-                            out["state"] = json!({"waiting": {"reason": f.reason, "message": f.message}});
+                            out["state"] =
+                                json!({"waiting": {"reason": f.reason, "message": f.message}});
                             out["lastState"] = terminated(s);
                         }
                         None => out["state"] = terminated(s),
@@ -701,7 +778,10 @@ impl Worker {
 
     fn build_status(&mut self, pod: &Pod, observed: &HashMap<String, Observed>) -> Value {
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let inits: Vec<&Container> = spec.init_containers.iter().flatten().collect();
         let mut init_statuses = Vec::new();
         let mut init_done = true;
@@ -720,7 +800,11 @@ impl Worker {
                 _ => init_done = false,
             }
         }
-        let default_wait = if init_done { "ContainerCreating" } else { "PodInitializing" };
+        let default_wait = if init_done {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
         let statuses: Vec<Value> = spec
             .containers
             .iter()
@@ -791,7 +875,15 @@ impl Worker {
         let ready = all_ready && phase == "Running";
         let mut conditions = vec![
             cond("PodReadyToStartContainers", self.sandbox.is_some(), None),
-            cond("Initialized", init_done, Some(if phase == "Succeeded" || phase == "Failed" { "PodCompleted" } else { "ContainersNotInitialized" })),
+            cond(
+                "Initialized",
+                init_done,
+                Some(if phase == "Succeeded" || phase == "Failed" {
+                    "PodCompleted"
+                } else {
+                    "ContainersNotInitialized"
+                }),
+            ),
             cond("Ready", ready, Some(not_ready_reason)),
             cond("ContainersReady", ready, Some(not_ready_reason)),
         ];
@@ -813,7 +905,10 @@ impl Worker {
         let pod_ip = if spec.host_network.unwrap_or(false) {
             self.shared.ctx.node_ip.clone()
         } else {
-            self.sandbox.as_ref().map(|(_, ip)| ip.clone()).unwrap_or_default()
+            self.sandbox
+                .as_ref()
+                .map(|(_, ip)| ip.clone())
+                .unwrap_or_default()
         };
         let mut status = json!({
             "phase": phase,
@@ -838,7 +933,10 @@ impl Worker {
 /// Summary of a status for tests/logs: phase and each container's state key and reason.
 pub fn summarize(status: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    out.insert("phase".into(), status["phase"].as_str().unwrap_or("").into());
+    out.insert(
+        "phase".into(),
+        status["phase"].as_str().unwrap_or("").into(),
+    );
     for c in status["containerStatuses"].as_array().into_iter().flatten() {
         let st = c["state"].as_object().and_then(|m| m.iter().next());
         let text = match st {

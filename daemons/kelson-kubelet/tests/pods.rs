@@ -28,7 +28,9 @@ fn prerequisites() -> bool {
         && Path::new("/usr/lib/cni/bridge").exists()
         && Path::new(kelson_oci::DEFAULT_BUSYBOX).exists();
     if !ok {
-        eprintln!("skipping: needs root, containerd, CNI plugins and busybox-static (scripts/setup.sh)");
+        eprintln!(
+            "skipping: needs root, containerd, CNI plugins and busybox-static (scripts/setup.sh)"
+        );
     }
     ok
 }
@@ -42,7 +44,8 @@ struct Kubelet {
 impl Kubelet {
     fn start(&mut self) {
         let mut cmd = Command::new(bin_path("kelson-kubelet"));
-        cmd.args(&self.args).env("KELSON_LOG_LEVEL", "info,kube=warn");
+        cmd.args(&self.args)
+            .env("KELSON_LOG_LEVEL", "info,kube=warn");
         self.child = Some(ChildGuard::spawn("kelson-kubelet", cmd, &self.log).unwrap());
     }
     fn stop(&mut self) {
@@ -51,7 +54,10 @@ impl Kubelet {
         }
     }
     fn log_tail(&self) -> String {
-        self.child.as_ref().map(|c| c.log_tail(40)).unwrap_or_default()
+        self.child
+            .as_ref()
+            .map(|c| c.log_tail(40))
+            .unwrap_or_default()
     }
 }
 
@@ -154,14 +160,21 @@ async fn kubelet_runs_pods_through_containerd() {
     assert_eq!(spec.taints.unwrap()[0].key, "dedicated");
     let status = node.status.clone().unwrap();
     assert!(status.capacity.unwrap().contains_key("memory"));
-    assert!(status.node_info.unwrap().container_runtime_version.starts_with("containerd://"));
+    assert!(status
+        .node_info
+        .unwrap()
+        .container_runtime_version
+        .starts_with("containerd://"));
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let lease = wait_for(Duration::from_secs(10), "node lease", || async {
         Ok(leases.get(&node_name).await?)
     })
     .await
     .unwrap();
-    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(node_name.as_str()));
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some(node_name.as_str())
+    );
 
     // 2. A busybox pod runs, with env from the downward API, writing to a hostPath and its log.
     let writer = pod(
@@ -194,9 +207,13 @@ async fn kubelet_runs_pods_through_containerd() {
     .unwrap_or_else(|e| panic!("{e:#}\nkubelet log:\n{}", kubelet.log_tail()));
     let ip = st["podIP"].as_str().unwrap();
     assert!(ip.starts_with("10.251.7."), "pod IP {ip}");
-    assert_eq!(st["qosClass"], "Burstable");
+    assert_eq!(st["qosClass"], "Guaranteed");
     assert_eq!(st["containerStatuses"][0]["ready"], true);
-    assert!(st["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    assert!(st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True"));
     wait_until(Duration::from_secs(10), "hostPath file", || async {
         std::fs::read_to_string(host_dir.join("msg")).is_ok_and(|s| s.trim() == "hello-writer")
     })
@@ -210,7 +227,10 @@ async fn kubelet_runs_pods_through_containerd() {
     })
     .await
     .unwrap();
-    let writer_cid = st["containerStatuses"][0]["containerID"].as_str().unwrap().to_string();
+    let writer_cid = st["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // 3. A missing image with pullPolicy Never: ErrImageNeverPull with upstream's message.
     let missing = pod(
@@ -262,7 +282,10 @@ async fn kubelet_runs_pods_through_containerd() {
     })
     .await
     .unwrap();
-    assert_eq!(st["containerStatuses"][0]["containerID"], writer_cid.as_str());
+    assert_eq!(
+        st["containerStatuses"][0]["containerID"],
+        writer_cid.as_str()
+    );
     assert_eq!(st["containerStatuses"][0]["restartCount"], 0);
     let running: Vec<_> = containers_of(&cri, &writer_uid)
         .await
@@ -277,19 +300,22 @@ async fn kubelet_runs_pods_through_containerd() {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     for name in ["writer", "missing", "crasher"] {
-        wait_until(Duration::from_secs(40), &format!("{name} deleted"), || async {
-            matches!(pods.get_opt(name).await, Ok(None))
-        })
+        wait_until(
+            Duration::from_secs(40),
+            &format!("{name} deleted"),
+            || async { matches!(pods.get_opt(name).await, Ok(None)) },
+        )
         .await
         .unwrap_or_else(|e| panic!("{e:#}\nkubelet log:\n{}", kubelet.log_tail()));
     }
     assert!(containers_of(&cri, &writer_uid).await.is_empty());
-    let left = cri.list_pod_sandboxes(HashMap::from([(
-        "io.kelson.node".to_string(),
-        node_name.clone(),
-    )]))
-    .await
-    .unwrap();
+    let left = cri
+        .list_pod_sandboxes(HashMap::from([(
+            "io.kelson.node".to_string(),
+            node_name.clone(),
+        )]))
+        .await
+        .unwrap();
     assert!(left.is_empty(), "sandboxes left: {left:?}");
     kubelet.stop();
 }
