@@ -88,6 +88,8 @@ pub struct Worker {
     last_status: Option<Value>,
     start_time: Option<String>,
     terminal: bool,
+    /// Back-off for failed RunPodSandbox: (next attempt, current step).
+    sandbox_retry: Option<(Instant, Duration)>,
 }
 
 fn now_rfc3339() -> String {
@@ -129,6 +131,7 @@ impl Worker {
             last_status: None,
             start_time: None,
             terminal: false,
+            sandbox_retry: None,
         }
     }
 
@@ -219,6 +222,13 @@ impl Worker {
             }
         }
         let sandbox_cfg_attempt = 0;
+        if self.sandbox.is_none()
+            && self
+                .sandbox_retry
+                .is_some_and(|(at, _)| Instant::now() < at)
+        {
+            return Ok(());
+        }
         if self.sandbox.is_none() {
             let host_net = spec.host_network.unwrap_or(false);
             if !host_net {
@@ -244,8 +254,18 @@ impl Worker {
                 tracing::warn!(dir = %cfg.log_directory, error = %e, "creating the pod log dir");
             }
             let id = match self.shared.cri.run_pod_sandbox(cfg).await {
-                Ok(id) => id,
+                Ok(id) => {
+                    self.sandbox_retry = None;
+                    id
+                }
                 Err(e) => {
+                    // Retry after 2 s, doubling up to 1 min: a broken runtime config must not
+                    // turn into a tight loop of failing runc invocations.
+                    let step = self
+                        .sandbox_retry
+                        .map(|(_, d)| (d * 2).min(Duration::from_secs(60)))
+                        .unwrap_or(Duration::from_secs(2));
+                    self.sandbox_retry = Some((Instant::now() + step, step));
                     self.fail_all(
                         &spec,
                         ContainerFailure::new(
@@ -644,6 +664,7 @@ impl Worker {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing the pod dir");
             }
         }
+        remove_pod_cgroups(&self.shared.ctx.cgroup_root, &self.uid);
         self.sandbox = None;
         tracing::info!(uid = %self.uid, "pod torn down");
     }
@@ -927,6 +948,33 @@ impl Worker {
             status["podIPs"] = json!([{"ip": pod_ip}]);
         }
         status
+    }
+}
+
+/// Removes the pod's (now empty) cgroup directories in every hierarchy, cgroup v1 and v2.
+/// runc removes the containers' own cgroups; the pod-level parent is the kubelet's to clean.
+/// Only `rmdir` is used, so a cgroup that still has processes or children is left alone.
+pub fn remove_pod_cgroups(cgroup_root: &str, uid: &str) {
+    let root = cgroup_root.trim_matches('/');
+    let rels = [
+        format!("{root}/pod{uid}"),
+        format!("{root}/burstable/pod{uid}"),
+        format!("{root}/besteffort/pod{uid}"),
+    ];
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut bases: Vec<std::path::PathBuf> = vec!["/sys/fs/cgroup".into()];
+    bases.extend(hierarchies.filter_map(|e| e.ok()).map(|e| e.path()));
+    for base in bases {
+        for rel in &rels {
+            let dir = base.join(rel);
+            if dir.is_dir() {
+                if let Err(e) = std::fs::remove_dir(&dir) {
+                    tracing::debug!(dir = %dir.display(), error = %e, "removing a pod cgroup");
+                }
+            }
+        }
     }
 }
 

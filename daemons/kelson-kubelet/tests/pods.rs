@@ -35,6 +35,50 @@ fn prerequisites() -> bool {
     ok
 }
 
+/// Removes what the pods' network and cgroups leave on the host (the CNI bridge plugin never
+/// deletes its bridge; the test's cgroup root), also when the test panics.
+struct HostCleanup {
+    bridge: String,
+    cgroup_root: String,
+}
+
+impl Drop for HostCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        let mut dirs = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            collect_dirs(&h.path().join(&self.cgroup_root), &mut dirs);
+        }
+        collect_dirs(
+            &Path::new("/sys/fs/cgroup").join(&self.cgroup_root),
+            &mut dirs,
+        );
+        // Deepest first: rmdir only removes empty cgroups.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out);
+        }
+    }
+}
+
 struct Kubelet {
     args: Vec<String>,
     log: PathBuf,
@@ -107,6 +151,10 @@ async fn kubelet_runs_pods_through_containerd() {
     let node_name = format!("kt-node-{suffix}");
     let host_dir = work.path().join("hostpath");
     let logs_dir = work.path().join("pod-logs");
+    let _cleanup = HostCleanup {
+        bridge: format!("kb{suffix}"),
+        cgroup_root: format!("kelson-test-{suffix}"),
+    };
     let kubeconfig = cp
         .kubeconfig_for(&format!("system:node:{node_name}"), Some("system:nodes"))
         .unwrap_or_else(|_| cp.kubeconfig_path().to_path_buf());
@@ -231,6 +279,18 @@ async fn kubelet_runs_pods_through_containerd() {
         .as_str()
         .unwrap()
         .to_string();
+    // resources.limits reached the container's cgroup (cgroupfs: <pod cgroup>/<container id>).
+    let mem_limit = format!(
+        "/sys/fs/cgroup/memory/kelson-test-{suffix}/pod{writer_uid}/{}/memory.limit_in_bytes",
+        writer_cid.trim_start_matches("containerd://")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&mem_limit)
+            .unwrap_or_default()
+            .trim(),
+        (64u64 << 20).to_string(),
+        "{mem_limit}"
+    );
 
     // 3. A missing image with pullPolicy Never: ErrImageNeverPull with upstream's message.
     let missing = pod(
@@ -317,5 +377,7 @@ async fn kubelet_runs_pods_through_containerd() {
         .await
         .unwrap();
     assert!(left.is_empty(), "sandboxes left: {left:?}");
+    let pod_cgroup = format!("/sys/fs/cgroup/memory/kelson-test-{suffix}/pod{writer_uid}");
+    assert!(!Path::new(&pod_cgroup).exists(), "{pod_cgroup} left behind");
     kubelet.stop();
 }
