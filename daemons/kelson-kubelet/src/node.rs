@@ -64,7 +64,7 @@ pub fn machine_capacity(root_dir: &Path, max_pods: u32) -> BTreeMap<String, Quan
         .unwrap_or(0);
     let disk = nearest_existing(root_dir)
         .and_then(|p| nix::sys::statvfs::statvfs(&p).ok())
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(0);
     BTreeMap::from([
         ("cpu".to_string(), Quantity(cpus.to_string())),

@@ -424,7 +424,8 @@ fn resource_value(c: &Container, resource: &str, divisor: Option<&str>) -> Optio
     let d = divisor
         .and_then(crate::resources::parse_milli)
         .filter(|d| *d > 0)
-        .unwrap_or(if name == "cpu" { 1000 } else { 1000 });
+        // Upstream's default divisor is 1 (cores for cpu, bytes otherwise).
+        .unwrap_or(1000);
     Some(((q + d - 1) / d).to_string())
 }
 

@@ -850,9 +850,7 @@ impl Worker {
         }
         let phase = if init_failed {
             "Failed"
-        } else if !init_done {
-            "Pending"
-        } else if waiting > 0 {
+        } else if !init_done || waiting > 0 {
             "Pending"
         } else if running > 0 {
             "Running"
