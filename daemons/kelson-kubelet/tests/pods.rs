@@ -14,7 +14,9 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kelson_kubelet::cri::Cri;
-use kelson_testsupport::{bin_path, wait_for, wait_until, ChildGuard, Containerd, ControlPlane};
+use kelson_testsupport::{
+    bin_path, wait_for, wait_until, ChildGuard, Containerd, ControlPlane, DbusDaemon,
+};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
@@ -105,6 +107,24 @@ impl Kubelet {
     }
 }
 
+/// `busctl` against the kubelet's object on the private bus; returns stdout.
+fn busctl(address: &str, args: &[&str]) -> String {
+    let out = Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args(args)
+        .output()
+        .expect("running busctl");
+    assert!(
+        out.status.success(),
+        "busctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const OBJ: &str = "/io/kelson/Kubelet1";
+const IFACE: &str = "io.kelson.Kubelet1";
+
 fn pod(name: &str, node: &str, spec: serde_json::Value) -> Pod {
     let mut spec = spec;
     spec["nodeName"] = json!(node);
@@ -151,6 +171,7 @@ async fn kubelet_runs_pods_through_containerd() {
     let node_name = format!("kt-node-{suffix}");
     let host_dir = work.path().join("hostpath");
     let logs_dir = work.path().join("pod-logs");
+    let bus = DbusDaemon::start().expect("private D-Bus daemon");
     let _cleanup = HostCleanup {
         bridge: format!("kb{suffix}"),
         cgroup_root: format!("kelson-test-{suffix}"),
@@ -160,7 +181,7 @@ async fn kubelet_runs_pods_through_containerd() {
         .unwrap_or_else(|_| cp.kubeconfig_path().to_path_buf());
     let mut kubelet = Kubelet {
         args: vec![
-            "--no-dbus".into(),
+            format!("--dbus-address={}", bus.address()),
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--hostname-override={node_name}"),
             format!("--container-runtime-endpoint={}", ctrd.endpoint()),
@@ -291,6 +312,27 @@ async fn kubelet_runs_pods_through_containerd() {
         (64u64 << 20).to_string(),
         "{mem_limit}"
     );
+
+    // D-Bus: NodeName and RunningPods; Cordon/Uncordon flip spec.unschedulable.
+    let name_prop = busctl(
+        bus.address(),
+        &["get-property", IFACE, OBJ, IFACE, "NodeName"],
+    );
+    assert_eq!(name_prop, format!("s \"{node_name}\""));
+    wait_until(Duration::from_secs(10), "RunningPods = 1", || async {
+        busctl(
+            bus.address(),
+            &["get-property", IFACE, OBJ, IFACE, "RunningPods"],
+        ) == "u 1"
+    })
+    .await
+    .unwrap();
+    busctl(bus.address(), &["call", IFACE, OBJ, IFACE, "Cordon"]);
+    let n = nodes.get(&node_name).await.unwrap();
+    assert_eq!(n.spec.unwrap().unschedulable, Some(true));
+    busctl(bus.address(), &["call", IFACE, OBJ, IFACE, "Uncordon"]);
+    let n = nodes.get(&node_name).await.unwrap();
+    assert_ne!(n.spec.unwrap().unschedulable, Some(true));
 
     // 3. A missing image with pullPolicy Never: ErrImageNeverPull with upstream's message.
     let missing = pod(
