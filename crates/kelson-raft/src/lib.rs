@@ -74,7 +74,8 @@ pub struct RaftConfig {
     pub heartbeat_interval: Duration,
     /// election_tick = election_timeout / heartbeat_interval (default 1000 ms).
     pub election_timeout: Duration,
-    /// Take a snapshot and compact the log every N applied entries.
+    /// Compact the log every N applied entries (state machine snapshots are only serialized
+    /// when a lagging peer needs one).
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
 }
@@ -199,7 +200,8 @@ pub struct NodeStatus {
     pub raft_index: u64,
     pub is_learner: bool,
     pub role: Role,
-    /// Index of the newest snapshot this member holds (taken or received).
+    /// Index of the newest snapshot point: the last log compaction (the state machine is
+    /// durable up to there without the log), a snapshot taken for a peer, or one received.
     pub snapshot_index: u64,
     /// How many snapshots from peers this member has installed since it started.
     pub snapshots_installed: u64,

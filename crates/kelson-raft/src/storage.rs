@@ -98,8 +98,9 @@ pub(crate) struct Core {
     pub cache: VecDeque<Entry>,
     /// Sum of `entry_bytes` over `cache`.
     pub cache_bytes: usize,
-    /// Set when a peer needs a snapshot newer than the newest file (e.g. one that includes the
-    /// peer itself in its conf state); the Ready loop takes one promptly.
+    /// Set when a peer needs a snapshot newer than the newest file (one that covers the
+    /// compacted log, or includes the peer itself in its conf state); the Ready loop takes one
+    /// promptly. Snapshot files are only ever made on such demand.
     pub want_snapshot: bool,
 }
 
@@ -482,10 +483,17 @@ impl raft::Storage for RocksStorage {
             .iter()
             .any(|ids| ids.contains(&to))
         };
+        // The log is compacted independently of snapshot files (see `Loop::maybe_snapshot`),
+        // so a file may predate the compaction point: the peer would then still miss entries.
+        let truncated = self.core.read().first_index.saturating_sub(1);
         match self.load_snapshot() {
             // A snapshot that predates the peer's own addition is useless to it: raft-rs would
             // ignore it, so ask the loop for a fresh one and let raft retry.
-            Ok(Some(s)) if s.get_metadata().index >= request_index && includes(&s) => Ok(s),
+            Ok(Some(s))
+                if s.get_metadata().index >= request_index.max(truncated) && includes(&s) =>
+            {
+                Ok(s)
+            }
             Ok(_) => {
                 self.core.write().want_snapshot = true;
                 Err(raft::Error::Store(
