@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::json;
+
+pub mod containerd;
 use sha2::{Digest, Sha256};
 
 /// Reference of the busybox test image.
@@ -68,6 +70,8 @@ pub enum OciError {
     NotBusybox(PathBuf),
     #[error("invalid image reference {0:?}")]
     BadReference(String),
+    #[error("containerd plugin {plugin} did not load:\n{listing}")]
+    Plugin { plugin: String, listing: String },
 }
 
 /// What an image runs and is called; every image of a test archive shares one layer.
