@@ -762,6 +762,7 @@ static GROUP_VERSIONS: &[(&str, &str)] = &[
     ("", "v1"),
     ("apps", "v1"),
     ("events.k8s.io", "v1"),
+    ("authentication.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
     ("batch", "v1"),
     ("policy", "v1"),
