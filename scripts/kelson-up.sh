@@ -12,5 +12,5 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 # Every daemon `kelsonctl up` starts is found next to kelsonctl in target/release.
 cargo build --release -p kelsonctl -p kelson-kv -p kelson-apiserver -p kelson-scheduler \
-  -p kelson-controller-manager
+  -p kelson-controller-manager -p kelson-kubelet
 exec target/release/kelsonctl up "$@"

@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// Install missing system packages first (runs the source tree's scripts/setup.sh; root).
     #[arg(long)]
     pub install_deps: bool,
+    /// Control plane only: no containerd and kubelet (so no root needed).
+    #[arg(long)]
+    pub no_node: bool,
     /// Seconds to wait for each component to become ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,
@@ -139,6 +142,12 @@ pub enum Readiness {
         ca: PathBuf,
         cert: PathBuf,
         key: PathBuf,
+    },
+    /// containerd answers `ctr version` on its socket and loaded the CRI plugin and the
+    /// snapshotter it was configured with (a skipped plugin is reported, not waited out).
+    Containerd {
+        socket: PathBuf,
+        snapshotter: String,
     },
     /// The daemon's own `READY=1` over sd_notify: `up` plays systemd's part with a socket of its
     /// own, so the readiness it waits for is exactly what a `Type=notify` unit would.
@@ -256,20 +265,72 @@ pub fn write_admin_kubeconfig(
     api: &ApiServerPki,
     port: u16,
 ) -> anyhow::Result<PathBuf> {
+    let path = dir.join("admin.kubeconfig");
+    write_kubeconfig(
+        &path,
+        "kubernetes-admin",
+        &pki.ca_cert,
+        &api.admin_cert,
+        &api.admin_key,
+        port,
+    )?;
+    Ok(path)
+}
+
+/// Issues the kubelet's client certificate (`kubelet.crt/.key`: CN `system:node:<node>`,
+/// O `system:nodes`, which the bootstrap RBAC policy binds to the `system:node` role) unless a
+/// valid one for this node exists, and writes `<dir>/kubelet.kubeconfig` (0600) with it.
+pub fn ensure_node_kubeconfig(
+    dir: &Path,
+    pki: &PkiPaths,
+    node: &str,
+    port: u16,
+) -> anyhow::Result<PathBuf> {
+    use kelson_pki::{CertRequest, Usage};
+    let cn = format!("system:node:{node}");
+    let (cert, key) = (pki.dir.join("kubelet.crt"), pki.dir.join("kubelet.key"));
+    let keep = kelson_pki::cert_info(&cert).ok().is_some_and(|info| {
+        !info.expires_within(Duration::from_secs(30 * 86400))
+            && info.issuer.contains("kelson-ca")
+            && info.subject.contains(&format!("CN={cn}"))
+            && info.subject.contains("system:nodes")
+    }) && key.is_file();
+    if !keep {
+        let ca = kelson_pki::Ca::load(&pki.dir).context("loading the cluster CA")?;
+        let req = CertRequest {
+            organization: Some("system:nodes".into()),
+            ..CertRequest::new(cn.clone(), Usage::Client)
+        };
+        ca.issue(&req)?.write_pair(&pki.dir, "kubelet")?;
+    }
+    let path = dir.join("kubelet.kubeconfig");
+    write_kubeconfig(&path, &cn, &pki.ca_cert, &cert, &key, port)?;
+    Ok(path)
+}
+
+/// Writes a kubeconfig (0600) for `https://127.0.0.1:<port>` with the CA and the client
+/// certificate and key embedded, so it stays valid when copied elsewhere.
+fn write_kubeconfig(
+    path: &Path,
+    user: &str,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    port: u16,
+) -> anyhow::Result<()> {
     use base64::Engine;
     let b64 = |p: &Path| -> anyhow::Result<String> {
         Ok(base64::engine::general_purpose::STANDARD
             .encode(fs::read(p).with_context(|| format!("reading {}", p.display()))?))
     };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kelson\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {}\nusers:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kubernetes-admin@kelson\n  context:\n    cluster: kelson\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@kelson\n",
-        b64(&pki.ca_cert)?,
-        b64(&api.admin_cert)?,
-        b64(&api.admin_key)?,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kelson\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: {user}@kelson\n  context:\n    cluster: kelson\n    user: {user}\ncurrent-context: {user}@kelson\n",
+        b64(ca)?,
+        b64(cert)?,
+        b64(key)?,
     );
-    let path = dir.join("admin.kubeconfig");
-    kelson_pki::write_atomic(&path, text.as_bytes(), 0o600)?;
-    Ok(path)
+    kelson_pki::write_atomic(path, text.as_bytes(), 0o600)?;
+    Ok(())
 }
 
 /// One supervised process of the all-in-one cluster.
@@ -282,7 +343,55 @@ pub struct Component {
     pub readiness: Readiness,
     /// Lines printed once it is ready ("where things are").
     pub info: Vec<String>,
+    /// Work done once it is ready, before the next component starts.
+    pub after_ready: Option<AfterReady>,
+    /// Clean-up around stopping it.
+    pub on_stop: Option<OnStop>,
 }
+
+/// Work `up` does once a component is ready.
+#[derive(Debug, Clone)]
+pub enum AfterReady {
+    /// Build the busybox and pause test images and import them into containerd's `k8s.io`
+    /// namespace, unless both are there already.
+    TestImages {
+        socket: PathBuf,
+        snapshotter: String,
+        images_dir: PathBuf,
+    },
+}
+
+/// Clean-up around stopping a component.
+#[derive(Debug, Clone)]
+pub enum OnStop {
+    /// containerd: before it stops, kill and delete every container (the shims are outside its
+    /// process group and would outlive it, and the kubelet leaves pods running on purpose);
+    /// after, unmount what is left under its directory, forget the pods' IP allocations (no pod
+    /// holds one any more), delete the pods' bridge and the empty pod cgroups.
+    Containerd {
+        dir: PathBuf,
+        socket: PathBuf,
+        ipam_dir: PathBuf,
+        bridge: String,
+        cgroup_root: String,
+    },
+}
+
+/// The node part of the cluster: containerd and the kubelet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSetup {
+    /// Node name (the host name, lower-cased).
+    pub name: String,
+    /// containerd snapshotter (`overlayfs` where the kernel allows it here, else `native`).
+    pub snapshotter: String,
+    /// The kubelet's kubeconfig (`system:node:<name>` in `system:nodes`).
+    pub kubeconfig: PathBuf,
+}
+
+/// The pods' Linux bridge (ours, so a host's `cni0` is left alone).
+pub const CNI_BRIDGE: &str = "kelson0";
+/// Cgroup parent of all pods (cgroupfs), ours for the same reason.
+pub const CGROUP_ROOT: &str = "kelson";
 
 /// Finds a workspace binary: `$KELSON_<NAME>_BIN`, next to our own executable, else `$PATH`.
 pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -314,7 +423,13 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The component list for a data dir. Order matters: each starts after the previous is ready.
-pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result<Vec<Component>> {
+/// With `node`, containerd and the kubelet follow the control plane.
+pub fn components(
+    dir: &Path,
+    pki: &PkiPaths,
+    state: &UpState,
+    node: Option<&NodeSetup>,
+) -> anyhow::Result<Vec<Component>> {
     let client_url = format!("https://127.0.0.1:{}", state.kv_port);
     let peer_url = format!("https://127.0.0.1:{}", state.kv_peer_port);
     let mut args: Vec<OsString> = Vec::new();
@@ -356,6 +471,8 @@ pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result
         args,
         log: dir.join("logs").join("kv.log"),
         readiness: Readiness::KvStatus { conn },
+        after_ready: None,
+        on_stop: None,
         info: vec![
             format!("kv: endpoint {client_url} (mutual TLS)"),
             format!(
@@ -399,6 +516,8 @@ pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result
             format!("apiserver: https://{api_addr}"),
             format!("apiserver: export KUBECONFIG={}", kubeconfig.display()),
         ],
+        after_ready: None,
+        on_stop: None,
     };
     // Controllers are ordinary API clients of the admin kubeconfig for now; they get identities
     // of their own (system:kube-scheduler, system:kube-controller-manager) with RBAC.
@@ -416,6 +535,8 @@ pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result
                 "{name}: log {}",
                 dir.join("logs").join(format!("{name}.log")).display()
             )],
+            after_ready: None,
+            on_stop: None,
         })
     };
     let scheduler = client("scheduler", "kelson-scheduler", &[])?;
@@ -430,7 +551,110 @@ pub fn components(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result
             &CLUSTER_CIDR,
         ],
     )?;
-    Ok(vec![kv, apiserver, scheduler, controller_manager])
+    let mut all = vec![kv, apiserver, scheduler, controller_manager];
+    if let Some(node) = node {
+        all.extend(node_components(dir, node)?);
+    }
+    Ok(all)
+}
+
+/// containerd (always a private instance under `DIR/containerd`, so its CRI sandbox image is
+/// our local pause image and stopping the cluster stops exactly its containers), then the
+/// kubelet on it.
+fn node_components(dir: &Path, node: &NodeSetup) -> anyhow::Result<Vec<Component>> {
+    use kelson_oci::containerd::Layout;
+    let layout = Layout::new(dir.join("containerd"));
+    let socket = layout.socket();
+    let ipam_dir = dir.join("cni").join("ipam");
+    let containerd = Component {
+        name: "containerd",
+        program: find_binary("containerd")?,
+        args: vec![
+            "--config".into(),
+            layout.config_path().into(),
+            "--log-level".into(),
+            "info".into(),
+        ],
+        log: dir.join("logs").join("containerd.log"),
+        readiness: Readiness::Containerd {
+            socket: socket.clone(),
+            snapshotter: node.snapshotter.clone(),
+        },
+        info: vec![format!(
+            "containerd: ctr --address {} --namespace k8s.io containers ls",
+            socket.display()
+        )],
+        after_ready: Some(AfterReady::TestImages {
+            socket: socket.clone(),
+            snapshotter: node.snapshotter.clone(),
+            images_dir: layout.dir.join("images"),
+        }),
+        on_stop: Some(OnStop::Containerd {
+            dir: layout.dir.clone(),
+            socket: socket.clone(),
+            ipam_dir: ipam_dir.clone(),
+            bridge: CNI_BRIDGE.into(),
+            cgroup_root: CGROUP_ROOT.into(),
+        }),
+    };
+    let mut a: Vec<OsString> = Vec::new();
+    let mut flag = |k: &str, v: &dyn AsRef<std::ffi::OsStr>| {
+        a.push(k.into());
+        a.push(v.as_ref().to_os_string());
+    };
+    flag("--kubeconfig", &node.kubeconfig);
+    flag("--container-runtime-endpoint", &layout.endpoint());
+    flag("--root-dir", &dir.join("kubelet"));
+    flag("--pod-logs-dir", &dir.join("logs").join("pods"));
+    flag("--hostname-override", &node.name);
+    // The CRI plugin reads CNI configs from where containerd's config says; the kubelet
+    // writes the node's bridge config there once it knows its podCIDR.
+    flag("--cni-conf-dir", &layout.cni_conf_dir());
+    flag("--cni-bridge-name", &CNI_BRIDGE);
+    flag("--cni-ipam-data-dir", &ipam_dir);
+    flag("--cgroup-root", &format!("/{CGROUP_ROOT}"));
+    a.push("--no-dbus".into());
+    let kubelet = Component {
+        name: "kubelet",
+        program: find_binary("kelson-kubelet")?,
+        args: a,
+        log: dir.join("logs").join("kubelet.log"),
+        readiness: Readiness::Notify,
+        info: vec![format!(
+            "kubelet: node {} (pod logs under {})",
+            node.name,
+            dir.join("logs").join("pods").display()
+        )],
+        after_ready: None,
+        on_stop: None,
+    };
+    Ok(vec![containerd, kubelet])
+}
+
+/// Chooses the node's name and containerd snapshotter and writes containerd's config and the
+/// kubelet's kubeconfig.
+pub fn prepare_node(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Result<NodeSetup> {
+    use kelson_oci::containerd::{overlayfs_supported, Layout};
+    let name = kelson_pki::hostname()
+        .map(|h| h.to_lowercase())
+        .unwrap_or_else(|| "localhost".into());
+    let layout = Layout::new(dir.join("containerd"));
+    fs::create_dir_all(&layout.dir)
+        .with_context(|| format!("creating {}", layout.dir.display()))?;
+    // The same mount test containerd's overlay plugin makes at start, asked first so the
+    // daemon starts once with a snapshotter it will load.
+    let snapshotter = if overlayfs_supported(&layout.dir) {
+        "overlayfs"
+    } else {
+        "native"
+    };
+    layout.write_config(snapshotter, kelson_oci::PAUSE_IMAGE)?;
+    let kubeconfig = ensure_node_kubeconfig(dir, pki, &name, state.apiserver_port)?;
+    Ok(NodeSetup {
+        name,
+        snapshotter: snapshotter.into(),
+        kubeconfig,
+    })
 }
 
 /// Pod network of the all-in-one cluster (node IPAM hands out a /24 per node).
@@ -562,8 +786,38 @@ impl Running {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// SIGTERM to the component's group, up to `grace` to exit, then SIGKILL.
+    /// SIGTERM to the component's group, up to `grace` to exit, then SIGKILL; with the
+    /// component's clean-up before and after.
     async fn stop(&mut self, grace: Duration) {
+        if let Some(OnStop::Containerd { socket, .. }) = self.comp.on_stop.clone() {
+            if self.exited().is_none() {
+                let n = tokio::task::spawn_blocking(move || {
+                    kelson_oci::containerd::remove_all_containers(&socket)
+                })
+                .await
+                .unwrap_or(0);
+                if n > 0 {
+                    println!("{}: killed and removed {n} containers", self.comp.name);
+                }
+            }
+        }
+        self.signal_and_wait(grace).await;
+        if let Some(OnStop::Containerd {
+            dir,
+            ipam_dir,
+            bridge,
+            cgroup_root,
+            ..
+        }) = self.comp.on_stop.clone()
+        {
+            let _ = tokio::task::spawn_blocking(move || {
+                node_cleanup(&dir, &ipam_dir, &bridge, &cgroup_root)
+            })
+            .await;
+        }
+    }
+
+    async fn signal_and_wait(&mut self, grace: Duration) {
         let pgid = Pid::from_raw(self.pid() as i32);
         if self.exited().is_some() {
             let _ = killpg(pgid, Signal::SIGKILL);
@@ -582,6 +836,52 @@ impl Running {
         println!("{}: did not stop within {grace:?}; killing", self.comp.name);
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
+    }
+}
+
+/// What a stopped node leaves on the host once its containers are gone: mounts under
+/// containerd's directory, host-local IP reservations (files named by IP, plus its
+/// `last_reserved_ip` bookkeeping; no pod holds an address any more), the pods' bridge, and the
+/// empty pod cgroups under `cgroup_root` in every hierarchy. Best effort.
+fn node_cleanup(ctrd_dir: &Path, ipam_dir: &Path, bridge: &str, cgroup_root: &str) {
+    kelson_oci::containerd::unmount_under(ctrd_dir);
+    let _ = fs::remove_dir_all(ipam_dir);
+    if Path::new("/sys/class/net").join(bridge).exists() {
+        let _ = Command::new("ip")
+            .args(["link", "del", bridge])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let mut dirs = Vec::new();
+    let mut roots = vec![Path::new("/sys/fs/cgroup").join(cgroup_root)];
+    for h in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        roots.push(h.path().join(cgroup_root));
+    }
+    for r in roots {
+        collect_dirs(&r, &mut dirs, 0);
+    }
+    // Deepest first: rmdir only removes empty cgroups, and a busy one stays.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = fs::remove_dir(d);
+    }
+}
+
+/// Directories under `dir` (itself included), to a bounded depth (pod/container cgroups are 2).
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+    if depth > 4 || !dir.is_dir() || fs::symlink_metadata(dir).is_ok_and(|m| m.is_symlink()) {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&e.path(), out, depth + 1);
+        }
     }
 }
 
@@ -648,9 +948,35 @@ async fn probe(r: &Readiness) -> anyhow::Result<String> {
             cert,
             key,
         } => readyz(*addr, ca, cert, key).await,
+        Readiness::Containerd {
+            socket,
+            snapshotter,
+        } => {
+            let (socket, snapshotter) = (socket.clone(), snapshotter.clone());
+            tokio::task::spawn_blocking(move || {
+                let version = kelson_oci::containerd::server_version(&socket)?;
+                // Serving without a plugin it needs is final: waiting will not load it.
+                kelson_oci::containerd::check_plugins(&socket, &snapshotter)
+                    .map_err(|e| Fatal(e.to_string()))?;
+                Ok(format!("containerd {version}, snapshotter {snapshotter}"))
+            })
+            .await?
+        }
         Readiness::Notify => bail!("waiting for READY=1"),
     }
 }
+
+/// A readiness failure that waiting will not fix.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 /// Waits until `r` is ready; fails if its process exits or the bound passes. `Ok(None)` means
 /// a stop signal arrived first.
@@ -687,6 +1013,12 @@ async fn wait_ready(
             tokio::select! {
                 res = probe(&r.comp.readiness) => match res {
                     Ok(what) => return Ok(Some(what)),
+                    Err(e) if e.downcast_ref::<Fatal>().is_some() => bail!(
+                        "{} cannot become ready: {e:#}; last log lines from {}:\n{}",
+                        r.comp.name,
+                        r.comp.log.display(),
+                        r.log_tail(30)
+                    ),
                     Err(e) => last = format!("{e:#}"),
                 },
                 Stop::Signal(s) = signals.recv() => {
@@ -701,6 +1033,41 @@ async fn wait_ready(
                 println!("{s} received during startup");
                 return Ok(None);
             }
+        }
+    }
+}
+
+async fn after_ready(name: &str, step: AfterReady) -> anyhow::Result<()> {
+    match step {
+        AfterReady::TestImages {
+            socket,
+            snapshotter,
+            images_dir,
+        } => {
+            let imported = tokio::task::spawn_blocking(move || {
+                kelson_oci::containerd::ensure_test_images(
+                    &socket,
+                    &snapshotter,
+                    &images_dir,
+                    Path::new(kelson_oci::DEFAULT_BUSYBOX),
+                )
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "{name}: building and importing the test images (is busybox-static installed?)"
+                )
+            })?;
+            if imported.is_empty() {
+                println!(
+                    "{name}: images {} and {} present",
+                    kelson_oci::PAUSE_IMAGE,
+                    kelson_oci::BUSYBOX_IMAGE
+                );
+            } else {
+                println!("{name}: imported {}", imported.join(", "));
+            }
+            Ok(())
         }
     }
 }
@@ -761,7 +1128,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         kubeconfig.display()
     );
 
-    let comps = components(&dir, &pki, &state)?;
+    let node = if args.no_node {
+        None
+    } else {
+        let n = prepare_node(&dir, &pki, &state)?;
+        println!(
+            "node: {} (containerd snapshotter {}); kubeconfig: {}",
+            n.name,
+            n.snapshotter,
+            n.kubeconfig.display()
+        );
+        Some(n)
+    };
+    let comps = components(&dir, &pki, &state, node.as_ref())?;
     let timeout = Duration::from_secs(args.ready_timeout.max(1));
     let mut running: Vec<Running> = Vec::new();
     for comp in comps {
@@ -788,6 +1167,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
                 println!("{}: ready ({what})", r.comp.name);
                 for line in &r.comp.info {
                     println!("{line}");
+                }
+                if let Some(step) = r.comp.after_ready.clone() {
+                    if let Err(e) = after_ready(r.comp.name, step).await {
+                        stop_all(&mut running).await;
+                        return Err(e);
+                    }
                 }
             }
             Ok(None) => {
@@ -844,6 +1229,7 @@ mod tests {
             apiserver_port: None,
             hosts: vec![],
             install_deps: false,
+            no_node: false,
             ready_timeout: 5,
         }
     }
@@ -937,8 +1323,12 @@ mod tests {
         // Any existing file will do as the binary for building the list.
         std::env::set_var("KELSON_KV_BIN", "/bin/true");
         std::env::set_var("KELSON_APISERVER_BIN", "/bin/true");
-        let comps = components(dir.path(), &pki, &state).unwrap();
-        assert_eq!(comps.len(), 2);
+        std::env::set_var("KELSON_SCHEDULER_BIN", "/bin/true");
+        std::env::set_var("KELSON_CONTROLLER-MANAGER_BIN", "/bin/true");
+        std::env::set_var("KELSON_CONTAINERD_BIN", "/bin/true");
+        std::env::set_var("KELSON_KUBELET_BIN", "/bin/true");
+        let comps = components(dir.path(), &pki, &state, None).unwrap();
+        assert_eq!(comps.len(), 4);
         let api: Vec<String> = comps[1]
             .args
             .iter()
@@ -968,5 +1358,77 @@ mod tests {
         );
         assert!(a.contains(&"--client-cert-auth".to_string()));
         assert!(comps[0].log.ends_with("logs/kv.log"));
+
+        // With a node: containerd (its own socket under the data dir), then the kubelet on it.
+        let node = NodeSetup {
+            name: "node-a".into(),
+            snapshotter: "native".into(),
+            kubeconfig: dir.path().join("kubelet.kubeconfig"),
+        };
+        let comps = components(dir.path(), &pki, &state, Some(&node)).unwrap();
+        let names: Vec<&str> = comps.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "kv",
+                "apiserver",
+                "scheduler",
+                "controller-manager",
+                "containerd",
+                "kubelet"
+            ]
+        );
+        let sock = dir.path().join("containerd/containerd.sock");
+        assert!(matches!(&comps[4].readiness,
+            Readiness::Containerd { socket, snapshotter } if *socket == sock && snapshotter == "native"));
+        assert!(matches!(comps[4].on_stop, Some(OnStop::Containerd { .. })));
+        let kubelet = comps[5]
+            .args
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cfg = kelson_oci::containerd::config_toml(
+            &dir.path().join("containerd"),
+            "native",
+            kelson_oci::PAUSE_IMAGE,
+        );
+        let conf_dir = dir.path().join("containerd/cni/net.d");
+        assert!(cfg.contains(&format!("conf_dir = \"{}\"", conf_dir.display())));
+        for want in [
+            format!("--container-runtime-endpoint unix://{}", sock.display()),
+            format!("--cni-conf-dir {}", conf_dir.display()),
+            format!("--root-dir {}", dir.path().join("kubelet").display()),
+            format!("--pod-logs-dir {}", dir.path().join("logs/pods").display()),
+            "--hostname-override node-a".into(),
+            "--no-dbus".into(),
+        ] {
+            assert!(kubelet.contains(&want), "{want} in {kubelet}");
+        }
+        assert!(matches!(comps[5].readiness, Readiness::Notify));
+    }
+
+    #[test]
+    fn node_kubeconfig_carries_a_node_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = kelson_pki::init_store_pki(&dir.path().join("pki"), &[]).unwrap();
+        let kc = ensure_node_kubeconfig(dir.path(), &pki, "node-a", 7443).unwrap();
+        let subject = kelson_pki::cert_info(&pki.dir.join("kubelet.crt"))
+            .unwrap()
+            .subject;
+        assert!(subject.contains("system:node:node-a"), "{subject}");
+        assert!(subject.contains("system:nodes"), "{subject}");
+        let text = fs::read_to_string(&kc).unwrap();
+        assert!(text.contains("user: system:node:node-a"), "{text}");
+        assert!(text.contains("server: https://127.0.0.1:7443"), "{text}");
+        // Kept for the same node, reissued for another.
+        let before = fs::read(pki.dir.join("kubelet.crt")).unwrap();
+        ensure_node_kubeconfig(dir.path(), &pki, "node-a", 7443).unwrap();
+        assert_eq!(fs::read(pki.dir.join("kubelet.crt")).unwrap(), before);
+        ensure_node_kubeconfig(dir.path(), &pki, "node-b", 7443).unwrap();
+        let subject = kelson_pki::cert_info(&pki.dir.join("kubelet.crt"))
+            .unwrap()
+            .subject;
+        assert!(subject.contains("system:node:node-b"), "{subject}");
     }
 }
