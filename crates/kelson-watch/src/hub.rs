@@ -17,13 +17,17 @@
 //! `base` up to that batch's last revision. A read with `next_rev > base` is served from memory.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use kelson_etcdpb::mvccpb::Event;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::source::{EventSource, WatchSourceError};
+use crate::watcher::Watcher;
+use crate::wire::EventField;
 
 /// Tuning of the hub.
 #[derive(Debug, Clone)]
@@ -49,7 +53,53 @@ impl Default for HubConfig {
 #[derive(Debug)]
 struct Batch {
     to_rev: i64,
-    events: Arc<Vec<Event>>,
+    events: Arc<SharedBatch>,
+}
+
+/// A published batch as all watchers share it: the events, and each event's wire encoding
+/// (see `wire`), made by the first watcher that needs it, once per `prev_kv` variant, so a
+/// thousand watchers of one key cost one encoding instead of a thousand clones and encodings.
+#[derive(Debug)]
+pub(crate) struct SharedBatch {
+    events: Vec<Event>,
+    plain: OnceLock<Vec<Bytes>>,
+    with_prev_kv: OnceLock<Vec<Bytes>>,
+}
+
+impl SharedBatch {
+    fn new(events: Vec<Event>) -> Self {
+        SharedBatch {
+            events,
+            plain: OnceLock::new(),
+            with_prev_kv: OnceLock::new(),
+        }
+    }
+
+    /// Encoded `events` fields, index-aligned with `events`.
+    fn encoded(&self, prev_kv: bool) -> &[Bytes] {
+        let (cell, keep_prev) = if prev_kv {
+            (&self.with_prev_kv, true)
+        } else {
+            (&self.plain, false)
+        };
+        cell.get_or_init(|| {
+            self.events
+                .iter()
+                .map(|e| {
+                    if keep_prev || e.prev_kv.is_none() {
+                        EventField::encode(e).bytes
+                    } else {
+                        let stripped = Event {
+                            r#type: e.r#type,
+                            kv: e.kv.clone(),
+                            prev_kv: None,
+                        };
+                        EventField::encode(&stripped).bytes
+                    }
+                })
+                .collect()
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -73,7 +123,7 @@ pub(crate) struct Chunk {
 
 #[derive(Debug)]
 enum ChunkData {
-    Ring(Vec<Arc<Vec<Event>>>),
+    Ring(Vec<Arc<SharedBatch>>),
     Store(Vec<Event>),
 }
 
@@ -83,13 +133,45 @@ impl Chunk {
     pub(crate) fn events(&self) -> impl Iterator<Item = &Event> + '_ {
         let (from, upto) = (self.from, self.upto);
         let all: Box<dyn Iterator<Item = &Event> + '_> = match &self.data {
-            ChunkData::Ring(batches) => Box::new(batches.iter().flat_map(|b| b.iter())),
+            ChunkData::Ring(batches) => Box::new(batches.iter().flat_map(|b| b.events.iter())),
             ChunkData::Store(events) => Box::new(events.iter()),
         };
         all.filter(move |e| {
             let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
             rev >= from && rev <= upto
         })
+    }
+
+    /// What watcher `w` gets of this chunk, encoded: shared encodings for ring batches, fresh
+    /// ones for a store catch-up (which only that watcher reads).
+    pub(crate) fn fields(&self, w: &Watcher) -> Vec<EventField> {
+        let (from, upto) = (self.from, self.upto);
+        let rev_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        match &self.data {
+            ChunkData::Ring(batches) => {
+                let mut out = Vec::new();
+                for b in batches {
+                    let mut encoded = None;
+                    for (i, e) in b.events.iter().enumerate() {
+                        let rev = rev_of(e);
+                        if rev < from || rev > upto || !w.accepts(e) {
+                            continue;
+                        }
+                        let enc = *encoded.get_or_insert_with(|| b.encoded(w.prev_kv));
+                        out.push(EventField {
+                            rev,
+                            bytes: enc[i].clone(),
+                        });
+                    }
+                }
+                out
+            }
+            ChunkData::Store(_) => self
+                .events()
+                .filter_map(|e| w.project(e))
+                .map(|e| EventField::encode(&e))
+                .collect(),
+        }
     }
 }
 
@@ -157,14 +239,16 @@ impl WatchHub {
                 return;
             }
             ring.events += events.len();
+            // The store hands over its only reference in practice: no copy then.
+            let events = Arc::try_unwrap(events).unwrap_or_else(|shared| (*shared).clone());
             ring.batches.push_back(Batch {
                 to_rev: revision,
-                events,
+                events: Arc::new(SharedBatch::new(events)),
             });
             ring.current = revision;
             while ring.events > self.config.ring_events && ring.batches.len() > 1 {
                 if let Some(old) = ring.batches.pop_front() {
-                    ring.events -= old.events.len();
+                    ring.events -= old.events.events.len();
                     ring.base = old.to_rev;
                 }
             }

@@ -6,7 +6,8 @@
 //! - [`WatchService`] implements etcd's bidirectional `Watch` RPC on top of the hub: create
 //!   (key ranges, start revision, filters, prev_kv, client-chosen ids, fragment), cancel,
 //!   progress requests and periodic progress notifications, with etcd's guarantees — ordered,
-//!   unique, reliable, atomic per revision, resumable.
+//!   unique, reliable, atomic per revision, resumable. Its gRPC server ([`WatchGrpcServer`])
+//!   encodes each event once per revision and shares the bytes across watchers (`wire`).
 //!
 //! The crate sees the store only through [`EventSource`] and [`HeaderSource`], which the daemon
 //! implements; it does not depend on the MVCC crate.
@@ -16,6 +17,7 @@ mod service;
 mod source;
 mod stream;
 mod watcher;
+mod wire;
 
 pub use hub::{HubConfig, WatchHub};
 pub use service::{WatchService, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STREAM_BUFFER};
@@ -24,3 +26,4 @@ pub use stream::{
     ERR_COMPACTED, ERR_DUPLICATE_ID, ERR_GRPC_COMPACTED, ERR_INVALID_ID, INVALID_WATCH_ID,
 };
 pub use watcher::{KeyRange, ERR_EMPTY_RANGE};
+pub use wire::{EncodedWatchResponse, WatchGrpcServer};

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use kelson_etcdpb::etcdserverpb::watch_server::{Watch, WatchServer};
+use futures::{Stream, StreamExt};
+use kelson_etcdpb::etcdserverpb::watch_server::Watch;
 use kelson_etcdpb::etcdserverpb::{WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::hub::WatchHub;
 use crate::source::HeaderSource;
 use crate::stream::{StreamConfig, StreamTask};
+use crate::wire::{EncodedWatchResponse, WatchGrpcServer};
 
 /// etcd's default request size limit (`--max-request-bytes`), which it also uses to decide
 /// when to fragment a watch response.
@@ -83,9 +84,13 @@ impl WatchService {
         &self.hub
     }
 
-    /// Serves one watch stream: spawns its task on the current tokio runtime and returns the
-    /// response stream. The task ends when the returned stream is dropped.
-    pub fn serve_stream<S>(&self, inbound: S) -> ReceiverStream<Result<WatchResponse, Status>>
+    /// Serves one watch stream with responses as they go on the wire (events pre-encoded and
+    /// shared between watchers, see `wire`): spawns its task on the current tokio runtime. The
+    /// task ends when the returned stream is dropped.
+    pub fn serve_stream_encoded<S>(
+        &self,
+        inbound: S,
+    ) -> ReceiverStream<Result<EncodedWatchResponse, Status>>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + 'static,
     {
@@ -100,10 +105,41 @@ impl WatchService {
         ReceiverStream::new(rx)
     }
 
-    /// Wraps the service for `tonic::transport::Server::add_service`, without a limit on the
-    /// size of an encoded response (a non-fragmented revision may exceed any limit).
-    pub fn into_server(self) -> WatchServer<Self> {
-        WatchServer::new(self).max_encoding_message_size(usize::MAX)
+    /// [`Self::serve_stream_encoded`] with plain responses, for in-process callers: a
+    /// forwarding task decodes them. The stream ends when the returned stream is dropped.
+    pub fn serve_stream<S>(&self, inbound: S) -> ReceiverStream<Result<WatchResponse, Status>>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + 'static,
+    {
+        let mut encoded = self.serve_stream_encoded(inbound);
+        let (tx, rx) = mpsc::channel(self.stream_buffer);
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    // Dropping `encoded` is what tells the stream task its client is gone.
+                    _ = tx.closed() => break,
+                    item = encoded.next() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                };
+                let item = item.and_then(|r| {
+                    r.into_response()
+                        .map_err(|e| Status::internal(format!("watch response: {e}")))
+                });
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// The gRPC service for `tonic::transport::Server::add_service`: writes pre-encoded
+    /// responses, without a limit on the size of one (a non-fragmented revision may exceed any
+    /// limit).
+    pub fn into_server(self) -> WatchGrpcServer {
+        WatchGrpcServer::new(self)
     }
 }
 

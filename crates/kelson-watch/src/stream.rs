@@ -21,8 +21,6 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use kelson_etcdpb::etcdserverpb::watch_request::RequestUnion;
 use kelson_etcdpb::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use kelson_etcdpb::mvccpb::Event;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Status;
@@ -30,6 +28,7 @@ use tonic::Status;
 use crate::hub::WatchHub;
 use crate::source::{HeaderSource, WatchSourceError};
 use crate::watcher::{KeyRange, Watcher};
+use crate::wire::{EncodedWatchResponse, EventField};
 
 /// etcd's `clientv3.InvalidWatchID`: used for stream-wide progress and failed creates.
 pub const INVALID_WATCH_ID: i64 = -1;
@@ -61,7 +60,7 @@ enum Stop {
     Failed(Status),
 }
 
-type Out = mpsc::Sender<Result<WatchResponse, Status>>;
+type Out = mpsc::Sender<Result<EncodedWatchResponse, Status>>;
 
 pub(crate) struct StreamTask {
     hub: Arc<WatchHub>,
@@ -154,6 +153,11 @@ impl StreamTask {
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), Stop> {
+        self.send_encoded(EncodedWatchResponse::from_response(resp))
+            .await
+    }
+
+    async fn send_encoded(&self, resp: EncodedWatchResponse) -> Result<(), Stop> {
         self.out.send(Ok(resp)).await.map_err(|_| Stop::Closed)
     }
 
@@ -297,7 +301,7 @@ impl StreamTask {
                 "watch catch-up from store"
             );
         }
-        let events: Vec<Event> = chunk.events().filter_map(|e| w.project(e)).collect();
+        let events = chunk.fields(w);
         let (fragment, upto) = (w.fragment, chunk.upto);
         if let Some(w) = self.watchers.get_mut(&id) {
             w.next_rev = upto + 1;
@@ -306,10 +310,10 @@ impl StreamTask {
         if events.is_empty() {
             return Ok(());
         }
-        for resp in split_responses(id, events, upto, fragment, self.config.max_response_bytes) {
-            let mut resp = resp;
-            resp.header = Some(self.header.header(resp_revision(&resp)));
-            self.send(resp).await?;
+        for mut resp in split_responses(id, events, upto, fragment, self.config.max_response_bytes)
+        {
+            resp.head.header = Some(self.header.header(resp_revision(&resp)));
+            self.send_encoded(resp).await?;
         }
         Ok(())
     }
@@ -354,14 +358,8 @@ impl StreamTask {
 }
 
 /// The header revision a split response carries; stashed in `header` by `split_responses`.
-fn resp_revision(resp: &WatchResponse) -> i64 {
-    resp.header.as_ref().map_or(0, |h| h.revision)
-}
-
-/// Wire size of one event inside a WatchResponse (field tag + length prefix + body).
-fn event_wire_len(ev: &Event) -> usize {
-    let len = ev.encoded_len();
-    1 + prost::length_delimiter_len(len) + len
+fn resp_revision(resp: &EncodedWatchResponse) -> i64 {
+    resp.head.header.as_ref().map_or(0, |h| h.revision)
 }
 
 /// Room left for the header, watch id and flags of a response.
@@ -378,26 +376,29 @@ const RESPONSE_OVERHEAD: usize = 128;
 /// did not get.
 pub(crate) fn split_responses(
     watch_id: i64,
-    events: Vec<Event>,
+    events: Vec<EventField>,
     upto: i64,
     fragment: bool,
     max_bytes: usize,
-) -> Vec<WatchResponse> {
+) -> Vec<EncodedWatchResponse> {
     let budget = max_bytes.saturating_sub(RESPONSE_OVERHEAD).max(1);
-    let rev_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-    let make = |events: Vec<Event>, revision: i64, fragment: bool| WatchResponse {
-        header: Some(kelson_etcdpb::etcdserverpb::ResponseHeader {
-            revision,
+    let rev_of = |e: &EventField| e.rev;
+    let event_wire_len = |e: &EventField| e.bytes.len();
+    let make = |events: Vec<EventField>, revision: i64, fragment: bool| EncodedWatchResponse {
+        head: WatchResponse {
+            header: Some(kelson_etcdpb::etcdserverpb::ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            watch_id,
+            fragment,
             ..Default::default()
-        }),
-        watch_id,
-        fragment,
-        events,
-        ..Default::default()
+        },
+        events: events.into_iter().map(|e| e.bytes).collect(),
     };
 
     // Group into whole revisions with their sizes.
-    let mut runs: Vec<(Vec<Event>, usize)> = Vec::new();
+    let mut runs: Vec<(Vec<EventField>, usize)> = Vec::new();
     for ev in events {
         let size = event_wire_len(&ev);
         match runs.last_mut() {
@@ -410,7 +411,7 @@ pub(crate) fn split_responses(
     }
 
     let mut out = Vec::new();
-    let mut group: Vec<Event> = Vec::new();
+    let mut group: Vec<EventField> = Vec::new();
     let mut group_size = 0usize;
     let last_run = runs.len().saturating_sub(1);
     for (i, (run, run_size)) in runs.into_iter().enumerate() {
@@ -431,7 +432,7 @@ pub(crate) fn split_responses(
             } else {
                 run.last().map(rev_of).unwrap_or(upto)
             };
-            let mut part: Vec<Event> = Vec::new();
+            let mut part: Vec<EventField> = Vec::new();
             let mut part_size = 0usize;
             for ev in run {
                 let size = event_wire_len(&ev);
@@ -457,10 +458,11 @@ pub(crate) fn split_responses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kelson_etcdpb::mvccpb::KeyValue;
+    use kelson_etcdpb::mvccpb::{Event, KeyValue};
+    use prost::Message;
 
-    fn ev(rev: i64, size: usize) -> Event {
-        Event {
+    fn ev(rev: i64, size: usize) -> EventField {
+        EventField::encode(&Event {
             r#type: 0,
             kv: Some(KeyValue {
                 key: format!("k{rev}").into_bytes(),
@@ -469,11 +471,14 @@ mod tests {
                 ..Default::default()
             }),
             prev_kv: None,
-        }
+        })
     }
 
-    fn revs(resp: &WatchResponse) -> Vec<i64> {
-        resp.events
+    fn revs(resp: &EncodedWatchResponse) -> Vec<i64> {
+        resp.clone()
+            .into_response()
+            .unwrap()
+            .events
             .iter()
             .map(|e| e.kv.as_ref().unwrap().mod_revision)
             .collect()
@@ -485,8 +490,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(revs(&out[0]), vec![2, 3, 3]);
         assert_eq!(resp_revision(&out[0]), 9);
-        assert_eq!(out[0].watch_id, 7);
-        assert!(!out[0].fragment);
+        assert_eq!(out[0].head.watch_id, 7);
+        assert!(!out[0].head.fragment);
     }
 
     #[test]
@@ -498,7 +503,7 @@ mod tests {
         // Intermediate responses claim only their own last revision.
         let heads: Vec<i64> = out.iter().map(resp_revision).collect();
         assert_eq!(heads, vec![2, 3, 5]);
-        assert!(out.iter().all(|r| !r.fragment));
+        assert!(out.iter().all(|r| !r.head.fragment));
     }
 
     #[test]
@@ -507,8 +512,8 @@ mod tests {
         let out = split_responses(1, events, 3, true, 1500);
         assert!(out.len() >= 2, "{} responses", out.len());
         let (last, rest) = out.split_last().unwrap();
-        assert!(rest.iter().all(|r| r.fragment));
-        assert!(!last.fragment);
+        assert!(rest.iter().all(|r| r.head.fragment));
+        assert!(!last.head.fragment);
         let total: usize = out.iter().map(|r| r.events.len()).sum();
         assert_eq!(total, 4);
         assert!(out.iter().all(|r| r.encoded_len() <= 1500 + 64));
@@ -518,6 +523,6 @@ mod tests {
     fn a_single_oversized_event_is_sent_whole() {
         let out = split_responses(1, vec![ev(3, 5000)], 3, true, 1500);
         assert_eq!(out.len(), 1);
-        assert!(!out[0].fragment);
+        assert!(!out[0].head.fragment);
     }
 }

@@ -84,17 +84,23 @@ impl Watcher {
         }
     }
 
+    /// Whether the event is selected (key range and type filters).
+    pub(crate) fn accepts(&self, ev: &Event) -> bool {
+        let Some(kv) = ev.kv.as_ref() else {
+            return false;
+        };
+        let is_delete = ev.r#type == EventType::Delete as i32;
+        self.range.contains(&kv.key)
+            && !((is_delete && self.no_delete) || (!is_delete && self.no_put))
+    }
+
     /// The event as this watcher's client should see it, or `None` if it is not selected.
     /// Builds the copy field by field so an unwanted `prev_kv` is never cloned.
     pub(crate) fn project(&self, ev: &Event) -> Option<Event> {
+        if !self.accepts(ev) {
+            return None;
+        }
         let kv = ev.kv.as_ref()?;
-        if !self.range.contains(&kv.key) {
-            return None;
-        }
-        let is_delete = ev.r#type == EventType::Delete as i32;
-        if (is_delete && self.no_delete) || (!is_delete && self.no_put) {
-            return None;
-        }
         Some(Event {
             r#type: ev.r#type,
             kv: Some(kv.clone()),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use kelson_etcdpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    maintenance_server::MaintenanceServer,
 };
 use kelson_mvcc::Mvcc;
 use kelson_raft::{PeerTls, RaftConfig, RaftNode};
@@ -58,7 +58,8 @@ pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
     // column family, with index and filter blocks charged to it, and a cap on the memtables of
     // all column families together. RocksDB's defaults (an 8 MiB cache per CF, 64 MiB × 2
     // memtables per CF, uncapped index blocks) add up to hundreds of MiB under a bulk load.
-    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).context("creating the block cache")?;
+    let cache =
+        rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).context("creating the block cache")?;
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_cache_index_and_filter_blocks(true);
@@ -83,8 +84,12 @@ pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
         .chain(kelson_raft::CFS.iter())
         .map(|name| rocksdb::ColumnFamilyDescriptor::new(*name, cf_opts()));
     let path = data_dir.join("db");
-    let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs)
-        .with_context(|| format!("opening the store at {} (corrupt data dir?)", path.display()))?;
+    let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs).with_context(|| {
+        format!(
+            "opening the store at {} (corrupt data dir?)",
+            path.display()
+        )
+    })?;
     Ok(Arc::new(db))
 }
 
@@ -190,13 +195,10 @@ pub async fn start(cfg: KvConfig) -> anyhow::Result<Member> {
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(
-            WatchServer::new(WatchService::new(
-                hub,
-                Arc::new(Headers(shared.clone())),
-                progress,
-            ))
-            .max_decoding_message_size(max_msg)
-            .max_encoding_message_size(usize::MAX),
+            // Encode-once fan-out server (no limit on an encoded response, as before).
+            WatchService::new(hub, Arc::new(Headers(shared.clone())), progress)
+                .into_server()
+                .max_decoding_message_size(max_msg),
         )
         .add_service(
             LeaseServer::new(crate::lease::LeaseService::new(shared.clone(), leader))
