@@ -791,13 +791,18 @@ impl Running {
     async fn stop(&mut self, grace: Duration) {
         if let Some(OnStop::Containerd { socket, .. }) = self.comp.on_stop.clone() {
             if self.exited().is_none() {
+                let t0 = Instant::now();
                 let n = tokio::task::spawn_blocking(move || {
                     kelson_oci::containerd::remove_all_containers(&socket)
                 })
                 .await
                 .unwrap_or(0);
                 if n > 0 {
-                    println!("{}: killed and removed {n} containers", self.comp.name);
+                    println!(
+                        "{}: killed and removed {n} containers in {:.1?}",
+                        self.comp.name,
+                        t0.elapsed()
+                    );
                 }
             }
         }
@@ -824,10 +829,11 @@ impl Running {
             return;
         }
         let _ = killpg(pgid, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
+        let t0 = Instant::now();
+        let deadline = t0 + grace;
         while Instant::now() < deadline {
             if let Some(st) = self.exited() {
-                println!("{}: stopped ({st})", self.comp.name);
+                println!("{}: stopped ({st}) in {:.1?}", self.comp.name, t0.elapsed());
                 let _ = killpg(pgid, Signal::SIGKILL);
                 return;
             }

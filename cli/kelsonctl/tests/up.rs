@@ -3,7 +3,14 @@
 //! and a second `up` on the same data dir resumes the same data and certificates. Also offline
 //! `kv snapshot restore` into a fresh data dir that kelson-kv then serves.
 //!
-//! Needs `cargo build -p kelson-kv` first (bin_path explains if it is missing).
+//! With root, containerd, CNI plugins and busybox-static, the first `up` also runs the node
+//! (private containerd + kelson-kubelet): the node turns Ready, a deployment's pod is scheduled
+//! and Running, and stopping leaves no containerd, shim or container process behind. Without
+//! them it runs `--no-node`. The resume run is `--no-node` either way (it checks data, not pods).
+//!
+//! Needs the daemons built first: `cargo build -p kelson-kv -p kelson-apiserver
+//! -p kelson-scheduler -p kelson-controller-manager -p kelson-kubelet` (bin_path explains if
+//! one is missing).
 
 use std::path::Path;
 use std::process::Command;
@@ -37,7 +44,37 @@ fn alive(pid: i32) -> bool {
             .unwrap_or(true)
 }
 
-fn start_up(data: &Path, kv_port: u16, api_port: u16, log: &Path) -> ChildGuard {
+/// Whether this machine can run the node part (see the module docs).
+fn node_prerequisites() -> bool {
+    let ok = nix::unistd::geteuid().is_root()
+        && Path::new("/usr/bin/containerd").exists()
+        && Path::new("/usr/lib/cni/bridge").exists()
+        && Path::new(kelson_oci::DEFAULT_BUSYBOX).exists();
+    if !ok {
+        eprintln!("node part skipped: needs root, containerd, CNI plugins and busybox-static");
+    }
+    ok
+}
+
+/// PIDs of live processes whose command line mentions `needle` (containerd and its shims
+/// name the data dir), plus `extra`.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmd)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .filter(|p| alive(*p))
+        .collect()
+}
+
+fn start_up(data: &Path, kv_port: u16, api_port: u16, node: bool, log: &Path) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelsonctl"));
     cmd.arg("up")
         .arg("--data-dir")
@@ -49,6 +86,11 @@ fn start_up(data: &Path, kv_port: u16, api_port: u16, log: &Path) -> ChildGuard 
         .arg("--ready-timeout=60")
         .env("KELSON_KV_BIN", bin_path("kelson-kv"))
         .env("KELSON_APISERVER_BIN", bin_path("kelson-apiserver"));
+    if node {
+        cmd.env("KELSON_KUBELET_BIN", bin_path("kelson-kubelet"));
+    } else {
+        cmd.arg("--no-node");
+    }
     ChildGuard::spawn("kelsonctl up", cmd, log).unwrap()
 }
 
@@ -98,7 +140,8 @@ fn up_serves_stops_and_resumes() {
     let api_port = free_port();
     let ep = format!("https://127.0.0.1:{port}");
 
-    let mut up = start_up(&data, port, api_port, &tmp.path().join("up1.log"));
+    let node = node_prerequisites();
+    let mut up = start_up(&data, port, api_port, node, &tmp.path().join("up1.log"));
     let kv_pid = wait_ready(&mut up);
     let _kv_guard = PidGuard(kv_pid);
     let log = up.log();
@@ -166,18 +209,109 @@ fn up_serves_stops_and_resumes() {
         "{st:?}"
     );
 
+    // The node: Ready, and a deployment's pod scheduled onto it and Running.
+    let mut node_pids = Vec::new();
+    if node {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                r#"jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}"#,
+            ]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not Ready in 60 s: {out:?}
+{}",
+                up.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let out = kubectl(&[
+            "create",
+            "deployment",
+            "web",
+            &format!("--image={}", kelson_oci::BUSYBOX_IMAGE),
+            "--",
+            "sleep",
+            "3600",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].status.phase} {.items[*].spec.nodeName}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let f: Vec<&str> = text.split_whitespace().collect();
+            if f.len() == 2 && f[0] == "Running" && !f[1].is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Running web pod in 90 s: {text:?}
+{}
+kubelet log tail:
+{}",
+                up.log(),
+                std::fs::read_to_string(data.join("logs/kubelet.log"))
+                    .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // containerd, its shims and the containers' processes (task PIDs from ctr).
+        node_pids = pids_mentioning(&data.join("containerd").display().to_string());
+        let tasks = Command::new("ctr")
+            .arg("--address")
+            .arg(data.join("containerd/containerd.sock"))
+            .args(["-n", "k8s.io", "tasks", "ls"])
+            .output()
+            .unwrap();
+        node_pids.extend(
+            String::from_utf8_lossy(&tasks.stdout)
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i32>().ok())
+                .filter(|p| *p > 0),
+        );
+        assert!(
+            node_pids.len() >= 4,
+            "containerd, a shim and the pod's two tasks expected: {node_pids:?} {tasks:?}"
+        );
+    }
+    let _node_guards: Vec<PidGuard> = node_pids.iter().map(|p| PidGuard(*p)).collect();
+
     let ca_before = std::fs::read(pki.join("ca.crt")).unwrap();
-    let status = up.terminate(Duration::from_secs(30)).unwrap();
+    let status = up.terminate(Duration::from_secs(60)).unwrap();
     assert!(
         status.success(),
         "up must exit 0 on SIGTERM: {status}\n{}",
         up.log()
     );
     assert!(!alive(kv_pid), "kelson-kv {kv_pid} outlived kelsonctl up");
+    let left: Vec<i32> = node_pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "node processes outlived kelsonctl up: {left:?}\n{}",
+        up.log()
+    );
+    if node {
+        assert!(up.log().contains("killed and removed"), "{}", up.log());
+    }
     assert!(up.log().contains("stopped"), "{}", up.log());
 
     // Second run: same dir, same port → same data, same CA.
-    let mut up2 = start_up(&data, port, api_port, &tmp.path().join("up2.log"));
+    let mut up2 = start_up(&data, port, api_port, false, &tmp.path().join("up2.log"));
     let kv_pid2 = wait_ready(&mut up2);
     let _kv_guard2 = PidGuard(kv_pid2);
     assert_eq!(
