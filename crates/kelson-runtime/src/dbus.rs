@@ -506,3 +506,37 @@ impl Drop for DbusHandle {
         self.task.abort();
     }
 }
+
+/// Serves `io.kelson.<component>1` with the common interface plus `iface`, unless `--no-dbus`.
+///
+/// The system bus is optional for a daemon run by hand (dev boxes, containers): when it is
+/// unreachable the daemon logs a warning and runs without D-Bus. An address given explicitly
+/// with `--dbus-address` is a promise, so failing to serve there is an error.
+pub async fn serve_optional<I: Interface>(
+    common: &crate::config::CommonArgs,
+    component: &str,
+    state: &DaemonState,
+    log: &LogHandle,
+    iface: I,
+) -> Result<Option<DbusHandle>, RuntimeError> {
+    if common.no_dbus {
+        return Ok(None);
+    }
+    let opts = DbusOptions::for_component(component, common.dbus_address.clone());
+    let name = opts.name.clone();
+    let served = async {
+        DbusServer::new(opts, state.clone(), log.clone())?
+            .interface(iface)?
+            .serve()
+            .await
+    }
+    .await;
+    match served {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if common.dbus_address.is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "D-Bus unavailable; continuing without {name}");
+            Ok(None)
+        }
+    }
+}

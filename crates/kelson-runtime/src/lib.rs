@@ -84,6 +84,7 @@
 //! ```
 
 pub mod config;
+pub mod daemon;
 pub mod dbus;
 mod error;
 pub mod logging;

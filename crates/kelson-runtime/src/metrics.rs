@@ -52,6 +52,20 @@ pub fn new_registry() -> SharedRegistry {
     Arc::new(Mutex::new(reg))
 }
 
+/// Serves the process-wide registry on `addr` when `--metrics-addr` was given (after `register`
+/// added the component's collectors); returns the bound address.
+pub async fn serve_optional(
+    addr: Option<SocketAddr>,
+    register: impl FnOnce(&mut Registry),
+) -> Result<Option<SocketAddr>, RuntimeError> {
+    let Some(addr) = addr else { return Ok(None) };
+    let reg = registry();
+    register(&mut reg.lock());
+    let (bound, _task) = serve(addr, reg).await?;
+    tracing::info!(%bound, "serving /metrics");
+    Ok(Some(bound))
+}
+
 /// Encode the registry in the text format.
 pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();

@@ -39,7 +39,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kelson_apimachinery::ApiError;
 use kelson_runtime::config::CommonArgs;
-use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::dbus::{DaemonState, Lifecycle};
 use kelson_runtime::logging::LogHandle;
 use kelson_runtime::signals;
 use serde_json::json;
@@ -171,26 +171,14 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     .context("loading the serving certificate")?;
     let api = build(&cfg, bound.to_string()).await?;
 
-    let dbus = if common.no_dbus {
-        None
-    } else {
-        let opts = DbusOptions::for_component("APIServer", common.dbus_address.clone());
-        let served = async {
-            DbusServer::new(opts, state.clone(), log.clone())?
-                .interface(dbus::ApiServer1 { api: api.clone() })?
-                .serve()
-                .await
-        }
-        .await;
-        match served {
-            Ok(h) => Some(h),
-            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.APIServer1");
-                None
-            }
-        }
-    };
+    let dbus = kelson_runtime::dbus::serve_optional(
+        common,
+        "APIServer",
+        &state,
+        &log,
+        dbus::ApiServer1 { api: api.clone() },
+    )
+    .await?;
     if let Some(maddr) = common.metrics_addr {
         let registry = kelson_runtime::metrics::registry();
         {

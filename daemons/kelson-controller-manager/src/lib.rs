@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use k8s_openapi::api::coordination::v1::Lease;
 use kelson_kube::LeaderElectionConfig;
 use kelson_runtime::config::CommonArgs;
-use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::dbus::{DaemonState, Lifecycle};
 use kelson_runtime::logging::LogHandle;
 use kelson_runtime::signals;
 use parking_lot::Mutex;
@@ -204,29 +204,17 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
     for c in &ctrls {
         queues.lock().insert(c.name, c.queue.clone());
     }
-    let _dbus = if common.no_dbus {
-        None
-    } else {
-        let opts = DbusOptions::for_component("ControllerManager", common.dbus_address.clone());
-        let served = async {
-            DbusServer::new(opts, state.clone(), log.clone())?
-                .interface(dbus::ControllerManager1 {
-                    leading: lead_rx.clone(),
-                    queues: queues.clone(),
-                })?
-                .serve()
-                .await
-        }
-        .await;
-        match served {
-            Ok(h) => Some(h),
-            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.ControllerManager1");
-                None
-            }
-        }
-    };
+    let _dbus = kelson_runtime::dbus::serve_optional(
+        common,
+        "ControllerManager",
+        &state,
+        &log,
+        dbus::ControllerManager1 {
+            leading: lead_rx.clone(),
+            queues: queues.clone(),
+        },
+    )
+    .await?;
     if let Some(addr) = common.metrics_addr {
         let (bound, _) = kelson_runtime::metrics::serve(addr, kelson_runtime::metrics::registry())
             .await

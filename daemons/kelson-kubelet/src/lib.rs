@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
-use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::dbus::{DaemonState, Lifecycle};
 use kelson_runtime::logging::LogHandle;
 use kelson_runtime::signals;
 use kube::api::Api;
@@ -134,29 +134,17 @@ pub async fn run(
         phases: Mutex::new(Default::default()),
     });
 
-    let dbus = if common.no_dbus {
-        None
-    } else {
-        let opts = DbusOptions::for_component("Kubelet", common.dbus_address.clone());
-        let served = async {
-            DbusServer::new(opts, state.clone(), log.clone())?
-                .interface(dbus::Kubelet1 {
-                    node_name: node_name.clone(),
-                    shared: shared.clone(),
-                })?
-                .serve()
-                .await
-        }
-        .await;
-        match served {
-            Ok(h) => Some(h),
-            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.Kubelet1");
-                None
-            }
-        }
-    };
+    let dbus = kelson_runtime::dbus::serve_optional(
+        common,
+        "Kubelet",
+        &state,
+        &log,
+        dbus::Kubelet1 {
+            node_name: node_name.clone(),
+            shared: shared.clone(),
+        },
+    )
+    .await?;
     if let Some(addr) = common.metrics_addr {
         let (bound, _) = kelson_runtime::metrics::serve(addr, kelson_runtime::metrics::registry())
             .await

@@ -32,7 +32,7 @@ use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
 use kelson_kube::{run_leader_election, LeaderElectionConfig};
 use kelson_runtime::config::CommonArgs;
-use kelson_runtime::dbus::{DaemonState, DbusOptions, DbusServer, Lifecycle};
+use kelson_runtime::dbus::{DaemonState, Lifecycle};
 use kelson_runtime::logging::LogHandle;
 use kelson_runtime::signals;
 use kube::Api;
@@ -104,28 +104,16 @@ pub async fn run(cfg: SchedulerConfig, common: &CommonArgs, log: LogHandle) -> a
     state.set_status("connecting to the API server");
     let shared = Arc::new(Shared::default());
 
-    let _dbus = if common.no_dbus {
-        None
-    } else {
-        let opts = DbusOptions::for_component("Scheduler", common.dbus_address.clone());
-        let served = async {
-            DbusServer::new(opts, state.clone(), log.clone())?
-                .interface(dbus::Scheduler1 {
-                    shared: shared.clone(),
-                })?
-                .serve()
-                .await
-        }
-        .await;
-        match served {
-            Ok(h) => Some(h),
-            Err(e) if common.dbus_address.is_some() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "D-Bus unavailable; continuing without io.kelson.Scheduler1");
-                None
-            }
-        }
-    };
+    let _dbus = kelson_runtime::dbus::serve_optional(
+        common,
+        "Scheduler",
+        &state,
+        &log,
+        dbus::Scheduler1 {
+            shared: shared.clone(),
+        },
+    )
+    .await?;
     if let Some(addr) = common.metrics_addr {
         let registry = kelson_runtime::metrics::registry();
         registry
