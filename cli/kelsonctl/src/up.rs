@@ -12,7 +12,18 @@
 //! SIGKILL). The API server follows the store: it gets its own serving certificate and an
 //! etcd client certificate from the cluster CA, and `admin.kubeconfig` (an admin client
 //! certificate in `system:masters`, everything embedded) is written next to `up.toml`; it is
-//! ready when `/readyz` answers `ok` over mutual TLS. Scheduler and friends come as more entries.
+//! ready when `/readyz` answers `ok` over mutual TLS. Scheduler and controller-manager follow,
+//! ready on their own sd_notify `READY=1`.
+//!
+//! Unless `--no-node`, the machine is also a node: a private containerd under `containerd/`
+//! (always ours, so its CRI sandbox image is the locally built pause image and stopping the
+//! cluster stops exactly its containers; overlayfs where the kernel allows it here, else
+//! `native`), ready when `ctr version` answers and its CRI plugin loaded; then the busybox and
+//! pause test images are built and imported unless present; then kelson-kubelet with a
+//! `system:node:<host>` client certificate (`kubelet.kubeconfig`), its pods' logs under
+//! `logs/pods/`. The kubelet leaves pods running when it stops (so a restart adopts them), so
+//! stopping containerd first kills and removes every container, then cleans what pods leave on
+//! the host (mounts, IP reservations, the `kelson0` bridge, empty cgroups under `/kelson`).
 //!
 //! Children run in their own process groups (so a terminal's Ctrl-C reaches only us and we stop
 //! them in order) and with a parent-death signal (so they do not outlive a killed kelsonctl).
