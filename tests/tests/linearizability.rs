@@ -660,12 +660,19 @@ async fn nemesis(
                 log.push(format!(
                     "{at:.0}ms cut link m{victim}<->m{other} for {hold_ms}ms"
                 ));
+                // Raft followers send each other nothing, so only a cut touching the leader
+                // must drop packets; a follower-follower cut legitimately drops none.
+                let leader_now = match leader {
+                    Some(l) => Some(l),
+                    None => leader_index(cluster).await,
+                };
+                let touches_leader = leader_now.is_some_and(|l| l == victim || l == other);
                 fw.cut(&[(&ids[victim], &ids[other])])?;
                 tokio::time::sleep(Duration::from_millis(hold_ms)).await;
                 let dropped = fw.heal()?;
                 log.push(format!("  healed; the cut dropped {dropped} packets"));
-                if dropped == 0 {
-                    bail!("cutting m{victim}<->m{other} dropped no packets: no effect");
+                if dropped == 0 && touches_leader {
+                    bail!("cutting m{victim}<->m{other} (leader m{leader_now:?}) dropped no packets: no effect");
                 }
             }
         }
