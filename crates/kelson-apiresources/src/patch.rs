@@ -268,7 +268,11 @@ mod tests {
 pub struct SmpMeta;
 
 impl kelson_apimachinery::patch::PatchMeta for SmpMeta {
-    fn field(&self, definition: &str, field: &str) -> Option<kelson_apimachinery::patch::FieldMeta> {
+    fn field(
+        &self,
+        definition: &str,
+        field: &str,
+    ) -> Option<kelson_apimachinery::patch::FieldMeta> {
         let m = field_meta(definition, field)?;
         Some(kelson_apimachinery::patch::FieldMeta {
             strategy: m

@@ -20,18 +20,26 @@ use tokio::sync::watch;
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig { path: String, source: kube::config::KubeconfigError },
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
     #[error("building the API client: {0}")]
     Client(#[from] kube::Error),
 }
 
 /// A client for the cluster described by the kubeconfig at `path` (its current context).
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, KubeError> {
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .map_err(|source| KubeError::Kubeconfig { path: path.display().to_string(), source })?;
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    })?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
-        .map_err(|source| KubeError::Kubeconfig { path: path.display().to_string(), source })?;
+        .map_err(|source| KubeError::Kubeconfig {
+            path: path.display().to_string(),
+            source,
+        })?;
     Ok(kube::Client::try_from(cfg)?)
 }
 
@@ -157,8 +165,14 @@ async fn try_acquire_or_renew(
         if changed {
             *observed = Some((stamp, Instant::now()));
         }
-        let dur = spec.lease_duration_seconds.map(|s| s.max(1) as u64).unwrap_or(secs as u64);
-        let since = observed.as_ref().map(|(_, t)| t.elapsed()).unwrap_or_default();
+        let dur = spec
+            .lease_duration_seconds
+            .map(|s| s.max(1) as u64)
+            .unwrap_or(secs as u64);
+        let since = observed
+            .as_ref()
+            .map(|(_, t)| t.elapsed())
+            .unwrap_or_default();
         if since < Duration::from_secs(dur) {
             return Ok(false);
         }
@@ -169,7 +183,11 @@ async fn try_acquire_or_renew(
     lease.spec = Some(LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
         lease_duration_seconds: Some(secs),
-        acquire_time: if ours { spec.acquire_time } else { Some(now_micro()) },
+        acquire_time: if ours {
+            spec.acquire_time
+        } else {
+            Some(now_micro())
+        },
         renew_time: Some(now_micro()),
         lease_transitions: Some(transitions),
         ..spec

@@ -69,11 +69,18 @@ where
         .version(env!("CARGO_PKG_VERSION"));
     let matches = cmd.get_matches();
     let cli = DaemonCli::<F>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let cfg: C = config::load(cli.common.config.as_deref(), config::overrides_from(&cli.flags)?)?;
+    let cfg: C = config::load(
+        cli.common.config.as_deref(),
+        config::overrides_from(&cli.flags)?,
+    )?;
     if cli.common.print_config {
         print!("{}", config::print_config(&cfg)?);
         return Ok(None);
     }
     let log = logging::init(component, &cli.common.log_level)?;
-    Ok(Some(Started { config: cfg, common: cli.common, log }))
+    Ok(Some(Started {
+        config: cfg,
+        common: cli.common,
+        log,
+    }))
 }

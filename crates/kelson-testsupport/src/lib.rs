@@ -29,8 +29,8 @@ mod dbus;
 pub use cluster::{
     start_cluster, ClusterOpts, EtcdCluster, KvCluster, KvMember, Member, StoreCluster, StoreKind,
 };
-pub use controlplane::{client_for, ControlPlane, ControlPlaneOpts, KUBECTL};
 pub use containerd::Containerd;
+pub use controlplane::{client_for, ControlPlane, ControlPlaneOpts, KUBECTL};
 pub use dbus::DbusDaemon;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound, read, released).

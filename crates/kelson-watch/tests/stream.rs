@@ -204,7 +204,10 @@ async fn compacted_start_is_created_then_canceled_with_compact_revision() {
     let mut req = key("k");
     req.start_revision = 6;
     let id = c.watch(req).await.watch_id;
-    assert_eq!(collect_until(&mut c, id, 11).await, vec![6, 7, 8, 9, 10, 11]);
+    assert_eq!(
+        collect_until(&mut c, id, 11).await,
+        vec![6, 7, 8, 9, 10, 11]
+    );
 }
 
 #[tokio::test]

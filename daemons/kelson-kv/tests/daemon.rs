@@ -505,7 +505,10 @@ async fn transfer_leadership_emits_leader_changed() {
     // The old leader returns once it has seen the new leader; the target's own view follows.
     let deadline = Instant::now() + Duration::from_secs(5);
     while proxies[target_idx].leader().await.unwrap() != target_id {
-        assert!(Instant::now() < deadline, "target never saw itself as leader");
+        assert!(
+            Instant::now() < deadline,
+            "target never saw itself as leader"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_ne!(target_id, leader_id);
