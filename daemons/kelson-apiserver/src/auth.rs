@@ -77,6 +77,38 @@ pub struct Attributes {
     pub resource_request: bool,
 }
 
+impl Attributes {
+    /// The same request in kelson-rbac's terms (its evaluator and its Forbidden message).
+    pub fn to_rbac(&self) -> kelson_rbac::Attributes {
+        kelson_rbac::Attributes {
+            verb: self.verb.clone(),
+            group: self.group.clone(),
+            resource: self.resource.clone(),
+            subresource: self.subresource.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            path: self.path.clone(),
+            resource_request: self.resource_request,
+        }
+    }
+}
+
+/// Upstream's 403 for `user` denied `attrs` (the authorizer's `reason` appended when there is
+/// one). The text is kelson-rbac's, shared with everything else that reports a denial; the
+/// details name the object by its resource (no subresource), as upstream's `NewForbidden`.
+pub fn forbidden(user: &User, attrs: &Attributes, reason: &str) -> ApiError {
+    let message =
+        kelson_rbac::review::forbidden_message(&rbac_user(user), &attrs.to_rbac(), reason);
+    if attrs.resource_request {
+        ApiError {
+            message,
+            ..ApiError::forbidden_for(&attrs.group, &attrs.resource, &attrs.name, "")
+        }
+    } else {
+        ApiError::forbidden_msg(message)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow,
@@ -150,17 +182,7 @@ impl Rbac {
 
 impl Authorizer for Rbac {
     fn authorize(&self, user: &User, attrs: &Attributes) -> Decision {
-        let a = kelson_rbac::Attributes {
-            verb: attrs.verb.clone(),
-            group: attrs.group.clone(),
-            resource: attrs.resource.clone(),
-            subresource: attrs.subresource.clone(),
-            namespace: attrs.namespace.clone(),
-            name: attrs.name.clone(),
-            path: attrs.path.clone(),
-            resource_request: attrs.resource_request,
-        };
-        match self.rbac.authorize(&rbac_user(user), &a) {
+        match self.rbac.authorize(&rbac_user(user), &attrs.to_rbac()) {
             kelson_rbac::Decision::Allow(_) => Decision::Allow,
             kelson_rbac::Decision::NoOpinion(reason) => Decision::Deny(reason),
         }
@@ -304,51 +326,6 @@ pub async fn bootstrap_rbac(api: &Arc<Api>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A fixed stand-in for RBAC (no policy store): only `system:masters` (handled before any
-/// authorizer), self reviews and the public non-resource paths are allowed. Kept for tests
-/// that need an authorizer without storage.
-#[derive(Debug, Default)]
-pub struct RbacPending;
-
-/// Paths upstream's `system:public-info-viewer` / `system:discovery` grant to everyone.
-fn public_path(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
-    )
-}
-
-impl Authorizer for RbacPending {
-    fn authorize(&self, user: &User, attrs: &Attributes) -> Decision {
-        let authenticated = user.groups.iter().any(|g| g == "system:authenticated");
-        // system:basic-user: everyone may ask what they themselves may do and who they are.
-        if authenticated
-            && attrs.resource_request
-            && attrs.verb == "create"
-            && matches!(
-                (attrs.group.as_str(), attrs.resource.as_str()),
-                (
-                    "authorization.k8s.io",
-                    "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
-                ) | ("authentication.k8s.io", "selfsubjectreviews")
-            )
-        {
-            return Decision::Allow;
-        }
-        if !attrs.resource_request && public_path(&attrs.path) {
-            return Decision::Allow;
-        }
-        if !attrs.resource_request
-            && user.groups.iter().any(|g| g == "system:authenticated")
-            && (attrs.path.starts_with("/api") || attrs.path.starts_with("/openapi"))
-        {
-            // system:discovery: authenticated users may read discovery and OpenAPI.
-            return Decision::Allow;
-        }
-        Decision::Deny("RBAC authorization is not implemented yet in kelson-apiserver; only members of system:masters are allowed (or run with --authorization-mode=AlwaysAllow)".into())
-    }
-}
-
 /// The chain every request goes through: privileged group first, then the configured mode.
 pub struct Authz {
     inner: Arc<dyn Authorizer>,
@@ -384,9 +361,24 @@ impl Authz {
 mod tests {
     use super::*;
 
+    /// RBAC fed with upstream's bootstrap policy, as the daemon runs it.
+    fn bootstrapped_rbac() -> Rbac {
+        let rbac = Rbac::new();
+        let objs = kelson_rbac::bootstrap::objects();
+        for kind in Kind::ALL {
+            let items: Vec<_> = objs
+                .iter()
+                .filter(|o| o["kind"] == kind.name())
+                .cloned()
+                .collect();
+            rbac.cache().replace(kind, &items).unwrap();
+        }
+        rbac
+    }
+
     #[test]
-    fn masters_bypass_and_rbac_pending_denies() {
-        let authz = Authz::new(Arc::new(RbacPending));
+    fn masters_bypass_and_default_policy() {
+        let authz = Authz::new(Arc::new(bootstrapped_rbac()));
         let admin = User {
             name: "admin".into(),
             groups: vec![MASTERS.into(), "system:authenticated".into()],
@@ -406,6 +398,7 @@ mod tests {
             authz.authorize(&bob, &get_pods),
             Decision::Deny(_)
         ));
+        // system:public-info-viewer is bound to unauthenticated users too.
         let version = Attributes {
             verb: "get".into(),
             path: "/version".into(),
