@@ -51,7 +51,7 @@ fn node_prerequisites() -> bool {
         && Path::new("/usr/lib/cni/bridge").exists()
         && Path::new(kelson_oci::DEFAULT_BUSYBOX).exists();
     if !ok {
-        eprintln!("node part skipped: needs root, containerd, CNI plugins and busybox-static");
+        eprintln!("node part impossible: needs root, containerd, CNI plugins and busybox-static");
     }
     ok
 }
@@ -140,7 +140,12 @@ fn up_serves_stops_and_resumes() {
     let api_port = free_port();
     let ep = format!("https://127.0.0.1:{port}");
 
+    // The node part is the point of `up`: without its prerequisites the test fails, not shrinks.
     let node = node_prerequisites();
+    assert!(
+        node,
+        "needs root, containerd, CNI plugins and busybox-static (scripts/setup.sh)"
+    );
     let mut up = start_up(&data, port, api_port, node, &tmp.path().join("up1.log"));
     let kv_pid = wait_ready(&mut up);
     let _kv_guard = PidGuard(kv_pid);
