@@ -2,6 +2,8 @@
 //!
 //! `SelfSubjectAccessReview` / `SubjectAccessReview` / `LocalSubjectAccessReview`
 //! (`kubectl auth can-i`) run the server's own authorizer on the attributes in the spec;
+//! `SelfSubjectRulesReview` (`kubectl auth can-i --list`) lists the caller's rules in
+//! `spec.namespace`, as the authorizer resolves them (kelson-rbac builds the status);
 //! `SelfSubjectReview` (`kubectl auth whoami`) reports the caller's identity. Upstream answers
 //! these with 201 and the object with its `status` filled in; nothing reaches the store.
 
@@ -19,7 +21,10 @@ pub fn is_review(info: &ResourceInfo) -> bool {
         (info.group, info.kind),
         (
             "authorization.k8s.io",
-            "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview"
+            "SelfSubjectAccessReview"
+                | "SubjectAccessReview"
+                | "LocalSubjectAccessReview"
+                | "SelfSubjectRulesReview"
         ) | ("authentication.k8s.io", "SelfSubjectReview")
     )
 }
@@ -63,6 +68,22 @@ pub async fn create(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiE
     match info.kind {
         "SelfSubjectReview" => {
             obj["status"] = json!({"userInfo": {"username": r.user.name, "groups": r.user.groups}});
+        }
+        "SelfSubjectRulesReview" => {
+            // The spec is optional here: no namespace asks for the cluster-wide rules only.
+            let namespace = obj["spec"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            obj["status"] = r
+                .api
+                .authz
+                .rules_review(r.user, &namespace)
+                .unwrap_or_else(|| {
+                    // Upstream's answer from an authorizer that cannot enumerate rules.
+                    json!({"resourceRules": [], "nonResourceRules": [], "incomplete": true,
+                        "evaluationError": "the authorizer cannot list rules"})
+                });
         }
         kind => {
             if !obj["spec"].is_object() {

@@ -5,7 +5,8 @@
 //! each connection speaks HTTP/1.1 or HTTP/2. The client's identity is read once per
 //! connection from its verified certificate and handed to every request on it.
 //!
-//! Pipeline per request: authenticate (401 unless a cert or `--anonymous-auth`) → route →
+//! Pipeline per request: authenticate (401 unless a cert or `--anonymous-auth`) → route
+//! (an unknown non-resource path is authorized first, so the denied get 403 like upstream) →
 //! negotiate the response format → authorize (403) → read the body (413 over 3 MiB) →
 //! handler. Every failure is a `metav1.Status` with the right code.
 
@@ -26,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::alloc::Allocator;
-use crate::auth::{Attributes, Authz, Decision, User};
+use crate::auth::{self, Attributes, Authz, Decision, User};
 use crate::handlers::{self, Req};
 use crate::http::{self as h, Body, Format};
 use crate::router::{self, Endpoint, Route};
@@ -157,7 +158,26 @@ where
         None => return Err(ApiError::unauthorized()),
     };
     let (parts, body) = req.into_parts();
-    let route = router::route(parts.uri.path())?;
+    let route = match router::route(parts.uri.path()) {
+        Ok(r) => r,
+        Err(e) => {
+            // Upstream authorizes before it looks for a handler: a caller who may not get an
+            // unknown non-resource path (`/metrics`, `/foo`) is told 403, not 404.
+            let path = parts.uri.path();
+            if !path.starts_with("/api/") && !path.starts_with("/apis/") {
+                let attrs = Attributes {
+                    verb: method_verb(&parts.method).into(),
+                    path: path.to_string(),
+                    resource_request: false,
+                    ..Default::default()
+                };
+                if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
+                    return Err(auth::forbidden(&user, &attrs, &reason));
+                }
+            }
+            return Err(e);
+        }
+    };
     let q = h::query(&parts.uri);
     let accept = parts
         .headers
@@ -172,10 +192,7 @@ where
                 ..Default::default()
             };
             if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
-                return Err(ApiError::forbidden_msg(format!(
-                    "forbidden: User \"{}\" cannot {} path \"{}\": {reason}",
-                    user.name, attrs.verb, attrs.path
-                )));
+                return Err(auth::forbidden(&user, &attrs, &reason));
             }
             if parts.method != Method::GET && parts.method != Method::HEAD {
                 return Err(ApiError::method_not_supported(
@@ -199,20 +216,7 @@ where
                 resource_request: true,
             };
             if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
-                let res = if attrs.subresource.is_empty() {
-                    attrs.resource.clone()
-                } else {
-                    format!("{}/{}", attrs.resource, attrs.subresource)
-                };
-                return Err(ApiError::forbidden(
-                    &user.name,
-                    verb,
-                    &attrs.group,
-                    &res,
-                    &attrs.namespace,
-                    &attrs.name,
-                    &reason,
-                ));
+                return Err(auth::forbidden(&user, &attrs, &reason));
             }
             let body = h::read_body(body).await?;
             let mut r = Req {

@@ -146,6 +146,35 @@ async fn rbac_with_kubectl() {
     assert!(!can_i(&cp, &bob, &["create", "pods", "-n", "demo"]));
     assert!(!can_i(&cp, &bob, &["get", "secrets", "-n", "demo"]));
     assert!(!can_i(&cp, &bob, &["list", "pods", "-n", "default"]));
+    // `can-i --list` (SelfSubjectRulesReview) shows view's rules in demo, not elsewhere.
+    let list = kubectl_as(&cp, &bob, &["auth", "can-i", "--list", "-n", "demo"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let pods_rule = |out: &str| {
+        out.lines().any(|l| {
+            l.split_whitespace().next() == Some("pods")
+                && l.trim_end().ends_with("[get list watch]")
+        })
+    };
+    assert!(pods_rule(&stdout(&list)), "{}", stdout(&list));
+    let list = kubectl_as(&cp, &bob, &["auth", "can-i", "--list", "-n", "default"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(!pods_rule(&stdout(&list)), "{}", stdout(&list));
+    // Subresources are named `pods/log` in the message, the object by its resource.
+    let out = kubectl_as(
+        &cp,
+        &bob,
+        &["get", "--raw", "/api/v1/namespaces/default/pods/x/log"],
+    );
+    assert_eq!(
+        stderr(&out),
+        r#"Error from server (Forbidden): pods "x" is forbidden: User "bob" cannot get resource "pods/log" in API group "" in the namespace "default""#
+    );
+    // A denied non-resource URL: no reason, so nothing after the path.
+    let out = kubectl_as(&cp, &bob, &["get", "--raw", "/metrics"]);
+    assert_eq!(
+        stderr(&out),
+        r#"Error from server (Forbidden): forbidden: User "bob" cannot get path "/metrics""#
+    );
     let out = kubectl_as(&cp, &bob, &["create", "configmap", "x", "-n", "demo"]);
     assert_eq!(
         stderr(&out),
