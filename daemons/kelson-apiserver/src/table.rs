@@ -2,8 +2,9 @@
 //!
 //! kubectl's `get` renders these tables as they come (its own printers are only a fallback), so
 //! the column sets follow upstream's printers for the kinds people look at most: pods, nodes,
-//! namespaces, services, deployments, replicasets, configmaps, secrets; every other kind gets
-//! NAME and AGE. Columns with priority 1 appear only with `-o wide`. Each row carries the object
+//! namespaces, services, deployments, replicasets, configmaps, secrets, events (core/v1 and
+//! events.k8s.io/v1 alike: upstream converts both to one internal Event before printing); every
+//! other kind gets NAME and AGE. Columns with priority 1 appear only with `-o wide`. Each row carries the object
 //! as `PartialObjectMetadata` (default `includeObject=Metadata`), the full object
 //! (`includeObject=Object`) or nothing (`None`), as upstream.
 
@@ -86,8 +87,80 @@ fn columns(kind: &str) -> Vec<Col> {
             Col("Data", "integer", 0, ""),
             age,
         ],
+        "Event" => vec![
+            Col("Last Seen", "string", 0, ""),
+            Col("Type", "string", 0, ""),
+            Col("Reason", "string", 0, ""),
+            Col("Object", "string", 0, ""),
+            Col("Subobject", "string", 1, ""),
+            Col("Source", "string", 1, ""),
+            Col("Message", "string", 0, ""),
+            Col("First Seen", "string", 1, ""),
+            Col("Count", "string", 1, ""),
+            Col("Name", "string", 1, "name"),
+        ],
         _ => vec![name, age],
     }
+}
+
+/// kubectl's age of an optional timestamp (empty when absent, so callers can fall back).
+fn since(ts: &Value) -> Option<String> {
+    ts.as_str()
+        .filter(|t| !t.is_empty())
+        .map(|t| kelson_apimachinery::table::age(t, time::OffsetDateTime::now_utc()))
+}
+
+/// Upstream's `printEvent` cells (server side always prints the wide set). A core/v1 Event
+/// and an events.k8s.io/v1 Event name the same things differently (`involvedObject` /
+/// `regarding`, `message` / `note`, `count` / `deprecatedCount`, ...): read either.
+fn event_cells(o: &Value) -> Vec<Value> {
+    let either = |a: &str, b: &str| {
+        if o[a].is_null() {
+            o[b].clone()
+        } else {
+            o[a].clone()
+        }
+    };
+    let first = since(&either("firstTimestamp", "deprecatedFirstTimestamp"))
+        .or_else(|| since(&o["eventTime"]))
+        .unwrap_or_else(|| "<unknown>".into());
+    let mut last =
+        since(&either("lastTimestamp", "deprecatedLastTimestamp")).unwrap_or_else(|| first.clone());
+    let mut count = n(&either("count", "deprecatedCount"));
+    if o["series"].is_object() {
+        last = since(&o["series"]["lastObservedTime"]).unwrap_or_else(|| "<unknown>".into());
+        count = n(&o["series"]["count"]);
+    } else if count == 0 {
+        // Singleton events carry no count in events.k8s.io/v1.
+        count = 1;
+    }
+    let involved = either("involvedObject", "regarding");
+    let kind = s(&involved["kind"]).to_lowercase();
+    let target = match involved["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(name) => format!("{kind}/{name}"),
+        None => kind,
+    };
+    let source = either("source", "deprecatedSource");
+    let non_empty = |a: String, b: String| if a.is_empty() { b } else { a };
+    let component = non_empty(s(&source["component"]), s(&o["reportingController"]));
+    let instance = non_empty(s(&source["host"]), s(&o["reportingInstance"]));
+    let source = if instance.is_empty() {
+        component
+    } else {
+        format!("{component}, {instance}")
+    };
+    vec![
+        json!(last),
+        json!(s(&o["type"])),
+        json!(s(&o["reason"])),
+        json!(target),
+        json!(s(&involved["fieldPath"])),
+        json!(source),
+        json!(s(&either("message", "note")).trim()),
+        json!(first),
+        json!(count),
+        json!(s(&o["metadata"]["name"])),
+    ]
 }
 
 fn s(v: &Value) -> String {
@@ -328,6 +401,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 a,
             ]
         }
+        "Event" => event_cells(o),
         _ => vec![name, a],
     }
 }
@@ -412,5 +486,47 @@ mod tests {
         );
         assert_eq!(cm["columnDefinitions"][1]["name"], "Age");
         assert_eq!(cm["rows"][0]["cells"][1], "<unknown>");
+    }
+
+    #[test]
+    fn event_rows_core_and_events_k8s_io() {
+        let ago = |secs: i64| {
+            (time::OffsetDateTime::now_utc() - time::Duration::seconds(secs))
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let core = json!({"metadata": {"name": "p.1"}, "type": "Normal", "reason": "Scheduled",
+            "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{c}"},
+            "message": "assigned p to n1 ", "source": {"component": "kubelet", "host": "n1"},
+            "firstTimestamp": ago(300), "lastTimestamp": ago(30), "count": 3});
+        let new = json!({"metadata": {"name": "e.2"}, "type": "Warning", "reason": "Failed",
+            "regarding": {"kind": "Node", "name": ""}, "note": "boom",
+            "reportingController": "ctl", "eventTime": ago(10)});
+        let t = table("Event", &[core, new], json!({}), Include::None, false);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["priority"] == 0)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Last Seen", "Type", "Reason", "Object", "Message"]);
+        let c = &t["rows"][0]["cells"];
+        assert_eq!(c[0], "30s");
+        assert_eq!(c[1], "Normal");
+        assert_eq!(c[2], "Scheduled");
+        assert_eq!(c[3], "pod/p");
+        assert_eq!(c[4], "spec.containers{c}");
+        assert_eq!(c[5], "kubelet, n1");
+        assert_eq!(c[6], "assigned p to n1");
+        assert_eq!(c[7], "5m");
+        assert_eq!(c[8], 3);
+        assert_eq!(c[9], "p.1");
+        let c = &t["rows"][1]["cells"];
+        assert_eq!(c[0], "10s", "last seen falls back to first, then eventTime");
+        assert_eq!(c[3], "node");
+        assert_eq!(c[5], "ctl");
+        assert_eq!(c[6], "boom");
+        assert_eq!(c[8], 1);
     }
 }

@@ -107,6 +107,63 @@ async fn kubectl_workflow_on_kelson_kv() {
         wide.contains("IP") && wide.contains("NODE") && wide.contains("Pending"),
         "{wide}"
     );
+    // Events print upstream's columns, core/v1 and events.k8s.io/v1 alike.
+    c.ok_in(
+        &["-n", "demo", "create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Event", "metadata": {"name": "p1.a"},
+  "involvedObject": {"kind": "Pod", "name": "p1", "namespace": "demo"},
+  "type": "Normal", "reason": "Scheduled", "message": "assigned demo/p1 to n1", "count": 2,
+  "source": {"component": "default-scheduler"}}"#,
+    );
+    let ev = c.ok(&["-n", "demo", "get", "events"]);
+    let mut lines = ev.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{ev}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row.get(1..),
+        Some(
+            &[
+                "Normal",
+                "Scheduled",
+                "pod/p1",
+                "assigned",
+                "demo/p1",
+                "to",
+                "n1"
+            ][..]
+        ),
+        "{ev}"
+    );
+    c.ok_in(
+        &["-n", "demo", "create", "-f", "-"],
+        r#"{"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "p1.b"},
+  "regarding": {"kind": "Pod", "name": "p1", "namespace": "demo"}, "type": "Warning",
+  "reason": "BackOff", "note": "restarting", "action": "Restart",
+  "reportingController": "kubelet", "reportingInstance": "n1",
+  "eventTime": "2024-01-01T00:00:00.000000Z"}"#,
+    );
+    let ev = c.ok(&["-n", "demo", "get", "events.v1.events.k8s.io", "-o", "wide"]);
+    assert!(
+        ev.lines().next().unwrap_or_default().contains("SOURCE")
+            && ev.contains("kubelet, n1")
+            && ev.contains("pod/p1")
+            && ev.contains("restarting")
+            && ev.contains("p1.b"),
+        "{ev}"
+    );
     let deploys = c.ok(&["-n", "demo", "get", "deploy"]);
     assert!(
         deploys.contains("UP-TO-DATE") && deploys.contains("0/2"),
