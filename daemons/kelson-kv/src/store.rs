@@ -31,6 +31,8 @@ pub struct Shared {
     pub hub: Arc<WatchHub>,
     pub leases: Arc<LeaseClock>,
     pub db: Arc<rocksdb::DB>,
+    /// Recent backend size for the per-write quota check.
+    pub quota_estimate: crate::maintenance::QuotaEstimate,
     node: OnceLock<RaftNode>,
 }
 
@@ -48,6 +50,7 @@ impl Shared {
             hub,
             leases,
             db,
+            quota_estimate: Default::default(),
             node: OnceLock::new(),
         })
     }
