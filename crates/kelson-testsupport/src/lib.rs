@@ -25,6 +25,7 @@ mod cluster;
 pub mod containerd;
 mod controlplane;
 mod dbus;
+pub mod probe;
 
 pub use cluster::{
     start_cluster, ClusterOpts, EtcdCluster, KvCluster, KvMember, Member, StoreCluster, StoreKind,
