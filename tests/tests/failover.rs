@@ -202,9 +202,16 @@ async fn kill_leader_during_writes(kind: StoreKind) {
         kind.name(),
         acked.len()
     );
+    // The 3 s bound is issue 2's requirement on kelson-kv. Real etcd is the oracle for what
+    // must hold (a new leader, no lost acknowledged write), not for timing: on 2 loaded cores
+    // its randomized election sometimes needs ~4-5 s, so it only has to recover.
+    let bound = match kind {
+        StoreKind::Kelson => Duration::from_secs(3),
+        StoreKind::Etcd => Duration::from_secs(10),
+    };
     assert!(
-        first_after <= Duration::from_secs(3),
-        "{}: new leader took {first_after:?} (> 3 s) to serve a write\n{}",
+        first_after <= bound,
+        "{}: new leader took {first_after:?} (> {bound:?}) to serve a write\n{}",
         kind.name(),
         c.logs()
     );

@@ -44,6 +44,8 @@ const FRAME_UPDATE: u8 = 2;
 /// Messages handled before each Ready, at most (keeps tick latency bounded under load).
 const DRAIN_MAX: usize = 4096;
 const INBOX: usize = 16384;
+/// Heartbeat ticks a ReadIndex round may go unanswered before its waiters get a fresh round.
+const READ_RETRY_TICKS: u32 = 3;
 
 type Reply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
 type ReadWaiter = oneshot::Sender<Result<(), RaftError>>;
@@ -891,6 +893,7 @@ impl Loop {
     }
 
     fn start_read_round(&mut self) {
+        // (Also re-entered for rounds `gc` re-queued after raft dropped them.)
         if self.read_waiting.is_empty() {
             return;
         }
@@ -921,14 +924,31 @@ impl Loop {
         });
     }
 
-    /// Drops bookkeeping for callers that gave up (their futures timed out).
+    /// Drops bookkeeping for callers that gave up (their futures timed out), and retries read
+    /// rounds raft dropped.
     fn gc(&mut self) {
         self.pending.retain(|_, tx| !tx.is_closed());
-        // Rounds raft silently dropped (leader change) are forgotten once nobody waits on them.
-        self.read_inflight.retain(|_, (t, w)| {
+        self.read_inflight.retain(|_, (_, w)| {
             w.retain(|tx| !tx.is_closed());
-            !w.is_empty() && t.elapsed() < Duration::from_secs(60)
+            !w.is_empty()
         });
+        // raft-rs drops a ReadIndex without answering when the leader has not yet committed an
+        // entry in its term (just elected), when leadership moves, or when the forwarded
+        // message is lost. Its waiters would otherwise sit out their whole request timeout:
+        // after a few heartbeats without a ReadState, put them back in line for a fresh round.
+        // A late ReadState for the abandoned round finds no waiters and is ignored.
+        let retry_after = self.tick * READ_RETRY_TICKS;
+        let stale: Vec<u64> = self
+            .read_inflight
+            .iter()
+            .filter(|(_, (t, _))| t.elapsed() >= retry_after)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in stale {
+            if let Some((_, waiters)) = self.read_inflight.remove(&n) {
+                self.read_waiting.extend(waiters);
+            }
+        }
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
