@@ -17,10 +17,11 @@ struct Ports {
     peer: u16,
 }
 
-fn kv_command(dir: &Path, p: &Ports) -> Command {
+/// A member named `name` with its data in `data_dir`, listening on `p`.
+fn member_command(name: &str, data_dir: &Path, p: &Ports) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["--name", "t1", "--data-dir"])
-        .arg(dir.join("data"))
+    cmd.args(["--name", name, "--data-dir"])
+        .arg(data_dir)
         .args([
             "--listen-client-urls",
             &format!("http://127.0.0.1:{}", p.client),
@@ -38,6 +39,10 @@ fn kv_command(dir: &Path, p: &Ports) -> Command {
             &format!("http://127.0.0.1:{}", p.peer),
         ]);
     cmd
+}
+
+fn kv_command(dir: &Path, p: &Ports) -> Command {
+    member_command("t1", &dir.join("data"), p)
 }
 
 use kelson_testsupport::probe::{http_get, wait_notify};
@@ -372,31 +377,13 @@ async fn transfer_leadership_emits_leader_changed() {
         .join(",");
     let mut guards = Vec::new();
     for (i, p) in ports.iter().enumerate() {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--name", &format!("m{i}"), "--data-dir"])
-            .arg(dir.path().join(format!("d{i}")))
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", p.client),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{}", p.client),
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", p.peer),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", p.peer),
-            ])
-            .args([
-                "--initial-cluster",
-                &cluster,
-                "--dbus-address",
-                buses[i].address(),
-            ]);
+        let mut cmd = member_command(&format!("m{i}"), &dir.path().join(format!("d{i}")), p);
+        cmd.args([
+            "--initial-cluster",
+            &cluster,
+            "--dbus-address",
+            buses[i].address(),
+        ]);
         let log = dir.path().join(format!("m{i}.log"));
         guards.push(ChildGuard::spawn(&format!("m{i}"), cmd, &log).unwrap());
     }
