@@ -3,15 +3,19 @@
 #   build:  protobuf-compiler (raft, tonic-build), libclang-dev (bindgen for librocksdb-sys),
 #           librocksdb-dev (we link RocksDB 7.8.3 from Debian instead of building it: ~10 min saved)
 #   tests:  etcd-server + etcd-client (compatibility oracle and benchmark peer), dbus (private bus),
-#           python3 (linearizability checker input), and the node runtime for later issues.
+#           python3 (linearizability checker input) + python3-kubernetes (API compatibility judge),
+#           systemd (systemd-analyze for the unit tests), and the node runtime.
 set -euo pipefail
 pkgs=(protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev pkg-config
       etcd-server etcd-client dbus
-      containerd runc containernetworking-plugins nftables busybox-static iproute2)
+      containerd runc containernetworking-plugins nftables busybox-static iproute2
+      systemd python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The official Python client judges API compatibility; any installed copy (pip or Debian's) will do.
+python3 -c 'import kubernetes' 2>/dev/null || missing+=(python3-kubernetes)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "setup: installing ${missing[*]}"
