@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod daemons;
 pub mod images;
 pub mod kv;
 pub mod up;
@@ -38,6 +39,12 @@ pub enum Command {
     Images(images::ImagesCommand),
     /// Run an all-in-one cluster in the foreground (Ctrl-C stops it; run again to resume).
     Up(up::UpArgs),
+    /// State, health, role and version of every local Kelson daemon (over D-Bus).
+    Status(daemons::StatusArgs),
+    /// Ask a daemon to reload its configuration and certificates (over D-Bus).
+    Reload(daemons::ReloadArgs),
+    /// Change a daemon's log level at run time (over D-Bus).
+    LogLevel(daemons::LogLevelArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +96,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kv(c) => kv::run(c).await,
         Command::Up(a) => up::run(a).await,
         Command::Images(c) => images::run(c),
+        Command::Status(a) => daemons::status(a).await,
+        Command::Reload(a) => daemons::reload(a).await,
+        Command::LogLevel(a) => daemons::log_level(a).await,
     }
 }
 
