@@ -41,6 +41,11 @@ pub trait Strategy: Send + Sync {
     }
 }
 
+/// Job, CronJob, StatefulSet, DaemonSet, PDB and ResourceQuota (a child module so it can
+/// reuse the private helpers here).
+#[path = "strategy_workloads.rs"]
+pub mod workloads;
+
 pub struct DefaultStrategy;
 impl Strategy for DefaultStrategy {}
 
@@ -53,7 +58,13 @@ pub fn for_kind(group: &str, kind: &str) -> &'static dyn Strategy {
         ("", "Secret") => &SecretStrategy,
         ("", "Node") => &NodeStrategy,
         ("apps", "Deployment") => &DeploymentStrategy,
-        ("apps", "ReplicaSet" | "StatefulSet" | "DaemonSet") => &WorkloadStrategy,
+        ("apps", "ReplicaSet") => &WorkloadStrategy,
+        ("apps", "StatefulSet") => &workloads::StatefulSetStrategy,
+        ("apps", "DaemonSet") => &workloads::DaemonSetStrategy,
+        ("batch", "Job") => &workloads::JobStrategy,
+        ("batch", "CronJob") => &workloads::CronJobStrategy,
+        ("policy", "PodDisruptionBudget") => &workloads::PdbStrategy,
+        ("", "ResourceQuota") => &workloads::ResourceQuotaStrategy,
         _ => &DefaultStrategy,
     }
 }

@@ -17,24 +17,37 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Secret,
+    Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use parking_lot::Mutex;
 
 use crate::informer::Informer;
 use crate::queue::WorkQueue;
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod quantity;
 pub mod replicaset;
+pub mod resourcequota;
+pub mod statefulset;
 
 /// What a reconcile can fail with; every failure is retried with back-off.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +81,15 @@ pub struct Informers {
     pub endpointslices: Informer<EndpointSlice>,
     pub nodes: Informer<Node>,
     pub leases: Informer<Lease>,
+    pub jobs: Informer<Job>,
+    pub cronjobs: Informer<CronJob>,
+    pub daemonsets: Informer<DaemonSet>,
+    pub statefulsets: Informer<StatefulSet>,
+    pub revisions: Informer<ControllerRevision>,
+    pub pdbs: Informer<PodDisruptionBudget>,
+    pub quotas: Informer<ResourceQuota>,
+    pub pvcs: Informer<PersistentVolumeClaim>,
+    pub secrets: Informer<Secret>,
 }
 
 impl Informers {
@@ -84,6 +106,15 @@ impl Informers {
             endpointslices: Informer::new(client.clone()),
             nodes: Informer::new(client.clone()),
             leases: Informer::new(client.clone()),
+            jobs: Informer::new(client.clone()),
+            cronjobs: Informer::new(client.clone()),
+            daemonsets: Informer::new(client.clone()),
+            statefulsets: Informer::new(client.clone()),
+            revisions: Informer::new(client.clone()),
+            pdbs: Informer::new(client.clone()),
+            quotas: Informer::new(client.clone()),
+            pvcs: Informer::new(client.clone()),
+            secrets: Informer::new(client.clone()),
         }
     }
 
@@ -103,6 +134,15 @@ impl Informers {
                 $f!(self.endpointslices, ok);
                 $f!(self.nodes, ok);
                 $f!(self.leases, ok);
+                $f!(self.jobs, ok);
+                $f!(self.cronjobs, ok);
+                $f!(self.daemonsets, ok);
+                $f!(self.statefulsets, ok);
+                $f!(self.revisions, ok);
+                $f!(self.pdbs, ok);
+                $f!(self.quotas, ok);
+                $f!(self.pvcs, ok);
+                $f!(self.secrets, ok);
                 ok
             }};
         }
@@ -258,6 +298,13 @@ pub const ALL: &[(&str, &str)] = &[
     ("node-lifecycle-controller", "nodelifecycle"),
     ("pod-garbage-collector-controller", "podgc"),
     ("node-ipam-controller", "nodeipam"),
+    ("job-controller", "job"),
+    ("cronjob-controller", "cronjob"),
+    ("ttl-after-finished-controller", "ttl-after-finished"),
+    ("daemonset-controller", "daemonset"),
+    ("statefulset-controller", "statefulset"),
+    ("disruption-controller", "disruption"),
+    ("resourcequota-controller", "resourcequota"),
 ];
 
 /// Upstream `--controllers` semantics: `*` enables the defaults, `foo` enables foo, `-foo`
@@ -320,6 +367,27 @@ pub fn build(ctx: &Ctx, list: &[String]) -> Vec<Controller> {
     }
     if on(10) {
         out.push(nodelifecycle::ipam_controller(ctx));
+    }
+    if on(11) {
+        out.push(job::controller(ctx));
+    }
+    if on(12) {
+        out.push(cronjob::controller(ctx));
+    }
+    if on(13) {
+        out.push(job::ttl_controller(ctx));
+    }
+    if on(14) {
+        out.push(daemonset::controller(ctx));
+    }
+    if on(15) {
+        out.push(statefulset::controller(ctx));
+    }
+    if on(16) {
+        out.push(disruption::controller(ctx));
+    }
+    if on(17) {
+        out.push(resourcequota::controller(ctx));
     }
     out
 }

@@ -38,11 +38,13 @@ struct Expect {
     at: Option<Instant>,
 }
 
+/// Pods a controller created/deleted that the cache has not shown yet (shared with the job
+/// and daemonset controllers, which have the same over-creation hazard).
 #[derive(Default, Clone)]
-struct Expectations(Arc<Mutex<HashMap<String, Expect>>>);
+pub(crate) struct Expectations(Arc<Mutex<HashMap<String, Expect>>>);
 
 impl Expectations {
-    fn satisfied(&self, key: &str, ns: &str, ctx: &Ctx) -> bool {
+    pub(crate) fn satisfied(&self, key: &str, ns: &str, ctx: &Ctx) -> bool {
         let mut g = self.0.lock();
         let Some(e) = g.get_mut(key) else { return true };
         if e.at.is_some_and(|t| t.elapsed() > EXPECTATIONS_TTL) {
@@ -62,12 +64,15 @@ impl Expectations {
         }
         ok
     }
-    fn expect(&self, key: &str, adds: Vec<String>, dels: Vec<String>) {
+    pub(crate) fn expect(&self, key: &str, adds: Vec<String>, dels: Vec<String>) {
         let mut g = self.0.lock();
         let e = g.entry(key.to_string()).or_default();
         e.adds.extend(adds);
         e.dels.extend(dels);
         e.at = Some(Instant::now());
+    }
+    pub(crate) fn forget(&self, key: &str) {
+        self.0.lock().remove(key);
     }
 }
 

@@ -1,0 +1,733 @@
+//! The job controller and the ttl-after-finished controller.
+//!
+//! Job (upstream's `syncJob`): keep `min(parallelism, remaining completions)` pods active
+//! until the Job completes or fails, counting finished pods exactly once through the
+//! `batch.kubernetes.io/job-tracking` finalizer, as upstream does since 1.26:
+//!
+//! 1. every pod is created with the finalizer;
+//! 2. a pod that finished (or is being deleted before finishing) has its uid recorded in
+//!    `status.uncountedTerminatedPods` first (so a crash cannot lose it),
+//! 3. then its finalizer is removed, and
+//! 4. then it moves from the uncounted list into `succeeded`/`failed` (Indexed jobs: its index
+//!    into `completedIndexes`).
+//!
+//! A pod is therefore counted even if it is deleted right after finishing, and never twice.
+//! Failures beyond `backoffLimit` fail the Job (`BackoffLimitExceeded`), as does running past
+//! `activeDeadlineSeconds` (`DeadlineExceeded`); a failed or completed Job's remaining pods
+//! are deleted. Replacement pods after failures wait upstream's exponential back-off (10 s
+//! doubling, at most 6 min). `suspend` deletes the active pods and sets the `Suspended`
+//! condition; resuming resets `startTime`. Indexed Jobs give each pod an index (annotation and
+//! label `batch.kubernetes.io/job-completion-index`, env `JOB_COMPLETION_INDEX`, hostname
+//! `<job>-<index>`).
+//!
+//! ttl-after-finished: a finished Job with `ttlSecondsAfterFinished` is deleted (foreground, so
+//! its pods go first) that many seconds after it finished.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use super::replicaset::Expectations;
+use super::{is_status, Controller, Ctx, Result};
+use crate::informer::{key_of, split_key};
+use crate::queue::WorkQueue;
+use crate::util;
+
+pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(360);
+
+/// Per-Job failure back-off: failures seen and when the last one was seen.
+#[derive(Default, Clone)]
+struct Backoff(Arc<Mutex<HashMap<String, (u32, Instant)>>>);
+
+/// Pod uids counted whose finalizer removal the cache may not show yet (upstream's
+/// finalizer expectations): without it a lagging cache would count a pod twice.
+#[derive(Default, Clone)]
+struct Counted(Arc<Mutex<HashMap<String, HashSet<String>>>>);
+
+pub fn controller(ctx: &Ctx) -> Controller {
+    let queue = WorkQueue::new();
+    let q = queue.clone();
+    ctx.inf.jobs.on_change(move |j, _| q.add(key_of(j)));
+    let q = queue.clone();
+    ctx.inf.pods.on_change(move |pod, _| {
+        if let Some(r) = util::controller_of(&pod.metadata) {
+            if r.kind == "Job" {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                q.add(format!("{ns}/{}", r.name));
+            }
+        }
+    });
+    let c = ctx.clone();
+    let exp = Expectations::default();
+    let bo = Backoff::default();
+    let counted = Counted::default();
+    let jobs = ctx.inf.jobs.clone();
+    Controller::new("job-controller", queue, 2, move |key| {
+        let (c, exp, bo, counted) = (c.clone(), exp.clone(), bo.clone(), counted.clone());
+        async move { reconcile(&c, &exp, &bo, &counted, &key).await }
+    })
+    .resync(Duration::from_secs(30), move || {
+        jobs.list().iter().map(|j| key_of(&**j)).collect()
+    })
+}
+
+/// The finished condition (`Complete` or `Failed` with status True), if any.
+pub fn finished(job: &Job) -> Option<&JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str, now: Timestamp) -> JobCondition {
+    JobCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_probe_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    }
+}
+
+/// Sets (or flips) a condition, keeping the transition time when the status is unchanged.
+fn set_cond(st: &mut JobStatus, c: JobCondition) {
+    let conds = st.conditions.get_or_insert_with(Vec::new);
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) if x.status == c.status => {
+            x.reason = c.reason;
+            x.message = c.message;
+        }
+        Some(x) => *x = c,
+        None => conds.push(c),
+    }
+}
+
+fn has_finalizer(p: &Pod) -> bool {
+    p.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == TRACKING_FINALIZER)
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+/// Finished from the Job's point of view: Succeeded/Failed, or deleted before finishing
+/// (upstream counts such a pod as failed).
+fn pod_outcome(p: &Pod) -> Option<bool> {
+    match phase(p) {
+        "Succeeded" => Some(true),
+        "Failed" => Some(false),
+        _ if util::is_deleting(&p.metadata) => Some(false),
+        _ => None,
+    }
+}
+
+fn pod_index(p: &Pod) -> Option<i32> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(COMPLETION_INDEX)?
+        .parse()
+        .ok()
+}
+
+/// `completedIndexes` ("1,3-5") to a set and back.
+pub fn parse_indexes(s: &str) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(a) = part.parse() {
+                    out.insert(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn format_indexes(set: &BTreeSet<i32>) -> String {
+    let mut parts = Vec::new();
+    let mut it = set.iter().copied().peekable();
+    while let Some(start) = it.next() {
+        let mut end = start;
+        while it.peek() == Some(&(end + 1)) {
+            end = it.next().unwrap_or(end);
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    parts.join(",")
+}
+
+async fn remove_finalizer(api: &Api<Pod>, p: &Pod) -> Result<()> {
+    let fins: Vec<String> = p
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != TRACKING_FINALIZER)
+        .cloned()
+        .collect();
+    // The uid precondition makes sure a recreated pod of the same name is left alone.
+    let patch = json!({"metadata": {"finalizers": fins, "uid": p.metadata.uid}});
+    match api
+        .patch(
+            p.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_pods(api: &Api<Pod>, pods: &[&Pod]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for p in pods {
+        let n = p.metadata.name.clone().unwrap_or_default();
+        match api.delete(&n, &DeleteParams::background()).await {
+            Ok(_) => out.push(n),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+async fn reconcile(
+    ctx: &Ctx,
+    exp: &Expectations,
+    bo: &Backoff,
+    counted: &Counted,
+    key: &str,
+) -> Result<Option<Duration>> {
+    let (Some(ns), name) = split_key(key) else {
+        return Ok(None);
+    };
+    let Some(job) = ctx.inf.jobs.get(Some(ns), name) else {
+        exp.forget(key);
+        bo.0.lock().remove(key);
+        counted.0.lock().remove(key);
+        return Ok(None);
+    };
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let spec = job.spec.clone().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let pods: Vec<Arc<Pod>> = ctx
+        .inf
+        .pods
+        .list_ns(ns)
+        .into_iter()
+        .filter(|p| util::controller_of(&p.metadata).is_some_and(|r| r.uid == uid))
+        .collect();
+    let old = job.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    let now = Timestamp::now();
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+
+    // Steps 2-4 of the finalizer protocol.
+    let mut unc = st.uncounted_terminated_pods.clone().unwrap_or_default();
+    let mut usucc: BTreeSet<String> = unc
+        .succeeded
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut ufail: BTreeSet<String> = unc.failed.take().unwrap_or_default().into_iter().collect();
+    let mut newly = false;
+    let done: HashSet<String> = {
+        let mut g = counted.0.lock();
+        let set = g.entry(key.to_string()).or_default();
+        // Forget uids once the cache shows the finalizer gone (or the pod gone).
+        set.retain(|u| {
+            pods.iter()
+                .any(|p| p.metadata.uid.as_deref() == Some(u) && has_finalizer(p))
+        });
+        set.clone()
+    };
+    for p in &pods {
+        let puid = p.metadata.uid.clone().unwrap_or_default();
+        if !has_finalizer(p)
+            || done.contains(&puid)
+            || usucc.contains(&puid)
+            || ufail.contains(&puid)
+        {
+            continue;
+        }
+        match pod_outcome(p) {
+            Some(true) => {
+                usucc.insert(puid);
+                newly = true;
+            }
+            Some(false) => {
+                ufail.insert(puid);
+                newly = true;
+            }
+            None => {}
+        }
+    }
+    let uncounted = |s: &BTreeSet<String>, f: &BTreeSet<String>| {
+        Some(UncountedTerminatedPods {
+            succeeded: Some(s.iter().cloned().collect()),
+            failed: Some(f.iter().cloned().collect()),
+        })
+    };
+    if newly {
+        st.uncounted_terminated_pods = uncounted(&usucc, &ufail);
+        write_status(&jobs_api, name, &st).await?;
+    }
+    let mut completed = parse_indexes(st.completed_indexes.as_deref().unwrap_or_default());
+    let mut new_failures = 0u32;
+    for p in &pods {
+        let puid = p.metadata.uid.clone().unwrap_or_default();
+        let succ = usucc.contains(&puid);
+        if !(succ || ufail.contains(&puid)) {
+            continue;
+        }
+        if has_finalizer(p) {
+            remove_finalizer(&pods_api, p).await?;
+            counted
+                .0
+                .lock()
+                .entry(key.to_string())
+                .or_default()
+                .insert(puid.clone());
+        }
+        if succ {
+            if indexed {
+                if let Some(i) = pod_index(p) {
+                    completed.insert(i);
+                }
+            }
+            st.succeeded = Some(st.succeeded.unwrap_or(0) + 1);
+            usucc.remove(&puid);
+        } else {
+            st.failed = Some(st.failed.unwrap_or(0) + 1);
+            ufail.remove(&puid);
+            new_failures += 1;
+        }
+    }
+    // Uids whose pods are gone from the cache were already un-finalized: count them too.
+    for u in std::mem::take(&mut usucc) {
+        if pods.iter().any(|p| p.metadata.uid.as_deref() == Some(&u)) {
+            usucc.insert(u);
+        } else {
+            st.succeeded = Some(st.succeeded.unwrap_or(0) + 1);
+        }
+    }
+    for u in std::mem::take(&mut ufail) {
+        if pods.iter().any(|p| p.metadata.uid.as_deref() == Some(&u)) {
+            ufail.insert(u);
+        } else {
+            st.failed = Some(st.failed.unwrap_or(0) + 1);
+            new_failures += 1;
+        }
+    }
+    st.uncounted_terminated_pods = uncounted(&usucc, &ufail);
+    if indexed {
+        st.completed_indexes = Some(format_indexes(&completed));
+    }
+    if new_failures > 0 {
+        let mut g = bo.0.lock();
+        let e = g.entry(key.to_string()).or_insert((0, Instant::now()));
+        e.0 += new_failures;
+        e.1 = Instant::now();
+    }
+
+    // Finished jobs only clean up.
+    let active: Vec<&Pod> = pods
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| pod_outcome(p).is_none())
+        .collect();
+    if finished(&job).is_some() {
+        delete_pods(&pods_api, &active).await?;
+        st.active = Some(0);
+        st.ready = Some(0);
+        if st != old {
+            write_status(&jobs_api, name, &st).await?;
+        }
+        return Ok(None);
+    }
+
+    let succeeded = st.succeeded.unwrap_or(0);
+    let failed = st.failed.unwrap_or(0) + ufail.len() as i32;
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    let suspended = spec.suspend == Some(true);
+    let mut again: Option<Duration> = None;
+
+    // Suspend / resume.
+    let was_suspended = st
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Suspended" && c.status == "True");
+    if suspended {
+        if !was_suspended {
+            set_cond(
+                &mut st,
+                cond("Suspended", "True", "JobSuspended", "Job suspended", now),
+            );
+        }
+    } else {
+        if was_suspended {
+            set_cond(
+                &mut st,
+                cond("Suspended", "False", "JobResumed", "Job resumed", now),
+            );
+            st.start_time = Some(Time(now));
+        }
+        if st.start_time.is_none() {
+            st.start_time = Some(Time(now));
+        }
+    }
+
+    // Failure and completion.
+    let mut failure: Option<(&str, &str)> = None;
+    if failed > backoff_limit {
+        failure = Some((
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        ));
+    } else if let (Some(ads), Some(start), false) =
+        (spec.active_deadline_seconds, &st.start_time, suspended)
+    {
+        let end = start.0.as_second() + ads;
+        if now.as_second() >= end {
+            failure = Some((
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            ));
+        } else {
+            again = Some(Duration::from_secs((end - now.as_second()) as u64));
+        }
+    }
+    let complete = match (indexed, spec.completions) {
+        (true, Some(c)) => completed.len() as i32 >= c,
+        (false, Some(c)) => succeeded >= c,
+        // Work-queue jobs: done once one pod succeeded and none is left running.
+        (_, None) => succeeded > 0 && active.is_empty(),
+    };
+    if let Some((reason, msg)) = failure {
+        delete_pods(&pods_api, &active).await?;
+        set_cond(&mut st, cond("FailureTarget", "True", reason, msg, now));
+        set_cond(&mut st, cond("Failed", "True", reason, msg, now));
+        st.active = Some(0);
+        st.ready = Some(0);
+        st.terminating = Some(active.len() as i32);
+        write_status(&jobs_api, name, &st).await?;
+        return Ok(None);
+    }
+    if complete && ufail.is_empty() && usucc.is_empty() {
+        delete_pods(&pods_api, &active).await?;
+        set_cond(
+            &mut st,
+            cond(
+                "SuccessCriteriaMet",
+                "True",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now,
+            ),
+        );
+        set_cond(
+            &mut st,
+            cond(
+                "Complete",
+                "True",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now,
+            ),
+        );
+        st.completion_time = Some(Time(now));
+        st.active = Some(0);
+        st.ready = Some(0);
+        write_status(&jobs_api, name, &st).await?;
+        return Ok(None);
+    }
+
+    // Manage active pods.
+    if exp.satisfied(key, ns, ctx) {
+        let want: i32 = if suspended || complete {
+            0
+        } else {
+            match spec.completions {
+                Some(c) if indexed => parallelism.min(c - completed.len() as i32),
+                Some(c) => parallelism.min(c - succeeded - usucc.len() as i32),
+                None if succeeded > 0 => 0,
+                None => parallelism,
+            }
+            .max(0)
+        };
+        let live: Vec<&Pod> = active
+            .iter()
+            .copied()
+            .filter(|p| !util::is_deleting(&p.metadata))
+            .collect();
+        let n = live.len() as i32;
+        if n > want {
+            // Delete the newest/least-progressed first, as the replicaset controller does.
+            let mut victims = live.clone();
+            victims.sort_by_key(|p| {
+                (
+                    u8::from(phase(p) == "Running"),
+                    u8::from(util::is_pod_ready(p)),
+                    -p.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map_or(0, |t| t.0.as_second()),
+                )
+            });
+            let dels = delete_pods(&pods_api, &victims[..(n - want) as usize]).await?;
+            exp.expect(key, vec![], dels);
+        } else if n < want {
+            let wait = {
+                let g = bo.0.lock();
+                g.get(key).and_then(|(f, at)| {
+                    let d = BACKOFF_BASE
+                        .saturating_mul(1 << (f.saturating_sub(1)).min(6))
+                        .min(BACKOFF_MAX);
+                    d.checked_sub(at.elapsed())
+                })
+            };
+            match wait {
+                Some(w) if !w.is_zero() => {
+                    again = Some(again.map_or(w, |a| a.min(w)));
+                }
+                _ => {
+                    let indexes: Vec<Option<i32>> = if indexed {
+                        let running: BTreeSet<i32> =
+                            live.iter().filter_map(|p| pod_index(p)).collect();
+                        (0..spec.completions.unwrap_or(0))
+                            .filter(|i| !completed.contains(i) && !running.contains(i))
+                            .take((want - n) as usize)
+                            .map(Some)
+                            .collect()
+                    } else {
+                        vec![None; (want - n) as usize]
+                    };
+                    let (created, r) = create_pods(&pods_api, &job, &indexes).await;
+                    exp.expect(key, created, vec![]);
+                    r?;
+                }
+            }
+        }
+    }
+
+    st.active = Some(
+        active
+            .iter()
+            .filter(|p| !util::is_deleting(&p.metadata))
+            .count() as i32,
+    );
+    st.ready = Some(active.iter().filter(|p| util::is_pod_ready(p)).count() as i32);
+    st.terminating = Some(
+        pods.iter()
+            .filter(|p| {
+                util::is_deleting(&p.metadata) && !matches!(phase(p), "Succeeded" | "Failed")
+            })
+            .count() as i32,
+    );
+    if st != old {
+        write_status(&jobs_api, name, &st).await?;
+    }
+    Ok(again.map(|d| d + Duration::from_millis(100)))
+}
+
+async fn write_status(api: &Api<Job>, name: &str, st: &JobStatus) -> Result<()> {
+    match api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": st})),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn create_pods(
+    api: &Api<Pod>,
+    job: &Job,
+    indexes: &[Option<i32>],
+) -> (Vec<String>, Result<()>) {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let tmpl = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let mut created = Vec::new();
+    for idx in indexes {
+        let mut meta = tmpl.metadata.clone().unwrap_or_default();
+        let mut spec = tmpl.spec.clone().unwrap_or_default();
+        meta.name = None;
+        meta.namespace = job.metadata.namespace.clone();
+        meta.owner_references = Some(vec![util::controller_ref("batch/v1", "Job", &job.metadata)]);
+        meta.finalizers
+            .get_or_insert_with(Vec::new)
+            .push(TRACKING_FINALIZER.into());
+        match idx {
+            Some(i) => {
+                meta.generate_name = Some(format!("{name}-{i}-"));
+                meta.annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(COMPLETION_INDEX.into(), i.to_string());
+                meta.labels
+                    .get_or_insert_with(Default::default)
+                    .insert(COMPLETION_INDEX.into(), i.to_string());
+                spec.hostname = Some(format!("{name}-{i}"));
+                let env = EnvVar {
+                    name: "JOB_COMPLETION_INDEX".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            api_version: Some("v1".into()),
+                            field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                        }),
+                        ..Default::default()
+                    }),
+                };
+                for c in spec
+                    .containers
+                    .iter_mut()
+                    .chain(spec.init_containers.iter_mut().flatten())
+                {
+                    let envs = c.env.get_or_insert_with(Vec::new);
+                    if !envs.iter().any(|e| e.name == env.name) {
+                        envs.push(env.clone());
+                    }
+                }
+            }
+            None => meta.generate_name = Some(format!("{name}-")),
+        }
+        let pod = Pod {
+            metadata: meta,
+            spec: Some(spec),
+            status: None,
+        };
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
+            Err(e) => return (created, Err(e.into())),
+        }
+    }
+    (created, Ok(()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// ttl-after-finished
+
+pub fn ttl_controller(ctx: &Ctx) -> Controller {
+    let queue = WorkQueue::new();
+    let q = queue.clone();
+    ctx.inf.jobs.on_change(move |j, _| {
+        let has_ttl = j
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.ttl_seconds_after_finished.is_some());
+        if has_ttl && finished(j).is_some() {
+            q.add(key_of(j));
+        }
+    });
+    let c = ctx.clone();
+    Controller::new("ttl-after-finished-controller", queue, 1, move |key| {
+        let c = c.clone();
+        async move { ttl_reconcile(&c, &key).await }
+    })
+}
+
+async fn ttl_reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
+    let (Some(ns), name) = split_key(key) else {
+        return Ok(None);
+    };
+    let Some(job) = ctx.inf.jobs.get(Some(ns), name) else {
+        return Ok(None);
+    };
+    let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
+        return Ok(None);
+    };
+    if util::is_deleting(&job.metadata) {
+        return Ok(None);
+    }
+    let Some(c) = finished(&job) else {
+        return Ok(None);
+    };
+    let at = job
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .or(c.last_transition_time.as_ref())
+        .map_or(0, |t| t.0.as_second());
+    let expire = at + i64::from(ttl);
+    let now = Timestamp::now().as_second();
+    if now < expire {
+        return Ok(Some(
+            Duration::from_secs((expire - now) as u64) + Duration::from_millis(100),
+        ));
+    }
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Foreground),
+        preconditions: Some(kube::api::Preconditions {
+            uid: job.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(None),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_round_trip() {
+        let s = parse_indexes("0,2-4,7");
+        assert_eq!(s.iter().copied().collect::<Vec<_>>(), vec![0, 2, 3, 4, 7]);
+        assert_eq!(format_indexes(&s), "0,2-4,7");
+        assert_eq!(format_indexes(&BTreeSet::new()), "");
+    }
+}
