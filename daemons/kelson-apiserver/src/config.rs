@@ -73,6 +73,19 @@ pub struct ApiServerFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous_auth: Option<bool>,
+    /// Client certificate the API server presents to kubelets (logs, exec, port-forward).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    /// Key of --kubelet-client-certificate.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// CA bundle kubelets' serving certificates are verified against (unset: not verified,
+    /// as upstream does without this flag).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -107,6 +120,12 @@ pub struct ApiServerConfig {
     pub authorization_mode: String,
     #[serde(default)]
     pub anonymous_auth: bool,
+    #[serde(default)]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub kubelet_client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub kubelet_certificate_authority: Option<PathBuf>,
 }
 
 fn default_secure_port() -> u16 {

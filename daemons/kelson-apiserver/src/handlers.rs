@@ -62,6 +62,17 @@ pub fn verb(
         ("GET", true) => "get",
         ("POST", false) => "create",
         ("POST", true) if t.sub == Some(SubTarget::Known(Subresource::Binding)) => "create",
+        // Connect subresources, eviction and nodes/proxy: POST is `create` (upstream's verb).
+        ("POST", true)
+            if matches!(
+                t.sub,
+                Some(SubTarget::Unsupported(
+                    "exec" | "attach" | "portforward" | "eviction" | "proxy"
+                ))
+            ) =>
+        {
+            "create"
+        }
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
@@ -221,6 +232,9 @@ pub async fn dispatch(
             update_scale(r, &body, Some(pt)).await
         }
         ("create", Some(SubTarget::Known(Subresource::Binding))) => bind(r, &body).await,
+        ("create", Some(SubTarget::Unsupported("eviction"))) if info.kind == "Pod" => {
+            crate::eviction::create(r, &body).await
+        }
         ("update", Some(SubTarget::Finalize)) => finalize(r, &body).await,
         (v, Some(s)) => Err(ApiError::method_not_supported(
             v,
@@ -1491,6 +1505,35 @@ async fn delete_one(
         after_delete(api, info, &out).await;
     }
     Ok((out, true))
+}
+
+/// Deletes one object as `DELETE` does, with `DeleteOptions` given as JSON (the eviction
+/// subresource's `deleteOptions`).
+pub(crate) async fn delete_with_options(
+    api: &Arc<Api>,
+    info: &'static ResourceInfo,
+    ns: &str,
+    name: &str,
+    o: &Value,
+) -> Result<(Value, bool), ApiError> {
+    let opts = DeleteOpts {
+        grace: o["gracePeriodSeconds"].as_i64(),
+        pre: Preconditions {
+            uid: o["preconditions"]["uid"].as_str().map(String::from),
+            resource_version: o["preconditions"]["resourceVersion"]
+                .as_str()
+                .map(String::from),
+        },
+        dry: o["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "All")),
+        gc_finalizer: match o["propagationPolicy"].as_str() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        },
+    };
+    delete_one(api, info, Some(ns), name, &opts).await
 }
 
 async fn delete(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> {

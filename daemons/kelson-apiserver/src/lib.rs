@@ -15,10 +15,12 @@ pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod dbus;
+pub mod eviction;
 pub mod fieldval;
 pub mod handlers;
 pub mod http;
 pub mod meta;
+pub mod nodeproxy;
 pub mod patch;
 pub mod protobuf;
 #[rustfmt::skip]
@@ -100,6 +102,7 @@ pub async fn build(
         ready: Default::default(),
         etcd_servers: endpoints,
         server_address,
+        kubelet: Some(nodeproxy::KubeletClient::from_config(cfg).context("the kubelet client")?),
     }))
 }
 

@@ -116,6 +116,8 @@ fn resource(group: &str, version: &str, segs: &[&str]) -> Result<Route, ApiError
                 rest.get(1).copied(),
             )
         }
+        // nodes/<name>/proxy/<path...>: the rest is the kubelet's path (nodeproxy.rs).
+        [res @ "nodes", name, "proxy", _, ..] => (*res, None, Some(name.to_string()), Some("proxy")),
         [res, rest @ ..] => {
             if rest.len() > 2 {
                 return Err(nf());

@@ -60,6 +60,8 @@ pub struct Api {
     pub ready: AtomicBool,
     pub etcd_servers: Vec<String>,
     pub server_address: String,
+    /// Client towards kubelets for pods/log, exec, attach, portforward and nodes/proxy.
+    pub kubelet: Option<crate::nodeproxy::KubeletClient>,
 }
 
 impl std::fmt::Debug for Api {
@@ -93,7 +95,9 @@ pub fn serve(
                     async move { Ok::<_, std::convert::Infallible>(handle(api, user, req).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await {
                     tracing::debug!(error = %e, "connection ended");
                 }
             });
@@ -219,6 +223,9 @@ where
                 return Err(auth::forbidden(&user, &attrs, &reason));
             }
             let body = h::read_body(body).await?;
+            if crate::nodeproxy::handles(&t) {
+                return crate::nodeproxy::proxy(api, &t, &parts, body).await;
+            }
             let mut r = Req {
                 api,
                 t: &t,

@@ -80,8 +80,30 @@ pub struct KubeletConfig {
     /// would only hang on an unreachable registry.
     #[serde(default)]
     pub allow_image_pull: bool,
+    /// Address the kubelet API (server/) listens on.
+    #[serde(default = "default_address")]
+    pub address: std::net::IpAddr,
+    /// Port of the kubelet API (upstream's 10250); 0 binds an ephemeral port, which the node
+    /// reports in `status.daemonEndpoints`.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Serving certificate of the kubelet API; self-signed under `<root-dir>/pki` when unset.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// CA bundle client certificates of kubelet API callers are verified against; without it
+    /// every request is unauthenticated (401).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
+fn default_address() -> std::net::IpAddr {
+    std::net::IpAddr::from([0, 0, 0, 0])
+}
+fn default_port() -> u16 {
+    10250
+}
 fn default_runtime_endpoint() -> String {
     "unix:///run/containerd/containerd.sock".into()
 }
@@ -183,6 +205,25 @@ pub struct KubeletFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_image_pull: Option<bool>,
+    /// Address of the kubelet API (default 0.0.0.0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
+    /// Port of the kubelet API (default 10250; 0 = ephemeral).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Serving certificate of the kubelet API (default: self-signed).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// CA for client certificates of kubelet API callers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl KubeletConfig {

@@ -103,6 +103,11 @@ impl Cri {
         })
     }
 
+    /// The raw runtime client, for calls this wrapper does not cover (streaming: server/).
+    pub fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
+        self.runtime.clone()
+    }
+
     pub async fn version(&self) -> Result<cri::VersionResponse> {
         rpc!(
             self.runtime.clone(),

@@ -24,6 +24,7 @@ pub mod manager;
 pub mod node;
 pub mod pod;
 pub mod resources;
+pub mod server;
 pub mod worker;
 
 use std::sync::Arc;
@@ -152,6 +153,16 @@ pub async fn run(
         tracing::info!(%bound, "serving /metrics");
     }
 
+    // The kubelet API (10250): its port goes into the node status below.
+    let api_server = match server::start(&cfg, shared.clone(), &node_name, &info.ip).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "the kubelet API is not served (logs/exec/port-forward will fail)");
+            None
+        }
+    };
+    let kubelet_port = api_server.as_ref().map_or(cfg.port, |r| r.addr.port());
+
     let (stop_tx, stop_rx) = watch::channel(false);
     // Node status: first post now (so the node turns Ready at once), then periodically.
     let status_task = {
@@ -166,7 +177,8 @@ pub async fn run(
         tokio::spawn(async move {
             let mut prev: Option<NodeStatus> = None;
             loop {
-                let st = info.status(runtime_ok(&cri).await, prev.as_ref());
+                let mut st = info.status(runtime_ok(&cri).await, prev.as_ref());
+                server::set_kubelet_port(&mut st, kubelet_port);
                 match node::post_status(&nodes, &info.name, &st).await {
                     Ok(n) => {
                         prev = Some(st);
@@ -244,5 +256,6 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     drop(dbus);
+    drop(api_server);
     Ok(())
 }
