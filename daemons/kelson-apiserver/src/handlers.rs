@@ -115,7 +115,7 @@ pub fn key(api: &Api, info: &ResourceInfo, ns: Option<&str>, name: &str) -> Stri
     )
 }
 
-fn dry_run(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+pub(crate) fn dry_run(q: &HashMap<String, String>) -> Result<bool, ApiError> {
     match q.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
@@ -136,7 +136,7 @@ fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
 }
 
 impl Req<'_> {
-    fn ok(&self, code: StatusCode, obj: &Value) -> Response<Body> {
+    pub(crate) fn ok(&self, code: StatusCode, obj: &Value) -> Response<Body> {
         let r = match self.fmt {
             Format::Table { beta } if obj["kind"] != "Status" => {
                 let t = table::table(
@@ -522,7 +522,7 @@ fn decode_typed(
 }
 
 /// fieldValidation=Strict|Warn|Ignore against the typed schema (k8s-openapi round trip).
-fn field_validation(r: &mut Req<'_>, obj: &Value) -> Result<(), ApiError> {
+pub(crate) fn field_validation(r: &mut Req<'_>, obj: &Value) -> Result<(), ApiError> {
     let info = r.t.info;
     let unknown = crate::fieldval::check(info, obj).map_err(|e| {
         ApiError::bad_request(format!(
@@ -614,9 +614,32 @@ pub async fn create_object(
     api: &Arc<Api>,
     info: &'static ResourceInfo,
     url_ns: Option<&str>,
-    mut obj: Value,
+    obj: Value,
     dry: bool,
 ) -> Result<Value, ApiError> {
+    create_object_with(api, info, url_ns, obj, dry, CreateManaged::None).await
+}
+
+/// What a create records in `metadata.managedFields` (see `crate::apply`).
+pub(crate) enum CreateManaged<'a> {
+    /// Nothing (objects the server bootstraps).
+    None,
+    /// The creating request's `Update` entry.
+    Update(&'a crate::apply::FieldManager),
+    /// The object's own (computed by a server-side apply).
+    Keep,
+}
+
+/// [`create_object`], recording managed fields.
+pub(crate) async fn create_object_with(
+    api: &Arc<Api>,
+    info: &'static ResourceInfo,
+    url_ns: Option<&str>,
+    mut obj: Value,
+    dry: bool,
+    managed: CreateManaged<'_>,
+) -> Result<Value, ApiError> {
+    let req_mf = obj["metadata"]["managedFields"].clone();
     let meta = obj["metadata"]
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
@@ -687,6 +710,11 @@ pub async fn create_object(
             crate::admission::admit_pod_create(api, ns, &name, &mut obj).await?;
         }
     }
+    match managed {
+        CreateManaged::None => {}
+        CreateManaged::Update(fm) => fm.record_create(info, &mut obj, &req_mf)?,
+        CreateManaged::Keep => crate::apply::set_managed_fields(&mut obj, Some(req_mf)),
+    }
     let mut causes = meta_causes(info, &obj);
     causes.extend(strat.validate(&obj));
     if !causes.is_empty() {
@@ -720,13 +748,14 @@ async fn create(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError
     let info = r.t.info;
     let obj = decode_typed(r, body, info.kind, &info.api_version())?;
     let dry = r.dry_run()?;
-    let out = create_object(r.api, info, r.t.namespace.as_deref(), obj, dry).await?;
+    let fm = crate::apply::FieldManager::for_request(info, &r.q, r.headers, "", crate::apply::Options::Create)?;
+    let out = create_object_with(r.api, info, r.t.namespace.as_deref(), obj, dry, CreateManaged::Update(&fm)).await?;
     Ok(r.ok(StatusCode::CREATED, &out))
 }
 
 /// The object an update stores: the client's object with the server-owned metadata of the
 /// stored one, its status kept when status is a subresource, defaults, validation, generation.
-fn merge_update(
+pub(crate) fn merge_update(
     info: &ResourceInfo,
     cur: &Value,
     mut new: Value,
@@ -837,7 +866,7 @@ fn check_name(r: &Req<'_>, obj: &Value) -> Result<(), ApiError> {
 }
 
 /// After a write: a deleting object whose last finalizer went is deleted now.
-async fn finish_if_finalized(
+pub(crate) async fn finish_if_finalized(
     api: &Arc<Api>,
     info: &'static ResourceInfo,
     obj: Value,
@@ -896,6 +925,8 @@ async fn update(
     let obj = decode_typed(r, body, info.kind, &info.api_version())?;
     check_name(r, &obj)?;
     let dry = r.dry_run()?;
+    let sub = if status_only { "status" } else { "" };
+    let fm = crate::apply::FieldManager::for_request(info, &r.q, r.headers, sub, crate::apply::Options::Update)?;
     // Upstream's update compares the client's resourceVersion inside the update loop (not as a
     // storage precondition), so a stale one is a Conflict with the optimistic-lock message.
     let rv = obj["metadata"]["resourceVersion"]
@@ -923,6 +954,7 @@ async fn update(
         .guaranteed_update(&key, &pre, dry, |cur| {
             check_resource_version(info, &name, rv.as_deref(), &cur)?;
             let mut new = merge_update(info, &cur, obj.clone(), status_only)?;
+            fm.record_update(info, &cur, &mut new, &obj["metadata"]["managedFields"])?;
             if let Some(a) = &svc {
                 a.fill(&mut new);
             }
@@ -938,7 +970,7 @@ async fn update(
 }
 
 /// A client's `metadata.resourceVersion` (on update, patch, scale) must be the stored one.
-fn check_resource_version(
+pub(crate) fn check_resource_version(
     info: &ResourceInfo,
     name: &str,
     want: Option<&str>,
@@ -957,13 +989,13 @@ fn check_resource_version(
     }
 }
 
-fn is_service(info: &ResourceInfo) -> bool {
+pub(crate) fn is_service(info: &ResourceInfo) -> bool {
     info.kind == "Service" && info.group.is_empty()
 }
 
 /// Node ports a Service update needs, claimed before the write (claims are async; the storage
 /// retry loop is not) and reconciled after it: ports the new object does not use are released.
-struct ServiceAlloc {
+pub(crate) struct ServiceAlloc {
     old: Value,
     /// Freshly allocated ports for `nodePort`-less ports, handed out in order.
     pool: Vec<u16>,
@@ -972,7 +1004,7 @@ struct ServiceAlloc {
 }
 
 impl ServiceAlloc {
-    async fn prepare(
+    pub(crate) async fn prepare(
         api: &Arc<Api>,
         old: Value,
         candidate: &Value,
@@ -1023,7 +1055,7 @@ impl ServiceAlloc {
         Ok(a)
     }
 
-    fn fill(&self, new: &mut Value) {
+    pub(crate) fn fill(&self, new: &mut Value) {
         if !matches!(
             new["spec"]["type"].as_str(),
             Some("NodePort" | "LoadBalancer")
@@ -1041,7 +1073,7 @@ impl ServiceAlloc {
     }
 
     /// Releases what the stored result (`None`: the write failed) does not hold.
-    async fn finish(&self, api: &Arc<Api>, new: Option<&Value>) {
+    pub(crate) async fn finish(&self, api: &Arc<Api>, new: Option<&Value>) {
         let keep = new
             .map(|n| Allocated::from_service(n).ports)
             .unwrap_or_default();
@@ -1119,8 +1151,10 @@ async fn patch_obj(
         .and_then(|v| v.to_str().ok());
     let pt = PatchType::from_content_type(&h::media_type(ct))?;
     if pt == PatchType::Apply {
-        return Err(patch::apply(pt, &Value::Null, body).unwrap_err());
+        return crate::apply::patch(r, body, status_only).await;
     }
+    let sub = if status_only { "status" } else { "" };
+    let fm = crate::apply::FieldManager::for_request(info, &r.q, r.headers, sub, crate::apply::Options::Patch)?;
     let dry = r.dry_run()?;
     let key = r.key(r.name());
     let name = r.name().to_string();
@@ -1165,7 +1199,9 @@ async fn patch_obj(
             }
             patched["kind"] = json!(info.kind);
             patched["apiVersion"] = json!(info.api_version());
+            let req_mf = patched["metadata"]["managedFields"].clone();
             let mut new = merge_update(info, &cur, patched, status_only)?;
+            fm.record_update(info, &cur, &mut new, &req_mf)?;
             if let Some(a) = &svc {
                 a.fill(&mut new);
             }

@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod alloc;
+pub mod apply;
 pub mod auth;
 pub mod config;
 pub mod dbus;
