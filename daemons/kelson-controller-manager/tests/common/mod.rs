@@ -5,7 +5,10 @@
 //! labels, renew their Leases in kube-node-lease, bind unscheduled pods round-robin to live
 //! nodes, report bound pods Running with an IP and Ready (unless the pod is labelled
 //! `fake-ready: "false"`), and finish deleting pods that are terminating. A node can be
-//! "stopped": it stops renewing its Lease and leaves its pods alone.
+//! "stopped": it stops renewing its Lease and leaves its pods alone. Pods with a required
+//! `matchFields metadata.name` node affinity (daemon pods) are bound to that node, as the
+//! scheduler would; pods labelled `fake-exit: "0"` (or any other code) finish a moment after
+//! running, as Succeeded (or Failed) — a stand-in kubelet for Job pods.
 
 #![allow(dead_code)]
 
@@ -148,6 +151,25 @@ impl FakeNodes {
     }
 }
 
+/// The node a required `matchFields metadata.name In [n]` affinity pins a pod to.
+fn pinned_node(p: &Pod) -> Option<String> {
+    let terms = &p
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|r| r.key == "metadata.name" && r.operator == "In")
+        .and_then(|r| r.values.as_ref()?.first().cloned())
+}
+
 async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<String>>>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let pods: Api<Pod> = Api::all(client.clone());
@@ -200,8 +222,15 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                     if live.is_empty() {
                         continue;
                     }
-                    let target = &live[rr % live.len()];
-                    rr += 1;
+                    let pinned = pinned_node(&p);
+                    let target = match &pinned {
+                        Some(n) if live.contains(n) => n,
+                        Some(_) => continue,
+                        None => {
+                            rr += 1;
+                            &live[(rr - 1) % live.len()]
+                        }
+                    };
                     let b = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": target}});
                     let _: Result<serde_json::Value, _> = papi
                         .create_subresource("binding", &name, &PostParams::default(), &b)
@@ -220,7 +249,32 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                if matches!(phase, Some("Succeeded") | Some("Failed")) {
+                    continue;
+                }
+                let running = phase == Some("Running");
+                let exit = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("fake-exit"))
+                    .cloned();
+                if running {
+                    if let Some(code) = exit {
+                        // Finished: containers exit with `code`.
+                        let ok = code == "0";
+                        let now = Timestamp::now().to_string();
+                        let status = json!({"status": {"phase": if ok { "Succeeded" } else { "Failed" },
+                            "conditions": [
+                                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+                                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}]}});
+                        let _ = papi
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                            .await;
+                        continue;
+                    }
+                }
                 if running && is_ready == want_ready {
                     continue;
                 }

@@ -1,0 +1,617 @@
+//! Jobs, CronJobs, DaemonSets, StatefulSets, PodDisruptionBudgets and ResourceQuotas against a
+//! real control plane and the controller manager binary. Nodes are simulated by the harness in
+//! `common` (it binds pods — daemon pods to the node their affinity names — and reports
+//! them Running/Ready; pods labelled `fake-exit` finish with that exit code, standing in for a
+//! kubelet running `sh -c 'exit N'`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Env;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, ResourceQuota};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+fn apply(env: &Env, name: &str, manifest: serde_json::Value) {
+    let path = env.cp.dir().join(format!("{name}.json"));
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    env.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+async fn pods_with(env: &Env, sel: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    pods.list(&ListParams::default().labels(sel))
+        .await
+        .unwrap()
+        .items
+}
+
+fn job(
+    name: &str,
+    completions: i32,
+    parallelism: i32,
+    exit: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "spec": {"completions": completions, "parallelism": parallelism, "template": {
+            "metadata": {"labels": {"fake-exit": exit, "app": name}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "sleep 1"]}]}}}});
+    if let (Some(s), Some(e)) = (j["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    j
+}
+
+fn condition(j: &Job, t: &str) -> Option<(String, String)> {
+    j.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_runs_to_completion_with_parallelism() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
+    apply(&env, "pi", job("pi", 3, 2, "0", json!({})));
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    // Defaults and the generated selector.
+    let j = jobs.get("pi").await.unwrap();
+    let spec = j.spec.clone().unwrap();
+    assert_eq!(spec.backoff_limit, Some(6));
+    let uid = j.metadata.uid.clone().unwrap();
+    assert_eq!(
+        spec.selector.unwrap().match_labels.unwrap()["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+
+    let start = Instant::now();
+    let mut max_active = 0;
+    let done = loop {
+        let pods = pods_with(&env, "app=pi").await;
+        let running = pods
+            .iter()
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded") | Some("Failed")
+                )
+            })
+            .count();
+        max_active = max_active.max(running);
+        let j = jobs.get("pi").await.unwrap();
+        if condition(&j, "Complete").is_some() {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "job did not complete: {:?}\n{}",
+            j.status,
+            env.cm.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        max_active <= 2,
+        "parallelism 2 exceeded: {max_active} pods active"
+    );
+    assert!(max_active >= 1);
+    let st = done.status.unwrap();
+    assert_eq!(st.succeeded, Some(3));
+    assert_eq!(st.failed.unwrap_or(0), 0);
+    assert!(st.completion_time.is_some() && st.start_time.is_some());
+    assert_eq!(st.active.unwrap_or(0), 0);
+    env.kubectl(&["wait", "--for=condition=complete", "job/pi", "--timeout=5s"]);
+    // Exactly 3 pods, all Succeeded, none keeps the tracking finalizer.
+    let pods = pods_with(&env, "app=pi").await;
+    assert_eq!(pods.len(), 3, "one pod per completion");
+    env.wait("tracking finalizers removed", 10, || async {
+        let pods = pods_with(&env, "app=pi").await;
+        pods.iter()
+            .all(|p| {
+                !p.metadata
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == "batch.kubernetes.io/job-tracking")
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Indexed: each index completes once; pods carry their index.
+    apply(
+        &env,
+        "idx",
+        job("idx", 3, 3, "0", json!({"completionMode": "Indexed"})),
+    );
+    let j = env
+        .wait("indexed job completes", 30, || async {
+            let j = jobs.get("idx").await.ok()?;
+            condition(&j, "Complete").map(|_| j)
+        })
+        .await;
+    assert_eq!(j.status.unwrap().completed_indexes.as_deref(), Some("0-2"));
+    let mut idx: Vec<String> = pods_with(&env, "app=idx")
+        .await
+        .iter()
+        .map(|p| {
+            let i = p.metadata.annotations.as_ref().unwrap()
+                ["batch.kubernetes.io/job-completion-index"]
+                .clone();
+            let spec = p.spec.as_ref().unwrap();
+            assert_eq!(spec.hostname.as_deref(), Some(format!("idx-{i}").as_str()));
+            let env = spec.containers[0].env.as_ref().unwrap();
+            assert!(env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX"));
+            i
+        })
+        .collect();
+    idx.sort();
+    assert_eq!(idx, vec!["0", "1", "2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_job_hits_backoff_limit_then_ttl_deletes_it() {
+    let env = Env::start(&[], &[("n1", "a")]).await;
+    apply(
+        &env,
+        "bad",
+        job(
+            "bad",
+            2,
+            2,
+            "1",
+            json!({"backoffLimit": 1, "ttlSecondsAfterFinished": 2}),
+        ),
+    );
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    let j = env
+        .wait("job fails", 30, || async {
+            let j = jobs.get("bad").await.ok()?;
+            condition(&j, "Failed").map(|_| j)
+        })
+        .await;
+    let (reason, msg) = condition(&j, "Failed").unwrap();
+    assert_eq!(reason, "BackoffLimitExceeded");
+    assert_eq!(msg, "Job has reached the specified backoff limit");
+    let st = j.status.unwrap();
+    assert!(st.failed.unwrap() >= 2, "{st:?}");
+    assert_eq!(st.succeeded.unwrap_or(0), 0);
+    assert!(condition(&jobs.get("bad").await.unwrap(), "Complete").is_none());
+    // ttlSecondsAfterFinished: 2 → the Job (and its pods) are deleted.
+    env.wait("ttl deletes the job", 20, || async {
+        jobs.get_opt("bad").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    env.wait("pods garbage collected", 20, || async {
+        pods_with(&env, "app=bad").await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_active_deadline_and_suspend() {
+    let env = Env::start(&[], &[("n1", "a")]).await;
+    // Pods that never finish (no fake-exit label): the deadline fails the Job.
+    let mut j = job("slow", 1, 1, "0", json!({"activeDeadlineSeconds": 2}));
+    j["spec"]["template"]["metadata"]["labels"] = json!({"app": "slow"});
+    apply(&env, "slow", j);
+    let mut s = job("sus", 2, 2, "0", json!({"suspend": true}));
+    s["spec"]["template"]["metadata"]["labels"] = json!({"app": "sus"});
+    apply(&env, "sus", s);
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    let j = env
+        .wait("deadline exceeded", 20, || async {
+            let j = jobs.get("slow").await.ok()?;
+            condition(&j, "Failed").map(|_| j)
+        })
+        .await;
+    assert_eq!(condition(&j, "Failed").unwrap().0, "DeadlineExceeded");
+    env.wait("deadline job's pods deleted", 10, || async {
+        pods_with(&env, "app=slow")
+            .await
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    // Suspended: no pods, Suspended condition.
+    let j = jobs.get("sus").await.unwrap();
+    assert_eq!(
+        condition(&j, "Suspended").map(|c| c.0).as_deref(),
+        Some("JobSuspended")
+    );
+    assert!(pods_with(&env, "app=sus").await.is_empty());
+    env.kubectl(&[
+        "patch",
+        "job",
+        "sus",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    env.wait("resumed job runs 2 pods", 15, || async {
+        (pods_with(&env, "app=sus").await.len() == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_fires_missed_schedule() {
+    let env = Env::start(&[], &[("n1", "a")]).await;
+    // Created suspended, then told it last ran 3 minutes ago: the most recent minute is an
+    // unmet schedule within startingDeadlineSeconds, so resuming fires it at once, exactly as
+    // upstream after a controller outage.
+    apply(
+        &env,
+        "cj",
+        json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+            "spec": {"schedule": "*/1 * * * *", "suspend": true, "startingDeadlineSeconds": 300,
+                "concurrencyPolicy": "Forbid",
+                "jobTemplate": {"spec": {"template": {"metadata": {"labels": {"fake-exit": "0", "app": "tick"}},
+                    "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c", "image": "busybox"}]}}}}}}),
+    );
+    let cjs: Api<CronJob> = Api::namespaced(env.client.clone(), "default");
+    let cj = cjs.get("tick").await.unwrap();
+    assert_eq!(
+        cj.spec.as_ref().unwrap().successful_jobs_history_limit,
+        Some(3)
+    );
+    let past = Timestamp::from_second(Timestamp::now().as_second() - 180).unwrap();
+    cjs.patch_status(
+        "tick",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"lastScheduleTime": past.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a suspended CronJob must not fire"
+    );
+    env.kubectl(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    let j = env
+        .wait("cronjob creates a job", 15, || async {
+            jobs.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        })
+        .await;
+    let name = j.metadata.name.clone().unwrap();
+    let minutes: i64 = name.strip_prefix("tick-").unwrap().parse().unwrap();
+    let now_min = Timestamp::now().as_second() / 60;
+    assert!(
+        (now_min - 1..=now_min).contains(&minutes),
+        "job {name} is named after the most recent minute ({now_min})"
+    );
+    let owner = &j.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("CronJob", Some(true))
+    );
+    assert!(j
+        .metadata
+        .annotations
+        .as_ref()
+        .unwrap()
+        .contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp"));
+    // The job runs to completion and the CronJob records it.
+    let cj = env
+        .wait("lastSuccessfulTime set", 30, || async {
+            let cj = cjs.get("tick").await.ok()?;
+            cj.status.as_ref()?.last_successful_time.as_ref()?;
+            Some(cj)
+        })
+        .await;
+    let st = cj.status.unwrap();
+    assert_eq!(st.last_schedule_time.unwrap().0.as_second() / 60, minutes);
+    assert!(st.active.unwrap_or_default().is_empty());
+    // Only one job for that schedule time.
+    assert_eq!(
+        jobs.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_lands_one_pod_per_eligible_node() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b"), ("n3", "c")]).await;
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    nodes
+        .patch(
+            "n3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}})),
+        )
+        .await
+        .unwrap();
+    // n1 is cordoned: daemon pods tolerate unschedulable, as upstream.
+    env.kubectl(&["cordon", "n1"]);
+    apply(
+        &env,
+        "ds",
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {"metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "c", "image": "registry.invalid/agent:1"}]}}}}),
+    );
+    let dss: Api<DaemonSet> = Api::namespaced(env.client.clone(), "default");
+    env.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=30s"]);
+    let st = dss.get("agent").await.unwrap().status.unwrap();
+    assert_eq!(st.desired_number_scheduled, 2);
+    assert_eq!(st.current_number_scheduled, 2);
+    assert_eq!(st.number_ready, 2);
+    assert_eq!(st.number_misscheduled, 0);
+    let pods = pods_with(&env, "app=agent").await;
+    let mut on: Vec<String> = pods
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(
+        on,
+        vec!["n1", "n2"],
+        "one pod per eligible node, none on tainted n3"
+    );
+    for p in &pods {
+        let spec = p.spec.as_ref().unwrap();
+        let tols = spec.tolerations.as_ref().unwrap();
+        assert!(tols
+            .iter()
+            .any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable")));
+        assert!(p
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key("controller-revision-hash"));
+    }
+    // Rolling update to a new image: every pod replaced, one node at a time.
+    env.kubectl(&[
+        "set",
+        "image",
+        "daemonset/agent",
+        "c=registry.invalid/agent:2",
+    ]);
+    env.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=30s"]);
+    let pods: Vec<Pod> = pods_with(&env, "app=agent")
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(pods.len(), 2);
+    assert!(pods
+        .iter()
+        .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref()
+            == Some("registry.invalid/agent:2")));
+    let revs = env.kubectl(&["get", "controllerrevisions", "-o", "name"]);
+    assert_eq!(revs.lines().count(), 2, "{revs}");
+    // Tolerating the taint adds n3.
+    env.kubectl(&["patch", "daemonset", "agent", "--type=merge", "-p",
+        r#"{"spec":{"template":{"spec":{"tolerations":[{"key":"dedicated","operator":"Exists","effect":"NoSchedule"}]}}}}"#]);
+    env.wait("pod on n3", 30, || async {
+        let st = dss.get("agent").await.ok()?.status?;
+        (st.desired_number_scheduled == 3
+            && st.number_ready == 3
+            && st.updated_number_scheduled == Some(3))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_scales_in_order() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
+    // Pods start not ready (fake-ready=false) so the test controls when each becomes ready.
+    apply(
+        &env,
+        "sts",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
+            "spec": {"replicas": 3, "serviceName": "web", "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web", "fake-ready": "false"}},
+                    "spec": {"containers": [{"name": "c", "image": "registry.invalid/web:1"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+    );
+    let names = || async {
+        let mut v: Vec<String> = pods_with(&env, "app=web")
+            .await
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.metadata.name.unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    for i in 0..3 {
+        let want: Vec<String> = (0..=i).map(|o| format!("web-{o}")).collect();
+        env.wait(&format!("web-{i} created"), 15, || async {
+            (names().await == want).then_some(())
+        })
+        .await;
+        // The next ordinal waits for this one to be Running and Ready.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            names().await,
+            want,
+            "web-{} created before web-{i} was ready",
+            i + 1
+        );
+        env.kubectl(&[
+            "label",
+            "pod",
+            &format!("web-{i}"),
+            "fake-ready=true",
+            "--overwrite",
+        ]);
+    }
+    let pod = pods_with(&env, "statefulset.kubernetes.io/pod-name=web-1").await;
+    let spec = pod[0].spec.as_ref().unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("web-1"));
+    assert_eq!(spec.subdomain.as_deref(), Some("web"));
+    let sets: Api<StatefulSet> = Api::namespaced(env.client.clone(), "default");
+    env.wait("status ready 3", 15, || async {
+        let st = sets.get("web").await.ok()?.status?;
+        (st.ready_replicas == Some(3)
+            && st.current_revision == st.update_revision
+            && st.updated_replicas == Some(3))
+        .then_some(())
+    })
+    .await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), "default");
+    let mut claims: Vec<String> = pvcs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|c| c.metadata.name.unwrap())
+        .collect();
+    claims.sort();
+    assert_eq!(claims, vec!["data-web-0", "data-web-1", "data-web-2"]);
+
+    // Scale down: highest ordinal first; a lower one never goes while a higher one exists.
+    env.kubectl(&["scale", "statefulset", "web", "--replicas=1"]);
+    let start = Instant::now();
+    loop {
+        let n = names().await;
+        assert!(
+            !(n.contains(&"web-2".to_string()) && !n.contains(&"web-1".to_string())),
+            "web-1 deleted before web-2: {n:?}"
+        );
+        if n == vec!["web-0".to_string()] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "scale down stuck at {n:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // PVCs are retained.
+    assert_eq!(
+        pvcs.list(&ListParams::default()).await.unwrap().items.len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdb_status_and_quota_usage() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
+    apply(
+        &env,
+        "quota",
+        json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
+            "spec": {"hard": {"pods": "10", "configmaps": "20", "requests.cpu": "2", "requests.memory": "1Gi", "limits.memory": "2Gi", "count/deployments.apps": "5"}}}),
+    );
+    apply(
+        &env,
+        "dep",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "registry.invalid/web:1",
+                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}}]}}}}),
+    );
+    env.kubectl(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    apply(
+        &env,
+        "pdb1",
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "min2"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}}),
+    );
+    apply(
+        &env,
+        "pdb2",
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "max50"},
+            "spec": {"maxUnavailable": "50%", "selector": {"matchLabels": {"app": "web"}}}}),
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), "default");
+    let st = env
+        .wait("pdb min2 status", 15, || async {
+            let st = pdbs.get("min2").await.ok()?.status?;
+            (st.current_healthy == 3 && st.observed_generation.is_some()).then_some(st)
+        })
+        .await;
+    assert_eq!(
+        (st.desired_healthy, st.expected_pods, st.disruptions_allowed),
+        (2, 3, 1)
+    );
+    let c = &st.conditions.unwrap()[0];
+    assert_eq!(
+        (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+        ("DisruptionAllowed", "True", "SufficientPods")
+    );
+    // maxUnavailable 50% of the Deployment's 3 → 2 (rounded up): desired 1, allowed 2.
+    let st = env
+        .wait("pdb max50 status", 15, || async {
+            let st = pdbs.get("max50").await.ok()?.status?;
+            (st.current_healthy == 3).then_some(st)
+        })
+        .await;
+    assert_eq!(
+        (st.desired_healthy, st.expected_pods, st.disruptions_allowed),
+        (1, 3, 2)
+    );
+    // Scaling the Deployment down to 1: min2 allows nothing.
+    env.kubectl(&["scale", "deployment", "web", "--replicas=1"]);
+    env.wait("pdb min2 blocks", 20, || async {
+        let st = pdbs.get("min2").await.ok()?.status?;
+        (st.current_healthy == 1 && st.disruptions_allowed == 0).then_some(())
+    })
+    .await;
+
+    // Quota usage follows: 1 pod now.
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    env.kubectl(&["create", "configmap", "extra", "--from-literal=a=b"]);
+    let used = env
+        .wait("quota used", 20, || async {
+            let cm_count = cms
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len()
+                .to_string();
+            let st = quotas.get("q").await.ok()?.status?;
+            let used = st.used?;
+            let ok = used.get("pods")?.0 == "1" && used.get("configmaps")?.0 == cm_count;
+            ok.then_some((used, st.hard?))
+        })
+        .await;
+    let (used, hard) = used;
+    assert_eq!(used["requests.cpu"].0, "100m");
+    assert_eq!(used["requests.memory"].0, "64Mi");
+    assert_eq!(used["limits.memory"].0, "128Mi");
+    assert_eq!(used["count/deployments.apps"].0, "1");
+    assert_eq!(hard["pods"].0, "10");
+}
