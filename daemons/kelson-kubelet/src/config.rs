@@ -96,6 +96,39 @@ pub struct KubeletConfig {
     /// every request is unauthenticated (401).
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// Cluster DNS server IPs written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    #[serde(default)]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+    /// The resolver config pods with dnsPolicy Default (and the search list of ClusterFirst)
+    /// start from.
+    #[serde(default = "default_resolv_conf")]
+    pub resolv_conf: PathBuf,
+    /// Directory of static pod manifests (YAML or JSON, one Pod per file).
+    #[serde(default)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Seconds between scans of `pod-manifest-path` (upstream's fileCheckFrequency).
+    #[serde(default = "default_file_check_frequency")]
+    pub file_check_frequency: u64,
+    /// Install routes to other nodes' podCIDRs via their InternalIP (multi-node without an
+    /// overlay on one L2 segment). Off by default: it changes the host's routing table.
+    #[serde(default)]
+    pub pod_routes: bool,
+    /// Network namespace (`ip netns` name) the pod routes go into instead of the host's.
+    #[serde(default)]
+    pub pod_routes_netns: Option<String>,
+}
+
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
+}
+fn default_resolv_conf() -> PathBuf {
+    "/etc/resolv.conf".into()
+}
+fn default_file_check_frequency() -> u64 {
+    20
 }
 
 fn default_address() -> std::net::IpAddr {
@@ -224,6 +257,34 @@ pub struct KubeletFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
+    /// Cluster DNS server IPs (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (default cluster.local).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
+    /// Resolver config file pods start from (default /etc/resolv.conf).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
+    /// Directory of static pod manifests.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Seconds between scans of the static pod directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_check_frequency: Option<u64>,
+    /// Install routes to other nodes' podCIDRs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_routes: Option<bool>,
+    /// Network namespace for the pod routes (default: the host's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_routes_netns: Option<String>,
 }
 
 impl KubeletConfig {
@@ -334,6 +395,8 @@ mod tests {
     fn defaults_fill_in_and_unknown_keys_fail() {
         let cfg: KubeletConfig = toml::from_str("kubeconfig = \"/k\"\n").unwrap();
         assert_eq!(cfg.node_lease_duration_seconds, 40);
+        assert_eq!(cfg.cluster_domain, "cluster.local");
+        assert!(cfg.cluster_dns.is_empty() && !cfg.pod_routes);
         assert_eq!(
             cfg.runtime_socket(),
             PathBuf::from("/run/containerd/containerd.sock")

@@ -10,7 +10,9 @@
 //! [`node`] (registration, status, lease), [`cni`] (network config), [`pod`] (Pod → CRI
 //! configs, env, volumes, images), [`resources`] (quantities, cgroup values, QoS),
 //! [`worker`] (one task per pod), [`manager`] (watch → workers, orphan clean-up),
-//! [`dbus`] (`io.kelson.Kubelet1`).
+//! [`dbus`] (`io.kelson.Kubelet1`), [`probe`] (probes and lifecycle hooks), [`events`],
+//! [`volumes`] (atomic volume writer, service account tokens), [`routes`] (routes to other
+//! nodes' podCIDRs), [`static_pods`] (manifest directory and mirror pods).
 //!
 //! Lifecycle: READY=1 once the API server answered, the Node is registered, the runtime
 //! answered and the pod cache has synced. SIGTERM stops the kubelet *without* touching
@@ -20,11 +22,16 @@ pub mod cni;
 pub mod config;
 pub mod cri;
 pub mod dbus;
+pub mod events;
 pub mod manager;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod resources;
+pub mod routes;
 pub mod server;
+pub mod static_pods;
+pub mod volumes;
 pub mod worker;
 
 use std::sync::Arc;
@@ -129,10 +136,15 @@ pub async fn run(
             root_dir: cfg.root_dir.clone(),
             cgroup_root: cfg.cgroup_root.clone(),
             allow_image_pull: cfg.allow_image_pull,
+            cluster_dns: cfg.cluster_dns.clone(),
+            cluster_domain: cfg.cluster_domain.clone(),
+            resolv_conf: cfg.resolv_conf.clone(),
         },
         cni: Mutex::new(cni),
         cni_conf_dir: cfg.cni_conf_dir.clone(),
         phases: Mutex::new(Default::default()),
+        recorder: events::Recorder::new(client.clone(), node_name.clone()),
+        tokens: Default::default(),
     });
 
     let dbus = kelson_runtime::dbus::serve_optional(
@@ -225,6 +237,25 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    let mut extra_tasks = Vec::new();
+    if cfg.pod_routes {
+        extra_tasks.push(tokio::spawn(routes::run(
+            client.clone(),
+            node_name.clone(),
+            cfg.pod_routes_netns.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(dir) = cfg.pod_manifest_path.clone() {
+        extra_tasks.push(tokio::spawn(static_pods::run(
+            shared.clone(),
+            node_name.clone(),
+            dir,
+            Duration::from_secs(cfg.file_check_frequency.max(1)),
+            stop_rx.clone(),
+        )));
+    }
+
     state.set_status("syncing pods");
     tokio::select! {
         r = synced_rx.wait_for(|s| *s) => { r.context("pod manager ended before syncing")?; }
@@ -252,7 +283,10 @@ pub async fn run(
     state.set_state(Lifecycle::Stopping);
     state.set_status("stopping");
     let _ = stop_tx.send(true);
-    for t in [status_task, lease_task, manager_task] {
+    for t in [status_task, lease_task, manager_task]
+        .into_iter()
+        .chain(extra_tasks)
+    {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     drop(dbus);

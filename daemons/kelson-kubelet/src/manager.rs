@@ -10,6 +10,8 @@
 //!   - on the first list, removes sandboxes labelled with this node whose pod UID is unknown
 //!     (pods deleted while the kubelet was down), and reports "caches synced".
 //!
+//! Mirror pods (static pods' API objects) are skipped: [`crate::static_pods`] runs those.
+//!
 //! On shutdown the workers are dropped without touching containers: a kubelet restart must not
 //! restart running pods.
 
@@ -93,7 +95,8 @@ pub async fn run(
 
 fn dispatch(shared: &Arc<Shared>, workers: &mut HashMap<String, Entry>, pod: Pod) {
     let uid = podspec::uid(&pod);
-    if uid.is_empty() {
+    // Mirror pods stand for static pods, which the static pod source runs.
+    if uid.is_empty() || crate::static_pods::is_mirror(&pod) {
         return;
     }
     let pod = Arc::new(pod);
@@ -121,6 +124,12 @@ async fn remove_orphans(shared: &Arc<Shared>, node_name: &str, known: &HashSet<S
     };
     let orphans: HashSet<String> = sbs
         .iter()
+        // Static pods are not in the API (only their mirrors): the static source owns them.
+        .filter(|s| {
+            s.annotations
+                .get(podspec::ANN_CONFIG_SOURCE)
+                .is_none_or(|v| v == "api")
+        })
         .filter_map(|s| s.labels.get(podspec::LABEL_POD_UID).cloned())
         .filter(|uid| !known.contains(uid))
         .collect();

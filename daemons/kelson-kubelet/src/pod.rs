@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::api::Api;
 
 use crate::resources::linux_resources;
+use crate::volumes::{write_atomic, Payload, TokenCache};
 
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
@@ -27,6 +28,11 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// Which kubelet owns a sandbox (orphan clean-up never touches another node's sandboxes).
 pub const LABEL_NODE: &str = "io.kelson.node";
 pub const ANN_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+/// Where a pod came from (`file` for static pods), upstream's annotation.
+pub const ANN_CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+/// On a mirror pod: the static pod's hash.
+pub const ANN_CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+pub const ANN_CONFIG_HASH: &str = "kubernetes.io/config.hash";
 
 /// A failure to start a container, with the upstream waiting reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +51,7 @@ impl ContainerFailure {
 }
 
 /// Node-wide settings the configs depend on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PodContext {
     pub node_name: String,
     pub node_ip: String,
@@ -53,6 +59,12 @@ pub struct PodContext {
     pub root_dir: PathBuf,
     pub cgroup_root: String,
     pub allow_image_pull: bool,
+    /// Cluster DNS server IPs (`--cluster-dns`); empty: ClusterFirst falls back to Default.
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain (`--cluster-domain`).
+    pub cluster_domain: String,
+    /// The host resolver config pods with dnsPolicy Default get (`--resolv-conf`).
+    pub resolv_conf: PathBuf,
 }
 
 pub fn uid(pod: &Pod) -> String {
@@ -175,19 +187,10 @@ pub fn sandbox_config(ctx: &PodContext, pod: &Pod, attempt: u32) -> cri::PodSand
             host_ip: p.host_ip.clone().unwrap_or_default(),
         })
         .collect();
-    let dns_config = spec.dns_config.as_ref().map(|d| cri::DnsConfig {
-        servers: d.nameservers.clone().unwrap_or_default(),
-        searches: d.searches.clone().unwrap_or_default(),
-        options: d
-            .options
-            .iter()
-            .flatten()
-            .map(|o| match &o.value {
-                Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
-                None => o.name.clone().unwrap_or_default(),
-            })
-            .collect(),
-    });
+    let host = std::fs::read_to_string(&ctx.resolv_conf)
+        .map(|t| parse_resolv_conf(&t))
+        .unwrap_or_default();
+    let dns_config = Some(dns_config(ctx, pod, &host).0);
     let privileged = spec
         .containers
         .iter()
@@ -236,6 +239,124 @@ pub fn sandbox_config(ctx: &PodContext, pod: &Pod, attempt: u32) -> cri::PodSand
         }),
         windows: None,
     }
+}
+
+/// A resolv.conf's nameservers, search list and options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvConf {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// Parses resolv.conf like upstream (`search` and `domain` replace each other, last wins).
+pub fn parse_resolv_conf(text: &str) -> ResolvConf {
+    let mut r = ResolvConf::default();
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or("");
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => r.servers.extend(f.next().map(String::from)),
+            Some("search") => r.searches = f.map(|s| s.trim_end_matches('.').to_string()).collect(),
+            Some("domain") => {
+                r.searches = f
+                    .next()
+                    .map(|s| s.trim_end_matches('.').to_string())
+                    .into_iter()
+                    .collect()
+            }
+            Some("options") => r.options.extend(f.map(String::from)),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.into_iter().filter(|s| seen.insert(s.clone())).collect()
+}
+
+/// Upstream's limits: 3 nameservers, 32 search domains of at most 2048 characters in all.
+const MAX_DNS_SERVERS: usize = 3;
+const MAX_DNS_SEARCHES: usize = 32;
+const MAX_DNS_SEARCH_CHARS: usize = 2048;
+
+/// The pod's resolver config by dnsPolicy, with `spec.dnsConfig` merged as upstream does
+/// (nameservers and searches appended without duplicates, options overriding by name).
+/// The second value is a warning for a `MissingClusterDNS` event: ClusterFirst without
+/// `--cluster-dns` falls back to the host's resolver.
+pub fn dns_config(
+    ctx: &PodContext,
+    pod: &Pod,
+    host: &ResolvConf,
+) -> (cri::DnsConfig, Option<String>) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let policy = spec
+        .dns_policy
+        .clone()
+        .unwrap_or_else(|| "ClusterFirst".into());
+    let mut cluster = match policy.as_str() {
+        "None" => None,
+        "Default" => Some(false),
+        "ClusterFirstWithHostNet" => Some(true),
+        // ClusterFirst: host-network pods get the host's resolver (upstream).
+        _ => Some(!host_network(pod)),
+    };
+    let mut warning = None;
+    if cluster == Some(true) && ctx.cluster_dns.is_empty() {
+        warning = Some(format!(
+            "pod: {:?}. kubelet does not have ClusterDNS IP configured and cannot create Pod using {:?} policy. Falling back to \"Default\" policy.",
+            format!("{}_{}({})", name(pod), namespace(pod), uid(pod)),
+            policy
+        ));
+        cluster = Some(false);
+    }
+    let mut out = match cluster {
+        None => cri::DnsConfig::default(),
+        Some(false) => cri::DnsConfig {
+            servers: host.servers.clone(),
+            searches: host.searches.clone(),
+            options: host.options.clone(),
+        },
+        Some(true) => {
+            let d = ctx.cluster_domain.trim_matches('.');
+            let mut searches = vec![
+                format!("{}.svc.{d}", namespace(pod)),
+                format!("svc.{d}"),
+                d.to_string(),
+            ];
+            searches.extend(host.searches.iter().cloned());
+            cri::DnsConfig {
+                servers: ctx.cluster_dns.clone(),
+                searches: dedup(searches),
+                options: vec!["ndots:5".into()],
+            }
+        }
+    };
+    if let Some(d) = &spec.dns_config {
+        out.servers.extend(d.nameservers.iter().flatten().cloned());
+        out.searches.extend(d.searches.iter().flatten().cloned());
+        for o in d.options.iter().flatten() {
+            let Some(n) = o.name.as_deref().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let text = match &o.value {
+                Some(v) => format!("{n}:{v}"),
+                None => n.to_string(),
+            };
+            out.options.retain(|x| x.split(':').next() != Some(n));
+            out.options.push(text);
+        }
+    }
+    out.servers = dedup(std::mem::take(&mut out.servers));
+    out.servers.truncate(MAX_DNS_SERVERS);
+    out.searches = dedup(std::mem::take(&mut out.searches));
+    out.searches.truncate(MAX_DNS_SEARCHES);
+    while out.searches.iter().map(|s| s.len() + 1).sum::<usize>() > MAX_DNS_SEARCH_CHARS {
+        out.searches.pop();
+    }
+    (out, warning)
 }
 
 /// Everything a container config needs besides the pod.
@@ -431,7 +552,7 @@ fn resource_value(c: &Container, resource: &str, divisor: Option<&str>) -> Optio
 
 /// Reads ConfigMaps and Secrets once per sync.
 pub struct Lookups {
-    client: kube::Client,
+    pub client: kube::Client,
     namespace: String,
     configmaps: HashMap<String, Option<ConfigMap>>,
     secrets: HashMap<String, Option<Secret>>,
@@ -628,6 +749,7 @@ pub async fn prepare_volumes(
     pod: &Pod,
     pod_ip: &str,
     look: &mut Lookups,
+    tokens: &TokenCache,
 ) -> Result<HashMap<String, PathBuf>, ContainerFailure> {
     let mut out = HashMap::new();
     let vols_dir = pod_dir(ctx, &uid(pod)).join("volumes");
@@ -677,7 +799,7 @@ pub async fn prepare_volumes(
                 .configmap(&cmv.name)
                 .await
                 .map_err(|e| failed(&v.name, e.message))?;
-            let files: BTreeMap<String, Vec<u8>> = match cm {
+            let files: Payload = match cm {
                 Some(cm) => {
                     let mut all: BTreeMap<String, Vec<u8>> = cm
                         .data
@@ -691,7 +813,7 @@ pub async fn prepare_volumes(
                             .flatten()
                             .map(|(k, v)| (k.clone(), v.0.clone())),
                     );
-                    select_items(all, cmv.items.as_deref())
+                    select_items(all, cmv.items.as_deref(), mode_of(cmv.default_mode))
                 }
                 None if cmv.optional == Some(true) => BTreeMap::new(),
                 None => {
@@ -701,7 +823,7 @@ pub async fn prepare_volumes(
                     ))
                 }
             };
-            write_files(&p, &files, cmv.default_mode).map_err(|e| io(&v.name, e))?;
+            write_atomic(&p, &files).map_err(|e| io(&v.name, e))?;
             p
         } else if let Some(sv) = &v.secret {
             let p = vols_dir.join("kubernetes.io~secret").join(&v.name);
@@ -718,22 +840,30 @@ pub async fn prepare_volumes(
                         .map(|(k, v)| (k.clone(), v.0.clone()))
                         .collect(),
                     sv.items.as_deref(),
+                    mode_of(sv.default_mode),
                 ),
                 None if sv.optional == Some(true) => BTreeMap::new(),
                 None => return Err(failed(&v.name, format!("secret \"{sname}\" not found"))),
             };
-            write_files(&p, &files, sv.default_mode.or(Some(0o644))).map_err(|e| io(&v.name, e))?;
+            write_atomic(&p, &files).map_err(|e| io(&v.name, e))?;
             p
         } else if let Some(dv) = &v.downward_api {
             let p = vols_dir.join("kubernetes.io~downward-api").join(&v.name);
-            let mut files = BTreeMap::new();
-            for item in dv.items.iter().flatten() {
-                if let Some(f) = &item.field_ref {
-                    let val = field_value(pod, ctx, pod_ip, &f.field_path).unwrap_or_default();
-                    files.insert(item.path.clone(), val.into_bytes());
-                }
-            }
-            write_files(&p, &files, dv.default_mode).map_err(|e| io(&v.name, e))?;
+            let files = downward_files(
+                ctx,
+                pod,
+                pod_ip,
+                dv.items.as_deref(),
+                mode_of(dv.default_mode),
+            );
+            write_atomic(&p, &files).map_err(|e| io(&v.name, e))?;
+            p
+        } else if let Some(pv) = &v.projected {
+            let p = vols_dir.join("kubernetes.io~projected").join(&v.name);
+            let files = projected_files(ctx, pod, pod_ip, pv, look, tokens)
+                .await
+                .map_err(|m| failed(&v.name, m))?;
+            write_atomic(&p, &files).map_err(|e| io(&v.name, e))?;
             p
         } else {
             return Err(failed(
@@ -749,45 +879,151 @@ pub async fn prepare_volumes(
 fn select_items(
     all: BTreeMap<String, Vec<u8>>,
     items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-) -> BTreeMap<String, Vec<u8>> {
+    default_mode: u32,
+) -> Payload {
     match items {
-        None => all,
+        None => all
+            .into_iter()
+            .map(|(k, v)| (k, (v, default_mode)))
+            .collect(),
         Some(items) => items
             .iter()
-            .filter_map(|i| all.get(&i.key).map(|v| (i.path.clone(), v.clone())))
+            .filter_map(|i| {
+                all.get(&i.key).map(|v| {
+                    (
+                        i.path.clone(),
+                        (v.clone(), i.mode.map(|m| m as u32).unwrap_or(default_mode)),
+                    )
+                })
+            })
             .collect(),
     }
+}
+
+/// A volume's defaultMode, upstream's 0644 when unset.
+fn mode_of(m: Option<i32>) -> u32 {
+    m.map(|m| (m as u32) & 0o7777).unwrap_or(0o644)
+}
+
+fn downward_files(
+    ctx: &PodContext,
+    pod: &Pod,
+    pod_ip: &str,
+    items: Option<&[k8s_openapi::api::core::v1::DownwardAPIVolumeFile]>,
+    default_mode: u32,
+) -> Payload {
+    let mut files = Payload::new();
+    for item in items.into_iter().flatten() {
+        let mode = item.mode.map(|m| m as u32).unwrap_or(default_mode);
+        let val = if let Some(f) = &item.field_ref {
+            field_value(pod, ctx, pod_ip, &f.field_path).unwrap_or_default()
+        } else if let Some(r) = &item.resource_field_ref {
+            let c = pod.spec.as_ref().and_then(|s| {
+                s.containers
+                    .iter()
+                    .find(|c| Some(&c.name) == r.container_name.as_ref())
+            });
+            c.and_then(|c| resource_value(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str())))
+                .unwrap_or_else(|| "0".into())
+        } else {
+            continue;
+        };
+        files.insert(item.path.clone(), (val.into_bytes(), mode));
+    }
+    files
+}
+
+/// The files of a projected volume: every source merged into one payload, upstream's
+/// messages for missing objects.
+async fn projected_files(
+    ctx: &PodContext,
+    pod: &Pod,
+    pod_ip: &str,
+    pv: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    look: &mut Lookups,
+    tokens: &TokenCache,
+) -> Result<Payload, String> {
+    let default_mode = mode_of(pv.default_mode);
+    let mut out = Payload::new();
+    for src in pv.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token {
+            let account = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into());
+            let token = tokens
+                .get(
+                    &look.client,
+                    pod,
+                    &account,
+                    t.audience.as_deref().filter(|a| !a.is_empty()),
+                    t.expiration_seconds.unwrap_or(3600).max(600),
+                )
+                .await?;
+            out.insert(t.path.clone(), (token.into_bytes(), default_mode));
+        } else if let Some(c) = &src.config_map {
+            match look.configmap(&c.name).await.map_err(|f| f.message)? {
+                Some(cm) => {
+                    let mut all: BTreeMap<String, Vec<u8>> = cm
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                        .collect();
+                    all.extend(
+                        cm.binary_data
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.clone(), v.0.clone())),
+                    );
+                    out.extend(select_items(all, c.items.as_deref(), default_mode));
+                }
+                None if c.optional == Some(true) => {}
+                None => return Err(format!("configmap \"{}\" not found", c.name)),
+            }
+        } else if let Some(sc) = &src.secret {
+            match look.secret(&sc.name).await.map_err(|f| f.message)? {
+                Some(s) => {
+                    let all = s
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect();
+                    out.extend(select_items(all, sc.items.as_deref(), default_mode));
+                }
+                None if sc.optional == Some(true) => {}
+                None => return Err(format!("secret \"{}\" not found", sc.name)),
+            }
+        } else if let Some(d) = &src.downward_api {
+            out.extend(downward_files(
+                ctx,
+                pod,
+                pod_ip,
+                d.items.as_deref(),
+                default_mode,
+            ));
+        } else {
+            return Err("projected volume source not supported by kelson-kubelet".into());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the pod comes from a manifest file (a static pod; its API object is a mirror).
+pub fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_CONFIG_SOURCE))
+        .is_some_and(|s| s != "api")
 }
 
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
-}
-
-/// Writes `files` under `dir` (relative paths only; `..` is refused).
-fn write_files(
-    dir: &Path,
-    files: &BTreeMap<String, Vec<u8>>,
-    mode: Option<i32>,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for (rel, data) in files {
-        if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("invalid path {rel:?}"),
-            ));
-        }
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let tmp = p.with_extension("kelson-tmp");
-        std::fs::write(&tmp, data)?;
-        set_mode(&tmp, mode.unwrap_or(0o644) as u32);
-        std::fs::rename(&tmp, &p)?;
-    }
-    Ok(())
 }
 
 /// CRI mounts for the container's volumeMounts.
@@ -880,7 +1116,7 @@ mod tests {
             pod_logs_dir: "/l".into(),
             root_dir: "/r".into(),
             cgroup_root: "/kubepods".into(),
-            allow_image_pull: false,
+            ..Default::default()
         };
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "web"}},
@@ -913,12 +1149,67 @@ mod tests {
     }
 
     #[test]
-    fn bad_paths_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = BTreeMap::from([("../x".to_string(), b"1".to_vec())]);
-        assert!(write_files(dir.path(), &files, None).is_err());
-        let files = BTreeMap::from([("a/b".to_string(), b"1".to_vec())]);
-        write_files(dir.path(), &files, None).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("a/b")).unwrap(), b"1");
+    fn dns_policies_follow_upstream() {
+        let host = parse_resolv_conf(
+            "# c\nnameserver 192.0.2.53\nsearch corp.example. lab\noptions edns0 ndots:2\n",
+        );
+        assert_eq!(host.servers, ["192.0.2.53"]);
+        assert_eq!(host.searches, ["corp.example", "lab"]);
+        let mut ctx = PodContext {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            ..Default::default()
+        };
+        let pod = |spec: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "web", "uid": "u"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let p = pod(serde_json::json!({"containers": []}));
+        let (d, w) = dns_config(&ctx, &p, &host);
+        assert!(w.is_none());
+        assert_eq!(d.servers, ["10.96.0.10"]);
+        assert_eq!(
+            d.searches,
+            [
+                "web.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example",
+                "lab"
+            ]
+        );
+        assert_eq!(d.options, ["ndots:5"]);
+        // hostNetwork + ClusterFirst → the host's; ClusterFirstWithHostNet → cluster.
+        let p = pod(serde_json::json!({"containers": [], "hostNetwork": true}));
+        assert_eq!(dns_config(&ctx, &p, &host).0.servers, ["192.0.2.53"]);
+        let p = pod(
+            serde_json::json!({"containers": [], "hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+        );
+        assert_eq!(dns_config(&ctx, &p, &host).0.servers, ["10.96.0.10"]);
+        let p = pod(serde_json::json!({"containers": [], "dnsPolicy": "Default"}));
+        assert_eq!(dns_config(&ctx, &p, &host).0.options, ["edns0", "ndots:2"]);
+        // None: only dnsConfig; merged options override by name.
+        let p = pod(
+            serde_json::json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {
+            "nameservers": ["1.1.1.1", "1.1.1.1"], "searches": ["a.example"], "options": [{"name": "ndots", "value": "1"}]}}),
+        );
+        let (d, _) = dns_config(&ctx, &p, &host);
+        assert_eq!(d.servers, ["1.1.1.1"]);
+        assert_eq!(d.searches, ["a.example"]);
+        assert_eq!(d.options, ["ndots:1"]);
+        let p = pod(serde_json::json!({"containers": [], "dnsConfig": {
+            "nameservers": ["1.1.1.1"], "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}}));
+        let (d, _) = dns_config(&ctx, &p, &host);
+        assert_eq!(d.servers, ["10.96.0.10", "1.1.1.1"]);
+        assert_eq!(d.options, ["ndots:2", "rotate"]);
+        // No --cluster-dns: ClusterFirst falls back to the host's, with a warning.
+        ctx.cluster_dns.clear();
+        let p = pod(serde_json::json!({"containers": []}));
+        let (d, w) = dns_config(&ctx, &p, &host);
+        assert_eq!(d.servers, ["192.0.2.53"]);
+        assert!(w.unwrap().contains("Falling back to \"Default\" policy"));
     }
 }

@@ -30,7 +30,9 @@ use tokio::sync::watch;
 
 use crate::cni::{write_conf, CniSettings};
 use crate::cri::Cri;
+use crate::events::Recorder;
 use crate::pod::{self as podspec, ContainerFailure, ContainerInputs, Lookups, PodContext};
+use crate::probe::{self, ContainerProbers};
 
 const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -49,6 +51,10 @@ pub struct Shared {
     pub cni_conf_dir: std::path::PathBuf,
     /// Last phase each pod reported (for the RunningPods D-Bus property).
     pub phases: Mutex<HashMap<String, String>>,
+    /// Events about pods (probe failures, kills, hook failures).
+    pub recorder: Recorder,
+    /// Projected service account tokens, shared by all workers (refreshed at 80% of life).
+    pub tokens: crate::volumes::TokenCache,
 }
 
 impl Shared {
@@ -90,6 +96,10 @@ pub struct Worker {
     terminal: bool,
     /// Back-off for failed RunPodSandbox: (next attempt, current step).
     sandbox_retry: Option<(Instant, Duration)>,
+    /// Probe tasks per container name, for the container instance they were started for.
+    probers: HashMap<String, ContainerProbers>,
+    /// Probe results wake the worker at once.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn now_rfc3339() -> String {
@@ -132,6 +142,8 @@ impl Worker {
             start_time: None,
             terminal: false,
             sandbox_retry: None,
+            probers: HashMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -154,13 +166,16 @@ impl Worker {
                             .as_ref()
                             .and_then(|s| s.termination_grace_period_seconds))
                         .unwrap_or(30);
-                    self.teardown(grace).await;
-                    self.delete_pod(&p).await;
+                    self.probers.clear();
+                    self.teardown_pod(Some(&p), grace).await;
+                    if !podspec::is_static(&p) {
+                        self.delete_pod(&p).await;
+                    }
                     self.shared.phases.lock().remove(&self.uid);
                     return;
                 }
                 Some(p) => {
-                    if let Err(e) = self.sync(&p).await {
+                    if let Err(e) = self.sync(&p, &p).await {
                         tracing::warn!(pod = %podspec::name(&p), namespace = %podspec::namespace(&p), error = %e, "pod sync failed");
                     }
                     self.report(&p).await;
@@ -174,6 +189,7 @@ impl Worker {
                     }
                 }
                 _ = tokio::time::sleep(RESYNC) => {}
+                _ = self.wake.notified() => {}
             }
         }
     }
@@ -200,7 +216,7 @@ impl Worker {
         Ok(None)
     }
 
-    async fn sync(&mut self, pod: &Pod) -> anyhow::Result<()> {
+    async fn sync(&mut self, pod: &Pod, pod_arc: &Arc<Pod>) -> anyhow::Result<()> {
         let spec = pod.spec.clone().unwrap_or_default();
         if self.terminal {
             return Ok(());
@@ -209,7 +225,7 @@ impl Worker {
         if matches!(phase_in_api.as_deref(), Some("Succeeded" | "Failed")) {
             // Terminal phases are final: make sure nothing runs, keep the status.
             self.terminal = true;
-            self.stop_all(0).await;
+            self.stop_all(None, 0).await;
             return Ok(());
         }
         // 1. Sandbox.
@@ -250,6 +266,11 @@ impl Worker {
             // restarts every container); clear out leftovers first.
             self.remove_dead_sandboxes().await;
             let cfg = podspec::sandbox_config(&self.shared.ctx, pod, sandbox_cfg_attempt);
+            if let (_, Some(w)) = podspec::dns_config(&self.shared.ctx, pod, &Default::default()) {
+                self.shared
+                    .recorder
+                    .pod_event(pod, None, true, "MissingClusterDNS", w);
+            }
             if let Err(e) = std::fs::create_dir_all(&cfg.log_directory) {
                 tracing::warn!(dir = %cfg.log_directory, error = %e, "creating the pod log dir");
             }
@@ -285,14 +306,21 @@ impl Worker {
 
         // 2. Volumes (re-done each pass: configMap/secret contents follow their objects).
         let mut look = Lookups::new(self.shared.client.clone(), podspec::namespace(pod));
-        let volumes =
-            match podspec::prepare_volumes(&self.shared.ctx, pod, &pod_ip, &mut look).await {
-                Ok(v) => v,
-                Err(f) => {
-                    self.fail_all(&spec, f);
-                    return Ok(());
-                }
-            };
+        let volumes = match podspec::prepare_volumes(
+            &self.shared.ctx,
+            pod,
+            &pod_ip,
+            &mut look,
+            &self.shared.tokens,
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(f) => {
+                self.fail_all(&spec, f);
+                return Ok(());
+            }
+        };
         let observed = self.observe(&sb_id).await?;
         let policy = spec
             .restart_policy
@@ -336,11 +364,13 @@ impl Worker {
                 Some(o) => match state_of(&o.latest) {
                     cri::ContainerState::ContainerRunning => {
                         self.containers.entry(c.name.clone()).or_default().failure = None;
+                        self.run_probes(pod_arc, c, &o.latest, &pod_ip).await;
                     }
                     cri::ContainerState::ContainerCreated => {
                         self.start_existing(c, &o.latest.id).await
                     }
                     cri::ContainerState::ContainerExited => {
+                        self.probers.remove(&c.name);
                         let restart = match policy.as_str() {
                             "Never" => false,
                             "OnFailure" => o.latest.exit_code != 0,
@@ -364,6 +394,135 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Starts the probes of a running container instance (once per instance) and acts on a
+    /// failed liveness/startup probe: "Killing" event, preStop, stop; restartPolicy and
+    /// back-off then decide on the restart.
+    async fn run_probes(
+        &mut self,
+        pod: &Arc<Pod>,
+        c: &Container,
+        st: &cri::ContainerStatus,
+        pod_ip: &str,
+    ) {
+        let has_probes =
+            c.liveness_probe.is_some() || c.readiness_probe.is_some() || c.startup_probe.is_some();
+        if !has_probes {
+            self.probers.remove(&c.name);
+            return;
+        }
+        if self.probers.get(&c.name).map(|p| p.container_id.as_str()) != Some(st.id.as_str()) {
+            let target = probe::Target {
+                cri: self.shared.cri.clone(),
+                container: c.clone(),
+                container_id: st.id.clone(),
+                pod_ip: self.probe_ip(pod, pod_ip),
+            };
+            let p = ContainerProbers::spawn(
+                target,
+                pod.clone(),
+                st.started_at,
+                self.shared.recorder.clone(),
+                self.wake.clone(),
+            );
+            self.probers.insert(c.name.clone(), p);
+        }
+        let kill = self.probers.get(&c.name).and_then(|p| p.status.lock().kill);
+        let Some(kind) = kill else { return };
+        let which = match kind {
+            probe::Kind::Startup => "startup",
+            _ => "liveness",
+        };
+        self.shared.recorder.pod_event(
+            pod,
+            Some(&c.name),
+            false,
+            "Killing",
+            format!(
+                "Container {} failed {which} probe, will be restarted",
+                c.name
+            ),
+        );
+        let probe_grace = match kind {
+            probe::Kind::Startup => c.startup_probe.as_ref(),
+            _ => c.liveness_probe.as_ref(),
+        }
+        .and_then(|p| p.termination_grace_period_seconds);
+        let grace = probe_grace.unwrap_or_else(|| pod_grace(pod));
+        self.probers.remove(&c.name);
+        self.kill_container(pod, Some(c), &st.id, pod_ip, grace)
+            .await;
+    }
+
+    /// The address probes and hooks use: the pod IP, or the node's for hostNetwork pods.
+    fn probe_ip(&self, pod: &Pod, pod_ip: &str) -> String {
+        let host_net = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_net || pod_ip.is_empty() {
+            self.shared.ctx.node_ip.clone()
+        } else {
+            pod_ip.to_string()
+        }
+    }
+
+    /// preStop (when the container has one) then StopContainer with what is left of the
+    /// grace period — upstream counts the hook against the grace and gives the runtime at
+    /// least 2 s more.
+    async fn kill_container(
+        &self,
+        pod: &Pod,
+        c: Option<&Container>,
+        id: &str,
+        pod_ip: &str,
+        grace: i64,
+    ) {
+        let grace = grace.max(0);
+        let started = Instant::now();
+        if let Some(h) = c
+            .and_then(|c| c.lifecycle.as_ref())
+            .and_then(|l| l.pre_stop.as_ref())
+            .filter(|_| grace > 0)
+        {
+            let c = c.cloned().unwrap_or_default();
+            let target = probe::Target {
+                cri: self.shared.cri.clone(),
+                container: c.clone(),
+                container_id: id.to_string(),
+                pod_ip: self.probe_ip(pod, pod_ip),
+            };
+            let limit = Duration::from_secs(grace as u64);
+            match tokio::time::timeout(limit, probe::run_hook(h, &target, limit)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => self.shared.recorder.pod_event(
+                    pod,
+                    Some(&c.name),
+                    true,
+                    "FailedPreStopHook",
+                    msg,
+                ),
+                Err(_) => self.shared.recorder.pod_event(
+                    pod,
+                    Some(&c.name),
+                    true,
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed to complete within the grace period ({grace}s)"),
+                ),
+            }
+        }
+        let left = if grace == 0 {
+            0
+        } else {
+            (grace - started.elapsed().as_secs() as i64).max(2)
+        };
+        if let Err(e) = self.shared.cri.stop_container(id, left).await {
+            if !e.is_not_found() {
+                tracing::warn!(container = %id, error = %e, "stopping a container");
+            }
+        }
     }
 
     fn fail_all(&mut self, spec: &k8s_openapi::api::core::v1::PodSpec, f: ContainerFailure) {
@@ -533,6 +692,29 @@ impl Worker {
             .start_container(&id)
             .await
             .map_err(|e| ContainerFailure::new("RunContainerError", e.message()))?;
+        if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let target = probe::Target {
+                cri: self.shared.cri.clone(),
+                container: c.clone(),
+                container_id: id.clone(),
+                pod_ip: self.probe_ip(pod, pod_ip),
+            };
+            // Upstream runs postStart synchronously; bound it so a hung hook cannot wedge
+            // the pod worker forever.
+            let limit = Duration::from_secs(120);
+            if let Err(msg) = probe::run_hook(h, &target, limit).await {
+                self.shared.recorder.pod_event(
+                    pod,
+                    Some(&c.name),
+                    true,
+                    "FailedPostStartHook",
+                    msg.clone(),
+                );
+                self.kill_container(pod, Some(c), &id, pod_ip, pod_grace(pod))
+                    .await;
+                return Err(ContainerFailure::new("PostStartHookError", msg));
+            }
+        }
         Ok(id)
     }
 
@@ -612,8 +794,9 @@ impl Worker {
         }
     }
 
-    /// Stops every container of the pod concurrently with `grace` seconds each.
-    async fn stop_all(&self, grace: i64) {
+    /// Stops every running container of the pod concurrently: each runs its preStop hook (if
+    /// the spec is known) and is stopped with what is left of `grace`.
+    async fn stop_all(&self, pod: Option<&Pod>, grace: i64) {
         let Ok(cs) = self
             .shared
             .cri
@@ -622,20 +805,46 @@ impl Worker {
         else {
             return;
         };
+        let spec = pod.and_then(|p| p.spec.as_ref());
+        let pod_ip = self
+            .sandbox
+            .as_ref()
+            .map(|(_, ip)| ip.clone())
+            .unwrap_or_default();
+        let empty = Pod::default();
         let stops = cs
             .iter()
             .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
-            .map(|c| self.shared.cri.stop_container(&c.id, grace));
-        for r in futures::future::join_all(stops).await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "stopping a container");
-            }
-        }
+            .map(|cr| {
+                let name = cr.labels.get(podspec::LABEL_CONTAINER_NAME);
+                let c = spec.and_then(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .find(|c| Some(&c.name) == name)
+                });
+                if let (Some(p), Some(c)) = (pod, c) {
+                    self.shared.recorder.pod_event(
+                        p,
+                        Some(&c.name),
+                        false,
+                        "Killing",
+                        format!("Stopping container {}", c.name),
+                    );
+                }
+                self.kill_container(pod.unwrap_or(&empty), c, &cr.id, &pod_ip, grace)
+            });
+        futures::future::join_all(stops).await;
     }
 
     /// Stop (grace), remove containers, stop and remove sandboxes, remove the pod's dirs.
     async fn teardown(&mut self, grace: i64) {
-        self.stop_all(grace.max(0)).await;
+        self.teardown_pod(None, grace).await
+    }
+
+    async fn teardown_pod(&mut self, pod: Option<&Pod>, grace: i64) {
+        self.probers.clear();
+        self.stop_all(pod, grace.max(0)).await;
         if let Ok(cs) = self
             .shared
             .cri
@@ -665,6 +874,7 @@ impl Worker {
             }
         }
         remove_pod_cgroups(&self.shared.ctx.cgroup_root, &self.uid);
+        self.shared.tokens.forget_pod(&self.uid);
         self.sandbox = None;
         tracing::info!(uid = %self.uid, "pod torn down");
     }
@@ -773,8 +983,18 @@ impl Worker {
                     cri::ContainerState::ContainerRunning => {
                         out["state"] =
                             json!({"running": {"startedAt": ns_to_rfc3339(s.started_at)}});
-                        out["ready"] = json!(true);
-                        out["started"] = json!(true);
+                        // Probe results count only for the instance they probe; before its
+                        // probers exist a probed container is neither started nor ready.
+                        let probed = c.readiness_probe.is_some() || c.startup_probe.is_some();
+                        let (started, ready) = match self.probers.get(&c.name) {
+                            Some(p) if p.container_id == s.id => {
+                                let st = p.status.lock();
+                                (st.started, st.started && st.ready && st.kill.is_none())
+                            }
+                            _ => (!probed || c.startup_probe.is_none(), !probed),
+                        };
+                        out["ready"] = json!(ready);
+                        out["started"] = json!(started);
                     }
                     cri::ContainerState::ContainerExited => match failure {
                         Some(f) => {
@@ -947,6 +1167,14 @@ impl Worker {
         }
         status
     }
+}
+
+/// The pod's termination grace period (spec, else upstream's default 30 s).
+fn pod_grace(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
 }
 
 /// Removes the pod's (now empty) cgroup directories in every hierarchy, cgroup v1 and v2.
