@@ -314,16 +314,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn svc(v: serde_json::Value) -> Service {
-        serde_json::from_value(v).unwrap()
+    fn svc(v: serde_json::Value) -> std::sync::Arc<Service> {
+        std::sync::Arc::new(serde_json::from_value(v).unwrap())
     }
-    fn slice(v: serde_json::Value) -> EndpointSlice {
-        serde_json::from_value(v).unwrap()
+    fn slice(v: serde_json::Value) -> std::sync::Arc<EndpointSlice> {
+        std::sync::Arc::new(serde_json::from_value(v).unwrap())
     }
 
     #[test]
     fn builds_ports_endpoints_and_policies() {
-        let services = vec![
+        let services: Vec<std::sync::Arc<Service>> = vec![
             svc(json!({"metadata": {"namespace": "ns", "name": "web"},
                 "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
                     "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
@@ -335,7 +335,7 @@ mod tests {
             svc(json!({"metadata": {"namespace": "ns", "name": "ext"},
                 "spec": {"type": "ExternalName", "externalName": "example.com"}})),
         ];
-        let slices = vec![
+        let slices: Vec<std::sync::Arc<EndpointSlice>> = vec![
             slice(json!({"metadata": {"namespace": "ns", "name": "web-a",
                     "labels": {"kubernetes.io/service-name": "web"}},
                 "addressType": "IPv4",

@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -136,14 +137,15 @@ pub struct ServiceRules {
 /// What is (to be) programmed in one table.
 #[derive(Debug, Clone, Default)]
 pub struct Programmed {
-    pub services: BTreeMap<ServicePortName, ServiceRules>,
+    /// Shared so a sync reuses unchanged services' renderings without copying them.
+    pub services: BTreeMap<ServicePortName, Arc<ServiceRules>>,
     /// Union of every service's elements; on a key two services both claim (e.g. the same
     /// externalIP and port) the first service in name order wins, so the map stays consistent.
     pub elements: Elements,
 }
 
 impl Programmed {
-    pub fn from_services(services: BTreeMap<ServicePortName, ServiceRules>) -> Programmed {
+    pub fn from_services(services: BTreeMap<ServicePortName, Arc<ServiceRules>>) -> Programmed {
         let mut elements = Elements::new();
         for r in services.values() {
             for (k, v) in &r.elements {
@@ -527,7 +529,7 @@ pub fn render_all(ctx: &Ctx, state: &State) -> Programmed {
     Programmed::from_services(
         state
             .iter()
-            .map(|(k, v)| (k.clone(), render_service(ctx, k, v)))
+            .map(|(k, v)| (k.clone(), Arc::new(render_service(ctx, k, v))))
             .collect(),
     )
 }
@@ -603,14 +605,14 @@ pub fn diff_script(ctx: &Ctx, old: &Programmed, new: &Programmed) -> String {
     let mut changed: Vec<(&ServiceRules, &ServiceRules)> = Vec::new();
     for (k, n) in &new.services {
         match old.services.get(k) {
-            Some(o) if o == n => {}
-            Some(o) => changed.push((o, n)),
-            None => changed.push((&empty, n)),
+            Some(o) if Arc::ptr_eq(o, n) || o == n => {}
+            Some(o) => changed.push((&**o, &**n)),
+            None => changed.push((&empty, &**n)),
         }
     }
     for (k, o) in &old.services {
         if !new.services.contains_key(k) {
-            changed.push((o, &empty));
+            changed.push((&**o, &empty));
         }
     }
     let mut out = String::new();

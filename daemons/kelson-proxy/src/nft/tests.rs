@@ -156,7 +156,12 @@ fn other_family_renders_nothing_and_v6_dnat_is_bracketed() {
 fn programmed(state: &[(&str, Vec<Endpoint>)]) -> Programmed {
     let st: State = state
         .iter()
-        .map(|(n, eps)| (spn(n), info(eps.clone())))
+        .enumerate()
+        .map(|(i, (n, eps))| {
+            let mut inf = info(eps.clone());
+            inf.cluster_ips = vec![IpAddr::from([10, 96, 0, 10 + i as u8])];
+            (spn(n), inf)
+        })
         .collect();
     render_all(&ctx(), &st)
 }
@@ -183,10 +188,21 @@ fn diff_touches_only_the_changed_service() {
     // Service b loses all endpoints: element moves to no-endpoint-services.
     let new2 = programmed(&[("a", vec![ep(1, true)]), ("b", vec![])]);
     let d2 = diff_script(&ctx(), &new, &new2);
-    assert!(d2.contains("delete element ip kelson-proxy service-ips { 10.96.0.10 . tcp . 80 }"), "{d2}");
-    assert!(d2.contains("add element ip kelson-proxy no-endpoint-services { 10.96.0.10 . tcp . 80 : goto reject-chain }"));
-    // Both services share the ClusterIP in this test: the first in name order owns it.
-    assert_eq!(new2.elements.iter().filter(|((m, _), _)| *m == "service-ips").count(), 1);
+    assert!(d2.contains("delete element ip kelson-proxy service-ips { 10.96.0.11 . tcp . 80 }"), "{d2}");
+    assert!(d2.contains("add element ip kelson-proxy no-endpoint-services { 10.96.0.11 . tcp . 80 : goto reject-chain }"));
+    assert!(!d2.contains("10.96.0.10"), "{d2}");
+
+    // Two services claiming the same key: the first in name order owns it.
+    let mut st: State = [spn("x"), spn("y")]
+        .into_iter()
+        .map(|k| (k, info(vec![ep(1, true)])))
+        .collect();
+    let p = render_all(&ctx(), &st);
+    let owner = p.elements[&("service-ips", "10.96.0.10 . tcp . 80".to_string())].clone();
+    assert!(owner.unwrap().ends_with("-ns/x/tcp/http"));
+    st.remove(&spn("x"));
+    let d3 = diff_script(&ctx(), &p, &render_all(&ctx(), &st));
+    assert!(d3.contains("-ns/y/tcp/http }"), "y takes the key over: {d3}");
 }
 
 #[test]
@@ -200,5 +216,5 @@ fn full_script_declares_before_use() {
     let last_chain = lines.iter().rposition(|l| l.starts_with("add chain")).unwrap();
     assert!(last_chain < first_rule);
     assert!(s.contains("add rule ip kelson-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"));
-    assert_eq!(p.rule_count(&ctx()), base_rules(&ctx()).len() + 3);
+    assert_eq!(p.rule_count(&ctx()), base_rules(&ctx()).len() + 4);
 }
