@@ -116,6 +116,11 @@ pub fn controller(ctx: &Ctx) -> Controller {
         Box::new(Typed(i.endpointslices.clone())),
         Box::new(Typed(i.services.clone())),
         Box::new(Typed(i.configmaps.clone())),
+        Box::new(Typed(i.jobs.clone())),
+        Box::new(Typed(i.cronjobs.clone())),
+        Box::new(Typed(i.daemonsets.clone())),
+        Box::new(Typed(i.statefulsets.clone())),
+        Box::new(Typed(i.revisions.clone())),
     ]);
     let queue = WorkQueue::new();
     watch(&i.deployments, 0, sources.clone(), queue.clone());
@@ -124,6 +129,11 @@ pub fn controller(ctx: &Ctx) -> Controller {
     watch(&i.endpointslices, 3, sources.clone(), queue.clone());
     watch(&i.services, 4, sources.clone(), queue.clone());
     watch(&i.configmaps, 5, sources.clone(), queue.clone());
+    watch(&i.jobs, 6, sources.clone(), queue.clone());
+    watch(&i.cronjobs, 7, sources.clone(), queue.clone());
+    watch(&i.daemonsets, 8, sources.clone(), queue.clone());
+    watch(&i.statefulsets, 9, sources.clone(), queue.clone());
+    watch(&i.revisions, 10, sources.clone(), queue.clone());
     let c = ctx.clone();
     let s2 = sources.clone();
     Controller::new("garbage-collector-controller", queue, 2, move |k| {
