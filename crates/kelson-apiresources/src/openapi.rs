@@ -84,6 +84,7 @@ fn add_types(g: &mut SchemaGenerator) {
         discovery::v1::EndpointSlice,
         autoscaling::v1::Scale,
         authentication::v1::TokenRequest,
+        authentication::v1::TokenReview,
         meta::DeleteOptions,
         meta::Status,
         meta::ListMeta,

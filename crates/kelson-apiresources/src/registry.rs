@@ -565,6 +565,19 @@ static RESOURCES: &[ResourceInfo] = &[
         NONE,
         &[]
     ),
+    res!(
+        "authentication.k8s.io",
+        "authentication",
+        "v1",
+        "tokenreviews",
+        "TokenReview",
+        "tokenreview",
+        false,
+        CREATE,
+        NONE,
+        NONE,
+        &[]
+    ),
     // authorization.k8s.io/v1: create-only reviews, never stored.
     res!(
         "authorization.k8s.io",

@@ -19,6 +19,7 @@
 
 mod codec;
 mod continue_token;
+pub mod encryption;
 mod error;
 mod store;
 mod watch;
@@ -57,6 +58,9 @@ pub struct StorageConfig {
     pub request_timeout: Duration,
     /// Bound on establishing a connection to a store endpoint.
     pub connect_timeout: Duration,
+    /// Encryption at rest of the values under some key prefixes ([`encryption`]): applied to
+    /// the encoded bytes on every write, removed on every read.
+    pub encryption: Option<std::sync::Arc<encryption::Encryption>>,
 }
 
 impl Default for StorageConfig {
@@ -67,6 +71,7 @@ impl Default for StorageConfig {
             max_conflict_retries: 100,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            encryption: None,
         }
     }
 }
@@ -217,6 +222,38 @@ impl Storage {
             .await
             .map_err(|e| error::etcd_error(e, "unexpected compaction"))?;
         Ok(Storage { client, config })
+    }
+
+    /// The bytes to store for the encoded object `plain` at (prefixed) `key`.
+    pub(crate) fn seal(&self, key: &str, plain: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+        match &self.config.encryption {
+            Some(e) => e.to_storage(key, plain),
+            None => Ok(plain),
+        }
+    }
+
+    /// The encoded object stored as `data` at `key`, and whether it should be rewritten.
+    pub(crate) fn open<'a>(
+        &self,
+        key: &[u8],
+        data: &'a [u8],
+    ) -> Result<(std::borrow::Cow<'a, [u8]>, bool), StorageError> {
+        match &self.config.encryption {
+            Some(e) => e
+                .from_storage(key, data)
+                .map(|(p, stale)| (std::borrow::Cow::Owned(p), stale)),
+            None => Ok((std::borrow::Cow::Borrowed(data), false)),
+        }
+    }
+
+    /// [`codec::decode`] of a stored value (decrypted first).
+    pub(crate) fn decode_kv(
+        &self,
+        key: &[u8],
+        data: &[u8],
+        rev: i64,
+    ) -> Result<serde_json::Value, StorageError> {
+        codec::decode(key, &self.open(key, data)?.0, rev)
     }
 
     /// The configuration this storage runs with.

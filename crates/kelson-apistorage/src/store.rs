@@ -55,8 +55,11 @@ fn is_ambiguous(e: &StorageError) -> bool {
 /// The object an update or delete works on. `obj == None` is an absent key (rev 0).
 struct ObjState {
     obj: Option<Value>,
+    /// The stored bytes, decrypted.
     data: Vec<u8>,
     rev: i64,
+    /// Stored with an older key or unencrypted: rewrite on update even if unchanged.
+    stale: bool,
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
@@ -152,7 +155,7 @@ impl Storage {
         if rv.parse::<u64>().is_ok_and(|v| v != 0) {
             return Err(StorageError::ResourceVersionSetOnCreate);
         }
-        let data = encode(&mut obj)?;
+        let data = self.seal(&key, encode(&mut obj)?)?;
         if dry_run {
             let resp = self.range(&key, GetOptions::new().with_keys_only()).await?;
             if !resp.kvs().is_empty() {
@@ -234,7 +237,7 @@ impl Storage {
             .kvs()
             .first()
             .ok_or(StorageError::NotFound { key: key.clone() })?;
-        decode(kv.key(), kv.value(), kv.mod_revision())
+        self.decode_kv(kv.key(), kv.value(), kv.mod_revision())
     }
 
     /// Lists the objects under `prefix` (a trailing "/" is added if missing), keeping those
@@ -358,7 +361,7 @@ impl Storage {
                     break;
                 }
                 last_key = Some(kv.key().to_vec());
-                let obj = decode(kv.key(), kv.value(), kv.mod_revision())?;
+                let obj = self.decode_kv(kv.key(), kv.value(), kv.mod_revision())?;
                 if filter.is_none_or(|f| f(&obj)) {
                     items.push(obj);
                 }
@@ -399,7 +402,7 @@ impl Storage {
         ignore_not_found: bool,
     ) -> Result<ObjState, StorageError> {
         let resp = self.range(key, GetOptions::new()).await?;
-        state_from_range(key, &resp, ignore_not_found)
+        state_from_range(self, key, &resp, ignore_not_found)
     }
 
     /// Reads, transforms with `f` and writes back `key`, retrying on conflict with the fresh
@@ -500,7 +503,8 @@ impl Storage {
                 }
             };
             let data = encode(&mut new)?;
-            if state.obj.is_some() && data == state.data {
+            // A stale value (older key, or plaintext) is rewritten even when unchanged.
+            if state.obj.is_some() && data == state.data && !state.stale {
                 if !is_current {
                     // A no-op against a cached copy proves nothing: refresh and redo.
                     state = self.current_state(&key, opts.ignore_not_found).await?;
@@ -522,7 +526,7 @@ impl Storage {
                     CompareOp::Equal,
                     state.rev,
                 )])
-                .and_then([TxnOp::put(key.as_str(), data.clone(), None)])
+                .and_then([TxnOp::put(key.as_str(), self.seal(&key, data.clone())?, None)])
                 .or_else([TxnOp::get(key.as_str(), None)]);
             let resp = match self.txn(txn).await {
                 Ok(r) => r,
@@ -547,7 +551,7 @@ impl Storage {
                     rev = state.rev,
                     "guaranteed update: conflict, retrying"
                 );
-                state = state_from_else(&key, &resp, opts.ignore_not_found)?;
+                state = state_from_else(self, &key, &resp, opts.ignore_not_found)?;
                 is_current = true;
                 continue;
             }
@@ -606,7 +610,7 @@ impl Storage {
             let resp = self.txn(txn).await?;
             if !resp.succeeded() {
                 debug!(key, rev = state.rev, "delete: conflict, retrying");
-                state = state_from_else(&key, &resp, false)?;
+                state = state_from_else(self, &key, &resp, false)?;
                 continue;
             }
             let rev = header_revision(resp.header())?;
@@ -690,20 +694,27 @@ fn list_error(
 }
 
 fn state_from_range(
+    s: &Storage,
     key: &str,
     resp: &GetResponse,
     ignore_not_found: bool,
 ) -> Result<ObjState, StorageError> {
     match resp.kvs().first() {
-        Some(kv) => Ok(ObjState {
-            obj: Some(decode(kv.key(), kv.value(), kv.mod_revision())?),
-            data: kv.value().to_vec(),
-            rev: kv.mod_revision(),
-        }),
+        Some(kv) => {
+            // `data` is the plaintext: "unchanged" compares objects, not ciphertexts.
+            let (plain, stale) = s.open(kv.key(), kv.value())?;
+            Ok(ObjState {
+                obj: Some(decode(kv.key(), &plain, kv.mod_revision())?),
+                data: plain.into_owned(),
+                rev: kv.mod_revision(),
+                stale,
+            })
+        }
         None if ignore_not_found => Ok(ObjState {
             obj: None,
             data: Vec::new(),
             rev: 0,
+            stale: false,
         }),
         None => Err(StorageError::NotFound {
             key: key.to_string(),
@@ -712,12 +723,13 @@ fn state_from_range(
 }
 
 fn state_from_else(
+    s: &Storage,
     key: &str,
     resp: &etcd_client::TxnResponse,
     ignore_not_found: bool,
 ) -> Result<ObjState, StorageError> {
     match resp.op_responses().into_iter().next() {
-        Some(TxnOpResponse::Get(r)) => state_from_range(key, &r, ignore_not_found),
+        Some(TxnOpResponse::Get(r)) => state_from_range(s, key, &r, ignore_not_found),
         _ => Err(StorageError::Internal(
             "failed transaction without its Else(Get) response".into(),
         )),
@@ -733,6 +745,7 @@ fn state_from_object(mut obj: Value) -> Result<ObjState, StorageError> {
         obj: Some(obj),
         data,
         rev: rv,
+        stale: false,
     })
 }
 

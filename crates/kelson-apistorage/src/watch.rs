@@ -21,7 +21,6 @@ use etcd_client::{Event, EventType, WatchOptions};
 use futures::stream::BoxStream;
 use serde_json::Value;
 
-use crate::codec::decode;
 use crate::error::etcd_error;
 use crate::{Storage, StorageError};
 
@@ -82,6 +81,7 @@ impl Storage {
         let (mut requests, mut responses) = stream.split();
         let interval = self.config.bookmark_interval;
 
+        let this = self.clone();
         let events = async_stream::stream! {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,7 +134,7 @@ impl Storage {
                             continue;
                         }
                         for ev in resp.events() {
-                            match transform(ev, filter.as_deref()) {
+                            match transform(&this, ev, filter.as_deref()) {
                                 Ok(Some((rev, e))) => {
                                     last_rev = last_rev.max(rev);
                                     yield e;
@@ -161,7 +161,11 @@ impl Storage {
 type Filter<'a> = Option<&'a (dyn Fn(&Value) -> bool + Send + Sync)>;
 
 /// Upstream's `watchChan.transform` for one etcd event; `None` = filtered out.
-fn transform(ev: &Event, filter: Filter<'_>) -> Result<Option<(i64, WatchEvent)>, StorageError> {
+fn transform(
+    s: &Storage,
+    ev: &Event,
+    filter: Filter<'_>,
+) -> Result<Option<(i64, WatchEvent)>, StorageError> {
     let kv = ev
         .kv()
         .ok_or_else(|| StorageError::Internal("etcd watch event without a key-value".into()))?;
@@ -181,7 +185,7 @@ fn transform(ev: &Event, filter: Filter<'_>) -> Result<Option<(i64, WatchEvent)>
         }
     };
     // The previous object is reported at the event's revision (upstream's prepareObjects).
-    let old = |p: &etcd_client::KeyValue| decode(p.key(), p.value(), rev);
+    let old = |p: &etcd_client::KeyValue| s.decode_kv(p.key(), p.value(), rev);
     let out = match ev.event_type() {
         EventType::Delete => {
             let Some(p) = prev else { return Ok(None) };
@@ -189,7 +193,7 @@ fn transform(ev: &Event, filter: Filter<'_>) -> Result<Option<(i64, WatchEvent)>
             passes(&o).then_some(WatchEvent::Deleted(o))
         }
         EventType::Put => {
-            let cur = decode(kv.key(), kv.value(), rev)?;
+            let cur = s.decode_kv(kv.key(), kv.value(), rev)?;
             if is_create {
                 passes(&cur).then_some(WatchEvent::Added(cur))
             } else if filter.is_none() {

@@ -73,6 +73,50 @@ pub struct ApiServerFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous_auth: Option<bool>,
+    /// Path to the file that contains the current private key of the service account token
+    /// issuer (RSA or ECDSA P-256, PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// File(s) of PEM keys (public or private, or certificates) that verify service account
+    /// tokens; repeatable. Defaults to the signing key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_key_file: Option<Vec<PathBuf>>,
+    /// Identifier of the service account token issuer (the `iss` claim).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_issuer: Option<String>,
+    /// Identifiers of the API; tokens must name one of them (comma separated; default: the
+    /// issuer).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_audiences: Option<Vec<String>>,
+    /// Allow bootstrap tokens (Secrets of type bootstrap.kubernetes.io/token in kube-system).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_bootstrap_token_auth: Option<bool>,
+    /// If set, all requests coming to the API server are logged to this file (JSON lines).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log_path: Option<PathBuf>,
+    /// Path to the file that defines the audit policy (audit.k8s.io/v1 Policy).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_policy_file: Option<PathBuf>,
+    /// The maximum size in megabytes of the audit log file before it gets rotated (0: never).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log_maxsize: Option<u64>,
+    /// The maximum number of old audit log files to retain (0: keep all).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log_maxbackup: Option<u32>,
+    /// The file with the configuration for encryption providers to be used for storing
+    /// secrets in the store (apiserver.config.k8s.io/v1 EncryptionConfiguration).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_provider_config: Option<PathBuf>,
     /// Client certificate the API server presents to kubelets (logs, exec, port-forward).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +165,26 @@ pub struct ApiServerConfig {
     #[serde(default)]
     pub anonymous_auth: bool,
     #[serde(default)]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub service_account_key_file: Vec<PathBuf>,
+    #[serde(default = "default_issuer")]
+    pub service_account_issuer: String,
+    #[serde(default)]
+    pub api_audiences: Vec<String>,
+    #[serde(default)]
+    pub enable_bootstrap_token_auth: bool,
+    #[serde(default)]
+    pub audit_log_path: Option<PathBuf>,
+    #[serde(default)]
+    pub audit_policy_file: Option<PathBuf>,
+    #[serde(default)]
+    pub audit_log_maxsize: u64,
+    #[serde(default)]
+    pub audit_log_maxbackup: u32,
+    #[serde(default)]
+    pub encryption_provider_config: Option<PathBuf>,
+    #[serde(default)]
     pub kubelet_client_certificate: Option<PathBuf>,
     #[serde(default)]
     pub kubelet_client_key: Option<PathBuf>,
@@ -128,6 +192,10 @@ pub struct ApiServerConfig {
     pub kubelet_certificate_authority: Option<PathBuf>,
 }
 
+/// kubeadm's issuer (upstream has no default; a cluster needs one to issue tokens).
+fn default_issuer() -> String {
+    "https://kubernetes.default.svc.cluster.local".into()
+}
 fn default_secure_port() -> u16 {
     6443
 }

@@ -232,6 +232,9 @@ pub async fn dispatch(
             update_scale(r, &body, Some(pt)).await
         }
         ("create", Some(SubTarget::Known(Subresource::Binding))) => bind(r, &body).await,
+        ("create", Some(SubTarget::Unsupported("token"))) if info.resource == "serviceaccounts" => {
+            crate::tokens::token_request(r, &body).await
+        }
         ("create", Some(SubTarget::Unsupported("eviction"))) if info.kind == "Pod" => {
             crate::eviction::create(r, &body).await
         }

@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod alloc;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod dbus;
@@ -33,6 +34,7 @@ pub mod router;
 pub mod server;
 pub mod strategy;
 pub mod table;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -77,9 +79,16 @@ pub async fn build(
             key: cfg.etcd_keyfile.clone(),
         });
     let endpoints = cfg.etcd_servers();
+    let mut storage_cfg = storage_config();
+    if let Some(path) = &cfg.encryption_provider_config {
+        storage_cfg.encryption = Some(Arc::new(
+            kelson_apistorage::encryption::Encryption::load(path, &cfg.etcd_prefix)
+                .context("--encryption-provider-config")?,
+        ));
+    }
     let store = tokio::time::timeout(
         Duration::from_secs(30),
-        kelson_apistorage::Storage::connect_with(&endpoints, tls, storage_config()),
+        kelson_apistorage::Storage::connect_with(&endpoints, tls, storage_cfg),
     )
     .await
     .context("connecting to the store timed out")?
@@ -103,6 +112,24 @@ pub async fn build(
         ready: Default::default(),
         etcd_servers: endpoints,
         server_address,
+        tokens: tokens::Tokens::new(
+            cfg.service_account_signing_key_file.as_deref(),
+            &cfg.service_account_key_file,
+            &cfg.service_account_issuer,
+            &cfg.api_audiences,
+            cfg.enable_bootstrap_token_auth,
+        )
+        .context("loading the service account keys")?,
+        audit: match &cfg.audit_log_path {
+            Some(path) => {
+                let policy = match &cfg.audit_policy_file {
+                    Some(p) => audit::Policy::load(p)?,
+                    None => audit::Policy::metadata_for_all(),
+                };
+                audit::Auditor::new(path, policy, cfg.audit_log_maxsize, cfg.audit_log_maxbackup)?
+            }
+            None => audit::Auditor::default(),
+        },
         kubelet: Some(nodeproxy::KubeletClient::from_config(cfg).context("the kubelet client")?),
     }))
 }

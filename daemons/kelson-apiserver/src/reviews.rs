@@ -4,7 +4,8 @@
 //! (`kubectl auth can-i`) run the server's own authorizer on the attributes in the spec;
 //! `SelfSubjectRulesReview` (`kubectl auth can-i --list`) lists the caller's rules in
 //! `spec.namespace`, as the authorizer resolves them (kelson-rbac builds the status);
-//! `SelfSubjectReview` (`kubectl auth whoami`) reports the caller's identity. Upstream answers
+//! `SelfSubjectReview` (`kubectl auth whoami`) reports the caller's identity; `TokenReview`
+//! authenticates the token in its spec (tokens.rs) for webhook-style callers. Upstream answers
 //! these with 201 and the object with its `status` filled in; nothing reaches the store.
 
 use http::{Response, StatusCode};
@@ -25,7 +26,7 @@ pub fn is_review(info: &ResourceInfo) -> bool {
                 | "SubjectAccessReview"
                 | "LocalSubjectAccessReview"
                 | "SelfSubjectRulesReview"
-        ) | ("authentication.k8s.io", "SelfSubjectReview")
+        ) | ("authentication.k8s.io", "SelfSubjectReview" | "TokenReview")
     )
 }
 
@@ -68,6 +69,12 @@ pub async fn create(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiE
     match info.kind {
         "SelfSubjectReview" => {
             obj["status"] = json!({"userInfo": {"username": r.user.name, "groups": r.user.groups}});
+        }
+        "TokenReview" => {
+            if !obj["spec"].is_object() {
+                return Err(ApiError::bad_request("spec is required"));
+            }
+            obj["status"] = crate::tokens::review_status(r.api, &obj["spec"]).await;
         }
         "SelfSubjectRulesReview" => {
             // The spec is optional here: no namespace asks for the cluster-wide rules only.

@@ -25,6 +25,10 @@ pub enum Endpoint {
     OpenApiV2,
     OpenApiV3Root,
     OpenApiV3(String),
+    /// `/.well-known/openid-configuration` (service account issuer discovery).
+    OpenIdConfiguration,
+    /// `/openid/v1/jwks`.
+    OpenIdJwks,
 }
 
 /// A resource request.
@@ -84,6 +88,8 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
             })
         }
         ["openapi", "v2"] => ep(OpenApiV2),
+        [".well-known", "openid-configuration"] => ep(OpenIdConfiguration),
+        ["openid", "v1", "jwks"] => ep(OpenIdJwks),
         ["openapi", "v3"] => ep(OpenApiV3Root),
         ["openapi", "v3", rest @ ..] => ep(OpenApiV3(rest.join("/"))),
         ["api"] => ep(Api),

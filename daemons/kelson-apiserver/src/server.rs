@@ -60,6 +60,10 @@ pub struct Api {
     pub ready: AtomicBool,
     pub etcd_servers: Vec<String>,
     pub server_address: String,
+    /// Service account and bootstrap tokens (tokens.rs).
+    pub tokens: crate::tokens::Tokens,
+    /// The audit log (audit.rs).
+    pub audit: crate::audit::Auditor,
     /// Client towards kubelets for pods/log, exec, attach, portforward and nodes/proxy.
     pub kubelet: Option<crate::nodeproxy::KubeletClient>,
 }
@@ -87,11 +91,15 @@ pub fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| crate::auth::user_from_cert(c.as_ref()));
+            let peer = stream.get_ref().0.peer_addr().ok();
             let api = api.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
+                let svc = service_fn(move |mut req: Request<Incoming>| {
                     let api = api.clone();
                     let user = user.clone();
+                    if let Some(peer) = peer {
+                        req.extensions_mut().insert(crate::audit::PeerAddr(peer));
+                    }
                     async move { Ok::<_, std::convert::Infallible>(handle(api, user, req).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -132,10 +140,12 @@ where
     api.stats.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match pipeline(&api, user, req).await {
+    let mut audit = crate::audit::RequestInfo::start(&req);
+    let resp = match pipeline(&api, user, req, &mut audit).await {
         Ok(r) => r,
         Err(e) => h::error_response(&e),
     };
+    let resp = crate::audit::finish(&api.audit, &audit, resp).await;
     api.metrics
         .requests
         .get_or_create(&vec![
@@ -151,6 +161,7 @@ async fn pipeline<B>(
     api: &Arc<Api>,
     user: Option<User>,
     req: Request<B>,
+    audit: &mut crate::audit::RequestInfo,
 ) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Send,
@@ -158,8 +169,18 @@ where
 {
     let user = match user {
         Some(u) => u,
-        None if api.anonymous => User::anonymous(),
-        None => return Err(ApiError::unauthorized()),
+        None => match crate::tokens::bearer(req.headers()) {
+            // A bearer token that does not authenticate is 401 even with anonymous access.
+            Some(token) => match api.tokens.authenticate(api, token, None).await {
+                Ok(a) => a.user,
+                Err(why) => {
+                    tracing::debug!(reason = %why, "bearer token rejected");
+                    return Err(ApiError::unauthorized());
+                }
+            },
+            None if api.anonymous => User::anonymous(),
+            None => return Err(ApiError::unauthorized()),
+        },
     };
     let (parts, body) = req.into_parts();
     let route = match router::route(parts.uri.path()) {
@@ -195,6 +216,7 @@ where
                 resource_request: false,
                 ..Default::default()
             };
+            audit.received(&api.audit, &user, &attrs, "v1");
             if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
                 return Err(auth::forbidden(&user, &attrs, &reason));
             }
@@ -219,10 +241,12 @@ where
                 path: parts.uri.path().to_string(),
                 resource_request: true,
             };
+            audit.received(&api.audit, &user, &attrs, t.info.version);
             if let Decision::Deny(reason) = api.authz.authorize(&user, &attrs) {
                 return Err(auth::forbidden(&user, &attrs, &reason));
             }
             let body = h::read_body(body).await?;
+            audit.request_body(&body);
             if crate::nodeproxy::handles(&t) {
                 return crate::nodeproxy::proxy(api, &t, &parts, body).await;
             }
@@ -295,6 +319,17 @@ async fn endpoint(
         Endpoint::GroupVersion(g, v) => ok(kelson_apiresources::discovery_group_version(&g, &v)
             .ok_or_else(ApiError::path_not_found)?),
         Endpoint::OpenApiV2 => openapi_v2(accept)?,
+        Endpoint::OpenIdConfiguration => {
+            h::json(StatusCode::OK, &api.tokens.openid_configuration(&api.server_address))
+        }
+        Endpoint::OpenIdJwks => {
+            let mut r = h::json(StatusCode::OK, &api.tokens.jwks());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            r
+        }
         Endpoint::OpenApiV3Root => {
             h::json(StatusCode::OK, &kelson_apiresources::openapi_v3_index())
         }
