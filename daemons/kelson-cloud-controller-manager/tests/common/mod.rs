@@ -31,6 +31,10 @@ pub fn require_root() {
         Command::new("ip").arg("-V").output().is_ok(),
         "this test needs iproute2's `ip`"
     );
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "this test needs curl (the client in the lab)"
+    );
 }
 
 fn run(args: &[&str]) -> Output {
@@ -148,18 +152,19 @@ impl Lab {
     /// HTTP GET from the host `label` (2 s bound); the body, or None on failure.
     pub fn fetch(&self, label: &str, ip: &str) -> Option<String> {
         let h = self.host(label);
+        // curl rather than busybox wget: the static busybox wget segfaults on these
+        // machines; --noproxy so a proxy in the environment never sees lab addresses.
         let out = run(&[
             "ip",
             "netns",
             "exec",
             &h.netns,
-            "busybox",
-            "wget",
-            "-q",
-            "-T",
+            "curl",
+            "-s",
+            "--noproxy",
+            "*",
+            "-m",
             "2",
-            "-O",
-            "-",
             &format!("http://{ip}:8080/"),
         ]);
         out.status
