@@ -223,10 +223,7 @@ mod tests {
         );
         assert_eq!(
             ns,
-            vec![
-                "10.0.0.2:53".parse().unwrap(),
-                "[::1]:53".parse().unwrap()
-            ]
+            vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
         );
     }
 

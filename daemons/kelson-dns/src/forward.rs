@@ -174,10 +174,9 @@ impl Forwarder {
         let mut c = self.cache.lock();
         let now = Instant::now();
         match c.get(key) {
-            Some(e) if e.expires > now => Some((
-                e.msg.clone(),
-                now.duration_since(e.stored).as_secs() as u32,
-            )),
+            Some(e) if e.expires > now => {
+                Some((e.msg.clone(), now.duration_since(e.stored).as_secs() as u32))
+            }
             Some(_) => {
                 c.pop(key);
                 None
@@ -249,9 +248,7 @@ fn matches(resp: &Message, id: u16, query: &Query) -> bool {
         && resp.metadata.message_type == MessageType::Response
         && resp.queries.len() == 1
         && resp.queries[0].query_type() == query.query_type()
-        && resp.queries[0]
-            .name()
-            .eq_ignore_root(query.name())
+        && resp.queries[0].name().eq_ignore_root(query.name())
 }
 
 /// One query to one upstream: UDP, then TCP if the answer was truncated.
@@ -326,8 +323,16 @@ mod tests {
         let f = fwd();
         let n = Name::from_ascii("a.test.").unwrap();
         let mut m = Message::response(1, OpCode::Query);
-        m.add_answer(Record::from_rdata(n.clone(), 300, RData::A(A::new(1, 2, 3, 4))));
-        m.add_answer(Record::from_rdata(n.clone(), 60, RData::A(A::new(1, 2, 3, 5))));
+        m.add_answer(Record::from_rdata(
+            n.clone(),
+            300,
+            RData::A(A::new(1, 2, 3, 4)),
+        ));
+        m.add_answer(Record::from_rdata(
+            n.clone(),
+            60,
+            RData::A(A::new(1, 2, 3, 5)),
+        ));
         assert_eq!(f.cache_ttl(&m), Some(60));
         m.answers[1].ttl = 6000;
         assert_eq!(f.cache_ttl(&m), Some(100));

@@ -180,8 +180,7 @@ pub async fn run(cfg: DnsConfig, common: &CommonArgs, log: LogHandle) -> anyhow:
     };
     let changed = Arc::new(Notify::new());
     let (svc_store, svc_task) = reflect(Api::<Service>::all(client.clone()), changed.clone());
-    let (eps_store, eps_task) =
-        reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone());
+    let (eps_store, eps_task) = reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone());
     let rebuild = tokio::spawn(rebuild_loop(
         dns.clone(),
         domain.clone(),

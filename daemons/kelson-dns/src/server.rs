@@ -105,10 +105,7 @@ impl Handler {
                 send(&mut rh, builder.build_no_records(meta), meta).await
             }
             Answer::NotOurs => {
-                let dnssec_ok = request
-                    .edns
-                    .as_ref()
-                    .is_some_and(|e| e.flags().dnssec_ok);
+                let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
                 match self
                     .dns
                     .forwarder
@@ -233,13 +230,13 @@ impl Listeners {
         let mut servers = Vec::new();
         let mut bound = Vec::new();
         for addr in addrs {
-            let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("binding UDP {addr}: {e}"))
-            })?;
+            let udp = tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?;
             let local = udp.local_addr()?;
-            let tcp = tokio::net::TcpListener::bind(local).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("binding TCP {local}: {e}"))
-            })?;
+            let tcp = tokio::net::TcpListener::bind(local)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding TCP {local}: {e}")))?;
             let mut server = Server::new(Handler {
                 dns: dns.clone(),
                 server: format!("dns://{local}"),

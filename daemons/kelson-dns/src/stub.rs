@@ -61,7 +61,11 @@ impl StubUpstream {
                 resp.metadata.recursion_desired = req.metadata.recursion_desired;
                 resp.add_queries(req.queries.clone());
                 if let Some(q) = req.queries.first() {
-                    let key = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                    let key = q
+                        .name()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
                     match map.get(&key) {
                         Some((ip, ttl)) if q.query_type() == RecordType::A => {
                             resp.add_answer(Record::from_rdata(

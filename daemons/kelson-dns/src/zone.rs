@@ -231,7 +231,9 @@ fn endpoints(svc: &Service, slices: &[&EndpointSlice]) -> BTreeMap<String, Vec<I
                 continue;
             }
             for a in &ep.addresses {
-                let Ok(ip) = a.parse::<IpAddr>() else { continue };
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
                 let name = ep
                     .hostname
                     .clone()
@@ -311,10 +313,7 @@ impl Zone {
             }
             let headless = spec.cluster_ip.as_deref() == Some("None");
             if headless {
-                let slices = by_svc
-                    .get(&(ns, name))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
+                let slices = by_svc.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
                 let eps = endpoints(svc, slices);
                 // The service name itself exists even without endpoints (NODATA, not NXDOMAIN).
                 b.node(&base);
@@ -459,9 +458,7 @@ impl Zone {
                 RecordType::A => (&node.a, &[]),
                 RecordType::AAAA => (&node.aaaa, &[]),
                 RecordType::SRV => (&node.srv, &node.srv_extra),
-                RecordType::SOA if name == self.domain => {
-                    (std::slice::from_ref(&self.soa), &[])
-                }
+                RecordType::SOA if name == self.domain => (std::slice::from_ref(&self.soa), &[]),
                 RecordType::ANY => (&node.a, &[]),
                 _ => (&[], &[]),
             };

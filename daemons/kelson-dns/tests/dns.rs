@@ -216,10 +216,7 @@ impl Env {
         for l in listen {
             cmd.args(["--listen", &l.to_string()]);
         }
-        let log = self
-            .cp
-            .dir()
-            .join(format!("dns-{}.log", listen[0].port()));
+        let log = self.cp.dir().join(format!("dns-{}.log", listen[0].port()));
         ChildGuard::spawn("kelson-dns", cmd, &log).expect("kelson-dns starts")
     }
 }
@@ -269,11 +266,19 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     assert!(m.metadata.authoritative);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     let m = tcp(listen, "WEB.default.svc.cluster.local", RecordType::A).await;
-    assert_eq!(data(&m), [web_ip.clone()]);
+    assert_eq!(data(&m), std::slice::from_ref(&web_ip));
     // SRV for the named port, with the target's address as additional.
-    let m = udp(listen, "_http._tcp.web.default.svc.cluster.local", RecordType::SRV).await;
+    let m = udp(
+        listen,
+        "_http._tcp.web.default.svc.cluster.local",
+        RecordType::SRV,
+    )
+    .await;
     assert_eq!(data(&m), ["80 web.default.svc.cluster.local."]);
-    assert!(m.additionals.iter().any(|r| matches!(&r.data, RData::A(a) if a.0.to_string() == web_ip)));
+    assert!(m
+        .additionals
+        .iter()
+        .any(|r| matches!(&r.data, RData::A(a) if a.0.to_string() == web_ip)));
     // PTR of the cluster IP.
     let ip: std::net::Ipv4Addr = web_ip.parse().unwrap();
     let o = ip.octets();
@@ -285,7 +290,12 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     assert_eq!(data(&m), ["10.244.0.5", "10.244.0.6"]);
     let m = udp(listen, "db-0.db.default.svc.cluster.local", RecordType::A).await;
     assert_eq!(data(&m), ["10.244.0.5"]);
-    let m = udp(listen, "_pg._tcp.db.default.svc.cluster.local", RecordType::SRV).await;
+    let m = udp(
+        listen,
+        "_pg._tcp.db.default.svc.cluster.local",
+        RecordType::SRV,
+    )
+    .await;
     assert_eq!(
         data(&m),
         [
@@ -299,7 +309,12 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     let m = udp(listen, "ext.default.svc.cluster.local", RecordType::A).await;
     assert_eq!(data(&m), ["h1.example.test."]);
     // Pod record.
-    let m = udp(listen, "10-244-1-9.default.pod.cluster.local", RecordType::A).await;
+    let m = udp(
+        listen,
+        "10-244-1-9.default.pod.cluster.local",
+        RecordType::A,
+    )
+    .await;
     assert_eq!(data(&m), ["10.244.1.9"]);
     // NXDOMAIN with the zone's SOA for a missing service; NODATA for another type.
     let m = udp(listen, "missing.default.svc.cluster.local", RecordType::A).await;
@@ -314,7 +329,10 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     let m = udp(listen, "web.default.svc.cluster.local", RecordType::MX).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
-    assert!(m.authorities.iter().any(|r| r.record_type() == RecordType::SOA));
+    assert!(m
+        .authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA));
 
     // A headless endpoint change shows within 1 s.
     let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), "default");
@@ -355,7 +373,11 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     let m = udp(listen, "h1.example.test", RecordType::A).await;
     assert_eq!(data(&m), ["192.0.2.1"]);
     assert!(m.answers[0].ttl <= 300);
-    assert_eq!(env.upstream.queries(), 1, "second query served from the cache");
+    assert_eq!(
+        env.upstream.queries(),
+        1,
+        "second query served from the cache"
+    );
     // The upstream's NXDOMAIN passes through (and is cached as a denial).
     let m = udp(listen, "nope.example.test", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
@@ -364,17 +386,26 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
 
     let text = http_get(&metrics, "/metrics").await;
     assert_eq!(
-        metric(&text, "coredns_cache_hits_total{server=\"dns://kelson-dns\",type=\"success\"}"),
+        metric(
+            &text,
+            "coredns_cache_hits_total{server=\"dns://kelson-dns\",type=\"success\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&text, "coredns_cache_hits_total{server=\"dns://kelson-dns\",type=\"denial\"}"),
+        metric(
+            &text,
+            "coredns_cache_hits_total{server=\"dns://kelson-dns\",type=\"denial\"}"
+        ),
         1.0
     );
     assert_eq!(metric(&text, "coredns_cache_misses_total"), 2.0);
     assert!(text.contains("coredns_dns_requests_total{"), "{text}");
     assert!(text.contains("proto=\"tcp\""), "{text}");
-    assert!(text.contains("coredns_dns_request_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("coredns_dns_request_duration_seconds_bucket{"),
+        "{text}"
+    );
     assert!(text.contains("rcode=\"NXDOMAIN\""), "{text}");
 
     // D-Bus: counters, records, FlushCache.
@@ -396,7 +427,11 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     assert!(records == 12 || records == 15, "records = {records}");
     assert_eq!(d.flush_cache().await.unwrap(), 2);
     let _ = udp(listen, "h1.example.test", RecordType::A).await;
-    assert_eq!(env.upstream.queries(), 3, "the flushed entry was fetched again");
+    assert_eq!(
+        env.upstream.queries(),
+        3,
+        "the flushed entry was fetched again"
+    );
 
     // Bad input: garbage, short headers, bogus counts, responses, label loops — over UDP and
     // TCP. None may take the server down; parseable headers get FORMERR.
@@ -409,9 +444,13 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
         // Header says 5 questions, none follow.
         vec![0xab, 0xcd, 0x01, 0x00, 0x00, 0x05, 0, 0, 0, 0, 0, 0],
         // One question whose name is a compression pointer to itself.
-        vec![0xab, 0xce, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1],
+        vec![
+            0xab, 0xce, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1,
+        ],
         // A label running past the end.
-        vec![0xab, 0xcf, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, b'a', b'b'],
+        vec![
+            0xab, 0xcf, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, b'a', b'b',
+        ],
         // A response (QR set): must be ignored, not answered.
         vec![0xab, 0xd0, 0x81, 0x80, 0x00, 0x00, 0, 0, 0, 0, 0, 0],
     ];
@@ -442,7 +481,10 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
             }
         }
     }
-    assert!(formerr >= 2, "FORMERR answers to malformed queries: {formerr}");
+    assert!(
+        formerr >= 2,
+        "FORMERR answers to malformed queries: {formerr}"
+    );
     for p in packets.iter().take(20) {
         if let Ok(mut s) = tokio::net::TcpStream::connect(listen).await {
             let mut framed = (p.len() as u16).to_be_bytes().to_vec();
@@ -457,7 +499,7 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(dns.is_running(), "kelson-dns died:\n{}", dns.log_tail(40));
     let m = udp(listen, "web.default.svc.cluster.local", RecordType::A).await;
-    assert_eq!(data(&m), [web_ip.clone()]);
+    assert_eq!(data(&m), std::slice::from_ref(&web_ip));
     let m = tcp(listen, "web.default.svc.cluster.local", RecordType::A).await;
     assert_eq!(data(&m), [web_ip]);
 
@@ -492,10 +534,8 @@ impl Netns {
         let name = format!("kdns{k}");
         let host_if = format!("kdh{k}");
         let ns_if = format!("kdn{k}");
-        let base = format!("10.254.{}.{}", k / 64, (k % 64) * 4);
         let host_ip = format!("10.254.{}.{}", k / 64, (k % 64) * 4 + 1);
         let ns_ip = format!("10.254.{}.{}", k / 64, (k % 64) * 4 + 2);
-        let _ = base;
         // Leftovers of a crashed run with the same pid.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
@@ -505,11 +545,21 @@ impl Netns {
             host_if: host_if.clone(),
             host_ip: host_ip.clone(),
         };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
         ip(&["link", "set", &ns_if, "netns", &name]);
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &name, "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
         ip(&["-n", &name, "link", "set", &ns_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         n
@@ -549,7 +599,7 @@ impl Drop for Netns {
 }
 
 fn nix_is_root() -> bool {
-    // SAFETY-free: geteuid via /proc, to avoid a libc dependency in tests.
+    // The effective uid from /proc: no unsafe geteuid() call needed.
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -580,8 +630,17 @@ async fn busybox_nslookup_from_a_netns() {
         netns.host_ip
     ));
 
-    let fqdn = netns.exec(&["busybox", "nslookup", "web.default.svc.cluster.local", &netns.host_ip]);
-    assert!(fqdn.contains(&web_ip), "nslookup FQDN:\n{fqdn}\n{}", dns.log_tail(20));
+    let fqdn = netns.exec(&[
+        "busybox",
+        "nslookup",
+        "web.default.svc.cluster.local",
+        &netns.host_ip,
+    ]);
+    assert!(
+        fqdn.contains(&web_ip),
+        "nslookup FQDN:\n{fqdn}\n{}",
+        dns.log_tail(20)
+    );
     // The short name through the pod-style search path in resolv.conf.
     let short = netns.exec(&["busybox", "nslookup", "web"]);
     assert!(short.contains(&web_ip), "nslookup short name:\n{short}");
@@ -590,7 +649,10 @@ async fn busybox_nslookup_from_a_netns() {
         headless.contains("10.244.0.5") && headless.contains("10.244.0.6"),
         "nslookup headless:\n{headless}"
     );
-    assert!(!headless.contains("10.244.0.7"), "not-ready endpoint listed:\n{headless}");
+    assert!(
+        !headless.contains("10.244.0.7"),
+        "not-ready endpoint listed:\n{headless}"
+    );
     let srv = netns.exec(&[
         "busybox",
         "nslookup",

@@ -44,12 +44,7 @@ fn args() -> anyhow::Result<Args> {
         match k.as_str() {
             "--services" => a.services = v.parse()?,
             "--seconds" => a.seconds = v.parse()?,
-            "--clients" => {
-                a.clients = v
-                    .split(',')
-                    .map(|s| s.parse())
-                    .collect::<Result<_, _>>()?
-            }
+            "--clients" => a.clients = v.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
             _ => anyhow::bail!("unknown flag {k}"),
         }
     }
@@ -148,7 +143,9 @@ async fn client(
         })
         .await;
         match got {
-            Ok(Ok(m)) if m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty() => {
+            Ok(Ok(m))
+                if m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty() =>
+            {
                 out.ok += 1;
                 let _ = out.hist.record(start.elapsed().as_micros().max(1) as u64);
             }
@@ -192,10 +189,20 @@ async fn main() -> anyhow::Result<()> {
     let cached: Vec<(Name, RecordType)> =
         names_ext.iter().map(|n| (fq(n), RecordType::A)).collect();
     let cluster_a: Vec<(Name, RecordType)> = (0..a.services.min(1000))
-        .map(|i| (fq(&format!("svc-{i}.bench.svc.cluster.local")), RecordType::A))
+        .map(|i| {
+            (
+                fq(&format!("svc-{i}.bench.svc.cluster.local")),
+                RecordType::A,
+            )
+        })
         .collect();
     let headless: Vec<(Name, RecordType)> = (0..(a.services / 10).clamp(1, 100))
-        .map(|i| (fq(&format!("hl-{i}.bench.svc.cluster.local")), RecordType::A))
+        .map(|i| {
+            (
+                fq(&format!("hl-{i}.bench.svc.cluster.local")),
+                RecordType::A,
+            )
+        })
         .collect();
     let srv: Vec<(Name, RecordType)> = (0..a.services.min(1000))
         .map(|i| {
@@ -206,7 +213,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     // Warm the cache: one upstream query per external name.
-    let _ = client(server, Arc::new(cached.clone()), 0, Instant::now() + Duration::from_millis(300)).await;
+    let _ = client(
+        server,
+        Arc::new(cached.clone()),
+        0,
+        Instant::now() + Duration::from_millis(300),
+    )
+    .await;
     let upstream_before = upstream.queries();
 
     println!(
