@@ -208,10 +208,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         // A JSON merge patch would merge the maps; replacing status keeps removed keys out.
         let mut obj = (*rq).clone();
         obj.status = Some(st);
-        match api
-            .replace_status(name, &Default::default(), &obj)
-            .await
-        {
+        match api.replace_status(name, &Default::default(), &obj).await {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),

@@ -148,7 +148,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
 
     let mut pods: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
     for p in ctx.inf.pods.list_ns(ns) {
-        if !util::controller_of(&p.metadata).is_some_and(|r| r.uid == uid) {
+        if util::controller_of(&p.metadata).is_none_or(|r| r.uid != uid) {
             continue;
         }
         if let Some(o) = ordinal(name, p.metadata.name.as_deref().unwrap_or_default()) {
