@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kelson_kubelet::cri::Cri;
-use kelson_testsupport::{bin_path, wait_for, ChildGuard, Containerd, ControlPlane};
+use kelson_testsupport::{
+    bin_path, wait_for, ChildGuard, Containerd, ControlPlane, ControlPlaneOpts,
+};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -98,8 +100,18 @@ impl TestNode {
     /// of the node's 10.252.x.0/24 pod CIDR (distinct per test function).
     pub async fn start(subnet: u8, extra: &[String]) -> TestNode {
         prerequisites();
-        let cp = ControlPlane::start().await.expect("control plane");
         let work = tempfile::tempdir().unwrap();
+        // A signing key, so the API server serves TokenRequest (projected SA tokens).
+        let key = work.path().join("sa.key");
+        std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let cp = ControlPlane::start_with(ControlPlaneOpts {
+            apiserver_args: vec![format!(
+                "--service-account-signing-key-file={}",
+                key.display()
+            )],
+        })
+        .await
+        .expect("control plane");
         let ctrd = Containerd::start(&work.path().join("containerd"))
             .await
             .expect("containerd");
