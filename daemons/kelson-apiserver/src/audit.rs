@@ -278,12 +278,27 @@ impl RequestInfo {
         auditor.emit(self, level, &self.omit, "RequestReceived", None);
     }
 
-    /// Keeps the request body when the level asks for it.
+    /// Keeps the request body when the level asks for it; a create names its object only in
+    /// the body, so its name goes into `objectRef` (as upstream's `LogRequestObject`).
     pub fn request_body(&mut self, body: &[u8]) {
-        if self.level.is_some_and(|l| l >= Level::Request) && !body.is_empty() {
-            self.request_object = serde_json::from_slice(body)
-                .or_else(|_| serde_yaml::from_slice(body))
-                .ok();
+        let level = self.level.unwrap_or(Level::None);
+        let create = self.attrs.as_ref().is_some_and(|a| a.verb == "create");
+        if level == Level::None || body.is_empty() || (level < Level::Request && !create) {
+            return;
+        }
+        let obj: Option<Value> = serde_json::from_slice(body)
+            .or_else(|_| serde_yaml::from_slice(body))
+            .ok();
+        if let (Some(a), Some(o)) = (self.attrs.as_mut(), obj.as_ref()) {
+            if a.name.is_empty() {
+                a.name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+        if level >= Level::Request {
+            self.request_object = obj;
         }
     }
 

@@ -67,7 +67,7 @@ pub fn verb(
             if matches!(
                 t.sub,
                 Some(SubTarget::Unsupported(
-                    "exec" | "attach" | "portforward" | "eviction" | "proxy"
+                    "exec" | "attach" | "portforward" | "eviction" | "proxy" | "token"
                 ))
             ) =>
         {
