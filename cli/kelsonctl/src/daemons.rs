@@ -81,7 +81,8 @@ impl Component {
 /// Which bus to use.
 #[derive(Debug, Clone, Args)]
 pub struct BusArgs {
-    /// D-Bus address (`unix:path=…`); default: the system bus.
+    /// D-Bus address (`unix:path=…`); default: the private bus of `kelsonctl up` under the
+    /// default data dir when it exists, else the system bus.
     #[arg(long, value_name = "ADDR", env = "KELSON_DBUS_ADDRESS")]
     pub bus: Option<String>,
 }
@@ -119,9 +120,23 @@ async fn connect(bus: &BusArgs) -> anyhow::Result<zbus::Connection> {
             .build()
             .await
             .with_context(|| format!("connecting to D-Bus at {addr}")),
-        None => zbus::Connection::system()
-            .await
-            .context("connecting to the system bus"),
+        None => {
+            // `kelsonctl up` runs its daemons on a private bus under the data dir; prefer it
+            // when it is there, as `up` is the way most people run a cluster on one machine.
+            let up_bus = crate::up::dbus_socket(&crate::default_data_dir());
+            if up_bus.exists() {
+                let addr = format!("unix:path={}", up_bus.display());
+                if let Ok(c) = zbus::connection::Builder::address(addr.as_str())?
+                    .build()
+                    .await
+                {
+                    return Ok(c);
+                }
+            }
+            zbus::Connection::system()
+                .await
+                .context("connecting to the system bus")
+        }
     }
 }
 

@@ -163,6 +163,47 @@ pub enum Readiness {
     /// The daemon's own `READY=1` over sd_notify: `up` plays systemd's part with a socket of its
     /// own, so the readiness it waits for is exactly what a `Type=notify` unit would.
     Notify,
+    /// A unix socket accepts connections (the private D-Bus daemon).
+    Socket { path: PathBuf },
+}
+
+/// The private bus `up` runs for its daemons: `DIR/run/dbus.sock`. Not the system bus, so an
+/// all-in-one dev cluster never clashes with installed services; `kelsonctl status` finds it
+/// (see [`crate::daemons`]).
+pub fn dbus_socket(dir: &Path) -> PathBuf {
+    dir.join("run").join("dbus.sock")
+}
+
+/// The `--dbus-address` value for [`dbus_socket`].
+pub fn dbus_address(dir: &Path) -> String {
+    format!("unix:path={}", dbus_socket(dir).display())
+}
+
+fn dbus_component(dir: &Path) -> anyhow::Result<Component> {
+    let sock = dbus_socket(dir);
+    if let Some(parent) = sock.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    // A socket left by a killed run would make dbus-daemon fail to bind.
+    let _ = fs::remove_file(&sock);
+    Ok(Component {
+        name: "dbus",
+        program: find_binary("dbus-daemon")?,
+        args: vec![
+            "--session".into(),
+            "--nofork".into(),
+            "--nopidfile".into(),
+            format!("--address={}", dbus_address(dir)).into(),
+        ],
+        log: dir.join("logs").join("dbus.log"),
+        readiness: Readiness::Socket { path: sock },
+        info: vec![format!(
+            "dbus: private bus for the daemons: export KELSON_DBUS_ADDRESS={} (kelsonctl status finds it by itself)",
+            dbus_address(dir)
+        )],
+        after_ready: None,
+        on_stop: None,
+    })
 }
 
 /// The API server's files under `pki/`, issued by the cluster CA.
@@ -467,7 +508,8 @@ pub fn components(
     args.push("--client-cert-auth".into());
     args.push("--peer-client-cert-auth".into());
     // Not on the system bus: an all-in-one dev cluster must not clash with installed services.
-    args.push("--no-dbus".into());
+    args.push("--dbus-address".into());
+    args.push(dbus_address(dir).into());
 
     let conn = ConnArgs {
         endpoints: vec![client_url.clone()],
@@ -510,7 +552,8 @@ pub fn components(
     flag("--tls-cert-file", &api.serving_cert);
     flag("--tls-private-key-file", &api.serving_key);
     flag("--client-ca-file", &pki.ca_cert);
-    a.push("--no-dbus".into());
+    a.push("--dbus-address".into());
+    a.push(dbus_address(dir).into());
     let kubeconfig = dir.join("admin.kubeconfig");
     let apiserver = Component {
         name: "apiserver",
@@ -535,7 +578,8 @@ pub fn components(
     let client = |name: &'static str, program: &str, extra: &[&dyn AsRef<std::ffi::OsStr>]| {
         let mut args: Vec<OsString> = vec!["--kubeconfig".into(), kubeconfig.clone().into()];
         args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
-        args.push("--no-dbus".into());
+        args.push("--dbus-address".into());
+        args.push(dbus_address(dir).into());
         Ok::<_, anyhow::Error>(Component {
             name,
             program: find_binary(program)?,
@@ -562,7 +606,13 @@ pub fn components(
             &CLUSTER_CIDR,
         ],
     )?;
-    let mut all = vec![kv, apiserver, scheduler, controller_manager];
+    let mut all = vec![
+        dbus_component(dir)?,
+        kv,
+        apiserver,
+        scheduler,
+        controller_manager,
+    ];
     if let Some(node) = node {
         all.extend(node_components(dir, node)?);
     }
@@ -624,7 +674,8 @@ fn node_components(dir: &Path, node: &NodeSetup) -> anyhow::Result<Vec<Component
     flag("--cni-bridge-name", &CNI_BRIDGE);
     flag("--cni-ipam-data-dir", &ipam_dir);
     flag("--cgroup-root", &format!("/{CGROUP_ROOT}"));
-    a.push("--no-dbus".into());
+    a.push("--dbus-address".into());
+    a.push(dbus_address(dir).into());
     let kubelet = Component {
         name: "kubelet",
         program: find_binary("kelson-kubelet")?,
@@ -980,6 +1031,12 @@ async fn probe(r: &Readiness) -> anyhow::Result<String> {
             .await?
         }
         Readiness::Notify => bail!("waiting for READY=1"),
+        Readiness::Socket { path } => {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .with_context(|| format!("connecting to {}", path.display()))?;
+            Ok(format!("listening on {}", path.display()))
+        }
     }
 }
 
@@ -1239,6 +1296,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
+    fn by<'a>(comps: &'a [Component], name: &str) -> &'a Component {
+        comps
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no component {name}"))
+    }
+
     fn args(dir: &Path) -> UpArgs {
         UpArgs {
             data_dir: Some(dir.to_path_buf()),
@@ -1345,21 +1409,22 @@ mod tests {
         std::env::set_var("KELSON_CONTAINERD_BIN", "/bin/true");
         std::env::set_var("KELSON_KUBELET_BIN", "/bin/true");
         let comps = components(dir.path(), &pki, &state, None).unwrap();
-        assert_eq!(comps.len(), 4);
-        let api: Vec<String> = comps[1]
+        assert_eq!(comps.len(), 5);
+        assert_eq!(comps[0].name, "dbus");
+        let api: Vec<String> = by(&comps, "apiserver")
             .args
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
         let api = api.join(" ");
-        assert_eq!(comps[1].name, "apiserver");
+        assert_eq!(by(&comps, "apiserver").name, "apiserver");
         assert!(
             api.contains("--etcd-servers https://127.0.0.1:12379"),
             "{api}"
         );
         assert!(api.contains("--secure-port 6443"), "{api}");
         assert!(api.contains("apiserver-etcd-client.crt"), "{api}");
-        let a: Vec<String> = comps[0]
+        let a: Vec<String> = by(&comps, "kv")
             .args
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
@@ -1374,7 +1439,7 @@ mod tests {
             "{joined}"
         );
         assert!(a.contains(&"--client-cert-auth".to_string()));
-        assert!(comps[0].log.ends_with("logs/kv.log"));
+        assert!(by(&comps, "kv").log.ends_with("logs/kv.log"));
 
         // With a node: containerd (its own socket under the data dir), then the kubelet on it.
         let node = NodeSetup {
@@ -1387,6 +1452,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "dbus",
                 "kv",
                 "apiserver",
                 "scheduler",
@@ -1396,10 +1462,13 @@ mod tests {
             ]
         );
         let sock = dir.path().join("containerd/containerd.sock");
-        assert!(matches!(&comps[4].readiness,
+        assert!(matches!(&by(&comps, "containerd").readiness,
             Readiness::Containerd { socket, snapshotter } if *socket == sock && snapshotter == "native"));
-        assert!(matches!(comps[4].on_stop, Some(OnStop::Containerd { .. })));
-        let kubelet = comps[5]
+        assert!(matches!(
+            by(&comps, "containerd").on_stop,
+            Some(OnStop::Containerd { .. })
+        ));
+        let kubelet = by(&comps, "kubelet")
             .args
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
@@ -1418,11 +1487,11 @@ mod tests {
             format!("--root-dir {}", dir.path().join("kubelet").display()),
             format!("--pod-logs-dir {}", dir.path().join("logs/pods").display()),
             "--hostname-override node-a".into(),
-            "--no-dbus".into(),
+            format!("--dbus-address {}", dbus_address(dir.path())),
         ] {
             assert!(kubelet.contains(&want), "{want} in {kubelet}");
         }
-        assert!(matches!(comps[5].readiness, Readiness::Notify));
+        assert!(matches!(by(&comps, "kubelet").readiness, Readiness::Notify));
     }
 
     #[test]
