@@ -4,8 +4,10 @@
 //! `kelson_apimachinery::patch`; strategic merge patch takes its schema knowledge (which lists
 //! merge, by which key) from kelson-apiresources' table generated from upstream's OpenAPI
 //! (`SmpMeta`). A definition the table does not know (the `Scale` subresource) gets upstream's
-//! default for unknown fields: maps merge, lists are replaced. Server-side apply is not
-//! implemented: its media type is a 415 that says so.
+//! default for unknown fields: maps merge, lists are replaced. Server-side apply
+//! (`application/apply-patch+yaml`) is not a patch of this kind: the handlers send it to
+//! `crate::apply`; only the scale subresource, which has no field management, answers it with
+//! a 415 here.
 
 use serde_json::Value;
 
@@ -68,8 +70,8 @@ pub fn apply_to(
         ),
         PatchType::Apply => Err(ApiError::unsupported_media_type(
             "application/json-patch+json, application/merge-patch+json, \
-             application/strategic-merge-patch+json (server-side apply is not implemented in \
-             kelson-apiserver yet; use client-side `kubectl apply`)",
+             application/strategic-merge-patch+json (server-side apply is served for resources \
+             and their status, not for the scale subresource)",
         )),
     }
 }

@@ -362,10 +362,9 @@ impl FieldManager {
                 if !remaining.is_empty() {
                     return Err(conflict_error(&remaining));
                 }
-                let m = managers
+                managers
                     .apply(&live, config, &who, true)
-                    .map_err(|c| conflict_error(&c))?;
-                m
+                    .map_err(|c| conflict_error(&c))?
             }
         };
         if self.manager == "kubectl" && last_applied(&live).is_some() {

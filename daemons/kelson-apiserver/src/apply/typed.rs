@@ -324,9 +324,11 @@ fn compare_fields(
     keys.dedup();
     for k in keys {
         path.push(fieldset::field(k));
+        // A `null` field is an absent one (stored objects may carry the nulls of a typed
+        // round trip; an applied `null` is dropped from the result).
         compare_at(
-            a.and_then(|m| m.get(k)),
-            b.and_then(|m| m.get(k)),
+            a.and_then(|m| m.get(k)).filter(|v| !v.is_null()),
+            b.and_then(|m| m.get(k)).filter(|v| !v.is_null()),
             ty.field(k),
             false,
             path,
