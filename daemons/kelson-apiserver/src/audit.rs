@@ -280,15 +280,14 @@ impl RequestInfo {
 
     /// Keeps the request body when the level asks for it; a create names its object only in
     /// the body, so its name goes into `objectRef` (as upstream's `LogRequestObject`).
-    pub fn request_body(&mut self, body: &[u8]) {
+    pub fn request_body(&mut self, content_type: Option<&str>, body: &[u8]) {
         let level = self.level.unwrap_or(Level::None);
         let create = self.attrs.as_ref().is_some_and(|a| a.verb == "create");
         if level == Level::None || body.is_empty() || (level < Level::Request && !create) {
             return;
         }
-        let obj: Option<Value> = serde_json::from_slice(body)
-            .or_else(|_| serde_yaml::from_slice(body))
-            .ok();
+        // JSON, YAML or protobuf, as the handlers decode it.
+        let obj = crate::http::decode_object(content_type, body).ok();
         if let (Some(a), Some(o)) = (self.attrs.as_mut(), obj.as_ref()) {
             if a.name.is_empty() {
                 a.name = o["metadata"]["name"]

@@ -246,7 +246,13 @@ where
                 return Err(auth::forbidden(&user, &attrs, &reason));
             }
             let body = h::read_body(body).await?;
-            audit.request_body(&body);
+            audit.request_body(
+                parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+                &body,
+            );
             if crate::nodeproxy::handles(&t) {
                 return crate::nodeproxy::proxy(api, &t, &parts, body).await;
             }
