@@ -148,11 +148,7 @@ async fn secrets_are_encrypted_and_rotation_rewrites_them() -> anyhow::Result<()
         admin.replace(&cp.server_url(), &format!("https://127.0.0.1:{port}")),
     )?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while kubectl(&kc2, &["get", "--raw", "/readyz"], None)
-        .map(|s| s.trim() == "ok")
-        .unwrap_or(false)
-        == false
-    {
+    while !kubectl(&kc2, &["get", "--raw", "/readyz"], None).is_ok_and(|s| s.trim() == "ok") {
         ensure!(
             std::time::Instant::now() < deadline,
             "second API server not ready:\n{}",
