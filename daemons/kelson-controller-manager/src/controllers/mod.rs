@@ -48,6 +48,7 @@ pub mod quantity;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod statefulset;
+pub mod tokencleaner;
 
 /// What a reconcile can fail with; every failure is retried with back-off.
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +306,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("statefulset-controller", "statefulset"),
     ("disruption-controller", "disruption"),
     ("resourcequota-controller", "resourcequota"),
+    ("token-cleaner-controller", "tokencleaner"),
 ];
 
 /// Upstream `--controllers` semantics: `*` enables the defaults, `foo` enables foo, `-foo`
@@ -317,8 +319,11 @@ pub fn is_enabled(name: &str, alias: &str, list: &[String]) -> bool {
     if list.iter().any(|c| named(c)) {
         return true;
     }
-    list.iter().any(|c| c == "*")
+    list.iter().any(|c| c == "*") && !DISABLED_BY_DEFAULT.contains(&name)
 }
+
+/// Controllers `*` does not enable (upstream's disabled-by-default list); name them to run them.
+pub const DISABLED_BY_DEFAULT: &[&str] = &["token-cleaner-controller"];
 
 /// Validates `--controllers` entries against the known names.
 pub fn validate_list(list: &[String]) -> Result<(), String> {
@@ -389,6 +394,9 @@ pub fn build(ctx: &Ctx, list: &[String]) -> Vec<Controller> {
     if on(17) {
         out.push(resourcequota::controller(ctx));
     }
+    if on(18) {
+        out.push(tokencleaner::controller(ctx));
+    }
     out
 }
 
@@ -422,6 +430,16 @@ mod tests {
             "replicaset-controller",
             "replicaset",
             &l("deployment")
+        ));
+        assert!(!is_enabled(
+            "token-cleaner-controller",
+            "tokencleaner",
+            &l("*")
+        ));
+        assert!(is_enabled(
+            "token-cleaner-controller",
+            "tokencleaner",
+            &l("*,tokencleaner")
         ));
         assert!(validate_list(&l("*,-nope")).is_err());
         assert!(validate_list(&l("*,-replicaset,endpointslice-controller")).is_ok());
