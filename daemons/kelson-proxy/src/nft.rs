@@ -16,8 +16,13 @@
 //!   preceded by `ip saddr @affinity-…` lookups for sessionAffinity ClientIP; `external-…`
 //!   for NodePort/LB/externalIP traffic (masquerade, or for externalTrafficPolicy Local: pod
 //!   and node-originated traffic to the cluster chain, the rest to local endpoints unmasqueraded);
-//!   `firewall-…` for loadBalancerSourceRanges; `endpoint-…` chains that mark hairpin traffic
-//!   for masquerade, refresh the affinity set and DNAT.
+//!   `firewall-…` for loadBalancerSourceRanges. One deliberate departure: upstream has an
+//!   `endpoint-…` chain per endpoint; here only sessionAffinity services get them (to refresh
+//!   the affinity set before DNAT). Others DNAT with `dnat to numgen random mod N map { i :
+//!   addr . port }`, and hairpin traffic is found in postrouting by the `hairpin-endpoints`
+//!   set (`saddr . daddr` of an endpoint reaching itself) — a tenth of the chains, and `nft`
+//!   dumps every chain of the table before each transaction, so chains are what an
+//!   incremental sync at 10k services pays for.
 //!
 //! Why `nft -f -` with text rather than JSON or raw netlink: it is exactly what upstream's
 //! knftables does (one transaction per batch, atomic in the kernel), the text form is what an
@@ -223,6 +228,12 @@ fn base_rules(ctx: &Ctx) -> Vec<(&'static str, String)> {
     let mut v = vec![
         ("nat-prerouting", "jump services".to_string()),
         ("nat-output", "jump services".to_string()),
+        (
+            "nat-postrouting",
+            format!(
+                "ct status dnat {kw} saddr . {kw} daddr @hairpin-endpoints jump mark-for-masquerade"
+            ),
+        ),
         ("nat-postrouting", "jump masquerading".to_string()),
         ("filter-prerouting", "ct state new jump firewall-check".to_string()),
         ("filter-input", "ct state new jump nodeport-endpoints-check".to_string()),
@@ -309,6 +320,7 @@ fn base_sets(ctx: &Ctx) -> Vec<(&'static str, String)> {
             format!("firewall-ips {{ type {a} . inet_proto . inet_service : verdict ; }}"),
         ),
         ("set", format!("cluster-ips {{ type {a} ; }}")),
+        ("set", format!("hairpin-endpoints {{ type {a} . {a} ; }}")),
     ]
 }
 
@@ -394,17 +406,32 @@ pub fn render_service(ctx: &Ctx, spn: &ServicePortName, info: &ServiceInfo) -> S
                 let b = ep_base(e);
                 rules.push(format!("{kw} saddr @affinity-{b} goto endpoint-{b}"));
             }
+            let arms: Vec<String> = eps
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{i} : goto endpoint-{}", ep_base(e)))
+                .collect();
+            rules.push(format!(
+                "numgen random mod {} vmap {{ {} }}",
+                eps.len(),
+                arms.join(", ")
+            ));
+        } else {
+            // No per-endpoint chain: the DNAT target comes straight out of a numgen map.
+            // Endpoint chains would multiply the table's chains by the endpoint count, and
+            // `nft` dumps every chain of the table before each transaction, so they dominate
+            // the cost of an incremental sync at 10k services.
+            let arms: Vec<String> = eps
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{i} : {} . {}", e.ip, e.port))
+                .collect();
+            rules.push(format!(
+                "meta l4proto {proto} dnat to numgen random mod {} map {{ {} }}",
+                eps.len(),
+                arms.join(", ")
+            ));
         }
-        let arms: Vec<String> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("{i} : goto endpoint-{}", ep_base(e)))
-            .collect();
-        rules.push(format!(
-            "numgen random mod {} vmap {{ {} }}",
-            eps.len(),
-            arms.join(", ")
-        ));
         rules
     };
 
@@ -415,16 +442,22 @@ pub fn render_service(ctx: &Ctx, spn: &ServicePortName, info: &ServiceInfo) -> S
     if need_local && !local_eps.is_empty() {
         out.chains.insert(local_chain.clone(), balance_chain(&local_eps));
     }
-    // Endpoint chains for every endpoint some balancing chain points at.
+    // Every endpoint some balancing chain can pick: hairpin detection (an endpoint reaching
+    // itself through the service is masqueraded, else it would answer itself directly), and
+    // for sessionAffinity the endpoint chains that remember the client.
     let mut used: Vec<&Endpoint> = cluster_eps.iter().collect();
     if need_local {
         used.extend(local_eps.iter());
     }
     used.sort();
     used.dedup();
-    for e in used {
+    for e in &used {
+        out.elements
+            .insert(("hairpin-endpoints", format!("{} . {}", e.ip, e.ip)), None);
+    }
+    for e in used.into_iter().filter(|_| info.affinity_timeout.is_some()) {
         let b = ep_base(e);
-        let mut rules = vec![format!("{kw} saddr {} jump mark-for-masquerade", e.ip)];
+        let mut rules = Vec::new();
         if let Some(t) = info.affinity_timeout {
             out.sets.insert(
                 format!("affinity-{b}"),

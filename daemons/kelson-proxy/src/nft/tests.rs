@@ -49,17 +49,14 @@ fn cluster_ip_balances_over_ready_endpoints() {
         svc.1[0],
         "ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
     );
-    assert!(svc.1[1].starts_with("numgen random mod 3 vmap { 0 : goto endpoint-"), "{}", svc.1[1]);
-    let eps: Vec<_> = r.chains.iter().filter(|(c, _)| c.starts_with("endpoint-")).collect();
-    assert_eq!(eps.len(), 3);
-    let e1 = eps.iter().find(|(c, _)| c.ends_with("__10.244.0.1/8080")).unwrap();
     assert_eq!(
-        e1.1,
-        &vec![
-            "ip saddr 10.244.0.1 jump mark-for-masquerade".to_string(),
-            "meta l4proto tcp dnat to 10.244.0.1:8080".to_string()
-        ]
+        svc.1[1],
+        "meta l4proto tcp dnat to numgen random mod 3 map { 0 : 10.244.0.1 . 8080, 1 : 10.244.0.2 . 8080, 2 : 10.244.0.3 . 8080 }"
     );
+    assert_eq!(r.chains.len(), 1, "no endpoint chains without affinity");
+    assert!(r
+        .elements
+        .contains_key(&("hairpin-endpoints", "10.244.0.2 . 10.244.0.2".to_string())));
     assert_eq!(
         r.elements.get(&("service-ips", "10.96.0.10 . tcp . 80".to_string())),
         Some(&Some(format!("goto {}", svc.0)))
@@ -108,7 +105,10 @@ fn nodeport_external_local_and_affinity() {
         ]
     );
     let local_rules = &r.chains[local];
-    assert!(local_rules.last().unwrap().starts_with("numgen random mod 1 vmap"));
+    assert!(local_rules.last().unwrap().starts_with("numgen random mod 1 vmap { 0 : goto endpoint-"));
+    let e1 = r.chains.iter().find(|(c, _)| c.ends_with("__10.244.0.1/8080")).unwrap();
+    assert!(e1.0.starts_with("endpoint-"));
+    assert_eq!(e1.1.last().unwrap(), "meta l4proto tcp dnat to 10.244.0.1:8080");
     assert_eq!(local_rules.iter().filter(|l| l.contains("@affinity-")).count(), 1);
     assert_eq!(r.sets.len(), 2, "one affinity set per endpoint");
     assert!(r.sets.values().all(|d| d.contains("timeout 60s")));
@@ -147,6 +147,7 @@ fn other_family_renders_nothing_and_v6_dnat_is_bracketed() {
         ..ep(1, true)
     }]);
     i.cluster_ips = vec!["fd00:96::10".parse().unwrap()];
+    i.affinity_timeout = Some(10);
     let r = render_service(&v6, &spn("web"), &i);
     let e = r.chains.iter().find(|(c, _)| c.starts_with("endpoint-")).unwrap();
     assert!(!e.0.contains(':'), "chain names carry no ':' ({})", e.0);
@@ -175,13 +176,28 @@ fn diff_touches_only_the_changed_service() {
     let d = diff_script(&ctx(), &old, &new);
     let lines: Vec<&str> = d.lines().collect();
     assert!(!d.contains("/b/"), "service b untouched:\n{d}");
-    assert!(lines.iter().any(|l| l.starts_with("flush chain ip kelson-proxy service-")));
+    assert!(lines[0].starts_with("flush chain ip kelson-proxy service-"), "{d}");
+    assert!(lines[1].ends_with("jump mark-for-masquerade"), "{d}");
+    assert!(lines[2].contains("dnat to numgen random mod 1 map { 0 : 10.244.0.1 . 8080 }"));
+    assert_eq!(
+        lines[3],
+        "delete element ip kelson-proxy hairpin-endpoints { 10.244.0.2 . 10.244.0.2 }"
+    );
+    assert_eq!(lines.len(), 4, "{d}");
+
+    // With affinity, endpoint chains come and go; a removed one is deleted after its
+    // referrer was rewritten.
+    let aff = |eps: Vec<Endpoint>| {
+        let mut i = info(eps);
+        i.affinity_timeout = Some(30);
+        render_all(&ctx(), &[(spn("a"), i)].into_iter().collect())
+    };
+    let d = diff_script(&ctx(), &aff(vec![ep(1, true), ep(2, true)]), &aff(vec![ep(1, true)]));
+    let lines: Vec<&str> = d.lines().collect();
     let del: Vec<_> = lines.iter().filter(|l| l.starts_with("delete chain")).collect();
     assert_eq!(del.len(), 1, "{d}");
     assert!(del[0].ends_with("__10.244.0.2/8080"));
-    assert!(lines.iter().any(|l| l.contains("numgen random mod 1 vmap")));
-    assert!(!d.contains("element"), "map entry unchanged: {d}");
-    // The flush of the deleted chain comes after the rewrite of its referrer.
+    assert!(d.contains("delete set ip kelson-proxy affinity-"));
     let pos = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
     assert!(pos("add rule") < pos("delete chain"));
 
@@ -216,5 +232,5 @@ fn full_script_declares_before_use() {
     let last_chain = lines.iter().rposition(|l| l.starts_with("add chain")).unwrap();
     assert!(last_chain < first_rule);
     assert!(s.contains("add rule ip kelson-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"));
-    assert_eq!(p.rule_count(&ctx()), base_rules(&ctx()).len() + 4);
+    assert_eq!(p.rule_count(&ctx()), base_rules(&ctx()).len() + 2);
 }

@@ -1,0 +1,149 @@
+//! proxy-bench: nftables sync times of kelson-proxy's rule generation, as a table.
+//!
+//! For 1k and 10k services (10 ready endpoints each, one TCP port, ClusterIP + NodePort) it
+//! creates a fresh network namespace, runs a full sync (`nft -f` of the whole generated
+//! table), then adds one more service and syncs incrementally, and removes one endpoint from
+//! one service. Each incremental row is the median of several runs. Times are the proxier's
+//! whole sync (render + diff + `nft`), with the `nft` part shown separately. Needs root.
+//!
+//! Usage: `proxy-bench [--sizes 1000,10000] [--runs 5]`
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kelson_proxy::model::{Endpoint, Protocol, ServiceInfo, ServicePortName, State};
+use kelson_proxy::nft::Nft;
+use kelson_proxy::proxier::NftProxier;
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> anyhow::Result<Netns> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let st = Command::new("ip").args(["netns", "add", name]).status()?;
+        if !st.success() {
+            bail!("ip netns add {name} failed (root needed)");
+        }
+        Ok(Netns(name.to_string()))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if std::env::var_os("PROXY_BENCH_KEEP_NETNS").is_some() {
+            eprintln!("keeping netns {}", self.0);
+            return;
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn service(i: usize) -> (ServicePortName, ServiceInfo) {
+    let ip = |base: [u8; 2], n: usize| IpAddr::from([base[0], base[1], (n >> 8) as u8, n as u8]);
+    let endpoints = (0..10)
+        .map(|e| Endpoint {
+            ip: ip([10, 100 + (e as u8)], i),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local: e % 2 == 0,
+        })
+        .collect();
+    (
+        ServicePortName {
+            namespace: format!("ns{}", i % 50),
+            name: format!("svc-{i}"),
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+        },
+        ServiceInfo {
+            cluster_ips: vec![ip([10, 96], i)],
+            port: 80,
+            node_port: Some(30000 + (i % 2700) as u16).filter(|_| i < 2700),
+            endpoints,
+            ..Default::default()
+        },
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<(Duration, Duration)>) -> (Duration, Duration) {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut sizes = vec![1000usize, 10000];
+    let mut runs = 5usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--sizes" => {
+                sizes = args
+                    .next()
+                    .context("--sizes N,M")?
+                    .split(',')
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            _ => bail!("usage: proxy-bench [--sizes 1000,10000] [--runs 5]"),
+        }
+    }
+    println!(
+        "| services | endpoints | rules | full sync ms (nft ms, script KiB) | add 1 service ms (nft ms) | remove 1 endpoint ms (nft ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for n in sizes {
+        let ns = Netns::new(&format!("kpx-bench-{}", std::process::id()))?;
+        let mut p = NftProxier::new(
+            Nft::in_netns(&ns.0),
+            &["10.100.0.0/14".to_string()],
+            false,
+            &[],
+        );
+        let mut state: State = (0..n).map(service).collect();
+        let t = Instant::now();
+        let full = p.sync(&state, true).await.context("full sync")?;
+        let full_total = t.elapsed();
+        let mut adds = Vec::new();
+        let mut removes = Vec::new();
+        for r in 0..runs {
+            let (k, v) = service(n + r);
+            state.insert(k, v);
+            let t = Instant::now();
+            let s = p.sync(&state, false).await.context("add one")?;
+            adds.push((t.elapsed(), s.apply));
+            let victim = service(r).0;
+            state.get_mut(&victim).unwrap().endpoints.pop();
+            let t = Instant::now();
+            let s = p.sync(&state, false).await.context("remove endpoint")?;
+            removes.push((t.elapsed(), s.apply));
+        }
+        let (a, an) = median(adds);
+        let (rm, rn) = median(removes);
+        println!(
+            "| {n} | {} | {} | {} ({}, {}) | {} ({}) | {} ({}) |",
+            n * 10,
+            full.rules,
+            ms(full_total),
+            ms(full.apply),
+            full.script_bytes / 1024,
+            ms(a),
+            ms(an),
+            ms(rm),
+            ms(rn)
+        );
+    }
+    Ok(())
+}
