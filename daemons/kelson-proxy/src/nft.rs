@@ -139,25 +139,40 @@ pub struct ServiceRules {
     pub elements: Elements,
 }
 
+/// Who claims a map/set key: service port → value.
+type Claims = BTreeMap<(&'static str, String), BTreeMap<ServicePortName, Option<String>>>;
+
 /// What is (to be) programmed in one table.
 #[derive(Debug, Clone, Default)]
 pub struct Programmed {
     /// Shared so a sync reuses unchanged services' renderings without copying them.
     pub services: BTreeMap<ServicePortName, Arc<ServiceRules>>,
-    /// Union of every service's elements; on a key two services both claim (e.g. the same
-    /// externalIP and port) the first service in name order wins, so the map stays consistent.
+    /// The elements in the table: on a key two services both claim (e.g. the same externalIP
+    /// and port) the first service in name order wins, so the map stays consistent.
     pub elements: Elements,
+    claims: Claims,
 }
 
 impl Programmed {
     pub fn from_services(services: BTreeMap<ServicePortName, Arc<ServiceRules>>) -> Programmed {
-        let mut elements = Elements::new();
-        for r in services.values() {
+        let mut claims = Claims::new();
+        for (spn, r) in &services {
             for (k, v) in &r.elements {
-                elements.entry(k.clone()).or_insert_with(|| v.clone());
+                claims
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(spn.clone(), v.clone());
             }
         }
-        Programmed { services, elements }
+        let elements = claims
+            .iter()
+            .filter_map(|(k, c)| Some((k.clone(), c.values().next()?.clone())))
+            .collect();
+        Programmed {
+            services,
+            elements,
+            claims,
+        }
     }
 
     /// Rules in the table, base chains included.
@@ -169,6 +184,83 @@ impl Programmed {
                 .flat_map(|s| s.chains.values())
                 .map(Vec::len)
                 .sum::<usize>()
+    }
+
+    /// Applies `changes` (service port → new rules, None = gone) in memory and returns the
+    /// transaction that does the same to the kernel. Work is proportional to the changes, not
+    /// to the table: unchanged services are never looked at.
+    pub fn update(
+        &mut self,
+        ctx: &Ctx,
+        changes: Vec<(ServicePortName, Option<Arc<ServiceRules>>)>,
+    ) -> String {
+        let empty = Arc::new(ServiceRules::default());
+        let mut pairs: Vec<(Arc<ServiceRules>, Arc<ServiceRules>)> = Vec::new();
+        let mut touched: Vec<(&'static str, String)> = Vec::new();
+        for (spn, new) in changes {
+            let old = self.services.get(&spn).cloned();
+            let same = match (&old, &new) {
+                (Some(o), Some(n)) => Arc::ptr_eq(o, n) || o == n,
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            if let Some(o) = &old {
+                for k in o.elements.keys() {
+                    if let Some(c) = self.claims.get_mut(k) {
+                        c.remove(&spn);
+                    }
+                    touched.push(k.clone());
+                }
+            }
+            if let Some(n) = &new {
+                for (k, v) in &n.elements {
+                    self.claims
+                        .entry(k.clone())
+                        .or_default()
+                        .insert(spn.clone(), v.clone());
+                    touched.push(k.clone());
+                }
+            }
+            match &new {
+                Some(n) => self.services.insert(spn, n.clone()),
+                None => self.services.remove(&spn),
+            };
+            pairs.push((
+                old.unwrap_or_else(|| empty.clone()),
+                new.unwrap_or_else(|| empty.clone()),
+            ));
+        }
+        touched.sort();
+        touched.dedup();
+        let mut dels: Elements = Elements::new();
+        let mut adds: Elements = Elements::new();
+        for k in touched {
+            let winner = match self.claims.get(&k) {
+                Some(c) if !c.is_empty() => Some(c.values().next().cloned().flatten()),
+                _ => {
+                    self.claims.remove(&k);
+                    None
+                }
+            };
+            let before = self.elements.get(&k).cloned();
+            if before == winner {
+                continue;
+            }
+            if let Some(b) = before {
+                dels.insert(k.clone(), b);
+                self.elements.remove(&k);
+            }
+            if let Some(w) = winner {
+                adds.insert(k.clone(), w.clone());
+                self.elements.insert(k, w);
+            }
+        }
+        let refs: Vec<(&ServiceRules, &ServiceRules)> =
+            pairs.iter().map(|(o, n)| (&**o, &**n)).collect();
+        change_script(ctx, &refs, &dels, &adds)
     }
 }
 
@@ -632,25 +724,33 @@ pub fn full_script(ctx: &Ctx, p: &Programmed) -> String {
 
 /// The transaction that turns `old` into `new` (empty when nothing changed).
 pub fn diff_script(ctx: &Ctx, old: &Programmed, new: &Programmed) -> String {
-    let t = ctx.t();
-    let empty = ServiceRules::default();
-    // Changed services: (old rules, new rules).
-    let mut changed: Vec<(&ServiceRules, &ServiceRules)> = Vec::new();
+    let mut changes = Vec::new();
     for (k, n) in &new.services {
-        match old.services.get(k) {
-            Some(o) if Arc::ptr_eq(o, n) || o == n => {}
-            Some(o) => changed.push((&**o, &**n)),
-            None => changed.push((&empty, &**n)),
+        if old.services.get(k) != Some(n) {
+            changes.push((k.clone(), Some(n.clone())));
         }
     }
-    for (k, o) in &old.services {
+    for k in old.services.keys() {
         if !new.services.contains_key(k) {
-            changed.push((&**o, &empty));
+            changes.push((k.clone(), None));
         }
     }
+    old.clone().update(ctx, changes)
+}
+
+/// The transaction for changed services `(old, new)` and element changes, ordered so every
+/// reference is valid: new chains/sets, rewritten rules, element deletions then additions,
+/// and last the chains/sets nothing refers to any more.
+fn change_script(
+    ctx: &Ctx,
+    changed: &[(&ServiceRules, &ServiceRules)],
+    dels: &Elements,
+    adds: &Elements,
+) -> String {
+    let t = ctx.t();
     let mut out = String::new();
     // 1. New chains and sets exist before anything refers to them.
-    for (o, n) in &changed {
+    for (o, n) in changed {
         for c in n.chains.keys().filter(|c| !o.chains.contains_key(*c)) {
             let _ = writeln!(out, "add chain {t} {c}");
         }
@@ -661,7 +761,7 @@ pub fn diff_script(ctx: &Ctx, old: &Programmed, new: &Programmed) -> String {
     // 2. Flush kept chains whose rules change (all of the service's kept chains when one of
     //    its sets is redeclared, so nothing refers to the set while it is replaced).
     let mut rewrite: Vec<(&String, &Vec<String>)> = Vec::new();
-    for (o, n) in &changed {
+    for (o, n) in changed {
         let sets_changed = n
             .sets
             .iter()
@@ -690,29 +790,13 @@ pub fn diff_script(ctx: &Ctx, old: &Programmed, new: &Programmed) -> String {
         }
     }
     // 5./6. Map elements: remove stale or changed ones, then add.
-    push_elements(
-        &mut out,
-        &t,
-        "delete",
-        false,
-        old.elements
-            .iter()
-            .filter(|(k, v)| new.elements.get(*k) != Some(*v)),
-    );
-    push_elements(
-        &mut out,
-        &t,
-        "add",
-        true,
-        new.elements
-            .iter()
-            .filter(|(k, v)| old.elements.get(*k) != Some(*v)),
-    );
+    push_elements(&mut out, &t, "delete", false, dels.iter());
+    push_elements(&mut out, &t, "add", true, adds.iter());
     // 7. Chains and sets that went away: flush all first (they may refer to each other),
     //    then delete.
     let mut gone_chains = Vec::new();
     let mut gone_sets = Vec::new();
-    for (o, n) in &changed {
+    for (o, n) in changed {
         gone_chains.extend(o.chains.keys().filter(|c| !n.chains.contains_key(*c)));
         gone_sets.extend(o.sets.keys().filter(|s| !n.sets.contains_key(*s)));
     }

@@ -6,7 +6,7 @@
 //! services dominated by the one that changed. The transaction is a diff against the last
 //! *successfully applied* state; after a failure the next sync recreates the whole table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,36 +69,54 @@ impl NftProxier {
         let mut stats = SyncStats::default();
         for t in &mut self.tables {
             let t0 = Instant::now();
-            let mut services = BTreeMap::new();
-            let mut cache = HashMap::with_capacity(state.len());
-            for (spn, info) in state {
-                let rules = match t.cache.remove(spn) {
-                    Some((old, r)) if &old == info => r,
-                    _ => Arc::new(nft::render_service(&t.ctx, spn, info)),
-                };
-                services.insert(spn.clone(), rules.clone());
-                cache.insert(spn.clone(), (info.clone(), rules));
-            }
-            t.cache = cache;
-            let new = Programmed::from_services(services);
             let is_full = full || t.programmed.is_none();
-            let script = match (&t.programmed, is_full) {
-                (Some(old), false) => nft::diff_script(&t.ctx, old, &new),
-                _ => nft::full_script(&t.ctx, &new),
+            // Only services whose info changed are rendered (and cloned into the cache).
+            let mut changes: Vec<(ServicePortName, Option<Arc<ServiceRules>>)> = Vec::new();
+            for (spn, info) in state {
+                match t.cache.get(spn) {
+                    Some((old, _)) if old == info => {}
+                    _ => {
+                        let r = Arc::new(nft::render_service(&t.ctx, spn, info));
+                        t.cache.insert(spn.clone(), (info.clone(), r.clone()));
+                        changes.push((spn.clone(), Some(r)));
+                    }
+                }
+            }
+            if t.cache.len() > state.len() {
+                let gone: Vec<ServicePortName> = t
+                    .cache
+                    .keys()
+                    .filter(|k| !state.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    t.cache.remove(&k);
+                    changes.push((k, None));
+                }
+            }
+            let (script, new) = if is_full {
+                let p = Programmed::from_services(
+                    t.cache
+                        .iter()
+                        .map(|(k, (_, r))| (k.clone(), r.clone()))
+                        .collect(),
+                );
+                (nft::full_script(&t.ctx, &p), p)
+            } else {
+                let mut p = t.programmed.take().unwrap_or_default();
+                (p.update(&t.ctx, changes), p)
             };
             stats.render += t0.elapsed();
             stats.full |= is_full;
             stats.script_bytes += script.len();
             let t1 = Instant::now();
-            // Forget what was programmed before trying: if nft fails, the kernel state is the
-            // old one but the next sync recreates the table anyway.
-            let old = t.programmed.take();
+            // On failure `programmed` stays None: the kernel may hold the old state, and the
+            // next sync recreates the table from scratch.
+            t.programmed = None;
             match self.nft.apply(&script).await {
                 Ok(()) => t.programmed = Some(new),
                 Err(e) => {
                     tracing::debug!(script_head = %script.lines().take(20).collect::<Vec<_>>().join("\n"), "failed transaction");
-                    drop(old);
-                    t.cache.clear();
                     return Err(e);
                 }
             }
