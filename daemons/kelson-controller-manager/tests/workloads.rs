@@ -615,3 +615,156 @@ async fn pdb_status_and_quota_usage() {
     assert_eq!(used["count/deployments.apps"].0, "1");
     assert_eq!(hard["pods"].0, "10");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_rolling_update_with_partition() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
+    apply(
+        &env,
+        "sts",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"replicas": 3, "serviceName": "db", "podManagementPolicy": "Parallel",
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"containers": [{"name": "c", "image": "registry.invalid/db:1"}]}}}}),
+    );
+    let sets: Api<StatefulSet> = Api::namespaced(env.client.clone(), "default");
+    let ready = |n: i32| {
+        let sets = sets.clone();
+        move || {
+            let sets = sets.clone();
+            async move {
+                let st = sets.get("db").await.ok()?.status?;
+                (st.ready_replicas == Some(n) && st.replicas == n).then_some(st)
+            }
+        }
+    };
+    let st = env.wait("3 ready", 20, ready(3)).await;
+    let rev1 = st.update_revision.clone().unwrap();
+    let image = |o: i32| {
+        let env = &env;
+        async move {
+            let p = pods_with(env, &format!("statefulset.kubernetes.io/pod-name=db-{o}")).await;
+            p.first()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .and_then(|p| p.spec.as_ref()?.containers[0].image.clone())
+        }
+    };
+    env.kubectl(&["set", "image", "statefulset/db", "c=registry.invalid/db:2"]);
+    env.wait("db-2 updated", 20, || async {
+        (image(2).await.as_deref() == Some("registry.invalid/db:2")).then_some(())
+    })
+    .await;
+    let st = env.wait("3 ready after partial update", 20, ready(3)).await;
+    // Below the partition nothing changes; the set is mid-update.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(image(0).await.as_deref(), Some("registry.invalid/db:1"));
+    assert_eq!(image(1).await.as_deref(), Some("registry.invalid/db:1"));
+    assert_eq!(st.current_revision.as_deref(), Some(rev1.as_str()));
+    assert_ne!(st.update_revision.as_deref(), Some(rev1.as_str()));
+    assert_eq!(st.updated_replicas, Some(1));
+    // Partition 0: the rest follows, highest ordinal first.
+    env.kubectl(&[
+        "patch",
+        "statefulset",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    let start = Instant::now();
+    loop {
+        let (i0, i1) = (image(0).await, image(1).await);
+        assert!(
+            !(i0.as_deref() == Some("registry.invalid/db:2")
+                && i1.as_deref() == Some("registry.invalid/db:1")),
+            "db-0 updated before db-1"
+        );
+        let st = sets.get("db").await.unwrap().status.unwrap();
+        if st.updated_replicas == Some(3)
+            && st.current_revision == st.update_revision
+            && st.ready_replicas == Some(3)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "update stuck: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revs = env.kubectl(&["get", "controllerrevisions", "-o", "name"]);
+    assert_eq!(revs.lines().count(), 2, "{revs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_cleaner_and_api_validation() {
+    let env = Env::start(&["--controllers=*,tokencleaner"], &[("n1", "a")]).await;
+    let token = |name: &str, exp: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": name, "namespace": "kube-system"},
+            "stringData": {"token-id": name.trim_start_matches("bootstrap-token-"), "token-secret": "0123456789abcdef", "expiration": exp}})
+    };
+    apply(
+        &env,
+        "old",
+        token("bootstrap-token-aaaaaa", "2020-01-01T00:00:00Z"),
+    );
+    apply(
+        &env,
+        "new",
+        token("bootstrap-token-bbbbbb", "2099-01-01T00:00:00Z"),
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.client.clone(), "kube-system");
+    env.wait("expired token deleted", 15, || async {
+        secrets
+            .get_opt("bootstrap-token-aaaaaa")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(secrets
+        .get_opt("bootstrap-token-bbbbbb")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Bad workload specs are refused with the API's own 422 causes.
+    let mut bad = job("bad", 1, 1, "0", json!({"backoffLimit": -1}));
+    bad["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+    let path = env.cp.dir().join("badjob.json");
+    std::fs::write(&path, bad.to_string()).unwrap();
+    let err = env
+        .cp
+        .kubectl_ok(&["create", "-f", path.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is invalid"), "{err}");
+    assert!(err.contains("spec.template.spec.restartPolicy"), "{err}");
+    assert!(err.contains("spec.backoffLimit"), "{err}");
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+        "spec": {"schedule": "every tuesday", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "b"}]}}}}}});
+    std::fs::write(&path, cj.to_string()).unwrap();
+    let err = env
+        .cp
+        .kubectl_ok(&["create", "-f", path.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.schedule"), "{err}");
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "p"},
+        "spec": {"minAvailable": 1, "maxUnavailable": 1, "selector": {"matchLabels": {"a": "b"}}}});
+    std::fs::write(&path, pdb.to_string()).unwrap();
+    let err = env
+        .cp
+        .kubectl_ok(&["create", "-f", path.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("minAvailable and maxUnavailable cannot be both set"),
+        "{err}"
+    );
+}
