@@ -238,6 +238,20 @@ pub async fn run(
     ));
 
     let mut extra_tasks = Vec::new();
+    {
+        let (shared, cfg) = (shared.clone(), cfg.clone());
+        extra_tasks.push(tokio::spawn(node::watch_pod_cidr(
+            nodes.clone(),
+            node_name.clone(),
+            move |c| {
+                let mut cur = shared.cni.lock();
+                if cur.as_ref().map(|s| &s.pod_cidr) != Some(&c) {
+                    *cur = cni_settings(&cfg, Some(c));
+                }
+            },
+            stop_rx.clone(),
+        )));
+    }
     if cfg.pod_routes {
         extra_tasks.push(tokio::spawn(routes::run(
             client.clone(),

@@ -422,6 +422,47 @@ pub async fn renew_lease(
 }
 
 /// Sets or clears `spec.unschedulable` (cordon/uncordon).
+/// Watches this node's own Node object and calls `on_cidr` with `spec.podCIDR` whenever it is
+/// set or changes, until `shutdown`. Node IPAM assigns the CIDR after registration; noticing it
+/// only at the next status post (10 s by default) kept the first pods of a fresh cluster in
+/// ContainerCreating that long.
+pub async fn watch_pod_cidr(
+    api: Api<Node>,
+    name: String,
+    mut on_cidr: impl FnMut(String) + Send,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::WatchStreamExt;
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    let mut last: Option<String> = None;
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = shutdown.changed() => return,
+        };
+        let node = match ev {
+            Some(Ok(Event::Apply(n))) | Some(Ok(Event::InitApply(n))) => n,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "node watch failed; relisting");
+                continue;
+            }
+            None => return,
+        };
+        let cidr = node.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty());
+        if let Some(c) = cidr {
+            if last.as_deref() != Some(c.as_str()) {
+                tracing::info!(pod_cidr = %c, "node podCIDR");
+                last = Some(c.clone());
+                on_cidr(c);
+            }
+        }
+    }
+}
+
 pub async fn set_unschedulable(api: &Api<Node>, name: &str, on: bool) -> Result<(), NodeError> {
     let patch = json!({"spec": {"unschedulable": if on { json!(true) } else { json!(null) }}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))

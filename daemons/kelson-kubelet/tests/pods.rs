@@ -198,6 +198,8 @@ async fn kubelet_runs_pods_through_containerd() {
             "--register-with-taints=dedicated=test:PreferNoSchedule".into(),
             "--node-status-update-frequency=2".into(),
             format!("--cgroup-root=/kelson-test-{suffix}"),
+            // An ephemeral kubelet API port: tests run in parallel.
+            "--port=0".into(),
         ],
         log: work.path().join("kubelet.log"),
         child: None,

@@ -165,7 +165,11 @@ impl TestNode {
     }
 
     pub fn start_kubelet(&mut self) {
-        let mut cmd = Command::new(bin_path("kelson-kubelet"));
+        // The benchmark may point at a release build.
+        let bin = std::env::var_os("KELSON_KUBELET_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bin_path("kelson-kubelet"));
+        let mut cmd = Command::new(bin);
         cmd.args(&self.args)
             .env("KELSON_LOG_LEVEL", "info,kube=warn");
         self.kubelet = Some(
