@@ -4,12 +4,14 @@
 #           librocksdb-dev (we link RocksDB 7.8.3 from Debian instead of building it: ~10 min saved)
 #   tests:  etcd-server + etcd-client (compatibility oracle and benchmark peer), dbus (private bus),
 #           python3 (linearizability checker input) + python3-kubernetes (API compatibility judge),
-#           systemd (systemd-analyze for the unit tests), and the node runtime.
+#           systemd (systemd-analyze for the unit tests), and the node runtime;
+#           debootstrap + systemd-container (the systemd test machine: scripts/nspawn-rootfs.sh).
 set -euo pipefail
 pkgs=(protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev pkg-config
       etcd-server etcd-client dbus
       containerd runc containernetworking-plugins nftables busybox-static iproute2
-      systemd python3)
+      systemd python3
+      debootstrap systemd-container)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

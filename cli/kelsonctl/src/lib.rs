@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod daemons;
 pub mod images;
+pub mod init;
+pub mod install;
 pub mod kv;
 pub mod up;
 
@@ -45,6 +47,10 @@ pub enum Command {
     Reload(daemons::ReloadArgs),
     /// Change a daemon's log level at run time (over D-Bus).
     LogLevel(daemons::LogLevelArgs),
+    /// Install binaries, systemd units, D-Bus policy, sysusers.d and tmpfiles.d (like a package).
+    Install(install::InstallArgs),
+    /// Write PKI and per-daemon configuration for an all-in-one machine run by systemd.
+    Init(init::InitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +105,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(a) => daemons::status(a).await,
         Command::Reload(a) => daemons::reload(a).await,
         Command::LogLevel(a) => daemons::log_level(a).await,
+        Command::Install(a) => install::run(a),
+        Command::Init(a) => init::run(a),
     }
 }
 
