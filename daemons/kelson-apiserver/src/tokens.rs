@@ -414,6 +414,11 @@ impl Tokens {
         &self.issuer
     }
 
+    /// Whether this server can issue tokens (`--service-account-signing-key-file` given).
+    pub fn can_issue(&self) -> bool {
+        self.signer.is_some()
+    }
+
     /// `/openid/v1/jwks`.
     pub fn jwks(&self) -> Value {
         json!({"keys": self.verifiers.iter().map(VerifyKey::jwk).collect::<Vec<_>>()})

@@ -245,3 +245,94 @@ async fn bootstrap_tokens() -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// ServiceAccount admission injects upstream's `kube-api-access-*` projected volume (with
+/// mounts in every container) when the server can issue tokens, honours
+/// `automountServiceAccountToken: false` on the pod and on the account, and leaves mirror
+/// pods alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_token_volume_is_injected() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = start(dir.path()).await?;
+    let pod = |name: &str, extra: Value| {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"initContainers": [{"name": "init", "image": "busybox"}],
+                     "containers": [{"name": "a", "image": "busybox"},
+                                    {"name": "b", "image": "busybox"}]}});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                if k == "metadata" {
+                    p["metadata"]["annotations"] = v["annotations"].clone();
+                } else {
+                    p["spec"][k] = v;
+                }
+            }
+        }
+        p.to_string()
+    };
+    let get = |name: &str| -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(
+            &cp.kubectl_ok(&["get", "pod", name, "-o", "json"])?,
+        )?)
+    };
+    cp.kubectl_stdin(&["create", "-f", "-"], Some(&pod("plain", json!({}))));
+    let p = get("plain")?;
+    let vols = p["spec"]["volumes"].as_array().context("volumes")?;
+    assert_eq!(vols.len(), 1, "{p}");
+    let vname = vols[0]["name"].as_str().context("volume name")?;
+    assert!(vname.starts_with("kube-api-access-"), "{vname}");
+    let sources = &vols[0]["projected"]["sources"];
+    assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(
+        sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    for c in ["initContainers", "containers"] {
+        for ctr in p["spec"][c].as_array().context("containers")? {
+            let m = &ctr["volumeMounts"][0];
+            assert_eq!(m["name"], vname, "{ctr}");
+            assert_eq!(
+                m["mountPath"],
+                "/var/run/secrets/kubernetes.io/serviceaccount"
+            );
+            assert_eq!(m["readOnly"], true);
+        }
+    }
+
+    // Opted out on the pod.
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&pod(
+            "optout",
+            json!({"automountServiceAccountToken": false}),
+        )),
+    );
+    assert!(get("optout")?["spec"]["volumes"].is_null());
+
+    // Opted out on the account.
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "quiet"}, "automountServiceAccountToken": false})
+            .to_string(),
+        ),
+    );
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&pod("quietpod", json!({"serviceAccountName": "quiet"}))),
+    );
+    assert!(get("quietpod")?["spec"]["volumes"].is_null());
+
+    // Mirror pods get nothing.
+    cp.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some(&pod(
+            "mirror",
+            json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "x"}}}),
+        )),
+    );
+    assert!(get("mirror")?["spec"]["volumes"].is_null());
+    Ok(())
+}
