@@ -160,6 +160,10 @@ impl ServiceController {
     /// One pass over all Services.
     pub async fn reconcile(&mut self, services: &[Arc<Service>], candidates: &[Candidate]) {
         let mut present = HashSet::new();
+        // Oldest first (name breaks ties), as in rebuild(): when Services contend for the
+        // last address of a pool, the outcome does not depend on cache iteration order.
+        let mut services: Vec<&Arc<Service>> = services.iter().collect();
+        services.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), key(s)));
         for s in services {
             let k = key(s);
             present.insert(k.clone());
@@ -298,19 +302,14 @@ impl ServiceController {
         }
 
         let mut pairs = Vec::new();
-        for ip in &wanted {
-            let zone = self.alloc.pool_of(*ip).and_then(|p| p.zone.clone());
-            let eligible = candidates
-                .iter()
-                .filter(|c| zone.is_none() || c.zone == zone)
-                .map(|c| c.name.as_str());
-            match election::choose(*ip, eligible) {
-                Some(n) => {
-                    self.no_announcer.remove(ip);
+        for (ip, choice) in choose_announcers(&self.alloc, &wanted, candidates) {
+            match choice {
+                Ok(n) => {
+                    self.no_announcer.remove(&ip);
                     pairs.push(format!("{ip}={n}"));
                 }
-                None => {
-                    if self.no_announcer.insert(*ip) {
+                Err(zone) => {
+                    if self.no_announcer.insert(ip) {
                         events::emit(
                             &self.client,
                             &ns,
@@ -386,6 +385,28 @@ impl ServiceController {
     }
 }
 
+/// The announcing node per address: candidates in the address's pool zone (any candidate for
+/// a pool without one), rendezvous-hashed. `Err(zone)` when no candidate qualifies.
+pub fn choose_announcers(
+    alloc: &Allocator,
+    ips: &[IpAddr],
+    candidates: &[Candidate],
+) -> Vec<(IpAddr, Result<String, Option<String>>)> {
+    ips.iter()
+        .map(|ip| {
+            let zone = alloc.pool_of(*ip).and_then(|p| p.zone.clone());
+            let eligible = candidates
+                .iter()
+                .filter(|c| zone.is_none() || c.zone == zone)
+                .map(|c| c.name.as_str());
+            let choice = election::choose(*ip, eligible)
+                .map(str::to_string)
+                .ok_or(zone);
+            (*ip, choice)
+        })
+        .collect()
+}
+
 async fn set_ingress(api: &Api<Service>, name: &str, ips: &[IpAddr]) -> Result<(), kube::Error> {
     let ingress = if ips.is_empty() {
         serde_json::Value::Null
@@ -418,6 +439,51 @@ mod tests {
                 ("fd00::1".parse().unwrap(), "node-b".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn zoned_pools_are_announced_in_their_zone() {
+        use crate::config::PoolConfig;
+        use crate::pools::Pool;
+        let pool = |name: &str, range: &str, zone: Option<&str>| {
+            Pool::from_config(&PoolConfig {
+                name: name.into(),
+                cidr: None,
+                ranges: vec![range.into()],
+                zone: zone.map(Into::into),
+            })
+            .unwrap()
+        };
+        let alloc = Allocator::new(vec![
+            pool("any", "10.0.0.1-10.0.0.50", None),
+            pool("za", "10.0.1.1-10.0.1.50", Some("a")),
+            pool("zc", "10.0.2.1-10.0.2.50", Some("c")),
+        ]);
+        let cands = vec![
+            Candidate {
+                name: "n-a1".into(),
+                zone: Some("a".into()),
+            },
+            Candidate {
+                name: "n-a2".into(),
+                zone: Some("a".into()),
+            },
+            Candidate {
+                name: "n-b".into(),
+                zone: Some("b".into()),
+            },
+        ];
+        let mut seen_any = std::collections::HashSet::new();
+        for i in 1..=50 {
+            let any: IpAddr = format!("10.0.0.{i}").parse().unwrap();
+            let za: IpAddr = format!("10.0.1.{i}").parse().unwrap();
+            let zc: IpAddr = format!("10.0.2.{i}").parse().unwrap();
+            let got = choose_announcers(&alloc, &[any, za, zc], &cands);
+            seen_any.insert(got[0].1.clone().unwrap());
+            assert!(got[1].1.as_ref().unwrap().starts_with("n-a"), "{got:?}");
+            assert_eq!(got[2].1, Err(Some("c".to_string())));
+        }
+        assert_eq!(seen_any.len(), 3, "unzoned addresses may go to any node");
     }
 
     #[test]

@@ -131,6 +131,23 @@ pub fn wanted_for(services: &[Arc<Service>], node: &str) -> Vec<IpAddr> {
     out
 }
 
+/// Every address any LoadBalancer Service has or is annotated with.
+fn lb_addresses(services: &[Arc<Service>]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = services
+        .iter()
+        .flat_map(|s| {
+            let mut v = crate::services::status_ips(s);
+            if let Some(a) = s.annotations().get(ANNOUNCER_ANNOTATION) {
+                v.extend(parse_announcers(a).into_iter().map(|(ip, _)| ip));
+            }
+            v
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub async fn run_speaker(
     client: kube::Client,
     node: String,
@@ -159,6 +176,17 @@ pub async fn run_speaker(
     let renew_every = lease_duration / 3;
     let mut last_beat: Option<Instant> = None;
     let mut held = Held::default();
+    // A speaker that crashed (or was SIGKILLed) cannot have released its addresses. Whatever
+    // LoadBalancer address now belongs elsewhere must not stay on this interface, or two
+    // nodes would answer ARP for it.
+    let want = wanted_for(&services.state(), &node);
+    for ip in lb_addresses(&services.state()) {
+        if !want.contains(&ip) {
+            if let Err(e) = ann.del(ip).await {
+                tracing::warn!(%ip, error = %e, "removing a leftover address failed");
+            }
+        }
+    }
     loop {
         if last_beat.is_none_or(|t| t.elapsed() >= renew_every) {
             match heartbeat(&leases, &node, secs).await {

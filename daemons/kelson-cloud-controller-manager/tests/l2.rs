@@ -71,10 +71,7 @@ async fn loadbalancer_ip_is_announced_and_fails_over() {
         "[[pools]]\nname = \"lan\"\nranges = [\"10.77.0.100-10.77.0.110\"]\n",
         &["--leader-elect=false", "--speaker-lease-duration", "3s"],
     );
-    let mut speakers = vec![
-        Some(start_speaker(&cp, &lab, "n1")),
-        Some(start_speaker(&cp, &lab, "n2")),
-    ];
+    let mut speakers: Vec<Option<ChildGuard>> = vec![None, None];
     let logs = || -> String {
         format!(
             "--- ccm ---\n{}\n--- speaker n1 ---\n{}\n--- speaker n2 ---\n{}",
@@ -104,14 +101,46 @@ async fn loadbalancer_ip_is_announced_and_fails_over() {
     let row = out.lines().find(|l| l.starts_with("web")).unwrap_or("");
     assert!(row.contains(POOL_FIRST), "EXTERNAL-IP missing:\n{out}");
 
+    // Leftovers of a crashed speaker (the address on both nodes) are removed when the
+    // speakers start, before the chosen one takes the address.
+    for h in ["n1", "n2"] {
+        run_ok(&[
+            "ip",
+            "-n",
+            &lab.host(h).netns,
+            "addr",
+            "add",
+            &format!("{POOL_FIRST}/32"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    speakers[0] = Some(start_speaker(&cp, &lab, "n1"));
+    speakers[1] = Some(start_speaker(&cp, &lab, "n2"));
+
     // The chosen node holds it; the client reaches that node's server and caches its MAC.
-    let holder = wait("announcing-node annotation", 20, logs, || async {
-        let ann = announcer(&svcs.get("web").await.ok()?)?;
-        ann.strip_prefix(&format!("{POOL_FIRST}=lb-"))
-            .map(str::to_string)
-    })
-    .await;
+    // With both speakers live the choice is the rendezvous hash over both nodes (before the
+    // second speaker is seen it may briefly be the first one's).
+    let expected = kelson_cloud_controller_manager::election::choose(
+        POOL_FIRST.parse().unwrap(),
+        ["lb-n1", "lb-n2"],
+    )
+    .unwrap();
+    let holder = expected.strip_prefix("lb-").unwrap().to_string();
     let other = if holder == "n1" { "n2" } else { "n1" };
+    wait(
+        "the expected node alone to hold the address",
+        20,
+        logs,
+        || async {
+            let ann = announcer(&svcs.get("web").await.ok()?)?;
+            (ann == format!("{POOL_FIRST}={expected}")
+                && lab.has_address(&holder, POOL_FIRST)
+                && !lab.has_address(other, POOL_FIRST))
+            .then_some(())
+        },
+    )
+    .await;
     let body = wait(
         "the LB address to answer from the client",
         20,
