@@ -1,11 +1,18 @@
-//! Unknown-field detection for `fieldValidation=Strict|Warn`.
+//! Unknown-field detection for `fieldValidation=Strict|Warn`, for every kind the registry serves.
 //!
-//! The object is decoded into its `k8s-openapi` type (which drops fields it does not know) and
-//! encoded back; every key of the request that did not survive is unknown. Paths are reported
-//! as upstream does (`spec.template.spec.containers[0].imagePullPolice`). A typed decode that
-//! fails is a type error in the request (`replicas: "three"`, `template: "x"`): upstream answers
-//! those with 400 whatever the field-validation mode, and so does [`check`]. (k8s-openapi
-//! accepts what upstream accepts here: quantities as numbers, missing required fields.)
+//! Unknown fields are found by walking the request against the kind's schema in the OpenAPI v2
+//! document the server publishes (`kelson_apiresources::openapi_v2`, generated from
+//! `k8s-openapi`'s schemas): a key that the object's schema neither declares in `properties`
+//! nor allows through `additionalProperties` (or `x-kubernetes-preserve-unknown-fields`) is
+//! unknown. Paths are reported as upstream does
+//! (`spec.template.spec.containers[0].imagePullPolice`). Type errors (`replicas: "three"`,
+//! `template: "x"`) come from decoding into the `k8s-openapi` type where the kind has one
+//! here: upstream answers those with 400 whatever the field-validation mode, and so does
+//! [`check`]. (k8s-openapi accepts what upstream accepts here: quantities as numbers, missing
+//! required fields.)
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -60,11 +67,60 @@ fn typed(info: &ResourceInfo, obj: &Value) -> Option<Result<Value, String>> {
     }
 }
 
-fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(am), Value::Object(bm)) => {
-            for (k, v) in am {
-                if v.is_null() {
+/// The v2 document's definitions, parsed once.
+fn definitions() -> &'static HashMap<String, Value> {
+    static DEFS: OnceLock<HashMap<String, Value>> = OnceLock::new();
+    DEFS.get_or_init(|| {
+        let doc: Value =
+            serde_json::from_slice(kelson_apiresources::openapi::openapi_v2()).unwrap_or_default();
+        match doc.get("definitions") {
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => HashMap::new(),
+        }
+    })
+}
+
+/// Follows `$ref` (directly or through a one-element `allOf`) to the definition.
+fn resolve<'a>(defs: &'a HashMap<String, Value>, mut s: &'a Value) -> &'a Value {
+    for _ in 0..16 {
+        let r = s
+            .get("$ref")
+            .or_else(|| {
+                s.get("allOf")
+                    .and_then(|a| a.get(0))
+                    .and_then(|x| x.get("$ref"))
+            })
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/definitions/"));
+        match r.and_then(|r| defs.get(r)) {
+            Some(d) => s = d,
+            None => break,
+        }
+    }
+    s
+}
+
+fn walk(
+    defs: &HashMap<String, Value>,
+    v: &Value,
+    schema: &Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let schema = resolve(defs, schema);
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            if props.is_none() && extra.is_none() {
+                // A free-form object (RawExtension, JSON): anything goes.
+                return;
+            }
+            for (k, c) in m {
+                if c.is_null() {
                     continue;
                 }
                 let p = if path.is_empty() {
@@ -72,30 +128,34 @@ fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
                 } else {
                     format!("{path}.{k}")
                 };
-                match bm.get(k) {
-                    None => out.push(p),
-                    Some(bv) => diff(v, bv, &p, out),
+                match (props.and_then(|p| p.get(k)), extra) {
+                    (Some(s), _) | (None, Some(s)) => walk(defs, c, s, &p, out),
+                    (None, None) => out.push(p),
                 }
             }
         }
-        (Value::Array(aa), Value::Array(ba)) if aa.len() == ba.len() => {
-            for (i, (x, y)) in aa.iter().zip(ba).enumerate() {
-                diff(x, y, &format!("{path}[{i}]"), out);
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, c) in items.iter().enumerate() {
+                    walk(defs, c, s, &format!("{path}[{i}]"), out);
+                }
             }
         }
         _ => {}
     }
 }
 
-/// The request's fields the kind's schema does not have (empty when none or for kinds without
-/// a typed schema); `Err` is a type error (the decode message).
+/// The request's fields the kind's schema does not have (empty when none, or for a kind the
+/// document has no schema for); `Err` is a type error (the decode message).
 pub fn check(info: &ResourceInfo, obj: &Value) -> Result<Vec<String>, String> {
-    let Some(rt) = typed(info, obj) else {
-        return Ok(Vec::new());
-    };
-    let rt = rt?;
+    if let Some(Err(e)) = typed(info, obj) {
+        return Err(e);
+    }
+    let defs = definitions();
     let mut out = Vec::new();
-    diff(obj, &rt, "", &mut out);
+    if let Some(schema) = defs.get(info.definition) {
+        walk(defs, obj, schema, "", &mut out);
+    }
     Ok(out)
 }
 
@@ -134,5 +194,34 @@ mod tests {
             json!({"limits": {"cpu": 1}});
         assert!(check(info, &quantity).is_ok(), "quantities may be numbers");
         assert!(unknown_fields(cm, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})).is_empty());
+    }
+
+    #[test]
+    fn every_served_kind_has_a_schema() {
+        for r in crate::registry::resources() {
+            assert!(
+                definitions().contains_key(r.definition),
+                "{} has no schema for field validation",
+                r.definition
+            );
+        }
+        // Kinds without a typed decode here are covered by the schema walk.
+        let pc = crate::registry::lookup("scheduling.k8s.io", "v1", "priorityclasses").unwrap();
+        assert_eq!(
+            unknown_fields(
+                pc,
+                &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": "p", "labels": {"any": "x"}}, "value": 5, "valu": 6})
+            ),
+            vec!["valu".to_string()]
+        );
+        let csr = crate::registry::resources()
+            .iter()
+            .find(|r| r.kind == "Role")
+            .unwrap();
+        assert_eq!(
+            unknown_fields(csr, &json!({"rules": [{"verbs": ["get"], "verb": "x"}]})),
+            vec!["rules[0].verb".to_string()]
+        );
     }
 }
