@@ -768,3 +768,105 @@ async fn token_cleaner_and_api_validation() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_replace_and_history_limits() {
+    let env = Env::start(&[], &[("n1", "a")]).await;
+    apply(
+        &env,
+        "cj",
+        json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "rep"},
+            "spec": {"schedule": "*/1 * * * *", "suspend": true, "concurrencyPolicy": "Replace",
+                "successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 0,
+                "jobTemplate": {"spec": {"template": {"metadata": {"labels": {"app": "rep"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}}}),
+    );
+    let cjs: Api<CronJob> = Api::namespaced(env.client.clone(), "default");
+    let cj = cjs.get("rep").await.unwrap();
+    let owner = json!([{"apiVersion": "batch/v1", "kind": "CronJob", "name": "rep",
+        "uid": cj.metadata.uid, "controller": true, "blockOwnerDeletion": true}]);
+    // Two finished-successfully jobs and one failed job from "earlier runs", plus one that
+    // is still running (its pods never finish).
+    for (name, exit) in [
+        ("rep-1", Some("0")),
+        ("rep-2", Some("0")),
+        ("rep-3", Some("1")),
+        ("rep-4", None),
+    ] {
+        let mut j = job(name, 1, 1, exit.unwrap_or("0"), json!({"backoffLimit": 0}));
+        j["metadata"]["ownerReferences"] = owner.clone();
+        j["spec"]["template"]["metadata"]["labels"] = match exit {
+            Some(e) => json!({"fake-exit": e, "app": name}),
+            None => json!({"app": name}),
+        };
+        apply(&env, name, j);
+        // Distinct start times order the history.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    let names = || async {
+        let mut v: Vec<String> = jobs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|j| j.metadata.deletion_timestamp.is_none())
+            .map(|j| j.metadata.name.unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    // History: only the newest successful job is kept, no failed one; the running one stays.
+    env.wait("history trimmed", 30, || async {
+        (names().await == vec!["rep-2", "rep-4"]).then_some(())
+    })
+    .await;
+    let st = cjs.get("rep").await.unwrap().status.unwrap();
+    let active: Vec<String> = st
+        .active
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r.name)
+        .collect();
+    assert_eq!(active, vec!["rep-4"]);
+    assert!(st.last_successful_time.is_some());
+
+    // A missed schedule with Replace: the running job is replaced by the new one.
+    let past = Timestamp::from_second(Timestamp::now().as_second() - 120).unwrap();
+    cjs.patch_status(
+        "rep",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"lastScheduleTime": past.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}})),
+    )
+    .await
+    .unwrap();
+    env.kubectl(&[
+        "patch",
+        "cronjob",
+        "rep",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    let scheduled = env
+        .wait("replacement job", 20, || async {
+            let n = names().await;
+            let new: Vec<String> = n.iter().filter(|x| x.len() > 6).cloned().collect();
+            (!n.contains(&"rep-4".to_string()) && new.len() == 1).then(|| new[0].clone())
+        })
+        .await;
+    let st = env
+        .wait("active is the new job", 10, || async {
+            let st = cjs.get("rep").await.ok()?.status?;
+            let a: Vec<String> = st
+                .active
+                .clone()?
+                .into_iter()
+                .filter_map(|r| r.name)
+                .collect();
+            (a == vec![scheduled.clone()]).then_some(st)
+        })
+        .await;
+    assert!(st.last_schedule_time.unwrap().0 > past);
+}
