@@ -8,33 +8,49 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use http_body_util::BodyExt;
 use kelson_testsupport::{ControlPlane, KUBECTL};
 use serde_json::{json, Value};
 
-async fn post(client: &kube::Client, path: &str, body: &Value) -> (u16, Value) {
-    let req = http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap();
-    let resp = client.send(req).await.expect("request");
-    let code = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
-    (code, v)
+/// The admin's client certificate against the API server through curl: (code, JSON body).
+/// (curl rather than a Rust client so the exact Status bodies, causes included, are seen.)
+fn curl(cp: &ControlPlane, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let pki = cp.dir().join("pki");
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--cacert")
+    .arg(pki.join("ca.crt"))
+    .arg("--cert")
+    .arg(pki.join("client-kubernetes-admin.crt"))
+    .arg("--key")
+    .arg(pki.join("client-kubernetes-admin.key"));
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(b.to_string());
+    }
+    let out = c
+        .arg(format!("{}{path}", cp.server_url()))
+        .output()
+        .expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    let v = serde_json::from_str(body).unwrap_or_else(|_| json!({ "raw": body }));
+    (code.trim().parse().unwrap_or(0), v)
 }
 
-async fn get(client: &kube::Client, path: &str) -> (u16, Value) {
-    let req = http::Request::get(path)
-        .body(kube::client::Body::empty())
-        .unwrap();
-    let resp = client.send(req).await.expect("request");
-    let code = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
-    (code, v)
+async fn post(cp: &ControlPlane, path: &str, body: &Value) -> (u16, Value) {
+    curl(cp, "POST", path, Some(body))
+}
+
+async fn get(cp: &ControlPlane, path: &str) -> (u16, Value) {
+    curl(cp, "GET", path, None)
 }
 
 fn eviction(name: &str) -> Value {
@@ -81,7 +97,6 @@ const EVICT: &str = "/api/v1/namespaces/default/pods";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_respects_disruption_budgets() {
     let cp = ControlPlane::start().await.expect("control plane");
-    let client = cp.client().await.unwrap();
     running_pod(&cp, "web-1", "{app: web}");
     running_pod(&cp, "web-2", "{app: web}");
     cp.kubectl_stdin(
@@ -90,12 +105,7 @@ async fn eviction_respects_disruption_budgets() {
     );
 
     // Not yet observed by a disruption controller: 429, "still being processed".
-    let (code, st) = post(
-        &client,
-        &format!("{EVICT}/web-1/eviction"),
-        &eviction("web-1"),
-    )
-    .await;
+    let (code, st) = post(&cp, &format!("{EVICT}/web-1/eviction"), &eviction("web-1")).await;
     assert_eq!(code, 429, "{st}");
     assert!(
         st["details"]["causes"][0]["message"]
@@ -107,12 +117,7 @@ async fn eviction_respects_disruption_budgets() {
 
     // No disruption allowed: 429 with upstream's message and the DisruptionBudget cause.
     set_budget(&cp, 0);
-    let (code, st) = post(
-        &client,
-        &format!("{EVICT}/web-1/eviction"),
-        &eviction("web-1"),
-    )
-    .await;
+    let (code, st) = post(&cp, &format!("{EVICT}/web-1/eviction"), &eviction("web-1")).await;
     assert_eq!(code, 429, "{st}");
     assert_eq!(st["reason"], "TooManyRequests");
     assert_eq!(
@@ -124,35 +129,25 @@ async fn eviction_respects_disruption_budgets() {
         st["details"]["causes"][0]["message"],
         "The disruption budget web needs 2 healthy pods and has 2 currently"
     );
-    assert_eq!(get(&client, &format!("{EVICT}/web-1")).await.0, 200);
+    assert_eq!(get(&cp, &format!("{EVICT}/web-1")).await.0, 200);
 
     // One disruption allowed: the first eviction spends it, the second is refused.
     set_budget(&cp, 1);
-    let (code, st) = post(
-        &client,
-        &format!("{EVICT}/web-1/eviction"),
-        &eviction("web-1"),
-    )
-    .await;
+    let (code, st) = post(&cp, &format!("{EVICT}/web-1/eviction"), &eviction("web-1")).await;
     assert_eq!(
         (code, st["status"].as_str()),
         (201, Some("Success")),
         "{st}"
     );
-    assert_eq!(get(&client, &format!("{EVICT}/web-1")).await.0, 404);
+    assert_eq!(get(&cp, &format!("{EVICT}/web-1")).await.0, 404);
     let (_, pdb) = get(
-        &client,
+        &cp,
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web",
     )
     .await;
     assert_eq!(pdb["status"]["disruptionsAllowed"], 0, "{pdb}");
     assert!(pdb["status"]["disruptedPods"]["web-1"].is_string(), "{pdb}");
-    let (code, _) = post(
-        &client,
-        &format!("{EVICT}/web-2/eviction"),
-        &eviction("web-2"),
-    )
-    .await;
+    let (code, _) = post(&cp, &format!("{EVICT}/web-2/eviction"), &eviction("web-2")).await;
     assert_eq!(code, 429);
 
     // A Pending pod cannot count against the budget: evicted regardless, with deleteOptions.
@@ -162,46 +157,36 @@ async fn eviction_respects_disruption_budgets() {
     );
     let mut ev = eviction("web-pending");
     ev["deleteOptions"] = json!({"gracePeriodSeconds": 0});
-    let (code, st) = post(&client, &format!("{EVICT}/web-pending/eviction"), &ev).await;
+    let (code, st) = post(&cp, &format!("{EVICT}/web-pending/eviction"), &ev).await;
     assert_eq!(code, 201, "{st}");
-    assert_eq!(get(&client, &format!("{EVICT}/web-pending")).await.0, 404);
+    assert_eq!(get(&cp, &format!("{EVICT}/web-pending")).await.0, 404);
 
     // dryRun changes nothing.
     set_budget(&cp, 1);
     let (code, _) = post(
-        &client,
+        &cp,
         &format!("{EVICT}/web-2/eviction?dryRun=All"),
         &eviction("web-2"),
     )
     .await;
     assert_eq!(code, 201);
-    assert_eq!(get(&client, &format!("{EVICT}/web-2")).await.0, 200);
+    assert_eq!(get(&cp, &format!("{EVICT}/web-2")).await.0, 200);
     let (_, pdb) = get(
-        &client,
+        &cp,
         "/apis/policy/v1/namespaces/default/poddisruptionbudgets/web",
     )
     .await;
     assert_eq!(pdb["status"]["disruptionsAllowed"], 1, "{pdb}");
 
     // Bad input: unknown pod → 404; a name that disagrees with the URL → 400.
-    let (code, st) = post(
-        &client,
-        &format!("{EVICT}/nope/eviction"),
-        &eviction("nope"),
-    )
-    .await;
+    let (code, st) = post(&cp, &format!("{EVICT}/nope/eviction"), &eviction("nope")).await;
     assert_eq!(
         (code, st["message"].as_str()),
         (404, Some("pods \"nope\" not found"))
     );
-    let (code, st) = post(
-        &client,
-        &format!("{EVICT}/web-2/eviction"),
-        &eviction("other"),
-    )
-    .await;
+    let (code, st) = post(&cp, &format!("{EVICT}/web-2/eviction"), &eviction("other")).await;
     assert_eq!(code, 400, "{st}");
-    let (code, _) = post(&client, &format!("{EVICT}/web-2/eviction"), &json!([1])).await;
+    let (code, _) = post(&cp, &format!("{EVICT}/web-2/eviction"), &json!([1])).await;
     assert_eq!(code, 400);
 }
 
@@ -219,13 +204,12 @@ fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_subresources_fail_with_status_errors_without_a_kubelet() {
     let cp = ControlPlane::start().await.expect("control plane");
-    let client = cp.client().await.unwrap();
     cp.kubectl_stdin(
         &["apply", "-f", "-"],
         Some("apiVersion: v1\nkind: Pod\nmetadata:\n  name: lonely\nspec:\n  containers:\n  - name: c\n    image: busybox\n"),
     );
     // Not scheduled: 400 with upstream's message.
-    let (code, st) = get(&client, "/api/v1/namespaces/default/pods/lonely/log").await;
+    let (code, st) = get(&cp, "/api/v1/namespaces/default/pods/lonely/log").await;
     assert_eq!(
         (code, st["message"].as_str()),
         (400, Some("pod lonely does not have a host assigned")),
@@ -235,7 +219,7 @@ async fn kubelet_subresources_fail_with_status_errors_without_a_kubelet() {
     let bound = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bound\nspec:\n  nodeName: ghost\n  containers:\n  - name: c\n    image: busybox\n";
     cp.kubectl_stdin(&["apply", "-f", "-"], Some(bound));
     let (code, st) = get(
-        &client,
+        &cp,
         "/api/v1/namespaces/default/pods/bound/log?container=zz",
     )
     .await;
@@ -245,13 +229,13 @@ async fn kubelet_subresources_fail_with_status_errors_without_a_kubelet() {
         "{st}"
     );
     // The node is not registered / has no address: 503.
-    let (code, st) = get(&client, "/api/v1/namespaces/default/pods/bound/log").await;
+    let (code, st) = get(&cp, "/api/v1/namespaces/default/pods/bound/log").await;
     assert_eq!(code, 503, "{st}");
     cp.kubectl_stdin(
         &["apply", "-f", "-"],
         Some("apiVersion: v1\nkind: Node\nmetadata:\n  name: ghost\n"),
     );
-    let (code, st) = get(&client, "/api/v1/namespaces/default/pods/bound/log").await;
+    let (code, st) = get(&cp, "/api/v1/namespaces/default/pods/bound/log").await;
     assert_eq!(code, 503, "{st}");
     assert!(
         st["message"]
@@ -261,7 +245,7 @@ async fn kubelet_subresources_fail_with_status_errors_without_a_kubelet() {
         "{st}"
     );
     // An unknown pod: 404.
-    let (code, _) = get(&client, "/api/v1/namespaces/default/pods/nope/log").await;
+    let (code, _) = get(&cp, "/api/v1/namespaces/default/pods/nope/log").await;
     assert_eq!(code, 404);
     let out = cp.kubectl(&["logs", "bound"]);
     assert!(!out.status.success());
@@ -281,6 +265,6 @@ async fn kubelet_subresources_fail_with_status_errors_without_a_kubelet() {
         "{err}"
     );
     // nodes/proxy for a node without address: 503 too.
-    let (code, _) = get(&client, "/api/v1/nodes/ghost/proxy/healthz").await;
+    let (code, _) = get(&cp, "/api/v1/nodes/ghost/proxy/healthz").await;
     assert_eq!(code, 503);
 }
