@@ -427,6 +427,60 @@ async fn daemonset_lands_one_pod_per_eligible_node() {
         .then_some(())
     })
     .await;
+
+    // Surge update (maxSurge 1, maxUnavailable 0): every node keeps a ready pod throughout.
+    env.kubectl(&["patch", "daemonset", "agent", "--type=merge", "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}},"template":{"spec":{"containers":[{"name":"c","image":"registry.invalid/agent:3"}]}}}}"#]);
+    let start = Instant::now();
+    let mut saw_surge = false;
+    loop {
+        let pods: Vec<Pod> = pods_with(&env, "app=agent").await;
+        let mut per_node: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+        for p in &pods {
+            let Some(n) = p.spec.as_ref().unwrap().node_name.clone() else {
+                continue;
+            };
+            let e = per_node.entry(n).or_default();
+            e.0 += 1;
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready && p.metadata.deletion_timestamp.is_none() {
+                e.1 += 1;
+            }
+        }
+        saw_surge |= per_node.values().any(|(all, _)| *all > 1);
+        assert_eq!(
+            per_node.len(),
+            3,
+            "a node lost its daemon pod: {per_node:?}"
+        );
+        assert!(
+            per_node.values().all(|(_, ready)| *ready >= 1),
+            "a node had no ready pod: {per_node:?}"
+        );
+        let st = dss.get("agent").await.unwrap().status.unwrap();
+        let all_new = pods.iter().all(|p| {
+            p.metadata.deletion_timestamp.is_some()
+                || p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                    == Some("registry.invalid/agent:3")
+        });
+        if all_new
+            && st.updated_number_scheduled == Some(3)
+            && st.number_available == Some(3)
+            && pods.len() == 3
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "surge update stuck: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_surge, "maxSurge 1 runs old and new pod side by side");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
