@@ -1,0 +1,328 @@
+//! Test topology: network namespaces made by the test, deleted on drop.
+//!
+//! ```text
+//!   client netns (10.77.2.2) ──veth── node netns ──br0 (10.77.1.1/24)── endpoint netns e1..e3
+//!                        10.77.2.1 ─┘   kelson-proxy runs here              10.77.1.11..13:8080
+//! ```
+//!
+//! - The node netns routes between the client and the endpoints (ip_forward=1); kelson-proxy
+//!   runs inside it (`ip netns exec`), so its nftables table and dummy interface live and die
+//!   with the namespace.
+//! - The API server listens on 127.0.0.1 of the root netns. A relay listener bound on the
+//!   *same* port on 127.0.0.1 inside the node netns (a socket keeps the netns it was created
+//!   in, so one thread enters the netns just to create it) forwards to the root netns, so the
+//!   admin kubeconfig works unchanged, TLS name and all.
+//! - Endpoint servers and client connections are plain std sockets created by a thread that
+//!   entered the respective netns; each server answers `<name> <peer-ip>` and closes.
+//! - Names carry the test process id and a counter, so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kelson_testsupport::{ChildGuard, ControlPlane};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub const NODE: &str = "node1";
+pub const NODE_BRIDGE_IP: &str = "10.77.1.1";
+pub const NODE_CLIENT_IP: &str = "10.77.2.1";
+pub const CLIENT_IP: &str = "10.77.2.2";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a fresh thread inside netns `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// The namespaces and links; dropping deletes every namespace (and with them veths, the
+/// bridge, nftables tables and the dummy interface).
+pub struct Topo {
+    pub node: String,
+    pub client: String,
+    pub endpoints: Vec<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for ns in self
+            .endpoints
+            .iter()
+            .chain([&self.client, &self.node])
+        {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Topo {
+    pub fn new() -> Topo {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests create network namespaces and need root"
+        );
+        let id = format!(
+            "kpx{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let t = Topo {
+            node: format!("{id}-node"),
+            client: format!("{id}-c"),
+            endpoints: (1..=3).map(|i| format!("{id}-e{i}")).collect(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        for ns in t.endpoints.iter().chain([&t.client, &t.node]) {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let n = t.node.as_str();
+        sh(&["ip", "-n", n, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", n, "addr", "add", "10.77.1.1/24", "dev", "br0"]);
+        sh(&["ip", "-n", n, "link", "set", "br0", "up"]);
+        for (i, e) in t.endpoints.iter().enumerate() {
+            let ve = format!("ve{}", i + 1);
+            sh(&["ip", "-n", n, "link", "add", &ve, "type", "veth", "peer", "name", "eth0", "netns", e]);
+            sh(&["ip", "-n", n, "link", "set", &ve, "master", "br0", "up"]);
+            sh(&["ip", "-n", e, "addr", "add", &format!("10.77.1.1{}/24", i + 1), "dev", "eth0"]);
+            sh(&["ip", "-n", e, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", e, "route", "add", "default", "via", NODE_BRIDGE_IP]);
+        }
+        let c = t.client.as_str();
+        sh(&["ip", "-n", n, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c]);
+        sh(&["ip", "-n", n, "addr", "add", "10.77.2.1/24", "dev", "vc"]);
+        sh(&["ip", "-n", n, "link", "set", "vc", "up"]);
+        sh(&["ip", "-n", c, "addr", "add", "10.77.2.2/24", "dev", "eth0"]);
+        sh(&["ip", "-n", c, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", c, "route", "add", "default", "via", NODE_CLIENT_IP]);
+        // A node has a default route (here to a gateway that does not exist): without one,
+        // packets to a ClusterIP that is not DNATed would die in routing before the filter
+        // hooks that reject them.
+        sh(&["ip", "-n", n, "route", "add", "default", "via", "10.77.1.254"]);
+        sh(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        t
+    }
+
+    pub fn endpoint_ip(i: usize) -> String {
+        format!("10.77.1.1{}", i + 1)
+    }
+
+    /// Starts the echo servers: endpoint i answers `e<i+1> <peer-ip>`.
+    pub fn start_servers(&self) {
+        for (i, ns) in self.endpoints.iter().enumerate() {
+            let l: TcpListener = in_netns(ns, || TcpListener::bind("0.0.0.0:8080").expect("bind 8080"));
+            l.set_nonblocking(true).unwrap();
+            let stop = self.stop.clone();
+            let name = format!("e{}", i + 1);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, peer)) => {
+                            let _ = s.write_all(format!("{name} {}\n", peer.ip()).as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Relays 127.0.0.1:`port` in the node netns to 127.0.0.1:`port` in the root netns.
+    pub fn relay_api(&self, port: u16) {
+        let l: TcpListener = in_netns(&self.node, move || {
+            TcpListener::bind(("127.0.0.1", port)).expect("relay bind")
+        });
+        l.set_nonblocking(true).unwrap();
+        let stop = self.stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let Ok(up) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let (mut d, mut u) = (down, up);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut d, &mut u);
+                    let _ = u.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut d2);
+                    let _ = d2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+    }
+
+    /// One connection from the client netns; the server's answer.
+    pub fn connect(&self, addr: SocketAddr) -> std::io::Result<String> {
+        in_netns(&self.client, move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out.trim().to_string())
+        })
+    }
+}
+
+/// Control plane + topology + kelson-proxy in the node netns.
+pub struct Env {
+    pub proxy: ChildGuard,
+    pub topo: Topo,
+    pub cp: ControlPlane,
+    pub client: kube::Client,
+}
+
+impl Env {
+    pub async fn start(mode: &str) -> Env {
+        let cp = ControlPlane::start().await.expect("control plane starts");
+        let client = cp.client().await.expect("client");
+        let topo = Topo::new();
+        topo.start_servers();
+        let port: u16 = cp
+            .server_url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("API server port");
+        topo.relay_api(port);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &topo.node])
+            .arg(env!("CARGO_BIN_EXE_kelson-proxy"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path())
+            .args([
+                "--no-dbus",
+                "--hostname-override",
+                NODE,
+                "--proxy-mode",
+                mode,
+                "--cluster-cidr",
+                "10.77.1.0/24",
+                "--min-sync-period",
+                "50ms",
+                "--log-level",
+                "info,kelson_proxy=debug",
+            ]);
+        let proxy = ChildGuard::spawn("kelson-proxy", cmd, &cp.dir().join("proxy.log"))
+            .expect("proxy starts");
+        Env {
+            proxy,
+            topo,
+            cp,
+            client,
+        }
+    }
+
+    /// Creates a Service; returns it as the API server stored it (ClusterIP, nodePort).
+    pub async fn service(&self, name: &str, spec: serde_json::Value) -> Service {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let mut spec = spec;
+        spec["ports"] = json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]);
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &svc)
+            .await
+            .expect("create service")
+    }
+
+    /// Creates or replaces the EndpointSlice of `svc` with the given endpoint indexes.
+    pub async fn slice(&self, svc: &str, endpoints: &[usize]) {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
+        let eps: Vec<_> = endpoints
+            .iter()
+            .map(|i| {
+                json!({"addresses": [Topo::endpoint_ip(*i)], "conditions": {"ready": true},
+                       "nodeName": NODE})
+            })
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{svc}-x"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": eps,
+        });
+        let mut slice: EndpointSlice = serde_json::from_value(slice).unwrap();
+        let name = format!("{svc}-x");
+        match api.get_opt(&name).await.expect("get slice") {
+            Some(cur) => {
+                slice.metadata.resource_version = cur.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &slice)
+                    .await
+                    .expect("replace slice");
+            }
+            None => {
+                api.create(&PostParams::default(), &slice)
+                    .await
+                    .expect("create slice");
+            }
+        }
+    }
+
+    /// Polls `f` (every 50 ms, at most `secs`) until it returns Some.
+    pub fn wait<T>(&mut self, what: &str, secs: u64, mut f: impl FnMut(&Topo) -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f(&self.topo) {
+                return v;
+            }
+            if start.elapsed() > Duration::from_secs(secs) {
+                panic!(
+                    "timed out after {secs} s waiting for {what}\n--- proxy log ---\n{}",
+                    self.proxy.log_tail(40)
+                );
+            }
+            assert!(
+                self.proxy.is_running(),
+                "kelson-proxy exited\n{}",
+                self.proxy.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Which endpoint answered (`e1`..`e3`) and the peer address it saw.
+pub fn parse_answer(s: &str) -> (String, String) {
+    let mut it = s.split_whitespace();
+    (
+        it.next().unwrap_or_default().to_string(),
+        it.next().unwrap_or_default().to_string(),
+    )
+}
