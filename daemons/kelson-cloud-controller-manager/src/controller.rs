@@ -21,10 +21,10 @@ use kube::runtime::watcher;
 use kube::Api;
 use tokio::sync::{watch, Notify};
 
-use crate::config::CcmConfig;
+use crate::config::{CcmConfig, InventoryNode};
 use crate::informer::{self, Tasks};
 use crate::nodes::{NodeController, ZONE_LABEL};
-use crate::pools::Allocator;
+use crate::pools::{Allocator, Pool};
 use crate::services::{Candidate, ServiceController};
 use crate::Shared;
 
@@ -108,9 +108,11 @@ pub async fn run(
     cfg: CcmConfig,
     shared: Arc<Shared>,
     mut leading: watch::Receiver<bool>,
+    mut reloaded: watch::Receiver<(Vec<Pool>, Vec<InventoryNode>)>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let pools = cfg.build_pools()?;
+    let mut reload_open = true;
     let notify = Arc::new(Notify::new());
     let mut tasks = Tasks::default();
     let wcfg = watcher::Config::default();
@@ -148,6 +150,15 @@ pub async fn run(
     let mut liveness = SpeakerLiveness::default();
     let mut was_leader = false;
     loop {
+        if reload_open && reloaded.has_changed().unwrap_or(false) {
+            // New pools or inventory: start over from the Services' status, which drops (and
+            // so re-allocates) addresses no longer in any pool.
+            let (pools, inventory) = reloaded.borrow_and_update().clone();
+            node_ctl = NodeController::new(client.clone(), &inventory);
+            svc_ctl = ServiceController::new(client.clone(), Allocator::new(pools));
+            was_leader = false;
+            tracing::info!("pools and inventory reloaded");
+        }
         let leader = *leading.borrow_and_update();
         shared.is_leader.store(leader, Ordering::Relaxed);
         let live = liveness.observe(&leases.state(), Instant::now());
@@ -174,6 +185,7 @@ pub async fn run(
                     leading = watch::channel(true).1;
                 }
             }
+            r = reloaded.changed(), if reload_open => reload_open = r.is_ok(),
             _ = shutdown.changed() => return Ok(()),
         }
     }

@@ -132,7 +132,33 @@ pub async fn run(cfg: CcmConfig, common: &CommonArgs, log: LogHandle) -> anyhow:
     let (lease, renew, retry) = cfg.leader_timings()?;
     let speaker_lease = cfg.speaker_lease()?;
     let mut signals = signals::ShutdownSignals::new()?;
+    let mut hup = signals::reload_signals()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    // Reload (SIGHUP / D-Bus Reload()) re-reads the pools and the inventory from the config
+    // file; both are TOML-only, so no command-line flag can override what is re-read. Other
+    // keys need a restart. A file that does not validate leaves the running settings alone.
+    let (reload_tx, reload_rx) = watch::channel((cfg.build_pools()?, cfg.nodes.clone()));
+    let reload_tx = Arc::new(reload_tx);
+    let config_path = common.config.clone();
+    state.on_reload(move || {
+        let tx = reload_tx.clone();
+        let path = config_path.clone();
+        Box::pin(async move {
+            let Some(path) = path else {
+                return Ok(()); // no file: nothing to re-read
+            };
+            let new: CcmConfig = kelson_runtime::config::load(Some(&path), Default::default())
+                .map_err(|e| e.to_string())?;
+            let pools = new.build_pools().map_err(|e| e.to_string())?;
+            tracing::info!(
+                pools = pools.len(),
+                nodes = new.nodes.len(),
+                "configuration re-read"
+            );
+            tx.send_replace((pools, new.nodes));
+            Ok(())
+        })
+    });
     state.set_status("connecting to the API server");
     let shared = Arc::new(Shared::default());
     let mode = match cfg.mode {
@@ -203,6 +229,7 @@ pub async fn run(cfg: CcmConfig, common: &CommonArgs, log: LogHandle) -> anyhow:
                     cfg.clone(),
                     shared.clone(),
                     leading_rx,
+                    reload_rx.clone(),
                     shutdown_rx.clone(),
                 )),
             ));
@@ -268,7 +295,12 @@ pub async fn run(cfg: CcmConfig, common: &CommonArgs, log: LogHandle) -> anyhow:
         tokio::pin!(first_done);
         loop {
             tokio::select! {
-                sig = signals.recv() => {
+                Some(()) = hup.recv() => {
+                if let Err(e) = state.reload().await {
+                    tracing::warn!(error = %e, "reload failed; keeping the running configuration");
+                }
+            }
+            sig = signals.recv() => {
                     tracing::info!(signal = sig.name(), "stopping");
                     break;
                 }

@@ -119,6 +119,34 @@ async fn ready_leader_dbus_metrics_and_stop() {
         "{m}"
     );
 
+    // SIGHUP re-reads the pools: the Service's address is outside the new pool, so it moves.
+    std::fs::write(
+        &cfg,
+        "[[pools]]\nname = \"moved\"\nranges = [\"10.67.0.1-10.67.0.2\"]\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ccm.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait(
+        "the address to move to the reloaded pool",
+        15,
+        logs,
+        || async {
+            let s = svcs.get("m").await.ok()?;
+            let ip = s.status?.load_balancer?.ingress?.first()?.ip.clone()?;
+            (ip == "10.67.0.1").then_some(())
+        },
+    )
+    .await;
+    wait("PoolsUsage to show the new pool", 5, logs, || async {
+        (proxy.pools_usage().await.ok()? == vec![("moved".to_string(), 1, 2)]).then_some(())
+    })
+    .await;
+    assert!(ccm.is_running(), "SIGHUP must not stop the daemon");
+
     let status = ccm.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "exit {status:?}\n{}", logs());
     // The Lease is released on a clean stop so a standby takes over at once.
