@@ -148,6 +148,10 @@ fn walk(
 /// The request's fields the kind's schema does not have (empty when none, or for a kind the
 /// document has no schema for); `Err` is a type error (the decode message).
 pub fn check(info: &ResourceInfo, obj: &Value) -> Result<Vec<String>, String> {
+    // Custom resources: what their structural schema would prune (crd/).
+    if let Some(unknown) = crate::crd::unknown_fields(info, obj) {
+        return Ok(unknown);
+    }
     if let Some(Err(e)) = typed(info, obj) {
         return Err(e);
     }

@@ -204,6 +204,10 @@ pub async fn dispatch(
     if !info.supports(v) && r.t.sub.is_none() {
         return Err(ApiError::method_not_supported(v, info.resource));
     }
+    // Custom resources: scale by the CRD's paths, no strategic merge patch (crd/).
+    if let Some(res) = crate::crd::dispatch(r, v, &body).await {
+        return res;
+    }
     match (v, r.t.sub) {
         ("get", None) => get(r).await,
         ("list", None) => list(r).await,

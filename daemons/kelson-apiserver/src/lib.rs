@@ -16,6 +16,7 @@ pub mod apply;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod crd;
 pub mod dbus;
 pub mod eviction;
 pub mod fieldval;
@@ -237,7 +238,8 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     let ready = async {
         let mut delay = Duration::from_millis(100);
         loop {
-            match bootstrap(&api).await {
+            // Served CRDs are loaded before READY so a restarted server serves them at once.
+            match bootstrap(&api).await.and(crd::controller::load(&api).await) {
                 Ok(()) => return,
                 Err(e) => {
                     state.set_status(format!("waiting for the store: {e}"));
@@ -257,6 +259,7 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
         }
     }
     api.ready.store(true, Ordering::Relaxed);
+    let crd_controller = crd::start(api.clone());
     state.set_status(format!("serving on {bound}"));
     state.set_state(Lifecycle::Running);
     let _watchdog = state.spawn_watchdog();
@@ -281,6 +284,7 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     }
     state.set_state(Lifecycle::Stopping);
     gauge.abort();
+    crd_controller.abort();
     server_task.abort();
     drop(dbus);
     Ok(())

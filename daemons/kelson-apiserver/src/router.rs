@@ -137,7 +137,9 @@ fn resource(group: &str, version: &str, segs: &[&str]) -> Result<Route, ApiError
         }
         [] => return Err(nf()),
     };
-    let info = registry::lookup(group, version, res).ok_or_else(nf)?;
+    let info = registry::lookup(group, version, res)
+        .or_else(|| crate::crd::lookup(group, version, res))
+        .ok_or_else(nf)?;
     if ns.is_some() && !info.namespaced {
         return Err(nf());
     }

@@ -298,10 +298,16 @@ async fn endpoint(
         let v = match f {
             DiscoveryFormat::Legacy => doc,
             DiscoveryFormat::AggregatedV2 => {
-                kelson_apiresources::aggregated_discovery(legacy, true)
+                crate::crd::docs::merge_aggregated(
+                    kelson_apiresources::aggregated_discovery(legacy, true),
+                    legacy,
+                )
             }
             DiscoveryFormat::AggregatedV2Beta1 => {
-                kelson_apiresources::aggregated_discovery(legacy, false)
+                crate::crd::docs::merge_aggregated(
+                    kelson_apiresources::aggregated_discovery(legacy, false),
+                    legacy,
+                )
             }
         };
         let mut r = h::json(StatusCode::OK, &v);
@@ -320,9 +326,15 @@ async fn endpoint(
             true,
             kelson_apiresources::discovery_api_for(&api.server_address),
         ),
-        Endpoint::Apis => discovery(false, kelson_apiresources::discovery_apis()),
-        Endpoint::Group(g) => ok(discovery_group(&g).ok_or_else(ApiError::path_not_found)?),
+        Endpoint::Apis => discovery(
+            false,
+            crate::crd::docs::merge_apis(kelson_apiresources::discovery_apis()),
+        ),
+        Endpoint::Group(g) => ok(discovery_group(&g)
+            .or_else(|| crate::crd::docs::group(&g))
+            .ok_or_else(ApiError::path_not_found)?),
         Endpoint::GroupVersion(g, v) => ok(kelson_apiresources::discovery_group_version(&g, &v)
+            .or_else(|| crate::crd::docs::group_version(&g, &v))
             .ok_or_else(ApiError::path_not_found)?),
         Endpoint::OpenApiV2 => openapi_v2(accept)?,
         Endpoint::OpenIdConfiguration => {
@@ -336,18 +348,26 @@ async fn endpoint(
             );
             r
         }
-        Endpoint::OpenApiV3Root => {
-            h::json(StatusCode::OK, &kelson_apiresources::openapi_v3_index())
-        }
-        Endpoint::OpenApiV3(gv) => {
-            let doc = kelson_apiresources::openapi_v3(&gv).ok_or_else(ApiError::path_not_found)?;
-            raw_json(doc)
-        }
+        Endpoint::OpenApiV3Root => h::json(
+            StatusCode::OK,
+            &crate::crd::docs::merge_v3_index(kelson_apiresources::openapi_v3_index()),
+        ),
+        Endpoint::OpenApiV3(gv) => match kelson_apiresources::openapi_v3(&gv) {
+            Some(doc) => raw_json(doc),
+            // Custom resources' group versions (crd/).
+            None => raw_json_owned(
+                crate::crd::docs::openapi_v3(&gv).ok_or_else(ApiError::path_not_found)?,
+            ),
+        },
     })
 }
 
 fn raw_json(bytes: &'static [u8]) -> Response<Body> {
-    let mut r = Response::new(h::full(bytes::Bytes::from_static(bytes)));
+    raw_json_owned(bytes::Bytes::from_static(bytes))
+}
+
+fn raw_json_owned(bytes: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(h::full(bytes.into()));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -376,7 +396,12 @@ fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, ApiError> {
             "only application/json is served for /openapi/v2",
         ));
     }
-    Ok(raw_json(kelson_apiresources::openapi_v2()))
+    let base = kelson_apiresources::openapi_v2();
+    // With custom resources served, their definitions are added (crd/).
+    Ok(match crate::crd::docs::openapi_v2(base) {
+        Some(doc) => raw_json_owned(doc),
+        None => raw_json(base),
+    })
 }
 
 async fn health(

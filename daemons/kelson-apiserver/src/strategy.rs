@@ -65,6 +65,8 @@ pub fn for_kind(group: &str, kind: &str) -> &'static dyn Strategy {
         ("batch", "CronJob") => &workloads::CronJobStrategy,
         ("policy", "PodDisruptionBudget") => &workloads::PdbStrategy,
         ("", "ResourceQuota") => &workloads::ResourceQuotaStrategy,
+        (crate::crd::GROUP, "CustomResourceDefinition") => &crate::crd::CrdStrategy,
+        (g, k) if crate::crd::is_custom_kind(g, k) => &crate::crd::CustomStrategy,
         _ => &DefaultStrategy,
     }
 }

@@ -417,6 +417,10 @@ pub fn include(q: Option<&str>) -> Include {
 /// A Table of `items` of `kind`; `list_meta` is the list's metadata (resourceVersion, continue).
 /// `beta` answers a `meta.k8s.io/v1beta1` request in that version.
 pub fn table(kind: &str, items: &[Value], list_meta: Value, inc: Include, beta: bool) -> Value {
+    // Custom resources print their CRD's additionalPrinterColumns (crd/).
+    if let Some(t) = crate::crd::table(kind, items, &list_meta, inc, beta) {
+        return t;
+    }
     let defs = columns(kind)
         .into_iter()
         .map(|Col(name, ty, prio, fmt)| ColumnDefinition::new(name, ty, fmt, name, prio.into()))
