@@ -50,9 +50,10 @@ async fn http_semantics() {
             b"{}".to_vec(),
         )
         .await;
-    assert_eq!(r.status, 415);
+    // Server-side apply is served (tests/apply.rs); without a fieldManager it is a 422.
+    assert_eq!(r.status, 422, "{}", r.text());
     assert!(
-        r.text().contains("server-side apply is not implemented"),
+        r.text().contains("fieldManager: Required value"),
         "{}",
         r.text()
     );
