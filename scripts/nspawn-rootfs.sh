@@ -22,9 +22,11 @@ fi
 dir=$1
 mirror=${KELSON_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-include=systemd,systemd-sysv,dbus,iproute2,ca-certificates
+# librocksdb7.8: kelson-kv (and kelsonctl, for offline restore) link Debian's RocksDB;
+# procps: /bin/kill, which the units' ExecReload= runs (minbase leaves it out).
+include=systemd,systemd-sysv,dbus,iproute2,ca-certificates,librocksdb7.8,procps
 # Bump when the tree's content changes, so stale caches are rebuilt.
-stamp="kelson-nspawn-rootfs v1 $suite $include"
+stamp="kelson-nspawn-rootfs v3 $suite $include"
 marker=.kelson-rootfs-complete
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -333,7 +333,9 @@ fn daemon_configs(
         ("tls-private-key-file", p(&api.serving_key)),
         ("client-ca-file", p(&pki.ca_cert)),
         ("service-cluster-ip-range", s(SERVICE_CIDR)),
-        ("authorization-mode", s("Node,RBAC")),
+        // kelson-apiserver has no Node authorizer yet (RBAC or AlwaysAllow); nodes get
+        // the bootstrap system:node role through RBAC.
+        ("authorization-mode", s("RBAC")),
         ("anonymous-auth", Value::Boolean(false)),
         (
             "service-account-signing-key-file",

@@ -319,11 +319,12 @@ fn postinst(layout: &Layout) -> anyhow::Result<()> {
     } else {
         vec![format!("--root={}", layout.root.display())]
     };
+    // systemd (252) opens a config file named on the command line as given, not under
+    // --root, so it is named by its path inside the root.
     let file = |kind| {
         let a = ASSETS.iter().find(|a| a.kind == kind).expect("asset");
-        layout.asset(a).display().to_string()
+        layout.in_root(&layout.asset(a)).display().to_string()
     };
-    // Both tools take the config file as the installed system sees it, resolved under --root.
     let mut sysusers = root_args.clone();
     sysusers.push(file(AssetKind::Sysusers));
     postinst_step("systemd-sysusers", &sysusers)?;

@@ -331,6 +331,9 @@ fn kube_scheduler() -> Vec<PolicyRule> {
         r(READ, &[""], &["namespaces"]),
         r(READ, &["storage.k8s.io"], &["csidrivers"]),
         r(READ, &["storage.k8s.io"], &["csistoragecapacities"]),
+        // Not upstream's: kelson-scheduler resolves pod priority from PriorityClasses itself
+        // (it watches them), so under its own identity it needs to read them.
+        r(READ, &["scheduling.k8s.io"], &["priorityclasses"]),
     ]
 }
 
