@@ -1,7 +1,8 @@
 //! The userspace proxy: the fallback where nftables is unusable (or `mode = "userspace"`).
 //!
 //! As upstream's old userspace mode, but in tokio: every ClusterIP (and externalIP /
-//! LoadBalancer IP) is added to a dummy interface (`kelson-proxy0`) so the node accepts
+//! LoadBalancer IP) is added to a dummy interface (`kelson-proxy0`; `lo` where the kernel has
+//! no dummy driver) so the node accepts
 //! packets for it, and one listener per `ip:port/proto` (plus `node-ip:nodePort`) forwards
 //! each TCP connection, or each UDP client "session", to an endpoint chosen round robin over
 //! the usable endpoints (with a per-client pin for sessionAffinity ClientIP). A connect
@@ -158,18 +159,26 @@ pub fn cidr_contains(cidr: &str, ip: &IpAddr) -> bool {
 }
 
 impl Userspace {
-    /// Creates the dummy interface (if missing) and brings it up.
+    /// Creates the dummy interface (if missing) and brings it up. Kernels without the dummy
+    /// driver get the addresses on `lo` instead (equally local; removed one by one on exit).
     pub async fn new(iface: &str, nodeport_cidrs: &[String]) -> Result<Userspace, UserspaceError> {
-        if let Err(e) = ip(&["link", "add", iface, "type", "dummy"]).await {
-            if !e.to_string().contains("File exists") {
-                return Err(e);
+        let mut iface = iface.to_string();
+        match ip(&["link", "add", &iface, "type", "dummy"]).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("File exists") => {}
+            Err(e) if e.to_string().contains("Unknown device type") => {
+                tracing::warn!("no dummy interface driver in this kernel; ClusterIPs go on lo");
+                iface = "lo".into();
             }
+            Err(e) => return Err(e),
         }
-        ip(&["link", "set", iface, "up"]).await?;
-        // Start from a clean interface: addresses of a previous run are re-added on sync.
-        ip(&["addr", "flush", "dev", iface]).await?;
+        ip(&["link", "set", &iface, "up"]).await?;
+        if iface != "lo" {
+            // Start from a clean interface: addresses of a previous run are re-added on sync.
+            ip(&["addr", "flush", "dev", &iface]).await?;
+        }
         Ok(Userspace {
-            iface: iface.to_string(),
+            iface,
             nodeport_cidrs: nodeport_cidrs.to_vec(),
             listeners: HashMap::new(),
             addrs: BTreeSet::new(),
@@ -303,10 +312,17 @@ impl Userspace {
         Ok(())
     }
 
-    /// Stops every listener and removes the dummy interface.
+    /// Stops every listener and removes our addresses (and the dummy interface).
     pub async fn shutdown(mut self) {
         self.listeners.clear();
-        let _ = ip(&["link", "del", &self.iface]).await;
+        if self.iface == "lo" {
+            for a in std::mem::take(&mut self.addrs) {
+                let cidr = format!("{a}/{}", if a.is_ipv4() { 32 } else { 128 });
+                let _ = ip(&["addr", "del", &cidr, "dev", "lo"]).await;
+            }
+        } else {
+            let _ = ip(&["link", "del", &self.iface]).await;
+        }
     }
 }
 
