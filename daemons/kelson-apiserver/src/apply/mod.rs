@@ -483,22 +483,32 @@ pub(crate) async fn patch(
     let api = r.api;
     let ns = r.t.namespace.clone();
     let key = handlers::key(api, info, ns.as_deref(), &name);
-    let cur0 = match api.store.get(&key, None).await {
-        Ok(c) => c,
-        Err(kelson_apistorage::StorageError::NotFound { .. }) if !status_only => {
-            let obj = fm.apply(None, &config, force)?;
-            let out = handlers::create_object_with(
-                api,
-                info,
-                ns.as_deref(),
-                obj,
-                dry,
-                handlers::CreateManaged::Keep,
-            )
-            .await?;
-            return Ok(r.ok(StatusCode::CREATED, &out));
+    // Apply creates an absent object; losing that race to another create applies to theirs.
+    let mut created_concurrently = false;
+    let cur0 = loop {
+        match api.store.get(&key, None).await {
+            Ok(c) => break c,
+            Err(kelson_apistorage::StorageError::NotFound { .. }) if !status_only => {
+                let obj = fm.apply(None, &config, force)?;
+                let res = handlers::create_object_with(
+                    api,
+                    info,
+                    ns.as_deref(),
+                    obj,
+                    dry,
+                    handlers::CreateManaged::Keep,
+                )
+                .await;
+                match res {
+                    Ok(out) => return Ok(r.ok(StatusCode::CREATED, &out)),
+                    Err(e) if e.reason == "AlreadyExists" && !created_concurrently => {
+                        created_concurrently = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e.to_api_error(info.group, info.resource, &name)),
         }
-        Err(e) => return Err(e.to_api_error(info.group, info.resource, &name)),
     };
     let rv = config["metadata"]["resourceVersion"]
         .as_str()
