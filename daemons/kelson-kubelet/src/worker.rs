@@ -7,6 +7,9 @@
 //! or restart containers per `restartPolicy`. It then computes the pod status from the runtime
 //! state and patches `pods/status` when it changed.
 //!
+//! Volume contents are refreshed every `VOLUME_RESYNC` (a failed set-up every pass); probes
+//! run in their own tasks ([`crate::probe`]) and wake the worker when a result changes.
+//!
 //! Restarts back off like upstream: the first restart is immediate, then 10 s, doubling to
 //! 5 min, measured from the container's finish time; while backing off the container reports
 //! `Waiting/CrashLoopBackOff`. Image and config errors are remembered per container and shown
@@ -38,6 +41,10 @@ const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often a worker re-checks the runtime without a pod update.
 pub const RESYNC: Duration = Duration::from_secs(1);
+/// How often configMap/secret/downwardAPI/projected volume contents are refreshed (upstream
+/// refreshes them on its pod sync, about once a minute); a failed set-up is retried every pass.
+/// Reading the objects on every 1 s pass cost one GET per volume per pod per second.
+const VOLUME_RESYNC: Duration = Duration::from_secs(10);
 /// Grace used when a pod disappeared from the API without a graceful delete.
 const ORPHAN_GRACE: i64 = 2;
 
@@ -96,6 +103,8 @@ pub struct Worker {
     terminal: bool,
     /// Back-off for failed RunPodSandbox: (next attempt, current step).
     sandbox_retry: Option<(Instant, Duration)>,
+    /// Volumes prepared at: contents are refreshed every VOLUME_RESYNC, not every pass.
+    volumes: Option<(Instant, HashMap<String, std::path::PathBuf>)>,
     /// Probe tasks per container name, for the container instance they were started for.
     probers: HashMap<String, ContainerProbers>,
     /// Probe results wake the worker at once.
@@ -143,6 +152,7 @@ impl Worker {
             terminal: false,
             sandbox_retry: None,
             probers: HashMap::new(),
+            volumes: None,
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -306,20 +316,31 @@ impl Worker {
 
         // 2. Volumes (re-done each pass: configMap/secret contents follow their objects).
         let mut look = Lookups::new(self.shared.client.clone(), podspec::namespace(pod));
-        let volumes = match podspec::prepare_volumes(
-            &self.shared.ctx,
-            pod,
-            &pod_ip,
-            &mut look,
-            &self.shared.tokens,
-        )
-        .await
-        {
-            Ok(v) => v,
-            Err(f) => {
-                self.fail_all(&spec, f);
-                return Ok(());
-            }
+        let fresh = self
+            .volumes
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < VOLUME_RESYNC)
+            .map(|(_, v)| v.clone());
+        let volumes = match fresh {
+            Some(v) => v,
+            None => match podspec::prepare_volumes(
+                &self.shared.ctx,
+                pod,
+                &pod_ip,
+                &mut look,
+                &self.shared.tokens,
+            )
+            .await
+            {
+                Ok(v) => {
+                    self.volumes = Some((Instant::now(), v.clone()));
+                    v
+                }
+                Err(f) => {
+                    self.fail_all(&spec, f);
+                    return Ok(());
+                }
+            },
         };
         let observed = self.observe(&sb_id).await?;
         let policy = spec

@@ -6,6 +6,8 @@
 //! binaries built: `cargo build -p kelson-kv -p kelson-apiserver -p kelson-kubelet`. Pod traffic
 //! stays on a bridge and network namespaces this test creates; nothing leaves the machine.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -209,6 +211,8 @@ async fn kubelet_runs_pods_through_containerd() {
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let cri = Cri::connect(ctrd.socket()).unwrap();
+    // What the controller manager would create: every pod mounts kube-api-access-*.
+    common::namespace_defaults(&client, &cp, "default").await;
 
     // 1. The node registers Ready with labels, taints, capacity, and a Lease.
     let node = wait_for(Duration::from_secs(30), "node Ready", || async {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, ServiceAccount};
 use kelson_kubelet::cri::Cri;
 use kelson_testsupport::{
     bin_path, wait_for, ChildGuard, Containerd, ControlPlane, ControlPlaneOpts,
@@ -143,6 +143,7 @@ impl TestNode {
         ];
         args.extend(extra.iter().cloned());
         let client = cp.client().await.unwrap();
+        namespace_defaults(&client, &cp, "default").await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
         let cri = Cri::connect(ctrd.socket()).unwrap();
         let mut n = TestNode {
@@ -294,6 +295,27 @@ impl TestNode {
             .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
             .collect()
     }
+}
+
+/// What the controller manager's serviceaccount and root-ca-cert-publisher controllers put
+/// in every namespace (no controller manager runs here): the `default` ServiceAccount and the
+/// `kube-root-ca.crt` ConfigMap, which the API server's ServiceAccount admission makes every
+/// pod mount (the `kube-api-access-*` projected volume).
+pub async fn namespace_defaults(client: &kube::Client, cp: &ControlPlane, ns: &str) {
+    let pp = PostParams::default();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    let _ = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&pp, &sa)
+        .await;
+    let ca = std::fs::read_to_string(cp.dir().join("pki/ca.crt")).unwrap_or_default();
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": ca}}),
+    )
+    .unwrap();
+    let _ = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&pp, &cm)
+        .await;
 }
 
 pub fn condition(st: &serde_json::Value, ty: &str) -> String {
