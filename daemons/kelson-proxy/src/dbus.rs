@@ -49,7 +49,9 @@ impl Proxy1 {
         .await;
         match waited {
             Ok(()) => Ok(()),
-            Err(_) => Err(zbus::fdo::Error::Failed("sync did not finish in 30 s".into())),
+            Err(_) => Err(zbus::fdo::Error::Failed(
+                "sync did not finish in 30 s".into(),
+            )),
         }
     }
 }

@@ -93,8 +93,8 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
@@ -275,7 +275,12 @@ pub async fn run(cfg: ProxyConfig, common: &CommonArgs, log: LogHandle) -> anyho
                     ready = true;
                     state.set_state(Lifecycle::Running);
                     let _ = state.spawn_watchdog();
-                    tracing::info!(services = desired.len(), rules, ?took, "first sync done; ready");
+                    tracing::info!(
+                        services = desired.len(),
+                        rules,
+                        ?took,
+                        "first sync done; ready"
+                    );
                 }
                 state.set_status(format!(
                     "{} mode; {} service ports, {} rules; last sync {:.1} ms",
@@ -287,7 +292,10 @@ pub async fn run(cfg: ProxyConfig, common: &CommonArgs, log: LogHandle) -> anyho
             }
             Err(e) => {
                 sync_failures.inc();
-                tracing::error!(error = format!("{e:#}"), "sync failed; retrying with a full sync in 1 s");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "sync failed; retrying with a full sync in 1 s"
+                );
                 need_full = true;
                 retry_at = Some(Instant::now() + Duration::from_secs(1));
             }

@@ -3,7 +3,8 @@ use kelson_proxy::{ProxyConfig, ProxyFlags};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let about = "kelson-proxy: Service virtual IPs on this node (nftables, or a userspace fallback)";
+    let about =
+        "kelson-proxy: Service virtual IPs on this node (nftables, or a userspace fallback)";
     let Some(d) =
         kelson_runtime::daemon::start::<ProxyFlags, ProxyConfig>("proxy", "kelson-proxy", about)?
     else {

@@ -95,7 +95,9 @@ pub struct ServiceInfo {
 impl ServiceInfo {
     /// Whether traffic arrives from outside the cluster network (NodePort, LB, externalIPs).
     pub fn has_external(&self) -> bool {
-        self.node_port.is_some() || !self.external_ips.is_empty() || !self.load_balancer_ips.is_empty()
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
     }
 
     /// Upstream's endpoint categorisation: ready ones, else serving-and-terminating ones.
@@ -228,7 +230,10 @@ pub fn build(
                 .unwrap_or(10800)
         });
         let has_node_ports = ty == "NodePort" || ty == "LoadBalancer";
-        let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+        let slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         for p in spec.ports.iter().flatten() {
             let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
                 continue;
@@ -277,7 +282,7 @@ pub fn build(
             }
             // The same endpoint can appear in two slices while they are being rebalanced:
             // keep one, preferring the ready copy.
-            endpoints.sort_by(|a, b| (a.ip, a.port, !a.ready).cmp(&(b.ip, b.port, !b.ready)));
+            endpoints.sort_by_key(|e| (e.ip, e.port, !e.ready));
             endpoints.dedup_by(|b, a| a.ip == b.ip && a.port == b.port);
             state.insert(
                 ServicePortName {
@@ -297,10 +302,8 @@ pub fn build(
                         .clone()
                         .unwrap_or_default(),
                     affinity_timeout,
-                    external_policy_local: spec.external_traffic_policy.as_deref()
-                        == Some("Local"),
-                    internal_policy_local: spec.internal_traffic_policy.as_deref()
-                        == Some("Local"),
+                    external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                    internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                     endpoints,
                 },
             );
@@ -337,13 +340,13 @@ mod tests {
         ];
         let slices: Vec<std::sync::Arc<EndpointSlice>> = vec![
             slice(json!({"metadata": {"namespace": "ns", "name": "web-a",
-                    "labels": {"kubernetes.io/service-name": "web"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [
-                    {"addresses": ["10.0.0.2"], "conditions": {"ready": true}, "nodeName": "n1"},
-                    {"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "n2"},
-                ]})),
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": true}, "nodeName": "n1"},
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "n2"},
+            ]})),
             slice(json!({"metadata": {"namespace": "ns", "name": "web-b",
                     "labels": {"kubernetes.io/service-name": "web"}},
                 "addressType": "IPv4",
@@ -358,11 +361,18 @@ mod tests {
             .map(|(_, v)| v)
             .unwrap();
         assert_eq!(http.node_port, Some(30080));
-        assert_eq!(http.load_balancer_ips, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            http.load_balancer_ips,
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(http.affinity_timeout, Some(10800));
         assert!(http.external_policy_local && !http.internal_policy_local);
         assert_eq!(http.endpoints.len(), 2);
-        let ready: Vec<_> = http.cluster_endpoints().iter().map(|e| e.ip.to_string()).collect();
+        let ready: Vec<_> = http
+            .cluster_endpoints()
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
         assert_eq!(ready, vec!["10.0.0.2"]);
         assert_eq!(http.local_endpoints().len(), 1);
         let dns = st
@@ -370,7 +380,10 @@ mod tests {
             .find(|(k, _)| k.port_name == "dns")
             .map(|(_, v)| v)
             .unwrap();
-        assert_eq!(dns.node_port, None, "node port outside the range is ignored");
+        assert_eq!(
+            dns.node_port, None,
+            "node port outside the range is ignored"
+        );
         assert!(dns.endpoints.is_empty());
     }
 

@@ -78,7 +78,10 @@ impl Family {
         }
     }
     pub fn matches(self, ip: &IpAddr) -> bool {
-        matches!((self, ip), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
     }
     fn matches_cidr(self, cidr: &str) -> bool {
         cidr.split('/')
@@ -327,15 +330,42 @@ fn base_rules(ctx: &Ctx) -> Vec<(&'static str, String)> {
             ),
         ),
         ("nat-postrouting", "jump masquerading".to_string()),
-        ("filter-prerouting", "ct state new jump firewall-check".to_string()),
-        ("filter-input", "ct state new jump nodeport-endpoints-check".to_string()),
-        ("filter-input", "ct state new jump service-endpoints-check".to_string()),
-        ("filter-forward", "ct state new jump service-endpoints-check".to_string()),
-        ("filter-forward", "ct state new jump cluster-ips-check".to_string()),
-        ("filter-output", "ct state new jump service-endpoints-check".to_string()),
-        ("filter-output", "ct state new jump firewall-check".to_string()),
-        ("filter-output-post-dnat", "ct state new jump cluster-ips-check".to_string()),
-        ("mark-for-masquerade", format!("mark set mark or {MASQ_MARK}")),
+        (
+            "filter-prerouting",
+            "ct state new jump firewall-check".to_string(),
+        ),
+        (
+            "filter-input",
+            "ct state new jump nodeport-endpoints-check".to_string(),
+        ),
+        (
+            "filter-input",
+            "ct state new jump service-endpoints-check".to_string(),
+        ),
+        (
+            "filter-forward",
+            "ct state new jump service-endpoints-check".to_string(),
+        ),
+        (
+            "filter-forward",
+            "ct state new jump cluster-ips-check".to_string(),
+        ),
+        (
+            "filter-output",
+            "ct state new jump service-endpoints-check".to_string(),
+        ),
+        (
+            "filter-output",
+            "ct state new jump firewall-check".to_string(),
+        ),
+        (
+            "filter-output-post-dnat",
+            "ct state new jump cluster-ips-check".to_string(),
+        ),
+        (
+            "mark-for-masquerade",
+            format!("mark set mark or {MASQ_MARK}"),
+        ),
         ("masquerading", format!("mark and {MASQ_MARK} == 0 return")),
         ("masquerading", format!("mark set mark xor {MASQ_MARK}")),
         ("masquerading", "masquerade fully-random".to_string()),
@@ -352,7 +382,10 @@ fn base_rules(ctx: &Ctx) -> Vec<(&'static str, String)> {
             format!("{kw} daddr . meta l4proto . th dport vmap @firewall-ips"),
         ),
         ("reject-chain", "reject".to_string()),
-        ("cluster-ips-check", format!("{kw} daddr @cluster-ips reject")),
+        (
+            "cluster-ips-check",
+            format!("{kw} daddr @cluster-ips reject"),
+        ),
     ];
     if let Some(m) = nodeport_match {
         v.push((
@@ -369,15 +402,27 @@ fn base_rules(ctx: &Ctx) -> Vec<(&'static str, String)> {
 
 /// Base chains: (name, hook spec or "" for a regular chain).
 const BASE_CHAINS: &[(&str, &str)] = &[
-    ("nat-prerouting", "type nat hook prerouting priority dstnat ;"),
+    (
+        "nat-prerouting",
+        "type nat hook prerouting priority dstnat ;",
+    ),
     ("nat-output", "type nat hook output priority -100 ;"),
-    ("nat-postrouting", "type nat hook postrouting priority srcnat ;"),
+    (
+        "nat-postrouting",
+        "type nat hook postrouting priority srcnat ;",
+    ),
     // Before DNAT (-100), so the firewall sees the LoadBalancer IP.
-    ("filter-prerouting", "type filter hook prerouting priority -110 ;"),
+    (
+        "filter-prerouting",
+        "type filter hook prerouting priority -110 ;",
+    ),
     ("filter-input", "type filter hook input priority -110 ;"),
     ("filter-forward", "type filter hook forward priority -110 ;"),
     ("filter-output", "type filter hook output priority -110 ;"),
-    ("filter-output-post-dnat", "type filter hook output priority -90 ;"),
+    (
+        "filter-output-post-dnat",
+        "type filter hook output priority -90 ;",
+    ),
     ("mark-for-masquerade", ""),
     ("masquerading", ""),
     ("services", ""),
@@ -448,7 +493,10 @@ pub fn render_service(ctx: &Ctx, spn: &ServicePortName, info: &ServiceInfo) -> S
     let fw_chain = format!("firewall-{base}");
 
     let of_family = |v: Vec<&Endpoint>| -> Vec<Endpoint> {
-        v.into_iter().filter(|e| fam.matches(&e.ip)).cloned().collect()
+        v.into_iter()
+            .filter(|e| fam.matches(&e.ip))
+            .cloned()
+            .collect()
     };
     let cluster_eps = of_family(info.cluster_endpoints());
     let local_eps = of_family(info.local_endpoints());
@@ -529,10 +577,12 @@ pub fn render_service(ctx: &Ctx, spn: &ServicePortName, info: &ServiceInfo) -> S
 
     let need_local = info.internal_policy_local || (info.external_policy_local && has_external);
     if !cluster_eps.is_empty() {
-        out.chains.insert(svc_chain.clone(), balance_chain(&cluster_eps));
+        out.chains
+            .insert(svc_chain.clone(), balance_chain(&cluster_eps));
     }
     if need_local && !local_eps.is_empty() {
-        out.chains.insert(local_chain.clone(), balance_chain(&local_eps));
+        out.chains
+            .insert(local_chain.clone(), balance_chain(&local_eps));
     }
     // Every endpoint some balancing chain can pick: hairpin detection (an endpoint reaching
     // itself through the service is masqueraded, else it would answer itself directly), and
@@ -618,8 +668,10 @@ pub fn render_service(ctx: &Ctx, spn: &ServicePortName, info: &ServiceInfo) -> S
                 Some(no_ep_verdict.to_string()),
             );
         } else {
-            out.elements
-                .insert(("service-ips", key), Some(format!("goto {internal_target}")));
+            out.elements.insert(
+                ("service-ips", key),
+                Some(format!("goto {internal_target}")),
+            );
         }
     }
     for ip in &ext_ips {
@@ -642,8 +694,10 @@ pub fn render_service(ctx: &Ctx, spn: &ServicePortName, info: &ServiceInfo) -> S
                 Some(no_ep_verdict.to_string()),
             );
         } else {
-            out.elements
-                .insert(("service-nodeports", key), Some(format!("goto {ext_chain}")));
+            out.elements.insert(
+                ("service-nodeports", key),
+                Some(format!("goto {ext_chain}")),
+            );
         }
     }
     out

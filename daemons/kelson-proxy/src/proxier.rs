@@ -42,7 +42,9 @@ pub struct NftProxier {
 
 impl std::fmt::Debug for NftProxier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NftProxier").field("nft", &self.nft).finish()
+        f.debug_struct("NftProxier")
+            .field("nft", &self.nft)
+            .finish()
     }
 }
 

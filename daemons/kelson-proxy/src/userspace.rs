@@ -151,7 +151,11 @@ pub fn cidr_contains(cidr: &str, ip: &IpAddr) -> bool {
             u32::from(n) & mask == u32::from(*a) & mask
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(n) & mask == u128::from(*a) & mask
         }
         _ => false,
@@ -304,7 +308,12 @@ impl Userspace {
             tracing::debug!(addr = %key.addr, proto = ?key.protocol, "listening");
             self.listeners.insert(key, Listener { backends, task });
         }
-        for a in self.addrs.difference(&want_addrs).copied().collect::<Vec<_>>() {
+        for a in self
+            .addrs
+            .difference(&want_addrs)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             let cidr = format!("{a}/{}", if a.is_ipv4() { 32 } else { 128 });
             let _ = ip(&["addr", "del", &cidr, "dev", &self.iface]).await;
             self.addrs.remove(&a);
@@ -386,9 +395,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, backends: Arc<Backends>) {
                 let (down, up2, sessions2) = (sock.clone(), u.clone(), sessions.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 65536];
-                    while let Ok(Ok(n)) =
-                        tokio::time::timeout(UDP_IDLE, up2.recv(&mut buf)).await
-                    {
+                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, up2.recv(&mut buf)).await {
                         let _ = down.send_to(&buf[..n], client).await;
                     }
                     sessions2.lock().remove(&client);

@@ -71,6 +71,17 @@ async fn cluster_ip(mode: &str) {
     eprintln!("{mode}: endpoint removal effective after {took:?}");
     assert!(took < Duration::from_secs(1), "removal took {took:?}");
 
+    // D-Bus: mode, counts, sync duration; Sync() completes.
+    let p = env.dbus().await;
+    let want_mode = if mode.is_empty() { "userspace" } else { mode };
+    assert_eq!(p.get_property::<String>("Mode").await.unwrap(), want_mode);
+    // web + the API server's own `kubernetes` service.
+    assert_eq!(p.get_property::<u32>("ServiceCount").await.unwrap(), 2);
+    assert!(p.get_property::<u32>("RuleCount").await.unwrap() > 0);
+    let _: () = p.call("Sync", &()).await.expect("Sync()");
+    let d = p.get_property::<f64>("LastSyncDuration").await.unwrap();
+    assert!(d > 0.0 && d < 5.0, "LastSyncDuration {d}");
+
     // A service with no endpoints: refused, not a timeout.
     let empty = env.service("empty", json!({"type": "ClusterIP"})).await;
     let eaddr = cluster_addr(&empty);
@@ -85,7 +96,10 @@ async fn cluster_ip(mode: &str) {
     let started = Instant::now();
     let err = env.topo.connect(eaddr).expect_err("no endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    assert!(started.elapsed() < Duration::from_millis(500), "rejected at once");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "rejected at once"
+    );
 }
 
 /// NodePort from the client netns at the node's address.
@@ -137,6 +151,30 @@ async fn nftables_node_port_and_local_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn userspace_cluster_ip() {
     cluster_ip("userspace").await;
+}
+
+/// No usable nft (a missing binary stands in for a kernel without nftables): the proxy says so
+/// and serves in userspace mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_userspace_without_nftables() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(&cfg, "nft-path = \"/nonexistent/nft\"\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut env = Env::start_with("", &["--config", &cfg]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.proxy.log().contains("proxy mode") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = env.proxy.log();
+    assert!(log.contains("falling back to the userspace proxy"), "{log}");
+    let svc = env.service("web", json!({"type": "ClusterIP"})).await;
+    env.slice("web", &[0]).await;
+    let addr = cluster_addr(&svc);
+    let a = env.wait("the ClusterIP to answer", 30, |t| t.connect(addr).ok());
+    assert_eq!(parse_answer(&a).0, "e1");
+    let p = env.dbus().await;
+    assert_eq!(p.get_property::<String>("Mode").await.unwrap(), "userspace");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kelson_testsupport::{ChildGuard, ControlPlane};
+use kelson_testsupport::{ChildGuard, ControlPlane, DbusDaemon};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -71,11 +71,7 @@ pub struct Topo {
 impl Drop for Topo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for ns in self
-            .endpoints
-            .iter()
-            .chain([&self.client, &self.node])
-        {
+        for ns in self.endpoints.iter().chain([&self.client, &self.node]) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -108,24 +104,73 @@ impl Topo {
         sh(&["ip", "-n", n, "link", "set", "br0", "up"]);
         for (i, e) in t.endpoints.iter().enumerate() {
             let ve = format!("ve{}", i + 1);
-            sh(&["ip", "-n", n, "link", "add", &ve, "type", "veth", "peer", "name", "eth0", "netns", e]);
+            sh(&[
+                "ip", "-n", n, "link", "add", &ve, "type", "veth", "peer", "name", "eth0", "netns",
+                e,
+            ]);
             sh(&["ip", "-n", n, "link", "set", &ve, "master", "br0", "up"]);
-            sh(&["ip", "-n", e, "addr", "add", &format!("10.77.1.1{}/24", i + 1), "dev", "eth0"]);
+            sh(&[
+                "ip",
+                "-n",
+                e,
+                "addr",
+                "add",
+                &format!("10.77.1.1{}/24", i + 1),
+                "dev",
+                "eth0",
+            ]);
             sh(&["ip", "-n", e, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", e, "route", "add", "default", "via", NODE_BRIDGE_IP]);
+            sh(&[
+                "ip",
+                "-n",
+                e,
+                "route",
+                "add",
+                "default",
+                "via",
+                NODE_BRIDGE_IP,
+            ]);
         }
         let c = t.client.as_str();
-        sh(&["ip", "-n", n, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c]);
+        sh(&[
+            "ip", "-n", n, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c,
+        ]);
         sh(&["ip", "-n", n, "addr", "add", "10.77.2.1/24", "dev", "vc"]);
         sh(&["ip", "-n", n, "link", "set", "vc", "up"]);
         sh(&["ip", "-n", c, "addr", "add", "10.77.2.2/24", "dev", "eth0"]);
         sh(&["ip", "-n", c, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", c, "route", "add", "default", "via", NODE_CLIENT_IP]);
+        sh(&[
+            "ip",
+            "-n",
+            c,
+            "route",
+            "add",
+            "default",
+            "via",
+            NODE_CLIENT_IP,
+        ]);
         // A node has a default route (here to a gateway that does not exist): without one,
         // packets to a ClusterIP that is not DNATed would die in routing before the filter
         // hooks that reject them.
-        sh(&["ip", "-n", n, "route", "add", "default", "via", "10.77.1.254"]);
-        sh(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.77.1.254",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
         t
     }
 
@@ -136,7 +181,8 @@ impl Topo {
     /// Starts the echo servers: endpoint i answers `e<i+1> <peer-ip>`.
     pub fn start_servers(&self) {
         for (i, ns) in self.endpoints.iter().enumerate() {
-            let l: TcpListener = in_netns(ns, || TcpListener::bind("0.0.0.0:8080").expect("bind 8080"));
+            let l: TcpListener =
+                in_netns(ns, || TcpListener::bind("0.0.0.0:8080").expect("bind 8080"));
             l.set_nonblocking(true).unwrap();
             let stop = self.stop.clone();
             let name = format!("e{}", i + 1);
@@ -199,6 +245,7 @@ impl Topo {
 /// Control plane + topology + kelson-proxy in the node netns.
 pub struct Env {
     pub proxy: ChildGuard,
+    pub bus: DbusDaemon,
     pub topo: Topo,
     pub cp: ControlPlane,
     pub client: kube::Client,
@@ -206,6 +253,12 @@ pub struct Env {
 
 impl Env {
     pub async fn start(mode: &str) -> Env {
+        Self::start_with(mode, &[]).await
+    }
+
+    /// `mode` "" lets the proxy choose; `extra` flags are appended.
+    pub async fn start_with(mode: &str, extra: &[&str]) -> Env {
+        let bus = DbusDaemon::start().expect("dbus-daemon");
         let cp = ControlPlane::start().await.expect("control plane starts");
         let client = cp.client().await.expect("client");
         let topo = Topo::new();
@@ -222,12 +275,16 @@ impl Env {
             .arg(env!("CARGO_BIN_EXE_kelson-proxy"))
             .arg("--kubeconfig")
             .arg(cp.kubeconfig_path())
+            .args(["--dbus-address", bus.address()])
+            .args(if mode.is_empty() {
+                vec![]
+            } else {
+                vec!["--proxy-mode", mode]
+            })
+            .args(extra)
             .args([
-                "--no-dbus",
                 "--hostname-override",
                 NODE,
-                "--proxy-mode",
-                mode,
                 "--cluster-cidr",
                 "10.77.1.0/24",
                 "--min-sync-period",
@@ -239,6 +296,7 @@ impl Env {
             .expect("proxy starts");
         Env {
             proxy,
+            bus,
             topo,
             cp,
             client,
@@ -249,7 +307,8 @@ impl Env {
     pub async fn service(&self, name: &str, spec: serde_json::Value) -> Service {
         let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
         let mut spec = spec;
-        spec["ports"] = json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]);
+        spec["ports"] =
+            json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]);
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": spec,
@@ -293,6 +352,23 @@ impl Env {
                     .expect("create slice");
             }
         }
+    }
+
+    /// A proxy for `io.kelson.Proxy1` on the test bus.
+    pub async fn dbus(&self) -> zbus::Proxy<'static> {
+        let conn = zbus::connection::Builder::address(self.bus.address())
+            .unwrap()
+            .build()
+            .await
+            .expect("connect to the test bus");
+        zbus::Proxy::new(
+            &conn,
+            "io.kelson.Proxy1",
+            "/io/kelson/Proxy1",
+            "io.kelson.Proxy1",
+        )
+        .await
+        .expect("D-Bus proxy")
     }
 
     /// Polls `f` (every 50 ms, at most `secs`) until it returns Some.
