@@ -205,7 +205,7 @@ async fn failing_job_hits_backoff_limit_then_ttl_deletes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_active_deadline_and_suspend() {
+async fn job_deadline_suspend_and_pod_failure_policy() {
     let env = Env::start(&[], &[("n1", "a")]).await;
     // Pods that never finish (no fake-exit label): the deadline fails the Job.
     let mut j = job("slow", 1, 1, "0", json!({"activeDeadlineSeconds": 2}));
@@ -249,6 +249,38 @@ async fn job_active_deadline_and_suspend() {
         (pods_with(&env, "app=sus").await.len() == 2).then_some(())
     })
     .await;
+
+    // podFailurePolicy: exit code 42 fails the Job at once despite backoffLimit 6; exit code 3
+    // is ignored (not counted, replaced without back-off).
+    let policy = |action: &str, code: i32| {
+        json!({"backoffLimit": 6, "podFailurePolicy": {"rules": [
+            {"action": action, "onExitCodes": {"operator": "In", "values": [code]}}]}})
+    };
+    apply(&env, "pfp", job("pfp", 1, 1, "42", policy("FailJob", 42)));
+    let mut ign = job("ign", 1, 1, "3", policy("Ignore", 3));
+    ign["spec"]["backoffLimit"] = json!(0);
+    apply(&env, "ign", ign);
+    let j = env
+        .wait("FailJob rule fails the job", 20, || async {
+            let j = jobs.get("pfp").await.ok()?;
+            condition(&j, "Failed").map(|_| j)
+        })
+        .await;
+    let (reason, msg) = condition(&j, "Failed").unwrap();
+    assert_eq!(reason, "PodFailurePolicy");
+    assert!(
+        msg.contains("failed with exit code 42 matching FailJob rule at index 0"),
+        "{msg}"
+    );
+    assert_eq!(j.status.unwrap().failed, Some(1));
+    env.wait("ignored failures are replaced", 20, || async {
+        (pods_with(&env, "app=ign").await.len() >= 3).then_some(())
+    })
+    .await;
+    let j = jobs.get("ign").await.unwrap();
+    assert!(condition(&j, "Failed").is_none(), "{:?}", j.status);
+    assert_eq!(j.status.unwrap().failed.unwrap_or(0), 0);
+    env.kubectl(&["delete", "job", "ign", "--wait=false"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,10 @@
 //! label `batch.kubernetes.io/job-completion-index`, env `JOB_COMPLETION_INDEX`, hostname
 //! `<job>-<index>`).
 //!
+//! A `podFailurePolicy` is applied to each failed pod (first matching rule): FailJob fails the
+//! Job at once (reason `PodFailurePolicy`), Ignore neither counts the failure nor backs off,
+//! Count is the default behaviour.
+//!
 //! ttl-after-finished: a finished Job with `ttlSecondsAfterFinished` is deleted (foreground, so
 //! its pods go first) that many seconds after it finished.
 
@@ -149,6 +153,88 @@ fn pod_index(p: &Pod) -> Option<i32> {
         .get(COMPLETION_INDEX)?
         .parse()
         .ok()
+}
+
+/// What a pod failure policy rule says about a failed pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    FailJob,
+    Ignore,
+    Count,
+    FailIndex,
+}
+
+/// Upstream's `matchPodFailurePolicy`: the first rule whose `onExitCodes` (some terminated
+/// container, optionally by name, whose exit code is In the values — or NotIn them and not
+/// 0) or `onPodConditions` (a pod condition of that type and status) matches decides. Returns
+/// the action and, for FailJob, upstream's condition message.
+pub fn policy_action(
+    spec: &k8s_openapi::api::batch::v1::JobSpec,
+    p: &Pod,
+) -> Option<(Action, String)> {
+    let rules = &spec.pod_failure_policy.as_ref()?.rules;
+    let pod_name = format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    );
+    let status = p.status.as_ref();
+    let terminated: Vec<(String, i32)> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .filter_map(|c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            Some((c.name.clone(), t.exit_code))
+        })
+        .collect();
+    for (i, r) in rules.iter().enumerate() {
+        let action = match r.action.as_str() {
+            "FailJob" => Action::FailJob,
+            "Ignore" => Action::Ignore,
+            "Count" => Action::Count,
+            "FailIndex" => Action::FailIndex,
+            _ => continue,
+        };
+        if let Some(oe) = &r.on_exit_codes {
+            let hit = terminated.iter().find(|(name, code)| {
+                let name_ok = oe.container_name.as_deref().is_none_or(|n| n == name);
+                let in_vals = oe.values.contains(code);
+                name_ok
+                    && match oe.operator.as_str() {
+                        "In" => in_vals,
+                        "NotIn" => !in_vals && *code != 0,
+                        _ => false,
+                    }
+            });
+            if let Some((name, code)) = hit {
+                let msg = format!(
+                    "Container {name} for pod {pod_name} failed with exit code {code} matching {} rule at index {i}",
+                    r.action
+                );
+                return Some((action, msg));
+            }
+        }
+        for pc in r.on_pod_conditions.iter().flatten() {
+            let hit = status
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == pc.type_ && c.status == pc.status);
+            if hit {
+                let msg = format!(
+                    "Pod {pod_name} has condition {} matching {} rule at index {i}",
+                    pc.type_, r.action
+                );
+                return Some((action, msg));
+            }
+        }
+    }
+    None
 }
 
 /// `completedIndexes` ("1,3-5") to a set and back.
@@ -293,6 +379,17 @@ async fn reconcile(
                 newly = true;
             }
             Some(false) => {
+                if matches!(policy_action(&spec, p), Some((Action::Ignore, _))) {
+                    // Ignored failures are not counted and cause no back-off (upstream).
+                    remove_finalizer(&pods_api, p).await?;
+                    counted
+                        .0
+                        .lock()
+                        .entry(key.to_string())
+                        .or_default()
+                        .insert(puid);
+                    continue;
+                }
                 ufail.insert(puid);
                 newly = true;
             }
@@ -309,6 +406,7 @@ async fn reconcile(
         st.uncounted_terminated_pods = uncounted(&usucc, &ufail);
         write_status(&jobs_api, name, &st).await?;
     }
+    let mut policy_failure: Option<String> = None;
     let mut completed = parse_indexes(st.completed_indexes.as_deref().unwrap_or_default());
     let mut new_failures = 0u32;
     for p in &pods {
@@ -338,6 +436,9 @@ async fn reconcile(
             st.failed = Some(st.failed.unwrap_or(0) + 1);
             ufail.remove(&puid);
             new_failures += 1;
+            if let Some((Action::FailJob, msg)) = policy_action(&spec, p) {
+                policy_failure = Some(msg);
+            }
         }
     }
     // Uids whose pods are gone from the cache were already un-finalized: count them too.
@@ -418,7 +519,9 @@ async fn reconcile(
 
     // Failure and completion.
     let mut failure: Option<(&str, &str)> = None;
-    if failed > backoff_limit {
+    if let Some(m) = &policy_failure {
+        failure = Some(("PodFailurePolicy", m.as_str()));
+    } else if failed > backoff_limit {
         failure = Some((
             "BackoffLimitExceeded",
             "Job has reached the specified backoff limit",

@@ -265,7 +265,11 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                         // Finished: containers exit with `code`.
                         let ok = code == "0";
                         let now = Timestamp::now().to_string();
-                        let status = json!({"status": {"phase": if ok { "Succeeded" } else { "Failed" },
+                        let code_n: i32 = code.parse().unwrap_or(1);
+                        let statuses: Vec<serde_json::Value> = p.spec.as_ref().map(|s| s.containers.iter().map(|c| json!({
+                            "name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"terminated": {"exitCode": code_n, "reason": if ok { "Completed" } else { "Error" }, "finishedAt": now}}})).collect()).unwrap_or_default();
+                        let status = json!({"status": {"phase": if ok { "Succeeded" } else { "Failed" }, "containerStatuses": statuses,
                             "conditions": [
                                 {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
                                 {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}]}});
