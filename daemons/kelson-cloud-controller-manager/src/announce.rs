@@ -207,7 +207,12 @@ fn ip_addr(op: &str, ip: IpAddr, iface: &str) -> Result<(), AnnounceError> {
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     // Deleting an address that is not there is the desired end state.
-    if op == "del" && stderr.contains("Cannot assign requested address") {
+    // (iproute2 says "Cannot assign requested address" or "ipv4/ipv6: Address not found".)
+    let lower = stderr.to_ascii_lowercase();
+    if op == "del"
+        && (lower.contains("cannot assign requested address")
+            || lower.contains("address not found"))
+    {
         return Ok(());
     }
     Err(AnnounceError::Ip {

@@ -113,6 +113,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pools = cfg.build_pools()?;
     let mut reload_open = true;
+    let mut reload_pending = false;
     let notify = Arc::new(Notify::new());
     let mut tasks = Tasks::default();
     let wcfg = watcher::Config::default();
@@ -150,7 +151,9 @@ pub async fn run(
     let mut liveness = SpeakerLiveness::default();
     let mut was_leader = false;
     loop {
-        if reload_open && reloaded.has_changed().unwrap_or(false) {
+        // changed() in the select below marks the value seen, hence the flag.
+        if reload_pending || (reload_open && reloaded.has_changed().unwrap_or(false)) {
+            reload_pending = false;
             // New pools or inventory: start over from the Services' status, which drops (and
             // so re-allocates) addresses no longer in any pool.
             let (pools, inventory) = reloaded.borrow_and_update().clone();
@@ -185,7 +188,10 @@ pub async fn run(
                     leading = watch::channel(true).1;
                 }
             }
-            r = reloaded.changed(), if reload_open => reload_open = r.is_ok(),
+            r = reloaded.changed(), if reload_open => {
+                reload_open = r.is_ok();
+                reload_pending = reload_open;
+            }
             _ = shutdown.changed() => return Ok(()),
         }
     }
