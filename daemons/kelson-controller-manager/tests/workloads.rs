@@ -448,6 +448,8 @@ async fn daemonset_lands_one_pod_per_eligible_node() {
             == Some("registry.invalid/agent:2")));
     let revs = env.kubectl(&["get", "controllerrevisions", "-o", "name"]);
     assert_eq!(revs.lines().count(), 2, "{revs}");
+    let hist = env.kubectl(&["rollout", "history", "daemonset/agent"]);
+    assert!(hist.contains('1') && hist.contains('2'), "{hist}");
     // Tolerating the taint adds n3.
     env.kubectl(&["patch", "daemonset", "agent", "--type=merge", "-p",
         r#"{"spec":{"template":{"spec":{"tolerations":[{"key":"dedicated","operator":"Exists","effect":"NoSchedule"}]}}}}"#]);
@@ -782,6 +784,19 @@ async fn statefulset_rolling_update_with_partition() {
     }
     let revs = env.kubectl(&["get", "controllerrevisions", "-o", "name"]);
     assert_eq!(revs.lines().count(), 2, "{revs}");
+    env.kubectl(&["rollout", "status", "statefulset/db", "--timeout=20s"]);
+    // Undo goes back to the first template (its revision becomes the newest).
+    env.kubectl(&["rollout", "undo", "statefulset/db"]);
+    env.wait("undo rolls back", 30, || async {
+        let st = sets.get("db").await.ok()?.status?;
+        let done = st.update_revision.as_deref() == Some(rev1.as_str())
+            && st.current_revision == st.update_revision
+            && st.updated_replicas == Some(3)
+            && st.ready_replicas == Some(3);
+        done.then_some(())
+    })
+    .await;
+    assert_eq!(image(0).await.as_deref(), Some("registry.invalid/db:1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,9 +19,15 @@ use crate::util;
 
 pub const REVISION_HASH: &str = "controller-revision-hash";
 
-/// The revision snapshot upstream stores: `{"spec": {"template": <t>, "$patch": "replace"}}`.
+/// The revision snapshot upstream stores (`getPatch`): `{"spec": {"template": <t with
+/// "$patch": "replace">}}` — a strategic merge patch `kubectl rollout undo` applies as is, the
+/// directive making the old template replace the current one instead of merging into it.
 pub fn snapshot(template: &Value) -> Value {
-    json!({"spec": {"template": template, "$patch": "replace"}})
+    let mut t = template.clone();
+    if let Some(m) = t.as_object_mut() {
+        m.insert("$patch".into(), json!("replace"));
+    }
+    json!({"spec": {"template": t}})
 }
 
 /// `<owner>-<hash>` for a snapshot.
@@ -32,10 +38,11 @@ pub fn revision_name(owner: &str, snapshot: &Value) -> String {
 
 /// The pod template stored in a revision.
 pub fn template_of(cr: &ControllerRevision) -> Option<Value> {
-    cr.data
-        .as_ref()
-        .map(|d| d.0["spec"]["template"].clone())
-        .filter(|t| !t.is_null())
+    let mut t = cr.data.as_ref()?.0["spec"]["template"].clone();
+    if let Some(m) = t.as_object_mut() {
+        m.remove("$patch");
+    }
+    (!t.is_null()).then_some(t)
 }
 
 /// Revisions controlled by the owner (by uid), oldest first.
