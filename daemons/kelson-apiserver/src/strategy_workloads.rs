@@ -313,7 +313,14 @@ impl Strategy for CronJobStrategy {
                 && tz
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c));
-            if !valid {
+            // Upstream loads the zone (time.LoadLocation); the controller reads the same system
+            // tz database, so a zone it cannot find is refused here rather than failing later.
+            let known = tz == "UTC"
+                || tz == "Etc/UTC"
+                || std::path::Path::new("/usr/share/zoneinfo")
+                    .join(tz)
+                    .is_file();
+            if !valid || !known {
                 out.push(StatusCause::invalid(
                     "spec.timeZone",
                     format!("Invalid value: {tz:?}: unknown time zone {tz}"),
@@ -608,6 +615,13 @@ mod tests {
         assert_eq!(c["spec"]["concurrencyPolicy"], "Allow");
         assert_eq!(c["spec"]["successfulJobsHistoryLimit"], 3);
         assert_eq!(c["spec"]["failedJobsHistoryLimit"], 1);
+        assert!(CronJobStrategy.validate(&c).is_empty());
+        c["spec"]["timeZone"] = json!("Nowhere/Atlantis");
+        assert!(CronJobStrategy
+            .validate(&c)
+            .iter()
+            .any(|e| e.field == "spec.timeZone"));
+        c["spec"]["timeZone"] = json!("UTC");
         assert!(CronJobStrategy.validate(&c).is_empty());
         c["spec"]["schedule"] = json!("not a schedule");
         assert!(!CronJobStrategy.validate(&c).is_empty());
