@@ -183,6 +183,9 @@ impl ServiceController {
             let freed = self.alloc.release(&o);
             tracing::info!(service = %o, ?freed, "service gone; addresses freed");
         }
+        self.last_error.retain(|k, _| present.contains(k));
+        let held: HashSet<IpAddr> = self.alloc.all().keys().copied().collect();
+        self.no_announcer.retain(|ip| held.contains(ip));
     }
 
     async fn reconcile_one(
