@@ -199,3 +199,46 @@ async fn static_pods_are_mirrored_and_routes_follow_nodes() {
     .unwrap_or_else(|e| panic!("{e:#}\nkubelet log:\n{}", node.log_tail()));
     assert!(node.containers_of(&hash).await.is_empty());
 }
+
+/// Node IPAM assigns the podCIDR after the node registered: the kubelet must notice at once
+/// (a watch on its Node), not at its next status post — with the 10 s default that kept the
+/// first pods of `kelsonctl up` in ContainerCreating for ~10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cidr_assigned_after_registration_is_used_at_once() {
+    let node = TestNode::start(0, &["--node-status-update-frequency=60".into()]).await;
+    node.create(
+        "early",
+        json!({"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}]}),
+    )
+    .await;
+    node.wait_status("early", 20, "waiting for the network", |st| {
+        st["containerStatuses"][0]["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no podCIDR"))
+    })
+    .await;
+    let nodes: Api<Node> = Api::all(node.client.clone());
+    let t0 = std::time::Instant::now();
+    nodes
+        .patch(
+            &node.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"podCIDR": "10.252.15.0/24", "podCIDRs": ["10.252.15.0/24"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let st = node
+        .wait_status("early", 20, "Running", |st| st["phase"] == "Running")
+        .await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "Running {took:?} after the podCIDR was set"
+    );
+    assert!(
+        st["podIP"].as_str().unwrap_or("").starts_with("10.252.15."),
+        "{st}"
+    );
+}

@@ -97,7 +97,8 @@ pub struct TestNode {
 
 impl TestNode {
     /// Starts everything; `extra` kubelet flags are appended. `subnet` is the third octet
-    /// of the node's 10.252.x.0/24 pod CIDR (distinct per test function).
+    /// of the node's 10.252.x.0/24 pod CIDR (distinct per test function); 0 starts the
+    /// kubelet without `--pod-cidr` (the test then plays node IPAM).
     pub async fn start(subnet: u8, extra: &[String]) -> TestNode {
         prerequisites();
         let work = tempfile::tempdir().unwrap();
@@ -141,6 +142,15 @@ impl TestNode {
             "--node-status-update-frequency=2".into(),
             format!("--cgroup-root=/kelson-feat-{suffix}"),
         ];
+        if subnet == 0 {
+            args.retain(|a| !a.starts_with("--pod-cidr="));
+        }
+        // An extra flag replaces a default one of the same name.
+        for e in extra {
+            if let Some((flag, _)) = e.split_once('=') {
+                args.retain(|a| !a.starts_with(&format!("{flag}=")));
+            }
+        }
         args.extend(extra.iter().cloned());
         let client = cp.client().await.unwrap();
         namespace_defaults(&client, &cp, "default").await;
