@@ -49,7 +49,10 @@ fn version_key(v: &str) -> (u8, i64, i64, String) {
 }
 
 /// Every (info, served) pair by group, versions in priority order; the CRD resource first.
-fn by_group() -> BTreeMap<String, BTreeMap<(u8, i64, i64, String), Vec<Entry>>> {
+/// Version sort key → the resources of that version.
+type Versions = BTreeMap<(u8, i64, i64, String), Vec<Entry>>;
+
+fn by_group() -> BTreeMap<String, Versions> {
     let mut out: BTreeMap<String, BTreeMap<_, Vec<Entry>>> = BTreeMap::new();
     out.entry(CRD_INFO.group.to_string())
         .or_default()
@@ -70,7 +73,7 @@ struct Entry {
     info: &'static ResourceInfo,
 }
 
-fn versions_of(g: &BTreeMap<(u8, i64, i64, String), Vec<Entry>>) -> Vec<&'static str> {
+fn versions_of(g: &Versions) -> Vec<&'static str> {
     g.values()
         .filter_map(|e| e.first().map(|e| e.info.version))
         .collect()
@@ -291,7 +294,10 @@ fn strip_v3_only(mut v: Value) -> Value {
 fn paths_of(r: &ResourceInfo, def: &str, paths: &mut Map<String, Value>) {
     let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
     let base = if r.namespaced {
-        format!("/apis/{}/{}/namespaces/{{namespace}}/{}", r.group, r.version, r.resource)
+        format!(
+            "/apis/{}/{}/namespaces/{{namespace}}/{}",
+            r.group, r.version, r.resource
+        )
     } else {
         format!("/apis/{}/{}/{}", r.group, r.version, r.resource)
     };

@@ -278,6 +278,7 @@ pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
     if let Some(o) = obj.as_object_mut() {
         prune_object(schema, o, "", true, &mut out);
     }
+    out.sort();
     out
 }
 
