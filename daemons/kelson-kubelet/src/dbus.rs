@@ -22,6 +22,8 @@ use crate::worker::Shared;
 pub struct Kubelet1 {
     pub node_name: String,
     pub shared: Arc<Shared>,
+    /// The node's kubeconfig: Drain builds its own client from it (see [`drain_client`]).
+    pub kubeconfig: std::path::PathBuf,
 }
 
 #[zbus::interface(name = "io.kelson.Kubelet1")]
@@ -53,8 +55,11 @@ impl Kubelet1 {
         crate::node::set_unschedulable(&nodes, &self.node_name, true)
             .await
             .map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        let client = drain_client(&self.kubeconfig)
+            .await
+            .map_err(|e| fdo::Error::Failed(format!("drain: {e}")))?;
         drain_pods(
-            &self.shared.client,
+            &client,
             &self.node_name,
             Duration::from_secs(timeout_seconds.into()),
         )
@@ -69,6 +74,18 @@ impl Kubelet1 {
             .await
             .map_err(|e| fdo::Error::Failed(e.to_string()))
     }
+}
+
+/// A client without kube's automatic retry of 429s: a budget's refusal must come back to the
+/// drain loop (which retries it itself and reports it), not be retried for minutes inside
+/// the client.
+pub async fn drain_client(kubeconfig: &std::path::Path) -> Result<kube::Client, String> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    cfg.default_retry = false;
+    kube::Client::try_from(cfg).map_err(|e| e.to_string())
 }
 
 /// Whether drain leaves `pod` alone: DaemonSet-managed or a mirror pod.

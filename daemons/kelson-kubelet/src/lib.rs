@@ -155,6 +155,7 @@ pub async fn run(
         dbus::Kubelet1 {
             node_name: node_name.clone(),
             shared: shared.clone(),
+            kubeconfig: cfg.kubeconfig.clone(),
         },
     )
     .await?;

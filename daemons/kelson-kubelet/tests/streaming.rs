@@ -489,6 +489,9 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
     std::thread::spawn(move || {
         let _ = pf_out.read_line(&mut first);
         let _ = ltx.send(first);
+        // Keep draining: kubectl prints "Handling connection for ..." per connection and
+        // must not hit a closed pipe.
+        let _ = std::io::copy(&mut pf_out, &mut std::io::sink());
     });
     let line = lrx
         .recv_timeout(Duration::from_secs(20))
@@ -511,11 +514,18 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
             resp = body;
             break;
         }
+        eprintln!("GET through port-forward: {code} {body:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
     let _ = pf.kill();
     let _ = pf.wait();
-    assert_eq!(resp.trim(), "hello-from-pod");
+    let mut pf_err = String::new();
+    let _ = pf.stderr.take().unwrap().read_to_string(&mut pf_err);
+    assert_eq!(
+        resp.trim(),
+        "hello-from-pod",
+        "port-forward stderr: {pf_err}"
+    );
 
     // D-Bus Drain: cordons, and a budget allowing no disruption keeps the pod (429s retried
     // until the timeout); once the budget allows one, the pod is evicted and goes.
