@@ -21,6 +21,7 @@
 //! and a UID precondition. A pod that vanished from the API is torn down the same way, quickly.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,10 @@ pub struct Worker {
     terminal: bool,
     /// Back-off for failed RunPodSandbox: (next attempt, current step).
     sandbox_retry: Option<(Instant, Duration)>,
+    /// The runtime state `sync` saw, reused by `report` when `acted` stayed false (one CRI
+    /// round per pass instead of two for a pod that is just running).
+    observed: Option<HashMap<String, Observed>>,
+    acted: AtomicBool,
     /// Volumes prepared at: contents are refreshed every VOLUME_RESYNC, not every pass.
     volumes: Option<(Instant, HashMap<String, std::path::PathBuf>)>,
     /// Probe tasks per container name, for the container instance they were started for.
@@ -153,6 +158,8 @@ impl Worker {
             sandbox_retry: None,
             probers: HashMap::new(),
             volumes: None,
+            observed: None,
+            acted: AtomicBool::new(false),
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -227,6 +234,7 @@ impl Worker {
     }
 
     async fn sync(&mut self, pod: &Pod, pod_arc: &Arc<Pod>) -> anyhow::Result<()> {
+        self.observed = None;
         let spec = pod.spec.clone().unwrap_or_default();
         if self.terminal {
             return Ok(());
@@ -343,6 +351,8 @@ impl Worker {
             },
         };
         let observed = self.observe(&sb_id).await?;
+        self.acted.store(false, Ordering::Relaxed);
+        self.observed = Some(observed.clone());
         let policy = spec
             .restart_policy
             .clone()
@@ -501,6 +511,7 @@ impl Worker {
         pod_ip: &str,
         grace: i64,
     ) {
+        self.acted.store(true, Ordering::Relaxed);
         let grace = grace.max(0);
         let started = Instant::now();
         if let Some(h) = c
@@ -602,6 +613,7 @@ impl Worker {
     }
 
     async fn start_existing(&mut self, c: &Container, id: &str) {
+        self.acted.store(true, Ordering::Relaxed);
         if let Err(e) = self.shared.cri.start_container(id).await {
             self.containers.entry(c.name.clone()).or_default().failure =
                 Some(ContainerFailure::new("RunContainerError", e.message()));
@@ -661,6 +673,7 @@ impl Worker {
         look: &mut Lookups,
         restart_count: u32,
     ) {
+        self.acted.store(true, Ordering::Relaxed);
         let result = self
             .create_and_start(pod, c, sb_id, pod_ip, volumes, look, restart_count)
             .await;
@@ -924,9 +937,12 @@ impl Worker {
         if self.terminal {
             return;
         }
-        let observed = match &self.sandbox {
-            Some((id, _)) => self.observe(id).await.unwrap_or_default(),
-            None => HashMap::new(),
+        // Reuse this pass's observation unless the pass changed something.
+        let cached = self.observed.take();
+        let observed = match (&self.sandbox, cached) {
+            (Some(_), Some(o)) if !self.acted.swap(false, Ordering::Relaxed) => o,
+            (Some((id, _)), _) => self.observe(id).await.unwrap_or_default(),
+            (None, _) => HashMap::new(),
         };
         let status = self.build_status(pod, &observed);
         let phase = status["phase"].as_str().unwrap_or("").to_string();
