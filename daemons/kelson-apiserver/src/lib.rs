@@ -24,6 +24,7 @@ pub mod handlers;
 pub mod http;
 pub mod meta;
 pub mod nodeproxy;
+pub mod openapi_v2_proto;
 pub mod patch;
 pub mod protobuf;
 #[rustfmt::skip]

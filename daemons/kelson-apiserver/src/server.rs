@@ -226,6 +226,11 @@ where
                     parts.uri.path(),
                 ));
             }
+            if matches!(ep, Endpoint::OpenApiV2) {
+                // JSON or gnostic protobuf, with ETag revalidation (If-None-Match).
+                let inm = parts.headers.get(http::header::IF_NONE_MATCH);
+                return crate::openapi_v2_proto::serve(accept, inm);
+            }
             endpoint(api, ep, &q, accept).await
         }
         Route::Resource(t) => {
@@ -389,19 +394,7 @@ fn discovery_group(g: &str) -> Option<Value> {
 }
 
 fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, ApiError> {
-    // Only the JSON form is served; a protobuf-only client gets 406 (client-go then uses v3).
-    let wants_json = accept.is_none_or(|a| a.contains("json") || a.contains("*/*"));
-    if !wants_json {
-        return Err(ApiError::not_acceptable(
-            "only application/json is served for /openapi/v2",
-        ));
-    }
-    let base = kelson_apiresources::openapi_v2();
-    // With custom resources served, their definitions are added (crd/).
-    Ok(match crate::crd::docs::openapi_v2(base) {
-        Some(doc) => raw_json_owned(doc),
-        None => raw_json(base),
-    })
+    crate::openapi_v2_proto::serve(accept, None)
 }
 
 async fn health(
