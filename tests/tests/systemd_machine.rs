@@ -11,7 +11,8 @@
 //! `io.kelson.<C>1` object on the container's system bus under the installed D-Bus policy;
 //! `journalctl -o json` carrying the structured `KELSON_COMPONENT` field; `kubectl get
 //! ns`/`get nodes` with the admin kubeconfig init wrote; `systemctl reload kelson-apiserver`
-//! reloading in place (same main PID); and the watchdog: the scheduler is stopped with SIGSTOP
+//! reloading in place (same main PID); kelson-cloud-controller-manager, kelson-dns and
+//! kelson-proxy started as units and on the bus too; and the watchdog: the scheduler is stopped with SIGSTOP
 //! and systemd must kill it (`Failed with result 'watchdog'`) and restart it (NRestarts grows).
 //! The shipped WatchdogSec=30s is too slow for a test, so a drop-in in /etc sets 3s for the
 //! scheduler only.
@@ -50,6 +51,15 @@ const CONTROL_PLANE: &[(&str, &str)] = &[
     ("kelson-apiserver", "APIServer"),
     ("kelson-scheduler", "Scheduler"),
     ("kelson-controller-manager", "ControllerManager"),
+];
+
+/// Daemons that run in the machine besides the control plane, started unit by unit: the
+/// optional cloud controller manager, and the node's DNS and service proxy (userspace mode:
+/// there is no `nft` in the machine). Not the kubelet (no containerd here, see above).
+const EXTRA: &[(&str, &str)] = &[
+    ("kelson-cloud-controller-manager", "CloudControllerManager"),
+    ("kelson-dns", "DNS"),
+    ("kelson-proxy", "Proxy"),
 ];
 
 const NODE_NAME: &str = "kelson-machine";
@@ -347,9 +357,13 @@ fn control_plane_under_systemd_in_a_booted_machine() {
         "machine: control plane active after {:?}",
         started.elapsed()
     );
+    for (unit, _) in EXTRA {
+        m.ok(&["systemctl", "start", unit]);
+        assert_eq!(m.show(unit, "ActiveState"), "active", "{unit}");
+    }
 
     // D-Bus: every daemon on the machine's system bus with the common and its own interface.
-    for (unit, c) in CONTROL_PLANE {
+    for (unit, c) in CONTROL_PLANE.iter().chain(EXTRA) {
         let name = format!("io.kelson.{c}1");
         let path = format!("/io/kelson/{c}1");
         let mut text = String::new();

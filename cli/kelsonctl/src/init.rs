@@ -5,14 +5,17 @@
 //! - `<config-dir>/pki/`: the cluster CA and the store's certificates (`kelson_pki::init_store_pki`),
 //!   the API server's serving, store-client and admin certificates (`up::ensure_apiserver_pki`),
 //!   the kubelet's (`up::ensure_node_kubeconfig`), one client certificate per other component
-//!   (`system:kube-scheduler`, `system:kube-controller-manager`, `system:kube-proxy`, and
+//!   (`system:kube-scheduler`, `system:kube-controller-manager`,
+//!   `system:cloud-controller-manager`, `system:kube-proxy`, and
 //!   kelson-dns as the `kube-system/kube-dns` service account the bootstrap RBAC policy binds),
-//!   the API server's kubelet client certificate, a service-account signing key (`sa.key`) and a
-//!   Secrets encryption key (`encryption-config.yaml`, secretbox). Existing valid files are kept,
+//!   and what [`crate::clusterfiles`] keeps for any control plane (the service-account signing
+//!   key, the Secrets encryption config, the audit policy, the API server's kubelet client
+//!   certificate) plus the kubelet's serving certificate. Existing valid files are kept,
 //!   and keys are never regenerated: a second `init` changes nothing a running cluster relies on.
 //! - `<config-dir>/<component>.kubeconfig` for every API client, and one TOML per daemon
 //!   (`kv.toml`, `apiserver.toml`, `scheduler.toml`, `controller-manager.toml`, `kubelet.toml`,
-//!   `proxy.toml`, `dns.toml`) whose keys are the daemons' flag names.
+//!   `proxy.toml`, `dns.toml`, and `cloud-controller-manager.toml` for the optional
+//!   `kelson-cloud-controller-manager.service`) whose keys are the daemons' flag names.
 //! - `<data-dir>/<component>` state directories, as the units' `StateDirectory=` would create them.
 //!
 //! Permissions follow who reads a file: the control-plane daemons and kelson-dns run as the
@@ -38,6 +41,7 @@ use kelson_pki::{CertRequest, PkiPaths, Usage};
 use nix::unistd::{Gid, Uid};
 use toml::{Table, Value};
 
+use crate::clusterfiles::{self, ControlPlaneFiles};
 use crate::up;
 
 /// `kelsonctl init` flags.
@@ -174,6 +178,14 @@ const CLIENTS: &[ClientId] = &[
         org: Some("system:masters"),
         access: Access::Service,
     },
+    // No bootstrap role names the cloud controller manager yet (upstream leaves it to the
+    // provider's manifests); it writes Node and Service status, so system:masters for now.
+    ClientId {
+        base: "cloud-controller-manager",
+        cn: "system:cloud-controller-manager",
+        org: Some("system:masters"),
+        access: Access::Service,
+    },
     ClientId {
         base: "proxy",
         cn: "system:kube-proxy",
@@ -247,33 +259,6 @@ fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The service-account signing key (PKCS#8 ECDSA P-256, what `kelson-apiserver` loads for
-/// `--service-account-signing-key-file`); an existing one is kept, as every issued token
-/// depends on it.
-fn ensure_sa_key(pki: &PkiPaths) -> anyhow::Result<PathBuf> {
-    let path = pki.dir.join("sa.key");
-    if !path.is_file() {
-        let key = rcgen::KeyPair::generate().context("generating the service-account key")?;
-        kelson_pki::write_atomic(&path, key.serialize_pem().as_bytes(), 0o600)?;
-    }
-    Ok(path)
-}
-
-/// EncryptionConfiguration for Secrets (secretbox with a fresh 32-byte key, identity second so
-/// data written before encryption was turned on stays readable); an existing file is kept.
-fn ensure_encryption_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    use base64::Engine;
-    let path = dir.join("encryption-config.yaml");
-    if !path.is_file() {
-        let key = base64::engine::general_purpose::STANDARD.encode(random_bytes(32)?);
-        let text = format!(
-            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - secretbox:\n      keys:\n      - name: key1\n        secret: {key}\n  - identity: {{}}\n"
-        );
-        kelson_pki::write_atomic(&path, text.as_bytes(), 0o600)?;
-    }
-    Ok(path)
-}
-
 fn s(v: impl AsRef<str>) -> Value {
     Value::String(v.as_ref().to_string())
 }
@@ -291,10 +276,13 @@ fn table(pairs: Vec<(&str, Value)>) -> Table {
 }
 
 /// The per-daemon configuration tables (keys are the daemons' flag names).
+#[allow(clippy::too_many_arguments)]
 fn daemon_configs(
     cfg_dir: &Path,
     data_dir: &Path,
     pki: &PkiPaths,
+    cp: &ControlPlaneFiles,
+    kubelet_serving: &(PathBuf, PathBuf),
     node: &str,
     advertise: Option<IpAddr>,
     cluster_token: &str,
@@ -337,31 +325,22 @@ fn daemon_configs(
         // the bootstrap system:node role through RBAC.
         ("authorization-mode", s("RBAC")),
         ("anonymous-auth", Value::Boolean(false)),
+        ("service-account-signing-key-file", p(&cp.sa_key)),
+        ("service-account-key-file", list([p(&cp.sa_key)])),
         (
-            "service-account-signing-key-file",
-            p(&pki.dir.join("sa.key")),
-        ),
-        (
-            "service-account-key-file",
-            list([p(&pki.dir.join("sa.key"))]),
+            "service-account-issuer",
+            s(clusterfiles::SERVICE_ACCOUNT_ISSUER),
         ),
         ("enable-bootstrap-token-auth", Value::Boolean(true)),
         // LogsDirectory=kelson in the unit: /var/log/kelson, owned by the service user.
         ("audit-log-path", s("/var/log/kelson/audit.log")),
         ("audit-log-maxsize", Value::Integer(100)),
         ("audit-log-maxbackup", Value::Integer(5)),
-        (
-            "encryption-provider-config",
-            p(&cfg_dir.join("encryption-config.yaml")),
-        ),
-        (
-            "kubelet-client-certificate",
-            p(&pki.dir.join("apiserver-kubelet-client.crt")),
-        ),
-        (
-            "kubelet-client-key",
-            p(&pki.dir.join("apiserver-kubelet-client.key")),
-        ),
+        ("audit-policy-file", p(&cp.audit_policy)),
+        ("encryption-provider-config", p(&cp.encryption_config)),
+        ("kubelet-client-certificate", p(&cp.kubelet_client_cert)),
+        ("kubelet-client-key", p(&cp.kubelet_client_key)),
+        ("kubelet-certificate-authority", p(&pki.ca_cert)),
     ]);
     let scheduler = table(vec![
         ("kubeconfig", p(&cfg_dir.join("scheduler.kubeconfig"))),
@@ -377,12 +356,22 @@ fn daemon_configs(
         ("allocate-node-cidrs", Value::Boolean(true)),
         ("cluster-cidr", s(up::CLUSTER_CIDR)),
     ]);
+    let ccm = table(vec![
+        (
+            "kubeconfig",
+            p(&cfg_dir.join("cloud-controller-manager.kubeconfig")),
+        ),
+        ("leader-elect", Value::Boolean(true)),
+        ("node-name", s(node)),
+    ]);
     let mut kubelet = table(vec![
         ("kubeconfig", p(&cfg_dir.join("kubelet.kubeconfig"))),
         ("hostname-override", s(node)),
         // StateDirectory=kelson/kubelet in the unit.
         ("root-dir", p(&data_dir.join("kubelet"))),
         ("client-ca-file", p(&pki.ca_cert)),
+        ("tls-cert-file", p(&kubelet_serving.0)),
+        ("tls-private-key-file", p(&kubelet_serving.1)),
     ]);
     let proxy = table(vec![
         ("kubeconfig", p(&cfg_dir.join("proxy.kubeconfig"))),
@@ -404,6 +393,7 @@ fn daemon_configs(
         ("apiserver", apiserver, Access::Service),
         ("scheduler", scheduler, Access::Service),
         ("controller-manager", controller_manager, Access::Service),
+        ("cloud-controller-manager", ccm, Access::Service),
         ("kubelet", kubelet, Access::Root),
         ("proxy", proxy, Access::Root),
         ("dns", dns, Access::Service),
@@ -470,16 +460,15 @@ pub fn init(args: &InitArgs) -> anyhow::Result<InitResult> {
         write_kubeconfig(&kc, id.cn, &pki.ca_cert, &cert, &key, APISERVER_PORT)?;
         res.files.push((kc, id.access));
     }
-    let kubelet_client = ClientId {
-        base: "apiserver-kubelet-client",
-        cn: "kube-apiserver-kubelet-client",
-        org: Some("system:masters"),
-        access: Access::Service,
-    };
-    ensure_client_cert(&pki, &kubelet_client)?;
-    ensure_sa_key(&pki)?;
+    let cp = clusterfiles::ensure_control_plane_files(&pki).context("control-plane files")?;
     res.files
-        .push((ensure_encryption_config(cfg_dir)?, Access::Service));
+        .push((cp.encryption_config.clone(), Access::Service));
+    res.files.push((cp.audit_policy.clone(), Access::Service));
+    let kubelet_ips: Vec<IpAddr> = std::iter::once(IpAddr::from([127, 0, 0, 1]))
+        .chain(args.advertise_address)
+        .collect();
+    let kubelet_serving = clusterfiles::ensure_kubelet_serving_cert(&pki, &node, &kubelet_ips)
+        .context("kubelet serving certificate")?;
 
     // Key files: those a `kelson` daemon opens itself are group-readable; the rest root-only.
     for base in [
@@ -509,6 +498,8 @@ pub fn init(args: &InitArgs) -> anyhow::Result<InitResult> {
         cfg_dir,
         &args.data_dir,
         &pki,
+        &cp,
+        &kubelet_serving,
         &node,
         args.advertise_address,
         &token,
@@ -591,7 +582,7 @@ mod tests {
             service_user: "nobody".into(),
         };
         let res = init(&args).unwrap();
-        assert_eq!(res.configs.len(), 7);
+        assert_eq!(res.configs.len(), 8);
         for (name, path) in &res.configs {
             let bin = bin_dir().join(format!("kelson-{name}"));
             assert!(
@@ -634,7 +625,7 @@ mod tests {
             (etc.join("scheduler.kubeconfig"), 0o640, nobody.gid.as_raw()),
             (etc.join("apiserver.toml"), 0o640, nobody.gid.as_raw()),
             (
-                etc.join("encryption-config.yaml"),
+                etc.join("pki/encryption-config.yaml"),
                 0o640,
                 nobody.gid.as_raw(),
             ),
@@ -661,13 +652,16 @@ mod tests {
                 (p, b)
             })
             .collect();
-        let enc = fs::read(etc.join("encryption-config.yaml")).unwrap();
+        let enc = fs::read(etc.join("pki/encryption-config.yaml")).unwrap();
         let token = fs::read_to_string(etc.join("kv.toml")).unwrap();
         init(&args).unwrap();
         for (p, b) in before {
             assert_eq!(fs::read(&p).unwrap(), b, "{} changed", p.display());
         }
-        assert_eq!(fs::read(etc.join("encryption-config.yaml")).unwrap(), enc);
+        assert_eq!(
+            fs::read(etc.join("pki/encryption-config.yaml")).unwrap(),
+            enc
+        );
         assert_eq!(fs::read_to_string(etc.join("kv.toml")).unwrap(), token);
     }
 

@@ -529,7 +529,16 @@ pub fn cluster_roles() -> Vec<Value> {
         role(
             "system:kube-dns",
             &[],
-            vec![r(&["list", "watch"], &[""], &["endpoints", "services"])],
+            vec![
+                r(&["list", "watch"], &[""], &["endpoints", "services"]),
+                // Not upstream's (kube-dns read Endpoints): kelson-dns, like CoreDNS under its
+                // own system:coredns role, serves from EndpointSlices.
+                r(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
+            ],
         ),
         role("system:kube-scheduler", &[], kube_scheduler()),
         role(
