@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod clusterfiles;
 pub mod daemons;
 pub mod images;
 pub mod init;

@@ -427,6 +427,10 @@ pub enum OnStop {
         bridge: String,
         cgroup_root: String,
     },
+    /// After it stopped, run these commands (best effort): what the daemon leaves on purpose
+    /// on a real node (kelson-proxy's nftables tables, kelson-dns's listen address) must not
+    /// outlive an all-in-one cluster.
+    Commands(Vec<Vec<String>>),
 }
 
 /// The node part of the cluster: containerd and the kubelet.
@@ -442,6 +446,11 @@ pub struct NodeSetup {
 
 /// The pods' Linux bridge (ours, so a host's `cni0` is left alone).
 pub const CNI_BRIDGE: &str = "kelson0";
+/// The node-local cluster DNS address (node-local-dns's default link-local address), put on
+/// `lo` so pods reach it through their default route to the node.
+pub const NODE_LOCAL_DNS: &str = "169.254.20.10";
+/// The cluster DNS domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// Cgroup parent of all pods (cgroupfs), ours for the same reason.
 pub const CGROUP_ROOT: &str = "kelson";
 
@@ -552,6 +561,23 @@ pub fn components(
     flag("--tls-cert-file", &api.serving_cert);
     flag("--tls-private-key-file", &api.serving_key);
     flag("--client-ca-file", &pki.ca_cert);
+    // Secure by default: ServiceAccount tokens, Secrets encrypted at rest, an audit log, and
+    // the API server's own identity towards kubelets (see crate::clusterfiles).
+    let files = crate::clusterfiles::ControlPlaneFiles::under(&pki.dir);
+    flag("--service-account-signing-key-file", &files.sa_key);
+    flag(
+        "--service-account-issuer",
+        &crate::clusterfiles::SERVICE_ACCOUNT_ISSUER,
+    );
+    flag("--encryption-provider-config", &files.encryption_config);
+    flag("--audit-policy-file", &files.audit_policy);
+    flag("--audit-log-path", &dir.join("logs").join("audit.log"));
+    flag("--audit-log-maxsize", &"100");
+    flag("--audit-log-maxbackup", &"3");
+    flag("--kubelet-client-certificate", &files.kubelet_client_cert);
+    flag("--kubelet-client-key", &files.kubelet_client_key);
+    flag("--kubelet-certificate-authority", &pki.ca_cert);
+    a.push("--enable-bootstrap-token-auth".into());
     a.push("--dbus-address".into());
     a.push(dbus_address(dir).into());
     let kubeconfig = dir.join("admin.kubeconfig");
@@ -614,6 +640,43 @@ pub fn components(
         controller_manager,
     ];
     if let Some(node) = node {
+        // Node services before the node: pods get working Service IPs and DNS from the start.
+        let mut proxy = client(
+            "proxy",
+            "kelson-proxy",
+            &[
+                &"--hostname-override",
+                &node.name,
+                &"--cluster-cidr",
+                &CLUSTER_CIDR,
+            ],
+        )?;
+        let nft_del = |family: &str| -> Vec<String> {
+            ["nft", "delete", "table", family, "kelson-proxy"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        proxy.on_stop = Some(OnStop::Commands(vec![nft_del("ip"), nft_del("ip6")]));
+        let listen = format!("{NODE_LOCAL_DNS}:53");
+        let mut dns = client(
+            "dns",
+            "kelson-dns",
+            &[&"--listen", &listen, &"--cluster-domain", &CLUSTER_DOMAIN],
+        )?;
+        dns.info.push(format!(
+            "dns: cluster DNS on {listen} (node-local, its address on lo)"
+        ));
+        dns.on_stop = Some(OnStop::Commands(vec![vec![
+            "ip".into(),
+            "addr".into(),
+            "del".into(),
+            format!("{NODE_LOCAL_DNS}/32"),
+            "dev".into(),
+            "lo".into(),
+        ]]));
+        all.push(proxy);
+        all.push(dns);
         all.extend(node_components(dir, node)?);
     }
     Ok(all)
@@ -674,6 +737,15 @@ fn node_components(dir: &Path, node: &NodeSetup) -> anyhow::Result<Vec<Component
     flag("--cni-bridge-name", &CNI_BRIDGE);
     flag("--cni-ipam-data-dir", &ipam_dir);
     flag("--cgroup-root", &format!("/{CGROUP_ROOT}"));
+    flag("--cluster-dns", &NODE_LOCAL_DNS);
+    flag("--cluster-domain", &CLUSTER_DOMAIN);
+    // The kubelet API (logs, exec, port-forward through the API server): a serving certificate
+    // from the cluster CA, callers' client certificates checked against it.
+    let pki_dir = dir.join("pki");
+    let (serving_cert, serving_key) = crate::clusterfiles::kubelet_serving_paths(&pki_dir);
+    flag("--tls-cert-file", &serving_cert);
+    flag("--tls-private-key-file", &serving_key);
+    flag("--client-ca-file", &pki_dir.join("ca.crt"));
     a.push("--dbus-address".into());
     a.push(dbus_address(dir).into());
     let kubelet = Component {
@@ -691,6 +763,28 @@ fn node_components(dir: &Path, node: &NodeSetup) -> anyhow::Result<Vec<Component
         on_stop: None,
     };
     Ok(vec![containerd, kubelet])
+}
+
+/// The first global IPv4 address (what the kubelet reports as InternalIP), for the serving
+/// certificate's SANs.
+fn node_internal_ip() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .stdin(Stdio::null())
+        .output();
+    if let Ok(out) = out {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut it = line.split_whitespace();
+            while let Some(w) = it.next() {
+                if w == "inet" {
+                    if let Some(a) = it.next().and_then(|a| a.split('/').next()) {
+                        return a.to_string();
+                    }
+                }
+            }
+        }
+    }
+    "127.0.0.1".into()
 }
 
 /// Chooses the node's name and containerd snapshotter and writes containerd's config and the
@@ -712,6 +806,26 @@ pub fn prepare_node(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Resu
     };
     layout.write_config(snapshotter, kelson_oci::PAUSE_IMAGE)?;
     let kubeconfig = ensure_node_kubeconfig(dir, pki, &name, state.apiserver_port)?;
+    let node_ip: Vec<std::net::IpAddr> = ["127.0.0.1".to_string(), node_internal_ip()]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    crate::clusterfiles::ensure_kubelet_serving_cert(pki, &name, &node_ip)?;
+    // kelson-dns listens on the node-local address; pods reach it through the node.
+    let st = Command::new("ip")
+        .args([
+            "addr",
+            "replace",
+            &format!("{NODE_LOCAL_DNS}/32"),
+            "dev",
+            "lo",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .context("running ip addr replace")?;
+    if !st.success() {
+        bail!("could not add the cluster DNS address {NODE_LOCAL_DNS} to lo ({st})");
+    }
     Ok(NodeSetup {
         name,
         snapshotter: snapshotter.into(),
@@ -869,6 +983,16 @@ impl Running {
             }
         }
         self.signal_and_wait(grace).await;
+        if let Some(OnStop::Commands(cmds)) = self.comp.on_stop.clone() {
+            for c in cmds {
+                let _ = Command::new(&c[0])
+                    .args(&c[1..])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         if let Some(OnStop::Containerd {
             dir,
             ipam_dir,
@@ -1214,6 +1338,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         );
         Some(n)
     };
+    let files = crate::clusterfiles::ensure_control_plane_files(&pki)?;
+    println!(
+        "pki: service-account key, Secrets encryption ({}), audit policy, apiserver-kubelet-client",
+        files.encryption_config.display()
+    );
     let comps = components(&dir, &pki, &state, node.as_ref())?;
     let timeout = Duration::from_secs(args.ready_timeout.max(1));
     let mut running: Vec<Running> = Vec::new();
@@ -1408,6 +1537,9 @@ mod tests {
         std::env::set_var("KELSON_CONTROLLER-MANAGER_BIN", "/bin/true");
         std::env::set_var("KELSON_CONTAINERD_BIN", "/bin/true");
         std::env::set_var("KELSON_KUBELET_BIN", "/bin/true");
+        std::env::set_var("KELSON_PROXY_BIN", "/bin/true");
+        std::env::set_var("KELSON_DNS_BIN", "/bin/true");
+        std::env::set_var("KELSON_DBUS-DAEMON_BIN", "/bin/true");
         let comps = components(dir.path(), &pki, &state, None).unwrap();
         assert_eq!(comps.len(), 5);
         assert_eq!(comps[0].name, "dbus");
@@ -1424,6 +1556,14 @@ mod tests {
         );
         assert!(api.contains("--secure-port 6443"), "{api}");
         assert!(api.contains("apiserver-etcd-client.crt"), "{api}");
+        for want in [
+            "--service-account-signing-key-file",
+            "--encryption-provider-config",
+            "--audit-policy-file",
+            "--kubelet-client-certificate",
+        ] {
+            assert!(api.contains(want), "{want} missing: {api}");
+        }
         let a: Vec<String> = by(&comps, "kv")
             .args
             .iter()
@@ -1457,6 +1597,8 @@ mod tests {
                 "apiserver",
                 "scheduler",
                 "controller-manager",
+                "proxy",
+                "dns",
                 "containerd",
                 "kubelet"
             ]
@@ -1487,6 +1629,7 @@ mod tests {
             format!("--root-dir {}", dir.path().join("kubelet").display()),
             format!("--pod-logs-dir {}", dir.path().join("logs/pods").display()),
             "--hostname-override node-a".into(),
+            format!("--cluster-dns {NODE_LOCAL_DNS}"),
             format!("--dbus-address {}", dbus_address(dir.path())),
         ] {
             assert!(kubelet.contains(&want), "{want} in {kubelet}");
