@@ -123,7 +123,9 @@ fn resource(group: &str, version: &str, segs: &[&str]) -> Result<Route, ApiError
             )
         }
         // nodes/<name>/proxy/<path...>: the rest is the kubelet's path (nodeproxy.rs).
-        [res @ "nodes", name, "proxy", _, ..] => (*res, None, Some(name.to_string()), Some("proxy")),
+        [res @ "nodes", name, "proxy", _, ..] => {
+            (*res, None, Some(name.to_string()), Some("proxy"))
+        }
         [res, rest @ ..] => {
             if rest.len() > 2 {
                 return Err(nf());
@@ -203,6 +205,11 @@ mod tests {
         assert!(t.watch_path);
         let t = target("/api/v1/nodes/n1");
         assert_eq!(t.name.as_deref(), Some("n1"));
+        let t = target("/api/v1/nodes/n1/proxy/stats/summary");
+        assert_eq!(t.name.as_deref(), Some("n1"));
+        assert_eq!(t.sub, Some(SubTarget::Unsupported("proxy")));
+        let t = target("/api/v1/namespaces/d/pods/p/exec");
+        assert_eq!(t.sub, Some(SubTarget::Unsupported("exec")));
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub fn serve(
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await {
+                    .await
+                {
                     tracing::debug!(error = %e, "connection ended");
                 }
             });
