@@ -108,6 +108,8 @@ pub struct Worker {
     /// round per pass instead of two for a pod that is just running).
     observed: Option<HashMap<String, Observed>>,
     acted: AtomicBool,
+    /// The last volume set-up error reported as a FailedMount event.
+    mount_error: Option<String>,
     /// Volumes prepared at: contents are refreshed every VOLUME_RESYNC, not every pass.
     volumes: Option<(Instant, HashMap<String, std::path::PathBuf>)>,
     /// Probe tasks per container name, for the container instance they were started for.
@@ -160,6 +162,7 @@ impl Worker {
             volumes: None,
             observed: None,
             acted: AtomicBool::new(false),
+            mount_error: None,
             wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -345,11 +348,24 @@ impl Worker {
                     v
                 }
                 Err(f) => {
+                    // Upstream's FailedMount event, once per distinct error (the set-up is
+                    // retried every pass).
+                    if self.mount_error.as_deref() != Some(f.message.as_str()) {
+                        self.mount_error = Some(f.message.clone());
+                        self.shared.recorder.pod_event(
+                            pod,
+                            None,
+                            true,
+                            "FailedMount",
+                            f.message.clone(),
+                        );
+                    }
                     self.fail_all(&spec, f);
                     return Ok(());
                 }
             },
         };
+        self.mount_error = None;
         let observed = self.observe(&sb_id).await?;
         self.acted.store(false, Ordering::Relaxed);
         self.observed = Some(observed.clone());

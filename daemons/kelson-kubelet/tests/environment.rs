@@ -205,7 +205,22 @@ async fn containers_see_dns_volumes_and_limits_and_bad_input_is_reported() {
         "MountVolume.SetUp failed for volume \"cfg\" : configmap \"nope\" not found"
     );
     assert_eq!(st["phase"], "Pending");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Upstream's FailedMount event, once per distinct error although set-up is retried.
+    kelson_testsupport::wait_until(Duration::from_secs(10), "FailedMount event", || async {
+        node.events_of("no-configmap")
+            .await
+            .iter()
+            .any(|(r, _)| r == "FailedMount")
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ev = node.events_of("no-configmap").await;
+    assert_eq!(
+        ev.iter().filter(|(r, _)| r == "FailedMount").count(),
+        1,
+        "{ev:?}"
+    );
     let st = node.status("env").await.unwrap();
     assert_eq!(st["phase"], "Running", "{st}");
     assert!(st["containerStatuses"]
