@@ -54,6 +54,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(360);
 #[derive(Default, Clone)]
 struct Backoff(Arc<Mutex<HashMap<String, (u32, Instant)>>>);
 
+/// The resourceVersion of each Job's last status write. Until the cache has caught up with it
+/// the cached counts are older than ours and acting on them could create pods for completions
+/// already counted, so the sync waits for the cache instead.
+#[derive(Default, Clone)]
+struct Written(Arc<Mutex<HashMap<String, u64>>>);
+
 /// Pod uids counted whose finalizer removal the cache may not show yet (upstream's
 /// finalizer expectations): without it a lagging cache would count a pod twice.
 #[derive(Default, Clone)]
@@ -76,10 +82,12 @@ pub fn controller(ctx: &Ctx) -> Controller {
     let exp = Expectations::default();
     let bo = Backoff::default();
     let counted = Counted::default();
+    let written = Written::default();
     let jobs = ctx.inf.jobs.clone();
     Controller::new("job-controller", queue, 2, move |key| {
-        let (c, exp, bo, counted) = (c.clone(), exp.clone(), bo.clone(), counted.clone());
-        async move { reconcile(&c, &exp, &bo, &counted, &key).await }
+        let (c, exp, bo) = (c.clone(), exp.clone(), bo.clone());
+        let (counted, written) = (counted.clone(), written.clone());
+        async move { reconcile(&c, &exp, &bo, &counted, &written, &key).await }
     })
     .resync(Duration::from_secs(30), move || {
         jobs.list().iter().map(|j| key_of(&**j)).collect()
@@ -317,6 +325,7 @@ async fn reconcile(
     exp: &Expectations,
     bo: &Backoff,
     counted: &Counted,
+    written: &Written,
     key: &str,
 ) -> Result<Option<Duration>> {
     let (Some(ns), name) = split_key(key) else {
@@ -326,8 +335,18 @@ async fn reconcile(
         exp.forget(key);
         bo.0.lock().remove(key);
         counted.0.lock().remove(key);
+        written.0.lock().remove(key);
         return Ok(None);
     };
+    let mut rv = job.metadata.resource_version.clone();
+    let cached = rv.as_deref().and_then(|v| v.parse::<u64>().ok());
+    let ours = written.0.lock().get(key).copied();
+    if let (Some(c), Some(w)) = (cached, ours) {
+        if c < w {
+            // The watch event for our own write is on its way; it re-queues the key too.
+            return Ok(Some(Duration::from_millis(200)));
+        }
+    }
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let spec = job.spec.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -404,7 +423,7 @@ async fn reconcile(
     };
     if newly {
         st.uncounted_terminated_pods = uncounted(&usucc, &ufail);
-        write_status(&jobs_api, name, &st).await?;
+        write_status(&jobs_api, name, &st, &mut rv, written, key).await?;
     }
     let mut policy_failure: Option<String> = None;
     let mut completed = parse_indexes(st.completed_indexes.as_deref().unwrap_or_default());
@@ -479,7 +498,7 @@ async fn reconcile(
         st.active = Some(0);
         st.ready = Some(0);
         if st != old {
-            write_status(&jobs_api, name, &st).await?;
+            write_status(&jobs_api, name, &st, &mut rv, written, key).await?;
         }
         return Ok(None);
     }
@@ -552,7 +571,7 @@ async fn reconcile(
         st.active = Some(0);
         st.ready = Some(0);
         st.terminating = Some(active.len() as i32);
-        write_status(&jobs_api, name, &st).await?;
+        write_status(&jobs_api, name, &st, &mut rv, written, key).await?;
         return Ok(None);
     }
     if complete && ufail.is_empty() && usucc.is_empty() {
@@ -580,7 +599,7 @@ async fn reconcile(
         st.completion_time = Some(Time(now));
         st.active = Some(0);
         st.ready = Some(0);
-        write_status(&jobs_api, name, &st).await?;
+        write_status(&jobs_api, name, &st, &mut rv, written, key).await?;
         return Ok(None);
     }
 
@@ -667,21 +686,34 @@ async fn reconcile(
             .count() as i32,
     );
     if st != old {
-        write_status(&jobs_api, name, &st).await?;
+        write_status(&jobs_api, name, &st, &mut rv, written, key).await?;
     }
     Ok(again.map(|d| d + Duration::from_millis(100)))
 }
 
-async fn write_status(api: &Api<Job>, name: &str, st: &JobStatus) -> Result<()> {
+/// Writes status with the resourceVersion it was computed from as a precondition (a stale
+/// cache gets a 409 and a retry, never overwrites newer counts) and remembers the version
+/// written, see [`Written`].
+async fn write_status(
+    api: &Api<Job>,
+    name: &str,
+    st: &JobStatus,
+    rv: &mut Option<String>,
+    written: &Written,
+    key: &str,
+) -> Result<()> {
+    let patch = json!({"metadata": {"resourceVersion": rv}, "status": st});
     match api
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": st})),
-        )
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(j) => {
+            *rv = j.metadata.resource_version.clone();
+            if let Some(n) = rv.as_deref().and_then(|v| v.parse::<u64>().ok()) {
+                written.0.lock().insert(key.to_string(), n);
+            }
+            Ok(())
+        }
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
     }
