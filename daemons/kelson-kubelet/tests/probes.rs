@@ -1,6 +1,7 @@
 //! Probes, lifecycle hooks, restarts and graceful deletion against a real control plane and a
 //! private containerd (see `common`). Needs root, containerd, runc, CNI plugins and
-//! busybox-static, and `cargo build -p kelson-kv -p kelson-apiserver -p kelson-kubelet`.
+//! busybox-static, and `cargo build -p kelson-kv -p kelson-apiserver -p kelson-kubelet
+//! -p kelson-scheduler -p kelson-controller-manager`.
 //! Pod traffic (httpGet/tcpSocket probes) stays on the test's own bridge.
 
 mod common;
@@ -289,4 +290,83 @@ async fn hooks_grace_and_killed_containers() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\nkubelet log:\n{}", node.log_tail()));
+}
+
+/// A Deployment of 3 replicas with a readiness probe through the real scheduler and
+/// controller manager: `kubectl rollout status` completes only once the probes pass.
+/// Also needs `cargo build -p kelson-scheduler -p kelson-controller-manager`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rollout_waits_for_readiness() {
+    let node = TestNode::start(16, &[]).await;
+    let kc = node.cp.kubeconfig_path().display().to_string();
+    let spawn = |name: &str, args: &[&str]| {
+        let mut cmd = std::process::Command::new(kelson_testsupport::bin_path(name));
+        cmd.arg(format!("--kubeconfig={kc}"))
+            .args(["--no-dbus", "--leader-elect=false"])
+            .args(args)
+            .env("KELSON_LOG_LEVEL", "info,kube=warn");
+        kelson_testsupport::ChildGuard::spawn(
+            name,
+            cmd,
+            &node.work.path().join(format!("{name}.log")),
+        )
+        .unwrap()
+    };
+    let _sched = spawn("kelson-scheduler", &[]);
+    let _cm = spawn(
+        "kelson-controller-manager",
+        &["--controllers=deployment,replicaset"],
+    );
+    let manifest = serde_json::to_string(&json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{
+                        "name": "c", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sh", "-c", "sleep 3; touch /tmp/ready; exec sleep 3600"],
+                        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    let out = node
+        .cp
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "kubectl apply: {out:?}");
+    let t0 = Instant::now();
+    let out = node
+        .cp
+        .kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "rollout status: {}\n{}\nkubelet log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node.log_tail()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"),
+        "{out:?}"
+    );
+    // The probes gate readiness: pods cannot be Ready before their file exists (3 s).
+    assert!(took >= Duration::from_secs(3), "rolled out in {took:?}");
+    let pods = node
+        .pods
+        .list(&kube::api::ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 3);
+    for p in &pods.items {
+        let st = serde_json::to_value(p.status.clone().unwrap()).unwrap();
+        assert_eq!(condition(&st, "Ready"), "True", "{st}");
+    }
 }
