@@ -190,6 +190,32 @@ async fn static_pods_are_mirrored_and_routes_follow_nodes() {
     let running = node.containers_of(&hash).await;
     assert_eq!(running.len(), 1, "{running:?}");
 
+    // Deleting the mirror through the API does not stop the static pod; the mirror comes back.
+    node.pods
+        .delete(&mirror_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let old_uid = mirror.metadata.uid.clone().unwrap();
+    wait_until(Duration::from_secs(20), "mirror pod recreated", || async {
+        node.pods
+            .get_opt(&mirror_name)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| {
+                p.metadata.uid.as_deref() != Some(old_uid.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nkubelet log:\n{}", node.log_tail()));
+    let after = node.containers_of(&hash).await;
+    assert_eq!(
+        after.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        running.iter().map(|c| &c.id).collect::<Vec<_>>(),
+        "the static pod's container was restarted"
+    );
+
     // Removing the file stops the pod and deletes the mirror.
     std::fs::remove_file(manifests.path().join("web.yaml")).unwrap();
     wait_until(Duration::from_secs(20), "mirror pod deleted", || async {
