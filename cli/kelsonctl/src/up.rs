@@ -442,6 +442,9 @@ pub struct NodeSetup {
     pub snapshotter: String,
     /// The kubelet's kubeconfig (`system:node:<name>` in `system:nodes`).
     pub kubeconfig: PathBuf,
+    /// The node's InternalIP (given to the kubelet: its own guess could pick the cluster DNS
+    /// address `up` puts on `lo`).
+    pub node_ip: String,
 }
 
 /// The pods' Linux bridge (ours, so a host's `cni0` is left alone).
@@ -737,6 +740,7 @@ fn node_components(dir: &Path, node: &NodeSetup) -> anyhow::Result<Vec<Component
     flag("--cni-bridge-name", &CNI_BRIDGE);
     flag("--cni-ipam-data-dir", &ipam_dir);
     flag("--cgroup-root", &format!("/{CGROUP_ROOT}"));
+    flag("--node-ip", &node.node_ip);
     flag("--cluster-dns", &NODE_LOCAL_DNS);
     flag("--cluster-domain", &CLUSTER_DOMAIN);
     // The kubelet API (logs, exec, port-forward through the API server): a serving certificate
@@ -778,7 +782,11 @@ fn node_internal_ip() -> String {
             while let Some(w) = it.next() {
                 if w == "inet" {
                     if let Some(a) = it.next().and_then(|a| a.split('/').next()) {
-                        return a.to_string();
+                        // Link-local (169.254/16) is never a node address; the cluster DNS
+                        // address lives there.
+                        if !a.starts_with("169.254.") {
+                            return a.to_string();
+                        }
                     }
                 }
             }
@@ -806,11 +814,12 @@ pub fn prepare_node(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Resu
     };
     layout.write_config(snapshotter, kelson_oci::PAUSE_IMAGE)?;
     let kubeconfig = ensure_node_kubeconfig(dir, pki, &name, state.apiserver_port)?;
-    let node_ip: Vec<std::net::IpAddr> = ["127.0.0.1".to_string(), node_internal_ip()]
+    let node_ip = node_internal_ip();
+    let ips: Vec<std::net::IpAddr> = ["127.0.0.1".to_string(), node_ip.clone()]
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
-    crate::clusterfiles::ensure_kubelet_serving_cert(pki, &name, &node_ip)?;
+    crate::clusterfiles::ensure_kubelet_serving_cert(pki, &name, &ips)?;
     // kelson-dns listens on the node-local address; pods reach it through the node.
     let st = Command::new("ip")
         .args([
@@ -830,6 +839,7 @@ pub fn prepare_node(dir: &Path, pki: &PkiPaths, state: &UpState) -> anyhow::Resu
         name,
         snapshotter: snapshotter.into(),
         kubeconfig,
+        node_ip,
     })
 }
 
@@ -1586,6 +1596,7 @@ mod tests {
             name: "node-a".into(),
             snapshotter: "native".into(),
             kubeconfig: dir.path().join("kubelet.kubeconfig"),
+            node_ip: "192.0.2.7".into(),
         };
         let comps = components(dir.path(), &pki, &state, Some(&node)).unwrap();
         let names: Vec<&str> = comps.iter().map(|c| c.name).collect();
