@@ -244,10 +244,21 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             });
             if let Some(t) = due {
                 let policy = spec.concurrency_policy.as_deref().unwrap_or("Allow");
+                // The Job for `t` already exists: a sync on a cache that has not seen our
+                // status write yet. Record it; never let Forbid/Replace act on it.
+                let this_run = job_name(name, t);
+                let exists = jobs
+                    .iter()
+                    .any(|j| j.metadata.name.as_deref() == Some(this_run.as_str()));
                 let blocked = policy == "Forbid" && !active.is_empty();
-                if !blocked {
+                if exists {
+                    st.last_schedule_time = Some(Time(t));
+                } else if !blocked {
                     if policy == "Replace" {
-                        for a in &active {
+                        for a in active
+                            .iter()
+                            .filter(|a| a.name.as_deref() != Some(&this_run))
+                        {
                             delete_job(&jobs_api, a.name.as_deref().unwrap_or_default()).await?;
                         }
                         st.active = None;
