@@ -100,6 +100,7 @@ pub const ASSETS: &[Asset] = &[
     asset!(Unit, "", "kelson-kubelet.service"),
     asset!(Unit, "", "kelson-proxy.service"),
     asset!(Unit, "", "kelson-dns.service"),
+    asset!(Unit, "", "kelson-speaker.service"),
     asset!(Unit, "", "kelson-control-plane.target"),
     asset!(Unit, "", "kelson-node.target"),
     asset!(Unit, "", "kelson.target"),
