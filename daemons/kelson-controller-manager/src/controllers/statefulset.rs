@@ -297,7 +297,11 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
+                // currentRevision is carried over from the cached status: a stale cache must
+                // not write it back over a newer one, so the write is conditional (409 → retry).
+                &Patch::Merge(
+                    json!({"metadata": {"resourceVersion": set.metadata.resource_version}, "status": st}),
+                ),
             )
             .await
         {
