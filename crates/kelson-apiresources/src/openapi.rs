@@ -230,7 +230,70 @@ fn build_definitions() -> Map<String, Value> {
             }
         }
     }
+    relax_required(&mut defs);
     defs
+}
+
+/// `k8s-openapi` lists every non-`Option` field as `required`, which upstream's document does
+/// not: `metadata` of every kind, and fields Go marks `omitempty` with a default (`name` of
+/// `LocalObjectReference`, ...). kubectl validates on the client against the v2 document (a
+/// `v1 List`, TokenReview), so an extra `required` there refuses what upstream accepts
+/// ("missing required field metadata"). The table is the diff against upstream's document.
+fn relax_required(defs: &mut Map<String, Value>) {
+    const NOT_REQUIRED: &[(&str, &str)] = &[
+        ("io.k8s.api.authentication.v1.TokenRequest", "spec"),
+        ("io.k8s.api.authentication.v1.TokenRequestSpec", "audiences"),
+        (
+            "io.k8s.api.authentication.v1.TokenRequestStatus",
+            "expirationTimestamp",
+        ),
+        ("io.k8s.api.authentication.v1.TokenRequestStatus", "token"),
+        (
+            "io.k8s.api.batch.v1.PodFailurePolicyOnPodConditionsPattern",
+            "status",
+        ),
+        ("io.k8s.api.core.v1.ConfigMapEnvSource", "name"),
+        ("io.k8s.api.core.v1.ConfigMapKeySelector", "name"),
+        ("io.k8s.api.core.v1.ConfigMapProjection", "name"),
+        ("io.k8s.api.core.v1.ConfigMapVolumeSource", "name"),
+        ("io.k8s.api.core.v1.LocalObjectReference", "name"),
+        ("io.k8s.api.core.v1.SecretEnvSource", "name"),
+        ("io.k8s.api.core.v1.SecretKeySelector", "name"),
+        ("io.k8s.api.core.v1.SecretProjection", "name"),
+        ("io.k8s.api.discovery.v1.EndpointSlice", "endpoints"),
+        (
+            "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+            "currentHealthy",
+        ),
+        (
+            "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+            "desiredHealthy",
+        ),
+        (
+            "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+            "disruptionsAllowed",
+        ),
+        (
+            "io.k8s.api.policy.v1.PodDisruptionBudgetStatus",
+            "expectedPods",
+        ),
+        ("io.k8s.api.rbac.v1.RoleRef", "apiGroup"),
+        ("io.k8s.api.scheduling.v1.PriorityClass", "value"),
+    ];
+    for (name, schema) in defs.iter_mut() {
+        let Some(Value::Array(required)) = schema.get_mut("required") else {
+            continue;
+        };
+        required.retain(|f| {
+            let f = f.as_str().unwrap_or_default();
+            f != "metadata" && !NOT_REQUIRED.contains(&(name.as_str(), f))
+        });
+        if required.is_empty() {
+            if let Some(s) = schema.as_object_mut() {
+                s.remove("required");
+            }
+        }
+    }
 }
 
 /// Rewrites every `$ref` from `#/$defs/X` to `prefix + X`; with `all_of`, a `$ref` that has

@@ -2,8 +2,10 @@
 //!
 //! kubectl 1.32 falls back to OpenAPI v2 for client-side validation (a `v1 List`, or a kind
 //! whose v3 document has no PATCH operation, such as TokenReview) and requests it with
-//! `Accept: application/com.github.proto-openapi.spec.v2@v2.0+protobuf` only; older clients
-//! send `application/com.github.proto-openapi.spec.v2.v1.0+protobuf`. Upstream parses its
+//! `Accept: application/com.github.proto-openapi.spec.v2@v1.0+protobuf` only (client-go's
+//! discovery client, as seen on the wire); older clients send
+//! `application/com.github.proto-openapi.spec.v2.v1.0+protobuf`, and `…spec.v2@v2.0+protobuf`
+//! is accepted as well. Upstream parses its
 //! JSON document with gnostic and marshals the result; here the JSON document the server
 //! already builds (`kelson_apiresources::openapi_v2`, plus the custom kinds of `crd::docs`) is
 //! converted field by field into the messages generated from gnostic's `OpenAPIv2.proto`
@@ -40,16 +42,19 @@ pub mod pb {
 }
 
 /// The media type kubectl (client-go's discovery client) asks for.
-pub const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v2.0+protobuf";
+pub const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 /// The media type older clients ask for; the same bytes.
 pub const PROTOBUF_V1: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+/// A spelling some documentation uses; the same bytes.
+pub const PROTOBUF_V2: &str = "application/com.github.proto-openapi.spec.v2@v2.0+protobuf";
 
 /// The representation a client negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
     Json,
-    /// Protobuf, with the media type to answer with (the one the client asked for).
-    Protobuf(&'static str),
+    /// Protobuf; the response's `Content-Type` is always [`PROTOBUF_V1`], as upstream's:
+    /// client-go parses it with Go's `mime.ParseMediaType`, which refuses the `@` spelling.
+    Protobuf,
 }
 
 /// Picks the representation for an `Accept` header: the acceptable media range with the
@@ -68,8 +73,7 @@ pub fn negotiate(accept: Option<&str>) -> Option<Form> {
             .unwrap_or(1.0);
         let form = match media.as_str() {
             "application/json" | "application/*" | "*/*" => Form::Json,
-            PROTOBUF => Form::Protobuf(PROTOBUF),
-            PROTOBUF_V1 => Form::Protobuf(PROTOBUF_V1),
+            PROTOBUF | PROTOBUF_V1 | PROTOBUF_V2 => Form::Protobuf,
             _ => continue,
         };
         if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
@@ -117,7 +121,7 @@ pub fn serve(
 ) -> Result<Response<Body>, ApiError> {
     let form = negotiate(accept).ok_or_else(|| {
         ApiError::not_acceptable(format!(
-            "only application/json, {PROTOBUF} and {PROTOBUF_V1} are served for /openapi/v2"
+            "only application/json, {PROTOBUF}, {PROTOBUF_V1} and {PROTOBUF_V2} are served for /openapi/v2"
         ))
     })?;
     let base = kelson_apiresources::openapi_v2();
@@ -126,7 +130,7 @@ pub fn serve(
     let e = entry(merged.as_deref().unwrap_or(base));
     let (body, tag, content_type) = match form {
         Form::Json => (e.json.clone(), e.json_etag.clone(), "application/json"),
-        Form::Protobuf(ct) => {
+        Form::Protobuf => {
             let (bytes, tag) = e
                 .proto
                 .get_or_init(|| {
@@ -142,7 +146,7 @@ pub fn serve(
                 })
                 .as_ref()
                 .map_err(|err| ApiError::internal(format!("encoding /openapi/v2: {err}")))?;
-            (bytes.clone(), tag.clone(), ct)
+            (bytes.clone(), tag.clone(), PROTOBUF_V1)
         }
     };
     let not_modified = if_none_match
@@ -844,6 +848,8 @@ mod tests {
             other => panic!("nodeSelector additionalProperties: {other:?}"),
         }
         assert!(spec.required.contains(&"containers".to_string()));
+        // As upstream's: kubectl's client-side validation would refuse a kind without it.
+        assert!(!pod.required.contains(&"metadata".to_string()));
 
         // PATCH of ConfigMap takes fieldValidation, as kubectl's query-param check reads it.
         let cm = paths
@@ -1002,15 +1008,13 @@ mod tests {
     #[test]
     fn negotiates_accept() {
         assert_eq!(negotiate(None), Some(Form::Json));
-        assert_eq!(negotiate(Some(PROTOBUF)), Some(Form::Protobuf(PROTOBUF)));
-        assert_eq!(
-            negotiate(Some(PROTOBUF_V1)),
-            Some(Form::Protobuf(PROTOBUF_V1))
-        );
+        assert_eq!(negotiate(Some(PROTOBUF)), Some(Form::Protobuf));
+        assert_eq!(negotiate(Some(PROTOBUF_V1)), Some(Form::Protobuf));
+        assert_eq!(negotiate(Some(PROTOBUF_V2)), Some(Form::Protobuf));
         assert_eq!(negotiate(Some("application/json, */*")), Some(Form::Json));
         assert_eq!(
             negotiate(Some(&format!("application/json;q=0.5, {PROTOBUF}"))),
-            Some(Form::Protobuf(PROTOBUF))
+            Some(Form::Protobuf)
         );
         assert_eq!(negotiate(Some("application/xml")), None);
         assert_eq!(negotiate(Some(&format!("{PROTOBUF};q=0"))), None);
