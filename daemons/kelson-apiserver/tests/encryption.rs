@@ -157,13 +157,8 @@ async fn secrets_are_encrypted_and_rotation_rewrites_them() -> anyhow::Result<()
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let all = kubectl(&kc2, &["get", "secrets", "-A", "-o", "json"], None)?;
-    // --validate=false: kubectl validates a v1 List against OpenAPI the server does not serve
-    // in a form kubectl accepts (reported; unrelated to encryption).
-    kubectl(
-        &kc2,
-        &["replace", "--validate=false", "-f", "-"],
-        Some(&all),
-    )?;
+    // kubectl validates a v1 List on the client, with the protobuf /openapi/v2.
+    kubectl(&kc2, &["replace", "-f", "-"], Some(&all))?;
     for (ns, name) in secrets {
         let v = raw(&cp, &format!("/registry/secrets/{ns}/{name}"))?;
         ensure!(

@@ -315,10 +315,7 @@ async fn rbac_with_kubectl() {
         "spec": {"user": "system:serviceaccount:demo:robot",
                  "groups": ["system:serviceaccounts", "system:serviceaccounts:demo", "system:authenticated"],
                  "resourceAttributes": {"verb": "delete", "group": "apps", "resource": "deployments", "namespace": "demo"}}}"#;
-    let out = cp.kubectl_stdin(
-        &["create", "--validate=false", "-f", "-", "-o", "json"],
-        Some(sar),
-    );
+    let out = cp.kubectl_stdin(&["create", "-f", "-", "-o", "json"], Some(sar));
     assert!(out.status.success(), "{}", stderr(&out));
     let review: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(review["status"]["allowed"], true, "{review}");

@@ -65,10 +65,7 @@ fn unauthorized(r: Result<Value, String>, what: &str) -> anyhow::Result<()> {
 fn review(cp: &ControlPlane, token: &str, audiences: &[&str]) -> anyhow::Result<Value> {
     let tr = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                     "spec": {"token": token, "audiences": audiences}});
-    let out = cp.kubectl_stdin(
-        &["create", "--validate=false", "-f", "-", "-o", "json"],
-        Some(&tr.to_string()),
-    );
+    let out = cp.kubectl_stdin(&["create", "-f", "-", "-o", "json"], Some(&tr.to_string()));
     ensure!(
         out.status.success(),
         "TokenReview: {}",
