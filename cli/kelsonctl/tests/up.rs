@@ -4,13 +4,17 @@
 //! `kv snapshot restore` into a fresh data dir that kelson-kv then serves.
 //!
 //! With root, containerd, CNI plugins and busybox-static, the first `up` also runs the node
-//! (private containerd + kelson-kubelet): the node turns Ready, a deployment's pod is scheduled
-//! and Running, and stopping leaves no containerd, shim or container process behind. Without
-//! them it runs `--no-node`. The resume run is `--no-node` either way (it checks data, not pods).
+//! (kelson-proxy, node-local kelson-dns, private containerd + kelson-kubelet): the node turns
+//! Ready, a Deployment rolls out behind a ClusterIP Service, a client pod resolves the Service
+//! through cluster DNS and gets an answer through the proxy's rules, and sees its
+//! ServiceAccount token volume; `kubectl logs` and `exec` work through the kubelet API; every
+//! daemon is healthy on `up`'s private D-Bus; stopping leaves no containerd, shim or container
+//! process, nftables table or DNS address behind. The resume run is `--no-node` (it checks
+//! data, not pods).
 //!
 //! Needs the daemons built first: `cargo build -p kelson-kv -p kelson-apiserver
-//! -p kelson-scheduler -p kelson-controller-manager -p kelson-kubelet` (bin_path explains if
-//! one is missing).
+//! -p kelson-scheduler -p kelson-controller-manager -p kelson-kubelet -p kelson-proxy
+//! -p kelson-dns` (bin_path explains if one is missing).
 
 use std::path::Path;
 use std::process::Command;
@@ -49,7 +53,8 @@ fn node_prerequisites() -> bool {
     let ok = nix::unistd::geteuid().is_root()
         && Path::new("/usr/bin/containerd").exists()
         && Path::new("/usr/lib/cni/bridge").exists()
-        && Path::new(kelson_oci::DEFAULT_BUSYBOX).exists();
+        && Path::new(kelson_oci::DEFAULT_BUSYBOX).exists()
+        && Path::new("/usr/sbin/nft").exists();
     if !ok {
         eprintln!("node part impossible: needs root, containerd, CNI plugins and busybox-static");
     }
@@ -236,43 +241,113 @@ fn up_serves_stops_and_resumes() {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+        // A Deployment behind a ClusterIP Service, and a client pod that finds it through
+        // cluster DNS and talks to it through kelson-proxy's rules; it also sees its
+        // ServiceAccount token volume. `kubectl logs`/`exec` go through the kubelet's API.
         let out = kubectl(&[
             "create",
             "deployment",
             "web",
             &format!("--image={}", kelson_oci::BUSYBOX_IMAGE),
             "--",
-            "sleep",
-            "3600",
+            "sh",
+            "-c",
+            "echo hello-from-web > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
         ]);
         assert!(out.status.success(), "{out:?}");
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let out = kubectl(&[
+            "expose",
+            "deployment",
+            "web",
+            "--port=80",
+            "--target-port=8080",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let out = kubectl(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+        assert!(out.status.success(), "{out:?}\n{}", up.log());
+        let cluster_ip = String::from_utf8_lossy(
+            &kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]).stdout,
+        )
+        .trim()
+        .to_string();
+        assert!(!cluster_ip.is_empty());
+        let out = kubectl(&[
+            "run",
+            "client",
+            &format!("--image={}", kelson_oci::BUSYBOX_IMAGE),
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            "nslookup web.default.svc.cluster.local; wget -qO- http://web/; \
+             ls /var/run/secrets/kubernetes.io/serviceaccount",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = kubectl(&[
+            let out = kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]);
+            let phase = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if phase == "Succeeded" || phase == "Failed" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client pod not finished in 60 s: {phase:?}\n{}",
+                up.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let logs = kubectl(&["logs", "client"]);
+        let text = String::from_utf8_lossy(&logs.stdout);
+        assert!(logs.status.success(), "{logs:?}");
+        assert!(
+            text.contains(&format!("Address: {cluster_ip}")),
+            "DNS did not resolve web to {cluster_ip}:\n{text}"
+        );
+        assert!(
+            text.contains("hello-from-web"),
+            "no answer through the ClusterIP:\n{text}"
+        );
+        assert!(text.contains("token") && text.contains("ca.crt"), "{text}");
+        let pod = String::from_utf8_lossy(
+            &kubectl(&[
                 "get",
                 "pods",
                 "-l",
                 "app=web",
                 "-o",
-                "jsonpath={.items[*].status.phase} {.items[*].spec.nodeName}",
-            ]);
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let f: Vec<&str> = text.split_whitespace().collect();
-            if f.len() == 2 && f[0] == "Running" && !f[1].is_empty() {
-                break;
-            }
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .stdout,
+        )
+        .trim()
+        .to_string();
+        let ex = kubectl(&["exec", &pod, "--", "sh", "-c", "echo exec-ok; exit 3"]);
+        assert_eq!(ex.status.code(), Some(3), "{ex:?}");
+        assert!(String::from_utf8_lossy(&ex.stdout).contains("exec-ok"));
+
+        // Every node daemon shows on the private bus `up` runs.
+        let st = Command::new(env!("CARGO_BIN_EXE_kelsonctl"))
+            .args(["status", "--json", "--bus"])
+            .arg(format!(
+                "unix:path={}",
+                data.join("run/dbus.sock").display()
+            ))
+            .output()
+            .unwrap();
+        let rows = String::from_utf8_lossy(&st.stdout);
+        for d in [
+            "kelson-kubelet",
+            "kelson-proxy",
+            "kelson-dns",
+            "kelson-apiserver",
+        ] {
             assert!(
-                Instant::now() < deadline,
-                "no Running web pod in 90 s: {text:?}
-{}
-kubelet log tail:
-{}",
-                up.log(),
-                std::fs::read_to_string(data.join("logs/kubelet.log"))
-                    .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
-                    .unwrap_or_default()
+                rows.lines()
+                    .any(|l| l.contains(&format!("\"component\":\"{d}\""))
+                        && l.contains("\"health\":\"healthy\"")),
+                "{d} not healthy on the bus:\n{rows}"
             );
-            std::thread::sleep(Duration::from_millis(300));
         }
         // containerd, its shims and the containers' processes (task PIDs from ctr).
         node_pids = pids_mentioning(&data.join("containerd").display().to_string());
@@ -312,6 +387,23 @@ kubelet log tail:
     );
     if node {
         assert!(up.log().contains("killed and removed"), "{}", up.log());
+        // What the proxy and DNS leave on a real node does not outlive `up`.
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains("kelson-proxy"),
+            "{tables:?}"
+        );
+        let lo = Command::new("ip")
+            .args(["addr", "show", "lo"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&lo.stdout).contains("169.254.20.10"),
+            "{lo:?}"
+        );
     }
     assert!(up.log().contains("stopped"), "{}", up.log());
 
