@@ -778,7 +778,7 @@ mod tests {
             .unwrap_or_else(|| panic!("property {name} missing"))
     }
 
-    fn ext<'a>(exts: &'a [pb::NamedAny], name: &str) -> Value {
+    fn ext(exts: &[pb::NamedAny], name: &str) -> Value {
         let yaml = &exts
             .iter()
             .find(|e| e.name == name)
