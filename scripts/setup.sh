@@ -6,12 +6,14 @@
 #           python3 (linearizability checker input) + python3-kubernetes (API compatibility judge),
 #           systemd (systemd-analyze for the unit tests), and the node runtime;
 #           debootstrap + systemd-container (the systemd test machine: scripts/nspawn-rootfs.sh).
+#           nix-bin (nix-instantiate: tests/tests/nix_eval.rs parses and evaluates nix/).
 set -euo pipefail
 pkgs=(protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev pkg-config
       etcd-server etcd-client dbus
       containerd runc containernetworking-plugins nftables busybox-static iproute2
       systemd python3
-      debootstrap systemd-container)
+      debootstrap systemd-container
+      nix-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
