@@ -276,6 +276,13 @@ impl Daemon1 {
         self.state.health().to_string()
     }
 
+    /// Every certificate file the daemon loaded with its expiry (notAfter, Unix seconds); see
+    /// the tls module. Read on demand, so it does not emit PropertiesChanged.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn certificate_expiry(&self) -> std::collections::HashMap<String, i64> {
+        crate::tls::certificate_expiries().into_iter().collect()
+    }
+
     /// Re-read configuration and certificates, as SIGHUP does.
     async fn reload(&self) -> zbus::fdo::Result<()> {
         self.state.reload().await.map_err(zbus::fdo::Error::Failed)

@@ -13,6 +13,21 @@
 //! that resumes a TLS session does not get a certificate at all, so it keeps its session until
 //! the ticket expires; new full handshakes see the new certificate.)
 //!
+//! Client certificates reload the same way: [`client_config`] presents its certificate through
+//! a [`ReloadingCertResolver`] too (it implements rustls' `ResolvesClientCert`), so every new
+//! connection a daemon opens toward a peer uses the current certificate from disk. Connections
+//! already established keep the certificate they were set up with, which is fine: TLS checks
+//! validity only during the handshake.
+//!
+//! Expiry: every certificate this module loads (serving, client, CA bundle) is recorded with
+//! its `notAfter` in a process-wide table ([`certificate_expiries`]). The table is exposed as the
+//! gauge `kelson_certificate_expiry_seconds{file=...}` (Unix time of `notAfter`; alert on
+//! `kelson_certificate_expiry_seconds - time() < ...`) in the process-wide metrics registry,
+//! as the `CertificateExpiry` property of `io.kelson.Daemon1`, and a certificate that expires
+//! within [`EXPIRY_WARNING`] gets a warning with journal field
+//! `MESSAGE_ID=`[`MESSAGE_ID_CERT_EXPIRING`] — when it is loaded and again at most once a day
+//! while it stays in use (checked on the handshake path, like reloads).
+//!
 //! Every config is built with an explicit ring `CryptoProvider`, so it does not depend on (or
 //! panic over) the process-wide default provider.
 //!
@@ -22,6 +37,7 @@
 //! which tonic (feature `tls-ring`) accepts in `Server::serve_with_incoming`, exposing the
 //! peer certificates through `TlsConnectInfo`.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,7 +46,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -92,6 +109,152 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// A certificate expiring sooner than this is warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+/// journald `MESSAGE_ID` of the "certificate near expiry" warning (see docs/dbus.md).
+pub const MESSAGE_ID_CERT_EXPIRING: &str = "8d2b5c7e4f0a4e6b9c1d3e5f7a9b0c21";
+/// How often a certificate still near expiry is warned about again.
+const REWARN_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+struct ExpiryEntry {
+    not_after: i64,
+    warned: Option<Instant>,
+}
+
+fn expiry_table() -> &'static Mutex<BTreeMap<PathBuf, ExpiryEntry>> {
+    static TABLE: std::sync::OnceLock<Mutex<BTreeMap<PathBuf, ExpiryEntry>>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        // First use: put the gauge into the process-wide registry, so every daemon that serves
+        // /metrics exposes it without wiring anything.
+        crate::metrics::registry()
+            .lock()
+            .register_collector(Box::new(ExpiryCollector));
+        Mutex::new(BTreeMap::new())
+    })
+}
+
+/// `notAfter` of a DER certificate as Unix seconds.
+pub fn not_after_unix(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Serial number of a DER certificate in lower-case hex (what the tests compare).
+pub fn serial_hex(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.raw_serial_as_string().replace(':', ""))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Records the leaf (first) certificate of `path` in the expiry table and warns if it is near
+/// expiry. Called by every loader in this module; daemons that load certificates by other means
+/// can call it too.
+pub fn record_certificate(path: &Path, chain: &[CertificateDer<'_>]) {
+    let Some(not_after) = chain.first().and_then(|c| not_after_unix(c)) else {
+        return;
+    };
+    let mut table = expiry_table().lock();
+    let changed = table.get(path).is_none_or(|e| e.not_after != not_after);
+    if changed {
+        table.insert(
+            path.to_path_buf(),
+            ExpiryEntry {
+                not_after,
+                warned: None,
+            },
+        );
+    }
+    drop(table);
+    check_expiry_warnings();
+}
+
+/// Every recorded certificate file with its `notAfter` (Unix seconds).
+pub fn certificate_expiries() -> BTreeMap<String, i64> {
+    expiry_table()
+        .lock()
+        .iter()
+        .map(|(p, e)| (p.display().to_string(), e.not_after))
+        .collect()
+}
+
+/// Warns (journald `MESSAGE_ID` [`MESSAGE_ID_CERT_EXPIRING`]) about each recorded certificate
+/// that expires within [`EXPIRY_WARNING`], at most once a day per certificate.
+pub fn check_expiry_warnings() {
+    let now = unix_now();
+    let mut table = expiry_table().lock();
+    for (path, e) in table.iter_mut() {
+        let left = e.not_after - now;
+        if left >= EXPIRY_WARNING.as_secs() as i64 {
+            continue;
+        }
+        if e.warned.is_some_and(|w| w.elapsed() < REWARN_INTERVAL) {
+            continue;
+        }
+        e.warned = Some(Instant::now());
+        tracing::warn!(
+            message_id = MESSAGE_ID_CERT_EXPIRING,
+            cert_file = %path.display(),
+            cert_not_after = e.not_after,
+            cert_seconds_left = left,
+            "certificate {} {}",
+            path.display(),
+            if left <= 0 {
+                "has expired".to_string()
+            } else {
+                format!("expires in {}", human_duration(left))
+            }
+        );
+    }
+}
+
+fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s >= 86400 => format!("{} days", s / 86400),
+        s if s >= 3600 => format!("{} hours", s / 3600),
+        s if s >= 60 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// `kelson_certificate_expiry_seconds{file=...}`, read from the expiry table at scrape time.
+#[derive(Debug)]
+struct ExpiryCollector;
+
+impl prometheus_client::collector::Collector for ExpiryCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let entries = certificate_expiries();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "kelson_certificate_expiry",
+            "Expiry (notAfter, Unix time) of each certificate file this process loaded.",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (file, not_after) in entries {
+            let labels = [("file".to_string(), file)];
+            let g = ConstGauge::new(not_after);
+            g.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -141,6 +304,7 @@ fn load_certified_key(
 ) -> Result<CertifiedKey, TlsError> {
     let chain = load_certs(cert)?;
     let der = load_key(key)?;
+    record_certificate(cert, &chain);
     let signing = provider
         .key_provider
         .load_private_key(der)
@@ -159,7 +323,9 @@ fn load_certified_key(
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
+    let certs = load_certs(path)?;
+    record_certificate(path, &certs);
+    for cert in certs {
         roots.add(cert).map_err(|source| TlsError::InvalidCa {
             path: path.to_path_buf(),
             source,
@@ -268,6 +434,7 @@ impl ReloadingCertResolver {
                 return;
             }
         }
+        check_expiry_warnings();
         let stamps = (stamp(&self.cert), stamp(&self.key));
         {
             let mut st = self.state.write();
@@ -291,6 +458,24 @@ impl ResolvesServerCert for ReloadingCertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.maybe_reload();
         Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCertResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.maybe_reload();
+        let key = self.current();
+        // rustls would abort the handshake with a key the server cannot verify; sending no
+        // certificate instead gives the server the chance to answer with a proper 401.
+        key.key.choose_scheme(sigschemes).is_some().then_some(key)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -341,7 +526,9 @@ pub fn server_config_with_resolver(
     Ok(Arc::new(config))
 }
 
-/// Client config trusting `ca`, presenting `cert`/`key` if both are given.
+/// Client config trusting `ca`, presenting `cert`/`key` if both are given. The pair is
+/// re-read when the files change (checked at most every [`DEFAULT_RELOAD_INTERVAL`], on new
+/// connections), so a renewed client certificate is used without a restart.
 pub fn client_config(
     ca: &Path,
     cert: Option<&Path>,
@@ -351,19 +538,13 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let config = match (cert, key) {
-        (Some(cert), Some(key)) => {
-            let chain = load_certs(cert)?;
-            let der = load_key(key)?;
-            builder
-                .with_client_auth_cert(chain, der)
-                .map_err(|source| TlsError::InvalidKey {
-                    path: key.to_path_buf(),
-                    source,
-                })?
-        }
-        _ => builder.with_no_client_auth(),
-    };
+    let config =
+        match (cert, key) {
+            (Some(cert), Some(key)) => builder.with_client_cert_resolver(
+                ReloadingCertResolver::new(cert, key, DEFAULT_RELOAD_INTERVAL)?,
+            ),
+            _ => builder.with_no_client_auth(),
+        };
     Ok(Arc::new(config))
 }
 
@@ -452,5 +633,56 @@ pub fn tls_incoming(listener: TcpListener, config: Arc<ServerConfig>) -> TlsInco
         rx,
         task,
         local_addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str, days: i64) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        // Through a rename, as renewals do, so the reload sees a new inode.
+        let tmp = dir.join("tmp");
+        std::fs::write(&tmp, cert.pem()).unwrap();
+        std::fs::rename(&tmp, &c).unwrap();
+        std::fs::write(&tmp, key.serialize_pem()).unwrap();
+        std::fs::rename(&tmp, &k).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn expiry_is_recorded_exported_and_client_certs_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path(), "client", 10);
+        let resolver = ReloadingCertResolver::new(&cert, &key, Duration::ZERO).unwrap();
+        let first = serial_hex(resolver.current().cert[0].as_ref()).unwrap();
+        let exp = certificate_expiries();
+        let at = exp[&cert.display().to_string()];
+        let left = at - unix_now();
+        assert!((9 * 86400..=10 * 86400).contains(&left), "{left}");
+
+        let text = crate::metrics::encode(&crate::metrics::registry().lock()).unwrap();
+        let line = format!(
+            "kelson_certificate_expiry_seconds{{file=\"{}\"}} {at}",
+            cert.display()
+        );
+        assert!(text.contains(&line), "{line} not in\n{text}");
+
+        // A renewed pair is picked up by the client side without rebuilding the config.
+        write_pair(dir.path(), "client", 20);
+        let schemes = [rustls::SignatureScheme::ECDSA_NISTP256_SHA256];
+        let now = ResolvesClientCert::resolve(&*resolver, &[], &schemes).unwrap();
+        let second = serial_hex(now.cert[0].as_ref()).unwrap();
+        assert_ne!(first, second, "client certificate was not reloaded");
+        let left = certificate_expiries()[&cert.display().to_string()] - unix_now();
+        assert!(left > 19 * 86400, "{left}");
     }
 }
