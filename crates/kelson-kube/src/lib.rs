@@ -9,6 +9,8 @@
 //! candidates can never both win. Defaults are upstream's: lease 15 s, renew deadline 10 s,
 //! retry 2 s.
 
+pub mod duration;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

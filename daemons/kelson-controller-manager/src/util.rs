@@ -150,43 +150,10 @@ pub fn pod_template_hash(template_json: &str, collision_count: Option<i32>) -> S
     safe_encode(&fnv32a(&parts).to_string())
 }
 
-/// Parses a Go-style duration flag: `50s`, `500ms`, `1m30s`, `2h`; a bare number is seconds.
+/// Parses a Go-style duration flag: `50s`, `500ms`, `1m30s`, `2h` (the one parser all daemons
+/// share).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<f64>() {
-        if n >= 0.0 && n.is_finite() {
-            return Ok(std::time::Duration::from_secs_f64(n));
-        }
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
-        let n: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
-        };
-        total += n * mult;
-        rest = &rest[unit_len..];
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
+    kelson_kube::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Resolves an IntOrString (`maxSurge: 25%`) against `total`, rounding up or down.
@@ -239,7 +206,8 @@ mod tests {
         assert_eq!(parse_duration("50s").unwrap().as_secs(), 50);
         assert_eq!(parse_duration("1m30s").unwrap().as_secs(), 90);
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
-        assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
+        // As Go: a bare number other than 0 has no unit.
+        assert!(parse_duration("7").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -112,34 +112,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Parses Go-style durations as used by upstream flags: `500ms`, `15s`, `1m`, `1m30s`, `1h`.
+/// Parses Go-style durations as used by upstream flags (the one parser all daemons share).
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
-    let err = || ConfigError::Duration(s.to_string());
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(err());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let n_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        let n: f64 = rest[..n_end].parse().map_err(|_| err())?;
-        rest = &rest[n_end..];
-        let u_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..u_end] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(err()),
-        };
-        rest = &rest[u_end..];
-        total += Duration::try_from_secs_f64(n * unit).map_err(|_| err())?;
-    }
-    Ok(total)
+    kelson_kube::duration::parse_duration(s).map_err(|e| ConfigError::Duration(e.0))
 }
 
 /// Checks a CIDR's syntax (`addr/len`, len within the family's width).
