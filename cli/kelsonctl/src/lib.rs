@@ -19,6 +19,7 @@ pub mod images;
 pub mod init;
 pub mod install;
 pub mod kv;
+pub mod pki_renew;
 pub mod up;
 
 /// Top-level command line.
@@ -58,6 +59,8 @@ pub enum Command {
 pub enum PkiCommand {
     /// Create the store's CA and certificates in DIR; existing valid files are kept.
     Init(PkiInitArgs),
+    /// Re-issue leaf certificates (and kubeconfig client certificates) of DIR nearing expiry.
+    Renew(pki_renew::RenewArgs),
     /// Show subject, names and expiry of every certificate in DIR.
     Show {
         #[arg(long)]
@@ -100,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Pki(PkiCommand::Show { dir }) => pki_show(&dir),
+        Command::Pki(PkiCommand::Renew(a)) => pki_renew::run(&a),
         Command::Kv(c) => kv::run(c).await,
         Command::Up(a) => up::run(a).await,
         Command::Images(c) => images::run(c),
