@@ -116,6 +116,54 @@ async fn protobuf_document_is_negotiated_cached_and_matches_json() -> anyhow::Re
         "v1.0 media type: other bytes"
     );
 
+    // A custom resource's definition joins the document: a new version, a new ETag.
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.stable.example.com"},
+        "spec": {"group": "stable.example.com", "scope": "Namespaced",
+          "names": {"plural": "widgets", "kind": "Widget"},
+          "versions": [{"name": "v1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+              "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}});
+    let out = cp.kubectl_stdin(&["create", "-f", "-"], Some(&crd.to_string()));
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let widget = loop {
+        let (code, _, etag3, body) = get(&client, &[("Accept", PROTOBUF)]).await?;
+        ensure!(code == 200, "{code}");
+        let doc = pb::Document::decode(body.as_slice())?;
+        let found = doc.definitions.as_ref().and_then(|d| {
+            d.additional_properties
+                .iter()
+                .find(|d| d.name == "com.example.stable.v1.Widget")
+                .and_then(|d| d.value.clone())
+        });
+        if let Some(w) = found {
+            ensure!(etag3 != etag, "same ETag for another document");
+            break w;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "Widget never appeared in /openapi/v2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let spec = widget
+        .properties
+        .as_ref()
+        .and_then(|p| p.additional_properties.iter().find(|p| p.name == "spec"))
+        .and_then(|p| p.value.as_ref())
+        .context("Widget spec")?;
+    ensure!(
+        spec.properties
+            .as_ref()
+            .is_some_and(|p| p.additional_properties[0].name == "size"),
+        "{spec:?}"
+    );
+
     // Nothing acceptable: 406 as a Status.
     let (code, _, _, body) = get(&client, &[("Accept", "application/xml")]).await?;
     let status: Value = serde_json::from_slice(&body)?;
