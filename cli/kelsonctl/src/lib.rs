@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod cluster;
 pub mod clusterfiles;
 pub mod daemons;
 pub mod images;
@@ -53,6 +54,9 @@ pub enum Command {
     Install(install::InstallArgs),
     /// Write PKI and per-daemon configuration for an all-in-one machine run by systemd.
     Init(init::InitArgs),
+    /// A multi-machine cluster described in cluster.toml: check it, render per-machine configs.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::LogLevel(a) => daemons::log_level(a).await,
         Command::Install(a) => install::run(a),
         Command::Init(a) => init::run(a),
+        Command::Cluster(c) => cluster::run(c),
     }
 }
 
