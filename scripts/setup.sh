@@ -5,7 +5,8 @@
 #   tests:  etcd-server + etcd-client (compatibility oracle and benchmark peer), dbus (private bus),
 #           python3 (linearizability checker input) + python3-kubernetes (API compatibility judge),
 #           systemd (systemd-analyze for the unit tests), and the node runtime;
-#           debootstrap + systemd-container (the systemd test machine: scripts/nspawn-rootfs.sh).
+#           debootstrap + systemd-container (the systemd test machine: scripts/nspawn-rootfs.sh);
+#           ansible-core + ansible-lint (ansible/ and tests/tests/ansible.rs).
 #           nix-bin (nix-instantiate: tests/tests/nix_eval.rs parses and evaluates nix/).
 set -euo pipefail
 pkgs=(protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev pkg-config

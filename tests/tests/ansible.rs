@@ -1,0 +1,628 @@
+//! The Ansible path (`ansible/`): static checks of every playbook and a real provisioning run.
+//!
+//! - `every_playbook_passes_syntax_check`: `ansible-playbook --syntax-check` of each playbook
+//!   with the example three-zone inventory.
+//! - `example_inventory_matches_the_cluster_description`: the inventory's hosts, groups, zones
+//!   and addresses are those of `examples/cluster/three-zones.toml` (read with Python's
+//!   `tomllib`, listed with `ansible-inventory`), so the two cannot drift.
+//! - `ansible_lint_is_clean`: `ansible-lint` with the committed `.ansible-lint` (profile
+//!   `production`, the strictest; no skipped rules).
+//! - `site_playbook_provisions_a_machine_over_ssh_idempotently`: a throwaway machine — a copy
+//!   of the cached Debian rootfs plus python3 and openssh-server (`ansible/tests/target-rootfs.sh`)
+//!   booted with systemd-nspawn, systemd as PID 1 — is provisioned by `site.yml` over real ssh
+//!   (root with a key baked into the copy; sshd runs as the machine's `ssh.service` on its own
+//!   loopback, and ssh reaches it through a `ProxyCommand` that runs `nc` inside the machine's
+//!   network namespace, so nothing is added to the host's network). Asserts: the first run
+//!   succeeds, the control plane answers inside the machine, keys have the modes and owners the
+//!   play promises and no CA key reached the machine, a second run reports `changed=0`,
+//!   `upgrade.yml` with the same build changes nothing and passes its health checks, and
+//!   `backup.yml` fetches a kv snapshot to the controller.
+//!
+//! The machine is a single control-plane machine without the node role: containerd cannot
+//! create containers inside nspawn on these hosts (see tests/tests/systemd_machine.rs), so the
+//! node role (containerd, kubelet) is exercised by the lab's VMs, not here. Its speaker is off
+//! (the test puts the machine's address and the VIP on the machine's loopback itself).
+//!
+//! Prerequisites (each missing one fails the test with what to do): ansible-core and
+//! ansible-lint (scripts/setup.sh), and for the real run root, systemd-nspawn, debootstrap, a
+//! Debian mirror for the first rootfs build, and every Kelson binary in target/debug.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kelson_testsupport::{bin_path, workspace_root, ChildGuard};
+
+const PLAYBOOKS: &[&str] = &[
+    "site.yml",
+    "add-node.yml",
+    "remove-node.yml",
+    "upgrade.yml",
+    "backup.yml",
+];
+
+/// Everything `kelsonctl install` lays out (the play copies them all).
+const BINARIES: &[&str] = &[
+    "kelsonctl",
+    "kelson-kv",
+    "kelson-apiserver",
+    "kelson-scheduler",
+    "kelson-controller-manager",
+    "kelson-cloud-controller-manager",
+    "kelson-kubelet",
+    "kelson-proxy",
+    "kelson-dns",
+];
+
+fn ansible_dir() -> PathBuf {
+    workspace_root().join("ansible")
+}
+
+/// Fails the test with the package to install when `tool` is not on PATH.
+fn require(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is missing: install the `{package}` Debian package (scripts/setup.sh does)"
+    );
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// An ansible command run in ansible/ with its ansible.cfg, no colors, bounded by `timeout`.
+fn ansible(tool: &str, secs: u64, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(tool)
+        .args(args)
+        .current_dir(ansible_dir())
+        .env("ANSIBLE_CONFIG", ansible_dir().join("ansible.cfg"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_FORCE_COLOR", "0")
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("PY_COLORS", "0")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"))
+}
+
+#[test]
+fn every_playbook_passes_syntax_check() {
+    require("ansible-playbook", "ansible-core");
+    for pb in PLAYBOOKS {
+        let out = ansible(
+            "ansible-playbook",
+            120,
+            &[
+                "--syntax-check",
+                "-i",
+                "inventories/three-zones/hosts.yml",
+                "-e",
+                "kelson_node=worker-b",
+                pb,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{pb}: syntax check failed:\n{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn example_inventory_matches_the_cluster_description() {
+    require("ansible-inventory", "ansible-core");
+    require("python3", "python3");
+    let toml = workspace_root().join("examples/cluster/three-zones.toml");
+    assert!(
+        toml.is_file(),
+        "{} is missing (the cluster description the example inventory mirrors)",
+        toml.display()
+    );
+    // (name → (group, zone, address)) from the cluster description.
+    let py = "import json,sys,tomllib\n\
+              c=tomllib.load(open(sys.argv[1],'rb'))\n\
+              m={}\n\
+              for g,k in (('control_plane','control_plane'),('workers','workers')):\n\
+              \x20   for x in c.get(k,[]): m[x['name']]=[g,x['zone'],x['address']]\n\
+              print(json.dumps(m))";
+    let out = Command::new("python3")
+        .args(["-c", py])
+        .arg(&toml)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "reading {}: {}",
+        toml.display(),
+        text(&out)
+    );
+    let want: BTreeMap<String, Vec<String>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(want.len(), 5, "three-zones.toml: {want:?}");
+
+    let out = ansible(
+        "ansible-inventory",
+        60,
+        &["-i", "inventories/three-zones/hosts.yml", "--list"],
+    );
+    assert!(out.status.success(), "ansible-inventory: {}", text(&out));
+    let inv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut got = BTreeMap::new();
+    for group in ["control_plane", "workers"] {
+        for h in inv[group]["hosts"].as_array().cloned().unwrap_or_default() {
+            let h = h.as_str().unwrap().to_string();
+            let vars = &inv["_meta"]["hostvars"][&h];
+            got.insert(
+                h.clone(),
+                vec![
+                    group.to_string(),
+                    vars["zone"].as_str().unwrap_or("?").to_string(),
+                    vars["ansible_host"].as_str().unwrap_or("?").to_string(),
+                ],
+            );
+        }
+    }
+    assert_eq!(
+        got, want,
+        "inventories/three-zones/hosts.yml has drifted from examples/cluster/three-zones.toml"
+    );
+}
+
+#[test]
+fn ansible_lint_is_clean() {
+    require("ansible-lint", "ansible-lint");
+    let cfg = std::fs::read_to_string(ansible_dir().join(".ansible-lint"))
+        .expect("ansible/.ansible-lint is committed");
+    assert!(
+        cfg.lines().any(|l| l.trim() == "profile: production"),
+        "the lint profile changed:\n{cfg}"
+    );
+    for blanket in ["skip_list", "warn_list"] {
+        assert!(
+            !cfg.lines().any(|l| l.trim_start().starts_with(blanket)),
+            "ansible/.ansible-lint must not skip or downgrade rules ({blanket}):\n{cfg}"
+        );
+    }
+    let out = ansible("ansible-lint", 600, &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "ansible-lint failed:\n{all}");
+    assert!(
+        all.contains("Passed with production profile"),
+        "ansible-lint did not pass the production profile:\n{all}"
+    );
+}
+
+// --- the real run -------------------------------------------------------------------------
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// The cached target rootfs (base rootfs + python3, openssh-server, ...).
+fn target_rootfs() -> PathBuf {
+    let target = workspace_root().join("target");
+    let dir = target.join("ansible-target-rootfs");
+    let out = Command::new("bash")
+        .arg(ansible_dir().join("tests/target-rootfs.sh"))
+        .arg(target.join("nspawn-rootfs"))
+        .arg(&dir)
+        .output()
+        .expect("running ansible/tests/target-rootfs.sh");
+    assert!(
+        out.status.success(),
+        "ansible/tests/target-rootfs.sh failed ({}); it needs debootstrap and a Debian mirror \
+         (KELSON_DEBIAN_MIRROR):\n{}",
+        out.status,
+        text(&out)
+    );
+    dir
+}
+
+/// A booted copy of the target rootfs; Drop powers it off (bounded), kills what is left and
+/// removes the copy.
+struct Machine {
+    init_pid: u32,
+    nspawn: Option<ChildGuard>,
+}
+
+impl Machine {
+    fn boot(root: &Path, log: &Path) -> Machine {
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.arg("-D").arg(root).args([
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            // Loopback only: its ports cannot clash with the host's or other tests'.
+            "--private-network",
+            "--console=read-only",
+        ]);
+        let nspawn =
+            ChildGuard::spawn("systemd-nspawn", cmd, log).expect("spawning systemd-nspawn");
+        let mut m = Machine {
+            init_pid: 0,
+            nspawn: Some(nspawn),
+        };
+        m.init_pid = m.find_init();
+        m.wait_booted();
+        m
+    }
+
+    fn find_init(&mut self) -> u32 {
+        let nspawn = self.nspawn.as_mut().unwrap();
+        let pid = nspawn.pid();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            assert!(
+                nspawn.is_running(),
+                "systemd-nspawn exited:\n{}",
+                nspawn.log_tail(40)
+            );
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if let Some(c) = children.split_whitespace().next() {
+                let c: u32 = c.parse().unwrap();
+                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                if comm.trim() == "systemd" {
+                    return c;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no systemd inside the container after 15 s:\n{}",
+            nspawn.log_tail(40)
+        );
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let pid = self.init_pid.to_string();
+        Command::new("timeout")
+            .args(["60", "nsenter", "-t", &pid, "-m", "-u", "-i", "-n", "-p"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed in the machine ({}):\n{}",
+            out.status,
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_booted(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = self.run(&["systemctl", "is-system-running"]);
+            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if last == "running" || last == "degraded" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("machine not booted after 60 s (state {last:?})");
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(mut nspawn) = self.nspawn.take() {
+            if nspawn.is_running() && self.init_pid != 0 {
+                let _ = self.run(&["systemctl", "poweroff", "--no-block"]);
+                if nspawn.wait_exit(Duration::from_secs(20)).is_err() {
+                    // SIGKILL to a PID namespace's init kills everything in it.
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &self.init_pid.to_string()])
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+/// `host : ok=N changed=N unreachable=N failed=N ...` from a PLAY RECAP.
+fn recap(out: &str, host: &str) -> BTreeMap<String, u32> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(host) && l.contains("ok="))
+        .unwrap_or_else(|| panic!("no PLAY RECAP line for {host}:\n{out}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(u32::MAX)))
+        .collect()
+}
+
+/// The tasks a run reported as changed (for a helpful failure message).
+fn changed_tasks(out: &str) -> Vec<String> {
+    let mut task = "";
+    let mut v = Vec::new();
+    for l in out.lines() {
+        if l.starts_with("TASK [") || l.starts_with("RUNNING HANDLER [") {
+            task = l;
+        } else if l.starts_with("changed:") {
+            v.push(format!("{task} {l}"));
+        }
+    }
+    v
+}
+
+const CLUSTER_TOML: &str = r#"# One control-plane machine for the Ansible test (tests/tests/ansible.rs).
+name = "ansible-test"
+[[zones]]
+name = "a"
+subnet = "192.168.77.0/24"
+[vip]
+address = "192.168.77.100"
+interface = "lo"
+[[control_plane]]
+name = "cp-a"
+zone = "a"
+address = "192.168.77.11"
+"#;
+
+#[test]
+fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
+    let started = Instant::now();
+    require("ansible-playbook", "ansible-core");
+    require("ssh", "openssh-client");
+    require("systemd-nspawn", "systemd-container");
+    assert!(
+        Path::new("/usr/sbin/debootstrap").exists(),
+        "debootstrap is missing: run scripts/setup.sh"
+    );
+    assert!(
+        Path::new("/usr/bin/kubectl").exists(),
+        "/usr/bin/kubectl is missing (the play copies it)"
+    );
+    assert!(
+        is_root(),
+        "the Ansible machine test needs root (systemd-nspawn)"
+    );
+    // bin_path panics with the cargo command when one is missing.
+    let bins: Vec<PathBuf> = BINARIES.iter().map(|b| bin_path(b)).collect();
+    let bin_dir = bins[0].parent().unwrap().to_path_buf();
+
+    let base = target_rootfs();
+    let dir = tempfile::Builder::new()
+        .prefix("kelson-ansible-")
+        .tempdir()
+        .expect("tempdir");
+    let root = dir.path().join("root");
+    let cp = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&base)
+        .arg(&root)
+        .status()
+        .expect("cp");
+    assert!(cp.success(), "copying {} failed", base.display());
+    std::fs::write(root.join("etc/hostname"), "cp-a\n").unwrap();
+
+    // The operator's key, baked into this copy for root.
+    let key = dir.path().join("id_ed25519");
+    let kg = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kelson-ansible-test",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(kg.status.success(), "ssh-keygen: {}", text(&kg));
+    let ssh_dir = root.join("root/.ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(key.with_extension("pub"), ssh_dir.join("authorized_keys")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let m = Machine::boot(&root, &dir.path().join("console.log"));
+    eprintln!("ansible: machine booted after {:?}", started.elapsed());
+    // The machine's address and the VIP, on its own loopback (its network namespace).
+    for a in ["192.168.77.11/32", "192.168.77.100/32"] {
+        m.ok(&["ip", "addr", "add", a, "dev", "lo"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = m.run(&["systemctl", "is-active", "ssh.service"]);
+        if String::from_utf8_lossy(&out.stdout).trim() == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not start in the machine: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The cluster description and an inventory that agrees with it.
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, CLUSTER_TOML).unwrap();
+    let render = dir.path().join("render");
+    let backups = dir.path().join("backups");
+    let inventory = dir.path().join("hosts.yml");
+    let proxy = format!("nsenter -t {} -n -m nc 127.0.0.1 22", m.init_pid);
+    std::fs::write(
+        &inventory,
+        format!(
+            r#"all:
+  vars:
+    kelson_cluster_file: {cluster}
+    kelson_render_dir: {render}
+    kelson_bin_dir: {bin}
+    # The machine has no network beyond its loopback; its packages are preinstalled.
+    kelson_apt_update_cache: false
+    # containerd cannot create containers inside nspawn here (see the test's doc).
+    kelson_node_enabled: false
+    kelson_speaker_enabled: false
+    ansible_user: root
+    ansible_ssh_private_key_file: {key}
+    ansible_ssh_common_args: >-
+      -o ProxyCommand="{proxy}" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+  children:
+    control_plane:
+      hosts:
+        cp-a:
+          ansible_host: 192.168.77.11
+          zone: a
+    workers:
+      hosts: {{}}
+"#,
+            cluster = cluster.display(),
+            render = render.display(),
+            bin = bin_dir.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let inv = inventory.to_str().unwrap();
+
+    let play = |pb: &str, extra: &[&str]| -> (BTreeMap<String, u32>, String) {
+        let t = Instant::now();
+        let mut args = vec!["-i", inv, pb];
+        args.extend_from_slice(extra);
+        let out = ansible("ansible-playbook", 900, &args);
+        let all = text(&out);
+        assert!(out.status.success(), "{pb} failed ({}):\n{all}", out.status);
+        let r = recap(&all, "cp-a");
+        eprintln!("ansible: {pb} took {:?}: {r:?}", t.elapsed());
+        (r, all)
+    };
+
+    let (first, _) = play("site.yml", &[]);
+    assert_eq!(first["failed"], 0);
+    assert_eq!(first["unreachable"], 0);
+    assert!(
+        first["changed"] > 0,
+        "the first run changed nothing: {first:?}"
+    );
+
+    // The control plane answers, through the VIP, with the admin kubeconfig the play placed.
+    let kc = "--kubeconfig=/etc/kelson/admin.kubeconfig";
+    let readyz = m.ok(&["/usr/local/bin/kubectl", kc, "get", "--raw", "/readyz"]);
+    assert!(readyz.contains("ok"), "{readyz}");
+    let ns = m.ok(&["/usr/local/bin/kubectl", kc, "get", "ns", "-o", "name"]);
+    assert!(ns.contains("namespace/kube-system"), "{ns}");
+    let ci = m.ok(&[
+        "/usr/local/bin/kubectl",
+        kc,
+        "-n",
+        "kube-public",
+        "get",
+        "configmap",
+        "cluster-info",
+        "-o",
+        "jsonpath={.data.kubeconfig}",
+    ]);
+    assert!(
+        ci.contains("server: https://192.168.77.100:6443"),
+        "cluster-info: {ci}"
+    );
+    for unit in [
+        "kelson-kv",
+        "kelson-apiserver",
+        "kelson-scheduler",
+        "kelson-controller-manager",
+    ] {
+        assert_eq!(
+            m.ok(&["systemctl", "is-enabled", unit]).trim(),
+            "enabled",
+            "{unit}"
+        );
+        assert_eq!(
+            m.ok(&["systemctl", "is-active", unit]).trim(),
+            "active",
+            "{unit}"
+        );
+    }
+    // Modes and owners: a kelson daemon's key is 0640 root:kelson, the admin credentials
+    // root's alone, certificates public; no CA key on the machine.
+    let stat = |p: &str| m.ok(&["stat", "-c", "%a %U:%G", p]).trim().to_string();
+    assert_eq!(stat("/etc/kelson/pki/kv-server.key"), "640 root:kelson");
+    assert_eq!(stat("/etc/kelson/pki/apiserver.key"), "640 root:kelson");
+    assert_eq!(stat("/etc/kelson/admin.kubeconfig"), "600 root:root");
+    assert_eq!(stat("/etc/kelson/kubelet.kubeconfig"), "600 root:root");
+    assert_eq!(
+        stat("/etc/kelson/pki/ca.crt").split(' ').next(),
+        Some("644")
+    );
+    let keys = m.ok(&[
+        "find",
+        "/etc/kelson",
+        "-name",
+        "ca.key",
+        "-o",
+        "-name",
+        "*ca*.key",
+    ]);
+    assert!(
+        keys.trim().is_empty(),
+        "a CA key reached the machine: {keys}"
+    );
+    assert_eq!(stat("/etc/sysctl.d/90-kelson.conf"), "644 root:root");
+
+    // Idempotence: nothing changes the second time.
+    let (second, out) = play("site.yml", &[]);
+    assert_eq!(
+        second["changed"],
+        0,
+        "the second run changed something: {:#?}",
+        changed_tasks(&out)
+    );
+
+    // A rolling upgrade with the same build is a no-op that passes its health checks.
+    let (up, out) = play("upgrade.yml", &[]);
+    assert_eq!(
+        up["changed"],
+        0,
+        "upgrade changed: {:#?}",
+        changed_tasks(&out)
+    );
+    assert!(
+        out.contains("Wait until every kv member is healthy"),
+        "{out}"
+    );
+
+    // Backup: a snapshot on the controller.
+    let dest = format!("kelson_backup_dir={}", backups.display());
+    play("backup.yml", &["-e", &dest]);
+    let snaps: Vec<_> = std::fs::read_dir(&backups)
+        .expect("backup dir")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let size = std::fs::metadata(&snaps[0]).unwrap().len();
+    assert!(
+        size > 1024,
+        "snapshot {} is {size} bytes",
+        snaps[0].display()
+    );
+    eprintln!("ansible: all checks done after {:?}", started.elapsed());
+    drop(m);
+}
