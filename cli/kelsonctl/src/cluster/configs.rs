@@ -299,6 +299,8 @@ fn daemon_config(spec: &ClusterSpec, m: &Machine, daemon: &str) -> Table {
                     Value::Table(table(vec![
                         ("address", s(&spec.vip.address)),
                         ("interface", s(&interface)),
+                        // Explicit: every holder must compete for the same Lease.
+                        ("lease-name", s("kelson-control-plane-vip")),
                     ])),
                 );
             }
