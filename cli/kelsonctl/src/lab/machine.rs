@@ -1,0 +1,294 @@
+//! Machines: systemd-nspawn containers with systemd as PID 1.
+//!
+//! Disk: one shared lower layer per lab (`DIR/base`: a copy of the cached debootstrap rootfs
+//! with Kelson installed by `kelsonctl install --root`, exactly as on a real machine) and one
+//! overlayfs per machine on top of it, so a machine costs only what it writes (the debug
+//! binaries alone are ~450 MB, which a full copy per machine would pay again).
+//!
+//! Boot: `systemd-nspawn --boot --register=no --keep-unit --network-namespace-path=...` in its
+//! own session, detached from `kelsonctl` (the machine outlives the `lab up` that started it),
+//! console to `DIR/machines/<m>/console.log`. The host runs no systemd-machined, so
+//! machines are driven with `nsenter` into the container's init (its PID and start time are
+//! recorded in the state file), and killed by SIGKILL to that init, which takes down the whole
+//! PID namespace at once, like pulling the power cord.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::cmd;
+use super::state::{MachineState, Proc};
+
+/// Written last into a finished base layer.
+const BASE_MARKER: &str = ".kelson-lab-base";
+/// The rootfs script's marker: a rootfs without it is incomplete.
+const ROOTFS_MARKER: &str = ".kelson-rootfs-complete";
+
+/// Bound for a machine to reach `running`/`degraded`.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Builds `base` from `rootfs` + `kelsonctl install --root` once (reused when complete).
+pub fn prepare_base(rootfs: &Path, base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
+    if base.join(BASE_MARKER).is_file() {
+        return Ok(());
+    }
+    if !rootfs.join(ROOTFS_MARKER).is_file() {
+        bail!(
+            "{} is not a finished machine rootfs (no {ROOTFS_MARKER}): build it with scripts/nspawn-rootfs.sh {}",
+            rootfs.display(),
+            rootfs.display()
+        );
+    }
+    let tmp = base.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    let t = Instant::now();
+    cmd::run(
+        "cp",
+        &[
+            "-a",
+            "--reflink=auto",
+            &rootfs.to_string_lossy(),
+            &tmp.to_string_lossy(),
+        ],
+    )?;
+    let kelsonctl = bin_dir.join("kelsonctl");
+    let out = Command::new(&kelsonctl)
+        .arg("install")
+        .arg("--root")
+        .arg(&tmp)
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", kelsonctl.display()))?;
+    if !out.status.success() {
+        bail!(
+            "kelsonctl install --root {} failed: {}{}",
+            tmp.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Nothing in a lab machine needs the interactive login prompts or time sync.
+    let _ = std::fs::remove_file(tmp.join(ROOTFS_MARKER));
+    std::fs::write(tmp.join(BASE_MARKER), b"kelson lab base\n")?;
+    std::fs::rename(&tmp, base).with_context(|| format!("renaming to {}", base.display()))?;
+    tracing::info!(base = %base.display(), elapsed = ?t.elapsed(), "base layer ready");
+    Ok(())
+}
+
+/// Mounts the machine's overlay (lower = base) unless it is mounted already.
+pub fn mount_root(base: &Path, m: &MachineState) -> anyhow::Result<()> {
+    for d in [&m.root, &m.upper, &m.work] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    if is_mounted(&m.root) {
+        return Ok(());
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        base.display(),
+        m.upper.display(),
+        m.work.display()
+    );
+    cmd::run(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &opts,
+            &m.root.to_string_lossy(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// True when `path` is a mount point (listed in /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(p.as_ref()))
+}
+
+pub fn unmount_root(m: &MachineState) {
+    if is_mounted(&m.root) {
+        // Lazy: a process that still holds a file open must not make `down` fail.
+        cmd::best_effort("umount", &["-l", &m.root.to_string_lossy()]);
+    }
+}
+
+/// Starts systemd-nspawn for the machine, detached; returns (nspawn, init) once the container's
+/// systemd exists. The caller records both and then waits for the boot.
+pub fn spawn(m: &MachineState, console: &Path) -> anyhow::Result<(Proc, Proc)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(console)
+        .with_context(|| format!("opening {}", console.display()))?;
+    let netns = format!("/run/netns/{}", m.netns);
+    let mut c = Command::new("systemd-nspawn");
+    c.arg("-D")
+        .arg(&m.root)
+        .args([
+            "--boot",
+            // No systemd-machined on the host.
+            "--register=no",
+            "--keep-unit",
+            "--console=read-only",
+        ])
+        .arg(format!("--machine={}", m.name))
+        .arg(format!("--network-namespace-path={netns}"))
+        // kubectl for the operator inside the machine, as on a real control-plane machine.
+        .arg("--bind-ro=/usr/bin/kubectl")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own session and process group: it survives kelsonctl, and no terminal signal
+        // reaches it.
+        .process_group(0);
+    let child = c.spawn().context("spawning systemd-nspawn")?;
+    let nspawn_pid = child.id();
+    // Not waited for: the machine outlives this process (init reaps it afterwards).
+    std::mem::forget(child);
+    let nspawn = Proc::of(nspawn_pid).context("systemd-nspawn exited at once")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if !nspawn.alive() {
+            bail!(
+                "systemd-nspawn for {} exited:\n{}",
+                m.name,
+                tail(console, 30)
+            );
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+                .unwrap_or_default();
+        for c in children.split_whitespace() {
+            let Ok(c) = c.parse::<u32>() else { continue };
+            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if comm.trim() == "systemd" {
+                if let Some(init) = Proc::of(c) {
+                    return Ok((nspawn, init));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no systemd inside {} after 20 s:\n{}",
+                m.name,
+                tail(console, 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of a file (for error messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `args` inside the machine's namespaces (mount, UTS, IPC, network, PID), bounded by
+/// `timeout`.
+pub fn exec(init: Proc, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+    if !init.alive() {
+        bail!("the machine is not running");
+    }
+    let pid = init.pid.to_string();
+    Command::new("timeout")
+        .arg(timeout.as_secs().max(1).to_string())
+        .args(["nsenter", "-t", &pid, "-m", "-u", "-i", "-n", "-p", "--"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running nsenter")
+}
+
+/// Like [`exec`], but the command must succeed; returns its stdout.
+pub fn exec_ok(init: Proc, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    let out = exec(init, args, timeout)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed in the machine ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits (bounded) until the machine's systemd reports `running` or `degraded`.
+pub fn wait_booted(init: Proc, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(out) = exec(
+            init,
+            &["systemctl", "is-system-running"],
+            Duration::from_secs(10),
+        ) {
+            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if last == "running" || last == "degraded" {
+                return Ok(());
+            }
+        }
+        if !init.alive() {
+            bail!("the machine's init exited while booting");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("not booted after {timeout:?} (state {last:?})")
+}
+
+/// Kills a machine at once: SIGKILL to its init ends every process of its PID namespace, and
+/// then systemd-nspawn exits. Waits (bounded) for both to be gone.
+pub fn kill(m: &MachineState) -> anyhow::Result<()> {
+    if let Some(init) = m.init.filter(|p| p.alive()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let init_gone = m.init.is_none_or(|p| !p.alive());
+        let nspawn_gone = m.nspawn.is_none_or(|p| !p.alive());
+        if init_gone && nspawn_gone {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            // nspawn did not notice: end it too (its own process, recorded with its start time).
+            if let Some(n) = m.nspawn.filter(|p| p.alive()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(n.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                if !n.alive() {
+                    return Ok(());
+                }
+            }
+            bail!("machine {} still running 20 s after SIGKILL", m.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The directory a machine's files live in.
+pub fn machine_dir(lab_dir: &Path, name: &str) -> PathBuf {
+    lab_dir.join("machines").join(name)
+}

@@ -1,0 +1,431 @@
+//! `kelsonctl lab`: a multi-machine Kelson cluster on one host, for integration tests and
+//! fault drills.
+//!
+//! From a cluster description (see [`spec`]) the lab builds one machine per control-plane
+//! entry as a systemd-nspawn container with systemd as PID 1 ([`machine`]), in its own network
+//! namespace on its zone's bridge, with zones routed through a router namespace and the host
+//! attached by one veth ([`net`]); then configures and starts the control plane inside the
+//! machines ([`provision`]). What it created is recorded in `DIR/state.json` before it is created
+//! ([`state`]), so `lab down` removes everything even after a crash.
+//!
+//! Fault verbs act on that record: `kill` (SIGKILL to a machine's init: power loss),
+//! `stop-zone` (every machine of a zone), `start` (boot a killed machine again, same disk),
+//! `partition`/`heal` (nftables in the router namespace between one zone and the others),
+//! `exec` (a command inside a machine, through `nsenter`).
+//!
+//! Workers are not built yet: they need QEMU VMs (containerd cannot create containers inside
+//! nspawn on these hosts), so `up` reports and skips declared workers.
+
+pub mod cmd;
+pub mod machine;
+pub mod net;
+pub mod provision;
+pub mod spec;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use spec::{LabSpec, Role};
+use state::{LabState, MachineState, ZoneState};
+
+/// `kelsonctl lab` flags.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// The lab's state directory (machines' disks, state.json, admin.kubeconfig, pki/).
+    #[arg(long, global = true, default_value = "/var/lib/kelson-lab")]
+    pub lab_dir: PathBuf,
+    /// The cluster description (needed by `up`).
+    #[arg(long, global = true)]
+    pub cluster: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the network and machines, configure and start the control plane.
+    Up(UpArgs),
+    /// Remove every machine, mount, namespace, bridge and veth of the lab.
+    Down,
+    /// Machines, zones, addresses, whether they run, partitions.
+    Status,
+    /// Run a command inside a machine (its exit code is ours).
+    Exec {
+        machine: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Kill a machine at once (SIGKILL to its init: every process in it dies).
+    Kill { machine: String },
+    /// Boot a killed machine again (same disk) and start its control plane.
+    Start { machine: String },
+    /// Kill every machine of a zone.
+    StopZone { zone: String },
+    /// Cut a zone off from the other zones (the host still reaches it).
+    Partition { zone: String },
+    /// Remove the partition of a zone, or of every zone.
+    Heal { zone: Option<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// A finished machine rootfs (scripts/nspawn-rootfs.sh DIR builds and caches one).
+    #[arg(long, default_value = "/var/lib/kelson-lab-rootfs")]
+    pub rootfs: PathBuf,
+    /// Where the kelson-* binaries are (default: next to this kelsonctl).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+pub fn run(args: LabArgs) -> anyhow::Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("kelsonctl lab must run as root (namespaces, mounts, systemd-nspawn)");
+    }
+    let dir = &args.lab_dir;
+    match args.command {
+        LabCommand::Up(up_args) => {
+            let cluster = args
+                .cluster
+                .context("lab up needs --cluster cluster.toml")?;
+            up(dir, &cluster, &up_args)?;
+            Ok(0)
+        }
+        LabCommand::Down => {
+            down(dir)?;
+            Ok(0)
+        }
+        LabCommand::Status => status(dir),
+        LabCommand::Exec { machine, command } => {
+            let st = load(dir)?;
+            let m = st.machine(&machine)?;
+            let init = m
+                .init
+                .filter(|p| p.alive())
+                .with_context(|| format!("{machine} is not running"))?;
+            let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+            let out = machine::exec(init, &argv, Duration::from_secs(300))?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out.stdout)?;
+            std::io::stderr().write_all(&out.stderr)?;
+            Ok(out.status.code().unwrap_or(1))
+        }
+        LabCommand::Kill { machine } => {
+            let st = load(dir)?;
+            machine::kill(st.machine(&machine)?)?;
+            println!("killed {machine}");
+            Ok(0)
+        }
+        LabCommand::Start { machine } => {
+            let mut st = load(dir)?;
+            start_machine(dir, &mut st, &machine)?;
+            println!("started {machine}");
+            Ok(0)
+        }
+        LabCommand::StopZone { zone } => {
+            let st = load(dir)?;
+            st.zone(&zone)?;
+            for m in st.machines.iter().filter(|m| m.zone == zone) {
+                machine::kill(m)?;
+                println!("killed {}", m.name);
+            }
+            Ok(0)
+        }
+        LabCommand::Partition { zone } => {
+            let mut st = load(dir)?;
+            st.zone(&zone)?;
+            if !st.partitioned.contains(&zone) {
+                st.partitioned.push(zone.clone());
+            }
+            net::apply_partitions(&st, dir)?;
+            st.save(dir)?;
+            println!("partitioned zone {zone}");
+            Ok(0)
+        }
+        LabCommand::Heal { zone } => {
+            let mut st = load(dir)?;
+            match &zone {
+                Some(z) => {
+                    st.zone(z)?;
+                    st.partitioned.retain(|p| p != z);
+                }
+                None => st.partitioned.clear(),
+            }
+            net::apply_partitions(&st, dir)?;
+            st.save(dir)?;
+            println!("healed {}", zone.as_deref().unwrap_or("every zone"));
+            Ok(0)
+        }
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<LabState> {
+    LabState::load(dir)?
+        .with_context(|| format!("no lab in {} (run `kelsonctl lab up`)", dir.display()))
+}
+
+/// A short, stable id for a lab directory (FNV-1a of its canonical path; stable across builds,
+/// unlike std's hasher), used to make global names (namespaces, the host veth) unique.
+pub fn lab_id(dir: &Path) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{:06x}", h & 0xff_ffff)
+}
+
+/// The state a fresh lab for `spec` in `dir` will have (nothing created yet).
+pub fn plan(dir: &Path, spec: &LabSpec) -> LabState {
+    let id = lab_id(dir);
+    let (host_addr, router_addr) = net::transit(&id);
+    let zones: Vec<ZoneState> = spec
+        .zones
+        .iter()
+        .enumerate()
+        .map(|(i, (name, subnet))| ZoneState {
+            name: name.clone(),
+            subnet: *subnet,
+            bridge: format!("br{i}"),
+        })
+        .collect();
+    let machines = spec
+        .machines
+        .iter()
+        .filter(|(_, role)| *role == Role::ControlPlane)
+        .map(|(m, role)| {
+            let md = machine::machine_dir(dir, &m.name);
+            MachineState {
+                name: m.name.clone(),
+                zone: m.zone.clone(),
+                role: *role,
+                address: m.address,
+                netns: format!("kl{id}-{}", m.name),
+                root: md.join("root"),
+                upper: md.join("upper"),
+                work: md.join("work"),
+                mounted: false,
+                nspawn: None,
+                init: None,
+            }
+        })
+        .collect();
+    LabState {
+        fabric_ns: format!("kl{id}-fab"),
+        router_ns: format!("kl{id}-rtr"),
+        host_veth: format!("kl{id}h"),
+        host_addr,
+        router_addr,
+        host_routes: spec.zones.values().copied().collect(),
+        zones,
+        machines,
+        base: dir.join("base"),
+        partitioned: vec![],
+        name: spec.name.clone(),
+        id,
+    }
+}
+
+/// `lab up`.
+pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let spec = LabSpec::load(cluster)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    if let Some(old) = LabState::load(dir)? {
+        if old.machines.iter().any(|m| m.running()) {
+            bail!(
+                "a lab is already up in {} (run `kelsonctl lab down` first)",
+                dir.display()
+            );
+        }
+        // Leftovers of a crashed run.
+        teardown(dir, &old);
+    }
+    for tool in ["systemd-nspawn", "nsenter", "ip", "nft", "mount"] {
+        if cmd::output("sh", &["-c", &format!("command -v {tool}")])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            bail!("{tool} is missing (systemd-container, util-linux, iproute2, nftables)");
+        }
+    }
+    let workers = spec
+        .machines
+        .iter()
+        .filter(|(_, r)| *r == Role::Worker)
+        .count();
+    if workers > 0 {
+        eprintln!("lab: {workers} worker(s) declared; workers (QEMU VMs) are not built yet, skipping them");
+    }
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("kelsonctl has no directory")?
+            .to_path_buf(),
+    };
+    let mut st = plan(dir, &spec);
+    net::check_host_free(st.host_addr, 30)?;
+    for z in &st.zones {
+        net::check_host_free(z.subnet, 24)?;
+    }
+    st.save(dir)?;
+
+    machine::prepare_base(&args.rootfs, &st.base, &bin_dir)?;
+    eprintln!("lab: base layer ready after {:?}", t.elapsed());
+    net::create_fabric(&st)?;
+    for (i, m) in st.machines.clone().iter().enumerate() {
+        net::create_machine(&st, i, m)?;
+    }
+    for i in 0..st.machines.len() {
+        st.machines[i].mounted = true;
+        st.save(dir)?;
+        machine::mount_root(&st.base, &st.machines[i])?;
+    }
+    for i in 0..st.machines.len() {
+        boot(dir, &mut st, i)?;
+    }
+    for m in &st.machines {
+        let init = m.init.context("not booted")?;
+        machine::wait_booted(init, machine::BOOT_TIMEOUT)
+            .with_context(|| format!("machine {}", m.name))?;
+    }
+    eprintln!(
+        "lab: {} machines booted after {:?}",
+        st.machines.len(),
+        t.elapsed()
+    );
+    provision::control_plane(dir, &st)?;
+    eprintln!("lab: up after {:?}", t.elapsed());
+    println!(
+        "lab {} up: admin kubeconfig {}",
+        st.name,
+        dir.join("admin.kubeconfig").display()
+    );
+    for m in &st.machines {
+        println!("  {} zone {} {}", m.name, m.zone, m.address);
+    }
+    Ok(())
+}
+
+/// Spawns machine `i` and records its processes.
+fn boot(dir: &Path, st: &mut LabState, i: usize) -> anyhow::Result<()> {
+    let console = machine::machine_dir(dir, &st.machines[i].name).join("console.log");
+    let (nspawn, init) = machine::spawn(&st.machines[i], &console)?;
+    st.machines[i].nspawn = Some(nspawn);
+    st.machines[i].init = Some(init);
+    st.save(dir)
+}
+
+/// `lab start`: boots a stopped machine on its existing disk; a control-plane machine starts
+/// its control plane again (the lab starts the target rather than enabling it, so a machine's
+/// services come up only when the lab says so).
+pub fn start_machine(dir: &Path, st: &mut LabState, name: &str) -> anyhow::Result<()> {
+    let i = st
+        .machines
+        .iter()
+        .position(|m| m.name == name)
+        .with_context(|| format!("no machine {name:?} in this lab"))?;
+    if st.machines[i].running() {
+        bail!("{name} is running");
+    }
+    if !net::netns_exists(&st.machines[i].netns) {
+        bail!("{name}'s network namespace is gone; run `lab down` and `lab up`");
+    }
+    machine::mount_root(&st.base, &st.machines[i])?;
+    boot(dir, st, i)?;
+    let m = &st.machines[i];
+    let init = m.init.context("not booted")?;
+    machine::wait_booted(init, machine::BOOT_TIMEOUT)?;
+    if m.role == Role::ControlPlane && m.root.join("etc/kelson/kv.toml").is_file() {
+        machine::exec_ok(
+            init,
+            &[
+                "systemctl",
+                "start",
+                "--no-block",
+                "kelson-control-plane.target",
+            ],
+            Duration::from_secs(60),
+        )?;
+    }
+    Ok(())
+}
+
+/// `lab down`: removes everything recorded, then the machines' disks and the record.
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    let Some(st) = LabState::load(dir)? else {
+        println!("no lab in {}", dir.display());
+        return Ok(());
+    };
+    teardown(dir, &st);
+    let leftovers: Vec<String> = st
+        .machines
+        .iter()
+        .filter(|m| m.running() || machine::is_mounted(&m.root) || net::netns_exists(&m.netns))
+        .map(|m| m.name.clone())
+        .chain(
+            [&st.fabric_ns, &st.router_ns]
+                .into_iter()
+                .filter(|ns| net::netns_exists(ns))
+                .cloned(),
+        )
+        .collect();
+    if !leftovers.is_empty() {
+        bail!("lab down: still present: {}", leftovers.join(", "));
+    }
+    std::fs::remove_file(state::path(dir))?;
+    println!("lab {} down", st.name);
+    Ok(())
+}
+
+/// Kills machines, unmounts, removes namespaces and disks; best effort, never fails.
+fn teardown(dir: &Path, st: &LabState) {
+    for m in &st.machines {
+        if let Err(e) = machine::kill(m) {
+            eprintln!("lab down: {e:#}");
+        }
+        machine::unmount_root(m);
+    }
+    net::destroy(st);
+    for m in &st.machines {
+        if !machine::is_mounted(&m.root) {
+            let _ = std::fs::remove_dir_all(machine::machine_dir(dir, &m.name));
+        }
+    }
+    // The base layer is per lab (it holds this build's binaries): rebuilt by the next `up`.
+    if st.machines.iter().all(|m| !machine::is_mounted(&m.root)) {
+        let _ = std::fs::remove_dir_all(&st.base);
+        let _ = std::fs::remove_dir_all(st.base.with_extension("tmp"));
+    }
+}
+
+fn status(dir: &Path) -> anyhow::Result<i32> {
+    let st = load(dir)?;
+    println!("lab {} (id {}) in {}", st.name, st.id, dir.display());
+    for z in &st.zones {
+        let p = if st.partitioned.contains(&z.name) {
+            "  PARTITIONED"
+        } else {
+            ""
+        };
+        println!("zone {} {}/24{p}", z.name, z.subnet);
+    }
+    let mut code = 0;
+    for m in &st.machines {
+        let run = if m.running() {
+            format!("running (init pid {})", m.init.map(|p| p.pid).unwrap_or(0))
+        } else {
+            code = 1;
+            "stopped".to_string()
+        };
+        println!("machine {} zone {} {} {run}", m.name, m.zone, m.address);
+    }
+    Ok(code)
+}
