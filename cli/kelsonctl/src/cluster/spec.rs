@@ -442,7 +442,7 @@ pub fn check(spec: &ClusterSpec) -> Vec<Diag> {
             "control_plane",
             "at least one control-plane machine is needed",
         );
-    } else if spec.control_plane.len() % 2 == 0 {
+    } else if spec.control_plane.len().is_multiple_of(2) {
         d.warn(
             "control_plane",
             format!(
