@@ -10,7 +10,8 @@
 //! The rules are upstream's (1.33, feature gates at their defaults), written out in the
 //! compact form upstream's own test fixtures use. One deliberate difference: upstream's
 //! `system:node` binding has no subjects because its Node authorizer grants kubelets their
-//! (object-scoped) access; Kelson has no Node authorizer yet, so the binding names the
+//! (object-scoped) access; Kelson does the same when the Node authorizer runs
+//! ([`objects_for`]), and otherwise (`--authorization-mode=RBAC` alone) the binding names the
 //! `system:nodes` group, which is what upstream did before the Node authorizer existed.
 //!
 //! `admin`, `edit` and `view` are aggregated (their rules come from the
@@ -335,6 +336,12 @@ fn kube_scheduler() -> Vec<PolicyRule> {
         // (it watches them), so under its own identity it needs to read them.
         r(READ, &["scheduling.k8s.io"], &["priorityclasses"]),
     ]
+}
+
+/// The `system:node` ClusterRole's rules: what the Node authorizer grants a kubelet for the
+/// resources it does not subdivide per node (upstream's `NodeRules()`).
+pub fn node_rules() -> Vec<PolicyRule> {
+    node()
 }
 
 fn node() -> Vec<PolicyRule> {
@@ -722,5 +729,22 @@ pub fn cluster_role_bindings() -> Vec<Value> {
 pub fn objects() -> Vec<Value> {
     let mut v = cluster_roles();
     v.extend(cluster_role_bindings());
+    v
+}
+
+/// [`objects`] for a server that runs the Node authorizer: then the `system:node` binding has
+/// no subjects, exactly upstream's, so RBAC grants kubelets nothing and cannot undo the Node
+/// authorizer's per-node restriction (reading another node's Node or Secrets).
+pub fn objects_for(node_authorizer: bool) -> Vec<Value> {
+    let mut v = objects();
+    if node_authorizer {
+        for o in &mut v {
+            if o["kind"] == "ClusterRoleBinding" && o["metadata"]["name"] == "system:node" {
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("subjects");
+                }
+            }
+        }
+    }
     v
 }

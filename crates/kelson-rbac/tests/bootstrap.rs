@@ -252,6 +252,25 @@ fn nodes_get_system_node_rules() {
 }
 
 #[test]
+fn with_the_node_authorizer_rbac_grants_nodes_nothing() {
+    // Upstream's binding: no subjects, the Node authorizer decides (per node) instead.
+    let objs = bootstrap::objects_for(true);
+    let r = Rbac::new(Arc::new(PolicyCache::from_objects(&objs).unwrap()));
+    let n = User::new(
+        "system:node:worker-1",
+        &["system:nodes", "system:authenticated"],
+    );
+    assert!(!can(&r, &n, "get", "", "nodes", "", "worker-2"));
+    assert!(!can(&r, &n, "get", "", "secrets", "default", "s"));
+    // Everything else in the policy is unchanged, and the role itself still exists.
+    assert_eq!(objs.len(), bootstrap::objects().len());
+    assert!(objs
+        .iter()
+        .any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "system:node"));
+    assert_eq!(bootstrap::node_rules().len(), 22);
+}
+
+#[test]
 fn proxier_dns_monitoring_and_service_accounts() {
     let r = rbac_with(&[]);
     let p = user("system:kube-proxy");

@@ -125,6 +125,37 @@ pub trait Authorizer: Send + Sync {
     fn as_rbac(&self) -> Option<&Rbac> {
         None
     }
+    /// The Node authorizer, when this is it (the daemon feeds its graph).
+    fn as_node(&self) -> Option<&crate::node_authz::NodeAuthorizer> {
+        None
+    }
+}
+
+/// Several modes in `--authorization-mode` order (upstream's union authorizer): the first
+/// that allows wins; otherwise the request is denied with every non-empty reason, joined.
+pub struct Union(pub Vec<Arc<dyn Authorizer>>);
+
+impl Authorizer for Union {
+    fn authorize(&self, user: &User, attrs: &Attributes) -> Decision {
+        let mut reasons = Vec::new();
+        for a in &self.0 {
+            match a.authorize(user, attrs) {
+                Decision::Allow => return Decision::Allow,
+                Decision::Deny(r) if !r.is_empty() => reasons.push(r),
+                Decision::Deny(_) => {}
+            }
+        }
+        Decision::Deny(reasons.join(", "))
+    }
+    fn rules_review(&self, user: &User, namespace: &str) -> Option<serde_json::Value> {
+        self.0.iter().find_map(|a| a.rules_review(user, namespace))
+    }
+    fn as_rbac(&self) -> Option<&Rbac> {
+        self.0.iter().find_map(|a| a.as_rbac())
+    }
+    fn as_node(&self) -> Option<&crate::node_authz::NodeAuthorizer> {
+        self.0.iter().find_map(|a| a.as_node())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -278,7 +309,7 @@ pub async fn bootstrap_rbac(api: &Arc<Api>) -> Result<(), ApiError> {
             tokio::spawn(feed_rbac_cache(Arc::downgrade(api), rbac.cache.clone()));
         }
     }
-    let objects = kelson_rbac::bootstrap::objects();
+    let objects = kelson_rbac::bootstrap::objects_for(api.authz.node().is_some());
     for obj in &objects {
         let kind: Kind = obj["kind"]
             .as_str()
@@ -350,6 +381,10 @@ impl Authz {
     /// The RBAC authorizer, if that is the mode.
     pub fn rbac(&self) -> Option<&Rbac> {
         self.inner.as_rbac()
+    }
+    /// The Node authorizer, if it is one of the modes.
+    pub fn node(&self) -> Option<&crate::node_authz::NodeAuthorizer> {
+        self.inner.as_node()
     }
     /// `SelfSubjectRulesReview` status (`kubectl auth can-i --list`), if the mode lists rules.
     pub fn rules_review(&self, user: &User, namespace: &str) -> Option<serde_json::Value> {

@@ -223,6 +223,8 @@ fn default_authz() -> String {
 pub enum AuthzMode {
     AlwaysAllow,
     Rbac,
+    /// The Node authorizer (node_authz.rs); upstream's `Node`, used as `Node,RBAC`.
+    Node,
 }
 
 impl ApiServerConfig {
@@ -251,21 +253,35 @@ impl ApiServerConfig {
             .collect()
     }
 
-    /// `--authorization-mode`: a comma list; we honour the first mode we know. Node,Webhook
-    /// and friends are not implemented and are an error rather than a silent allow.
+    /// The first of [`Self::authz_modes`].
     pub fn authz_mode(&self) -> anyhow::Result<AuthzMode> {
-        let mut found = None;
+        self.authz_modes()?
+            .first()
+            .copied()
+            .context("--authorization-mode is empty")
+    }
+
+    /// `--authorization-mode`: a comma list, consulted in order (a union: the first to allow
+    /// wins). Webhook and friends are not implemented and are an error, not a silent allow.
+    pub fn authz_modes(&self) -> anyhow::Result<Vec<AuthzMode>> {
+        let mut modes = Vec::new();
         for m in self.authorization_mode.split(',').map(str::trim) {
             let mode = match m {
                 "AlwaysAllow" => AuthzMode::AlwaysAllow,
                 "RBAC" => AuthzMode::Rbac,
+                "Node" => AuthzMode::Node,
                 other => {
-                    bail!("--authorization-mode: unsupported mode {other:?} (RBAC or AlwaysAllow)")
+                    bail!("--authorization-mode: unsupported mode {other:?} (Node, RBAC or AlwaysAllow)")
                 }
             };
-            found.get_or_insert(mode);
+            if !modes.contains(&mode) {
+                modes.push(mode);
+            }
         }
-        found.context("--authorization-mode is empty")
+        if modes.is_empty() {
+            bail!("--authorization-mode is empty");
+        }
+        Ok(modes)
     }
 
     pub fn service_cidr(&self) -> anyhow::Result<crate::alloc::Cidr> {
@@ -318,6 +334,11 @@ mod tests {
         assert!(c.authz_mode().is_err());
         c.authorization_mode = "AlwaysAllow,RBAC".into();
         assert_eq!(c.authz_mode().unwrap(), AuthzMode::AlwaysAllow);
+        c.authorization_mode = "Node,RBAC".into();
+        assert_eq!(
+            c.authz_modes().unwrap(),
+            vec![AuthzMode::Node, AuthzMode::Rbac]
+        );
         c.service_node_port_range = "5-1".into();
         assert!(c.node_port_range().is_err());
         c.service_cluster_ip_range = "10.0.0.0/99".into();

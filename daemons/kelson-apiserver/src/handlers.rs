@@ -193,8 +193,19 @@ fn unfiltered(q: &HashMap<String, String>) -> bool {
         .all(|k| q.get(*k).is_none_or(|v| v.is_empty()))
 }
 
-/// Dispatches a resource request (authorization already done).
+/// Dispatches a resource request (authorization already done), inside the request context
+/// admission plugins read the user from and add warnings to (`crate::reqctx`).
 pub async fn dispatch(
+    r: &mut Req<'_>,
+    method: &Method,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let user = r.user.clone();
+    let (res, warnings) = crate::reqctx::scope(user, dispatch_request(r, method, body)).await;
+    res.map(|resp| with_warnings(resp, &warnings))
+}
+
+async fn dispatch_request(
     r: &mut Req<'_>,
     method: &Method,
     body: Bytes,
@@ -717,6 +728,7 @@ pub(crate) async fn create_object_with(
             crate::admission::admit_pod_create(api, ns, &name, &mut obj).await?;
         }
     }
+    crate::node_authz::admit_create(info, &obj)?;
     match managed {
         CreateManaged::None => {}
         CreateManaged::Update(fm) => fm.record_create(info, &mut obj, &req_mf)?,
@@ -772,6 +784,7 @@ pub(crate) fn merge_update(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    crate::node_authz::admit_update(info, cur, &new, status_only)?;
     if status_only {
         let mut out = cur.clone();
         out["status"] = new["status"].take();

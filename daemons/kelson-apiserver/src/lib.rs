@@ -23,6 +23,7 @@ pub mod fieldval;
 pub mod handlers;
 pub mod http;
 pub mod meta;
+pub mod node_authz;
 pub mod nodeproxy;
 pub mod openapi_v2_proto;
 pub mod patch;
@@ -31,6 +32,7 @@ pub mod protobuf;
 #[allow(clippy::all)]
 mod proto_schema;
 pub mod registry;
+pub mod reqctx;
 pub mod reviews;
 pub mod router;
 pub mod server;
@@ -95,9 +97,17 @@ pub async fn build(
     .await
     .context("connecting to the store timed out")?
     .context("connecting to the store")?;
-    let authz: Arc<dyn auth::Authorizer> = match cfg.authz_mode()? {
-        config::AuthzMode::AlwaysAllow => Arc::new(auth::AlwaysAllow),
-        config::AuthzMode::Rbac => Arc::new(auth::Rbac::new()),
+    let mut modes: Vec<Arc<dyn auth::Authorizer>> = Vec::new();
+    for mode in cfg.authz_modes()? {
+        modes.push(match mode {
+            config::AuthzMode::AlwaysAllow => Arc::new(auth::AlwaysAllow),
+            config::AuthzMode::Rbac => Arc::new(auth::Rbac::new()),
+            config::AuthzMode::Node => Arc::new(node_authz::NodeAuthorizer::new()),
+        });
+    }
+    let authz: Arc<dyn auth::Authorizer> = match modes.len() {
+        1 => modes.remove(0),
+        _ => Arc::new(auth::Union(modes)),
     };
     Ok(Arc::new(server::Api {
         store,
@@ -175,6 +185,10 @@ pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), ApiError> {
         // Exists, or its IP is held by a previous run's service: both mean it was made before.
         Err(e) if e.code == 409 || e.code == 422 => {}
         Err(e) => return Err(e),
+    }
+    if let Some(node) = api.authz.node() {
+        node.start_feeding(api);
+        node.wait_synced(Duration::from_secs(30)).await?;
     }
     auth::bootstrap_rbac(api).await
 }

@@ -243,7 +243,13 @@ where
                 resource: t.info.resource.into(),
                 subresource: t.sub.map(|s| s.name().to_string()).unwrap_or_default(),
                 namespace: t.namespace.clone().unwrap_or_default(),
-                name: t.name.clone().unwrap_or_default(),
+                // A list or watch selecting one `metadata.name` is about that object (upstream's
+                // RequestInfo), so name-scoped rules (Node authorizer, resourceNames) apply.
+                name: t
+                    .name
+                    .clone()
+                    .or_else(|| selected_name(verb, &q))
+                    .unwrap_or_default(),
                 path: parts.uri.path().to_string(),
                 resource_request: true,
             };
@@ -274,6 +280,23 @@ where
             handlers::dispatch(&mut r, &parts.method, body).await
         }
     }
+}
+
+/// `metadata.name=<x>` (or `==`) in a list or watch's field selector, upstream's
+/// `RequiresExactMatch("metadata.name")`.
+fn selected_name(verb: &str, q: &std::collections::HashMap<String, String>) -> Option<String> {
+    if !matches!(verb, "list" | "watch") {
+        return None;
+    }
+    let fs = q.get("fieldSelector")?;
+    let mut name = None;
+    for req in fs.split(',').map(str::trim) {
+        let (k, v) = req.split_once("==").or_else(|| req.split_once('='))?;
+        if k.trim() == "metadata.name" && !k.ends_with('!') {
+            name = Some(v.trim().to_string());
+        }
+    }
+    name.filter(|n| !n.is_empty() && !n.contains('/') && n != "." && n != "..")
 }
 
 fn method_verb(m: &Method) -> &'static str {
