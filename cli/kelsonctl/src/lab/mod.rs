@@ -115,7 +115,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
         }
         LabCommand::Kill { machine } => {
             let st = load(dir)?;
-            machine::kill(st.machine(&machine)?)?;
+            kill_machine(&st, &machine)?;
             println!("killed {machine}");
             Ok(0)
         }
@@ -129,7 +129,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             let st = load(dir)?;
             st.zone(&zone)?;
             for m in st.machines.iter().filter(|m| m.zone == zone) {
-                machine::kill(m)?;
+                kill_machine(&st, &m.name)?;
                 println!("killed {}", m.name);
             }
             Ok(0)
@@ -323,6 +323,15 @@ fn boot(dir: &Path, st: &mut LabState, i: usize) -> anyhow::Result<()> {
     st.save(dir)
 }
 
+/// `lab kill`: the machine dies at once and its link goes down, so peers see what they would
+/// see of a machine that lost power (no answer: timeouts), not refused connections from a
+/// still-present address.
+pub fn kill_machine(st: &LabState, name: &str) -> anyhow::Result<()> {
+    let m = st.machine(name)?;
+    machine::kill(m)?;
+    net::set_link(m, false)
+}
+
 /// `lab start`: boots a stopped machine on its existing disk; a control-plane machine starts
 /// its control plane again (the lab starts the target rather than enabling it, so a machine's
 /// services come up only when the lab says so).
@@ -339,6 +348,7 @@ pub fn start_machine(dir: &Path, st: &mut LabState, name: &str) -> anyhow::Resul
         bail!("{name}'s network namespace is gone; run `lab down` and `lab up`");
     }
     machine::mount_root(&st.base, &st.machines[i])?;
+    net::set_link(&st.machines[i], true)?;
     boot(dir, st, i)?;
     let m = &st.machines[i];
     let init = m.init.context("not booted")?;
@@ -387,13 +397,16 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
 
 /// Kills machines, unmounts, removes namespaces and disks; best effort, never fails.
 fn teardown(dir: &Path, st: &LabState) {
+    let t = Instant::now();
     for m in &st.machines {
         if let Err(e) = machine::kill(m) {
             eprintln!("lab down: {e:#}");
         }
         machine::unmount_root(m);
     }
+    tracing::info!(elapsed = ?t.elapsed(), "machines stopped and unmounted");
     net::destroy(st);
+    tracing::info!(elapsed = ?t.elapsed(), "network removed");
     for m in &st.machines {
         if !machine::is_mounted(&m.root) {
             let _ = std::fs::remove_dir_all(machine::machine_dir(dir, &m.name));
@@ -404,6 +417,8 @@ fn teardown(dir: &Path, st: &LabState) {
         let _ = std::fs::remove_dir_all(&st.base);
         let _ = std::fs::remove_dir_all(st.base.with_extension("tmp"));
     }
+    let _ = std::fs::remove_dir(dir.join("machines"));
+    tracing::info!(elapsed = ?t.elapsed(), "disks removed");
 }
 
 fn status(dir: &Path) -> anyhow::Result<i32> {

@@ -173,6 +173,20 @@ pub fn create_machine(state: &LabState, index: usize, m: &MachineState) -> anyho
     Ok(())
 }
 
+/// Plugs (`up`) or unplugs a machine's link (its end of the veth, inside its namespace).
+pub fn set_link(m: &MachineState, up: bool) -> anyhow::Result<()> {
+    ip_n(
+        &m.netns,
+        &["link", "set", "eth0", if up { "up" } else { "down" }],
+    )?;
+    if up {
+        // Bringing the link down dropped the default route with it.
+        let gw = super::spec::gateway(super::spec::subnet24(m.address)).to_string();
+        ip_n(&m.netns, &["route", "replace", "default", "via", &gw])?;
+    }
+    Ok(())
+}
+
 /// The nftables ruleset for the recorded partitions.
 pub fn partition_rules(state: &LabState) -> String {
     let mut rules = String::new();
