@@ -134,7 +134,46 @@ async fn a_watch_on_one_server_sees_writes_through_another() -> anyhow::Result<(
     ensure!(cm.labels().get("tier").map(String::as_str) == Some("web"));
     let t = Instant::now();
     on_b.delete("cm1", &DeleteParams::default()).await?;
-    let (_, deleted) = next_event(&mut events, "DELETED", "cm1", t).await?;
+    let (gone, deleted) = next_event(&mut events, "DELETED", "cm1", t).await?;
+    drop(events);
+
+    // resourceVersions are the store's, not a server's: a client that loses A resumes its
+    // watch on B from the last version A sent, and gets what happened in between (cm-gap,
+    // written through A while no watch was open) without a gap or a relist.
+    let last = gone
+        .resource_version()
+        .context("deleted object's resourceVersion")?;
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}})).unwrap()
+    };
+    on_a.create(&PostParams::default(), &cm("cm-gap")).await?;
+    let mut resumed = on_b
+        .watch(&WatchParams::default().timeout(60), &last)
+        .await?
+        .boxed();
+    next_event(&mut resumed, "ADDED", "cm-gap", Instant::now()).await?;
+    drop(resumed);
+
+    // A paginated list started on A continues on B with A's continue token.
+    for i in 0..4 {
+        on_a.create(&PostParams::default(), &cm(&format!("page-{i}")))
+            .await?;
+    }
+    let first = on_a.list(&ListParams::default().limit(2)).await?;
+    let token = first
+        .metadata
+        .continue_
+        .clone()
+        .context("no continue token")?;
+    let mut names: Vec<String> = first.items.iter().map(|c| c.name_any()).collect();
+    let rest = on_b
+        .list(&ListParams::default().limit(100).continue_token(&token))
+        .await?;
+    names.extend(rest.items.iter().map(|c| c.name_any()));
+    ensure!(
+        names == ["cm-gap", "page-0", "page-1", "page-2", "page-3"],
+        "a list paginated across servers saw {names:?}"
+    );
 
     // And the other way round, with kubectl's own watch on B.
     let mut watch = std::process::Command::new(kelson_testsupport::KUBECTL)
@@ -618,6 +657,67 @@ async fn leases_are_compare_and_swap_across_servers_and_tokens_work_everywhere(
             );
         }
     }
+
+    // Authorization state is the store's: RBAC granted through A applies on B at once-ish,
+    // and so does taking it away.
+    let alice_on_a = cp.kubeconfig_for("alice", None)?;
+    let alice = cp.dir().join("alice-on-b.kubeconfig");
+    std::fs::write(
+        &alice,
+        std::fs::read_to_string(&alice_on_a)?.replace(&cp.server_url(), &b.server_url()),
+    )?;
+    let alice_lists = || {
+        std::process::Command::new(kelson_testsupport::KUBECTL)
+            .env("KUBECONFIG", &alice)
+            .env("HOME", cp.dir())
+            .args([
+                "-n",
+                "ha-lease",
+                "get",
+                "leases",
+                "--request-timeout",
+                "20s",
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    ensure!(
+        !alice_lists(),
+        "alice lists leases through B before any grant"
+    );
+    cp.kubectl_ok(&[
+        "-n",
+        "ha-lease",
+        "create",
+        "role",
+        "lease-reader",
+        "--verb=get,list",
+        "--resource=leases",
+    ])?;
+    cp.kubectl_ok(&[
+        "-n",
+        "ha-lease",
+        "create",
+        "rolebinding",
+        "alice-reads",
+        "--role=lease-reader",
+        "--user=alice",
+    ])?;
+    let granted = within(
+        Duration::from_secs(3),
+        "B honours a RoleBinding made through A",
+        alice_lists,
+    )
+    .await?;
+    cp.kubectl_ok(&["-n", "ha-lease", "delete", "rolebinding", "alice-reads"])?;
+    let revoked = within(
+        Duration::from_secs(3),
+        "B forgets a RoleBinding deleted through A",
+        || !alice_lists(),
+    )
+    .await?;
+    println!("RBAC through A effective on B after {granted:?}, revoked after {revoked:?}");
 
     // A token issued through A authenticates through B (and the reverse).
     cp.kubectl_ok(&["-n", "ha-lease", "create", "serviceaccount", "bot"])?;
