@@ -739,6 +739,10 @@ pub(crate) async fn create_object_with(
     if !causes.is_empty() {
         return Err(ApiError::invalid(info.group, info.kind, &name, causes));
     }
+    // Validating admission, after validation as upstream.
+    if let Some(ns) = &ns {
+        crate::podsecurity::admit(api, info, ns, &obj).await?;
+    }
     let mut allocated = Allocated::default();
     if info.kind == "Service" && info.group.is_empty() && !dry {
         allocated = allocate_service(api, &mut obj).await?;

@@ -27,6 +27,7 @@ pub mod node_authz;
 pub mod nodeproxy;
 pub mod openapi_v2_proto;
 pub mod patch;
+pub mod podsecurity;
 pub mod protobuf;
 #[rustfmt::skip]
 #[allow(clippy::all)]
