@@ -150,12 +150,23 @@ impl DaemonState {
     /// Change the lifecycle state; tells systemd (`READY=1` when entering `running`,
     /// `STOPPING=1`, `RELOADING=1`) and emits `PropertiesChanged`.
     pub fn set_state(&self, state: Lifecycle) {
-        {
+        let prev = {
             let mut f = self.inner.fields.lock();
             if f.state == state {
                 return;
             }
-            f.state = state;
+            std::mem::replace(&mut f.state, state)
+        };
+        // The journald key events (fixed MESSAGE_IDs, docs/journald.md); a reload's return to
+        // Running is not a new "ready".
+        match state {
+            Lifecycle::Running if prev == Lifecycle::Starting => {
+                crate::log_event!(tracing::Level::INFO, crate::events::DAEMON_READY, "ready")
+            }
+            Lifecycle::Stopping => {
+                crate::log_event!(tracing::Level::INFO, crate::events::DAEMON_STOPPING, "stopping")
+            }
+            _ => {}
         }
         let n = &self.inner.notifier;
         let sent = match state {

@@ -15,6 +15,8 @@
 //! - [`tls`]: rustls configs from PEM files with certificate hot-reload and a TLS accept
 //!   stream for tonic.
 //! - [`metrics`]: Prometheus `/metrics` on its own listener.
+//! - [`events`]: key events (leader change, node NotReady, certificate expiry, quota alarm,
+//!   ready/stopping) with fixed journald `MESSAGE_ID`s, logged with [`log_event!`].
 //!
 //! # The intended shape of a daemon's `main`
 //!
@@ -87,6 +89,7 @@ pub mod config;
 pub mod daemon;
 pub mod dbus;
 mod error;
+pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
@@ -94,3 +97,7 @@ pub mod signals;
 pub mod tls;
 
 pub use error::RuntimeError;
+
+/// For [`log_event!`]: the macro names `tracing` through this crate so callers need no import.
+#[doc(hidden)]
+pub use tracing as __tracing;
