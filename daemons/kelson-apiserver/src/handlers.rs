@@ -726,6 +726,7 @@ pub(crate) async fn create_object_with(
         namespace_admission(api, info, ns, &name).await?;
         if info.kind == "Pod" && info.group.is_empty() {
             crate::admission::admit_pod_create(api, ns, &name, &mut obj).await?;
+            crate::limitranger::admit_pod(api, ns, &name, &mut obj).await?;
         }
     }
     crate::node_authz::admit_create(info, &obj)?;
@@ -742,6 +743,8 @@ pub(crate) async fn create_object_with(
     // Validating admission, after validation as upstream.
     if let Some(ns) = &ns {
         crate::podsecurity::admit(api, info, ns, &obj).await?;
+        // ResourceQuota last, as upstream: it charges the quota.
+        crate::quota_admission::admit_create(api, info, ns, &name, dry).await?;
     }
     let mut allocated = Allocated::default();
     if info.kind == "Service" && info.group.is_empty() && !dry {

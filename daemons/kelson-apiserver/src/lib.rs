@@ -22,6 +22,7 @@ pub mod eviction;
 pub mod fieldval;
 pub mod handlers;
 pub mod http;
+pub mod limitranger;
 pub mod meta;
 pub mod node_authz;
 pub mod nodeproxy;
@@ -29,6 +30,7 @@ pub mod openapi_v2_proto;
 pub mod patch;
 pub mod podsecurity;
 pub mod protobuf;
+pub mod quota_admission;
 #[rustfmt::skip]
 #[allow(clippy::all)]
 mod proto_schema;
