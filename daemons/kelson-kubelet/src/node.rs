@@ -245,12 +245,23 @@ impl NodeInfo {
                 "KubeletReady",
                 "kubelet is posting ready status",
             ),
-            Err(e) => cond(
-                "Ready",
-                "False",
-                "KubeletNotReady",
-                &format!("container runtime is down: {e}"),
-            ),
+            Err(e) => {
+                // journald key event (docs/journald.md) on the transition, not every heartbeat.
+                if prev_cond("Ready").is_none_or(|p| p.status != "False") {
+                    kelson_runtime::log_event!(
+                        tracing::Level::WARN,
+                        kelson_runtime::events::NODE_NOT_READY,
+                        node = %self.name,
+                        "node is not ready: container runtime is down: {e}"
+                    );
+                }
+                cond(
+                    "Ready",
+                    "False",
+                    "KubeletNotReady",
+                    &format!("container runtime is down: {e}"),
+                )
+            }
         };
         NodeStatus {
             addresses: Some(vec![

@@ -137,7 +137,9 @@ pub async fn check_quota(shared: &Shared, cost: usize) -> Result<(), Status> {
         return Ok(());
     }
     if !active {
-        tracing::warn!(
+        kelson_runtime::log_event!(
+            tracing::Level::ERROR,
+            kelson_runtime::events::KV_QUOTA_ALARM,
             db_size = size,
             quota,
             "backend quota exceeded; raising NOSPACE alarm"

@@ -451,6 +451,24 @@ pub async fn run(
     let _watchdog = state.spawn_watchdog();
 
     let mut status = shared.node().watch_status();
+    // journald key event on every leader change this member sees (docs/journald.md).
+    let mut last_leader = None;
+    let mut leader_event = |st: &kelson_raft::NodeStatus| {
+        if last_leader != Some(st.leader_id) {
+            last_leader = Some(st.leader_id);
+            kelson_runtime::log_event!(
+                tracing::Level::INFO,
+                kelson_runtime::events::KV_LEADER_CHANGED,
+                raft_term = st.term,
+                raft_leader = %format!("{:x}", st.leader_id),
+                raft_member = %format!("{:x}", st.id),
+                "leader is now {:x} (term {})",
+                st.leader_id,
+                st.term
+            );
+        }
+    };
+    leader_event(&shared.node().status());
     loop {
         tokio::select! {
             sig = shutdown.recv() => {
@@ -461,6 +479,7 @@ pub async fn run(
             r = status.changed() => {
                 if r.is_err() { break; }
                 let st = status.borrow_and_update().clone();
+                leader_event(&st);
                 state.set_health(st.leader_id != 0);
                 state.set_status(format!("serving; member {:x}, leader {:x}, term {}", st.id, st.leader_id, st.term));
             }

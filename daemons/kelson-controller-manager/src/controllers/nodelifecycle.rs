@@ -178,7 +178,12 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
                 c.reason = Some("NodeStatusUnknown".into());
                 c.message = Some("Kubelet stopped posting node status.".into());
             }
-            tracing::info!(node = %name, "node stopped renewing; marking Ready=Unknown");
+            kelson_runtime::log_event!(
+                tracing::Level::WARN,
+                kelson_runtime::events::NODE_NOT_READY,
+                node = %name,
+                "node stopped renewing; marking Ready=Unknown"
+            );
             // Conditions are a merge-keyed list; a strategic patch would need the type key, so
             // send the whole list with a merge patch.
             api.patch_status(
