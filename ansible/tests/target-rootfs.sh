@@ -2,9 +2,11 @@
 # Builds (or reuses) the root file system of the throwaway machine the Ansible test provisions
 # over ssh: the systemd test machine's cached Debian bookworm tree (scripts/nspawn-rootfs.sh)
 # plus what Ansible needs on a managed host and what an operator's bare-metal machine has:
-# python3 (+ python3-apt for the apt module), openssh-server (ssh.service inside the machine)
-# and netcat-openbsd (the test's ssh ProxyCommand reaches the machine's sshd on its loopback
-# through `nsenter -n -m nc`, so no address is added to the host's network).
+# python3 (+ python3-apt for the apt module), openssh-server (ssh.service inside the machine),
+# netcat-openbsd (the test's ssh ProxyCommand reaches the machine's sshd on its loopback
+# through `nsenter -n -m nc`, so no address is added to the host's network), and the packages
+# the play installs on a control-plane machine (nftables, etcd-client): the machine has no
+# network during the test, so the play's apt tasks must find them installed.
 #
 #   ansible/tests/target-rootfs.sh BASE DIR
 #
@@ -21,7 +23,7 @@ fi
 base=$1
 dir=$2
 here=$(cd "$(dirname "$0")" && pwd)
-packages="python3 python3-apt openssh-server netcat-openbsd etcd-client"
+packages="python3 python3-apt openssh-server netcat-openbsd etcd-client nftables"
 marker=.kelson-ansible-target-complete
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -29,7 +31,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 bash "$here/../../scripts/nspawn-rootfs.sh" "$base"
-stamp="kelson-ansible-target v2 [$(cat "$base/.kelson-rootfs-complete")] $packages"
+stamp="kelson-ansible-target v3 [$(cat "$base/.kelson-rootfs-complete")] $packages"
 
 mkdir -p "$(dirname "$dir")"
 exec 9>"$dir.lock"
