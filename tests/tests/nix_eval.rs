@@ -245,3 +245,151 @@ fn lib_nix_reports_an_unknown_machine() {
         "{err}"
     );
 }
+
+/// The module's `config` for a machine, evaluated with a stand-in for nixpkgs' `lib` and
+/// `pkgs` (nixpkgs is not reachable here): enough to run the module's own logic — roles →
+/// /etc files, units, targets, firewall, assertions — though not the NixOS module system's
+/// merging and type checks, which only a real `nixos-rebuild`/VM test exercises.
+const MODULE_EXPR: &str = r#"
+{ repo, out }:
+let
+  lib = rec {
+    mkEnableOption = d: { _option = d; };
+    mkOption = a: a // { _option = true; };
+    types = { package = "package"; attrsOf = t: "attrsOf"; anything = "anything"; str = "str"; bool = "bool"; };
+    literalExpression = t: t;
+    # The real mkIf is a lazy merge marker; for one module in isolation "content or nothing" is
+    # what it amounts to.
+    mkIf = cond: content: if cond then content else { };
+    mkDefault = x: x;
+    mapAttrs' = f: set: builtins.listToAttrs (map (n: f n set.${n}) (builtins.attrNames set));
+    nameValuePair = name: value: { inherit name value; };
+    listToAttrs = builtins.listToAttrs;
+    optional = c: x: if c then [ x ] else [ ];
+    optionals = c: xs: if c then xs else [ ];
+    hasPrefix = p: s: builtins.substring 0 (builtins.stringLength p) s == p;
+    escapeShellArg = s: "'${s}'";
+    escapeShellArgs = xs: builtins.concatStringsSep " " (map escapeShellArg xs);
+  };
+  pkgs = {
+    formats.toml = _: { generate = name: value: "/nix/store/eval-${name}"; };
+    coreutils = "coreutils";
+    findutils = "findutils";
+  };
+  cluster = builtins.fromTOML (builtins.readFile "${repo}/examples/cluster/three-zones.toml");
+  eval = machine: secretsDir: (import "${repo}/nix/module.nix" {
+    inherit lib pkgs;
+    config = {
+      services.kelson = { enable = true; package = "kelson"; inherit cluster machine secretsDir; openFirewall = true; };
+      networking.hostName = machine;
+    };
+  }).config;
+  ok = cfg: map (a: a.assertion) cfg.assertions;
+in {
+  cp = eval "cp-b" "/run/keys/kelson";
+  worker = eval "worker-a" "/run/agenix/kelson";
+  unknownMachine = ok (eval "cp-z" "/run/keys/kelson");
+  secretsInStore = ok (eval "cp-a" "${builtins.storeDir}/abc-secrets");
+}
+"#;
+
+#[test]
+fn module_nix_derives_the_machine_from_the_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = eval_json(MODULE_EXPR, tmp.path());
+    let keys = |x: &Value| -> Vec<String> {
+        let mut k: Vec<String> = x.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+
+    let cp = &v["cp"];
+    assert_eq!(cp["assertions"][0]["assertion"], true);
+    assert_eq!(cp["assertions"][1]["assertion"], true);
+    let etc = keys(&cp["environment"]["etc"]);
+    for f in [
+        "kelson/kv.toml",
+        "kelson/apiserver.toml",
+        "kelson/speaker.toml",
+        "kelson/scheduler.kubeconfig",
+        "kelson/pki",
+    ] {
+        assert!(etc.contains(&f.to_string()), "{f} not in {etc:?}");
+    }
+    assert_eq!(
+        cp["environment"]["etc"]["kelson/pki"]["source"],
+        "/run/keys/kelson/pki"
+    );
+    let svc = &cp["systemd"]["services"];
+    assert_eq!(
+        svc["kelson-kv"]["wantedBy"],
+        serde_json::json!(["kelson-control-plane.target"])
+    );
+    assert_eq!(
+        svc["kelson-kubelet"]["wantedBy"],
+        serde_json::json!(["kelson-node.target"])
+    );
+    assert_eq!(
+        svc["kelson-speaker"]["requires"],
+        serde_json::json!(["kelson-secrets.service"])
+    );
+    let script = svc["kelson-secrets"]["script"].as_str().unwrap();
+    assert!(
+        script.contains("pki/kv-server.key") && script.contains("pki/sa.key"),
+        "{script}"
+    );
+    assert_eq!(
+        cp["networking"]["firewall"]["allowedTCPPorts"],
+        serde_json::json!([2379, 2380, 6443, 10250, 53])
+    );
+    assert_eq!(
+        cp["systemd"]["targets"]["kelson-control-plane"]["wantedBy"],
+        serde_json::json!(["multi-user.target"])
+    );
+
+    let w = &v["worker"];
+    let etc = keys(&w["environment"]["etc"]);
+    assert_eq!(
+        etc,
+        [
+            "kelson/dns.kubeconfig",
+            "kelson/dns.toml",
+            "kelson/kubelet.kubeconfig",
+            "kelson/kubelet.toml",
+            "kelson/pki",
+            "kelson/proxy.kubeconfig",
+            "kelson/proxy.toml",
+            "kelson/speaker.kubeconfig",
+            "kelson/speaker.toml",
+        ]
+    );
+    assert_eq!(
+        w["environment"]["etc"]["kelson/pki"]["source"],
+        "/run/agenix/kelson/pki"
+    );
+    assert_eq!(
+        keys(&w["systemd"]["services"]),
+        [
+            "kelson-dns",
+            "kelson-kubelet",
+            "kelson-proxy",
+            "kelson-secrets",
+            "kelson-speaker"
+        ]
+    );
+    assert_eq!(
+        w["systemd"]["targets"]["kelson-control-plane"],
+        serde_json::json!({})
+    );
+    assert_eq!(w["virtualisation"]["containerd"]["enable"], true);
+    let script = w["systemd"]["services"]["kelson-secrets"]["script"]
+        .as_str()
+        .unwrap();
+    assert!(!script.contains("kv-server.key"), "{script}");
+
+    assert_eq!(
+        v["unknownMachine"][0], false,
+        "an unknown machine must fail an assertion"
+    );
+    assert_eq!(v["secretsInStore"], serde_json::json!([true, false]));
+}
