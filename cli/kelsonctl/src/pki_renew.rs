@@ -272,8 +272,12 @@ fn reissue(
     let now = OffsetDateTime::now_utc();
     params.not_before = now - backdate;
     params.not_after = params.not_before + span;
-    // A fresh random serial: clients and tests tell the new certificate by it.
-    params.serial_number = None;
+    // A fresh random serial: clients and tests tell the new certificate by it. (rcgen's
+    // default serial is a hash of the public key, which with the same key would repeat.)
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+    serial[0] &= 0x7f; // positive, as RFC 5280 requires
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, &ca.cert, &ca.key)?;
     let (_, nx) = X509Certificate::from_der(cert.der()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -477,13 +481,19 @@ mod tests {
             std::fs::read(dir.path().join("srv.key")).unwrap(),
             key_before
         );
+        let Ok(Outcome::Renewed { serial: first, .. }) = &r[1].1 else {
+            unreachable!()
+        };
         // Now 20 s of which ~18 s are left: not due at 1/3, due at 95%.
         opts.force = false;
         let r = renew(&opts).unwrap();
         assert!(matches!(r[1].1, Ok(Outcome::Kept { .. })), "{r:?}");
         opts.before = Before::Fraction(0.95);
         let r = renew(&opts).unwrap();
-        assert!(matches!(r[1].1, Ok(Outcome::Renewed { .. })), "{r:?}");
+        let Ok(Outcome::Renewed { serial: second, .. }) = &r[1].1 else {
+            panic!("{r:?}")
+        };
+        assert_ne!(first, second, "a renewal must get a new serial number");
         // Still chains to the CA: rustls accepts it as a server certificate for 127.0.0.1.
         let roots = {
             let mut r = rustls::RootCertStore::empty();
