@@ -90,6 +90,23 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<i32> {
             for p in &report.changed {
                 println!("wrote {}", p.display());
             }
+            for p in &report.removed {
+                println!("removed {}", p.display());
+            }
+            // Machines no longer described keep their directories: say so rather than
+            // delete what may be the only copy of their keys.
+            if let Ok(dir) = std::fs::read_dir(&a.out) {
+                let mut stale: Vec<String> = dir
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("roles").is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| spec.machine(n).is_none())
+                    .collect();
+                stale.sort();
+                for n in stale {
+                    println!("note: {n}/ is not in the description any more (left in place)");
+                }
+            }
             println!(
                 "{}: {} files written, {} unchanged",
                 a.out.display(),

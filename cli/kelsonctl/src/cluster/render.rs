@@ -48,6 +48,8 @@ pub struct RenderReport {
     pub changed: Vec<PathBuf>,
     /// Files already as wanted.
     pub unchanged: usize,
+    /// Configs and kubeconfigs a machine no longer has (its roles changed), deleted.
+    pub removed: Vec<PathBuf>,
 }
 
 /// Writes `data` unless the file already holds exactly these bytes; fixes the mode either way.
@@ -396,6 +398,30 @@ pub fn render(spec: &ClusterSpec, out: &Path) -> anyhow::Result<RenderReport> {
                 text.as_bytes(),
                 0o644,
             )?;
+        }
+        // A machine that left the control plane must not keep its old daemons' configs
+        // (the units would start them); keys stay, so a machine that returns keeps its identity.
+        let wanted: BTreeSet<String> = machine_configs(spec, m, cp)
+            .into_iter()
+            .map(|(n, _)| format!("{n}.toml"))
+            .chain(
+                configs::clients(cp, &m.name)
+                    .into_iter()
+                    .map(|(b, ..)| format!("{b}.kubeconfig")),
+            )
+            .collect();
+        for e in fs::read_dir(&etc).with_context(|| format!("reading {}", etc.display()))? {
+            let path = e?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let ours = name.ends_with(".toml") || name.ends_with(".kubeconfig");
+            if ours && path.is_file() && !wanted.contains(&name) {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                report.removed.push(path);
+            }
         }
     }
     Ok(report)

@@ -1,6 +1,6 @@
 //! Unit tests: every `check` finding, and `render`'s roles, kv wiring, PKI and idempotence.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -498,6 +498,36 @@ fn render_roles_kv_wiring_and_idempotence() {
         fs::read(etc("cp-a").join("pki/apiserver.crt")).unwrap(),
         before[&etc("cp-a").join("pki/apiserver.crt")].0
     );
+
+    // A control-plane machine demoted to a worker loses its control-plane configs.
+    let mut demoted = moved.clone();
+    let cp_c = demoted.control_plane.pop().unwrap();
+    demoted.control_plane.push(demoted.workers.pop().unwrap()); // worker-b promoted: 3 again
+    demoted.workers.push(cp_c);
+    let fourth = render(&demoted, &out).unwrap();
+    let removed: BTreeSet<String> = fourth
+        .removed
+        .iter()
+        .map(|p| p.strip_prefix(&out).unwrap().display().to_string())
+        .collect();
+    let want: BTreeSet<String> = [
+        "kv.toml",
+        "apiserver.toml",
+        "scheduler.toml",
+        "controller-manager.toml",
+        "cloud-controller-manager.toml",
+        "scheduler.kubeconfig",
+        "controller-manager.kubeconfig",
+        "cloud-controller-manager.kubeconfig",
+    ]
+    .iter()
+    .map(|f| format!("cp-c/etc/kelson/{f}"))
+    .collect();
+    assert_eq!(removed, want);
+    assert_eq!(roles("cp-c"), "node\n");
+    assert_eq!(roles("worker-b"), "kv\ncontrol-plane\nnode\n");
+    assert!(etc("worker-b").join("kv.toml").is_file());
+    assert!(etc("worker-b").join("pki/kv-peer.crt").is_file());
 }
 
 /// target/debug, where `cargo build -p kelson-<daemon>` puts the daemons.
