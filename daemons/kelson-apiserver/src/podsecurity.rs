@@ -249,7 +249,7 @@ fn host_namespaces(spec: &Value) -> Option<Violation> {
     v("host namespaces", set.join(", "))
 }
 
-fn volumes_of<'a>(spec: &'a Value, pred: impl Fn(&str) -> bool) -> Vec<(String, &'a str)> {
+fn volumes_of(spec: &Value, pred: impl Fn(&str) -> bool) -> Vec<(String, &str)> {
     let mut out = Vec::new();
     for vol in spec["volumes"].as_array().into_iter().flatten() {
         let Some(m) = vol.as_object() else { continue };
