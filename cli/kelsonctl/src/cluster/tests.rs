@@ -587,3 +587,22 @@ fn rendered_configs_load_in_every_daemon() {
     // cp-a: 9 (kv, 4 control plane, 4 node); worker-b: 4.
     assert_eq!(checked, 13);
 }
+
+/// Every shipped example checks clean and renders.
+#[test]
+fn every_example_checks_clean() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster");
+    let mut n = 0;
+    for e in fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let spec = ClusterSpec::load(&path).unwrap();
+        assert_eq!(check(&spec), vec![], "{}", path.display());
+        let tmp = tempfile::tempdir().unwrap();
+        render(&spec, tmp.path()).unwrap();
+        n += 1;
+    }
+    assert!(n >= 2, "examples missing in {}", dir.display());
+}
