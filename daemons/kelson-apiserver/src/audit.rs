@@ -516,11 +516,13 @@ fn open(path: &Path) -> Result<std::fs::File, AuditError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| AuditError::Open(path.into(), e))?;
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| AuditError::Open(path.into(), e))
+    // 0600 like upstream's log files: audit events name users and objects (CIS baseline test).
+    std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).append(true),
+        0o600,
+    )
+    .open(path)
+    .map_err(|e| AuditError::Open(path.into(), e))
 }
 
 struct Writer {

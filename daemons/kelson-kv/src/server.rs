@@ -47,7 +47,9 @@ const DATA_VERSION: &str = "1\n";
 /// that is not a kelson-kv data dir (an etcd data dir, a random directory).
 pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
     check_data_dir(data_dir)?;
-    std::fs::create_dir_all(data_dir)
+    // 0700 like etcd's data dir (CIS 1.1.11); an existing directory keeps its mode.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let marker = data_dir.join(MARKER);
     if !marker.exists() {
