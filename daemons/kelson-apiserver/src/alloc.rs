@@ -222,10 +222,17 @@ impl Allocator {
     }
 }
 
-/// Creates the marker `key` for `owner`; false if another owner holds it.
+/// Creates the marker `key` for `owner`; false if another owner holds it. The marker also
+/// names its value (the key's last segment), which `crate::alloc_repair` matches against the
+/// stored Services.
 async fn claim(store: &Storage, key: &str, owner: &str) -> Result<bool, StorageError> {
+    let value = key.rsplit('/').next().unwrap_or_default();
     match store
-        .create(key, serde_json::json!({ "owner": owner }), false)
+        .create(
+            key,
+            serde_json::json!({ "owner": owner, "value": value }),
+            false,
+        )
         .await
     {
         Ok(_) => Ok(true),

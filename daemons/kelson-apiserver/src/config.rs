@@ -65,6 +65,11 @@ pub struct ApiServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_node_port_range: Option<String>,
+    /// How often allocations leaked by interrupted Service creates are looked for (Kelson;
+    /// upstream hard-codes 3m). A leak is released after 3 passes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_allocation_repair_interval: Option<String>,
     /// Ordered list of plug-ins to do authorization on the secure port: RBAC or AlwaysAllow.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +165,8 @@ pub struct ApiServerConfig {
     pub service_cluster_ip_range: String,
     #[serde(default = "default_node_port_range")]
     pub service_node_port_range: String,
+    #[serde(default = "default_repair_interval")]
+    pub service_allocation_repair_interval: String,
     #[serde(default = "default_authz")]
     pub authorization_mode: String,
     #[serde(default)]
@@ -214,6 +221,9 @@ fn default_service_range() -> String {
 fn default_node_port_range() -> String {
     "30000-32767".into()
 }
+fn default_repair_interval() -> String {
+    "3m".into()
+}
 fn default_authz() -> String {
     "RBAC".into()
 }
@@ -238,6 +248,7 @@ impl ApiServerConfig {
         }
         self.service_cidr()?;
         self.node_port_range()?;
+        self.allocation_repair_interval()?;
         self.authz_mode()?;
         if !self.etcd_prefix.starts_with('/') {
             bail!("--etcd-prefix must start with '/'");
@@ -291,6 +302,12 @@ impl ApiServerConfig {
                 self.service_cluster_ip_range
             )
         })
+    }
+
+    /// `--service-allocation-repair-interval` (`crate::alloc_repair`).
+    pub fn allocation_repair_interval(&self) -> anyhow::Result<std::time::Duration> {
+        crate::alloc_repair::parse_interval(&self.service_allocation_repair_interval)
+            .map_err(|e| anyhow::anyhow!("--service-allocation-repair-interval {e}"))
     }
 
     pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {

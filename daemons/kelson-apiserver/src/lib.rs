@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod alloc;
+pub mod alloc_repair;
 pub mod apply;
 pub mod audit;
 pub mod auth;
@@ -278,6 +279,8 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     }
     api.ready.store(true, Ordering::Relaxed);
     let crd_controller = crd::start(api.clone());
+    // Releases allocations leaked by creates a crashed server left half done (alloc_repair).
+    let alloc_repair = alloc_repair::start(api.clone(), cfg.allocation_repair_interval()?);
     state.set_status(format!("serving on {bound}"));
     state.set_state(Lifecycle::Running);
     let _watchdog = state.spawn_watchdog();
@@ -303,6 +306,7 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     state.set_state(Lifecycle::Stopping);
     gauge.abort();
     crd_controller.abort();
+    alloc_repair.abort();
     server_task.abort();
     drop(dbus);
     Ok(())

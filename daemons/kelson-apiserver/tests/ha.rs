@@ -775,3 +775,141 @@ async fn leases_are_compare_and_swap_across_servers_and_tokens_work_everywhere(
     }
     Ok(())
 }
+
+/// Allocation markers in the store (`/registry/kelson/{serviceips,nodeports}/<value>`).
+async fn markers(cp: &ControlPlane) -> anyhow::Result<(HashSet<String>, HashSet<i32>)> {
+    let kv = cp.store().client().await?;
+    let get = |prefix: &'static str| {
+        // etcd_client::Client is a cheap handle; each lookup gets its own.
+        let mut kv = kv.clone();
+        async move {
+            let resp = kv
+                .get(
+                    prefix,
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
+                )
+                .await?;
+            Ok::<_, anyhow::Error>(
+                resp.kvs()
+                    .iter()
+                    .filter_map(|k| k.key_str().ok()?.strip_prefix(prefix).map(String::from))
+                    .collect::<Vec<String>>(),
+            )
+        }
+    };
+    let ips = get("/registry/kelson/serviceips/")
+        .await?
+        .into_iter()
+        .collect();
+    let ports = get("/registry/kelson/nodeports/")
+        .await?
+        .into_iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    Ok((ips, ports))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_create_leaks_no_allocations() -> anyhow::Result<()> {
+    let args = [
+        "--service-cluster-ip-range",
+        "10.0.0.0/25",
+        "--service-node-port-range",
+        "30000-30119",
+        "--service-allocation-repair-interval",
+        "1s",
+    ];
+    let cp = ControlPlane::start_with(ControlPlaneOpts {
+        apiserver_args: args.iter().map(|s| s.to_string()).collect(),
+    })
+    .await?;
+    let mut a = cp.start_peer_apiserver("a", &args).await?;
+    namespace(&cp, "ha-leak").await?;
+    let on_a: Api<Service> = Api::namespaced(a.client().await?, "ha-leak");
+    let on_cp: Api<Service> = Api::namespaced(cp.client().await?, "ha-leak");
+
+    // Many creates in flight on A when it is SIGKILLed: some have claimed an IP or port in the
+    // store but not yet written their Service.
+    let done = Arc::new(AtomicU64::new(0));
+    let creates = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..60)
+                .map(|i| {
+                    let (api, done) = (on_a.clone(), done.clone());
+                    async move {
+                        let r = api
+                            .create(&PostParams::default(), &nodeport_service(&format!("s{i}")))
+                            .await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        r.is_ok()
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<bool>>()
+                .await
+        })
+    };
+    let t = Instant::now();
+    while done.load(Ordering::Relaxed) < 10 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill9();
+    let results = tokio::time::timeout(Duration::from_secs(60), creates)
+        .await
+        .context("the creates did not end")??;
+    let ok = results.iter().filter(|r| **r).count();
+    ensure!(ok >= 10, "only {ok} creates succeeded before the kill");
+
+    // Whatever the kill left behind, the surviving server's repair makes the markers match
+    // the stored Services again (a leak is released after it has been seen a few times).
+    let in_use = || async {
+        let svcs = on_cp.list(&ListParams::default()).await?;
+        let mut ips: HashSet<String> = svcs
+            .items
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+            .collect();
+        ips.insert("10.0.0.1".into()); // the kubernetes service
+        let ports: HashSet<i32> = svcs
+            .items
+            .iter()
+            .flat_map(|s| s.spec.clone().and_then(|s| s.ports).unwrap_or_default())
+            .filter_map(|p| p.node_port)
+            .collect();
+        Ok::<_, anyhow::Error>((ips, ports))
+    };
+    let (ips0, ports0) = markers(&cp).await?;
+    let (used_ips, used_ports) = in_use().await?;
+    println!(
+        "after the kill: {} services, {} leaked IPs, {} leaked ports",
+        used_ports.len(),
+        ips0.difference(&used_ips).count(),
+        ports0.difference(&used_ports).count()
+    );
+    let t = Instant::now();
+    loop {
+        let (ips, ports) = markers(&cp).await?;
+        let (used_ips, used_ports) = in_use().await?;
+        if ips == used_ips && ports == used_ports {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            bail!(
+                "allocations still differ from the services after {:?}: leaked IPs {:?}, ports {:?}; unrecorded IPs {:?}, ports {:?}",
+                t.elapsed(),
+                ips.difference(&used_ips).collect::<Vec<_>>(),
+                ports.difference(&used_ports).collect::<Vec<_>>(),
+                used_ips.difference(&ips).collect::<Vec<_>>(),
+                used_ports.difference(&ports).collect::<Vec<_>>(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("allocations repaired after {:?}", t.elapsed());
+    Ok(())
+}
