@@ -819,6 +819,33 @@ fn cis_baseline_kelsonctl_up() {
     check_tree_modes(&mut r, &up.data, None);
 
     up.guard.terminate(Duration::from_secs(30)).unwrap();
+
+    // Not a CIS item, but the same run shows it cheaply: the journald key events (issue 8,
+    // docs/journald.md) are logged by the real daemons. Outside systemd they log text to
+    // stderr (the component logs here), with the same fields as the journal gets.
+    use kelson_runtime::events;
+    let log = |c: &str| std::fs::read_to_string(up.data.join("logs").join(format!("{c}.log")));
+    for c in ["kv", "apiserver", "scheduler", "controller-manager"] {
+        let text = log(c).unwrap_or_else(|e| panic!("{c}.log: {e}"));
+        for ev in [events::DAEMON_READY, events::DAEMON_STOPPING] {
+            assert!(
+                text.contains(ev.id) && text.contains(ev.name),
+                "{c}.log lacks the {} event (MESSAGE_ID {}):\n{text}",
+                ev.name,
+                ev.id
+            );
+        }
+    }
+    let kv_log = log("kv").unwrap();
+    let leader = kv_log
+        .lines()
+        .find(|l| l.contains(events::KV_LEADER_CHANGED.id))
+        .unwrap_or_else(|| panic!("kv.log has no leader-change event:\n{kv_log}"));
+    assert!(
+        leader.contains("raft_term") && leader.contains("raft_leader"),
+        "the leader-change event lacks its Raft fields: {leader}"
+    );
+
     r.finish("up");
 }
 
