@@ -36,8 +36,8 @@ const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1";
 /// Feeds every served type into the generator; the registry test proves none is missing.
 fn add_types(g: &mut SchemaGenerator) {
     use k8s_openapi::api::{
-        apps, authentication, authorization, autoscaling, batch, coordination, core, discovery,
-        events, policy, rbac, scheduling,
+        apps, authentication, authorization, autoscaling, batch, certificates, coordination, core,
+        discovery, events, policy, rbac, scheduling,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
     macro_rules! add {
@@ -73,6 +73,7 @@ fn add_types(g: &mut SchemaGenerator) {
         authorization::v1::SubjectAccessReview,
         batch::v1::CronJob,
         batch::v1::Job,
+        certificates::v1::CertificateSigningRequest,
         policy::v1::PodDisruptionBudget,
         policy::v1::Eviction,
         rbac::v1::ClusterRoleBinding,

@@ -658,6 +658,29 @@ static RESOURCES: &[ResourceInfo] = &[
         ALL,
         &[status("batch", "v1", "Job")]
     ),
+    // certificates.k8s.io/v1: `approval` takes and returns the CSR itself, like `status`.
+    res!(
+        "certificates.k8s.io",
+        "certificates",
+        "v1",
+        "certificatesigningrequests",
+        "CertificateSigningRequest",
+        "certificatesigningrequest",
+        false,
+        CRUD,
+        &["csr"],
+        NONE,
+        &[
+            Subresource {
+                name: "approval",
+                group: "certificates.k8s.io",
+                version: "v1",
+                kind: "CertificateSigningRequest",
+                verbs: GET_PATCH_UPDATE,
+            },
+            status("certificates.k8s.io", "v1", "CertificateSigningRequest")
+        ]
+    ),
     // policy/v1
     res!(
         "policy",
@@ -778,6 +801,7 @@ static GROUP_VERSIONS: &[(&str, &str)] = &[
     ("authentication.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
     ("batch", "v1"),
+    ("certificates.k8s.io", "v1"),
     ("policy", "v1"),
     ("rbac.authorization.k8s.io", "v1"),
     ("scheduling.k8s.io", "v1"),
