@@ -19,8 +19,10 @@ pub mod daemons;
 pub mod images;
 pub mod init;
 pub mod install;
+pub mod join;
 pub mod kv;
 pub mod pki_renew;
+pub mod token;
 pub mod up;
 
 /// Top-level command line.
@@ -54,6 +56,11 @@ pub enum Command {
     Install(install::InstallArgs),
     /// Write PKI and per-daemon configuration for an all-in-one machine run by systemd.
     Init(init::InitArgs),
+    /// Bootstrap tokens for joining nodes.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Join this machine to a cluster: verify its CA by hash, write the bootstrap kubeconfig.
+    Join(join::JoinArgs),
     /// A multi-machine cluster described in cluster.toml: check it, render per-machine configs.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -116,6 +123,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::LogLevel(a) => daemons::log_level(a).await,
         Command::Install(a) => install::run(a),
         Command::Init(a) => init::run(a),
+        Command::Token(c) => token::run(c).await,
+        Command::Join(a) => join::run(a).await,
         Command::Cluster(c) => cluster::run(c),
     }
 }
