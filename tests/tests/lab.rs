@@ -40,28 +40,26 @@ const BINARIES: &[&str] = &[
     "kelson-dns",
 ];
 
-/// (machine, zone, address). Subnets 10.213.{1,2,3}.0/24 are used by this test only.
+/// (machine, zone, address). Subnets 10.213.{1,2,3}.0/24 are used by this test only; the
+/// crash test uses 10.214.x (the tests may run in parallel; the lab refuses routed subnets).
 const MACHINES: &[(&str, &str, &str)] = &[
     ("cp-a", "a", "10.213.1.11"),
     ("cp-b", "b", "10.213.2.11"),
     ("cp-c", "c", "10.213.3.11"),
 ];
 
-fn cluster_toml() -> String {
-    let mut s = String::from(
-        "name = \"lab\"\n\n[vip]\naddress = \"10.213.1.100\"\ninterface = \"eth0\"\n\n",
-    );
-    for z in ["a", "b", "c"] {
-        let n = match z {
-            "a" => 1,
-            "b" => 2,
-            _ => 3,
-        };
+/// The cluster description of [`MACHINES`] with the second octet `net`.
+fn cluster_toml(net: u8) -> String {
+    let mut s =
+        format!("name = \"lab\"\n\n[vip]\naddress = \"10.{net}.1.100\"\ninterface = \"eth0\"\n\n");
+    for (n, z) in ["a", "b", "c"].iter().enumerate() {
         s.push_str(&format!(
-            "[[zones]]\nname = \"{z}\"\nsubnet = \"10.213.{n}.0/24\"\n\n"
+            "[[zones]]\nname = \"{z}\"\nsubnet = \"10.{net}.{}.0/24\"\n\n",
+            n + 1
         ));
     }
     for (name, zone, addr) in MACHINES {
+        let addr = addr.replace("10.213.", &format!("10.{net}."));
         s.push_str(&format!(
             "[[control_plane]]\nname = \"{name}\"\nzone = \"{zone}\"\naddress = \"{addr}\"\n\n"
         ));
@@ -112,13 +110,13 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(net: u8) -> Lab {
         let dir = tempfile::Builder::new()
             .prefix("kelson-lab-")
             .tempdir()
             .expect("tempdir");
         let cluster = dir.path().join("cluster.toml");
-        std::fs::write(&cluster, cluster_toml()).unwrap();
+        std::fs::write(&cluster, cluster_toml(net)).unwrap();
         Lab {
             kelsonctl: bin_path("kelsonctl"),
             cluster,
@@ -282,7 +280,7 @@ fn three_zone_control_plane_survives_kill_and_partition() {
     let rootfs = rootfs().display().to_string();
     eprintln!("lab: rootfs ready after {:?}", started.elapsed());
 
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(213);
     let up = lab.ctl_ok(300, &["up", "--rootfs", &rootfs, "--bin-dir", &bin_dir]);
     eprintln!("lab: up after {:?}\n{up}", started.elapsed());
     let status = lab.ctl_ok(30, &["status"]);
@@ -517,9 +515,41 @@ fn three_zone_control_plane_survives_kill_and_partition() {
         },
     );
 
+    // stop-zone takes every machine of the zone down.
+    lab.ctl_ok(60, &["stop-zone", "a"]);
+    let status = lab.ctl(30, &["status"]);
+    let st = text(&status);
+    assert!(
+        !status.status.success(),
+        "status must report stopped machines: {st}"
+    );
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("machine cp-a ") && l.ends_with("stopped")),
+        "{st}"
+    );
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("machine cp-b ") && l.contains("running")),
+        "{st}"
+    );
+
     // 4. Down leaves nothing behind.
     lab.ctl_ok(120, &["down"]);
     lab.down = true;
+    assert_nothing_left(&id, &lab.lab_dir());
+    eprintln!("lab: all checks done after {:?}", started.elapsed());
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// No namespace, host veth, mount or machine process of lab `id` in `lab_dir` is left.
+fn assert_nothing_left(id: &str, lab_dir: &Path) {
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);
     assert!(
@@ -530,7 +560,7 @@ fn three_zone_control_plane_survives_kill_and_partition() {
         !Path::new(&format!("/sys/class/net/kl{id}h")).exists(),
         "host veth left"
     );
-    let lab_dir = lab.lab_dir().display().to_string();
+    let lab_dir = lab_dir.display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&lab_dir), "mounts left under {lab_dir}");
     let procs: Vec<String> = std::fs::read_dir("/proc")
@@ -541,12 +571,58 @@ fn three_zone_control_plane_survives_kill_and_partition() {
         .filter(|c| c.contains(&lab_dir) && c.contains("systemd-nspawn"))
         .collect();
     assert!(procs.is_empty(), "processes left: {procs:?}");
-    eprintln!("lab: all checks done after {:?}", started.elapsed());
 }
 
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+/// `lab up` SIGKILLed once its machines are booting (namespaces made, overlays mounted, nspawn
+/// running) → `lab down` still removes everything, from the state file alone.
+#[test]
+fn down_cleans_up_after_a_crashed_up() {
+    require_tool("/usr/bin/systemd-nspawn", "systemd-container");
+    require_tool("/usr/sbin/debootstrap", "debootstrap");
+    assert!(nix_is_root(), "the lab test needs root");
+    let bins: Vec<PathBuf> = BINARIES.iter().map(|b| bin_path(b)).collect();
+    let bin_dir = bins[0].parent().unwrap().display().to_string();
+    let rootfs = rootfs().display().to_string();
+    let mut lab = Lab::new(214);
+    let mut up = Command::new(&lab.kelsonctl)
+        .arg("lab")
+        .arg("--lab-dir")
+        .arg(lab.lab_dir())
+        .arg("--cluster")
+        .arg(&lab.cluster)
+        .args(["up", "--rootfs", &rootfs, "--bin-dir", &bin_dir])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning kelsonctl lab up");
+    let state_file = lab.lab_dir().join("state.json");
+    // Wait (bounded) for the first machine to have an init recorded, then crash `up`.
+    let id = wait_for(
+        "a booting machine in state.json",
+        Duration::from_secs(120),
+        || {
+            if let Ok(Some(status)) = up.try_wait() {
+                return Ok(Err(format!("lab up exited early: {status}")));
+            }
+            let text = std::fs::read_to_string(&state_file).map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            if v["machines"][0]["init"].is_object() {
+                Ok(Ok(v["id"].as_str().unwrap_or_default().to_string()))
+            } else {
+                Err("no init yet".into())
+            }
+        },
+    )
+    .expect("lab up");
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(
+        Path::new(&format!("/run/netns/kl{id}-fab")).exists(),
+        "the crashed up should have left its fabric namespace"
+    );
+    lab.ctl_ok(120, &["down"]);
+    lab.down = true;
+    assert_nothing_left(&id, &lab.lab_dir());
+    assert!(!state_file.exists(), "state.json left after down");
 }

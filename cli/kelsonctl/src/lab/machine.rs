@@ -254,34 +254,82 @@ pub fn wait_booted(init: Proc, timeout: Duration) -> anyhow::Result<()> {
     bail!("not booted after {timeout:?} (state {last:?})")
 }
 
-/// Kills a machine at once: SIGKILL to its init ends every process of its PID namespace, and
-/// then systemd-nspawn exits. Waits (bounded) for both to be gone.
-pub fn kill(m: &MachineState) -> anyhow::Result<()> {
-    if let Some(init) = m.init.filter(|p| p.alive()) {
+/// Every systemd-nspawn process running `root` (found in /proc by its `-D` argument), with
+/// the container init it started if any. This covers a machine whose processes were never
+/// recorded: `lab up` crashed between spawning nspawn and saving the state.
+pub fn find_nspawn(root: &Path) -> Vec<(Proc, Option<Proc>)> {
+    let root = root.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_nspawn = args
+            .first()
+            .is_some_and(|a0| a0.ends_with(b"systemd-nspawn"));
+        let runs_root = args.windows(2).any(|w| w[0] == b"-D" && w[1] == root);
+        if !(is_nspawn && runs_root) {
+            continue;
+        }
+        let Some(nspawn) = Proc::of(pid) else {
+            continue;
+        };
+        let init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .find_map(Proc::of);
+        found.push((nspawn, init));
+    }
+    found
+}
+
+fn sigkill(p: Proc) {
+    if p.alive() {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(init.pid as i32),
+            nix::unistd::Pid::from_raw(p.pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+}
+
+/// Kills a machine at once: SIGKILL to its init ends every process of its PID namespace, and
+/// then systemd-nspawn exits. Targets the recorded processes and any nspawn found running the
+/// machine's root. Waits (bounded) for all of them to be gone.
+pub fn kill(m: &MachineState) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
     loop {
-        let init_gone = m.init.is_none_or(|p| !p.alive());
-        let nspawn_gone = m.nspawn.is_none_or(|p| !p.alive());
-        if init_gone && nspawn_gone {
+        // Rescanned each round: an nspawn caught while setting up gets its init later.
+        let found = find_nspawn(&m.root);
+        let inits: Vec<Proc> = m
+            .init
+            .into_iter()
+            .chain(found.iter().filter_map(|(_, i)| *i))
+            .filter(Proc::alive)
+            .collect();
+        inits.iter().copied().for_each(sigkill);
+        let nspawns: Vec<Proc> = m
+            .nspawn
+            .into_iter()
+            .chain(found.iter().map(|(n, _)| *n))
+            .filter(Proc::alive)
+            .collect();
+        if inits.is_empty() && nspawns.is_empty() {
             return Ok(());
         }
+        if started.elapsed() > Duration::from_secs(3) {
+            // nspawn did not notice its container's end (or never had one): end it too.
+            nspawns.iter().copied().for_each(sigkill);
+        }
         if Instant::now() >= deadline {
-            // nspawn did not notice: end it too (its own process, recorded with its start time).
-            if let Some(n) = m.nspawn.filter(|p| p.alive()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(n.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                std::thread::sleep(Duration::from_millis(200));
-                if !n.alive() {
-                    return Ok(());
-                }
-            }
             bail!("machine {} still running 20 s after SIGKILL", m.name);
         }
         std::thread::sleep(Duration::from_millis(50));
