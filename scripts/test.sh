@@ -15,6 +15,8 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
+# A one-off build gains nothing from incremental artefacts, which are large on disk.
+export CARGO_INCREMENTAL=0
 cargo build --workspace --all-targets
 
 # 2 cores: two test threads keep multi-process cluster tests from starving each other.
