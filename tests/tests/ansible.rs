@@ -400,8 +400,6 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
         "the Ansible machine test needs root (systemd-nspawn)"
     );
     // bin_path panics with the cargo command when one is missing.
-    let bins: Vec<PathBuf> = BINARIES.iter().map(|b| bin_path(b)).collect();
-    let bin_dir = bins[0].parent().unwrap().to_path_buf();
 
     let base = target_rootfs();
     let dir = tempfile::Builder::new()
@@ -417,6 +415,15 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
         .expect("cp");
     assert!(cp.success(), "copying {} failed", base.display());
     std::fs::write(root.join("etc/hostname"), "cp-a\n").unwrap();
+
+    // A snapshot of the build: target/debug is shared, and another build replacing a binary
+    // between the two runs would rightly make the second one report a change.
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    for b in BINARIES {
+        // bin_path panics with the cargo command when one is missing.
+        std::fs::copy(bin_path(b), bin_dir.join(b)).unwrap();
+    }
 
     // The operator's key, baked into this copy for root.
     let key = dir.path().join("id_ed25519");
