@@ -231,6 +231,7 @@ async fn dispatch_request(
         ("patch", None) => patch_obj(r, &body, false).await,
         ("delete", None) => delete(r, &body).await,
         ("deletecollection", None) => delete_collection(r, &body).await,
+        (_, s) if strategy::csr::handles(info, s) => strategy::csr::subresource(r, v, &body).await,
         ("get", Some(SubTarget::Known(Subresource::Status))) => get(r).await,
         ("update", Some(SubTarget::Known(Subresource::Status))) => update(r, &body, true).await,
         ("patch", Some(SubTarget::Known(Subresource::Status))) => patch_obj(r, &body, true).await,
@@ -499,7 +500,7 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 // Writes
 
 /// Decodes a body and checks its apiVersion/kind against the resource (filling them in).
-fn decode_typed(
+pub(crate) fn decode_typed(
     r: &mut Req<'_>,
     body: &[u8],
     kind: &str,
@@ -730,6 +731,7 @@ pub(crate) async fn create_object_with(
         }
     }
     crate::node_authz::admit_create(info, &obj)?;
+    strategy::csr::admit_create(info, &obj)?;
     match managed {
         CreateManaged::None => {}
         CreateManaged::Update(fm) => fm.record_create(info, &mut obj, &req_mf)?,

@@ -46,6 +46,10 @@ pub trait Strategy: Send + Sync {
 #[path = "strategy_workloads.rs"]
 pub mod workloads;
 
+/// certificates.k8s.io CertificateSigningRequests: strategy, subresources, admission.
+#[path = "csr.rs"]
+pub mod csr;
+
 pub struct DefaultStrategy;
 impl Strategy for DefaultStrategy {}
 
@@ -64,6 +68,7 @@ pub fn for_kind(group: &str, kind: &str) -> &'static dyn Strategy {
         ("batch", "Job") => &workloads::JobStrategy,
         ("batch", "CronJob") => &workloads::CronJobStrategy,
         ("policy", "PodDisruptionBudget") => &workloads::PdbStrategy,
+        (csr::GROUP, csr::KIND) => &csr::CsrStrategy,
         ("", "ResourceQuota") => &workloads::ResourceQuotaStrategy,
         (crate::crd::GROUP, "CustomResourceDefinition") => &crate::crd::CrdStrategy,
         (g, k) if crate::crd::is_custom_kind(g, k) => &crate::crd::CustomStrategy,

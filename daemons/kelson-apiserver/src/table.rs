@@ -80,6 +80,14 @@ fn columns(kind: &str) -> Vec<Col> {
             Col("Container-Runtime", "string", 1, ""),
         ],
         "Namespace" => vec![name, Col("Status", "string", 0, ""), age],
+        "CertificateSigningRequest" => vec![
+            name,
+            age,
+            Col("SignerName", "string", 0, ""),
+            Col("Requestor", "string", 0, ""),
+            Col("RequestedDuration", "string", 0, ""),
+            Col("Condition", "string", 0, ""),
+        ],
         "ConfigMap" => vec![name, Col("Data", "integer", 0, ""), age],
         "Secret" => vec![
             name,
@@ -402,6 +410,11 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             ]
         }
         "Event" => event_cells(o),
+        "CertificateSigningRequest" => {
+            let mut c = vec![name, a];
+            c.extend(crate::strategy::csr::table_cells(o));
+            c
+        }
         _ => vec![name, a],
     }
 }
