@@ -2,7 +2,7 @@
 //! the stable corpus regression test uses.
 #![no_main]
 
-#[path = "../harness.rs"]
+#[path = "../harness/server.rs"]
 mod harness;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::decode(data));

@@ -1,10 +1,13 @@
 //! The fuzz corpus as a stable regression test: every file under `fuzz/corpus/<target>/` runs
-//! through the same entry point its cargo-fuzz target uses (`fuzz/harness.rs`, included here
+//! through the same entry point its cargo-fuzz target uses (`fuzz/harness/*.rs`, included here
 //! by path), so CI replays the seeds and every crash input ever added to the corpus without
 //! nightly or cargo-fuzz. A panic names the file that caused it.
 
-#[path = "../../../fuzz/harness.rs"]
-mod harness;
+#[path = "../../../fuzz/harness/server.rs"]
+mod server;
+
+#[path = "../../../fuzz/harness/selectors.rs"]
+mod selectors;
 
 use std::path::PathBuf;
 
@@ -46,15 +49,15 @@ fn replay(target: &str, entry: fn(&[u8])) {
 
 #[test]
 fn decode_corpus_never_panics() {
-    replay("decode", harness::decode);
+    replay("decode", server::decode);
 }
 
 #[test]
 fn patch_corpus_never_panics() {
-    replay("patch", harness::patch);
+    replay("patch", server::patch);
 }
 
 #[test]
 fn selectors_corpus_never_panics() {
-    replay("selectors", harness::selectors);
+    replay("selectors", selectors::selectors);
 }
