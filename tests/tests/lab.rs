@@ -1,6 +1,7 @@
 //! `kelsonctl lab` end to end: a three-zone control plane of three systemd-nspawn machines
-//! (systemd PID 1, Kelson installed by `kelsonctl install --root` and configured inside each
-//! machine by `kelsonctl init`), each in its own network namespace on its zone's bridge, zones
+//! (systemd PID 1, Kelson installed by `kelsonctl install --root`, each machine's files rendered
+//! by `kelsonctl cluster render` from the same cluster.toml an operator would write), each in
+//! its own network namespace on its zone's bridge, zones
 //! routed through the lab's router namespace, the host reaching every machine through the
 //! lab's veth. Everything is observed from the host with the stock clients (kubectl, etcdctl):
 //!
@@ -168,7 +169,7 @@ impl Lab {
             .arg(format!("--endpoints={endpoints}"))
             .arg("--dial-timeout=2s")
             .arg(format!("--command-timeout={timeout}"))
-            .arg(format!("--cacert={}", self.pki("ca.crt")))
+            .arg(format!("--cacert={}", self.pki("kv-ca.crt")))
             .arg(format!("--cert={}", self.pki("kv-client.crt")))
             .arg(format!("--key={}", self.pki("kv-client.key")))
             .args(args)

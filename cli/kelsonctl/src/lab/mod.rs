@@ -4,8 +4,8 @@
 //! From a cluster description (see [`spec`]) the lab builds one machine per control-plane
 //! entry as a systemd-nspawn container with systemd as PID 1 ([`machine`]), in its own network
 //! namespace on its zone's bridge, with zones routed through a router namespace and the host
-//! attached by one veth ([`net`]); then configures and starts the control plane inside the
-//! machines ([`provision`]). What it created is recorded in `DIR/state.json` before it is created
+//! attached by one veth ([`net`]); then installs each machine's files rendered by
+//! `kelsonctl cluster render` and starts the control plane ([`provision`]). What it created is recorded in `DIR/state.json` before it is created
 //! ([`state`]), so `lab down` removes everything even after a crash.
 //!
 //! Fault verbs act on that record: `kill` (SIGKILL to a machine's init: power loss),
@@ -277,6 +277,9 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
     }
     st.save(dir)?;
 
+    // Render first: a description that render refuses fails `up` before anything is built.
+    let rendered = dir.join("render");
+    provision::render(&std::env::current_exe()?, cluster, &rendered)?;
     machine::prepare_base(&args.rootfs, &st.base, &bin_dir)?;
     eprintln!("lab: base layer ready after {:?}", t.elapsed());
     net::create_fabric(&st)?;
@@ -301,7 +304,7 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
         st.machines.len(),
         t.elapsed()
     );
-    provision::control_plane(dir, &st)?;
+    provision::control_plane(dir, &st, &rendered)?;
     eprintln!("lab: up after {:?}", t.elapsed());
     println!(
         "lab {} up: admin kubeconfig {}",
@@ -389,6 +392,12 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         .collect();
     if !leftovers.is_empty() {
         bail!("lab down: still present: {}", leftovers.join(", "));
+    }
+    // The rendered secrets and the host's credentials are of no use without the cluster.
+    let _ = std::fs::remove_dir_all(dir.join("render"));
+    let _ = std::fs::remove_dir_all(dir.join("pki"));
+    for f in ["admin.kubeconfig", "partition.nft"] {
+        let _ = std::fs::remove_file(dir.join(f));
     }
     std::fs::remove_file(state::path(dir))?;
     println!("lab {} down", st.name);

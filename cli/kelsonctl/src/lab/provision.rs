@@ -1,40 +1,27 @@
 //! Configuring the machines' control plane once they are booted.
 //!
-//! Each control-plane machine is configured *inside* the machine by `kelsonctl init`, as an
-//! operator would on a real one, with the cluster-wide secrets made common first: the first
-//! machine's `init` creates the CA, the service-account key, the Secrets encryption key, the
-//! audit policy and the API server's kubelet client certificate, and those files are copied
-//! into every other machine before its own `init`, which then keeps them (init never replaces
-//! valid files) and issues that machine's serving and peer certificates from the shared CA with
-//! its address. Finally the store's configuration is turned from a single member into the
-//! cluster's: peer and client URLs on the machine's address, the same `initial-cluster` and
-//! token everywhere.
+//! The configuration comes from `kelsonctl cluster render` (run on the host, as an operator
+//! would on their workstation): one directory per machine laid out as that machine's root.
+//! Each control-plane machine gets its `etc/kelson` copied in; ownership is then set the way
+//! the installers do it (render writes modes, not owners): files a `kelson` daemon reads
+//! (mode 0640) become group `kelson` — the machine's own `kelson` group from its
+//! `/etc/group`, created by `kelsonctl install`'s sysusers step — and `pki/` is 0750
+//! root:kelson. Then `kelson-control-plane.target` starts on every machine at once (no store
+//! member can elect a leader before a majority runs).
 //!
-//! (`kelsonctl cluster render` renders the same from `cluster.toml` on the host; the lab takes
-//! this in-machine path so each machine's files are produced by the tool an operator runs on
-//! that machine.)
+//! For the host, the lab keeps `DIR/admin.kubeconfig` (render's, pointed at the first
+//! control-plane machine: the lab does not announce the VIP) and `DIR/pki/` with the store CA
+//! and a store client certificate for etcdctl.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use toml::{Table, Value};
 
-use super::machine;
 use super::spec::Role;
 use super::state::{LabState, MachineState};
-
-/// Files every control-plane machine must share (relative to /etc/kelson/pki).
-const SHARED: &[&str] = &[
-    "ca.crt",
-    "ca.key",
-    "sa.key",
-    "encryption-config.yaml",
-    "audit-policy.yaml",
-    "apiserver-kubelet-client.crt",
-    "apiserver-kubelet-client.key",
-];
+use super::{cmd, machine};
 
 const CONTROL_PLANE_UNITS: &[&str] = &[
     "kelson-kv",
@@ -45,64 +32,85 @@ const CONTROL_PLANE_UNITS: &[&str] = &[
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn pki_in(m: &MachineState) -> PathBuf {
-    m.root.join("etc/kelson/pki")
-}
-
-fn init_machine(m: &MachineState) -> anyhow::Result<()> {
-    let init = m.init.context("machine not running")?;
-    let addr = m.address.to_string();
-    machine::exec_ok(
-        init,
-        &[
-            "/usr/bin/kelsonctl",
-            "init",
-            "--node-name",
-            &m.name,
-            "--advertise-address",
-            &addr,
-        ],
-        EXEC_TIMEOUT,
-    )
-    .with_context(|| format!("kelsonctl init in {}", m.name))?;
+/// Runs `kelsonctl cluster render --out OUT CLUSTER` with the given kelsonctl.
+pub fn render(kelsonctl: &Path, cluster: &Path, out: &Path) -> anyhow::Result<()> {
+    let o = std::process::Command::new(kelsonctl)
+        .args(["cluster", "render", "--out"])
+        .arg(out)
+        .arg(cluster)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", kelsonctl.display()))?;
+    if !o.status.success() {
+        bail!(
+            "kelsonctl cluster render failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     Ok(())
 }
 
-/// The store member configuration of a machine in a multi-member cluster.
-pub fn kv_member(kv: &mut Table, m: &MachineState, initial_cluster: &str, token: &str) {
-    let ip = m.address;
-    let set = |kv: &mut Table, k: &str, v: String| {
-        kv.insert(k.to_string(), Value::String(v));
+/// The gid of group `name` in a machine's `/etc/group`.
+pub fn group_gid(group_file: &str, name: &str) -> Option<u32> {
+    group_file.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some(name))
+            .then(|| f.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Copies a machine's rendered `etc/kelson` into its root and sets owners as installers do.
+fn install_rendered(rendered: &Path, m: &MachineState) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let src = rendered.join(&m.name).join("etc/kelson");
+    if !src.is_dir() {
+        bail!("render produced nothing for {} ({})", m.name, src.display());
+    }
+    let dst = m.root.join("etc/kelson");
+    std::fs::create_dir_all(&dst)?;
+    // `src/.` copies the contents; -a keeps render's modes.
+    cmd::run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", src.display()),
+            &dst.to_string_lossy(),
+        ],
+    )?;
+    let groups = std::fs::read_to_string(m.root.join("etc/group"))?;
+    let kelson = group_gid(&groups, "kelson")
+        .context("no kelson group in the machine (kelsonctl install creates it)")?;
+    let chown = |p: &Path, gid: u32| {
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("chown {}", p.display()))
     };
-    set(kv, "name", m.name.clone());
-    // Loopback for the local API server, the machine's address for the others.
-    set(kv, "listen-client-urls", "https://0.0.0.0:2379".into());
-    set(kv, "advertise-client-urls", format!("https://{ip}:2379"));
-    set(kv, "listen-peer-urls", format!("https://{ip}:2380"));
-    set(
-        kv,
-        "initial-advertise-peer-urls",
-        format!("https://{ip}:2380"),
-    );
-    set(kv, "initial-cluster", initial_cluster.into());
-    set(kv, "initial-cluster-state", "new".into());
-    set(kv, "initial-cluster-token", token.into());
+    chown(&dst, 0)?;
+    let pki = dst.join("pki");
+    chown(&pki, kelson)?;
+    std::fs::set_permissions(&pki, std::fs::Permissions::from_mode(0o750))?;
+    for dir in [&dst, &pki] {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                continue;
+            }
+            let mode = std::fs::metadata(&p)?.permissions().mode() & 0o777;
+            chown(&p, if mode == 0o640 { kelson } else { 0 })?;
+        }
+    }
+    Ok(())
 }
 
-fn rewrite_toml(path: &Path, f: impl FnOnce(&mut Table)) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut t: Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    f(&mut t);
-    // Written in place: owner and mode (root:kelson 0640) stay as init set them.
-    std::fs::write(path, toml::to_string(&t)?)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Configures and starts the control plane of every running control-plane machine, writes
-/// `DIR/admin.kubeconfig` and `DIR/pki/` (CA and store client certificate for etcdctl).
-pub fn control_plane(dir: &Path, state: &LabState) -> anyhow::Result<()> {
+/// Configures and starts the control plane of every running control-plane machine from the
+/// rendered tree, and writes `DIR/admin.kubeconfig` and `DIR/pki/`.
+pub fn control_plane(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::Result<()> {
     let cps: Vec<&MachineState> = state
         .machines
         .iter()
@@ -110,29 +118,8 @@ pub fn control_plane(dir: &Path, state: &LabState) -> anyhow::Result<()> {
         .collect();
     let first = cps.first().context("no control-plane machine")?;
     let t = Instant::now();
-    init_machine(first)?;
-    for m in &cps[1..] {
-        let to = pki_in(m);
-        std::fs::create_dir_all(&to)?;
-        for f in SHARED {
-            let from = pki_in(first).join(f);
-            std::fs::copy(&from, to.join(f))
-                .with_context(|| format!("copying {} to {}", from.display(), m.name))?;
-        }
-        init_machine(m)?;
-    }
-    tracing::info!(elapsed = ?t.elapsed(), "kelsonctl init done on every control-plane machine");
-
-    let initial_cluster = cps
-        .iter()
-        .map(|m| format!("{}=https://{}:2380", m.name, m.address))
-        .collect::<Vec<_>>()
-        .join(",");
-    let token = format!("kelson-lab-{}", state.id);
     for m in &cps {
-        rewrite_toml(&m.root.join("etc/kelson/kv.toml"), |kv| {
-            kv_member(kv, m, &initial_cluster, &token)
-        })?;
+        install_rendered(rendered, m)?;
     }
     // Every member must start before any can elect a leader: start them all without waiting.
     for m in &cps {
@@ -151,7 +138,7 @@ pub fn control_plane(dir: &Path, state: &LabState) -> anyhow::Result<()> {
         wait_units_active(m, CONTROL_PLANE_UNITS, Duration::from_secs(90))?;
     }
     tracing::info!(elapsed = ?t.elapsed(), "control plane active on every machine");
-    write_host_credentials(dir, first)?;
+    write_host_credentials(dir, rendered, first)?;
     Ok(())
 }
 
@@ -189,26 +176,69 @@ pub fn wait_units_active(
     Ok(())
 }
 
-/// The admin kubeconfig pointing at `server`, from a machine's own (which names loopback).
+/// Render's admin kubeconfig (which names the VIP) pointed at `server` instead.
 pub fn admin_kubeconfig_for(text: &str, server: Ipv4Addr) -> anyhow::Result<String> {
-    let from = "server: https://127.0.0.1:6443";
-    if !text.contains(from) {
-        bail!("the machine's admin kubeconfig does not name {from}");
+    let mut done = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if let Some(url) = t.strip_prefix("server: ") {
+                if url.starts_with("https://") {
+                    done = true;
+                    let port = url.rsplit(':').next().unwrap_or("6443");
+                    let indent = &l[..l.len() - t.len()];
+                    return format!("{indent}server: https://{server}:{port}");
+                }
+            }
+            l.to_string()
+        })
+        .collect();
+    if !done {
+        bail!("the rendered admin kubeconfig has no `server: https://...` line");
     }
-    Ok(text.replace(from, &format!("server: https://{server}:6443")))
+    Ok(out.join("\n") + "\n")
 }
 
-fn write_host_credentials(dir: &Path, first: &MachineState) -> anyhow::Result<()> {
-    let src = first.root.join("etc/kelson/admin.kubeconfig");
+fn write_host_credentials(dir: &Path, rendered: &Path, first: &MachineState) -> anyhow::Result<()> {
+    let src = rendered.join("admin.kubeconfig");
     let text =
         std::fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
     let kc = admin_kubeconfig_for(&text, first.address)?;
     kelson_pki::write_atomic(&dir.join("admin.kubeconfig"), kc.as_bytes(), 0o600)?;
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki)?;
-    for f in ["ca.crt", "kv-client.crt", "kv-client.key"] {
-        std::fs::copy(pki_in(first).join(f), pki.join(f))
-            .with_context(|| format!("copying {f} out of {}", first.name))?;
+    let from = rendered.join(&first.name).join("etc/kelson/pki");
+    for (f, to) in [
+        ("store-ca.crt", "kv-ca.crt"),
+        ("apiserver-etcd-client.crt", "kv-client.crt"),
+        ("apiserver-etcd-client.key", "kv-client.key"),
+    ] {
+        std::fs::copy(from.join(f), pki.join(to))
+            .with_context(|| format!("copying {f} of {}", first.name))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_kubeconfig_points_at_a_machine() {
+        let kc = "clusters:\n- cluster:\n    server: https://10.0.1.100:6443\n    certificate-authority-data: x\n";
+        let out = admin_kubeconfig_for(kc, Ipv4Addr::new(10, 0, 1, 11)).unwrap();
+        assert!(
+            out.contains("    server: https://10.0.1.11:6443\n"),
+            "{out}"
+        );
+        assert!(admin_kubeconfig_for("apiVersion: v1\n", Ipv4Addr::LOCALHOST).is_err());
+    }
+
+    #[test]
+    fn group_lookup() {
+        let g = "root:x:0:\nkelson:x:998:\n";
+        assert_eq!(group_gid(g, "kelson"), Some(998));
+        assert_eq!(group_gid(g, "nobody"), None);
+    }
 }
