@@ -96,6 +96,19 @@ pub struct CmFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_cidr_mask_size: Option<u8>,
+    /// PEM CA certificate the csrsigning controller issues cluster-scoped certificates with.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// PEM private key of --cluster-signing-cert-file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_signing_key_file: Option<PathBuf>,
+    /// The longest lifetime of a signed certificate (default 8760h); a request's
+    /// spec.expirationSeconds can only shorten it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_signing_duration: Option<String>,
 }
 
 /// The effective configuration (defaults ← TOML ← flags).
@@ -117,6 +130,9 @@ pub struct CmConfig {
     pub allocate_node_cidrs: bool,
     pub cluster_cidr: Option<String>,
     pub node_cidr_mask_size: u8,
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    pub cluster_signing_key_file: Option<PathBuf>,
+    pub cluster_signing_duration: String,
 }
 
 impl Default for CmConfig {
@@ -137,6 +153,9 @@ impl Default for CmConfig {
             allocate_node_cidrs: false,
             cluster_cidr: None,
             node_cidr_mask_size: 24,
+            cluster_signing_cert_file: None,
+            cluster_signing_key_file: None,
+            cluster_signing_duration: "8760h".into(),
         }
     }
 }
@@ -171,6 +190,12 @@ impl CmConfig {
             },
             node_cidr_mask_size: self.node_cidr_mask_size,
             unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+            cluster_signing: controllers::csrsigning::load_from(
+                self.cluster_signing_cert_file.as_deref(),
+                self.cluster_signing_key_file.as_deref(),
+                dur("cluster-signing-duration", &self.cluster_signing_duration)?,
+            )
+            .context("--cluster-signing-cert-file/--cluster-signing-key-file")?,
         })
     }
 }

@@ -21,6 +21,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Secret,
@@ -35,6 +36,8 @@ use crate::informer::Informer;
 use crate::queue::WorkQueue;
 
 pub mod cronjob;
+pub mod csrapproving;
+pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -91,6 +94,7 @@ pub struct Informers {
     pub quotas: Informer<ResourceQuota>,
     pub pvcs: Informer<PersistentVolumeClaim>,
     pub secrets: Informer<Secret>,
+    pub csrs: Informer<CertificateSigningRequest>,
 }
 
 impl Informers {
@@ -116,6 +120,7 @@ impl Informers {
             quotas: Informer::new(client.clone()),
             pvcs: Informer::new(client.clone()),
             secrets: Informer::new(client.clone()),
+            csrs: Informer::new(client.clone()),
         }
     }
 
@@ -144,6 +149,7 @@ impl Informers {
                 $f!(self.quotas, ok);
                 $f!(self.pvcs, ok);
                 $f!(self.secrets, ok);
+                $f!(self.csrs, ok);
                 ok
             }};
         }
@@ -176,6 +182,8 @@ pub struct Settings {
     pub cluster_cidr: Option<String>,
     pub node_cidr_mask_size: u8,
     pub unhealthy_zone_threshold: f64,
+    /// The CA csrsigning issues with (`--cluster-signing-cert-file`/`-key-file`).
+    pub cluster_signing: Option<Arc<csrsigning::Signer>>,
 }
 
 /// What every reconcile gets.
@@ -307,6 +315,11 @@ pub const ALL: &[(&str, &str)] = &[
     ("disruption-controller", "disruption"),
     ("resourcequota-controller", "resourcequota"),
     ("token-cleaner-controller", "tokencleaner"),
+    (
+        "certificatesigningrequest-approving-controller",
+        "csrapproving",
+    ),
+    ("certificatesigningrequest-signing-controller", "csrsigning"),
 ];
 
 /// Upstream `--controllers` semantics: `*` enables the defaults, `foo` enables foo, `-foo`
@@ -396,6 +409,13 @@ pub fn build(ctx: &Ctx, list: &[String]) -> Vec<Controller> {
     }
     if on(18) {
         out.push(tokencleaner::controller(ctx));
+    }
+    if on(19) {
+        out.push(csrapproving::controller(ctx));
+    }
+    // Upstream skips the signer when it has no CA to sign with; so do we.
+    if on(20) && ctx.settings.cluster_signing.is_some() {
+        out.push(csrsigning::controller(ctx));
     }
     out
 }
