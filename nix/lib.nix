@@ -116,7 +116,7 @@ rec {
           tls-private-key-file = pki "apiserver.key";
           client-ca-file = pki "ca.crt";
           service-cluster-ip-range = c.service_cidr;
-          authorization-mode = "RBAC";
+          authorization-mode = "Node,RBAC";
           anonymous-auth = false;
           service-account-signing-key-file = pki "sa.key";
           service-account-key-file = [ (pki "sa.key") ];

@@ -36,9 +36,6 @@ const KNOWN_FINDINGS: &[&str] = &[
     // --audit-log-maxbackup) but has no --audit-log-maxage: old files are kept by count only.
     "1.2.18 up",
     "1.2.18 init",
-    // kelson-apiserver has a Node authorizer now and `up` passes --authorization-mode=Node,RBAC,
-    // but `init` still writes "RBAC" (apiserver.toml).
-    "1.2.7 init",
 ];
 
 fn need(tool: &str) {

@@ -321,9 +321,9 @@ fn daemon_configs(
         ("tls-private-key-file", p(&api.serving_key)),
         ("client-ca-file", p(&pki.ca_cert)),
         ("service-cluster-ip-range", s(SERVICE_CIDR)),
-        // kelson-apiserver has no Node authorizer yet (RBAC or AlwaysAllow); nodes get
-        // the bootstrap system:node role through RBAC.
-        ("authorization-mode", s("RBAC")),
+        // Kubelets are confined to their own node's objects (Node authorizer +
+        // NodeRestriction); everything else is RBAC.
+        ("authorization-mode", s("Node,RBAC")),
         ("anonymous-auth", Value::Boolean(false)),
         ("service-account-signing-key-file", p(&cp.sa_key)),
         ("service-account-key-file", list([p(&cp.sa_key)])),

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod cluster;
 pub mod clusterfiles;
+pub mod clusterinfo;
 pub mod daemons;
 pub mod images;
 pub mod init;

@@ -411,6 +411,12 @@ pub enum AfterReady {
         snapshotter: String,
         images_dir: PathBuf,
     },
+    /// Publish `kube-public/cluster-info` for `kelsonctl join` and print how to join a node.
+    ClusterInfo {
+        kubeconfig: PathBuf,
+        server: String,
+        ca: PathBuf,
+    },
 }
 
 /// Clean-up around stopping a component.
@@ -564,6 +570,8 @@ pub fn components(
     flag("--tls-cert-file", &api.serving_cert);
     flag("--tls-private-key-file", &api.serving_key);
     flag("--client-ca-file", &pki.ca_cert);
+    // Kubelets are confined to their own node's objects (Node authorizer + NodeRestriction).
+    flag("--authorization-mode", &"Node,RBAC");
     // Secure by default: ServiceAccount tokens, Secrets encrypted at rest, an audit log, and
     // the API server's own identity towards kubelets (see crate::clusterfiles).
     let files = crate::clusterfiles::ControlPlaneFiles::under(&pki.dir);
@@ -599,7 +607,11 @@ pub fn components(
             format!("apiserver: https://{api_addr}"),
             format!("apiserver: export KUBECONFIG={}", kubeconfig.display()),
         ],
-        after_ready: None,
+        after_ready: Some(AfterReady::ClusterInfo {
+            kubeconfig: kubeconfig.clone(),
+            server: format!("https://{api_addr}"),
+            ca: pki.ca_cert.clone(),
+        }),
         on_stop: None,
     };
     // Controllers are ordinary API clients of the admin kubeconfig for now; they get identities
@@ -1275,6 +1287,20 @@ async fn after_ready(name: &str, step: AfterReady) -> anyhow::Result<()> {
             } else {
                 println!("{name}: imported {}", imported.join(", "));
             }
+            Ok(())
+        }
+        AfterReady::ClusterInfo {
+            kubeconfig,
+            server,
+            ca,
+        } => {
+            crate::clusterinfo::publish(&kubeconfig, &server, &ca).await?;
+            let der = kelson_pki::load_certs(&ca)?
+                .into_iter()
+                .next()
+                .context("no certificate in the CA file")?;
+            let hash = crate::join::ca_cert_hash(der.as_ref())?;
+            println!("{name}: kube-public/cluster-info published; to join a node: `kelsonctl token create --kubeconfig {}`, then on the node `kelsonctl join --server {server} --token <token> --ca-cert-hash {hash}`", kubeconfig.display());
             Ok(())
         }
     }

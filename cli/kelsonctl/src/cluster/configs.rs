@@ -172,7 +172,7 @@ fn daemon_config(spec: &ClusterSpec, m: &Machine, daemon: &str) -> Table {
             ("tls-private-key-file", pki("apiserver.key")),
             ("client-ca-file", pki("ca.crt")),
             ("service-cluster-ip-range", s(&spec.service_cidr)),
-            ("authorization-mode", s("RBAC")),
+            ("authorization-mode", s("Node,RBAC")),
             ("anonymous-auth", Value::Boolean(false)),
             ("service-account-signing-key-file", pki("sa.key")),
             ("service-account-key-file", list([pki("sa.key")])),
