@@ -145,6 +145,10 @@ pub fn spawn(m: &MachineState, console: &Path) -> anyhow::Result<(Proc, Proc)> {
             "--register=no",
             "--keep-unit",
             "--console=read-only",
+            // The speaker adds the VIP to an interface and sends gratuitous ARP; nspawn drops
+            // these capabilities when it did not create the network namespace itself. They
+            // only reach the machine's own namespace.
+            "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
         ])
         .arg(format!("--machine={}", m.name))
         .arg(format!("--network-namespace-path={netns}"))

@@ -219,7 +219,16 @@ pub fn plan(dir: &Path, spec: &LabSpec) -> LabState {
         host_veth: format!("kl{id}h"),
         host_addr,
         router_addr,
-        host_routes: spec.zones.values().copied().collect(),
+        host_routes: spec
+            .zones
+            .values()
+            .copied()
+            .chain(spec.vip.iter().map(|v| spec::subnet24(v.address)))
+            .collect(),
+        vip: spec
+            .vip
+            .as_ref()
+            .map(|v| (spec::subnet24(v.address), v.interface.clone())),
         zones,
         machines,
         base: dir.join("base"),
@@ -272,8 +281,8 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
     };
     let mut st = plan(dir, &spec);
     net::check_host_free(st.host_addr, 30)?;
-    for z in &st.zones {
-        net::check_host_free(z.subnet, 24)?;
+    for net in &st.host_routes {
+        net::check_host_free(*net, 24)?;
     }
     st.save(dir)?;
 
@@ -332,7 +341,7 @@ fn boot(dir: &Path, st: &mut LabState, i: usize) -> anyhow::Result<()> {
 pub fn kill_machine(st: &LabState, name: &str) -> anyhow::Result<()> {
     let m = st.machine(name)?;
     machine::kill(m)?;
-    net::set_link(m, false)
+    net::set_link(st, m, false)
 }
 
 /// `lab start`: boots a stopped machine on its existing disk; a control-plane machine starts
@@ -351,7 +360,8 @@ pub fn start_machine(dir: &Path, st: &mut LabState, name: &str) -> anyhow::Resul
         bail!("{name}'s network namespace is gone; run `lab down` and `lab up`");
     }
     machine::mount_root(&st.base, &st.machines[i])?;
-    net::set_link(&st.machines[i], true)?;
+    let m = st.machines[i].clone();
+    net::set_link(st, &m, true)?;
     boot(dir, st, i)?;
     let m = &st.machines[i];
     let init = m.init.context("not booted")?;
@@ -367,6 +377,13 @@ pub fn start_machine(dir: &Path, st: &mut LabState, name: &str) -> anyhow::Resul
             ],
             Duration::from_secs(60),
         )?;
+        if m.root.join("etc/kelson/speaker.toml").is_file() {
+            machine::exec_ok(
+                init,
+                &["systemctl", "start", "--no-block", "kelson-speaker.service"],
+                Duration::from_secs(60),
+            )?;
+        }
     }
     Ok(())
 }

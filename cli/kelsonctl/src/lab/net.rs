@@ -25,6 +25,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 
 use super::cmd;
+use super::spec::Role;
 use super::state::{LabState, MachineState, ZoneState};
 
 /// The host↔router /30 for a lab id: (host address, router address).
@@ -111,6 +112,15 @@ pub fn create_fabric(state: &LabState) -> anyhow::Result<()> {
     for (i, z) in state.zones.iter().enumerate() {
         create_zone(state, i, z)?;
     }
+    if let Some((net, _)) = &state.vip {
+        // The VIP's segment: a bridge of its own with a router leg, like a zone's.
+        let seg = ZoneState {
+            name: "vip".into(),
+            subnet: *net,
+            bridge: "brv".into(),
+        };
+        create_zone(state, usize::MAX, &seg)?;
+    }
     let via = state.router_addr.to_string();
     for net in &state.host_routes {
         let dst = format!("{net}/24");
@@ -126,8 +136,12 @@ fn create_zone(state: &LabState, i: usize, z: &ZoneState) -> anyhow::Result<()> 
     let fab = &state.fabric_ns;
     ip_n(fab, &["link", "add", &z.bridge, "type", "bridge"])?;
     ip_n(fab, &["link", "set", &z.bridge, "up"])?;
-    let leg = format!("z{i}");
-    let port = format!("rz{i}");
+    // usize::MAX: the VIP segment.
+    let (leg, port) = if i == usize::MAX {
+        ("zv".to_string(), "rzv".to_string())
+    } else {
+        (format!("z{i}"), format!("rz{i}"))
+    };
     ip_n(
         &state.router_ns,
         &[
@@ -170,15 +184,49 @@ pub fn create_machine(state: &LabState, index: usize, m: &MachineState) -> anyho
     ip_n(&m.netns, &["link", "set", "eth0", "up"])?;
     let gw = super::spec::gateway(zone.subnet).to_string();
     ip_n(&m.netns, &["route", "add", "default", "via", &gw])?;
+    if let Some((_, ifname)) = state.vip.as_ref().filter(|_| m.role == Role::ControlPlane) {
+        // No address: the speaker adds the VIP when this machine holds it.
+        let port = format!("v{index}");
+        ip_n(
+            &m.netns,
+            &[
+                "link",
+                "add",
+                ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &state.fabric_ns,
+            ],
+        )?;
+        ip_n(
+            &state.fabric_ns,
+            &["link", "set", &port, "master", "brv", "up"],
+        )?;
+        ip_n(&m.netns, &["link", "set", ifname, "up"])?;
+    }
     Ok(())
 }
 
 /// Plugs (`up`) or unplugs a machine's link (its end of the veth, inside its namespace).
-pub fn set_link(m: &MachineState, up: bool) -> anyhow::Result<()> {
+pub fn set_link(state: &LabState, m: &MachineState, up: bool) -> anyhow::Result<()> {
     ip_n(
         &m.netns,
         &["link", "set", "eth0", if up { "up" } else { "down" }],
     )?;
+    if let Some((_, ifname)) = state.vip.as_ref().filter(|_| m.role == Role::ControlPlane) {
+        // A machine that lost power no longer holds the VIP: its address goes with it.
+        if !up {
+            ip_n(&m.netns, &["addr", "flush", "dev", ifname])?;
+        }
+        ip_n(
+            &m.netns,
+            &["link", "set", ifname, if up { "up" } else { "down" }],
+        )?;
+    }
     if up {
         // Bringing the link down dropped the default route with it.
         let gw = super::spec::gateway(super::spec::subnet24(m.address)).to_string();

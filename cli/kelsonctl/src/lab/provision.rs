@@ -137,6 +137,17 @@ pub fn control_plane(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::R
     for m in &cps {
         wait_units_active(m, CONTROL_PLANE_UNITS, Duration::from_secs(90))?;
     }
+    // The speaker announces the VIP from whichever machine holds its Lease.
+    for m in cps
+        .iter()
+        .filter(|m| m.root.join("etc/kelson/speaker.toml").is_file())
+    {
+        machine::exec_ok(
+            m.init.context("machine not running")?,
+            &["systemctl", "start", "--no-block", "kelson-speaker.service"],
+            EXEC_TIMEOUT,
+        )?;
+    }
     tracing::info!(elapsed = ?t.elapsed(), "control plane active on every machine");
     write_host_credentials(dir, rendered, first)?;
     Ok(())

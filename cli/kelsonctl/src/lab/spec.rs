@@ -55,6 +55,21 @@ struct File {
     control_plane: Vec<RawMachine>,
     #[serde(default)]
     workers: Vec<RawMachine>,
+    #[serde(default)]
+    vip: Option<RawVip>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawVip {
+    address: String,
+    interface: String,
+}
+
+/// The control-plane VIP, when it gets its own segment (see [`LabSpec::vip`]).
+#[derive(Debug, Clone)]
+pub struct VipDecl {
+    pub address: Ipv4Addr,
+    pub interface: String,
 }
 
 /// Role of a lab machine.
@@ -72,6 +87,11 @@ pub struct LabSpec {
     /// Zone name → its /24 (network address).
     pub zones: BTreeMap<String, Ipv4Addr>,
     pub machines: Vec<(MachineDecl, Role)>,
+    /// A VIP outside every zone's /24, on an interface other than `eth0`: the lab builds a
+    /// segment stretched over all zones for it (every control-plane machine has that interface
+    /// on it, the router has the /24's `.1`), so whichever machine holds the VIP is reachable,
+    /// like a VLAN spanning the zones. A VIP inside a zone's /24 stays on that zone's segment.
+    pub vip: Option<VipDecl>,
 }
 
 /// The /24 network address of `a`.
@@ -160,10 +180,35 @@ impl LabSpec {
                 bail!("address {} is used twice", m.address);
             }
         }
+        let vip = match f.vip {
+            Some(v) => {
+                let address: Ipv4Addr = v
+                    .address
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .with_context(|| format!("vip.address {:?} is not IPv4", v.address))?;
+                let net = subnet24(address);
+                let own_segment = v.interface != "eth0" && !zones.values().any(|z| *z == net);
+                if own_segment && address == gateway(net) {
+                    bail!("vip.address {address} is the lab router's address in its /24");
+                }
+                if own_segment && (v.interface.len() > 15 || v.interface.contains('/')) {
+                    bail!("vip.interface {:?} is not an interface name", v.interface);
+                }
+                own_segment.then_some(VipDecl {
+                    address,
+                    interface: v.interface,
+                })
+            }
+            None => None,
+        };
         Ok(LabSpec {
             name: f.name.unwrap_or_else(|| "kelson".into()),
             zones,
             machines,
+            vip,
         })
     }
 }

@@ -102,6 +102,9 @@ pub struct LabState {
     pub machines: Vec<MachineState>,
     /// The shared lower layer of every machine (rootfs + installed Kelson).
     pub base: PathBuf,
+    /// The VIP's own segment, if any: (its /24, the machines' interface name on it).
+    #[serde(default)]
+    pub vip: Option<(Ipv4Addr, String)>,
     /// Zones currently partitioned from the rest.
     #[serde(default)]
     pub partitioned: Vec<String>,
