@@ -17,6 +17,16 @@ use serde::{Deserialize, Serialize};
 pub struct KubeletConfig {
     /// Kubeconfig with the node's credentials.
     pub kubeconfig: PathBuf,
+    /// Kubeconfig (e.g. a bootstrap token's) used to obtain a client certificate when
+    /// `kubeconfig` is missing or invalid (TLS bootstrap, see `bootstrap`).
+    #[serde(default)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Directory of the client certificates; `<root-dir>/pki` when unset.
+    #[serde(default)]
+    pub cert_dir: Option<PathBuf>,
+    /// Renew the client certificate (by CSR) before it expires, as upstream's default.
+    #[serde(default = "default_true")]
+    pub rotate_certificates: bool,
     /// Node name; defaults to the lower-cased host name.
     #[serde(default)]
     pub hostname_override: Option<String>,
@@ -121,6 +131,9 @@ pub struct KubeletConfig {
     pub pod_routes_netns: Option<String>,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_cluster_domain() -> String {
     "cluster.local".into()
 }
@@ -175,6 +188,18 @@ pub struct KubeletFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig to request a client certificate with when --kubeconfig is missing/invalid.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Directory of the client certificates (default <root-dir>/pki).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_dir: Option<PathBuf>,
+    /// Renew the client certificate before it expires (default true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotate_certificates: Option<bool>,
     /// Node name (default: the host name).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -299,6 +324,13 @@ impl KubeletConfig {
                     .unwrap_or_else(|_| "localhost".into())
             })
             .to_lowercase()
+    }
+
+    /// Where the client certificates live.
+    pub fn cert_dir(&self) -> PathBuf {
+        self.cert_dir
+            .clone()
+            .unwrap_or_else(|| self.root_dir.join("pki"))
     }
 
     pub fn status_interval(&self) -> Duration {

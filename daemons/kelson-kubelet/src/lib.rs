@@ -18,6 +18,7 @@
 //! answered and the pod cache has synced. SIGTERM stops the kubelet *without* touching
 //! containers, so a restart adopts them.
 
+pub mod bootstrap;
 pub mod cni;
 pub mod config;
 pub mod cri;
@@ -75,6 +76,12 @@ async fn runtime_ok(cri: &cri::Cri) -> Result<(), String> {
     }
 }
 
+/// Whether the kubeconfig's text names `cert` (rotation only renews the certificate it manages,
+/// never one an operator put there).
+fn kubeconfig_uses(kubeconfig: &std::path::Path, cert: &std::path::Path) -> bool {
+    std::fs::read_to_string(kubeconfig).is_ok_and(|t| t.contains(&*cert.to_string_lossy()))
+}
+
 /// Runs the kubelet until SIGTERM/SIGINT.
 pub async fn run(
     cfg: KubeletConfig,
@@ -87,7 +94,23 @@ pub async fn run(
     state.on_reload(|| Box::pin(async { Ok(()) }));
     state.set_status("connecting to the API server and the container runtime");
 
-    let client = kelson_kube::client_from_kubeconfig(&cfg.kubeconfig)
+    // TLS bootstrap (no-op with a usable kubeconfig), then a client whose certificate file is
+    // re-read on new connections, so rotation needs no restart.
+    let boot_node = cfg.node_name();
+    let cert_dir = cfg.cert_dir();
+    tokio::select! {
+        r = bootstrap::ensure_kubeconfig(
+            &cfg.kubeconfig,
+            cfg.bootstrap_kubeconfig.as_deref(),
+            &cert_dir,
+            &boot_node,
+        ) => r.context("TLS bootstrap")?,
+        sig = shutdown.recv() => {
+            tracing::info!(signal = sig.name(), "stopping during TLS bootstrap");
+            return Ok(());
+        }
+    }
+    let (client, conns) = bootstrap::client(&cfg.kubeconfig)
         .await
         .context("building the API client")?;
     let cri = cri::Cri::connect(&cfg.runtime_socket())?;
@@ -239,6 +262,16 @@ pub async fn run(
     ));
 
     let mut extra_tasks = Vec::new();
+    let current_cert = cfg.cert_dir().join(bootstrap::CURRENT);
+    if cfg.rotate_certificates && kubeconfig_uses(&cfg.kubeconfig, &current_cert) {
+        extra_tasks.push(tokio::spawn(bootstrap::rotate(
+            client.clone(),
+            conns.clone(),
+            cfg.cert_dir(),
+            node_name.clone(),
+            stop_rx.clone(),
+        )));
+    }
     {
         let (shared, cfg) = (shared.clone(), cfg.clone());
         extra_tasks.push(tokio::spawn(node::watch_pod_cidr(
