@@ -229,8 +229,9 @@ fn request_bytes(v: &Value) -> Result<Vec<u8>, StatusCause> {
     }
 }
 
-/// Upstream's `ParseCSR`: the first PEM block must be a `CERTIFICATE REQUEST` holding a
-/// PKCS#10 request.
+/// Upstream's `ParseCSR` and `CheckSignature`: the first PEM block must be a
+/// `CERTIFICATE REQUEST` holding a PKCS#10 request signed by its own key (proof that the
+/// requester holds the private key).
 pub fn parse_csr(pem_bytes: &[u8]) -> Result<(), String> {
     use x509_parser::prelude::FromDer;
     let bad_type = || "PEM block type must be CERTIFICATE REQUEST".to_string();
@@ -238,9 +239,11 @@ pub fn parse_csr(pem_bytes: &[u8]) -> Result<(), String> {
     if pem.label != "CERTIFICATE REQUEST" {
         return Err(bad_type());
     }
-    x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
-        .map(|_| ())
-        .map_err(|e| format!("x509: malformed certificate request: {e}"))
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+            .map_err(|e| format!("x509: malformed certificate request: {e}"))?;
+    req.verify_signature()
+        .map_err(|e| format!("x509: certificate request signature verification failed: {e}"))
 }
 
 /// The organizations (`O=`) of a PEM certificate request's subject (empty when it does not

@@ -48,6 +48,7 @@ pub fn field_value(kind: &str, obj: &Value, field: &str) -> Option<Option<String
                 .to_string(),
         ),
         ("Namespace", "status.phase") => s(&obj["status"]["phase"]),
+        ("CertificateSigningRequest", "spec.signerName") => s(&obj["spec"]["signerName"]),
         ("Secret", "type") => s(&obj["type"]),
         (
             "Event",

@@ -262,6 +262,23 @@ async fn csr_requester_approval_and_status() {
     assert_eq!(row[0], "alice-1");
     assert_eq!(&row[2..], [SIGNER, "alice", "10m", "Pending"], "{table}");
 
+    // Selecting by signer, as upstream's field selector allows.
+    let names = |sel: &str| {
+        let out = kubectl_as(
+            &cp,
+            &admin,
+            &["get", "csr", "--field-selector", sel, "-o", "name"],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert_eq!(
+        names(&format!("spec.signerName={SIGNER}")),
+        "certificatesigningrequest.certificates.k8s.io/alice-1"
+    );
+    assert_eq!(names("spec.signerName=example.com/other"), "");
+
     // Bob may write approvals but not approve this signer: upstream's 403.
     let out = kubectl_as(&cp, &bob, &["certificate", "approve", "alice-1"], None);
     assert!(!out.status.success());
@@ -477,6 +494,21 @@ async fn invalid_csrs_are_422_with_causes() {
             "{err:?}"
         );
     }
+    // A request whose signature does not verify (its last signature byte flipped).
+    let tampered = {
+        let b64: String = good.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        *der.last_mut().unwrap() ^= 0x01;
+        format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        )
+    };
+    let err = api_err(create(csr_manifest("sig", SIGNER, &["client auth"], &tampered)).await);
+    assert_eq!(cause_fields(&err), ["spec.request"], "{err:?}");
+    assert!(err.message.contains("signature"), "{err:?}");
     // Bad signer names.
     for signer in ["nodomain", "example/x", "example.com/a/b", ""] {
         let err = api_err(create(csr_manifest("s", signer, &["client auth"], &good)).await);
