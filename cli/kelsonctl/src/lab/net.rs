@@ -14,6 +14,11 @@
 //! taken from 100.64.0.0/10 (shared address space, not used on these hosts) at an offset
 //! derived from the lab id, so labs with distinct subnets can run side by side.
 //!
+//! A VIP outside the zones' /24s gets one more segment (bridge `brv`, router leg `zv` with
+//! its /24's `.1`, and an interface of that name in every control-plane machine, without an
+//! address until the speaker adds the VIP): a VLAN stretched over the zones, so the VIP is
+//! reachable wherever its holder is.
+//!
 //! Partitions are nftables rules in the router namespace's forward hook that drop traffic
 //! between a partitioned zone's /24 and every other zone's (the host keeps reaching every
 //! machine, so a test can observe both sides). The whole `inet kelson-lab` table is rewritten
@@ -303,6 +308,46 @@ pub fn destroy(state: &LabState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lab(partitioned: &[&str]) -> LabState {
+        let zone = |n: &str, o: u8| ZoneState {
+            name: n.into(),
+            subnet: Ipv4Addr::new(10, 9, o, 0),
+            bridge: format!("br{o}"),
+        };
+        LabState {
+            id: "000001".into(),
+            name: "t".into(),
+            fabric_ns: "f".into(),
+            router_ns: "r".into(),
+            host_veth: "h".into(),
+            host_addr: Ipv4Addr::new(100, 64, 0, 5),
+            router_addr: Ipv4Addr::new(100, 64, 0, 6),
+            host_routes: vec![],
+            zones: vec![zone("a", 1), zone("b", 2), zone("c", 3)],
+            machines: vec![],
+            base: "/b".into(),
+            vip: None,
+            partitioned: partitioned.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn partition_drops_both_directions_between_zones_only() {
+        let r = partition_rules(&lab(&["a"]));
+        assert!(
+            r.contains("ip saddr 10.9.1.0/24 ip daddr { 10.9.2.0/24, 10.9.3.0/24 } counter drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip saddr { 10.9.2.0/24, 10.9.3.0/24 } ip daddr 10.9.1.0/24 counter drop"),
+            "{r}"
+        );
+        // Healed: the table is still replaced (emptied), so heal is idempotent.
+        let healed = partition_rules(&lab(&[]));
+        assert!(healed.contains("delete table inet kelson-lab"), "{healed}");
+        assert!(!healed.contains("drop"), "{healed}");
+    }
 
     #[test]
     fn transit_is_a_30_in_shared_space() {
