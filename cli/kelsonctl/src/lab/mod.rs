@@ -86,12 +86,23 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
         bail!("kelsonctl lab must run as root (namespaces, mounts, systemd-nspawn)");
     }
     let dir = &args.lab_dir;
+    // One changing command at a time per lab (exec and status only read the state).
+    let _lock = match args.command {
+        LabCommand::Exec { .. } | LabCommand::Status => None,
+        _ => Some(lock(dir)?),
+    };
     match args.command {
         LabCommand::Up(up_args) => {
             let cluster = args
                 .cluster
                 .context("lab up needs --cluster cluster.toml")?;
-            up(dir, &cluster, &up_args)?;
+            up(dir, &cluster, &up_args).with_context(|| {
+                format!(
+                    "lab up failed; what was built is left for inspection, \
+                     `kelsonctl lab down --lab-dir {}` removes it",
+                    dir.display()
+                )
+            })?;
             Ok(0)
         }
         LabCommand::Down => {
@@ -160,6 +171,25 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Takes `DIR/.lock` (flock, released by the kernel when this process ends, even killed);
+/// fails at once when another lab command holds it, rather than waiting unboundedly.
+fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another `kelsonctl lab` command is working on {} ({e})",
+            dir.display()
+        )
+    })
 }
 
 fn load(dir: &Path) -> anyhow::Result<LabState> {
