@@ -919,5 +919,31 @@ async fn a_server_killed_mid_create_leaks_no_allocations() -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!("allocations repaired after {:?}", t.elapsed());
+
+    // A Service whose marker is gone (a store restored from an older backup, a hand edit)
+    // gets it back, so its IP cannot be handed out twice.
+    let (used_ips, _) = in_use().await?;
+    let victim = used_ips
+        .iter()
+        .find(|ip| *ip != "10.0.0.1")
+        .context("no service IP to test with")?
+        .clone();
+    let mut kv = cp.store().client().await?;
+    let key = format!("/registry/kelson/serviceips/{victim}");
+    ensure!(
+        kv.delete(key.as_str(), None).await?.deleted() == 1,
+        "no marker at {key}"
+    );
+    let t = Instant::now();
+    loop {
+        if markers(&cp).await?.0.contains(&victim) {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "the marker of {victim} was not recorded again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Ok(())
 }
