@@ -722,7 +722,37 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:volume-scheduler",
             &[("User", "system:kube-scheduler")],
         ),
+        // Node TLS bootstrap, as kubeadm sets it up (its `kubeadm:` bindings under our name):
+        // join tokens may create CSRs and have their node-client CSRs auto-approved; nodes
+        // have their own client-certificate renewals auto-approved.
+        named_binding(
+            "kelson:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            &[("Group", NODE_BOOTSTRAP_GROUP)],
+        ),
+        named_binding(
+            "kelson:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", NODE_BOOTSTRAP_GROUP)],
+        ),
+        named_binding(
+            "kelson:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", "system:nodes")],
+        ),
     ]
+}
+
+/// The group of node-join bootstrap tokens (`kelsonctl token create`; kubeadm's
+/// `system:bootstrappers:kubeadm:default-node-token` under our name).
+pub const NODE_BOOTSTRAP_GROUP: &str = "system:bootstrappers:kelson:default-node-token";
+
+/// A ClusterRoleBinding named differently from its role (Kelson's additions to upstream's
+/// defaults; labelled like them, as part of the bootstrap policy).
+fn named_binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
+    let mut b = binding(role, subjects);
+    b["metadata"]["name"] = json!(name);
+    b
 }
 
 /// Everything to create at start: roles before the bindings that refer to them.

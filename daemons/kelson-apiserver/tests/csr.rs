@@ -594,6 +594,69 @@ async fn invalid_csrs_are_422_with_causes() {
             .contains("with system:masters group is not allowed"),
         "{err:?}"
     );
+    // The bootstrap policy lets join tokens' group create CSRs (and marks their node-client
+    // CSRs for auto-approval), and nodes renew their own client certificates.
+    let joiner = cp
+        .kubeconfig_for(
+            "system:bootstrap:abcdef",
+            Some("system:bootstrappers:kelson:default-node-token"),
+        )
+        .unwrap();
+    let node = cp
+        .kubeconfig_for("system:node:n1", Some("system:nodes"))
+        .unwrap();
+    let can = |kc: &Path, args: &[&str]| {
+        let mut full = vec!["auth", "can-i"];
+        full.extend_from_slice(args);
+        text(&kubectl_as(&cp, kc, &full, None).stdout) == "yes"
+    };
+    assert!(can(
+        &joiner,
+        &["create", "certificatesigningrequests.certificates.k8s.io"]
+    ));
+    assert!(can(
+        &joiner,
+        &[
+            "create",
+            "certificatesigningrequests.certificates.k8s.io",
+            "--subresource=nodeclient"
+        ]
+    ));
+    assert!(!can(
+        &joiner,
+        &[
+            "update",
+            "certificatesigningrequests.certificates.k8s.io",
+            "--subresource=approval"
+        ]
+    ));
+    assert!(can(
+        &node,
+        &[
+            "create",
+            "certificatesigningrequests.certificates.k8s.io",
+            "--subresource=selfnodeclient"
+        ]
+    ));
+    let bootstrap = csr_manifest(
+        "node-csr-joiner",
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        &["digital signature", "client auth"],
+        &csr_pem("system:node:n2", "system:nodes"),
+    );
+    let out = kubectl_as(
+        &cp,
+        &joiner,
+        &["create", "-f", "-"],
+        Some(&bootstrap.to_string()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = csrs.get("node-csr-joiner").await.unwrap();
+    assert_eq!(
+        got.spec.username.as_deref(),
+        Some("system:bootstrap:abcdef")
+    );
+
     // Discovery lists the resource with its short name and subresources.
     let out = cp
         .kubectl_ok(&["get", "--raw", "/apis/certificates.k8s.io/v1"])
