@@ -603,6 +603,93 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
         changed_tasks(&out)
     );
 
+    // Handlers act on what changed, and only on that: drift in the scheduler's config is put
+    // back and reloads the scheduler (in place) and nothing else.
+    let reloads = |unit: &str| {
+        m.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
+            .lines()
+            .filter(|l| l.starts_with("Reloading"))
+            .count()
+    };
+    let show = |unit: &str| {
+        m.ok(&["systemctl", "show", "-p", "MainPID", "--value", unit])
+            .trim()
+            .to_string()
+    };
+    let (sched_before, api_before) = (reloads("kelson-scheduler"), reloads("kelson-apiserver"));
+    let sched_pid = show("kelson-scheduler");
+    m.ok(&["sh", "-c", "echo '# drift' >> /etc/kelson/scheduler.toml"]);
+    let (third, out) = play("site.yml", &[]);
+    let changed = changed_tasks(&out);
+    assert_eq!(third["changed"], 2, "drift repair: {changed:#?}");
+    assert!(
+        changed
+            .iter()
+            .any(|t| t.contains("Distribute this machine's configuration")
+                && t.contains("/etc/kelson/scheduler.toml"))
+            && changed
+                .iter()
+                .any(|t| t.contains("Reload changed Kelson units")),
+        "drift repair: {changed:#?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads("kelson-scheduler") <= sched_before {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler was not reloaded after its config changed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGHUP reloads in place: the same process, still active.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = m.ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveState",
+            "--value",
+            "kelson-scheduler",
+        ]);
+        if state.trim() == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler is {} after its reload:\n{}",
+            state.trim(),
+            m.ok(&[
+                "journalctl",
+                "--no-pager",
+                "-n",
+                "40",
+                "-u",
+                "kelson-scheduler"
+            ])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        show("kelson-scheduler"),
+        sched_pid,
+        "reload restarted the scheduler:\n{}",
+        m.ok(&[
+            "journalctl",
+            "--no-pager",
+            "-n",
+            "40",
+            "-u",
+            "kelson-scheduler"
+        ])
+    );
+    assert_eq!(
+        reloads("kelson-apiserver"),
+        api_before,
+        "the API server was reloaded although none of its files changed"
+    );
+    let sched_toml = m.ok(&["cat", "/etc/kelson/scheduler.toml"]);
+    assert!(!sched_toml.contains("# drift"), "{sched_toml}");
+
     // A rolling upgrade with the same build is a no-op that passes its health checks.
     let (up, out) = play("upgrade.yml", &[]);
     assert_eq!(
