@@ -22,6 +22,7 @@ pub mod init;
 pub mod install;
 pub mod join;
 pub mod kv;
+pub mod lab;
 pub mod pki_renew;
 pub mod token;
 pub mod up;
@@ -62,6 +63,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Join this machine to a cluster: verify its CA by hash, write the bootstrap kubeconfig.
     Join(join::JoinArgs),
+    /// A multi-machine lab cluster on this host (nspawn machines, zones, fault injection).
+    Lab(lab::LabArgs),
     /// A multi-machine cluster described in cluster.toml: check it, render per-machine configs.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -126,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Init(a) => init::run(a),
         Command::Token(c) => token::run(c).await,
         Command::Join(a) => join::run(a).await,
+        Command::Lab(a) => lab::run(a),
         Command::Cluster(c) => cluster::run(c),
     }
 }
