@@ -644,7 +644,9 @@ async fn kubelet_renews_its_client_certificate_before_expiry_and_stays_ready() -
         "{}",
         diag(&env, &k)
     );
-    // New connections really presented the new pair.
+    // The client's certificate resolver loaded the new pair (and rotation closed the old
+    // connections, so the heartbeats above came over handshakes with it: the old certificate
+    // had expired).
     assert!(
         k.guard.log().contains("TLS certificate reloaded"),
         "{}",
