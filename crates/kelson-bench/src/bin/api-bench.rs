@@ -123,6 +123,8 @@ struct Phase {
     errors: u64,
     first_error: Option<String>,
     elapsed: Duration,
+    /// CPU seconds used during the phase by the API server, kelson-kv and this program.
+    cpu: Option<[f64; 3]>,
 }
 
 impl Phase {
@@ -153,10 +155,27 @@ impl Phase {
     }
 
     fn note(&self) -> String {
-        match (&self.first_error, self.errors) {
-            (Some(e), n) => format!("{n} errors, first: {}", truncate(e, 120)),
-            (None, _) => String::new(),
+        let mut note = String::new();
+        if let Some(c) = self.cpu.filter(|_| self.ops > 0) {
+            let per = |v: f64| report::fmt_value(v * 1000.0 / self.ops as f64);
+            note = format!(
+                "CPU ms/op: apiserver {}, kelson-kv {}, client {}",
+                per(c[0]),
+                per(c[1]),
+                per(c[2])
+            );
         }
+        if let Some(e) = &self.first_error {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(&format!(
+                "{} errors, first: {}",
+                self.errors,
+                truncate(e, 120)
+            ));
+        }
+        note
     }
 
     /// QPS, p50 and p99 lines for `workload`, the p99 judged against `p99_target`.
@@ -165,6 +184,25 @@ impl Phase {
             Line::new(workload, "ops/s", self.per_sec()).note(self.note()),
             Line::new(workload, "p50 ms", self.hist.ms(0.50)),
             Line::new(workload, "p99 ms", self.hist.ms(0.99)).target(p99_target),
+        ]
+    }
+}
+
+/// CPU seconds used so far by the API server, kelson-kv and this program: the cheap profile
+/// of where a phase's time went (the three share the 2 cores).
+#[derive(Clone, Copy)]
+struct Procs {
+    api: u32,
+    kv: Option<u32>,
+}
+
+impl Procs {
+    fn sample(&self) -> [f64; 3] {
+        let get = |p: Option<u32>| p.and_then(report::cpu_seconds).unwrap_or(f64::NAN);
+        [
+            get(Some(self.api)),
+            get(self.kv),
+            get(Some(std::process::id())),
         ]
     }
 }
@@ -181,6 +219,7 @@ fn truncate(s: &str, n: usize) -> String {
 /// the last seen resourceVersion never conflict). Returns create, get, update, delete phases.
 async fn crud(
     client: &kube::Client,
+    procs: Procs,
     ns: &str,
     clients: usize,
     dur: Duration,
@@ -189,6 +228,7 @@ async fn crud(
     let run_phase = |kind: usize, owned: Vec<Vec<Pod>>| {
         let api = api.clone();
         async move {
+            let cpu0 = procs.sample();
             let start = Instant::now();
             let deadline = start + dur;
             let tasks = owned.into_iter().enumerate().map(|(c, mut pods)| {
@@ -280,6 +320,8 @@ async fn crud(
                 owned.push(pods);
             }
             total.elapsed = start.elapsed();
+            let cpu1 = procs.sample();
+            total.cpu = Some([cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], cpu1[2] - cpu0[2]]);
             anyhow::Ok((total, owned))
         }
     };
@@ -546,58 +588,70 @@ struct ListMetaShape {
     cont: Option<String>,
 }
 
-/// Full LIST (best and median of `reps`) and paginated LIST (`limit`, median of `reps` full
-/// walks) of `ns`; checks every walk returns `expect` items.
+/// Full LIST (`reps` times) and paginated LIST (`limit`, `reps` full walks) of `ns`; checks
+/// every walk returns `expect` items. Each kind fails on its own (a server that cannot answer
+/// the full list may still page), so one failure does not hide the other row.
 async fn list_rows(
     client: &kube::Client,
     ns: &str,
     expect: usize,
     reps: usize,
     limit: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, usize)> {
-    let mut full = Vec::new();
-    let mut bytes = 0;
-    for _ in 0..reps {
-        let (d, body) = timed_get(client, &format!("/api/v1/namespaces/{ns}/pods")).await?;
-        let parsed: ListShape = serde_json::from_str(&body).context("decoding the LIST")?;
-        if parsed.items.len() != expect {
-            bail!(
-                "LIST returned {} pods, expected {expect}",
-                parsed.items.len()
-            );
-        }
-        bytes = body.len();
-        full.push(d);
-    }
-    let mut paged = Vec::new();
-    for _ in 0..reps {
-        let mut total = Duration::ZERO;
-        let mut items = 0;
-        let mut cont: Option<String> = None;
-        for _page in 0..(expect / limit + 2) {
-            let mut path = format!("/api/v1/namespaces/{ns}/pods?limit={limit}");
-            if let Some(c) = &cont {
-                path.push_str("&continue=");
-                path.push_str(&urlencode(c));
+) -> (
+    anyhow::Result<(Vec<Duration>, usize)>,
+    anyhow::Result<Vec<Duration>>,
+) {
+    let full = async {
+        let mut full = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..reps {
+            let (d, body) = timed_get(client, &format!("/api/v1/namespaces/{ns}/pods")).await?;
+            let parsed: ListShape = serde_json::from_str(&body).context("decoding the LIST")?;
+            if parsed.items.len() != expect {
+                bail!(
+                    "LIST returned {} pods, expected {expect}",
+                    parsed.items.len()
+                );
             }
-            let (d, body) = timed_get(client, &path).await?;
-            total += d;
-            let parsed: ListShape = serde_json::from_str(&body).context("decoding a page")?;
-            items += parsed.items.len();
-            cont = parsed.metadata.cont.filter(|c| !c.is_empty());
-            if cont.is_none() {
-                break;
-            }
+            bytes = body.len();
+            full.push(d);
         }
-        if items != expect || cont.is_some() {
-            bail!(
-                "paginated LIST returned {items} pods (continue left: {}), expected {expect}",
-                cont.is_some()
-            );
-        }
-        paged.push(total);
+        anyhow::Ok((full, bytes))
     }
-    Ok((full, paged, bytes))
+    .await;
+    let paged = async {
+        let mut paged = Vec::new();
+        for _ in 0..reps {
+            let mut total = Duration::ZERO;
+            let mut items = 0;
+            let mut cont: Option<String> = None;
+            for _page in 0..(expect / limit + 2) {
+                let mut path = format!("/api/v1/namespaces/{ns}/pods?limit={limit}");
+                if let Some(c) = &cont {
+                    path.push_str("&continue=");
+                    path.push_str(&urlencode(c));
+                }
+                let (d, body) = timed_get(client, &path).await?;
+                total += d;
+                let parsed: ListShape = serde_json::from_str(&body).context("decoding a page")?;
+                items += parsed.items.len();
+                cont = parsed.metadata.cont.filter(|c| !c.is_empty());
+                if cont.is_none() {
+                    break;
+                }
+            }
+            if items != expect || cont.is_some() {
+                bail!(
+                    "paginated LIST returned {items} pods (continue left: {}), expected {expect}",
+                    cont.is_some()
+                );
+            }
+            paged.push(total);
+        }
+        anyhow::Ok(paged)
+    }
+    .await;
+    (full, paged)
 }
 
 /// Percent-encodes a continue token for a query string (tokens are base64: `+`, `/`, `=`).
@@ -662,6 +716,11 @@ async fn main() -> anyhow::Result<()> {
         .to_string();
     let api_pid = report::find_pid("kelson-apiserver", &["--secure-port", &port])
         .context("finding the API server's pid")?;
+    let kv_url = cp.store().endpoint(0);
+    let procs = Procs {
+        api: api_pid,
+        kv: report::find_pid("kelson-kv", &["--listen-client-urls", &kv_url]),
+    };
     let client = cp.client().await?;
     info!(
         "control plane up in {:?} (apiserver pid {api_pid})",
@@ -675,9 +734,7 @@ async fn main() -> anyhow::Result<()> {
     if groups.contains(&Group::Crud) {
         ensure_namespace(&client, "bench-crud").await?;
         for &c in &a.clients {
-            let cpu0 = report::cpu_seconds(api_pid);
-            let [create, get, update, delete] = crud(&client, "bench-crud", c, dur).await?;
-            let cpu = cpu0.zip(report::cpu_seconds(api_pid)).map(|(a, b)| b - a);
+            let [create, get, update, delete] = crud(&client, procs, "bench-crud", c, dur).await?;
             let plural = if c == 1 { "" } else { "s" };
             for (name, ph) in [
                 ("create", &create),
@@ -695,9 +752,6 @@ async fn main() -> anyhow::Result<()> {
                 );
                 lines.extend(ph.lines(&format!("pod {name}, {c} client{plural}"), Target::None));
             }
-            if let Some(cpu) = cpu {
-                info!("crud {c}: apiserver used {cpu:.1} CPU-s");
-            }
         }
     }
 
@@ -705,15 +759,16 @@ async fn main() -> anyhow::Result<()> {
         ensure_namespace(&client, "bench-open").await?;
         let api: Api<Pod> = Api::namespaced(client.clone(), "bench-open");
         let a2 = api.clone();
-        let cpu0 = report::cpu_seconds(api_pid);
-        let create = open_loop(a.rate, open_dur, move |i| {
+        let cpu0 = procs.sample();
+        let mut create = open_loop(a.rate, open_dur, move |i| {
             let api = a2.clone();
             let p = pod("bench-open", &format!("open-{i:06}"));
             async move { api.create(&PostParams::default(), &p).await.map(|_| ()) }
         })
         .await?;
+        let cpu1 = procs.sample();
         let a2 = api.clone();
-        let delete = open_loop(a.rate, open_dur, move |i| {
+        let mut delete = open_loop(a.rate, open_dur, move |i| {
             let api = a2.clone();
             async move {
                 let dp = DeleteParams {
@@ -724,7 +779,10 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-        let cpu = cpu0.zip(report::cpu_seconds(api_pid)).map(|(a, b)| b - a);
+        let cpu2 = procs.sample();
+        let d = |a: [f64; 3], b: [f64; 3]| Some([b[0] - a[0], b[1] - a[1], b[2] - a[2]]);
+        create.cpu = d(cpu0, cpu1);
+        delete.cpu = d(cpu1, cpu2);
         for (name, ph) in [("create", &create), ("delete", &delete)] {
             info!(
                 "open {name}: {} ops {} errors in {:?}, p50 {:?} p99 {:?} ms",
@@ -739,13 +797,20 @@ async fn main() -> anyhow::Result<()> {
             ls[0].metric = "achieved/s".into();
             lines.extend(ls);
         }
-        if let Some(cpu) = cpu {
-            let s = (create.elapsed + delete.elapsed).as_secs_f64();
-            lines.push(
-                Line::new("open loop, API server CPU", "cores busy", Some(cpu / s))
-                    .note("of 2; the client and kelson-kv share them"),
-            );
-        }
+        let s = (create.elapsed + delete.elapsed).as_secs_f64();
+        let busy = (cpu2[0] - cpu0[0]) / s;
+        lines.push(
+            Line::new(
+                "open loop, API server CPU",
+                "cores busy",
+                Some(busy).filter(|v| v.is_finite()),
+            )
+            .note(format!(
+                "of 2; kelson-kv {}, client {}",
+                report::fmt_value((cpu2[1] - cpu0[1]) / s),
+                report::fmt_value((cpu2[2] - cpu0[2]) / s)
+            )),
+        );
     }
 
     if groups.contains(&Group::Watch) {
@@ -789,14 +854,28 @@ async fn main() -> anyhow::Result<()> {
         bulk_create(&api, "list", list_pods, 64).await?;
         let load_s = t.elapsed().as_secs_f64();
         info!("{list_pods} pods loaded in {load_s:.1} s");
-        let k = if list_pods % 1000 == 0 {
+        let k = if list_pods.is_multiple_of(1000) {
             format!("{}k", list_pods / 1000)
         } else {
             list_pods.to_string()
         };
         let rss_loaded = report::rss_mb(api_pid);
-        let (mut full, mut paged, bytes) =
-            list_rows(&client, "bench-list", list_pods, if q { 3 } else { 5 }, 500).await?;
+        let reps = if q { 3 } else { 5 };
+        let cpu0 = procs.sample();
+        let (full_r, paged_r) = list_rows(&client, "bench-list", list_pods, reps, 500).await;
+        let err_note = |e: &anyhow::Error| format!("FAILED: {}", truncate(&format!("{e:#}"), 160));
+        let (mut full, bytes, full_err) = match full_r {
+            Ok((f, b)) => (f, b, None),
+            Err(e) => (Vec::new(), 0, Some(err_note(&e))),
+        };
+        let (mut paged, paged_err) = match paged_r {
+            Ok(p) => (p, None),
+            Err(e) => (Vec::new(), Some(err_note(&e))),
+        };
+        let cpu1 = procs.sample();
+        // Per full walk (one full LIST + one paginated walk per rep); the client's share
+        // includes its JSON check of every answer, outside the timed window.
+        let per = |i: usize| report::fmt_value((cpu1[i] - cpu0[i]) * 1000.0 / (2 * reps) as f64);
         let best_full = full.iter().min().map(|d| d.as_secs_f64() * 1000.0);
         lines.push(
             Line::new(
@@ -805,17 +884,25 @@ async fn main() -> anyhow::Result<()> {
                 median(&mut full),
             )
             .target(Target::AtMost(LIST_MS))
-            .note(format!(
-                "{:.1} MB JSON, best {}",
-                bytes as f64 / 1e6,
-                best_full.map(report::fmt_value).unwrap_or_default()
-            )),
+            .note(full_err.unwrap_or_else(|| {
+                format!(
+                    "{:.1} MB JSON, best {}; CPU ms per walk: apiserver {}, kelson-kv {}, client {}",
+                    bytes as f64 / 1e6,
+                    best_full.map(report::fmt_value).unwrap_or_default(),
+                    per(0),
+                    per(1),
+                    per(2)
+                )
+            })),
         );
-        lines.push(Line::new(
-            format!("LIST {k} pods, limit=500 pages"),
-            "median ms (all pages)",
-            median(&mut paged),
-        ));
+        lines.push(
+            Line::new(
+                format!("LIST {k} pods, limit=500 pages"),
+                "median ms (all pages)",
+                median(&mut paged),
+            )
+            .note(paged_err.unwrap_or_default()),
+        );
         lines.push(Line::new(
             format!("{k} pods loaded (64 clients)"),
             "creates/s",

@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<Variant>,
     /// Give up on a variant after this many seconds.
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 120)]
     timeout: u64,
 }
 
@@ -291,34 +291,44 @@ async fn run_e2e(
         .await
         .context("opening the pod watch")?;
     let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
+    // Bounded: after `timeout` the watcher hands back what it saw (a partial result is a
+    // table note, not an aborted run).
     let watcher = tokio::spawn(async move {
         let mut bound_at: Vec<Option<Instant>> = vec![None; n];
         let mut count = 0usize;
         let mut lines = stream.lines();
-        while let Some(line) = lines.try_next().await? {
-            let now = Instant::now();
-            let ev: Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            let obj = &ev["object"];
-            if obj["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
-                continue;
-            }
-            let Some(i) = obj["metadata"]["name"]
-                .as_str()
-                .and_then(|s| s.strip_prefix("p-"))
-                .and_then(|s| s.parse::<usize>().ok())
-            else {
-                continue;
-            };
-            if i < n && bound_at[i].is_none() {
-                bound_at[i] = Some(now);
-                count += 1;
-                if count == n {
-                    break;
+        let read = async {
+            while let Some(line) = lines.try_next().await? {
+                let now = Instant::now();
+                let ev: Value = match serde_json::from_str(&line) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                let obj = &ev["object"];
+                if obj["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+                    continue;
+                }
+                let Some(i) = obj["metadata"]["name"]
+                    .as_str()
+                    .and_then(|s| s.strip_prefix("p-"))
+                    .and_then(|s| s.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                if i < n && bound_at[i].is_none() {
+                    bound_at[i] = Some(now);
+                    count += 1;
+                    if count == n {
+                        break;
+                    }
                 }
             }
+            anyhow::Ok(())
+        };
+        let res = tokio::time::timeout(timeout, read).await;
+        match res {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!("{count} of {n} pods bound when the watch gave up"),
         }
         anyhow::Ok(bound_at)
     });
@@ -350,10 +360,7 @@ async fn run_e2e(
         v.label(),
         errors.len()
     );
-    let bound_at = match tokio::time::timeout(timeout, watcher).await {
-        Ok(r) => r.context("watcher task panicked")??,
-        Err(_) => bail!("{}: not all {n} pods bound within {timeout:?}", v.label()),
-    };
+    let bound_at = watcher.await.context("watcher task panicked")??;
     let mut latency = Hist::default();
     let mut first_bind: Option<Instant> = None;
     let mut last_bind: Option<Instant> = None;
@@ -451,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(a.timeout);
     let mut lines: Vec<Line> = Vec::new();
     let k = |n: usize| {
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             format!("{}k", n / 1000)
         } else {
             n.to_string()
