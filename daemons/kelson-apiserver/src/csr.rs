@@ -646,29 +646,29 @@ pub fn admit_create(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Subresource handlers
 
-/// GET/PUT/PATCH of `certificatesigningrequests/<name>/status|approval`.
+/// GET/PUT/PATCH (JSON, merge, strategic or server-side apply) of
+/// `certificatesigningrequests/<name>/status|approval`. Writes record `managedFields` under
+/// the subresource, like the generic handlers.
 pub async fn subresource(
     r: &mut Req<'_>,
     verb: &str,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    use crate::apply::{set_managed_fields, FieldManager, Options};
     let approval = r.t.sub.is_some_and(|s| s.name() == "approval");
+    let sub: &'static str = if approval { "approval" } else { "status" };
     let name = r.t.name.clone().unwrap_or_default();
     let info = r.t.info;
     let key = handlers::key(r.api, info, None, &name);
     let not_found = |e: kelson_apistorage::StorageError| e.to_api_error(GROUP, RESOURCE, &name);
     let cur0 = r.api.store.get(&key, None).await.map_err(not_found)?;
-    let incoming = match verb {
+    let (incoming, fm) = match verb {
         "get" => return Ok(r.ok(StatusCode::OK, &cur0)),
         "update" => {
             let obj = handlers::decode_typed(r, body, KIND, &info.api_version())?;
-            let body_name = obj["metadata"]["name"].as_str().unwrap_or_default();
-            if body_name != name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
-                )));
-            }
-            Incoming::Object(obj)
+            check_body_name(&obj, &name, false)?;
+            let fm = FieldManager::for_request(info, &r.q, r.headers, sub, Options::Update)?;
+            (Incoming::Object(obj), fm)
         }
         "patch" => {
             let ct = r
@@ -677,22 +677,24 @@ pub async fn subresource(
                 .and_then(|v| v.to_str().ok());
             let pt = PatchType::from_content_type(&h::media_type(ct))?;
             if pt == PatchType::Apply {
-                return Err(ApiError::unsupported_media_type(
-                    "application/json-patch+json, application/merge-patch+json, \
-                     application/strategic-merge-patch+json",
-                ));
+                let fm = FieldManager::for_request(info, &r.q, r.headers, sub, Options::Apply)?;
+                let mut config = decode_apply_config(body, &info.api_version())?;
+                check_body_name(&config, &name, true)?;
+                config["metadata"]["name"] = json!(name);
+                handlers::field_validation(r, &config)?;
+                let force = matches!(r.q.get("force").map(String::as_str), Some("true" | "1"));
+                (Incoming::Apply { config, force }, fm)
+            } else {
+                let first = patch::apply_to(pt, &cur0, body, info.definition)?;
+                handlers::field_validation(r, &first)?;
+                let fm = FieldManager::for_request(info, &r.q, r.headers, sub, Options::Patch)?;
+                (Incoming::Patch(pt), fm)
             }
-            let first = patch::apply_to(pt, &cur0, body, info.definition)?;
-            handlers::field_validation(r, &first)?;
-            Incoming::Patch(pt)
         }
         v => {
             return Err(ApiError::method_not_supported(
                 v,
-                &format!(
-                    "{RESOURCE}/{}",
-                    if approval { "approval" } else { "status" }
-                ),
+                &format!("{RESOURCE}/{sub}"),
             ))
         }
     };
@@ -715,9 +717,16 @@ pub async fn subresource(
     let out = api
         .store
         .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
-            let obj = match &incoming {
-                Incoming::Object(o) => o.clone(),
-                Incoming::Patch(pt) => patch::apply_to(*pt, &cur, body, definition)?,
+            // The object as the client wants it, and the managedFields it brought (or, for
+            // apply, computed).
+            let (obj, managed) = match &incoming {
+                Incoming::Object(o) => (o.clone(), None),
+                Incoming::Patch(pt) => (patch::apply_to(*pt, &cur, body, definition)?, None),
+                Incoming::Apply { config, force } => {
+                    let mut applied = fm.apply(Some(&cur), config, *force)?;
+                    let mf = applied["metadata"]["managedFields"].take();
+                    (applied, Some(mf))
+                }
             };
             handlers::check_resource_version(
                 info,
@@ -727,7 +736,7 @@ pub async fn subresource(
                     .filter(|s| !s.is_empty()),
                 &cur,
             )?;
-            let new = merge_subresource(&cur, &obj, approval)?;
+            let mut new = merge_subresource(&cur, &obj, approval)?;
             // CertificateSigning: only a change of the certificate needs `sign`.
             if !approval
                 && new["status"]["certificate"] != cur["status"]["certificate"]
@@ -738,6 +747,12 @@ pub async fn subresource(
                     format!("user not permitted to sign requests with signerName {signer:?}"),
                 ));
             }
+            match managed {
+                Some(mf) => set_managed_fields(&mut new, Some(mf)),
+                None => {
+                    fm.record_update(info, &cur, &mut new, &obj["metadata"]["managedFields"])?
+                }
+            }
             Ok(new)
         })
         .await
@@ -745,9 +760,51 @@ pub async fn subresource(
     Ok(r.ok(StatusCode::OK, &out))
 }
 
+/// A body's `metadata.name` must be the URL's (an apply configuration may leave it out).
+fn check_body_name(obj: &Value, name: &str, may_omit: bool) -> Result<(), ApiError> {
+    match obj["metadata"]["name"].as_str().unwrap_or_default() {
+        "" if may_omit => Ok(()),
+        n if n == name => Ok(()),
+        n => Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        ))),
+    }
+}
+
+/// An apply configuration (YAML or JSON) of a CSR.
+fn decode_apply_config(body: &[u8], api_version: &str) -> Result<Value, ApiError> {
+    let mut v: Value = serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the apply configuration must be an object",
+        ));
+    }
+    let (gv, kind) = (
+        v["apiVersion"].as_str().unwrap_or_default(),
+        v["kind"].as_str().unwrap_or_default(),
+    );
+    if gv != api_version || kind != KIND {
+        let (g, ver) = gv.rsplit_once('/').unwrap_or(("", gv));
+        return Err(ApiError::bad_request(format!(
+            "invalid object type: {g}/{ver}, Kind={kind}"
+        )));
+    }
+    if v["metadata"].is_null() {
+        v["metadata"] = json!({});
+    }
+    if !v["metadata"].is_object() || !v["metadata"]["managedFields"].is_null() {
+        return Err(ApiError::bad_request(
+            "metadata must be an object without managedFields",
+        ));
+    }
+    Ok(v)
+}
+
 enum Incoming {
     Object(Value),
     Patch(PatchType),
+    Apply { config: Value, force: bool },
 }
 
 // ---------------------------------------------------------------------------------------------

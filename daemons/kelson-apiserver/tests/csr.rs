@@ -454,6 +454,47 @@ async fn csr_requester_approval_and_status() {
     assert_eq!(err.code, 422, "{err:?}");
     assert!(err.message.contains("mutually exclusive"), "{err:?}");
 
+    // A signer reports failure with a server-side apply of status: the Denied condition
+    // (kubectl's) stays, Failed joins it, and the apply is recorded under `status`.
+    let failed = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "SignerFailed", "message": "denied requests are not signed"}]}});
+    let out = csrs
+        .patch_status(
+            "alice-2",
+            &PatchParams::apply("test-signer"),
+            &Patch::Apply(&failed),
+        )
+        .await
+        .unwrap();
+    let types: Vec<String> = out
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.type_)
+        .collect();
+    assert_eq!(types, ["Denied", "Failed"]);
+    let mf = out.metadata.managed_fields.clone().unwrap_or_default();
+    assert!(
+        mf.iter()
+            .any(|m| m.manager.as_deref() == Some("test-signer")
+                && m.subresource.as_deref() == Some("status")
+                && m.operation.as_deref() == Some("Apply")),
+        "{mf:?}"
+    );
+    let out = kubectl_as(
+        &cp,
+        &admin,
+        &["get", "csr", "alice-2", "--no-headers"],
+        None,
+    );
+    assert!(
+        text(&out.stdout).ends_with("Denied,Failed"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // A spec change through the resource itself is not applied (upstream keeps the stored
     // spec); labels are.
     let spec_change = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"signerName": "example.com/other", "usages": ["server auth"]}});
