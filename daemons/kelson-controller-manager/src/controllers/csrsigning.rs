@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::time::OffsetDateTime;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition,
 };
@@ -38,7 +39,6 @@ use rcgen::{
     CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use ::time::OffsetDateTime;
 use x509_parser::prelude::*;
 
 use super::{is_status, Controller, Ctx, Result};
@@ -557,5 +557,21 @@ mod tests {
         // A mismatched key is refused at load.
         let (_, other_key) = ca();
         assert!(Signer::from_pem(&cert, &other_key, Duration::from_secs(1)).is_err());
+        // Both files or neither.
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+        std::fs::write(&c, &cert).unwrap();
+        std::fs::write(&k, &key).unwrap();
+        let d = Duration::from_secs(60);
+        assert!(load_from(Some(&c), None, d).is_err());
+        assert!(load_from(None, None, d).unwrap().is_none());
+        assert_eq!(
+            load_from(Some(&c), Some(&k), d)
+                .unwrap()
+                .unwrap()
+                .max_duration,
+            d
+        );
+        assert!(load_from(Some(&k), Some(&k), d).is_err());
     }
 }
