@@ -21,7 +21,9 @@
 //!   `status.certificate` needs `sign` on the signer, the certificate must be PEM `CERTIFICATE`
 //!   blocks that parse, and once set it cannot change.
 //! - On both subresources a condition's `lastUpdateTime` defaults to now and
-//!   `lastTransitionTime` to the stored condition's (same type and status) or now.
+//!   `lastTransitionTime` to the stored condition's (same type and status) or now. Both take
+//!   PUT and every PATCH type, server-side apply included (kube-rs controllers use it), and
+//!   record `managedFields` under the subresource like the generic handlers.
 //!
 //! One deliberate addition over upstream: for the three `kubernetes.io/` signers the built-in
 //! signer serves, usages the signer would refuse (`client auth` for kubelet-serving, ...) are
