@@ -153,6 +153,19 @@ fn client_files(kc: &Kubeconfig) -> Option<(PathBuf, PathBuf)> {
     ))
 }
 
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Whether the kubeconfig's client certificate is `cert` (rotation only renews the certificate
+/// it manages, never one an operator configured).
+pub fn kubeconfig_uses_cert(kubeconfig: &Path, cert: &Path) -> bool {
+    Kubeconfig::read_from(kubeconfig)
+        .ok()
+        .and_then(|kc| client_files(&kc))
+        .is_some_and(|(c, _)| absolute(&c) == absolute(cert))
+}
+
 /// Upstream's `isClientConfigStillValid`: readable, and a client certificate file, if used, is
 /// currently valid.
 pub fn kubeconfig_usable(path: &Path) -> bool {
@@ -205,7 +218,8 @@ pub async fn ensure_kubeconfig(
             reason: e.to_string(),
         })?;
     let pem = request_certificate(&client, node_name, BOOTSTRAP_WAIT).await?;
-    let current = install(cert_dir, &pem)?;
+    // Absolute, so the kubeconfig means the same file whatever the reader's directory.
+    let current = absolute(&install(cert_dir, &pem)?);
     write_kubeconfig(kubeconfig, &boot_kc, &current)?;
     tracing::info!(kubeconfig = %kubeconfig.display(), serial = ?serial(&current),
         "TLS bootstrap complete");
@@ -648,6 +662,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flags_default_like_upstream() {
+        let cfg: crate::KubeletConfig =
+            toml::from_str("kubeconfig = \"/k\"\nroot-dir = \"/r\"\n").unwrap();
+        assert!(cfg.rotate_certificates && cfg.bootstrap_kubeconfig.is_none());
+        assert_eq!(cfg.cert_dir(), PathBuf::from("/r/pki"));
+    }
+
+    #[test]
     fn deadline_is_70_to_90_percent() {
         let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let na = nb + Duration::from_secs(100);
@@ -687,6 +709,8 @@ mod tests {
         let kc = dir.path().join("kubelet.conf");
         write_kubeconfig(&kc, &boot, &first).unwrap();
         assert!(kubeconfig_usable(&kc));
+        assert!(kubeconfig_uses_cert(&kc, &first));
+        assert!(!kubeconfig_uses_cert(&kc, &dir.path().join("other.pem")));
         let second = install(dir.path(), &mk(3600)).unwrap();
         assert_ne!(serial(&second).unwrap(), s1);
         assert!(

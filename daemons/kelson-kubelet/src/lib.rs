@@ -76,12 +76,6 @@ async fn runtime_ok(cri: &cri::Cri) -> Result<(), String> {
     }
 }
 
-/// Whether the kubeconfig's text names `cert` (rotation only renews the certificate it manages,
-/// never one an operator put there).
-fn kubeconfig_uses(kubeconfig: &std::path::Path, cert: &std::path::Path) -> bool {
-    std::fs::read_to_string(kubeconfig).is_ok_and(|t| t.contains(&*cert.to_string_lossy()))
-}
-
 /// Runs the kubelet until SIGTERM/SIGINT.
 pub async fn run(
     cfg: KubeletConfig,
@@ -263,7 +257,7 @@ pub async fn run(
 
     let mut extra_tasks = Vec::new();
     let current_cert = cfg.cert_dir().join(bootstrap::CURRENT);
-    if cfg.rotate_certificates && kubeconfig_uses(&cfg.kubeconfig, &current_cert) {
+    if cfg.rotate_certificates && bootstrap::kubeconfig_uses_cert(&cfg.kubeconfig, &current_cert) {
         extra_tasks.push(tokio::spawn(bootstrap::rotate(
             client.clone(),
             conns.clone(),
