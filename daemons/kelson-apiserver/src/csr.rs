@@ -561,6 +561,9 @@ fn preserve_conditions(new: &mut Value, old: &Value, ty: &str) {
 /// from `incoming`, defaulted and validated.
 fn merge_subresource(cur: &Value, incoming: &Value, approval: bool) -> Result<Value, ApiError> {
     let name = cur["metadata"]["name"].as_str().unwrap_or_default();
+    if !incoming["status"].is_object() && !incoming["status"].is_null() {
+        return Err(ApiError::bad_request("status must be an object"));
+    }
     let mut new = cur.clone();
     if !new["status"].is_object() {
         new["status"] = json!({});
@@ -908,6 +911,23 @@ mod tests {
         assert!(new["status"]["conditions"][1]["lastUpdateTime"].is_string());
         assert_eq!(condition_summary(&new), "Approved,Failed");
         assert_eq!(condition_summary(&json!({})), "Pending");
+    }
+
+    #[test]
+    fn malformed_subresource_bodies_are_errors_not_panics() {
+        let cur = json!({"metadata": {"name": "c"}, "spec": {}, "status": {}});
+        for incoming in [
+            json!({"status": "x"}),
+            json!({"status": {"conditions": "x"}}),
+            json!({"status": {"conditions": [1, "a", null]}}),
+        ] {
+            for approval in [true, false] {
+                assert!(
+                    merge_subresource(&cur, &incoming, approval).is_err(),
+                    "{incoming} approval={approval}"
+                );
+            }
+        }
     }
 
     #[test]
