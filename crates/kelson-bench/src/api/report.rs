@@ -42,7 +42,7 @@ impl Hist {
 
     /// The `q` quantile (0..=1) in milliseconds, `None` when empty.
     pub fn ms(&self, q: f64) -> Option<f64> {
-        (self.0.len() > 0).then(|| self.0.value_at_quantile(q) as f64 / 1000.0)
+        (!self.0.is_empty()).then(|| self.0.value_at_quantile(q) as f64 / 1000.0)
     }
 }
 
