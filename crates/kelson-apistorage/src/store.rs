@@ -328,7 +328,12 @@ impl Storage {
                 g = g.with_serializable();
             }
             first = false;
-            let mut kv = self.client.kv_client();
+            // Unpaged lists answer in one range response: lift tonic's 4 MiB decode limit
+            // (10k pods are ~18 MB), as kube-apiserver sets MaxCallRecvMsgSize to MaxInt32.
+            let mut kv = self
+                .client
+                .kv_client()
+                .max_decoding_message_size(i32::MAX as usize);
             let resp = match self.timed(kv.get(start.as_str(), Some(g))).await? {
                 Ok(r) => r,
                 Err(e) => {
