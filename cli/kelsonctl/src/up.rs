@@ -642,6 +642,11 @@ pub fn components(
         &[
             &"--root-ca-file",
             &pki.ca_cert,
+            // csrsigning: kubelet client certificates from TLS bootstrap and rotation.
+            &"--cluster-signing-cert-file",
+            &pki.ca_cert,
+            &"--cluster-signing-key-file",
+            &pki.dir.join("ca.key"),
             &"--allocate-node-cidrs",
             &"--cluster-cidr",
             &CLUSTER_CIDR,

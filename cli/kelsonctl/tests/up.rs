@@ -326,7 +326,26 @@ fn up_serves_stops_and_resumes() {
         assert_eq!(ex.status.code(), Some(3), "{ex:?}");
         assert!(String::from_utf8_lossy(&ex.stdout).contains("exec-ok"));
 
-        // Every node daemon shows on the private bus `up` runs.
+        // `systemctl reload` sends SIGHUP: no daemon may die of it.
+        let log = up.log();
+        for d in [
+            "scheduler",
+            "controller-manager",
+            "proxy",
+            "dns",
+            "kubelet",
+            "apiserver",
+        ] {
+            let pid: i32 = log
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{d}: pid ")))
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no `{d}: pid` line:\n{log}"));
+            kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+
+        // Every node daemon shows on the private bus `up` runs (and survived the SIGHUP).
         let st = Command::new(env!("CARGO_BIN_EXE_kelsonctl"))
             .args(["status", "--json", "--bus"])
             .arg(format!(

@@ -92,3 +92,21 @@ fn register(kind: SignalKind, name: &'static str) -> Result<Signal, RuntimeError
         source,
     })
 }
+
+/// Runs the daemon's reload on every SIGHUP (what `systemctl reload` sends through the units'
+/// `ExecReload=`), for daemons whose main loop has no other use for the signal. Without a
+/// handler SIGHUP's default action would terminate the process — a clean exit systemd would
+/// not restart.
+pub fn reload_on_sighup(
+    state: &crate::dbus::DaemonState,
+) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
+    let mut hup = reload_signals()?;
+    let state = state.clone();
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Err(e) = state.reload().await {
+                tracing::warn!(error = %e, "reload failed");
+            }
+        }
+    }))
+}

@@ -147,6 +147,8 @@ pub async fn run(cfg: DnsConfig, common: &CommonArgs, log: LogHandle) -> anyhow:
     let upstreams = cfg.upstreams()?;
     let mut signals = signals::ShutdownSignals::new()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    // `systemctl reload` (SIGHUP) must not terminate the daemon.
+    let _hup = signals::reload_on_sighup(&state)?;
     state.set_status("connecting to the API server");
 
     let forwarder = Forwarder::new(ForwarderOptions {

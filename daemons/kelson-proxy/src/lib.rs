@@ -115,6 +115,8 @@ pub async fn run(cfg: ProxyConfig, common: &CommonArgs, log: LogHandle) -> anyho
     let port_range = cfg.node_port_range()?;
     let mut signals = signals::ShutdownSignals::new()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    // `systemctl reload` (SIGHUP) must not terminate the daemon.
+    let _hup = signals::reload_on_sighup(&state)?;
     state.set_status("starting");
     let shared = Arc::new(Shared::default());
 

@@ -101,6 +101,8 @@ pub async fn run(cfg: SchedulerConfig, common: &CommonArgs, log: LogHandle) -> a
     let (lease, renew, retry) = cfg.leader_timings()?;
     let mut signals = signals::ShutdownSignals::new()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
+    // `systemctl reload` (SIGHUP) must not terminate the daemon.
+    let _hup = signals::reload_on_sighup(&state)?;
     state.set_status("connecting to the API server");
     let shared = Arc::new(Shared::default());
 
