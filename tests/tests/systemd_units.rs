@@ -87,7 +87,10 @@ fn every_unit_and_target_exists() {
     ] {
         assert!(names.iter().any(|n| n == want), "systemd/{want} missing");
     }
-    for p in unit_files().iter().filter(|p| p.extension().unwrap() == "service") {
+    for p in unit_files()
+        .iter()
+        .filter(|p| p.extension().unwrap() == "service")
+    {
         let text = std::fs::read_to_string(p).unwrap();
         for line in ["Type=notify", "Restart=on-failure", "NotifyAccess=main"] {
             assert!(

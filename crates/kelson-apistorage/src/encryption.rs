@@ -291,9 +291,11 @@ impl Encryption {
             for res in &r.resources {
                 let p = match res.split_once('.') {
                     Some(("*", "*")) => format!("{root}/"),
-                    Some(("*", "")) => return Err(format!(
+                    Some(("*", "")) => {
+                        return Err(format!(
                         "resources[{i}]: \"*.\" (every core resource) is not supported; list them"
-                    )),
+                    ))
+                    }
                     Some(("*", g)) => format!("{root}/{g}/"),
                     Some((r, "")) => format!("{root}/{r}/"),
                     None => format!("{root}/{res}/"),

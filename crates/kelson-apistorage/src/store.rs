@@ -531,7 +531,11 @@ impl Storage {
                     CompareOp::Equal,
                     state.rev,
                 )])
-                .and_then([TxnOp::put(key.as_str(), self.seal(&key, data.clone())?, None)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    self.seal(&key, data.clone())?,
+                    None,
+                )])
                 .or_else([TxnOp::get(key.as_str(), None)]);
             let resp = match self.txn(txn).await {
                 Ok(r) => r,

@@ -164,7 +164,11 @@ impl DaemonState {
                 crate::log_event!(tracing::Level::INFO, crate::events::DAEMON_READY, "ready")
             }
             Lifecycle::Stopping => {
-                crate::log_event!(tracing::Level::INFO, crate::events::DAEMON_STOPPING, "stopping")
+                crate::log_event!(
+                    tracing::Level::INFO,
+                    crate::events::DAEMON_STOPPING,
+                    "stopping"
+                )
             }
             _ => {}
         }

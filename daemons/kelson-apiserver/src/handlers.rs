@@ -776,8 +776,22 @@ async fn create(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError
     let info = r.t.info;
     let obj = decode_typed(r, body, info.kind, &info.api_version())?;
     let dry = r.dry_run()?;
-    let fm = crate::apply::FieldManager::for_request(info, &r.q, r.headers, "", crate::apply::Options::Create)?;
-    let out = create_object_with(r.api, info, r.t.namespace.as_deref(), obj, dry, CreateManaged::Update(&fm)).await?;
+    let fm = crate::apply::FieldManager::for_request(
+        info,
+        &r.q,
+        r.headers,
+        "",
+        crate::apply::Options::Create,
+    )?;
+    let out = create_object_with(
+        r.api,
+        info,
+        r.t.namespace.as_deref(),
+        obj,
+        dry,
+        CreateManaged::Update(&fm),
+    )
+    .await?;
     Ok(r.ok(StatusCode::CREATED, &out))
 }
 
@@ -955,7 +969,13 @@ async fn update(
     check_name(r, &obj)?;
     let dry = r.dry_run()?;
     let sub = if status_only { "status" } else { "" };
-    let fm = crate::apply::FieldManager::for_request(info, &r.q, r.headers, sub, crate::apply::Options::Update)?;
+    let fm = crate::apply::FieldManager::for_request(
+        info,
+        &r.q,
+        r.headers,
+        sub,
+        crate::apply::Options::Update,
+    )?;
     // Upstream's update compares the client's resourceVersion inside the update loop (not as a
     // storage precondition), so a stale one is a Conflict with the optimistic-lock message.
     let rv = obj["metadata"]["resourceVersion"]
@@ -1183,7 +1203,13 @@ async fn patch_obj(
         return crate::apply::patch(r, body, status_only).await;
     }
     let sub = if status_only { "status" } else { "" };
-    let fm = crate::apply::FieldManager::for_request(info, &r.q, r.headers, sub, crate::apply::Options::Patch)?;
+    let fm = crate::apply::FieldManager::for_request(
+        info,
+        &r.q,
+        r.headers,
+        sub,
+        crate::apply::Options::Patch,
+    )?;
     let dry = r.dry_run()?;
     let key = r.key(r.name());
     let name = r.name().to_string();

@@ -326,18 +326,14 @@ async fn endpoint(
         let f = kelson_apiresources::negotiate_discovery(accept.unwrap_or(""));
         let v = match f {
             DiscoveryFormat::Legacy => doc,
-            DiscoveryFormat::AggregatedV2 => {
-                crate::crd::docs::merge_aggregated(
-                    kelson_apiresources::aggregated_discovery(legacy, true),
-                    legacy,
-                )
-            }
-            DiscoveryFormat::AggregatedV2Beta1 => {
-                crate::crd::docs::merge_aggregated(
-                    kelson_apiresources::aggregated_discovery(legacy, false),
-                    legacy,
-                )
-            }
+            DiscoveryFormat::AggregatedV2 => crate::crd::docs::merge_aggregated(
+                kelson_apiresources::aggregated_discovery(legacy, true),
+                legacy,
+            ),
+            DiscoveryFormat::AggregatedV2Beta1 => crate::crd::docs::merge_aggregated(
+                kelson_apiresources::aggregated_discovery(legacy, false),
+                legacy,
+            ),
         };
         let mut r = h::json(StatusCode::OK, &v);
         r.headers_mut().insert(
@@ -366,9 +362,10 @@ async fn endpoint(
             .or_else(|| crate::crd::docs::group_version(&g, &v))
             .ok_or_else(ApiError::path_not_found)?),
         Endpoint::OpenApiV2 => openapi_v2(accept)?,
-        Endpoint::OpenIdConfiguration => {
-            h::json(StatusCode::OK, &api.tokens.openid_configuration(&api.server_address))
-        }
+        Endpoint::OpenIdConfiguration => h::json(
+            StatusCode::OK,
+            &api.tokens.openid_configuration(&api.server_address),
+        ),
         Endpoint::OpenIdJwks => {
             let mut r = h::json(StatusCode::OK, &api.tokens.jwks());
             r.headers_mut().insert(

@@ -808,13 +808,15 @@ pub async fn token_request(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body
             "Pod" => ("pods", "pod"),
             "Secret" => ("secrets", "secret"),
             "Node" => ("nodes", "node"),
-            other => return Err(invalid(
-                &sa_name,
-                "spec.boundObjectRef.kind",
-                format!(
+            other => {
+                return Err(invalid(
+                    &sa_name,
+                    "spec.boundObjectRef.kind",
+                    format!(
                     "Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\", \"Node\""
                 ),
-            )),
+                ))
+            }
         };
         if bound["apiVersion"].as_str().is_some_and(|v| v != "v1") {
             return Err(invalid(
