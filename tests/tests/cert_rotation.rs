@@ -183,7 +183,7 @@ async fn certificates_roll_over_under_load_without_failed_requests() -> anyhow::
             Ok((_, status)) => failures.push(format!("{:?}: {status}", started.elapsed())),
             Err(e) => failures.push(format!("{:?}: {e:#}", started.elapsed())),
         }
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             requests += 1;
             match tls_get(&kv, &kv_addr, None).await {
                 Ok((serial, _)) => {
