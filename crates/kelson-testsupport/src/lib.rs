@@ -25,6 +25,7 @@ mod cluster;
 pub mod containerd;
 mod controlplane;
 mod dbus;
+pub mod host;
 mod peer;
 pub mod probe;
 
@@ -34,6 +35,7 @@ pub use cluster::{
 pub use containerd::Containerd;
 pub use controlplane::{client_for, ControlPlane, ControlPlaneOpts, KUBECTL};
 pub use dbus::DbusDaemon;
+pub use host::HostCleanup;
 pub use peer::PeerApiServer;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound, read, released).

@@ -6,57 +6,15 @@
 //! binaries built (`cargo build -p kelson-kv -p kelson-apiserver -p kelson-kubelet`; CI builds
 //! the workspace first). Pod traffic stays on a bridge this test creates and deletes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kelson_testsupport::{bin_path, ChildGuard, Containerd, ControlPlane};
+use kelson_testsupport::{bin_path, ChildGuard, Containerd, ControlPlane, HostCleanup};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-
-/// Removes the CNI bridge and the kubelet's cgroups, also when the test panics.
-struct HostCleanup {
-    bridge: String,
-    cgroup_root: String,
-}
-
-impl Drop for HostCleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-        let mut dirs = Vec::new();
-        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|h| h.path().join(&self.cgroup_root))
-            .chain([Path::new("/sys/fs/cgroup").join(&self.cgroup_root)])
-            .collect();
-        for r in roots {
-            collect_dirs(&r, &mut dirs);
-        }
-        // Deepest first: rmdir only removes empty cgroups.
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_path_buf());
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_dirs(&e.path(), out);
-        }
-    }
-}
 
 fn prerequisites() {
     let root = Command::new("id")

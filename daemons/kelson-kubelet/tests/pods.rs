@@ -17,7 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kelson_kubelet::cri::Cri;
 use kelson_testsupport::{
-    bin_path, wait_for, wait_until, ChildGuard, Containerd, ControlPlane, DbusDaemon,
+    bin_path, wait_for, wait_until, ChildGuard, Containerd, ControlPlane, DbusDaemon, HostCleanup,
 };
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
@@ -37,50 +37,6 @@ fn prerequisites() -> bool {
         );
     }
     ok
-}
-
-/// Removes what the pods' network and cgroups leave on the host (the CNI bridge plugin never
-/// deletes its bridge; the test's cgroup root), also when the test panics.
-struct HostCleanup {
-    bridge: String,
-    cgroup_root: String,
-}
-
-impl Drop for HostCleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-        let mut dirs = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            collect_dirs(&h.path().join(&self.cgroup_root), &mut dirs);
-        }
-        collect_dirs(
-            &Path::new("/sys/fs/cgroup").join(&self.cgroup_root),
-            &mut dirs,
-        );
-        // Deepest first: rmdir only removes empty cgroups.
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_path_buf());
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_dirs(&e.path(), out);
-        }
-    }
 }
 
 struct Kubelet {

@@ -11,7 +11,7 @@
 //! loopback and the test's own bridge.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kelson_pki::{CertRequest, Usage};
 use kelson_testsupport::{
     bin_path, free_port, wait_for, wait_until, ChildGuard, Containerd, ControlPlane,
-    ControlPlaneOpts, DbusDaemon, KUBECTL,
+    ControlPlaneOpts, DbusDaemon, HostCleanup, KUBECTL,
 };
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -46,48 +46,6 @@ fn prerequisites() -> Result<(), String> {
         Err(format!(
             "missing prerequisites: {missing:?} (scripts/setup.sh)"
         ))
-    }
-}
-
-/// Removes the CNI bridge and the test's cgroup tree, also on panic.
-struct HostCleanup {
-    bridge: String,
-    cgroup_root: String,
-}
-
-impl Drop for HostCleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-        let mut dirs = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            collect_dirs(&h.path().join(&self.cgroup_root), &mut dirs);
-        }
-        collect_dirs(
-            &Path::new("/sys/fs/cgroup").join(&self.cgroup_root),
-            &mut dirs,
-        );
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_path_buf());
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_dirs(&e.path(), out);
-        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, ServiceAccount};
 use kelson_kubelet::cri::Cri;
 use kelson_testsupport::{
-    bin_path, wait_for, ChildGuard, Containerd, ControlPlane, ControlPlaneOpts,
+    bin_path, wait_for, ChildGuard, Containerd, ControlPlane, ControlPlaneOpts, HostCleanup,
 };
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -29,47 +29,6 @@ pub fn prerequisites() {
         ok,
         "needs root, containerd, CNI plugins (/usr/lib/cni) and busybox-static (scripts/setup.sh)"
     );
-}
-
-struct HostCleanup {
-    bridge: String,
-    cgroup_root: String,
-}
-
-impl Drop for HostCleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-        let mut dirs = Vec::new();
-        for h in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            collect_dirs(&h.path().join(&self.cgroup_root), &mut dirs);
-        }
-        collect_dirs(
-            &Path::new("/sys/fs/cgroup").join(&self.cgroup_root),
-            &mut dirs,
-        );
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_path_buf());
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_dirs(&e.path(), out);
-        }
-    }
 }
 
 /// A unique small number per test function in this process (bridge names are ≤ 15 chars).
