@@ -1,5 +1,5 @@
 //! What every Kelson component that is an ordinary Kubernetes API client shares: building a
-//! client from a kubeconfig file, and leader election on a `coordination.k8s.io/v1` Lease.
+//! client from a kubeconfig file that follows certificate renewals ([`client`]), and leader election on a `coordination.k8s.io/v1` Lease.
 //!
 //! Leader election follows client-go's `leaderelection` package, so Kelson daemons and upstream
 //! ones interoperate on the same Lease: the holder renews `renewTime` every `retry_period`; a
@@ -9,9 +9,11 @@
 //! candidates can never both win. Defaults are upstream's: lease 15 s, renew deadline 10 s,
 //! retry 2 s.
 
+pub mod client;
 pub mod duration;
 
-use std::path::Path;
+pub use client::client_from_kubeconfig;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -28,21 +30,6 @@ pub enum KubeError {
     },
     #[error("building the API client: {0}")]
     Client(#[from] kube::Error),
-}
-
-/// A client for the cluster described by the kubeconfig at `path` (its current context).
-pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, KubeError> {
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .map_err(|source| KubeError::Kubeconfig {
-            path: path.display().to_string(),
-            source,
-        })?;
-    Ok(kube::Client::try_from(cfg)?)
 }
 
 /// Leader election settings (flags named like upstream's `--leader-elect-*`).
