@@ -16,7 +16,10 @@
 //! - Watches translate etcd events with `prev_kv` into ADDED/MODIFIED/DELETED, including the
 //!   synthetic transitions of a filtered watch, and etcd progress notifications into bookmarks
 //!   ([`watch`]).
+//! - The watch cache ([`cache`]) serves LIST and watch from one store watch per resource,
+//!   with objects encoded once per write.
 
+pub mod cache;
 mod codec;
 mod continue_token;
 pub mod encryption;
@@ -29,6 +32,7 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
+pub use cache::{CacheWatchEvent, CachedList, CachedObject, WatchCache, WatchCaches, WatchStart};
 pub use continue_token::{decode_continue, encode_continue};
 pub use error::{StorageError, UpdateError};
 pub use watch::{WatchEvent, WatchFilter};
