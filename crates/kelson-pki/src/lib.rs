@@ -1,9 +1,17 @@
 //! Certificates for Kelson: a small private CA and the leaf certificates its components use.
 //!
 //! Design:
-//! - One self-signed CA per cluster (`ca.crt`/`ca.key`), ECDSA P-256, 10 years. Leaves are ECDSA
-//!   P-256, 1 year by default, and carry an Authority Key Identifier so that "was this leaf issued
-//!   by this CA?" can be answered by comparing key identifiers without a signature library.
+//! - Two self-signed CAs per cluster, ECDSA P-256, 10 years: the cluster CA (`ca.crt`/`ca.key`,
+//!   CN `kelson-ca`) for the API server, its clients and the kubelets, and the store CA
+//!   (`store-ca.crt`/`store-ca.key`, CN `kelson-store-ca`, kubeadm's `etcd/ca`) for the store's
+//!   serving, peer and client certificates only ([`init_cluster_pki`]). Separate CAs are CIS
+//!   2.7: kelson-kv trusts only the store CA, so no Kubernetes identity (a kubelet's or an
+//!   admin's certificate) is a store credential, and a store client certificate is no
+//!   Kubernetes identity. A directory with the store's files alone ([`init_store_pki`], as
+//!   tests and standalone stores use) has one CA, `ca.crt`, which is then the store CA.
+//! - Leaves are ECDSA P-256, 1 year by default, and carry an Authority Key Identifier so that
+//!   "was this leaf issued by this CA?" can be answered by comparing key identifiers without a
+//!   signature library ([`issued_by`]).
 //! - Everything is PEM on disk, written atomically (temp file in the same directory, fsync,
 //!   rename, fsync of the directory) so that a crash never leaves a half-written key, with the
 //!   private key at mode 0600 and the certificate at 0644.
@@ -40,6 +48,13 @@ pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Common name of the client certificate the API server (and admins) use against the store.
 pub const KV_CLIENT_CN: &str = "kube-apiserver-etcd-client";
+/// File base name of the store CA in a cluster PKI directory (`store-ca.crt`/`store-ca.key`),
+/// the same name `kelsonctl cluster render` gives each control-plane machine's copy.
+pub const STORE_CA_BASENAME: &str = "store-ca";
+/// Common name of the cluster CA.
+pub const CLUSTER_CA_CN: &str = "kelson-ca";
+/// Common name of the store CA.
+pub const STORE_CA_CN: &str = "kelson-store-ca";
 
 /// Errors of this crate; each names the file or step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -233,8 +248,12 @@ impl Ca {
 
     /// Loads `<dir>/ca.crt` and `<dir>/ca.key`.
     pub fn load(dir: &Path) -> Result<Ca> {
-        let cert_path = dir.join("ca.crt");
-        let key_path = dir.join("ca.key");
+        Ca::load_files(&dir.join("ca.crt"), &dir.join("ca.key"))
+    }
+
+    /// Loads a CA from its certificate and key files.
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Ca> {
+        let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err("reading", &cert_path))?;
         let key_pem = fs::read_to_string(&key_path).map_err(io_err("reading", &key_path))?;
         Ca::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
@@ -347,15 +366,56 @@ impl Ca {
         if leaf.issuer() != ca.subject() {
             return false;
         }
-        leaf.extensions()
-            .iter()
-            .any(|ext| match ext.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(aki) => aki
-                    .key_identifier
-                    .as_ref()
-                    .is_some_and(|id| id.0 == self.key_id.as_slice()),
-                _ => false,
-            })
+        authority_key_id(leaf).is_some_and(|id| id == self.key_id.as_slice())
+    }
+
+    /// Whether the certificate (PEM) was issued by this CA (see [`issued_by`]).
+    pub fn issued_pem(&self, leaf_pem: &str) -> bool {
+        issued_by(leaf_pem, &self.cert_pem)
+    }
+}
+
+fn authority_key_id<'a>(x: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
+    x.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0)
+            }
+            _ => None,
+        })
+}
+
+fn subject_key_id<'a>(x: &'a X509Certificate<'_>) -> Option<&'a [u8]> {
+    x.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        })
+}
+
+/// Whether the first certificate of `leaf_pem` was issued by the CA certificate `ca_pem`: the
+/// leaf's issuer is the CA's subject and, when both carry key identifiers, the leaf's
+/// Authority Key Identifier is the CA's Subject Key Identifier (which tells apart two CAs of
+/// the same name, e.g. a regenerated one). Names and identifiers only, no signature check:
+/// this answers "which of our CAs is this from", not "is this trustworthy" — TLS peers verify.
+pub fn issued_by(leaf_pem: &str, ca_pem: &str) -> bool {
+    let (Ok(leaf_der), Ok(ca_der)) = (pem_to_der(leaf_pem), pem_to_der(ca_pem)) else {
+        return false;
+    };
+    let (Ok((_, leaf)), Ok((_, ca))) = (
+        X509Certificate::from_der(&leaf_der),
+        X509Certificate::from_der(&ca_der),
+    ) else {
+        return false;
+    };
+    if leaf.issuer().as_raw() != ca.subject().as_raw() {
+        return false;
+    }
+    match (authority_key_id(&leaf), subject_key_id(&ca)) {
+        (Some(a), Some(k)) => a == k,
+        _ => true,
     }
 }
 
@@ -377,12 +437,19 @@ fn pem_to_der(pem_text: &str) -> std::result::Result<Vec<u8>, String> {
     Ok(pem.contents)
 }
 
-/// Paths of the store's PKI, as written by [`init_store_pki`].
+/// Paths of a PKI directory, as written by [`init_cluster_pki`] or [`init_store_pki`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiPaths {
     pub dir: PathBuf,
+    /// The cluster CA (`ca.crt`/`ca.key`). In a store-only directory ([`PkiPaths::under`])
+    /// this is also the store CA.
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
+    /// The CA that issues the store's certificates and that kelson-kv trusts for clients and
+    /// peers (`--trusted-ca-file`, `--peer-trusted-ca-file`, the API server's `--etcd-cafile`):
+    /// `store-ca.crt` in a cluster directory, `ca.crt` in a store-only one.
+    pub store_ca_cert: PathBuf,
+    pub store_ca_key: PathBuf,
     /// kelson-kv's client-facing certificate (serverAuth + clientAuth).
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -395,12 +462,15 @@ pub struct PkiPaths {
 }
 
 impl PkiPaths {
-    /// The paths under `dir` without touching the disk.
+    /// The paths of a store-only directory under `dir` (one CA, `ca.crt`, for the store),
+    /// without touching the disk.
     pub fn under(dir: &Path) -> PkiPaths {
         PkiPaths {
             dir: dir.to_path_buf(),
             ca_cert: dir.join("ca.crt"),
             ca_key: dir.join("ca.key"),
+            store_ca_cert: dir.join("ca.crt"),
+            store_ca_key: dir.join("ca.key"),
             server_cert: dir.join("kv-server.crt"),
             server_key: dir.join("kv-server.key"),
             peer_cert: dir.join("kv-peer.crt"),
@@ -408,6 +478,21 @@ impl PkiPaths {
             client_cert: dir.join("kv-client.crt"),
             client_key: dir.join("kv-client.key"),
         }
+    }
+
+    /// The paths of a cluster directory under `dir`: the cluster CA in `ca.*`, the store CA in
+    /// `store-ca.*` (see the module docs), without touching the disk.
+    pub fn cluster(dir: &Path) -> PkiPaths {
+        PkiPaths {
+            store_ca_cert: dir.join(format!("{STORE_CA_BASENAME}.crt")),
+            store_ca_key: dir.join(format!("{STORE_CA_BASENAME}.key")),
+            ..PkiPaths::under(dir)
+        }
+    }
+
+    /// Whether the store has a CA of its own here (a cluster layout).
+    pub fn has_separate_store_ca(&self) -> bool {
+        self.store_ca_cert != self.ca_cert
     }
 }
 
@@ -419,34 +504,63 @@ pub fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Creates (or completes) the store's PKI in `dir`: `ca.*`, `kv-server.*`, `kv-peer.*`,
-/// `kv-client.*`. Server and peer certificates name localhost, 127.0.0.1, ::1, the hostname and
-/// every entry of `hosts` (IP addresses become IP SANs). Valid existing files are kept; only
-/// missing, broken, expiring or insufficient ones are (re)issued. A new CA reissues all leaves.
+/// Creates (or completes) a store-only PKI in `dir`: one CA `ca.*` and `kv-server.*`,
+/// `kv-peer.*`, `kv-client.*` issued by it. Server and peer certificates name localhost,
+/// 127.0.0.1, ::1, the hostname and every entry of `hosts` (IP addresses become IP SANs).
+/// Valid existing files are kept; only missing, broken, expiring or insufficient ones are
+/// (re)issued. A new CA reissues all leaves.
 pub fn init_store_pki(dir: &Path, hosts: &[String]) -> Result<PkiPaths> {
     let paths = PkiPaths::under(dir);
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let ca = ensure_ca(&paths.ca_cert, &paths.ca_key, CLUSTER_CA_CN)?;
+    store_leaves(&ca, dir, hosts)?;
+    Ok(paths)
+}
 
-    let ca = if paths.ca_cert.exists() || paths.ca_key.exists() {
+/// Creates (or completes) a cluster's PKI in `dir`: the cluster CA `ca.*`, the store CA
+/// `store-ca.*`, and the store's `kv-server.*`, `kv-peer.*`, `kv-client.*` issued by the store
+/// CA (names as in [`init_store_pki`]). The cluster CA's leaves (API server, clients, kubelets)
+/// are the callers' (kelsonctl). Idempotent like [`init_store_pki`]; a directory from before
+/// the store had its own CA (store leaves issued by `ca.crt`) gets a store CA and new store
+/// leaves, so the store stops trusting the cluster CA.
+pub fn init_cluster_pki(dir: &Path, hosts: &[String]) -> Result<PkiPaths> {
+    let paths = PkiPaths::cluster(dir);
+    fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    ensure_ca(&paths.ca_cert, &paths.ca_key, CLUSTER_CA_CN)?;
+    let store_ca = ensure_ca(&paths.store_ca_cert, &paths.store_ca_key, STORE_CA_CN)?;
+    store_leaves(&store_ca, dir, hosts)?;
+    Ok(paths)
+}
+
+/// Loads the CA at `cert`/`key`, or creates it when neither file exists.
+fn ensure_ca(cert: &Path, key: &Path, cn: &str) -> Result<Ca> {
+    if cert.exists() || key.exists() {
         // Never silently replace an existing CA: everything issued by it would stop working.
-        let ca = Ca::load(dir)?;
-        let info = cert_info(&paths.ca_cert)?;
+        let ca = Ca::load_files(cert, key)?;
+        let info = cert_info(cert)?;
         if info.expires_within(Duration::ZERO) {
             return Err(PkiError::Invalid {
-                path: paths.ca_cert.clone(),
+                path: cert.to_path_buf(),
                 reason: format!(
                     "CA expired at {}; move the pki directory away to create a new one",
                     info.not_after
                 ),
             });
         }
-        ca
-    } else {
-        let ca = Ca::generate("kelson-ca")?;
-        ca.pair().write_pair(dir, "ca")?;
-        ca
-    };
+        return Ok(ca);
+    }
+    let ca = Ca::generate(cn)?;
+    let dir = cert.parent().unwrap_or(Path::new("."));
+    let base = cert
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| PkiError::BadRequest(format!("bad CA path {}", cert.display())))?;
+    ca.pair().write_pair(dir, base)?;
+    Ok(ca)
+}
 
+/// `kv-server`, `kv-peer` and `kv-client` in `dir`, issued by `ca`.
+fn store_leaves(ca: &Ca, dir: &Path, hosts: &[String]) -> Result<()> {
     let mut dns = vec!["localhost".to_string()];
     let mut ips: Vec<IpAddr> = vec![
         IpAddr::from([127, 0, 0, 1]),
@@ -486,9 +600,9 @@ pub fn init_store_pki(dir: &Path, hosts: &[String]) -> Result<PkiPaths> {
         ("kv-peer", peer),
         ("kv-client", client),
     ] {
-        ensure_leaf(&ca, dir, base, &req)?;
+        ensure_leaf(ca, dir, base, &req)?;
     }
-    Ok(paths)
+    Ok(())
 }
 
 /// Issues `<base>.crt/.key` unless the existing pair is still good for `req`.

@@ -1,13 +1,18 @@
 //! The generated store PKI works for real mutual TLS: a rustls server using `kv-server` and
 //! requiring client certificates from `ca.crt` accepts a client presenting `kv-client`, and a
-//! client that trusts an unrelated CA refuses the server. Also idempotence and file modes.
+//! client that trusts an unrelated CA refuses the server. In a cluster layout the store has a CA
+//! of its own, and a certificate of the cluster CA is refused by the store (CIS 2.7). Also
+//! idempotence, migration to the cluster layout, and file modes.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kelson_pki::{init_store_pki, load_certs, load_private_key, Ca, PkiPaths};
+use kelson_pki::{
+    init_cluster_pki, init_store_pki, load_certs, load_private_key, Ca, CertRequest, PkiPaths,
+    Usage,
+};
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -28,7 +33,8 @@ fn roots(ca: &Path) -> Arc<RootCertStore> {
 }
 
 fn server_config(p: &PkiPaths) -> ServerConfig {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&p.ca_cert), provider())
+    // What kelson-kv does: trust the store CA for clients (`--trusted-ca-file`).
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&p.store_ca_cert), provider())
         .build()
         .unwrap();
     ServerConfig::builder_with_provider(provider())
@@ -230,4 +236,110 @@ fn client_cert_identity_and_ca_subject() {
     std::fs::remove_file(&p.ca_key).unwrap();
     assert!(init_store_pki(dir.path(), &[]).is_err());
     assert!(Ca::load(dir.path()).is_err());
+}
+
+#[tokio::test]
+async fn cluster_layout_store_refuses_cluster_ca_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = init_cluster_pki(dir.path(), &[]).unwrap();
+    assert!(p.has_separate_store_ca());
+    assert_eq!(p.store_ca_cert, dir.path().join("store-ca.crt"));
+    let cluster = kelson_pki::cert_info(&p.ca_cert).unwrap();
+    let store = kelson_pki::cert_info(&p.store_ca_cert).unwrap();
+    assert!(
+        cluster.subject.contains("CN=kelson-ca"),
+        "{}",
+        cluster.subject
+    );
+    assert!(
+        store.subject.contains("CN=kelson-store-ca"),
+        "{}",
+        store.subject
+    );
+    let pem = |f: &Path| std::fs::read_to_string(f).unwrap();
+    for leaf in [&p.server_cert, &p.peer_cert, &p.client_cert] {
+        assert!(
+            kelson_pki::issued_by(&pem(leaf), &pem(&p.store_ca_cert)),
+            "{leaf:?}"
+        );
+        assert!(
+            !kelson_pki::issued_by(&pem(leaf), &pem(&p.ca_cert)),
+            "{leaf:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&p.store_ca_key)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // The store's own client certificate gets a session...
+    let got = handshake(
+        server_config(&p),
+        client_config(&p.store_ca_cert, &p.client_cert, &p.client_key),
+        "localhost",
+    )
+    .await;
+    assert_eq!(got.as_deref(), Ok(&b"hello"[..]));
+    // ...a client certificate of the cluster CA (an admin in system:masters) does not.
+    let cluster_ca = Ca::load(dir.path()).unwrap();
+    cluster_ca
+        .issue(&CertRequest {
+            organization: Some("system:masters".into()),
+            ..CertRequest::new("kubernetes-admin", Usage::Client)
+        })
+        .unwrap()
+        .write_pair(dir.path(), "admin")
+        .unwrap();
+    let got = handshake(
+        server_config(&p),
+        client_config(
+            &p.store_ca_cert,
+            &dir.path().join("admin.crt"),
+            &dir.path().join("admin.key"),
+        ),
+        "localhost",
+    )
+    .await;
+    assert!(
+        got.is_err(),
+        "a cluster-CA client certificate must not reach the store"
+    );
+
+    // Idempotent: a second run keeps every byte.
+    let names = ["ca.crt", "store-ca.crt", "kv-server.crt", "kv-client.key"];
+    let before: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(dir.path().join(n)).unwrap())
+        .collect();
+    init_cluster_pki(dir.path(), &[]).unwrap();
+    let after: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(dir.path().join(n)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_store_only_directory_migrates_to_a_store_ca_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before: the store's leaves issued by ca.crt (the cluster CA).
+    init_store_pki(dir.path(), &[]).unwrap();
+    let ca_before = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let p = init_cluster_pki(dir.path(), &[]).unwrap();
+    assert_eq!(
+        std::fs::read(&p.ca_cert).unwrap(),
+        ca_before,
+        "the cluster CA is kept"
+    );
+    let pem = |f: &Path| std::fs::read_to_string(f).unwrap();
+    for leaf in [&p.server_cert, &p.peer_cert, &p.client_cert] {
+        assert!(
+            kelson_pki::issued_by(&pem(leaf), &pem(&p.store_ca_cert)),
+            "{leaf:?} must be reissued by the store CA"
+        );
+    }
 }
