@@ -13,8 +13,12 @@
 //! `partition`/`heal` (nftables in the router namespace between one zone and the others),
 //! `exec` (a command inside a machine, through `nsenter`).
 //!
-//! Workers are not built yet: they need QEMU VMs (containerd cannot create containers inside
-//! nspawn on these hosts), so `up` reports and skips declared workers.
+//! Workers are QEMU/TCG virtual machines ([`vm`]): containerd cannot create containers inside
+//! nspawn on these hosts. Each boots a qcow2 overlay of the lab's worker image (the cached
+//! `scripts/vm-image.sh` tree with Kelson installed), with a tap on its zone's bridge, and is
+//! provisioned over ssh with the lab's key ([`provision::workers`]): its rendered `etc/kelson`,
+//! the test images imported into containerd, `kelson-node.target` enabled and started. `up`
+//! boots at most [`MAX_BOOTING`] VMs at once (each booting VM keeps a core busy).
 
 pub mod cmd;
 pub mod machine;
@@ -22,6 +26,7 @@ pub mod net;
 pub mod provision;
 pub mod spec;
 pub mod state;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,7 +84,17 @@ pub struct UpArgs {
     /// Where the kelson-* binaries are (default: next to this kelsonctl).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// The cached worker VM tree (scripts/vm-image.sh DIR builds it); needed when the
+    /// description declares workers.
+    #[arg(long, default_value = "/var/lib/kelson-lab-vm")]
+    pub vm_image: PathBuf,
+    /// The QEMU binary for workers (scripts/qemu-fetch.sh DIR prints a usable one).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
 }
+
+/// How many worker VMs boot at the same time (TCG: one busy core each while booting).
+pub const MAX_BOOTING: usize = 2;
 
 pub fn run(args: LabArgs) -> anyhow::Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -113,6 +128,22 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
         LabCommand::Exec { machine, command } => {
             let st = load(dir)?;
             let m = st.machine(&machine)?;
+            if m.vm.is_some() {
+                // A worker VM: over ssh, as an operator would.
+                if !m.running() {
+                    bail!("{machine} is not running");
+                }
+                let out = vm::ssh(
+                    dir,
+                    m,
+                    &command.iter().map(String::as_str).collect::<Vec<_>>(),
+                    Duration::from_secs(300),
+                )?;
+                use std::io::Write;
+                std::io::stdout().write_all(&out.stdout)?;
+                std::io::stderr().write_all(&out.stderr)?;
+                return Ok(out.status.code().unwrap_or(1));
+            }
             let init = m
                 .init
                 .filter(|p| p.alive())
@@ -222,13 +253,22 @@ pub fn plan(dir: &Path, spec: &LabSpec) -> LabState {
             bridge: format!("br{i}"),
         })
         .collect();
+    let mut workers = 0;
     let machines = spec
         .machines
         .iter()
-        .filter(|(_, role)| *role == Role::ControlPlane)
         .map(|(m, role)| {
             let md = machine::machine_dir(dir, &m.name);
+            let vm = (*role == Role::Worker).then(|| {
+                workers += 1;
+                vm::VmState {
+                    tap: vm::tap_name(workers - 1),
+                    mac: vm::mac(&id, workers - 1),
+                    overlay: md.join("disk.qcow2"),
+                }
+            });
             MachineState {
+                vm,
                 name: m.name.clone(),
                 zone: m.zone.clone(),
                 role: *role,
@@ -265,6 +305,8 @@ pub fn plan(dir: &Path, spec: &LabSpec) -> LabState {
         partitioned: vec![],
         name: spec.name.clone(),
         id,
+        qemu: None,
+        vm_image: None,
     }
 }
 
@@ -299,9 +341,26 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|(_, r)| *r == Role::Worker)
         .count();
-    if workers > 0 {
-        eprintln!("lab: {workers} worker(s) declared; workers (QEMU VMs) are not built yet, skipping them");
-    }
+    let cached = if workers > 0 {
+        for tool in ["ssh", "ssh-keygen", "qemu-img", "mkfs.ext4"] {
+            if cmd::output("sh", &["-c", &format!("command -v {tool}")])
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+            {
+                bail!("{tool} is missing (openssh-client, qemu-utils, e2fsprogs): workers are QEMU VMs");
+            }
+        }
+        let v = cmd::output(&args.qemu.to_string_lossy(), &["--version"]);
+        if !v.map(|o| o.status.success()).unwrap_or(false) {
+            bail!(
+                "{} does not run: workers are QEMU VMs (scripts/qemu-fetch.sh DIR fetches QEMU without installing it; pass --qemu)",
+                args.qemu.display()
+            );
+        }
+        Some(vm::CachedImage::at(&args.vm_image)?)
+    } else {
+        None
+    };
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -310,6 +369,10 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
             .to_path_buf(),
     };
     let mut st = plan(dir, &spec);
+    if cached.is_some() {
+        st.qemu = Some(args.qemu.clone());
+        st.vm_image = Some(args.vm_image.canonicalize()?);
+    }
     net::check_host_free(st.host_addr, 30)?;
     for net in &st.host_routes {
         net::check_host_free(*net, 24)?;
@@ -321,29 +384,59 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
     provision::render(&std::env::current_exe()?, cluster, &rendered)?;
     machine::prepare_base(&args.rootfs, &st.base, &bin_dir)?;
     eprintln!("lab: base layer ready after {:?}", t.elapsed());
-    net::create_fabric(&st)?;
-    for (i, m) in st.machines.clone().iter().enumerate() {
-        net::create_machine(&st, i, m)?;
+    if let Some(cached) = &cached {
+        let key = vm::ssh_key(dir)?;
+        vm::prepare_image(dir, cached, &bin_dir, &key.with_extension("pub"))?;
     }
-    for i in 0..st.machines.len() {
+    net::create_fabric(&st)?;
+    let cps: Vec<usize> = (0..st.machines.len())
+        .filter(|i| st.machines[*i].vm.is_none())
+        .collect();
+    let wks: Vec<usize> = (0..st.machines.len())
+        .filter(|i| st.machines[*i].vm.is_some())
+        .collect();
+    for &i in &cps {
+        let m = st.machines[i].clone();
+        net::create_machine(&st, i, &m)?;
+    }
+    for &i in &wks {
+        vm::create_tap(&st, &st.machines[i])?;
+    }
+    for &i in &cps {
         st.machines[i].mounted = true;
         st.save(dir)?;
         machine::mount_root(&st.base, &st.machines[i])?;
     }
-    for i in 0..st.machines.len() {
+    for &i in &cps {
         boot(dir, &mut st, i)?;
     }
-    for m in &st.machines {
+    for &i in &cps {
+        let m = &st.machines[i];
         let init = m.init.context("not booted")?;
         machine::wait_booted(init, machine::BOOT_TIMEOUT)
             .with_context(|| format!("machine {}", m.name))?;
     }
     eprintln!(
-        "lab: {} machines booted after {:?}",
-        st.machines.len(),
+        "lab: {} control-plane machines booted after {:?}",
+        cps.len(),
         t.elapsed()
     );
     provision::control_plane(dir, &st, &rendered)?;
+    // Workers after the control plane: their kubelets register at once, and the VMs' boots
+    // (CPU-bound under TCG) do not slow the store's first election.
+    for chunk in wks.chunks(MAX_BOOTING) {
+        for &i in chunk {
+            boot(dir, &mut st, i)?;
+        }
+        for &i in chunk {
+            wait_worker(dir, &st, i)?;
+        }
+    }
+    if !wks.is_empty() {
+        eprintln!("lab: {} workers booted after {:?}", wks.len(), t.elapsed());
+        let workers: Vec<&MachineState> = wks.iter().map(|&i| &st.machines[i]).collect();
+        provision::workers(dir, &st, &workers, &rendered)?;
+    }
     eprintln!("lab: up after {:?}", t.elapsed());
     println!(
         "lab {} up: admin kubeconfig {}",
@@ -358,11 +451,28 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
 
 /// Spawns machine `i` and records its processes.
 fn boot(dir: &Path, st: &mut LabState, i: usize) -> anyhow::Result<()> {
-    let console = machine::machine_dir(dir, &st.machines[i].name).join("console.log");
+    let md = machine::machine_dir(dir, &st.machines[i].name);
+    let console = md.join("console.log");
+    if st.machines[i].vm.is_some() {
+        std::fs::create_dir_all(&md)?;
+        let qemu = st.qemu.clone().context("no QEMU recorded for this lab")?;
+        let cached = vm::CachedImage::at(st.vm_image.as_deref().context("no VM image recorded")?)?;
+        let p = vm::spawn(st, &st.machines[i], &qemu, &cached, &console)?;
+        st.machines[i].init = Some(p);
+        return st.save(dir);
+    }
     let (nspawn, init) = machine::spawn(&st.machines[i], &console)?;
     st.machines[i].nspawn = Some(nspawn);
     st.machines[i].init = Some(init);
     st.save(dir)
+}
+
+/// Waits (bounded) for worker `i` to boot (ssh answers, systemd done).
+fn wait_worker(dir: &Path, st: &LabState, i: usize) -> anyhow::Result<()> {
+    let m = &st.machines[i];
+    let console = machine::machine_dir(dir, &m.name).join("console.log");
+    vm::wait_booted(dir, m, m.init.context("not booted")?, &console)
+        .with_context(|| format!("worker {}", m.name))
 }
 
 /// `lab kill`: the machine dies at once and its link goes down, so peers see what they would
@@ -370,6 +480,10 @@ fn boot(dir: &Path, st: &mut LabState, i: usize) -> anyhow::Result<()> {
 /// still-present address.
 pub fn kill_machine(st: &LabState, name: &str) -> anyhow::Result<()> {
     let m = st.machine(name)?;
+    if m.vm.is_some() {
+        vm::kill(m)?;
+        return vm::set_link(st, m, false);
+    }
     machine::kill(m)?;
     net::set_link(st, m, false)
 }
@@ -385,6 +499,13 @@ pub fn start_machine(dir: &Path, st: &mut LabState, name: &str) -> anyhow::Resul
         .with_context(|| format!("no machine {name:?} in this lab"))?;
     if st.machines[i].running() {
         bail!("{name} is running");
+    }
+    if st.machines[i].vm.is_some() {
+        // The worker's units are enabled: booting its disk again brings the node back.
+        let m = st.machines[i].clone();
+        vm::set_link(st, &m, true)?;
+        boot(dir, st, i)?;
+        return wait_worker(dir, st, i);
     }
     if !net::netns_exists(&st.machines[i].netns) {
         bail!("{name}'s network namespace is gone; run `lab down` and `lab up`");
@@ -443,6 +564,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     // The rendered secrets and the host's credentials are of no use without the cluster.
     let _ = std::fs::remove_dir_all(dir.join("render"));
     let _ = std::fs::remove_dir_all(dir.join("pki"));
+    let _ = std::fs::remove_dir_all(dir.join("ssh"));
     for f in ["admin.kubeconfig", "partition.nft"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
@@ -455,7 +577,12 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
 fn teardown(dir: &Path, st: &LabState) {
     let t = Instant::now();
     for m in &st.machines {
-        if let Err(e) = machine::kill(m) {
+        let killed = if m.vm.is_some() {
+            vm::kill(m)
+        } else {
+            machine::kill(m)
+        };
+        if let Err(e) = killed {
             eprintln!("lab down: {e:#}");
         }
         machine::unmount_root(m);
@@ -474,6 +601,10 @@ fn teardown(dir: &Path, st: &LabState) {
         let _ = std::fs::remove_dir_all(st.base.with_extension("tmp"));
     }
     let _ = std::fs::remove_dir(dir.join("machines"));
+    // The worker image is per lab too (it holds this build's binaries and the lab's key).
+    let _ = std::fs::remove_file(vm::lab_image(dir));
+    let _ = std::fs::remove_dir_all(dir.join("worker-tree"));
+    let _ = std::fs::remove_file(dir.join("worker.img.done"));
     tracing::info!(elapsed = ?t.elapsed(), "disks removed");
 }
 

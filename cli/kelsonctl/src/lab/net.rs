@@ -328,6 +328,8 @@ mod tests {
             machines: vec![],
             base: "/b".into(),
             vip: None,
+            qemu: None,
+            vm_image: None,
             partitioned: partitioned.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -75,7 +75,11 @@ pub struct MachineState {
     /// Whether the overlay is (believed to be) mounted.
     pub mounted: bool,
     pub nspawn: Option<Proc>,
+    /// The machine's init (nspawn) or its QEMU process (a worker VM).
     pub init: Option<Proc>,
+    /// Set for a worker VM: its tap, MAC and disk overlay.
+    #[serde(default)]
+    pub vm: Option<super::vm::VmState>,
 }
 
 impl MachineState {
@@ -108,6 +112,12 @@ pub struct LabState {
     /// Zones currently partitioned from the rest.
     #[serde(default)]
     pub partitioned: Vec<String>,
+    /// For workers: the QEMU binary and the cached VM image directory `up` used (so `start`
+    /// boots a killed worker the same way).
+    #[serde(default)]
+    pub qemu: Option<PathBuf>,
+    #[serde(default)]
+    pub vm_image: Option<PathBuf>,
 }
 
 pub fn path(dir: &Path) -> PathBuf {

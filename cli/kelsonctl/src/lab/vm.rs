@@ -1,0 +1,580 @@
+//! Workers: QEMU virtual machines under software emulation (TCG).
+//!
+//! Why VMs: containerd cannot create containers inside systemd-nspawn on these hosts (hybrid
+//! cgroup v1 layout), and `/dev/kvm` here cannot boot a stock kernel, so a worker is a real
+//! Debian machine emulated by QEMU's TCG (see ../shared/design/MACHINE-NOTES.md: ~20 s to a
+//! login prompt, ~460 MB host RSS, one busy core while booting).
+//!
+//! Disk: `scripts/vm-image.sh` caches a debootstrapped tree (cloud kernel, systemd, containerd,
+//! runc, CNI plugins, openssh-server) with its kernel and initramfs. Per lab, [`prepare_image`]
+//! copies that tree, installs Kelson with `kelsonctl install --root` (the same step the nspawn
+//! machines' base layer gets), bakes in the lab's ssh public key, containerd's configuration
+//! for the kubelet and the busybox/pause test images, and makes one ext4 image of it with
+//! `mkfs.ext4 -d` (no loop mounts, no root-only block devices). Each worker boots a qcow2
+//! overlay of that image, so a worker costs only what it writes, and `lab start` after `lab
+//! kill` boots the same disk again.
+//!
+//! Boot: `-kernel/-initrd` from the tree's /boot with `root=/dev/vda`; the machine's address,
+//! gateway and host name come from the kernel command line (`ip=` is turned into a
+//! systemd-networkd file by systemd-network-generator, `systemd.hostname=`), so one image
+//! serves every worker and nothing is written into an overlay before boot. The NIC is a tap
+//! device on the zone's bridge inside the lab's fabric namespace: QEMU runs there (`ip netns
+//! exec`), since a tap is looked up by name in the opening process's namespace. The serial
+//! console goes to `DIR/machines/<m>/console.log`.
+//!
+//! Provisioning is over ssh as root with the lab's key (`DIR/ssh/id_ed25519`), exactly like
+//! an operator's first login: see [`super::provision::workers`].
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::cmd;
+use super::state::{LabState, MachineState, Proc};
+
+/// The marker `scripts/vm-image.sh` writes last.
+const IMAGE_MARKER: &str = ".kelson-vm-complete";
+/// Written next to a finished per-lab image.
+const LAB_IMAGE_MARKER: &str = "worker.img.done";
+/// Size of the per-lab ext4 image (sparse: only what is written takes space).
+const IMAGE_SIZE: &str = "4G";
+/// Guest memory. The kubelet, proxy, DNS (debug builds), containerd and a few pods fit in
+/// 1 GiB; the host pays only for pages the guest touches.
+const GUEST_MEM: &str = "1024";
+/// Bound for a worker to answer ssh after QEMU starts (TCG boot is ~20 s on an idle host;
+/// two booting at once on a loaded 2-core host take several times that).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Where the test images are baked into the worker image (imported after boot).
+pub const IMAGES_DIR: &str = "var/lib/kelson-lab/images";
+
+/// containerd for the kubelet (as ansible/roles/node's template), with the lab's pause image
+/// as sandbox image: workers are air-gapped, images come from `ctr images import`.
+const CONTAINERD_CONFIG: &str = r#"# Written by kelsonctl lab: containerd 1.6 for the kelson kubelet.
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "kelson.local/pause:3.10"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "/etc/cni/net.d"
+"#;
+
+/// The VM parts of a worker's record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    /// Tap device in the fabric namespace, on the zone's bridge.
+    pub tap: String,
+    pub mac: String,
+    /// The worker's qcow2 overlay (backed by the lab's image).
+    pub overlay: PathBuf,
+}
+
+/// Paths of the cached VM tree (`scripts/vm-image.sh DIR`).
+pub struct CachedImage {
+    pub rootfs: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+impl CachedImage {
+    pub fn at(dir: &Path) -> anyhow::Result<CachedImage> {
+        if !dir.join(IMAGE_MARKER).is_file() {
+            bail!(
+                "{} is not a finished worker image (no {IMAGE_MARKER}): build it with scripts/vm-image.sh {}",
+                dir.display(),
+                dir.display()
+            );
+        }
+        Ok(CachedImage {
+            rootfs: dir.join("rootfs"),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+        })
+    }
+}
+
+/// The lab's ssh key pair (created once per lab).
+pub fn ssh_key(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = dir.join("ssh");
+    let key = d.join("id_ed25519");
+    if key.is_file() && key.with_extension("pub").is_file() {
+        return Ok(key);
+    }
+    std::fs::create_dir_all(&d)?;
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    cmd::run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kelson-lab",
+            "-f",
+            &key.to_string_lossy(),
+        ],
+    )?;
+    Ok(key)
+}
+
+/// Path of the lab's worker image.
+pub fn lab_image(dir: &Path) -> PathBuf {
+    dir.join("worker.img")
+}
+
+/// Builds `DIR/worker.img` (once per lab): the cached tree + Kelson + the lab's key +
+/// containerd's config + test images, as one ext4 file system.
+pub fn prepare_image(
+    dir: &Path,
+    cached: &CachedImage,
+    bin_dir: &Path,
+    pubkey: &Path,
+) -> anyhow::Result<PathBuf> {
+    let img = lab_image(dir);
+    if dir.join(LAB_IMAGE_MARKER).is_file() && img.is_file() {
+        return Ok(img);
+    }
+    let t = Instant::now();
+    let tree = dir.join("worker-tree");
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+    }
+    cmd::run(
+        "cp",
+        &[
+            "-a",
+            "--reflink=auto",
+            &cached.rootfs.to_string_lossy(),
+            &tree.to_string_lossy(),
+        ],
+    )?;
+    let result = (|| -> anyhow::Result<()> {
+        let kelsonctl = bin_dir.join("kelsonctl");
+        // Only what a worker runs: the control-plane daemons stay off its disk (and kelsonctl
+        // itself links RocksDB, which the worker image does not carry).
+        let out = Command::new(&kelsonctl)
+            .arg("install")
+            .arg("--root")
+            .arg(&tree)
+            .arg("--bin-dir")
+            .arg(bin_dir)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", kelsonctl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "kelsonctl install --root {} failed: {}{}",
+                tree.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for b in [
+            "kelson-kv",
+            "kelson-apiserver",
+            "kelson-scheduler",
+            "kelson-controller-manager",
+        ] {
+            let _ = std::fs::remove_file(tree.join("usr/bin").join(b));
+        }
+        let ssh = tree.join("root/.ssh");
+        std::fs::create_dir_all(&ssh)?;
+        std::fs::copy(pubkey, ssh.join("authorized_keys"))
+            .with_context(|| format!("copying {}", pubkey.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(tree.join("etc/containerd"))?;
+        std::fs::write(tree.join("etc/containerd/config.toml"), CONTAINERD_CONFIG)?;
+        let images = tree.join(IMAGES_DIR);
+        std::fs::create_dir_all(&images)?;
+        kelson_oci::build_test_images(Path::new(kelson_oci::DEFAULT_BUSYBOX), &images)
+            .context("building the busybox and pause test images")?;
+        let _ = std::fs::remove_file(&img);
+        cmd::run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-L",
+                "kelson-worker",
+                "-d",
+                &tree.to_string_lossy(),
+                &img.to_string_lossy(),
+                IMAGE_SIZE,
+            ],
+        )?;
+        Ok(())
+    })();
+    // The tree is only the image's source: never keep a second copy of it.
+    let _ = std::fs::remove_dir_all(&tree);
+    result?;
+    std::fs::write(dir.join(LAB_IMAGE_MARKER), b"")?;
+    tracing::info!(elapsed = ?t.elapsed(), "worker image ready");
+    eprintln!("lab: worker image ready in {:?}", t.elapsed());
+    Ok(img)
+}
+
+/// The tap name of worker `index` (unique inside the lab's fabric namespace).
+pub fn tap_name(index: usize) -> String {
+    format!("t{index}")
+}
+
+/// A locally administered MAC derived from the lab id and the worker's index.
+pub fn mac(lab_id: &str, index: usize) -> String {
+    let h = u32::from_str_radix(lab_id, 16).unwrap_or(0);
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        (h >> 16) & 0xff,
+        (h >> 8) & 0xff,
+        h & 0xff,
+        index & 0xff
+    )
+}
+
+/// The kernel command line of a worker: root disk, serial console, address and host name.
+pub fn kernel_cmdline(m: &MachineState) -> String {
+    let gw = super::spec::gateway(super::spec::subnet24(m.address));
+    format!(
+        "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 \
+         ip={addr}::{gw}:255.255.255.0:{name}:eth0:off systemd.hostname={name}",
+        addr = m.address,
+        name = m.name
+    )
+}
+
+/// Creates the worker's tap on its zone's bridge (idempotent) and sets it up.
+pub fn create_tap(st: &LabState, m: &MachineState) -> anyhow::Result<()> {
+    let vm = m.vm.as_ref().context("not a VM")?;
+    let zone = st.zone(&m.zone)?;
+    let fab = &st.fabric_ns;
+    if cmd::output("ip", &["-n", fab, "link", "show", &vm.tap])
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        cmd::run(
+            "ip",
+            &["-n", fab, "tuntap", "add", "dev", &vm.tap, "mode", "tap"],
+        )?;
+    }
+    cmd::run(
+        "ip",
+        &[
+            "-n",
+            fab,
+            "link",
+            "set",
+            &vm.tap,
+            "master",
+            &zone.bridge,
+            "up",
+        ],
+    )?;
+    Ok(())
+}
+
+/// Plugs or unplugs the worker's link (its tap on the bridge).
+pub fn set_link(st: &LabState, m: &MachineState, up: bool) -> anyhow::Result<()> {
+    let vm = m.vm.as_ref().context("not a VM")?;
+    cmd::run(
+        "ip",
+        &[
+            "-n",
+            &st.fabric_ns,
+            "link",
+            "set",
+            &vm.tap,
+            if up { "up" } else { "down" },
+        ],
+    )?;
+    Ok(())
+}
+
+/// Starts QEMU for the worker, detached, in the fabric namespace; returns its process.
+pub fn spawn(
+    st: &LabState,
+    m: &MachineState,
+    qemu: &Path,
+    cached: &CachedImage,
+    console: &Path,
+) -> anyhow::Result<Proc> {
+    let vm = m.vm.as_ref().context("not a VM")?;
+    if !vm.overlay.is_file() {
+        let img = lab_image(st.base.parent().context("lab dir")?);
+        cmd::run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                &img.to_string_lossy(),
+                &vm.overlay.to_string_lossy(),
+            ],
+        )?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(console.with_extension("qemu.log"))
+        .with_context(|| format!("opening {}", console.display()))?;
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &st.fabric_ns])
+        .arg(qemu)
+        .args(["-name", &m.name])
+        .args(["-accel", "tcg,tb-size=64", "-cpu", "max", "-smp", "1"])
+        .args(["-m", GUEST_MEM])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-kernel")
+        .arg(&cached.kernel)
+        .arg("-initrd")
+        .arg(&cached.initrd)
+        .args(["-append", &kernel_cmdline(m)])
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe",
+            vm.overlay.display()
+        ))
+        .arg("-netdev")
+        .arg(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            vm.tap
+        ))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm.mac))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Outlives kelsonctl; no terminal signal reaches it.
+        .process_group(0);
+    let child = c.spawn().context("spawning qemu")?;
+    let pid = child.id();
+    // Not waited for: the VM outlives this process.
+    std::mem::forget(child);
+    let p = Proc::of(pid).context("qemu exited at once")?;
+    // `ip netns exec` and the wrapper script exec QEMU in place: same PID. Give it a moment
+    // to fail on bad arguments, so the error comes with QEMU's message.
+    std::thread::sleep(Duration::from_millis(500));
+    if !p.alive() {
+        bail!(
+            "qemu for {} exited:\n{}",
+            m.name,
+            super::machine::tail(&console.with_extension("qemu.log"), 20)
+        );
+    }
+    Ok(p)
+}
+
+/// ssh to a worker as root with the lab's key, bounded by `timeout`.
+pub fn ssh(
+    dir: &Path,
+    m: &MachineState,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let key = dir.join("ssh/id_ed25519");
+    Command::new("timeout")
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("ssh")
+        .args(ssh_opts(&key))
+        .arg(format!("root@{}", m.address))
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ssh")
+}
+
+/// Like [`ssh`], but the command must succeed; returns its stdout.
+pub fn ssh_ok(
+    dir: &Path,
+    m: &MachineState,
+    cmdline: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let out = ssh(dir, m, &[cmdline], timeout)?;
+    if !out.status.success() {
+        bail!(
+            "`{cmdline}` failed on {} ({}): {}{}",
+            m.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Options for a throwaway lab machine: its host key changes with every lab, so it is neither
+/// checked nor recorded; no password prompt can block.
+pub fn ssh_opts(key: &Path) -> Vec<String> {
+    [
+        "-i",
+        &key.to_string_lossy(),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "ServerAliveInterval=5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Waits (bounded) until the worker answers ssh and its systemd finished booting.
+pub fn wait_booted(dir: &Path, m: &MachineState, qemu: Proc, console: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if !qemu.alive() {
+            bail!(
+                "qemu for {} exited while booting:\n{}",
+                m.name,
+                super::machine::tail(console, 30)
+            );
+        }
+        match ssh(
+            dir,
+            m,
+            &["systemctl", "is-system-running", "--wait"],
+            Duration::from_secs(60),
+        ) {
+            Ok(out) => {
+                last = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                if last == "running" || last == "degraded" {
+                    return Ok(());
+                }
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!(
+        "{} not booted after {BOOT_TIMEOUT:?} (last: {last}); console:\n{}",
+        m.name,
+        super::machine::tail(console, 30)
+    )
+}
+
+/// Every QEMU process running this worker's overlay (found in /proc by its command line), for
+/// a worker whose process was never recorded (a crashed `lab up`).
+pub fn find_qemu(overlay: &Path) -> Vec<Proc> {
+    let needle = format!("file={},", overlay.display());
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let is_qemu = cmdline
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|a0| a0.ends_with(b"qemu-system-x86_64"));
+        if is_qemu && cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
+            if let Some(p) = Proc::of(pid) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Kills a worker at once (SIGKILL to QEMU: power loss) and waits (bounded) for it to be gone.
+pub fn kill(m: &MachineState) -> anyhow::Result<()> {
+    let Some(vm) = &m.vm else { return Ok(()) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let procs: Vec<Proc> = m
+            .init
+            .into_iter()
+            .chain(find_qemu(&vm.overlay))
+            .filter(Proc::alive)
+            .collect();
+        if procs.is_empty() {
+            return Ok(());
+        }
+        for p in procs {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!("worker {} still running 20 s after SIGKILL", m.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn cmdline_carries_address_gateway_and_name() {
+        let m = MachineState {
+            name: "worker-a".into(),
+            zone: "a".into(),
+            role: super::super::spec::Role::Worker,
+            address: Ipv4Addr::new(10, 9, 1, 21),
+            netns: "x".into(),
+            root: "/r".into(),
+            upper: "/u".into(),
+            work: "/w".into(),
+            mounted: false,
+            nspawn: None,
+            init: None,
+            vm: None,
+        };
+        let c = kernel_cmdline(&m);
+        assert!(
+            c.contains("ip=10.9.1.21::10.9.1.1:255.255.255.0:worker-a:eth0:off"),
+            "{c}"
+        );
+        assert!(c.contains("root=/dev/vda"), "{c}");
+        assert!(c.contains("systemd.hostname=worker-a"), "{c}");
+    }
+
+    #[test]
+    fn macs_are_local_and_distinct() {
+        let a = mac("00a1b2", 0);
+        assert!(a.starts_with("52:54:"), "{a}");
+        assert_ne!(a, mac("00a1b2", 1));
+        assert_ne!(a, mac("00a1b3", 0));
+    }
+}
