@@ -148,7 +148,9 @@ impl Req<'_> {
                 );
                 h::respond(code, &t, Format::Json)
             }
+            Format::Table { .. } | Format::Metadata if obj["kind"] == "Status" => h::json(code, obj),
             Format::Table { .. } => h::json(code, obj),
+            Format::Metadata => metadata_response(code, partial_metadata(obj), false),
             f => h::respond(code, obj, f),
         };
         with_warnings(r, &self.warnings)
@@ -300,42 +302,123 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         limit,
         continue_token: r.q.get("continue").filter(|c| !c.is_empty()).cloned(),
     };
+    let filter = (!unfiltered(&r.q)).then_some(&*filter);
+    if let Some(cache) = r.api.cache(r.t.info) {
+        match cache.list(&list_prefix(r), &opts, filter).await {
+            Ok(Some(page)) => {
+                let lm = list_meta(page.resource_version, &page.continue_token, page.remaining_item_count);
+                if r.fmt == Format::Json {
+                    return Ok(spliced_list(r.t.info, &lm, &page.items));
+                }
+                let items = page
+                    .items
+                    .iter()
+                    .map(|o| o.value())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(storage_err(r.t, ""))?;
+                return Ok(list_response(r, items, lm));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(storage_err(r.t, "")(e)),
+        }
+    }
     let res = r
         .api
         .store
-        .list(
-            &list_prefix(r),
-            &opts,
-            (!unfiltered(&r.q)).then_some(&*filter),
-        )
+        .list(&list_prefix(r), &opts, filter)
         .await
         .map_err(storage_err(r.t, ""))?;
-    let mut lm = json!({"resourceVersion": res.resource_version.to_string()});
-    if let Some(c) = &res.continue_token {
+    let lm = list_meta(res.resource_version, &res.continue_token, res.remaining_item_count);
+    Ok(list_response(r, res.items, lm))
+}
+
+/// A list's `metadata`.
+fn list_meta(rv: i64, continue_token: &Option<String>, remaining: Option<i64>) -> Value {
+    let mut lm = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = continue_token {
         lm["continue"] = json!(c);
-        if let Some(n) = res.remaining_item_count {
+        if let Some(n) = remaining {
             lm["remainingItemCount"] = json!(n);
         }
     }
+    lm
+}
+
+/// A JSON list spliced from the cache's encoded objects: no per-object serde round trip.
+fn spliced_list(
+    info: &ResourceInfo,
+    lm: &Value,
+    items: &[Arc<kelson_apistorage::CachedObject>],
+) -> Response<Body> {
+    let head = format!(
+        "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{},\"items\":[",
+        Value::from(format!("{}List", info.kind)),
+        Value::from(info.api_version()),
+        lm
+    );
+    let len = head.len() + items.iter().map(|o| o.json.len() + 1).sum::<usize>() + 2;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(head.as_bytes());
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(&o.json);
+    }
+    b.extend_from_slice(b"]}");
+    let mut resp = Response::new(h::full(b));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `PartialObjectMetadata` of an object.
+fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+}
+
+fn metadata_response(code: StatusCode, v: Value, list: bool) -> Response<Body> {
+    let mut resp = h::json(code, &v);
+    let ct = if list {
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+    } else {
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+    };
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp
+}
+
+/// A list response in the request's format.
+fn list_response(r: &Req<'_>, items: Vec<Value>, lm: Value) -> Response<Body> {
     let info = r.t.info;
-    let resp = match r.fmt {
+    match r.fmt {
         Format::Table { beta } => {
             let t = table::table(
                 info.kind,
-                &res.items,
+                &items,
                 lm,
                 table::include(r.q.get("includeObject").map(String::as_str)),
                 beta,
             );
             h::respond(StatusCode::OK, &t, Format::Json)
         }
+        Format::Metadata => {
+            let items: Vec<Value> = items.iter().map(partial_metadata).collect();
+            metadata_response(
+                StatusCode::OK,
+                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": lm, "items": items}),
+                true,
+            )
+        }
         f => h::respond(
             StatusCode::OK,
-            &json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": lm, "items": res.items}),
+            &json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": lm, "items": items}),
             f,
         ),
-    };
-    Ok(resp)
+    }
 }
 
 /// Streams watch events as newline-delimited JSON until the timeout, the client leaving, or
@@ -360,6 +443,113 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let recursive = r.t.name.is_none();
     let fmt = r.fmt;
     let include = table::include(r.q.get("includeObject").map(String::as_str));
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let encode = move |ty: &str, obj: Value| -> Bytes {
+        let obj = match (fmt, ty) {
+            (Format::Table { beta }, "ADDED" | "MODIFIED" | "DELETED") => table::table(
+                info.kind,
+                std::slice::from_ref(&obj),
+                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                include,
+                beta,
+            ),
+            (Format::Metadata, "ADDED" | "MODIFIED" | "DELETED") => partial_metadata(&obj),
+            _ => obj,
+        };
+        let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
+        b.push(b'\n');
+        Bytes::from(b)
+    };
+    let bookmark = move |rev: i64| {
+        json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}})
+    };
+
+    // Served from the watch cache: one store watch per resource fans out to every client.
+    if let Some(cache) = api.cache(info) {
+        use kelson_apistorage::{CacheWatchEvent, WatchStart};
+        let start = match rv.as_str() {
+            "" => WatchStart::Now { consistent: true },
+            "0" => WatchStart::Now { consistent: false },
+            v => WatchStart::After(v.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+            })?),
+        };
+        let interval = api.store.config().bookmark_interval;
+        let started = cache
+            .watch(&prefix, recursive, start, Some(filter.clone()), bookmarks, interval)
+            .await;
+        let started = match started {
+            Ok(s) => Some(Ok(s)),
+            Err(e @ StorageError::Expired { .. }) => Some(Err(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "watch cache not usable, watching the store");
+                None
+            }
+        };
+        if let Some(started) = started {
+            let watches = api.stats.watches.clone();
+            let frame = move |ty: kelson_apistorage::cache::EventType,
+                              obj: &kelson_apistorage::CachedObject,
+                              json_frame: Bytes| {
+                if fmt == Format::Json {
+                    return Some(json_frame);
+                }
+                obj.value().ok().map(|v| encode(ty.as_str(), v))
+            };
+            tokio::spawn(async move {
+                watches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _guard = scopeguard(move || {
+                    watches.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                });
+                let (initial, mut stream) = match started {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx
+                            .send(encode("ERROR", e.to_status(info.group, info.resource, "")))
+                            .await;
+                        return;
+                    }
+                };
+                for o in initial {
+                    let ty = kelson_apistorage::cache::EventType::Added;
+                    let f = kelson_apistorage::cache::json_frame("ADDED", &o.json);
+                    if let Some(f) = frame(ty, &o, f) {
+                        if tx.send(f).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                use futures::StreamExt;
+                let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+                tokio::pin!(deadline);
+                loop {
+                    let ev = tokio::select! {
+                        _ = &mut deadline => return,
+                        _ = tx.closed() => return,
+                        ev = stream.next() => ev,
+                    };
+                    let out = match ev {
+                        None => return,
+                        Some(CacheWatchEvent::Object { ty, obj, frame: f }) => frame(ty, &obj, f),
+                        Some(CacheWatchEvent::Bookmark(rev)) => Some(encode("BOOKMARK", bookmark(rev))),
+                        Some(CacheWatchEvent::Error(e)) => {
+                            let _ = tx
+                                .send(encode("ERROR", e.to_status(info.group, info.resource, "")))
+                                .await;
+                            return;
+                        }
+                    };
+                    if let Some(out) = out {
+                        if tx.send(out).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            return Ok(watch_response(rx, fmt));
+        }
+    }
 
     // Initial state: rv "" or "0" means "current state as ADDED events, then changes".
     let mut initial = Vec::new();
@@ -392,22 +582,6 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     } else {
         rv.parse::<i64>()
             .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let encode = move |ty: &str, obj: Value| -> Bytes {
-        let obj = match (fmt, ty) {
-            (Format::Table { beta }, "ADDED" | "MODIFIED" | "DELETED") => table::table(
-                info.kind,
-                std::slice::from_ref(&obj),
-                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
-                include,
-                beta,
-            ),
-            _ => obj,
-        };
-        let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
-        b.push(b'\n');
-        Bytes::from(b)
     };
     let stream_res = api
         .store
@@ -447,10 +621,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                 Some(WatchEvent::Added(o)) => encode("ADDED", o),
                 Some(WatchEvent::Modified(o)) => encode("MODIFIED", o),
                 Some(WatchEvent::Deleted(o)) => encode("DELETED", o),
-                Some(WatchEvent::Bookmark(rev)) => encode(
-                    "BOOKMARK",
-                    json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}}),
-                ),
+                Some(WatchEvent::Bookmark(rev)) => encode("BOOKMARK", bookmark(rev)),
                 Some(WatchEvent::Error(e)) => {
                     let _ = tx
                         .send(encode("ERROR", e.to_status(info.group, info.resource, "")))
@@ -463,6 +634,11 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
             }
         }
     });
+    Ok(watch_response(rx, fmt))
+}
+
+/// The streaming response of a watch, fed by the watch task through `rx`.
+fn watch_response(rx: tokio::sync::mpsc::Receiver<Bytes>, fmt: Format) -> Response<Body> {
     use futures::StreamExt;
     use http_body_util::BodyExt;
     let body = BodyExt::boxed(http_body_util::StreamBody::new(
@@ -472,6 +648,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let mut resp = Response::new(body);
     let ct = match fmt {
         Format::Table { .. } => "application/json;as=Table;v=v1;g=meta.k8s.io",
+        Format::Metadata => "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
         _ => "application/json",
     };
     resp.headers_mut()
@@ -480,7 +657,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, private"),
     );
-    Ok(resp)
+    resp
 }
 
 /// Runs `f` on drop (watch gauges must fall however the task ends).

@@ -36,6 +36,11 @@ pub enum Format {
     Table {
         beta: bool,
     },
+    /// `as=PartialObjectMetadata` / `as=PartialObjectMetadataList` (`g=meta.k8s.io`, v1 or
+    /// v1beta1): objects reduced to their metadata, as kube's `list_metadata`/`get_metadata`
+    /// and client-go's metadata informers ask for. Either spelling is accepted on any read; the
+    /// handler answers a list with a list.
+    Metadata,
 }
 
 impl Format {
@@ -44,6 +49,7 @@ impl Format {
             Format::Json => "application/json",
             Format::Yaml => "application/yaml",
             Format::Table { .. } => "application/json;as=Table;v=v1;g=meta.k8s.io",
+            Format::Metadata => "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
         }
     }
 }
@@ -80,6 +86,13 @@ pub fn negotiate(accept: Option<&str>, allow_table: bool) -> Result<Format, ApiE
                         _ => continue,
                     }
                 }
+                Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+                    if allow_table
+                        && g.as_deref() == Some("meta.k8s.io")
+                        && matches!(v.as_deref(), Some("v1" | "v1beta1")) =>
+                {
+                    return Ok(Format::Metadata)
+                }
                 _ => continue,
             },
             "application/yaml" if as_.is_none() => return Ok(Format::Yaml),
@@ -87,7 +100,7 @@ pub fn negotiate(accept: Option<&str>, allow_table: bool) -> Result<Format, ApiE
         }
     }
     Err(ApiError::not_acceptable(format!(
-        "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io (Accept: {accept})"
+        "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io (Accept: {accept})"
     )))
 }
 
@@ -243,6 +256,19 @@ mod tests {
         );
         assert_eq!(
             negotiate(Some("application/vnd.kubernetes.protobuf"), true)
+                .unwrap_err()
+                .code,
+            406
+        );
+        for a in [
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1,application/json",
+        ] {
+            assert_eq!(negotiate(Some(a), true).unwrap(), Format::Metadata, "{a}");
+            assert_ne!(negotiate(Some(a), false).ok(), Some(Format::Metadata), "{a}");
+        }
+        assert_eq!(
+            negotiate(Some("application/json;as=PartialObjectMetadata;g=apps;v=v1"), true)
                 .unwrap_err()
                 .code,
             406

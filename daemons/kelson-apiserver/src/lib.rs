@@ -113,7 +113,12 @@ pub async fn build(
         1 => modes.remove(0),
         _ => Arc::new(auth::Union(modes)),
     };
+    let caches = Some(kelson_apistorage::WatchCaches::new(
+        store.clone(),
+        kelson_apistorage::cache::DEFAULT_CAPACITY,
+    ));
     Ok(Arc::new(server::Api {
+        caches,
         store,
         root: cfg.etcd_prefix.clone(),
         authz: auth::Authz::new(authz),
@@ -142,7 +147,13 @@ pub async fn build(
                     Some(p) => audit::Policy::load(p)?,
                     None => audit::Policy::metadata_for_all(),
                 };
-                audit::Auditor::new(path, policy, cfg.audit_log_maxsize, cfg.audit_log_maxbackup)?
+                audit::Auditor::with_rotation(
+                    path,
+                    policy,
+                    cfg.audit_log_maxsize,
+                    cfg.audit_log_maxbackup,
+                    cfg.audit_log_maxage,
+                )?
             }
             None => audit::Auditor::default(),
         },

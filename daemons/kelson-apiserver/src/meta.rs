@@ -73,6 +73,55 @@ pub fn field_value(kind: &str, obj: &Value, field: &str) -> Option<Option<String
     })
 }
 
+/// The paths (beyond `metadata.name`/`namespace`/`labels`) [`field_value`] reads per kind.
+fn selectable_paths(kind: &str) -> &'static [&'static [&'static str]] {
+    match kind {
+        "Pod" => &[&["spec", "nodeName"], &["spec", "restartPolicy"], &["spec", "schedulerName"],
+            &["spec", "serviceAccountName"], &["spec", "hostNetwork"], &["status", "phase"],
+            &["status", "podIP"], &["status", "nominatedNodeName"]],
+        "Node" => &[&["spec", "unschedulable"]],
+        "Namespace" => &[&["status", "phase"]],
+        "CertificateSigningRequest" => &[&["spec", "signerName"]],
+        "Secret" => &[&["type"]],
+        "Event" => &[&["involvedObject"], &["reason"], &["type"], &["source"]],
+        "ReplicaSet" | "Job" => &[&["status", "replicas"]],
+        _ => &[],
+    }
+}
+
+/// What the watch cache keeps of an object for selectors: its name, namespace and labels and
+/// the kind's field labels' sources, so a selector on the cache never touches the full object
+/// (and the cache does not keep a second full tree per object).
+pub fn selectable_view(kind: &str, obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    let mut meta = serde_json::Map::new();
+    for f in ["name", "namespace", "labels"] {
+        if !m[f].is_null() {
+            meta.insert(f.into(), m[f].clone());
+        }
+    }
+    let mut v = serde_json::json!({"metadata": meta});
+    for path in selectable_paths(kind) {
+        let mut src = obj;
+        for p in *path {
+            src = &src[*p];
+        }
+        if src.is_null() {
+            continue;
+        }
+        let mut dst = &mut v;
+        for p in &path[..path.len() - 1] {
+            dst = dst
+                .as_object_mut()
+                .expect("built as objects")
+                .entry(*p)
+                .or_insert_with(|| serde_json::json!({}));
+        }
+        dst[path[path.len() - 1]] = src.clone();
+    }
+    v
+}
+
 /// A field selector checked against the field labels of one kind.
 #[derive(Debug, Clone)]
 pub struct FieldSelector {
@@ -143,6 +192,43 @@ mod tests {
         assert_eq!(label_selector("a b c").unwrap_err().code, 400);
         let sel = selector::label_selector_as_selector(Some(&json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe"]}]}))).unwrap();
         assert!(labels_match(&sel, &o));
+    }
+
+    #[test]
+    fn selectable_view_answers_every_field_label_like_the_object() {
+        let objs = [
+            ("Pod", json!({"metadata": {"name": "p", "namespace": "d", "labels": {"a": "b"}, "uid": "u"},
+                "spec": {"nodeName": "n1", "restartPolicy": "Always", "schedulerName": "s",
+                         "serviceAccountName": "sa", "hostNetwork": true, "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.1", "nominatedNodeName": "n2"}})),
+            ("Node", json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}})),
+            ("Namespace", json!({"metadata": {"name": "n"}, "status": {"phase": "Active"}})),
+            ("CertificateSigningRequest", json!({"metadata": {"name": "c"}, "spec": {"signerName": "x/y"}})),
+            ("Secret", json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}})),
+            ("Event", json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u"}, "reason": "R", "type": "Normal", "source": "x"})),
+            ("ReplicaSet", json!({"metadata": {"name": "r"}, "status": {"replicas": 3}})),
+            ("Job", json!({"metadata": {"name": "j"}, "status": {"replicas": 1}})),
+        ];
+        let fields = [
+            "metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy",
+            "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
+            "status.podIP", "status.nominatedNodeName", "spec.unschedulable", "spec.signerName",
+            "type", "involvedObject.kind", "involvedObject.name", "involvedObject.namespace",
+            "involvedObject.uid", "reason", "source", "status.replicas",
+        ];
+        for (kind, obj) in objs {
+            let view = selectable_view(kind, &obj);
+            assert_eq!(view["metadata"]["labels"], obj["metadata"]["labels"]);
+            for f in fields {
+                assert_eq!(field_value(kind, &view, f), field_value(kind, &obj, f), "{kind} {f}");
+            }
+        }
+        let pod = selectable_view("Pod", &objs_pod());
+        assert!(pod["spec"].get("containers").is_none(), "{pod}");
+    }
+
+    fn objs_pod() -> Value {
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n"}})
     }
 
     #[test]

@@ -66,6 +66,26 @@ pub struct Api {
     pub audit: crate::audit::Auditor,
     /// Client towards kubelets for pods/log, exec, attach, portforward and nodes/proxy.
     pub kubelet: Option<crate::nodeproxy::KubeletClient>,
+    /// The watch caches LIST and watch are served from (`None`: everything from the store).
+    pub caches: Option<kelson_apistorage::WatchCaches>,
+}
+
+impl Api {
+    /// The watch cache of a resource (started on first use), if caching is on.
+    pub fn cache(&self, info: &crate::registry::ResourceInfo) -> Option<kelson_apistorage::WatchCache> {
+        let caches = self.caches.as_ref()?;
+        let kind = info.kind;
+        let prefix = crate::registry::ResourceExt::key_prefix(info, &self.root, None);
+        match caches.get(&prefix, || {
+            Arc::new(move |o: &Value| crate::meta::selectable_view(kind, o))
+        }) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "watch cache unavailable, using the store");
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Api {
