@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kelson_testsupport::{bin_path, workspace_root, ChildGuard};
+use kelson_testsupport::nspawn::{self, NspawnMachine};
+use kelson_testsupport::{bin_path, workspace_root};
 
 const PLAYBOOKS: &[&str] = &[
     "site.yml",
@@ -71,11 +72,7 @@ fn require(tool: &str, package: &str) {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    nspawn::output_text(out)
 }
 
 /// An ansible command run in ansible/ with its ansible.cfg, no colors, bounded by `timeout`.
@@ -232,114 +229,6 @@ fn target_rootfs() -> PathBuf {
     dir
 }
 
-/// A booted copy of the target rootfs; Drop powers it off (bounded), kills what is left and
-/// removes the copy.
-struct Machine {
-    init_pid: u32,
-    nspawn: Option<ChildGuard>,
-}
-
-impl Machine {
-    fn boot(root: &Path, log: &Path) -> Machine {
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.arg("-D").arg(root).args([
-            "--boot",
-            "--register=no",
-            "--keep-unit",
-            // Loopback only: its ports cannot clash with the host's or other tests'.
-            "--private-network",
-            "--console=read-only",
-        ]);
-        let nspawn =
-            ChildGuard::spawn("systemd-nspawn", cmd, log).expect("spawning systemd-nspawn");
-        let mut m = Machine {
-            init_pid: 0,
-            nspawn: Some(nspawn),
-        };
-        m.init_pid = m.find_init();
-        m.wait_booted();
-        m
-    }
-
-    fn find_init(&mut self) -> u32 {
-        let nspawn = self.nspawn.as_mut().unwrap();
-        let pid = nspawn.pid();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            assert!(
-                nspawn.is_running(),
-                "systemd-nspawn exited:\n{}",
-                nspawn.log_tail(40)
-            );
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            if let Some(c) = children.split_whitespace().next() {
-                let c: u32 = c.parse().unwrap();
-                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-                if comm.trim() == "systemd" {
-                    return c;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "no systemd inside the container after 15 s:\n{}",
-            nspawn.log_tail(40)
-        );
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let pid = self.init_pid.to_string();
-        Command::new("timeout")
-            .args(["60", "nsenter", "-t", &pid, "-m", "-u", "-i", "-n", "-p"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed in the machine ({}):\n{}",
-            out.status,
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_booted(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let out = self.run(&["systemctl", "is-system-running"]);
-            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if last == "running" || last == "degraded" {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("machine not booted after 60 s (state {last:?})");
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        if let Some(mut nspawn) = self.nspawn.take() {
-            if nspawn.is_running() && self.init_pid != 0 {
-                let _ = self.run(&["systemctl", "poweroff", "--no-block"]);
-                if nspawn.wait_exit(Duration::from_secs(20)).is_err() {
-                    // SIGKILL to a PID namespace's init kills everything in it.
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &self.init_pid.to_string()])
-                        .status();
-                }
-            }
-        }
-    }
-}
-
 /// `host : ok=N changed=N unreachable=N failed=N ...` from a PLAY RECAP.
 fn recap(out: &str, host: &str) -> BTreeMap<String, u32> {
     let line = out
@@ -407,13 +296,7 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
         .tempdir()
         .expect("tempdir");
     let root = dir.path().join("root");
-    let cp = Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(&base)
-        .arg(&root)
-        .status()
-        .expect("cp");
-    assert!(cp.success(), "copying {} failed", base.display());
+    nspawn::copy_tree(&base, &root);
     std::fs::write(root.join("etc/hostname"), "cp-a\n").unwrap();
 
     // A snapshot of the build: target/debug is shared, and another build replacing a binary
@@ -448,7 +331,7 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    let m = Machine::boot(&root, &dir.path().join("console.log"));
+    let m = NspawnMachine::boot(&root, &dir.path().join("console.log"), &[]);
     eprintln!("ansible: machine booted after {:?}", started.elapsed());
     // The machine's address and the VIP, on its own loopback (its network namespace).
     for a in ["192.168.77.11/32", "192.168.77.100/32"] {
@@ -474,7 +357,7 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
     let render = dir.path().join("render");
     let backups = dir.path().join("backups");
     let inventory = dir.path().join("hosts.yml");
-    let proxy = format!("nsenter -t {} -n -m nc 127.0.0.1 22", m.init_pid);
+    let proxy = format!("nsenter -t {} -n -m nc 127.0.0.1 22", m.init_pid());
     std::fs::write(
         &inventory,
         format!(

@@ -27,10 +27,11 @@
 //! A missing prerequisite fails the test with a message saying what to do.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kelson_testsupport::{bin_path, workspace_root, ChildGuard};
+use kelson_testsupport::bin_path;
+use kelson_testsupport::nspawn::{self, NspawnMachine};
 
 /// Everything `kelsonctl install` lays out (it refuses to run with one missing).
 const BINARIES: &[&str] = &[
@@ -71,196 +72,39 @@ fn require_tool(path: &str, package: &str) {
     );
 }
 
-/// Builds or reuses the cached rootfs; a failure (no network, no debootstrap) fails the test.
-fn rootfs() -> PathBuf {
-    let dir = workspace_root().join("target").join("nspawn-rootfs");
-    let script = workspace_root().join("scripts").join("nspawn-rootfs.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .expect("running scripts/nspawn-rootfs.sh");
-    assert!(
-        out.status.success(),
-        "scripts/nspawn-rootfs.sh {} failed ({}); the systemd machine needs debootstrap and a \
-         Debian mirror (KELSON_DEBIAN_MIRROR):\n{}{}",
-        dir.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-/// A booted copy of the rootfs. Drop powers it off (bounded), kills what is left and removes
-/// the copy.
+/// A booted copy of the cached rootfs in a temp dir: the machine powers off (field order) before
+/// the copy is removed.
 struct Machine {
-    init_pid: u32,
-    nspawn: Option<ChildGuard>,
-    root: PathBuf,
-    dir: Option<tempfile::TempDir>,
+    m: NspawnMachine,
+    _dir: tempfile::TempDir,
 }
 
 impl Machine {
     /// Copies the rootfs, lets `prepare` modify the tree, then boots it.
     fn boot(prepare: impl FnOnce(&Path)) -> Machine {
-        let base = rootfs();
+        let base = nspawn::cached_rootfs();
         let dir = tempfile::Builder::new()
             .prefix("kelson-machine-")
             .tempdir()
             .expect("tempdir");
         let root = dir.path().join("root");
         let t = Instant::now();
-        let cp = Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(&base)
-            .arg(&root)
-            .status()
-            .expect("cp");
-        assert!(cp.success(), "copying {} failed", base.display());
+        nspawn::copy_tree(&base, &root);
         eprintln!("machine: rootfs copied in {:?}", t.elapsed());
         prepare(&root);
-
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.arg("-D").arg(&root).args([
-            "--boot",
-            // No systemd-machined on the host.
-            "--register=no",
-            "--keep-unit",
-            // Its own network namespace (loopback only): the daemons' ports cannot clash
-            // with anything on the host or in other tests.
-            "--private-network",
-            "--bind-ro=/usr/bin/kubectl",
-            "--console=read-only",
-        ]);
-        let nspawn = ChildGuard::spawn("systemd-nspawn", cmd, &dir.path().join("console.log"))
-            .expect("spawning systemd-nspawn");
-        let mut m = Machine {
-            init_pid: 0,
-            nspawn: Some(nspawn),
-            root,
-            dir: Some(dir),
-        };
-        m.init_pid = m.find_init();
-        m.wait_booted();
-        m
-    }
-
-    /// The container's PID 1 as the host sees it: systemd-nspawn's child.
-    fn find_init(&mut self) -> u32 {
-        let nspawn = self.nspawn.as_mut().unwrap();
-        let pid = nspawn.pid();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            assert!(
-                nspawn.is_running(),
-                "systemd-nspawn exited:\n{}",
-                nspawn.log_tail(40)
-            );
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            if let Some(c) = children.split_whitespace().next() {
-                let c: u32 = c.parse().unwrap();
-                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-                if comm.trim() == "systemd" {
-                    return c;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "no systemd inside the container after 15 s:\n{}",
-            nspawn.log_tail(40)
+        let m = NspawnMachine::boot(
+            &root,
+            &dir.path().join("console.log"),
+            &["--bind-ro=/usr/bin/kubectl"],
         );
-    }
-
-    /// `cmd args...` inside the machine's namespaces.
-    fn run(&self, args: &[&str]) -> Output {
-        let pid = self.init_pid.to_string();
-        Command::new("timeout")
-            .args(["60", "nsenter", "-t", &pid, "-m", "-u", "-i", "-n", "-p"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("nsenter")
-    }
-
-    /// Like [`run`](Self::run) but the command must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed in the machine ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn show(&self, unit: &str, prop: &str) -> String {
-        self.ok(&["systemctl", "show", "-p", prop, "--value", unit])
-            .trim()
-            .to_string()
-    }
-
-    fn wait_booted(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let out = self.run(&["systemctl", "is-system-running"]);
-            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if last == "running" || last == "degraded" {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("machine not booted after 60 s (state {last:?})");
-    }
-
-    /// Waits (bounded) until `check` holds, returning the last diagnostic on timeout.
-    fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut check: impl FnMut() -> Result<(), String>,
-    ) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match check() {
-                Ok(()) => return,
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("{what}: not within {timeout:?}: {e}");
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(250)),
-            }
-        }
-    }
-
-    fn journal(&self, unit: &str) -> String {
-        self.ok(&["journalctl", "--no-pager", "-u", unit])
+        Machine { m, _dir: dir }
     }
 }
 
-impl Drop for Machine {
-    fn drop(&mut self) {
-        if let Some(mut nspawn) = self.nspawn.take() {
-            if nspawn.is_running() && self.init_pid != 0 {
-                let _ = self.run(&["systemctl", "poweroff", "--no-block"]);
-                if nspawn.wait_exit(Duration::from_secs(20)).is_err() {
-                    // SIGKILL to a PID namespace's init kills everything in it.
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &self.init_pid.to_string()])
-                        .status();
-                }
-            }
-            drop(nspawn);
-        }
-        if let Some(dir) = self.dir.take() {
-            if let Err(e) = dir.close() {
-                eprintln!("machine: removing {}: {e}", self.root.display());
-            }
-        }
+impl std::ops::Deref for Machine {
+    type Target = NspawnMachine;
+    fn deref(&self) -> &NspawnMachine {
+        &self.m
     }
 }
 

@@ -26,6 +26,7 @@ pub mod containerd;
 mod controlplane;
 mod dbus;
 pub mod host;
+pub mod nspawn;
 mod peer;
 pub mod probe;
 
@@ -36,6 +37,7 @@ pub use containerd::Containerd;
 pub use controlplane::{client_for, ControlPlane, ControlPlaneOpts, KUBECTL};
 pub use dbus::DbusDaemon;
 pub use host::HostCleanup;
+pub use nspawn::NspawnMachine;
 pub use peer::PeerApiServer;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound, read, released).
