@@ -129,6 +129,66 @@ pub struct KubeletConfig {
     /// Network namespace (`ip netns` name) the pod routes go into instead of the host's.
     #[serde(default)]
     pub pod_routes_netns: Option<String>,
+    /// Hard eviction thresholds, upstream's flag syntax: `memory.available<100Mi,nodefs.available<10%`.
+    /// Unset: upstream's defaults (see `eviction::thresholds`); set (even to ""): only these.
+    #[serde(default)]
+    pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds (same syntax); each needs a grace period.
+    #[serde(default)]
+    pub eviction_soft: Option<String>,
+    /// Grace periods of the soft thresholds: `memory.available=1m30s,...`.
+    #[serde(default)]
+    pub eviction_soft_grace_period: Option<String>,
+    /// How far above a threshold a signal must get to count as relieved: `nodefs.available=500Mi`.
+    #[serde(default)]
+    pub eviction_minimum_reclaim: Option<String>,
+    /// Seconds a pressure condition stays after its threshold was last met (upstream's 5m).
+    #[serde(default = "default_transition")]
+    pub eviction_pressure_transition_period: u64,
+    /// Longest grace period (seconds) given to pods evicted by a soft threshold.
+    #[serde(default)]
+    pub eviction_max_pod_grace_period: i64,
+    /// Seconds between eviction signal observations (upstream's housekeeping, 10 s).
+    #[serde(default = "default_housekeeping")]
+    pub housekeeping_interval: u64,
+    /// Put node.kubernetes.io/{memory,disk,pid}-pressure NoSchedule taints on the node while
+    /// its conditions say so (upstream's node lifecycle controller does this; ours does not).
+    #[serde(default = "default_true")]
+    pub taint_nodes_by_condition: bool,
+    /// Image filesystem usage percent at which image GC runs (100 disables it).
+    #[serde(default = "default_gc_high")]
+    pub image_gc_high_threshold: u8,
+    /// Usage percent image GC frees down to.
+    #[serde(default = "default_gc_low")]
+    pub image_gc_low_threshold: u8,
+    /// Seconds an image must have been known before GC may remove it (upstream's 2m).
+    #[serde(default = "default_gc_age")]
+    pub image_minimum_gc_age: u64,
+    /// Seconds between image GC checks (upstream's fixed 5 minutes).
+    #[serde(default = "default_gc_period")]
+    pub image_gc_period: u64,
+    /// An image GC never removes besides the runtime's own sandbox image.
+    #[serde(default)]
+    pub pod_infra_container_image: Option<String>,
+}
+
+fn default_transition() -> u64 {
+    300
+}
+fn default_housekeeping() -> u64 {
+    10
+}
+fn default_gc_high() -> u8 {
+    85
+}
+fn default_gc_low() -> u8 {
+    80
+}
+fn default_gc_age() -> u64 {
+    120
+}
+fn default_gc_period() -> u64 {
+    300
 }
 
 fn default_true() -> bool {
@@ -310,6 +370,58 @@ pub struct KubeletFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_routes_netns: Option<String>,
+    /// Hard eviction thresholds, e.g. memory.available<100Mi,nodefs.available<10%.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds (same syntax as --eviction-hard).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_soft: Option<String>,
+    /// Soft threshold grace periods, e.g. memory.available=1m30s.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_soft_grace_period: Option<String>,
+    /// Minimum reclaim per signal, e.g. nodefs.available=500Mi.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_minimum_reclaim: Option<String>,
+    /// Seconds a pressure condition outlives its threshold (default 300).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_pressure_transition_period: Option<u64>,
+    /// Max grace (seconds) for soft evictions (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_max_pod_grace_period: Option<i64>,
+    /// Seconds between eviction signal observations (default 10).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub housekeeping_interval: Option<u64>,
+    /// Set pressure taints from node conditions (default true).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taint_nodes_by_condition: Option<bool>,
+    /// Image GC starts at this image filesystem usage percent (default 85).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_high_threshold: Option<u8>,
+    /// Image GC frees down to this usage percent (default 80).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_low_threshold: Option<u8>,
+    /// Seconds before an unused image may be collected (default 120).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_minimum_gc_age: Option<u64>,
+    /// Seconds between image GC checks (default 300).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_period: Option<u64>,
+    /// Image never garbage collected (besides the runtime's sandbox image).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_infra_container_image: Option<String>,
 }
 
 impl KubeletConfig {
@@ -429,6 +541,13 @@ mod tests {
         assert_eq!(cfg.node_lease_duration_seconds, 40);
         assert_eq!(cfg.cluster_domain, "cluster.local");
         assert!(cfg.cluster_dns.is_empty() && !cfg.pod_routes);
+        assert_eq!(cfg.eviction_pressure_transition_period, 300);
+        assert_eq!(
+            (cfg.image_gc_high_threshold, cfg.image_gc_low_threshold),
+            (85, 80)
+        );
+        assert_eq!(cfg.image_minimum_gc_age, 120);
+        assert!(cfg.eviction_hard.is_none() && cfg.taint_nodes_by_condition);
         assert_eq!(
             cfg.runtime_socket(),
             PathBuf::from("/run/containerd/containerd.sock")

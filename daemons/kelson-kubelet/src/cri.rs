@@ -329,6 +329,62 @@ impl Cri {
         Ok(r.image)
     }
 
+    /// Every image the runtime has (for image garbage collection).
+    pub async fn list_images(&self) -> Result<Vec<cri::Image>> {
+        let r = rpc!(
+            self.images.clone(),
+            list_images,
+            "ListImages",
+            cri::ListImagesRequest { filter: None }
+        )?;
+        Ok(r.images)
+    }
+
+    /// Removes an image (by ID or reference); a missing image is not an error (CRI contract).
+    pub async fn remove_image(&self, image: &str) -> Result<()> {
+        rpc!(
+            self.images.clone(),
+            remove_image,
+            "RemoveImage",
+            cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                })
+            }
+        )
+        .map(|_| ())
+    }
+
+    /// The filesystems the runtime keeps images on (mount point and bytes/inodes used).
+    pub async fn image_fs_info(&self) -> Result<Vec<cri::FilesystemUsage>> {
+        let r = rpc!(
+            self.images.clone(),
+            image_fs_info,
+            "ImageFsInfo",
+            cri::ImageFsInfoRequest {}
+        )?;
+        Ok(r.image_filesystems)
+    }
+
+    /// The sandbox (pause) image the runtime is configured with, from its verbose status
+    /// (containerd's CRI plugin reports its config there as JSON with `sandboxImage`).
+    pub async fn sandbox_image(&self) -> Result<Option<String>> {
+        let r = rpc!(
+            self.runtime.clone(),
+            status,
+            "Status",
+            cri::StatusRequest { verbose: true }
+        )?;
+        Ok(r.info.get("config").and_then(|c| {
+            serde_json::from_str::<serde_json::Value>(c)
+                .ok()?
+                .get("sandboxImage")?
+                .as_str()
+                .map(String::from)
+        }))
+    }
+
     /// Pulls from a registry; returns the image ref.
     pub async fn pull_image(&self, image: &str) -> Result<String> {
         let r = rpc!(

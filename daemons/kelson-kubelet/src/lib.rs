@@ -12,7 +12,13 @@
 //! [`worker`] (one task per pod), [`manager`] (watch → workers, orphan clean-up),
 //! [`dbus`] (`io.kelson.Kubelet1`), [`probe`] (probes and lifecycle hooks), [`events`],
 //! [`volumes`] (atomic volume writer, service account tokens), [`routes`] (routes to other
-//! nodes' podCIDRs), [`static_pods`] (manifest directory and mirror pods).
+//! nodes' podCIDRs), [`static_pods`] (manifest directory and mirror pods), [`eviction`]
+//! (node-pressure eviction: signals, thresholds, conditions, taints), [`image_gc`] (unused
+//! images over the disk threshold).
+//!
+//! Reload (SIGHUP or D-Bus `Reload()`) re-reads the config file with the command line's flags
+//! on top (flags still win) and applies the eviction and image GC settings; other keys need a
+//! restart. A config that does not parse or validate keeps the running settings.
 //!
 //! Lifecycle: READY=1 once the API server answered, the Node is registered, the runtime
 //! answered and the pod cache has synced. SIGTERM stops the kubelet *without* touching
@@ -23,7 +29,9 @@ pub mod cni;
 pub mod config;
 pub mod cri;
 pub mod dbus;
+pub mod eviction;
 pub mod events;
+pub mod image_gc;
 pub mod manager;
 pub mod node;
 pub mod pod;
@@ -76,6 +84,17 @@ async fn runtime_ok(cri: &cri::Cri) -> Result<(), String> {
     }
 }
 
+/// The configuration as at start-up, read again: the file (if any) with this process's own
+/// command-line flags on top, so flags still win after a reload.
+fn reread_config(path: Option<&std::path::Path>) -> Result<KubeletConfig, String> {
+    use clap::Parser;
+    let cli = kelson_runtime::daemon::DaemonCli::<KubeletFlags>::try_parse_from(std::env::args_os())
+        .map_err(|e| format!("re-parsing the command line: {e}"))?;
+    let overrides =
+        kelson_runtime::config::overrides_from(&cli.flags).map_err(|e| e.to_string())?;
+    kelson_runtime::config::load(path, overrides).map_err(|e| e.to_string())
+}
+
 /// Runs the kubelet until SIGTERM/SIGINT.
 pub async fn run(
     cfg: KubeletConfig,
@@ -85,7 +104,23 @@ pub async fn run(
     let mut shutdown = signals::ShutdownSignals::new()?;
     let mut hup = signals::reload_signals()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
-    state.on_reload(|| Box::pin(async { Ok(()) }));
+    let settings = eviction::Settings::from_config(&cfg).context("invalid eviction settings")?;
+    let (settings_tx, settings_rx) = watch::channel(settings);
+    let settings_tx = Arc::new(settings_tx);
+    {
+        let config_path = common.config.clone();
+        state.on_reload(move || {
+            let tx = settings_tx.clone();
+            let path = config_path.clone();
+            Box::pin(async move {
+                let new = reread_config(path.as_deref())?;
+                let s = eviction::Settings::from_config(&new).map_err(|e| e.to_string())?;
+                tracing::info!(thresholds = s.thresholds.len(), image_gc_high = s.image_gc.high, "eviction and image GC settings re-read");
+                tx.send_replace(s);
+                Ok(())
+            })
+        });
+    }
     state.set_status("connecting to the API server and the container runtime");
 
     // TLS bootstrap (no-op with a usable kubeconfig), then a client whose certificate file is
@@ -162,6 +197,10 @@ pub async fn run(
         phases: Mutex::new(Default::default()),
         recorder: events::Recorder::new(client.clone(), node_name.clone()),
         tokens: Default::default(),
+        pods: Default::default(),
+        evictions: Default::default(),
+        pressure: Default::default(),
+        wakers: Default::default(),
     });
 
     let dbus = kelson_runtime::dbus::serve_optional(
@@ -194,20 +233,24 @@ pub async fn run(
     let kubelet_port = api_server.as_ref().map_or(cfg.port, |r| r.addr.port());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Node status: first post now (so the node turns Ready at once), then periodically.
+    let status_wake = Arc::new(tokio::sync::Notify::new());
+    // Node status: first post now (so the node turns Ready at once), then periodically, and
+    // at once when the eviction manager changes a pressure condition.
     let status_task = {
-        let (nodes, info, cri, shared, cfg) = (
+        let (nodes, info, cri, shared, cfg, wake) = (
             nodes.clone(),
             info.clone(),
             cri.clone(),
             shared.clone(),
             cfg.clone(),
+            status_wake.clone(),
         );
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut prev: Option<NodeStatus> = None;
             loop {
-                let mut st = info.status(runtime_ok(&cri).await, prev.as_ref());
+                let pressure = *shared.pressure.lock();
+                let mut st = info.status(runtime_ok(&cri).await, pressure, prev.as_ref());
                 server::set_kubelet_port(&mut st, kubelet_port);
                 match node::post_status(&nodes, &info.name, &st).await {
                     Ok(n) => {
@@ -224,6 +267,7 @@ pub async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.status_interval()) => {}
+                    _ = wake.notified() => {}
                     _ = stop.changed() => return,
                 }
             }
@@ -296,6 +340,47 @@ pub async fn run(
             Duration::from_secs(cfg.file_check_frequency.max(1)),
             stop_rx.clone(),
         )));
+    }
+
+    // Node-pressure eviction and image GC.
+    {
+        let gc = Arc::new(image_gc::ImageGc::new(cri.clone()));
+        let imagefs = gc.image_fs().await;
+        tracing::info!(nodefs = %cfg.root_dir.display(), imagefs = ?imagefs, "eviction signals");
+        let source = Arc::new(eviction::signals::Machine::new(cfg.root_dir.clone(), imagefs));
+        let policy_rx = {
+            // The GC loop follows the image GC part of the settings.
+            let (tx, rx) = watch::channel(settings_rx.borrow().image_gc.clone());
+            let mut srx = settings_rx.clone();
+            let mut stop = stop_rx.clone();
+            extra_tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = srx.changed() => {
+                            if r.is_err() { return; }
+                            let p = srx.borrow_and_update().image_gc.clone();
+                            tx.send_if_modified(|cur| if *cur != p { *cur = p; true } else { false });
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+            rx
+        };
+        extra_tasks.push(tokio::spawn(image_gc::run(
+            gc.clone(),
+            policy_rx,
+            stop_rx.clone(),
+        )));
+        let manager = eviction::Manager {
+            shared: shared.clone(),
+            source,
+            gc: Some(gc),
+            nodes: nodes.clone(),
+            node_name: node_name.clone(),
+            status_wake: status_wake.clone(),
+        };
+        extra_tasks.push(tokio::spawn(manager.run(settings_rx.clone(), stop_rx.clone())));
     }
 
     state.set_status("syncing pods");

@@ -215,8 +215,14 @@ impl NodeInfo {
         }
     }
 
-    /// The status to post: conditions from `runtime_ok`, heartbeat now.
-    pub fn status(&self, runtime_ok: Result<(), String>, prev: Option<&NodeStatus>) -> NodeStatus {
+    /// The status to post: Ready from `runtime_ok`, the pressure conditions from the eviction
+    /// manager, heartbeat now.
+    pub fn status(
+        &self,
+        runtime_ok: Result<(), String>,
+        pressure: crate::eviction::Pressure,
+        prev: Option<&NodeStatus>,
+    ) -> NodeStatus {
         let t = now();
         let prev_cond = |ty: &str| {
             prev.and_then(|s| s.conditions.as_ref())
@@ -277,24 +283,51 @@ impl NodeInfo {
             allocatable: Some(self.allocatable.clone()),
             capacity: Some(self.capacity.clone()),
             conditions: Some(vec![
-                cond(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                cond(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                ),
-                cond(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                ),
+                if pressure.memory {
+                    cond(
+                        "MemoryPressure",
+                        "True",
+                        "KubeletHasInsufficientMemory",
+                        "kubelet has insufficient memory available",
+                    )
+                } else {
+                    cond(
+                        "MemoryPressure",
+                        "False",
+                        "KubeletHasSufficientMemory",
+                        "kubelet has sufficient memory available",
+                    )
+                },
+                if pressure.disk {
+                    cond(
+                        "DiskPressure",
+                        "True",
+                        "KubeletHasDiskPressure",
+                        "kubelet has disk pressure",
+                    )
+                } else {
+                    cond(
+                        "DiskPressure",
+                        "False",
+                        "KubeletHasNoDiskPressure",
+                        "kubelet has no disk pressure",
+                    )
+                },
+                if pressure.pid {
+                    cond(
+                        "PIDPressure",
+                        "True",
+                        "KubeletHasInsufficientPID",
+                        "kubelet has insufficient PID available",
+                    )
+                } else {
+                    cond(
+                        "PIDPressure",
+                        "False",
+                        "KubeletHasSufficientPID",
+                        "kubelet has sufficient PID available",
+                    )
+                },
                 ready,
             ]),
             daemon_endpoints: Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
@@ -519,7 +552,8 @@ mod tests {
             allocatable: BTreeMap::new(),
             runtime_version: "containerd://x".into(),
         };
-        let s1 = info.status(Ok(()), None);
+        let none = crate::eviction::Pressure::default();
+        let s1 = info.status(Ok(()), none, None);
         let ready = |s: &NodeStatus| {
             s.conditions
                 .as_ref()
@@ -531,17 +565,32 @@ mod tests {
         };
         assert_eq!(ready(&s1).status, "True");
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let s2 = info.status(Ok(()), Some(&s1));
+        let s2 = info.status(Ok(()), none, Some(&s1));
         assert_eq!(
             ready(&s2).last_transition_time,
             ready(&s1).last_transition_time
         );
-        let s3 = info.status(Err("boom".into()), Some(&s2));
+        let s3 = info.status(Err("boom".into()), none, Some(&s2));
         assert_eq!(ready(&s3).status, "False");
         assert_eq!(ready(&s3).reason.as_deref(), Some("KubeletNotReady"));
         assert_ne!(
             ready(&s3).last_transition_time,
             ready(&s1).last_transition_time
         );
+        let cond = |s: &NodeStatus, ty: &str| {
+            let c = s.conditions.as_ref().unwrap();
+            let c = c.iter().find(|c| c.type_ == ty).unwrap();
+            (c.status.clone(), c.reason.clone().unwrap_or_default())
+        };
+        let mem = crate::eviction::Pressure {
+            memory: true,
+            ..none
+        };
+        let s4 = info.status(Ok(()), mem, Some(&s3));
+        assert_eq!(
+            cond(&s4, "MemoryPressure"),
+            ("True".into(), "KubeletHasInsufficientMemory".into())
+        );
+        assert_eq!(cond(&s4, "DiskPressure").0, "False");
     }
 }

@@ -63,9 +63,25 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Projected service account tokens, shared by all workers (refreshed at 80% of life).
     pub tokens: crate::volumes::TokenCache,
+    /// Pods whose workers run them (not terminal), for eviction ranking.
+    pub pods: Mutex<HashMap<String, Arc<Pod>>>,
+    /// Evictions the eviction manager asked for, by pod UID; the worker removes its entry once
+    /// the pod is killed and reported Failed.
+    pub evictions: Mutex<HashMap<String, crate::eviction::EvictRequest>>,
+    /// The node conditions from the eviction signals (admission and node status).
+    pub pressure: Mutex<crate::eviction::Pressure>,
+    /// Each worker's wake-up, so a request reaches it without waiting for its resync.
+    pub wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl Shared {
+    /// Wakes the worker of `uid` (if any).
+    pub fn wake_pod(&self, uid: &str) {
+        if let Some(w) = self.wakers.lock().get(uid) {
+            w.notify_one();
+        }
+    }
+
     pub fn running_pods(&self) -> u32 {
         self.phases
             .lock()
@@ -114,8 +130,10 @@ pub struct Worker {
     volumes: Option<(Instant, HashMap<String, std::path::PathBuf>)>,
     /// Probe tasks per container name, for the container instance they were started for.
     probers: HashMap<String, ContainerProbers>,
-    /// Probe results wake the worker at once.
+    /// Probe results (and eviction requests) wake the worker at once.
     wake: Arc<tokio::sync::Notify>,
+    /// Passed eviction admission (or adopted from a previous run).
+    admitted: bool,
 }
 
 fn now_rfc3339() -> String {
@@ -164,11 +182,23 @@ impl Worker {
             acted: AtomicBool::new(false),
             mount_error: None,
             wake: Arc::new(tokio::sync::Notify::new()),
+            admitted: false,
         }
     }
 
     /// Runs until the pod is gone (deleted in the API, or vanished).
     pub async fn run(mut self) {
+        self.shared
+            .wakers
+            .lock()
+            .insert(self.uid.clone(), self.wake.clone());
+        self.run_loop().await;
+        self.shared.wakers.lock().remove(&self.uid);
+        self.shared.pods.lock().remove(&self.uid);
+        self.shared.evictions.lock().remove(&self.uid);
+    }
+
+    async fn run_loop(&mut self) {
         loop {
             let pod = self.rx.borrow_and_update().clone();
             match pod {
@@ -195,10 +225,22 @@ impl Worker {
                     return;
                 }
                 Some(p) => {
-                    if let Err(e) = self.sync(&p, &p).await {
-                        tracing::warn!(pod = %podspec::name(&p), namespace = %podspec::namespace(&p), error = %e, "pod sync failed");
+                    let eviction = self.shared.evictions.lock().get(&self.uid).cloned();
+                    match eviction {
+                        Some(req) if !self.terminal => self.evict(&p, req).await,
+                        _ => {
+                            if let Err(e) = self.sync(&p, &p).await {
+                                tracing::warn!(pod = %podspec::name(&p), namespace = %podspec::namespace(&p), error = %e, "pod sync failed");
+                            }
+                            self.report(&p).await;
+                        }
                     }
-                    self.report(&p).await;
+                    if self.terminal {
+                        self.shared.pods.lock().remove(&self.uid);
+                        self.shared.evictions.lock().remove(&self.uid);
+                    } else {
+                        self.shared.pods.lock().insert(self.uid.clone(), p.clone());
+                    }
                 }
             }
             tokio::select! {
@@ -252,6 +294,17 @@ impl Worker {
         // 1. Sandbox.
         if self.sandbox.is_none() {
             self.sandbox = self.find_sandbox().await?;
+            if !self.admitted {
+                let started = pod.status.as_ref().and_then(|s| s.start_time.as_ref());
+                if self.sandbox.is_none() && started.is_none() {
+                    let pressure = *self.shared.pressure.lock();
+                    if let Err(msg) = crate::eviction::admit(pressure, pod) {
+                        self.reject(pod, msg).await;
+                        return Ok(());
+                    }
+                }
+                self.admitted = true;
+            }
         } else if let Some((id, _)) = &self.sandbox {
             let st = self.shared.cri.pod_sandbox_status(id).await;
             if !st.is_ok_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
@@ -927,6 +980,84 @@ impl Worker {
         self.shared.tokens.forget_pod(&self.uid);
         self.sandbox = None;
         tracing::info!(uid = %self.uid, "pod torn down");
+    }
+
+    /// Evicts the pod for the eviction manager: kill (with the request's grace), stop the
+    /// sandbox, report Failed/Evicted with upstream's message and a DisruptionTarget
+    /// condition, and post the Evicted event. Containers stay (for logs) until the pod is
+    /// deleted, like any finished pod's.
+    async fn evict(&mut self, pod: &Pod, req: crate::eviction::EvictRequest) {
+        tracing::info!(pod = %podspec::name(pod), namespace = %podspec::namespace(pod), message = %req.message, "evicting");
+        self.shared
+            .recorder
+            .pod_event(pod, None, true, "Evicted", req.message.clone());
+        self.probers.clear();
+        self.stop_all(Some(pod), req.grace).await;
+        let observed = match &self.sandbox {
+            Some((id, _)) => self.observe(id).await.unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let mut status = self.build_status(pod, &observed);
+        status["phase"] = json!("Failed");
+        status["reason"] = json!("Evicted");
+        status["message"] = json!(req.message);
+        let t = now_rfc3339();
+        if let Some(conds) = status["conditions"].as_array_mut() {
+            conds.retain(|c| c["type"] != "DisruptionTarget");
+            conds.push(json!({
+                "type": "DisruptionTarget", "status": "True", "lastProbeTime": null,
+                "lastTransitionTime": t, "reason": "TerminationByKubelet", "message": req.message,
+            }));
+        }
+        if let Some((id, _)) = self.sandbox.take() {
+            let _ = self.shared.cri.stop_pod_sandbox(&id).await;
+        }
+        self.terminal = true;
+        self.shared
+            .phases
+            .lock()
+            .insert(self.uid.clone(), "Failed".into());
+        self.patch_final(pod, status).await;
+    }
+
+    /// Refuses a new pod under node pressure (upstream's eviction admission).
+    async fn reject(&mut self, pod: &Pod, message: String) {
+        tracing::info!(pod = %podspec::name(pod), %message, "pod rejected: node under pressure");
+        self.shared
+            .recorder
+            .pod_event(pod, None, true, "Evicted", message.clone());
+        self.terminal = true;
+        self.shared
+            .phases
+            .lock()
+            .insert(self.uid.clone(), "Failed".into());
+        let status = json!({
+            "phase": "Failed", "reason": "Evicted", "message": message,
+            "hostIP": self.shared.ctx.node_ip, "startTime": now_rfc3339(),
+        });
+        self.patch_final(pod, status).await;
+    }
+
+    /// Patches a terminal status, retrying a few times: nothing else will report this pod.
+    async fn patch_final(&mut self, pod: &Pod, status: Value) {
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &podspec::namespace(pod));
+        let patch = json!({"status": status});
+        for attempt in 0..5 {
+            match api
+                .patch_status(&podspec::name(pod), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.last_status = Some(status);
+                    return;
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(e) => {
+                    tracing::warn!(pod = %podspec::name(pod), attempt, error = %e, "reporting the pod Failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     async fn delete_pod(&self, pod: &Pod) {

@@ -1,0 +1,390 @@
+//! Node-pressure eviction, as upstream's kubelet eviction manager.
+//!
+//! Every `housekeeping-interval` the manager observes the signals ([`signals`]), runs them
+//! through the thresholds ([`thresholds`], [`state`]) and then:
+//! - publishes the node conditions MemoryPressure / DiskPressure / PIDPressure (the node
+//!   status task posts them at once when they change);
+//! - keeps the matching `node.kubernetes.io/{memory,disk,pid}-pressure:NoSchedule` taints on the
+//!   Node. Upstream leaves that to the node lifecycle controller (TaintNodesByCondition); the
+//!   Kelson controller manager does not do it (yet), so the kubelet does, touching only these
+//!   three keys (`taint-nodes-by-condition = false` turns it off);
+//! - for the most urgent threshold met: disk pressure first removes unused images (image GC)
+//!   and stops there if that relieved it; otherwise one pod is evicted, ranked per
+//!   [`rank`], and the manager waits (up to 30 s) for the pod's worker to have killed it before
+//!   the next pass — upstream evicts at most one pod per pass for the same reason: the next
+//!   decision should see the effect of the last one.
+//!
+//! Eviction itself is the pod worker's job (it owns the pod's containers): the manager posts
+//! an [`EvictRequest`] in [`crate::worker::Shared`], the worker stops the containers (grace 1 s
+//! for hard thresholds, `eviction-max-pod-grace-period` capped by the pod's own for soft ones),
+//! stops the sandbox and reports phase Failed, reason `Evicted`, upstream's message, a
+//! `DisruptionTarget` condition and an `Evicted` event.
+//!
+//! New pods are admitted as upstream: under memory pressure only non-BestEffort pods (or ones
+//! tolerating the memory-pressure taint), under disk or PID pressure none (critical pods
+//! always) — a rejected pod fails with reason `Evicted`, "The node had condition: [...]".
+
+pub mod rank;
+pub mod signals;
+pub mod state;
+pub mod thresholds;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+
+use crate::config::KubeletConfig;
+use crate::image_gc::{ImageGc, Policy};
+use crate::pod as podspec;
+use crate::worker::Shared;
+use rank::Candidate;
+use signals::{PodRef, SignalSource};
+pub use state::Pressure;
+use thresholds::{PressureKind, Threshold, ThresholdError};
+
+pub const TAINT_MEMORY: &str = "node.kubernetes.io/memory-pressure";
+pub const TAINT_DISK: &str = "node.kubernetes.io/disk-pressure";
+pub const TAINT_PID: &str = "node.kubernetes.io/pid-pressure";
+/// Upstream's grace for pods evicted by a hard threshold.
+const IMMEDIATE_GRACE: i64 = 1;
+/// How long the manager waits for an evicted pod to be killed (upstream's podCleanupTimeout).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The eviction settings (reloadable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub thresholds: Vec<Threshold>,
+    pub transition: Duration,
+    pub max_pod_grace: i64,
+    pub interval: Duration,
+    pub taint: bool,
+    pub image_gc: Policy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Threshold(#[from] ThresholdError),
+    #[error(transparent)]
+    ImageGc(#[from] crate::image_gc::PolicyError),
+}
+
+impl Settings {
+    pub fn from_config(cfg: &KubeletConfig) -> Result<Settings, SettingsError> {
+        let thresholds = thresholds::parse_thresholds(
+            cfg.eviction_hard.as_deref(),
+            cfg.eviction_soft.as_deref(),
+            cfg.eviction_soft_grace_period.as_deref(),
+            cfg.eviction_minimum_reclaim.as_deref(),
+        )?;
+        let image_gc = Policy {
+            high: cfg.image_gc_high_threshold,
+            low: cfg.image_gc_low_threshold,
+            min_age: Duration::from_secs(cfg.image_minimum_gc_age),
+            period: Duration::from_secs(cfg.image_gc_period.max(1)),
+            keep: cfg.pod_infra_container_image.iter().cloned().collect(),
+        };
+        image_gc.validate()?;
+        Ok(Settings {
+            thresholds,
+            transition: Duration::from_secs(cfg.eviction_pressure_transition_period),
+            max_pod_grace: cfg.eviction_max_pod_grace_period,
+            interval: Duration::from_secs(cfg.housekeeping_interval.max(1)),
+            taint: cfg.taint_nodes_by_condition,
+            image_gc,
+        })
+    }
+}
+
+/// A request to a pod worker to evict its pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvictRequest {
+    pub message: String,
+    /// Grace period for stopping the containers.
+    pub grace: i64,
+}
+
+/// Whether a new pod may start under `p` (upstream's eviction admission); `Err` is the
+/// rejection message.
+pub fn admit(p: Pressure, pod: &Pod) -> Result<(), String> {
+    if p == Pressure::default() || rank::is_critical(pod) {
+        return Ok(());
+    }
+    let only_memory = p.memory && !p.disk && !p.pid;
+    if only_memory {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let tolerates = spec.tolerations.iter().flatten().any(|t| {
+            t.key.as_deref() == Some(TAINT_MEMORY)
+                && t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "NoSchedule")
+                || (t.key.is_none() && t.operator.as_deref() == Some("Exists"))
+        });
+        if crate::resources::qos_class(&spec) != "BestEffort" || tolerates {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "The node had condition: [{}]. ",
+        p.names().join(", ")
+    ))
+}
+
+fn pressure_taints(p: Pressure) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for (k, key) in [
+        (PressureKind::Memory, TAINT_MEMORY),
+        (PressureKind::Disk, TAINT_DISK),
+        (PressureKind::Pid, TAINT_PID),
+    ] {
+        if p.get(k) {
+            v.push(key);
+        }
+    }
+    v
+}
+
+/// Puts exactly the pressure taints of `p` on the node, leaving every other taint alone.
+pub async fn reconcile_taints(
+    nodes: &Api<Node>,
+    name: &str,
+    p: Pressure,
+) -> Result<bool, kube::Error> {
+    let node = nodes.get(name).await?;
+    let cur: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let want = pressure_taints(p);
+    let ours = [TAINT_MEMORY, TAINT_DISK, TAINT_PID];
+    let mut next: Vec<Taint> = cur
+        .iter()
+        .filter(|t| {
+            !ours.contains(&t.key.as_str())
+                || (t.effect == "NoSchedule" && want.contains(&t.key.as_str()))
+        })
+        .cloned()
+        .collect();
+    for k in &want {
+        if !next.iter().any(|t| t.key == *k && t.effect == "NoSchedule") {
+            next.push(Taint {
+                key: (*k).into(),
+                effect: "NoSchedule".into(),
+                value: None,
+                time_added: None,
+            });
+        }
+    }
+    if next == cur {
+        return Ok(false);
+    }
+    // The resourceVersion makes this a compare-and-swap: a concurrent taint change by the
+    // node lifecycle controller is a 409 and the next pass retries on fresh data.
+    let patch = json!({
+        "metadata": {"resourceVersion": node.metadata.resource_version},
+        "spec": {"taints": next},
+    });
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
+}
+
+/// What the manager needs besides the settings.
+pub struct Manager {
+    pub shared: Arc<Shared>,
+    pub source: Arc<dyn SignalSource>,
+    pub gc: Option<Arc<ImageGc>>,
+    pub nodes: Api<Node>,
+    pub node_name: String,
+    /// Woken when the conditions change, so the node status goes out at once.
+    pub status_wake: Arc<Notify>,
+}
+
+impl Manager {
+    /// Runs until `stop`.
+    pub async fn run(self, mut settings: watch::Receiver<Settings>, mut stop: watch::Receiver<bool>) {
+        let mut st = state::State::default();
+        let mut taints_applied: Option<Pressure> = None;
+        loop {
+            let s = settings.borrow_and_update().clone();
+            let obs = self.source.observe();
+            let d = st.update(&s.thresholds, s.transition, &obs, Instant::now());
+            let before = std::mem::replace(&mut *self.shared.pressure.lock(), d.pressure);
+            if before != d.pressure {
+                tracing::info!(conditions = ?d.pressure.names(), "node pressure changed");
+                self.status_wake.notify_one();
+            }
+            let want_taints = if s.taint { d.pressure } else { Pressure::default() };
+            if taints_applied != Some(want_taints) {
+                match reconcile_taints(&self.nodes, &self.node_name, want_taints).await {
+                    Ok(_) => taints_applied = Some(want_taints),
+                    Err(e) => tracing::warn!(error = %e, "updating the node's pressure taints"),
+                }
+            }
+            if let Some((t, o)) = d.act.first().cloned() {
+                self.reclaim(&s, &t, o, &mut stop).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(s.interval) => {}
+                r = settings.changed() => { if r.is_err() { return; } }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        s: &Settings,
+        t: &Threshold,
+        mut observed: signals::Observation,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        if t.signal.pressure() == PressureKind::Disk {
+            if let Some(gc) = &self.gc {
+                let r = gc.delete_unused(&s.image_gc).await;
+                if !r.removed.is_empty() {
+                    tracing::info!(signal = %t.signal, images = r.removed.len(), freed = r.freed, "reclaimed disk by removing unused images");
+                    let obs = self.source.observe();
+                    match state::is_met(t, &obs, true) {
+                        None => return,
+                        Some(o) => observed = o,
+                    }
+                }
+            }
+        }
+        let Some((cand, msg)) = self.pick(t, observed).await else {
+            tracing::warn!(signal = %t.signal, "eviction threshold met but no pod can be evicted");
+            return;
+        };
+        let grace = if t.hard {
+            IMMEDIATE_GRACE
+        } else {
+            let own = cand
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            s.max_pod_grace.min(own).max(0)
+        };
+        let uid = podspec::uid(&cand.pod);
+        tracing::info!(pod = %podspec::name(&cand.pod), namespace = %podspec::namespace(&cand.pod), signal = %t.signal, message = %msg, "evicting pod");
+        self.shared.evictions.lock().insert(
+            uid.clone(),
+            EvictRequest {
+                message: msg,
+                grace,
+            },
+        );
+        self.shared.wake_pod(&uid);
+        // Wait for the worker to have killed the pod (or for it to be gone).
+        let deadline = Instant::now() + CLEANUP_TIMEOUT + Duration::from_secs(grace as u64);
+        while Instant::now() < deadline {
+            let pending = self.shared.evictions.lock().contains_key(&uid);
+            if !pending || !self.shared.pods.lock().contains_key(&uid) {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// The first pod in eviction order, with its message.
+    async fn pick(&self, t: &Threshold, observed: signals::Observation) -> Option<(Candidate, String)> {
+        let pods: Vec<Arc<Pod>> = self
+            .shared
+            .pods
+            .lock()
+            .values()
+            .filter(|p| !rank::is_critical(p))
+            .cloned()
+            .collect();
+        if pods.is_empty() {
+            return None;
+        }
+        // Running containers by pod UID (one CRI call for all pods).
+        let mut running: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        match self.shared.cri.list_containers(None, HashMap::new()).await {
+            Ok(cs) => {
+                for c in cs {
+                    if c.state != k8s_cri::v1::ContainerState::ContainerRunning as i32 {
+                        continue;
+                    }
+                    if let (Some(uid), Some(name)) = (
+                        c.labels.get(podspec::LABEL_POD_UID),
+                        c.labels.get(podspec::LABEL_CONTAINER_NAME),
+                    ) {
+                        running
+                            .entry(uid.clone())
+                            .or_default()
+                            .push((name.clone(), c.id.clone()));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing containers for eviction ranking"),
+        }
+        let ctx = &self.shared.ctx;
+        let mut cands: Vec<Candidate> = pods
+            .into_iter()
+            .map(|pod| {
+                let uid = podspec::uid(&pod);
+                let r = PodRef {
+                    cgroup: podspec::cgroup_parent(ctx, &pod)
+                        .trim_start_matches('/')
+                        .to_string(),
+                    containers: running.remove(&uid).unwrap_or_default(),
+                    dirs: vec![podspec::pod_dir(ctx, &uid), podspec::log_dir(ctx, &pod)],
+                    uid,
+                };
+                Candidate {
+                    usage: self.source.pod_usage(&r),
+                    pod,
+                }
+            })
+            .collect();
+        rank::rank(t.signal, &mut cands);
+        let first = cands.into_iter().next()?;
+        let msg = rank::message(t, observed, &first);
+        Some((first, msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn admission_follows_upstream() {
+        let be = pod(json!({"containers": [{"name": "c"}]}));
+        let burst = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"memory": "1Mi"}}}]}));
+        let tolerant = pod(json!({"containers": [{"name": "c"}], "tolerations": [{"key": TAINT_MEMORY, "operator": "Exists", "effect": "NoSchedule"}]}));
+        let mem = Pressure {
+            memory: true,
+            ..Default::default()
+        };
+        let disk = Pressure {
+            disk: true,
+            ..Default::default()
+        };
+        assert!(admit(Pressure::default(), &be).is_ok());
+        assert_eq!(
+            admit(mem, &be),
+            Err("The node had condition: [MemoryPressure]. ".into())
+        );
+        assert!(admit(mem, &burst).is_ok());
+        assert!(admit(mem, &tolerant).is_ok());
+        assert!(admit(disk, &burst).is_err());
+        assert_eq!(pressure_taints(disk), vec![TAINT_DISK]);
+    }
+}
