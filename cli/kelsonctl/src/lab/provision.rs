@@ -241,7 +241,8 @@ chown -R root:root .
 chgrp kelson pki
 chmod 0750 pki
 find . -type f -perm 0640 -exec chgrp kelson {} +
-systemctl is-active -q containerd || systemctl start containerd
+# The boot may still be settling (`starting`): wait for containerd like any other client.
+systemctl start containerd
 for f in /var/lib/kelson-lab/images/*.tar; do
   ctr -n k8s.io images import --no-unpack=false "$f" >/dev/null
 done
