@@ -334,6 +334,23 @@ impl WatchCache {
         Ok(self.wait_for(want, timeout).await)
     }
 
+    /// 410 Expired if the store has compacted the revisions after `rv`.
+    async fn check_not_compacted(&self, rv: i64) -> Result<(), StorageError> {
+        let s = self.s();
+        let mut kv = s.store.client.kv_client();
+        let probe = format!("{}/kelson-apistorage-revision-probe", s.store.config.prefix);
+        let opts = GetOptions::new()
+            .with_keys_only()
+            .with_limit(1)
+            .with_revision(rv + 1);
+        let msg = format!("too old resource version: {rv}");
+        s.store
+            .timed(kv.get(probe.as_str(), Some(opts)))
+            .await?
+            .map_err(|e| etcd_error(e, &msg))?;
+        Ok(())
+    }
+
     /// Serves a LIST of `prefix` (the resource's prefix or a namespace under it) from the
     /// cache, or `Ok(None)` when it must go to the store (see the module doc for which).
     pub async fn list(
@@ -450,6 +467,14 @@ impl WatchCache {
                 }
             }
         }
+        if let WatchStart::After(rv) = start {
+            // The ring may still hold revisions the store has compacted away; answering 410
+            // there too keeps one meaning for "too old" whichever path serves the watch (and
+            // clients relist either way). One keys-only range at the start revision tells.
+            if rv < self.revision() {
+                self.check_not_compacted(rv).await?;
+            }
+        }
         let in_scope = {
             let key = key.clone();
             move |k: &str| {
@@ -535,7 +560,9 @@ impl WatchCache {
                             let rev = *rx.borrow();
                             // Only at the end of the ring is the cache revision a promise.
                             let at_end = s.state.read().map(|st| st.next_seq == cursor && st.generation == generation).unwrap_or(false);
-                            if at_end && rev > last_sent {
+                            // As the store's watch: repeated while nothing changes, so clients
+                            // always have a fresh resumption point.
+                            if at_end && rev >= last_sent {
                                 last_sent = rev;
                                 yield CacheWatchEvent::Bookmark(rev);
                             }
