@@ -2,7 +2,8 @@
 //!
 //! Writes what the installed units (`systemd/*.service`, `kelsonctl install`) read:
 //!
-//! - `<config-dir>/pki/`: the cluster CA and the store's certificates (`kelson_pki::init_store_pki`),
+//! - `<config-dir>/pki/`: the cluster CA, the store's own CA and the store's certificates
+//!   (`kelson_pki::init_cluster_pki`; kelson-kv trusts only the store CA, CIS 2.7),
 //!   the API server's serving, store-client and admin certificates (`up::ensure_apiserver_pki`),
 //!   the kubelet's (`up::ensure_node_kubeconfig`), one client certificate per other component
 //!   (`system:kube-scheduler`, `system:kube-controller-manager`,
@@ -303,18 +304,18 @@ fn daemon_configs(
         ("initial-cluster-token", s(cluster_token)),
         ("cert-file", p(&pki.server_cert)),
         ("key-file", p(&pki.server_key)),
-        ("trusted-ca-file", p(&pki.ca_cert)),
+        ("trusted-ca-file", p(&pki.store_ca_cert)),
         ("client-cert-auth", Value::Boolean(true)),
         ("peer-cert-file", p(&pki.peer_cert)),
         ("peer-key-file", p(&pki.peer_key)),
-        ("peer-trusted-ca-file", p(&pki.ca_cert)),
+        ("peer-trusted-ca-file", p(&pki.store_ca_cert)),
         ("peer-client-cert-auth", Value::Boolean(true)),
     ]);
     let apiserver = table(vec![
         ("secure-port", Value::Integer(APISERVER_PORT.into())),
         ("bind-address", s("0.0.0.0")),
         ("etcd-servers", s(&client_url)),
-        ("etcd-cafile", p(&pki.ca_cert)),
+        ("etcd-cafile", p(&pki.store_ca_cert)),
         ("etcd-certfile", p(&api.etcd_client_cert)),
         ("etcd-keyfile", p(&api.etcd_client_key)),
         ("tls-cert-file", p(&api.serving_cert)),
@@ -334,8 +335,10 @@ fn daemon_configs(
         ("enable-bootstrap-token-auth", Value::Boolean(true)),
         // LogsDirectory=kelson in the unit: /var/log/kelson, owned by the service user.
         ("audit-log-path", s("/var/log/kelson/audit.log")),
+        // CIS 1.2.17-19: at most 30 days, 10 files of 100 MB.
+        ("audit-log-maxage", Value::Integer(30)),
         ("audit-log-maxsize", Value::Integer(100)),
-        ("audit-log-maxbackup", Value::Integer(5)),
+        ("audit-log-maxbackup", Value::Integer(10)),
         ("audit-policy-file", p(&cp.audit_policy)),
         ("encryption-provider-config", p(&cp.encryption_config)),
         ("kubelet-client-certificate", p(&cp.kubelet_client_cert)),
@@ -442,7 +445,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<InitResult> {
         .map(|a| a.to_string())
         .chain(std::iter::once(node.clone()))
         .collect();
-    let pki = kelson_pki::init_store_pki(&pki_dir, &hosts).context("store PKI")?;
+    let pki = kelson_pki::init_cluster_pki(&pki_dir, &hosts).context("cluster PKI")?;
     // The pki directory: traversable by the service group, nobody else.
     owners.dir(&pki_dir, false, true, 0o750)?;
     let api = up::ensure_apiserver_pki(&pki, &hosts).context("API server PKI")?;
@@ -616,6 +619,9 @@ mod tests {
         let etc = &args.config_dir;
         for (file, mode, gid) in [
             (etc.join("pki/ca.key"), 0o600, 0),
+            // The store CA's key signs store credentials: root only, like the cluster CA's.
+            (etc.join("pki/store-ca.key"), 0o600, 0),
+            (etc.join("pki/store-ca.crt"), 0o644, 0),
             (etc.join("pki/admin.key"), 0o600, 0),
             (etc.join("admin.kubeconfig"), 0o600, 0),
             (etc.join("kubelet.kubeconfig"), 0o600, 0),
@@ -635,6 +641,22 @@ mod tests {
             assert_eq!(m.mode() & 0o7777, mode, "{}", file.display());
             assert_eq!((m.uid(), m.gid()), (0, gid), "{}", file.display());
         }
+        // CIS 2.7: the store and the API server's store client use the store CA only.
+        let kv: Table = toml::from_str(&fs::read_to_string(etc.join("kv.toml")).unwrap()).unwrap();
+        let api: Table =
+            toml::from_str(&fs::read_to_string(etc.join("apiserver.toml")).unwrap()).unwrap();
+        let store_ca = etc.join("pki/store-ca.crt").display().to_string();
+        for (t, k) in [
+            (&kv, "trusted-ca-file"),
+            (&kv, "peer-trusted-ca-file"),
+            (&api, "etcd-cafile"),
+        ] {
+            assert_eq!(t[k].as_str(), Some(store_ca.as_str()), "{k}");
+        }
+        assert_eq!(
+            api["client-ca-file"].as_str(),
+            Some(etc.join("pki/ca.crt").display().to_string().as_str())
+        );
         let pki_dir = meta(&etc.join("pki"));
         assert_eq!(pki_dir.mode() & 0o7777, 0o750);
         let kv_dir = meta(&args.data_dir.join("kv"));

@@ -7,6 +7,12 @@
 //! | systemd units and targets | `<prefix>/lib/systemd/system/` |
 //! | D-Bus policy | `<prefix>/share/dbus-1/system.d/io.kelson.conf` |
 //! | sysusers.d, tmpfiles.d | `<prefix>/lib/sysusers.d/kelson.conf`, `<prefix>/lib/tmpfiles.d/kelson.conf` |
+//! | journald message catalog | `<prefix>/lib/systemd/catalog/kelson.catalog` |
+//!
+//! The catalog explains the key events' `MESSAGE_ID`s (docs/journald.md) to `journalctl -x`;
+//! it is rendered from `kelson_runtime::events` (the same constants the daemons log with), so
+//! the IDs cannot drift from the code. journald reads catalogs from the compiled database
+//! only, so the postinst runs `journalctl --update-catalog` (with `--root` for a tree).
 //!
 //! Everything is written under `--root` (default `/`), so `install --root DIR` populates a
 //! container or image tree. The units, policy and sysusers/tmpfiles snippets are compiled into
@@ -17,8 +23,9 @@
 //! Idempotent: a file whose content is already right is left alone (and reported as
 //! `unchanged`); a changed one is replaced atomically (temp file + rename), which also works
 //! for a binary that is running. After the files, the equivalent of a package's postinst runs:
-//! `systemd-sysusers` and `systemd-tmpfiles --create` (with `--root` for a tree), then
-//! `systemctl daemon-reload` when installing into the running system under systemd.
+//! `systemd-sysusers`, `systemd-tmpfiles --create` and `journalctl --update-catalog` (with
+//! `--root` for a tree), then `systemctl daemon-reload` when installing into the running
+//! system under systemd.
 
 use std::fs;
 use std::io::Read;
@@ -109,6 +116,9 @@ pub const ASSETS: &[Asset] = &[
     asset!(Tmpfiles, "tmpfiles.d/", "kelson.conf"),
 ];
 
+/// File name of the journald message catalog.
+pub const CATALOG_NAME: &str = "kelson.catalog";
+
 /// Installation paths for a root and prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -148,6 +158,11 @@ impl Layout {
             AssetKind::Tmpfiles => "lib/tmpfiles.d",
         };
         self.prefix.join(dir).join(a.name)
+    }
+
+    /// Installed path of the journald message catalog.
+    pub fn catalog(&self) -> PathBuf {
+        self.prefix.join("lib/systemd/catalog").join(CATALOG_NAME)
     }
 
     /// The asset's content for this prefix (units name `<prefix>/bin/kelson-*`).
@@ -291,6 +306,9 @@ pub fn install_files(layout: &Layout, bin_dir: &Path) -> anyhow::Result<Vec<(Pat
         let o = install_text(&dst, &layout.render(a))?;
         done.push((dst, o));
     }
+    let dst = layout.in_root(&layout.catalog());
+    let o = install_text(&dst, &kelson_runtime::events::catalog())?;
+    done.push((dst, o));
     Ok(done)
 }
 
@@ -329,10 +347,14 @@ fn postinst(layout: &Layout) -> anyhow::Result<()> {
     let mut sysusers = root_args.clone();
     sysusers.push(file(AssetKind::Sysusers));
     postinst_step("systemd-sysusers", &sysusers)?;
-    let mut tmpfiles = root_args;
+    let mut tmpfiles = root_args.clone();
     tmpfiles.push("--create".into());
     tmpfiles.push(file(AssetKind::Tmpfiles));
     postinst_step("systemd-tmpfiles", &tmpfiles)?;
+    // The catalog is read from the compiled database, not from the .catalog files.
+    let mut catalog = root_args;
+    catalog.push("--update-catalog".into());
+    postinst_step("journalctl", &catalog)?;
     if layout.is_running_system() && Path::new("/run/systemd/system").is_dir() {
         postinst_step("systemctl", &["daemon-reload".into()])?;
     }
@@ -359,8 +381,25 @@ pub fn run(args: InstallArgs) -> anyhow::Result<i32> {
                 .display()
         );
     }
+    if layout.prefix != Path::new("/usr") {
+        println!(
+            "note: journalctl reads catalogs from /usr/lib/systemd/catalog and /etc/systemd/catalog only; \
+             link {} into /etc/systemd/catalog",
+            layout.catalog().display()
+        );
+    }
     if !args.no_postinst {
         postinst(&layout)?;
+    } else {
+        let root = if layout.is_running_system() {
+            String::new()
+        } else {
+            format!(" --root={}", layout.root.display())
+        };
+        println!(
+            "next: systemd-sysusers, systemd-tmpfiles --create, and journalctl{root} --update-catalog \
+             (so journalctl -x explains Kelson's events)"
+        );
     }
     println!("next: kelsonctl init, then systemctl start kelson.target");
     Ok(0)
@@ -425,7 +464,7 @@ mod tests {
         fs::write(bins.join("kelsonctl"), "#!/bin/sh\n").unwrap();
 
         let first = install_files(&layout, &bins).unwrap();
-        assert_eq!(first.len(), BINARIES.len() + ASSETS.len());
+        assert_eq!(first.len(), BINARIES.len() + ASSETS.len() + 1);
         assert!(first.iter().all(|(_, o)| *o == Outcome::Wrote));
         let kv = root.join("usr/bin/kelson-kv");
         assert_eq!(
@@ -438,6 +477,9 @@ mod tests {
             .is_file());
         assert!(root.join("usr/lib/sysusers.d/kelson.conf").is_file());
         assert!(root.join("usr/lib/tmpfiles.d/kelson.conf").is_file());
+        assert!(root
+            .join("usr/lib/systemd/catalog/kelson.catalog")
+            .is_file());
 
         let second = install_files(&layout, &bins).unwrap();
         assert!(
@@ -457,5 +499,56 @@ mod tests {
             .collect();
         assert_eq!(wrote, vec![&kv, &unit]);
         assert_eq!(fs::read_to_string(&kv).unwrap(), "#!/bin/sh\necho new\n");
+    }
+
+    /// The installed catalog compiles cleanly with the real `journalctl --update-catalog`
+    /// (into a temporary root) and `journalctl --list-catalog` then lists every Kelson event
+    /// — what `journalctl -x` looks entries up in.
+    #[test]
+    fn installed_catalog_is_read_by_journalctl() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bins = tmp.path().join("bins");
+        fs::create_dir_all(&bins).unwrap();
+        for b in BINARIES {
+            fs::write(bins.join(b), "#!/bin/sh\n").unwrap();
+        }
+        let root = tmp.path().join("root");
+        let layout = Layout::new(&root, Path::new("/usr")).unwrap();
+        install_files(&layout, &bins).unwrap();
+        let journalctl = |args: &[&str]| {
+            Command::new("journalctl")
+                .arg(format!("--root={}", root.display()))
+                .args(args)
+                .output()
+                .expect("journalctl is required (package systemd)")
+        };
+        let out = journalctl(&["--update-catalog"]);
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "journalctl --update-catalog: {out:?}"
+        );
+        assert!(root.join("var/lib/systemd/catalog/database").is_file());
+        let out = journalctl(&["--list-catalog"]);
+        assert!(out.status.success(), "{out:?}");
+        let list = String::from_utf8_lossy(&out.stdout);
+        for e in kelson_runtime::events::ALL {
+            assert!(
+                list.lines()
+                    .any(|l| l.starts_with(e.id) && l.contains(e.subject)),
+                "{} ({}) not in the catalog listing:\n{list}",
+                e.name,
+                e.id
+            );
+        }
+        // An entry in full, as `journalctl -x` shows it next to a record.
+        let out = journalctl(&[
+            "--dump-catalog",
+            kelson_runtime::events::CERT_NEAR_EXPIRY.id,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Defined-By: kelson") && text.contains("kelsonctl pki renew"),
+            "{text}"
+        );
     }
 }

@@ -63,7 +63,8 @@ pub struct ConnArgs {
         default_value = "https://127.0.0.1:2379"
     )]
     pub endpoints: Vec<String>,
-    /// CA bundle to verify servers (default: <data dir>/pki/ca.crt if present).
+    /// CA bundle to verify servers (default: <data dir>/pki/store-ca.crt, else pki/ca.crt, if
+    /// present).
     #[arg(long, env = "KELSON_CACERT")]
     pub cacert: Option<PathBuf>,
     /// Client certificate (default: <data dir>/pki/kv-client.crt if present).
@@ -94,7 +95,8 @@ impl ConnArgs {
                 .or_else(|| Some(pki.join(default)).filter(|p| p.exists()))
         };
         let mut tls = TlsOptions::new();
-        if let Some(ca) = pick(&self.cacert, "ca.crt") {
+        // The store's own CA where the layout has one (kelsonctl up/init), else the shared one.
+        if let Some(ca) = pick(&self.cacert, "store-ca.crt").or_else(|| pick(&None, "ca.crt")) {
             tls = tls.ca_certificate(Certificate::from_pem(read(&ca)?));
         }
         match (

@@ -72,7 +72,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
-    /// Create the store's CA and certificates in DIR; existing valid files are kept.
+    /// Create the cluster CA, the store's own CA and the store's certificates in DIR; existing
+    /// valid files are kept.
     Init(PkiInitArgs),
     /// Re-issue leaf certificates (and kubeconfig client certificates) of DIR nearing expiry.
     Renew(pki_renew::RenewArgs),
@@ -85,7 +86,8 @@ pub enum PkiCommand {
 
 #[derive(Debug, Args)]
 pub struct PkiInitArgs {
-    /// Directory for ca.crt/ca.key, kv-server.*, kv-peer.*, kv-client.*.
+    /// Directory for ca.* (cluster CA), store-ca.* (store CA), kv-server.*, kv-peer.*,
+    /// kv-client.*.
     #[arg(long)]
     pub dir: PathBuf,
     /// Extra DNS names or IP addresses for the server and peer certificates.
@@ -110,9 +112,14 @@ pub fn default_data_dir() -> PathBuf {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Pki(PkiCommand::Init(a)) => {
-            let p = kelson_pki::init_store_pki(&a.dir, &a.hosts)?;
+            let p = kelson_pki::init_cluster_pki(&a.dir, &a.hosts)?;
             println!("pki: {}", p.dir.display());
-            for f in [&p.ca_cert, &p.server_cert, &p.peer_cert, &p.client_cert] {
+            println!("  {} (cluster CA)", p.ca_cert.display());
+            println!(
+                "  {} (store CA: kelson-kv trusts only this one)",
+                p.store_ca_cert.display()
+            );
+            for f in [&p.server_cert, &p.peer_cert, &p.client_cert] {
                 println!("  {}", f.display());
             }
             Ok(0)
@@ -134,6 +141,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// `pki show`: every certificate of DIR with the CA file of DIR that issued it (`ca:`), so
+/// the cluster CA's and the store CA's leaves can be told apart at a glance.
 fn pki_show(dir: &std::path::Path) -> anyhow::Result<i32> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.display()))?
@@ -141,6 +150,15 @@ fn pki_show(dir: &std::path::Path) -> anyhow::Result<i32> {
         .filter(|p| p.extension().is_some_and(|x| x == "crt"))
         .collect();
     entries.sort();
+    // The CAs of the directory, by file name.
+    let cas: Vec<(String, String)> = entries
+        .iter()
+        .filter(|p| kelson_pki::cert_info(p).is_ok_and(|i| i.is_ca))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            Some((name, std::fs::read_to_string(p).ok()?))
+        })
+        .collect();
     let mut code = 0;
     for path in entries {
         match kelson_pki::cert_info(&path) {
@@ -153,8 +171,17 @@ fn pki_show(dir: &std::path::Path) -> anyhow::Result<i32> {
                 } else {
                     ""
                 };
+                let pem = std::fs::read_to_string(&path).unwrap_or_default();
+                let ca = if i.is_ca && i.subject == i.issuer {
+                    "self-signed".to_string()
+                } else {
+                    cas.iter()
+                        .find(|(_, ca)| kelson_pki::issued_by(&pem, ca))
+                        .map(|(name, _)| name.clone())
+                        .unwrap_or_else(|| "not in this directory".into())
+                };
                 println!(
-                    "{}\n  subject: {}\n  issuer:  {}\n  names:   {}\n  expires: {}{soon}",
+                    "{}\n  subject: {}\n  issuer:  {}\n  ca:      {ca}\n  names:   {}\n  expires: {}{soon}",
                     path.display(),
                     i.subject,
                     i.issuer,

@@ -1,11 +1,15 @@
 //! `kelsonctl pki renew`: re-issue the control plane's leaf certificates before they expire.
 //!
 //! Design:
-//! - Scope: every `<name>.crt` in `--dir` that is a leaf issued by `<dir>/ca.crt` and has its
-//!   key next to it (`<name>.key`), plus the client certificates embedded in `*.kubeconfig`
-//!   files of `--dir` and `--kubeconfig-dir` (issued by the same CA). Anything else — CAs, a
-//!   certificate from another CA (the store's PKI is its own directory with its own CA: renew
-//!   it with a second run), a pair whose key is missing — is left alone and reported.
+//! - Scope: every `<name>.crt` in `--dir` that is a leaf issued by one of the directory's CAs
+//!   and has its key next to it (`<name>.key`), plus the client certificates embedded in
+//!   `*.kubeconfig` files of `--dir` and `--kubeconfig-dir`. The CAs are `<dir>/ca.crt` (the
+//!   cluster CA) and, where the layout has one (`kelsonctl up`/`init`/`pki init`),
+//!   `<dir>/store-ca.crt` (the store's own CA, CIS 2.7); each leaf is renewed by the CA that
+//!   issued it — so the store's certificates stay store-CA certificates — and the output names
+//!   that CA. Anything else — CAs, a certificate from a CA whose key is not in the directory
+//!   (a store-only directory such as the test harness's is renewed by a second run on it), a
+//!   pair whose key is missing — is left alone and reported.
 //! - When: a certificate is renewed once less than `--before` of its life is left; the default
 //!   is a third of its lifetime (upstream's certificate manager and issue 8 renew at 2/3 of
 //!   the lifetime), and `--before` also takes a fixed duration (`720h`) or a percentage.
@@ -19,9 +23,10 @@
 //!   `pki init` after removing the pair). The lifetime stays the same unless `--cert-lifetime`
 //!   gives a new one (tests use seconds). Like the pki crate, `notBefore` is backdated for
 //!   clock skew — by an hour, or a tenth of the lifetime for short-lived certificates.
-//! - Daemons pick the files up by themselves (serving and client certificates loaded through
-//!   kelson-runtime's tls module are re-read when they change); kubeconfigs with embedded data
-//!   are read by API clients at start, so those clients need `kelsonctl reload` or a restart.
+//! - Daemons pick the files up by themselves: serving and client certificates loaded through
+//!   kelson-runtime's tls module are re-read when they change, and API clients built by
+//!   `kelson_kube::client_from_kubeconfig` rebuild their connection setup when the kubeconfig
+//!   or the files it names change (embedded or referenced credentials alike).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -131,8 +136,16 @@ impl TryFrom<&RenewArgs> for RenewOptions {
 /// What happened to one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Renewed { serial: String, not_after: String },
-    Kept { not_after: String },
+    /// Renewed by the CA file `ca` (e.g. `store-ca.crt`).
+    Renewed {
+        serial: String,
+        not_after: String,
+        ca: String,
+    },
+    Kept {
+        not_after: String,
+        ca: String,
+    },
     Skipped(String),
 }
 
@@ -143,12 +156,16 @@ pub fn run(a: &RenewArgs) -> anyhow::Result<i32> {
     let mut code = 0;
     for (path, r) in results {
         match r {
-            Ok(Outcome::Renewed { serial, not_after }) => println!(
-                "{}: renewed (serial {serial}, expires {not_after})",
+            Ok(Outcome::Renewed {
+                serial,
+                not_after,
+                ca,
+            }) => println!(
+                "{}: renewed by {ca} (serial {serial}, expires {not_after})",
                 path.display()
             ),
-            Ok(Outcome::Kept { not_after }) => {
-                println!("{}: kept (expires {not_after})", path.display())
+            Ok(Outcome::Kept { not_after, ca }) => {
+                println!("{}: kept ({ca}, expires {not_after})", path.display())
             }
             Ok(Outcome::Skipped(why)) => println!("{}: skipped ({why})", path.display()),
             Err(e) => {
@@ -162,15 +179,17 @@ pub fn run(a: &RenewArgs) -> anyhow::Result<i32> {
 
 /// The issuing CA, as rcgen needs it.
 struct Issuer {
+    /// The CA's file name in the directory (`ca.crt`, `store-ca.crt`), for the output.
+    name: String,
     cert: rcgen::Certificate,
     key: KeyPair,
     subject_raw: Vec<u8>,
     key_id: Option<Vec<u8>>,
 }
 
-fn load_issuer(dir: &Path) -> anyhow::Result<Issuer> {
-    let cert_path = dir.join("ca.crt");
-    let key_path = dir.join("ca.key");
+fn load_issuer(dir: &Path, base: &str) -> anyhow::Result<Issuer> {
+    let cert_path = dir.join(format!("{base}.crt"));
+    let key_path = dir.join(format!("{base}.key"));
     let der = first_cert_der(&std::fs::read(&cert_path).with_context(|| {
         format!(
             "reading {} (renewal needs the CA's key)",
@@ -202,6 +221,7 @@ fn load_issuer(dir: &Path) -> anyhow::Result<Issuer> {
     let params = CertificateParams::from_ca_cert_der(&CertificateDer::from(der))?;
     let cert = params.self_signed(&key)?;
     Ok(Issuer {
+        name: format!("{base}.crt"),
         cert,
         key,
         subject_raw,
@@ -294,17 +314,21 @@ fn wanted(opts: &RenewOptions, name: &str) -> bool {
 
 /// Renews what is due; one result per certificate looked at.
 pub fn renew(opts: &RenewOptions) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Outcome>)>> {
-    let ca = load_issuer(&opts.dir)?;
+    let mut cas = vec![load_issuer(&opts.dir, "ca")?];
+    let store = kelson_pki::STORE_CA_BASENAME;
+    if opts.dir.join(format!("{store}.key")).exists() {
+        cas.push(load_issuer(&opts.dir, store)?);
+    }
     let mut out = Vec::new();
     for path in sorted_files(&opts.dir, "crt")? {
         let base = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if base == "ca" || !wanted(opts, &base) {
+        if base == "ca" || base == store || !wanted(opts, &base) {
             continue;
         }
-        let r = renew_pair(opts, &ca, &path, &opts.dir.join(format!("{base}.key")));
+        let r = renew_pair(opts, &cas, &path, &opts.dir.join(format!("{base}.key")));
         out.push((path, r));
     }
     let mut kdirs = vec![opts.dir.clone()];
@@ -318,7 +342,7 @@ pub fn renew(opts: &RenewOptions) -> anyhow::Result<Vec<(PathBuf, anyhow::Result
             if !wanted(opts, &name) && !wanted(opts, name.trim_end_matches(".kubeconfig")) {
                 continue;
             }
-            let r = renew_kubeconfig(opts, &ca, &path);
+            let r = renew_kubeconfig(opts, &cas, &path);
             out.push((path, r));
         }
     }
@@ -337,7 +361,7 @@ fn sorted_files(dir: &Path, ext: &str) -> anyhow::Result<Vec<PathBuf>> {
 
 fn renew_pair(
     opts: &RenewOptions,
-    ca: &Issuer,
+    cas: &[Issuer],
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Outcome> {
@@ -346,12 +370,13 @@ fn renew_pair(
     if x.is_ca() {
         return Ok(Outcome::Skipped("a CA".into()));
     }
-    if !issued_by(&x, ca) {
+    let Some(ca) = cas.iter().find(|ca| issued_by(&x, ca)) else {
         return Ok(Outcome::Skipped("issued by another CA".into()));
-    }
+    };
     if !due(&x, opts) {
         return Ok(Outcome::Kept {
             not_after: x.validity().not_after.to_string(),
+            ca: ca.name.clone(),
         });
     }
     let Ok(key_pem) = std::fs::read_to_string(key) else {
@@ -359,13 +384,17 @@ fn renew_pair(
     };
     let (pem, serial, not_after) = reissue(&der, &key_pem, ca, opts.lifetime)?;
     kelson_pki::write_atomic(cert, pem.as_bytes(), 0o644)?;
-    tracing::info!(cert = %cert.display(), %serial, "certificate renewed");
-    Ok(Outcome::Renewed { serial, not_after })
+    tracing::info!(cert = %cert.display(), %serial, ca = %ca.name, "certificate renewed");
+    Ok(Outcome::Renewed {
+        serial,
+        not_after,
+        ca: ca.name.clone(),
+    })
 }
 
 /// Renews the `client-certificate-data` of a kubeconfig (first user that has one), rewriting
 /// only that value so everything else in the file stays as it was.
-fn renew_kubeconfig(opts: &RenewOptions, ca: &Issuer, path: &Path) -> anyhow::Result<Outcome> {
+fn renew_kubeconfig(opts: &RenewOptions, cas: &[Issuer], path: &Path) -> anyhow::Result<Outcome> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let text = std::fs::read_to_string(path)?;
     let value = |field: &str| -> Option<(usize, String)> {
@@ -381,12 +410,13 @@ fn renew_kubeconfig(opts: &RenewOptions, ca: &Issuer, path: &Path) -> anyhow::Re
     };
     let der = first_cert_der(&b64.decode(&cert_b64)?)?;
     let (_, x) = X509Certificate::from_der(&der).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !issued_by(&x, ca) {
+    let Some(ca) = cas.iter().find(|ca| issued_by(&x, ca)) else {
         return Ok(Outcome::Skipped("issued by another CA".into()));
-    }
+    };
     if !due(&x, opts) {
         return Ok(Outcome::Kept {
             not_after: x.validity().not_after.to_string(),
+            ca: ca.name.clone(),
         });
     }
     let key_pem = String::from_utf8(b64.decode(&key_b64)?)?;
@@ -408,7 +438,11 @@ fn renew_kubeconfig(opts: &RenewOptions, ca: &Issuer, path: &Path) -> anyhow::Re
         std::fs::metadata(path)?.permissions().mode() & 0o777
     };
     kelson_pki::write_atomic(path, (new.join("\n") + "\n").as_bytes(), mode)?;
-    Ok(Outcome::Renewed { serial, not_after })
+    Ok(Outcome::Renewed {
+        serial,
+        not_after,
+        ca: ca.name.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -519,5 +553,59 @@ mod tests {
                 rustls_pki_types::UnixTime::now(),
             )
             .expect("renewed certificate verifies against the CA");
+    }
+
+    #[test]
+    fn each_leaf_is_renewed_by_the_ca_that_issued_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = kelson_pki::init_cluster_pki(dir.path(), &[]).unwrap();
+        Ca::load(dir.path())
+            .unwrap()
+            .issue(&CertRequest::new("kube-apiserver", Usage::Server))
+            .unwrap()
+            .write_pair(dir.path(), "apiserver")
+            .unwrap();
+        let opts = RenewOptions {
+            dir: dir.path().to_path_buf(),
+            before: Before::Fraction(1.0 / 3.0),
+            lifetime: Some(Duration::from_secs(3600)),
+            force: true,
+            only: vec![],
+            kubeconfig_dirs: vec![],
+        };
+        let r = renew(&opts).unwrap();
+        let ca_of = |name: &str| -> String {
+            let (_, o) = r
+                .iter()
+                .find(|(p, _)| p.file_name().unwrap() == name)
+                .unwrap_or_else(|| panic!("{name} not looked at: {r:?}"));
+            match o {
+                Ok(Outcome::Renewed { ca, .. }) => ca.clone(),
+                other => panic!("{name}: {other:?}"),
+            }
+        };
+        assert_eq!(ca_of("apiserver.crt"), "ca.crt");
+        for leaf in ["kv-server.crt", "kv-peer.crt", "kv-client.crt"] {
+            assert_eq!(ca_of(leaf), "store-ca.crt", "{leaf}");
+        }
+        assert!(
+            !r.iter()
+                .any(|(p, _)| p.ends_with("store-ca.crt") || p.ends_with("ca.crt")),
+            "CAs are not renewed: {r:?}"
+        );
+        let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+        for leaf in [&p.server_cert, &p.peer_cert, &p.client_cert] {
+            let info = kelson_pki::cert_info(leaf).unwrap();
+            assert!(
+                info.expires_within(Duration::from_secs(3601)),
+                "{leaf:?} renewed"
+            );
+            assert!(kelson_pki::issued_by(&pem(leaf), &pem(&p.store_ca_cert)));
+            assert!(!kelson_pki::issued_by(&pem(leaf), &pem(&p.ca_cert)));
+        }
+        assert!(kelson_pki::issued_by(
+            &pem(&dir.path().join("apiserver.crt")),
+            &pem(&p.ca_cert)
+        ));
     }
 }

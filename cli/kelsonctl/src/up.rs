@@ -1,7 +1,8 @@
 //! `kelsonctl up`: an all-in-one cluster in the foreground.
 //!
 //! Layout under the data dir (default /var/lib/kelson as root, else ~/.local/share/kelson):
-//! `pki/` (kelson-pki store PKI), `kv/` (kelson-kv data), `logs/<component>.log`, and
+//! `pki/` (kelson-pki cluster PKI: the cluster CA `ca.*` and the store's own CA `store-ca.*`,
+//! CIS 2.7), `kv/` (kelson-kv data), `logs/<component>.log`, and
 //! `up.toml`, the settings chosen on first start (ports, member name, cluster token). A later
 //! `up` reads `up.toml` and starts the same cluster on the same data, certificates and peer URL,
 //! which is what makes it a resume rather than a new cluster.
@@ -9,8 +10,8 @@
 //! Components are entries in a list ([`components`]): each has a program, arguments, a log file
 //! and a readiness probe. They start in order, each only after the previous one is ready; `ready`
 //! is printed once all are; on SIGINT/SIGTERM they stop in reverse order (SIGTERM, bounded wait,
-//! SIGKILL). The API server follows the store: it gets its own serving certificate and an
-//! etcd client certificate from the cluster CA, and `admin.kubeconfig` (an admin client
+//! SIGKILL). The API server follows the store: it gets its own serving certificate from the
+//! cluster CA and an etcd client certificate from the store CA (the only CA the store trusts), and `admin.kubeconfig` (an admin client
 //! certificate in `system:masters`, everything embedded) is written next to `up.toml`; it is
 //! ready when `/readyz` answers `ok` over mutual TLS. Scheduler and controller-manager follow,
 //! ready on their own sd_notify `READY=1`.
@@ -206,7 +207,8 @@ fn dbus_component(dir: &Path) -> anyhow::Result<Component> {
     })
 }
 
-/// The API server's files under `pki/`, issued by the cluster CA.
+/// The API server's files under `pki/`: issued by the cluster CA, except the store client
+/// certificate, which the store CA issues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiServerPki {
     /// Serving certificate (`apiserver.crt/.key`).
@@ -262,17 +264,23 @@ fn apiserver_names(hosts: &[String]) -> (Vec<String>, Vec<std::net::IpAddr>) {
     (dns, ips)
 }
 
-/// Issues the API server's certificates with the cluster CA, keeping valid existing ones
-/// (a resume must not change what clients already trust or hold).
+/// Issues the API server's certificates (the store client certificate with the store CA, the
+/// others with the cluster CA), keeping valid existing ones (a resume must not change what
+/// clients already trust or hold). A certificate from the other CA — e.g. a store client
+/// certificate from before the store had a CA of its own — is reissued.
 pub fn ensure_apiserver_pki(pki: &PkiPaths, hosts: &[String]) -> anyhow::Result<ApiServerPki> {
     use kelson_pki::{CertRequest, Usage};
     let paths = ApiServerPki::under(&pki.dir);
-    let ca = kelson_pki::Ca::load(&pki.dir).context("loading the cluster CA")?;
+    let ca =
+        kelson_pki::Ca::load_files(&pki.ca_cert, &pki.ca_key).context("loading the cluster CA")?;
+    let store_ca = kelson_pki::Ca::load_files(&pki.store_ca_cert, &pki.store_ca_key)
+        .context("loading the store CA")?;
     let (dns, ips) = apiserver_names(hosts);
-    let want: Vec<(&str, &Path, CertRequest)> = vec![
+    let want: Vec<(&str, &Path, &kelson_pki::Ca, CertRequest)> = vec![
         (
             "apiserver",
             &paths.serving_cert,
+            &ca,
             CertRequest {
                 dns_names: dns.clone(),
                 ip_addresses: ips.clone(),
@@ -282,21 +290,23 @@ pub fn ensure_apiserver_pki(pki: &PkiPaths, hosts: &[String]) -> anyhow::Result<
         (
             "apiserver-etcd-client",
             &paths.etcd_client_cert,
-            CertRequest::new("kube-apiserver-etcd-client", Usage::Client),
+            &store_ca,
+            CertRequest::new(kelson_pki::KV_CLIENT_CN, Usage::Client),
         ),
         (
             "admin",
             &paths.admin_cert,
+            &ca,
             CertRequest {
                 organization: Some("system:masters".into()),
                 ..CertRequest::new("kubernetes-admin", Usage::Client)
             },
         ),
     ];
-    for (base, cert, req) in want {
+    for (base, cert, issuer, req) in want {
         let keep = kelson_pki::cert_info(cert).ok().is_some_and(|info| {
             !info.expires_within(Duration::from_secs(30 * 86400))
-                && info.issuer.contains("kelson-ca")
+                && fs::read_to_string(cert).is_ok_and(|pem| issuer.issued_pem(&pem))
                 && req.dns_names.iter().all(|d| info.sans.contains(d))
                 && req
                     .ip_addresses
@@ -304,7 +314,7 @@ pub fn ensure_apiserver_pki(pki: &PkiPaths, hosts: &[String]) -> anyhow::Result<
                     .all(|i| info.sans.contains(&i.to_string()))
         }) && pki.dir.join(format!("{base}.key")).is_file();
         if !keep {
-            ca.issue(&req)?.write_pair(&pki.dir, base)?;
+            issuer.issue(&req)?.write_pair(&pki.dir, base)?;
         }
     }
     Ok(paths)
@@ -519,10 +529,11 @@ pub fn components(
     flag("--initial-cluster-token", &state.cluster_token);
     flag("--cert-file", &pki.server_cert);
     flag("--key-file", &pki.server_key);
-    flag("--trusted-ca-file", &pki.ca_cert);
+    // The store trusts its own CA only: no cluster identity is a store credential (CIS 2.7).
+    flag("--trusted-ca-file", &pki.store_ca_cert);
     flag("--peer-cert-file", &pki.peer_cert);
     flag("--peer-key-file", &pki.peer_key);
-    flag("--peer-trusted-ca-file", &pki.ca_cert);
+    flag("--peer-trusted-ca-file", &pki.store_ca_cert);
     args.push("--client-cert-auth".into());
     args.push("--peer-client-cert-auth".into());
     // Not on the system bus: an all-in-one dev cluster must not clash with installed services.
@@ -531,7 +542,7 @@ pub fn components(
 
     let conn = ConnArgs {
         endpoints: vec![client_url.clone()],
-        cacert: Some(pki.ca_cert.clone()),
+        cacert: Some(pki.store_ca_cert.clone()),
         cert: Some(pki.client_cert.clone()),
         key: Some(pki.client_key.clone()),
         command_timeout: 3,
@@ -548,7 +559,7 @@ pub fn components(
             format!("kv: endpoint {client_url} (mutual TLS)"),
             format!(
                 "kv: etcdctl --endpoints={client_url} --cacert={} --cert={} --key={} get --prefix ''",
-                pki.ca_cert.display(),
+                pki.store_ca_cert.display(),
                 pki.client_cert.display(),
                 pki.client_key.display()
             ),
@@ -564,7 +575,7 @@ pub fn components(
     flag("--secure-port", &state.apiserver_port.to_string());
     flag("--bind-address", &"127.0.0.1");
     flag("--etcd-servers", &client_url);
-    flag("--etcd-cafile", &pki.ca_cert);
+    flag("--etcd-cafile", &pki.store_ca_cert);
     flag("--etcd-certfile", &api.etcd_client_cert);
     flag("--etcd-keyfile", &api.etcd_client_key);
     flag("--tls-cert-file", &api.serving_cert);
@@ -583,8 +594,10 @@ pub fn components(
     flag("--encryption-provider-config", &files.encryption_config);
     flag("--audit-policy-file", &files.audit_policy);
     flag("--audit-log-path", &dir.join("logs").join("audit.log"));
+    // CIS 1.2.17-19: rotate at 100 MB, keep 10 files and at most 30 days.
+    flag("--audit-log-maxage", &"30");
     flag("--audit-log-maxsize", &"100");
-    flag("--audit-log-maxbackup", &"3");
+    flag("--audit-log-maxbackup", &"10");
     flag("--kubelet-client-certificate", &files.kubelet_client_cert);
     flag("--kubelet-client-key", &files.kubelet_client_key);
     flag("--kubelet-certificate-authority", &pki.ca_cert);
@@ -1355,9 +1368,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     }
     println!("data dir: {}", dir.display());
     let state = load_or_init_state(&dir, &args)?;
-    let pki = kelson_pki::init_store_pki(&dir.join("pki"), &args.hosts)?;
+    let pki = kelson_pki::init_cluster_pki(&dir.join("pki"), &args.hosts)?;
     println!(
-        "pki: {} (ca.crt, kv-server, kv-peer, kv-client)",
+        "pki: {} (ca.crt; the store's own store-ca.crt with kv-server, kv-peer, kv-client)",
         pki.dir.display()
     );
     let api_pki = ensure_apiserver_pki(&pki, &args.hosts)?;
@@ -1514,7 +1527,7 @@ mod tests {
     #[test]
     fn apiserver_pki_is_issued_once_and_kubeconfig_embeds_it() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = kelson_pki::init_store_pki(&dir.path().join("pki"), &[]).unwrap();
+        let pki = kelson_pki::init_cluster_pki(&dir.path().join("pki"), &[]).unwrap();
         let api = ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
         let info = kelson_pki::cert_info(&api.serving_cert).unwrap();
         for name in [
@@ -1533,6 +1546,36 @@ mod tests {
             .unwrap()
             .subject
             .contains("system:masters"));
+        // The store client certificate comes from the store CA, everything else from the
+        // cluster CA (CIS 2.7).
+        let pem = |p: &Path| fs::read_to_string(p).unwrap();
+        assert!(kelson_pki::issued_by(
+            &pem(&api.etcd_client_cert),
+            &pem(&pki.store_ca_cert)
+        ));
+        for cert in [&api.serving_cert, &api.admin_cert] {
+            assert!(
+                kelson_pki::issued_by(&pem(cert), &pem(&pki.ca_cert)),
+                "{cert:?}"
+            );
+            assert!(!kelson_pki::issued_by(&pem(cert), &pem(&pki.store_ca_cert)));
+        }
+        // A store client certificate of the cluster CA (the layout before the store had its
+        // own CA) is reissued by the store CA.
+        kelson_pki::Ca::load(&pki.dir)
+            .unwrap()
+            .issue(&kelson_pki::CertRequest::new(
+                kelson_pki::KV_CLIENT_CN,
+                kelson_pki::Usage::Client,
+            ))
+            .unwrap()
+            .write_pair(&pki.dir, "apiserver-etcd-client")
+            .unwrap();
+        ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
+        assert!(kelson_pki::issued_by(
+            &pem(&api.etcd_client_cert),
+            &pem(&pki.store_ca_cert)
+        ));
         let before = fs::read(&api.admin_cert).unwrap();
         ensure_apiserver_pki(&pki, &["10.1.2.3".into()]).unwrap();
         assert_eq!(
@@ -1563,7 +1606,7 @@ mod tests {
     #[test]
     fn kv_component_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = PkiPaths::under(&dir.path().join("pki"));
+        let pki = PkiPaths::cluster(&dir.path().join("pki"));
         let state = UpState {
             name: "n".into(),
             cluster_token: "t".into(),
@@ -1597,6 +1640,18 @@ mod tests {
         );
         assert!(api.contains("--secure-port 6443"), "{api}");
         assert!(api.contains("apiserver-etcd-client.crt"), "{api}");
+        assert!(
+            api.contains("--etcd-cafile ") && api.contains("pki/store-ca.crt"),
+            "{api}"
+        );
+        assert!(
+            api.contains("pki/ca.crt"),
+            "--client-ca-file is the cluster CA: {api}"
+        );
+        assert!(
+            api.contains("--audit-log-maxage 30") && api.contains("--audit-log-maxbackup 10"),
+            "{api}"
+        );
         for want in [
             "--service-account-signing-key-file",
             "--encryption-provider-config",
@@ -1621,6 +1676,12 @@ mod tests {
         );
         assert!(a.contains(&"--client-cert-auth".to_string()));
         assert!(by(&comps, "kv").log.ends_with("logs/kv.log"));
+        for f in ["--trusted-ca-file", "--peer-trusted-ca-file"] {
+            assert!(
+                joined.contains(&format!("{f} {}", pki.store_ca_cert.display())),
+                "{f} must be the store CA: {joined}"
+            );
+        }
 
         // With a node: containerd (its own socket under the data dir), then the kubelet on it.
         let node = NodeSetup {
@@ -1682,7 +1743,7 @@ mod tests {
     #[test]
     fn node_kubeconfig_carries_a_node_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = kelson_pki::init_store_pki(&dir.path().join("pki"), &[]).unwrap();
+        let pki = kelson_pki::init_cluster_pki(&dir.path().join("pki"), &[]).unwrap();
         let kc = ensure_node_kubeconfig(dir.path(), &pki, "node-a", 7443).unwrap();
         let subject = kelson_pki::cert_info(&pki.dir.join("kubelet.crt"))
             .unwrap()

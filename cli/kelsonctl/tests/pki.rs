@@ -20,6 +20,8 @@ fn pki_init_twice_is_idempotent() {
     let names = [
         "ca.crt",
         "ca.key",
+        "store-ca.crt",
+        "store-ca.key",
         "kv-server.crt",
         "kv-server.key",
         "kv-peer.crt",
@@ -48,6 +50,16 @@ fn pki_init_twice_is_idempotent() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CN=kube-apiserver-etcd-client"), "{text}");
+    // Which CA issued what: the store's leaves come from the store CA (CIS 2.7).
+    for leaf in ["kv-server.crt", "kv-peer.crt", "kv-client.crt"] {
+        let block = text
+            .split("\n/")
+            .find(|b| b.contains(leaf))
+            .unwrap_or_else(|| panic!("{leaf} not shown: {text}"));
+        assert!(block.contains("ca:      store-ca.crt"), "{block}");
+        assert!(block.contains("issuer:  CN=kelson-store-ca"), "{block}");
+    }
+
     assert!(
         text.contains("kv1.example") && text.contains("10.9.8.7"),
         "{text}"
