@@ -17,7 +17,9 @@
 //! counted (`dropped()`, with a rate-limited warning) rather than slowing or failing the
 //! request: a stuck disk must not take the API down. The writer rotates the file when it
 //! would exceed `--audit-log-maxsize` MB (renaming it to `<name>-<timestamp><ext>`, as
-//! upstream's lumberjack) and keeps at most `--audit-log-maxbackup` old files.
+//! upstream's lumberjack) and keeps at most `--audit-log-maxbackup` old files, none older than
+//! `--audit-log-maxage` days (by the backup's modification time, which is when it was rotated
+//! out; checked at start and after each rotation, as lumberjack does).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -417,12 +419,24 @@ impl Default for Auditor {
 pub const QUEUE: usize = 10_000;
 
 impl Auditor {
-    /// Opens (appends to) `path` and starts the writer thread.
+    /// Opens (appends to) `path` and starts the writer thread; backups are kept regardless
+    /// of age (see [`Auditor::with_rotation`]).
     pub fn new(
         path: &Path,
         policy: Policy,
         max_mb: u64,
         max_backups: u32,
+    ) -> Result<Auditor, AuditError> {
+        Auditor::with_rotation(path, policy, max_mb, max_backups, 0)
+    }
+
+    /// Like [`Auditor::new`], and backups older than `max_age_days` are removed (0: no limit).
+    pub fn with_rotation(
+        path: &Path,
+        policy: Policy,
+        max_mb: u64,
+        max_backups: u32,
+        max_age_days: u32,
     ) -> Result<Auditor, AuditError> {
         let file = open(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
@@ -432,7 +446,12 @@ impl Auditor {
             path: path.to_path_buf(),
             max_bytes: max_mb.saturating_mul(1024 * 1024),
             max_backups,
+            max_age: std::time::Duration::from_secs(u64::from(max_age_days) * 86400),
         };
+        // Backups that aged out while the server was down.
+        if let Err(e) = w.prune() {
+            tracing::warn!(error = %e, path = %path.display(), "pruning old audit logs");
+        }
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || {
@@ -531,6 +550,8 @@ struct Writer {
     path: PathBuf,
     max_bytes: u64,
     max_backups: u32,
+    /// Backups older than this are removed; zero keeps them regardless of age.
+    max_age: std::time::Duration,
 }
 
 impl Writer {
@@ -567,24 +588,55 @@ impl Writer {
         std::fs::rename(&self.path, &backup)?;
         self.file = open(&self.path).map_err(std::io::Error::other)?;
         self.size = 0;
-        if self.max_backups > 0 {
-            let prefix = format!("{stem}-");
-            let mut backups: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&ext))
-            })
-            .collect();
-            // The timestamps sort chronologically.
-            backups.sort();
-            let excess = backups.len().saturating_sub(self.max_backups as usize);
-            for old in &backups[..excess] {
+        self.prune()
+    }
+
+    /// Removes backups beyond `max_backups` (oldest first) and older than `max_age`.
+    fn prune(&self) -> std::io::Result<()> {
+        if self.max_backups == 0 && self.max_age.is_zero() {
+            return Ok(());
+        }
+        let stem = self
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("audit")
+            .to_string();
+        let ext = self
+            .path
+            .extension()
+            .and_then(|s| s.to_str())
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default();
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let prefix = format!("{stem}-");
+        let mut backups: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&ext))
+        })
+        .collect();
+        // The timestamps sort chronologically.
+        backups.sort();
+        let excess = if self.max_backups > 0 {
+            backups.len().saturating_sub(self.max_backups as usize)
+        } else {
+            0
+        };
+        for (i, old) in backups.iter().enumerate() {
+            let expired = !self.max_age.is_zero()
+                && std::fs::metadata(old)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > self.max_age);
+            if i < excess || expired {
                 let _ = std::fs::remove_file(old);
             }
         }
@@ -685,6 +737,7 @@ rules:
             path: path.clone(),
             max_bytes: 100,
             max_backups: 2,
+            max_age: std::time::Duration::ZERO,
         };
         for i in 0..10 {
             w.write(format!("{:060}\n", i).as_bytes()).unwrap();
@@ -698,6 +751,59 @@ rules:
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .ends_with("000000009\n"));
+    }
+
+    #[test]
+    fn writer_prunes_backups_older_than_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let old = dir.path().join("audit-2020-01-01T00-00-00.000000.log");
+        let recent = dir.path().join("audit-2020-01-02T00-00-00.000000.log");
+        let other = dir.path().join("other-2020-01-01.log");
+        for f in [&old, &recent, &other] {
+            std::fs::write(f, "x\n").unwrap();
+        }
+        // `old` was rotated out 40 days ago, `recent` 2 days ago.
+        let ago =
+            |days: u64| std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86400);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(ago(40))
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&recent)
+            .unwrap()
+            .set_modified(ago(2))
+            .unwrap();
+        let mut w = Writer {
+            file: open(&path).unwrap(),
+            size: 0,
+            path: path.clone(),
+            max_bytes: 100,
+            max_backups: 0,
+            max_age: std::time::Duration::from_secs(30 * 86400),
+        };
+        w.prune().unwrap();
+        assert!(!old.exists(), "a 40-day-old backup must go with maxage 30");
+        assert!(recent.exists() && other.exists());
+        // Rotations prune too: with maxbackup 1 only the newest backup stays.
+        w.max_backups = 1;
+        for i in 0..4 {
+            w.write(format!("{:060}\n", i).as_bytes()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(!recent.exists());
+        let backups = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name().into_string().unwrap();
+                n.starts_with("audit-")
+            })
+            .count();
+        assert_eq!(backups, 1);
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct ApiServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_log_maxbackup: Option<u32>,
+    /// The maximum number of days to retain old audit log files (0: no limit).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log_maxage: Option<u32>,
     /// The file with the configuration for encryption providers to be used for storing
     /// secrets in the store (apiserver.config.k8s.io/v1 EncryptionConfiguration).
     #[arg(long)]
@@ -189,6 +193,8 @@ pub struct ApiServerConfig {
     pub audit_log_maxsize: u64,
     #[serde(default)]
     pub audit_log_maxbackup: u32,
+    #[serde(default)]
+    pub audit_log_maxage: u32,
     #[serde(default)]
     pub encryption_provider_config: Option<PathBuf>,
     #[serde(default)]
