@@ -86,9 +86,10 @@ impl CachedObject {
         Ok(CachedObject {
             key: self.key.clone(),
             rev,
-            json: Bytes::from(serde_json::to_vec(&v).map_err(|e| {
-                StorageError::Internal(format!("encoding {}: {e}", self.key))
-            })?),
+            json: Bytes::from(
+                serde_json::to_vec(&v)
+                    .map_err(|e| StorageError::Internal(format!("encoding {}: {e}", self.key)))?,
+            ),
             view: self.view.clone(),
         })
     }
@@ -368,7 +369,10 @@ impl WatchCache {
             return Ok(None);
         }
         let rv = opts.resource_version.as_deref().filter(|v| !v.is_empty());
-        let continuing = opts.continue_token.as_deref().is_some_and(|c| !c.is_empty());
+        let continuing = opts
+            .continue_token
+            .as_deref()
+            .is_some_and(|c| !c.is_empty());
         if opts.resource_version_match == Some(ResourceVersionMatch::Exact) || opts.limit < 0 {
             return Ok(None);
         }
@@ -388,8 +392,15 @@ impl WatchCache {
             if !st.ready || st.last_change > token_rv || st.rev < token_rv {
                 return Ok(None);
             }
-            return page(&st, &prefix, Bound::Included(start), token_rv, opts.limit, filter)
-                .map(Some);
+            return page(
+                &st,
+                &prefix,
+                Bound::Included(start),
+                token_rv,
+                opts.limit,
+                filter,
+            )
+            .map(Some);
         }
         match rv {
             None => {
@@ -703,7 +714,9 @@ async fn run(s: Arc<Shared>, rev_tx: watch::Sender<i64>) {
                 backoff = Duration::from_millis(100);
                 match follow(&s, &rev_tx, rev).await {
                     Ok(()) => debug!(prefix = s.prefix, "watch cache: store watch ended"),
-                    Err(e) => warn!(prefix = s.prefix, error = %e, "watch cache: store watch failed, re-listing"),
+                    Err(e) => {
+                        warn!(prefix = s.prefix, error = %e, "watch cache: store watch failed, re-listing")
+                    }
                 }
             }
             Err(e) => {
@@ -761,7 +774,12 @@ async fn init(s: &Shared) -> Result<i64, StorageError> {
     st.rev = rev;
     st.last_change = rev;
     st.ready = true;
-    debug!(prefix = s.prefix, rev, n = st.objects.len(), "watch cache listed");
+    debug!(
+        prefix = s.prefix,
+        rev,
+        n = st.objects.len(),
+        "watch cache listed"
+    );
     Ok(rev)
 }
 

@@ -148,7 +148,9 @@ impl Req<'_> {
                 );
                 h::respond(code, &t, Format::Json)
             }
-            Format::Table { .. } | Format::Metadata if obj["kind"] == "Status" => h::json(code, obj),
+            Format::Table { .. } | Format::Metadata if obj["kind"] == "Status" => {
+                h::json(code, obj)
+            }
             Format::Table { .. } => h::json(code, obj),
             Format::Metadata => metadata_response(code, partial_metadata(obj), false),
             f => h::respond(code, obj, f),
@@ -306,7 +308,11 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     if let Some(cache) = r.api.cache(r.t.info) {
         match cache.list(&list_prefix(r), &opts, filter).await {
             Ok(Some(page)) => {
-                let lm = list_meta(page.resource_version, &page.continue_token, page.remaining_item_count);
+                let lm = list_meta(
+                    page.resource_version,
+                    &page.continue_token,
+                    page.remaining_item_count,
+                );
                 if r.fmt == Format::Json {
                     return Ok(spliced_list(r.t.info, &lm, &page.items));
                 }
@@ -328,7 +334,11 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         .list(&list_prefix(r), &opts, filter)
         .await
         .map_err(storage_err(r.t, ""))?;
-    let lm = list_meta(res.resource_version, &res.continue_token, res.remaining_item_count);
+    let lm = list_meta(
+        res.resource_version,
+        &res.continue_token,
+        res.remaining_item_count,
+    );
     Ok(list_response(r, res.items, lm))
 }
 
@@ -461,23 +471,29 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         b.push(b'\n');
         Bytes::from(b)
     };
-    let bookmark = move |rev: i64| {
-        json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}})
-    };
+    let bookmark = move |rev: i64| json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": rev.to_string()}});
 
     // Served from the watch cache: one store watch per resource fans out to every client.
     if let Some(cache) = api.cache(info) {
         use kelson_apistorage::{CacheWatchEvent, WatchStart};
-        let start = match rv.as_str() {
-            "" => WatchStart::Now { consistent: true },
-            "0" => WatchStart::Now { consistent: false },
-            v => WatchStart::After(v.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
-                ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-            })?),
-        };
+        let start =
+            match rv.as_str() {
+                "" => WatchStart::Now { consistent: true },
+                "0" => WatchStart::Now { consistent: false },
+                v => WatchStart::After(v.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(
+                    || ApiError::bad_request(format!("invalid resourceVersion {rv:?}")),
+                )?),
+            };
         let interval = api.store.config().bookmark_interval;
         let started = cache
-            .watch(&prefix, recursive, start, Some(filter.clone()), bookmarks, interval)
+            .watch(
+                &prefix,
+                recursive,
+                start,
+                Some(filter.clone()),
+                bookmarks,
+                interval,
+            )
             .await;
         let started = match started {
             Ok(s) => Some(Ok(s)),
@@ -532,7 +548,9 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                     let out = match ev {
                         None => return,
                         Some(CacheWatchEvent::Object { ty, obj, frame: f }) => frame(ty, &obj, f),
-                        Some(CacheWatchEvent::Bookmark(rev)) => Some(encode("BOOKMARK", bookmark(rev))),
+                        Some(CacheWatchEvent::Bookmark(rev)) => {
+                            Some(encode("BOOKMARK", bookmark(rev)))
+                        }
                         Some(CacheWatchEvent::Error(e)) => {
                             let _ = tx
                                 .send(encode("ERROR", e.to_status(info.group, info.resource, "")))

@@ -265,12 +265,19 @@ mod tests {
             "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1,application/json",
         ] {
             assert_eq!(negotiate(Some(a), true).unwrap(), Format::Metadata, "{a}");
-            assert_ne!(negotiate(Some(a), false).ok(), Some(Format::Metadata), "{a}");
+            assert_ne!(
+                negotiate(Some(a), false).ok(),
+                Some(Format::Metadata),
+                "{a}"
+            );
         }
         assert_eq!(
-            negotiate(Some("application/json;as=PartialObjectMetadata;g=apps;v=v1"), true)
-                .unwrap_err()
-                .code,
+            negotiate(
+                Some("application/json;as=PartialObjectMetadata;g=apps;v=v1"),
+                true
+            )
+            .unwrap_err()
+            .code,
             406
         );
     }

@@ -76,9 +76,16 @@ pub fn field_value(kind: &str, obj: &Value, field: &str) -> Option<Option<String
 /// The paths (beyond `metadata.name`/`namespace`/`labels`) [`field_value`] reads per kind.
 fn selectable_paths(kind: &str) -> &'static [&'static [&'static str]] {
     match kind {
-        "Pod" => &[&["spec", "nodeName"], &["spec", "restartPolicy"], &["spec", "schedulerName"],
-            &["spec", "serviceAccountName"], &["spec", "hostNetwork"], &["status", "phase"],
-            &["status", "podIP"], &["status", "nominatedNodeName"]],
+        "Pod" => &[
+            &["spec", "nodeName"],
+            &["spec", "restartPolicy"],
+            &["spec", "schedulerName"],
+            &["spec", "serviceAccountName"],
+            &["spec", "hostNetwork"],
+            &["status", "phase"],
+            &["status", "podIP"],
+            &["status", "nominatedNodeName"],
+        ],
         "Node" => &[&["spec", "unschedulable"]],
         "Namespace" => &[&["status", "phase"]],
         "CertificateSigningRequest" => &[&["spec", "signerName"]],
@@ -197,30 +204,73 @@ mod tests {
     #[test]
     fn selectable_view_answers_every_field_label_like_the_object() {
         let objs = [
-            ("Pod", json!({"metadata": {"name": "p", "namespace": "d", "labels": {"a": "b"}, "uid": "u"},
+            (
+                "Pod",
+                json!({"metadata": {"name": "p", "namespace": "d", "labels": {"a": "b"}, "uid": "u"},
                 "spec": {"nodeName": "n1", "restartPolicy": "Always", "schedulerName": "s",
                          "serviceAccountName": "sa", "hostNetwork": true, "containers": [{"name": "c"}]},
-                "status": {"phase": "Running", "podIP": "10.0.0.1", "nominatedNodeName": "n2"}})),
-            ("Node", json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}})),
-            ("Namespace", json!({"metadata": {"name": "n"}, "status": {"phase": "Active"}})),
-            ("CertificateSigningRequest", json!({"metadata": {"name": "c"}, "spec": {"signerName": "x/y"}})),
-            ("Secret", json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}})),
-            ("Event", json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u"}, "reason": "R", "type": "Normal", "source": "x"})),
-            ("ReplicaSet", json!({"metadata": {"name": "r"}, "status": {"replicas": 3}})),
-            ("Job", json!({"metadata": {"name": "j"}, "status": {"replicas": 1}})),
+                "status": {"phase": "Running", "podIP": "10.0.0.1", "nominatedNodeName": "n2"}}),
+            ),
+            (
+                "Node",
+                json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}}),
+            ),
+            (
+                "Namespace",
+                json!({"metadata": {"name": "n"}, "status": {"phase": "Active"}}),
+            ),
+            (
+                "CertificateSigningRequest",
+                json!({"metadata": {"name": "c"}, "spec": {"signerName": "x/y"}}),
+            ),
+            (
+                "Secret",
+                json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}}),
+            ),
+            (
+                "Event",
+                json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u"}, "reason": "R", "type": "Normal", "source": "x"}),
+            ),
+            (
+                "ReplicaSet",
+                json!({"metadata": {"name": "r"}, "status": {"replicas": 3}}),
+            ),
+            (
+                "Job",
+                json!({"metadata": {"name": "j"}, "status": {"replicas": 1}}),
+            ),
         ];
         let fields = [
-            "metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy",
-            "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
-            "status.podIP", "status.nominatedNodeName", "spec.unschedulable", "spec.signerName",
-            "type", "involvedObject.kind", "involvedObject.name", "involvedObject.namespace",
-            "involvedObject.uid", "reason", "source", "status.replicas",
+            "metadata.name",
+            "metadata.namespace",
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+            "spec.unschedulable",
+            "spec.signerName",
+            "type",
+            "involvedObject.kind",
+            "involvedObject.name",
+            "involvedObject.namespace",
+            "involvedObject.uid",
+            "reason",
+            "source",
+            "status.replicas",
         ];
         for (kind, obj) in objs {
             let view = selectable_view(kind, &obj);
             assert_eq!(view["metadata"]["labels"], obj["metadata"]["labels"]);
             for f in fields {
-                assert_eq!(field_value(kind, &view, f), field_value(kind, &obj, f), "{kind} {f}");
+                assert_eq!(
+                    field_value(kind, &view, f),
+                    field_value(kind, &obj, f),
+                    "{kind} {f}"
+                );
             }
         }
         let pod = selectable_view("Pod", &objs_pod());

@@ -72,7 +72,10 @@ pub struct Api {
 
 impl Api {
     /// The watch cache of a resource (started on first use), if caching is on.
-    pub fn cache(&self, info: &crate::registry::ResourceInfo) -> Option<kelson_apistorage::WatchCache> {
+    pub fn cache(
+        &self,
+        info: &crate::registry::ResourceInfo,
+    ) -> Option<kelson_apistorage::WatchCache> {
         let caches = self.caches.as_ref()?;
         let kind = info.kind;
         let prefix = crate::registry::ResourceExt::key_prefix(info, &self.root, None);
