@@ -7,12 +7,13 @@
 //! metrics), [`dbus`] (`io.kelson.DNS1`), [`config`], and [`stub`] (a tiny upstream for tests
 //! and the benchmark).
 //!
-//! Data flow: two kube-runtime reflectors (Services, EndpointSlices) keep stores current; every
-//! watch event wakes one rebuild task, which recomputes the [`zone::Zone`] from both stores and
-//! swaps it in whole. Wake-ups coalesce (a `Notify` holds at most one permit), so a burst of
-//! events costs one or two rebuilds, and a change is visible within one rebuild of its event —
-//! milliseconds for thousands of services. Queries take the current snapshot (`Arc` clone under
-//! a read lock) and never wait for a rebuild.
+//! Data flow: two kube-runtime watchers (Services, EndpointSlices) send their events to one
+//! zone task, which applies each to a [`zone::ZoneState`] — recomputing only the records of the
+//! Service the event concerns — and, once the queue is drained, publishes an immutable
+//! [`zone::Zone`] snapshot (a copy of two maps of `Arc`s, no records copied). So a change costs
+//! O(that Service), not O(cluster) as the full rebuild per change did (486 ms at 10k services
+//! in debug), and a burst of events costs one publish. Queries take the current snapshot
+//! (`Arc` clone under a read lock) and never wait for an update.
 //!
 //! [`run`] wires them with the shared daemon runtime: D-Bus, /metrics, `READY=1` once the
 //! listeners are bound. Listeners start after the caches synced or after 5 s, whichever comes
@@ -39,15 +40,13 @@ use kelson_runtime::config::CommonArgs;
 use kelson_runtime::dbus::{DaemonState, Lifecycle};
 use kelson_runtime::logging::LogHandle;
 use kelson_runtime::signals;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use parking_lot::RwLock;
-use tokio::sync::Notify;
 
 pub use config::{DnsConfig, DnsFlags};
 use forward::{Forwarder, ForwarderOptions};
-use zone::Zone;
+use zone::{Zone, ZoneState};
 
 /// How long to wait for the first sync before serving anyway (CoreDNS waits 5 s too).
 const SYNC_GRACE: Duration = Duration::from_secs(5);
@@ -81,39 +80,73 @@ impl Dns {
     }
 }
 
-/// Rebuilds the zone from the stores whenever `changed` fires.
-async fn rebuild_loop(
+/// A watch event for the zone task.
+enum ZoneEvent {
+    Service(watcher::Event<Service>),
+    Slice(watcher::Event<EndpointSlice>),
+}
+
+/// Applies watch events to the [`ZoneState`] and publishes a snapshot after each burst.
+///
+/// Events that are already queued are applied before publishing, so a burst (an initial
+/// list, a relist, a rollout) costs one snapshot copy. Nothing is published before both
+/// initial lists are complete, so the first snapshot is never a partial zone.
+async fn zone_loop(
     dns: Arc<Dns>,
     domain: String,
     ttl: u32,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    changed: Arc<Notify>,
+    mut events: tokio::sync::mpsc::Receiver<ZoneEvent>,
 ) {
-    // Wait for both initial lists so the first snapshot is complete.
-    let _ = services.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
-    loop {
-        let svcs = services.state();
-        let eps = slices.state();
-        let svc_refs: Vec<&Service> = svcs.iter().map(|s| s.as_ref()).collect();
-        let ep_refs: Vec<&EndpointSlice> = eps.iter().map(|s| s.as_ref()).collect();
+    let mut state = ZoneState::new(&domain, ttl);
+    let (mut svc_synced, mut eps_synced) = (false, false);
+    while let Some(first) = events.recv().await {
         let started = std::time::Instant::now();
-        let z = Zone::build(&domain, ttl, &svc_refs, &ep_refs, true);
-        tracing::debug!(
-            services = svcs.len(),
-            slices = eps.len(),
-            records = z.record_count(),
-            took = ?started.elapsed(),
-            "zone rebuilt"
-        );
-        dns.set_zone(z);
-        changed.notified().await;
+        let mut next = Some(first);
+        let mut applied = 0usize;
+        while let Some(ev) = next {
+            applied += 1;
+            match ev {
+                ZoneEvent::Service(e) => match e {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        state.apply_service(o)
+                    }
+                    watcher::Event::Delete(o) => state.delete_service(&o),
+                    watcher::Event::Init => state.services_relist_begin(),
+                    watcher::Event::InitDone => {
+                        state.services_relist_end();
+                        svc_synced = true;
+                    }
+                },
+                ZoneEvent::Slice(e) => match e {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => state.apply_slice(o),
+                    watcher::Event::Delete(o) => state.delete_slice(&o),
+                    watcher::Event::Init => state.slices_relist_begin(),
+                    watcher::Event::InitDone => {
+                        state.slices_relist_end();
+                        eps_synced = true;
+                    }
+                },
+            }
+            next = events.try_recv().ok();
+        }
+        if svc_synced && eps_synced {
+            dns.set_zone(state.snapshot(true));
+            tracing::debug!(
+                events = applied,
+                records = state.record_count(),
+                took = ?started.elapsed(),
+                "zone updated"
+            );
+        }
     }
 }
 
-/// Runs a reflector for `K`, waking `changed` on every event.
-fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// Watches `K` and forwards every event to the zone task.
+fn watch<K>(
+    api: Api<K>,
+    tx: tokio::sync::mpsc::Sender<ZoneEvent>,
+    wrap: fn(watcher::Event<K>) -> ZoneEvent,
+) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -123,21 +156,20 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    let task = tokio::spawn(async move {
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(async move {
         let mut s = stream.boxed();
         while let Some(ev) = s.next().await {
             match ev {
-                Ok(_) => changed.notify_one(),
+                Ok(e) => {
+                    if tx.send(wrap(e)).await.is_err() {
+                        return;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "watch error (retrying with back-off)"),
             }
         }
-    });
-    (store, task)
+    })
 }
 
 /// The whole daemon: watch, serve DNS, D-Bus and metrics until SIGTERM.
@@ -180,17 +212,19 @@ pub async fn run(cfg: DnsConfig, common: &CommonArgs, log: LogHandle) -> anyhow:
             .await
             .context("no --kubeconfig and no in-cluster/default kubeconfig")?,
     };
-    let changed = Arc::new(Notify::new());
-    let (svc_store, svc_task) = reflect(Api::<Service>::all(client.clone()), changed.clone());
-    let (eps_store, eps_task) = reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone());
-    let rebuild = tokio::spawn(rebuild_loop(
-        dns.clone(),
-        domain.clone(),
-        cfg.ttl,
-        svc_store,
-        eps_store,
-        changed,
-    ));
+    // Bounded: a slow zone task slows the watches down instead of buffering without limit.
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let svc_task = watch(
+        Api::<Service>::all(client.clone()),
+        tx.clone(),
+        ZoneEvent::Service,
+    );
+    let eps_task = watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        tx,
+        ZoneEvent::Slice,
+    );
+    let rebuild = tokio::spawn(zone_loop(dns.clone(), domain.clone(), cfg.ttl, rx));
 
     let synced = async {
         while !dns.zone().is_synced() {

@@ -2,8 +2,11 @@
 //! Kubernetes DNS-based service discovery specification (as CoreDNS's `kubernetes` plugin
 //! implements it).
 //!
-//! Design: a [`Zone`] is an immutable snapshot built from the reflector stores in one pass and
-//! swapped in whole when the API objects change (see `lib.rs`). Queries look names up in a
+//! Design: a [`Zone`] is an immutable snapshot that queries read; the daemon maintains the
+//! zone incrementally from watch events in a [`ZoneState`] (submodule `incremental`: only the
+//! changed Service's records are recomputed) and publishes a new snapshot after each burst of
+//! events. [`Zone::build`] computes the same zone from scratch, with the same per-Service code
+//! ([`Build::add_service`]); the tests use it as the oracle for the incremental one. Queries look names up in a
 //! hash map keyed by the lower-case name, and answers borrow the prebuilt `Record`s of the
 //! snapshot, so the hot path does no record construction — except for pod records
 //! (`a-b-c-d.<ns>.pod.<domain>`), which are synthesized from the name itself ("pods insecure",
@@ -29,18 +32,86 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+mod incremental;
+pub use incremental::ZoneState;
+
 /// The label on an EndpointSlice that names its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Shards of a [`Sharded`] map.
+const SHARDS: usize = 256;
+
+/// A hash map split into shards behind `Arc`s: cloning it (publishing a snapshot) copies 256
+/// pointers, and changing a name copies only that name's shard when a snapshot still shares
+/// it (`Arc::make_mut`) — about 1/256 of the map. A persistent map crate (`imbl`) would do
+/// the same with more machinery; the zone needs only get/insert/remove/iterate.
+#[derive(Debug, Clone)]
+pub(crate) struct Sharded<V> {
+    shards: Vec<Arc<HashMap<Arc<str>, V>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<V: Clone> Sharded<V> {
+    pub(crate) fn new() -> Sharded<V> {
+        Sharded {
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&V> {
+        self.shards[self.shard(key)].get(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: Arc<str>, v: V) -> Option<V> {
+        let i = self.shard(&key);
+        Arc::make_mut(&mut self.shards[i]).insert(key, v)
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) -> Option<V> {
+        let i = self.shard(key);
+        if !self.shards[i].contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(&mut self.shards[i]).remove(key)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.is_empty())
+    }
+}
+
+impl<V: Clone> FromIterator<(Arc<str>, V)> for Sharded<V> {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, V)>>(iter: I) -> Self {
+        let mut m = Sharded::new();
+        for (k, v) in iter {
+            m.insert(k, v);
+        }
+        m
+    }
+}
 
 /// Records owned by one name.
-#[derive(Debug, Default)]
-struct Node {
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Node {
     a: Vec<Record>,
     aaaa: Vec<Record>,
     srv: Vec<Record>,
@@ -49,14 +120,43 @@ struct Node {
     cname: Option<Record>,
 }
 
+impl Node {
+    /// Records counted by [`Zone::record_count`] (the additionals are copies).
+    fn count(&self) -> usize {
+        self.a.len() + self.aaaa.len() + self.srv.len() + self.cname.is_some() as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+}
+
+/// The apex SOA used in negative answers; the serial is the time it was made.
+fn soa_record(domain: &str, ttl: u32) -> Record {
+    let apex = fqdn(domain).unwrap_or_else(Name::root);
+    let mname = fqdn(&format!("ns.dns.{domain}")).unwrap_or_else(Name::root);
+    let rname = fqdn(&format!("hostmaster.{domain}")).unwrap_or_else(Name::root);
+    let serial = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    rec(
+        &apex,
+        ttl,
+        RData::SOA(SOA::new(mname, rname, serial, 7200, 1800, 86400, ttl)),
+    )
+}
+
 /// An immutable snapshot of the cluster zone.
 #[derive(Debug)]
 pub struct Zone {
     domain: String,
     synced: bool,
-    names: HashMap<String, Node>,
+    /// Shared keys and nodes: publishing a snapshot of an incrementally maintained zone
+    /// ([`ZoneState::snapshot`]) copies the maps' pointers, not their records.
+    names: Sharded<Arc<Node>>,
     /// Reverse names (`4.3.2.1.in-addr.arpa`) → PTR records.
-    ptr: HashMap<String, Vec<Record>>,
+    ptr: Sharded<Arc<Vec<Record>>>,
     soa: Record,
     ttl: u32,
     records: usize,
@@ -144,8 +244,8 @@ pub fn reverse_name(ip: IpAddr) -> String {
     }
 }
 
-/// Builder state while a snapshot is computed.
-struct Build {
+/// Builder state while a snapshot (or one service's part of it) is computed.
+pub(crate) struct Build {
     domain: String,
     ttl: u32,
     names: HashMap<String, Node>,
@@ -211,6 +311,95 @@ impl Build {
         if !node.srv.contains(&srv) {
             node.srv.push(srv);
             node.srv_extra.extend(extra);
+        }
+    }
+
+    /// Adds the records of one Service (with the EndpointSlices labelled with its name).
+    pub(crate) fn add_service(&mut self, svc: &Service, slices: &[&EndpointSlice]) {
+        let domain = self.domain.clone();
+        let ttl = self.ttl;
+        let b = self;
+        let (Some(name), Some(ns)) = (
+            svc.metadata.name.as_deref(),
+            svc.metadata.namespace.as_deref(),
+        ) else {
+            return;
+        };
+        let Some(spec) = svc.spec.as_ref() else {
+            return;
+        };
+        let base = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+        let Some(base_name) = fqdn(&base) else {
+            return;
+        };
+        let typ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if typ == "ExternalName" {
+            let target = spec.external_name.as_deref().unwrap_or("");
+            if let Some(t) = fqdn(target.trim_end_matches('.')) {
+                let r = rec(&base_name, ttl, RData::CNAME(CNAME(t)));
+                b.node(&base).cname = Some(r);
+            }
+            return;
+        }
+        let headless = spec.cluster_ip.as_deref() == Some("None");
+        if headless {
+            let eps = endpoints(svc, slices);
+            // The service name itself exists even without endpoints (NODATA, not NXDOMAIN).
+            b.node(&base);
+            for (ep, ips) in &eps {
+                let owner = format!("{ep}.{base}");
+                for ip in ips {
+                    b.add_addr(&base, *ip);
+                    b.add_addr(&owner, *ip);
+                    b.add_ptr(*ip, &owner);
+                }
+            }
+            // Named ports come from the slices (the target ports endpoints listen on).
+            let mut ports: BTreeSet<(String, String, u16)> = BTreeSet::new();
+            for s in slices {
+                for p in s.ports.iter().flatten() {
+                    if let (Some(pn), Some(port)) = (p.name.as_deref(), p.port) {
+                        if !pn.is_empty() {
+                            let proto = p.protocol.as_deref().unwrap_or("TCP");
+                            ports.insert((
+                                pn.to_ascii_lowercase(),
+                                proto.to_ascii_lowercase(),
+                                port as u16,
+                            ));
+                        }
+                    }
+                }
+            }
+            for (pn, proto, port) in &ports {
+                let owner = format!("_{pn}._{proto}.{base}");
+                for (ep, ips) in &eps {
+                    b.add_srv(&owner, *port, &format!("{ep}.{base}"), ips);
+                }
+            }
+            return;
+        }
+        let mut ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        ips.dedup();
+        if ips.is_empty() {
+            return;
+        }
+        for ip in &ips {
+            b.add_addr(&base, *ip);
+            b.add_ptr(*ip, &base);
+        }
+        for p in spec.ports.iter().flatten() {
+            let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) else {
+                return;
+            };
+            let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+            let owner = format!("_{}._{proto}.{base}", pn.to_ascii_lowercase());
+            b.add_srv(&owner, p.port as u16, &base, &ips);
         }
     }
 }
@@ -289,115 +478,30 @@ impl Zone {
         }
 
         for svc in services {
-            let (Some(name), Some(ns)) = (
-                svc.metadata.name.as_deref(),
-                svc.metadata.namespace.as_deref(),
-            ) else {
-                continue;
-            };
-            let Some(spec) = svc.spec.as_ref() else {
-                continue;
-            };
-            let base = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
-            let Some(base_name) = fqdn(&base) else {
-                continue;
-            };
-            let typ = spec.type_.as_deref().unwrap_or("ClusterIP");
-            if typ == "ExternalName" {
-                let target = spec.external_name.as_deref().unwrap_or("");
-                if let Some(t) = fqdn(target.trim_end_matches('.')) {
-                    let r = rec(&base_name, ttl, RData::CNAME(CNAME(t)));
-                    b.node(&base).cname = Some(r);
-                }
-                continue;
-            }
-            let headless = spec.cluster_ip.as_deref() == Some("None");
-            if headless {
-                let slices = by_svc.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
-                let eps = endpoints(svc, slices);
-                // The service name itself exists even without endpoints (NODATA, not NXDOMAIN).
-                b.node(&base);
-                for (ep, ips) in &eps {
-                    let owner = format!("{ep}.{base}");
-                    for ip in ips {
-                        b.add_addr(&base, *ip);
-                        b.add_addr(&owner, *ip);
-                        b.add_ptr(*ip, &owner);
-                    }
-                }
-                // Named ports come from the slices (the target ports endpoints listen on).
-                let mut ports: BTreeSet<(String, String, u16)> = BTreeSet::new();
-                for s in slices {
-                    for p in s.ports.iter().flatten() {
-                        if let (Some(pn), Some(port)) = (p.name.as_deref(), p.port) {
-                            if !pn.is_empty() {
-                                let proto = p.protocol.as_deref().unwrap_or("TCP");
-                                ports.insert((
-                                    pn.to_ascii_lowercase(),
-                                    proto.to_ascii_lowercase(),
-                                    port as u16,
-                                ));
-                            }
-                        }
-                    }
-                }
-                for (pn, proto, port) in &ports {
-                    let owner = format!("_{pn}._{proto}.{base}");
-                    for (ep, ips) in &eps {
-                        b.add_srv(&owner, *port, &format!("{ep}.{base}"), ips);
-                    }
-                }
-                continue;
-            }
-            let mut ips: Vec<IpAddr> = spec
-                .cluster_ips
-                .iter()
-                .flatten()
-                .chain(spec.cluster_ip.iter())
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            ips.dedup();
-            if ips.is_empty() {
-                continue;
-            }
-            for ip in &ips {
-                b.add_addr(&base, *ip);
-                b.add_ptr(*ip, &base);
-            }
-            for p in spec.ports.iter().flatten() {
-                let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) else {
-                    continue;
-                };
-                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                let owner = format!("_{}._{proto}.{base}", pn.to_ascii_lowercase());
-                b.add_srv(&owner, p.port as u16, &base, &ips);
-            }
+            let key = (
+                svc.metadata.namespace.as_deref().unwrap_or(""),
+                svc.metadata.name.as_deref().unwrap_or(""),
+            );
+            let slices = by_svc.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            b.add_service(svc, slices);
         }
 
-        let apex = fqdn(&domain).unwrap_or_else(Name::root);
-        let mname = fqdn(&format!("ns.dns.{domain}")).unwrap_or_else(Name::root);
-        let rname = fqdn(&format!("hostmaster.{domain}")).unwrap_or_else(Name::root);
-        let serial = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
-        let soa = rec(
-            &apex,
-            ttl,
-            RData::SOA(SOA::new(mname, rname, serial, 7200, 1800, 86400, ttl)),
-        );
-        let records = b
-            .names
-            .values()
-            .map(|n| n.a.len() + n.aaaa.len() + n.srv.len() + n.cname.is_some() as usize)
-            .sum::<usize>()
+        let records = b.names.values().map(Node::count).sum::<usize>()
             + b.ptr.values().map(Vec::len).sum::<usize>();
         Zone {
+            soa: soa_record(&domain, ttl),
             domain,
             synced,
-            names: b.names,
-            ptr: b.ptr,
-            soa,
+            names: b
+                .names
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), Arc::new(v)))
+                .collect(),
+            ptr: b
+                .ptr
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), Arc::new(v)))
+                .collect(),
             ttl,
             records,
         }
@@ -431,7 +535,7 @@ impl Zone {
         {
             return match self.ptr.get(name) {
                 Some(list) => Answer::Records {
-                    answers: Cow::Borrowed(list),
+                    answers: Cow::Borrowed(list.as_slice()),
                     additionals: &[],
                     soa: None,
                 },

@@ -21,7 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kelson_dns::forward::{Forwarder, ForwarderOptions};
 use kelson_dns::server::Listeners;
 use kelson_dns::stub::StubUpstream;
-use kelson_dns::zone::Zone;
+use kelson_dns::zone::{Zone, ZoneState};
 use kelson_dns::Dns;
 
 struct Args {
@@ -156,6 +156,65 @@ async fn client(
     out
 }
 
+/// Seconds: applying the initial list to a [`ZoneState`], then the median cost of one added
+/// ClusterIP service and of one changed headless endpoint, each followed by a snapshot
+/// (what the daemon does per event burst).
+fn incremental_costs(
+    svcs: &[Service],
+    slices: &[EndpointSlice],
+    records: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let t = Instant::now();
+    let mut z = ZoneState::new("cluster.local", 5);
+    for s in svcs {
+        z.apply_service(s.clone());
+    }
+    for e in slices {
+        z.apply_slice(e.clone());
+    }
+    // Held like the daemon holds the published snapshot, so changes pay copy-on-write.
+    let mut held = z.snapshot(true);
+    let init = t.elapsed().as_secs_f64();
+    if z.record_count() != records {
+        anyhow::bail!(
+            "incremental zone has {} records, full build {records}",
+            z.record_count()
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut one = Vec::new();
+    let mut headless = Vec::new();
+    for r in 0..21 {
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("added-{r}"), "namespace": "bench"},
+            "spec": {"clusterIP": format!("10.97.0.{}", r + 1),
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        }))?;
+        let t = Instant::now();
+        z.apply_service(s);
+        held = z.snapshot(true);
+        one.push(t.elapsed().as_secs_f64());
+        if let Some(e) = slices.get(r % slices.len().max(1)) {
+            let mut e = e.clone();
+            e.endpoints[0].addresses = vec![format!("10.250.0.{}", r + 1)];
+            let t = Instant::now();
+            z.apply_slice(e);
+            held = z.snapshot(true);
+            headless.push(t.elapsed().as_secs_f64());
+        }
+    }
+    drop(held);
+    let hl = if headless.is_empty() {
+        0.0
+    } else {
+        median(headless)
+    };
+    Ok((init, median(one), hl))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
@@ -174,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let zone = Zone::build("cluster.local", 5, &sr, &er, true);
     let build = t.elapsed();
     let records = zone.record_count();
+    let (incr_init, incr_one, incr_headless) = incremental_costs(&svcs, &slices, records)?;
     let fwd = Forwarder::new(ForwarderOptions {
         upstreams: vec![upstream.addr()],
         timeout: Duration::from_secs(2),
@@ -229,6 +289,13 @@ async fn main() -> anyhow::Result<()> {
         records,
         build.as_secs_f64() * 1e3,
         a.seconds
+    );
+    println!(
+        "incremental zone: initial list {:.1} ms; one ClusterIP service added + snapshot {:.2} ms; \
+         one endpoint of a 10-endpoint headless service changed + snapshot {:.2} ms (medians of 21)",
+        incr_init * 1e3,
+        incr_one * 1e3,
+        incr_headless * 1e3
     );
     println!(
         "{:<22} {:>7} {:>10} {:>9} {:>9} {:>9} {:>6}",
