@@ -83,6 +83,11 @@ address = "10.216.1.21"
 name = "worker-b"
 zone = "b"
 address = "10.216.2.21"
+
+# On the VIP's segment (stretched over the zones): every worker has a NIC there.
+[[lb_pools]]
+name = "lab"
+ranges = ["10.216.100.200-10.216.100.210"]
 "#;
 
 /// Two replicas, one per zone (hard spread), each serving its own pod name over HTTP.
@@ -116,6 +121,17 @@ kind: Service
 metadata:
   name: web
 spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-lb
+spec:
+  type: LoadBalancer
   selector: {app: web}
   ports:
   - port: 80
@@ -331,6 +347,35 @@ fn clusterip_reaches_both(
     }
 }
 
+/// One HTTP/1.0 GET from the host (bounded); returns the body.
+fn http_get(ip: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:80").parse().map_err(|e| format!("{e}"))?;
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).map_err(|e| e.to_string())?;
+    Ok(s.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+/// From the host, requests the LoadBalancer address until both backends answered.
+fn lb_reaches_both(ip: &str, a: &str, b: &str) -> Result<(), String> {
+    let mut seen = Vec::new();
+    for _ in 0..16 {
+        match http_get(ip, "/index.html") {
+            Ok(body) => seen.push(body.trim().to_string()),
+            Err(e) => seen.push(e),
+        }
+        if seen.iter().any(|s| s == a) && seen.iter().any(|s| s == b) {
+            return Ok(());
+        }
+    }
+    Err(format!("answers {seen:?}"))
+}
+
 #[test]
 fn workers_as_vms_serve_a_zone_spread_deployment() {
     let started = Instant::now();
@@ -441,6 +486,33 @@ fn workers_as_vms_serve_a_zone_spread_deployment() {
     );
     eprintln!(
         "lab: ClusterIP {cluster_ip} answered from both pods after {:?}",
+        t.elapsed()
+    );
+    // The LoadBalancer address: assigned from the pool by the cloud-controller-manager,
+    // announced by a worker's speaker on the VIP segment, reached from the host through the
+    // lab's router.
+    let t = Instant::now();
+    let lb_ip = wait_for("a LoadBalancer address", Duration::from_secs(120), || {
+        let ip = lab.get(&[
+            "get",
+            "svc",
+            "web-lb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])?;
+        if ip.starts_with("10.216.100.") {
+            Ok(ip)
+        } else {
+            Err(format!("ingress {ip:?}"))
+        }
+    });
+    wait_for(
+        "the LoadBalancer address answers from both zones",
+        Duration::from_secs(120),
+        || lb_reaches_both(&lb_ip, &pa, &pb),
+    );
+    eprintln!(
+        "lab: LoadBalancer {lb_ip} answered from both pods after {:?}",
         t.elapsed()
     );
 

@@ -265,6 +265,11 @@ pub fn plan(dir: &Path, spec: &LabSpec) -> LabState {
                     tap: vm::tap_name(workers - 1),
                     mac: vm::mac(&id, workers - 1),
                     overlay: md.join("disk.qcow2"),
+                    vip_tap: spec.vip.as_ref().map(|_| format!("u{}", workers - 1)),
+                    vip_mac: spec
+                        .vip
+                        .as_ref()
+                        .map(|_| vm::mac(&id, (workers - 1) | 0x80)),
                 }
             });
             MachineState {
@@ -386,7 +391,13 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
     eprintln!("lab: base layer ready after {:?}", t.elapsed());
     if let Some(cached) = &cached {
         let key = vm::ssh_key(dir)?;
-        vm::prepare_image(dir, cached, &bin_dir, &key.with_extension("pub"))?;
+        vm::prepare_image(
+            dir,
+            cached,
+            &bin_dir,
+            &key.with_extension("pub"),
+            st.vip.as_ref().map(|(_, i)| i.as_str()),
+        )?;
     }
     net::create_fabric(&st)?;
     let cps: Vec<usize> = (0..st.machines.len())
@@ -528,6 +539,13 @@ pub fn start_machine(dir: &Path, st: &mut LabState, name: &str) -> anyhow::Resul
             ],
             Duration::from_secs(60),
         )?;
+        if m.root.join(provision::CCM_CONFIG).is_file() {
+            machine::exec_ok(
+                init,
+                &["systemctl", "start", "--no-block", provision::CCM_UNIT],
+                Duration::from_secs(60),
+            )?;
+        }
         if m.root.join("etc/kelson/speaker.toml").is_file() {
             machine::exec_ok(
                 init,

@@ -32,6 +32,10 @@ const CONTROL_PLANE_UNITS: &[&str] = &[
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The cloud-controller-manager's configuration in a control-plane machine, and its unit.
+pub const CCM_CONFIG: &str = "etc/kelson/cloud-controller-manager.toml";
+pub const CCM_UNIT: &str = "kelson-cloud-controller-manager.service";
+
 /// Runs `kelsonctl cluster render --out OUT CLUSTER` with the given kelsonctl.
 pub fn render(kelsonctl: &Path, cluster: &Path, out: &Path) -> anyhow::Result<()> {
     let o = std::process::Command::new(kelsonctl)
@@ -148,6 +152,17 @@ pub fn control_plane(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::R
             EXEC_TIMEOUT,
         )?;
     }
+    // LoadBalancer addresses: the cloud-controller-manager (controller mode, leader-elected)
+    // assigns them from the description's pools and picks the announcing node. Not part of
+    // kelson-control-plane.target (a cluster without pools does not need it): started when
+    // render wrote its configuration.
+    for m in cps.iter().filter(|m| m.root.join(CCM_CONFIG).is_file()) {
+        machine::exec_ok(
+            m.init.context("machine not running")?,
+            &["systemctl", "start", "--no-block", CCM_UNIT],
+            EXEC_TIMEOUT,
+        )?;
+    }
     tracing::info!(elapsed = ?t.elapsed(), "control plane active on every machine");
     write_host_credentials(dir, rendered, first)?;
     Ok(())
@@ -250,6 +265,14 @@ systemctl enable -q kelson-node.target kelson-kubelet.service kelson-proxy.servi
 systemctl start --no-block kelson-node.target
 "#;
 
+/// Added to [`WORKER_SETUP`] when the worker has a NIC on the VIP segment: its speaker
+/// announces LoadBalancer addresses there.
+const WORKER_SPEAKER: &str = r#"if [ -f /etc/kelson/speaker.toml ]; then
+  systemctl enable -q kelson-speaker.service
+  systemctl start --no-block kelson-speaker.service
+fi
+"#;
+
 /// Provisions booted worker VMs over ssh (the lab's key is baked into their image): copies
 /// each worker's rendered `etc/kelson` (a tar stream over ssh, as `scp -r` would, keeping
 /// render's modes), runs [`WORKER_SETUP`], waits until the node is Ready, and routes its pod
@@ -280,7 +303,11 @@ pub fn workers(
         );
         cmd::run("sh", &["-c", &script])
             .with_context(|| format!("copying etc/kelson to {}", m.name))?;
-        super::vm::ssh_ok(dir, m, WORKER_SETUP, Duration::from_secs(180))?;
+        let mut setup = WORKER_SETUP.to_string();
+        if m.vm.as_ref().is_some_and(|v| v.vip_tap.is_some()) {
+            setup.push_str(WORKER_SPEAKER);
+        }
+        super::vm::ssh_ok(dir, m, &setup, Duration::from_secs(180))?;
     }
     let kubeconfig = dir.join("admin.kubeconfig");
     for m in workers {

@@ -77,6 +77,13 @@ pub struct VmState {
     pub mac: String,
     /// The worker's qcow2 overlay (backed by the lab's image).
     pub overlay: PathBuf,
+    /// A second NIC on the VIP's segment (bridge `brv`), when the lab has one: the worker's
+    /// speaker announces LoadBalancer addresses there, on the interface the description names
+    /// for the VIP (render gives every speaker that interface).
+    #[serde(default)]
+    pub vip_tap: Option<String>,
+    #[serde(default)]
+    pub vip_mac: Option<String>,
 }
 
 /// Paths of the cached VM tree (`scripts/vm-image.sh DIR`).
@@ -142,6 +149,7 @@ pub fn prepare_image(
     cached: &CachedImage,
     bin_dir: &Path,
     pubkey: &Path,
+    vip_if: Option<&str>,
 ) -> anyhow::Result<PathBuf> {
     let img = lab_image(dir);
     if dir.join(LAB_IMAGE_MARKER).is_file() && img.is_file() {
@@ -196,6 +204,14 @@ pub fn prepare_image(
             .with_context(|| format!("copying {}", pubkey.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(ifname) = vip_if {
+            let d = tree.join("etc/systemd/network");
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(
+                d.join("20-kelson-lab-vip.network"),
+                vip_network_unit(ifname),
+            )?;
+        }
         std::fs::create_dir_all(tree.join("etc/containerd"))?;
         std::fs::write(tree.join("etc/containerd/config.toml"), CONTAINERD_CONFIG)?;
         let images = tree.join(IMAGES_DIR);
@@ -244,61 +260,78 @@ pub fn mac(lab_id: &str, index: usize) -> String {
     )
 }
 
-/// The kernel command line of a worker: root disk, serial console, address and host name.
-pub fn kernel_cmdline(m: &MachineState) -> String {
+/// The kernel command line of a worker: root disk, serial console, address and host name,
+/// and the name of its NIC on the VIP segment (`ifname=NAME:MAC` becomes a systemd .link file
+/// through systemd-network-generator).
+pub fn kernel_cmdline(m: &MachineState, vip_if: Option<&str>) -> String {
     let gw = super::spec::gateway(super::spec::subnet24(m.address));
-    format!(
+    let mut c = format!(
         "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 \
          ip={addr}::{gw}:255.255.255.0:{name}:eth0:off systemd.hostname={name}",
         addr = m.address,
         name = m.name
+    );
+    if let (Some(ifname), Some(mac)) = (vip_if, m.vm.as_ref().and_then(|v| v.vip_mac.as_ref())) {
+        c.push_str(&format!(" ifname={ifname}:{mac}"));
+    }
+    c
+}
+
+/// systemd-networkd for the VIP-segment NIC: up, no address of its own (the speaker adds
+/// LoadBalancer addresses as /32s), not waited for by network-online.target.
+pub fn vip_network_unit(ifname: &str) -> String {
+    format!(
+        "# Written by kelsonctl lab: the VIP segment; the speaker adds its addresses.\n\
+         [Match]\nName={ifname}\n\n[Link]\nRequiredForOnline=no\n\n\
+         [Network]\nLinkLocalAddressing=no\nIPv6AcceptRA=no\nConfigureWithoutCarrier=yes\n\
+         KeepConfiguration=yes\n"
     )
 }
 
-/// Creates the worker's tap on its zone's bridge (idempotent) and sets it up.
+/// Creates the worker's taps (its zone's bridge; the VIP segment's `brv` if any), idempotent,
+/// and sets them up.
 pub fn create_tap(st: &LabState, m: &MachineState) -> anyhow::Result<()> {
     let vm = m.vm.as_ref().context("not a VM")?;
     let zone = st.zone(&m.zone)?;
     let fab = &st.fabric_ns;
-    if cmd::output("ip", &["-n", fab, "link", "show", &vm.tap])
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
+    let mut taps = vec![(vm.tap.as_str(), zone.bridge.as_str())];
+    if let Some(t) = &vm.vip_tap {
+        taps.push((t.as_str(), "brv"));
+    }
+    for (tap, bridge) in taps {
+        if cmd::output("ip", &["-n", fab, "link", "show", tap])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            cmd::run(
+                "ip",
+                &["-n", fab, "tuntap", "add", "dev", tap, "mode", "tap"],
+            )?;
+        }
         cmd::run(
             "ip",
-            &["-n", fab, "tuntap", "add", "dev", &vm.tap, "mode", "tap"],
+            &["-n", fab, "link", "set", tap, "master", bridge, "up"],
         )?;
     }
-    cmd::run(
-        "ip",
-        &[
-            "-n",
-            fab,
-            "link",
-            "set",
-            &vm.tap,
-            "master",
-            &zone.bridge,
-            "up",
-        ],
-    )?;
     Ok(())
 }
 
 /// Plugs or unplugs the worker's link (its tap on the bridge).
 pub fn set_link(st: &LabState, m: &MachineState, up: bool) -> anyhow::Result<()> {
     let vm = m.vm.as_ref().context("not a VM")?;
-    cmd::run(
-        "ip",
-        &[
-            "-n",
-            &st.fabric_ns,
-            "link",
-            "set",
-            &vm.tap,
-            if up { "up" } else { "down" },
-        ],
-    )?;
+    for tap in std::iter::once(&vm.tap).chain(vm.vip_tap.as_ref()) {
+        cmd::run(
+            "ip",
+            &[
+                "-n",
+                &st.fabric_ns,
+                "link",
+                "set",
+                tap,
+                if up { "up" } else { "down" },
+            ],
+        )?;
+    }
     Ok(())
 }
 
@@ -346,7 +379,10 @@ pub fn spawn(
         .arg(&cached.kernel)
         .arg("-initrd")
         .arg(&cached.initrd)
-        .args(["-append", &kernel_cmdline(m)])
+        .args([
+            "-append",
+            &kernel_cmdline(m, st.vip.as_ref().map(|(_, i)| i.as_str())),
+        ])
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=qcow2,cache=unsafe",
@@ -358,8 +394,14 @@ pub fn spawn(
             vm.tap
         ))
         .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm.mac))
-        .stdin(Stdio::null())
+        .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm.mac));
+    if let (Some(tap), Some(mac)) = (&vm.vip_tap, &vm.vip_mac) {
+        c.arg("-netdev")
+            .arg(format!("tap,id=n1,ifname={tap},script=no,downscript=no"))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n1,mac={mac}"));
+    }
+    c.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         // Outlives kelsonctl; no terminal signal reaches it.
@@ -563,13 +605,25 @@ mod tests {
             init: None,
             vm: None,
         };
-        let c = kernel_cmdline(&m);
+        let c = kernel_cmdline(&m, Some("vip0"));
         assert!(
             c.contains("ip=10.9.1.21::10.9.1.1:255.255.255.0:worker-a:eth0:off"),
             "{c}"
         );
         assert!(c.contains("root=/dev/vda"), "{c}");
         assert!(c.contains("systemd.hostname=worker-a"), "{c}");
+        // No VIP NIC recorded: no ifname=.
+        assert!(!c.contains("ifname="), "{c}");
+        let mut m = m;
+        m.vm = Some(VmState {
+            tap: "t0".into(),
+            mac: mac("000001", 0),
+            overlay: "/o".into(),
+            vip_tap: Some("u0".into()),
+            vip_mac: Some("52:54:00:00:01:80".into()),
+        });
+        let c = kernel_cmdline(&m, Some("vip0"));
+        assert!(c.contains(" ifname=vip0:52:54:00:00:01:80"), "{c}");
     }
 
     #[test]
