@@ -151,10 +151,6 @@ pub struct KubeletConfig {
     /// Seconds between eviction signal observations (upstream's housekeeping, 10 s).
     #[serde(default = "default_housekeeping")]
     pub housekeeping_interval: u64,
-    /// Put node.kubernetes.io/{memory,disk,pid}-pressure NoSchedule taints on the node while
-    /// its conditions say so (upstream's node lifecycle controller does this; ours does not).
-    #[serde(default = "default_true")]
-    pub taint_nodes_by_condition: bool,
     /// Image filesystem usage percent at which image GC runs (100 disables it).
     #[serde(default = "default_gc_high")]
     pub image_gc_high_threshold: u8,
@@ -398,10 +394,6 @@ pub struct KubeletFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub housekeeping_interval: Option<u64>,
-    /// Set pressure taints from node conditions (default true).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub taint_nodes_by_condition: Option<bool>,
     /// Image GC starts at this image filesystem usage percent (default 85).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -547,7 +539,7 @@ mod tests {
             (85, 80)
         );
         assert_eq!(cfg.image_minimum_gc_age, 120);
-        assert!(cfg.eviction_hard.is_none() && cfg.taint_nodes_by_condition);
+        assert!(cfg.eviction_hard.is_none());
         assert_eq!(
             cfg.runtime_socket(),
             PathBuf::from("/run/containerd/containerd.sock")

@@ -133,7 +133,10 @@ impl ImageGc {
             .flat_map(|c| {
                 [
                     c.image_ref.clone(),
-                    c.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+                    c.image
+                        .as_ref()
+                        .map(|i| i.image.clone())
+                        .unwrap_or_default(),
                 ]
             })
             .filter(|s| !s.is_empty())
@@ -270,7 +273,10 @@ pub async fn run(
         } else if let Err(e) = gc.detect().await {
             tracing::debug!(error = %e, "detecting images");
         }
-        let tick = p.period.min(Duration::from_secs(30)).max(Duration::from_secs(1));
+        let tick = p
+            .period
+            .min(Duration::from_secs(30))
+            .max(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             r = policy.changed() => { if r.is_err() { return; } last_gc = None; }

@@ -13,7 +13,7 @@
 //! [`dbus`] (`io.kelson.Kubelet1`), [`probe`] (probes and lifecycle hooks), [`events`],
 //! [`volumes`] (atomic volume writer, service account tokens), [`routes`] (routes to other
 //! nodes' podCIDRs), [`static_pods`] (manifest directory and mirror pods), [`eviction`]
-//! (node-pressure eviction: signals, thresholds, conditions, taints), [`image_gc`] (unused
+//! (node-pressure eviction: signals, thresholds, conditions, ranking), [`image_gc`] (unused
 //! images over the disk threshold).
 //!
 //! Reload (SIGHUP or D-Bus `Reload()`) re-reads the config file with the command line's flags
@@ -29,8 +29,8 @@ pub mod cni;
 pub mod config;
 pub mod cri;
 pub mod dbus;
-pub mod eviction;
 pub mod events;
+pub mod eviction;
 pub mod image_gc;
 pub mod manager;
 pub mod node;
@@ -88,8 +88,9 @@ async fn runtime_ok(cri: &cri::Cri) -> Result<(), String> {
 /// command-line flags on top, so flags still win after a reload.
 fn reread_config(path: Option<&std::path::Path>) -> Result<KubeletConfig, String> {
     use clap::Parser;
-    let cli = kelson_runtime::daemon::DaemonCli::<KubeletFlags>::try_parse_from(std::env::args_os())
-        .map_err(|e| format!("re-parsing the command line: {e}"))?;
+    let cli =
+        kelson_runtime::daemon::DaemonCli::<KubeletFlags>::try_parse_from(std::env::args_os())
+            .map_err(|e| format!("re-parsing the command line: {e}"))?;
     let overrides =
         kelson_runtime::config::overrides_from(&cli.flags).map_err(|e| e.to_string())?;
     kelson_runtime::config::load(path, overrides).map_err(|e| e.to_string())
@@ -115,7 +116,11 @@ pub async fn run(
             Box::pin(async move {
                 let new = reread_config(path.as_deref())?;
                 let s = eviction::Settings::from_config(&new).map_err(|e| e.to_string())?;
-                tracing::info!(thresholds = s.thresholds.len(), image_gc_high = s.image_gc.high, "eviction and image GC settings re-read");
+                tracing::info!(
+                    thresholds = s.thresholds.len(),
+                    image_gc_high = s.image_gc.high,
+                    "eviction and image GC settings re-read"
+                );
                 tx.send_replace(s);
                 Ok(())
             })
@@ -347,7 +352,10 @@ pub async fn run(
         let gc = Arc::new(image_gc::ImageGc::new(cri.clone()));
         let imagefs = gc.image_fs().await;
         tracing::info!(nodefs = %cfg.root_dir.display(), imagefs = ?imagefs, "eviction signals");
-        let source = Arc::new(eviction::signals::Machine::new(cfg.root_dir.clone(), imagefs));
+        let source = Arc::new(eviction::signals::Machine::new(
+            cfg.root_dir.clone(),
+            imagefs,
+        ));
         let policy_rx = {
             // The GC loop follows the image GC part of the settings.
             let (tx, rx) = watch::channel(settings_rx.borrow().image_gc.clone());
@@ -376,11 +384,11 @@ pub async fn run(
             shared: shared.clone(),
             source,
             gc: Some(gc),
-            nodes: nodes.clone(),
-            node_name: node_name.clone(),
             status_wake: status_wake.clone(),
         };
-        extra_tasks.push(tokio::spawn(manager.run(settings_rx.clone(), stop_rx.clone())));
+        extra_tasks.push(tokio::spawn(
+            manager.run(settings_rx.clone(), stop_rx.clone()),
+        ));
     }
 
     state.set_status("syncing pods");

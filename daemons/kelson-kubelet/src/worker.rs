@@ -1044,7 +1044,11 @@ impl Worker {
         let patch = json!({"status": status});
         for attempt in 0..5 {
             match api
-                .patch_status(&podspec::name(pod), &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(
+                    &podspec::name(pod),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await
             {
                 Ok(_) => {

@@ -4,10 +4,9 @@
 //! through the thresholds ([`thresholds`], [`state`]) and then:
 //! - publishes the node conditions MemoryPressure / DiskPressure / PIDPressure (the node
 //!   status task posts them at once when they change);
-//! - keeps the matching `node.kubernetes.io/{memory,disk,pid}-pressure:NoSchedule` taints on the
-//!   Node. Upstream leaves that to the node lifecycle controller (TaintNodesByCondition); the
-//!   Kelson controller manager does not do it (yet), so the kubelet does, touching only these
-//!   three keys (`taint-nodes-by-condition = false` turns it off);
+//! - leaves the matching `node.kubernetes.io/{memory,disk,pid}-pressure:NoSchedule` taints to
+//!   the node lifecycle controller, as upstream (TaintNodesByCondition): the API server's
+//!   NodeRestriction admission forbids a node to change its own taints;
 //! - for the most urgent threshold met: disk pressure first removes unused images (image GC)
 //!   and stops there if that relieved it; otherwise one pod is evicted, ranked per
 //!   [`rank`], and the manager waits (up to 30 s) for the pod's worker to have killed it before
@@ -33,9 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{watch, Notify};
 
 use crate::config::KubeletConfig;
@@ -47,9 +44,9 @@ use signals::{PodRef, SignalSource};
 pub use state::Pressure;
 use thresholds::{PressureKind, Threshold, ThresholdError};
 
+/// The taint the node lifecycle controller puts on a node with MemoryPressure (a BestEffort
+/// pod tolerating it is admitted under memory pressure).
 pub const TAINT_MEMORY: &str = "node.kubernetes.io/memory-pressure";
-pub const TAINT_DISK: &str = "node.kubernetes.io/disk-pressure";
-pub const TAINT_PID: &str = "node.kubernetes.io/pid-pressure";
 /// Upstream's grace for pods evicted by a hard threshold.
 const IMMEDIATE_GRACE: i64 = 1;
 /// How long the manager waits for an evicted pod to be killed (upstream's podCleanupTimeout).
@@ -62,7 +59,6 @@ pub struct Settings {
     pub transition: Duration,
     pub max_pod_grace: i64,
     pub interval: Duration,
-    pub taint: bool,
     pub image_gc: Policy,
 }
 
@@ -95,7 +91,6 @@ impl Settings {
             transition: Duration::from_secs(cfg.eviction_pressure_transition_period),
             max_pod_grace: cfg.eviction_max_pod_grace_period,
             interval: Duration::from_secs(cfg.housekeeping_interval.max(1)),
-            taint: cfg.taint_nodes_by_condition,
             image_gc,
         })
     }
@@ -120,7 +115,9 @@ pub fn admit(p: Pressure, pod: &Pod) -> Result<(), String> {
         let spec = pod.spec.clone().unwrap_or_default();
         let tolerates = spec.tolerations.iter().flatten().any(|t| {
             t.key.as_deref() == Some(TAINT_MEMORY)
-                && t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "NoSchedule")
+                && t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "NoSchedule")
                 || (t.key.is_none() && t.operator.as_deref() == Some("Exists"))
         });
         if crate::resources::qos_class(&spec) != "BestEffort" || tolerates {
@@ -133,83 +130,23 @@ pub fn admit(p: Pressure, pod: &Pod) -> Result<(), String> {
     ))
 }
 
-fn pressure_taints(p: Pressure) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    for (k, key) in [
-        (PressureKind::Memory, TAINT_MEMORY),
-        (PressureKind::Disk, TAINT_DISK),
-        (PressureKind::Pid, TAINT_PID),
-    ] {
-        if p.get(k) {
-            v.push(key);
-        }
-    }
-    v
-}
-
-/// Puts exactly the pressure taints of `p` on the node, leaving every other taint alone.
-pub async fn reconcile_taints(
-    nodes: &Api<Node>,
-    name: &str,
-    p: Pressure,
-) -> Result<bool, kube::Error> {
-    let node = nodes.get(name).await?;
-    let cur: Vec<Taint> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default();
-    let want = pressure_taints(p);
-    let ours = [TAINT_MEMORY, TAINT_DISK, TAINT_PID];
-    let mut next: Vec<Taint> = cur
-        .iter()
-        .filter(|t| {
-            !ours.contains(&t.key.as_str())
-                || (t.effect == "NoSchedule" && want.contains(&t.key.as_str()))
-        })
-        .cloned()
-        .collect();
-    for k in &want {
-        if !next.iter().any(|t| t.key == *k && t.effect == "NoSchedule") {
-            next.push(Taint {
-                key: (*k).into(),
-                effect: "NoSchedule".into(),
-                value: None,
-                time_added: None,
-            });
-        }
-    }
-    if next == cur {
-        return Ok(false);
-    }
-    // The resourceVersion makes this a compare-and-swap: a concurrent taint change by the
-    // node lifecycle controller is a 409 and the next pass retries on fresh data.
-    let patch = json!({
-        "metadata": {"resourceVersion": node.metadata.resource_version},
-        "spec": {"taints": next},
-    });
-    nodes
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(true)
-}
-
 /// What the manager needs besides the settings.
 pub struct Manager {
     pub shared: Arc<Shared>,
     pub source: Arc<dyn SignalSource>,
     pub gc: Option<Arc<ImageGc>>,
-    pub nodes: Api<Node>,
-    pub node_name: String,
     /// Woken when the conditions change, so the node status goes out at once.
     pub status_wake: Arc<Notify>,
 }
 
 impl Manager {
     /// Runs until `stop`.
-    pub async fn run(self, mut settings: watch::Receiver<Settings>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        mut settings: watch::Receiver<Settings>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut st = state::State::default();
-        let mut taints_applied: Option<Pressure> = None;
         loop {
             let s = settings.borrow_and_update().clone();
             let obs = self.source.observe();
@@ -218,13 +155,6 @@ impl Manager {
             if before != d.pressure {
                 tracing::info!(conditions = ?d.pressure.names(), "node pressure changed");
                 self.status_wake.notify_one();
-            }
-            let want_taints = if s.taint { d.pressure } else { Pressure::default() };
-            if taints_applied != Some(want_taints) {
-                match reconcile_taints(&self.nodes, &self.node_name, want_taints).await {
-                    Ok(_) => taints_applied = Some(want_taints),
-                    Err(e) => tracing::warn!(error = %e, "updating the node's pressure taints"),
-                }
             }
             if let Some((t, o)) = d.act.first().cloned() {
                 self.reclaim(&s, &t, o, &mut stop).await;
@@ -297,7 +227,11 @@ impl Manager {
     }
 
     /// The first pod in eviction order, with its message.
-    async fn pick(&self, t: &Threshold, observed: signals::Observation) -> Option<(Candidate, String)> {
+    async fn pick(
+        &self,
+        t: &Threshold,
+        observed: signals::Observation,
+    ) -> Option<(Candidate, String)> {
         let pods: Vec<Arc<Pod>> = self
             .shared
             .pods
@@ -360,6 +294,8 @@ impl Manager {
 mod tests {
     use super::*;
 
+    use serde_json::json;
+
     fn pod(spec: serde_json::Value) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
     }
@@ -367,8 +303,12 @@ mod tests {
     #[test]
     fn admission_follows_upstream() {
         let be = pod(json!({"containers": [{"name": "c"}]}));
-        let burst = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"memory": "1Mi"}}}]}));
-        let tolerant = pod(json!({"containers": [{"name": "c"}], "tolerations": [{"key": TAINT_MEMORY, "operator": "Exists", "effect": "NoSchedule"}]}));
+        let burst = pod(
+            json!({"containers": [{"name": "c", "resources": {"requests": {"memory": "1Mi"}}}]}),
+        );
+        let tolerant = pod(
+            json!({"containers": [{"name": "c"}], "tolerations": [{"key": TAINT_MEMORY, "operator": "Exists", "effect": "NoSchedule"}]}),
+        );
         let mem = Pressure {
             memory: true,
             ..Default::default()
@@ -385,6 +325,5 @@ mod tests {
         assert!(admit(mem, &burst).is_ok());
         assert!(admit(mem, &tolerant).is_ok());
         assert!(admit(disk, &burst).is_err());
-        assert_eq!(pressure_taints(disk), vec![TAINT_DISK]);
     }
 }

@@ -59,8 +59,14 @@ pub fn request(p: &Pod, resource: &str) -> i128 {
 
 fn container_request(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> i128 {
     let r = c.resources.as_ref();
-    let get = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-        m.and_then(|m| m.get(resource)).and_then(|q| parse_value(&q.0))
+    let get = |m: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >| {
+        m.and_then(|m| m.get(resource))
+            .and_then(|q| parse_value(&q.0))
     };
     get(r.and_then(|r| r.requests.as_ref()))
         .or_else(|| get(r.and_then(|r| r.limits.as_ref())))
@@ -80,9 +86,7 @@ fn usage_of(signal: Signal, u: &PodUsage) -> i128 {
 fn requested(signal: Signal, p: &Pod) -> Option<i128> {
     match signal {
         Signal::MemoryAvailable => Some(request(p, "memory")),
-        Signal::NodeFsAvailable | Signal::ImageFsAvailable => {
-            Some(request(p, "ephemeral-storage"))
-        }
+        Signal::NodeFsAvailable | Signal::ImageFsAvailable => Some(request(p, "ephemeral-storage")),
         _ => None,
     }
 }

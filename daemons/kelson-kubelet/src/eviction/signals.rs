@@ -352,7 +352,11 @@ mod tests {
         std::fs::create_dir_all(pod.join("cid1")).unwrap();
         std::fs::write(cg.join("memory/cgroup.procs"), "").unwrap();
         std::fs::write(pod.join("memory.usage_in_bytes"), "5000\n").unwrap();
-        std::fs::write(pod.join("memory.stat"), "cache 1\ntotal_inactive_file 1000\n").unwrap();
+        std::fs::write(
+            pod.join("memory.stat"),
+            "cache 1\ntotal_inactive_file 1000\n",
+        )
+        .unwrap();
         std::fs::write(pod.join("cid1/memory.usage_in_bytes"), "4000\n").unwrap();
         std::fs::write(pod.join("data"), vec![1u8; 8192]).unwrap();
         let u = m.pod_usage(&PodRef {

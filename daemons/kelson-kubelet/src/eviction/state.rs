@@ -177,14 +177,25 @@ mod tests {
         assert_eq!(d.act.len(), 1);
         assert_eq!(d.act[0].1.available, 50);
         // Relieved: no action, but the condition holds until the transition period passed.
-        let d = s.update(&t, tr, &obs(Signal::MemoryAvailable, 500, 1000), t0 + tr / 2);
+        let d = s.update(
+            &t,
+            tr,
+            &obs(Signal::MemoryAvailable, 500, 1000),
+            t0 + tr / 2,
+        );
         assert!(d.act.is_empty());
         assert!(d.pressure.memory);
         let d = s.update(&t, tr, &obs(Signal::MemoryAvailable, 500, 1000), t0 + tr);
         assert!(!d.pressure.memory);
         // No observation of a signal: nothing is met.
         let d = s.update(&t, tr, &Observations::new(), t0 + tr * 2);
-        assert_eq!(d, Decision { pressure: Pressure::default(), act: vec![] });
+        assert_eq!(
+            d,
+            Decision {
+                pressure: Pressure::default(),
+                act: vec![]
+            }
+        );
     }
 
     #[test]
@@ -200,12 +211,20 @@ mod tests {
         let t0 = Instant::now();
         let low = obs(Signal::NodeFsAvailable, 100, 1000);
         let d = s.update(&t, Duration::ZERO, &low, t0);
-        assert!(d.pressure.disk, "the condition does not wait for the grace period");
+        assert!(
+            d.pressure.disk,
+            "the condition does not wait for the grace period"
+        );
         assert!(d.act.is_empty());
         let d = s.update(&t, Duration::ZERO, &low, t0 + Duration::from_secs(10));
         assert_eq!(d.act.len(), 1);
         // 200 of 1000 is not below 20%.
-        let d = s.update(&t, Duration::ZERO, &obs(Signal::NodeFsAvailable, 200, 1000), t0);
+        let d = s.update(
+            &t,
+            Duration::ZERO,
+            &obs(Signal::NodeFsAvailable, 200, 1000),
+            t0,
+        );
         assert!(d.act.is_empty() && !d.pressure.disk);
     }
 
@@ -216,19 +235,44 @@ mod tests {
         let mut s = State::default();
         let t0 = Instant::now();
         assert_eq!(
-            s.update(&t, Duration::ZERO, &obs(Signal::MemoryAvailable, 90, 1000), t0)
-                .act
-                .len(),
+            s.update(
+                &t,
+                Duration::ZERO,
+                &obs(Signal::MemoryAvailable, 90, 1000),
+                t0
+            )
+            .act
+            .len(),
             1
         );
         // 120 is above the threshold but not above threshold + reclaim.
-        let d = s.update(&t, Duration::ZERO, &obs(Signal::MemoryAvailable, 120, 1000), t0);
+        let d = s.update(
+            &t,
+            Duration::ZERO,
+            &obs(Signal::MemoryAvailable, 120, 1000),
+            t0,
+        );
         assert_eq!(d.act.len(), 1);
-        let d = s.update(&t, Duration::ZERO, &obs(Signal::MemoryAvailable, 151, 1000), t0);
+        let d = s.update(
+            &t,
+            Duration::ZERO,
+            &obs(Signal::MemoryAvailable, 151, 1000),
+            t0,
+        );
         assert!(d.act.is_empty());
         // Lifting the threshold (reload) clears it at once.
-        s.update(&t, Duration::ZERO, &obs(Signal::MemoryAvailable, 90, 1000), t0);
-        let d = s.update(&[], Duration::ZERO, &obs(Signal::MemoryAvailable, 90, 1000), t0);
+        s.update(
+            &t,
+            Duration::ZERO,
+            &obs(Signal::MemoryAvailable, 90, 1000),
+            t0,
+        );
+        let d = s.update(
+            &[],
+            Duration::ZERO,
+            &obs(Signal::MemoryAvailable, 90, 1000),
+            t0,
+        );
         assert!(d.act.is_empty());
     }
 
@@ -248,7 +292,11 @@ mod tests {
         let order: Vec<Signal> = d.act.iter().map(|(t, _)| t.signal).collect();
         assert_eq!(
             order,
-            vec![Signal::MemoryAvailable, Signal::NodeFsAvailable, Signal::PidAvailable]
+            vec![
+                Signal::MemoryAvailable,
+                Signal::NodeFsAvailable,
+                Signal::PidAvailable
+            ]
         );
         assert_eq!(
             d.pressure.names(),

@@ -147,11 +147,15 @@ pub enum ThresholdError {
     Signal { flag: &'static str, signal: String },
     #[error("{flag}: signal {signal} is listed twice")]
     Duplicate { flag: &'static str, signal: Signal },
-    #[error("eviction-soft-grace-period: {0:?} is not signal=duration (e.g. memory.available=1m30s)")]
+    #[error(
+        "eviction-soft-grace-period: {0:?} is not signal=duration (e.g. memory.available=1m30s)"
+    )]
     Grace(String),
     #[error("eviction-soft: threshold {0} has no grace period in eviction-soft-grace-period")]
     MissingGrace(Signal),
-    #[error("eviction-minimum-reclaim: {0:?} is not signal=quantity (e.g. nodefs.available=500Mi)")]
+    #[error(
+        "eviction-minimum-reclaim: {0:?} is not signal=quantity (e.g. nodefs.available=500Mi)"
+    )]
     Reclaim(String),
 }
 
@@ -335,7 +339,10 @@ mod tests {
         assert!(!t[1].hard);
         assert_eq!(t[1].grace, Duration::from_secs(90));
         // A given list replaces the defaults.
-        assert_eq!(parse_thresholds(Some(""), None, None, None).unwrap(), vec![]);
+        assert_eq!(
+            parse_thresholds(Some(""), None, None, None).unwrap(),
+            vec![]
+        );
         assert!(matches!(
             parse_thresholds(Some("memory.available>1Gi"), None, None, None),
             Err(ThresholdError::Syntax { .. })
