@@ -495,11 +495,13 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                 interval,
             )
             .await;
+        // A start the cache cannot serve (a version older than its ring, e.g. one from before
+        // this server's cache started, or not initialized in time) is served by a store watch:
+        // the store replays it, or answers 410 if it is compacted.
         let started = match started {
-            Ok(s) => Some(Ok(s)),
-            Err(e @ StorageError::Expired { .. }) => Some(Err(e)),
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::debug!(error = %e, "watch cache not usable, watching the store");
+                tracing::debug!(error = %e, "watch cache cannot serve this watch, watching the store");
                 None
             }
         };
@@ -518,15 +520,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                 let _guard = scopeguard(move || {
                     watches.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
-                let (initial, mut stream) = match started {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx
-                            .send(encode("ERROR", e.to_status(info.group, info.resource, "")))
-                            .await;
-                        return;
-                    }
-                };
+                let (initial, mut stream) = started;
                 for o in initial {
                     let ty = kelson_apistorage::cache::EventType::Added;
                     let f = kelson_apistorage::cache::json_frame("ADDED", &o.json);
