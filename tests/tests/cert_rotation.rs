@@ -13,7 +13,14 @@
 //! - new serial numbers observed in the handshakes of both servers;
 //! - the API server's `/metrics` reports the served certificate's expiry.
 //!
-//! Needs `cargo build -p kelson-kv -p kelson-apiserver -p kelsonctl`.
+//! A second test covers API clients (issue 8: "kube-rs clients pick up a renewed client
+//! certificate"): kelson-scheduler runs with a short-lived client certificate, the certificate
+//! is renewed on disk, the old one expires, and the API server is restarted so every
+//! connection has to be set up again. The scheduler must keep renewing its leader Lease —
+//! which it can only do with the renewed certificate (a negative control shows the expired
+//! one is refused).
+//!
+//! Needs `cargo build -p kelson-kv -p kelson-apiserver -p kelsonctl -p kelson-scheduler`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -249,5 +256,162 @@ async fn certificates_roll_over_under_load_without_failed_requests() -> anyhow::
         "{requests} requests, 0 failed; {} renewals; API serials {api_serials:?}; kv serials {kv_serials:?}",
         renewed
     );
+    Ok(())
+}
+
+/// Issue 8: API clients built by kelson-kube (the scheduler here; the controller manager,
+/// kelson-proxy, kelson-dns and the cloud controller manager build theirs the same way)
+/// follow a renewed client certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_keeps_working_after_its_old_client_certificate_expires() -> anyhow::Result<()> {
+    use kelson_testsupport::ChildGuard;
+
+    const OLD_LIFETIME: Duration = Duration::from_secs(10);
+    let cp = ControlPlane::start().await?;
+    // A second API server over the same store, which the test can restart: a restart closes
+    // every connection, so the scheduler must handshake again after its old certificate expired.
+    let mut api = cp.start_peer_apiserver("rotation-api", &[]).await?;
+    let pki: PathBuf = cp.dir().join("pki");
+    let issued = cp.kubeconfig_for("sched-rotation", Some("system:masters"))?;
+    let base = "client-sched-rotation";
+    let text = std::fs::read_to_string(&issued)?;
+    assert!(text.contains(&cp.server_url()), "{text}");
+    let kubeconfig = cp.dir().join("scheduler-rotation.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        text.replace(&cp.server_url(), &api.server_url()),
+    )?;
+
+    // The certificate the scheduler starts with lives 10 s.
+    let out = renew(&pki, &["--force", "--cert-lifetime", "10s", "--cert", base])?;
+    assert_eq!(out.matches("renewed").count(), 1, "{out}");
+    let (cert, key) = (
+        pki.join(format!("{base}.crt")),
+        pki.join(format!("{base}.key")),
+    );
+    let old_copy = cp.dir().join("sched-rotation-old.crt");
+    std::fs::copy(&cert, &old_copy)?;
+    let old_expiry = {
+        let na = kelson_pki::cert_info(&cert)?.not_after.unix_timestamp();
+        std::time::UNIX_EPOCH + Duration::from_secs(na as u64)
+    };
+
+    let lease_name = "rotation-scheduler";
+    let mut cmd = std::process::Command::new(bin_path("kelson-scheduler"));
+    cmd.arg("--no-dbus")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--leader-elect=true",
+            "--leader-elect-resource-name",
+            lease_name,
+            "--leader-elect-lease-duration",
+            "6s",
+            "--leader-elect-renew-deadline",
+            "4s",
+            "--leader-elect-retry-period",
+            "1s",
+        ]);
+    let mut sched = ChildGuard::spawn(
+        "kelson-scheduler",
+        cmd,
+        &cp.dir().join("scheduler-rotation.log"),
+    )?;
+    // The holder and renew time of the Lease (kubectl: this crate has no kube client).
+    let lease_state = || -> Option<(String, String)> {
+        let out = cp.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            lease_name,
+            "-o",
+            "jsonpath={.spec.holderIdentity} {.spec.renewTime}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (h, t) = text.trim().split_once(' ')?;
+        (out.status.success() && !h.is_empty() && !t.is_empty())
+            .then(|| (h.to_string(), t.to_string()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        if let Some((h, _)) = lease_state() {
+            break h;
+        }
+        if let Some(st) = sched.try_wait() {
+            bail!("kelson-scheduler exited ({st}):\n{}", sched.log_tail(30));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler took no Lease within 30 s:\n{}",
+            sched.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Renewal: same key, a new certificate for an hour (what a renewal timer does).
+    let out = renew(&pki, &["--force", "--cert-lifetime", "1h", "--cert", base])?;
+    assert_eq!(out.matches("renewed").count(), 1, "{out}");
+    assert_ne!(std::fs::read(&cert)?, std::fs::read(&old_copy)?);
+    // Let the old certificate expire (a second of margin), then drop every connection.
+    if let Ok(left) = old_expiry.duration_since(std::time::SystemTime::now()) {
+        assert!(left <= OLD_LIFETIME);
+        tokio::time::sleep(left + Duration::from_secs(1)).await;
+    }
+    api.restart().await?;
+    // Whatever the Lease says now, a later renewal went through the restarted server (the
+    // old process and all its connections are gone).
+    let before = lease_state();
+
+    // Negative control: the expired certificate is refused now, so success below means the
+    // scheduler presents the renewed one.
+    let ca = pki.join("ca.crt");
+    let api_addr = api.server_url().trim_start_matches("https://").to_string();
+    let expired = tls_get(
+        &connector(&ca, &old_copy, &key, b"http/1.1")?,
+        &api_addr,
+        Some("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"),
+    )
+    .await;
+    assert!(
+        !matches!(&expired, Ok((_, status)) if status.contains(" 200 ")),
+        "the expired client certificate was accepted: {expired:?}"
+    );
+    let renewed = tls_get(
+        &connector(&ca, &cert, &key, b"http/1.1")?,
+        &api_addr,
+        Some("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"),
+    )
+    .await;
+    assert!(
+        matches!(&renewed, Ok((_, status)) if status.contains(" 200 ")),
+        "positive control: the renewed certificate must be accepted: {renewed:?}"
+    );
+
+    // The scheduler renews its Lease through the restarted server, still as the same holder.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((h, renew_time)) = lease_state() {
+            if h == holder && before.as_ref().is_none_or(|(_, t)| *t != renew_time) {
+                break;
+            }
+        }
+        if let Some(st) = sched.try_wait() {
+            bail!("kelson-scheduler exited ({st}):\n{}", sched.log_tail(30));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler did not renew its Lease within 20 s of the restart (holder {holder}); lease now {:?}\n{}",
+            lease_state(),
+            sched.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = sched.log();
+    assert!(
+        log.contains("API client reloaded"),
+        "the scheduler did not log reloading its API client:\n{log}"
+    );
+    sched.terminate(Duration::from_secs(10))?;
     Ok(())
 }
