@@ -2,11 +2,13 @@
 //!
 //! Everything a filter or score needs per node is precomputed when pods/nodes change, not per
 //! scheduling attempt: requested resources (exact and "non-zero" for scoring), used host ports,
-//! image names, and the pods with their parsed requests and affinity terms. A [`Snapshot`] is a
-//! vector of `Arc<NodeInfo>` — taking one costs one pointer copy per node, and updating a node
-//! (`Arc::make_mut`) copies only that node — so 5000-node clusters stay cheap per attempt.
+//! image names, and the pods with their parsed requests and affinity terms. The [`Snapshot`]
+//! (all nodes, a name index, the pods grouped by what topology spread and inter-pod affinity
+//! look at, and the topology domains) is updated in place per pod or node event, so its cost
+//! is O(the changed node), never O(nodes), and PreFilter's cluster-wide counts cost
+//! O(pod groups + nodes running matching pods) instead of O(all pods).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, Taint};
@@ -31,6 +33,21 @@ pub struct PodInfo {
     pub required_anti_affinity: Vec<PodAffinityTerm>,
     /// (weight, term); negative weight for anti-affinity.
     pub preferred_affinity: Vec<(i32, PodAffinityTerm)>,
+    /// Everything the cluster-wide plugins look at, for [`PodGroups`].
+    pub group: Arc<GroupKey>,
+}
+
+/// What topology spread and inter-pod affinity ask of an existing pod: its namespace, labels,
+/// whether it is terminating, its controller, and its own affinity terms. Pods with equal keys
+/// (the replicas of one workload) are interchangeable for those plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    pub namespace: String,
+    pub labels: Labels,
+    pub terminating: bool,
+    pub controller: Option<String>,
+    /// The pod's inter-pod affinity terms, serialized ("" = none).
+    pub terms: String,
 }
 
 impl PodInfo {
@@ -74,32 +91,60 @@ impl PodInfo {
         {
             preferred.push((-w.weight, w.pod_affinity_term.clone()));
         }
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let required_affinity = pa
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .clone()
+            })
+            .unwrap_or_default();
+        let required_anti_affinity = paa
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .clone()
+            })
+            .unwrap_or_default();
+        let terms = if required_affinity.is_empty()
+            && required_anti_affinity.is_empty()
+            && preferred.is_empty()
+        {
+            String::new()
+        } else {
+            // Serializing a parsed API object cannot fail.
+            serde_json::to_string(&(&required_affinity, &required_anti_affinity, &preferred))
+                .unwrap_or_default()
+        };
+        let group = Arc::new(GroupKey {
+            namespace: namespace.clone(),
+            labels: labels.clone(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            controller: pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            terms,
+        });
         PodInfo {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
-            namespace: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
+            namespace,
             name: pod.metadata.name.clone().unwrap_or_default(),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels,
             requests,
             non_zero,
             priority,
             host_ports,
-            required_affinity: pa
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .clone()
-                })
-                .unwrap_or_default(),
-            required_anti_affinity: paa
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .clone()
-                })
-                .unwrap_or_default(),
+            required_affinity,
+            required_anti_affinity,
             preferred_affinity: preferred,
+            group,
             pod,
         }
     }
@@ -244,17 +289,82 @@ pub fn normalize_image(name: &str) -> String {
     n
 }
 
-/// An immutable view of all nodes for one scheduling attempt.
+/// The view of all nodes a scheduling attempt reads, maintained incrementally.
+///
+/// The scheduler's cache owns one `Snapshot` and updates it in place on every node or pod
+/// event and every assumed pod ([`Snapshot::add_pod`], [`Snapshot::remove_pod`],
+/// [`Snapshot::upsert_node`], [`Snapshot::remove_node`]); an attempt borrows it. So an update
+/// costs O(the changed node) — the node's `Arc` is not shared while nobody holds a borrow, so
+/// `Arc::make_mut` mutates in place instead of copying — and nothing is O(nodes) per attempt.
+/// (Upstream keeps a separate snapshot and copies the nodes whose generation moved; one owner
+/// and a borrow make that copy unnecessary here.)
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<Arc<NodeInfo>>,
-    pub index: Arc<HashMap<String, usize>>,
+    pub index: HashMap<String, usize>,
     /// Nodes that carry at least one pod with affinity terms (for InterPodAffinity's
-    /// existing-pods checks).
-    pub have_pods_with_affinity: Vec<usize>,
+    /// existing-pods checks), kept sorted so attempts are deterministic.
+    pub have_pods_with_affinity: BTreeSet<usize>,
+    /// All pods on the snapshot's nodes, grouped by [`GroupKey`].
+    pub groups: PodGroups,
+    /// Node label key → value → number of nodes with it (topology domains).
+    pub domains: HashMap<String, HashMap<String, usize>>,
+    /// Image name → number of nodes that have it (ImageLocality's spread factor).
+    pub images: HashMap<String, usize>,
+}
+
+/// Interchangeable pods (equal [`GroupKey`]) and where they run.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Any member: all members look the same to the cluster-wide plugins.
+    pub rep: Arc<PodInfo>,
+    /// Node name → members on it.
+    pub nodes: HashMap<String, i64>,
+    pub total: i64,
+}
+
+/// The cluster's pods grouped by [`GroupKey`], maintained on every pod add/remove, so
+/// PreFilter's cluster-wide counts (topology spread, inter-pod affinity) evaluate each
+/// selector once per group instead of once per pod, and never walk nodes without matches.
+#[derive(Debug, Clone, Default)]
+pub struct PodGroups {
+    pub groups: HashMap<Arc<GroupKey>, Group>,
+}
+
+impl PodGroups {
+    pub fn add(&mut self, node: &str, p: &Arc<PodInfo>) {
+        let g = self.groups.entry(p.group.clone()).or_insert_with(|| Group {
+            rep: p.clone(),
+            nodes: HashMap::new(),
+            total: 0,
+        });
+        *g.nodes.entry(node.to_string()).or_default() += 1;
+        g.total += 1;
+    }
+
+    pub fn remove(&mut self, node: &str, p: &PodInfo) {
+        let Some(g) = self.groups.get_mut(&p.group) else {
+            return;
+        };
+        if let Some(c) = g.nodes.get_mut(node) {
+            *c -= 1;
+            g.total -= 1;
+            if *c <= 0 {
+                g.nodes.remove(node);
+            }
+        }
+        if g.total <= 0 {
+            self.groups.remove(&p.group);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
 }
 
 impl Snapshot {
+    /// Builds a snapshot from scratch (tests, benchmarks; the daemon updates its own in place).
     pub fn new(nodes: Vec<Arc<NodeInfo>>) -> Snapshot {
         let index = nodes
             .iter()
@@ -267,15 +377,142 @@ impl Snapshot {
             .filter(|(_, n)| n.pods_with_affinity > 0)
             .map(|(i, _)| i)
             .collect();
+        let mut groups = PodGroups::default();
+        let mut domains = HashMap::new();
+        let mut images = HashMap::new();
+        for n in &nodes {
+            for p in &n.pods {
+                groups.add(&n.name, p);
+            }
+            count_domains(&mut domains, &n.labels, 1);
+            count_images(&mut images, &n.images, 1);
+        }
         Snapshot {
             nodes,
-            index: Arc::new(index),
+            index,
             have_pods_with_affinity,
+            groups,
+            domains,
+            images,
         }
+    }
+
+    /// Number of nodes carrying label `key`.
+    pub fn nodes_with_key(&self, key: &str) -> usize {
+        self.domains
+            .get(key)
+            .map_or(0, |m| m.values().sum::<usize>())
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<NodeInfo>> {
         self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    fn track_affinity(&mut self, i: usize) {
+        if self.nodes[i].pods_with_affinity > 0 {
+            self.have_pods_with_affinity.insert(i);
+        } else {
+            self.have_pods_with_affinity.remove(&i);
+        }
+    }
+
+    /// Adds or replaces the Node object `node`; a new node starts with `pods`. Returns the
+    /// node's index and whether it is new.
+    pub fn upsert_node(&mut self, node: Arc<Node>, pods: Vec<Arc<PodInfo>>) -> (usize, bool) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if let Some(&i) = self.index.get(&name) {
+            let n = Arc::make_mut(&mut self.nodes[i]);
+            let new_labels = node.metadata.labels.clone().unwrap_or_default();
+            if new_labels != n.labels {
+                count_domains(&mut self.domains, &n.labels, -1);
+                count_domains(&mut self.domains, &new_labels, 1);
+            }
+            count_images(&mut self.images, &n.images, -1);
+            n.set_node(node);
+            count_images(&mut self.images, &n.images, 1);
+            return (i, false);
+        }
+        let mut ni = NodeInfo::new(node);
+        for p in pods {
+            self.groups.add(&name, &p);
+            ni.add_pod(p);
+        }
+        count_domains(&mut self.domains, &ni.labels, 1);
+        count_images(&mut self.images, &ni.images, 1);
+        let i = self.nodes.len();
+        self.index.insert(name, i);
+        self.nodes.push(Arc::new(ni));
+        self.track_affinity(i);
+        (i, true)
+    }
+
+    /// Removes the node `name`; returns its pods (they stay known until their own delete
+    /// events arrive). The last node moves into the freed slot.
+    pub fn remove_node(&mut self, name: &str) -> Option<Vec<Arc<PodInfo>>> {
+        let i = self.index.remove(name)?;
+        let last = self.nodes.len() - 1;
+        self.have_pods_with_affinity.remove(&i);
+        self.have_pods_with_affinity.remove(&last);
+        let removed = self.nodes.swap_remove(i);
+        for p in &removed.pods {
+            self.groups.remove(name, p);
+        }
+        count_domains(&mut self.domains, &removed.labels, -1);
+        count_images(&mut self.images, &removed.images, -1);
+        if i < self.nodes.len() {
+            let moved = self.nodes[i].name.clone();
+            self.index.insert(moved, i);
+            self.track_affinity(i);
+        }
+        Some(Arc::try_unwrap(removed).map_or_else(|a| a.pods.clone(), |n| n.pods))
+    }
+
+    /// Adds `p` to node `i`.
+    pub fn add_pod(&mut self, i: usize, p: Arc<PodInfo>) {
+        self.groups.add(&self.nodes[i].name, &p);
+        Arc::make_mut(&mut self.nodes[i]).add_pod(p);
+        self.track_affinity(i);
+    }
+
+    /// Removes the pod `uid` from node `i`; returns whether it was there.
+    pub fn remove_pod(&mut self, i: usize, uid: &str) -> bool {
+        let Some(p) = self.nodes[i].pods.iter().find(|p| p.uid == uid).cloned() else {
+            return false;
+        };
+        self.groups.remove(&self.nodes[i].name, &p);
+        let removed = Arc::make_mut(&mut self.nodes[i]).remove_pod(uid);
+        self.track_affinity(i);
+        removed
+    }
+}
+
+/// Adds `delta` to the node count of each of a node's images.
+fn count_images(counts: &mut HashMap<String, usize>, images: &HashMap<String, i64>, delta: isize) {
+    for name in images.keys() {
+        let c = counts.entry(name.clone()).or_default();
+        *c = c.saturating_add_signed(delta);
+        if *c == 0 {
+            counts.remove(name);
+        }
+    }
+}
+
+/// Adds `delta` to the node count of each of `labels`' (key, value) pairs.
+fn count_domains(
+    domains: &mut HashMap<String, HashMap<String, usize>>,
+    labels: &Labels,
+    delta: isize,
+) {
+    for (k, v) in labels {
+        let m = domains.entry(k.clone()).or_default();
+        let c = m.entry(v.clone()).or_default();
+        *c = c.saturating_add_signed(delta);
+        if *c == 0 {
+            m.remove(v);
+            if m.is_empty() {
+                domains.remove(k);
+            }
+        }
     }
 }
 
@@ -299,5 +536,174 @@ mod tests {
             normalize_image("localhost:5000/x"),
             "localhost:5000/x:latest"
         );
+    }
+}
+
+/// Property test: the snapshot maintained incrementally over random node/pod add/remove
+/// sequences equals one rebuilt from scratch from the same nodes and pods.
+#[cfg(test)]
+mod incremental_tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use serde_json::json;
+
+    fn node(name: &str, zone: &str) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {
+                    "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}},
+                "status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                    "images": [{"names": [format!("img-{zone}")], "sizeBytes": 100},
+                               {"names": ["common"], "sizeBytes": 50}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn pod(rng: &mut StdRng, uid: usize) -> Arc<PodInfo> {
+        let app = ["web", "db", "cache"][rng.gen_range(0..3)];
+        let ns = ["a", "b"][rng.gen_range(0..2)];
+        let mut spec = json!({"containers": [{"name": "c", "image": "x",
+            "resources": {"requests": {"cpu": format!("{}m", rng.gen_range(0..500)),
+                "memory": format!("{}Mi", rng.gen_range(0..512))}},
+            "ports": if rng.gen_bool(0.2) {
+                json!([{"containerPort": 80, "hostPort": rng.gen_range(8000..8003)}])
+            } else { json!([]) }}]});
+        if rng.gen_bool(0.3) {
+            spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app": app}}}]}});
+        }
+        if rng.gen_bool(0.1) {
+            spec["affinity"] = json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 5, "podAffinityTerm": {"topologyKey": "topology.kubernetes.io/zone",
+                "labelSelector": {"matchLabels": {"app": "db"}}}}]}});
+        }
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("p{uid}"), "namespace": ns, "uid": format!("u{uid}"),
+                "labels": {"app": app}},
+            "spec": spec
+        }))
+        .unwrap();
+        Arc::new(PodInfo::new(Arc::new(p), 0))
+    }
+
+    /// Everything the snapshot aggregates, in a comparable form.
+    fn digest(s: &Snapshot) -> String {
+        let mut nodes: Vec<String> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut ports: Vec<_> = n.used_ports.iter().cloned().collect();
+                ports.sort();
+                let mut uids: Vec<&str> = n.pods.iter().map(|p| p.uid.as_str()).collect();
+                uids.sort();
+                format!(
+                    "{} idx={:?} req={:?} nz={:?} ports={ports:?} anti={} aff={} pods={uids:?}",
+                    n.name,
+                    s.index.get(&n.name),
+                    n.requested,
+                    n.non_zero_requested,
+                    n.pods_with_required_anti_affinity,
+                    n.pods_with_affinity
+                )
+            })
+            .collect();
+        nodes.sort();
+        let mut aff: Vec<&str> = s
+            .have_pods_with_affinity
+            .iter()
+            .map(|&i| s.nodes[i].name.as_str())
+            .collect();
+        aff.sort();
+        let mut groups: Vec<String> = s
+            .groups
+            .groups
+            .iter()
+            .map(|(k, g)| {
+                let mut nodes: Vec<_> = g.nodes.iter().collect();
+                nodes.sort();
+                format!("{k:?} total={} nodes={nodes:?}", g.total)
+            })
+            .collect();
+        groups.sort();
+        let mut domains: Vec<String> = s
+            .domains
+            .iter()
+            .map(|(k, m)| {
+                let mut m: Vec<_> = m.iter().collect();
+                m.sort();
+                format!("{k}={m:?}")
+            })
+            .collect();
+        domains.sort();
+        let mut images: Vec<_> = s.images.iter().collect();
+        images.sort();
+        format!(
+            "nodes={} index={}\n{}\naff={aff:?}\n{}\n{}\nimages={images:?}",
+            s.nodes.len(),
+            s.index.len(),
+            nodes.join("\n"),
+            groups.join("\n"),
+            domains.join("\n")
+        )
+    }
+
+    fn from_scratch(s: &Snapshot) -> Snapshot {
+        Snapshot::new(
+            s.nodes
+                .iter()
+                .map(|n| {
+                    let mut fresh = NodeInfo::new(n.node.clone());
+                    for p in &n.pods {
+                        fresh.add_pod(p.clone());
+                    }
+                    Arc::new(fresh)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn incremental_snapshot_equals_recomputation() {
+        for seed in 0..20u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut s = Snapshot::default();
+            let mut next_uid = 0;
+            for step in 0..300 {
+                match rng.gen_range(0..10) {
+                    // Add (or relabel) a node.
+                    0 | 1 => {
+                        let name = format!("n{}", rng.gen_range(0..8));
+                        let zone = ["z1", "z2", "z3"][rng.gen_range(0..3)];
+                        s.upsert_node(node(&name, zone), Vec::new());
+                    }
+                    2 if !s.nodes.is_empty() => {
+                        let i = rng.gen_range(0..s.nodes.len());
+                        let name = s.nodes[i].name.clone();
+                        assert!(s.remove_node(&name).is_some());
+                        assert!(s.get(&name).is_none());
+                    }
+                    3..=6 if !s.nodes.is_empty() => {
+                        let i = rng.gen_range(0..s.nodes.len());
+                        next_uid += 1;
+                        let p = pod(&mut rng, next_uid);
+                        s.add_pod(i, p);
+                    }
+                    7..=9 if !s.nodes.is_empty() => {
+                        let i = rng.gen_range(0..s.nodes.len());
+                        if let Some(uid) = s.nodes[i].pods.first().map(|p| p.uid.clone()) {
+                            assert!(s.remove_pod(i, &uid));
+                            assert!(!s.remove_pod(i, &uid), "removed twice");
+                        }
+                    }
+                    _ => {}
+                }
+                let want = digest(&from_scratch(&s));
+                let got = digest(&s);
+                assert_eq!(got, want, "seed {seed} step {step}");
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! whose reasons feed the "0/N nodes are available: ..." summary. Scores are computed per plugin
 //! over the feasible nodes, normalized to 0..=100, weighted and summed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{NodeSelectorTerm, PodAffinityTerm, Taint, Toleration};
@@ -125,6 +125,58 @@ fn spread_matches(sel: &SpreadSelector, ns: &str, p: &PodInfo) -> bool {
     }
 }
 
+/// Counts per topology pair, as topology key → value → count, so that a node's count is two
+/// lookups by `&str` (no key allocation on the per-node filter and score paths).
+#[derive(Debug, Default)]
+pub struct TopoCounts(HashMap<String, HashMap<String, i64>>);
+
+impl TopoCounts {
+    fn add(&mut self, key: &str, value: &str, by: i64) {
+        let m = match self.0.get_mut(key) {
+            Some(m) => m,
+            None => self.0.entry(key.to_string()).or_default(),
+        };
+        match m.get_mut(value) {
+            Some(c) => *c += by,
+            None => {
+                m.insert(value.to_string(), by);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The count for node labels `labels` under `key`.
+    fn at(&self, labels: &Labels, key: &str) -> i64 {
+        labels
+            .get(key)
+            .and_then(|v| self.0.get(key)?.get(v))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The counts of all of a node's topology pairs.
+    fn per_label<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = i64> + 'a {
+        self.0
+            .iter()
+            .filter_map(|(k, m)| m.get(labels.get(k)?).copied())
+    }
+
+    #[cfg(test)]
+    fn pairs(&self) -> Vec<((String, String), i64)> {
+        let mut v: Vec<_> = self
+            .0
+            .iter()
+            .flat_map(|(k, m)| m.iter().map(move |(v, c)| ((k.clone(), v.clone()), *c)))
+            .filter(|(_, c)| *c != 0)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
 /// Everything computed once per scheduling attempt.
 #[derive(Debug)]
 pub struct CycleState {
@@ -134,19 +186,22 @@ pub struct CycleState {
     required_node_terms: Option<Vec<NodeSelectorTerm>>,
     preferred_node_terms: Vec<(i32, NodeSelectorTerm)>,
     constraints: Vec<SpreadConstraint>,
-    /// Per constraint: topology value → matching pod count (eligible domains only).
+    /// Per constraint: topology value → matching pod count (eligible domains with matching
+    /// pods only: a domain absent here has count 0).
     spread_counts: Vec<HashMap<String, i64>>,
     /// Per constraint: the minimum count over eligible domains.
     spread_min: Vec<i64>,
+    /// Per constraint: the number of eligible domains.
+    spread_domains: Vec<usize>,
     /// (key, value) pairs where an existing pod's required anti-affinity rejects this pod.
-    existing_anti: HashMap<(String, String), i64>,
+    existing_anti: TopoCounts,
     /// Per required affinity term of the pod: (key, value) → count of matching pods.
-    affinity_counts: HashMap<(String, String), i64>,
+    affinity_counts: TopoCounts,
     /// `true` when no existing pod matches any affinity term but the pod matches its own.
     affinity_self_satisfied: bool,
-    anti_counts: HashMap<(String, String), i64>,
+    anti_counts: TopoCounts,
     /// Preferred inter-pod affinity contributions per topology pair.
-    affinity_scores: HashMap<(String, String), i64>,
+    affinity_scores: TopoCounts,
 }
 
 fn term_namespaces_match(term: &PodAffinityTerm, owner_ns: &str, target_ns: &str) -> bool {
@@ -229,50 +284,90 @@ impl CycleState {
             constraints,
             spread_counts: Vec::new(),
             spread_min: Vec::new(),
-            existing_anti: HashMap::new(),
-            affinity_counts: HashMap::new(),
+            spread_domains: Vec::new(),
+            existing_anti: TopoCounts::default(),
+            affinity_counts: TopoCounts::default(),
             affinity_self_satisfied: false,
-            anti_counts: HashMap::new(),
-            affinity_scores: HashMap::new(),
+            anti_counts: TopoCounts::default(),
+            affinity_scores: TopoCounts::default(),
         };
         st.prepare_spread(snap);
         st.prepare_affinity(snap);
         st
     }
 
+    /// Whether node `n` defines topology domains for this pod's spread constraints: it passes
+    /// the pod's node affinity (nodeAffinityPolicy=Honor) and carries every constraint's key.
+    fn spread_eligible(&self, n: &NodeInfo) -> bool {
+        self.node_affinity_matches(n)
+            && self
+                .constraints
+                .iter()
+                .all(|c| n.labels.contains_key(&c.key))
+    }
+
+    /// Counts matching pods per topology domain from the snapshot's pod groups: one selector
+    /// evaluation per group, then only the nodes that run the matching groups. The number of
+    /// eligible domains comes from the snapshot's domain index when every node is eligible
+    /// (no node affinity, every node has the keys), else from one pass over the nodes.
     fn prepare_spread(&mut self, snap: &Snapshot) {
         if self.constraints.is_empty() {
             return;
         }
-        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); self.constraints.len()];
-        for n in &snap.nodes {
-            // nodeAffinityPolicy=Honor: only nodes the pod could land on define domains.
-            if !self.node_affinity_matches(n) {
-                continue;
-            }
-            if !self
+        let n_nodes = snap.nodes.len();
+        let all_eligible = self.node_selector.is_empty()
+            && self.required_node_terms.is_none()
+            && self
                 .constraints
                 .iter()
-                .all(|c| n.labels.contains_key(&c.key))
-            {
-                continue;
+                .all(|c| snap.nodes_with_key(&c.key) == n_nodes);
+        self.spread_domains = if all_eligible {
+            self.constraints
+                .iter()
+                .map(|c| snap.domains.get(&c.key).map_or(0, |m| m.len()))
+                .collect()
+        } else {
+            let mut seen: Vec<HashSet<&str>> = vec![HashSet::new(); self.constraints.len()];
+            for n in &snap.nodes {
+                if !self.spread_eligible(n) {
+                    continue;
+                }
+                for (i, c) in self.constraints.iter().enumerate() {
+                    seen[i].insert(n.labels[&c.key].as_str());
+                }
             }
+            seen.iter().map(|s| s.len()).collect()
+        };
+        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); self.constraints.len()];
+        for g in snap.groups.iter() {
             for (i, c) in self.constraints.iter().enumerate() {
-                let v = &n.labels[&c.key];
-                let m = n
-                    .pods
-                    .iter()
-                    .filter(|p| spread_matches(&c.selector, &self.pod.namespace, p))
-                    .count() as i64;
-                *counts[i].entry(v.clone()).or_default() += m;
+                if !spread_matches(&c.selector, &self.pod.namespace, &g.rep) {
+                    continue;
+                }
+                for (node, k) in &g.nodes {
+                    let Some(n) = snap.get(node) else { continue };
+                    if !all_eligible && !self.spread_eligible(n) {
+                        continue;
+                    }
+                    if let Some(v) = n.labels.get(&c.key) {
+                        match counts[i].get_mut(v) {
+                            Some(x) => *x += k,
+                            None => {
+                                counts[i].insert(v.clone(), *k);
+                            }
+                        }
+                    }
+                }
             }
         }
         self.spread_min = self
             .constraints
             .iter()
             .zip(&counts)
-            .map(|(c, m)| {
-                if (m.len() as i64) < c.min_domains {
+            .zip(&self.spread_domains)
+            .map(|((c, m), &domains)| {
+                // A domain without matching pods (absent from the sparse map) has count 0.
+                if (domains as i64) < c.min_domains || m.len() < domains {
                     0
                 } else {
                     m.values().copied().min().unwrap_or(0)
@@ -282,88 +377,75 @@ impl CycleState {
         self.spread_counts = counts;
     }
 
+    /// Inter-pod affinity's PreFilter over the snapshot's pod groups: each term is evaluated
+    /// once per group (not per pod), and counts are added per node the group runs on.
     fn prepare_affinity(&mut self, snap: &Snapshot) {
         let pod = self.pod.clone();
         let has_own_terms = !pod.required_affinity.is_empty()
             || !pod.required_anti_affinity.is_empty()
             || !pod.preferred_affinity.is_empty();
-        // Existing pods' terms only matter on nodes that carry such pods; the pod's own terms
-        // need every node's pods.
-        let node_ids: Box<dyn Iterator<Item = usize>> = if has_own_terms {
-            Box::new(0..snap.nodes.len())
-        } else {
-            Box::new(snap.have_pods_with_affinity.iter().copied())
-        };
         let mut any_affinity_match = false;
-        for i in node_ids {
-            let n = &snap.nodes[i];
-            for existing in &n.pods {
+        // (topology key, weight) contributions of one group, applied per node it runs on.
+        let mut adds: Vec<(&str, i64, u8)> = Vec::new();
+        const EXISTING_ANTI: u8 = 0;
+        const SCORE: u8 = 1;
+        const AFFINITY: u8 = 2;
+        const ANTI: u8 = 3;
+        for g in snap.groups.iter() {
+            let existing = &g.rep;
+            adds.clear();
+            if !existing.group.terms.is_empty() {
                 // Existing pods' required anti-affinity against the incoming pod.
                 for t in &existing.required_anti_affinity {
                     if term_matches(t, &existing.namespace, &pod) {
-                        if let Some(v) = n.labels.get(&t.topology_key) {
-                            *self
-                                .existing_anti
-                                .entry((t.topology_key.clone(), v.clone()))
-                                .or_default() += 1;
-                        }
+                        adds.push((&t.topology_key, 1, EXISTING_ANTI));
                     }
                 }
-                // Symmetry for scoring: existing pods' preferred terms and required affinity.
+                // Symmetry for scoring: existing pods' preferred terms and required affinity
+                // (hardPodAffinityWeight = 1).
                 for (w, t) in &existing.preferred_affinity {
                     if term_matches(t, &existing.namespace, &pod) {
-                        if let Some(v) = n.labels.get(&t.topology_key) {
-                            *self
-                                .affinity_scores
-                                .entry((t.topology_key.clone(), v.clone()))
-                                .or_default() += *w as i64;
-                        }
+                        adds.push((&t.topology_key, *w as i64, SCORE));
                     }
                 }
                 for t in &existing.required_affinity {
                     if term_matches(t, &existing.namespace, &pod) {
-                        if let Some(v) = n.labels.get(&t.topology_key) {
-                            // hardPodAffinityWeight = 1
-                            *self
-                                .affinity_scores
-                                .entry((t.topology_key.clone(), v.clone()))
-                                .or_default() += 1;
-                        }
+                        adds.push((&t.topology_key, 1, SCORE));
                     }
                 }
-                if !has_own_terms {
-                    continue;
-                }
+            }
+            if has_own_terms {
                 for t in &pod.required_affinity {
                     if term_matches(t, &pod.namespace, existing) {
                         any_affinity_match = true;
-                        if let Some(v) = n.labels.get(&t.topology_key) {
-                            *self
-                                .affinity_counts
-                                .entry((t.topology_key.clone(), v.clone()))
-                                .or_default() += 1;
-                        }
+                        adds.push((&t.topology_key, 1, AFFINITY));
                     }
                 }
                 for t in &pod.required_anti_affinity {
                     if term_matches(t, &pod.namespace, existing) {
-                        if let Some(v) = n.labels.get(&t.topology_key) {
-                            *self
-                                .anti_counts
-                                .entry((t.topology_key.clone(), v.clone()))
-                                .or_default() += 1;
-                        }
+                        adds.push((&t.topology_key, 1, ANTI));
                     }
                 }
                 for (w, t) in &pod.preferred_affinity {
                     if term_matches(t, &pod.namespace, existing) {
-                        if let Some(v) = n.labels.get(&t.topology_key) {
-                            *self
-                                .affinity_scores
-                                .entry((t.topology_key.clone(), v.clone()))
-                                .or_default() += *w as i64;
-                        }
+                        adds.push((&t.topology_key, *w as i64, SCORE));
                     }
+                }
+            }
+            if adds.is_empty() {
+                continue;
+            }
+            for (node, k) in &g.nodes {
+                let Some(n) = snap.get(node) else { continue };
+                for &(key, w, what) in &adds {
+                    let Some(v) = n.labels.get(key) else { continue };
+                    let map = match what {
+                        EXISTING_ANTI => &mut self.existing_anti,
+                        SCORE => &mut self.affinity_scores,
+                        AFFINITY => &mut self.affinity_counts,
+                        _ => &mut self.anti_counts,
+                    };
+                    map.add(key, v, w * k);
                 }
             }
         }
@@ -527,20 +609,8 @@ pub fn filter(st: &CycleState, n: &NodeInfo) -> Result<(), Failure> {
         }
     }
     // InterPodAffinity
-    let pair_count = |m: &HashMap<(String, String), i64>, key: &str| -> i64 {
-        n.labels
-            .get(key)
-            .and_then(|v| m.get(&(key.to_string(), v.clone())))
-            .copied()
-            .unwrap_or(0)
-    };
-    if !st.existing_anti.is_empty()
-        && n.labels.iter().any(|(k, v)| {
-            st.existing_anti
-                .get(&(k.clone(), v.clone()))
-                .is_some_and(|c| *c > 0)
-        })
-    {
+    let pair_count = |m: &TopoCounts, key: &str| -> i64 { m.at(&n.labels, key) };
+    if !st.existing_anti.is_empty() && st.existing_anti.per_label(&n.labels).any(|c| c > 0) {
         return Err(fail(
             "InterPodAffinity",
             false,
@@ -720,12 +790,7 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
     if w.inter_pod_affinity != 0 && !st.affinity_scores.is_empty() {
         let raw: Vec<i64> = nodes
             .iter()
-            .map(|n| {
-                n.labels
-                    .iter()
-                    .filter_map(|(k, v)| st.affinity_scores.get(&(k.clone(), v.clone())))
-                    .sum()
-            })
+            .map(|n| st.affinity_scores.per_label(&n.labels).sum())
             .collect();
         let (min, max) = (
             raw.iter().copied().min().unwrap_or(0),
@@ -762,7 +827,7 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
                 let v = &n.labels[&c.key];
                 let cnt = st.spread_counts[i].get(v).copied().unwrap_or(0) as f64;
                 // Upstream weighs each constraint by log(#domains + 2).
-                let weight = ((st.spread_counts[i].len() + 2) as f64).ln();
+                let weight = ((st.spread_domains[i] + 2) as f64).ln();
                 s += cnt * weight + (c.max_skew - 1) as f64;
             }
             raw.push(Some(s));
@@ -792,13 +857,9 @@ pub fn score(st: &CycleState, snap: &Snapshot, feasible: &[usize], w: &Weights) 
             .filter_map(|c| c.image.as_deref())
             .map(normalize_image)
             .collect();
-        if snap.nodes.iter().any(|n| !n.images.is_empty()) {
+        if !snap.images.is_empty() {
             for img in &imgs {
-                let c = snap
-                    .nodes
-                    .iter()
-                    .filter(|n| n.images.contains_key(img))
-                    .count();
+                let c = snap.images.get(img).copied().unwrap_or(0);
                 spread.insert(img.clone(), c);
             }
             add(
@@ -820,4 +881,209 @@ pub fn fits(st: &CycleState, n: &NodeInfo) -> bool {
 
 pub fn labels_of(n: &NodeInfo) -> &Labels {
     &n.labels
+}
+
+/// PreFilter over pod groups equals the per-pod, per-node computation it replaced.
+#[cfg(test)]
+mod group_prefilter_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use serde_json::json;
+
+    fn pod(rng: &mut StdRng, uid: usize, incoming: bool) -> Arc<PodInfo> {
+        let app = ["web", "db"][rng.gen_range(0..2)];
+        let ns = ["a", "b"][rng.gen_range(0..2)];
+        let mut spec = json!({"containers": [{"name": "c", "image": "x"}]});
+        let mut aff = json!({});
+        if incoming || rng.gen_bool(0.3) {
+            aff["podAntiAffinity"] = json!({"requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app": app}}}]});
+        }
+        if incoming || rng.gen_bool(0.2) {
+            aff["podAffinity"] = json!({"preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 3, "podAffinityTerm": {"topologyKey": "topology.kubernetes.io/zone",
+                "labelSelector": {"matchLabels": {"app": "db"}}}}],
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                "topologyKey": "topology.kubernetes.io/zone",
+                "labelSelector": {"matchLabels": {"app": "db"}}}]});
+        }
+        spec["affinity"] = aff;
+        if incoming {
+            spec["topologySpreadConstraints"] = json!([{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": app}}}]);
+            if rng.gen_bool(0.5) {
+                spec["nodeSelector"] = json!({"disk": "ssd"});
+            }
+        }
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("p{uid}"), "namespace": ns, "uid": format!("u{uid}"),
+                "labels": {"app": app}},
+            "spec": spec
+        }))
+        .unwrap();
+        Arc::new(PodInfo::new(Arc::new(p), 0))
+    }
+
+    type Pairs = Vec<((String, String), i64)>;
+
+    fn sorted(m: &HashMap<(String, String), i64>) -> Pairs {
+        let mut v: Pairs = m
+            .iter()
+            .filter(|(_, c)| **c != 0)
+            .map(|(k, c)| (k.clone(), *c))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The previous implementation: every pod on every node.
+    fn brute(st: &CycleState, snap: &Snapshot) -> (Vec<Vec<(String, i64)>>, Vec<i64>, [Pairs; 4]) {
+        let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); st.constraints.len()];
+        for n in &snap.nodes {
+            if !st.spread_eligible(n) {
+                continue;
+            }
+            for (i, c) in st.constraints.iter().enumerate() {
+                let m = n
+                    .pods
+                    .iter()
+                    .filter(|p| spread_matches(&c.selector, &st.pod.namespace, p))
+                    .count() as i64;
+                *counts[i].entry(n.labels[&c.key].clone()).or_default() += m;
+            }
+        }
+        let mins = st
+            .constraints
+            .iter()
+            .zip(&counts)
+            .map(|(c, m)| {
+                if (m.len() as i64) < c.min_domains {
+                    0
+                } else {
+                    m.values().copied().min().unwrap_or(0)
+                }
+            })
+            .collect();
+        let dense = counts
+            .iter()
+            .map(|m| {
+                let mut v: Vec<(String, i64)> = m
+                    .iter()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(k, c)| (k.clone(), *c))
+                    .collect();
+                v.sort();
+                v
+            })
+            .collect();
+        let pod = &st.pod;
+        let mut maps: [HashMap<(String, String), i64>; 4] = Default::default();
+        for n in &snap.nodes {
+            for e in &n.pods {
+                let mut add = |m: usize, t: &PodAffinityTerm, w: i64| {
+                    if let Some(v) = n.labels.get(&t.topology_key) {
+                        *maps[m]
+                            .entry((t.topology_key.clone(), v.clone()))
+                            .or_default() += w;
+                    }
+                };
+                for t in &e.required_anti_affinity {
+                    if term_matches(t, &e.namespace, pod) {
+                        add(0, t, 1);
+                    }
+                }
+                for (w, t) in &e.preferred_affinity {
+                    if term_matches(t, &e.namespace, pod) {
+                        add(1, t, *w as i64);
+                    }
+                }
+                for t in &e.required_affinity {
+                    if term_matches(t, &e.namespace, pod) {
+                        add(1, t, 1);
+                    }
+                }
+                for t in &pod.required_affinity {
+                    if term_matches(t, &pod.namespace, e) {
+                        add(2, t, 1);
+                    }
+                }
+                for t in &pod.required_anti_affinity {
+                    if term_matches(t, &pod.namespace, e) {
+                        add(3, t, 1);
+                    }
+                }
+                for (w, t) in &pod.preferred_affinity {
+                    if term_matches(t, &pod.namespace, e) {
+                        add(1, t, *w as i64);
+                    }
+                }
+            }
+        }
+        (dense, mins, maps.each_ref().map(sorted))
+    }
+
+    #[test]
+    fn group_prefilter_equals_per_pod_computation() {
+        for seed in 0..30u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let n_nodes = rng.gen_range(1..12);
+            let mut nodes = Vec::new();
+            let mut uid = 0;
+            for i in 0..n_nodes {
+                let mut labels = json!({"kubernetes.io/hostname": format!("n{i}")});
+                // Some nodes lack the zone key; some have the ssd label.
+                if rng.gen_bool(0.9) {
+                    labels["topology.kubernetes.io/zone"] =
+                        json!(format!("z{}", rng.gen_range(0..4)));
+                }
+                if rng.gen_bool(0.5) {
+                    labels["disk"] = json!("ssd");
+                }
+                let node: Node = serde_json::from_value(json!({
+                    "metadata": {"name": format!("n{i}"), "labels": labels},
+                    "status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"}}
+                }))
+                .unwrap();
+                let mut ni = NodeInfo::new(Arc::new(node));
+                for _ in 0..rng.gen_range(0..6) {
+                    uid += 1;
+                    ni.add_pod(pod(&mut rng, uid, false));
+                }
+                nodes.push(Arc::new(ni));
+            }
+            let snap = Snapshot::new(nodes);
+            for _ in 0..5 {
+                uid += 1;
+                let st = CycleState::prepare(pod(&mut rng, uid, true), &snap);
+                let (counts, mins, maps) = brute(&st, &snap);
+                let got_counts: Vec<Vec<(String, i64)>> = st
+                    .spread_counts
+                    .iter()
+                    .map(|m| {
+                        let mut v: Vec<(String, i64)> = m
+                            .iter()
+                            .filter(|(_, c)| **c > 0)
+                            .map(|(k, c)| (k.clone(), *c))
+                            .collect();
+                        v.sort();
+                        v
+                    })
+                    .collect();
+                assert_eq!(got_counts, counts, "seed {seed}: spread counts");
+                assert_eq!(st.spread_min, mins, "seed {seed}: spread minimum");
+                let got = [
+                    st.existing_anti.pairs(),
+                    st.affinity_scores.pairs(),
+                    st.affinity_counts.pairs(),
+                    st.anti_counts.pairs(),
+                ];
+                assert_eq!(got, maps, "seed {seed}: affinity counts");
+            }
+        }
+    }
 }

@@ -5,6 +5,12 @@
 //! for PriorityClasses and PodDisruptionBudgets, feed it through a channel; binding runs in
 //! spawned tasks whose results come back through the same channel.
 //!
+//! The scheduling path never waits for the API: the binding POST runs in a task that takes one
+//! of [`BIND_CONCURRENCY`] permits (so a backlog of assumed pods reuses a few connections rather
+//! than opening thousands), and events go through a bounded, best-effort recorder. The cache
+//! owns one [`Snapshot`] that every event updates in place, and an attempt borrows it: no
+//! per-attempt copy or rebuild over all nodes.
+//!
 //! Assumed pods: after choosing a node the pod is added to that node in the cache immediately
 //! (so the next attempt sees the resources as used) and marked assumed; the watch event that
 //! shows `spec.nodeName` confirms it; a failed binding forgets it and re-queues the pod with
@@ -29,7 +35,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::framework::{preempt, Algorithm, FitError};
-use crate::nodeinfo::{NodeInfo, PodInfo, Snapshot};
+use crate::nodeinfo::{PodInfo, Snapshot};
 use crate::queue::{Lengths, SchedulingQueue};
 use crate::selectors::label_selector_matches;
 
@@ -42,6 +48,8 @@ pub struct Shared {
     pub attempts_error: AtomicU64,
     pub lengths: Mutex<Lengths>,
     pub synced: AtomicBool,
+    /// Events not recorded because the event queue was full.
+    pub events_dropped: AtomicU64,
 }
 
 enum Msg {
@@ -68,77 +76,48 @@ pub struct Options {
 }
 
 struct Cache {
-    nodes: Vec<Arc<NodeInfo>>,
-    index: Arc<HashMap<String, usize>>,
+    /// The nodes with their pods, updated in place; attempts borrow it.
+    snap: Snapshot,
     /// Assigned (or assumed) pods by uid: (node name, info).
     pods: HashMap<String, (String, Arc<PodInfo>)>,
     /// Assigned pods whose node is not (yet) known, by node name.
     orphans: HashMap<String, Vec<Arc<PodInfo>>>,
     assumed: HashSet<String>,
-    snapshot: Option<Snapshot>,
 }
 
 impl Cache {
     fn new() -> Self {
         Cache {
-            nodes: Vec::new(),
-            index: Arc::new(HashMap::new()),
+            snap: Snapshot::default(),
             pods: HashMap::new(),
             orphans: HashMap::new(),
             assumed: HashSet::new(),
-            snapshot: None,
         }
-    }
-
-    fn snapshot(&mut self) -> Snapshot {
-        if let Some(s) = &self.snapshot {
-            return s.clone();
-        }
-        let mut s = Snapshot::new(self.nodes.clone());
-        s.index = self.index.clone();
-        self.snapshot = Some(s.clone());
-        s
     }
 
     fn upsert_node(&mut self, node: Node) -> bool {
         let name = node.metadata.name.clone().unwrap_or_default();
-        self.snapshot = None;
-        let node = Arc::new(node);
-        if let Some(&i) = self.index.get(&name) {
-            Arc::make_mut(&mut self.nodes[i]).set_node(node);
-            false
+        let orphans = if self.snap.index.contains_key(&name) {
+            Vec::new()
         } else {
-            let mut ni = NodeInfo::new(node);
-            for p in self.orphans.remove(&name).unwrap_or_default() {
-                ni.add_pod(p);
-            }
-            Arc::make_mut(&mut self.index).insert(name, self.nodes.len());
-            self.nodes.push(Arc::new(ni));
-            true
-        }
+            self.orphans.remove(&name).unwrap_or_default()
+        };
+        self.snap.upsert_node(Arc::new(node), orphans).1
     }
 
     fn remove_node(&mut self, name: &str) {
-        let Some(i) = Arc::make_mut(&mut self.index).remove(name) else {
-            return;
-        };
-        self.snapshot = None;
-        let removed = self.nodes.swap_remove(i);
-        if i < self.nodes.len() {
-            let moved = self.nodes[i].name.clone();
-            Arc::make_mut(&mut self.index).insert(moved, i);
-        }
         // Pods stay known, as orphans, until their own delete events arrive.
-        self.orphans.insert(name.to_string(), removed.pods.clone());
+        if let Some(pods) = self.snap.remove_node(name) {
+            self.orphans.insert(name.to_string(), pods);
+        }
     }
 
     fn add_pod(&mut self, node: &str, p: Arc<PodInfo>) {
         self.remove_pod(&p.uid.clone());
-        self.snapshot = None;
         self.pods
             .insert(p.uid.clone(), (node.to_string(), p.clone()));
-        match self.index.get(node) {
-            Some(&i) => Arc::make_mut(&mut self.nodes[i]).add_pod(p),
+        match self.snap.index.get(node) {
+            Some(&i) => self.snap.add_pod(i, p),
             None => self.orphans.entry(node.to_string()).or_default().push(p),
         }
     }
@@ -147,11 +126,10 @@ impl Cache {
         let Some((node, _)) = self.pods.remove(uid) else {
             return false;
         };
-        self.snapshot = None;
         self.assumed.remove(uid);
-        match self.index.get(&node) {
+        match self.snap.index.get(&node) {
             Some(&i) => {
-                Arc::make_mut(&mut self.nodes[i]).remove_pod(uid);
+                self.snap.remove_pod(i, uid);
             }
             None => {
                 if let Some(v) = self.orphans.get_mut(&node) {
@@ -295,7 +273,6 @@ impl Scheduler {
 
         let mut st = Loop {
             client: self.client.clone(),
-            opts: self.opts.clone(),
             shared: self.shared.clone(),
             cache: Cache::new(),
             queue: SchedulingQueue::new(self.opts.initial_backoff, self.opts.max_backoff),
@@ -314,6 +291,13 @@ impl Scheduler {
             classes: pc_store,
             pdbs: pdb_store,
             tx: tx.clone(),
+            bind_permits: Arc::new(tokio::sync::Semaphore::new(BIND_CONCURRENCY)),
+            events: Recorder::start(
+                self.client.clone(),
+                self.opts.component.clone(),
+                self.opts.identity.clone(),
+                self.shared.clone(),
+            ),
             nodes_synced: false,
             pods_synced: false,
             init_nodes: None,
@@ -363,7 +347,6 @@ impl Scheduler {
 
 struct Loop {
     client: kube::Client,
-    opts: Options,
     shared: Arc<Shared>,
     cache: Cache,
     queue: SchedulingQueue,
@@ -373,6 +356,8 @@ struct Loop {
     classes: Store<PriorityClass>,
     pdbs: Store<PodDisruptionBudget>,
     tx: mpsc::Sender<Msg>,
+    bind_permits: Arc<tokio::sync::Semaphore>,
+    events: Recorder,
     nodes_synced: bool,
     pods_synced: bool,
     init_nodes: Option<HashSet<String>>,
@@ -401,6 +386,7 @@ impl Loop {
                     if let Some(seen) = self.init_nodes.take() {
                         let gone: Vec<String> = self
                             .cache
+                            .snap
                             .nodes
                             .iter()
                             .filter(|n| !seen.contains(&n.name))
@@ -562,17 +548,19 @@ impl Loop {
             .unwrap_or_else(|| "default-scheduler".into());
         let prio = resolve_priority(&pod, &self.classes);
         let pi = Arc::new(PodInfo::new(pod.clone(), prio));
-        let snap = self.cache.snapshot();
         let Some(alg) = self.algorithms.get_mut(&sched_name) else {
             self.queue.remove(key);
             return;
         };
         let started = Instant::now();
-        match alg.schedule(pi.clone(), &snap) {
-            Ok(i) => {
-                let node = snap.nodes[i].name.clone();
+        let outcome = alg
+            .schedule(pi.clone(), &self.cache.snap)
+            .map(|i| self.cache.snap.nodes[i].name.clone());
+        match outcome {
+            Ok(node) => {
                 tracing::debug!(pod = %key, node = %node, took = ?started.elapsed(), "scheduled");
-                // Assume: the pod occupies the node from now on in our cache.
+                // Assume: the pod occupies the node from now on in our cache, so the next
+                // attempt sees the resources as used while the binding is in flight.
                 let mut assumed = (*pod).clone();
                 if let Some(s) = assumed.spec.as_mut() {
                     s.node_name = Some(node.clone());
@@ -581,44 +569,15 @@ impl Loop {
                 self.cache
                     .add_pod(&node, Arc::new(PodInfo::new(Arc::new(assumed), prio)));
                 self.cache.assumed.insert(uid.clone());
-                let client = self.client.clone();
-                let tx = self.tx.clone();
-                let key = key.to_string();
-                let ns = pi.namespace.clone();
-                let name = pi.name.clone();
-                let component = self.opts.component.clone();
-                let identity = self.opts.identity.clone();
-                tokio::spawn(async move {
-                    let result = bind(&client, &ns, &name, &uid, &node).await;
-                    if result.is_ok() {
-                        let msg = format!("Successfully assigned {ns}/{name} to {node}");
-                        record_event(
-                            &client,
-                            &pod,
-                            "Normal",
-                            "Scheduled",
-                            &msg,
-                            &component,
-                            &identity,
-                        )
-                        .await;
-                    }
-                    let _ = tx
-                        .send(Msg::Bound {
-                            key,
-                            uid,
-                            node,
-                            result,
-                        })
-                        .await;
-                });
+                self.spawn_bind(key.to_string(), pod, uid, node);
             }
             Err(mut fit) => {
                 self.shared
                     .attempts_unschedulable
                     .fetch_add(1, Ordering::Relaxed);
+                let snap = &self.cache.snap;
                 let mut nominated = None;
-                if self.waiting_for_victims(&pod, &snap, prio) {
+                if self.waiting_for_victims(&pod, snap, prio) {
                     // Upstream's PodEligibleToPreemptOthers: victims on the nominated node are
                     // still terminating; evicting more would be needless.
                     fit.post_filter_msg = Some(
@@ -630,7 +589,7 @@ impl Loop {
                         .as_ref()
                         .and_then(|s| s.nominated_node_name.clone());
                 } else if !fit.failures.is_empty() {
-                    match preempt(pi.clone(), &snap, &fit, &|v| self.violates_pdb(v)) {
+                    match preempt(pi.clone(), snap, &fit, &|v| self.violates_pdb(v)) {
                         Ok(plan) => {
                             let node = snap.nodes[plan.node].name.clone();
                             tracing::info!(pod = %key, node = %node, victims = plan.victims.len(), "preempting");
@@ -646,6 +605,41 @@ impl Loop {
                 self.queue.requeue_failed(key, true, Instant::now());
             }
         }
+    }
+
+    /// The binding cycle, off the scheduling path (upstream runs it in a goroutine): the POST
+    /// waits for one of [`BIND_CONCURRENCY`] permits, so a backlog of thousands of assumed
+    /// pods becomes a steady stream over a few reused connections instead of thousands of
+    /// simultaneous connections (each a TLS handshake) that starve the API server. The result
+    /// comes back to the loop as [`Msg::Bound`]: success confirms, failure forgets the assumed
+    /// pod and re-queues it with back-off.
+    fn spawn_bind(&self, key: String, pod: Arc<Pod>, uid: String, node: String) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        let permits = self.bind_permits.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = match permits.acquire_owned().await {
+                Ok(_permit) => {
+                    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                    let name = pod.metadata.name.as_deref().unwrap_or("");
+                    bind(&client, ns, name, &uid, &node).await
+                }
+                Err(_) => Err("scheduler shutting down".to_string()),
+            };
+            if result.is_ok() {
+                let msg = format!("Successfully assigned {} to {node}", pod_key(&pod));
+                events.emit(pod, "Normal", "Scheduled", msg);
+            }
+            let _ = tx
+                .send(Msg::Bound {
+                    key,
+                    uid,
+                    node,
+                    result,
+                })
+                .await;
+        });
     }
 
     fn waiting_for_victims(&self, pod: &Pod, snap: &Snapshot, prio: i32) -> bool {
@@ -677,16 +671,8 @@ impl Loop {
                     "Preempted by pod {} on node {node}",
                     preemptor.metadata.uid.as_deref().unwrap_or("")
                 );
-                record_event(
-                    &self.client,
-                    &victim.pod,
-                    "Normal",
-                    "Preempted",
-                    &msg,
-                    &self.opts.component,
-                    &self.opts.identity,
-                )
-                .await;
+                self.events
+                    .emit(victim.pod.clone(), "Normal", "Preempted", msg);
             }
             Err(e) => {
                 tracing::warn!(victim = %victim.key(), error = %e, "deleting preemption victim failed")
@@ -697,16 +683,12 @@ impl Loop {
     async fn report_unschedulable(&self, pod: &Pod, fit: &FitError, nominated: Option<String>) {
         let msg = fit.message();
         tracing::info!(pod = %pod_key(pod), reason = %msg, "unschedulable");
-        record_event(
-            &self.client,
-            pod,
+        self.events.emit(
+            Arc::new(pod.clone()),
             "Warning",
             "FailedScheduling",
-            &msg,
-            &self.opts.component,
-            &self.opts.identity,
-        )
-        .await;
+            msg.clone(),
+        );
         let api: Api<Pod> = Api::namespaced(
             self.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -732,6 +714,80 @@ impl Loop {
             if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&body)).await {
                 tracing::warn!(pod = %pod_key(pod), error = %e, "updating PodScheduled condition failed");
             }
+        }
+    }
+}
+
+/// Bindings in flight at once (upstream binds in unbounded goroutines, but client-go
+/// multiplexes them over one HTTP/2 connection; kube's client speaks HTTP/1.1, one request per
+/// connection at a time, so the bound is what keeps the connection count small).
+pub const BIND_CONCURRENCY: usize = 32;
+/// Events queued for the API; beyond this they are dropped (upstream's broadcaster drops too:
+/// events are best effort and must never slow scheduling down).
+const EVENT_QUEUE: usize = 1000;
+/// Event POSTs in flight at once.
+const EVENT_CONCURRENCY: usize = 4;
+
+struct EventReq {
+    pod: Arc<Pod>,
+    type_: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+/// Records core/v1 Events asynchronously: `emit` never waits; a worker posts them with
+/// bounded concurrency.
+#[derive(Clone)]
+struct Recorder {
+    tx: mpsc::Sender<EventReq>,
+    shared: Arc<Shared>,
+}
+
+impl Recorder {
+    /// Starts the worker; it ends when every `Recorder` clone is dropped.
+    fn start(
+        client: kube::Client,
+        component: String,
+        identity: String,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<EventReq>(EVENT_QUEUE);
+        let permits = Arc::new(tokio::sync::Semaphore::new(EVENT_CONCURRENCY));
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let client = client.clone();
+                let (component, identity) = (component.clone(), identity.clone());
+                tokio::spawn(async move {
+                    record_event(
+                        &client,
+                        &ev.pod,
+                        ev.type_,
+                        ev.reason,
+                        &ev.message,
+                        &component,
+                        &identity,
+                    )
+                    .await;
+                    drop(permit);
+                });
+            }
+        });
+        Recorder { tx, shared }
+    }
+
+    fn emit(&self, pod: Arc<Pod>, type_: &'static str, reason: &'static str, message: String) {
+        let ev = EventReq {
+            pod,
+            type_,
+            reason,
+            message,
+        };
+        if self.tx.try_send(ev).is_err() {
+            self.shared.events_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason, "event queue full; event dropped");
         }
     }
 }

@@ -65,9 +65,41 @@ struct Args {
     /// Variants to run: basic, spread, anti, algo. Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Variant>,
+    /// How pods meet the scheduler: `live` = created while it runs (bounded by the create
+    /// rate), `backlog` = created while it is stopped (SIGSTOP), then released at once
+    /// (SIGCONT): the scheduler's own drain rate, binding writes included.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![Mode::Live, Mode::Backlog])]
+    mode: Vec<Mode>,
     /// Give up on a variant after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Live,
+    Backlog,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Live => "live",
+            Mode::Backlog => "backlog",
+        })
+    }
+}
+
+/// Stops (`SIGSTOP`) or resumes (`SIGCONT`) process `pid`.
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !st.success() {
+        bail!("kill {sig} {pid} failed: {st}");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -262,8 +294,13 @@ async fn run_e2e(
     nodes: usize,
     conc: usize,
     timeout: Duration,
+    paused: Option<u32>,
 ) -> anyhow::Result<E2e> {
-    let ns = format!("sched-{}", format!("{v:?}").to_lowercase());
+    let ns = format!(
+        "sched-{}-{}",
+        format!("{v:?}").to_lowercase(),
+        if paused.is_some() { "backlog" } else { "live" }
+    );
     let nso: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     match Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &nso)
@@ -334,7 +371,10 @@ async fn run_e2e(
     });
     let groups = anti_groups(n, nodes);
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let t0 = Instant::now();
+    if let Some(pid) = paused {
+        signal(pid, "-STOP")?;
+    }
+    let mut t0 = Instant::now();
     let errors: Vec<String> = futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
@@ -355,6 +395,11 @@ async fn run_e2e(
         .collect()
         .await;
     let create_s = t0.elapsed().as_secs_f64();
+    if let Some(pid) = paused {
+        // The clock starts when the scheduler may run: all pods wait in its backlog.
+        t0 = Instant::now();
+        signal(pid, "-CONT")?;
+    }
     info!(
         "{}: {n} pods created in {create_s:.1} s ({} errors)",
         v.label(),
@@ -367,7 +412,7 @@ async fn run_e2e(
     let mut bound = 0;
     for (i, b) in bound_at.iter().enumerate() {
         if let (Some(b), Some(s)) = (b, sent[i].get()) {
-            latency.record(b.saturating_duration_since(*s));
+            latency.record(b.saturating_duration_since((*s).max(t0)));
             first_bind = Some(first_bind.map_or(*b, |f| f.min(*b)));
             last_bind = Some(last_bind.map_or(*b, |l| l.max(*b)));
             bound += 1;
@@ -393,16 +438,17 @@ async fn run_e2e(
 }
 
 /// The algorithm alone: the daemon's Filter/Score code over an in-memory snapshot of the same
-/// nodes, assuming each placed pod as the daemon's cache does (a fresh snapshot per cycle,
-/// because the cache invalidates its snapshot on every assumed pod). Returns (pods/s, per-pod
-/// latency, failures).
+/// nodes, assuming each placed pod as the daemon's cache does (one snapshot updated in place
+/// per assumed pod). Returns (pods/s, per-pod latency, failures).
 fn run_algo(v: Variant, nodes: usize, pods: usize) -> (f64, Hist, usize) {
-    let mut infos: Vec<Arc<NodeInfo>> = (0..nodes)
-        .map(|i| {
-            let n: Node = serde_json::from_value(node(i)).expect("static node literal");
-            Arc::new(NodeInfo::new(Arc::new(n)))
-        })
-        .collect();
+    let mut snap = Snapshot::new(
+        (0..nodes)
+            .map(|i| {
+                let n: Node = serde_json::from_value(node(i)).expect("static node literal");
+                Arc::new(NodeInfo::new(Arc::new(n)))
+            })
+            .collect(),
+    );
     let groups = anti_groups(pods, nodes);
     let mut algo = Algorithm::new(Weights::default(), 0);
     let mut hist = Hist::default();
@@ -413,14 +459,12 @@ fn run_algo(v: Variant, nodes: usize, pods: usize) -> (f64, Hist, usize) {
             serde_json::from_value(pod(v, "algo", i, groups)).expect("static pod literal");
         p.metadata.uid = Some(format!("uid-{i}"));
         let t = Instant::now();
-        let snap = Snapshot::new(infos.clone());
         let pi = Arc::new(PodInfo::new(Arc::new(p.clone()), 0));
         match algo.schedule(pi, &snap) {
             Ok(idx) => {
-                drop(snap);
                 p.spec.get_or_insert_with(Default::default).node_name =
-                    infos[idx].name.clone().into();
-                Arc::make_mut(&mut infos[idx]).add_pod(Arc::new(PodInfo::new(Arc::new(p), 0)));
+                    snap.nodes[idx].name.clone().into();
+                snap.add_pod(idx, Arc::new(PodInfo::new(Arc::new(p), 0)));
             }
             Err(_) => failures += 1,
         }
@@ -513,13 +557,26 @@ async fn main() -> anyhow::Result<()> {
         }
         info!("scheduler up in {:?}", t.elapsed());
         let mut scheduled_before = 0.0;
-        for v in e2e {
+        for (v, mode) in e2e
+            .iter()
+            .flat_map(|v| a.mode.iter().map(move |m| (*v, *m)))
+        {
             let cpu0 = report::cpu_seconds(sched_pid);
-            let r = run_e2e(&client, v, pods, nodes, a.create_clients, timeout).await?;
+            let paused = (mode == Mode::Backlog).then_some(sched_pid);
+            let r = run_e2e(&client, v, pods, nodes, a.create_clients, timeout, paused).await?;
             let cpu = cpu0.zip(report::cpu_seconds(sched_pid)).map(|(a, b)| b - a);
             let m = samples(&scrape(&metrics_addr).await.unwrap_or_default());
             let scheduled = metric(&m, "scheduler_schedule_attempts_scheduled");
-            let w = format!("{} nodes / {} pods, {}", k(nodes), k(r.pods), v.label());
+            let w = format!(
+                "{} nodes / {} pods, {}, {mode}",
+                k(nodes),
+                k(r.pods),
+                v.label()
+            );
+            let from = match mode {
+                Mode::Live => "create",
+                Mode::Backlog => "release",
+            };
             let pps = (r.bound == r.pods).then(|| r.pods as f64 / r.total_s);
             let mut note = format!(
                 "anchor (kube-scheduler floor) {}; creates took {:.1} s ({:.0}/s); binds spanned {:.1} s ({:.0}/s)",
@@ -540,8 +597,16 @@ async fn main() -> anyhow::Result<()> {
                     .target(Target::AtLeast(v.target()))
                     .note(note),
             );
-            lines.push(Line::new(&w, "create->bound p50 ms", r.latency.ms(0.5)));
-            lines.push(Line::new(&w, "create->bound p99 ms", r.latency.ms(0.99)));
+            lines.push(Line::new(
+                &w,
+                &format!("{from}->bound p50 ms"),
+                r.latency.ms(0.5),
+            ));
+            lines.push(Line::new(
+                &w,
+                &format!("{from}->bound p99 ms"),
+                r.latency.ms(0.99),
+            ));
             let mut extra = format!(
                 "/metrics: scheduled +{}, unschedulable {}, errors {}",
                 scheduled - scheduled_before,
