@@ -8,13 +8,16 @@
 #           debootstrap + systemd-container (the systemd test machine: scripts/nspawn-rootfs.sh);
 #           ansible-core + ansible-lint (ansible/ and tests/tests/ansible.rs).
 #           nix-bin (nix-instantiate: tests/tests/nix_eval.rs parses and evaluates nix/).
+#           qemu-utils, openssh-client, e2fsprogs: the lab's worker VMs (QEMU itself is fetched
+#           unpacked by scripts/qemu-fetch.sh, see docs/lab.md).
 set -euo pipefail
 pkgs=(protobuf-compiler libprotobuf-dev libclang-dev clang librocksdb-dev pkg-config
       etcd-server etcd-client dbus
       containerd runc containernetworking-plugins nftables busybox-static iproute2
       systemd python3
       debootstrap systemd-container
-      nix-bin)
+      nix-bin
+      qemu-utils openssh-client e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

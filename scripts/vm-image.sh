@@ -63,7 +63,7 @@ rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 # The host name and the address come from the kernel command line (see above).
 rm -f "$root/etc/hostname"
 : >"$root/etc/machine-id"
-echo 'LABEL=/ / ext4 defaults 0 1' >/dev/null # root is mounted rw from the command line
+# The root file system is mounted rw from the kernel command line (root=/dev/vda rw).
 : >"$root/etc/fstab"
 ln -sf /lib/systemd/system/systemd-networkd.service \
   "$root/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
