@@ -118,6 +118,8 @@ const PAR: Target = Target::Ratio(1.0);
 const CONCURRENT: Target = Target::Ratio(1.5);
 /// Memory cap for kelson-kv with the full keyspace loaded, in MB.
 const RSS_CAP_MB: f64 = 250.0;
+/// Informational line on the put and range rows: server CPU time per successful request.
+const CPU_METRIC: &str = "server CPU us/op";
 
 /// Effective settings after applying `--quick` defaults.
 #[derive(Debug, Clone)]
@@ -225,12 +227,14 @@ fn lines_for(row: Row, s: &Settings) -> Vec<Line> {
             Line::new(&put(1), "QPS", Better::Higher, PAR),
             Line::new(&put(1), "p50 ms", Better::Lower, PAR),
             Line::new(&put(1), "p99 ms", Better::Lower, PAR),
+            Line::new(&put(1), CPU_METRIC, Better::Lower, Target::None),
         ],
         Row::Put64 | Row::Put256 => {
             let c = if row == Row::Put64 { 64 } else { 256 };
             vec![
                 Line::new(&put(c), "QPS", Better::Higher, CONCURRENT),
                 Line::new(&put(c), "p99 ms", Better::Lower, PAR),
+                Line::new(&put(c), CPU_METRIC, Better::Lower, Target::None),
             ]
         }
         Row::RangeLin | Row::RangeSer => {
@@ -246,6 +250,7 @@ fn lines_for(row: Row, s: &Settings) -> Vec<Line> {
             vec![
                 Line::new(&w, "QPS", Better::Higher, CONCURRENT),
                 Line::new(&w, "p99 ms", Better::Lower, PAR),
+                Line::new(&w, CPU_METRIC, Better::Lower, Target::None),
             ]
         }
         Row::Watch => {
@@ -322,22 +327,30 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
         Row::Rss64 | Row::Rss256 => unreachable!("RSS rows use their own servers"),
     };
     let pool = connect_pool(ep, conns_for(clients, s.clients_per_conn)).await?;
+    let cpu_before = srv.cpu_time()?;
     let r = closed_loop(&pool, clients, s.duration, op).await?;
+    let cpu = srv.cpu_time()?.saturating_sub(cpu_before);
+    // Server CPU per successful request (µs): the cost that must drop for the server to go
+    // faster on a machine whose cores it shares with the load generator.
+    let cpu_per_op = (r.ops > 0).then(|| cpu.as_secs_f64() * 1e6 / r.ops as f64);
     info!(
-        "{} {row:?}: {} ops, {} errors in {:?} = {:.0} QPS, p50 {:?} ms, p99 {:?} ms",
+        "{} {row:?}: {} ops, {} errors in {:?} = {:.0} QPS, p50 {:?} ms, p99 {:?} ms, server CPU {:?} ({:.1} µs/op)",
         kind.name(),
         r.ops,
         r.errors,
         r.elapsed,
         r.qps(),
         r.quantile_ms(0.5),
-        r.quantile_ms(0.99)
+        r.quantile_ms(0.99),
+        cpu,
+        cpu_per_op.unwrap_or(0.0)
     );
     for line in lines.iter_mut() {
         let v = match line.metric.as_str() {
             "QPS" => Some(r.qps()),
             "p50 ms" => r.quantile_ms(0.5),
             "p99 ms" => r.quantile_ms(0.99),
+            CPU_METRIC => cpu_per_op,
             other => anyhow::bail!("no value for metric {other}"),
         };
         set(line, kind, v);
@@ -544,7 +557,13 @@ mod tests {
         assert_eq!(put[0].target, Target::Ratio(1.5));
         assert_eq!(put[1].better, Better::Lower);
         let seq = lines_for(Row::PutSeq, &s);
-        assert!(seq.iter().all(|l| l.target == Target::Ratio(1.0)));
+        assert!(seq
+            .iter()
+            .filter(|l| l.metric != CPU_METRIC)
+            .all(|l| l.target == Target::Ratio(1.0)));
+        // The CPU line is evidence, not a goal.
+        assert_eq!(put[2].metric, CPU_METRIC);
+        assert_eq!(put[2].target, Target::None);
         let rss = lines_for(Row::Rss64, &s);
         assert_eq!(rss[0].target, Target::AtMost(250.0));
         assert!(rss[0].workload.starts_with("1M keys x 64 B"));

@@ -188,6 +188,20 @@ impl Server {
         )
     }
 
+    /// CPU time (user + system) the server process has used so far, from `/proc/<pid>/stat`.
+    /// Read before and after a workload, the difference per operation is the server's CPU cost
+    /// of one request: on a 2-core machine shared with the load generator (and other builds)
+    /// that is steadier evidence than wall-clock throughput.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let ticks = parse_stat_cpu_ticks(&stat).with_context(|| format!("malformed {path}"))?;
+        let hz = clock_ticks_per_sec();
+        Ok(Duration::from_nanos(
+            ticks.saturating_mul(1_000_000_000 / hz),
+        ))
+    }
+
     /// The process's resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
@@ -202,6 +216,31 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The kernel's USER_HZ (`getconf CLK_TCK`; 100 on every common Linux build), asked once.
+fn clock_ticks_per_sec() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz: &u64| hz > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// utime + stime (fields 14 and 15, in clock ticks) of a `/proc/<pid>/stat` line. The command
+/// name (field 2) may contain spaces and parentheses, so fields are counted after the last `)`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // field 3 is the first after ')'
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// `VmRSS:   12345 kB` → bytes.
@@ -226,6 +265,14 @@ mod tests {
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert_eq!(parse_vm_rss("VmRSS: lots kB\n"), None);
         assert_eq!(parse_vm_rss("VmRSS: 5 MB\n"), None);
+    }
+
+    #[test]
+    fn parses_cpu_ticks_after_the_command_name() {
+        let stat = "4242 (kelson kv) S 1 2 3 4 5 6 7 8 9 10 123 45 0 0 20 0 8 0 100 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(168));
+        assert_eq!(parse_stat_cpu_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
     }
 
     #[test]

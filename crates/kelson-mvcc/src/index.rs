@@ -13,10 +13,28 @@
 use crate::revision::Rev;
 
 /// One generation: revisions in increasing order; if `tombstoned`, the last one is the delete.
+/// `created` and `ver` are what a put needs to write the next `KeyValue` (its create_revision
+/// and version) without reading the previous value back from RocksDB; they survive compaction
+/// of the generation's older revisions, like etcd's `generation.created`/`ver`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Generation {
     pub revs: Vec<Rev>,
     pub tombstoned: bool,
+    /// Main revision of the put that started the generation (the keys' create_revision).
+    pub created: i64,
+    /// Version of the newest put of the generation (1 for the creating put).
+    pub ver: i64,
+}
+
+impl Generation {
+    fn new(rev: Rev, created: i64, ver: i64) -> Generation {
+        Generation {
+            revs: vec![rev],
+            tombstoned: false,
+            created,
+            ver,
+        }
+    }
 }
 
 /// A key's full retained history. Invariants: no empty generation; every generation but the last
@@ -26,7 +44,8 @@ pub struct History {
     pub gens: Vec<Generation>,
 }
 
-/// A key's revisions. `Single` is the compact common case: one live revision.
+/// A key's revisions. `Single` is the compact common case: one live revision that created the
+/// key (so create_revision = `main` and version = 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyIndex {
     Single { main: i64, sub: u32 },
@@ -42,12 +61,21 @@ impl KeyIndex {
                 sub,
             },
             Err(_) => KeyIndex::Multi(Box::new(History {
-                gens: vec![Generation {
-                    revs: vec![rev],
-                    tombstoned: false,
-                }],
+                gens: vec![Generation::new(rev, rev.main, 1)],
             })),
         }
+    }
+
+    /// A key whose oldest retained revision is `rev`, a put with the given create_revision and
+    /// version (rebuilding the index from disk, where compaction may have dropped the put that
+    /// created the key).
+    pub fn loaded(rev: Rev, created: i64, ver: i64) -> KeyIndex {
+        if created == rev.main && ver == 1 {
+            return KeyIndex::new(rev);
+        }
+        KeyIndex::Multi(Box::new(History {
+            gens: vec![Generation::new(rev, created, ver)],
+        }))
     }
 
     /// A key whose only retained entry is a tombstone (only possible for a damaged history; kept
@@ -57,6 +85,8 @@ impl KeyIndex {
             gens: vec![Generation {
                 revs: vec![rev],
                 tombstoned: true,
+                created: rev.main,
+                ver: 0,
             }],
         }))
     }
@@ -64,10 +94,7 @@ impl KeyIndex {
     fn into_history(self) -> History {
         match self {
             KeyIndex::Single { main, sub } => History {
-                gens: vec![Generation {
-                    revs: vec![Rev::new(main, i64::from(sub))],
-                    tombstoned: false,
-                }],
+                gens: vec![Generation::new(Rev::new(main, i64::from(sub)), main, 1)],
             },
             KeyIndex::Multi(h) => *h,
         }
@@ -88,11 +115,37 @@ impl KeyIndex {
     pub fn put(&mut self, rev: Rev) {
         let h = self.history_mut();
         match h.gens.last_mut() {
-            Some(g) if !g.tombstoned => g.revs.push(rev),
-            _ => h.gens.push(Generation {
-                revs: vec![rev],
-                tombstoned: false,
-            }),
+            Some(g) if !g.tombstoned => {
+                g.revs.push(rev);
+                g.ver += 1;
+            }
+            _ => h.gens.push(Generation::new(rev, rev.main, 1)),
+        }
+    }
+
+    /// Records a put at `rev` read back from disk, whose stored create_revision and version are
+    /// authoritative (the loader's counterpart of [`KeyIndex::put`]).
+    pub fn put_loaded(&mut self, rev: Rev, created: i64, ver: i64) {
+        let h = self.history_mut();
+        match h.gens.last_mut() {
+            Some(g) if !g.tombstoned => {
+                g.revs.push(rev);
+                g.created = created;
+                g.ver = ver;
+            }
+            _ => h.gens.push(Generation::new(rev, created, ver)),
+        }
+    }
+
+    /// create_revision and version of the key's live generation, `None` if the key is deleted.
+    pub fn live_gen(&self) -> Option<(i64, i64)> {
+        match self {
+            KeyIndex::Single { main, .. } => Some((*main, 1)),
+            KeyIndex::Multi(h) => h
+                .gens
+                .last()
+                .filter(|g| !g.tombstoned)
+                .map(|g| (g.created, g.ver)),
         }
     }
 
@@ -203,9 +256,16 @@ impl KeyIndex {
         if h.gens.is_empty() {
             return true;
         }
-        // Collapse back to the compact form when possible.
-        if h.gens.len() == 1 && h.gens[0].revs.len() == 1 && !h.gens[0].tombstoned {
-            let r = h.gens[0].revs[0];
+        // Collapse back to the compact form when it can say everything (the one revision left
+        // is the put that created the key).
+        let g = &h.gens[0];
+        if h.gens.len() == 1
+            && g.revs.len() == 1
+            && !g.tombstoned
+            && g.ver == 1
+            && g.created == g.revs[0].main
+        {
+            let r = g.revs[0];
             *self = KeyIndex::new(r);
         }
         false
@@ -283,7 +343,37 @@ mod tests {
         dropped.clear();
         assert!(!k.compact(9, &mut dropped));
         assert_eq!(dropped, vec![(r(8), false)]);
-        assert!(matches!(k, KeyIndex::Single { main: 9, sub: 0 }));
+        // Only revision 9 is left, but it is version 2 of a key created at 8: the index keeps
+        // saying so instead of collapsing to the compact form (which would mean "created at 9").
+        assert_eq!(k.revisions(), vec![(r(9), false)]);
+        assert_eq!(k.live_gen(), Some((8, 2)));
+        let mut fresh = KeyIndex::new(r(2));
+        fresh.tombstone(r(3));
+        fresh.put(r(4));
+        assert!(!fresh.compact(4, &mut dropped));
+        assert!(matches!(fresh, KeyIndex::Single { main: 4, sub: 0 }));
+    }
+
+    #[test]
+    fn generations_track_create_revision_and_version() {
+        let mut k = KeyIndex::new(r(2));
+        assert_eq!(k.live_gen(), Some((2, 1)));
+        k.put(r(3));
+        k.put(r(5));
+        assert_eq!(k.live_gen(), Some((2, 3)));
+        k.tombstone(r(6));
+        assert_eq!(k.live_gen(), None);
+        k.put(r(7));
+        assert_eq!(k.live_gen(), Some((7, 1)));
+        // Rebuilt from disk after compaction dropped the creating put.
+        let mut l = KeyIndex::loaded(r(10), 4, 3);
+        assert_eq!(l.live_gen(), Some((4, 3)));
+        l.put_loaded(r(11), 4, 4);
+        assert_eq!(l.live_gen(), Some((4, 4)));
+        assert!(matches!(
+            KeyIndex::loaded(r(9), 9, 1),
+            KeyIndex::Single { .. }
+        ));
     }
 
     #[test]

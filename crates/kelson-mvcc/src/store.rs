@@ -9,6 +9,11 @@
 //! RocksDB until the caller commits the batch, yet later entries of the batch need them (prev_kv,
 //! compares, a txn reading its own writes).
 //!
+//! A plain put does not read the key's previous value: its create_revision and version come
+//! from the index (per generation) and its old lease from `lease_of`. The previous value is
+//! fetched only for the request's own `prev_kv`/`ignore_value`, or when the caller asks for
+//! `prev_kv` in events ([`Mvcc::set_events_prev_kv`], on while some watcher wants it).
+//!
 //! ## Read path
 //! Readers see `visible_rev`, which only `publish()` advances (after the batch is durable). The
 //! index is multi-version, so a read at `visible_rev` ignores newer, unpublished revisions without
@@ -109,6 +114,9 @@ struct State {
     current_rev: i64,
     compact_rev: i64,
     leases: BTreeMap<i64, LeaseEntry>,
+    /// The lease of every live key that has one (most keys have none): what a put needs to
+    /// move the key between leases without reading its previous value.
+    lease_of: HashMap<Box<[u8]>, i64>,
     alarms: Vec<AlarmMember>,
     live_keys: usize,
 }
@@ -151,7 +159,6 @@ impl State {
 #[derive(Default)]
 struct Loader {
     st: State,
-    lease_of: HashMap<Box<[u8]>, i64>,
     max_main: i64,
 }
 
@@ -194,7 +201,7 @@ impl Loader {
         self.max_main = self.max_main.max(rev.main);
         let st = &mut self.st;
         if tombstone {
-            self.lease_of.remove(kv.key.as_slice());
+            st.lease_of.remove(kv.key.as_slice());
             match st.index.get_mut(kv.key.as_slice()) {
                 Some(ki) => {
                     if ki.latest().is_some() {
@@ -208,23 +215,27 @@ impl Loader {
                 }
             }
         } else {
+            // The stored create_revision/version are authoritative: compaction may have
+            // dropped the revisions the index would otherwise count them from.
             match st.index.get_mut(kv.key.as_slice()) {
                 Some(ki) => {
                     if ki.latest().is_none() {
                         st.live_keys += 1;
                     }
-                    ki.put(rev);
+                    ki.put_loaded(rev, kv.create_revision, kv.version);
                 }
                 None => {
                     st.live_keys += 1;
-                    st.index
-                        .insert(kv.key.clone().into_boxed_slice(), KeyIndex::new(rev));
+                    st.index.insert(
+                        kv.key.clone().into_boxed_slice(),
+                        KeyIndex::loaded(rev, kv.create_revision, kv.version),
+                    );
                 }
             }
             if kv.lease != 0 {
-                self.lease_of.insert(kv.key.into_boxed_slice(), kv.lease);
+                st.lease_of.insert(kv.key.into_boxed_slice(), kv.lease);
             } else {
-                self.lease_of.remove(kv.key.as_slice());
+                st.lease_of.remove(kv.key.as_slice());
             }
         }
         Ok(())
@@ -266,10 +277,10 @@ impl Loader {
         // Insertions during the scan come in revision order and leave B-tree nodes about half
         // full; rebuilding from the (sorted) map bulk-loads full nodes: ~25 bytes less per key.
         self.st.index = std::mem::take(&mut self.st.index).into_iter().collect();
-        for (key, lease) in self.lease_of {
-            match self.st.leases.get_mut(&lease) {
+        for (key, lease) in &self.st.lease_of {
+            match self.st.leases.get_mut(lease) {
                 Some(l) => {
-                    l.keys.insert(key);
+                    l.keys.insert(key.clone());
                 }
                 None => tracing::warn!(lease, "key attached to an unknown lease"),
             }
@@ -287,6 +298,8 @@ pub struct Mvcc {
     visible_rev: i64,
     pending: HashMap<Rev, KeyValue>,
     restoring: bool,
+    /// Whether put events must carry `prev_kv` (see [`Mvcc::set_events_prev_kv`]).
+    events_prev_kv: bool,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -334,7 +347,17 @@ impl Mvcc {
             visible_rev,
             pending: HashMap::new(),
             restoring: false,
+            events_prev_kv: true,
         })
+    }
+
+    /// Whether the events of the following applies must carry `prev_kv` for puts (deletes
+    /// always do). Filling it costs a read of the previous value per put, which only watchers
+    /// created with `prev_kv` need; the daemon turns it on while such watchers exist. It does
+    /// not change replicated state or responses (a put's own `prev_kv` option still works).
+    /// Default: on.
+    pub fn set_events_prev_kv(&mut self, on: bool) {
+        self.events_prev_kv = on;
     }
 
     /// Applies one committed request. Deterministic; see the module docs.
@@ -872,6 +895,11 @@ impl Writer<'_> {
         if old_lease == new_lease {
             return;
         }
+        if new_lease != 0 {
+            self.m.st.lease_of.insert(key.into(), new_lease);
+        } else {
+            self.m.st.lease_of.remove(key);
+        }
         if old_lease != 0 {
             if let Some(l) = self.m.st.leases.get_mut(&old_lease) {
                 l.keys.remove(key);
@@ -885,24 +913,51 @@ impl Writer<'_> {
     }
 
     /// A put whose checks have passed.
+    ///
+    /// The previous value is read from RocksDB only when something needs its bytes: the
+    /// request's `prev_kv` or `ignore_value`, or `prev_kv` in events (see
+    /// `set_events_prev_kv`). Otherwise create_revision and version come from the index and
+    /// the old lease from `lease_of`, which is the common case and saves a point lookup per put.
     fn put(&mut self, p: &PutRequest) -> Result<PutResponse, MvccError> {
-        let prev = match self.m.st.latest(&p.key) {
-            Some(r) => Some(self.value_at(r)?),
-            None => None,
+        let (latest, live_gen) = match self.m.st.index.get(p.key.as_slice()) {
+            Some(ki) => (ki.latest(), ki.live_gen()),
+            None => (None, None),
+        };
+        let need_prev = p.prev_kv || p.ignore_value || self.m.events_prev_kv;
+        let prev = match latest {
+            Some(r) if need_prev => Some(self.value_at(r)?),
+            _ => None,
+        };
+        let old_lease = match &prev {
+            Some(k) => k.lease,
+            None if latest.is_some() => self
+                .m
+                .st
+                .lease_of
+                .get(p.key.as_slice())
+                .copied()
+                .unwrap_or(0),
+            None => 0,
+        };
+        let (created, prev_version) = match (&prev, live_gen) {
+            (Some(k), _) => (Some(k.create_revision), k.version),
+            (None, Some((c, v))) if latest.is_some() => (Some(c), v),
+            _ => (None, 0),
         };
         let rev = self.next_rev();
         let kv = KeyValue {
             key: p.key.clone(),
-            create_revision: prev.as_ref().map_or(rev.main, |k| k.create_revision),
+            create_revision: created.unwrap_or(rev.main),
             mod_revision: rev.main,
-            version: prev.as_ref().map_or(1, |k| k.version + 1),
+            version: prev_version + 1,
             value: match (&prev, p.ignore_value) {
                 (Some(k), true) => k.value.clone(),
                 _ => p.value.clone(),
             },
-            lease: match (&prev, p.ignore_lease) {
-                (Some(k), true) => k.lease,
-                _ => p.lease,
+            lease: if p.ignore_lease && latest.is_some() {
+                old_lease
+            } else {
+                p.lease
             },
         };
         let cf = cf!(self.db, CF_KV);
@@ -921,7 +976,7 @@ impl Writer<'_> {
                     .insert(p.key.clone().into_boxed_slice(), KeyIndex::new(rev));
             }
         }
-        self.attach(&p.key, prev.as_ref().map_or(0, |k| k.lease), kv.lease);
+        self.attach(&p.key, old_lease, kv.lease);
         self.m.pending.insert(rev, kv.clone());
         self.events.push(Event {
             r#type: EventType::Put as i32,

@@ -745,6 +745,64 @@ fn leases_grant_attach_revoke() {
     assert!(fx.m.leases().is_empty());
 }
 
+/// Puts without a read of the previous value (`set_events_prev_kv(false)`, the daemon's mode
+/// while no watcher wants prev_kv): leases move between keys from the in-memory `lease_of`,
+/// `ignore_lease` keeps the old one, and all of it survives a reopen.
+#[test]
+fn leases_move_without_reading_previous_values() {
+    let mut fx = Fx::new();
+    fx.m.set_events_prev_kv(false);
+    fx.grant(1, 30);
+    fx.grant(2, 30);
+    fx.put_lease("k", "a", 1);
+    let a = fx.put("k", "b"); // no lease: detached from 1
+    assert!(a.events[0].prev_kv.is_none(), "no prev_kv asked for");
+    assert!(fx.m.lease_keys(1).is_empty());
+    let kv = fx.get("k").unwrap();
+    assert_eq!((kv.version, kv.lease, kv.create_revision), (2, 0, 2));
+    fx.put_lease("k", "c", 2);
+    let a = fx.apply(IReq::Put(PutRequest {
+        key: "k".into(),
+        value: "d".into(),
+        ignore_lease: true,
+        ..Default::default()
+    }));
+    assert_eq!(a.response.error, "");
+    assert_eq!(fx.get("k").unwrap().lease, 2, "ignore_lease keeps the old lease");
+    assert_eq!(fx.m.lease_keys(2), vec![b"k".to_vec()]);
+    // A put asking for prev_kv still gets it (and its event carries it).
+    let a = fx.apply(IReq::Put(PutRequest {
+        key: "k".into(),
+        value: "e".into(),
+        lease: 2,
+        prev_kv: true,
+        ..Default::default()
+    }));
+    match a.response.response {
+        Some(Response::Put(p)) => assert_eq!(p.prev_kv.unwrap().value, b"d"),
+        other => panic!("{other:?}"),
+    }
+
+    let mut fx = fx.reopen();
+    fx.m.set_events_prev_kv(false);
+    let a = fx.apply(IReq::Put(PutRequest {
+        key: "k".into(),
+        value: "f".into(),
+        ignore_lease: true,
+        ..Default::default()
+    }));
+    assert_eq!(a.response.error, "");
+    let kv = fx.get("k").unwrap();
+    assert_eq!((kv.version, kv.lease, kv.create_revision), (6, 2, 2));
+    // Revoking the lease deletes the key it still holds.
+    assert_eq!(fx.revoke(2).events.len(), 1);
+    assert!(fx.get("k").is_none());
+    // A new generation starts at version 1 again.
+    fx.put("k", "g");
+    let kv = fx.get("k").unwrap();
+    assert_eq!((kv.version, kv.create_revision), (1, kv.mod_revision));
+}
+
 #[test]
 fn nospace_alarm_blocks_puts_only() {
     let mut fx = Fx::new();

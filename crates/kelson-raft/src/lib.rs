@@ -4,10 +4,18 @@
 //! exactly as raft-rs prescribes; everything else (proposers, readers, the peer gRPC server,
 //! membership calls) talks to it through one inbox, so the raft state is never shared. The log,
 //! hard state, conf state, membership and applied index live in two column families of the
-//! daemon's RocksDB instance ([`storage`]); every Ready is persisted as ONE write batch together
-//! with the state machine's writes for the entries it applies, so the applied index can never
-//! disagree with the state it describes. Peers talk over a small gRPC service ([`transport`]): one
-//! client stream per peer for ordinary messages and a chunked stream for snapshots.
+//! daemon's RocksDB instance ([`storage`]). The log and hard state of every Ready are one
+//! logged, fsynced write; the state machine's writes for the entries it applies go, with the
+//! applied index, into one batch of their own, so the applied index can never disagree with the
+//! state it describes. With [`RaftConfig::unlogged_apply_cfs`] (what kelson-kv uses) that batch
+//! skips RocksDB's WAL — the fsynced Raft log already is the write-ahead log of every applied
+//! entry — and RocksDB's atomic flush persists applied state and index together; a crash
+//! restarts from the last flushed applied index and re-applies the log after it. Peers talk over
+//! a small gRPC service ([`transport`]): one client stream per peer for ordinary messages and a
+//! chunked stream for snapshots.
+//!
+//! A member that applies its own removal, or whose peers refuse its traffic because it was
+//! removed, reports [`NodeStatus::removed`]; the daemon then stops like etcd does.
 //!
 //! Entry payloads are framed by this crate (first byte: 0 = state machine data, 1 = member
 //! attributes, 2 = member peer-URL update) so membership metadata travels through the same log
@@ -78,6 +86,16 @@ pub struct RaftConfig {
     /// when a lagging peer needs one).
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
+    /// The state machine's column families. When non-empty, applied state (the state
+    /// machine's writes, the applied index, membership) is written WITHOUT RocksDB's WAL: the
+    /// Raft log, which is written with the WAL and fsynced before anything is applied, already
+    /// is the write-ahead log of every applied entry. The database must then be opened with
+    /// `atomic_flush` so RocksDB only ever persists the applied state and its index together;
+    /// after a crash the member restarts from the last flushed applied index and re-applies
+    /// the log after it. These families and raft's are flushed before the log is compacted, so
+    /// the entries a restart needs are never compacted away. Empty: everything goes through
+    /// the WAL (for databases opened without atomic flush).
+    pub unlogged_apply_cfs: Vec<String>,
 }
 
 impl RaftConfig {
@@ -98,6 +116,7 @@ impl RaftConfig {
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
             max_request_bytes: 1536 * 1024,
+            unlogged_apply_cfs: Vec::new(),
         }
     }
 }
@@ -205,6 +224,10 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// How many snapshots from peers this member has installed since it started.
     pub snapshots_installed: u64,
+    /// This member was removed from the cluster (it applied its own removal, or a peer refused
+    /// its traffic because it was removed). Like etcd, the member must then stop: it is no
+    /// longer part of any quorum and its data dir describes a cluster it is not in.
+    pub removed: bool,
 }
 
 /// Errors of this crate; messages match etcd's where clients look at them.
@@ -232,6 +255,9 @@ pub enum RaftError {
     TooManyLearners,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    /// etcd's message, as it logs it before exiting.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
     #[error("raft storage: {0}")]
     Storage(String),
     #[error("cluster mismatch: {0}")]

@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::storage::{self, pair, RocksStorage, K_APPLIED, K_CONF_STATE, K_HARD_STATE, K_IDS};
-use crate::storage::{K_MEMBERS, K_SNAPSHOT, K_TRUNCATED};
-use crate::transport::{self, Members, PeerService, Transport};
+use crate::storage::{K_MEMBERS, K_REMOVED, K_SNAPSHOT, K_TRUNCATED};
+use crate::transport::{self, Members, PeerService, Removed, Transport};
 use crate::{MemberInfo, NodeStatus, RaftConfig, RaftError, StateMachine};
 
 /// Entry frame types (first byte of a normal entry's data).
@@ -66,6 +66,8 @@ pub(crate) enum Msg {
     Unreachable(u64),
     SnapshotStatus(u64, bool),
     TransferLeader(u64),
+    /// A peer refused our traffic because this member was removed.
+    Removed,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -207,6 +209,10 @@ impl RaftNode {
             let members = persisted.members.clone().ok_or_else(|| {
                 RaftError::Storage("raft_meta has raft state but no member list".into())
             })?;
+            if !members.iter().any(|m| m.id == id) {
+                // It applied its own removal before it stopped (etcd refuses to start too).
+                return Err(RaftError::Removed);
+            }
             (cid, id, members, persisted.applied)
         } else if cfg.join_existing {
             let (cid, members) = join_lookup(&cfg, client_tls.as_ref()).await?;
@@ -287,6 +293,15 @@ impl RaftNode {
             .await
             .map_err(|e| RaftError::Transport(format!("listen {}: {e}", cfg.listen_peer_addr)))?;
         let cluster_id = Arc::new(AtomicU64::new(cid));
+        let removed: Removed = Arc::new(RwLock::new(
+            storage
+                .db()
+                .get_cf(meta, K_REMOVED)?
+                .and_then(|v| serde_json::from_slice::<Vec<u64>>(&v).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        ));
         let members: Members = Arc::new(RwLock::new(
             members.into_iter().map(|m| (m.id, m)).collect(),
         ));
@@ -304,6 +319,7 @@ impl RaftNode {
                 cluster_id: cluster_id.clone(),
                 inbox: tx.clone(),
                 members: members.clone(),
+                removed: removed.clone(),
                 shutdown: shutdown_rx.clone(),
             },
             server_tls,
@@ -325,6 +341,8 @@ impl RaftNode {
             sm,
             transport,
             members: members.clone(),
+            removed_ids: removed,
+            removed: false,
             cluster_id: cluster_id.clone(),
             cs,
             rx,
@@ -343,8 +361,10 @@ impl RaftNode {
             snapshots_installed: 0,
             members_dirty: false,
             cs_dirty: false,
+            removed_dirty: false,
             installed_snapshot: None,
             tick: cfg.heartbeat_interval,
+            unlogged_apply_cfs: cfg.unlogged_apply_cfs.clone(),
         };
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -748,6 +768,10 @@ struct Loop {
     sm: Box<dyn StateMachine>,
     transport: Transport,
     members: Members,
+    /// Members removed from the cluster (shared with the peer server, persisted).
+    removed_ids: Removed,
+    /// This member was removed (see `NodeStatus::removed`).
+    removed: bool,
     cluster_id: Arc<AtomicU64>,
     cs: ConfState,
     rx: mpsc::Receiver<Msg>,
@@ -765,9 +789,12 @@ struct Loop {
     snapshots_installed: u64,
     members_dirty: bool,
     cs_dirty: bool,
+    removed_dirty: bool,
     /// (index, term) of a snapshot staged in the current batch.
     installed_snapshot: Option<(u64, u64)>,
     tick: Duration,
+    /// See `RaftConfig::unlogged_apply_cfs`; empty = applied state goes through the WAL.
+    unlogged_apply_cfs: Vec<String>,
 }
 
 impl Loop {
@@ -889,6 +916,7 @@ impl Loop {
                 }
             }
             Msg::TransferLeader(to) => self.raw.transfer_leader(to),
+            Msg::Removed => self.removed = true,
         }
     }
 
@@ -988,15 +1016,29 @@ impl Loop {
                 self.read_ready.push((rs.index, waiters));
             }
         }
-        self.apply_entries(rd.take_committed_entries(), &mut wb, &mut replies);
+        // Applied state goes into its own unlogged batch (see `RaftConfig::unlogged_apply_cfs`),
+        // except in a Ready that installs a snapshot: that one replaces the whole state and
+        // truncates the log, so all of it stays in one logged, synced batch.
+        let unlogged = !self.unlogged_apply_cfs.is_empty() && self.installed_snapshot.is_none();
+        let mut sm_wb = WriteBatch::default();
+        self.apply_entries(
+            rd.take_committed_entries(),
+            if unlogged { &mut sm_wb } else { &mut wb },
+            &mut replies,
+        );
         self.storage.stage_entries(&mut wb, rd.entries())?;
         if let Some(hs) = rd.hs() {
             wb.put_cf(meta, K_HARD_STATE, hs.encode_to_vec());
         }
-        self.stage_meta(&mut wb)?;
+        self.stage_meta(if unlogged { &mut sm_wb } else { &mut wb })?;
         let mut wo = WriteOptions::default();
         wo.set_sync(rd.must_sync());
+        // The log (with the commit index) first: at every point of the write sequence, hence in
+        // every state a flush can persist, the applied index is <= the persisted commit index.
         self.storage.db().write_opt(wb, &wo)?;
+        if unlogged {
+            self.write_unlogged(sm_wb)?;
+        }
 
         if let Some((index, term)) = self.installed_snapshot.take() {
             let mut c = self.storage.core.write();
@@ -1032,7 +1074,11 @@ impl Loop {
         if !wb.is_empty() {
             self.stage_meta(&mut wb)?;
             // Not synced: the log holding these entries already is; a crash re-applies them.
-            self.storage.db().write(wb)?;
+            if self.unlogged_apply_cfs.is_empty() {
+                self.storage.db().write(wb)?;
+            } else {
+                self.write_unlogged(wb)?;
+            }
         }
         self.storage.core.write().cs = self.cs.clone();
         self.raw.advance_apply();
@@ -1045,6 +1091,36 @@ impl Loop {
         }
         self.resolve_reads();
         self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    /// Writes applied state without the WAL (only with `unlogged_apply_cfs`).
+    fn write_unlogged(&self, wb: WriteBatch) -> Result<(), RaftError> {
+        if wb.is_empty() {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.storage.db().write_opt(wb, &wo)?;
+        Ok(())
+    }
+
+    /// Persists every memtable, so the applied state on disk reaches `self.applied` and log
+    /// entries up to it may be compacted. The column families are flushed one by one; that is
+    /// still a consistent cut because this thread is the only writer and it is busy here.
+    fn flush_applied_state(&self) -> Result<(), RaftError> {
+        let db = self.storage.db();
+        let names = self
+            .unlogged_apply_cfs
+            .iter()
+            .map(String::as_str)
+            .chain(crate::CFS.iter().copied());
+        for name in names {
+            let cf = db
+                .cf_handle(name)
+                .ok_or_else(|| RaftError::Storage(format!("column family {name} missing")))?;
+            db.flush_cf(&cf)?;
+        }
         Ok(())
     }
 
@@ -1061,6 +1137,14 @@ impl Loop {
         }
         if std::mem::take(&mut self.cs_dirty) {
             wb.put_cf(meta, K_CONF_STATE, self.cs.encode_to_vec());
+        }
+        if std::mem::take(&mut self.removed_dirty) {
+            let ids: Vec<u64> = self.removed_ids.read().iter().copied().collect();
+            wb.put_cf(
+                meta,
+                K_REMOVED,
+                serde_json::to_vec(&ids).unwrap_or_default(),
+            );
         }
         Ok(())
     }
@@ -1219,8 +1303,11 @@ impl Loop {
                 Some(ConfChangeType::RemoveNode) => {
                     members.remove(&id);
                     self.transport.remove_peer(id);
+                    self.removed_ids.write().insert(id);
+                    self.removed_dirty = true;
                     if id == self.id {
-                        tracing::warn!("this member was removed from the cluster");
+                        tracing::warn!("{}", RaftError::Removed);
+                        self.removed = true;
                     }
                 }
                 None => {}
@@ -1254,6 +1341,11 @@ impl Loop {
         self.last_snap_index = self.applied;
         let keep = self.snapshot_count.min(5000);
         let compact_to = (self.applied + 1).saturating_sub(keep);
+        if !self.unlogged_apply_cfs.is_empty() {
+            // Unlogged applied state is durable only once flushed: a restart replays the log
+            // from the flushed applied index, so those entries must survive the compaction.
+            self.flush_applied_state()?;
+        }
         self.storage.compact(compact_to)?;
         tracing::debug!(index = self.applied, compact_to, "compacted the raft log");
         Ok(())
@@ -1303,6 +1395,7 @@ impl Loop {
             role: r.state.into(),
             snapshot_index: self.last_snap_index.max(self.storage.core.read().snap.0),
             snapshots_installed: self.snapshots_installed,
+            removed: self.removed,
         };
         self.status_tx.send_if_modified(|s| {
             if *s != st {

@@ -39,6 +39,9 @@ pub(crate) const K_APPLIED: &[u8] = b"applied";
 pub(crate) const K_MEMBERS: &[u8] = b"members";
 pub(crate) const K_SNAPSHOT: &[u8] = b"snapshot";
 pub(crate) const K_IDS: &[u8] = b"ids";
+/// JSON list of member ids removed from the cluster (their peer traffic is refused with
+/// [`crate::transport::REMOVED`], which makes them stop).
+pub(crate) const K_REMOVED: &[u8] = b"removed";
 
 /// Entries kept in memory at the tail of the log; followers and the apply path read recent
 /// entries, so this avoids a RocksDB lookup per entry in the common case.

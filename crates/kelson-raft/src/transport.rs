@@ -47,6 +47,15 @@ const PEER_QUEUE: usize = 4096;
 const BATCH_BYTES: usize = 4 << 20;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// The status message a member answers a removed member's traffic with (etcd answers HTTP 410
+/// with the same text); the removed member stops when it sees it. Needed because a removed
+/// member often never learns that its removal committed: the leader stops replicating to it as
+/// soon as it applies the change.
+pub(crate) const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+/// Ids of members removed from the cluster, shared by the Ready loop and the peer server.
+pub(crate) type Removed = Arc<RwLock<std::collections::HashSet<u64>>>;
+
 /// Largest gRPC message either side accepts: a batch, or one entry of max_request_bytes plus slack.
 pub(crate) fn max_grpc_message(max_request_bytes: usize) -> usize {
     (BATCH_BYTES + 2 * max_request_bytes).max(16 << 20)
@@ -146,6 +155,7 @@ pub(crate) struct PeerService {
     pub cluster_id: Arc<AtomicU64>,
     pub inbox: mpsc::Sender<Msg>,
     pub members: Members,
+    pub removed: Removed,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -168,6 +178,10 @@ impl PeerService {
                 "member id mismatch: got {to:x}, this is {:x}",
                 self.id
             )));
+        }
+        if self.removed.read().contains(&from) {
+            tracing::info!(from = %format!("{from:x}"), "refusing peer traffic from a removed member");
+            return Err(Status::permission_denied(REMOVED));
         }
         Ok(())
     }
@@ -494,6 +508,11 @@ async fn peer_task(
                 // The call ended (peer down, refused us, or restarted): say so and reconnect.
                 if let Ok(Err(status)) = call.await {
                     tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}");
+                    if status.code() == tonic::Code::PermissionDenied && status.message() == REMOVED
+                    {
+                        tracing::warn!(peer = %format!("{to:x}"), "{REMOVED} (peer says so)");
+                        let _ = inbox.try_send(Msg::Removed);
+                    }
                 }
                 let _ = inbox.try_send(Msg::Unreachable(to));
                 tokio::time::sleep(backoff).await;

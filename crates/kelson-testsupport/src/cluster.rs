@@ -299,6 +299,14 @@ impl StoreCluster {
         }
     }
 
+    /// Waits (bounded) for member `i` to exit on its own, without signalling it.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match self.members[i].proc.as_mut() {
+            Some(p) => p.wait_exit(timeout),
+            None => bail!("member {i} was never started"),
+        }
+    }
+
     /// Starts member `i` again on its data dir and ports (killing it first if still running).
     /// Does not wait for health: call `wait_healthy`.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {

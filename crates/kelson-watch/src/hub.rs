@@ -15,8 +15,17 @@
 //!
 //! The ring covers the revision interval `(base, current]`: evicting the oldest batch moves
 //! `base` up to that batch's last revision. A read with `next_rev > base` is served from memory.
+//!
+//! `prev_kv` is optional in published batches. Reading a key's previous value costs the store a
+//! RocksDB lookup per put, and it is only needed by watchers created with `prev_kv`, so the hub
+//! counts those ([`WatchHub::wants_prev_kv`]) and the store fills `prev_kv` only while there are
+//! any ([`WatchHub::publish_batch`] says whether it did). A `prev_kv` watcher that meets a batch
+//! published without them (it was created while that batch was being applied) reads those
+//! revisions from the store instead, which always fills `prev_kv`; so no watcher ever gets an
+//! event with a missing `prev_kv`, whatever the interleaving.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -54,6 +63,18 @@ impl Default for HubConfig {
 struct Batch {
     to_rev: i64,
     events: Arc<SharedBatch>,
+    /// Every event that has a previous version carries it in `prev_kv`.
+    prev_kv_complete: bool,
+}
+
+/// Counts one live `prev_kv` watcher for [`WatchHub::wants_prev_kv`] until dropped.
+#[derive(Debug)]
+pub(crate) struct PrevKvGuard(Arc<AtomicUsize>);
+
+impl Drop for PrevKvGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A published batch as all watchers share it: the events, and each event's wire encoding
@@ -181,6 +202,7 @@ pub struct WatchHub {
     config: HubConfig,
     ring: RwLock<Ring>,
     signal: watch::Sender<i64>,
+    prev_kv_watchers: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for WatchHub {
@@ -219,13 +241,33 @@ impl WatchHub {
                 current,
             }),
             signal,
+            prev_kv_watchers: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// True while some watcher wants `prev_kv`: the store must then fill it in the events it
+    /// publishes (or publish with `prev_kv_complete = false`).
+    pub fn wants_prev_kv(&self) -> bool {
+        self.prev_kv_watchers.load(Ordering::SeqCst) > 0
+    }
+
+    /// Registers a `prev_kv` watcher (before it reads anything) for as long as the guard lives.
+    pub(crate) fn prev_kv_guard(&self) -> PrevKvGuard {
+        self.prev_kv_watchers.fetch_add(1, Ordering::SeqCst);
+        PrevKvGuard(Arc::clone(&self.prev_kv_watchers))
     }
 
     /// Called by the store after each durable batch, with every event of the newly visible
     /// revisions in order (prev_kv filled) and the new current revision. Cheap: an append to the
     /// ring under a short write lock and a wake-up of the stream tasks.
     pub fn publish(&self, events: Arc<Vec<Event>>, revision: i64) {
+        self.publish_batch(events, revision, true)
+    }
+
+    /// [`WatchHub::publish`] for a store that may have left `prev_kv` out: `prev_kv_complete`
+    /// says whether every event with a previous version carries it. `prev_kv` watchers read
+    /// incomplete batches from the store (see the module docs).
+    pub fn publish_batch(&self, events: Arc<Vec<Event>>, revision: i64, prev_kv_complete: bool) {
         {
             let mut ring = self.ring.write();
             if revision <= ring.current {
@@ -244,6 +286,7 @@ impl WatchHub {
             ring.batches.push_back(Batch {
                 to_rev: revision,
                 events: Arc::new(SharedBatch::new(events)),
+                prev_kv_complete,
             });
             ring.current = revision;
             while ring.events > self.config.ring_events && ring.batches.len() > 1 {
@@ -292,16 +335,18 @@ impl WatchHub {
 
     /// Reads the events a watcher with cursor `from` has not seen, up to the current revision:
     /// from the ring when it still covers `from`, otherwise one batch from the store.
-    /// Returns `None` when there is nothing new (`from > current`).
-    pub(crate) fn read(&self, from: i64) -> Result<Option<Chunk>, WatchSourceError> {
+    /// Returns `None` when there is nothing new (`from > current`). A reader that wants
+    /// `prev_kv` is sent to the store for revisions whose batch was published without them.
+    pub(crate) fn read(&self, from: i64, prev_kv: bool) -> Result<Option<Chunk>, WatchSourceError> {
         let current = {
             let ring = self.ring.read();
             if from > ring.current {
                 return Ok(None);
             }
-            if from > ring.base {
-                // Batches are in revision order: skip those that end before `from`.
-                let start = ring.batches.partition_point(|b| b.to_rev < from);
+            // Batches are in revision order: skip those that end before `from`.
+            let start = ring.batches.partition_point(|b| b.to_rev < from);
+            let usable = !prev_kv || ring.batches.range(start..).all(|b| b.prev_kv_complete);
+            if from > ring.base && usable {
                 let batches = ring
                     .batches
                     .range(start..)

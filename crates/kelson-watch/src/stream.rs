@@ -241,8 +241,11 @@ impl StreamTask {
             return self.send(self.compacted(id, compact)).await;
         }
         tracing::debug!(id, next_rev, "watch created");
-        self.watchers
-            .insert(id, Watcher::new(id, &req, range, next_rev));
+        let mut w = Watcher::new(id, &req, range, next_rev);
+        if w.prev_kv {
+            w.prev_kv_guard = Some(self.hub.prev_kv_guard());
+        }
+        self.watchers.insert(id, w);
         Ok(())
     }
 
@@ -281,7 +284,7 @@ impl StreamTask {
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
-        let chunk = match self.hub.read(w.next_rev) {
+        let chunk = match self.hub.read(w.next_rev, w.prev_kv) {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(()),
             Err(WatchSourceError::Compacted { compact_revision }) => {

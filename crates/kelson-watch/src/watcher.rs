@@ -65,6 +65,8 @@ pub(crate) struct Watcher {
     /// Events were sent since the last progress tick, so the next progress notify is elided
     /// (etcd does the same: a client that just got events knows it is current).
     pub(crate) sent_since_tick: bool,
+    /// Set for `prev_kv` watchers: keeps the hub's count of them (see `hub`).
+    pub(crate) prev_kv_guard: Option<crate::hub::PrevKvGuard>,
 }
 
 impl Watcher {
@@ -81,6 +83,7 @@ impl Watcher {
             progress_notify: req.progress_notify,
             next_rev,
             sent_since_tick: false,
+            prev_kv_guard: None,
         }
     }
 

@@ -124,6 +124,46 @@ async fn prev_kv_only_when_asked() {
 }
 
 #[tokio::test]
+async fn prev_kv_watcher_never_misses_prev_kv_of_a_batch_published_without_it() {
+    let s = default_setup();
+    s.store.set_lazy_prev_kv(true);
+    s.store.put("k", "old");
+    // No prev_kv watcher yet: this batch goes into the ring without prev_kv.
+    let mid = s.store.put("k", "mid");
+    assert!(!s.hub.wants_prev_kv());
+    let mut c = Client::open(&s.svc);
+    let mut req = key("k");
+    req.prev_kv = true;
+    req.start_revision = mid; // still in the ring, but without its prev_kv
+    let id = c.watch(req).await.watch_id;
+    assert!(s.hub.wants_prev_kv());
+    let before = s.store.events_calls.load(Ordering::Relaxed);
+    let r = c.next().await;
+    assert_eq!(r.watch_id, id);
+    assert_eq!(r.events[0].kv.as_ref().unwrap().value, b"mid");
+    assert_eq!(r.events[0].prev_kv.as_ref().unwrap().value, b"old");
+    let after_catchup = s.store.events_calls.load(Ordering::Relaxed);
+    assert!(
+        after_catchup > before,
+        "the incomplete batch must be read from the store"
+    );
+    // Published while the watcher exists: complete, served from the ring.
+    s.store.put("k", "new");
+    let r = c.next().await;
+    assert_eq!(r.events[0].prev_kv.as_ref().unwrap().value, b"mid");
+    assert_eq!(s.store.events_calls.load(Ordering::Relaxed), after_catchup);
+    c.cancel(id).await;
+    // The count drops with the watcher (bounded wait: the stream task drops it).
+    for _ in 0..100 {
+        if !s.hub.wants_prev_kv() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!s.hub.wants_prev_kv());
+}
+
+#[tokio::test]
 async fn past_start_replays_from_store_then_continues_live_without_gap_or_dup() {
     // A small ring and small store batches force several store reads and a ring hand-over.
     let s = setup(

@@ -81,6 +81,10 @@ pub fn open_db(data_dir: &Path) -> anyhow::Result<Arc<rocksdb::DB>> {
     opts.create_missing_column_families(true);
     opts.set_db_write_buffer_size(TOTAL_MEMTABLE_BYTES);
     opts.increase_parallelism(2);
+    // Applied state is written without the WAL (the Raft log is its WAL, see
+    // `RaftConfig::unlogged_apply_cfs`): every flush must then persist all column families at
+    // the same point, or the applied index on disk could disagree with the state it describes.
+    opts.set_atomic_flush(true);
     let cfs = kelson_mvcc::CFS
         .iter()
         .chain(kelson_raft::CFS.iter())
@@ -153,6 +157,8 @@ pub fn raft_config(cfg: &KvConfig) -> anyhow::Result<RaftConfig> {
     rc.election_timeout = cfg.election();
     rc.snapshot_count = cfg.snapshot_count;
     rc.max_request_bytes = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // `open_db` sets atomic_flush, which this requires.
+    rc.unlogged_apply_cfs = kelson_mvcc::CFS.iter().map(|s| s.to_string()).collect();
     Ok(rc)
 }
 
@@ -347,6 +353,10 @@ impl Member {
         let mut status = node.watch_status();
         loop {
             let st = node.status();
+            if st.removed {
+                // `run` sees the flag and exits like etcd does.
+                return;
+            }
             if st.leader_id != 0 {
                 state.set_status(format!(
                     "waiting to catch up (applied {})",
@@ -373,6 +383,16 @@ impl Member {
         self.shared.node().shutdown().await;
         if let Err(e) = self.shared.db.flush_wal(true) {
             tracing::warn!(error = %e, "flushing the WAL at shutdown");
+        }
+        // Applied state is not in the WAL: persist it so a restart does not have to re-apply
+        // the log tail (it would be correct either way). Raft has stopped, so nothing writes
+        // between the per-family flushes.
+        for name in kelson_mvcc::CFS.iter().chain(kelson_raft::CFS.iter()) {
+            if let Some(cf) = self.shared.db.cf_handle(name) {
+                if let Err(e) = self.shared.db.flush_cf(&cf) {
+                    tracing::warn!(error = %e, cf = name, "flushing at shutdown");
+                }
+            }
         }
     }
 }
@@ -471,7 +491,8 @@ pub async fn run(
         }
     };
     leader_event(&shared.node().status());
-    loop {
+    let mut removed = shared.node().status().removed;
+    while !removed {
         tokio::select! {
             sig = shutdown.recv() => {
                 tracing::info!(signal = sig.name(), "stopping");
@@ -481,18 +502,34 @@ pub async fn run(
             r = status.changed() => {
                 if r.is_err() { break; }
                 let st = status.borrow_and_update().clone();
+                if st.removed {
+                    removed = true;
+                    break;
+                }
                 leader_event(&st);
                 state.set_health(st.leader_id != 0);
                 state.set_status(format!("serving; member {:x}, leader {:x}, term {}", st.id, st.leader_id, st.term));
             }
         }
     }
+    if removed {
+        // etcd's behaviour: a member removed from the cluster stops itself and exits non-zero
+        // (a supervisor restarting it would only find it refused again).
+        tracing::error!("{}", kelson_raft::RaftError::Removed);
+    }
     state.set_state(Lifecycle::Stopping);
-    state.set_status("stopping");
+    state.set_status(if removed {
+        "stopping: removed from the cluster"
+    } else {
+        "stopping"
+    });
     tokio::time::timeout(Duration::from_secs(15), member.stop())
         .await
         .unwrap_or_else(|_| tracing::warn!("graceful stop timed out"));
     drop(dbus);
+    if removed {
+        bail!("{}", kelson_raft::RaftError::Removed);
+    }
     Ok(())
 }
 

@@ -117,6 +117,8 @@ pub struct KvStateMachine {
     hub: Arc<WatchHub>,
     leases: Arc<LeaseClock>,
     pending: Vec<Event>,
+    /// Every apply since the last publish filled `prev_kv` in its put events.
+    pending_prev_kv: bool,
     restored: bool,
 }
 
@@ -127,6 +129,7 @@ impl KvStateMachine {
             hub,
             leases,
             pending: Vec::new(),
+            pending_prev_kv: true,
             restored: false,
         }
     }
@@ -154,7 +157,15 @@ impl StateMachine for KvStateMachine {
                 .encode_to_vec();
             }
         };
-        let applied = self.mvcc.write().apply(&req, wb);
+        // prev_kv in events costs a read of the previous value per put; only prev_kv watchers
+        // need it. The hub sends them to the store for batches published without it.
+        let prev_kv = self.hub.wants_prev_kv();
+        self.pending_prev_kv &= prev_kv;
+        let applied = {
+            let mut m = self.mvcc.write();
+            m.set_events_prev_kv(prev_kv);
+            m.apply(&req, wb)
+        };
         if applied.response.error.is_empty() {
             match &req.request {
                 Some(internal_request::Request::LeaseGrant(g)) => self.leases.granted(g.id, g.ttl),
@@ -178,7 +189,8 @@ impl StateMachine for KvStateMachine {
             self.leases.reset(&leases);
         }
         let events = std::mem::take(&mut self.pending);
-        self.hub.publish(Arc::new(events), revision);
+        let complete = std::mem::replace(&mut self.pending_prev_kv, true);
+        self.hub.publish_batch(Arc::new(events), revision, complete);
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
@@ -187,6 +199,7 @@ impl StateMachine for KvStateMachine {
 
     fn restore(&mut self, data: &[u8], wb: &mut rocksdb::WriteBatch) -> Result<(), String> {
         self.pending.clear();
+        self.pending_prev_kv = true;
         self.restored = true;
         self.mvcc
             .write()

@@ -46,6 +46,8 @@ pub struct MemStore {
     pub events_calls: AtomicUsize,
     /// Set to skip publishing (to simulate history the hub never saw).
     silent: std::sync::atomic::AtomicBool,
+    /// Set to publish `prev_kv` only while the hub has `prev_kv` watchers (as kelson-kv does).
+    lazy_prev_kv: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -106,9 +108,21 @@ impl MemStore {
             return rev;
         }
         if let Some(hub) = self.hub.get() {
-            hub.publish(Arc::new(events), rev);
+            if self.lazy_prev_kv.load(Ordering::Relaxed) && !hub.wants_prev_kv() {
+                for e in &mut events {
+                    e.prev_kv = None;
+                }
+                hub.publish_batch(Arc::new(events), rev, false);
+            } else {
+                hub.publish(Arc::new(events), rev);
+            }
         }
         rev
+    }
+
+    /// Publish `prev_kv` only while a watcher wants it (see `WatchHub::wants_prev_kv`).
+    pub fn set_lazy_prev_kv(&self, on: bool) {
+        self.lazy_prev_kv.store(on, Ordering::Relaxed);
     }
 
     pub fn set_publishing(&self, on: bool) {
