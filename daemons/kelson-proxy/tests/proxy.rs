@@ -1,7 +1,9 @@
 //! kelson-proxy end to end, in both modes: a client netns reaches a ClusterIP service with 3
 //! endpoints (all reached; an endpoint removed from the slice stops being used within 1 s; a
 //! service without endpoints refuses at once), and a NodePort at node-ip:nodePort
-//! (externalTrafficPolicy Cluster masquerades, Local keeps the client's address).
+//! (externalTrafficPolicy Cluster masquerades, Local keeps the client's address); a UDP
+//! ClusterIP (both modes), a LoadBalancer ingress IP, and sessionAffinity ClientIP sticking to
+//! one endpoint (nftables).
 //! Needs root and `cargo build -p kelson-kv -p kelson-apiserver`.
 
 mod common;
@@ -180,4 +182,116 @@ async fn falls_back_to_userspace_without_nftables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn userspace_node_port() {
     node_port_test("userspace").await;
+}
+
+const LB_IP: &str = "10.77.3.10";
+
+fn all_three() -> BTreeSet<String> {
+    ["e1", "e2", "e3"].map(String::from).into()
+}
+
+/// UDP ClusterIP: each fresh client socket is a new flow; all 3 endpoints answer.
+async fn udp_cluster_ip(mode: &str) {
+    let mut env = Env::start(mode).await;
+    let svc = env
+        .service(
+            "dns",
+            json!({"type": "ClusterIP", "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080, "protocol": "UDP"}]}),
+        )
+        .await;
+    env.slice_proto("dns", &[0, 1, 2], "UDP").await;
+    let addr = cluster_addr(&svc);
+    env.wait("the UDP ClusterIP to answer", 30, |t| t.udp(addr).ok());
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(parse_answer(&env.topo.udp(addr).expect("udp exchange")).0);
+    }
+    assert_eq!(
+        seen,
+        all_three(),
+        "all 3 endpoints reached over 60 UDP flows"
+    );
+    // Only the UDP port is a service: TCP to the same address and port is not proxied.
+    assert!(
+        env.topo.connect(addr).is_err(),
+        "TCP {addr} must not answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_udp_cluster_ip() {
+    udp_cluster_ip("nftables").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userspace_udp_cluster_ip() {
+    udp_cluster_ip("userspace").await;
+}
+
+/// A LoadBalancer's ingress IP (as the cloud controller manager sets it in the status) is
+/// served by the proxy: reached from the client netns, balanced, masqueraded (policy Cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_load_balancer_ingress_ip() {
+    let mut env = Env::start("nftables").await;
+    env.service("lb", json!({"type": "LoadBalancer"})).await;
+    env.slice("lb", &[0, 1, 2]).await;
+    let api: Api<Service> = Api::namespaced(env.client.clone(), "default");
+    api.patch_status(
+        "lb",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}})),
+    )
+    .await
+    .expect("set the ingress IP");
+    let addr: SocketAddr = format!("{LB_IP}:80").parse().unwrap();
+    env.wait("the LoadBalancer IP to answer", 30, |t| {
+        t.connect(addr).ok()
+    });
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        let a = env.topo.connect(addr).expect("connect to the LB IP");
+        let (who, peer) = parse_answer(&a);
+        assert_eq!(peer, NODE_BRIDGE_IP, "masqueraded: {a}");
+        seen.insert(who);
+    }
+    assert_eq!(seen, all_three(), "all 3 endpoints behind the LB IP");
+}
+
+/// sessionAffinity ClientIP: every connection of the client goes to the endpoint its first one
+/// reached; with affinity switched off the same client is spread again (so the stickiness
+/// was the affinity, not a single programmed endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_session_affinity_client_ip() {
+    let mut env = Env::start("nftables").await;
+    let svc = env
+        .service(
+            "sticky",
+            json!({"type": "ClusterIP", "sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+        )
+        .await;
+    env.slice("sticky", &[0, 1, 2]).await;
+    let addr = cluster_addr(&svc);
+    let first = env.wait("the ClusterIP to answer", 30, |t| t.connect(addr).ok());
+    let (first, _) = parse_answer(&first);
+    for _ in 0..30 {
+        let (who, _) = parse_answer(&env.topo.connect(addr).expect("connect"));
+        assert_eq!(who, first, "affinity keeps the client on {first}");
+    }
+    let api: Api<Service> = Api::namespaced(env.client.clone(), "default");
+    api.patch(
+        "sticky",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"sessionAffinity": "None", "sessionAffinityConfig": null}})),
+    )
+    .await
+    .expect("switch affinity off");
+    env.wait("connections to spread without affinity", 20, |t| {
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(parse_answer(&t.connect(addr).ok()?).0);
+        }
+        (seen.len() > 1).then_some(())
+    });
 }

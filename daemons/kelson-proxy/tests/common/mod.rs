@@ -19,7 +19,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,8 +178,22 @@ impl Topo {
         format!("10.77.1.1{}", i + 1)
     }
 
-    /// Starts the echo servers: endpoint i answers `e<i+1> <peer-ip>`.
+    /// Starts the echo servers: endpoint i answers `e<i+1> <peer-ip>`, on TCP and UDP 8080.
     pub fn start_servers(&self) {
+        for (i, ns) in self.endpoints.iter().enumerate() {
+            let u: UdpSocket = in_netns(ns, || UdpSocket::bind("0.0.0.0:8080").expect("bind udp"));
+            u.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let stop = self.stop.clone();
+            let name = format!("e{}", i + 1);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+                    }
+                }
+            });
+        }
         for (i, ns) in self.endpoints.iter().enumerate() {
             let l: TcpListener =
                 in_netns(ns, || TcpListener::bind("0.0.0.0:8080").expect("bind 8080"));
@@ -238,6 +252,20 @@ impl Topo {
             let mut out = String::new();
             s.read_to_string(&mut out)?;
             Ok(out.trim().to_string())
+        })
+    }
+}
+
+impl Topo {
+    /// One UDP exchange from the client netns (a fresh socket, so a new conntrack flow).
+    pub fn udp(&self, addr: SocketAddr) -> std::io::Result<String> {
+        in_netns(&self.client, move || {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.send_to(b"who", addr)?;
+            let mut buf = [0u8; 512];
+            let (n, _) = s.recv_from(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
         })
     }
 }
@@ -307,8 +335,10 @@ impl Env {
     pub async fn service(&self, name: &str, spec: serde_json::Value) -> Service {
         let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
         let mut spec = spec;
-        spec["ports"] =
-            json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]);
+        if spec.get("ports").is_none() {
+            spec["ports"] =
+                json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]);
+        }
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": spec,
@@ -321,6 +351,11 @@ impl Env {
 
     /// Creates or replaces the EndpointSlice of `svc` with the given endpoint indexes.
     pub async fn slice(&self, svc: &str, endpoints: &[usize]) {
+        self.slice_proto(svc, endpoints, "TCP").await
+    }
+
+    /// [`Env::slice`] with port `http` 8080 of `protocol`.
+    pub async fn slice_proto(&self, svc: &str, endpoints: &[usize], protocol: &str) {
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
         let eps: Vec<_> = endpoints
             .iter()
@@ -334,7 +369,7 @@ impl Env {
             "metadata": {"name": format!("{svc}-x"), "namespace": "default",
                          "labels": {"kubernetes.io/service-name": svc}},
             "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": protocol}],
             "endpoints": eps,
         });
         let mut slice: EndpointSlice = serde_json::from_value(slice).unwrap();
