@@ -28,6 +28,12 @@
 //! (upstream's `nextRotationDeadline`) a new key and CSR are made with the node's own identity
 //! (which the approver recognises as `selfnodeclient`); on failure it retries with back-off
 //! (5 s doubling to 5 min) until it succeeds or the kubelet stops.
+//!
+//! Serving certificate (`server-tls-bootstrap`, upstream's serverTLSBootstrap): without
+//! `--tls-cert-file` the kubelet API serves `<cert-dir>/kubelet-server-current.pem`; until a
+//! `kubernetes.io/kubelet-serving` CSR (node name and addresses as SANs) is approved and signed,
+//! that file holds a self-signed placeholder ([`serving_pair`], [`serving_bootstrap`]). Its
+//! rotation before expiry is not done yet: an expired one is re-requested at the next start.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -56,6 +62,9 @@ use tokio::sync::watch;
 /// Upstream's file name for the current client certificate and key.
 pub const CURRENT: &str = "kubelet-client-current.pem";
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// Upstream's file name for the serving certificate and key (serverTLSBootstrap).
+pub const SERVER_CURRENT: &str = "kubelet-server-current.pem";
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// How long bootstrap waits for the certificate before giving up (the unit restarts us).
 pub const BOOTSTRAP_WAIT: Duration = Duration::from_secs(600);
 /// How long a rotation waits for its certificate before it counts as a failed attempt.
@@ -233,8 +242,48 @@ pub async fn request_certificate(
     node_name: &str,
     wait: Duration,
 ) -> Result<String> {
+    request(
+        client,
+        node_name,
+        SIGNER,
+        &["digital signature", "client auth"],
+        Vec::new(),
+        wait,
+    )
+    .await
+}
+
+/// Like [`request_certificate`] for the kubelet API's serving certificate: signer
+/// `kubernetes.io/kubelet-serving`, usages `digital signature` + `server auth`, and the node's
+/// host names and addresses as subject alternative names (upstream's serverTLSBootstrap).
+pub async fn request_serving_certificate(
+    client: &kube::Client,
+    node_name: &str,
+    sans: Vec<String>,
+    wait: Duration,
+) -> Result<String> {
+    request(
+        client,
+        node_name,
+        SERVING_SIGNER,
+        &["digital signature", "server auth"],
+        sans,
+        wait,
+    )
+    .await
+}
+
+async fn request(
+    client: &kube::Client,
+    node_name: &str,
+    signer: &str,
+    usages: &[&str],
+    sans: Vec<String>,
+    wait: Duration,
+) -> Result<String> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    // rcgen makes an IP SAN of every name that parses as an address, a DNS SAN otherwise.
+    let mut params = rcgen::CertificateParams::new(sans)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -251,8 +300,8 @@ pub async fn request_certificate(
         },
         spec: CertificateSigningRequestSpec {
             request: ByteString(req.into_bytes()),
-            signer_name: SIGNER.into(),
-            usages: Some(vec!["digital signature".into(), "client auth".into()]),
+            signer_name: signer.into(),
+            usages: Some(usages.iter().map(|u| u.to_string()).collect()),
             ..Default::default()
         },
         status: None,
@@ -260,7 +309,7 @@ pub async fn request_certificate(
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
     let created = api.create(&PostParams::default(), &csr).await?;
     let name = created.metadata.name.clone().unwrap_or_default();
-    tracing::info!(csr = %name, "created certificate signing request; waiting for approval");
+    tracing::info!(csr = %name, %signer, "created certificate signing request; waiting for approval");
     let start = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(250);
     loop {
@@ -303,6 +352,67 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Whether `pem` holds a certificate worth serving: parsable, not expired, and not
+/// self-signed (a self-signed one is the placeholder [`serving_pair`] writes).
+fn serving_cert_issued(pem: &[u8]) -> bool {
+    use x509_parser::prelude::*;
+    let Ok((_, p)) = parse_x509_pem(pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(&p.contents) else {
+        return false;
+    };
+    cert.issuer() != cert.subject() && cert.validity().is_valid()
+}
+
+/// The serving pair for serverTLSBootstrap: `<cert-dir>/kubelet-server-current.pem`
+/// (certificate + key in one file, so replacing it is atomic). When it holds no issued,
+/// unexpired certificate a self-signed placeholder for `sans` is written there, so the API
+/// can listen at once, and `true` says a certificate must be requested ([`serving_bootstrap`]).
+pub fn serving_pair(cert_dir: &Path, sans: &[String]) -> Result<(PathBuf, bool)> {
+    let path = cert_dir.join(SERVER_CURRENT);
+    if std::fs::read(&path).is_ok_and(|pem| serving_cert_issued(&pem)) {
+        return Ok((path, false));
+    }
+    std::fs::create_dir_all(cert_dir).map_err(io(cert_dir))?;
+    let ck = rcgen::generate_simple_self_signed(sans.to_vec())?;
+    let pem = format!("{}{}", ck.cert.pem(), ck.key_pair.serialize_pem());
+    write_private(&path, pem.as_bytes())?;
+    Ok((path, true))
+}
+
+/// Requests the serving certificate (retrying with back-off: approval of serving CSRs is
+/// often manual) and writes it over the placeholder; the API server's reloading resolver
+/// picks it up on the next handshake.
+pub async fn serving_bootstrap(
+    client: kube::Client,
+    node_name: String,
+    sans: Vec<String>,
+    path: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_secs(5);
+    loop {
+        let req = request_serving_certificate(&client, &node_name, sans.clone(), BOOTSTRAP_WAIT);
+        let r = tokio::select! {
+            r = req => r,
+            _ = stop.changed() => return,
+        };
+        match r.and_then(|pem| write_private(&path, pem.as_bytes())) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "kubelet serving certificate installed");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "requesting the kubelet serving certificate"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(300));
+    }
 }
 
 /// Writes a new pair and points `kubelet-client-current.pem` at it; removes the pair it

@@ -166,6 +166,10 @@ pub struct KubeletConfig {
     /// An image GC never removes besides the runtime's own sandbox image.
     #[serde(default)]
     pub pod_infra_container_image: Option<String>,
+    /// Get the kubelet API's serving certificate by a `kubernetes.io/kubelet-serving` CSR
+    /// (upstream's serverTLSBootstrap) instead of a self-signed one; ignored with tls-cert-file.
+    #[serde(default)]
+    pub server_tls_bootstrap: bool,
 }
 
 fn default_transition() -> u64 {
@@ -414,6 +418,10 @@ pub struct KubeletFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_infra_container_image: Option<String>,
+    /// Request the serving certificate by CSR (signer kubernetes.io/kubelet-serving).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_bootstrap: Option<bool>,
 }
 
 impl KubeletConfig {

@@ -228,7 +228,19 @@ pub async fn run(
     }
 
     // The kubelet API (10250): its port goes into the node status below.
-    let api_server = match server::start(&cfg, shared.clone(), &node_name, &info.ip).await {
+    let mut api_cfg = cfg.clone();
+    let mut serving_request = None;
+    if cfg.server_tls_bootstrap && cfg.tls_cert_file.is_none() {
+        let sans = vec![node_name.clone(), info.ip.clone()];
+        let (pair, request) = bootstrap::serving_pair(&cfg.cert_dir(), &sans)
+            .context("preparing the serving certificate")?;
+        api_cfg.tls_cert_file = Some(pair.clone());
+        api_cfg.tls_private_key_file = Some(pair.clone());
+        if request {
+            serving_request = Some((sans, pair));
+        }
+    }
+    let api_server = match server::start(&api_cfg, shared.clone(), &node_name, &info.ip).await {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(error = %e, "the kubelet API is not served (logs/exec/port-forward will fail)");
@@ -347,6 +359,15 @@ pub async fn run(
         )));
     }
 
+    if let Some((sans, pair)) = serving_request {
+        extra_tasks.push(tokio::spawn(bootstrap::serving_bootstrap(
+            client.clone(),
+            node_name.clone(),
+            sans,
+            pair,
+            stop_rx.clone(),
+        )));
+    }
     // Node-pressure eviction and image GC.
     {
         let gc = Arc::new(image_gc::ImageGc::new(cri.clone()));
