@@ -78,6 +78,10 @@ pub struct ApiServerFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous_auth: Option<bool>,
+    /// Serve LIST and watch from per-resource watch caches (upstream's --watch-cache).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_cache: Option<bool>,
     /// Path to the file that contains the current private key of the service account token
     /// issuer (RSA or ECDSA P-256, PEM).
     #[arg(long)]
@@ -175,6 +179,8 @@ pub struct ApiServerConfig {
     pub authorization_mode: String,
     #[serde(default)]
     pub anonymous_auth: bool,
+    #[serde(default = "default_true")]
+    pub watch_cache: bool,
     #[serde(default)]
     pub service_account_signing_key_file: Option<PathBuf>,
     #[serde(default)]
@@ -230,6 +236,10 @@ fn default_node_port_range() -> String {
 fn default_repair_interval() -> String {
     "3m".into()
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_authz() -> String {
     "RBAC".into()
 }

@@ -113,10 +113,12 @@ pub async fn build(
         1 => modes.remove(0),
         _ => Arc::new(auth::Union(modes)),
     };
-    let caches = Some(kelson_apistorage::WatchCaches::new(
-        store.clone(),
-        kelson_apistorage::cache::DEFAULT_CAPACITY,
-    ));
+    let caches = cfg.watch_cache.then(|| {
+        kelson_apistorage::WatchCaches::new(
+            store.clone(),
+            kelson_apistorage::cache::DEFAULT_CAPACITY,
+        )
+    });
     Ok(Arc::new(server::Api {
         caches,
         store,
