@@ -135,9 +135,9 @@ async fn prev_kv_watcher_never_misses_prev_kv_of_a_batch_published_without_it() 
     let mut req = key("k");
     req.prev_kv = true;
     req.start_revision = mid; // still in the ring, but without its prev_kv
+    let before = s.store.events_calls.load(Ordering::Relaxed);
     let id = c.watch(req).await.watch_id;
     assert!(s.hub.wants_prev_kv());
-    let before = s.store.events_calls.load(Ordering::Relaxed);
     let r = c.next().await;
     assert_eq!(r.watch_id, id);
     assert_eq!(r.events[0].kv.as_ref().unwrap().value, b"mid");
