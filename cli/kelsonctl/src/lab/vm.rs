@@ -479,7 +479,9 @@ pub fn ssh_opts(key: &Path) -> Vec<String> {
         "-o",
         "LogLevel=ERROR",
         "-o",
-        "ConnectTimeout=5",
+        // Includes the banner exchange: sshd in a TCG guest next to a starting kubelet, on a
+        // loaded host, was seen taking more than 5 s to send it.
+        "ConnectTimeout=30",
         "-o",
         "ServerAliveInterval=5",
     ]
@@ -506,7 +508,7 @@ pub fn wait_booted(dir: &Path, m: &MachineState, qemu: Proc, console: &Path) -> 
             dir,
             m,
             &["systemctl", "is-system-running"],
-            Duration::from_secs(30),
+            Duration::from_secs(45),
         ) {
             Ok(out) => {
                 last = format!(
