@@ -123,7 +123,7 @@ fn wait_ready(up: &mut ChildGuard) -> i32 {
 
 fn tls_args(pki: &Path) -> Vec<String> {
     vec![
-        format!("--cacert={}", pki.join("ca.crt").display()),
+        format!("--cacert={}", pki.join("store-ca.crt").display()),
         format!("--cert={}", pki.join("kv-client.crt").display()),
         format!("--key={}", pki.join("kv-client.key").display()),
     ]
@@ -171,7 +171,7 @@ fn up_serves_stops_and_resumes() {
     let out = etcdctl(
         &ep,
         &[
-            &format!("--cacert={}", pki.join("ca.crt").display()),
+            &format!("--cacert={}", pki.join("store-ca.crt").display()),
             "get",
             "resume-key",
         ],
@@ -391,6 +391,7 @@ fn up_serves_stops_and_resumes() {
     let _node_guards: Vec<PidGuard> = node_pids.iter().map(|p| PidGuard(*p)).collect();
 
     let ca_before = std::fs::read(pki.join("ca.crt")).unwrap();
+    let store_ca_before = std::fs::read(pki.join("store-ca.crt")).unwrap();
     let status = up.terminate(Duration::from_secs(60)).unwrap();
     assert!(
         status.success(),
@@ -434,6 +435,11 @@ fn up_serves_stops_and_resumes() {
         std::fs::read(pki.join("ca.crt")).unwrap(),
         ca_before,
         "CA rotated"
+    );
+    assert_eq!(
+        std::fs::read(pki.join("store-ca.crt")).unwrap(),
+        store_ca_before,
+        "store CA rotated"
     );
     let out = ctl(&ep, &pki, &["get", "resume-key", "--print-value-only"]);
     assert_eq!(
