@@ -19,6 +19,12 @@
 //! grace period (StopContainer's timeout: SIGTERM, then SIGKILL), removes them, stops and
 //! removes the sandbox, removes the pod's volume dir and finally deletes the Pod with grace 0
 //! and a UID precondition. A pod that vanished from the API is torn down the same way, quickly.
+//!
+//! Eviction ([`crate::eviction`]): the eviction manager leaves an `EvictRequest` in [`Shared`]
+//! and wakes the worker, which kills the pod with the request's grace, stops its sandbox and
+//! reports it Failed/Evicted — the worker does it because it alone drives this pod's
+//! containers, so nothing can restart them in between. A new pod (no sandbox, never started)
+//! first passes the eviction admission check under node pressure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
