@@ -768,7 +768,11 @@ fn leases_move_without_reading_previous_values() {
         ..Default::default()
     }));
     assert_eq!(a.response.error, "");
-    assert_eq!(fx.get("k").unwrap().lease, 2, "ignore_lease keeps the old lease");
+    assert_eq!(
+        fx.get("k").unwrap().lease,
+        2,
+        "ignore_lease keeps the old lease"
+    );
     assert_eq!(fx.m.lease_keys(2), vec![b"k".to_vec()]);
     // A put asking for prev_kv still gets it (and its event carries it).
     let a = fx.apply(IReq::Put(PutRequest {

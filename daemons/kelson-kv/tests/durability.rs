@@ -78,7 +78,7 @@ async fn kill9_mid_load_keeps_every_acknowledged_write() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
                 let key = format!("k/{w:02}/{}", n % 7);
                 let value = format!("v{n}");
-                let res = if n % 5 == 0 {
+                let res = if n.is_multiple_of(5) {
                     // A txn write too: its events and revision go through the same path.
                     c.txn(Txn::new().and_then([TxnOp::put(key.clone(), value.clone(), None)]))
                         .await
