@@ -352,6 +352,40 @@ impl WatchCache {
         Ok(())
     }
 
+    /// Every object under `prefix`, from the cache once it holds every write this server made
+    /// (read-your-own-writes without a store round trip: what admission plugins need, where
+    /// upstream reads informers). `None` if the cache does not get there in time.
+    pub async fn list_own_writes(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<Vec<Arc<CachedObject>>>, StorageError> {
+        let s = self.s();
+        let mut prefix = s.store.prepare_key(prefix)?;
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        if !prefix.starts_with(&s.prefix) {
+            return Ok(None);
+        }
+        let want = s.store.last_write_revision().max(1);
+        if !self.wait_for(want, CONSISTENT_WAIT).await {
+            return Ok(None);
+        }
+        let st = s.state.read().map_err(poisoned)?;
+        if !st.ready {
+            return Ok(None);
+        }
+        let page = page(
+            &st,
+            &prefix,
+            Bound::Included(prefix.clone()),
+            st.rev,
+            0,
+            None,
+        )?;
+        Ok(Some(page.items))
+    }
+
     /// Serves a LIST of `prefix` (the resource's prefix or a namespace under it) from the
     /// cache, or `Ok(None)` when it must go to the store (see the module doc for which).
     pub async fn list(

@@ -182,6 +182,9 @@ pub struct UpdateOptions {
 pub struct Storage {
     client: Client,
     config: StorageConfig,
+    /// The newest store revision a write through this storage (any clone) has seen: what a
+    /// watch cache must reach for this server to read its own writes.
+    last_write: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -225,7 +228,11 @@ impl Storage {
         let client = Client::connect(endpoints, Some(opts))
             .await
             .map_err(|e| error::etcd_error(e, "unexpected compaction"))?;
-        Ok(Storage { client, config })
+        Ok(Storage {
+            client,
+            config,
+            last_write: Default::default(),
+        })
     }
 
     /// The bytes to store for the encoded object `plain` at (prefixed) `key`.
@@ -258,6 +265,11 @@ impl Storage {
         rev: i64,
     ) -> Result<serde_json::Value, StorageError> {
         codec::decode(key, &self.open(key, data)?.0, rev)
+    }
+
+    /// The newest revision any write through this storage has observed (0 before the first).
+    pub fn last_write_revision(&self) -> i64 {
+        self.last_write.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The configuration this storage runs with.

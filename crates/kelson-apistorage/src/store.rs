@@ -113,9 +113,16 @@ impl Storage {
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StorageError> {
         let mut kv = self.client.kv_client();
-        self.timed(kv.txn(txn))
+        let resp = self
+            .timed(kv.txn(txn))
             .await?
-            .map_err(|e| etcd_error(e, UNEXPECTED))
+            .map_err(|e| etcd_error(e, UNEXPECTED))?;
+        // Every write is a txn: its header revision is at least the write's.
+        if let Some(h) = resp.header() {
+            self.last_write
+                .fetch_max(h.revision(), std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(resp)
     }
 
     /// The store's current revision (also a reachability check: a linearizable read).

@@ -25,11 +25,11 @@
 //!   `NoExecute` tolerations for 300 s), since it needs no store lookups.
 
 use kelson_apimachinery::ApiError;
-use kelson_apistorage::{ListOptions, StorageError};
+use kelson_apistorage::StorageError;
 use serde_json::{json, Value};
 
 use crate::handlers::key;
-use crate::registry::{self, ResourceExt, ResourceInfo};
+use crate::registry::{self, ResourceInfo};
 use crate::server::Api;
 
 /// Upstream's built-in priority classes: (name, value, description).
@@ -273,14 +273,11 @@ async fn priority(api: &Api, name: &str, pod: &mut Value) -> Result<(), ApiError
             Err(e) => return Err(e.to_api_error(info.group, info.resource, &pc)),
         },
         None => {
-            let prefix = info.key_prefix(&api.root, None);
             let all = api
-                .store
-                .list(&prefix, &ListOptions::default(), None)
+                .admission_list(info, None)
                 .await
                 .map_err(|e| e.to_api_error(info.group, info.resource, ""))?;
             let default = all
-                .items
                 .into_iter()
                 .filter(|c| c["globalDefault"] == true)
                 .min_by_key(|c| c["value"].as_i64().unwrap_or(0));

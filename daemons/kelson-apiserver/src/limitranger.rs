@@ -15,10 +15,9 @@
 //! covers real cpu and memory sizes); the messages quote the strings the objects carry.
 
 use kelson_apimachinery::ApiError;
-use kelson_apistorage::ListOptions;
 use serde_json::{json, Map, Value};
 
-use crate::registry::{self, ResourceExt};
+use crate::registry;
 use crate::server::Api;
 
 /// A Kubernetes quantity (`500m`, `128Mi`, `1.5G`, `1e3`) as a number of units.
@@ -196,15 +195,9 @@ fn check_bounds(pod: &Value, items: &[Value]) -> Vec<String> {
 pub async fn admit_pod(api: &Api, ns: &str, name: &str, pod: &mut Value) -> Result<(), ApiError> {
     let info = registry::lookup("", "v1", "limitranges").expect("limitranges are registered");
     let ranges = api
-        .store
-        .list(
-            &info.key_prefix(&api.root, Some(ns)),
-            &ListOptions::default(),
-            None,
-        )
+        .admission_list(info, Some(ns))
         .await
-        .map_err(|e| e.to_api_error("", "limitranges", ""))?
-        .items;
+        .map_err(|e| e.to_api_error("", "limitranges", ""))?;
     let items = container_items(&ranges);
     if items.is_empty() {
         return Ok(());

@@ -17,7 +17,7 @@
 //! admission yet; the controller's recomputation accounts them.
 
 use kelson_apimachinery::ApiError;
-use kelson_apistorage::{ListOptions, Preconditions};
+use kelson_apistorage::Preconditions;
 use serde_json::{json, Value};
 
 use crate::registry::{self, ResourceExt, ResourceInfo};
@@ -65,15 +65,9 @@ pub async fn admit_create(
     let qinfo =
         registry::lookup("", "v1", "resourcequotas").expect("resourcequotas are registered");
     let quotas = api
-        .store
-        .list(
-            &qinfo.key_prefix(&api.root, Some(ns)),
-            &ListOptions::default(),
-            None,
-        )
+        .admission_list(qinfo, Some(ns))
         .await
-        .map_err(|e| e.to_api_error("", "resourcequotas", ""))?
-        .items;
+        .map_err(|e| e.to_api_error("", "resourcequotas", ""))?;
     let deny = |why: String| ApiError::forbidden_for(info.group, info.resource, name, &why);
     for quota in quotas {
         let qname = quota["metadata"]["name"]

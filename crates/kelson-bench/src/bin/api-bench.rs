@@ -74,6 +74,31 @@ struct Args {
     /// Row groups to run: crud, open, watch, list (list includes RSS). Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Group>,
+    /// Extra kelson-apiserver flag, repeatable (e.g. `--apiserver-arg=--watch-cache=false` for
+    /// the store-only baseline).
+    #[arg(long = "apiserver-arg", allow_hyphen_values = true)]
+    apiserver_args: Vec<String>,
+    /// Drive the open-loop rows over one HTTP/2 connection (as client-go does) instead of the
+    /// kube client's pool of HTTP/1.1 connections (one per request in flight).
+    #[arg(long)]
+    h2: bool,
+}
+
+/// A kube client whose requests share one multiplexed HTTP/2 connection (the stock
+/// `kube::Client` speaks HTTP/1.1 only, so an open loop opens a TLS connection per request in
+/// flight and measures handshakes instead of the server).
+async fn h2_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    use kube::client::ConfigExt;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let connector = config.rustls_https_connector()?;
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let svc = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .service(http);
+    Ok(kube::Client::new(svc, config.default_namespace))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -705,9 +730,14 @@ async fn main() -> anyhow::Result<()> {
     let t_all = Instant::now();
     // The API server runs at `--log-level info` (no per-request lines); the store is kelson-kv
     // with fsync on, as in production.
-    let cp = ControlPlane::start_with(ControlPlaneOpts::default())
-        .await
-        .context("starting kelson-kv + kelson-apiserver (build them first, same profile as this program)")?;
+    let cp = ControlPlane::start_with(ControlPlaneOpts {
+        apiserver_args: a.apiserver_args.clone(),
+        ..ControlPlaneOpts::default()
+    })
+    .await
+    .context(
+        "starting kelson-kv + kelson-apiserver (build them first, same profile as this program)",
+    )?;
     let port = cp
         .server_url()
         .rsplit(':')
@@ -757,7 +787,12 @@ async fn main() -> anyhow::Result<()> {
 
     if groups.contains(&Group::Open) {
         ensure_namespace(&client, "bench-open").await?;
-        let api: Api<Pod> = Api::namespaced(client.clone(), "bench-open");
+        let open_client = if a.h2 {
+            h2_client(cp.kubeconfig_path()).await?
+        } else {
+            client.clone()
+        };
+        let api: Api<Pod> = Api::namespaced(open_client, "bench-open");
         let a2 = api.clone();
         let cpu0 = procs.sample();
         let mut create = open_loop(a.rate, open_dur, move |i| {
