@@ -76,6 +76,34 @@ impl Algorithm {
         }
     }
 
+    /// Like [`Algorithm::schedule`], but pods nominated to a node by an earlier preemption
+    /// (`status.nominatedNodeName`) with a priority at least `pod`'s count as running there
+    /// during this attempt, so a lower- or equal-priority pod cannot take the room a preemptor
+    /// is waiting for (upstream's addNominatedPods). `nominated` = (node name, pod); the pod
+    /// itself is skipped. The snapshot is restored before returning.
+    pub fn schedule_with_nominated(
+        &mut self,
+        pod: Arc<PodInfo>,
+        snap: &mut Snapshot,
+        nominated: &[(String, Arc<PodInfo>)],
+    ) -> Result<usize, FitError> {
+        let mut added: Vec<(usize, String)> = Vec::new();
+        for (node, np) in nominated {
+            if np.uid == pod.uid || np.priority < pod.priority {
+                continue;
+            }
+            if let Some(&i) = snap.index.get(node) {
+                snap.add_pod(i, np.clone());
+                added.push((i, np.uid.clone()));
+            }
+        }
+        let res = self.schedule(pod, snap);
+        for (i, uid) in added.iter().rev() {
+            snap.remove_pod(*i, uid);
+        }
+        res
+    }
+
     /// Finds the best node for `pod`; returns its index in `snap.nodes`.
     pub fn schedule(&mut self, pod: Arc<PodInfo>, snap: &Snapshot) -> Result<usize, FitError> {
         let n = snap.nodes.len();

@@ -318,8 +318,9 @@ pub struct Snapshot {
 pub struct Group {
     /// Any member: all members look the same to the cluster-wide plugins.
     pub rep: Arc<PodInfo>,
-    /// Node name → members on it.
-    pub nodes: HashMap<String, i64>,
+    /// Node index (into [`Snapshot::nodes`]) → members on it. Indices, not names: the
+    /// PreFilter loops over these, and a name would cost a hash and compare per entry.
+    pub nodes: HashMap<usize, i64>,
     pub total: i64,
 }
 
@@ -332,25 +333,25 @@ pub struct PodGroups {
 }
 
 impl PodGroups {
-    pub fn add(&mut self, node: &str, p: &Arc<PodInfo>) {
+    pub fn add(&mut self, node: usize, p: &Arc<PodInfo>) {
         let g = self.groups.entry(p.group.clone()).or_insert_with(|| Group {
             rep: p.clone(),
             nodes: HashMap::new(),
             total: 0,
         });
-        *g.nodes.entry(node.to_string()).or_default() += 1;
+        *g.nodes.entry(node).or_default() += 1;
         g.total += 1;
     }
 
-    pub fn remove(&mut self, node: &str, p: &PodInfo) {
+    pub fn remove(&mut self, node: usize, p: &PodInfo) {
         let Some(g) = self.groups.get_mut(&p.group) else {
             return;
         };
-        if let Some(c) = g.nodes.get_mut(node) {
+        if let Some(c) = g.nodes.get_mut(&node) {
             *c -= 1;
             g.total -= 1;
             if *c <= 0 {
-                g.nodes.remove(node);
+                g.nodes.remove(&node);
             }
         }
         if g.total <= 0 {
@@ -380,9 +381,9 @@ impl Snapshot {
         let mut groups = PodGroups::default();
         let mut domains = HashMap::new();
         let mut images = HashMap::new();
-        for n in &nodes {
+        for (i, n) in nodes.iter().enumerate() {
             for p in &n.pods {
-                groups.add(&n.name, p);
+                groups.add(i, p);
             }
             count_domains(&mut domains, &n.labels, 1);
             count_images(&mut images, &n.images, 1);
@@ -434,7 +435,7 @@ impl Snapshot {
         }
         let mut ni = NodeInfo::new(node);
         for p in pods {
-            self.groups.add(&name, &p);
+            self.groups.add(self.nodes.len(), &p);
             ni.add_pod(p);
         }
         count_domains(&mut self.domains, &ni.labels, 1);
@@ -455,13 +456,17 @@ impl Snapshot {
         self.have_pods_with_affinity.remove(&last);
         let removed = self.nodes.swap_remove(i);
         for p in &removed.pods {
-            self.groups.remove(name, p);
+            self.groups.remove(i, p);
         }
         count_domains(&mut self.domains, &removed.labels, -1);
         count_images(&mut self.images, &removed.images, -1);
         if i < self.nodes.len() {
             let moved = self.nodes[i].name.clone();
             self.index.insert(moved, i);
+            for p in &self.nodes[i].pods {
+                self.groups.remove(last, p);
+                self.groups.add(i, p);
+            }
             self.track_affinity(i);
         }
         Some(Arc::try_unwrap(removed).map_or_else(|a| a.pods.clone(), |n| n.pods))
@@ -469,7 +474,7 @@ impl Snapshot {
 
     /// Adds `p` to node `i`.
     pub fn add_pod(&mut self, i: usize, p: Arc<PodInfo>) {
-        self.groups.add(&self.nodes[i].name, &p);
+        self.groups.add(i, &p);
         Arc::make_mut(&mut self.nodes[i]).add_pod(p);
         self.track_affinity(i);
     }
@@ -479,7 +484,7 @@ impl Snapshot {
         let Some(p) = self.nodes[i].pods.iter().find(|p| p.uid == uid).cloned() else {
             return false;
         };
-        self.groups.remove(&self.nodes[i].name, &p);
+        self.groups.remove(i, &p);
         let removed = Arc::make_mut(&mut self.nodes[i]).remove_pod(uid);
         self.track_affinity(i);
         removed

@@ -466,3 +466,80 @@ fn big_cluster_attempts_are_fast_enough_in_debug() {
     );
     assert!(seen.len() > 1);
 }
+
+#[test]
+fn nominated_pods_hold_their_room_against_lower_priority_pods() {
+    let mut s = snap(vec![
+        node("a", "1", "4Gi", json!(null), json!(null)),
+        node("b", "2", "4Gi", json!(null), json!(null)),
+    ]);
+    // A preemptor of priority 10 waits for node a (1 cpu) with 800m.
+    let preemptor = pod_l("pre", json!({}), cpu("800m"), 10);
+    let nominated = vec![("a".to_string(), preemptor.clone())];
+    let before = format!(
+        "{:?}",
+        s.nodes
+            .iter()
+            .map(|n| n.requested.clone())
+            .collect::<Vec<_>>()
+    );
+    // Without the nomination, LeastAllocated would not matter for a: force a by node name.
+    let low = pod_l(
+        "low",
+        json!({}),
+        json!({"nodeName": "a", "containers": [{"name": "c",
+        "image": "busybox", "resources": {"requests": {"cpu": "500m"}}}]}),
+        5,
+    );
+    let err = alg()
+        .schedule_with_nominated(low.clone(), &mut s, &nominated)
+        .map(|i| s.nodes[i].name.clone())
+        .expect_err("a lower-priority pod must not take the nominated room");
+    assert!(
+        err.message().contains("1 Insufficient cpu"),
+        "{}",
+        err.message()
+    );
+    // The same pod fits when the nomination is gone.
+    assert_eq!(
+        alg()
+            .schedule_with_nominated(low, &mut s, &[])
+            .map(|i| s.nodes[i].name.clone())
+            .unwrap(),
+        "a"
+    );
+    // A higher-priority pod ignores the lower nomination.
+    let high = pod_l(
+        "high",
+        json!({}),
+        json!({"nodeName": "a", "containers": [{"name": "c",
+        "image": "busybox", "resources": {"requests": {"cpu": "500m"}}}]}),
+        20,
+    );
+    assert_eq!(
+        alg()
+            .schedule_with_nominated(high, &mut s, &nominated)
+            .map(|i| s.nodes[i].name.clone())
+            .unwrap(),
+        "a"
+    );
+    // The preemptor itself is not counted against itself.
+    assert_eq!(
+        alg()
+            .schedule_with_nominated(preemptor, &mut s, &nominated)
+            .map(|i| s.nodes[i].name.clone())
+            .unwrap(),
+        "b",
+        "2-cpu b is less allocated"
+    );
+    // The snapshot is restored after each attempt.
+    let after = format!(
+        "{:?}",
+        s.nodes
+            .iter()
+            .map(|n| n.requested.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(before, after);
+    assert!(s.nodes.iter().all(|n| n.pods.is_empty()));
+}

@@ -345,7 +345,7 @@ impl CycleState {
                     continue;
                 }
                 for (node, k) in &g.nodes {
-                    let Some(n) = snap.get(node) else { continue };
+                    let n = &snap.nodes[*node];
                     if !all_eligible && !self.spread_eligible(n) {
                         continue;
                     }
@@ -436,7 +436,7 @@ impl CycleState {
                 continue;
             }
             for (node, k) in &g.nodes {
-                let Some(n) = snap.get(node) else { continue };
+                let n = &snap.nodes[*node];
                 for &(key, w, what) in &adds {
                     let Some(v) = n.labels.get(key) else { continue };
                     let map = match what {

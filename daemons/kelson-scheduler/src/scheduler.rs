@@ -277,6 +277,7 @@ impl Scheduler {
             cache: Cache::new(),
             queue: SchedulingQueue::new(self.opts.initial_backoff, self.opts.max_backoff),
             pending: HashMap::new(),
+            nominated: HashMap::new(),
             algorithms: self
                 .opts
                 .profiles
@@ -352,6 +353,9 @@ struct Loop {
     queue: SchedulingQueue,
     /// Pending pods (no node yet, ours to schedule) by key.
     pending: HashMap<String, Arc<Pod>>,
+    /// Pending pods with `status.nominatedNodeName` (preemptors waiting for their victims):
+    /// key → (node, pod). Other attempts treat them as running there.
+    nominated: HashMap<String, (String, Arc<PodInfo>)>,
     algorithms: HashMap<String, Algorithm>,
     classes: Store<PriorityClass>,
     pdbs: Store<PodDisruptionBudget>,
@@ -429,7 +433,7 @@ impl Loop {
                             .map(|(k, _)| k.clone())
                             .collect();
                         for k in gone {
-                            self.pending.remove(&k);
+                            self.forget_pending(&k);
                             self.queue.remove(&k);
                         }
                     }
@@ -445,7 +449,7 @@ impl Loop {
                 Ok(()) => {
                     self.shared.scheduled_total.fetch_add(1, Ordering::Relaxed);
                     self.queue.remove(&key);
-                    self.pending.remove(&key);
+                    self.forget_pending(&key);
                     tracing::info!(pod = %key, node = %node, "bound");
                 }
                 Err(e) => {
@@ -477,12 +481,12 @@ impl Loop {
             if self.cache.remove_pod(&uid) {
                 self.queue.move_all_to_active_or_backoff(now);
             }
-            self.pending.remove(&key);
+            self.forget_pending(&key);
             self.queue.remove(&key);
             return;
         }
         if let Some(node) = node {
-            self.pending.remove(&key);
+            self.forget_pending(&key);
             self.queue.remove(&key);
             let prio = resolve_priority(&p, &self.classes);
             self.cache.assumed.remove(&uid);
@@ -502,19 +506,39 @@ impl Loop {
             .and_then(|s| s.scheduling_gates.as_ref())
             .is_some_and(|g| !g.is_empty());
         if !self.algorithms.contains_key(name) || p.metadata.deletion_timestamp.is_some() || gated {
-            self.pending.remove(&key);
+            self.forget_pending(&key);
             self.queue.remove(&key);
             return;
         }
         let prio = resolve_priority(&p, &self.classes);
-        self.pending.insert(key.clone(), Arc::new(p));
+        let p = Arc::new(p);
+        match p
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.clone())
+            .filter(|n| !n.is_empty())
+        {
+            Some(node) => {
+                let info = Arc::new(PodInfo::new(p.clone(), prio));
+                self.nominated.insert(key.clone(), (node, info));
+            }
+            None => {
+                self.nominated.remove(&key);
+            }
+        }
+        self.pending.insert(key.clone(), p);
         self.queue.add(&key, prio, now);
+    }
+
+    fn forget_pending(&mut self, key: &str) {
+        self.pending.remove(key);
+        self.nominated.remove(key);
     }
 
     fn pod_deleted(&mut self, p: &Pod, now: Instant) {
         let key = pod_key(p);
         let uid = p.metadata.uid.as_deref().unwrap_or("");
-        self.pending.remove(&key);
+        self.forget_pending(&key);
         self.queue.remove(&key);
         if self.cache.remove_pod(uid) {
             // Freed resources: unschedulable pods may fit now.
@@ -553,9 +577,13 @@ impl Loop {
             return;
         };
         let started = Instant::now();
-        let outcome = alg
-            .schedule(pi.clone(), &self.cache.snap)
-            .map(|i| self.cache.snap.nodes[i].name.clone());
+        let outcome = if self.nominated.is_empty() {
+            alg.schedule(pi.clone(), &self.cache.snap)
+        } else {
+            let nominated: Vec<(String, Arc<PodInfo>)> = self.nominated.values().cloned().collect();
+            alg.schedule_with_nominated(pi.clone(), &mut self.cache.snap, &nominated)
+        }
+        .map(|i| self.cache.snap.nodes[i].name.clone());
         match outcome {
             Ok(node) => {
                 tracing::debug!(pod = %key, node = %node, took = ?started.elapsed(), "scheduled");
@@ -569,6 +597,8 @@ impl Loop {
                 self.cache
                     .add_pod(&node, Arc::new(PodInfo::new(Arc::new(assumed), prio)));
                 self.cache.assumed.insert(uid.clone());
+                // Its nomination is spent: the assumed pod now holds the room itself.
+                self.nominated.remove(key);
                 self.spawn_bind(key.to_string(), pod, uid, node);
             }
             Err(mut fit) => {
