@@ -76,9 +76,21 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-fn median(mut v: Vec<(Duration, Duration)>) -> (Duration, Duration) {
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v.sort();
     v[v.len() / 2]
+}
+
+/// CPU time (user + system) of the waited-for children so far: the `nft` processes, whose
+/// system time includes the kernel's work for them (cache dumps, the commit). Unlike wall
+/// time it does not grow with other processes' load on a shared machine.
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    tv(u.user_time()) + tv(u.system_time())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -101,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "| services | endpoints | rules | full sync ms (nft ms, script KiB) | add 1 service ms (nft ms) | remove 1 endpoint ms (nft ms) |"
+        "| services | endpoints | rules | full sync ms (nft ms, nft CPU ms, script KiB) | add 1 service ms (nft ms, nft CPU ms) | remove 1 endpoint ms (nft ms, nft CPU ms) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
@@ -114,35 +126,48 @@ async fn main() -> anyhow::Result<()> {
         );
         let mut state: State = (0..n).map(service).collect();
         let t = Instant::now();
+        let c = children_cpu();
         let full = p.sync(&state, true).await.context("full sync")?;
         let full_total = t.elapsed();
+        let full_cpu = children_cpu() - c;
         let mut adds = Vec::new();
         let mut removes = Vec::new();
         for r in 0..runs {
             let (k, v) = service(n + r);
             state.insert(k, v);
             let t = Instant::now();
+            let c = children_cpu();
             let s = p.sync(&state, false).await.context("add one")?;
-            adds.push((t.elapsed(), s.apply));
+            adds.push((t.elapsed(), s.apply, children_cpu() - c));
             let victim = service(r).0;
             state.get_mut(&victim).unwrap().endpoints.pop();
             let t = Instant::now();
+            let c = children_cpu();
             let s = p.sync(&state, false).await.context("remove endpoint")?;
-            removes.push((t.elapsed(), s.apply));
+            removes.push((t.elapsed(), s.apply, children_cpu() - c));
         }
-        let (a, an) = median(adds);
-        let (rm, rn) = median(removes);
+        // Medians of each column separately (CPU time is the robust one under load).
+        let col = |v: &[(Duration, Duration, Duration)], i: usize| {
+            median(
+                v.iter()
+                    .map(|t| [t.0, t.1, t.2][i])
+                    .collect::<Vec<Duration>>(),
+            )
+        };
         println!(
-            "| {n} | {} | {} | {} ({}, {}) | {} ({}) | {} ({}) |",
+            "| {n} | {} | {} | {} ({}, {}, {}) | {} ({}, {}) | {} ({}, {}) |",
             n * 10,
             full.rules,
             ms(full_total),
             ms(full.apply),
+            ms(full_cpu),
             full.script_bytes / 1024,
-            ms(a),
-            ms(an),
-            ms(rm),
-            ms(rn)
+            ms(col(&adds, 0)),
+            ms(col(&adds, 1)),
+            ms(col(&adds, 2)),
+            ms(col(&removes, 0)),
+            ms(col(&removes, 1)),
+            ms(col(&removes, 2))
         );
     }
     Ok(())
