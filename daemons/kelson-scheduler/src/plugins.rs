@@ -930,6 +930,8 @@ mod group_prefilter_tests {
     }
 
     type Pairs = Vec<((String, String), i64)>;
+    /// (spread counts per constraint, spread minimum per constraint, affinity maps).
+    type Brute = (Vec<Vec<(String, i64)>>, Vec<i64>, [Pairs; 4]);
 
     fn sorted(m: &HashMap<(String, String), i64>) -> Pairs {
         let mut v: Pairs = m
@@ -942,7 +944,7 @@ mod group_prefilter_tests {
     }
 
     /// The previous implementation: every pod on every node.
-    fn brute(st: &CycleState, snap: &Snapshot) -> (Vec<Vec<(String, i64)>>, Vec<i64>, [Pairs; 4]) {
+    fn brute(st: &CycleState, snap: &Snapshot) -> Brute {
         let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); st.constraints.len()];
         for n in &snap.nodes {
             if !st.spread_eligible(n) {
