@@ -8,16 +8,19 @@
 //!    `topology.kubernetes.io/zone`) runs real containers (containerd + runc inside the VMs) on
 //!    both workers, and its ClusterIP Service answers from a pod with both backends (so
 //!    traffic crosses zones: pod → kelson-proxy's DNAT → router → the other VM → its pod).
+//!    Its LoadBalancer Service gets an address from the description's pool (on the VIP's
+//!    segment, where every worker has a NIC) and answers the host with both backends.
 //! 3. `lab kill worker-b` (SIGKILL to QEMU: power loss) → the node goes Ready=Unknown within
 //!    the controller-manager's grace period; `lab start worker-b` boots the same disk again →
-//!    the node is Ready and the Service answers from both zones again.
+//!    the node is Ready, worker-b runs a new container, and both Services answer from both
+//!    zones again.
 //! 4. `lab down` → no QEMU process, namespace, tap, overlay or image of the lab is left.
 //!
 //! Eviction after a worker loss (the rest of acceptance 4) is not asserted: with one worker
 //! per zone, the controller-manager treats the dead worker's zone as fully disrupted and
 //! withholds the NoExecute taint (see docs/lab.md).
 //!
-//! Takes about 6-8 minutes on 2 cores (TCG boots and a debug kubelet under emulation); the
+//! Takes about 13 minutes on 2 cores at load 9 (TCG boots and a debug kubelet under emulation); the
 //! first run also builds the cached images (scripts/nspawn-rootfs.sh, scripts/vm-image.sh: a
 //! few minutes each, network to a Debian mirror) and fetches QEMU (scripts/qemu-fetch.sh).
 //! Needs root, every Kelson binary in target/debug, kubectl, ssh and qemu-img.

@@ -17,7 +17,8 @@
 //! nspawn on these hosts. Each boots a qcow2 overlay of the lab's worker image (the cached
 //! `scripts/vm-image.sh` tree with Kelson installed), with a tap on its zone's bridge, and is
 //! provisioned over ssh with the lab's key ([`provision::workers`]): its rendered `etc/kelson`,
-//! the test images imported into containerd, `kelson-node.target` enabled and started. `up`
+//! the test images imported into containerd, `kelson-node.target` enabled and started (and
+//! the speaker, on a second NIC on the VIP's segment, for LoadBalancer addresses). `up`
 //! boots at most [`MAX_BOOTING`] VMs at once (each booting VM keeps a core busy).
 
 pub mod cmd;
