@@ -123,8 +123,9 @@ rec {
           service-account-issuer = "https://kubernetes.default.svc.${c.domain}";
           enable-bootstrap-token-auth = true;
           audit-log-path = "/var/log/kelson/audit.log";
+          audit-log-maxage = 30;
           audit-log-maxsize = 100;
-          audit-log-maxbackup = 5;
+          audit-log-maxbackup = 10;
           audit-policy-file = pki "audit-policy.yaml";
           encryption-provider-config = pki "encryption-config.yaml";
           kubelet-client-certificate = pki "apiserver-kubelet-client.crt";
