@@ -8,6 +8,7 @@ use common::Env;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -481,4 +482,60 @@ async fn node_lifecycle_taints_and_evicts() {
     }
     let after: usize = on("n3").await.unwrap() + on("n4").await.unwrap() + on("n5").await.unwrap();
     assert_eq!(before, after, "no evictions in a fully disrupted zone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_conditions_and_cordon_become_noschedule_taints() {
+    let env = Env::start(&["--node-monitor-period=500ms"], &[("n1", "a")]).await;
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let conditions = |memory: &str| {
+        let now = Timestamp::now().to_string();
+        json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now},
+            {"type": "MemoryPressure", "status": memory, "reason": "KubeletHasInsufficientMemory", "lastHeartbeatTime": now, "lastTransitionTime": now},
+            {"type": "DiskPressure", "status": "False", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+    };
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(conditions("True")),
+        )
+        .await
+        .unwrap();
+    env.kubectl(&["cordon", "n1"]);
+    let n = env
+        .wait("pressure and cordon taints", 30, || async {
+            let n = nodes.get("n1").await.ok()?;
+            (has_taint(&n, "node.kubernetes.io/memory-pressure", "NoSchedule")
+                && has_taint(&n, "node.kubernetes.io/unschedulable", "NoSchedule"))
+            .then_some(n)
+        })
+        .await;
+    // Only what the conditions say: no disk-pressure, and a Ready node is not tainted not-ready.
+    assert!(!has_taint(
+        &n,
+        "node.kubernetes.io/disk-pressure",
+        "NoSchedule"
+    ));
+    assert!(!has_taint(&n, "node.kubernetes.io/not-ready", "NoSchedule"));
+    // The condition clears and the node is uncordoned: both taints go, nothing else is touched.
+    env.kubectl(&["taint", "node", "n1", "example.com/keep=yes:NoSchedule"]);
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(conditions("False")),
+        )
+        .await
+        .unwrap();
+    env.kubectl(&["uncordon", "n1"]);
+    env.wait("taints lifted", 30, || async {
+        let n = nodes.get("n1").await.ok()?;
+        (!has_taint(&n, "node.kubernetes.io/memory-pressure", "NoSchedule")
+            && !has_taint(&n, "node.kubernetes.io/unschedulable", "NoSchedule")
+            && has_taint(&n, "example.com/keep", "NoSchedule"))
+        .then_some(())
+    })
+    .await;
 }

@@ -34,6 +34,37 @@ use crate::queue::WorkQueue;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// The taint of a cordoned node (`spec.unschedulable`).
+pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// Node condition type → the NoSchedule taint it carries while True, as upstream's node
+/// lifecycle controller maps them.
+pub const CONDITION_TAINTS: &[(&str, &str)] = &[
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
+
+/// The NoSchedule taints a node's conditions and cordon call for.
+pub fn condition_taints(n: &Node) -> Vec<(&'static str, &'static str)> {
+    let conds = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let mut want: Vec<(&'static str, &'static str)> = CONDITION_TAINTS
+        .iter()
+        .filter(|(ty, _)| conds.iter().any(|c| c.type_ == *ty && c.status == "True"))
+        .map(|(_, key)| (*key, "NoSchedule"))
+        .collect();
+    if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+        want.push((UNSCHEDULABLE, "NoSchedule"));
+    }
+    want
+}
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const LEASE_NS: &str = "kube-node-lease";
 
@@ -200,7 +231,16 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
                 want.push((key, "NoExecute"));
             }
         }
-        let managed = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+        // TaintNodesByCondition: a pressure or network condition that is True, and a cordoned
+        // node, keep new pods away (NoSchedule only; eviction under pressure is the kubelet's,
+        // and NodeRestriction does not let a kubelet taint its own node).
+        want.extend(condition_taints(n));
+        let managed = |t: &Taint| {
+            t.key == UNREACHABLE
+                || t.key == NOT_READY
+                || CONDITION_TAINTS.iter().any(|(_, k)| t.key == *k)
+                || t.key == UNSCHEDULABLE
+        };
         let cur: Vec<Taint> = n
             .spec
             .as_ref()
