@@ -48,6 +48,9 @@ pub use config::{DnsConfig, DnsFlags};
 use forward::{Forwarder, ForwarderOptions};
 use zone::{Zone, ZoneState};
 
+/// Longest a burst of events is applied before a snapshot is published.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
 /// How long to wait for the first sync before serving anyway (CoreDNS waits 5 s too).
 const SYNC_GRACE: Duration = Duration::from_secs(5);
 
@@ -88,8 +91,8 @@ enum ZoneEvent {
 
 /// Applies watch events to the [`ZoneState`] and publishes a snapshot after each burst.
 ///
-/// Events that are already queued are applied before publishing, so a burst (an initial
-/// list, a relist, a rollout) costs one snapshot copy. Nothing is published before both
+/// Events that are already queued are applied before publishing (for at most
+/// [`PUBLISH_EVERY`]), so a burst (an initial list, a relist, a rollout) costs one snapshot. Nothing is published before both
 /// initial lists are complete, so the first snapshot is never a partial zone.
 async fn zone_loop(
     dns: Arc<Dns>,
@@ -127,7 +130,12 @@ async fn zone_loop(
                     }
                 },
             }
-            next = events.try_recv().ok();
+            // Publish at least every 100 ms even under a steady flood of events.
+            next = if started.elapsed() < PUBLISH_EVERY {
+                events.try_recv().ok()
+            } else {
+                None
+            };
         }
         if svc_synced && eps_synced {
             dns.set_zone(state.snapshot(true));
