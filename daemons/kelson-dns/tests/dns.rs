@@ -328,6 +328,43 @@ async fn cluster_records_forwarding_cache_and_bad_input() {
     );
     let m = udp(listen, "web.default.svc.cluster.local", RecordType::MX).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+
+    // Live updates (watch events applied to the zone incrementally): a Service created while
+    // serving resolves, and NXDOMAIN again after it is deleted.
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), "default");
+    let late = svcs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "late"},
+                "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .expect("create late");
+    let late_ip = late.spec.unwrap().cluster_ip.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = udp(listen, "late.default.svc.cluster.local", RecordType::A).await;
+        if data(&m) == [late_ip.clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "late never resolved: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    svcs.delete("late", &Default::default())
+        .await
+        .expect("delete late");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = udp(listen, "late.default.svc.cluster.local", RecordType::A).await;
+        if m.metadata.response_code == ResponseCode::NXDomain {
+            break;
+        }
+        assert!(Instant::now() < deadline, "late still answers: {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(m.answers.is_empty());
     assert!(m
         .authorities
