@@ -30,6 +30,14 @@
 //! function that unit tests can compare against expected lines. The `nftables` crate would
 //! also shell out to `nft` (with JSON), so it would only add a serialization layer.
 //!
+//! Its price, measured at 10k services (docs/benchmarks.md): `nft` 1.0.6 fills its cache
+//! (every chain and set of the table) before each transaction, about two thirds of the ~100 ms
+//! of CPU an add-one costs; the same batch sent over raw netlink costs ~25 ms, the kernel's
+//! table validation. libnftables in-process would not help (1.0.6 drops its cache whenever
+//! the ruleset generation moved, and our own commits move it). The way to the 50 ms target is
+//! to encode the incremental transactions as netlink batches ourselves, keeping this text
+//! form for full syncs and as the reference the encoder is tested against.
+//!
 //! Incremental updates: [`render_service`] turns one service port into its chains, sets and
 //! map elements ([`ServiceRules`]); [`diff_script`] compares the previously programmed
 //! [`Programmed`] with the new one and emits only the chains of changed services, the map
