@@ -84,6 +84,18 @@ pub struct CmFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unhealthy_zone_threshold: Option<f64>,
+    /// Nodes per second given the NoExecute taint (evicted) in a healthy or fully disrupted zone.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_eviction_rate: Option<f64>,
+    /// Nodes per second evicted in a partially disrupted zone of a large cluster.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_node_eviction_rate: Option<f64>,
+    /// Zones with at most this many nodes stop evicting when partially disrupted.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub large_cluster_size_threshold: Option<u32>,
     /// Allocate a podCIDR per node from --cluster-cidr.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +139,9 @@ pub struct CmConfig {
     pub node_monitor_grace_period: String,
     pub node_monitor_period: String,
     pub unhealthy_zone_threshold: f64,
+    pub node_eviction_rate: f64,
+    pub secondary_node_eviction_rate: f64,
+    pub large_cluster_size_threshold: u32,
     pub allocate_node_cidrs: bool,
     pub cluster_cidr: Option<String>,
     pub node_cidr_mask_size: u8,
@@ -150,6 +165,9 @@ impl Default for CmConfig {
             node_monitor_grace_period: "50s".into(),
             node_monitor_period: "5s".into(),
             unhealthy_zone_threshold: 0.55,
+            node_eviction_rate: 0.1,
+            secondary_node_eviction_rate: 0.01,
+            large_cluster_size_threshold: 50,
             allocate_node_cidrs: false,
             cluster_cidr: None,
             node_cidr_mask_size: 24,
@@ -172,6 +190,23 @@ impl CmConfig {
         if self.allocate_node_cidrs && self.cluster_cidr.is_none() {
             bail!("--allocate-node-cidrs requires --cluster-cidr");
         }
+        for (flag, rate) in [
+            ("node-eviction-rate", self.node_eviction_rate),
+            (
+                "secondary-node-eviction-rate",
+                self.secondary_node_eviction_rate,
+            ),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                bail!("--{flag}: {rate} is not a rate (nodes per second, >= 0)");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.unhealthy_zone_threshold) {
+            bail!(
+                "--unhealthy-zone-threshold: {} is not a fraction in [0, 1]",
+                self.unhealthy_zone_threshold
+            );
+        }
         if let Some(c) = &self.cluster_cidr {
             controllers::nodelifecycle::parse_cidr(c)
                 .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
@@ -190,6 +225,9 @@ impl CmConfig {
             },
             node_cidr_mask_size: self.node_cidr_mask_size,
             unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+            node_eviction_rate: self.node_eviction_rate,
+            secondary_node_eviction_rate: self.secondary_node_eviction_rate,
+            large_cluster_size_threshold: self.large_cluster_size_threshold as usize,
             cluster_signing: controllers::csrsigning::load_from(
                 self.cluster_signing_cert_file.as_deref(),
                 self.cluster_signing_key_file.as_deref(),

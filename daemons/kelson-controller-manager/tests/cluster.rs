@@ -353,6 +353,7 @@ async fn node_lifecycle_taints_and_evicts() {
             "--node-monitor-grace-period=3s",
             "--node-monitor-period=500ms",
             "--cluster-cidr=10.244.0.0/16",
+            "--node-eviction-rate=0.25",
         ],
         &[
             ("n1", "a"),
@@ -447,41 +448,71 @@ async fn node_lifecycle_taints_and_evicts() {
     })
     .await;
 
-    // A whole zone going dark: NoSchedule only, no NoExecute, no eviction.
-    let before: usize = on("n3").await.unwrap() + on("n4").await.unwrap() + on("n5").await.unwrap();
+    // A whole zone going dark while another zone is healthy: upstream evicts it, but at
+    // --node-eviction-rate (0.25 nodes/s here), one node at a time.
     for n in ["n3", "n4", "n5"] {
         env.nodes.stop(n);
     }
-    env.wait("zone b Unknown", 30, || async {
+    let tainted = env
+        .wait("zone b tainted NoExecute, node by node", 60, || async {
+            let l = nodes.list(&ListParams::default()).await.ok()?.items;
+            let mut added: Vec<i64> = Vec::new();
+            for n in &l {
+                if !["n3", "n4", "n5"].contains(&n.metadata.name.as_deref().unwrap_or_default()) {
+                    continue;
+                }
+                let t = n.spec.as_ref()?.taints.as_ref()?.iter().find(|t| {
+                    t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"
+                })?;
+                added.push(t.time_added.as_ref()?.0.as_second());
+            }
+            added.sort();
+            (added.len() == 3).then_some(added)
+        })
+        .await;
+    for w in tainted.windows(2) {
+        // 4 s apart by the limiter; timeAdded has whole seconds.
+        assert!(
+            w[1] - w[0] >= 3,
+            "NoExecute taints not rate limited: {tainted:?}"
+        );
+    }
+    env.wait("zone b's pods replaced in zone a", 60, || async {
+        let elsewhere = on("n2").await.ok()?;
+        (elsewhere == 5).then_some(())
+    })
+    .await;
+
+    // Every zone dark: the controller trusts its own view no more, adds no NoExecute and takes
+    // back the ones it set, so nothing more is evicted.
+    env.nodes.stop("n2");
+    env.wait("no NoExecute when every zone is down", 30, || async {
         let l = nodes.list(&ListParams::default()).await.ok()?.items;
-        let all = l
-            .iter()
-            .filter(|n| {
-                ["n3", "n4", "n5"].contains(&n.metadata.name.as_deref().unwrap_or_default())
-            })
-            .all(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "Unknown")
-                    })
-                    && has_taint(n, "node.kubernetes.io/unreachable", "NoSchedule")
-            });
-        all.then_some(())
+        let all_unknown_no_execute_free = l.iter().all(|n| {
+            has_taint(n, "node.kubernetes.io/unreachable", "NoSchedule")
+                && !has_taint(n, "node.kubernetes.io/unreachable", "NoExecute")
+        });
+        all_unknown_no_execute_free.then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    for n in ["n3", "n4", "n5"] {
-        let node = nodes.get(n).await.unwrap();
-        assert!(
-            !has_taint(&node, "node.kubernetes.io/unreachable", "NoExecute"),
-            "{n} got NoExecute in a dark zone"
-        );
-    }
-    let after: usize = on("n3").await.unwrap() + on("n4").await.unwrap() + on("n5").await.unwrap();
-    assert_eq!(before, after, "no evictions in a fully disrupted zone");
+    assert_eq!(
+        on("n2").await.unwrap(),
+        5,
+        "no evictions when every zone is down"
+    );
+}
+
+#[test]
+fn zone_states_and_eviction_rates_follow_upstream() {
+    use kelson_controller_manager::controllers::nodelifecycle::{zone_state, ZoneState};
+    assert_eq!(zone_state(3, 0, 0.55), ZoneState::Normal);
+    assert_eq!(zone_state(1, 1, 0.55), ZoneState::FullDisruption);
+    assert_eq!(zone_state(5, 5, 0.55), ZoneState::FullDisruption);
+    // Two unhealthy nodes are never a partial disruption, whatever the fraction.
+    assert_eq!(zone_state(3, 2, 0.55), ZoneState::Normal);
+    assert_eq!(zone_state(5, 3, 0.55), ZoneState::PartialDisruption);
+    assert_eq!(zone_state(10, 3, 0.55), ZoneState::Normal);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,6 +182,12 @@ pub struct Settings {
     pub cluster_cidr: Option<String>,
     pub node_cidr_mask_size: u8,
     pub unhealthy_zone_threshold: f64,
+    /// `--node-eviction-rate`: nodes/s tainted NoExecute in a normal or fully disrupted zone.
+    pub node_eviction_rate: f64,
+    /// `--secondary-node-eviction-rate`: nodes/s in a partially disrupted large zone.
+    pub secondary_node_eviction_rate: f64,
+    /// `--large-cluster-size-threshold`.
+    pub large_cluster_size_threshold: usize,
     /// The CA csrsigning issues with (`--cluster-signing-cert-file`/`-key-file`).
     pub cluster_signing: Option<Arc<csrsigning::Signer>>,
 }

@@ -8,10 +8,17 @@
 //! NoExecute); a node reporting Ready=False gets `node.kubernetes.io/not-ready`. Taints go
 //! away when the node is healthy again.
 //!
-//! Zone awareness: nodes are grouped by `topology.kubernetes.io/zone`. When at least
-//! `--unhealthy-zone-threshold` of a zone's nodes (and more than two) are unhealthy — or every
-//! node in the cluster is — the zone is disrupted: the NoExecute taint is withheld there, so a
-//! network partition does not evict a whole zone's workload at once.
+//! Zone awareness, as upstream's node lifecycle controller: nodes are grouped by
+//! `topology.kubernetes.io/zone` and each zone has a state — FullDisruption (no ready node),
+//! PartialDisruption (more than two unhealthy nodes and at least `--unhealthy-zone-threshold`
+//! of them) or Normal. NoExecute taints are added through a per-zone rate limiter (token bucket,
+//! burst one): `--node-eviction-rate` nodes/s in Normal and FullDisruption zones,
+//! `--secondary-node-eviction-rate` in a PartialDisruption zone larger than
+//! `--large-cluster-size-threshold` nodes and none in a smaller one. When every zone is fully
+//! disrupted the controller assumes its own view is what failed (a partition of the control
+//! plane): it adds no NoExecute taint anywhere and removes the ones it set. So a dead zone
+//! is evicted one node at a time while others are healthy, and a cluster-wide outage evicts
+//! nothing.
 //!
 //! Eviction (the NoExecute taint manager): a pod on a node with a NoExecute taint it does not
 //! tolerate is deleted; one that tolerates it for `tolerationSeconds` is deleted that long after
@@ -88,10 +95,12 @@ pub fn controller(ctx: &Ctx) -> Controller {
     });
     let c = ctx.clone();
     let probes: Arc<Mutex<HashMap<String, Probe>>> = Arc::default();
+    // Per zone: when its NoExecute limiter has its next token.
+    let limiters: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let period = ctx.settings.node_monitor_period;
     Controller::new("node-lifecycle-controller", queue, 1, move |_| {
-        let (c, p) = (c.clone(), probes.clone());
-        async move { monitor(&c, &p).await }
+        let (c, p, l) = (c.clone(), probes.clone(), limiters.clone());
+        async move { monitor(&c, &p, &l).await }
     })
     .resync(period, || vec!["nodes".into()])
 }
@@ -112,7 +121,51 @@ fn has_taint(n: &Node, key: &str, effect: &str) -> bool {
         .is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == effect))
 }
 
-async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Option<Duration>> {
+/// A zone's health, as upstream's `ComputeZoneState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZoneState {
+    Normal,
+    PartialDisruption,
+    FullDisruption,
+}
+
+/// The state of a zone with `total` nodes of which `unhealthy` are not ready or unreachable.
+pub fn zone_state(total: usize, unhealthy: usize, threshold: f64) -> ZoneState {
+    let ready = total.saturating_sub(unhealthy);
+    if ready == 0 && unhealthy > 0 {
+        ZoneState::FullDisruption
+    } else if unhealthy > 2 && unhealthy as f64 / total as f64 >= threshold {
+        ZoneState::PartialDisruption
+    } else {
+        ZoneState::Normal
+    }
+}
+
+/// Nodes per second a zone may have tainted NoExecute (upstream's `setLimiterInZone` with
+/// `HealthyQPSFunc`/`ReducedQPSFunc`).
+pub fn zone_eviction_rate(
+    state: ZoneState,
+    zone_size: usize,
+    all_fully_disrupted: bool,
+    s: &super::Settings,
+) -> f64 {
+    if all_fully_disrupted {
+        return 0.0;
+    }
+    match state {
+        ZoneState::Normal | ZoneState::FullDisruption => s.node_eviction_rate,
+        ZoneState::PartialDisruption if zone_size > s.large_cluster_size_threshold => {
+            s.secondary_node_eviction_rate
+        }
+        ZoneState::PartialDisruption => 0.0,
+    }
+}
+
+async fn monitor(
+    ctx: &Ctx,
+    probes: &Mutex<HashMap<String, Probe>>,
+    limiters: &Mutex<HashMap<String, Instant>>,
+) -> Result<Option<Duration>> {
     let grace = ctx.settings.node_monitor_grace_period;
     let nodes = ctx.inf.nodes.list();
     // 1. Health per node, on our clock.
@@ -169,14 +222,23 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
         e.0 += 1;
         e.1 += usize::from(bad);
     }
-    let all_down = !nodes.is_empty() && zones.values().all(|(t, b)| t == b);
-    let disrupted = |z: &str| {
-        all_down
-            || zones.get(z).is_some_and(|(t, b)| {
-                (*b as f64) / (*t as f64) >= ctx.settings.unhealthy_zone_threshold
-                    && (*b > 2 || b == t)
-            })
+    let states: BTreeMap<&str, (usize, ZoneState)> = zones
+        .iter()
+        .map(|(z, (t, b))| {
+            let st = zone_state(*t, *b, ctx.settings.unhealthy_zone_threshold);
+            (z.as_str(), (*t, st))
+        })
+        .collect();
+    let all_fully_disrupted = !states.is_empty()
+        && states
+            .values()
+            .all(|(_, s)| *s == ZoneState::FullDisruption);
+    let rate_in = |z: &str| {
+        states.get(z).map_or(0.0, |(size, st)| {
+            zone_eviction_rate(*st, *size, all_fully_disrupted, &ctx.settings)
+        })
     };
+    let mut again: Option<Duration> = None;
     // 3. Conditions and taints.
     let api: Api<Node> = Api::all(ctx.client.clone());
     let now = Time(Timestamp::now());
@@ -227,7 +289,29 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
         let mut want: Vec<(&str, &str)> = Vec::new();
         if let Some(key) = problem {
             want.push((key, "NoSchedule"));
-            if !disrupted(&zone) {
+            // Already evicting (under either key: a swap is not a new eviction) unless the
+            // whole cluster is dark; otherwise only when the zone's limiter has a token.
+            let evicting =
+                has_taint(n, UNREACHABLE, "NoExecute") || has_taint(n, NOT_READY, "NoExecute");
+            let rate = rate_in(&zone);
+            let allowed = !all_fully_disrupted
+                && (evicting || {
+                    let mut lim = limiters.lock();
+                    let now_i = Instant::now();
+                    match lim.get(&zone) {
+                        _ if rate <= 0.0 => false,
+                        Some(next) if *next > now_i => {
+                            let wait = *next - now_i;
+                            again = Some(again.map_or(wait, |a| a.min(wait)));
+                            false
+                        }
+                        _ => {
+                            lim.insert(zone.clone(), now_i + Duration::from_secs_f64(1.0 / rate));
+                            true
+                        }
+                    }
+                });
+            if allowed {
                 want.push((key, "NoExecute"));
             }
         }
@@ -272,7 +356,6 @@ async fn monitor(ctx: &Ctx, probes: &Mutex<HashMap<String, Probe>>) -> Result<Op
         }
     }
     // 4. NoExecute eviction.
-    let mut again: Option<Duration> = None;
     for n in &nodes {
         let taints: Vec<Taint> = n
             .spec
