@@ -730,12 +730,9 @@ async fn main() -> anyhow::Result<()> {
     let t_all = Instant::now();
     // The API server runs at `--log-level info` (no per-request lines); the store is kelson-kv
     // with fsync on, as in production.
-    let cp = ControlPlane::start_with(ControlPlaneOpts {
-        apiserver_args: a.apiserver_args.clone(),
-        ..ControlPlaneOpts::default()
-    })
-    .await
-    .context(
+    let mut opts = ControlPlaneOpts::default();
+    opts.apiserver_args.clone_from(&a.apiserver_args);
+    let cp = ControlPlane::start_with(opts).await.context(
         "starting kelson-kv + kelson-apiserver (build them first, same profile as this program)",
     )?;
     let port = cp
