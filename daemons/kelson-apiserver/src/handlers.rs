@@ -12,6 +12,12 @@
 //! deletionGracePeriodSeconds); removing its last finalizer through update/patch deletes it.
 //! Namespaces are finalized here too (there is no namespace controller yet): a deleted
 //! namespace turns Terminating, its contents are deleted in the background, then it goes.
+//!
+//! Reads: LIST and watch go through the resource's watch cache (`Api::cache`, kelson-apistorage
+//! `cache`) unless `--watch-cache=false`: a JSON list is spliced from the cache's encoded
+//! objects, a JSON watch writes the cache's shared event frames; Table, YAML and
+//! `PartialObjectMetadata` decode the cached bytes. What the cache cannot serve (exact
+//! versions, stale continue tokens, watches from before its ring) falls back to the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //!
 //! Negotiation follows the API server's rules as kubectl exercises them: `Accept` is a list of
 //! media ranges tried in order; `application/json` with `as=Table;g=meta.k8s.io;v=v1` (or
-//! v1beta1) asks for a server-side Table; `application/yaml` for YAML; protobuf and anything
+//! v1beta1) asks for a server-side Table, `as=PartialObjectMetadata(List)` for metadata only;
+//! `application/yaml` for YAML; protobuf and anything
 //! else we do not speak is skipped, and if nothing matches the answer is 406. Request bodies
 //! are JSON or YAML (415 otherwise) and at most 3 MiB (413), read with a hard cap so a huge
 //! body is refused before it is buffered.
