@@ -382,7 +382,10 @@ async fn cronjob_fires_missed_schedule() {
     let mut same = 0;
     for n in &names {
         let m: i64 = n.strip_prefix("tick-").unwrap().parse().unwrap();
-        assert!(m >= minutes, "job {n} is older than the missed schedule: {names:?}");
+        assert!(
+            m >= minutes,
+            "job {n} is older than the missed schedule: {names:?}"
+        );
         same += usize::from(m == minutes);
     }
     assert_eq!(same, 1, "one job per schedule time: {names:?}");
