@@ -11,8 +11,10 @@
 
 pub mod client;
 pub mod duration;
+pub mod flags;
 
 pub use client::client_from_kubeconfig;
+pub use flags::LeaderElectFlags;
 
 use std::time::{Duration, Instant};
 

@@ -40,30 +40,10 @@ pub struct CmFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<PathBuf>,
-    /// Start a leader election client and gain leadership before running controllers.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect: Option<bool>,
-    /// How long a non-leader waits after the last renewal before taking over (e.g. 15s).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_lease_duration: Option<String>,
-    /// How long the leader keeps retrying renewal before stepping down (e.g. 10s).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_renew_deadline: Option<String>,
-    /// Wait between acquire/renew attempts (e.g. 2s).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_retry_period: Option<String>,
-    /// Namespace of the leader election Lease.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_resource_namespace: Option<String>,
-    /// Name of the leader election Lease.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_resource_name: Option<String>,
+    /// `--leader-elect*`, as upstream's.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub leader: kelson_kube::LeaderElectFlags,
     /// Controllers to enable: `*` for the defaults, `foo` to enable, `-foo` to disable.
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -20,30 +20,10 @@ pub struct SchedulerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<PathBuf>,
-    /// Start a leader election client and gain leadership before scheduling.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect: Option<bool>,
-    /// How long non-leaders wait after observing a renewal before trying to take over (e.g. 15s).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_lease_duration: Option<String>,
-    /// How long the leader retries renewing before giving up (e.g. 10s).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_renew_deadline: Option<String>,
-    /// How long clients wait between attempts to acquire or renew (e.g. 2s).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_retry_period: Option<String>,
-    /// Namespace of the leader election Lease.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_resource_namespace: Option<String>,
-    /// Name of the leader election Lease.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leader_elect_resource_name: Option<String>,
+    /// `--leader-elect*`, as upstream's.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub leader: kelson_kube::LeaderElectFlags,
     /// Percentage of feasible nodes to look for in big clusters (0 = adaptive).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
