@@ -32,7 +32,28 @@ async fn removed_member_stops_itself_and_stays_out() {
         .iter()
         .position(|m| m.name == victim_name)
         .expect("victim is one of ours");
-    let left = client
+    // Through the leader: a member asked to remove itself applies the change and stops, and
+    // the in-flight reply can be lost with it (the client then times out). Which member a
+    // load-balanced client picks is chance, so ask one that stays.
+    let leader_name = members
+        .members()
+        .iter()
+        .find(|m| m.id() == leader)
+        .expect("the leader is a member")
+        .name()
+        .to_string();
+    let leader_idx = cluster
+        .members()
+        .iter()
+        .position(|m| m.name == leader_name)
+        .expect("leader is one of ours");
+    let mut via_leader = etcd_client::Client::connect(
+        [cluster.endpoint(leader_idx)],
+        Some(cluster.connect_options().unwrap()),
+    )
+    .await
+    .expect("client to the leader");
+    let left = via_leader
         .member_remove(victim_id)
         .await
         .expect("member remove");
