@@ -42,6 +42,38 @@ pub use peer::PeerApiServer;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound, read, released).
 pub fn free_port() -> u16 {
+    // Picked below the kernel's ephemeral range (32768+ by default) and below the NodePort
+    // range (30000-32767): a port the kernel hands out as `:0` is also what it gives the next
+    // outgoing connection as a source port, so between this check and the daemon's bind some
+    // other test's client could take it (seen in CI as a store member failing to bind).
+    // Random per process (pid, time, counter), bind-checked; `:0` is the fallback.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    for _ in 0..64 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // splitmix64: cheap, well-spread; no need for a crate here.
+        let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let port = 20_000 + (z % 10_000) as u16;
+        // Never the same port twice in one process: callers take several before binding any.
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
