@@ -4,16 +4,16 @@
 #
 #   scripts/nspawn-rootfs.sh DIR
 #
-# Cache: DIR is reused when it holds the marker file written as the very last step, and the
-# marker names the same package set; anything else (an interrupted run, an older package set)
-# is removed and built again. CI therefore pays for debootstrap (a few minutes) once per run.
-# Concurrent callers (tests run in parallel) serialize on DIR.lock, so the second one waits and
-# then finds the finished tree.
+# Cache (scripts/lib/cache.sh): DIR is reused while its marker names the same package set;
+# anything else is built again, so CI pays for debootstrap (a few minutes) once per run.
+# Concurrent callers (tests run in parallel) serialize on DIR.lock.
 #
 # Needs root, debootstrap and network access to a Debian mirror (KELSON_DEBIAN_MIRROR,
 # default http://deb.debian.org/debian). Packages: scripts/setup.sh installs debootstrap and
 # systemd-container.
 set -euo pipefail
+# shellcheck source=lib/cache.sh
+. "$(dirname "$0")/lib/cache.sh"
 
 if [ $# -ne 1 ]; then
   echo "usage: $0 DIR" >&2
@@ -38,17 +38,12 @@ command -v debootstrap >/dev/null || {
   exit 1
 }
 
-mkdir -p "$(dirname "$dir")"
-exec 9>"$dir.lock"
-flock 9
-
-if [ -f "$dir/$marker" ] && [ "$(cat "$dir/$marker")" = "$stamp" ]; then
+cache_lock "$dir"
+if cache_fresh "$dir" "$marker" "$stamp"; then
   echo "nspawn-rootfs: reusing $dir"
   exit 0
 fi
-
-rm -rf "$dir" "$dir.tmp"
-start=$(date +%s)
+cache_start "$dir"
 echo "nspawn-rootfs: debootstrap $suite into $dir (a few minutes)"
 if ! debootstrap --variant=minbase --include="$include" "$suite" "$dir.tmp" "$mirror" \
     >"$dir.debootstrap.log" 2>&1; then
@@ -68,6 +63,5 @@ echo kelson-machine >"$dir.tmp/etc/hostname"
 ln -sf /dev/null "$dir.tmp/etc/systemd/system/console-getty.service"
 ln -sf /dev/null "$dir.tmp/etc/systemd/system/getty@.service"
 
-echo "$stamp" >"$dir.tmp/$marker"
-mv "$dir.tmp" "$dir"
-echo "nspawn-rootfs: built $dir in $(( $(date +%s) - start )) s"
+cache_finish "$dir" "$marker" "$stamp"
+echo "nspawn-rootfs: built $dir in $(cache_elapsed) s"

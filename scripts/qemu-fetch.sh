@@ -9,9 +9,11 @@
 # installing it would replace a package others use. Instead the packages apt would install are
 # downloaded (`apt-get download`) and unpacked (`dpkg -x`) into DIR/root; the wrapper
 # DIR/qemu-system-x86_64 points the loader at DIR/root's libraries and QEMU at its firmware
-# (-L). Cache: DIR is reused when its marker names the same package set; concurrent callers
-# serialize on DIR.lock.
+# (-L). Cache (scripts/lib/cache.sh): DIR is reused while its marker names the same candidate
+# version; concurrent callers serialize on DIR.lock.
 set -euo pipefail
+# shellcheck source=lib/cache.sh
+. "$(dirname "$0")/lib/cache.sh"
 if [ $# -ne 1 ]; then
   echo "usage: $0 DIR" >&2
   exit 2
@@ -19,14 +21,12 @@ fi
 dir=$(realpath -m "$1")
 stamp="kelson-qemu v1 $(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate/ {print $2}')"
 marker=.kelson-qemu-complete
-mkdir -p "$(dirname "$dir")"
-exec 9>"$dir.lock"
-flock 9
-if [ -f "$dir/$marker" ] && [ "$(cat "$dir/$marker")" = "$stamp" ]; then
+cache_lock "$dir"
+if cache_fresh "$dir" "$marker" "$stamp"; then
   echo "$dir/qemu-system-x86_64"
   exit 0
 fi
-rm -rf "$dir" "$dir.tmp"
+cache_start "$dir"
 mkdir -p "$dir.tmp/debs" "$dir.tmp/root"
 # What apt would install on this host (only the missing packages), from its own resolver.
 pkgs=$(apt-get -s install --no-install-recommends qemu-system-x86 2>/dev/null |
@@ -52,8 +52,7 @@ export LD_LIBRARY_PATH=\$root/usr/lib/x86_64-linux-gnu:\$root/lib/x86_64-linux-g
 exec \$root/usr/bin/qemu-system-x86_64 -L \$root/usr/share/qemu -L \$root/usr/share/seabios "\$@"
 WRAP
 chmod +x "$dir.tmp/qemu-system-x86_64"
-echo "$stamp" >"$dir.tmp/$marker"
-mv "$dir.tmp" "$dir"
+cache_finish "$dir" "$marker" "$stamp"
 # The wrapper names DIR/root: check the moved tree starts.
 "$dir/qemu-system-x86_64" --version >/dev/null || {
   echo "qemu-fetch: the unpacked qemu-system-x86_64 does not start" >&2

@@ -15,10 +15,12 @@
 # each VM its address on the kernel command line (`ip=ADDR::GW:MASK:HOST:eth0:off`) and one
 # image serves every worker. The host name comes from `systemd.hostname=`.
 #
-# Cache, lock and rebuild rules as scripts/nspawn-rootfs.sh: DIR is reused when its marker
-# names the same package set; concurrent callers serialize on DIR.lock. Needs root,
+# Cache, lock and rebuild rules: scripts/lib/cache.sh (DIR is reused while its marker names the
+# same package set; concurrent callers serialize on DIR.lock). Needs root,
 # debootstrap and a Debian mirror (KELSON_DEBIAN_MIRROR, default http://deb.debian.org/debian).
 set -euo pipefail
+# shellcheck source=lib/cache.sh
+. "$(dirname "$0")/lib/cache.sh"
 if [ $# -ne 1 ]; then
   echo "usage: $0 DIR" >&2
   exit 2
@@ -40,17 +42,14 @@ command -v debootstrap >/dev/null || {
   echo "vm-image: debootstrap is missing: run scripts/setup.sh" >&2
   exit 1
 }
-mkdir -p "$(dirname "$dir")"
-exec 9>"$dir.lock"
-flock 9
-if [ -f "$dir/$marker" ] && [ "$(cat "$dir/$marker")" = "$stamp" ]; then
+cache_lock "$dir"
+if cache_fresh "$dir" "$marker" "$stamp"; then
   echo "vm-image: reusing $dir"
   exit 0
 fi
-rm -rf "$dir" "$dir.tmp"
+cache_start "$dir"
 mkdir -p "$dir.tmp"
 root=$dir.tmp/rootfs
-start=$(date +%s)
 echo "vm-image: debootstrap $suite into $root (several minutes)"
 if ! debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" \
     >"$dir.debootstrap.log" 2>&1; then
@@ -84,6 +83,5 @@ echo 'UseDNS no' >>"$root/etc/ssh/sshd_config"
 # Kernel and initramfs for -kernel/-initrd.
 cp -L "$root/vmlinuz" "$dir.tmp/vmlinuz"
 cp -L "$root/initrd.img" "$dir.tmp/initrd.img"
-echo "$stamp" >"$dir.tmp/$marker"
-mv "$dir.tmp" "$dir"
-echo "vm-image: built $dir in $(( $(date +%s) - start )) s"
+cache_finish "$dir" "$marker" "$stamp"
+echo "vm-image: built $dir in $(cache_elapsed) s"

@@ -10,11 +10,15 @@
 #
 #   ansible/tests/target-rootfs.sh BASE DIR
 #
-# BASE is scripts/nspawn-rootfs.sh's tree (built first if needed); DIR is the cache. The cache
-# is reused when its marker names the same base and package set; an interrupted build is
-# removed and redone. Concurrent callers serialize on DIR.lock. Needs root and a Debian mirror
+# BASE is scripts/nspawn-rootfs.sh's tree (built first if needed); DIR is the cache
+# (scripts/lib/cache.sh: reused while its marker names the same base and package set; an
+# interrupted build is removed and redone; concurrent callers serialize on DIR.lock). It is
+# also the rootfs of `kelsonctl lab`'s control-plane machines, which ansible/site.yml
+# provisions over ssh. Needs root and a Debian mirror
 # (KELSON_DEBIAN_MIRROR) the first time.
 set -euo pipefail
+# shellcheck source=../../scripts/lib/cache.sh
+. "$(dirname "$0")/../../scripts/lib/cache.sh"
 
 if [ $# -ne 2 ]; then
   echo "usage: $0 BASE DIR" >&2
@@ -33,16 +37,12 @@ fi
 bash "$here/../../scripts/nspawn-rootfs.sh" "$base"
 stamp="kelson-ansible-target v3 [$(cat "$base/.kelson-rootfs-complete")] $packages"
 
-mkdir -p "$(dirname "$dir")"
-exec 9>"$dir.lock"
-flock 9
-if [ -f "$dir/$marker" ] && [ "$(cat "$dir/$marker")" = "$stamp" ]; then
+cache_lock "$dir"
+if cache_fresh "$dir" "$marker" "$stamp"; then
   echo "target-rootfs: reusing $dir"
   exit 0
 fi
-
-rm -rf "$dir" "$dir.tmp"
-start=$(date +%s)
+cache_start "$dir"
 cp -a --reflink=auto "$base" "$dir.tmp"
 rm -f "$dir.tmp/.kelson-rootfs-complete"
 cp /etc/resolv.conf "$dir.tmp/etc/resolv.conf"
@@ -64,6 +64,5 @@ rm -f "$dir.tmp/usr/sbin/policy-rc.d"
 rm -rf "$dir.tmp"/var/cache/apt/archives/*.deb
 # The host keys the package generated are shared by every copy: acceptable for a throwaway
 # test machine reached through a ProxyCommand (the test pins them per copy anyway).
-echo "$stamp" >"$dir.tmp/$marker"
-mv "$dir.tmp" "$dir"
-echo "target-rootfs: built $dir in $(( $(date +%s) - start )) s"
+cache_finish "$dir" "$marker" "$stamp"
+echo "target-rootfs: built $dir in $(cache_elapsed) s"
