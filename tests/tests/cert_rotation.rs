@@ -20,6 +20,18 @@
 //! which it can only do with the renewed certificate (a negative control shows the expired
 //! one is refused).
 //!
+//! A third test covers the API server's store client: its `apiserver-etcd-client` certificate
+//! is renewed twice (to a 12 s one, then to a 1 h one) under a steady write load, through a
+//! TLS front that stands in for the store and records the client certificate of every
+//! connection it accepts. Zero writes may fail, the front must see each new serial, and after
+//! the 12 s certificate expired and every connection was cut, the API server reconnects with
+//! the renewed one (the front refuses the expired one).
+//!
+//! A fourth rotates the cluster CA with `kelsonctl pki rotate-ca` through its three phases
+//! (trust old+new, re-issue leaves, drop the old CA) while a client makes a request every
+//! 50 ms over a fresh TLS connection: zero failures, the API server ends up serving a
+//! certificate from the new CA, and a client certificate from the old CA is refused.
+//!
 //! Needs `cargo build -p kelson-kv -p kelson-apiserver -p kelsonctl -p kelson-scheduler`.
 
 use std::collections::BTreeSet;
@@ -60,6 +72,15 @@ async fn tls_get(
     addr: &str,
     path: Option<&str>,
 ) -> anyhow::Result<(String, String)> {
+    tls_send(connector, addr, path.map(|p| ("GET", p, ""))).await
+}
+
+/// Like [`tls_get`] with a method and a JSON body: `(method, path, body)`.
+async fn tls_send(
+    connector: &TlsConnector,
+    addr: &str,
+    request: Option<(&str, &str, &str)>,
+) -> anyhow::Result<(String, String)> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from("127.0.0.1")?;
     let mut tls = connector.connect(name, tcp).await.context("handshake")?;
@@ -71,10 +92,13 @@ async fn tls_get(
             .context("no peer certificate")?;
         kelson_runtime::tls::serial_hex(leaf.as_ref()).context("unparsable peer certificate")?
     };
-    let Some(path) = path else {
+    let Some((method, path, body)) = request else {
         return Ok((serial, String::new()));
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     tls.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     // Connection: close — the server ends the stream after the response.
@@ -413,5 +437,455 @@ async fn scheduler_keeps_working_after_its_old_client_certificate_expires() -> a
         "the scheduler did not log reloading its API client:\n{log}"
     );
     sched.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// A TLS front for the store: terminates TLS with the store's serving certificate, requires a
+/// client certificate from the store CA (rustls' verifier, so an expired one is refused),
+/// records each accepted connection's client certificate serial, and relays the bytes to the
+/// real store over its own TLS connection. Dropping it stops everything.
+struct StoreFront {
+    addr: String,
+    seen: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StoreFront {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut_all();
+    }
+}
+
+impl StoreFront {
+    async fn start(spki: &kelson_pki::PkiPaths, upstream: &str) -> anyhow::Result<StoreFront> {
+        let server = kelson_runtime::tls::server_config(
+            &spki.server_cert,
+            &spki.server_key,
+            Some(&spki.ca_cert),
+            true,
+            &[kelson_runtime::tls::ALPN_H2],
+        )?;
+        let client = connector(
+            &spki.ca_cert,
+            &spki.client_cert,
+            &spki.client_key,
+            kelson_runtime::tls::ALPN_H2,
+        )?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let upstream = upstream
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let task = {
+            let (seen, conns) = (seen.clone(), conns.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (acceptor, client, upstream, seen) = (
+                        acceptor.clone(),
+                        client.clone(),
+                        upstream.clone(),
+                        seen.clone(),
+                    );
+                    let h = tokio::spawn(async move {
+                        let Ok(Ok(mut down)) =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                                .await
+                        else {
+                            return;
+                        };
+                        let serial = down
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| kelson_runtime::tls::serial_hex(c.as_ref()))
+                            .unwrap_or_default();
+                        seen.lock().unwrap().push((Instant::now(), serial));
+                        let Ok(tcp) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        let name = ServerName::try_from("127.0.0.1").expect("name");
+                        let Ok(mut up) = client.connect(name, tcp).await else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    });
+                    conns.lock().unwrap().push(h);
+                }
+            })
+        };
+        Ok(StoreFront {
+            addr,
+            seen,
+            conns,
+            task,
+        })
+    }
+
+    /// Serials of the client certificates of connections accepted since `since`.
+    fn serials_since(&self, since: Instant) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Closes every relayed connection (as a store restart or a network cut would).
+    fn cut_all(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Issue 8: the API server's store client (etcd-client in kelson-apistorage) follows a renewed
+/// client certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_client_follows_its_renewed_certificate_under_load() -> anyhow::Result<()> {
+    use kelson_pki::{CertRequest, Usage};
+    use kelson_testsupport::ChildGuard;
+
+    let cp = ControlPlane::start().await?;
+    let spki = cp.store().pki().context("store PKI")?.clone();
+    let pki: PathBuf = cp.dir().join("pki");
+    // The API server's own store identity (kubeadm's apiserver-etcd-client), from the store CA.
+    let base = "apiserver-etcd-client";
+    kelson_pki::Ca::load(&spki.dir)?
+        .issue(&CertRequest {
+            organization: Some("system:masters".into()),
+            ..CertRequest::new(kelson_pki::KV_CLIENT_CN, Usage::Client)
+        })?
+        .write_pair(&spki.dir, base)?;
+    let cert = spki.dir.join(format!("{base}.crt"));
+    let key = spki.dir.join(format!("{base}.key"));
+    let original = serial_of(&cert);
+    let front = StoreFront::start(&spki, &cp.store().endpoints()[0]).await?;
+
+    // An API server whose store client goes through the front.
+    let port = free_port();
+    let mut cmd = std::process::Command::new(bin_path("kelson-apiserver"));
+    cmd.args(["--no-dbus", "--bind-address", "127.0.0.1"])
+        .args(["--log-level", "info", "--secure-port", &port.to_string()])
+        .args(["--etcd-servers", &format!("https://{}", front.addr)])
+        .arg("--etcd-cafile")
+        .arg(&spki.ca_cert)
+        .arg("--etcd-certfile")
+        .arg(&cert)
+        .arg("--etcd-keyfile")
+        .arg(&key)
+        .arg("--tls-cert-file")
+        .arg(pki.join("apiserver.crt"))
+        .arg("--tls-private-key-file")
+        .arg(pki.join("apiserver.key"))
+        .arg("--client-ca-file")
+        .arg(pki.join("ca.crt"));
+    let server = ChildGuard::spawn(
+        "kelson-apiserver (store front)",
+        cmd,
+        &cp.dir().join("apiserver-store-front.log"),
+    )?;
+    cp.kubeconfig_for("store-rotation-tester", Some("system:masters"))?;
+    let api = connector(
+        &pki.join("ca.crt"),
+        &pki.join("client-store-rotation-tester.crt"),
+        &pki.join("client-store-rotation-tester.key"),
+        b"http/1.1",
+    )?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((_, status)) = tls_get(&api, &addr, Some("/readyz")).await {
+            if status.contains(" 200 ") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API server behind the store front is not ready:\n{}",
+            server.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        front
+            .serials_since(Instant::now() - Duration::from_secs(3600))
+            .contains(&original),
+        "the front never saw the original certificate"
+    );
+
+    // Steady writes (each hits the store: a create is a transaction), one every 100 ms.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (api, addr, stop) = (api.clone(), addr.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failures) = (0usize, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let body = format!(
+                    r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"store-rotation-{i}"}},"data":{{"i":"{i}"}}}}"#
+                );
+                let r = tls_send(
+                    &api,
+                    &addr,
+                    Some(("POST", "/api/v1/namespaces/default/configmaps", &body)),
+                )
+                .await;
+                match r {
+                    Ok((_, status)) if status.contains(" 201 ") => ok += 1,
+                    Ok((_, status)) => failures.push(format!("write {i}: {status}")),
+                    Err(e) => failures.push(format!("write {i}: {e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (ok, failures)
+        })
+    };
+
+    // Renewal 1: a 12 s certificate (same key, new serial).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t1 = Instant::now();
+    renew(
+        &spki.dir,
+        &["--force", "--cert-lifetime", "12s", "--cert", base],
+    )?;
+    let short = serial_of(&cert);
+    let short_copy = cp.dir().join("etcd-client-short.crt");
+    std::fs::copy(&cert, &short_copy)?;
+    let short_expiry = kelson_pki::cert_info(&cert)?.not_after.unix_timestamp();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Renewal 2: an hour, as a timer would renew the short one.
+    let t2 = Instant::now();
+    renew(
+        &spki.dir,
+        &["--force", "--cert-lifetime", "1h", "--cert", base],
+    )?;
+    let long = serial_of(&cert);
+    // Keep writing until the 12 s certificate has expired, plus a margin.
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        if now > short_expiry + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failures) = load.await?;
+    assert!(
+        failures.is_empty(),
+        "{} of {} writes failed: {failures:#?}\n{}",
+        failures.len(),
+        ok + failures.len(),
+        server.log_tail(30)
+    );
+    assert!(ok >= 50, "only {ok} writes");
+    let after1 = front.serials_since(t1);
+    assert!(
+        after1.contains(&short),
+        "the store never saw the first renewed certificate {short}: {after1:?}\n{}",
+        server.log_tail(30)
+    );
+    let after2 = front.serials_since(t2);
+    assert!(
+        after2.contains(&long),
+        "the store never saw the second renewed certificate {long}: {after2:?}\n{}",
+        server.log_tail(30)
+    );
+    let log = server.log();
+    assert!(
+        log.contains("store client reconnects"),
+        "the API server did not log rebuilding its store connection:\n{}",
+        server.log_tail(30)
+    );
+
+    // The 12 s certificate has expired: the store refuses it now (negative control) ...
+    let expired = connector(
+        &spki.ca_cert,
+        &short_copy,
+        &key,
+        kelson_runtime::tls::ALPN_H2,
+    )?;
+    let tcp = tokio::net::TcpStream::connect(&front.addr).await?;
+    let refused = async {
+        let mut tls = expired
+            .connect(ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        // TLS 1.3: the server's verdict on the client certificate arrives after the handshake.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "the expired client certificate was accepted"
+    );
+    // ... and with every connection cut, the API server reconnects with the renewed one.
+    let cut = Instant::now();
+    front.cut_all();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    loop {
+        let body = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"store-rotation-after-cut"}}"#;
+        let r = tls_send(
+            &api,
+            &addr,
+            Some(("POST", "/api/v1/namespaces/default/configmaps", body)),
+        )
+        .await;
+        match r {
+            Ok((_, status)) if status.contains(" 201 ") || status.contains(" 409 ") => break,
+            other => last = Some(format!("{other:?}")),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write went through after the cut: {last:?}\n{}",
+            server.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after_cut = front.serials_since(cut);
+    assert!(
+        !after_cut.is_empty() && after_cut.iter().all(|s| *s == long),
+        "connections after the cut must use the renewed certificate {long}: {after_cut:?}"
+    );
+    eprintln!(
+        "{ok} writes, 0 failed; store saw serials {original} -> {short} -> {long}; reconnected with {long}"
+    );
+    Ok(())
+}
+
+fn rotate_ca(dir: &Path, phase: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bin_path("kelsonctl"))
+        .args(["pki", "rotate-ca", "--dir"])
+        .arg(dir)
+        .args(["--phase", phase])
+        .output()
+        .context("running kelsonctl (cargo build -p kelsonctl)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "kelsonctl pki rotate-ca --phase {phase}: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// Issue 8: the cluster CA rotates in three phases with no failed request, and at the end only
+/// the new CA is trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ca_rotates_in_three_phases_without_failed_requests() -> anyhow::Result<()> {
+    /// Longer than the reload interval of every daemon and client (3 s).
+    const SETTLE: Duration = Duration::from_millis(4500);
+    let cp = ControlPlane::start().await?;
+    let pki: PathBuf = cp.dir().join("pki");
+    cp.kubeconfig_for("ca-rotation-tester", Some("system:masters"))?;
+    let (cert, key) = (
+        pki.join("client-ca-rotation-tester.crt"),
+        pki.join("client-ca-rotation-tester.key"),
+    );
+    let old_ca = cp.dir().join("old-ca.crt");
+    let old_client = cp.dir().join("old-client.crt");
+    std::fs::copy(pki.join("ca.crt"), &old_ca)?;
+    std::fs::copy(&cert, &old_client)?;
+    let api_addr = cp.server_url().trim_start_matches("https://").to_string();
+
+    // A request every 50 ms over a fresh connection, trusting pki/ca.crt and presenting the
+    // tester's certificate (both re-read by kelson-runtime's client config when they change).
+    let client = connector(&pki.join("ca.crt"), &cert, &key, b"http/1.1")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, addr, stop) = (client.clone(), api_addr.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failures, mut serials) = (0usize, Vec::new(), BTreeSet::new());
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match tls_get(&client, &addr, Some("/api/v1/namespaces/default")).await {
+                    Ok((serial, status)) if status.contains(" 200 ") => {
+                        ok += 1;
+                        serials.insert(serial);
+                    }
+                    Ok((_, status)) => failures.push(format!("{:?}: {status}", started.elapsed())),
+                    Err(e) => failures.push(format!("{:?}: {e:#}", started.elapsed())),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, failures, serials)
+        })
+    };
+    let mut outputs = Vec::new();
+    for phase in ["trust", "reissue", "finish"] {
+        tokio::time::sleep(SETTLE).await;
+        outputs.push(rotate_ca(&pki, phase)?);
+    }
+    tokio::time::sleep(SETTLE).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failures, serials) = load.await?;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:#?}\n{outputs:#?}\n{}",
+        failures.len(),
+        ok + failures.len(),
+        cp.apiserver_log_tail(30)
+    );
+    assert!(ok >= 100, "only {ok} requests");
+
+    // Only the new CA is in the bundle, and the served certificate and the tester's are from it.
+    let bundle = std::fs::read_to_string(pki.join("ca.crt"))?;
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1, "{bundle}");
+    let old_pem = std::fs::read_to_string(&old_ca)?;
+    let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert!(
+        !bundle.split_whitespace().eq(old_pem.split_whitespace()),
+        "the bundle is still the old CA"
+    );
+    for leaf in [pki.join("apiserver.crt"), cert.clone()] {
+        assert!(
+            kelson_pki::issued_by(&pem(&leaf), &bundle),
+            "{} is not from the new CA",
+            leaf.display()
+        );
+        assert!(!kelson_pki::issued_by(&pem(&leaf), &old_pem));
+    }
+    let now_served = tls_get(&client, &api_addr, Some("/api/v1/namespaces/default")).await?;
+    assert!(now_served.1.contains(" 200 "), "{now_served:?}");
+    assert_eq!(now_served.0, serial_of(&pki.join("apiserver.crt")));
+    assert!(
+        serials.contains(&now_served.0) && serials.len() >= 2,
+        "the load saw the old and the re-issued serving certificate: {serials:?}"
+    );
+    // The old CA is no longer trusted: its client certificate is refused ...
+    let old_identity = connector(&pki.join("ca.crt"), &old_client, &key, b"http/1.1")?;
+    let r = tls_get(&old_identity, &api_addr, Some("/api/v1/namespaces/default")).await;
+    assert!(
+        !matches!(&r, Ok((_, status)) if status.contains(" 200 ")),
+        "a client certificate from the old CA was accepted: {r:?}"
+    );
+    // ... and a client trusting only the old CA cannot verify the server any more.
+    let old_trust = connector(&old_ca, &cert, &key, b"http/1.1")?;
+    let r = tls_get(&old_trust, &api_addr, None).await;
+    assert!(
+        r.is_err(),
+        "the server still presents an old-CA certificate: {r:?}"
+    );
+    eprintln!("{ok} requests, 0 failed, through trust/reissue/finish; serving serials {serials:?}");
     Ok(())
 }

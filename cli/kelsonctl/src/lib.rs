@@ -24,6 +24,7 @@ pub mod join;
 pub mod kv;
 pub mod lab;
 pub mod pki_renew;
+pub mod pki_rotate_ca;
 pub mod token;
 pub mod up;
 
@@ -77,6 +78,8 @@ pub enum PkiCommand {
     Init(PkiInitArgs),
     /// Re-issue leaf certificates (and kubeconfig client certificates) of DIR nearing expiry.
     Renew(pki_renew::RenewArgs),
+    /// Rotate the cluster or store CA in three phases (trust both, re-issue, drop the old).
+    RotateCa(pki_rotate_ca::RotateCaArgs),
     /// Show subject, names and expiry of every certificate in DIR.
     Show {
         #[arg(long)]
@@ -126,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Pki(PkiCommand::Show { dir }) => pki_show(&dir),
         Command::Pki(PkiCommand::Renew(a)) => pki_renew::run(&a),
+        Command::Pki(PkiCommand::RotateCa(a)) => pki_rotate_ca::run(&a),
         Command::Kv(c) => kv::run(c).await,
         Command::Up(a) => up::run(a).await,
         Command::Images(c) => images::run(c),

@@ -178,16 +178,16 @@ pub fn run(a: &RenewArgs) -> anyhow::Result<i32> {
 }
 
 /// The issuing CA, as rcgen needs it.
-struct Issuer {
+pub(crate) struct Issuer {
     /// The CA's file name in the directory (`ca.crt`, `store-ca.crt`), for the output.
-    name: String,
+    pub(crate) name: String,
     cert: rcgen::Certificate,
     key: KeyPair,
     subject_raw: Vec<u8>,
     key_id: Option<Vec<u8>>,
 }
 
-fn load_issuer(dir: &Path, base: &str) -> anyhow::Result<Issuer> {
+pub(crate) fn load_issuer(dir: &Path, base: &str) -> anyhow::Result<Issuer> {
     let cert_path = dir.join(format!("{base}.crt"));
     let key_path = dir.join(format!("{base}.key"));
     let der = first_cert_der(&std::fs::read(&cert_path).with_context(|| {
@@ -229,7 +229,7 @@ fn load_issuer(dir: &Path, base: &str) -> anyhow::Result<Issuer> {
     })
 }
 
-fn first_cert_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn first_cert_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
     use rustls_pki_types::pem::PemObject;
     Ok(CertificateDer::pem_slice_iter(pem)
         .next()
@@ -238,7 +238,7 @@ fn first_cert_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Whether `leaf` was issued by `ca` (issuer name and, when both carry one, key identifier).
-fn issued_by(leaf: &X509Certificate<'_>, ca: &Issuer) -> bool {
+pub(crate) fn issued_by(leaf: &X509Certificate<'_>, ca: &Issuer) -> bool {
     if leaf.issuer().as_raw() != ca.subject_raw.as_slice() {
         return false;
     }
@@ -272,7 +272,7 @@ fn due(x: &X509Certificate<'_>, opts: &RenewOptions) -> bool {
 }
 
 /// Re-issues `cert_der` for the key in `key_pem`; returns the new PEM and its serial/expiry.
-fn reissue(
+pub(crate) fn reissue(
     cert_der: &[u8],
     key_pem: &str,
     ca: &Issuer,
@@ -349,7 +349,7 @@ pub fn renew(opts: &RenewOptions) -> anyhow::Result<Vec<(PathBuf, anyhow::Result
     Ok(out)
 }
 
-fn sorted_files(dir: &Path, ext: &str) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn sorted_files(dir: &Path, ext: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

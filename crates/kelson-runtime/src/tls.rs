@@ -9,9 +9,20 @@
 //! Polling on the handshake path instead of an inotify watcher keeps this free of background
 //! tasks and works for files replaced by renames or on filesystems without inotify; a stat
 //! every few seconds costs nothing. `SIGHUP`/`Reload()` can force a check via
-//! [`ReloadingCertResolver::reload`]. The client-CA bundle is read once at start-up. (A client
-//! that resumes a TLS session does not get a certificate at all, so it keeps its session until
-//! the ticket expires; new full handshakes see the new certificate.)
+//! [`ReloadingCertResolver::reload`]. (A client that resumes a TLS session does not get a
+//! certificate at all, so it keeps its session until the ticket expires; new full handshakes
+//! see the new certificate.)
+//!
+//! Trust bundles reload the same way, which is what makes a CA rotation possible without
+//! restarts (`kelsonctl pki rotate-ca`: the bundle becomes old+new CA, leaves are re-issued by
+//! the new CA, then the old CA is dropped from the bundle): a server's client-CA bundle sits
+//! behind a [`ReloadingClientVerifier`] and a client's root store behind a
+//! [`ReloadingServerVerifier`]. Each wraps rustls' own WebPKI verifier, rebuilt from the file
+//! when its stamp changes (checked on the handshake path at most every reload interval); a
+//! bundle that fails to load keeps the previous verifier. The server no longer sends the
+//! bundle's subjects as "acceptable CAs" hints (rustls hands them out by reference, which a
+//! swappable bundle cannot offer); clients with one certificate send it regardless, and hints
+//! would list the old CA too during a rotation anyway.
 //!
 //! Client certificates reload the same way: [`client_config`] presents its certificate through
 //! a [`ReloadingCertResolver`] too (it implements rustls' `ResolvesClientCert`), so every new
@@ -47,13 +58,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -479,6 +494,257 @@ impl ResolvesClientCert for ReloadingCertResolver {
     }
 }
 
+/// Builds a verifier from a root store (the WebPKI verifiers of rustls).
+type BuildVerifier<V> = Box<dyn Fn(Arc<RootCertStore>) -> Result<Arc<V>, TlsError> + Send + Sync>;
+
+/// A CA bundle file and the verifier built from it, rebuilt when the file changes.
+struct TrustFile<V: ?Sized> {
+    path: PathBuf,
+    interval: Duration,
+    build: BuildVerifier<V>,
+    state: RwLock<TrustState<V>>,
+}
+
+struct TrustState<V: ?Sized> {
+    current: Arc<V>,
+    stamp: Option<Stamp>,
+    /// The stamp of a bundle that failed to load: not retried until the file changes again.
+    failed: Option<Option<Stamp>>,
+    checked: Instant,
+}
+
+impl<V: ?Sized> TrustFile<V> {
+    fn new(path: &Path, interval: Duration, build: BuildVerifier<V>) -> Result<Self, TlsError> {
+        // Stamp first: a change between stamping and reading is seen at the next check.
+        let stamp = stamp(path);
+        let current = build(Arc::new(load_roots(path)?))?;
+        Ok(TrustFile {
+            path: path.to_path_buf(),
+            interval,
+            build,
+            state: RwLock::new(TrustState {
+                current,
+                stamp,
+                failed: None,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The verifier to use now, reloaded first if the bundle changed (rate-limited).
+    fn current(&self) -> Arc<V> {
+        let due = self.state.read().checked.elapsed() >= self.interval;
+        if due {
+            if let Err(err) = self.check(false) {
+                tracing::warn!(ca_file = %self.path.display(), error = %err,
+                    "CA bundle reload failed; trusting the previous one");
+            }
+        }
+        self.state.read().current.clone()
+    }
+
+    /// Re-reads the bundle if it changed (or, with `force`, whenever it changed since a failed
+    /// attempt too); `Ok(true)` when a new bundle is in use.
+    fn check(&self, force: bool) -> Result<bool, TlsError> {
+        let now_stamp = stamp(&self.path);
+        let mut st = self.state.write();
+        if !force && st.checked.elapsed() < self.interval {
+            return Ok(false);
+        }
+        st.checked = Instant::now();
+        if now_stamp == st.stamp || (!force && st.failed.as_ref() == Some(&now_stamp)) {
+            return Ok(false);
+        }
+        match load_roots(&self.path).and_then(|roots| (self.build)(Arc::new(roots))) {
+            Ok(v) => {
+                st.current = v;
+                st.stamp = now_stamp;
+                st.failed = None;
+                tracing::info!(ca_file = %self.path.display(), "CA bundle reloaded");
+                Ok(true)
+            }
+            Err(err) => {
+                st.failed = Some(now_stamp);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// A server's client-certificate verifier over a CA bundle file that is re-read when it
+/// changes (see the module docs): rustls' [`WebPkiClientVerifier`] rebuilt per bundle version.
+pub struct ReloadingClientVerifier {
+    trust: TrustFile<dyn ClientCertVerifier>,
+    mandatory: bool,
+}
+
+impl std::fmt::Debug for ReloadingClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingClientVerifier")
+            .field("ca", &self.trust.path)
+            .field("mandatory", &self.mandatory)
+            .finish()
+    }
+}
+
+impl ReloadingClientVerifier {
+    /// Loads `ca` now (errors name the file); `mandatory` rejects clients without a
+    /// certificate, otherwise they are let through unauthenticated (a sent one is verified).
+    pub fn new(ca: &Path, mandatory: bool, interval: Duration) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let build: BuildVerifier<dyn ClientCertVerifier> = Box::new(move |roots| {
+            let vb = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            let vb = if mandatory {
+                vb
+            } else {
+                vb.allow_unauthenticated()
+            };
+            vb.build().map_err(|e| TlsError::Verifier(e.to_string()))
+        });
+        Ok(Arc::new(ReloadingClientVerifier {
+            trust: TrustFile::new(ca, interval, build)?,
+            mandatory,
+        }))
+    }
+
+    /// Re-reads the bundle now if it changed; `Ok(true)` when a new one is in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        self.trust.check(true)
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // See the module docs: no hints from a bundle that can change under us.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.trust
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .current()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .current()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trust.current().supported_verify_schemes()
+    }
+}
+
+/// A client's server-certificate verifier over a CA bundle file that is re-read when it
+/// changes: rustls' [`WebPkiServerVerifier`] rebuilt per bundle version.
+pub struct ReloadingServerVerifier {
+    trust: TrustFile<dyn ServerCertVerifier>,
+}
+
+impl std::fmt::Debug for ReloadingServerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingServerVerifier")
+            .field("ca", &self.trust.path)
+            .finish()
+    }
+}
+
+impl ReloadingServerVerifier {
+    /// Loads `ca` now (errors name the file).
+    pub fn new(ca: &Path, interval: Duration) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let build: BuildVerifier<dyn ServerCertVerifier> = Box::new(move |roots| {
+            let v = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            Ok(v as Arc<dyn ServerCertVerifier>)
+        });
+        Ok(Arc::new(ReloadingServerVerifier {
+            trust: TrustFile::new(ca, interval, build)?,
+        }))
+    }
+
+    /// Re-reads the bundle now if it changed; `Ok(true)` when a new one is in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        self.trust.check(true)
+    }
+}
+
+impl ServerCertVerifier for ReloadingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.trust.current().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .current()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .current()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trust.current().supported_verify_schemes()
+    }
+}
+
 /// Server config with a reloading certificate (checked every [`DEFAULT_RELOAD_INTERVAL`]).
 ///
 /// `client_ca` enables client-certificate verification against that bundle; with
@@ -503,21 +769,14 @@ pub fn server_config_with_resolver(
     require_client_cert: bool,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
-        Some(ca) => {
-            let roots = Arc::new(load_roots(ca)?);
-            let vb = WebPkiClientVerifier::builder_with_provider(roots, provider);
-            let vb = if require_client_cert {
-                vb
-            } else {
-                vb.allow_unauthenticated()
-            };
-            let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(ca) => builder.with_client_cert_verifier(ReloadingClientVerifier::new(
+            ca,
+            require_client_cert,
+            DEFAULT_RELOAD_INTERVAL,
+        )?),
         None if require_client_cert => return Err(TlsError::MissingClientCa),
         None => builder.with_no_client_auth(),
     };
@@ -526,18 +785,20 @@ pub fn server_config_with_resolver(
     Ok(Arc::new(config))
 }
 
-/// Client config trusting `ca`, presenting `cert`/`key` if both are given. The pair is
-/// re-read when the files change (checked at most every [`DEFAULT_RELOAD_INTERVAL`], on new
-/// connections), so a renewed client certificate is used without a restart.
+/// Client config trusting `ca`, presenting `cert`/`key` if both are given. The pair and the
+/// CA bundle are re-read when the files change (checked at most every
+/// [`DEFAULT_RELOAD_INTERVAL`], on new connections), so a renewed client certificate or a
+/// rotated CA is used without a restart.
 pub fn client_config(
     ca: &Path,
     cert: Option<&Path>,
     key: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(ca)?;
+    let verifier = ReloadingServerVerifier::new(ca, DEFAULT_RELOAD_INTERVAL)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let config =
         match (cert, key) {
             (Some(cert), Some(key)) => builder.with_client_cert_resolver(
@@ -656,6 +917,62 @@ mod tests {
         std::fs::write(&tmp, key.serialize_pem()).unwrap();
         std::fs::rename(&tmp, &k).unwrap();
         (c, k)
+    }
+
+    /// A CA and a leaf for 127.0.0.1 issued by it (serverAuth + clientAuth).
+    fn ca_and_leaf(name: &str) -> (String, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("ca-{name}"));
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = leaf
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &ca_cert, &ca_key)
+            .unwrap();
+        (ca_cert.pem(), leaf.der().clone())
+    }
+
+    #[test]
+    fn trust_bundles_reload_for_servers_and_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca.crt");
+        let write = |pems: &[&str]| {
+            let tmp = dir.path().join("ca.tmp");
+            std::fs::write(&tmp, pems.concat()).unwrap();
+            std::fs::rename(&tmp, &bundle).unwrap();
+        };
+        let (old_ca, old_leaf) = ca_and_leaf("old");
+        let (new_ca, new_leaf) = ca_and_leaf("new");
+        write(&[&old_ca]);
+        let servers = ReloadingClientVerifier::new(&bundle, true, Duration::ZERO).unwrap();
+        let clients = ReloadingServerVerifier::new(&bundle, Duration::ZERO).unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let now = UnixTime::now();
+        let accepts = |leaf: &CertificateDer<'_>| {
+            let s = servers.verify_client_cert(leaf, &[], now).is_ok();
+            let c = clients
+                .verify_server_cert(leaf, &[], &name, &[], now)
+                .is_ok();
+            assert_eq!(s, c, "server and client side disagree");
+            s
+        };
+        assert!(accepts(&old_leaf) && !accepts(&new_leaf));
+        // Rotation phase 1: both CAs trusted.
+        write(&[&old_ca, &new_ca]);
+        assert!(accepts(&old_leaf) && accepts(&new_leaf));
+        // A broken bundle keeps the previous verifier.
+        write(&["garbage"]);
+        assert!(accepts(&old_leaf) && accepts(&new_leaf));
+        // Phase 3: only the new CA.
+        write(&[&new_ca]);
+        assert!(!accepts(&old_leaf) && accepts(&new_leaf));
+        assert!(servers.client_auth_mandatory());
     }
 
     #[test]

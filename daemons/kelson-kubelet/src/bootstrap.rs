@@ -23,6 +23,13 @@
 //! connector also tracks its connections ([`ConnTracker`]) and rotation closes them all, as
 //! upstream's `closeAllConns`: every request after a rotation handshakes with the new
 //! certificate (in-flight requests and watches fail once and are retried by their loops).
+//! Files replaced by someone else (an operator, `kelsonctl pki renew`, a CA rotation that
+//! rewrites the CA bundle or the kubeconfig) are followed the way kelson-kube's
+//! `client_from_kubeconfig` follows them: the handed-out client is a [`ReloadingClient`] that,
+//! at most once a second on the request path, stats the kubeconfig and the files it names
+//! (the CA bundle, the certificate and key — through the `current` symlink, so a swap of its
+//! target counts) and, when any changed, builds the stock client anew from them and closes
+//! the old connections as rotation does. The kubelet's own rotation goes the same way.
 //!
 //! Rotation ([`rotate`]): at a jittered 70–90 % of the current certificate's validity
 //! (upstream's `nextRotationDeadline`) a new key and CSR are made with the node's own identity
@@ -32,8 +39,10 @@
 //! Serving certificate (`server-tls-bootstrap`, upstream's serverTLSBootstrap): without
 //! `--tls-cert-file` the kubelet API serves `<cert-dir>/kubelet-server-current.pem`; until a
 //! `kubernetes.io/kubelet-serving` CSR (node name and addresses as SANs) is approved and signed,
-//! that file holds a self-signed placeholder ([`serving_pair`], [`serving_bootstrap`]). Its
-//! rotation before expiry is not done yet: an expired one is re-requested at the next start.
+//! that file holds a self-signed placeholder ([`serving_pair`], [`serving_bootstrap`]). Like the
+//! client certificate it is renewed at a jittered 70–90 % of its validity by a new
+//! `kubelet-serving` CSR; the new pair replaces the file in one rename and the kubelet API's
+//! reloading resolver serves it from the next handshake on, without a restart.
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -383,9 +392,11 @@ pub fn serving_pair(cert_dir: &Path, sans: &[String]) -> Result<(PathBuf, bool)>
     Ok((path, true))
 }
 
-/// Requests the serving certificate (retrying with back-off: approval of serving CSRs is
-/// often manual) and writes it over the placeholder; the API server's reloading resolver
-/// picks it up on the next handshake.
+/// Keeps the serving certificate at `path` current: requests one now when the file holds only
+/// the placeholder (or an expired certificate), otherwise at a jittered 70–90 % of the issued
+/// one's validity, as for the client certificate. Each request retries with back-off (approval
+/// of serving CSRs is often manual); the result replaces the file in one rename and the kubelet
+/// API's reloading resolver serves it from the next handshake on. Runs until `stop` fires.
 pub async fn serving_bootstrap(
     client: kube::Client,
     node_name: String,
@@ -393,25 +404,63 @@ pub async fn serving_bootstrap(
     path: PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut delay = Duration::from_secs(5);
     loop {
-        let req = request_serving_certificate(&client, &node_name, sans.clone(), BOOTSTRAP_WAIT);
-        let r = tokio::select! {
-            r = req => r,
-            _ = stop.changed() => return,
-        };
-        match r.and_then(|pem| write_private(&path, pem.as_bytes())) {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "kubelet serving certificate installed");
-                return;
+        let current = std::fs::read(&path)
+            .ok()
+            .filter(|pem| serving_cert_issued(pem))
+            .and_then(|pem| validity_of(&pem));
+        let renewal = current.is_some();
+        if let Some((nb, na)) = current {
+            let deadline = rotation_deadline(nb, na, random_fraction());
+            let wait = deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tracing::info!(
+                expires_in = ?na.duration_since(SystemTime::now()).unwrap_or_default(),
+                rotate_in = ?wait,
+                "serving certificate rotation scheduled"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
             }
-            Err(e) => tracing::warn!(error = %e, "requesting the kubelet serving certificate"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
+        let mut delay = Duration::from_secs(5);
+        loop {
+            let wait = if renewal {
+                ROTATION_WAIT
+            } else {
+                BOOTSTRAP_WAIT
+            };
+            let req = request_serving_certificate(&client, &node_name, sans.clone(), wait);
+            let r = tokio::select! {
+                r = req => r,
+                _ = stop.changed() => return,
+            };
+            match r.and_then(|pem| write_private(&path, pem.as_bytes()).map(|_| pem)) {
+                Ok(pem) => {
+                    let serial = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+                        .next()
+                        .and_then(|p| p.ok())
+                        .and_then(|p| {
+                            x509_parser::parse_x509_certificate(&p.contents)
+                                .ok()
+                                .map(|(_, c)| c.raw_serial_as_string())
+                        });
+                    tracing::info!(path = %path.display(), ?serial, renewal,
+                        "kubelet serving certificate installed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "requesting the kubelet serving certificate")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(300));
         }
-        delay = (delay * 2).min(Duration::from_secs(300));
     }
 }
 
@@ -500,7 +549,8 @@ fn write_kubeconfig(path: &Path, boot: &Kubeconfig, cert: &Path) -> Result<()> {
 pub struct ConnTracker {
     generation: AtomicU64,
     conns: Mutex<Vec<Weak<ConnState>>>,
-    resolver: Option<Arc<ReloadingCertResolver>>,
+    /// The current client's resolver (replaced when the client is rebuilt).
+    resolver: Mutex<Option<Arc<ReloadingCertResolver>>>,
 }
 
 struct ConnState {
@@ -520,7 +570,8 @@ impl ConnTracker {
     /// Re-reads the certificate files now (the resolver otherwise rechecks them at most once
     /// a second, which could let the first handshakes after a rotation use the old pair).
     pub fn reload_certificate(&self) {
-        if let Some(r) = &self.resolver {
+        let resolver = self.resolver.lock().clone();
+        if let Some(r) = resolver {
             if let Err(e) = r.reload() {
                 tracing::warn!(error = %e, "reloading the client certificate");
             }
@@ -643,8 +694,19 @@ impl tower::Service<http::Uri> for TrackingConnector {
 }
 
 /// The kubelet's API client for `kubeconfig`: a client certificate file is re-read on every
-/// new connection (see the module docs); returns the tracker rotation closes connections with.
+/// new connection, and the whole client is rebuilt when the kubeconfig or a file it names
+/// changes (see the module docs); returns the tracker rotation closes connections with.
 pub async fn client(kubeconfig: &Path) -> Result<(kube::Client, Arc<ConnTracker>)> {
+    let (svc, tracker) = ReloadingClient::new(kubeconfig, RELOAD_CHECK_INTERVAL).await?;
+    let ns = svc.state.lock().client.default_namespace().to_string();
+    Ok((kube::Client::new(svc, ns), tracker))
+}
+
+/// How often, at most, [`ReloadingClient`] checks its files.
+const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Builds the stock client for `kubeconfig` whose connections `tracker` can close.
+async fn build_client(kubeconfig: &Path, tracker: &Arc<ConnTracker>) -> Result<kube::Client> {
     let bad = |reason: String| BootstrapError::Kubeconfig {
         path: kubeconfig.to_path_buf(),
         reason,
@@ -661,10 +723,7 @@ pub async fn client(kubeconfig: &Path) -> Result<(kube::Client, Arc<ConnTracker>
         tls.client_auth_cert_resolver = r.clone();
         resolver = Some(r);
     }
-    let tracker = Arc::new(ConnTracker {
-        resolver,
-        ..Default::default()
-    });
+    *tracker.resolver.lock() = resolver;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(30)));
@@ -685,7 +744,144 @@ pub async fn client(kubeconfig: &Path) -> Result<(kube::Client, Arc<ConnTracker>
         .option_layer(config.auth_layer()?)
         .map_err(|e: hyper_util::client::legacy::Error| -> tower::BoxError { Box::new(e) })
         .service(hc);
-    Ok((kube::Client::new(svc, config.default_namespace), tracker))
+    Ok(kube::Client::new(svc, config.default_namespace))
+}
+
+/// What identifies a file's version: a rename into place (or a symlink swap) changes the
+/// inode, an in-place write the mtime or size; `None` when missing.
+type FileSig = Option<(u64, u64, u64, i64, i64)>;
+
+fn file_sig(path: &Path) -> FileSig {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// The kubeconfig and every file it names (relative names resolved by kube's reader).
+fn watched_files(kubeconfig: &Path) -> Vec<PathBuf> {
+    let mut files = vec![kubeconfig.to_path_buf()];
+    if let Ok(kc) = Kubeconfig::read_from(kubeconfig) {
+        for c in kc.clusters.iter().filter_map(|c| c.cluster.as_ref()) {
+            files.extend(c.certificate_authority.iter().map(PathBuf::from));
+        }
+        for a in kc.auth_infos.iter().filter_map(|a| a.auth_info.as_ref()) {
+            files.extend(
+                [&a.client_certificate, &a.client_key, &a.token_file]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::from),
+            );
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+struct ClientState {
+    client: kube::Client,
+    files: Vec<PathBuf>,
+    sigs: Vec<FileSig>,
+    last_check: std::time::Instant,
+    rebuilds: u64,
+}
+
+/// The transport of [`client`]: forwards to a stock client rebuilt when its files change.
+#[derive(Clone)]
+pub struct ReloadingClient {
+    kubeconfig: Arc<PathBuf>,
+    interval: Duration,
+    tracker: Arc<ConnTracker>,
+    state: Arc<Mutex<ClientState>>,
+}
+
+impl ReloadingClient {
+    async fn new(kubeconfig: &Path, interval: Duration) -> Result<(Self, Arc<ConnTracker>)> {
+        let tracker = Arc::new(ConnTracker::default());
+        // Signatures first: a change during the build is seen at the next check.
+        let files = watched_files(kubeconfig);
+        let sigs = files.iter().map(|f| file_sig(f)).collect();
+        let client = build_client(kubeconfig, &tracker).await?;
+        let svc = ReloadingClient {
+            kubeconfig: Arc::new(kubeconfig.to_path_buf()),
+            interval,
+            tracker: tracker.clone(),
+            state: Arc::new(Mutex::new(ClientState {
+                client,
+                files,
+                sigs,
+                last_check: std::time::Instant::now(),
+                rebuilds: 0,
+            })),
+        };
+        Ok((svc, tracker))
+    }
+
+    /// How many times the client was rebuilt after its files changed.
+    pub fn rebuilds(&self) -> u64 {
+        self.state.lock().rebuilds
+    }
+
+    /// The client to send with, rebuilt first when its files changed.
+    pub async fn current(&self) -> kube::Client {
+        let files = {
+            let mut st = self.state.lock();
+            if st.last_check.elapsed() < self.interval {
+                return st.client.clone();
+            }
+            st.last_check = std::time::Instant::now();
+            let sigs: Vec<FileSig> = st.files.iter().map(|f| file_sig(f)).collect();
+            if sigs == st.sigs {
+                return st.client.clone();
+            }
+            // The kubeconfig may name other files now: re-derive the list. Recorded before
+            // building, so a broken version is retried only once the files change again.
+            st.files = watched_files(&self.kubeconfig);
+            st.sigs = st.files.iter().map(|f| file_sig(f)).collect();
+            st.files.clone()
+        };
+        // Built outside the lock (kube's config loading is async); concurrent requests keep
+        // using the current client meanwhile.
+        match build_client(&self.kubeconfig, &self.tracker).await {
+            Ok(client) => {
+                let mut st = self.state.lock();
+                st.client = client.clone();
+                st.rebuilds += 1;
+                drop(st);
+                tracing::info!(kubeconfig = %self.kubeconfig.display(), files = ?files,
+                    "kubeconfig or its certificate files changed: API client reloaded");
+                // As after a rotation: no request keeps going out with the old identity.
+                self.tracker.close_all();
+                client
+            }
+            Err(e) => {
+                tracing::warn!(kubeconfig = %self.kubeconfig.display(), error = %e,
+                    "kubeconfig changed but does not load; keeping the current API client");
+                self.state.lock().client.clone()
+            }
+        }
+    }
+}
+
+impl tower::Service<http::Request<kube::client::Body>> for ReloadingClient {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<Self::Response, kube::Error>>
+                + Send,
+        >,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        // Readiness is the inner client's business (its own buffer), checked in `send`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.current().await.send(req).await })
+    }
 }
 
 /// A random fraction in [0, 1) (std's per-process random hasher keys; jitter needs no more).
@@ -789,6 +985,62 @@ mod tests {
             let f = random_fraction();
             assert!((0.0..1.0).contains(&f));
         }
+    }
+
+    #[tokio::test]
+    async fn the_client_follows_an_externally_replaced_certificate_and_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let pair = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            format!("{}{}", cert.pem(), key.serialize_pem())
+        };
+        let current = install(dir.path(), &pair()).unwrap();
+        let kc = dir.path().join("kubelet.conf");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+                ca_path.display(),
+                current.display(),
+                current.display()
+            ),
+        )
+        .unwrap();
+        let (svc, tracker) = ReloadingClient::new(&kc, Duration::ZERO).await.unwrap();
+        svc.current().await;
+        assert_eq!(svc.rebuilds(), 0, "nothing changed yet");
+        let generation = tracker.generation.load(Ordering::SeqCst);
+        // Someone else swaps kubelet-client-current.pem: rebuilt, old connections closed.
+        install(dir.path(), &pair()).unwrap();
+        svc.current().await;
+        assert_eq!(
+            svc.rebuilds(),
+            1,
+            "a replaced certificate must rebuild the client"
+        );
+        assert!(tracker.generation.load(Ordering::SeqCst) > generation);
+        svc.current().await;
+        assert_eq!(svc.rebuilds(), 1, "no change, no rebuild");
+        // A rewritten CA bundle (CA rotation) is followed as well.
+        let tmp = dir.path().join("ca.tmp");
+        std::fs::write(&tmp, format!("{}{}", ca.pem(), ca.pem())).unwrap();
+        std::fs::rename(&tmp, &ca_path).unwrap();
+        svc.current().await;
+        assert_eq!(svc.rebuilds(), 2);
+        // A broken kubeconfig keeps the current client.
+        std::fs::write(&kc, "not: [a kubeconfig").unwrap();
+        svc.current().await;
+        assert_eq!(svc.rebuilds(), 2);
     }
 
     #[test]
