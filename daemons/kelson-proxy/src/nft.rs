@@ -1,4 +1,5 @@
-//! nftables rule generation (pure) and application (`nft -f -`).
+//! nftables rule generation (pure) and application (`nft -f -`, or netlink batches for
+//! incremental syncs).
 //!
 //! Structure copied from upstream kube-proxy's nftables mode, in one table of our own per
 //! family (`ip kelson-proxy`, `ip6 kelson-proxy`; separate tables because the address types of
@@ -24,19 +25,20 @@
 //!   dumps every chain of the table before each transaction, so chains are what an
 //!   incremental sync at 10k services pays for.
 //!
-//! Why `nft -f -` with text rather than JSON or raw netlink: it is exactly what upstream's
-//! knftables does (one transaction per batch, atomic in the kernel), the text form is what an
-//! operator reads in `nft list table`, and the generator stays a pure `state → String`
-//! function that unit tests can compare against expected lines. The `nftables` crate would
-//! also shell out to `nft` (with JSON), so it would only add a serialization layer.
+//! Why text: it is exactly what upstream's knftables sends to `nft -f -` (one transaction per
+//! batch, atomic in the kernel), the text form is what an operator reads in `nft list
+//! table`, and the generator stays a pure `state → String` function that unit tests can
+//! compare against expected lines. Full syncs go to `nft -f -` as text.
 //!
-//! Its price, measured at 10k services (docs/benchmarks.md): `nft` 1.0.6 fills its cache
-//! (every chain and set of the table) before each transaction, about two thirds of the ~100 ms
-//! of CPU an add-one costs; the same batch sent over raw netlink costs ~25 ms, the kernel's
-//! table validation. libnftables in-process would not help (1.0.6 drops its cache whenever
-//! the ruleset generation moved, and our own commits move it). The way to the 50 ms target is
-//! to encode the incremental transactions as netlink batches ourselves, keeping this text
-//! form for full syncs and as the reference the encoder is tested against.
+//! Incremental syncs do not: `nft` 1.0.6 fills its cache (every chain and set of the table)
+//! before each transaction, about two thirds of the ~100 ms of CPU an add-one cost at 10k
+//! services (docs/benchmarks.md), and libnftables in-process would not help (1.0.6 drops its
+//! cache whenever the ruleset generation moved, and our own commits move it). So [`batch`]
+//! compiles the incremental script into the nf_tables netlink batch `nft` would have sent
+//! and [`netlink`] commits it on a `NETLINK_NETFILTER` socket; what is left is the kernel's
+//! own work (mostly the table validation a new `goto` triggers). The text stays the single
+//! source of truth: the encoder accepts only the forms this module emits, anything else goes
+//! through `nft`, and tests/netlink.rs checks that both paths leave the same ruleset.
 //!
 //! Incremental updates: [`render_service`] turns one service port into its chains, sets and
 //! map elements ([`ServiceRules`]); [`diff_script`] compares the previously programmed
@@ -899,6 +901,9 @@ pub struct Nft {
     /// Arguments before nft's own (with `path = "nsenter"`: `--net=/run/netns/NAME nft`), so
     /// tests and the benchmark can program a network namespace they created.
     pub pre_args: Vec<String>,
+    /// The network namespace `nft` runs in when not the process's own (`/run/netns/NAME`),
+    /// for the netlink socket of incremental syncs.
+    pub netns: Option<PathBuf>,
 }
 
 impl Nft {
@@ -906,6 +911,7 @@ impl Nft {
         Nft {
             path: path.into(),
             pre_args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -917,6 +923,7 @@ impl Nft {
         Nft {
             path: "nsenter".into(),
             pre_args: vec![format!("--net=/run/netns/{ns}"), "nft".into()],
+            netns: Some(format!("/run/netns/{ns}").into()),
         }
     }
 
@@ -984,5 +991,7 @@ impl Nft {
     }
 }
 
+pub mod batch;
+pub mod netlink;
 #[cfg(test)]
 mod tests;

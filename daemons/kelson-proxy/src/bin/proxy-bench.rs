@@ -4,9 +4,16 @@
 //! creates a fresh network namespace, runs a full sync (`nft -f` of the whole generated
 //! table), then adds one more service and syncs incrementally, and removes one endpoint from
 //! one service. Each incremental row is the median of several runs. Times are the proxier's
-//! whole sync (render + diff + `nft`), with the `nft` part shown separately. Needs root.
+//! whole sync (render + diff + apply), with the apply part shown separately, and the CPU time
+//! of the sync: this process (rendering, and with netlink the kernel's work for our socket)
+//! plus the `nft` children. Needs root.
 //!
-//! Usage: `proxy-bench [--sizes 1000,10000] [--runs 5]`
+//! Incremental syncs go over netlink (the daemon's default), with `--incremental nft` through
+//! `nft -f` (the session 2/3 path), or with `both` alternately within each run on the same
+//! table, so before/after are measured back to back under the same load.
+//! `PROXY_BENCH_ALL=1` also prints every run's add-one CPU time.
+//!
+//! Usage: `proxy-bench [--sizes 1000,10000] [--runs 5] [--incremental netlink|nft|both]`
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -84,19 +91,35 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
 /// CPU time (user + system) of the waited-for children so far: the `nft` processes, whose
 /// system time includes the kernel's work for them (cache dumps, the commit). Unlike wall
 /// time it does not grow with other processes' load on a shared machine.
+/// Plus this process's own CPU time: with netlink the kernel's commit work is system time of
+/// our `sendmsg`.
 fn children_cpu() -> Duration {
     use nix::sys::resource::{getrusage, UsageWho};
-    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let tv = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
     };
-    tv(u.user_time()) + tv(u.system_time())
+    [UsageWho::RUSAGE_CHILDREN, UsageWho::RUSAGE_SELF]
+        .into_iter()
+        .map(|w| {
+            let u = getrusage(w).expect("getrusage");
+            tv(u.user_time()) + tv(u.system_time())
+        })
+        .sum()
+}
+
+type Sample = (Duration, Duration, Duration);
+
+/// Medians of each column separately (CPU time is the robust one under load).
+fn col(v: &[Sample], i: usize) -> Duration {
+    median(v.iter().map(|t| [t.0, t.1, t.2][i]).collect::<Vec<Duration>>())
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut sizes = vec![1000usize, 10000];
     let mut runs = 5usize;
+    // Modes of the incremental syncs, alternated within each run when both.
+    let mut modes = vec![true];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -109,13 +132,23 @@ async fn main() -> anyhow::Result<()> {
                     .collect::<Result<_, _>>()?
             }
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
-            _ => bail!("usage: proxy-bench [--sizes 1000,10000] [--runs 5]"),
+            "--incremental" => {
+                modes = match args.next().as_deref() {
+                    Some("netlink") => vec![true],
+                    Some("nft") => vec![false],
+                    Some("both") => vec![false, true],
+                    _ => bail!("--incremental netlink|nft|both"),
+                }
+            }
+            _ => bail!(
+                "usage: proxy-bench [--sizes 1000,10000] [--runs 5] [--incremental netlink|nft|both]"
+            ),
         }
     }
     println!(
-        "| services | endpoints | rules | full sync ms (nft ms, nft CPU ms, script KiB) | add 1 service ms (nft ms, nft CPU ms) | remove 1 endpoint ms (nft ms, nft CPU ms) |"
+        "| services | endpoints | rules | incremental via | full sync ms (apply ms, CPU ms, script KiB) | add 1 service ms (apply ms, CPU ms) | remove 1 endpoint ms (apply ms, CPU ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---|---:|---:|---:|");
     for n in sizes {
         let ns = Netns::new(&format!("kpx-bench-{}", std::process::id()))?;
         let mut p = NftProxier::new(
@@ -130,45 +163,52 @@ async fn main() -> anyhow::Result<()> {
         let full = p.sync(&state, true).await.context("full sync")?;
         let full_total = t.elapsed();
         let full_cpu = children_cpu() - c;
-        let mut adds = Vec::new();
-        let mut removes = Vec::new();
+        let mut adds: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
+        let mut removes: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
+        let mut next = n;
         for r in 0..runs {
-            let (k, v) = service(n + r);
-            state.insert(k, v);
-            let t = Instant::now();
-            let c = children_cpu();
-            let s = p.sync(&state, false).await.context("add one")?;
-            adds.push((t.elapsed(), s.apply, children_cpu() - c));
-            let victim = service(r).0;
-            state.get_mut(&victim).unwrap().endpoints.pop();
-            let t = Instant::now();
-            let c = children_cpu();
-            let s = p.sync(&state, false).await.context("remove endpoint")?;
-            removes.push((t.elapsed(), s.apply, children_cpu() - c));
+            for (m, &netlink) in modes.iter().enumerate() {
+                p.set_netlink(netlink);
+                let (k, v) = service(next);
+                next += 1;
+                state.insert(k, v);
+                let t = Instant::now();
+                let c = children_cpu();
+                let s = p.sync(&state, false).await.context("add one")?;
+                if netlink && (s.netlink == 0 || s.nft_fallbacks > 0) {
+                    bail!("add one did not go over netlink: {s:?}");
+                }
+                adds[m].push((t.elapsed(), s.apply, children_cpu() - c));
+                let victim = service(r * modes.len() + m).0;
+                state.get_mut(&victim).unwrap().endpoints.pop();
+                let t = Instant::now();
+                let c = children_cpu();
+                let s = p.sync(&state, false).await.context("remove endpoint")?;
+                removes[m].push((t.elapsed(), s.apply, children_cpu() - c));
+            }
         }
-        // Medians of each column separately (CPU time is the robust one under load).
-        let col = |v: &[(Duration, Duration, Duration)], i: usize| {
-            median(
-                v.iter()
-                    .map(|t| [t.0, t.1, t.2][i])
-                    .collect::<Vec<Duration>>(),
-            )
-        };
-        println!(
-            "| {n} | {} | {} | {} ({}, {}, {}) | {} ({}, {}) | {} ({}, {}) |",
-            n * 10,
-            full.rules,
-            ms(full_total),
-            ms(full.apply),
-            ms(full_cpu),
-            full.script_bytes / 1024,
-            ms(col(&adds, 0)),
-            ms(col(&adds, 1)),
-            ms(col(&adds, 2)),
-            ms(col(&removes, 0)),
-            ms(col(&removes, 1)),
-            ms(col(&removes, 2))
-        );
+        for (m, &netlink) in modes.iter().enumerate() {
+            println!(
+                "| {n} | {} | {} | {} | {} ({}, {}, {}) | {} ({}, {}) | {} ({}, {}) |",
+                n * 10,
+                full.rules,
+                if netlink { "netlink" } else { "nft -f" },
+                ms(full_total),
+                ms(full.apply),
+                ms(full_cpu),
+                full.script_bytes / 1024,
+                ms(col(&adds[m], 0)),
+                ms(col(&adds[m], 1)),
+                ms(col(&adds[m], 2)),
+                ms(col(&removes[m], 0)),
+                ms(col(&removes[m], 1)),
+                ms(col(&removes[m], 2))
+            );
+            if std::env::var_os("PROXY_BENCH_ALL").is_some() {
+                let cpu: Vec<String> = adds[m].iter().map(|s| ms(s.2)).collect();
+                println!("  add-one CPU ms, every run: {}", cpu.join(", "));
+            }
+        }
     }
     Ok(())
 }
