@@ -27,11 +27,22 @@
 //!   `resourceVersionMatch=Exact` and legacy exact paged lists go to the store; a `continue`
 //!   token is served from the cache when nothing under the prefix changed since the token's
 //!   revision (the cache then *is* that revision), otherwise from the store at that revision.
+//! - GET as upstream's cacher: resourceVersion "0" is any state the cache holds, a version N
+//!   waits until the cache has reached N; "" (the latest) is the caller's linearizable store read.
+//! - Read-your-own-writes ([`WatchCache::get_own_writes`], [`WatchCache::list_own_writes`]):
+//!   what admission plugins read, where upstream reads informers. The cache waits only for the
+//!   newest write this server made *under its own prefix* (`crate::writes`), so a namespace
+//!   lookup does not wait for the pod this server wrote a microsecond ago.
+//! - The ring is sized like upstream's: it starts small and doubles while its oldest event is
+//!   younger than [`EVENT_FRESH`] (so a watch may resume from anything in the last 75 s), and
+//!   halves when its newest quarter already spans more than that; bounded by the capacity
+//!   given at start (the memory bound: every event may hold an old version of an object).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use etcd_client::{EventType as EtcdEventType, GetOptions, WatchOptions};
@@ -50,9 +61,15 @@ use crate::{ListOptions, ResourceVersionMatch, Storage, StorageError};
 /// caller falls back to the store (upstream: 3 s, then a fallback to etcd).
 pub const CONSISTENT_WAIT: Duration = Duration::from_secs(3);
 
-/// Default ring capacity per resource (upstream sizes its ring dynamically between 100 and
-/// 100k events by the last 75 s of history; a fixed bound keeps memory predictable).
+/// Default upper bound of a resource's ring (upstream's is 100k events; each event may hold an
+/// old version of an object, so a lower bound keeps memory predictable under a write storm).
 pub const DEFAULT_CAPACITY: usize = 8192;
+
+/// The ring's lower bound (upstream's `defaultLowerBoundCapacity`).
+pub const MIN_CAPACITY: usize = 100;
+
+/// How much history the ring tries to keep (upstream's `eventFreshDuration`).
+pub const EVENT_FRESH: Duration = Duration::from_secs(75);
 
 /// Builds the selectable representation of an object (what selectors are evaluated on).
 pub type ViewFn = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
@@ -129,6 +146,8 @@ pub fn json_frame(ty: &str, obj: &[u8]) -> Bytes {
 struct Event {
     seq: u64,
     rev: i64,
+    /// When the cache applied it (the ring keeps [`EVENT_FRESH`] of history).
+    at: Instant,
     ty: EventType,
     /// The new object (for DELETED: the last state, at the deletion's revision).
     obj: Arc<CachedObject>,
@@ -194,18 +213,45 @@ struct State {
     last_change: i64,
     objects: BTreeMap<String, Arc<CachedObject>>,
     ring: VecDeque<Arc<Event>>,
+    /// The ring's current capacity (between the bounds, see [`State::push`]).
+    cap: usize,
     next_seq: u64,
     /// The ring holds every event after this revision.
     oldest: i64,
 }
 
 impl State {
-    fn push(&mut self, capacity: usize, ev: Event) {
+    /// Appends `ev`, resizing the ring as upstream's `resizeCacheLocked` when it is full:
+    /// double while the oldest event is fresher than [`EVENT_FRESH`], halve when even the
+    /// newest quarter is older; then evicts down to the capacity.
+    fn push(&mut self, (lo, hi): (usize, usize), ev: Event) {
+        let lo = lo.clamp(1, hi.max(1));
+        let hi = hi.max(lo);
+        self.cap = self.cap.clamp(lo, hi);
+        if self.ring.len() >= self.cap {
+            let age = |e: &Event| ev.at.saturating_duration_since(e.at);
+            let oldest_fresh = self.ring.front().is_some_and(|e| age(e) < EVENT_FRESH);
+            if oldest_fresh && self.cap < hi {
+                self.cap = (self.cap * 2).min(hi);
+            } else if !oldest_fresh && self.cap > lo {
+                let newest_quarter = self.ring.len() - (self.cap / 4).max(1);
+                if self
+                    .ring
+                    .get(newest_quarter)
+                    .is_some_and(|e| age(e) > EVENT_FRESH)
+                {
+                    self.cap = (self.cap / 2).max(lo);
+                }
+            }
+        }
         self.ring.push_back(Arc::new(ev));
-        while self.ring.len() > capacity {
+        while self.ring.len() > self.cap {
             if let Some(e) = self.ring.pop_front() {
                 self.oldest = self.oldest.max(e.rev);
             }
+        }
+        if self.ring.capacity() > 2 * self.cap.max(64) {
+            self.ring.shrink_to(self.cap);
         }
     }
 
@@ -221,7 +267,10 @@ struct Shared {
     /// The prepared key prefix, ending in "/".
     prefix: String,
     view: ViewFn,
-    capacity: usize,
+    /// The ring's bounds (lower, upper).
+    capacity: (usize, usize),
+    /// The revision of this server's newest write under `prefix` (`crate::writes`).
+    own_writes: Arc<AtomicI64>,
     state: RwLock<State>,
     /// The cache revision when ready, 0 while (re-)listing. The sender lives in the task, so
     /// streams end when the cache is dropped.
@@ -257,8 +306,8 @@ impl std::fmt::Debug for WatchCache {
 }
 
 impl WatchCache {
-    /// Starts caching everything under `prefix` (a trailing "/" is added). `capacity` bounds
-    /// the event ring.
+    /// Starts caching everything under `prefix` (a trailing "/" is added). `capacity` is the
+    /// upper bound of the event ring (see the module doc for its sizing).
     pub fn start(
         store: &Storage,
         prefix: &str,
@@ -270,11 +319,14 @@ impl WatchCache {
             prefix.push('/');
         }
         let (rev_tx, rev_rx) = watch::channel(0);
+        let own_writes = store.write_mark(&prefix);
+        let hi = capacity.max(1);
         let shared = Arc::new(Shared {
             store: store.clone(),
             prefix,
             view,
-            capacity: capacity.max(1),
+            capacity: (MIN_CAPACITY.min(hi), hi),
+            own_writes,
             state: RwLock::new(State::default()),
             rev_rx,
             progress: Notify::new(),
@@ -367,8 +419,7 @@ impl WatchCache {
         if !prefix.starts_with(&s.prefix) {
             return Ok(None);
         }
-        let want = s.store.last_write_revision().max(1);
-        if !self.wait_for(want, CONSISTENT_WAIT).await {
+        if !self.wait_own_writes().await {
             return Ok(None);
         }
         let st = s.state.read().map_err(poisoned)?;
@@ -384,6 +435,87 @@ impl WatchCache {
             None,
         )?;
         Ok(Some(page.items))
+    }
+
+    /// Waits until the cache holds every write this server made under its prefix.
+    async fn wait_own_writes(&self) -> bool {
+        let want = self.s().own_writes.load(Ordering::Acquire).max(1);
+        self.wait_for(want, CONSISTENT_WAIT).await
+    }
+
+    /// The (prepared) key if it is under this cache's prefix.
+    fn own_key(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let key = self.s().store.prepare_key(key)?;
+        Ok(key.starts_with(&self.s().prefix).then_some(key))
+    }
+
+    /// One object, once the cache holds every write this server made under its prefix (see
+    /// [`WatchCache::list_own_writes`]): `Ok(None)` if the cache cannot answer in time (read
+    /// the store), `Ok(Some(None))` if there is no such object.
+    pub async fn get_own_writes(
+        &self,
+        key: &str,
+    ) -> Result<Option<Option<Arc<CachedObject>>>, StorageError> {
+        let Some(key) = self.own_key(key)? else {
+            return Ok(None);
+        };
+        if !self.wait_own_writes().await {
+            return Ok(None);
+        }
+        let st = self.s().state.read().map_err(poisoned)?;
+        if !st.ready {
+            return Ok(None);
+        }
+        Ok(Some(st.objects.get(&key).cloned()))
+    }
+
+    /// The cache's current copy of one object, without waiting: a possibly stale starting
+    /// point for a guaranteed update (which re-reads the store when the copy turns out stale).
+    pub fn peek(&self, key: &str) -> Option<Arc<CachedObject>> {
+        let key = self.own_key(key).ok()??;
+        let st = self.s().state.read().ok()?;
+        if !st.ready {
+            return None;
+        }
+        st.objects.get(&key).cloned()
+    }
+
+    /// Serves a GET of `key` at resourceVersion `rv` from the cache as upstream's cacher: "0"
+    /// is whatever the cache holds, N waits until the cache has reached N (a version newer than
+    /// the store's is `TooLargeResourceVersion`). `Ok(None)`: read the store instead (rv "", an
+    /// unparsable version, or a cache that is not ready in time); `Ok(Some(None))`: not found.
+    pub async fn get(
+        &self,
+        key: &str,
+        rv: &str,
+    ) -> Result<Option<Option<Arc<CachedObject>>>, StorageError> {
+        if rv.is_empty() {
+            return Ok(None);
+        }
+        let Some(key) = self.own_key(key)? else {
+            return Ok(None);
+        };
+        let Ok(want) = parse_resource_version(rv) else {
+            return Ok(None); // the store gives the error
+        };
+        let want = want as i64;
+        if want > self.revision() && self.revision() > 0 {
+            let current = self.s().store.current_revision().await?;
+            if want > current {
+                return Err(StorageError::TooLargeResourceVersion {
+                    requested: want as u64,
+                    current: current as u64,
+                });
+            }
+        }
+        if !self.wait_for(want.max(1), CONSISTENT_WAIT).await {
+            return Ok(None);
+        }
+        let st = self.s().state.read().map_err(poisoned)?;
+        if !st.ready {
+            return Ok(None);
+        }
+        Ok(Some(st.objects.get(&key).cloned()))
     }
 
     /// Serves a LIST of `prefix` (the resource's prefix or a namespace under it) from the
@@ -885,6 +1017,7 @@ async fn follow(s: &Shared, rev_tx: &watch::Sender<i64>, rev: i64) -> Result<(),
                         }
                     }
                 }
+                let at = Instant::now();
                 let mut st = s.state.write().map_err(poisoned)?;
                 let mut top = st.rev;
                 for (rev, obj, del_key) in decoded {
@@ -896,6 +1029,7 @@ async fn follow(s: &Shared, rev_tx: &watch::Sender<i64>, rev: i64) -> Result<(),
                             Event {
                                 seq,
                                 rev,
+                                at,
                                 ty: if prev.is_some() { EventType::Modified } else { EventType::Added },
                                 obj,
                                 prev,
@@ -909,6 +1043,7 @@ async fn follow(s: &Shared, rev_tx: &watch::Sender<i64>, rev: i64) -> Result<(),
                             Event {
                                 seq,
                                 rev,
+                                at,
                                 ty: EventType::Deleted,
                                 obj,
                                 prev: None,
@@ -967,5 +1102,76 @@ impl WatchCaches {
         let c = WatchCache::start(&self.store, prefix, view(), self.capacity)?;
         map.insert(prefix.to_string(), c.clone());
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(st: &State, at: Instant) -> Event {
+        let rev = st.next_seq as i64 + 1;
+        Event {
+            seq: st.next_seq,
+            rev,
+            at,
+            ty: EventType::Added,
+            obj: Arc::new(CachedObject {
+                key: format!("/k/{rev}"),
+                rev,
+                json: Bytes::from_static(b"{}"),
+                view: Value::Null,
+            }),
+            prev: None,
+            frame: OnceLock::new(),
+            prev_at_rev: OnceLock::new(),
+        }
+    }
+
+    fn push_n(st: &mut State, bounds: (usize, usize), n: usize, at: Instant) {
+        for _ in 0..n {
+            let ev = event(st, at);
+            st.next_seq += 1;
+            st.push(bounds, ev);
+        }
+    }
+
+    #[test]
+    fn ring_grows_while_its_history_is_fresh_and_shrinks_when_stale() {
+        let t0 = Instant::now();
+        let mut st = State::default();
+        let bounds = (4, 32);
+        // A burst: every event is fresh, so the ring doubles instead of evicting, up to 32.
+        push_n(&mut st, bounds, 20, t0);
+        assert_eq!(st.ring.len(), 20);
+        assert_eq!(st.cap, 32);
+        assert_eq!(st.oldest, 0, "nothing evicted while fresh");
+        push_n(&mut st, bounds, 20, t0);
+        assert_eq!(st.ring.len(), 32, "bounded by the upper capacity");
+        assert_eq!(st.oldest, 8);
+        // Then a trickle, one event every 100 s: the newest quarter is stale, so the ring
+        // halves per event down to the lower bound.
+        for k in 1..=3u32 {
+            push_n(&mut st, bounds, 1, t0 + Duration::from_secs(100) * k);
+        }
+        assert_eq!(st.cap, 4);
+        assert_eq!(st.ring.len(), 4);
+        assert_eq!(st.ring.back().map(|e| e.rev), Some(43));
+        assert_eq!(st.oldest, 39, "the ring holds every event after `oldest`");
+        // A burst again: once the stale events are out, the ring grows back.
+        push_n(&mut st, bounds, 10, t0 + Duration::from_secs(300));
+        assert_eq!(st.cap, 16);
+        assert_eq!(st.ring.len(), 11);
+        assert_eq!(st.oldest, 42);
+    }
+
+    #[test]
+    fn fixed_bounds_evict_in_order() {
+        let mut st = State::default();
+        push_n(&mut st, (3, 3), 5, Instant::now());
+        let revs: Vec<i64> = st.ring.iter().map(|e| e.rev).collect();
+        assert_eq!(revs, [3, 4, 5]);
+        assert_eq!(st.oldest, 2);
+        assert_eq!(st.seq_after(3), 3);
     }
 }

@@ -26,6 +26,7 @@ pub mod encryption;
 mod error;
 mod store;
 mod watch;
+mod writes;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -182,9 +183,9 @@ pub struct UpdateOptions {
 pub struct Storage {
     client: Client,
     config: StorageConfig,
-    /// The newest store revision a write through this storage (any clone) has seen: what a
-    /// watch cache must reach for this server to read its own writes.
-    last_write: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// What writes through this storage (any clone) have seen: what a watch cache must reach
+    /// for this server to read its own writes ([`writes`]).
+    last_write: std::sync::Arc<writes::Writes>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -269,7 +270,7 @@ impl Storage {
 
     /// The newest revision any write through this storage has observed (0 before the first).
     pub fn last_write_revision(&self) -> i64 {
-        self.last_write.load(std::sync::atomic::Ordering::Acquire)
+        self.last_write.newest()
     }
 
     /// The configuration this storage runs with.

@@ -111,18 +111,23 @@ impl Storage {
             .map_err(|e| etcd_error(e, UNEXPECTED))
     }
 
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StorageError> {
+    /// One transaction on `key` (every write is one: its header revision is at least the
+    /// write's, which the watch caches' read-your-own-writes marks record).
+    async fn txn(&self, key: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StorageError> {
         let mut kv = self.client.kv_client();
         let resp = self
             .timed(kv.txn(txn))
             .await?
             .map_err(|e| etcd_error(e, UNEXPECTED))?;
-        // Every write is a txn: its header revision is at least the write's.
         if let Some(h) = resp.header() {
-            self.last_write
-                .fetch_max(h.revision(), std::sync::atomic::Ordering::AcqRel);
+            self.last_write.note(key, h.revision(), resp.succeeded());
         }
         Ok(resp)
+    }
+
+    /// The read-your-own-writes mark of a (prepared) key prefix ([`crate::writes`]).
+    pub(crate) fn write_mark(&self, prefix: &str) -> std::sync::Arc<std::sync::atomic::AtomicI64> {
+        self.last_write.mark(prefix)
     }
 
     /// The store's current revision (also a reachability check: a linearizable read).
@@ -170,7 +175,7 @@ impl Storage {
             }
             return Ok(obj);
         }
-        let resp = match self.txn(create_txn(&key, &data)).await {
+        let resp = match self.txn(&key, create_txn(&key, &data)).await {
             Ok(r) => r,
             Err(e) if is_ambiguous(&e) => return self.resolve_create(&key, obj, &data, e).await,
             Err(e) => return Err(e),
@@ -204,6 +209,8 @@ impl Storage {
             };
             match resp.kvs().first() {
                 Some(kv) if kv.value() == data => {
+                    // Our first attempt was applied after all: record it as our write.
+                    self.last_write.note(key, kv.mod_revision(), true);
                     set_resource_version(&mut obj, kv.mod_revision());
                     return Ok(obj);
                 }
@@ -212,7 +219,7 @@ impl Storage {
                         key: key.to_string(),
                     })
                 }
-                None => match self.txn(create_txn(key, data)).await {
+                None => match self.txn(key, create_txn(key, data)).await {
                     Ok(r) if r.succeeded() => {
                         set_resource_version(&mut obj, header_revision(r.header())?);
                         return Ok(obj);
@@ -544,7 +551,7 @@ impl Storage {
                     None,
                 )])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = match self.txn(txn).await {
+            let resp = match self.txn(&key, txn).await {
                 Ok(r) => r,
                 Err(e) if is_ambiguous(&e) && !resolved_ambiguity => {
                     // The write may have been applied: the fresh object tells.
@@ -552,6 +559,7 @@ impl Storage {
                     resolved_ambiguity = true;
                     let fresh = self.current_state(&key, opts.ignore_not_found).await?;
                     if fresh.obj.is_some() && fresh.data == data {
+                        self.last_write.note(&key, fresh.rev, true);
                         set_resource_version(&mut new, fresh.rev);
                         return Ok(new);
                     }
@@ -623,7 +631,7 @@ impl Storage {
                 )])
                 .and_then([TxnOp::delete(key.as_str(), None)])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = self.txn(txn).await?;
+            let resp = self.txn(&key, txn).await?;
             if !resp.succeeded() {
                 debug!(key, rev = state.rev, "delete: conflict, retrying");
                 state = state_from_else(self, &key, &resp, false)?;

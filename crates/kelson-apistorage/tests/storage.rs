@@ -16,22 +16,9 @@ use kelson_apistorage::{
 use kelson_testsupport::{ClusterOpts, StoreCluster, StoreKind};
 use serde_json::{json, Value};
 
-/// Runs `$name(kind)` as two tests, `$name::etcd` and `$name::kelson`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use kelson_testsupport::StoreKind;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn etcd() {
-                super::$name(StoreKind::Etcd).await.unwrap();
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn kelson() {
-                super::$name(StoreKind::Kelson).await.unwrap();
-            }
-        }
-    )*};
-}
+#[macro_use]
+mod common;
+use common::{key, rv};
 
 both!(
     create_and_get,
@@ -60,25 +47,7 @@ async fn setup(kind: StoreKind) -> Result<(StoreCluster, Storage)> {
 }
 
 async fn setup_with(kind: StoreKind, opts: ClusterOpts) -> Result<(StoreCluster, Storage)> {
-    let tls = opts.tls;
-    let cluster = StoreCluster::start(kind, 1, opts).await?;
-    let tls = if tls {
-        let p = cluster.pki().context("tls cluster without pki")?;
-        Some(EtcdTls {
-            ca: p.ca_cert.clone(),
-            cert: Some(p.client_cert.clone()),
-            key: Some(p.client_key.clone()),
-        })
-    } else {
-        None
-    };
-    let config = StorageConfig {
-        bookmark_interval: Duration::from_millis(200),
-        request_timeout: Duration::from_secs(5),
-        ..StorageConfig::default()
-    };
-    let storage = Storage::connect_with(&cluster.endpoints(), tls, config).await?;
-    Ok((cluster, storage))
+    common::start(kind, opts, Duration::from_millis(200)).await
 }
 
 fn pod(name: &str, app: &str) -> Value {
@@ -88,17 +57,6 @@ fn pod(name: &str, app: &str) -> Value {
                      "labels": {"app": app}},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]},
     })
-}
-
-fn key(name: &str) -> String {
-    format!("/registry/pods/ns/{name}")
-}
-
-fn rv(o: &Value) -> i64 {
-    o["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(-1)
 }
 
 fn names(items: &[Value]) -> Vec<String> {

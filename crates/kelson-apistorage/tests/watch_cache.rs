@@ -11,33 +11,21 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use kelson_apistorage::cache::{EventType, ViewFn};
 use kelson_apistorage::{
-    CacheWatchEvent, ListOptions, Preconditions, Storage, StorageConfig, StorageError, WatchCache,
-    WatchStart,
+    CacheWatchEvent, ListOptions, Preconditions, Storage, StorageError, WatchCache, WatchStart,
 };
 use kelson_testsupport::{ClusterOpts, StoreCluster, StoreKind};
 use serde_json::{json, Value};
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use kelson_testsupport::StoreKind;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn etcd() {
-                super::$name(StoreKind::Etcd).await.unwrap();
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn kelson() {
-                super::$name(StoreKind::Kelson).await.unwrap();
-            }
-        }
-    )*};
-}
+#[macro_use]
+mod common;
+use common::{key, rv};
 
 both!(
     ring_eviction_is_410,
     consistent_read_waits_for_the_store_revision,
     fan_out_to_many_watchers,
     every_event_in_order_across_a_compaction,
+    own_writes_and_versioned_gets,
 );
 
 const T: Duration = Duration::from_secs(10);
@@ -48,14 +36,7 @@ async fn setup(kind: StoreKind) -> Result<(StoreCluster, Storage)> {
 
 /// `progress`: how often the cache asks the store for progress on its own.
 async fn setup_with(kind: StoreKind, progress: Duration) -> Result<(StoreCluster, Storage)> {
-    let cluster = StoreCluster::start(kind, 1, ClusterOpts::default()).await?;
-    let config = StorageConfig {
-        bookmark_interval: progress,
-        request_timeout: Duration::from_secs(5),
-        ..StorageConfig::default()
-    };
-    let storage = Storage::connect_with(&cluster.endpoints(), None, config).await?;
-    Ok((cluster, storage))
+    common::start(kind, ClusterOpts::default(), progress).await
 }
 
 /// Labels only: what the API server's view keeps for a kind without field labels.
@@ -69,17 +50,6 @@ fn pod(name: &str, app: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "ns", "labels": {"app": app}},
            "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
-}
-
-fn key(name: &str) -> String {
-    format!("/registry/pods/ns/{name}")
-}
-
-fn rv(o: &Value) -> i64 {
-    o["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(-1)
 }
 
 async fn started(s: &Storage, capacity: usize) -> Result<WatchCache> {
@@ -182,6 +152,92 @@ async fn ring_eviction_is_410(kind: StoreKind) -> Result<()> {
     ensure!(
         ty == EventType::Added && name == "p8" && r == from + 1,
         "{ty:?} {name} {r}"
+    );
+    Ok(())
+}
+
+/// GET from the cache: read-your-own-writes (without waiting for writes to other resources),
+/// resourceVersion "0" and N (waiting for a write made through another connection), too
+/// large versions, deletion.
+async fn own_writes_and_versioned_gets(kind: StoreKind) -> Result<()> {
+    // No periodic progress: only reads that wait ask the store for it.
+    let (c, s) = setup_with(kind, Duration::from_secs(600)).await?;
+    let cache = started(&s, 100).await?;
+    let p = s.create(&key("a"), pod("a", "x"), false).await?;
+    let got = cache
+        .get_own_writes(&key("a"))
+        .await?
+        .context("own writes are served from the cache")?
+        .context("our own create is there at once")?;
+    ensure!(got.rev == rv(&p), "rev {} vs {}", got.rev, rv(&p));
+
+    // Writes to another resource do not hold this cache up: it waits only for our writes
+    // under its own prefix, so no progress notification moves it past them.
+    let mut other = 0;
+    for i in 0..3 {
+        let k = format!("/registry/configmaps/ns/c{i}");
+        other = rv(&s.create(&k, pod("c", "x"), false).await?);
+    }
+    let t0 = std::time::Instant::now();
+    ensure!(cache
+        .get_own_writes(&key("a"))
+        .await?
+        .context("served")?
+        .is_some());
+    ensure!(
+        cache.revision() < other,
+        "the cache waited for writes to another resource ({} >= {other})",
+        cache.revision()
+    );
+    ensure!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    ensure!(cache
+        .get_own_writes(&key("nope"))
+        .await?
+        .context("served")?
+        .is_none());
+
+    // A write through another connection (another API server): GET at its version waits
+    // for the cache to have it.
+    let elsewhere = Storage::connect(&c.endpoints(), None).await?;
+    let u = elsewhere
+        .guaranteed_update(&key("a"), &Preconditions::default(), false, |mut o| {
+            o["metadata"]["labels"]["app"] = json!("y");
+            Ok::<_, String>(o)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let g = cache
+        .get(&key("a"), &rv(&u).to_string())
+        .await?
+        .context("a version the store has is served from the cache")?
+        .context("found")?;
+    ensure!(g.rev == rv(&u), "rev {} vs {}", g.rev, rv(&u));
+    ensure!(g.value()?["metadata"]["labels"]["app"] == "y");
+    ensure!(rv(&g.value()?) == rv(&u), "resourceVersion in the bytes");
+    let any = cache.get(&key("a"), "0").await?.context("served")?;
+    ensure!(any.is_some_and(|o| o.rev == rv(&u)));
+    ensure!(
+        cache.get(&key("a"), "").await?.is_none(),
+        "\"\" (latest) is the store's"
+    );
+    match cache.get(&key("a"), &(rv(&u) + 1000).to_string()).await {
+        Err(StorageError::TooLargeResourceVersion { .. }) => {}
+        other => bail!("expected TooLargeResourceVersion, got {other:?}"),
+    }
+    ensure!(cache.peek(&key("a")).map(|o| o.rev) == Some(rv(&u)));
+
+    s.delete(&key("a"), &Preconditions::default(), false, |_| {
+        Ok::<_, String>(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    ensure!(
+        cache
+            .get_own_writes(&key("a"))
+            .await?
+            .context("served")?
+            .is_none(),
+        "our own delete is seen at once"
     );
     Ok(())
 }
