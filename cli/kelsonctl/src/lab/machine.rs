@@ -12,15 +12,14 @@
 //! recorded in the state file), and killed by SIGKILL to that init, which takes down the whole
 //! PID namespace at once, like pulling the power cord.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::cmd;
 use super::state::{MachineState, Proc};
+use super::{cmd, process};
 
 /// Written last into a finished base layer.
 const BASE_MARKER: &str = ".kelson-lab-base";
@@ -30,8 +29,26 @@ const ROOTFS_MARKER: &str = ".kelson-rootfs-complete";
 /// Bound for a machine to reach `running`/`degraded`.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// What a machine provisioned by Ansible carries in its image besides Kelson: the operator's
+/// ssh key for root (as a cloud image gets it from its metadata), and the build already staged
+/// where `ansible/roles/common` stages it, so the play's checksum comparison finds it current
+/// instead of sending the same ~500 MB of debug binaries to every machine (a golden image with
+/// the release preloaded; an upgrade to another build still goes over ssh).
+pub struct AnsibleSeed<'a> {
+    pub pubkey: &'a Path,
+    pub binaries: &'a [&'a str],
+}
+
+/// Where the play stages the build on a machine (`kelson_dist_dir`/bin).
+pub const DIST_BIN: &str = "var/lib/kelson-dist/bin";
+
 /// Builds `base` from `rootfs` + `kelsonctl install --root` once (reused when complete).
-pub fn prepare_base(rootfs: &Path, base: &Path, bin_dir: &Path) -> anyhow::Result<()> {
+pub fn prepare_base(
+    rootfs: &Path,
+    base: &Path,
+    bin_dir: &Path,
+    seed: Option<&AnsibleSeed>,
+) -> anyhow::Result<()> {
     if base.join(BASE_MARKER).is_file() {
         return Ok(());
     }
@@ -41,6 +58,20 @@ pub fn prepare_base(rootfs: &Path, base: &Path, bin_dir: &Path) -> anyhow::Resul
             rootfs.display(),
             rootfs.display()
         );
+    }
+    if seed.is_some() {
+        for (f, pkg) in [
+            ("usr/bin/python3", "python3"),
+            ("usr/sbin/sshd", "openssh-server"),
+        ] {
+            if !rootfs.join(f).exists() {
+                bail!(
+                    "{} has no /{f} ({pkg}), which Ansible needs on a managed machine: build the \
+                     rootfs with ansible/tests/target-rootfs.sh, or pass --provision copy",
+                    rootfs.display()
+                );
+            }
+        }
     }
     let tmp = base.with_extension("tmp");
     if tmp.exists() {
@@ -56,11 +87,40 @@ pub fn prepare_base(rootfs: &Path, base: &Path, bin_dir: &Path) -> anyhow::Resul
             &tmp.to_string_lossy(),
         ],
     )?;
+    install_root(bin_dir, &tmp)?;
+    if let Some(seed) = seed {
+        use std::os::unix::fs::PermissionsExt;
+        let ssh = tmp.join("root/.ssh");
+        std::fs::create_dir_all(&ssh)?;
+        std::fs::copy(seed.pubkey, ssh.join("authorized_keys"))
+            .with_context(|| format!("copying {}", seed.pubkey.display()))?;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
+        let dist = tmp.join(DIST_BIN);
+        std::fs::create_dir_all(&dist)?;
+        for b in seed.binaries {
+            let dst = dist.join(b);
+            std::fs::copy(bin_dir.join(b), &dst)
+                .with_context(|| format!("staging {}", bin_dir.join(b).display()))?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    // Nothing in a lab machine needs the interactive login prompts or time sync.
+    let _ = std::fs::remove_file(tmp.join(ROOTFS_MARKER));
+    std::fs::write(tmp.join(BASE_MARKER), b"kelson lab base\n")?;
+    std::fs::rename(&tmp, base).with_context(|| format!("renaming to {}", base.display()))?;
+    tracing::info!(base = %base.display(), elapsed = ?t.elapsed(), "base layer ready");
+    Ok(())
+}
+
+/// `kelsonctl install --root ROOT --bin-dir BIN_DIR` with the build's own kelsonctl: Kelson
+/// laid out in a machine tree exactly as on a real machine (binaries, units, D-Bus policy,
+/// sysusers, tmpfiles).
+pub fn install_root(bin_dir: &Path, root: &Path) -> anyhow::Result<()> {
     let kelsonctl = bin_dir.join("kelsonctl");
     let out = Command::new(&kelsonctl)
         .arg("install")
         .arg("--root")
-        .arg(&tmp)
+        .arg(root)
         .arg("--bin-dir")
         .arg(bin_dir)
         .stdin(Stdio::null())
@@ -69,16 +129,11 @@ pub fn prepare_base(rootfs: &Path, base: &Path, bin_dir: &Path) -> anyhow::Resul
     if !out.status.success() {
         bail!(
             "kelsonctl install --root {} failed: {}{}",
-            tmp.display(),
+            root.display(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Nothing in a lab machine needs the interactive login prompts or time sync.
-    let _ = std::fs::remove_file(tmp.join(ROOTFS_MARKER));
-    std::fs::write(tmp.join(BASE_MARKER), b"kelson lab base\n")?;
-    std::fs::rename(&tmp, base).with_context(|| format!("renaming to {}", base.display()))?;
-    tracing::info!(base = %base.display(), elapsed = ?t.elapsed(), "base layer ready");
     Ok(())
 }
 
@@ -130,11 +185,6 @@ pub fn unmount_root(m: &MachineState) {
 /// Starts systemd-nspawn for the machine, detached; returns (nspawn, init) once the container's
 /// systemd exists. The caller records both and then waits for the boot.
 pub fn spawn(m: &MachineState, console: &Path) -> anyhow::Result<(Proc, Proc)> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(console)
-        .with_context(|| format!("opening {}", console.display()))?;
     let netns = format!("/run/netns/{}", m.netns);
     let mut c = Command::new("systemd-nspawn");
     c.arg("-D")
@@ -153,18 +203,9 @@ pub fn spawn(m: &MachineState, console: &Path) -> anyhow::Result<(Proc, Proc)> {
         .arg(format!("--machine={}", m.name))
         .arg(format!("--network-namespace-path={netns}"))
         // kubectl for the operator inside the machine, as on a real control-plane machine.
-        .arg("--bind-ro=/usr/bin/kubectl")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own session and process group: it survives kelsonctl, and no terminal signal
-        // reaches it.
-        .process_group(0);
-    let child = c.spawn().context("spawning systemd-nspawn")?;
-    let nspawn_pid = child.id();
-    // Not waited for: the machine outlives this process (init reaps it afterwards).
-    std::mem::forget(child);
-    let nspawn = Proc::of(nspawn_pid).context("systemd-nspawn exited at once")?;
+        .arg("--bind-ro=/usr/bin/kubectl");
+    // Detached: the machine survives kelsonctl (its init is reaped by nspawn afterwards).
+    let nspawn = process::spawn_detached(&mut c, console)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if !nspawn.alive() {
@@ -174,16 +215,10 @@ pub fn spawn(m: &MachineState, console: &Path) -> anyhow::Result<(Proc, Proc)> {
                 tail(console, 30)
             );
         }
-        let children =
-            std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
-                .unwrap_or_default();
-        for c in children.split_whitespace() {
-            let Ok(c) = c.parse::<u32>() else { continue };
-            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+        for c in process::children(nspawn) {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).unwrap_or_default();
             if comm.trim() == "systemd" {
-                if let Some(init) = Proc::of(c) {
-                    return Ok((nspawn, init));
-                }
+                return Ok((nspawn, c));
             }
         }
         if Instant::now() >= deadline {
@@ -263,81 +298,41 @@ pub fn wait_booted(init: Proc, timeout: Duration) -> anyhow::Result<()> {
 /// recorded: `lab up` crashed between spawning nspawn and saving the state.
 pub fn find_nspawn(root: &Path) -> Vec<(Proc, Option<Proc>)> {
     let root = root.as_os_str().as_encoded_bytes();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_nspawn = args
-            .first()
-            .is_some_and(|a0| a0.ends_with(b"systemd-nspawn"));
-        let runs_root = args.windows(2).any(|w| w[0] == b"-D" && w[1] == root);
-        if !(is_nspawn && runs_root) {
-            continue;
-        }
-        let Some(nspawn) = Proc::of(pid) else {
-            continue;
-        };
-        let init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-            .find_map(Proc::of);
-        found.push((nspawn, init));
-    }
-    found
-}
-
-fn sigkill(p: Proc) {
-    if p.alive() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    process::scan(|args| {
+        args.first()
+            .is_some_and(|a0| a0.ends_with(b"systemd-nspawn"))
+            && args.windows(2).any(|w| w[0] == b"-D" && w[1] == root)
+    })
+    .into_iter()
+    .map(|nspawn| (nspawn, process::children(nspawn).into_iter().next()))
+    .collect()
 }
 
 /// Kills a machine at once: SIGKILL to its init ends every process of its PID namespace, and
 /// then systemd-nspawn exits. Targets the recorded processes and any nspawn found running the
 /// machine's root. Waits (bounded) for all of them to be gone.
 pub fn kill(m: &MachineState) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(20);
-    loop {
-        // Rescanned each round: an nspawn caught while setting up gets its init later.
-        let found = find_nspawn(&m.root);
-        let inits: Vec<Proc> = m
-            .init
-            .into_iter()
-            .chain(found.iter().filter_map(|(_, i)| *i))
-            .filter(Proc::alive)
-            .collect();
-        inits.iter().copied().for_each(sigkill);
-        let nspawns: Vec<Proc> = m
-            .nspawn
-            .into_iter()
-            .chain(found.iter().map(|(n, _)| *n))
-            .filter(Proc::alive)
-            .collect();
-        if inits.is_empty() && nspawns.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(3) {
-            // nspawn did not notice its container's end (or never had one): end it too.
-            nspawns.iter().copied().for_each(sigkill);
-        }
-        if Instant::now() >= deadline {
-            bail!("machine {} still running 20 s after SIGKILL", m.name);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    process::kill_until_gone(
+        &format!("machine {}", m.name),
+        Duration::from_secs(20),
+        |elapsed| {
+            // Rescanned each round: an nspawn caught while setting up gets its init later.
+            let found = find_nspawn(&m.root);
+            let inits = m
+                .init
+                .into_iter()
+                .chain(found.iter().filter_map(|(_, i)| *i))
+                .map(|p| (p, true));
+            // nspawn exits by itself once its container is gone; one that did not notice
+            // (or never had a container) is ended too after a moment.
+            let nspawns = m
+                .nspawn
+                .into_iter()
+                .chain(found.iter().map(|(n, _)| *n))
+                .map(|p| (p, elapsed > Duration::from_secs(3)));
+            inits.chain(nspawns).collect()
+        },
+    )
 }
 
 /// The directory a machine's files live in.

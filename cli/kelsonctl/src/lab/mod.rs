@@ -4,9 +4,13 @@
 //! From a cluster description (see [`spec`]) the lab builds one machine per control-plane
 //! entry as a systemd-nspawn container with systemd as PID 1 ([`machine`]), in its own network
 //! namespace on its zone's bridge, with zones routed through a router namespace and the host
-//! attached by one veth ([`net`]); then installs each machine's files rendered by
-//! `kelsonctl cluster render` and starts the control plane ([`provision`]). What it created is recorded in `DIR/state.json` before it is created
-//! ([`state`]), so `lab down` removes everything even after a crash.
+//! attached by one veth ([`net`]); then provisions them with the project's Ansible playbooks
+//! over ssh, as an operator would ([`ansible`]: `site.yml` with an inventory generated from the
+//! description), or, with `--provision copy`, copies the files rendered by `kelsonctl cluster
+//! render` in and starts the control plane directly ([`provision`]). Both leave the same
+//! machine behind. What it created is recorded in `DIR/state.json` before it is created
+//! ([`state`]), so `lab down` removes everything even after a crash. `lab ansible PLAYBOOK`
+//! runs any playbook against the lab (a second `site.yml`, `upgrade.yml`).
 //!
 //! Fault verbs act on that record: `kill` (SIGKILL to a machine's init: power loss),
 //! `stop-zone` (every machine of a zone), `start` (boot a killed machine again, same disk),
@@ -21,9 +25,11 @@
 //! the speaker, on a second NIC on the VIP's segment, for LoadBalancer addresses). `up`
 //! boots at most [`MAX_BOOTING`] VMs at once (each booting VM keeps a core busy).
 
+pub mod ansible;
 pub mod cmd;
 pub mod machine;
 pub mod net;
+pub mod process;
 pub mod provision;
 pub mod spec;
 pub mod state;
@@ -33,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use spec::{LabSpec, Role};
 use state::{LabState, MachineState, ZoneState};
@@ -75,6 +81,28 @@ pub enum LabCommand {
     Partition { zone: String },
     /// Remove the partition of a zone, or of every zone.
     Heal { zone: Option<String> },
+    /// Run an Ansible playbook against the lab's machines with the inventory `up` generated
+    /// (`DIR/inventory.yml`), e.g. `site.yml` again or `upgrade.yml -e kelson_bin_dir=DIR`.
+    Ansible {
+        /// Bound for the whole run, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// The playbook (relative to the lab's ansible/ directory).
+        playbook: String,
+        /// Passed on to ansible-playbook.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// How `lab up` configures the control-plane machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Provision {
+    /// `ansible-playbook site.yml` over ssh with an inventory generated from the description
+    /// (the rootfs needs python3 and sshd: ansible/tests/target-rootfs.sh builds one).
+    Ansible,
+    /// Copy render's files into the machines and start the units directly (no Ansible).
+    Copy,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +120,13 @@ pub struct UpArgs {
     /// The QEMU binary for workers (scripts/qemu-fetch.sh DIR prints a usable one).
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
+    /// How the control-plane machines are provisioned (workers are always provisioned over
+    /// ssh without Ansible: see docs/lab.md).
+    #[arg(long, value_enum, default_value_t = Provision::Ansible)]
+    pub provision: Provision,
+    /// The playbooks: the repository's ansible/ directory.
+    #[arg(long, default_value = "ansible")]
+    pub ansible: PathBuf,
 }
 
 /// How many worker VMs boot at the same time (TCG: one busy core each while booting).
@@ -102,9 +137,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
         bail!("kelsonctl lab must run as root (namespaces, mounts, systemd-nspawn)");
     }
     let dir = &args.lab_dir;
-    // One changing command at a time per lab (exec and status only read the state).
+    // One changing command at a time per lab (exec and status only read the state; a
+    // playbook run changes the machines, not the lab, and may take long: exec and the fault
+    // verbs stay usable meanwhile).
     let _lock = match args.command {
-        LabCommand::Exec { .. } | LabCommand::Status => None,
+        LabCommand::Exec { .. } | LabCommand::Status | LabCommand::Ansible { .. } => None,
         _ => Some(lock(dir)?),
     };
     match args.command {
@@ -155,6 +192,30 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             std::io::stdout().write_all(&out.stdout)?;
             std::io::stderr().write_all(&out.stderr)?;
             Ok(out.status.code().unwrap_or(1))
+        }
+        LabCommand::Ansible {
+            timeout,
+            playbook,
+            args,
+        } => {
+            let st = load(dir)?;
+            let ansible_dir = st.ansible.clone().with_context(|| {
+                format!(
+                    "the lab in {} was provisioned without Ansible (--provision copy)",
+                    dir.display()
+                )
+            })?;
+            let status = ansible::playbook(
+                dir,
+                &ansible_dir,
+                &playbook,
+                &args,
+                Duration::from_secs(timeout),
+            )?
+            .stdin(std::process::Stdio::null())
+            .status()
+            .context("running ansible-playbook (ansible-core)")?;
+            Ok(status.code().unwrap_or(1))
         }
         LabCommand::Kill { machine } => {
             let st = load(dir)?;
@@ -313,6 +374,7 @@ pub fn plan(dir: &Path, spec: &LabSpec) -> LabState {
         id,
         qemu: None,
         vm_image: None,
+        ansible: None,
     }
 }
 
@@ -375,6 +437,25 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
             .to_path_buf(),
     };
     let mut st = plan(dir, &spec);
+    let by_ansible = args.provision == Provision::Ansible;
+    if by_ansible {
+        let a = args.ansible.canonicalize().with_context(|| {
+            format!("the playbooks: {} (pass --ansible)", args.ansible.display())
+        })?;
+        if !a.join("site.yml").is_file() {
+            bail!(
+                "{} has no site.yml (pass --ansible with the repository's ansible/ directory)",
+                a.display()
+            );
+        }
+        if cmd::output("sh", &["-c", "command -v ansible-playbook"])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            bail!("ansible-playbook is missing (ansible-core), or pass --provision copy");
+        }
+        st.ansible = Some(a);
+    }
     if cached.is_some() {
         st.qemu = Some(args.qemu.clone());
         st.vm_image = Some(args.vm_image.canonicalize()?);
@@ -388,10 +469,23 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
     // Render first: a description that render refuses fails `up` before anything is built.
     let rendered = dir.join("render");
     provision::render(&std::env::current_exe()?, cluster, &rendered)?;
-    machine::prepare_base(&args.rootfs, &st.base, &bin_dir)?;
+    let key = if by_ansible || cached.is_some() {
+        Some(vm::ssh_key(dir)?)
+    } else {
+        None
+    };
+    let pubkey = key.as_ref().map(|k| k.with_extension("pub"));
+    let seed = pubkey
+        .as_deref()
+        .filter(|_| by_ansible)
+        .map(|pubkey| machine::AnsibleSeed {
+            pubkey,
+            binaries: ansible::BINARIES,
+        });
+    machine::prepare_base(&args.rootfs, &st.base, &bin_dir, seed.as_ref())?;
     eprintln!("lab: base layer ready after {:?}", t.elapsed());
     if let Some(cached) = &cached {
-        let key = vm::ssh_key(dir)?;
+        let key = key.clone().context("no ssh key")?;
         vm::prepare_image(
             dir,
             cached,
@@ -433,7 +527,25 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
         cps.len(),
         t.elapsed()
     );
-    provision::control_plane(dir, &st, &rendered)?;
+    match &st.ansible {
+        Some(ansible_dir) => {
+            let cluster = cluster
+                .canonicalize()
+                .with_context(|| format!("resolving {}", cluster.display()))?;
+            let bin_dir = bin_dir
+                .canonicalize()
+                .with_context(|| format!("resolving {}", bin_dir.display()))?;
+            let inputs = ansible::Inputs {
+                cluster: &cluster,
+                render: &rendered,
+                bin_dir: &bin_dir,
+                key: key.as_deref().context("no ssh key")?,
+            };
+            ansible::site(dir, &st, ansible_dir, &inputs)?;
+            provision::control_plane_done(dir, &st, &rendered)?;
+        }
+        None => provision::control_plane(dir, &st, &rendered)?,
+    }
     // Workers after the control plane: their kubelets register at once, and the VMs' boots
     // (CPU-bound under TCG) do not slow the store's first election.
     for chunk in wks.chunks(MAX_BOOTING) {
@@ -584,7 +696,12 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir.join("render"));
     let _ = std::fs::remove_dir_all(dir.join("pki"));
     let _ = std::fs::remove_dir_all(dir.join("ssh"));
-    for f in ["admin.kubeconfig", "partition.nft"] {
+    for f in [
+        "admin.kubeconfig",
+        "partition.nft",
+        "inventory.yml",
+        "ansible-site.log",
+    ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     std::fs::remove_file(state::path(dir))?;
@@ -606,6 +723,7 @@ fn teardown(dir: &Path, st: &LabState) {
         }
         machine::unmount_root(m);
     }
+    ansible::end_ssh_masters(dir);
     tracing::info!(elapsed = ?t.elapsed(), "machines stopped and unmounted");
     net::destroy(st);
     tracing::info!(elapsed = ?t.elapsed(), "network removed");

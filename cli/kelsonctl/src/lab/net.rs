@@ -330,6 +330,7 @@ mod tests {
             vip: None,
             qemu: None,
             vm_image: None,
+            ansible: None,
             partitioned: partitioned.iter().map(|s| s.to_string()).collect(),
         }
     }

@@ -1,4 +1,6 @@
-//! Configuring the machines' control plane once they are booted.
+//! Configuring the machines' control plane once they are booted, without Ansible (`lab up
+//! --provision copy`; the default runs `ansible/site.yml`, see [`super::ansible`], and only
+//! [`control_plane_done`] is shared), and the workers.
 //!
 //! The configuration comes from `kelsonctl cluster render` (run on the host, as an operator
 //! would on their workstation): one directory per machine laid out as that machine's root.
@@ -120,7 +122,6 @@ pub fn control_plane(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::R
         .iter()
         .filter(|m| m.role == Role::ControlPlane)
         .collect();
-    let first = cps.first().context("no control-plane machine")?;
     let t = Instant::now();
     for m in &cps {
         install_rendered(rendered, m)?;
@@ -137,9 +138,6 @@ pub fn control_plane(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::R
             ],
             EXEC_TIMEOUT,
         )?;
-    }
-    for m in &cps {
-        wait_units_active(m, CONTROL_PLANE_UNITS, Duration::from_secs(90))?;
     }
     // The speaker announces the VIP from whichever machine holds its Lease.
     for m in cps
@@ -163,9 +161,27 @@ pub fn control_plane(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::R
             EXEC_TIMEOUT,
         )?;
     }
+    control_plane_done(dir, state, rendered)?;
     tracing::info!(elapsed = ?t.elapsed(), "control plane active on every machine");
-    write_host_credentials(dir, rendered, first)?;
     Ok(())
+}
+
+/// However the control plane was configured: waits (bounded) until its units are active on
+/// every machine, and writes the host's credentials (`DIR/admin.kubeconfig`, `DIR/pki/`).
+pub fn control_plane_done(dir: &Path, state: &LabState, rendered: &Path) -> anyhow::Result<()> {
+    let cps: Vec<&MachineState> = state
+        .machines
+        .iter()
+        .filter(|m| m.role == Role::ControlPlane)
+        .collect();
+    for m in &cps {
+        wait_units_active(m, CONTROL_PLANE_UNITS, Duration::from_secs(90))?;
+    }
+    write_host_credentials(
+        dir,
+        rendered,
+        cps.first().context("no control-plane machine")?,
+    )
 }
 
 /// Waits (bounded) until every unit is active in the machine; the error carries the journal.

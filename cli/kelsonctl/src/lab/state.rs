@@ -118,6 +118,10 @@ pub struct LabState {
     pub qemu: Option<PathBuf>,
     #[serde(default)]
     pub vm_image: Option<PathBuf>,
+    /// The playbooks' directory when the lab is provisioned with Ansible (`lab ansible` runs
+    /// them with the lab's inventory).
+    #[serde(default)]
+    pub ansible: Option<PathBuf>,
 }
 
 pub fn path(dir: &Path) -> PathBuf {

@@ -25,15 +25,14 @@
 //! Provisioning is over ssh as root with the lab's key (`DIR/ssh/id_ed25519`), exactly like
 //! an operator's first login: see [`super::provision::workers`].
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::cmd;
 use super::state::{LabState, MachineState, Proc};
+use super::{cmd, process};
 
 /// The marker `scripts/vm-image.sh` writes last.
 const IMAGE_MARKER: &str = ".kelson-vm-complete";
@@ -170,26 +169,9 @@ pub fn prepare_image(
         ],
     )?;
     let result = (|| -> anyhow::Result<()> {
-        let kelsonctl = bin_dir.join("kelsonctl");
+        super::machine::install_root(bin_dir, &tree)?;
         // Only what a worker runs: the control-plane daemons stay off its disk (and kelsonctl
         // itself links RocksDB, which the worker image does not carry).
-        let out = Command::new(&kelsonctl)
-            .arg("install")
-            .arg("--root")
-            .arg(&tree)
-            .arg("--bin-dir")
-            .arg(bin_dir)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", kelsonctl.display()))?;
-        if !out.status.success() {
-            bail!(
-                "kelsonctl install --root {} failed: {}{}",
-                tree.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
         for b in [
             "kelson-kv",
             "kelson-apiserver",
@@ -361,11 +343,6 @@ pub fn spawn(
             ],
         )?;
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(console.with_extension("qemu.log"))
-        .with_context(|| format!("opening {}", console.display()))?;
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &st.fabric_ns])
         .arg(qemu)
@@ -401,16 +378,8 @@ pub fn spawn(
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n1,mac={mac}"));
     }
-    c.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Outlives kelsonctl; no terminal signal reaches it.
-        .process_group(0);
-    let child = c.spawn().context("spawning qemu")?;
-    let pid = child.id();
-    // Not waited for: the VM outlives this process.
-    std::mem::forget(child);
-    let p = Proc::of(pid).context("qemu exited at once")?;
+    // Detached: the VM outlives kelsonctl.
+    let p = process::spawn_detached(&mut c, &console.with_extension("qemu.log"))?;
     // `ip netns exec` and the wrapper script exec QEMU in place: same PID. Give it a moment
     // to fail on bad arguments, so the error comes with QEMU's message.
     std::thread::sleep(Duration::from_millis(500));
@@ -535,55 +504,27 @@ pub fn wait_booted(dir: &Path, m: &MachineState, qemu: Proc, console: &Path) -> 
 /// a worker whose process was never recorded (a crashed `lab up`).
 pub fn find_qemu(overlay: &Path) -> Vec<Proc> {
     let needle = format!("file={},", overlay.display());
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let is_qemu = cmdline
-            .split(|b| *b == 0)
-            .next()
-            .is_some_and(|a0| a0.ends_with(b"qemu-system-x86_64"));
-        if is_qemu && cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
-            if let Some(p) = Proc::of(pid) {
-                found.push(p);
-            }
-        }
-    }
-    found
+    process::scan(|args| {
+        args.first()
+            .is_some_and(|a0| a0.ends_with(b"qemu-system-x86_64"))
+            && args.iter().any(|a| *a == needle.as_bytes())
+    })
 }
 
 /// Kills a worker at once (SIGKILL to QEMU: power loss) and waits (bounded) for it to be gone.
 pub fn kill(m: &MachineState) -> anyhow::Result<()> {
     let Some(vm) = &m.vm else { return Ok(()) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let procs: Vec<Proc> = m
-            .init
-            .into_iter()
-            .chain(find_qemu(&vm.overlay))
-            .filter(Proc::alive)
-            .collect();
-        if procs.is_empty() {
-            return Ok(());
-        }
-        for p in procs {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if Instant::now() >= deadline {
-            bail!("worker {} still running 20 s after SIGKILL", m.name);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    process::kill_until_gone(
+        &format!("worker {}", m.name),
+        Duration::from_secs(20),
+        |_| {
+            m.init
+                .into_iter()
+                .chain(find_qemu(&vm.overlay))
+                .map(|p| (p, true))
+                .collect()
+        },
+    )
 }
 
 #[cfg(test)]
