@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod controllers;
 pub mod dbus;
+pub mod events;
 pub mod informer;
 pub mod queue;
 pub mod util;
@@ -237,6 +238,7 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
         client: client.clone(),
         inf: controllers::Informers::new(&client),
         settings: Arc::new(settings),
+        events: events::Recorder::start(client.clone(), kelson_kube::default_identity()),
     };
     let ctrls = controllers::build(&ctx, &cfg.controllers);
     let names: Vec<&str> = ctrls.iter().map(|c| c.name).collect();

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use common::Env;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -447,6 +449,50 @@ async fn node_lifecycle_taints_and_evicts() {
         (live_on_n1 == 0 && active_elsewhere == 5).then_some(())
     })
     .await;
+    // Upstream's events: on the Node (node-controller, uid = node name), NodeNotReady on its
+    // pods, and TaintManagerEviction for each eviction.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), "default");
+    let evs = env
+        .wait("node lifecycle events", 20, || async {
+            let evs = events.list(&ListParams::default()).await.ok()?.items;
+            let has = |reason: &str, kind: &str, msg: &dyn Fn(&str) -> bool| {
+                evs.iter().any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.involved_object.kind.as_deref() == Some(kind)
+                        && e.message.as_deref().is_some_and(msg)
+                })
+            };
+            (has("RegisteredNode", "Node", &|m| {
+                m == "Node n1 event: Registered Node n1 in Controller"
+            }) && has("NodeNotReady", "Node", &|m| {
+                m == "Node n1 status is now: NodeNotReady"
+            }) && has("NodeNotReady", "Pod", &|m| m == "Node is not ready")
+                && has("TaintManagerEviction", "Pod", &|m| {
+                    m.starts_with("Marking for deletion Pod default/w-")
+                }))
+            .then_some(evs)
+        })
+        .await;
+    let node_ev = evs
+        .iter()
+        .find(|e| {
+            e.reason.as_deref() == Some("NodeNotReady")
+                && e.involved_object.kind.as_deref() == Some("Node")
+        })
+        .unwrap();
+    assert_eq!(node_ev.involved_object.uid.as_deref(), Some("n1"));
+    assert_eq!(
+        node_ev.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("node-controller")
+    );
+    let evicted = evs
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("TaintManagerEviction"))
+        .unwrap();
+    assert_eq!(
+        evicted.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("taint-eviction-controller")
+    );
 
     // A whole zone going dark while another zone is healthy: upstream evicts it, but at
     // --node-eviction-rate (0.25 nodes/s here), one node at a time.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::Env;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 
 async fn active_pods(env: &Env) -> Vec<Pod> {
@@ -290,4 +290,133 @@ async fn recreate_and_replicaset_adoption() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     env.kubectl(&["rollout", "status", "deployment/rc", "--timeout=60s"]);
+}
+
+/// Events about `kind/name` in the default namespace, as `kubectl describe` finds them.
+async fn events_for(env: &Env, kind: &str, name: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(env.client.clone(), "default");
+    api.list(&ListParams::default().fields(&format!(
+        "involvedObject.kind={kind},involvedObject.name={name}"
+    )))
+    .await
+    .map(|l| l.items)
+    .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_records_events_like_upstream() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
+    env.kubectl(&[
+        "create",
+        "deployment",
+        "ev",
+        "--image=registry.invalid/web:1",
+        "--replicas=3",
+    ]);
+    let deps: Api<Deployment> = Api::namespaced(env.client.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(env.client.clone(), "default");
+    let rs = env
+        .wait("replica set created", 20, || async {
+            rss.list(&ListParams::default()).await.ok()?.items.pop()
+        })
+        .await;
+    let rs_name = rs.metadata.name.clone().unwrap();
+    let d = deps.get("ev").await.unwrap();
+
+    // Deployment: ScalingReplicaSet, from the deployment-controller, about the Deployment.
+    let up = format!("Scaled up replica set {rs_name} from 0 to 3");
+    let e = env
+        .wait("ScalingReplicaSet event", 20, || async {
+            events_for(&env, "Deployment", "ev")
+                .await
+                .into_iter()
+                .find(|e| e.message.as_deref() == Some(up.as_str()))
+        })
+        .await;
+    assert_eq!(e.reason.as_deref(), Some("ScalingReplicaSet"));
+    assert_eq!(e.type_.as_deref(), Some("Normal"));
+    assert_eq!(e.count, Some(1));
+    assert_eq!(
+        e.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("deployment-controller")
+    );
+    assert_eq!(
+        e.reporting_component.as_deref(),
+        Some("deployment-controller")
+    );
+    let io = &e.involved_object;
+    assert_eq!(io.api_version.as_deref(), Some("apps/v1"));
+    assert_eq!(io.uid, d.metadata.uid);
+
+    // ReplicaSet: one SuccessfulCreate per pod, from the replicaset-controller.
+    let created = env
+        .wait("3 SuccessfulCreate events", 20, || async {
+            let v: Vec<Event> = events_for(&env, "ReplicaSet", &rs_name)
+                .await
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+                .collect();
+            (v.len() == 3).then_some(v)
+        })
+        .await;
+    for e in &created {
+        let m = e.message.as_deref().unwrap();
+        assert!(m.starts_with(&format!("Created pod: {rs_name}-")), "{m}");
+        assert_eq!(
+            e.source.as_ref().and_then(|s| s.component.as_deref()),
+            Some("replicaset-controller")
+        );
+        assert_eq!(e.involved_object.uid, rs.metadata.uid);
+    }
+    // kubectl describe shows them.
+    let out = env.kubectl(&["describe", "deployment", "ev"]);
+    assert!(
+        out.contains("ScalingReplicaSet") && out.contains(&up),
+        "{out}"
+    );
+
+    // Scaling down deletes pods (SuccessfulDelete); the same scaling again bumps the count of
+    // the first event instead of creating a second one.
+    let down = format!("Scaled down replica set {rs_name} from 3 to 1");
+    let count_of = |msg: String| {
+        let env = &env;
+        async move {
+            events_for(env, "Deployment", "ev")
+                .await
+                .into_iter()
+                .filter(|e| e.message.as_deref() == Some(msg.as_str()))
+                .map(|e| e.count.unwrap_or(1))
+                .collect::<Vec<_>>()
+        }
+    };
+    env.kubectl(&["scale", "deployment", "ev", "--replicas=1"]);
+    env.wait("scaled down once", 20, || async {
+        (count_of(down.clone()).await == vec![1]).then_some(())
+    })
+    .await;
+    env.wait("2 SuccessfulDelete events", 20, || async {
+        let n = events_for(&env, "ReplicaSet", &rs_name)
+            .await
+            .iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("SuccessfulDelete")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("Deleted pod: "))
+            })
+            .count();
+        (n == 2).then_some(())
+    })
+    .await;
+    env.kubectl(&["scale", "deployment", "ev", "--replicas=3"]);
+    let back_up = format!("Scaled up replica set {rs_name} from 1 to 3");
+    env.wait("scaled up again", 20, || async {
+        (count_of(back_up.clone()).await == vec![1]).then_some(())
+    })
+    .await;
+    env.kubectl(&["scale", "deployment", "ev", "--replicas=1"]);
+    env.wait("the repeated scale-down bumps the count", 20, || async {
+        (count_of(down.clone()).await == vec![2]).then_some(())
+    })
+    .await;
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::Env;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Node, PersistentVolumeClaim, Pod, ResourceQuota,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -48,6 +50,21 @@ fn job(
         }
     }
     j
+}
+
+/// Events about `kind/name` in the default namespace.
+async fn events_for(env: &Env, kind: &str, name: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(env.client.clone(), "default");
+    api.list(&ListParams::default().fields(&format!(
+        "involvedObject.kind={kind},involvedObject.name={name}"
+    )))
+    .await
+    .map(|l| l.items)
+    .unwrap_or_default()
+}
+
+fn annotation(p: &Pod, key: &str) -> Option<String> {
+    p.metadata.annotations.as_ref()?.get(key).cloned()
 }
 
 fn condition(j: &Job, t: &str) -> Option<(String, String)> {
@@ -189,6 +206,46 @@ async fn failing_job_hits_backoff_limit_then_ttl_deletes_it() {
     let (reason, msg) = condition(&j, "Failed").unwrap();
     assert_eq!(reason, "BackoffLimitExceeded");
     assert_eq!(msg, "Job has reached the specified backoff limit");
+    // Events, as `kubectl describe job` shows them: the pods created, then the failure.
+    let evs = env
+        .wait("job events", 20, || async {
+            let evs = events_for(&env, "Job", "bad").await;
+            let created = evs
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+                .count();
+            let failed = evs
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("BackoffLimitExceeded"));
+            (created >= 2 && failed).then_some(evs)
+        })
+        .await;
+    for e in &evs {
+        assert_eq!(e.involved_object.uid, j.metadata.uid, "{e:?}");
+        assert_eq!(
+            e.source.as_ref().and_then(|s| s.component.as_deref()),
+            Some("job-controller")
+        );
+        match e.reason.as_deref() {
+            Some("SuccessfulCreate") => {
+                assert_eq!(e.type_.as_deref(), Some("Normal"));
+                assert!(e
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("Created pod: bad-"));
+            }
+            Some("BackoffLimitExceeded") => {
+                assert_eq!(e.type_.as_deref(), Some("Warning"));
+                assert_eq!(
+                    e.message.as_deref(),
+                    Some("Job has reached the specified backoff limit")
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(!evs.iter().any(|e| e.reason.as_deref() == Some("Completed")));
     let st = j.status.unwrap();
     assert!(st.failed.unwrap() >= 2, "{st:?}");
     assert_eq!(st.succeeded.unwrap_or(0), 0);
@@ -200,6 +257,122 @@ async fn failing_job_hits_backoff_limit_then_ttl_deletes_it() {
     .await;
     env.wait("pods garbage collected", 20, || async {
         pods_with(&env, "app=bad").await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// An Indexed Job whose index `i` exits with `codes[i]`.
+fn indexed_job(name: &str, codes: &[&str], extra: serde_json::Value) -> serde_json::Value {
+    let n = codes.len() as i32;
+    let mut j = job(name, n, n, "1", extra);
+    j["spec"]["completionMode"] = json!("Indexed");
+    let ann: serde_json::Map<String, serde_json::Value> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("fake-exit-{i}"), json!(c)))
+        .collect();
+    j["spec"]["template"]["metadata"]["annotations"] = serde_json::Value::Object(ann);
+    j
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_job_backoff_limit_per_index() {
+    let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
+    let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    // FailIndex: index 0 exits 42, which fails the index at once despite 3 retries allowed;
+    // index 1 succeeds. Every index is done, one failed: the Job fails with FailedIndexes.
+    let fail_index = json!({"backoffLimitPerIndex": 3, "podFailurePolicy": {"rules": [
+        {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}}]}});
+    apply(&env, "fi", indexed_job("fi", &["42", "0"], fail_index));
+    // maxFailedIndexes 0 with no retries: the first failed index fails the Job.
+    let max_failed = json!({"backoffLimitPerIndex": 0, "maxFailedIndexes": 0, "parallelism": 1});
+    apply(
+        &env,
+        "mfi",
+        indexed_job("mfi", &["1", "1", "1"], max_failed),
+    );
+    // One retry per index: indexes 0 and 2 fail twice, index 1 succeeds.
+    apply(
+        &env,
+        "pi",
+        indexed_job("pi", &["1", "0", "1"], json!({"backoffLimitPerIndex": 1})),
+    );
+
+    let j = env
+        .wait("fi fails", 30, || async {
+            let j = jobs.get("fi").await.ok()?;
+            condition(&j, "Failed").map(|_| j)
+        })
+        .await;
+    assert_eq!(
+        condition(&j, "Failed").unwrap(),
+        (
+            "FailedIndexes".to_string(),
+            "Job has failed indexes".to_string()
+        )
+    );
+    let st = j.status.clone().unwrap();
+    assert_eq!(st.failed_indexes.as_deref(), Some("0"));
+    assert_eq!(st.completed_indexes.as_deref(), Some("1"));
+    assert_eq!((st.failed, st.succeeded), (Some(1), Some(1)));
+    // No retry for the failed index.
+    assert_eq!(pods_with(&env, "app=fi").await.len(), 2);
+    env.wait("FailedIndexes event", 20, || async {
+        events_for(&env, "Job", "fi").await.into_iter().find(|e| {
+            e.reason.as_deref() == Some("FailedIndexes")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message.as_deref() == Some("Job has failed indexes")
+        })
+    })
+    .await;
+
+    let j = env
+        .wait("mfi fails", 30, || async {
+            let j = jobs.get("mfi").await.ok()?;
+            condition(&j, "Failed").map(|_| j)
+        })
+        .await;
+    assert_eq!(
+        condition(&j, "Failed").unwrap().0,
+        "MaxFailedIndexesExceeded"
+    );
+    let st = j.status.clone().unwrap();
+    assert_eq!(st.failed_indexes.as_deref(), Some("0"));
+    assert_eq!(pods_with(&env, "app=mfi").await.len(), 1);
+
+    // Per-index retries: the replacement carries the index's failure count and comes after
+    // the per-index back-off (10 s for the first failure).
+    let j = env
+        .wait("pi fails after retrying indexes 0 and 2", 60, || async {
+            let j = jobs.get("pi").await.ok()?;
+            condition(&j, "Failed").map(|_| j)
+        })
+        .await;
+    let st = j.status.clone().unwrap();
+    assert_eq!(condition(&j, "Failed").unwrap().0, "FailedIndexes");
+    assert_eq!(st.failed_indexes.as_deref(), Some("0,2"));
+    assert_eq!(st.completed_indexes.as_deref(), Some("1"));
+    assert_eq!((st.failed, st.succeeded), (Some(4), Some(1)));
+    let pods = pods_with(&env, "app=pi").await;
+    assert_eq!(pods.len(), 5, "two attempts for 0 and 2, one for 1");
+    for i in ["0", "2"] {
+        let mut counts: Vec<String> = pods
+            .iter()
+            .filter(|p| {
+                annotation(p, "batch.kubernetes.io/job-completion-index").as_deref() == Some(i)
+            })
+            .filter_map(|p| annotation(p, "batch.kubernetes.io/job-index-failure-count"))
+            .collect();
+        counts.sort();
+        assert_eq!(counts, vec!["0", "1"], "index {i}");
+    }
+    // Every finished pod was counted: no tracking finalizer left.
+    env.wait("finalizers removed", 20, || async {
+        pods_with(&env, "app=pi")
+            .await
+            .iter()
+            .all(|p| p.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()))
+            .then_some(())
     })
     .await;
 }

@@ -311,6 +311,9 @@ pub struct Snapshot {
     pub domains: HashMap<String, HashMap<String, usize>>,
     /// Image name → number of nodes that have it (ImageLocality's spread factor).
     pub images: HashMap<String, usize>,
+    /// Namespace name → its labels, for inter-pod affinity terms' `namespaceSelector`
+    /// (upstream's namespace lister; kept here so every attempt sees one consistent view).
+    pub namespaces: HashMap<String, Labels>,
 }
 
 /// Interchangeable pods (equal [`GroupKey`]) and where they run.
@@ -395,6 +398,7 @@ impl Snapshot {
             groups,
             domains,
             images,
+            namespaces: HashMap::new(),
         }
     }
 

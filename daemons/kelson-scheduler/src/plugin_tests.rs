@@ -349,6 +349,152 @@ fn inter_pod_affinity_and_anti_affinity() {
     );
 }
 
+fn pod_ns(name: &str, ns: &str, labels: Value, spec: Value) -> Arc<PodInfo> {
+    let mut spec = spec;
+    if spec.get("containers").is_none() {
+        spec["containers"] = json!([{"name": "c", "image": "busybox"}]);
+    }
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "labels": labels},
+        "spec": spec
+    }))
+    .unwrap();
+    Arc::new(PodInfo::new(Arc::new(p), 0))
+}
+
+/// A required pod (anti-)affinity term on the hostname over pods labelled app=`app`, with the
+/// given `namespaces` and `namespaceSelector` (JSON null = absent).
+fn term(kind: &str, app: &str, namespaces: Value, selector: Value) -> Value {
+    let mut t = json!({"topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": {"app": app}}});
+    if !namespaces.is_null() {
+        t["namespaces"] = namespaces;
+    }
+    if !selector.is_null() {
+        t["namespaceSelector"] = selector;
+    }
+    json!({"affinity": {kind: {"requiredDuringSchedulingIgnoredDuringExecution": [t]}}})
+}
+
+#[test]
+fn namespace_selector_in_affinity_terms() {
+    // A db pod in namespace team-a on node a; node b is empty.
+    let mut s = snap(vec![
+        with_pods(
+            node("a", "4", "4Gi", json!(null), json!(null)),
+            vec![pod_ns("db0", "team-a", json!({"app": "db"}), json!({}))],
+        ),
+        node("b", "4", "4Gi", json!(null), json!(null)),
+    ]);
+    for (ns, team) in [("team-a", "a"), ("team-b", "b")] {
+        s.namespaces
+            .insert(ns.into(), [("team".to_string(), team.to_string())].into());
+    }
+    s.namespaces.insert("default".into(), Default::default());
+    let place_ns = |s: &Snapshot, spec: Value| place(s, pod_ns("w", "default", json!({}), spec));
+    let aff = |ns: Value, sel: Value| term("podAffinity", "db", ns, sel);
+    let unschedulable =
+        "0/2 nodes are available: 2 node(s) didn't match pod affinity rules.".to_string();
+
+    // Selected by label: next to the db pod in team-a.
+    let by_label = json!({"matchLabels": {"team": "a"}});
+    assert_eq!(
+        place_ns(&s, aff(json!(null), by_label.clone())).unwrap(),
+        "a"
+    );
+    // A selector matching other namespaces only: nothing to be next to.
+    let other = json!({"matchLabels": {"team": "b"}});
+    assert_eq!(
+        place_ns(&s, aff(json!(null), other.clone())),
+        Err(unschedulable.clone())
+    );
+    // `{}` selects every namespace.
+    assert_eq!(place_ns(&s, aff(json!(null), json!({}))).unwrap(), "a");
+    // Listed namespaces and the selector are united.
+    assert_eq!(
+        place_ns(&s, aff(json!(["team-a"]), other.clone())).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        place_ns(&s, aff(json!(["team-b"]), by_label.clone())).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        place_ns(&s, aff(json!(["team-b"]), json!(null))),
+        Err(unschedulable.clone())
+    );
+    // Neither: the pod's own namespace only.
+    assert_eq!(
+        place_ns(&s, aff(json!(null), json!(null))),
+        Err(unschedulable.clone())
+    );
+    // Expressions work on namespace labels too; a namespace without labels matches only
+    // selectors that accept no labels.
+    let expr =
+        json!({"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "c"]}]});
+    assert_eq!(place_ns(&s, aff(json!(null), expr)).unwrap(), "a");
+
+    // Anti-affinity of the incoming pod with a selector keeps it off a.
+    let anti = term("podAntiAffinity", "db", json!(null), by_label.clone());
+    assert_eq!(place_ns(&s, anti).unwrap(), "b");
+
+    // An existing pod's anti-affinity with a selector rejects pods from selected namespaces
+    // only (the incoming pod's namespace labels decide).
+    let mut s2 = snap(vec![
+        with_pods(
+            node("a", "4", "4Gi", json!(null), json!(null)),
+            vec![pod_ns(
+                "guard",
+                "team-a",
+                json!({"app": "guard"}),
+                term(
+                    "podAntiAffinity",
+                    "web",
+                    json!(null),
+                    json!({"matchLabels": {"team": "b"}}),
+                ),
+            )],
+        ),
+        node("b", "4", "4Gi", json!(null), json!(null)),
+    ]);
+    s2.namespaces = s.namespaces.clone();
+    let one_node = |s: &Snapshot| {
+        let mut only_a = snap(vec![s.nodes[0].as_ref().clone()]);
+        only_a.namespaces = s.namespaces.clone();
+        only_a
+    };
+    let only_a = one_node(&s2);
+    assert_eq!(
+        place(
+            &only_a,
+            pod_ns("web", "team-b", json!({"app": "web"}), json!({}))
+        ),
+        Err(
+            "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+                .to_string()
+        )
+    );
+    assert_eq!(
+        place(
+            &only_a,
+            pod_ns("web", "default", json!({"app": "web"}), json!({}))
+        )
+        .unwrap(),
+        "a"
+    );
+    // Relabelling a namespace changes the outcome (the snapshot is the informer's view).
+    let mut relabelled = one_node(&s2);
+    relabelled.namespaces.insert(
+        "default".into(),
+        [("team".to_string(), "b".to_string())].into(),
+    );
+    assert!(place(
+        &relabelled,
+        pod_ns("web", "default", json!({"app": "web"}), json!({}))
+    )
+    .is_err());
+}
+
 #[test]
 fn scores_least_allocated_and_image_locality() {
     let s = snap(vec![

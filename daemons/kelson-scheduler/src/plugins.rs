@@ -204,28 +204,42 @@ pub struct CycleState {
     affinity_scores: TopoCounts,
 }
 
-fn term_namespaces_match(term: &PodAffinityTerm, owner_ns: &str, target_ns: &str) -> bool {
+/// Namespace name → labels (the snapshot's copy of the Namespace informer).
+pub type NamespaceLabels = HashMap<String, Labels>;
+
+/// Whether a term of a pod in `owner_ns` covers pods in `target_ns`, as upstream's
+/// `AffinityTerm.Matches`: the namespaces listed in the term, united with those its
+/// `namespaceSelector` selects (`{}` selects every namespace; a namespace the informer has not
+/// seen has no labels); with neither, the owner's own namespace.
+pub fn term_namespaces_match(
+    term: &PodAffinityTerm,
+    owner_ns: &str,
+    target_ns: &str,
+    namespaces: &NamespaceLabels,
+) -> bool {
     let listed = term.namespaces.as_deref().unwrap_or(&[]);
-    if !listed.is_empty() {
-        return listed.iter().any(|n| n == target_ns);
+    let Some(sel) = &term.namespace_selector else {
+        return if listed.is_empty() {
+            owner_ns == target_ns
+        } else {
+            listed.iter().any(|n| n == target_ns)
+        };
+    };
+    if listed.iter().any(|n| n == target_ns) {
+        return true;
     }
-    match &term.namespace_selector {
-        // An empty namespace selector means all namespaces.
-        Some(s)
-            if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
-        {
-            true
-        }
-        // Namespace labels are not cached: a non-empty namespaceSelector matches only the
-        // owner's namespace (documented limitation).
-        _ => owner_ns == target_ns,
-    }
+    let empty = Labels::new();
+    label_selector_matches(Some(sel), namespaces.get(target_ns).unwrap_or(&empty))
 }
 
 /// `target` matches `term` of a pod in namespace `owner_ns`.
-fn term_matches(term: &PodAffinityTerm, owner_ns: &str, target: &PodInfo) -> bool {
-    term_namespaces_match(term, owner_ns, &target.namespace)
+fn term_matches(
+    term: &PodAffinityTerm,
+    owner_ns: &str,
+    target: &PodInfo,
+    namespaces: &NamespaceLabels,
+) -> bool {
+    term_namespaces_match(term, owner_ns, &target.namespace, namespaces)
         && label_selector_matches(term.label_selector.as_ref(), &target.labels)
 }
 
@@ -397,37 +411,37 @@ impl CycleState {
             if !existing.group.terms.is_empty() {
                 // Existing pods' required anti-affinity against the incoming pod.
                 for t in &existing.required_anti_affinity {
-                    if term_matches(t, &existing.namespace, &pod) {
+                    if term_matches(t, &existing.namespace, &pod, &snap.namespaces) {
                         adds.push((&t.topology_key, 1, EXISTING_ANTI));
                     }
                 }
                 // Symmetry for scoring: existing pods' preferred terms and required affinity
                 // (hardPodAffinityWeight = 1).
                 for (w, t) in &existing.preferred_affinity {
-                    if term_matches(t, &existing.namespace, &pod) {
+                    if term_matches(t, &existing.namespace, &pod, &snap.namespaces) {
                         adds.push((&t.topology_key, *w as i64, SCORE));
                     }
                 }
                 for t in &existing.required_affinity {
-                    if term_matches(t, &existing.namespace, &pod) {
+                    if term_matches(t, &existing.namespace, &pod, &snap.namespaces) {
                         adds.push((&t.topology_key, 1, SCORE));
                     }
                 }
             }
             if has_own_terms {
                 for t in &pod.required_affinity {
-                    if term_matches(t, &pod.namespace, existing) {
+                    if term_matches(t, &pod.namespace, existing, &snap.namespaces) {
                         any_affinity_match = true;
                         adds.push((&t.topology_key, 1, AFFINITY));
                     }
                 }
                 for t in &pod.required_anti_affinity {
-                    if term_matches(t, &pod.namespace, existing) {
+                    if term_matches(t, &pod.namespace, existing, &snap.namespaces) {
                         adds.push((&t.topology_key, 1, ANTI));
                     }
                 }
                 for (w, t) in &pod.preferred_affinity {
-                    if term_matches(t, &pod.namespace, existing) {
+                    if term_matches(t, &pod.namespace, existing, &snap.namespaces) {
                         adds.push((&t.topology_key, *w as i64, SCORE));
                     }
                 }
@@ -454,7 +468,7 @@ impl CycleState {
             && pod
                 .required_affinity
                 .iter()
-                .all(|t| term_matches(t, &pod.namespace, &pod));
+                .all(|t| term_matches(t, &pod.namespace, &pod, &snap.namespaces));
     }
 
     fn node_affinity_matches(&self, n: &NodeInfo) -> bool {
@@ -995,32 +1009,32 @@ mod group_prefilter_tests {
                     }
                 };
                 for t in &e.required_anti_affinity {
-                    if term_matches(t, &e.namespace, pod) {
+                    if term_matches(t, &e.namespace, pod, &snap.namespaces) {
                         add(0, t, 1);
                     }
                 }
                 for (w, t) in &e.preferred_affinity {
-                    if term_matches(t, &e.namespace, pod) {
+                    if term_matches(t, &e.namespace, pod, &snap.namespaces) {
                         add(1, t, *w as i64);
                     }
                 }
                 for t in &e.required_affinity {
-                    if term_matches(t, &e.namespace, pod) {
+                    if term_matches(t, &e.namespace, pod, &snap.namespaces) {
                         add(1, t, 1);
                     }
                 }
                 for t in &pod.required_affinity {
-                    if term_matches(t, &pod.namespace, e) {
+                    if term_matches(t, &pod.namespace, e, &snap.namespaces) {
                         add(2, t, 1);
                     }
                 }
                 for t in &pod.required_anti_affinity {
-                    if term_matches(t, &pod.namespace, e) {
+                    if term_matches(t, &pod.namespace, e, &snap.namespaces) {
                         add(3, t, 1);
                     }
                 }
                 for (w, t) in &pod.preferred_affinity {
-                    if term_matches(t, &pod.namespace, e) {
+                    if term_matches(t, &pod.namespace, e, &snap.namespaces) {
                         add(1, t, *w as i64);
                     }
                 }

@@ -16,6 +16,10 @@
 //! shows `spec.nodeName` confirms it; a failed binding forgets it and re-queues the pod with
 //! back-off. Only the leader pops the queue; all instances keep their caches warm so a new
 //! leader starts scheduling at once.
+//!
+//! Namespaces are watched too, only for their labels: inter-pod affinity terms with a
+//! `namespaceSelector` select the namespaces they cover by label. A namespace added or
+//! relabelled may make an unschedulable pod fit, so it re-activates them like a node event.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -55,6 +59,7 @@ pub struct Shared {
 enum Msg {
     Node(watcher::Event<Node>),
     Pod(watcher::Event<Pod>),
+    Namespace(watcher::Event<Namespace>),
     Bound {
         key: String,
         uid: String,
@@ -243,6 +248,22 @@ impl Scheduler {
                 }
             }));
         }
+        {
+            let tx = tx.clone();
+            let nss: Api<Namespace> = Api::all(self.client.clone());
+            let mut s = watcher(nss, wcfg.clone()).default_backoff().boxed();
+            tasks.push(tokio::spawn(async move {
+                while let Some(ev) = s.next().await {
+                    let m = match ev {
+                        Ok(e) => Msg::Namespace(e),
+                        Err(e) => Msg::WatchError("namespaces", e.to_string()),
+                    };
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
         let (pc_store, pc_writer) = reflector::store::<PriorityClass>();
         let pcs = reflector::reflector(
             pc_writer,
@@ -301,8 +322,10 @@ impl Scheduler {
             ),
             nodes_synced: false,
             pods_synced: false,
+            namespaces_synced: false,
             init_nodes: None,
             init_pods: None,
+            init_namespaces: None,
         };
         let mut was_leader = false;
         loop {
@@ -319,7 +342,7 @@ impl Scheduler {
                 anyhow::bail!("leader election lost");
             }
             was_leader = leader;
-            let synced = st.nodes_synced && st.pods_synced;
+            let synced = st.nodes_synced && st.pods_synced && st.namespaces_synced;
             self.shared.synced.store(synced, Ordering::Relaxed);
             if leader && synced {
                 if let Some(key) = st.queue.pop() {
@@ -364,8 +387,10 @@ struct Loop {
     events: Recorder,
     nodes_synced: bool,
     pods_synced: bool,
+    namespaces_synced: bool,
     init_nodes: Option<HashSet<String>>,
     init_pods: Option<HashSet<String>>,
+    init_namespaces: Option<HashSet<String>>,
 }
 
 impl Loop {
@@ -438,6 +463,32 @@ impl Loop {
                         }
                     }
                     self.pods_synced = true;
+                }
+            },
+            Msg::Namespace(ev) => match ev {
+                watcher::Event::Init => self.init_namespaces = Some(HashSet::new()),
+                watcher::Event::InitApply(ns) | watcher::Event::Apply(ns) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    if let Some(s) = self.init_namespaces.as_mut() {
+                        s.insert(name.clone());
+                    }
+                    let labels = ns.metadata.labels.unwrap_or_default();
+                    if self.cache.snap.namespaces.get(&name) != Some(&labels) {
+                        self.cache.snap.namespaces.insert(name, labels);
+                        self.queue.move_all_to_active_or_backoff(now);
+                    }
+                }
+                watcher::Event::Delete(ns) => {
+                    self.cache
+                        .snap
+                        .namespaces
+                        .remove(ns.metadata.name.as_deref().unwrap_or(""));
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = self.init_namespaces.take() {
+                        self.cache.snap.namespaces.retain(|n, _| seen.contains(n));
+                    }
+                    self.namespaces_synced = true;
                 }
             },
             Msg::Bound {

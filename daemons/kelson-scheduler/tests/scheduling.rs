@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kelson_testsupport::{wait_for, ChildGuard, ControlPlane};
 use kube::api::{Api, ListParams, PostParams};
@@ -307,6 +307,84 @@ async fn high_priority_pod_preempts_lower_priority_one() {
         )
         .await;
     assert_eq!(wait_bound(&client, "high", &log).await, "small");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_selector_in_affinity_terms_follows_namespace_labels() {
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().await.unwrap();
+    create_node(&client, "n1", "4", json!(null), json!(null)).await;
+    create_node(&client, "n2", "4", json!(null), json!(null)).await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "team-a", "labels": {"team": "a"}}
+    }))
+    .unwrap();
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    // A db pod in team-a, already on n1.
+    let db: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "db0", "labels": {"app": "db"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), "team-a")
+        .create(&PostParams::default(), &db)
+        .await
+        .unwrap();
+    let _s = spawn_scheduler(&cp, "sched", &["--leader-elect=false"]);
+    let log = cp.dir().join("sched.log");
+    let term = |kind: &str, sel: Value| {
+        json!({"affinity": {kind: {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}},
+             "namespaceSelector": sel}]}}})
+    };
+    // Anti-affinity to db pods in namespaces labelled team=a: away from n1.
+    create_pod(
+        &client,
+        "away",
+        json!({}),
+        term("podAntiAffinity", json!({"matchLabels": {"team": "a"}})),
+    )
+    .await;
+    assert_eq!(wait_bound(&client, "away", &log).await, "n2");
+    // Affinity to db pods in namespaces labelled tier=data: none yet, so unschedulable ...
+    create_pod(
+        &client,
+        "near",
+        json!({}),
+        term("podAffinity", json!({"matchLabels": {"tier": "data"}})),
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    wait_for(
+        Duration::from_secs(20),
+        "FailedScheduling for near",
+        || async {
+            let l = events
+                .list(&ListParams::default().fields("involvedObject.name=near"))
+                .await?;
+            l.items
+                .iter()
+                .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+                .map(|e| e.message.clone().unwrap_or_default())
+                .ok_or_else(|| anyhow::anyhow!("no FailedScheduling event yet"))
+        },
+    )
+    .await
+    .map(|m| assert!(m.contains("didn't match pod affinity rules"), "{m}"))
+    .unwrap();
+    assert_eq!(node_of(&client, "near").await, None);
+    // ... until team-a gets the label: the namespace event re-activates the pod.
+    nss.patch(
+        "team-a",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"labels": {"tier": "data"}}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_bound(&client, "near", &log).await, "n1");
 }
 
 fn holder(l: &Lease) -> Option<String> {

@@ -31,7 +31,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::{is_status, job, Controller, Ctx, Result};
+use super::{err_message, is_status, job, Controller, Ctx, Result};
+use crate::events::EventType;
+
+/// The reporting controller name of upstream's cronjob controller.
+const COMPONENT: &str = "cronjob-controller";
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
@@ -53,7 +57,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
     });
     let c = ctx.clone();
     let cjs = ctx.inf.cronjobs.clone();
-    Controller::new("cronjob-controller", queue, 1, move |key| {
+    Controller::new(COMPONENT, queue, 1, move |key| {
         let c = c.clone();
         async move { reconcile(&c, &key).await }
     })
@@ -139,9 +143,18 @@ fn job_ref(j: &Job) -> ObjectReference {
     }
 }
 
-async fn delete_job(api: &Api<Job>, name: &str) -> Result<()> {
+async fn delete_job(ctx: &Ctx, cj: &CronJob, api: &Api<Job>, name: &str) -> Result<()> {
     match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            ctx.events.event(
+                COMPONENT,
+                cj,
+                EventType::Normal,
+                "SuccessfulDelete",
+                format!("Deleted job {name}"),
+            );
+            Ok(())
+        }
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -180,7 +193,28 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     let mut active: Vec<ObjectReference> = Vec::new();
     let (mut succ, mut fail) = (Vec::new(), Vec::new());
     for j in &jobs {
-        match job::finished(j) {
+        let finished = job::finished(j);
+        if let Some(c) = finished {
+            let was_active = old
+                .active
+                .iter()
+                .flatten()
+                .any(|r| r.uid.is_some() && r.uid == j.metadata.uid);
+            if was_active {
+                ctx.events.event(
+                    COMPONENT,
+                    &*cj,
+                    EventType::Normal,
+                    "SawCompletedJob",
+                    format!(
+                        "Saw completed job: {}, condition: {}",
+                        j.metadata.name.as_deref().unwrap_or_default(),
+                        c.type_
+                    ),
+                );
+            }
+        }
+        match finished {
             None => active.push(job_ref(j)),
             Some(c) if c.type_ == "Complete" => {
                 if let Some(t) = j.status.as_ref().and_then(|s| s.completion_time.clone()) {
@@ -203,7 +237,13 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         let excess = list.len().saturating_sub(limit.max(0) as usize);
         for j in list.iter().take(excess) {
             if !util::is_deleting(&j.metadata) {
-                delete_job(&jobs_api, j.metadata.name.as_deref().unwrap_or_default()).await?;
+                delete_job(
+                    ctx,
+                    &cj,
+                    &jobs_api,
+                    j.metadata.name.as_deref().unwrap_or_default(),
+                )
+                .await?;
             }
         }
     }
@@ -214,6 +254,13 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(cronjob = key, error = %e, "unparseable schedule");
+                ctx.events.event(
+                    COMPONENT,
+                    &*cj,
+                    EventType::Warning,
+                    "UnparseableSchedule",
+                    format!("unparseable schedule: {:?} : {e}", spec.schedule),
+                );
                 None
             }
         };
@@ -221,6 +268,16 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             Ok(o) => Some(o),
             Err(e) => {
                 tracing::warn!(cronjob = key, error = %e, "unknown time zone");
+                ctx.events.event(
+                    COMPONENT,
+                    &*cj,
+                    EventType::Warning,
+                    "UnknownTimeZone",
+                    format!(
+                        "invalid timeZone: {:?}: {e}",
+                        spec.time_zone.as_deref().unwrap_or_default()
+                    ),
+                );
                 None
             }
         };
@@ -259,11 +316,37 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
                             .iter()
                             .filter(|a| a.name.as_deref() != Some(&this_run))
                         {
-                            delete_job(&jobs_api, a.name.as_deref().unwrap_or_default()).await?;
+                            delete_job(ctx, &cj, &jobs_api, a.name.as_deref().unwrap_or_default())
+                                .await?;
                         }
                         st.active = None;
                     }
-                    let created = create_job(&jobs_api, &cj, t).await?;
+                    let created = match create_job(&jobs_api, &cj, t).await {
+                        Ok(j) => j,
+                        Err(e) => {
+                            let msg = match &e {
+                                super::Error::Kube(k) => err_message(k),
+                                e => e.to_string(),
+                            };
+                            ctx.events.event(
+                                COMPONENT,
+                                &*cj,
+                                EventType::Warning,
+                                "FailedCreate",
+                                format!("Error creating job: {msg}"),
+                            );
+                            return Err(e);
+                        }
+                    };
+                    if created.metadata.name.as_deref() == Some(this_run.as_str()) {
+                        ctx.events.event(
+                            COMPONENT,
+                            &*cj,
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created job {this_run}"),
+                        );
+                    }
                     let refs = st.active.get_or_insert_with(Vec::new);
                     if !refs.iter().any(|r| r.uid == created.metadata.uid) {
                         refs.push(job_ref(&created));

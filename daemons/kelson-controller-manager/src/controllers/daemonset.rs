@@ -28,7 +28,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::replicaset::Expectations;
-use super::{history, is_status, Controller, Ctx, Result};
+use super::{err_message, history, is_status, Controller, Ctx, Error, Result};
+use crate::events::EventType;
+
+/// The reporting controller name of upstream's daemonset controller.
+const COMPONENT: &str = "daemonset-controller";
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
@@ -57,7 +61,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
     let c = ctx.clone();
     let exp = Expectations::default();
     let dss = ctx.inf.daemonsets.clone();
-    Controller::new("daemonset-controller", queue, 2, move |key| {
+    Controller::new(COMPONENT, queue, 2, move |key| {
         let (c, exp) = (c.clone(), exp.clone());
         async move { reconcile(&c, &exp, &key).await }
     })
@@ -353,8 +357,26 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
         let mut err = None;
         for nn in &create_on {
             match create_pod(&pods_api, &ds, &tmpl, nn, &hash).await {
-                Ok(n) => created.push(n),
+                Ok(n) => {
+                    ctx.events.event(
+                        COMPONENT,
+                        &*ds,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {n}"),
+                    );
+                    created.push(n)
+                }
                 Err(e) => {
+                    if let Error::Kube(k) = &e {
+                        ctx.events.event(
+                            COMPONENT,
+                            &*ds,
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!("Error creating: {}", err_message(k)),
+                        );
+                    }
                     err = Some(e);
                     break;
                 }
@@ -365,9 +387,25 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
             for p in &delete {
                 let pn = p.metadata.name.clone().unwrap_or_default();
                 match pods_api.delete(&pn, &DeleteParams::background()).await {
-                    Ok(_) => deleted.push(pn),
+                    Ok(_) => {
+                        ctx.events.event(
+                            COMPONENT,
+                            &*ds,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            format!("Deleted pod: {pn}"),
+                        );
+                        deleted.push(pn)
+                    }
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => {
+                        ctx.events.event(
+                            COMPONENT,
+                            &*ds,
+                            EventType::Warning,
+                            "FailedDelete",
+                            format!("Error deleting: {}", err_message(&e)),
+                        );
                         err = Some(e.into());
                         break;
                     }

@@ -33,10 +33,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 use super::{is_status, Controller, Ctx, Error, Result};
+use crate::events::{EventType, Recorder};
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
 
+/// The reporting controller name of upstream's deployment controller.
+const COMPONENT: &str = "deployment-controller";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
@@ -98,7 +101,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
     });
     let c = ctx.clone();
     let deps = ctx.inf.deployments.clone();
-    Controller::new("deployment-controller", queue, 2, move |key| {
+    Controller::new(COMPONENT, queue, 2, move |key| {
         let c = c.clone();
         async move { reconcile(&c, &key).await }
     })
@@ -145,6 +148,7 @@ fn template_key(t: Option<&PodTemplateSpec>) -> Value {
 
 struct Plan<'a> {
     d: &'a Deployment,
+    events: &'a Recorder,
     replicas: i32,
     max_surge: i32,
     max_unavailable: i32,
@@ -162,7 +166,13 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     }
     let spec = d.spec.clone().unwrap_or_default();
     if util::selector_is_empty(&spec.selector) {
-        // Upstream: "This deployment is selecting all pods. A non-empty selector is required."
+        ctx.events.event(
+            COMPONENT,
+            &*d,
+            EventType::Warning,
+            "SelectingAll",
+            "This deployment is selecting all pods. A non-empty selector is required.",
+        );
         return Ok(None);
     }
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
@@ -191,6 +201,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     }
     let plan = Plan {
         d: &d,
+        events: &ctx.events,
         replicas,
         max_surge,
         max_unavailable,
@@ -479,6 +490,10 @@ async fn create_new_rs(
     match api.create(&PostParams::default(), &rs).await {
         Ok(r) => {
             tracing::info!(deployment = ?d.metadata.name, replicaset = %name, "created new replica set");
+            let n = rs_replicas(&r);
+            if n > 0 {
+                scaled_event(plan, &name, 0, n);
+            }
             Ok(r)
         }
         Err(e) if is_status(&e, 409) => {
@@ -518,7 +533,8 @@ async fn scale(api: &Api<ReplicaSet>, rs: &mut ReplicaSet, n: i32, plan: &Plan<'
         "metadata": {"annotations": {DESIRED_REPLICAS: plan.replicas.to_string(), MAX_REPLICAS: (plan.replicas + plan.max_surge).to_string()}},
         "spec": {"replicas": n},
     });
-    tracing::info!(replicaset = ?rs.metadata.name, from = rs_replicas(rs), to = n, "scaling replica set");
+    let from = rs_replicas(rs);
+    tracing::info!(replicaset = ?rs.metadata.name, from, to = n, "scaling replica set");
     *rs = api
         .patch(
             rs.metadata.name.as_deref().unwrap_or_default(),
@@ -526,7 +542,27 @@ async fn scale(api: &Api<ReplicaSet>, rs: &mut ReplicaSet, n: i32, plan: &Plan<'
             &Patch::Merge(patch),
         )
         .await?;
+    if from != n {
+        scaled_event(
+            plan,
+            rs.metadata.name.as_deref().unwrap_or_default(),
+            from,
+            n,
+        );
+    }
     Ok(())
+}
+
+/// Upstream's ScalingReplicaSet event on the Deployment.
+fn scaled_event(plan: &Plan<'_>, rs: &str, from: i32, to: i32) {
+    let dir = if to > from { "up" } else { "down" };
+    plan.events.event(
+        COMPONENT,
+        plan.d,
+        EventType::Normal,
+        "ScalingReplicaSet",
+        format!("Scaled {dir} replica set {rs} from {from} to {to}"),
+    );
 }
 
 /// Scales the new ReplicaSet toward replicas within maxSurge; true if it scaled.

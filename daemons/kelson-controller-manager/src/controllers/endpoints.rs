@@ -23,7 +23,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 
-use super::{is_status, Controller, Ctx, Result};
+use super::{err_message, is_status, Controller, Ctx, Result};
+use crate::events::EventType;
+
+/// Reporting controller names of upstream's endpoints and endpointslice controllers.
+const ENDPOINTS_COMPONENT: &str = "endpoint-controller";
+const SLICES_COMPONENT: &str = "endpoint-slice-controller";
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
@@ -234,8 +239,23 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             let mut e = (*e).clone();
             e.subsets = subsets;
             e.metadata.labels = labels;
-            api.replace(name, &PostParams::default(), &e).await?;
-            Ok(None)
+            match api.replace(name, &PostParams::default(), &e).await {
+                Ok(_) => Ok(None),
+                Err(err) if is_status(&err, 409) || is_status(&err, 404) => Err(err.into()),
+                Err(err) => {
+                    ctx.events.event(
+                        ENDPOINTS_COMPONENT,
+                        &e,
+                        EventType::Warning,
+                        "FailedToUpdateEndpoint",
+                        format!(
+                            "Failed to update endpoint {ns}/{name}: {}",
+                            err_message(&err)
+                        ),
+                    );
+                    Err(err.into())
+                }
+            }
         }
         None => {
             let e = Endpoints {
@@ -250,7 +270,21 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             match api.create(&PostParams::default(), &e).await {
                 Ok(_) => Ok(None),
                 Err(e) if is_status(&e, 409) => Ok(Some(Duration::from_millis(200))),
-                Err(e) => Err(e.into()),
+                // Forbidden: most likely the namespace is terminating (upstream stays quiet).
+                Err(err) if is_status(&err, 403) => Err(err.into()),
+                Err(err) => {
+                    ctx.events.event(
+                        ENDPOINTS_COMPONENT,
+                        &e,
+                        EventType::Warning,
+                        "FailedToCreateEndpoint",
+                        format!(
+                            "Failed to create endpoint for service {ns}/{name}: {}",
+                            err_message(&err)
+                        ),
+                    );
+                    Err(err.into())
+                }
             }
         }
     }
@@ -277,7 +311,27 @@ pub fn endpointslice_controller(ctx: &Ctx) -> Controller {
     let svcs = ctx.inf.services.clone();
     Controller::new("endpointslice-controller", queue, 2, move |key| {
         let c = c.clone();
-        async move { sync_slices(&c, &key).await }
+        async move {
+            let r = sync_slices(&c, &key).await;
+            if let Err(super::Error::Kube(e)) = &r {
+                let (ns, name) = split_key(&key);
+                if let Some(svc) = c.inf.services.get(ns, name) {
+                    if !is_status(e, 409) && !is_status(e, 404) {
+                        c.events.event(
+                            SLICES_COMPONENT,
+                            &*svc,
+                            EventType::Warning,
+                            "FailedToUpdateEndpointSlices",
+                            format!(
+                                "Error updating Endpoint Slices for Service {key}: {}",
+                                err_message(e)
+                            ),
+                        );
+                    }
+                }
+            }
+            r
+        }
     })
     .resync(Duration::from_secs(30), move || {
         svcs.list().iter().map(|s| key_of(&**s)).collect()

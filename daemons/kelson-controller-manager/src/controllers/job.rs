@@ -24,6 +24,24 @@
 //! Job at once (reason `PodFailurePolicy`), Ignore neither counts the failure nor backs off,
 //! Count is the default behaviour.
 //!
+//! Indexed Jobs with `backoffLimitPerIndex` (upstream 1.29+): failures are counted per index,
+//! in the pod annotation `batch.kubernetes.io/job-index-failure-count` (and
+//! `...-ignored-failure-count` for failures a podFailurePolicy Ignore rule matched), which each
+//! replacement pod carries as the previous pod's count plus its failure. A failed pod whose
+//! count already reached the limit — or that a `FailIndex` rule matched — fails its index:
+//! the index goes into `status.failedIndexes`, is never recreated, and its running pods are
+//! deleted. More than `maxFailedIndexes` failed indexes fail the Job
+//! (`MaxFailedIndexesExceeded`); otherwise, once every index has succeeded or failed, the Job
+//! fails with `FailedIndexes` if any failed. The last failed pod of an index waiting for its
+//! replacement keeps its tracking finalizer (and stays uncounted) until the replacement
+//! exists, so the count it carries cannot be lost to a deletion, as upstream's
+//! "pods with delayed deletion". Replacements wait the per-index back-off (10 s doubling with
+//! the index's failures, at most 6 min) instead of the Job-wide one.
+//!
+//! Events as upstream's job controller: SuccessfulCreate/FailedCreate/SuccessfulDelete for
+//! pods, Completed, Suspended/Resumed, and a Warning with the failure reason
+//! (BackoffLimitExceeded, DeadlineExceeded, PodFailurePolicy, FailedIndexes, ...).
+//!
 //! ttl-after-finished: a finished Job with `ttlSecondsAfterFinished` is deleted (foreground, so
 //! its pods go first) that many seconds after it finished.
 
@@ -40,13 +58,20 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::replicaset::Expectations;
-use super::{is_status, Controller, Ctx, Result};
+use super::{err_message, is_status, Controller, Ctx, Result};
+use crate::events::EventType;
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
 
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+/// Counted failures of the pod's index before this pod (backoffLimitPerIndex).
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Failures of the pod's index a podFailurePolicy Ignore rule matched, before this pod.
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
+/// The reporting controller name of upstream's job controller.
+const COMPONENT: &str = "job-controller";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
 
@@ -84,7 +109,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
     let counted = Counted::default();
     let written = Written::default();
     let jobs = ctx.inf.jobs.clone();
-    Controller::new("job-controller", queue, 2, move |key| {
+    Controller::new(COMPONENT, queue, 2, move |key| {
         let (c, exp, bo) = (c.clone(), exp.clone(), bo.clone());
         let (counted, written) = (counted.clone(), written.clone());
         async move { reconcile(&c, &exp, &bo, &counted, &written, &key).await }
@@ -161,6 +186,157 @@ fn pod_index(p: &Pod) -> Option<i32> {
         .get(COMPLETION_INDEX)?
         .parse()
         .ok()
+}
+
+fn annotation_i32(p: &Pod, key: &str) -> i32 {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .max(0)
+}
+
+/// All failures of the pod's index before it, counted or ignored (upstream's
+/// `getIndexAbsoluteFailureCount`, what the per-index back-off grows with).
+fn absolute_failure_count(p: &Pod) -> i32 {
+    annotation_i32(p, INDEX_FAILURE_COUNT)
+        .saturating_add(annotation_i32(p, INDEX_IGNORED_FAILURE_COUNT))
+}
+
+/// When a pod finished: its last container's `finishedAt`, else its Ready condition's
+/// transition, else its creation.
+fn finished_at(p: &Pod) -> Timestamp {
+    let st = p.status.as_ref();
+    st.into_iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max()
+        .or_else(|| {
+            st?.conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .last_transition_time
+                .as_ref()
+                .map(|t| t.0)
+        })
+        .or_else(|| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Upstream's `isIndexFailed`: a failed pod fails its index when a FailIndex rule matches it,
+/// or when it is a counted failure (no Ignore rule) and its index had already failed
+/// `backoffLimitPerIndex` times before it.
+fn index_failed(spec: &k8s_openapi::api::batch::v1::JobSpec, p: &Pod) -> bool {
+    if pod_outcome(p) != Some(false) {
+        return false;
+    }
+    match policy_action(spec, p) {
+        Some((Action::FailIndex, _)) => true,
+        Some((Action::Ignore, _)) => false,
+        _ => annotation_i32(p, INDEX_FAILURE_COUNT) >= spec.backoff_limit_per_index.unwrap_or(0),
+    }
+}
+
+/// The per-index view of an Indexed Job with backoffLimitPerIndex.
+#[derive(Debug, Default)]
+struct PerIndex {
+    /// status.failedIndexes plus the indexes failed pods not yet counted have failed.
+    failed: BTreeSet<i32>,
+    /// Per index, its latest failed pod (most failures, then latest finish): what a
+    /// replacement's counts and back-off derive from.
+    last_failed: HashMap<i32, Arc<Pod>>,
+    /// Uids of failed pods waiting for their index's replacement before they are counted.
+    delayed: HashSet<String>,
+}
+
+impl PerIndex {
+    fn compute(
+        spec: &k8s_openapi::api::batch::v1::JobSpec,
+        st: &JobStatus,
+        pods: &[Arc<Pod>],
+    ) -> Self {
+        let completions = spec.completions.unwrap_or(0);
+        let mut failed = parse_indexes(st.failed_indexes.as_deref().unwrap_or_default());
+        let mut succeeded = parse_indexes(st.completed_indexes.as_deref().unwrap_or_default());
+        let mut active = BTreeSet::new();
+        let mut last_failed: HashMap<i32, Arc<Pod>> = HashMap::new();
+        for p in pods {
+            let Some(i) = pod_index(p).filter(|i| (0..completions).contains(i)) else {
+                continue;
+            };
+            match pod_outcome(p) {
+                None => {
+                    active.insert(i);
+                }
+                Some(true) => {
+                    succeeded.insert(i);
+                }
+                Some(false) => {
+                    // Pods without the finalizer were counted already; their index's failure
+                    // is in status.failedIndexes.
+                    if has_finalizer(p) && index_failed(spec, p) {
+                        failed.insert(i);
+                    }
+                    let later = last_failed.get(&i).is_none_or(|q| {
+                        (absolute_failure_count(q), finished_at(q))
+                            <= (absolute_failure_count(p), finished_at(p))
+                    });
+                    if later {
+                        last_failed.insert(i, p.clone());
+                    }
+                }
+            }
+        }
+        let delayed = last_failed
+            .iter()
+            .filter(|(i, p)| {
+                has_finalizer(p)
+                    && !failed.contains(i)
+                    && !succeeded.contains(i)
+                    && !active.contains(i)
+            })
+            .filter_map(|(_, p)| p.metadata.uid.clone())
+            .collect();
+        PerIndex {
+            failed,
+            last_failed,
+            delayed,
+        }
+    }
+
+    /// The annotations a replacement for index `i` carries, and how long it must still wait
+    /// (upstream's `getNewIndexFailureCounts` and `getRemainingTimePerIndex`).
+    fn replacement(
+        &self,
+        spec: &k8s_openapi::api::batch::v1::JobSpec,
+        i: i32,
+        now: Timestamp,
+    ) -> ((i32, i32), Duration) {
+        let Some(prev) = self.last_failed.get(&i) else {
+            return ((0, 0), Duration::ZERO);
+        };
+        let (mut counted, mut ignored) = (
+            annotation_i32(prev, INDEX_FAILURE_COUNT),
+            annotation_i32(prev, INDEX_IGNORED_FAILURE_COUNT),
+        );
+        if matches!(policy_action(spec, prev), Some((Action::Ignore, _))) {
+            ignored += 1;
+        } else {
+            counted += 1;
+        }
+        let failures = absolute_failure_count(prev) as u32 + 1;
+        let backoff = BACKOFF_BASE
+            .saturating_mul(1 << failures.saturating_sub(1).min(6))
+            .min(BACKOFF_MAX);
+        let since = Duration::from_millis(
+            (now.as_millisecond() - finished_at(prev).as_millisecond()).max(0) as u64,
+        );
+        ((counted, ignored), backoff.saturating_sub(since))
+    }
 }
 
 /// What a pod failure policy rule says about a failed pod.
@@ -307,14 +483,32 @@ async fn remove_finalizer(api: &Api<Pod>, p: &Pod) -> Result<()> {
     }
 }
 
-async fn delete_pods(api: &Api<Pod>, pods: &[&Pod]) -> Result<Vec<String>> {
+async fn delete_pods(ctx: &Ctx, job: &Job, api: &Api<Pod>, pods: &[&Pod]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for p in pods {
         let n = p.metadata.name.clone().unwrap_or_default();
         match api.delete(&n, &DeleteParams::background()).await {
-            Ok(_) => out.push(n),
+            Ok(_) => {
+                ctx.events.event(
+                    COMPONENT,
+                    job,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {n}"),
+                );
+                out.push(n)
+            }
             Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                ctx.events.event(
+                    COMPONENT,
+                    job,
+                    EventType::Warning,
+                    "FailedDelete",
+                    format!("Error deleting: {}", err_message(&e)),
+                );
+                return Err(e.into());
+            }
         }
     }
     Ok(out)
@@ -362,6 +556,8 @@ async fn reconcile(
     let mut st = old.clone();
     let now = Timestamp::now();
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let mut per_index = (indexed && spec.backoff_limit_per_index.is_some())
+        .then(|| PerIndex::compute(&spec, &st, &pods));
 
     // Steps 2-4 of the finalizer protocol.
     let mut unc = st.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -390,6 +586,13 @@ async fn reconcile(
             || usucc.contains(&puid)
             || ufail.contains(&puid)
         {
+            continue;
+        }
+        if per_index
+            .as_ref()
+            .is_some_and(|x| x.delayed.contains(&puid))
+        {
+            // Counted once its replacement exists (which copies its failure count).
             continue;
         }
         match pod_outcome(p) {
@@ -455,6 +658,11 @@ async fn reconcile(
             st.failed = Some(st.failed.unwrap_or(0) + 1);
             ufail.remove(&puid);
             new_failures += 1;
+            if let (Some(x), Some(i)) = (per_index.as_mut(), pod_index(p)) {
+                if index_failed(&spec, p) && (0..spec.completions.unwrap_or(0)).contains(&i) {
+                    x.failed.insert(i);
+                }
+            }
             if let Some((Action::FailJob, msg)) = policy_action(&spec, p) {
                 policy_failure = Some(msg);
             }
@@ -480,6 +688,9 @@ async fn reconcile(
     if indexed {
         st.completed_indexes = Some(format_indexes(&completed));
     }
+    if let Some(x) = &per_index {
+        st.failed_indexes = Some(format_indexes(&x.failed));
+    }
     if new_failures > 0 {
         let mut g = bo.0.lock();
         let e = g.entry(key.to_string()).or_insert((0, Instant::now()));
@@ -494,7 +705,7 @@ async fn reconcile(
         .filter(|p| pod_outcome(p).is_none())
         .collect();
     if finished(&job).is_some() {
-        delete_pods(&pods_api, &active).await?;
+        delete_pods(ctx, &job, &pods_api, &active).await?;
         st.active = Some(0);
         st.ready = Some(0);
         if st != old {
@@ -506,7 +717,10 @@ async fn reconcile(
     let succeeded = st.succeeded.unwrap_or(0);
     let failed = st.failed.unwrap_or(0) + ufail.len() as i32;
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    // The API server defaults it (6, or "unlimited" with backoffLimitPerIndex); so do we.
+    let backoff_limit =
+        spec.backoff_limit
+            .unwrap_or(if per_index.is_some() { i32::MAX } else { 6 });
     let suspended = spec.suspend == Some(true);
     let mut again: Option<Duration> = None;
 
@@ -518,6 +732,13 @@ async fn reconcile(
         .any(|c| c.type_ == "Suspended" && c.status == "True");
     if suspended {
         if !was_suspended {
+            ctx.events.event(
+                COMPONENT,
+                &*job,
+                EventType::Normal,
+                "Suspended",
+                "Job suspended",
+            );
             set_cond(
                 &mut st,
                 cond("Suspended", "True", "JobSuspended", "Job suspended", now),
@@ -525,6 +746,13 @@ async fn reconcile(
         }
     } else {
         if was_suspended {
+            ctx.events.event(
+                COMPONENT,
+                &*job,
+                EventType::Normal,
+                "Resumed",
+                "Job resumed",
+            );
             set_cond(
                 &mut st,
                 cond("Suspended", "False", "JobResumed", "Job resumed", now),
@@ -537,7 +765,7 @@ async fn reconcile(
     }
 
     // Failure and completion.
-    let mut failure: Option<(&str, &str)> = None;
+    let mut failure: Option<(&'static str, &str)> = None;
     if let Some(m) = &policy_failure {
         failure = Some(("PodFailurePolicy", m.as_str()));
     } else if failed > backoff_limit {
@@ -558,6 +786,18 @@ async fn reconcile(
             again = Some(Duration::from_secs((end - now.as_second()) as u64));
         }
     }
+    if let (None, Some(x)) = (failure, &per_index) {
+        let n_failed = x.failed.len() as i32;
+        if spec.max_failed_indexes.is_some_and(|m| n_failed > m) {
+            failure = Some((
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes",
+            ));
+        } else if n_failed > 0 && n_failed + completed.len() as i32 >= spec.completions.unwrap_or(0)
+        {
+            failure = Some(("FailedIndexes", "Job has failed indexes"));
+        }
+    }
     let complete = match (indexed, spec.completions) {
         (true, Some(c)) => completed.len() as i32 >= c,
         (false, Some(c)) => succeeded >= c,
@@ -565,7 +805,9 @@ async fn reconcile(
         (_, None) => succeeded > 0 && active.is_empty(),
     };
     if let Some((reason, msg)) = failure {
-        delete_pods(&pods_api, &active).await?;
+        delete_pods(ctx, &job, &pods_api, &active).await?;
+        ctx.events
+            .event(COMPONENT, &*job, EventType::Warning, reason, msg);
         set_cond(&mut st, cond("FailureTarget", "True", reason, msg, now));
         set_cond(&mut st, cond("Failed", "True", reason, msg, now));
         st.active = Some(0);
@@ -575,7 +817,14 @@ async fn reconcile(
         return Ok(None);
     }
     if complete && ufail.is_empty() && usucc.is_empty() {
-        delete_pods(&pods_api, &active).await?;
+        delete_pods(ctx, &job, &pods_api, &active).await?;
+        ctx.events.event(
+            COMPONENT,
+            &*job,
+            EventType::Normal,
+            "Completed",
+            "Job completed",
+        );
         set_cond(
             &mut st,
             cond(
@@ -605,11 +854,28 @@ async fn reconcile(
 
     // Manage active pods.
     if exp.satisfied(key, ns, ctx) {
+        let failed_indexes = per_index.as_ref().map(|x| &x.failed);
+        let n_failed_indexes = failed_indexes.map_or(0, |f| f.len() as i32);
+        // Running pods of failed indexes are stopped (upstream terminates them too).
+        let doomed: Vec<&Pod> = active
+            .iter()
+            .copied()
+            .filter(|p| {
+                !util::is_deleting(&p.metadata)
+                    && pod_index(p).is_some_and(|i| failed_indexes.is_some_and(|f| f.contains(&i)))
+            })
+            .collect();
+        if !doomed.is_empty() {
+            let dels = delete_pods(ctx, &job, &pods_api, &doomed).await?;
+            exp.expect(key, vec![], dels);
+        }
         let want: i32 = if suspended || complete {
             0
         } else {
             match spec.completions {
-                Some(c) if indexed => parallelism.min(c - completed.len() as i32),
+                Some(c) if indexed => {
+                    parallelism.min(c - completed.len() as i32 - n_failed_indexes)
+                }
                 Some(c) => parallelism.min(c - succeeded - usucc.len() as i32),
                 None if succeeded > 0 => 0,
                 None => parallelism,
@@ -620,6 +886,7 @@ async fn reconcile(
             .iter()
             .copied()
             .filter(|p| !util::is_deleting(&p.metadata))
+            .filter(|p| !doomed.iter().any(|d| std::ptr::eq(*d, *p)))
             .collect();
         let n = live.len() as i32;
         if n > want {
@@ -635,10 +902,13 @@ async fn reconcile(
                         .map_or(0, |t| t.0.as_second()),
                 )
             });
-            let dels = delete_pods(&pods_api, &victims[..(n - want) as usize]).await?;
+            let dels = delete_pods(ctx, &job, &pods_api, &victims[..(n - want) as usize]).await?;
             exp.expect(key, vec![], dels);
         } else if n < want {
-            let wait = {
+            // With backoffLimitPerIndex the back-off is per index (below), not per Job.
+            let wait = if per_index.is_some() {
+                None
+            } else {
                 let g = bo.0.lock();
                 g.get(key).and_then(|(f, at)| {
                     let d = BACKOFF_BASE
@@ -652,18 +922,36 @@ async fn reconcile(
                     again = Some(again.map_or(w, |a| a.min(w)));
                 }
                 _ => {
-                    let indexes: Vec<Option<i32>> = if indexed {
+                    let indexes: Vec<(i32, (i32, i32))> = if indexed {
                         let running: BTreeSet<i32> =
                             live.iter().filter_map(|p| pod_index(p)).collect();
-                        (0..spec.completions.unwrap_or(0))
-                            .filter(|i| !completed.contains(i) && !running.contains(i))
-                            .take((want - n) as usize)
-                            .map(Some)
-                            .collect()
+                        let mut out = Vec::new();
+                        for i in (0..spec.completions.unwrap_or(0)).filter(|i| {
+                            !completed.contains(i)
+                                && !running.contains(i)
+                                && failed_indexes.is_none_or(|f| !f.contains(i))
+                        }) {
+                            if out.len() >= (want - n) as usize {
+                                break;
+                            }
+                            let (counts, wait) = match &per_index {
+                                Some(x) => x.replacement(&spec, i, now),
+                                None => ((0, 0), Duration::ZERO),
+                            };
+                            if wait.is_zero() {
+                                out.push((i, counts));
+                            } else {
+                                again = Some(again.map_or(wait, |a| a.min(wait)));
+                            }
+                        }
+                        out
                     } else {
-                        vec![None; (want - n) as usize]
+                        Vec::new()
                     };
-                    let (created, r) = create_pods(&pods_api, &job, &indexes).await;
+                    let plain = if indexed { 0 } else { (want - n) as usize };
+                    let (created, r) =
+                        create_pods(ctx, &pods_api, &job, &indexes, plain, per_index.is_some())
+                            .await;
                     exp.expect(key, created, vec![]);
                     r?;
                 }
@@ -719,11 +1007,22 @@ async fn write_status(
     }
 }
 
+/// Creates one pod per entry of `indexes` (index, (failure count, ignored failure count)) and
+/// `plain` pods without an index.
 async fn create_pods(
+    ctx: &Ctx,
     api: &Api<Pod>,
     job: &Job,
-    indexes: &[Option<i32>],
+    indexes: &[(i32, (i32, i32))],
+    plain: usize,
+    per_index: bool,
 ) -> (Vec<String>, Result<()>) {
+    let indexes: Vec<Option<(i32, (i32, i32))>> = indexes
+        .iter()
+        .copied()
+        .map(Some)
+        .chain(std::iter::repeat_n(None, plain))
+        .collect();
     let name = job.metadata.name.clone().unwrap_or_default();
     let tmpl = job
         .spec
@@ -741,11 +1040,16 @@ async fn create_pods(
             .get_or_insert_with(Vec::new)
             .push(TRACKING_FINALIZER.into());
         match idx {
-            Some(i) => {
+            Some((i, (failures, ignored))) => {
                 meta.generate_name = Some(format!("{name}-{i}-"));
-                meta.annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(COMPLETION_INDEX.into(), i.to_string());
+                let ann = meta.annotations.get_or_insert_with(Default::default);
+                ann.insert(COMPLETION_INDEX.into(), i.to_string());
+                if per_index {
+                    ann.insert(INDEX_FAILURE_COUNT.into(), failures.to_string());
+                    if ignored > 0 {
+                        ann.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+                    }
+                }
                 meta.labels
                     .get_or_insert_with(Default::default)
                     .insert(COMPLETION_INDEX.into(), i.to_string());
@@ -780,8 +1084,27 @@ async fn create_pods(
             status: None,
         };
         match api.create(&PostParams::default(), &pod).await {
-            Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
-            Err(e) => return (created, Err(e.into())),
+            Ok(p) => {
+                let pn = p.metadata.name.unwrap_or_default();
+                ctx.events.event(
+                    COMPONENT,
+                    job,
+                    EventType::Normal,
+                    "SuccessfulCreate",
+                    format!("Created pod: {pn}"),
+                );
+                created.push(pn)
+            }
+            Err(e) => {
+                ctx.events.event(
+                    COMPONENT,
+                    job,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {}", err_message(&e)),
+                );
+                return (created, Err(e.into()));
+            }
         }
     }
     (created, Ok(()))

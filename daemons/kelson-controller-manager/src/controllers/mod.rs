@@ -71,6 +71,14 @@ pub fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// An API error as upstream's events print it (`%v` of a StatusError: its message).
+pub fn err_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// The shared informers (each started only if some enabled controller uses it).
 #[derive(Clone)]
 pub struct Informers {
@@ -198,6 +206,8 @@ pub struct Ctx {
     pub client: Client,
     pub inf: Informers,
     pub settings: Arc<Settings>,
+    /// The shared event recorder (best effort, never waits).
+    pub events: crate::events::Recorder,
 }
 
 type Reconcile = Arc<

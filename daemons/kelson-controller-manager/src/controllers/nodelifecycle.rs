@@ -23,6 +23,14 @@
 //! Eviction (the NoExecute taint manager): a pod on a node with a NoExecute taint it does not
 //! tolerate is deleted; one that tolerates it for `tolerationSeconds` is deleted that long after
 //! the taint's `timeAdded`.
+//!
+//! Pods on a node that is not Ready get their Ready condition set to False (upstream's
+//! `MarkPodsNotReady`), so endpoints stop sending them traffic before any eviction.
+//!
+//! Events as upstream's: on the Node (`node-controller`, involvedObject uid = node name)
+//! RegisteredNode / RemovingNode when a node appears or disappears and NodeNotReady when it
+//! goes silent; on each pod NodeNotReady (Warning) when it is marked not ready; and
+//! TaintManagerEviction (`taint-eviction-controller`) for each eviction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -37,6 +45,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::{is_status, Controller, Ctx, Result};
+use crate::events::{node_ref, EventType};
 use crate::queue::WorkQueue;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -73,6 +82,10 @@ pub fn condition_taints(n: &Node) -> Vec<(&'static str, &'static str)> {
     want
 }
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The reporting controller of upstream's node lifecycle events.
+const NODE_COMPONENT: &str = "node-controller";
+/// The reporting controller of upstream's (1.29+) taint-based evictions.
+const TAINT_COMPONENT: &str = "taint-eviction-controller";
 const LEASE_NS: &str = "kube-node-lease";
 
 #[derive(Default)]
@@ -172,9 +185,30 @@ async fn monitor(
     let mut health: BTreeMap<String, (bool, Option<&'static str>)> = BTreeMap::new();
     {
         let mut pr = probes.lock();
-        pr.retain(|k, _| nodes.iter().any(|n| n.metadata.name.as_deref() == Some(k)));
+        pr.retain(|k, _| {
+            let known = nodes.iter().any(|n| n.metadata.name.as_deref() == Some(k));
+            if !known {
+                ctx.events.event_ref(
+                    NODE_COMPONENT,
+                    node_ref(k),
+                    EventType::Normal,
+                    "RemovingNode",
+                    format!("Node {k} event: Removing Node {k} from Controller"),
+                );
+            }
+            known
+        });
         for n in &nodes {
             let name = n.metadata.name.clone().unwrap_or_default();
+            if !pr.contains_key(&name) {
+                ctx.events.event_ref(
+                    NODE_COMPONENT,
+                    node_ref(&name),
+                    EventType::Normal,
+                    "RegisteredNode",
+                    format!("Node {name} event: Registered Node {name} in Controller"),
+                );
+            }
             let lease = ctx.inf.leases.get(Some(LEASE_NS), &name);
             let stamp = format!(
                 "{:?}/{:?}",
@@ -285,6 +319,16 @@ async fn monitor(
                 &Patch::Merge(json!({"status": {"conditions": conds}})),
             )
             .await?;
+            ctx.events.event_ref(
+                NODE_COMPONENT,
+                node_ref(&name),
+                EventType::Normal,
+                "NodeNotReady",
+                format!("Node {name} status is now: NodeNotReady"),
+            );
+        }
+        if problem.is_some() {
+            mark_pods_not_ready(ctx, &name).await?;
         }
         let mut want: Vec<(&str, &str)> = Vec::new();
         if let Some(key) = problem {
@@ -380,12 +424,16 @@ async fn monitor(
                 Some(d) if d.is_zero() => {
                     let pn = p.metadata.name.as_deref().unwrap_or_default();
                     tracing::info!(pod = %pn, node = %name, "evicting pod from tainted node");
-                    let papi: Api<Pod> = Api::namespaced(
-                        ctx.client.clone(),
-                        p.metadata.namespace.as_deref().unwrap_or_default(),
-                    );
+                    let pns = p.metadata.namespace.as_deref().unwrap_or_default();
+                    let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), pns);
                     match papi.delete(pn, &DeleteParams::default()).await {
-                        Ok(_) => {}
+                        Ok(_) => ctx.events.event(
+                            TAINT_COMPONENT,
+                            &*p,
+                            EventType::Normal,
+                            "TaintManagerEviction",
+                            format!("Marking for deletion Pod {pns}/{pn}"),
+                        ),
                         Err(e) if is_status(&e, 404) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -395,6 +443,52 @@ async fn monitor(
         }
     }
     Ok(again)
+}
+
+/// Upstream's `MarkPodsNotReady`: every pod on `node` whose Ready condition is True gets it
+/// set to False (its kubelet cannot), and a NodeNotReady event.
+async fn mark_pods_not_ready(ctx: &Ctx, node: &str) -> Result<()> {
+    let now = Time(Timestamp::now());
+    for p in ctx.inf.pods.list() {
+        if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node)
+            || p.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let Some(mut conds) = p.status.as_ref().and_then(|s| s.conditions.clone()) else {
+            continue;
+        };
+        let Some(ready) = conds
+            .iter_mut()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+        else {
+            continue;
+        };
+        ready.status = "False".into();
+        ready.last_transition_time = Some(now.clone());
+        let pn = p.metadata.name.as_deref().unwrap_or_default();
+        let papi: Api<Pod> = Api::namespaced(
+            ctx.client.clone(),
+            p.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        // The uid precondition keeps a recreated pod of the same name out of it.
+        let patch = json!({"metadata": {"uid": p.metadata.uid}, "status": {"conditions": conds}});
+        match papi
+            .patch_status(pn, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => ctx.events.event(
+                NODE_COMPONENT,
+                &*p,
+                EventType::Warning,
+                "NodeNotReady",
+                "Node is not ready",
+            ),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn tolerates(t: &Toleration, taint: &Taint) -> bool {

@@ -22,11 +22,14 @@ use kube::Resource;
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::{is_status, Controller, Ctx, Result};
+use super::{err_message, is_status, Controller, Ctx, Result};
+use crate::events::EventType;
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
 
+/// The reporting controller name upstream's replicaset controller records events as.
+const COMPONENT: &str = "replicaset-controller";
 const EXPECTATIONS_TTL: Duration = Duration::from_secs(60);
 /// Upstream's burst of pod creations per sync (slow start batches within it).
 const BURST: usize = 500;
@@ -106,7 +109,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
     let c = ctx.clone();
     let exp = Expectations::default();
     let rss = ctx.inf.replicasets.clone();
-    Controller::new("replicaset-controller", queue, 2, move |key| {
+    Controller::new(COMPONENT, queue, 2, move |key| {
         let (c, exp) = (c.clone(), exp.clone());
         async move { reconcile(&c, &exp, &key).await }
     })
@@ -171,9 +174,25 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
             for p in victims.into_iter().take(n) {
                 let pn = p.metadata.name.clone().unwrap_or_default();
                 match pods_api.delete(&pn, &DeleteParams::default()).await {
-                    Ok(_) => deleted.push(pn),
+                    Ok(_) => {
+                        ctx.events.event(
+                            COMPONENT,
+                            &*rs,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            format!("Deleted pod: {pn}"),
+                        );
+                        deleted.push(pn)
+                    }
                     Err(e) if is_status(&e, 404) => {}
                     Err(e) => {
+                        ctx.events.event(
+                            COMPONENT,
+                            &*rs,
+                            EventType::Warning,
+                            "FailedDelete",
+                            format!("Error deleting: {}", err_message(&e)),
+                        );
                         err = Some(e);
                         break;
                     }
@@ -297,7 +316,6 @@ async fn create_pods(
         spec: tmpl.spec.clone(),
         status: None,
     };
-    let _ = ctx;
     // Slow start (1, 2, 4, ...): a quota or admission failure costs one request, not n.
     let mut created = Vec::new();
     let pp = PostParams::default();
@@ -307,8 +325,27 @@ async fn create_pods(
         let results = futures::future::join_all((0..size).map(|_| api.create(&pp, &pod))).await;
         for r in results {
             match r {
-                Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
-                Err(e) => return (created, Err(e.into())),
+                Ok(p) => {
+                    let pn = p.metadata.name.unwrap_or_default();
+                    ctx.events.event(
+                        COMPONENT,
+                        rs,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {pn}"),
+                    );
+                    created.push(pn)
+                }
+                Err(e) => {
+                    ctx.events.event(
+                        COMPONENT,
+                        rs,
+                        EventType::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {}", err_message(&e)),
+                    );
+                    return (created, Err(e.into()));
+                }
             }
         }
         batch *= 2;

@@ -30,7 +30,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::{history, is_status, Controller, Ctx, Result};
+use super::{err_message, history, is_status, Controller, Ctx, Result};
+use crate::events::EventType;
+
+/// The reporting controller name of upstream's statefulset controller.
+const COMPONENT: &str = "statefulset-controller";
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
@@ -55,7 +59,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
     ctx.inf.pvcs.mark_used();
     let c = ctx.clone();
     let sets = ctx.inf.statefulsets.clone();
-    Controller::new("statefulset-controller", queue, 2, move |key| {
+    Controller::new(COMPONENT, queue, 2, move |key| {
         let c = c.clone();
         async move { reconcile(&c, &key).await }
     })
@@ -164,7 +168,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             && matches!(phase, Some("Failed") | Some("Succeeded"))
             && !util::is_deleting(&p.metadata)
         {
-            delete_pod(&pods_api, p).await?;
+            delete_pod(ctx, &set, &pods_api, p).await?;
             return Ok(None);
         }
     }
@@ -187,7 +191,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
                     (&current_tmpl, &current_rev)
                 };
                 create_pvcs(ctx, &set, o).await?;
-                create_pod(&pods_api, &set, tmpl, rev, o).await?;
+                create_pod(ctx, &pods_api, &set, tmpl, rev, o).await?;
                 if !parallel {
                     blocked = true;
                     break;
@@ -207,11 +211,11 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         if parallel {
             for p in &condemned {
                 if !util::is_deleting(&p.metadata) {
-                    delete_pod(&pods_api, p).await?;
+                    delete_pod(ctx, &set, &pods_api, p).await?;
                 }
             }
         } else if !blocked && !condemned.iter().any(|p| util::is_deleting(&p.metadata)) {
-            delete_pod(&pods_api, condemned[0]).await?;
+            delete_pod(ctx, &set, &pods_api, condemned[0]).await?;
         }
         blocked = true;
     }
@@ -227,7 +231,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
             for o in (start.max(partition)..start + replicas).rev() {
                 if let Some(p) = pods.get(&o) {
                     if revision_of(p) != Some(update_hash) {
-                        delete_pod(&pods_api, p).await?;
+                        delete_pod(ctx, &set, &pods_api, p).await?;
                         break;
                     }
                 }
@@ -314,17 +318,50 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     Ok((min_ready > 0 && waiting).then(|| Duration::from_secs(min_ready as u64)))
 }
 
-async fn delete_pod(api: &Api<Pod>, p: &Pod) -> Result<()> {
-    match api
-        .delete(
-            p.metadata.name.as_deref().unwrap_or_default(),
-            &DeleteParams::background(),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
+/// Upstream's `recordPodEvent`: "create Pod web-0 in StatefulSet web successful".
+fn pod_event(ctx: &Ctx, set: &StatefulSet, verb: &str, pod: &str, err: Option<&kube::Error>) {
+    let set_name = set.metadata.name.as_deref().unwrap_or_default();
+    match err {
+        None => ctx.events.event(
+            COMPONENT,
+            set,
+            EventType::Normal,
+            if verb == "create" {
+                "SuccessfulCreate"
+            } else {
+                "SuccessfulDelete"
+            },
+            format!("{verb} Pod {pod} in StatefulSet {set_name} successful"),
+        ),
+        Some(e) => ctx.events.event(
+            COMPONENT,
+            set,
+            EventType::Warning,
+            if verb == "create" {
+                "FailedCreate"
+            } else {
+                "FailedDelete"
+            },
+            format!(
+                "{verb} Pod {pod} in StatefulSet {set_name} failed error: {}",
+                err_message(e)
+            ),
+        ),
+    }
+}
+
+async fn delete_pod(ctx: &Ctx, set: &StatefulSet, api: &Api<Pod>, p: &Pod) -> Result<()> {
+    let pn = p.metadata.name.as_deref().unwrap_or_default();
+    match api.delete(pn, &DeleteParams::background()).await {
+        Ok(_) => {
+            pod_event(ctx, set, "delete", pn, None);
+            Ok(())
+        }
         Err(e) if is_status(&e, 404) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            pod_event(ctx, set, "delete", pn, Some(&e));
+            Err(e.into())
+        }
     }
 }
 
@@ -351,8 +388,15 @@ async fn create_pvcs(ctx: &Ctx, set: &StatefulSet, ord: i32) -> Result<()> {
         for (k, v) in spec.selector.match_labels.iter().flatten() {
             labels.insert(k.clone(), v.clone());
         }
+        let claim = pvc.metadata.name.clone().unwrap_or_default();
         match api.create(&PostParams::default(), &pvc).await {
-            Ok(_) => {}
+            Ok(_) => ctx.events.event(
+                COMPONENT,
+                set,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("create Claim {claim} Pod {name}-{ord} in StatefulSet {name} success"),
+            ),
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(e.into()),
         }
@@ -361,6 +405,7 @@ async fn create_pvcs(ctx: &Ctx, set: &StatefulSet, ord: i32) -> Result<()> {
 }
 
 async fn create_pod(
+    ctx: &Ctx,
     api: &Api<Pod>,
     set: &StatefulSet,
     tmpl: &PodTemplateSpec,
@@ -410,10 +455,16 @@ async fn create_pod(
         status: None,
     };
     match api.create(&PostParams::default(), &pod).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            pod_event(ctx, set, "create", &pod_name, None);
+            Ok(())
+        }
         // Created by an earlier sync the cache has not shown yet.
         Err(e) if is_status(&e, 409) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            pod_event(ctx, set, "create", &pod_name, Some(&e));
+            Err(e.into())
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! "stopped": it stops renewing its Lease and leaves its pods alone. Pods with a required
 //! `matchFields metadata.name` node affinity (daemon pods) are bound to that node, as the
 //! scheduler would; pods labelled `fake-exit: "0"` (or any other code) finish a moment after
-//! running, as Succeeded (or Failed) — a stand-in kubelet for Job pods.
+//! running, as Succeeded (or Failed) — a stand-in kubelet for Job pods (an Indexed Job's pod
+//! annotated `fake-exit-<its index>` exits with that code instead).
 
 #![allow(dead_code)]
 
@@ -254,12 +255,19 @@ async fn run(client: Client, nodes: Vec<String>, stopped: Arc<Mutex<HashSet<Stri
                     continue;
                 }
                 let running = phase == Some("Running");
-                let exit = p
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("fake-exit"))
+                // An Indexed Job's pod may have its own code: annotation `fake-exit-<index>`.
+                let ann = p.metadata.annotations.as_ref();
+                let by_index = ann
+                    .and_then(|a| a.get("batch.kubernetes.io/job-completion-index"))
+                    .and_then(|i| ann?.get(&format!("fake-exit-{i}")))
                     .cloned();
+                let exit = by_index.or_else(|| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("fake-exit"))
+                        .cloned()
+                });
                 if running {
                     if let Some(code) = exit {
                         // Finished: containers exit with `code`.
