@@ -438,16 +438,13 @@ impl Auditor {
         max_backups: u32,
         max_age_days: u32,
     ) -> Result<Auditor, AuditError> {
-        let file = open(path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
-        let mut w = Writer {
-            size: file.metadata().map(|m| m.len()).unwrap_or(0),
-            file,
-            path: path.to_path_buf(),
-            max_bytes: max_mb.saturating_mul(1024 * 1024),
+        let mut w = Writer::open(
+            path,
+            max_mb.saturating_mul(1024 * 1024),
             max_backups,
-            max_age: std::time::Duration::from_secs(u64::from(max_age_days) * 86400),
-        };
+            std::time::Duration::from_secs(u64::from(max_age_days) * 86400),
+        )?;
         // Backups that aged out while the server was down.
         if let Err(e) = w.prune() {
             tracing::warn!(error = %e, path = %path.display(), "pruning old audit logs");
@@ -555,17 +552,26 @@ struct Writer {
 }
 
 impl Writer {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
-        if self.max_bytes > 0 && self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-            self.rotate()?;
-        }
-        self.file.write_all(line)?;
-        self.size += line.len() as u64;
-        Ok(())
+    /// Appends to `path` (created 0600 if absent), counting what it already holds.
+    fn open(
+        path: &Path,
+        max_bytes: u64,
+        max_backups: u32,
+        max_age: std::time::Duration,
+    ) -> Result<Writer, AuditError> {
+        let file = open(path)?;
+        Ok(Writer {
+            size: file.metadata().map(|m| m.len()).unwrap_or(0),
+            file,
+            path: path.to_path_buf(),
+            max_bytes,
+            max_backups,
+            max_age,
+        })
     }
 
-    /// `audit.log` → `audit-<UTC timestamp>.log`, then prune the oldest backups.
-    fn rotate(&mut self) -> std::io::Result<()> {
+    /// The directory, stem and extension backups are named from (`<dir>/<stem>-<ts><ext>`).
+    fn backup_parts(&self) -> (&Path, String, String) {
         let stem = self
             .path
             .file_stem()
@@ -578,12 +584,31 @@ impl Writer {
             .and_then(|s| s.to_str())
             .map(|e| format!(".{e}"))
             .unwrap_or_default();
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (dir, stem, ext)
+    }
+
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.max_bytes > 0 && self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// `audit.log` → `audit-<UTC timestamp>.log`, then prune the oldest backups.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let (dir, stem, ext) = self.backup_parts();
         let ts = time::OffsetDateTime::now_utc()
             .format(&time::macros::format_description!(
                 "[year]-[month]-[day]T[hour]-[minute]-[second].[subsecond digits:6]"
             ))
             .unwrap_or_default();
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let backup = dir.join(format!("{stem}-{ts}{ext}"));
         std::fs::rename(&self.path, &backup)?;
         self.file = open(&self.path).map_err(std::io::Error::other)?;
@@ -596,32 +621,16 @@ impl Writer {
         if self.max_backups == 0 && self.max_age.is_zero() {
             return Ok(());
         }
-        let stem = self
-            .path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("audit")
-            .to_string();
-        let ext = self
-            .path
-            .extension()
-            .and_then(|s| s.to_str())
-            .map(|e| format!(".{e}"))
-            .unwrap_or_default();
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let (dir, stem, ext) = self.backup_parts();
         let prefix = format!("{stem}-");
-        let mut backups: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&ext))
-        })
-        .collect();
+        let mut backups: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&ext))
+            })
+            .collect();
         // The timestamps sort chronologically.
         backups.sort();
         let excess = if self.max_backups > 0 {
@@ -727,26 +736,42 @@ rules:
         assert_eq!(p.evaluate(&bob, &health).0, Level::None);
     }
 
-    #[test]
-    fn writer_rotates_and_prunes() {
+    /// A writer of `<tempdir>/audit.log` that rotates past 100 bytes.
+    fn writer(max_backups: u32, max_age_days: u64) -> (tempfile::TempDir, PathBuf, Writer) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let mut w = Writer {
-            file: open(&path).unwrap(),
-            size: 0,
-            path: path.clone(),
-            max_bytes: 100,
-            max_backups: 2,
-            max_age: std::time::Duration::ZERO,
-        };
-        for i in 0..10 {
+        let w = Writer::open(
+            &path,
+            100,
+            max_backups,
+            std::time::Duration::from_secs(max_age_days * 86400),
+        )
+        .unwrap();
+        (dir, path, w)
+    }
+
+    /// Writes `n` 61-byte lines numbered from 0, apart in time so backup names differ.
+    fn write_lines(w: &mut Writer, n: usize) {
+        for i in 0..n {
             w.write(format!("{:060}\n", i).as_bytes()).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let names: Vec<String> = std::fs::read_dir(dir.path())
+    }
+
+    /// The names of the files in `dir` starting with `prefix`.
+    fn files(dir: &Path, prefix: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+
+    #[test]
+    fn writer_rotates_and_prunes() {
+        let (dir, path, mut w) = writer(2, 0);
+        write_lines(&mut w, 10);
+        let names = files(dir.path(), "");
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(std::fs::read_to_string(&path)
             .unwrap()
@@ -755,8 +780,7 @@ rules:
 
     #[test]
     fn writer_prunes_backups_older_than_max_age() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
+        let (dir, _path, mut w) = writer(0, 30);
         let old = dir.path().join("audit-2020-01-01T00-00-00.000000.log");
         let recent = dir.path().join("audit-2020-01-02T00-00-00.000000.log");
         let other = dir.path().join("other-2020-01-01.log");
@@ -778,32 +802,14 @@ rules:
             .unwrap()
             .set_modified(ago(2))
             .unwrap();
-        let mut w = Writer {
-            file: open(&path).unwrap(),
-            size: 0,
-            path: path.clone(),
-            max_bytes: 100,
-            max_backups: 0,
-            max_age: std::time::Duration::from_secs(30 * 86400),
-        };
         w.prune().unwrap();
         assert!(!old.exists(), "a 40-day-old backup must go with maxage 30");
         assert!(recent.exists() && other.exists());
         // Rotations prune too: with maxbackup 1 only the newest backup stays.
         w.max_backups = 1;
-        for i in 0..4 {
-            w.write(format!("{:060}\n", i).as_bytes()).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        write_lines(&mut w, 4);
         assert!(!recent.exists());
-        let backups = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                let n = e.as_ref().unwrap().file_name().into_string().unwrap();
-                n.starts_with("audit-")
-            })
-            .count();
-        assert_eq!(backups, 1);
+        assert_eq!(files(dir.path(), "audit-").len(), 1);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub async fn run(api: Arc<Api>) {
 
 /// Loads the served set once (startup, before READY, so a restarted server serves at once).
 pub async fn load(api: &Arc<Api>) -> Result<(), ApiError> {
+    super::conversion::register(api);
     let res = api
         .store
         .list(&crd_prefix(api), &ListOptions::default(), None)

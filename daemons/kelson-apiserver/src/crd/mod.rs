@@ -13,12 +13,17 @@
 //! ones; since the handlers hold `&'static ResourceInfo`, those are interned (leaked once per
 //! distinct description, so recreating a CRD does not leak again).
 //!
+//! Custom resources are stored in their CRD's storage version and converted to the version a
+//! request names on the way in and out ([`conversion`]: strategy None or a conversion webhook);
+//! the handlers call [`conversion`]'s hooks where objects cross the storage boundary.
+//!
 //! The table is filled by [`controller`], which watches CRDs in the store (so several API
 //! servers over one store agree, and restarts reload them), sets the NamesAccepted and
 //! Established conditions, and on deletion removes every instance before releasing the
 //! `customresourcecleanup.apiextensions.k8s.io` finalizer.
 
 pub mod controller;
+pub mod conversion;
 pub mod docs;
 pub mod schema;
 pub mod validation;
@@ -37,6 +42,10 @@ use crate::handlers::Req;
 use crate::http::{self as h, Body};
 use crate::router::SubTarget;
 use crate::strategy::Strategy;
+
+pub use conversion::{
+    converting, converts, output, output_list, to_request, to_storage, watch_event,
+};
 
 /// The finalizer every CRD gets: instances are deleted before the CRD object goes.
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
@@ -88,6 +97,10 @@ pub struct Served {
     pub scale: Option<Value>,
     pub status: bool,
     pub list_kind: String,
+    /// How many versions the CRD has (served or not): with one there is nothing to convert.
+    pub versions: usize,
+    /// `spec.conversion`, shared by the CRD's served versions.
+    pub conversion: Arc<conversion::Conversion>,
 }
 
 #[derive(Default)]
@@ -253,6 +266,8 @@ fn served_of(crd: &Value) -> Vec<Served> {
     let spec = &crd["spec"];
     let names = &spec["names"];
     let kind = names["kind"].as_str().unwrap_or_default();
+    let conversion = Arc::new(conversion::Conversion::of(crd));
+    let versions = spec["versions"].as_array().map_or(0, Vec::len);
     let storage_version = spec["versions"]
         .as_array()
         .into_iter()
@@ -299,6 +314,8 @@ fn served_of(crd: &Value) -> Vec<Served> {
                     .as_str()
                     .map(String::from)
                     .unwrap_or_else(|| format!("{kind}List")),
+                versions,
+                conversion: conversion.clone(),
             }
         })
         .collect()
@@ -311,7 +328,12 @@ pub fn set_crds<'a>(crds: impl Iterator<Item = &'a Value>) {
     let mut st = STATE.write().unwrap_or_else(|e| e.into_inner());
     let same = st.served.len() == served.len()
         && st.served.iter().zip(&served).all(|(a, b)| {
-            std::ptr::eq(a.info, b.info) && a.schema == b.schema && a.columns == b.columns
+            std::ptr::eq(a.info, b.info)
+                && a.schema == b.schema
+                && a.columns == b.columns
+                && a.storage_version == b.storage_version
+                && a.versions == b.versions
+                && a.conversion == b.conversion
         });
     if !same {
         st.served = served;
@@ -378,6 +400,34 @@ impl Strategy for CrdStrategy {
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<StatusCause> {
         validation::validate(new, Some(old))
     }
+}
+
+/// A status write (`/status` update or patch) of a custom resource, `obj` being the stored
+/// object with the new status: the status is pruned and defaulted by the version's schema and
+/// validated (422 with field causes, as upstream's status strategy). Only causes under
+/// `status` are reported: a status write cannot change anything else, and upstream's
+/// validation ratcheting likewise keeps errors of unchanged fields out.
+pub fn prepare_status_update(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(s) = served_for(info) else {
+        return Ok(());
+    };
+    schema::prune(&s.schema, obj);
+    schema::default(&s.schema, obj);
+    let causes: Vec<StatusCause> = schema::validate(&s.schema, obj)
+        .into_iter()
+        .filter(|c| {
+            c.field == "status" || c.field.starts_with("status.") || c.field.starts_with("status[")
+        })
+        .collect();
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        info.group,
+        info.kind,
+        obj["metadata"]["name"].as_str().unwrap_or_default(),
+        causes,
+    ))
 }
 
 /// Field validation's view of a custom resource: the fields pruning would drop.
@@ -453,7 +503,7 @@ async fn scale(
     let key = crate::handlers::key(r.api, info, r.t.namespace.as_deref(), &name);
     let err = |e: kelson_apistorage::StorageError| e.to_api_error(info.group, info.resource, &name);
     if verb == "get" {
-        let obj = r.api.store.get(&key, None).await.map_err(err)?;
+        let obj = to_request(info, r.api.store.get(&key, None).await.map_err(err)?)?;
         return Ok(h::json(StatusCode::OK, &to_scale(&obj, spec)));
     }
     let dry = crate::handlers::dry_run(&r.q)?;
@@ -480,47 +530,55 @@ async fn scale(
     let out = r
         .api
         .store
-        .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
-            let sc = match (&body_scale, patch_type) {
-                (Some(b), _) => b.clone(),
-                (None, Some(pt)) => crate::patch::apply(pt, &to_scale(&cur, spec), body)?,
-                (None, None) => json!({}),
-            };
-            if let Some(rv) = sc["metadata"]["resourceVersion"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-            {
-                crate::handlers::check_resource_version(info, &name, Some(rv), &cur)?;
-            }
-            let replicas = sc["spec"]["replicas"].as_i64().ok_or_else(|| {
-                ApiError::invalid(
-                    "autoscaling",
-                    "Scale",
-                    &name,
-                    vec![StatusCause::required("spec.replicas")],
-                )
-            })?;
-            if replicas < 0 {
-                return Err(ApiError::invalid(
-                    "autoscaling",
-                    "Scale",
-                    &name,
-                    vec![StatusCause::invalid(
-                        "spec.replicas",
-                        format!("Invalid value: {replicas}: must be greater than or equal to 0"),
-                    )],
-                ));
-            }
-            let mut new = cur.clone();
-            schema::set_path(&mut new, &spec_path, json!(replicas));
-            if new["spec"] != cur["spec"] {
-                let g = cur["metadata"]["generation"].as_i64().unwrap_or(0);
-                new["metadata"]["generation"] = json!(g + 1);
-            }
-            Ok(new)
-        })
+        .guaranteed_update(
+            &key,
+            &Preconditions::default(),
+            dry,
+            converting(info, |cur| {
+                let sc = match (&body_scale, patch_type) {
+                    (Some(b), _) => b.clone(),
+                    (None, Some(pt)) => crate::patch::apply(pt, &to_scale(&cur, spec), body)?,
+                    (None, None) => json!({}),
+                };
+                if let Some(rv) = sc["metadata"]["resourceVersion"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                {
+                    crate::handlers::check_resource_version(info, &name, Some(rv), &cur)?;
+                }
+                let replicas = sc["spec"]["replicas"].as_i64().ok_or_else(|| {
+                    ApiError::invalid(
+                        "autoscaling",
+                        "Scale",
+                        &name,
+                        vec![StatusCause::required("spec.replicas")],
+                    )
+                })?;
+                if replicas < 0 {
+                    return Err(ApiError::invalid(
+                        "autoscaling",
+                        "Scale",
+                        &name,
+                        vec![StatusCause::invalid(
+                            "spec.replicas",
+                            format!(
+                                "Invalid value: {replicas}: must be greater than or equal to 0"
+                            ),
+                        )],
+                    ));
+                }
+                let mut new = cur.clone();
+                schema::set_path(&mut new, &spec_path, json!(replicas));
+                if new["spec"] != cur["spec"] {
+                    let g = cur["metadata"]["generation"].as_i64().unwrap_or(0);
+                    new["metadata"]["generation"] = json!(g + 1);
+                }
+                Ok(new)
+            }),
+        )
         .await
         .map_err(|e| e.into_api_error(info.group, info.resource, &name))?;
+    let out = to_request(info, out)?;
     Ok(h::json(StatusCode::OK, &to_scale(&out, spec)))
 }
 
@@ -623,5 +681,6 @@ fn cell(obj: &Value, col: &Value) -> Value {
 
 /// Starts the CRD controller for this API server (see [`controller`]).
 pub fn start(api: Arc<crate::server::Api>) -> tokio::task::JoinHandle<()> {
+    conversion::register(&api);
     tokio::spawn(controller::run(api))
 }

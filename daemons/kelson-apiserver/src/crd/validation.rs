@@ -6,9 +6,13 @@
 //! names, exactly one storage version, at least one served), a schema per version that is
 //! structural (every node has a type unless it is int-or-string or preserves unknown fields,
 //! `properties` and `additionalProperties` exclusive, arrays have typed `items`, root is an
-//! object, `metadata` only restricts name/generateName), subresource paths and printer
-//! columns. Messages and field paths are upstream's, so `kubectl` users see the same errors.
+//! object, `metadata` only restricts name/generateName), subresource paths, printer
+//! columns, and the conversion stanza (a `Webhook` strategy needs a client config with
+//! exactly one of an https url and a service, a parsable `caBundle` and a recognized
+//! `conversionReviewVersions`; `None` may have neither; field paths are upstream's internal
+//! ones, `spec.conversion.webhookClientConfig`, as its messages show them). Messages and field paths are upstream's, so `kubectl` users see the same errors.
 
+use kelson_apimachinery::field;
 use kelson_apimachinery::validation;
 use kelson_apimachinery::StatusCause;
 use serde_json::{json, Value};
@@ -64,6 +68,15 @@ pub fn set_defaults(crd: &mut Value) {
     }
     if crd["spec"].is_object() && !crd["spec"]["conversion"].is_object() {
         crd["spec"]["conversion"] = json!({"strategy": "None"});
+    }
+    // SetDefaults_ServiceReference: a service's port is 443 unless given.
+    if let Some(svc) = crd
+        .pointer_mut("/spec/conversion/webhook/clientConfig/service")
+        .and_then(Value::as_object_mut)
+    {
+        if svc.get("port").is_none_or(Value::is_null) {
+            svc.insert("port".into(), json!(443));
+        }
     }
     if let Some(vs) = crd["spec"]["versions"].as_array_mut() {
         for v in vs {
@@ -269,6 +282,7 @@ pub fn validate(crd: &Value, old: Option<&Value>) -> Vec<StatusCause> {
             }
         }
     }
+    out.extend(validate_conversion(spec));
     if let Some(old) = old {
         if old["spec"]["group"] != spec["group"] {
             out.push(invalid("spec.group", &spec["group"], "field is immutable"));
@@ -279,6 +293,207 @@ pub fn validate(crd: &Value, old: Option<&Value>) -> Vec<StatusCause> {
                 &names["plural"],
                 "field is immutable",
             ));
+        }
+    }
+    out
+}
+
+/// upstream's `validateCustomResourceConversion` over the v1 layout.
+fn validate_conversion(spec: &Value) -> Vec<StatusCause> {
+    const P: &str = "spec.conversion";
+    let mut out = Vec::new();
+    let c = &spec["conversion"];
+    if !c.is_object() {
+        return out;
+    }
+    let strategy = c["strategy"].as_str().unwrap_or_default();
+    match strategy {
+        "" => out.push(field::required(&format!("{P}.strategy"), "")),
+        "None" | "Webhook" => {}
+        s => out.push(field::not_supported(
+            &format!("{P}.strategy"),
+            &json!(s),
+            &["None", "Webhook"],
+        )),
+    }
+    let cc = &c["webhook"]["clientConfig"];
+    let versions = &c["webhook"]["conversionReviewVersions"];
+    let cc_path = format!("{P}.webhookClientConfig");
+    let rv_path = format!("{P}.conversionReviewVersions");
+    if strategy != "Webhook" {
+        let msg = "should not be set when strategy is not set to Webhook";
+        if !cc.is_null() {
+            out.push(field::forbidden(&cc_path, msg));
+        }
+        if versions.as_array().is_some_and(|v| !v.is_empty()) {
+            out.push(field::forbidden(&rv_path, msg));
+        }
+        return out;
+    }
+    if spec["preserveUnknownFields"] == true {
+        out.push(field::invalid_str(
+            &format!("{P}.strategy"),
+            strategy,
+            "must be None if spec.preserveUnknownFields is true",
+        ));
+    }
+    if cc.is_null() {
+        out.push(field::required(
+            &cc_path,
+            "required when strategy is set to Webhook",
+        ));
+    } else {
+        match (cc["url"].as_str(), cc["service"].is_object()) {
+            (Some(u), false) => out.extend(validate_webhook_url(&format!("{cc_path}.url"), u)),
+            (None, true) => out.extend(validate_webhook_service(
+                &format!("{cc_path}.service"),
+                &cc["service"],
+            )),
+            _ => out.push(field::required(
+                &cc_path,
+                "exactly one of url or service is required",
+            )),
+        }
+        if let Some(b) = cc["caBundle"].as_str().filter(|b| !b.is_empty()) {
+            use base64::Engine;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default();
+            if !super::conversion::valid_ca_bundle(&pem) {
+                out.push(field::invalid_str(
+                    &format!("{cc_path}.caBundle"),
+                    b,
+                    "data does not contain any valid RSA or ECDSA certificates",
+                ));
+            }
+        }
+    }
+    let list = super::strs(versions);
+    if list.is_empty() {
+        out.push(field::required(&rv_path, ""));
+        return out;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, v) in list.iter().enumerate() {
+        let fp = format!("{rv_path}[{i}]");
+        if !seen.insert(v.as_str()) {
+            out.push(field::invalid_str(&fp, v, "duplicate version"));
+            continue;
+        }
+        if !dns1035(v) {
+            out.push(field::invalid_str(&fp, v, DNS1035_MSG));
+        }
+    }
+    let known = super::conversion::REVIEW_VERSIONS;
+    if !list.iter().any(|v| known.contains(&v.as_str())) {
+        let shown: Vec<String> = list.iter().map(|v| format!("{v:?}")).collect();
+        out.push(field::invalid_raw(
+            &rv_path,
+            &format!("[]string{{{}}}", shown.join(", ")),
+            "must include at least one of v1, v1beta1",
+        ));
+    }
+    out
+}
+
+/// upstream's `ValidateWebhookURL` with https forced.
+fn validate_webhook_url(path: &str, url: &str) -> Vec<StatusCause> {
+    const FORM: &str = "; desired format: https://host[/path]";
+    let mut out = Vec::new();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (rest, fragment) = rest.split_once('#').unwrap_or((rest, ""));
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if scheme != "https" {
+        out.push(field::invalid_str(
+            path,
+            scheme,
+            &format!("'https' is the only allowed URL scheme{FORM}"),
+        ));
+    }
+    if host.is_empty() || scheme.is_empty() {
+        out.push(field::invalid_str(
+            path,
+            host,
+            &format!("host must be specified{FORM}"),
+        ));
+    }
+    if let Some(u) = user {
+        out.push(field::invalid_str(
+            path,
+            u,
+            "user information is not permitted in the URL",
+        ));
+    }
+    if !fragment.is_empty() {
+        out.push(field::invalid_str(
+            path,
+            fragment,
+            "fragments are not permitted in the URL",
+        ));
+    }
+    if !query.is_empty() {
+        out.push(field::invalid_str(
+            path,
+            query,
+            "query parameters are not permitted in the URL",
+        ));
+    }
+    out
+}
+
+/// upstream's `ValidateWebhookService`.
+fn validate_webhook_service(path: &str, svc: &Value) -> Vec<StatusCause> {
+    let mut out = Vec::new();
+    if svc["name"].as_str().is_none_or(str::is_empty) {
+        out.push(field::required(
+            &format!("{path}.name"),
+            "service name is required",
+        ));
+    }
+    if svc["namespace"].as_str().is_none_or(str::is_empty) {
+        out.push(field::required(
+            &format!("{path}.namespace"),
+            "service namespace is required",
+        ));
+    }
+    let port = svc["port"].as_i64().unwrap_or(443);
+    if !(1..=65535).contains(&port) {
+        out.push(field::invalid(
+            &format!("{path}.port"),
+            &json!(port),
+            "port is not valid: must be between 1 and 65535, inclusive",
+        ));
+    }
+    let Some(p) = svc["path"].as_str() else {
+        return out;
+    };
+    let pp = format!("{path}.path");
+    if p.is_empty() || p == "/" {
+        return out;
+    }
+    if p == "//" {
+        out.push(field::invalid_str(&pp, p, "segment[0] may not be empty"));
+        return out;
+    }
+    let Some(trimmed) = p.strip_prefix('/') else {
+        out.push(field::invalid_str(&pp, p, "must start with a '/'"));
+        return out;
+    };
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    for (i, seg) in trimmed.split('/').enumerate() {
+        if seg.is_empty() {
+            out.push(field::invalid_str(
+                &pp,
+                p,
+                &format!("segment[{i}] may not be empty"),
+            ));
+        } else if let Some(m) = validation::is_dns1123_subdomain(seg).into_iter().next() {
+            out.push(field::invalid_str(&pp, p, &format!("segment[{i}]: {m}")));
         }
     }
     out
@@ -461,6 +676,74 @@ mod tests {
         assert_eq!(
             validate(&c, None)[0].message,
             "Required value: schemas are required"
+        );
+    }
+
+    fn causes(c: &Value) -> Vec<String> {
+        validate(c, None)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn conversion_stanza() {
+        let mut c = crd();
+        c["spec"]["conversion"] = json!({"strategy": "Webhook", "webhook": {
+            "conversionReviewVersions": ["v1"],
+            "clientConfig": {"service": {"namespace": "ns", "name": "conv", "path": "/convert"}}}});
+        set_defaults(&mut c);
+        assert_eq!(
+            c["spec"]["conversion"]["webhook"]["clientConfig"]["service"]["port"],
+            443
+        );
+        assert_eq!(causes(&c), Vec::<String>::new());
+
+        c["spec"]["conversion"]["webhook"]["clientConfig"]["url"] = json!("https://x/y");
+        c["spec"]["conversion"]["webhook"]["conversionReviewVersions"] = json!(["v9", "v9"]);
+        assert_eq!(
+            causes(&c),
+            vec![
+                "spec.conversion.webhookClientConfig: Required value: exactly one of url or service is required",
+                "spec.conversion.conversionReviewVersions[1]: Invalid value: \"v9\": duplicate version",
+                "spec.conversion.conversionReviewVersions: Invalid value: []string{\"v9\", \"v9\"}: must include at least one of v1, v1beta1",
+            ]
+        );
+
+        c["spec"]["conversion"]["webhook"] = json!({"clientConfig": {"url": "http://u@h/p?q=1#f"}});
+        assert_eq!(
+            causes(&c),
+            vec![
+                "spec.conversion.webhookClientConfig.url: Invalid value: \"http\": 'https' is the only allowed URL scheme; desired format: https://host[/path]",
+                "spec.conversion.webhookClientConfig.url: Invalid value: \"u\": user information is not permitted in the URL",
+                "spec.conversion.webhookClientConfig.url: Invalid value: \"f\": fragments are not permitted in the URL",
+                "spec.conversion.webhookClientConfig.url: Invalid value: \"q=1\": query parameters are not permitted in the URL",
+                "spec.conversion.conversionReviewVersions: Required value",
+            ]
+        );
+
+        c["spec"]["conversion"] = json!({"strategy": "None", "webhook": {
+            "conversionReviewVersions": ["v1"], "clientConfig": {"url": "https://h/p"}}});
+        assert_eq!(
+            causes(&c),
+            vec![
+                "spec.conversion.webhookClientConfig: Forbidden: should not be set when strategy is not set to Webhook",
+                "spec.conversion.conversionReviewVersions: Forbidden: should not be set when strategy is not set to Webhook",
+            ]
+        );
+
+        c["spec"]["conversion"] = json!({"strategy": "Webhook", "webhook": {
+            "conversionReviewVersions": ["v1"],
+            "clientConfig": {"url": "https://h/p", "caBundle": "bm90IGEgY2VydA=="}}});
+        assert_eq!(
+            causes(&c),
+            vec!["spec.conversion.webhookClientConfig.caBundle: Invalid value: \"bm90IGEgY2VydA==\": data does not contain any valid RSA or ECDSA certificates"]
+        );
+        c["spec"]["conversion"] =
+            json!({"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1"]}});
+        assert_eq!(
+            causes(&c),
+            vec!["spec.conversion.webhookClientConfig: Required value: required when strategy is set to Webhook"]
         );
     }
 }
