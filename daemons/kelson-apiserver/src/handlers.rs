@@ -143,6 +143,12 @@ fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
 
 impl Req<'_> {
     pub(crate) fn ok(&self, code: StatusCode, obj: &Value) -> Response<Body> {
+        // Custom resources leave in the request's version (crd::conversion).
+        let obj = match crate::crd::output(self.t.info, obj) {
+            Ok(o) => o,
+            Err(e) => return with_warnings(h::error_response(&e), &self.warnings),
+        };
+        let obj = &*obj;
         let r = match self.fmt {
             Format::Table { beta } if obj["kind"] != "Status" => {
                 let t = table::table(
@@ -319,7 +325,7 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
                     &page.continue_token,
                     page.remaining_item_count,
                 );
-                if r.fmt == Format::Json {
+                if r.fmt == Format::Json && !crate::crd::converts(r.t.info) {
                     return Ok(spliced_list(r.t.info, &lm, &page.items));
                 }
                 let items = page
@@ -410,6 +416,10 @@ fn metadata_response(code: StatusCode, v: Value, list: bool) -> Response<Body> {
 /// A list response in the request's format.
 fn list_response(r: &Req<'_>, items: Vec<Value>, lm: Value) -> Response<Body> {
     let info = r.t.info;
+    let items = match crate::crd::output_list(info, items) {
+        Ok(items) => items,
+        Err(e) => return h::error_response(&e),
+    };
     match r.fmt {
         Format::Table { beta } => {
             let t = table::table(
@@ -460,8 +470,11 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     let fmt = r.fmt;
     let include = table::include(r.q.get("includeObject").map(String::as_str));
 
+    // Custom resources whose stored version may differ cannot use the shared frames.
+    let conv = crate::crd::converts(info);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let encode = move |ty: &str, obj: Value| -> Bytes {
+        let (ty, obj) = crate::crd::watch_event(info, ty, obj);
         let obj = match (fmt, ty) {
             (Format::Table { beta }, "ADDED" | "MODIFIED" | "DELETED") => table::table(
                 info.kind,
@@ -516,7 +529,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
             let frame = move |ty: kelson_apistorage::cache::EventType,
                               obj: &kelson_apistorage::CachedObject,
                               json_frame: Bytes| {
-                if fmt == Format::Json {
+                if fmt == Format::Json && !conv {
                     return Some(json_frame);
                 }
                 obj.value().ok().map(|v| encode(ty.as_str(), v))
@@ -948,7 +961,7 @@ pub(crate) async fn create_object_with(
         allocated = allocate_service(api, &mut obj).await?;
     }
     let k = key(api, info, ns.as_deref(), &name);
-    match api.store.create(&k, obj, dry).await {
+    match api.store.create(&k, crate::crd::to_storage(info, obj)?, dry).await {
         Ok(o) => Ok(o),
         Err(e) => {
             allocated.release(api).await;
@@ -1011,6 +1024,7 @@ pub(crate) fn merge_update(
                 m.remove("status");
             }
         }
+        crate::crd::prepare_status_update(info, &mut out)?;
         return Ok(out);
     }
     for f in [
@@ -1197,12 +1211,13 @@ async fn update(
         .store
         .guaranteed_update(&key, &pre, dry, |cur| {
             check_resource_version(info, &name, rv.as_deref(), &cur)?;
+            let cur = crate::crd::to_request(info, cur)?;
             let mut new = merge_update(info, &cur, obj.clone(), status_only)?;
             fm.record_update(info, &cur, &mut new, &obj["metadata"]["managedFields"])?;
             if let Some(a) = &svc {
                 a.fill(&mut new);
             }
-            Ok(new)
+            crate::crd::to_storage(info, new)
         })
         .await
         .map_err(update_err(r.t, r.name()));
@@ -1415,6 +1430,7 @@ async fn patch_obj(
         .get(&key, None)
         .await
         .map_err(storage_err(r.t, &name))?;
+    let cur0 = crate::crd::to_request(info, cur0)?;
     let first = patch::apply_to(pt, &cur0, body, info.definition)?;
     field_validation(r, &first)?;
     let svc = if is_service(info) && !status_only && !dry {
@@ -1430,6 +1446,7 @@ async fn patch_obj(
         .api
         .store
         .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
+            let cur = crate::crd::to_request(info, cur)?;
             let mut patched = patch::apply_to(pt, &cur, body, info.definition)?;
             check_resource_version(
                 info,
@@ -1455,7 +1472,7 @@ async fn patch_obj(
             if let Some(a) = &svc {
                 a.fill(&mut new);
             }
-            Ok(new)
+            crate::crd::to_storage(info, new)
         })
         .await
         .map_err(update_err(r.t, &name));
@@ -1858,6 +1875,7 @@ async fn delete_collection(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body
         }
     }
     let info = r.t.info;
+    let deleted = crate::crd::output_list(info, deleted)?;
     Ok(h::respond(
         StatusCode::OK,
         &json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": {}, "items": deleted}),
