@@ -533,11 +533,12 @@ pub(crate) async fn patch(
     let res = api
         .store
         .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
+            let cur = crate::crd::to_request(info, cur)?;
             let mut new = build(&cur)?;
             if let Some(a) = &svc {
                 a.fill(&mut new);
             }
-            Ok(new)
+            crate::crd::to_storage(info, new)
         })
         .await
         .map_err(|e| e.into_api_error(info.group, info.resource, &name));
