@@ -25,10 +25,8 @@
 //!   `NoExecute` tolerations for 300 s), since it needs no store lookups.
 
 use kelson_apimachinery::ApiError;
-use kelson_apistorage::StorageError;
 use serde_json::{json, Value};
 
-use crate::handlers::key;
 use crate::registry::{self, ResourceInfo};
 use crate::server::Api;
 
@@ -95,11 +93,17 @@ async fn service_account(api: &Api, ns: &str, name: &str, pod: &mut Value) -> Re
         .is_some();
     let info =
         registry::lookup("", "v1", "serviceaccounts").expect("serviceaccounts are registered");
-    let account = match api.store.get(&key(api, info, Some(ns), &sa), None).await {
-        Ok(a) => Some(a),
+    // From the watch cache as upstream's lister; a named account the cache lacks is looked up
+    // in the store (upstream's live lookup), the implicit `default` is not (its absence is
+    // tolerated anyway, see the module doc).
+    let account = match api
+        .admission_get(info, Some(ns), &sa, named.is_some())
+        .await
+    {
+        Ok(Some(a)) => Some(a),
         // The implicit `default` may not exist yet (see the module doc).
-        Err(StorageError::NotFound { .. }) if named.is_none() => None,
-        Err(StorageError::NotFound { .. }) => {
+        Ok(None) if named.is_none() => None,
+        Ok(None) => {
             return Err(forbidden(
                 name,
                 &format!(
@@ -258,13 +262,13 @@ async fn priority(api: &Api, name: &str, pod: &mut Value) -> Result<(), ApiError
         .filter(|s| !s.is_empty())
         .map(String::from);
     let (class_name, value, policy) = match class_name {
-        Some(pc) => match api.store.get(&key(api, info, None, &pc), None).await {
-            Ok(c) => (
+        Some(pc) => match api.admission_get(info, None, &pc, true).await {
+            Ok(Some(c)) => (
                 Some(pc),
                 c["value"].as_i64().unwrap_or(0),
                 c["preemptionPolicy"].clone(),
             ),
-            Err(StorageError::NotFound { .. }) => {
+            Ok(None) => {
                 return Err(forbidden(
                     name,
                     &format!("no PriorityClass with name {pc} was found"),

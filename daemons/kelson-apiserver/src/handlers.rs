@@ -283,6 +283,28 @@ async fn dispatch_request(
 // Reads
 
 async fn get(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
+    // resourceVersion "0" (any) or N (not older than N) is served by the watch cache, as
+    // upstream's cacher; "" (the latest) is a linearizable store read.
+    let rv = read_rv(&r.q).filter(|v| !v.is_empty());
+    if let (Some(rv), Some(cache)) = (rv, r.api.cache(r.t.info)) {
+        let key = r.key(r.name());
+        let found = cache
+            .get(&key, rv)
+            .await
+            .map_err(storage_err(r.t, r.name()))?;
+        if let Some(found) = found {
+            r.api.metrics.read("get", "cache");
+            let o = found.ok_or_else(|| {
+                storage_err(r.t, r.name())(StorageError::NotFound { key: key.clone() })
+            })?;
+            if r.fmt == Format::Json && r.warnings.is_empty() && !crate::crd::converts(r.t.info) {
+                return Ok(raw_json(StatusCode::OK, o.json.clone()));
+            }
+            let obj = o.value().map_err(storage_err(r.t, r.name()))?;
+            return Ok(r.ok(StatusCode::OK, &obj));
+        }
+    }
+    r.api.metrics.read("get", "store");
     let obj = r
         .api
         .store
@@ -290,6 +312,17 @@ async fn get(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         .await
         .map_err(storage_err(r.t, r.name()))?;
     Ok(r.ok(StatusCode::OK, &obj))
+}
+
+/// A JSON response of already encoded bytes (an object from the watch cache).
+fn raw_json(code: StatusCode, bytes: Bytes) -> Response<Body> {
+    let mut resp = Response::new(h::full(bytes));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn list_prefix(r: &Req<'_>) -> String {
@@ -320,6 +353,7 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
     if let Some(cache) = r.api.cache(r.t.info) {
         match cache.list(&list_prefix(r), &opts, filter).await {
             Ok(Some(page)) => {
+                r.api.metrics.read("list", "cache");
                 let lm = list_meta(
                     page.resource_version,
                     &page.continue_token,
@@ -340,6 +374,7 @@ async fn list(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
             Err(e) => return Err(storage_err(r.t, "")(e)),
         }
     }
+    r.api.metrics.read("list", "store");
     let res = r
         .api
         .store
@@ -525,6 +560,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
             }
         };
         if let Some(started) = started {
+            api.metrics.read("watch", "cache");
             let watches = api.stats.watches.clone();
             let frame = move |ty: kelson_apistorage::cache::EventType,
                               obj: &kelson_apistorage::CachedObject,
@@ -582,6 +618,7 @@ async fn watch(r: &mut Req<'_>) -> Result<Response<Body>, ApiError> {
         }
     }
 
+    api.metrics.read("watch", "store");
     // Initial state: rv "" or "0" means "current state as ADDED events, then changes".
     let mut initial = Vec::new();
     let from = if rv.is_empty() || rv == "0" {
@@ -816,8 +853,9 @@ async fn namespace_admission(
     name: &str,
 ) -> Result<(), ApiError> {
     let nsinfo = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
-    match api.store.get(&key(api, nsinfo, None, ns), None).await {
-        Ok(o) => {
+    match api.admission_get(nsinfo, None, ns, true).await {
+        Ok(None) => Err(ApiError::not_found("", "namespaces", ns)),
+        Ok(Some(o)) => {
             if o["metadata"]["deletionTimestamp"].is_string()
                 || o["status"]["phase"] == "Terminating"
             {
@@ -961,7 +999,11 @@ pub(crate) async fn create_object_with(
         allocated = allocate_service(api, &mut obj).await?;
     }
     let k = key(api, info, ns.as_deref(), &name);
-    match api.store.create(&k, crate::crd::to_storage(info, obj)?, dry).await {
+    match api
+        .store
+        .create(&k, crate::crd::to_storage(info, obj)?, dry)
+        .await
+    {
         Ok(o) => Ok(o),
         Err(e) => {
             allocated.release(api).await;
@@ -1206,26 +1248,60 @@ async fn update(
     } else {
         None
     };
-    let res = r
-        .api
-        .store
-        .guaranteed_update(&key, &pre, dry, |cur| {
-            check_resource_version(info, &name, rv.as_deref(), &cur)?;
-            let cur = crate::crd::to_request(info, cur)?;
-            let mut new = merge_update(info, &cur, obj.clone(), status_only)?;
-            fm.record_update(info, &cur, &mut new, &obj["metadata"]["managedFields"])?;
-            if let Some(a) = &svc {
-                a.fill(&mut new);
-            }
-            crate::crd::to_storage(info, new)
-        })
-        .await
-        .map_err(update_err(r.t, r.name()));
+    let res = cached_update(r.api, info, &key, &pre, dry, |cur| {
+        check_resource_version(info, &name, rv.as_deref(), &cur)?;
+        let cur = crate::crd::to_request(info, cur)?;
+        let mut new = merge_update(info, &cur, obj.clone(), status_only)?;
+        fm.record_update(info, &cur, &mut new, &obj["metadata"]["managedFields"])?;
+        if let Some(a) = &svc {
+            a.fill(&mut new);
+        }
+        crate::crd::to_storage(info, new)
+    })
+    .await
+    .map_err(update_err(r.t, r.name()));
     if let Some(a) = &svc {
         a.finish(r.api, res.as_ref().ok()).await;
     }
     let out = finish_if_finalized(r.api, info, res?, dry).await?;
     Ok(r.ok(StatusCode::OK, &out))
+}
+
+/// The watch cache's current copy of the object at `key` (possibly stale), decoded.
+fn cached_copy(api: &Api, info: &ResourceInfo, key: &str) -> Option<Value> {
+    api.cache(info)?.peek(key)?.value().ok()
+}
+
+/// A guaranteed update that starts from the watch cache's copy of the object, as upstream's
+/// cacher hands its cached object to the store's GuaranteedUpdate: when the copy is current
+/// (the common case) the write is one compare-and-swap with no read before it. A stale copy
+/// costs what the read would have: the failed compare returns the fresh object, and a
+/// precondition or callback error on the copy is only final after a fresh read agrees
+/// (kelson-apistorage `UpdateOptions::cached`).
+async fn cached_update<F>(
+    api: &Api,
+    info: &ResourceInfo,
+    key: &str,
+    pre: &Preconditions,
+    dry: bool,
+    mut f: F,
+) -> Result<Value, UpdateError<ApiError>>
+where
+    F: FnMut(Value) -> Result<Value, ApiError> + Send,
+{
+    let opts = kelson_apistorage::UpdateOptions {
+        preconditions: pre.clone(),
+        dry_run: dry,
+        ignore_not_found: false,
+        cached: cached_copy(api, info, key),
+    };
+    api.store
+        .guaranteed_update_with(key, opts, |cur| match cur {
+            Some(v) => f(v),
+            // Unreachable without ignore_not_found: storage answers NotFound itself.
+            None => Err(ApiError::not_found(info.group, info.resource, "")),
+        })
+        .await
 }
 
 /// A client's `metadata.resourceVersion` (on update, patch, scale) must be the stored one.
@@ -1424,12 +1500,22 @@ async fn patch_obj(
     let key = r.key(r.name());
     let name = r.name().to_string();
     // Field validation runs on the first patched result; later retries reuse the verdict.
-    let cur0 = r
-        .api
-        .store
-        .get(&key, None)
-        .await
-        .map_err(storage_err(r.t, &name))?;
+    // The watch cache's copy will do for that (a Service's node-port bookkeeping wants the
+    // stored one); the update below re-reads the store if the copy is stale.
+    let cached0 = if is_service(info) {
+        None
+    } else {
+        cached_copy(r.api, info, &key)
+    };
+    let cur0 = match cached0 {
+        Some(c) => c,
+        None => r
+            .api
+            .store
+            .get(&key, None)
+            .await
+            .map_err(storage_err(r.t, &name))?,
+    };
     let cur0 = crate::crd::to_request(info, cur0)?;
     let first = patch::apply_to(pt, &cur0, body, info.definition)?;
     field_validation(r, &first)?;
@@ -1442,40 +1528,37 @@ async fn patch_obj(
     } else {
         None
     };
-    let res = r
-        .api
-        .store
-        .guaranteed_update(&key, &Preconditions::default(), dry, |cur| {
-            let cur = crate::crd::to_request(info, cur)?;
-            let mut patched = patch::apply_to(pt, &cur, body, info.definition)?;
-            check_resource_version(
-                info,
-                &name,
-                patched["metadata"]["resourceVersion"].as_str(),
-                &cur,
-            )?;
-            if patched["metadata"]["name"] != cur["metadata"]["name"] {
-                return Err(ApiError::bad_request(
-                    "metadata.name cannot be changed by a patch",
-                ));
-            }
-            if !patched.is_object() || !patched["metadata"].is_object() {
-                return Err(ApiError::bad_request(
-                    "the patched object is not a valid object",
-                ));
-            }
-            patched["kind"] = json!(info.kind);
-            patched["apiVersion"] = json!(info.api_version());
-            let req_mf = patched["metadata"]["managedFields"].clone();
-            let mut new = merge_update(info, &cur, patched, status_only)?;
-            fm.record_update(info, &cur, &mut new, &req_mf)?;
-            if let Some(a) = &svc {
-                a.fill(&mut new);
-            }
-            crate::crd::to_storage(info, new)
-        })
-        .await
-        .map_err(update_err(r.t, &name));
+    let res = cached_update(r.api, info, &key, &Preconditions::default(), dry, |cur| {
+        let cur = crate::crd::to_request(info, cur)?;
+        let mut patched = patch::apply_to(pt, &cur, body, info.definition)?;
+        check_resource_version(
+            info,
+            &name,
+            patched["metadata"]["resourceVersion"].as_str(),
+            &cur,
+        )?;
+        if patched["metadata"]["name"] != cur["metadata"]["name"] {
+            return Err(ApiError::bad_request(
+                "metadata.name cannot be changed by a patch",
+            ));
+        }
+        if !patched.is_object() || !patched["metadata"].is_object() {
+            return Err(ApiError::bad_request(
+                "the patched object is not a valid object",
+            ));
+        }
+        patched["kind"] = json!(info.kind);
+        patched["apiVersion"] = json!(info.api_version());
+        let req_mf = patched["metadata"]["managedFields"].clone();
+        let mut new = merge_update(info, &cur, patched, status_only)?;
+        fm.record_update(info, &cur, &mut new, &req_mf)?;
+        if let Some(a) = &svc {
+            a.fill(&mut new);
+        }
+        crate::crd::to_storage(info, new)
+    })
+    .await
+    .map_err(update_err(r.t, &name));
     if let Some(a) = &svc {
         a.finish(r.api, res.as_ref().ok()).await;
     }

@@ -234,6 +234,8 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
     )
     .context("loading the serving certificate")?;
     let api = build(&cfg, bound.to_string()).await?;
+    let caches = api.start_caches();
+    tracing::info!(caches, "watch caches started");
 
     let dbus = kelson_runtime::dbus::serve_optional(
         common,
@@ -256,6 +258,11 @@ pub async fn run(cfg: ApiServerConfig, common: &CommonArgs, log: LogHandle) -> a
                 "apiserver_longrunning_requests",
                 "Open watches",
                 api.metrics.watches.clone(),
+            );
+            reg.register(
+                "apiserver_reads",
+                "GET, LIST and watch requests by what served them (watch cache or store)",
+                api.metrics.reads.clone(),
             );
         }
         let (mbound, _) = kelson_runtime::metrics::serve(maddr, registry)

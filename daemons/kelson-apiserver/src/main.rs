@@ -1,5 +1,13 @@
 //! kelson-apiserver: the Kubernetes API server over an etcd v3 store.
+//!
+//! The global allocator is mimalloc, as in kelson-kv: every request allocates and frees many
+//! small JSON trees across the tokio workers, and glibc malloc kept hundreds of MB resident
+//! after an HTTP/1.1 load burst (per-thread arenas holding freed TLS connection buffers);
+//! mimalloc returns freed pages to the OS (docs/benchmarks.md, api-bench session 4).
 use kelson_apiserver::{ApiServerConfig, ApiServerFlags};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

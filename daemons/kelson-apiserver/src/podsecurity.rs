@@ -20,7 +20,6 @@ use serde_json::Value;
 
 use kelson_apimachinery::ApiError;
 
-use crate::handlers::key;
 use crate::registry::{self, ResourceInfo};
 use crate::server::Api;
 
@@ -705,8 +704,10 @@ pub async fn admit(api: &Api, info: &ResourceInfo, ns: &str, obj: &Value) -> Res
         pod = &pod[*k];
     }
     let nsinfo = registry::lookup("", "v1", "namespaces").expect("namespaces are registered");
-    let nsobj = match api.store.get(&key(api, nsinfo, None, ns), None).await {
-        Ok(o) => o,
+    // From the watch cache, as upstream's namespace lister (kelson-apiserver's admission_get).
+    let nsobj = match api.admission_get(nsinfo, None, ns, true).await {
+        Ok(Some(o)) => o,
+        Ok(None) => return Err(ApiError::not_found("", "namespaces", ns)),
         // NamespaceLifecycle has already answered for a missing namespace.
         Err(e) => return Err(e.to_api_error("", "namespaces", ns)),
     };

@@ -46,6 +46,20 @@ pub struct Stats {
 pub struct Metrics {
     pub requests: Family<Vec<(String, String)>, Counter>,
     pub watches: Gauge,
+    /// Reads by verb (get, list, watch) and what served them (`cache` or `store`).
+    pub reads: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    /// Counts one read of `verb` served by `source` ("cache" or "store").
+    pub fn read(&self, verb: &str, source: &str) {
+        self.reads
+            .get_or_create(&vec![
+                ("verb".to_string(), verb.to_string()),
+                ("source".to_string(), source.to_string()),
+            ])
+            .inc();
+    }
 }
 
 /// Shared server state.
@@ -90,6 +104,47 @@ impl Api {
             .list(&prefix, &kelson_apistorage::ListOptions::default(), None)
             .await?
             .items)
+    }
+
+    /// One object for an admission plugin (NamespaceLifecycle, ServiceAccount, Priority,
+    /// PodSecurity): from the watch cache once it holds this server's own writes to that
+    /// resource, as upstream reads an informer's lister. An object the cache does not have is
+    /// looked up in the store when `live_on_miss` (upstream's live lookup: it may have been
+    /// written through another API server a moment ago). `Ok(None)`: no such object.
+    pub async fn admission_get(
+        &self,
+        info: &crate::registry::ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        live_on_miss: bool,
+    ) -> Result<Option<Value>, kelson_apistorage::StorageError> {
+        let key = crate::handlers::key(self, info, ns, name);
+        if let Some(cache) = self.cache(info) {
+            match cache.get_own_writes(&key).await? {
+                Some(Some(o)) => return o.value().map(Some),
+                Some(None) if !live_on_miss => return Ok(None),
+                Some(None) | None => {}
+            }
+        }
+        match self.store.get(&key, None).await {
+            Ok(o) => Ok(Some(o)),
+            Err(kelson_apistorage::StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts the watch cache of every built-in resource that can be listed, as upstream
+    /// starts its cachers at boot: a watch from any version since then is served from a
+    /// cache's ring rather than by a store watch of its own. Returns how many run.
+    pub fn start_caches(&self) -> usize {
+        if self.caches.is_none() {
+            return 0;
+        }
+        crate::registry::resources()
+            .iter()
+            .filter(|info| info.has_verb("watch") && info.has_verb("list"))
+            .filter_map(|info| self.cache(info))
+            .count()
     }
 
     /// The watch cache of a resource (started on first use), if caching is on.

@@ -46,6 +46,10 @@ pub trait Strategy: Send + Sync {
 #[path = "strategy_workloads.rs"]
 pub mod workloads;
 
+/// PersistentVolume and PersistentVolumeClaim.
+#[path = "strategy_volumes.rs"]
+pub mod volumes;
+
 /// certificates.k8s.io CertificateSigningRequests: strategy, subresources, admission.
 #[path = "csr.rs"]
 pub mod csr;
@@ -70,6 +74,8 @@ pub fn for_kind(group: &str, kind: &str) -> &'static dyn Strategy {
         ("policy", "PodDisruptionBudget") => &workloads::PdbStrategy,
         (csr::GROUP, csr::KIND) => &csr::CsrStrategy,
         ("", "ResourceQuota") => &workloads::ResourceQuotaStrategy,
+        ("", "PersistentVolume") => &volumes::PersistentVolumeStrategy,
+        ("", "PersistentVolumeClaim") => &volumes::PersistentVolumeClaimStrategy,
         (crate::crd::GROUP, "CustomResourceDefinition") => &crate::crd::CrdStrategy,
         (g, k) if crate::crd::is_custom_kind(g, k) => &crate::crd::CustomStrategy,
         _ => &DefaultStrategy,

@@ -2,7 +2,8 @@
 //!
 //! kubectl's `get` renders these tables as they come (its own printers are only a fallback), so
 //! the column sets follow upstream's printers for the kinds people look at most: pods, nodes,
-//! namespaces, services, deployments, replicasets, configmaps, secrets, events (core/v1 and
+//! namespaces, services, deployments, replicasets, configmaps, secrets, persistent volumes and
+//! claims, events (core/v1 and
 //! events.k8s.io/v1 alike: upstream converts both to one internal Event before printing); every
 //! other kind gets NAME and AGE. Columns with priority 1 appear only with `-o wide`. Each row carries the object
 //! as `PartialObjectMetadata` (default `includeObject=Metadata`), the full object
@@ -88,6 +89,30 @@ fn columns(kind: &str) -> Vec<Col> {
             Col("RequestedDuration", "string", 0, ""),
             Col("Condition", "string", 0, ""),
         ],
+        "PersistentVolume" => vec![
+            name,
+            Col("Capacity", "string", 0, ""),
+            Col("Access Modes", "string", 0, ""),
+            Col("Reclaim Policy", "string", 0, ""),
+            Col("Status", "string", 0, ""),
+            Col("Claim", "string", 0, ""),
+            Col("StorageClass", "string", 0, ""),
+            Col("VolumeAttributesClass", "string", 0, ""),
+            Col("Reason", "string", 0, ""),
+            age,
+            Col("VolumeMode", "string", 1, ""),
+        ],
+        "PersistentVolumeClaim" => vec![
+            name,
+            Col("Status", "string", 0, ""),
+            Col("Volume", "string", 0, ""),
+            Col("Capacity", "string", 0, ""),
+            Col("Access Modes", "string", 0, ""),
+            Col("StorageClass", "string", 0, ""),
+            Col("VolumeAttributesClass", "string", 0, ""),
+            age,
+            Col("VolumeMode", "string", 1, ""),
+        ],
         "ConfigMap" => vec![name, Col("Data", "integer", 0, ""), age],
         "Secret" => vec![
             name,
@@ -168,6 +193,100 @@ fn event_cells(o: &Value) -> Vec<Value> {
         json!(first),
         json!(count),
         json!(s(&o["metadata"]["name"])),
+    ]
+}
+
+/// Upstream's `GetAccessModesAsString`: the short forms in a fixed order, duplicates dropped.
+fn access_modes(modes: &Value) -> String {
+    let has = |m: &str| {
+        modes
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(m)))
+    };
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(long, _)| has(long))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// The storage class of a PV or PVC: the beta annotation wins, as upstream's helpers.
+fn storage_class(o: &Value) -> String {
+    match o["metadata"]["annotations"]["volume.beta.kubernetes.io/storage-class"].as_str() {
+        Some(c) => c.to_string(),
+        None => s(&o["spec"]["storageClassName"]),
+    }
+}
+
+/// `<unset>` for an absent optional string (VolumeMode, VolumeAttributesClass columns).
+fn or_unset(v: &Value) -> String {
+    v.as_str().unwrap_or("<unset>").to_string()
+}
+
+/// A PV's or PVC's phase, `Terminating` once deletion started (upstream's printers).
+fn volume_phase(o: &Value) -> String {
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating".into()
+    } else {
+        s(&o["status"]["phase"])
+    }
+}
+
+/// `printPersistentVolume`: capacity, modes, reclaim policy, phase, `ns/name` of the claim.
+fn pv_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let spec = &o["spec"];
+    let claim = if spec["claimRef"].is_object() {
+        format!(
+            "{}/{}",
+            s(&spec["claimRef"]["namespace"]),
+            s(&spec["claimRef"]["name"])
+        )
+    } else {
+        String::new()
+    };
+    vec![
+        name,
+        json!(s(&spec["capacity"]["storage"])),
+        json!(access_modes(&spec["accessModes"])),
+        json!(s(&spec["persistentVolumeReclaimPolicy"])),
+        json!(volume_phase(o)),
+        json!(claim),
+        json!(storage_class(o)),
+        json!(or_unset(&spec["volumeAttributesClassName"])),
+        json!(s(&o["status"]["reason"])),
+        age,
+        json!(or_unset(&spec["volumeMode"])),
+    ]
+}
+
+/// `printPersistentVolumeClaim`: capacity and access modes only once bound to a volume.
+fn pvc_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let spec = &o["spec"];
+    let volume = s(&spec["volumeName"]);
+    let (capacity, modes) = if volume.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            s(&o["status"]["capacity"]["storage"]),
+            access_modes(&o["status"]["accessModes"]),
+        )
+    };
+    vec![
+        name,
+        json!(volume_phase(o)),
+        json!(volume),
+        json!(capacity),
+        json!(modes),
+        json!(storage_class(o)),
+        json!(or_unset(&spec["volumeAttributesClassName"])),
+        age,
+        json!(or_unset(&spec["volumeMode"])),
     ]
 }
 
@@ -410,6 +529,8 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             ]
         }
         "Event" => event_cells(o),
+        "PersistentVolume" => pv_cells(o, name, a),
+        "PersistentVolumeClaim" => pvc_cells(o, name, a),
         "CertificateSigningRequest" => {
             let mut c = vec![name, a];
             c.extend(crate::strategy::csr::table_cells(o));
@@ -503,6 +624,80 @@ mod tests {
         );
         assert_eq!(cm["columnDefinitions"][1]["name"], "Age");
         assert_eq!(cm["rows"][0]["cells"][1], "<unknown>");
+    }
+
+    #[test]
+    fn persistent_volume_and_claim_rows() {
+        let pv = json!({"metadata": {"name": "pv1"},
+            "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "slow", "volumeMode": "Filesystem",
+                     "claimRef": {"namespace": "ns", "name": "c1"}, "hostPath": {"path": "/tmp"}},
+            "status": {"phase": "Bound"}});
+        let t = table("PersistentVolume", &[pv], json!({}), Include::None, false);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Capacity",
+                "Access Modes",
+                "Reclaim Policy",
+                "Status",
+                "Claim",
+                "StorageClass",
+                "VolumeAttributesClass",
+                "Reason",
+                "Age",
+                "VolumeMode"
+            ]
+        );
+        assert_eq!(t["columnDefinitions"][10]["priority"], 1);
+        let c = &t["rows"][0]["cells"];
+        assert_eq!(c[1], "5Gi");
+        assert_eq!(c[2], "RWO,RWX", "upstream's order, duplicates dropped");
+        assert_eq!(c[3], "Retain");
+        assert_eq!(c[4], "Bound");
+        assert_eq!(c[5], "ns/c1");
+        assert_eq!(c[6], "slow");
+        assert_eq!(c[7], "<unset>");
+        assert_eq!(c[8], "");
+        assert_eq!(c[10], "Filesystem");
+
+        let pending = json!({"metadata": {"name": "c1", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {"volume.beta.kubernetes.io/storage-class": "beta"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "fast"},
+            "status": {"phase": "Pending"}});
+        let bound = json!({"metadata": {"name": "c2"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "volumeName": "pv1", "volumeAttributesClassName": "gold"},
+            "status": {"phase": "Bound", "capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"]}});
+        let t = table(
+            "PersistentVolumeClaim",
+            &[pending, bound],
+            json!({}),
+            Include::None,
+            false,
+        );
+        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
+        let c = &t["rows"][0]["cells"];
+        assert_eq!(c[1], "Terminating");
+        assert_eq!(c[2], "");
+        assert_eq!(c[3], "", "no capacity before the claim is bound");
+        assert_eq!(c[4], "");
+        assert_eq!(c[5], "beta", "the beta annotation wins");
+        assert_eq!(c[8], "<unset>");
+        let c = &t["rows"][1]["cells"];
+        assert_eq!(c[1], "Bound");
+        assert_eq!(c[2], "pv1");
+        assert_eq!(c[3], "5Gi");
+        assert_eq!(c[4], "RWO,ROX");
+        assert_eq!(c[5], "");
+        assert_eq!(c[6], "gold");
     }
 
     #[test]

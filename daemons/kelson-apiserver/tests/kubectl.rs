@@ -665,3 +665,124 @@ async fn pod_admission() {
     );
     assert!(e.contains("must not be provided in pod spec"), "{e}");
 }
+
+/// PersistentVolumes and claims: defaults, 422 for an unusable object, and `kubectl get
+/// pv,pvc -o wide` with upstream's printer columns (server-side Table).
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_volumes_and_claims() {
+    let c = ApiCluster::start(StoreKind::Kelson, &[]).await.unwrap();
+    let pv = r#"{"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"pv1"},
+        "spec":{"capacity":{"storage":"2Gi"},"accessModes":["ReadWriteMany","ReadWriteOnce"],
+        "storageClassName":"slow","hostPath":{"path":"/srv/pv1"},
+        "claimRef":{"namespace":"default","name":"data"}}}"#;
+    c.ok_in(&["create", "-f", "-"], pv);
+    let pvc = r#"{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"data"},
+        "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}"#;
+    c.ok_in(&["create", "-f", "-"], pvc);
+    let got = json(&c.ok(&["get", "pv", "pv1", "-o", "json"]));
+    assert_eq!(got["status"]["phase"], "Pending", "{got}");
+    assert_eq!(got["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(got["spec"]["volumeMode"], "Filesystem");
+
+    let wide = c.ok(&["get", "pv,pvc", "-o", "wide"]);
+    let lines: Vec<&str> = wide.lines().filter(|l| !l.trim().is_empty()).collect();
+    let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let pv_head = lines
+        .iter()
+        .find(|l| l.starts_with("NAME") && l.contains("RECLAIM POLICY"))
+        .unwrap_or_else(|| panic!("no PV header in\n{wide}"));
+    assert_eq!(
+        cols(pv_head),
+        [
+            "NAME",
+            "CAPACITY",
+            "ACCESS",
+            "MODES",
+            "RECLAIM",
+            "POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE",
+            "VOLUMEMODE"
+        ],
+        "{wide}"
+    );
+    let pv_row = lines
+        .iter()
+        .find(|l| l.starts_with("persistentvolume/pv1"))
+        .unwrap_or_else(|| panic!("no pv row in\n{wide}"));
+    let r = cols(pv_row);
+    assert_eq!(
+        r[1..8],
+        [
+            "2Gi",
+            "RWO,RWX",
+            "Retain",
+            "Pending",
+            "default/data",
+            "slow",
+            "<unset>"
+        ],
+        "{wide}"
+    );
+    assert_eq!(r.last().map(String::as_str), Some("Filesystem"), "{wide}");
+    let pvc_head = lines
+        .iter()
+        .find(|l| l.starts_with("NAME") && l.contains("VOLUME ") && !l.contains("RECLAIM"))
+        .unwrap_or_else(|| panic!("no PVC header in\n{wide}"));
+    assert_eq!(
+        cols(pvc_head),
+        [
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS",
+            "MODES",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "AGE",
+            "VOLUMEMODE"
+        ],
+        "{wide}"
+    );
+    let pvc_row = lines
+        .iter()
+        .find(|l| l.starts_with("persistentvolumeclaim/data"))
+        .unwrap_or_else(|| panic!("no pvc row in\n{wide}"));
+    // Unbound: no volume, capacity or modes, so the row has those cells empty.
+    let r = cols(pvc_row);
+    assert_eq!(r[1], "Pending", "{wide}");
+    assert_eq!(r.last().map(String::as_str), Some("Filesystem"), "{wide}");
+
+    // A claim without a storage request and with an unknown access mode: 422 with causes.
+    let bad = r#"{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"bad"},
+        "spec":{"accessModes":["Sometimes"],"resources":{}}}"#;
+    let err = c.fails(&["create", "-f", "-"], Some(bad));
+    assert!(err.contains("is invalid"), "{err}");
+    assert!(
+        err.contains("spec.resources[storage]: Required value"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.accessModes: Unsupported value: \"Sometimes\""),
+        "{err}"
+    );
+    // A pending claim's spec is immutable.
+    let err = c.fails(
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#,
+        ],
+        None,
+    );
+    assert!(err.contains("spec is immutable after creation"), "{err}");
+}
