@@ -81,7 +81,17 @@ impl Topo6 {
         let n = t.node.as_str();
         sh(&["ip", "-n", n, "link", "add", "br0", "type", "bridge"]);
         // nodad: addresses usable at once, not after duplicate address detection.
-        sh(&["ip", "-n", n, "addr", "add", "fd77:1::1/64", "dev", "br0", "nodad"]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            "fd77:1::1/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
         sh(&["ip", "-n", n, "link", "set", "br0", "up"]);
         for (i, e) in t.endpoints.iter().enumerate() {
             let ve = format!("ve{}", i + 1);
@@ -93,22 +103,78 @@ impl Topo6 {
             let addr = format!("{}/64", Self::endpoint_ip(i));
             sh(&["ip", "-n", e, "addr", "add", &addr, "dev", "eth0", "nodad"]);
             sh(&["ip", "-n", e, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", e, "-6", "route", "add", "default", "via", "fd77:1::1"]);
+            sh(&[
+                "ip",
+                "-n",
+                e,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd77:1::1",
+            ]);
         }
         let c = t.client.as_str();
         sh(&[
             "ip", "-n", n, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c,
         ]);
-        sh(&["ip", "-n", n, "addr", "add", "fd77:2::1/64", "dev", "vc", "nodad"]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            "fd77:2::1/64",
+            "dev",
+            "vc",
+            "nodad",
+        ]);
         sh(&["ip", "-n", n, "link", "set", "vc", "up"]);
-        sh(&["ip", "-n", c, "addr", "add", "fd77:2::2/64", "dev", "eth0", "nodad"]);
+        sh(&[
+            "ip",
+            "-n",
+            c,
+            "addr",
+            "add",
+            "fd77:2::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         sh(&["ip", "-n", c, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", c, "-6", "route", "add", "default", "via", "fd77:2::1"]);
+        sh(&[
+            "ip",
+            "-n",
+            c,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd77:2::1",
+        ]);
         // As for IPv4: a default route, so unanswered ClusterIP traffic reaches the filter
         // hooks that reject it instead of dying in routing.
-        sh(&["ip", "-n", n, "-6", "route", "add", "default", "via", "fd77:1::fe"]);
         sh(&[
-            "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1",
+            "ip",
+            "-n",
+            n,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd77:1::fe",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
         ]);
         t.start_servers();
         t
@@ -121,8 +187,9 @@ impl Topo6 {
     /// Endpoint i answers `e<i+1> <peer-ip>` on [::]:8086 and closes.
     fn start_servers(&self) {
         for (i, ns) in self.endpoints.iter().enumerate() {
-            let l: TcpListener =
-                in_netns(ns, || TcpListener::bind(("::", PORT)).expect("bind [::]:8086"));
+            let l: TcpListener = in_netns(ns, || {
+                TcpListener::bind(("::", PORT)).expect("bind [::]:8086")
+            });
             l.set_nonblocking(true).unwrap();
             let stop = self.stop.clone();
             let name = format!("e{}", i + 1);
@@ -264,7 +331,10 @@ async fn nftables_ipv6_cluster_ip_and_node_port() {
         .expect("incremental sync");
     assert!(s.netlink >= 1 && !s.full, "{s:?}");
     let seen = t.answers(addr, 30);
-    assert!(!seen.contains("e3"), "e3 removed, still answering: {seen:?}");
+    assert!(
+        !seen.contains("e3"),
+        "e3 removed, still answering: {seen:?}"
+    );
 
     assert_refused_at_once(&t, sock(EMPTY_CIP, 80));
 }
@@ -291,7 +361,9 @@ impl UserspaceNode {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let mut u = Userspace::new("kelson-proxy0", &[]).await.expect("userspace");
+                let mut u = Userspace::new("kelson-proxy0", &[])
+                    .await
+                    .expect("userspace");
                 while let Some((st, done)) = rx.recv().await {
                     let _ = done.send(u.sync(&st).await.map_err(|e| e.to_string()));
                 }
@@ -335,7 +407,10 @@ fn userspace_ipv6_cluster_ip() {
     assert_eq!(t.answers(addr, 30), all_three(), "all endpoints over IPv6");
     u.sync(state(&[0, 1], None));
     let seen = t.answers(addr, 30);
-    assert!(!seen.contains("e3"), "e3 removed, still answering: {seen:?}");
+    assert!(
+        !seen.contains("e3"),
+        "e3 removed, still answering: {seen:?}"
+    );
     assert_refused_at_once(&t, sock(EMPTY_CIP, 80));
     drop(u);
 }

@@ -113,7 +113,11 @@ fn random_info(rng: &mut StdRng, i: usize) -> ServiceInfo {
             _ => vec![],
         }
     };
-    let external_ips = if rng.gen_bool(0.3) { pick_ext(rng) } else { vec![] };
+    let external_ips = if rng.gen_bool(0.3) {
+        pick_ext(rng)
+    } else {
+        vec![]
+    };
     let load_balancer_ips = if rng.gen_bool(0.3) {
         vec![v4(192, 0, 2, 10 + i as u8), v6(&format!("fd00:ee::1{i}"))]
     } else {
@@ -203,8 +207,16 @@ fn assert_same(a: &str, b: &str, step: usize, seed: u64, what: &str) {
             panic!(
                 "seed {seed}, step {step} ({what}), table {fam}: incremental netlink ruleset \
                  differs from a full nft sync\nonly after netlink:\n{}\nonly after full sync:\n{}",
-                only_a.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-                only_b.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+                only_a
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                only_b
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
     }
@@ -247,7 +259,11 @@ async fn incremental_netlink_syncs_equal_full_nft_syncs() {
             } else {
                 what.push(format!(
                     "{} {i}",
-                    if state.contains_key(&k) { "change" } else { "add" }
+                    if state.contains_key(&k) {
+                        "change"
+                    } else {
+                        "add"
+                    }
                 ));
                 state.insert(k, random_info(&mut rng, i));
             }
@@ -265,7 +281,10 @@ async fn incremental_netlink_syncs_equal_full_nft_syncs() {
         full.sync(&state, true).await.expect("full sync");
         assert_same(&na.0, &nb.0, step, seed, &what);
     }
-    assert!(netlink_syncs >= 40, "only {netlink_syncs} netlink transactions");
+    assert!(
+        netlink_syncs >= 40,
+        "only {netlink_syncs} netlink transactions"
+    );
 }
 
 #[tokio::test]

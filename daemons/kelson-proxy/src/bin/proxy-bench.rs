@@ -111,7 +111,11 @@ type Sample = (Duration, Duration, Duration);
 
 /// Medians of each column separately (CPU time is the robust one under load).
 fn col(v: &[Sample], i: usize) -> Duration {
-    median(v.iter().map(|t| [t.0, t.1, t.2][i]).collect::<Vec<Duration>>())
+    median(
+        v.iter()
+            .map(|t| [t.0, t.1, t.2][i])
+            .collect::<Vec<Duration>>(),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -127,8 +127,8 @@ const UDATA_SADDR_SET_V4: &[u8] = &[
 ];
 /// The same for `typeof ip6 saddr` (protocol 13, field 8).
 const UDATA_SADDR_SET_V6: &[u8] = &[
-    0, 4, 2, 0, 0, 0, 2, 4, 1, 0, 0, 0, 3, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 13, 0, 0, 0, 1, 4,
-    8, 0, 0, 0,
+    0, 4, 2, 0, 0, 0, 2, 4, 1, 0, 0, 0, 3, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 13, 0, 0, 0, 1, 4, 8,
+    0, 0, 0,
 ];
 /// Key big endian: a named `type ipv4_addr` / `ipv6_addr` set.
 const UDATA_ADDR_SET: &[u8] = &[0, 4, 2, 0, 0, 0];
@@ -168,7 +168,7 @@ impl Batch {
 // ---- TLV writing -------------------------------------------------------------------------
 
 fn align(b: &mut Vec<u8>) {
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
 }
@@ -691,7 +691,7 @@ impl<'a> Compiler<'a> {
         if plen == full {
             payload(b, NFT_PAYLOAD_NETWORK_HEADER, offset, full / 8);
             cmp(b, op, &bytes);
-        } else if plen % 8 == 0 {
+        } else if plen.is_multiple_of(8) {
             payload(b, NFT_PAYLOAD_NETWORK_HEADER, offset, plen / 8);
             cmp(b, op, &bytes[..(plen / 8) as usize]);
         } else {
@@ -808,7 +808,11 @@ impl<'a> Compiler<'a> {
         while i < toks.len() {
             match at(i) {
                 k if k == kw && matches!(at(i + 1), "saddr" | "daddr") => {
-                    let off = if at(i + 1) == "saddr" { saddr_off } else { daddr_off };
+                    let off = if at(i + 1) == "saddr" {
+                        saddr_off
+                    } else {
+                        daddr_off
+                    };
                     i += 2;
                     let mut op = NFT_CMP_EQ;
                     if at(i) == "!=" {
@@ -817,7 +821,12 @@ impl<'a> Compiler<'a> {
                     }
                     let v = at(i);
                     if let Some(set) = v.strip_prefix('@') {
-                        payload(&mut e, NFT_PAYLOAD_NETWORK_HEADER, off, if fam == Family::V4 { 4 } else { 16 });
+                        payload(
+                            &mut e,
+                            NFT_PAYLOAD_NETWORK_HEADER,
+                            off,
+                            if fam == Family::V4 { 4 } else { 16 },
+                        );
                         lookup(&mut e, set, None, None, op == NFT_CMP_NEQ);
                         i += 1;
                     } else if v == "{" {
@@ -953,10 +962,19 @@ impl<'a> Compiler<'a> {
                 }
                 "update" if at(i + 1).starts_with('@') => {
                     let set = &at(i + 1)[1..];
-                    if !(at(i + 2) == "{" && at(i + 3) == kw && at(i + 4) == "saddr" && at(i + 5) == "}") {
+                    if !(at(i + 2) == "{"
+                        && at(i + 3) == kw
+                        && at(i + 4) == "saddr"
+                        && at(i + 5) == "}")
+                    {
                         return Err("update form".into());
                     }
-                    payload(&mut e, NFT_PAYLOAD_NETWORK_HEADER, saddr_off, if fam == Family::V4 { 4 } else { 16 });
+                    payload(
+                        &mut e,
+                        NFT_PAYLOAD_NETWORK_HEADER,
+                        saddr_off,
+                        if fam == Family::V4 { 4 } else { 16 },
+                    );
                     expr(&mut e, "dynset", |b| {
                         put_str(b, 1, set); // NFTA_DYNSET_SET_NAME
                         put_u32(b, 3, NFT_DYNSET_OP_UPDATE);
@@ -1124,7 +1142,11 @@ mod tests {
         let s = c
             .interval_set(&["192.168.0.0/16", "10.0.0.0/8", "11.0.0.0/8"])
             .unwrap();
-        let got: Vec<(bool, Vec<u8>)> = s.elems.iter().map(|e| (e.interval_end, e.key.clone())).collect();
+        let got: Vec<(bool, Vec<u8>)> = s
+            .elems
+            .iter()
+            .map(|e| (e.interval_end, e.key.clone()))
+            .collect();
         assert_eq!(
             got,
             vec![

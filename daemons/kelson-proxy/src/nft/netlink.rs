@@ -16,7 +16,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
 
 use super::batch::Batch;
 
@@ -113,8 +115,12 @@ impl Socket {
         // end), and netlink refuses a send larger than the send buffer.
         let want = batch.bytes.len() + 4096;
         if socket::getsockopt(&self.fd, sockopt::SndBuf).is_ok_and(|s| s < want) {
-            socket::setsockopt(&self.fd, sockopt::SndBufForce, &want)
-                .map_err(|errno| NetlinkError::Io { op: "SO_SNDBUFFORCE", errno })?;
+            socket::setsockopt(&self.fd, sockopt::SndBufForce, &want).map_err(|errno| {
+                NetlinkError::Io {
+                    op: "SO_SNDBUFFORCE",
+                    errno,
+                }
+            })?;
         }
         let n = socket::send(fd, &batch.bytes, MsgFlags::empty())
             .map_err(|errno| NetlinkError::Io { op: "send", errno })?;
@@ -143,8 +149,8 @@ impl Socket {
             };
             let mut off = 0;
             while off + NLMSG_HDRLEN <= n {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default())
-                    as usize;
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
                 let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
                 if len < NLMSG_HDRLEN || off + len > n {
                     break;
@@ -153,7 +159,8 @@ impl Socket {
                 if ty == NLMSG_ERROR && len >= NLMSG_HDRLEN + 4 + NLMSG_HDRLEN {
                     let p = off + NLMSG_HDRLEN;
                     let code = i32::from_ne_bytes(buf[p..p + 4].try_into().unwrap_or_default());
-                    let seq = u32::from_ne_bytes(buf[p + 12..p + 16].try_into().unwrap_or_default());
+                    let seq =
+                        u32::from_ne_bytes(buf[p + 12..p + 16].try_into().unwrap_or_default());
                     if code != 0 {
                         let what = if seq == batch.begin_seq {
                             "commit".to_string()
