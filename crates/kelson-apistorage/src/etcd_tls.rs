@@ -236,7 +236,8 @@ impl ReloadingChannel {
     }
 
     /// How many times the channel was rebuilt after its files changed.
-    pub fn rebuilds(&self) -> u64 {
+    #[cfg(test)]
+    fn rebuilds(&self) -> u64 {
         self.state.lock().rebuilds
     }
 
