@@ -24,6 +24,7 @@ mod codec;
 mod continue_token;
 pub mod encryption;
 mod error;
+mod etcd_tls;
 mod store;
 mod watch;
 mod writes;
@@ -31,7 +32,7 @@ mod writes;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
 
 pub use cache::{CacheWatchEvent, CachedList, CachedObject, WatchCache, WatchCaches, WatchStart};
 pub use continue_token::{decode_continue, encode_continue};
@@ -218,17 +219,12 @@ impl Storage {
                 "no etcd endpoints configured".into(),
             ));
         }
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            // HTTP/2 keep-alives notice a dead store under an idle watch.
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        if let Some(tls) = tls {
-            opts = opts.with_tls(tls_options(&tls)?);
-        }
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(|e| error::etcd_error(e, "unexpected compaction"))?;
+        // With TLS the client follows renewed certificate files (etcd_tls module docs).
+        let settings = etcd_tls::EndpointSettings {
+            connect_timeout: config.connect_timeout,
+            keep_alive: (Duration::from_secs(10), Duration::from_secs(5)),
+        };
+        let client = etcd_tls::connect(endpoints, tls.as_ref(), settings).await?;
         Ok(Storage {
             client,
             config,
@@ -277,25 +273,6 @@ impl Storage {
     pub fn config(&self) -> &StorageConfig {
         &self.config
     }
-}
-
-fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, StorageError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|e| {
-            StorageError::BadRequest(format!("reading etcd TLS file {}: {e}", p.display()))
-        })
-    };
-    let mut o = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
-    match (&tls.cert, &tls.key) {
-        (Some(c), Some(k)) => o = o.identity(Identity::from_pem(read(c)?, read(k)?)),
-        (None, None) => {}
-        _ => {
-            return Err(StorageError::BadRequest(
-                "etcd TLS: a client certificate and key must be given together".into(),
-            ))
-        }
-    }
-    Ok(o)
 }
 
 #[cfg(test)]
