@@ -232,13 +232,12 @@ pub async fn run(
     let mut serving_request = None;
     if cfg.server_tls_bootstrap && cfg.tls_cert_file.is_none() {
         let sans = vec![node_name.clone(), info.ip.clone()];
-        let (pair, request) = bootstrap::serving_pair(&cfg.cert_dir(), &sans)
+        let (pair, _placeholder) = bootstrap::serving_pair(&cfg.cert_dir(), &sans)
             .context("preparing the serving certificate")?;
         api_cfg.tls_cert_file = Some(pair.clone());
         api_cfg.tls_private_key_file = Some(pair.clone());
-        if request {
-            serving_request = Some((sans, pair));
-        }
+        // Requests the certificate now (placeholder) or renews it before it expires.
+        serving_request = Some((sans, pair));
     }
     let api_server = match server::start(&api_cfg, shared.clone(), &node_name, &info.ip).await {
         Ok(r) => Some(r),
