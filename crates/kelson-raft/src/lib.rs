@@ -12,10 +12,16 @@
 //! entry — and RocksDB's atomic flush persists applied state and index together; a crash
 //! restarts from the last flushed applied index and re-applies the log after it. Peers talk over
 //! a small gRPC service ([`transport`]): one client stream per peer for ordinary messages and a
-//! chunked stream for snapshots.
+//! chunked stream for snapshots; over mutual TLS whose certificates are re-read when they are
+//! renewed ([`tls`]).
 //!
 //! A member that applies its own removal, or whose peers refuse its traffic because it was
-//! removed, reports [`NodeStatus::removed`]; the daemon then stops like etcd does.
+//! removed, reports [`NodeStatus::removed`]; the daemon then stops like etcd does. Removed ids
+//! are replicated state: every member records them when it applies the removal, persists them
+//! and ships them in snapshots, so even a member that joins later refuses a removed member.
+//! A MemberRemove a member is asked about itself is answered before it stops: the leader still
+//! delivers what it queued for a member it removes (the commit index), and a refusal by a peer
+//! proves the removal committed.
 //!
 //! Entry payloads are framed by this crate (first byte: 0 = state machine data, 1 = member
 //! attributes, 2 = member peer-URL update) so membership metadata travels through the same log
@@ -24,6 +30,7 @@
 pub mod logger;
 pub mod node;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;

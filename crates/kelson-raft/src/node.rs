@@ -46,6 +46,9 @@ const DRAIN_MAX: usize = 4096;
 const INBOX: usize = 16384;
 /// Heartbeat ticks a ReadIndex round may go unanswered before its waiters get a fresh round.
 const READ_RETRY_TICKS: u32 = 3;
+/// How long a stopping member gives its peer streams to deliver what is queued (e.g. a leader
+/// that removed itself: its last appends tell the others that the removal committed).
+const STOP_DRAIN: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
 type ReadWaiter = oneshot::Sender<Result<(), RaftError>>;
@@ -87,13 +90,24 @@ struct UpdateUrls {
 struct SnapHeader {
     cluster_id: u64,
     members: Vec<MemberInfo>,
+    /// Ids of members removed from the cluster: replicated state like the member list, so a
+    /// member that catches up by snapshot refuses a removed member's traffic too. (Absent in
+    /// snapshots from before it was added: none known.)
+    #[serde(default)]
+    removed: Vec<u64>,
 }
 
 /// Snapshot data frame: b'K', version 1, u32 BE header length, JSON header, state machine data.
-fn encode_snap_data(cluster_id: u64, members: Vec<MemberInfo>, sm: &[u8]) -> Vec<u8> {
+fn encode_snap_data(
+    cluster_id: u64,
+    members: Vec<MemberInfo>,
+    removed: Vec<u64>,
+    sm: &[u8],
+) -> Vec<u8> {
     let header = serde_json::to_vec(&SnapHeader {
         cluster_id,
         members,
+        removed,
     })
     .unwrap_or_default();
     let mut out = Vec::with_capacity(6 + header.len() + sm.len());
@@ -175,12 +189,12 @@ impl RaftNode {
         let client_tls = cfg
             .peer_tls
             .as_ref()
-            .map(transport::client_tls)
+            .map(crate::tls::peer_client_config)
             .transpose()?;
         let server_tls = cfg
             .peer_tls
             .as_ref()
-            .map(transport::server_tls)
+            .map(crate::tls::server_config)
             .transpose()?;
         let meta = storage.cf_meta()?;
 
@@ -343,6 +357,8 @@ impl RaftNode {
             members: members.clone(),
             removed_ids: removed,
             removed: false,
+            self_removals: Vec::new(),
+            campaign_alone: false,
             cluster_id: cluster_id.clone(),
             cs,
             rx,
@@ -599,7 +615,9 @@ impl RaftNode {
             id: 0,
         };
         self.conf_change(cc, false).await?;
-        Ok(self.members())
+        // A member removing itself may have learned of the commit only from a peer refusing
+        // it (see `Msg::Removed`), without applying the change to its own list.
+        Ok(self.members().into_iter().filter(|m| m.id != id).collect())
     }
 
     pub async fn update_member(
@@ -684,7 +702,7 @@ impl RaftNode {
 /// Asks the peers named in --initial-cluster for the member list, for a bounded time.
 async fn join_lookup(
     cfg: &RaftConfig,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(u64, Vec<MemberInfo>), RaftError> {
     let urls: Vec<String> = cfg
         .initial_cluster
@@ -720,7 +738,7 @@ fn bootstrap(
     };
     let sm_data = sm.snapshot().map_err(RaftError::Storage)?;
     let mut snap = Snapshot {
-        data: encode_snap_data(cid, members.to_vec(), &sm_data),
+        data: encode_snap_data(cid, members.to_vec(), Vec::new(), &sm_data),
         metadata: None,
     };
     {
@@ -772,6 +790,10 @@ struct Loop {
     removed_ids: Removed,
     /// This member was removed (see `NodeStatus::removed`).
     removed: bool,
+    /// Proposal sequence numbers of conf changes removing this member (see `Msg::Removed`).
+    self_removals: Vec<u64>,
+    /// A conf change left this member the only voter: campaign once it is applied.
+    campaign_alone: bool,
     cluster_id: Arc<AtomicU64>,
     cs: ConfState,
     rx: mpsc::Receiver<Msg>,
@@ -833,7 +855,7 @@ impl Loop {
             }
             self.publish_status();
         }
-        self.transport.stop();
+        self.transport.stop_draining(STOP_DRAIN).await;
         for (_, tx) in self.pending.drain() {
             let _ = tx.send(Err(RaftError::Stopped));
         }
@@ -882,12 +904,17 @@ impl Loop {
                     return;
                 }
                 *seq += 1;
+                let removes_self =
+                    cc.node_id == self.id && cc.change_type == ConfChangeType::RemoveNode as i32;
                 match self
                     .raw
                     .propose_conf_change(proposal_ctx(self.id, *seq), cc)
                 {
                     Ok(()) => {
                         self.pending.insert(*seq, reply);
+                        if removes_self {
+                            self.self_removals.push(*seq);
+                        }
                     }
                     Err(raft::Error::ProposalDropped) => {
                         let _ = reply.send(Err(RaftError::NoLeader));
@@ -916,7 +943,18 @@ impl Loop {
                 }
             }
             Msg::TransferLeader(to) => self.raw.transfer_leader(to),
-            Msg::Removed => self.removed = true,
+            Msg::Removed => {
+                self.removed = true;
+                // A peer refuses us only once it has applied our removal, so a removal of
+                // ourselves we proposed has committed even if we never learned the commit
+                // index (the leader stops replicating to a member once it applies its
+                // removal): answer its caller, as etcd does before it stops.
+                for seq in std::mem::take(&mut self.self_removals) {
+                    if let Some(tx) = self.pending.remove(&seq) {
+                        let _ = tx.send(Ok(Vec::new()));
+                    }
+                }
+            }
         }
     }
 
@@ -1082,6 +1120,15 @@ impl Loop {
         }
         self.storage.core.write().cs = self.cs.clone();
         self.raw.advance_apply();
+        if std::mem::take(&mut self.campaign_alone)
+            && self.cs.voters == [self.id]
+            && self.raw.raft.state != StateRole::Leader
+        {
+            // The other voters were removed (e.g. the leader removed itself): lead now rather
+            // than after an election timeout. Only after advance_apply: raft refuses to
+            // campaign while a conf change is unapplied.
+            let _ = self.raw.campaign();
+        }
 
         if self.applied != applied_before {
             self.sm.on_durable();
@@ -1185,6 +1232,16 @@ impl Loop {
                 .collect::<BTreeMap<_, _>>();
         }
         self.members_dirty = true;
+        // Union, not replace: an id once removed never comes back, whatever the snapshot's age.
+        if !header.removed.is_empty() {
+            let mut removed = self.removed_ids.write();
+            removed.extend(header.removed.iter().copied());
+            if removed.contains(&self.id) {
+                tracing::warn!("{} (says the snapshot)", RaftError::Removed);
+                self.removed = true;
+            }
+            self.removed_dirty = true;
+        }
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.last_snap_index = meta.index;
@@ -1281,6 +1338,7 @@ impl Loop {
             .map_err(|e| RaftError::Other(format!("conf change: {e}")))?;
         self.cs = cs;
         self.cs_dirty = true;
+        self.campaign_alone = self.cs.voters == [self.id];
         let id = cc.node_id;
         let ctx: Option<MemberInfo> = serde_json::from_slice(&cc.context).ok();
         {
@@ -1302,7 +1360,7 @@ impl Loop {
                 }
                 Some(ConfChangeType::RemoveNode) => {
                     members.remove(&id);
-                    self.transport.remove_peer(id);
+                    self.transport.retire_peer(id);
                     self.removed_ids.write().insert(id);
                     self.removed_dirty = true;
                     if id == self.id {
@@ -1361,8 +1419,15 @@ impl Loop {
             }
         };
         let members: Vec<MemberInfo> = self.members.read().values().cloned().collect();
+        let mut removed: Vec<u64> = self.removed_ids.read().iter().copied().collect();
+        removed.sort_unstable();
         let mut snap = Snapshot {
-            data: encode_snap_data(self.cluster_id.load(Ordering::Relaxed), members, &sm_data),
+            data: encode_snap_data(
+                self.cluster_id.load(Ordering::Relaxed),
+                members,
+                removed,
+                &sm_data,
+            ),
             metadata: None,
         };
         {

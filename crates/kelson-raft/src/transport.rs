@@ -19,18 +19,17 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prost_011::Message as _;
 use raft::eraftpb::{EntryType, Message, MessageType};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Msg;
-use crate::{MemberInfo, PeerTls, RaftError};
+use crate::{MemberInfo, RaftError};
 
 /// Generated gRPC types of the peer protocol.
 pub mod pb {
@@ -63,71 +62,33 @@ pub(crate) fn max_grpc_message(max_request_bytes: usize) -> usize {
 
 pub(crate) type Members = Arc<RwLock<BTreeMap<u64, MemberInfo>>>;
 
-fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, RaftError> {
-    std::fs::read(path)
-        .map_err(|e| RaftError::Transport(format!("reading {}: {e}", path.display())))
-}
-
-/// Server-side TLS from the PEM files; client certificates are required when `client_cert_auth`.
-pub(crate) fn server_tls(t: &PeerTls) -> Result<ServerTlsConfig, RaftError> {
-    let id = Identity::from_pem(read_pem(&t.cert_file)?, read_pem(&t.key_file)?);
-    let mut cfg = ServerTlsConfig::new().identity(id);
-    if let Some(ca) = &t.trusted_ca_file {
-        cfg = cfg
-            .client_ca_root(Certificate::from_pem(read_pem(ca)?))
-            .client_auth_optional(!t.client_cert_auth);
-    }
-    Ok(cfg)
-}
-
-/// Client-side TLS: present our certificate, trust the configured CA.
-pub(crate) fn client_tls(t: &PeerTls) -> Result<ClientTlsConfig, RaftError> {
-    let id = Identity::from_pem(read_pem(&t.cert_file)?, read_pem(&t.key_file)?);
-    let mut cfg = ClientTlsConfig::new().identity(id);
-    if let Some(ca) = &t.trusted_ca_file {
-        cfg = cfg.ca_certificate(Certificate::from_pem(read_pem(ca)?));
-    }
-    Ok(cfg)
-}
-
-fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, RaftError> {
-    let mut ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| RaftError::Transport(format!("bad peer url {url}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
-    if url.starts_with("https://") {
-        let tls = tls.ok_or_else(|| {
-            RaftError::Transport(format!("https peer url {url} but no peer TLS configured"))
-        })?;
-        ep = ep
-            .tls_config(tls.clone())
-            .map_err(|e| RaftError::Transport(format!("peer TLS for {url}: {e}")))?;
-    }
-    Ok(ep)
+/// A lazily connecting channel to a peer URL, over mutual TLS for `https` URLs (see
+/// [`crate::tls`]: the client certificate is re-read when it is renewed).
+fn peer_channel(url: &str, tls: Option<&Arc<ClientConfig>>) -> Result<Channel, RaftError> {
+    crate::tls::lazy_channel(url, tls, |ep| {
+        ep.connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+    })
 }
 
 /// Asks the members at `urls` for the member list (used by a member joining an existing
 /// cluster to learn the cluster id and its own id). Tries each URL once.
 pub(crate) async fn fetch_members(
     urls: &[String],
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> Result<(u64, Vec<MemberInfo>), RaftError> {
     let mut last = RaftError::Transport("no peer urls to ask for the member list".into());
     for url in urls {
-        let ep = match endpoint(url, tls) {
-            Ok(ep) => ep,
+        let ch = match peer_channel(url, tls) {
+            Ok(ch) => ch,
             Err(e) => {
                 last = e;
                 continue;
             }
         };
         let res = tokio::time::timeout(Duration::from_secs(2), async {
-            let ch = ep
-                .connect()
-                .await
-                .map_err(|e| RaftError::Transport(format!("{url}: {e}")))?;
             let resp = RaftPeerClient::new(ch)
                 .members(MembersRequest {})
                 .await
@@ -286,34 +247,40 @@ impl RaftPeer for PeerService {
     }
 }
 
-/// Runs the peer server on `listener` until `shutdown` turns true.
+/// Runs the peer server on `listener` until `shutdown` turns true; with `tls`, over TLS
+/// connections accepted by `kelson_runtime::tls::tls_incoming` (reloading certificate).
 pub(crate) fn spawn_server(
     listener: TcpListener,
     svc: PeerService,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ServerConfig>>,
     max_msg: usize,
 ) -> Result<JoinHandle<()>, RaftError> {
     let shutdown = svc.shutdown.clone();
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| RaftError::Transport(format!("peer server TLS: {e}")))?;
-    }
-    let router = builder.add_service(
+    let router = Server::builder().add_service(
         RaftPeerServer::new(svc)
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(max_msg),
     );
     Ok(tokio::spawn(async move {
-        // Nagle on accepted peer sockets would hold small raft messages (appends, acks,
-        // heartbeats) back against the peer's delayed ACK: ~40 ms per round trip.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, stopped(shutdown))
-            .await
-        {
+        let served = match tls {
+            // tls_incoming sets nodelay on accepted sockets itself.
+            Some(tls) => {
+                let incoming = kelson_runtime::tls::tls_incoming(listener, tls);
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped(shutdown))
+                    .await
+            }
+            None => {
+                // Nagle on accepted peer sockets would hold small raft messages (appends,
+                // acks, heartbeats) back against the peer's delayed ACK: ~40 ms per round trip.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped(shutdown))
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!("peer server: {e}");
         }
     }))
@@ -334,7 +301,7 @@ pub(crate) struct Transport {
     rt: Handle,
     id: u64,
     cluster_id: Arc<AtomicU64>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Arc<ClientConfig>>,
     inbox: mpsc::Sender<Msg>,
     peers: HashMap<u64, Peer>,
     max_msg: usize,
@@ -346,7 +313,7 @@ impl Transport {
         rt: Handle,
         id: u64,
         cluster_id: Arc<AtomicU64>,
-        tls: Option<ClientTlsConfig>,
+        tls: Option<Arc<ClientConfig>>,
         inbox: mpsc::Sender<Msg>,
         max_msg: usize,
     ) -> Transport {
@@ -370,16 +337,15 @@ impl Transport {
             }
         }
         if !self.peers.contains_key(&to) {
-            let ep = match endpoint(&url, self.tls.as_ref()) {
-                Ok(ep) => ep,
-                Err(e) => {
-                    tracing::warn!(peer = %format!("{to:x}"), "{e}");
-                    return None;
-                }
-            };
             let channel = {
                 let _g = self.rt.enter();
-                ep.connect_lazy()
+                match peer_channel(&url, self.tls.as_ref()) {
+                    Ok(ch) => ch,
+                    Err(e) => {
+                        tracing::warn!(peer = %format!("{to:x}"), "{e}");
+                        return None;
+                    }
+                }
             };
             let client = RaftPeerClient::new(channel)
                 .max_decoding_message_size(self.max_msg)
@@ -435,11 +401,49 @@ impl Transport {
         unreachable
     }
 
-    /// Forgets a peer (removed member, or its URL changed).
+    /// Forgets a peer whose URL changed: what was queued for the old address is dropped.
     pub(crate) fn remove_peer(&mut self, id: u64) {
         if let Some(p) = self.peers.remove(&id) {
             p.task.abort();
         }
+    }
+
+    /// Forgets a peer removed from the cluster, but first delivers what is already queued for
+    /// it (bounded by [`RETIRE_DRAIN`]). The leader applies a removal in the same Ready in
+    /// which it queued the append carrying the new commit index to the removed member; that
+    /// message is how the removed member learns its removal committed, applies it, answers a
+    /// MemberRemove it was asked itself and stops. Aborting the queue would lose it.
+    pub(crate) fn retire_peer(&mut self, id: u64) {
+        if let Some(p) = self.peers.remove(&id) {
+            drop(p.tx);
+            let task = p.task;
+            self.rt.spawn(async move {
+                let abort = task.abort_handle();
+                if tokio::time::timeout(RETIRE_DRAIN, task).await.is_err() {
+                    abort.abort();
+                }
+            });
+        }
+    }
+
+    /// Stops sending: closes every peer queue, gives the streams `drain` to deliver what they
+    /// hold (a stopping leader's last appends carry commit indexes the others need), then
+    /// aborts whatever is left.
+    pub(crate) async fn stop_draining(&mut self, drain: Duration) {
+        let tasks: Vec<JoinHandle<()>> = self
+            .peers
+            .drain()
+            .map(|(_, p)| {
+                drop(p.tx);
+                p.task
+            })
+            .collect();
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let _ = tokio::time::timeout(drain, futures::future::join_all(tasks)).await;
+        for a in aborts {
+            a.abort();
+        }
+        self.stop();
     }
 
     pub(crate) fn stop(&mut self) {
@@ -458,6 +462,9 @@ impl Drop for Transport {
     }
 }
 
+/// How long a retired peer's task may take to deliver what was queued for it.
+const RETIRE_DRAIN: Duration = Duration::from_secs(2);
+
 async fn peer_task(
     from: u64,
     to: u64,
@@ -471,7 +478,7 @@ async fn peer_task(
         let Some(first) = rx.recv().await else { return };
         let (stx, srx) = mpsc::channel::<MessageBatch>(16);
         let mut c = client.clone();
-        let call = tokio::spawn(async move {
+        let mut call = tokio::spawn(async move {
             c.send_messages(Request::new(ReceiverStream::new(srx)))
                 .await
         });
@@ -479,13 +486,30 @@ async fn peer_task(
         loop {
             let m = match pending.take() {
                 Some(m) => m,
-                None => match rx.recv().await {
-                    Some(m) => m,
-                    None => {
-                        call.abort();
-                        return;
+                None => {
+                    // Watch the call too: a peer that refuses us (e.g. because this member was
+                    // removed) ends it at once, and waiting for our next message to notice
+                    // could take an election timeout.
+                    tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(m) => m,
+                            None => {
+                                // Queue closed (the peer was retired): let the stream deliver
+                                // what it holds, then end it; bounded by the caller's drain.
+                                drop(stx);
+                                let _ = call.await;
+                                return;
+                            }
+                        },
+                        r = &mut call => {
+                            peer_call_ended(to, r, &inbox);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                            while rx.try_recv().is_ok() {}
+                            continue 'connect;
+                        }
                     }
-                },
+                }
             };
             let mut size = m.encoded_len();
             let mut batch = vec![m.encode_to_vec()];
@@ -506,15 +530,7 @@ async fn peer_task(
             };
             if stx.send(mb).await.is_err() {
                 // The call ended (peer down, refused us, or restarted): say so and reconnect.
-                if let Ok(Err(status)) = call.await {
-                    tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}");
-                    if status.code() == tonic::Code::PermissionDenied && status.message() == REMOVED
-                    {
-                        tracing::warn!(peer = %format!("{to:x}"), "{REMOVED} (peer says so)");
-                        let _ = inbox.try_send(Msg::Removed);
-                    }
-                }
-                let _ = inbox.try_send(Msg::Unreachable(to));
+                peer_call_ended(to, (&mut call).await, &inbox);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 // Drop what queued up while the peer was away; raft resends from its progress.
@@ -524,6 +540,23 @@ async fn peer_task(
             backoff = Duration::from_millis(50);
         }
     }
+}
+
+/// Reports the end of a peer's message stream to the Ready loop: always as unreachable, and
+/// as [`Msg::Removed`] when the peer refused us because this member was removed.
+fn peer_call_ended(
+    to: u64,
+    r: Result<Result<Response<Done>, Status>, tokio::task::JoinError>,
+    inbox: &mpsc::Sender<Msg>,
+) {
+    if let Ok(Err(status)) = r {
+        tracing::debug!(peer = %format!("{to:x}"), "peer stream: {status}");
+        if status.code() == tonic::Code::PermissionDenied && status.message() == REMOVED {
+            tracing::warn!(peer = %format!("{to:x}"), "{REMOVED} (peer says so)");
+            let _ = inbox.try_send(Msg::Removed);
+        }
+    }
+    let _ = inbox.try_send(Msg::Unreachable(to));
 }
 
 async fn send_snapshot(

@@ -315,3 +315,94 @@ async fn malformed_peer_messages_are_rejected() {
     assert_eq!(a.node.status().role, Role::Leader);
     a.node.shutdown().await;
 }
+
+/// Sends one (empty) batch to `to_addr` claiming to come from `from`; the gRPC outcome.
+async fn knock(
+    to_addr: std::net::SocketAddr,
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+) -> tonic::Status {
+    let mut client = RaftPeerClient::connect(url(to_addr)).await.unwrap();
+    let batch = MessageBatch {
+        cluster_id,
+        from,
+        to,
+        messages: vec![],
+    };
+    match client.send_messages(tokio_stream::iter(vec![batch])).await {
+        Ok(_) => tonic::Status::ok("accepted"),
+        Err(s) => s,
+    }
+}
+
+/// The removed-member list is replicated state: a member that joins after a removal, by
+/// snapshot, refuses the removed member's traffic too — and still does after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_ids_travel_in_snapshots() {
+    init_tracing();
+    let mut ms = cluster(2, 10_000).await;
+    let nodes: Vec<_> = ms.iter().map(|m| &m.node).collect();
+    let leader = wait_leader(&nodes, Duration::from_secs(5))
+        .await
+        .expect("leader");
+    let li = ms.iter().position(|m| m.node.id() == leader).unwrap();
+    let gone = ms.remove(1 - li);
+    let a = &ms[0];
+    propose_ok(&a.node, "k=1".into()).await;
+    let gone_id = gone.node.id();
+    let left = a.node.remove_member(gone_id).await.unwrap();
+    assert_eq!(left.len(), 1);
+    gone.node.shutdown().await;
+    // The member that applied the removal refuses it.
+    let st = knock(a.addr, a.node.cluster_id(), gone_id, a.node.id()).await;
+    assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+
+    // A new member joins; it starts empty and catches up by snapshot (the removal is in the
+    // leader's log, not in anything the new member replays).
+    let c_addr = free_addr();
+    let (added, _) = a.node.add_member(vec![url(c_addr)], true).await.unwrap();
+    let c_dir = tempfile::tempdir().unwrap();
+    let mut c_cfg = config(
+        "c",
+        c_dir.path(),
+        c_addr,
+        &[(a.name.clone(), a.addr), ("c".into(), c_addr)],
+    );
+    c_cfg.join_existing = true;
+    let c = start(c_cfg, c_dir).await;
+    assert_eq!(c.node.id(), added.id);
+    assert!(
+        wait_until(Duration::from_secs(5), || c.view.get("k").is_some()).await,
+        "the new member caught up"
+    );
+    assert!(
+        c.node.status().snapshots_installed >= 1,
+        "joined by snapshot: {:?}",
+        c.node.status()
+    );
+    let st = knock(c.addr, c.node.cluster_id(), gone_id, c.node.id()).await;
+    assert_eq!(
+        st.code(),
+        tonic::Code::PermissionDenied,
+        "a member that joined by snapshot accepted a removed member: {st:?}"
+    );
+    assert!(st.message().contains("permanently removed"), "{st:?}");
+    // A member that was never removed is still welcome (the check is not a blanket refusal).
+    let st = knock(c.addr, c.node.cluster_id(), a.node.id(), c.node.id()).await;
+    assert_eq!(st.code(), tonic::Code::Ok, "{st:?}");
+
+    // Persisted: after a restart from disk the new member still refuses it.
+    c.node.shutdown().await;
+    let (cfg, dir) = (c.cfg.clone(), c.dir);
+    drop(c.node);
+    let c = start(cfg, dir).await;
+    let st = knock(c.addr, c.node.cluster_id(), gone_id, c.node.id()).await;
+    assert_eq!(
+        st.code(),
+        tonic::Code::PermissionDenied,
+        "after restart: {st:?}"
+    );
+    c.node.shutdown().await;
+    a.node.shutdown().await;
+}

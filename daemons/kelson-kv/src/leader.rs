@@ -3,14 +3,16 @@
 //! KeepAlive and TimeToLive depend on the leader's in-memory expiry clock, so a follower relays
 //! them to the leader's advertised client URL with the ordinary etcd Lease API (as etcd relays
 //! them over its peer HTTP API). One channel is cached per leader; a leader change replaces it.
+//! Over TLS it presents this member's client certificate, re-read when renewed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kelson_etcdpb::lease_client::LeaseClient;
 use kelson_etcdpb::*;
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::errors::{status_for_message, ERR_NO_LEADER};
@@ -51,16 +53,16 @@ impl LeaderClient {
             .first()
             .cloned()
             .ok_or_else(|| Status::unavailable("etcdserver: leader has no client URL yet"))?;
-        let mut ep = Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::internal(format!("bad leader URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5));
-        if url.starts_with("https://") {
-            ep = ep
-                .tls_config(client_tls(shared)?)
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
-        let ch = ep.connect_lazy();
+        let tls = if url.starts_with("https://") {
+            Some(client_tls(shared)?)
+        } else {
+            None
+        };
+        let ch = kelson_raft::tls::lazy_channel(&url, tls.as_ref(), |ep| {
+            ep.connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(5))
+        })
+        .map_err(|e| Status::internal(format!("leader URL {url}: {e}")))?;
         *self.channel.lock() = Some((st.leader_id, ch.clone()));
         Ok((st.leader_id, ch))
     }
@@ -116,17 +118,15 @@ impl LeaderClient {
     }
 }
 
-fn client_tls(shared: &Shared) -> Result<ClientTlsConfig, Status> {
+/// The client side of our own client certificate: re-read when it is renewed, like every
+/// certificate the member uses (`kelson_raft::tls`).
+fn client_tls(shared: &Shared) -> Result<Arc<rustls::ClientConfig>, Status> {
     let cfg = &shared.cfg;
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Status::internal(format!("reading {}: {e}", p.display())))
-    };
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &cfg.trusted_ca_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(c), Some(k)) = (&cfg.cert_file, &cfg.key_file) {
-        tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
-    }
-    Ok(tls)
+    let ca = cfg.trusted_ca_file.as_deref().ok_or_else(|| {
+        Status::unavailable(
+            "etcdserver: cannot forward to an https leader without --trusted-ca-file",
+        )
+    })?;
+    kelson_raft::tls::client_config(ca, cfg.cert_file.as_deref(), cfg.key_file.as_deref())
+        .map_err(|e| Status::internal(format!("leader client TLS: {e}")))
 }

@@ -4,7 +4,13 @@
 //! recover the MVCC from disk, start Raft (which replays/bootstraps and starts the peer server),
 //! then serve the etcd API on every client URL, and only report `READY=1` once the member knows a
 //! leader and has applied everything committed before it started — i.e. when it can actually
-//! answer a linearizable read. SIGTERM → `STOPPING=1`, stop accepting, stop Raft, flush, exit.
+//! answer a linearizable read. SIGTERM → `STOPPING=1`, stop accepting, let requests in flight
+//! finish (bounded), stop Raft, flush, exit. A member that learns it was removed from the
+//! cluster stops the same way (so the MemberRemove that removed it is answered) and exits 1.
+//!
+//! TLS certificates (client and peer listeners, the peer client, lease forwarding to the
+//! leader) are re-read when the files change (`kelson_runtime::tls`, `kelson_raft::tls`), so a
+//! renewal needs no restart.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +45,8 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 const MEMTABLE_BYTES: usize = 16 << 20;
 /// All memtables of all column families together (RocksDB's write buffer manager).
 const TOTAL_MEMTABLE_BYTES: usize = 64 << 20;
+/// How long a stopping member lets client requests in flight finish.
+const CLIENT_DRAIN: Duration = Duration::from_secs(2);
 /// Marker file identifying a kelson-kv data directory.
 const MARKER: &str = "kelson-kv.version";
 const DATA_VERSION: &str = "1\n";
@@ -375,10 +383,22 @@ impl Member {
     }
 
     /// Stops serving clients, stops Raft and flushes the store.
+    ///
+    /// Client servers shut down gracefully first: they stop accepting, and each connection
+    /// ends once its requests in flight are answered (HTTP/2 GOAWAY), for at most
+    /// [`CLIENT_DRAIN`] in all; then whatever is left (long-lived watch streams) is cut. Raft
+    /// keeps running meanwhile, so those requests can still complete — this is what lets a
+    /// member asked to remove itself answer the MemberRemove before it exits, like etcd.
     pub async fn stop(self) {
         let _ = self.shutdown_tx.send(true);
-        for s in self.servers {
-            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        let aborts: Vec<_> = self.servers.iter().map(|s| s.abort_handle()).collect();
+        let drained =
+            tokio::time::timeout(CLIENT_DRAIN, futures::future::join_all(self.servers)).await;
+        if drained.is_err() {
+            tracing::info!("client connections still open after the drain period; closing them");
+            for a in aborts {
+                a.abort();
+            }
         }
         self.shared.node().shutdown().await;
         if let Err(e) = self.shared.db.flush_wal(true) {
