@@ -264,6 +264,17 @@ fn stored(c: &ApiCluster, name: &str) -> Value {
     })
 }
 
+async fn merge_patch(c: &ApiCluster, path: &str, patch: Value) -> common::Resp {
+    c.request(
+        Some("admin"),
+        "PATCH",
+        path,
+        &[("content-type", "application/merge-patch+json")],
+        patch.to_string().into_bytes(),
+    )
+    .await
+}
+
 /// The watch events (type, object) in a finished watch response.
 fn events(body: &str) -> Vec<(String, Value)> {
     body.lines()
@@ -361,15 +372,12 @@ async fn webhook_converts_reads_writes_lists_and_watches() {
     assert_eq!(o["spec"]["schedule"], "*/1 * * * *");
 
     // Writes in v2 (merge patch, update, status) land in v1 storage.
-    let r = c
-        .request(
-            Some("admin"),
-            "PATCH",
-            &format!("{V2}/a"),
-            &[("content-type", "application/merge-patch+json")],
-            br#"{"spec":{"schedule":"5 * * * *"}}"#.to_vec(),
-        )
-        .await;
+    let r = merge_patch(
+        &c,
+        &format!("{V2}/a"),
+        json!({"spec": {"schedule": "5 * * * *"}}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["spec"]["schedule"], "5 * * * *");
     assert_eq!(stored(&c, "a")["spec"]["cronSpec"], "5 * * * *");
@@ -407,14 +415,7 @@ async fn webhook_converts_reads_writes_lists_and_watches() {
     let (u1, u2) = (watch(V1), watch(V2));
     let (w1, w2, p) = tokio::join!(c.get(&u1), c.get(&u2), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        c.request(
-            Some("admin"),
-            "PATCH",
-            &format!("{V1}/a"),
-            &[("content-type", "application/merge-patch+json")],
-            br#"{"spec":{"size":7}}"#.to_vec(),
-        )
-        .await
+        merge_patch(&c, &format!("{V1}/a"), json!({"spec": {"size": 7}})).await
     });
     assert_eq!(p.status, 200, "{}", p.text());
     for (w, version, field) in [(w1, "v1", "cronSpec"), (w2, "v2", "schedule")] {
@@ -449,6 +450,33 @@ async fn webhook_converts_reads_writes_lists_and_watches() {
     );
     let err = c.fails(&["get", "wd"], None);
     assert!(err.contains("refused by the test webhook"), "{err}");
+    // A watch in v2 gets the failure as an ERROR event carrying the Status.
+    let rv = c.get(V1).await.json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let u = format!("{V2}?watch=true&resourceVersion={rv}&timeoutSeconds=2");
+    let (w, p) = tokio::join!(c.get(&u), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        merge_patch(&c, &format!("{V1}/a"), json!({"spec": {"size": 8}})).await
+    });
+    assert_eq!(p.status, 200, "{}", p.text());
+    let evs = events(&w.text());
+    let (_, st) = evs
+        .iter()
+        .find(|(t, _)| t == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR event: {evs:?}"));
+    assert_eq!(
+        (st["kind"].as_str(), st["code"].as_i64()),
+        (Some("Status"), Some(500))
+    );
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused by the test webhook"),
+        "{st}"
+    );
     let r = c
         .send_json(
             "POST",

@@ -191,7 +191,8 @@ pub fn output_list(info: &ResourceInfo, items: Vec<Value>) -> Result<Vec<Value>,
 }
 
 /// A watch event's object in the request's version; a failed conversion turns the event into
-/// an `ERROR` carrying the Status (the client's watch then ends, as upstream's would).
+/// an `ERROR` carrying the Status (client-go and kube-rs end the watch on it and relist, which
+/// fails visibly while the webhook does).
 pub fn watch_event<'a>(info: &ResourceInfo, ty: &'a str, obj: Value) -> (&'a str, Value) {
     if !matches!(ty, "ADDED" | "MODIFIED" | "DELETED") {
         return (ty, obj);
