@@ -1188,4 +1188,100 @@ mod tests {
         assert_eq!(format_indexes(&s), "0,2-4,7");
         assert_eq!(format_indexes(&BTreeSet::new()), "");
     }
+
+    /// A pod of index `i` with `failures` counted before it, in `phase`, finished at
+    /// `finished` (seconds), with or without the tracking finalizer, exiting with `code`.
+    fn ipod(
+        uid: &str,
+        i: i32,
+        failures: i32,
+        phase: &str,
+        finished: i64,
+        finalizer: bool,
+        code: i32,
+    ) -> Arc<Pod> {
+        let at = Timestamp::from_second(finished).unwrap().to_string();
+        let fins: Vec<&str> = if finalizer {
+            vec![TRACKING_FINALIZER]
+        } else {
+            vec![]
+        };
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": uid, "namespace": "d", "uid": uid, "finalizers": fins,
+                    "annotations": {COMPLETION_INDEX: i.to_string(), INDEX_FAILURE_COUNT: failures.to_string()}},
+                "spec": {"containers": [{"name": "c"}]},
+                "status": {"phase": phase, "containerStatuses": [{"name": "c", "image": "i", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": code, "finishedAt": at}}}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn spec(extra: serde_json::Value) -> k8s_openapi::api::batch::v1::JobSpec {
+        let mut s = json!({"completions": 4, "completionMode": "Indexed", "backoffLimitPerIndex": 1,
+            "template": {"spec": {"containers": [{"name": "c"}]}}});
+        for (k, v) in extra.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        serde_json::from_value(s).unwrap()
+    }
+
+    #[test]
+    fn per_index_failures_delay_counting_and_carry_the_count() {
+        let spec = spec(json!({}));
+        let pods = vec![
+            // Index 0: failed once (count 0), no replacement yet: delayed, not failed.
+            ipod("a", 0, 0, "Failed", 100, true, 1),
+            // Index 1: failed with count 1 = the limit: the index fails.
+            ipod("b", 1, 1, "Failed", 100, true, 1),
+            // Index 2: an old counted failure and its running replacement: nothing delayed.
+            ipod("c", 2, 0, "Failed", 50, false, 1),
+            ipod("d", 2, 1, "Running", 0, true, 0),
+        ];
+        let st = JobStatus::default();
+        let x = PerIndex::compute(&spec, &st, &pods);
+        assert_eq!(x.failed, BTreeSet::from([1]));
+        assert_eq!(x.delayed, HashSet::from(["a".to_string()]));
+        // The replacement for index 0: one counted failure, 10 s after the failure.
+        let now = Timestamp::from_second(104).unwrap();
+        let ((counted, ignored), wait) = x.replacement(&spec, 0, now);
+        assert_eq!((counted, ignored), (1, 0));
+        assert_eq!(wait, Duration::from_secs(6));
+        let later = Timestamp::from_second(111).unwrap();
+        assert_eq!(x.replacement(&spec, 0, later).1, Duration::ZERO);
+        // An index that never failed starts at zero, at once.
+        assert_eq!(x.replacement(&spec, 3, now), ((0, 0), Duration::ZERO));
+        // Failed indexes persist through status.failedIndexes.
+        let st = JobStatus {
+            failed_indexes: Some("3".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            PerIndex::compute(&spec, &st, &pods).failed,
+            BTreeSet::from([1, 3])
+        );
+    }
+
+    #[test]
+    fn fail_index_and_ignore_rules() {
+        let spec = spec(
+            json!({"backoffLimitPerIndex": 5, "podFailurePolicy": {"rules": [
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}},
+            {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}}]}}),
+        );
+        // FailIndex fails the index whatever its count.
+        assert!(index_failed(&spec, &ipod("a", 0, 0, "Failed", 1, true, 42)));
+        assert!(!index_failed(&spec, &ipod("a", 0, 0, "Failed", 1, true, 1)));
+        // Ignored failures never fail the index; the replacement counts them apart.
+        let ignored = ipod("b", 1, 5, "Failed", 1, true, 3);
+        assert!(!index_failed(&spec, &ignored));
+        let x = PerIndex::compute(&spec, &JobStatus::default(), &[ignored]);
+        let ((counted, ignored), wait) =
+            x.replacement(&spec, 1, Timestamp::from_second(1).unwrap());
+        assert_eq!((counted, ignored), (5, 1));
+        // Back-off grows with all failures of the index (5 before, this one): 10 s · 2^5.
+        assert_eq!(wait, Duration::from_secs(320));
+    }
 }
