@@ -27,11 +27,15 @@
 //! ansible-lint (scripts/setup.sh), and for the real run root, systemd-nspawn, debootstrap, a
 //! Debian mirror for the first rootfs build, and every Kelson binary in target/debug.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ansible::{changed_tasks, recap};
+use common::lab::{ansible_rootfs, is_root, BINARIES};
 use kelson_testsupport::nspawn::{self, NspawnMachine};
 use kelson_testsupport::{bin_path, workspace_root};
 
@@ -41,19 +45,6 @@ const PLAYBOOKS: &[&str] = &[
     "remove-node.yml",
     "upgrade.yml",
     "backup.yml",
-];
-
-/// Everything `kelsonctl install` lays out (the play copies them all).
-const BINARIES: &[&str] = &[
-    "kelsonctl",
-    "kelson-kv",
-    "kelson-apiserver",
-    "kelson-scheduler",
-    "kelson-controller-manager",
-    "kelson-cloud-controller-manager",
-    "kelson-kubelet",
-    "kelson-proxy",
-    "kelson-dns",
 ];
 
 fn ansible_dir() -> PathBuf {
@@ -202,60 +193,6 @@ fn ansible_lint_is_clean() {
 
 // --- the real run -------------------------------------------------------------------------
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-/// The cached target rootfs (base rootfs + python3, openssh-server, ...).
-fn target_rootfs() -> PathBuf {
-    let target = workspace_root().join("target");
-    let dir = target.join("ansible-target-rootfs");
-    let out = Command::new("bash")
-        .arg(ansible_dir().join("tests/target-rootfs.sh"))
-        .arg(target.join("nspawn-rootfs"))
-        .arg(&dir)
-        .output()
-        .expect("running ansible/tests/target-rootfs.sh");
-    assert!(
-        out.status.success(),
-        "ansible/tests/target-rootfs.sh failed ({}); it needs debootstrap and a Debian mirror \
-         (KELSON_DEBIAN_MIRROR):\n{}",
-        out.status,
-        text(&out)
-    );
-    dir
-}
-
-/// `host : ok=N changed=N unreachable=N failed=N ...` from a PLAY RECAP.
-fn recap(out: &str, host: &str) -> BTreeMap<String, u32> {
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with(host) && l.contains("ok="))
-        .unwrap_or_else(|| panic!("no PLAY RECAP line for {host}:\n{out}"));
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(u32::MAX)))
-        .collect()
-}
-
-/// The tasks a run reported as changed (for a helpful failure message).
-fn changed_tasks(out: &str) -> Vec<String> {
-    let mut task = "";
-    let mut v = Vec::new();
-    for l in out.lines() {
-        if l.starts_with("TASK [") || l.starts_with("RUNNING HANDLER [") {
-            task = l;
-        } else if l.starts_with("changed:") {
-            v.push(format!("{task} {l}"));
-        }
-    }
-    v
-}
-
 const CLUSTER_TOML: &str = r#"# One control-plane machine for the Ansible test (tests/tests/ansible.rs).
 name = "ansible-test"
 [[zones]]
@@ -290,7 +227,7 @@ fn site_playbook_provisions_a_machine_over_ssh_idempotently() {
     );
     // bin_path panics with the cargo command when one is missing.
 
-    let base = target_rootfs();
+    let base = ansible_rootfs();
     let dir = tempfile::Builder::new()
         .prefix("kelson-ansible-")
         .tempdir()

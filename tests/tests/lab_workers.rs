@@ -25,23 +25,12 @@
 //! few minutes each, network to a Debian mirror) and fetches QEMU (scripts/qemu-fetch.sh).
 //! Needs root, every Kelson binary in target/debug, kubectl, ssh and qemu-img.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use kelson_testsupport::{bin_path, workspace_root};
-
-const BINARIES: &[&str] = &[
-    "kelsonctl",
-    "kelson-kv",
-    "kelson-apiserver",
-    "kelson-scheduler",
-    "kelson-controller-manager",
-    "kelson-cloud-controller-manager",
-    "kelson-kubelet",
-    "kelson-proxy",
-    "kelson-dns",
-];
+use common::lab::{ansible_rootfs, bin_dir, is_root, require_tool, script, text, wait_for, Lab};
+use kelson_testsupport::workspace_root;
 
 /// 10.216.x is this test's (lab.rs uses 10.213 and 10.214; the lab refuses routed subnets).
 const CLUSTER: &str = r#"name = "labw"
@@ -192,144 +181,6 @@ fn mover_pods(lab: &Lab) -> Result<Vec<(String, String, String, String)>, String
         .collect())
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn require_tool(path: &str, package: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install the `{package}` package (scripts/setup.sh does)"
-    );
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-/// Runs one of the caching scripts; returns its stdout.
-fn script(name: &str, dir: &Path) -> String {
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts").join(name))
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/{name} {} failed ({}); it needs root, debootstrap/apt and a Debian mirror \
-         (KELSON_DEBIAN_MIRROR):\n{}",
-        dir.display(),
-        out.status,
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits (bounded) until `check` holds; panics with the last diagnostic.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
-        }
-    }
-}
-
-/// A lab directory; Drop runs `lab down` (bounded) so a failing test leaves nothing behind.
-struct Lab {
-    dir: tempfile::TempDir,
-    kelsonctl: PathBuf,
-    down: bool,
-}
-
-impl Lab {
-    fn lab_dir(&self) -> PathBuf {
-        self.dir.path().join("lab")
-    }
-
-    fn ctl(&self, secs: u64, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .arg(secs.to_string())
-            .arg(&self.kelsonctl)
-            .arg("lab")
-            .arg("--lab-dir")
-            .arg(self.lab_dir())
-            .arg("--cluster")
-            .arg(self.dir.path().join("cluster.toml"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kelsonctl lab")
-    }
-
-    fn ctl_ok(&self, secs: u64, args: &[&str]) -> String {
-        let out = self.ctl(secs, args);
-        assert!(
-            out.status.success(),
-            "kelsonctl lab {args:?} failed ({}):\n{}",
-            out.status,
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("timeout")
-            .arg("60")
-            .arg("/usr/bin/kubectl")
-            .arg(format!(
-                "--kubeconfig={}",
-                self.lab_dir().join("admin.kubeconfig").display()
-            ))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(text(&out))
-        }
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-    }
-
-    /// `kubectl get` as a result for [`wait_for`].
-    fn get(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.kubectl(args);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(text(&out))
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if !self.down {
-            let out = self.ctl(180, &["down"]);
-            if !out.status.success() {
-                eprintln!("lab down (cleanup) failed:\n{}", text(&out));
-            }
-        }
-    }
-}
-
 /// (node, Ready status, zone label) of every node.
 fn nodes(lab: &Lab) -> Result<Vec<(String, String, String)>, String> {
     let s = lab.get(&[
@@ -449,29 +300,22 @@ fn workers_as_vms_serve_a_zone_spread_deployment() {
         "/usr/bin/kubectl",
         "kubectl (preinstalled on these machines)",
     );
-    let bins: Vec<PathBuf> = BINARIES.iter().map(|b| bin_path(b)).collect();
-    let bin_dir = bins[0].parent().unwrap().display().to_string();
+    require_tool("/usr/bin/ansible-playbook", "ansible-core");
+    let bin_dir = bin_dir().display().to_string();
     let target = workspace_root().join("target");
-    script("nspawn-rootfs.sh", &target.join("nspawn-rootfs"));
-    script("vm-image.sh", &target.join("vm-image"));
-    let qemu = script("qemu-fetch.sh", &target.join("qemu"));
+    // The control-plane machines are provisioned by ansible/site.yml (python3 and sshd in
+    // their rootfs); the workers over ssh without Ansible (see docs/lab.md).
+    let rootfs = ansible_rootfs().display().to_string();
+    let ansible = workspace_root().join("ansible").display().to_string();
+    script("vm-image.sh", &[&target.join("vm-image")]);
+    let qemu = script("qemu-fetch.sh", &[&target.join("qemu")]);
     let qemu = qemu
         .lines()
         .last()
         .expect("qemu-fetch.sh prints the QEMU path");
     eprintln!("lab: images and QEMU ready after {:?}", started.elapsed());
 
-    let dir = tempfile::Builder::new()
-        .prefix("kelson-labw-")
-        .tempdir()
-        .expect("tempdir");
-    std::fs::write(dir.path().join("cluster.toml"), CLUSTER).unwrap();
-    let mut lab = Lab {
-        dir,
-        kelsonctl: bin_path("kelsonctl"),
-        down: false,
-    };
-    let rootfs = target.join("nspawn-rootfs").display().to_string();
+    let mut lab = Lab::new("kelson-labw-", CLUSTER);
     let vm_image = target.join("vm-image").display().to_string();
     let up = lab.ctl_ok(
         900,
@@ -485,17 +329,13 @@ fn workers_as_vms_serve_a_zone_spread_deployment() {
             &vm_image,
             "--qemu",
             qemu,
+            "--ansible",
+            &ansible,
         ],
     );
     eprintln!("lab: up after {:?}\n{up}", started.elapsed());
     let status = lab.ctl_ok(30, &["status"]);
-    let id = status
-        .split_whitespace()
-        .skip_while(|w| *w != "(id")
-        .nth(1)
-        .expect("lab id in status")
-        .trim_end_matches(')')
-        .to_string();
+    let id = lab.id();
     assert!(
         status.contains("machine worker-a zone a 10.216.1.21 running"),
         "{status}"
@@ -664,30 +504,6 @@ fn workers_as_vms_serve_a_zone_spread_deployment() {
     );
 
     // 4. Down leaves nothing.
-    let lab_dir = lab.lab_dir();
-    lab.ctl_ok(180, &["down"]);
-    lab.down = true;
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    assert!(
-        !netns.contains(&format!("kl{id}-")),
-        "namespaces left: {netns}"
-    );
-    let lab_dir_s = lab_dir.display().to_string();
-    let procs: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&lab_dir_s))
-        .collect();
-    assert!(procs.is_empty(), "processes left: {procs:?}");
-    for left in ["worker.img", "machines", "ssh", "state.json"] {
-        assert!(
-            !lab_dir.join(left).exists(),
-            "{left} left in {}",
-            lab_dir.display()
-        );
-    }
+    lab.down_and_check(&id);
     eprintln!("lab: all checks done after {:?}", started.elapsed());
 }
