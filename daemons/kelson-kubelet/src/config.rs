@@ -170,6 +170,9 @@ pub struct KubeletConfig {
     /// (upstream's serverTLSBootstrap) instead of a self-signed one; ignored with tls-cert-file.
     #[serde(default)]
     pub server_tls_bootstrap: bool,
+    /// Seconds between container garbage collections (upstream's fixed 1 minute).
+    #[serde(default = "default_container_gc_period")]
+    pub container_gc_period: u64,
 }
 
 fn default_transition() -> u64 {
@@ -189,6 +192,10 @@ fn default_gc_age() -> u64 {
 }
 fn default_gc_period() -> u64 {
     300
+}
+
+fn default_container_gc_period() -> u64 {
+    60
 }
 
 fn default_true() -> bool {
@@ -422,6 +429,10 @@ pub struct KubeletFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_tls_bootstrap: Option<bool>,
+    /// Seconds between container garbage collections (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_gc_period: Option<u64>,
 }
 
 impl KubeletConfig {

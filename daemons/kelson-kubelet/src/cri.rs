@@ -278,6 +278,17 @@ impl Cri {
         Ok(r.containers)
     }
 
+    /// Stats (CPU, memory, writable layer) of every container the runtime has.
+    pub async fn list_container_stats(&self) -> Result<Vec<cri::ContainerStats>> {
+        let r = rpc!(
+            self.runtime.clone(),
+            list_container_stats,
+            "ListContainerStats",
+            cri::ListContainerStatsRequest { filter: None }
+        )?;
+        Ok(r.stats)
+    }
+
     pub async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
         let r = rpc!(
             self.runtime.clone(),

@@ -13,8 +13,9 @@
 //! [`dbus`] (`io.kelson.Kubelet1`), [`probe`] (probes and lifecycle hooks), [`events`],
 //! [`volumes`] (atomic volume writer, service account tokens), [`routes`] (routes to other
 //! nodes' podCIDRs), [`static_pods`] (manifest directory and mirror pods), [`eviction`]
-//! (node-pressure eviction: signals, thresholds, conditions, ranking), [`image_gc`] (unused
-//! images over the disk threshold).
+//! (node-pressure eviction: signals, thresholds, conditions, ranking; pods over their own
+//! ephemeral-storage limits), [`image_gc`] (unused images over the disk threshold),
+//! [`container_gc`] (dead containers and sandboxes).
 //!
 //! Reload (SIGHUP or D-Bus `Reload()`) re-reads the config file with the command line's flags
 //! on top (flags still win) and applies the eviction and image GC settings; other keys need a
@@ -27,6 +28,7 @@
 pub mod bootstrap;
 pub mod cni;
 pub mod config;
+pub mod container_gc;
 pub mod cri;
 pub mod dbus;
 pub mod events;
@@ -316,6 +318,12 @@ pub async fn run(
     ));
 
     let mut extra_tasks = Vec::new();
+    extra_tasks.push(tokio::spawn(container_gc::run(
+        shared.clone(),
+        Duration::from_secs(cfg.container_gc_period.max(1)),
+        synced_rx.clone(),
+        stop_rx.clone(),
+    )));
     let current_cert = cfg.cert_dir().join(bootstrap::CURRENT);
     if cfg.rotate_certificates && bootstrap::kubeconfig_uses_cert(&cfg.kubeconfig, &current_cert) {
         extra_tasks.push(tokio::spawn(bootstrap::rotate(

@@ -292,9 +292,18 @@ impl Worker {
         }
         let phase_in_api = pod.status.as_ref().and_then(|s| s.phase.clone());
         if matches!(phase_in_api.as_deref(), Some("Succeeded" | "Failed")) {
-            // Terminal phases are final: make sure nothing runs, keep the status.
+            // Terminal phases are final: make sure nothing runs (the sandbox neither: its IP
+            // goes back to the pool), keep the status and the containers (logs).
             self.terminal = true;
             self.stop_all(None, 0).await;
+            if let Ok(sbs) = self.shared.cri.list_pod_sandboxes(self.uid_labels()).await {
+                for sb in sbs {
+                    if sb.state == cri::PodSandboxState::SandboxReady as i32 {
+                        let _ = self.shared.cri.stop_pod_sandbox(&sb.id).await;
+                    }
+                }
+            }
+            self.sandbox = None;
             return Ok(());
         }
         // 1. Sandbox.
@@ -1008,7 +1017,10 @@ impl Worker {
         status["reason"] = json!("Evicted");
         status["message"] = json!(req.message);
         let t = now_rfc3339();
-        if let Some(conds) = status["conditions"].as_array_mut() {
+        if let Some(conds) = status["conditions"]
+            .as_array_mut()
+            .filter(|_| req.disruption)
+        {
             conds.retain(|c| c["type"] != "DisruptionTarget");
             conds.push(json!({
                 "type": "DisruptionTarget", "status": "True", "lastProbeTime": null,

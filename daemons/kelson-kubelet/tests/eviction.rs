@@ -293,3 +293,220 @@ async fn image_gc_removes_unused_images_only() {
         node.log_tail()
     );
 }
+
+/// A pod's status conditions of one type (empty if absent).
+fn has_condition(st: &serde_json::Value, ty: &str) -> bool {
+    st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == ty)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_over_their_ephemeral_storage_limits_are_evicted() {
+    let node = TestNode::start(64, &["--housekeeping-interval=1".into()]).await;
+    let writer = |mb: u32| {
+        format!(
+            "dd if=/dev/zero of=/data/f bs=1024 count={} && sleep 3600",
+            mb * 1024
+        )
+    };
+    // emptyDir over its sizeLimit.
+    node.create(
+        "over-dir",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "1Mi"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", writer(2)],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        }),
+    )
+    .await;
+    // The pod's total (an emptyDir without its own limit) over its containers' limit.
+    let over_pod = node
+        .create(
+            "over-pod",
+            json!({
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", writer(2)],
+                    "resources": {"limits": {"ephemeral-storage": "1Mi"}},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            }),
+        )
+        .await;
+    // Within its limits.
+    node.create(
+        "within",
+        json!({
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "data", "emptyDir": {"sizeLimit": "8Mi"}}],
+            "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", writer(1)],
+                "resources": {"limits": {"ephemeral-storage": "8Mi"}},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        }),
+    )
+    .await;
+    let evicted = |s: &serde_json::Value| s["phase"] == "Failed" && s["reason"] == "Evicted";
+    let st = node.wait_status("over-dir", 60, "evicted", evicted).await;
+    assert_eq!(
+        st["message"], "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ",
+        "{st}"
+    );
+    // Upstream adds no DisruptionTarget for a pod over its own limits.
+    assert!(!has_condition(&st, "DisruptionTarget"), "{st}");
+    let st = node.wait_status("over-pod", 60, "evicted", evicted).await;
+    assert_eq!(
+        st["message"],
+        "Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. ",
+        "{st}"
+    );
+    let running = node
+        .containers_of(&over_pod)
+        .await
+        .iter()
+        .filter(|c| c.state == k8s_cri::v1::ContainerState::ContainerRunning as i32)
+        .count();
+    assert_eq!(running, 0);
+    let events = node.events_of("over-dir").await;
+    assert!(
+        events.iter().any(|(r, _)| r == "Evicted"),
+        "events: {events:?}"
+    );
+    // The pod within its limits has written its megabyte and keeps running.
+    node.wait_status("within", 30, "Running", |s| s["phase"] == "Running")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = node.status("within").await.unwrap();
+    assert_eq!(st["phase"], "Running", "{st}");
+}
+
+/// The log file of a container (what `kubectl logs` reads for it).
+async fn container_log(node: &TestNode, id: &str) -> String {
+    let st = node.cri.container_status(id).await.unwrap();
+    std::fs::read_to_string(&st.log_path).unwrap_or_default()
+}
+
+/// A container in `sandbox` created behind the kubelet's back, labelled as container `name`
+/// of pod `uid` on `node`, that exits at once.
+async fn ghost_container(node: &TestNode, sandbox: &str, uid: &str, name: &str, n: u32) -> String {
+    use k8s_cri::v1 as cri;
+    use std::collections::HashMap;
+    let logs = node.work.path().join("ghost-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let labels = HashMap::from([
+        ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
+        ("io.kubernetes.container.name".to_string(), name.to_string()),
+        ("io.kelson.node".to_string(), node.node_name.clone()),
+    ]);
+    let cfg = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: format!("{name}-{n}"),
+            attempt: n,
+        }),
+        image: Some(cri::ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec!["true".into()],
+        labels,
+        log_path: format!("{name}-{n}.log"),
+        ..Default::default()
+    };
+    let sb_cfg = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "ghost".into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    };
+    let id = node
+        .cri
+        .create_container(sandbox, cfg, sb_cfg)
+        .await
+        .expect("creating a ghost container");
+    node.cri.start_container(&id).await.expect("starting it");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_gc_removes_dead_containers_but_keeps_the_last_one() {
+    let node = TestNode::start(65, &["--container-gc-period=1".into()]).await;
+    let uid = node
+        .create(
+            "crasher",
+            json!({
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", "echo run-$(cat /proc/sys/kernel/random/uuid); sleep 1; exit 1"]}],
+            }),
+        )
+        .await;
+    // Three instances: the first restart is immediate, the second after 10 s of back-off.
+    node.wait_status("crasher", 60, "two restarts", |s| {
+        s["containerStatuses"][0]["restartCount"].as_i64() >= Some(2)
+    })
+    .await;
+    let of_c = |cs: Vec<k8s_cri::v1::Container>| {
+        cs.into_iter()
+            .filter(|c| {
+                c.labels
+                    .get("io.kubernetes.container.name")
+                    .map(String::as_str)
+                    == Some("c")
+            })
+            .collect::<Vec<_>>()
+    };
+    // The current instance and the one before it stay; the oldest is gone.
+    let mut cs = of_c(node.containers_of(&uid).await);
+    assert_eq!(cs.len(), 2, "{cs:?}");
+    cs.sort_by_key(|c| c.created_at);
+    // What `logs --previous` reads: the older kept instance's log.
+
+    let prev = cs[0].id.clone();
+    let log = container_log(&node, &prev).await;
+    assert!(log.contains("run-"), "{log:?}");
+
+    // Dead containers the kubelet never made: of a pod that does not exist (all go), and
+    // three instances of one name in the live pod (the current one and the one before stay).
+    let sandbox = cs[0].pod_sandbox_id.clone();
+    let orphan = ghost_container(&node, &sandbox, "no-such-pod", "x", 0).await;
+    let mut ghosts = Vec::new();
+    for n in 0..3 {
+        ghosts.push(ghost_container(&node, &sandbox, &uid, "ghost", n).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (old, new) = (ghosts[0].clone(), ghosts[2].clone());
+    wait_for(Duration::from_secs(20), "ghosts collected", || async {
+        let all: Vec<String> = node
+            .cri
+            .list_containers(None, Default::default())
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        anyhow::ensure!(
+            !all.contains(&orphan) && !all.contains(&old),
+            "containers still there: {all:?}"
+        );
+        anyhow::ensure!(
+            all.contains(&new) && all.contains(&ghosts[1]),
+            "a ghost GC should keep was removed"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nkubelet log:\n{}", node.log_tail()));
+    // Several GC passes later the crasher still has its current and previous instances.
+    let cs = of_c(node.containers_of(&uid).await);
+    assert_eq!(cs.len(), 2, "{cs:?}");
+    let oldest = cs.iter().min_by_key(|c| c.created_at).unwrap().id.clone();
+    assert!(container_log(&node, &oldest).await.contains("run-"));
+}

@@ -2,6 +2,9 @@
 //! `kubectl logs` (plain, `--tail`, `-f`, `--previous`), `kubectl exec` (exit codes, stdin),
 //! `kubectl cp` both ways, `kubectl port-forward` to a pod's HTTP server, `nodes/proxy`, and
 //! the kubelet's own authentication (401) and SubjectAccessReview authorization (403).
+//! Exec, `exec -i`, `cp` and port-forward go over WebSocket (kubectl 1.32 tries it first; the
+//! kubelet translates to the runtime's SPDY), checked in kubectl's `-v=7` log; the official
+//! Python client's `stream()` exec runs over v5 and v4.channel.k8s.io.
 //!
 //! One control plane (kelson-kv + kelson-apiserver with a kubelet client certificate), a
 //! private containerd, one kubelet on an ephemeral API port with a CA-issued serving
@@ -35,6 +38,13 @@ fn prerequisites() -> Result<(), String> {
         ),
         (Path::new("/usr/bin/curl").exists(), "curl"),
         (Path::new(KUBECTL).exists(), "kubectl"),
+        (
+            Command::new("python3")
+                .args(["-c", "import kubernetes"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "python3 with the kubernetes package",
+        ),
     ]
     .into_iter()
     .filter(|(ok, _)| !ok)
@@ -101,6 +111,112 @@ fn curl(url: &str, cert: Option<(&Path, &Path)>) -> (u16, String) {
     let s = text(&out.stdout);
     let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Fetches `/index.html` from `pod`'s `port` through the Python client's `portforward()`.
+fn python_port_forward(cp: &ControlPlane, dir: &Path, pod: &str, port: u16) -> serde_json::Value {
+    let script = dir.join("port_forward.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+kubeconfig, pod, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config.load_kube_config(config_file=kubeconfig)
+api = client.CoreV1Api()
+pf = portforward(api.connect_get_namespaced_pod_portforward, pod, "default", ports=str(port))
+s = pf.socket(port)
+s.settimeout(20)
+s.sendall(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+s.close()
+print(json.dumps({"response": data.decode(errors="replace"), "error": pf.error(port)}))
+"#,
+    )
+    .unwrap();
+    run_python(
+        &script,
+        &[
+            cp.kubeconfig_path().to_str().unwrap(),
+            pod,
+            &port.to_string(),
+        ],
+    )
+}
+
+/// Runs a Python script (bounded to 40 s) and parses the JSON it prints.
+fn run_python(script: &Path, args: &[&str]) -> serde_json::Value {
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; stdout {:?}; stderr {}",
+            script.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// Runs `sh -c 'echo hi; echo err >&2; exit 3'` in `pod` with the Python `kubernetes`
+/// client's `stream()` (WebSocket), offering only `protocol` ("v5" or "v4").
+fn python_exec(
+    cp: &ControlPlane,
+    dir: &Path,
+    protocol: &str,
+    pod: &str,
+    container: &str,
+) -> serde_json::Value {
+    let script = dir.join("exec.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys, time
+from kubernetes import client, config
+from kubernetes.stream import stream, ws_client
+kubeconfig, pod, container, protocol = sys.argv[1:5]
+if protocol == "v4":
+    # The client offers v5 then v4; offering v4 twice makes the server pick v4.
+    ws_client.V5_CHANNEL_PROTOCOL = ws_client.V4_CHANNEL_PROTOCOL
+config.load_kube_config(config_file=kubeconfig)
+api = client.CoreV1Api()
+resp = stream(api.connect_get_namespaced_pod_exec, pod, "default", container=container,
+              command=["sh", "-c", "echo hi; echo err >&2; exit 3"],
+              stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+resp.run_forever(timeout=20)
+out = {"stdout": resp.read_stdout(timeout=0) or "", "stderr": resp.read_stderr(timeout=0) or "",
+       "code": resp.returncode, "protocol": getattr(resp, "subprotocol", None)}
+print(json.dumps(out))
+"#,
+    )
+    .unwrap();
+    run_python(
+        &script,
+        &[
+            cp.kubeconfig_path().to_str().unwrap(),
+            pod,
+            container,
+            protocol,
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +468,14 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
         b"",
         Duration::from_secs(30),
     );
-    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "hi\n",
+        "{:?} {}\nKUBELET {}",
+        out.status,
+        text(&out.stderr),
+        log_tail()
+    );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let out = kubectl_io(
         &cp,
@@ -377,6 +500,48 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
         text(&out.stderr)
     );
     assert!(out.status.success());
+
+    // WebSocket exec: kubectl 1.32 asks for v5.channel.k8s.io first and now gets it (no
+    // fallback to SPDY: the upgrade is a GET answered with 101).
+    let out = kubectl_io(
+        &cp,
+        &[
+            "-v=7", "exec", "box", "-c", "ticker", "--", "sh", "-c", "echo ws",
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(text(&out.stdout), "ws\n", "{err}");
+    // kubectl ≤ 1.32 logs `GET https://…/exec?… 101 Switching Protocols`, 1.33 `"Request"
+    // verb="GET" url=…/exec?…` and `"Response" status="101 Switching Protocols"`.
+    assert!(
+        err.lines()
+            .any(|l| l.contains("GET") && l.contains("/exec?"))
+            && err.contains("101 Switching Protocols"),
+        "no WebSocket upgrade in kubectl's log:\n{err}"
+    );
+    assert!(
+        !err.lines()
+            .any(|l| l.contains("POST") && l.contains("/exec?")),
+        "kubectl fell back to SPDY:\n{err}"
+    );
+    // The official Python client's stream(): stdout, stderr and the exit code from the error
+    // channel, over v5 (what it asks for first) and v4.
+    for protocol in ["v5", "v4"] {
+        let mut out = python_exec(&cp, work.path(), protocol, "box", "ticker");
+        // Clients older than v30 neither report the subprotocol nor offer v5 (v4 only).
+        let negotiated = out["protocol"].take();
+        assert!(
+            negotiated.is_null() || negotiated == format!("{protocol}.channel.k8s.io").as_str(),
+            "python exec over {protocol} negotiated {negotiated}"
+        );
+        assert_eq!(
+            out,
+            json!({"stdout": "hi\n", "stderr": "err\n", "code": 3, "protocol": null}),
+            "python exec over {protocol}"
+        );
+    }
 
     // kubectl cp in and out (tar over exec with stdin).
     let local = work.path().join("payload.txt");
@@ -483,6 +648,15 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
         resp.trim(),
         "hello-from-pod",
         "port-forward stderr: {pf_err}"
+    );
+
+    // The Python client's portforward() (v4.channel.k8s.io over WebSocket, `ports=` query).
+    let out = python_port_forward(&cp, work.path(), "box", 8080);
+    assert_eq!(out["error"], serde_json::Value::Null, "{out}");
+    let resp = out["response"].as_str().unwrap_or_default();
+    assert!(
+        resp.starts_with("HTTP/1.") && resp.contains(" 200 ") && resp.ends_with("hello-from-pod\n"),
+        "{resp:?}"
     );
 
     // D-Bus Drain: cordons, and a budget allowing no disruption keeps the pod (429s retried

@@ -19,10 +19,15 @@
 //! stops the sandbox and reports phase Failed, reason `Evicted`, upstream's message, a
 //! `DisruptionTarget` condition and an `Evicted` event.
 //!
+//! Before the node-pressure thresholds, each pass checks the pods' own ephemeral-storage
+//! limits (emptyDir `sizeLimit`, `limits.ephemeral-storage`; [`local_storage`]) and evicts
+//! every pod over them at once; a pass that evicted for that reason stops there, as upstream.
+//!
 //! New pods are admitted as upstream: under memory pressure only non-BestEffort pods (or ones
 //! tolerating the memory-pressure taint), under disk or PID pressure none (critical pods
 //! always) — a rejected pod fails with reason `Evicted`, "The node had condition: [...]".
 
+pub mod local_storage;
 pub mod rank;
 pub mod signals;
 pub mod state;
@@ -102,6 +107,9 @@ pub struct EvictRequest {
     pub message: String,
     /// Grace period for stopping the containers.
     pub grace: i64,
+    /// Whether the pod gets a `DisruptionTarget` condition (node pressure: yes; a pod over its
+    /// own storage limits: no, as upstream).
+    pub disruption: bool,
 }
 
 /// Whether a new pod may start under `p` (upstream's eviction admission); `Err` is the
@@ -156,7 +164,8 @@ impl Manager {
                 tracing::info!(conditions = ?d.pressure.names(), "node pressure changed");
                 self.status_wake.notify_one();
             }
-            if let Some((t, o)) = d.act.first().cloned() {
+            let over_limits = self.local_storage().await;
+            if let Some((t, o)) = d.act.first().cloned().filter(|_| !over_limits) {
                 self.reclaim(&s, &t, o, &mut stop).await;
             }
             tokio::select! {
@@ -165,6 +174,78 @@ impl Manager {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Evicts every pod over its own ephemeral-storage limits; true if any was.
+    async fn local_storage(&self) -> bool {
+        let pods: Vec<Arc<Pod>> = {
+            let evicting = self.shared.evictions.lock();
+            self.shared
+                .pods
+                .lock()
+                .values()
+                .filter(|p| local_storage::has_limits(p))
+                .filter(|p| !evicting.contains_key(&podspec::uid(p)))
+                .cloned()
+                .collect()
+        };
+        if pods.is_empty() {
+            return false;
+        }
+        // Writable layers by (pod UID, container name), newest instance (highest attempt).
+        let mut writable: HashMap<(String, String), (u32, i128)> = HashMap::new();
+        match self.shared.cri.list_container_stats().await {
+            Ok(stats) => {
+                for st in stats {
+                    let Some(a) = st.attributes else { continue };
+                    let (Some(uid), Some(name)) = (
+                        a.labels.get(podspec::LABEL_POD_UID),
+                        a.labels.get(podspec::LABEL_CONTAINER_NAME),
+                    ) else {
+                        continue;
+                    };
+                    let attempt = a.metadata.map(|m| m.attempt).unwrap_or(0);
+                    let used = st
+                        .writable_layer
+                        .and_then(|w| w.used_bytes)
+                        .map_or(0, |u| u.value as i128);
+                    let e = writable
+                        .entry((uid.clone(), name.clone()))
+                        .or_insert((attempt, used));
+                    if attempt > e.0 {
+                        *e = (attempt, used);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "container stats for local storage limits"),
+        }
+        let writable: HashMap<(String, String), i128> =
+            writable.into_iter().map(|(k, (_, v))| (k, v)).collect();
+        let mut evicted = false;
+        for pod in pods {
+            let ctx = self.shared.ctx.clone();
+            let (p, w) = (pod.clone(), writable.clone());
+            // Walking directories is blocking work.
+            let usage = tokio::task::spawn_blocking(move || local_storage::measure(&ctx, &p, &w))
+                .await
+                .unwrap_or_default();
+            let Some(message) = local_storage::violation(&pod, &usage) else {
+                continue;
+            };
+            let uid = podspec::uid(&pod);
+            tracing::info!(pod = %podspec::name(&pod), namespace = %podspec::namespace(&pod), %message, "evicting pod over its ephemeral-storage limits");
+            self.shared.evictions.lock().insert(
+                uid.clone(),
+                EvictRequest {
+                    message,
+                    grace: 0,
+                    disruption: false,
+                },
+            );
+            self.shared.wake_pod(&uid);
+            evicted = true;
+        }
+        evicted
     }
 
     async fn reclaim(
@@ -209,6 +290,7 @@ impl Manager {
             EvictRequest {
                 message: msg,
                 grace,
+                disruption: true,
             },
         );
         self.shared.wake_pod(&uid);

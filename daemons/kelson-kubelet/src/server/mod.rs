@@ -11,8 +11,8 @@
 //!   Authorization is a SubjectAccessReview to the API server for `nodes/<sub>` of this node,
 //!   with upstream's path → subresource mapping, cached briefly ([`authz`]).
 //! - Logs are read from the CRI log files the runtime writes ([`logs`]); exec/attach/
-//!   port-forward ask the runtime for a streaming URL and relay the client's upgrade to it
-//!   ([`stream`]).
+//!   port-forward ask the runtime for a streaming URL and relay the client's SPDY upgrade to
+//!   it ([`stream`]), or translate a WebSocket client to SPDY ([`websocket`], [`spdy`]).
 //! - The listener runs beside the pod manager; a bind failure on the default port is logged
 //!   and leaves the kubelet running pods (the API is an add-on to its main job), while
 //!   `--port 0` binds an ephemeral port that the node then reports in
@@ -20,8 +20,10 @@
 
 pub mod authz;
 pub mod logs;
+pub mod spdy;
 pub mod stream;
 pub mod tls;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -4,15 +4,18 @@
 //! Design:
 //! - CRI `Exec`/`Attach`/`PortForward` return a URL on containerd's stream server
 //!   (`stream_server_address`, loopback in Kelson's containerd config). Upstream's kubelet
-//!   redirects-by-proxy the same way: it forwards the client's request — method, query and
-//!   upgrade headers (`Upgrade: SPDY/3.1`, `X-Stream-Protocol-Version`) — to that URL and
+//!   redirects-by-proxy the same way: for SPDY it forwards the client's request — method, query
+//!   and upgrade headers (`Upgrade: SPDY/3.1`, `X-Stream-Protocol-Version`) — to that URL and
 //!   splices both upgraded connections, so the protocol negotiation is between kubectl and the
 //!   runtime and every SPDY version the runtime speaks works end to end.
-//! - WebSocket upgrades are refused with 400 before anything starts. containerd 1.6's stream
-//!   server predates the `v5.channel.k8s.io` protocol (stdin close), which is what makes
-//!   `kubectl exec -i` and `kubectl cp` finish; kubectl 1.32 tries WebSocket first and falls
-//!   back to SPDY on any non-101 answer, so refusing is what makes it use the protocol that
-//!   works. (Translating WebSocket → SPDY, as upstream 1.30+ does, is left for later.)
+//! - WebSocket clients (kubectl 1.30+ tries `v5.channel.k8s.io` first; the Python client speaks
+//!   `v4.channel.k8s.io`) are translated: containerd 1.6's stream server predates v5 (stdin
+//!   close, which `kubectl exec -i` and `kubectl cp` need), so the kubelet answers the
+//!   WebSocket handshake itself and talks SPDY to the runtime ([`super::websocket`]), as
+//!   upstream 1.30+ does for runtimes without v5. An offer of only unsupported subprotocols
+//!   gets 400 before anything starts, which makes kubectl fall back to SPDY.
+//! - The runtime's upgrade is made before the client is answered, so a runtime failure reaches
+//!   the client as an HTTP error (a `metav1.Status`), not as a dropped connection.
 //! - The container must be running: the newest running container with the pod's
 //!   namespace/name/container labels (404 otherwise, upstream's message).
 
@@ -27,6 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 
+use super::websocket::{self, Channels};
 use super::{query_bool, query_pairs, status_error, Body, ServerState};
 use crate::pod::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 
@@ -37,12 +41,6 @@ pub enum Kind {
     Exec,
     Attach,
     PortForward,
-}
-
-fn is_websocket(h: &HeaderMap) -> bool {
-    h.get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn internal(e: impl std::fmt::Display) -> Response<Body> {
@@ -103,6 +101,18 @@ async fn ready_sandbox(state: &ServerState, ns: &str, pod: &str) -> Result<Strin
     })
 }
 
+/// The ports of a port-forward request: the kubelet's `port=` (repeated), and the API's
+/// `ports=` (comma-separated), which upstream's API server rewrites to `port=` but ours passes
+/// through as the client sent it.
+pub fn forward_ports(q: &[(String, String)]) -> Vec<u16> {
+    q.iter()
+        .filter(|(k, _)| k == "port" || k == "ports")
+        .flat_map(|(_, v)| v.split(','))
+        .filter_map(|p| p.trim().parse::<u16>().ok())
+        .filter(|p| *p > 0)
+        .collect()
+}
+
 /// Asks the runtime for the streaming URL of this request.
 async fn streaming_url(
     state: &ServerState,
@@ -111,7 +121,7 @@ async fn streaming_url(
     pod: &str,
     container: Option<&str>,
     query: Option<&str>,
-) -> Result<String, Response<Body>> {
+) -> Result<(String, Channels), Response<Body>> {
     let q = query_pairs(query);
     let mut rt = state.shared.cri.runtime_client();
     let bad = |e: tonic::Status| internal(format!("CRI: {}", e.message()));
@@ -131,6 +141,12 @@ async fn streaming_url(
                     "you must specify at least 1 of stdin, stdout, stderr",
                 ));
             }
+            let channels = Channels {
+                stdin,
+                stdout,
+                stderr,
+                tty,
+            };
             if kind == Kind::Exec {
                 let cmd: Vec<String> = q
                     .iter()
@@ -156,7 +172,7 @@ async fn streaming_url(
                     })
                     .await
                     .map_err(bad)?;
-                Ok(r.into_inner().url)
+                Ok((r.into_inner().url, channels))
             } else {
                 let r = rt
                     .attach(cri::AttachRequest {
@@ -168,16 +184,12 @@ async fn streaming_url(
                     })
                     .await
                     .map_err(bad)?;
-                Ok(r.into_inner().url)
+                Ok((r.into_inner().url, channels))
             }
         }
         Kind::PortForward => {
             let sandbox = ready_sandbox(state, ns, pod).await?;
-            let port = q
-                .iter()
-                .filter(|(k, _)| k == "port")
-                .filter_map(|(_, v)| v.parse::<i32>().ok())
-                .collect();
+            let port = forward_ports(&q).into_iter().map(i32::from).collect();
             let r = rt
                 .port_forward(cri::PortForwardRequest {
                     pod_sandbox_id: sandbox,
@@ -185,7 +197,13 @@ async fn streaming_url(
                 })
                 .await
                 .map_err(bad)?;
-            Ok(r.into_inner().url)
+            let none = Channels {
+                stdin: false,
+                stdout: false,
+                stderr: false,
+                tty: false,
+            };
+            Ok((r.into_inner().url, none))
         }
     }
 }
@@ -198,12 +216,8 @@ pub async fn serve(
     container: Option<&str>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    if is_websocket(req.headers()) {
-        return status_error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "WebSocket streaming is not supported by this kubelet's runtime; use SPDY/3.1",
-        );
+    if websocket::is_websocket(req.headers()) {
+        return serve_websocket(state, kind, ns, pod, container, req).await;
     }
     if !req.headers().contains_key(header::UPGRADE) {
         return status_error(
@@ -212,19 +226,118 @@ pub async fn serve(
             "Upgrade request required",
         );
     }
-    let url = match streaming_url(state, kind, ns, pod, container, req.uri().query()).await {
+    let (url, _) = match streaming_url(state, kind, ns, pod, container, req.uri().query()).await {
         Ok(u) => u,
         Err(r) => return r,
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
-    match relay(&url, &req, client_upgrade).await {
-        Ok(r) => r,
-        Err(e) => status_error(
-            StatusCode::BAD_GATEWAY,
-            "InternalError",
-            format!("error connecting to the runtime's stream server: {e}"),
-        ),
+    let mut headers = HeaderMap::new();
+    for (k, v) in req.headers() {
+        if !matches!(
+            k.as_str(),
+            "host" | "authorization" | "content-length" | "transfer-encoding"
+        ) {
+            headers.append(k.clone(), v.clone());
+        }
     }
+    match runtime_upgrade(&url, req.method(), headers).await {
+        Ok(Runtime::Refused(r)) => r,
+        Ok(Runtime::Switched(resp_headers, backend_upgrade)) => {
+            let mut r = Response::new(super::full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *r.headers_mut() = resp_headers;
+            tokio::spawn(splice(client_upgrade, backend_upgrade));
+            r
+        }
+        Err(e) => runtime_error(e),
+    }
+}
+
+fn runtime_error(e: RelayError) -> Response<Body> {
+    status_error(
+        StatusCode::BAD_GATEWAY,
+        "InternalError",
+        format!("error connecting to the runtime's stream server: {e}"),
+    )
+}
+
+/// A WebSocket client: the handshake is answered here and the session translated to SPDY.
+async fn serve_websocket(
+    state: &Arc<ServerState>,
+    kind: Kind,
+    ns: &str,
+    pod: &str,
+    container: Option<&str>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let Some(protocol) = websocket::negotiate(req.headers(), kind) else {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "requested WebSocket protocol(s) are not supported: [{}]",
+                websocket::offered(req.headers())
+            ),
+        );
+    };
+    let Some(accept) = websocket::accept_key(req.headers()) else {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+        );
+    };
+    let (url, channels) =
+        match streaming_url(state, kind, ns, pod, container, req.uri().query()).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+    let spdy_protocol = match kind {
+        Kind::PortForward => "portforward.k8s.io",
+        Kind::Exec | Kind::Attach => websocket::V4,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(
+        "x-stream-protocol-version",
+        http::HeaderValue::from_static(spdy_protocol),
+    );
+    let backend = match runtime_upgrade(&url, &http::Method::POST, headers).await {
+        Ok(Runtime::Switched(_, up)) => up,
+        Ok(Runtime::Refused(r)) => return r,
+        Err(e) => return runtime_error(e),
+    };
+    let ports = forward_ports(&query_pairs(req.uri().query()));
+    if kind == Kind::PortForward && protocol != websocket::PORT_FORWARD_TUNNEL && ports.is_empty() {
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "query parameter \"port\" is required",
+        );
+    }
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let (c, b) = match tokio::join!(client_upgrade, backend) {
+            (Ok(c), Ok(b)) => (c, b),
+            (c, b) => {
+                tracing::debug!(client = ?c.err(), backend = ?b.err(), "stream upgrade failed");
+                return;
+            }
+        };
+        match kind {
+            Kind::PortForward if protocol == websocket::PORT_FORWARD_TUNNEL => {
+                websocket::run_tunnel(c, b).await
+            }
+            Kind::PortForward => websocket::run_port_forward(c, b, ports).await,
+            Kind::Exec | Kind::Attach => websocket::run_exec(c, b, protocol, channels).await,
+        }
+        tracing::debug!(protocol, "WebSocket stream closed");
+    });
+    websocket::switching(&accept, protocol)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,12 +354,20 @@ enum RelayError {
     Timeout,
 }
 
-/// Forwards the upgrade request to the runtime's URL; on 101 splices the two connections.
-async fn relay(
+/// The runtime's answer to an upgrade request.
+enum Runtime {
+    /// 101: its headers and the upgraded connection to come.
+    Switched(HeaderMap, hyper::upgrade::OnUpgrade),
+    /// Anything else, relayed as it came.
+    Refused(Response<Body>),
+}
+
+/// Sends an upgrade request to the runtime's streaming URL.
+async fn runtime_upgrade(
     url: &str,
-    req: &Request<Incoming>,
-    client_upgrade: hyper::upgrade::OnUpgrade,
-) -> Result<Response<Body>, RelayError> {
+    method: &http::Method,
+    headers: HeaderMap,
+) -> Result<Runtime, RelayError> {
     let uri: http::Uri = url.parse().map_err(|_| RelayError::Url(url.into()))?;
     let host = uri
         .host()
@@ -263,6 +384,7 @@ async fn relay(
     )
     .await
     .map_err(|_| RelayError::Timeout)??;
+    let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -274,17 +396,10 @@ async fn relay(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut out = Request::builder()
-        .method(req.method().clone())
+        .method(method.clone())
         .uri(path)
         .body(Empty::<Bytes>::new())?;
-    for (k, v) in req.headers() {
-        if !matches!(
-            k.as_str(),
-            "host" | "authorization" | "content-length" | "transfer-encoding"
-        ) {
-            out.headers_mut().append(k.clone(), v.clone());
-        }
-    }
+    *out.headers_mut() = headers;
     if let Ok(v) = http::HeaderValue::from_str(&format!("{host}:{port}")) {
         out.headers_mut().insert(header::HOST, v);
     }
@@ -304,26 +419,25 @@ async fn relay(
         *r.headers_mut() = parts.headers;
         r.headers_mut().remove(header::TRANSFER_ENCODING);
         r.headers_mut().remove(header::CONTENT_LENGTH);
-        return Ok(r);
+        return Ok(Runtime::Refused(r));
     }
-    let backend_upgrade = hyper::upgrade::on(&mut resp);
-    let mut r = Response::new(super::full(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *r.headers_mut() = resp.headers().clone();
-    tokio::spawn(async move {
-        let (c, b) = match tokio::join!(client_upgrade, backend_upgrade) {
-            (Ok(c), Ok(b)) => (c, b),
-            (c, b) => {
-                tracing::debug!(client = ?c.err(), backend = ?b.err(), "stream upgrade failed");
-                return;
-            }
-        };
-        let mut c = TokioIo::new(c);
-        let mut b = TokioIo::new(b);
-        match tokio::io::copy_bidirectional(&mut c, &mut b).await {
-            Ok((up, down)) => tracing::debug!(up, down, "stream closed"),
-            Err(e) => tracing::debug!(error = %e, "stream ended"),
+    let up = hyper::upgrade::on(&mut resp);
+    Ok(Runtime::Switched(resp.headers().clone(), up))
+}
+
+/// Splices the client's and the runtime's upgraded connections (SPDY passes through).
+async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (c, b) = match tokio::join!(client, backend) {
+        (Ok(c), Ok(b)) => (c, b),
+        (c, b) => {
+            tracing::debug!(client = ?c.err(), backend = ?b.err(), "stream upgrade failed");
+            return;
         }
-    });
-    Ok(r)
+    };
+    let mut c = TokioIo::new(c);
+    let mut b = TokioIo::new(b);
+    match tokio::io::copy_bidirectional(&mut c, &mut b).await {
+        Ok((up, down)) => tracing::debug!(up, down, "stream closed"),
+        Err(e) => tracing::debug!(error = %e, "stream ended"),
+    }
 }
