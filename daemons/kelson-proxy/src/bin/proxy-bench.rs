@@ -11,7 +11,9 @@
 //! Incremental syncs go over netlink (the daemon's default), with `--incremental nft` through
 //! `nft -f` (the session 2/3 path), or with `both` alternately within each run on the same
 //! table, so before/after are measured back to back under the same load.
-//! `PROXY_BENCH_ALL=1` also prints every run's add-one CPU time.
+//! `PROXY_BENCH_ALL=1` also prints every run's add-one CPU time, and split into this process's
+//! user time (rendering, diffing, encoding), its system time (with netlink: the kernel's
+//! commit) and the `nft` children.
 //!
 //! Usage: `proxy-bench [--sizes 1000,10000] [--runs 5] [--incremental netlink|nft|both]`
 
@@ -94,17 +96,23 @@ fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
 /// Plus this process's own CPU time: with netlink the kernel's commit work is system time of
 /// our `sendmsg`.
 fn children_cpu() -> Duration {
+    let (u, s, c) = cpu_split();
+    u + s + c
+}
+
+/// (this process's user time, its system time, the children's user + system time).
+fn cpu_split() -> (Duration, Duration, Duration) {
     use nix::sys::resource::{getrusage, UsageWho};
     let tv = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
     };
-    [UsageWho::RUSAGE_CHILDREN, UsageWho::RUSAGE_SELF]
-        .into_iter()
-        .map(|w| {
-            let u = getrusage(w).expect("getrusage");
-            tv(u.user_time()) + tv(u.system_time())
-        })
-        .sum()
+    let me = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let ch = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    (
+        tv(me.user_time()),
+        tv(me.system_time()),
+        tv(ch.user_time()) + tv(ch.system_time()),
+    )
 }
 
 type Sample = (Duration, Duration, Duration);
@@ -169,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         let full_cpu = children_cpu() - c;
         let mut adds: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
         let mut removes: Vec<Vec<Sample>> = vec![Vec::new(); modes.len()];
+        let mut splits: Vec<Vec<String>> = vec![Vec::new(); modes.len()];
         let mut next = n;
         for r in 0..runs {
             for (m, &netlink) in modes.iter().enumerate() {
@@ -178,7 +187,15 @@ async fn main() -> anyhow::Result<()> {
                 state.insert(k, v);
                 let t = Instant::now();
                 let c = children_cpu();
+                let c0 = cpu_split();
                 let s = p.sync(&state, false).await.context("add one")?;
+                let c1 = cpu_split();
+                splits[m].push(format!(
+                    "{}/{}/{}",
+                    ms(c1.0 - c0.0),
+                    ms(c1.1 - c0.1),
+                    ms(c1.2 - c0.2)
+                ));
                 if netlink && (s.netlink == 0 || s.nft_fallbacks > 0) {
                     bail!("add one did not go over netlink: {s:?}");
                 }
@@ -211,6 +228,10 @@ async fn main() -> anyhow::Result<()> {
             if std::env::var_os("PROXY_BENCH_ALL").is_some() {
                 let cpu: Vec<String> = adds[m].iter().map(|s| ms(s.2)).collect();
                 println!("  add-one CPU ms, every run: {}", cpu.join(", "));
+                println!(
+                    "  add-one CPU ms as proxy user/proxy system/nft children: {}",
+                    splits[m].join(", ")
+                );
             }
         }
     }
