@@ -84,6 +84,18 @@ impl prometheus_client::collector::Collector for SchedCollector {
             let g = ConstGauge::new(v as i64);
             g.encode(enc.encode_descriptor(name, "Pods in this queue", None, g.metric_type())?)?;
         }
+        let mut m = enc.encode_descriptor(
+            "scheduler_scheduling_attempt_duration_seconds",
+            "Scheduling attempt latency in seconds (algorithm and preemption; binding is asynchronous)",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (result, h) in [
+            ("scheduled", &s.attempt_duration.scheduled),
+            ("unschedulable", &s.attempt_duration.unschedulable),
+        ] {
+            h.encode(m.encode_family(&[("result", result)])?)?;
+        }
         let g = ConstGauge::new(s.is_leader.load(Ordering::Relaxed) as i64);
         g.encode(enc.encode_descriptor(
             "scheduler_is_leader",
@@ -210,4 +222,48 @@ pub async fn run(cfg: SchedulerConfig, common: &CommonArgs, log: LogHandle) -> a
     }
     sched_task.abort();
     result
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn attempt_duration_histogram_is_exported_like_upstream() {
+        let shared = Arc::new(Shared::default());
+        shared.attempt_duration.scheduled.observe(0.0015);
+        shared.attempt_duration.scheduled.observe(0.0015);
+        shared.attempt_duration.unschedulable.observe(0.5);
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(SchedCollector(shared)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let line = |prefix: &str| {
+            out.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{out}"))
+                .to_string()
+        };
+        assert!(out.contains("# TYPE scheduler_scheduling_attempt_duration_seconds histogram"));
+        let sched = r#"{result="scheduled"}"#;
+        assert_eq!(
+            line(&format!(
+                "scheduler_scheduling_attempt_duration_seconds_count{sched}"
+            )),
+            format!("scheduler_scheduling_attempt_duration_seconds_count{sched} 2")
+        );
+        // 1.5 ms falls in the 2 ms bucket, not the 1 ms one.
+        assert!(line(
+            r#"scheduler_scheduling_attempt_duration_seconds_bucket{le="0.001",result="scheduled"}"#
+        )
+        .ends_with(" 0"));
+        assert!(line(
+            r#"scheduler_scheduling_attempt_duration_seconds_bucket{le="0.002",result="scheduled"}"#
+        )
+        .ends_with(" 2"));
+        assert!(line(
+            r#"scheduler_scheduling_attempt_duration_seconds_count{result="unschedulable"}"#
+        )
+        .ends_with(" 1"));
+    }
 }
