@@ -600,7 +600,13 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
     let mut pf = kubectl_cmd(
         &cp,
         cp.kubeconfig_path(),
-        &["port-forward", "pod/box", ":8080", "--address=127.0.0.1"],
+        &[
+            "-v=7",
+            "port-forward",
+            "pod/box",
+            ":8080",
+            "--address=127.0.0.1",
+        ],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -648,6 +654,15 @@ async fn kubectl_logs_exec_cp_port_forward_through_the_kubelet_api() {
         resp.trim(),
         "hello-from-pod",
         "port-forward stderr: {pf_err}"
+    );
+    // kubectl tunnels SPDY through a WebSocket (no fallback to a plain SPDY upgrade).
+    assert!(
+        pf_err.contains("SPDY/3.1+portforward.k8s.io")
+            && pf_err.contains("101 Switching Protocols")
+            && !pf_err
+                .lines()
+                .any(|l| l.contains("POST") && l.contains("/portforward")),
+        "port-forward did not use the WebSocket tunnel:\n{pf_err}"
     );
 
     // The Python client's portforward() (v4.channel.k8s.io over WebSocket, `ports=` query).
