@@ -23,8 +23,9 @@ use super::{cmd, process};
 
 /// Written last into a finished base layer.
 const BASE_MARKER: &str = ".kelson-lab-base";
-/// The rootfs script's marker: a rootfs without it is incomplete.
-const ROOTFS_MARKER: &str = ".kelson-rootfs-complete";
+/// The rootfs scripts' markers (scripts/nspawn-rootfs.sh, ansible/tests/target-rootfs.sh): a
+/// rootfs with neither is incomplete.
+const ROOTFS_MARKERS: &[&str] = &[".kelson-rootfs-complete", ".kelson-ansible-target-complete"];
 
 /// Bound for a machine to reach `running`/`degraded`.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -52,11 +53,12 @@ pub fn prepare_base(
     if base.join(BASE_MARKER).is_file() {
         return Ok(());
     }
-    if !rootfs.join(ROOTFS_MARKER).is_file() {
+    if !ROOTFS_MARKERS.iter().any(|m| rootfs.join(m).is_file()) {
         bail!(
-            "{} is not a finished machine rootfs (no {ROOTFS_MARKER}): build it with scripts/nspawn-rootfs.sh {}",
+            "{} is not a finished machine rootfs (no {}): build it with scripts/nspawn-rootfs.sh \
+             (or, for Ansible, ansible/tests/target-rootfs.sh)",
             rootfs.display(),
-            rootfs.display()
+            ROOTFS_MARKERS.join(" or ")
         );
     }
     if seed.is_some() {
@@ -105,7 +107,9 @@ pub fn prepare_base(
         }
     }
     // Nothing in a lab machine needs the interactive login prompts or time sync.
-    let _ = std::fs::remove_file(tmp.join(ROOTFS_MARKER));
+    for m in ROOTFS_MARKERS {
+        let _ = std::fs::remove_file(tmp.join(m));
+    }
     std::fs::write(tmp.join(BASE_MARKER), b"kelson lab base\n")?;
     std::fs::rename(&tmp, base).with_context(|| format!("renaming to {}", base.display()))?;
     tracing::info!(base = %base.display(), elapsed = ?t.elapsed(), "base layer ready");
