@@ -1,8 +1,8 @@
 //! kelson-proxy: Service virtual IPs on a node (what kube-proxy does).
 //!
 //! Layout: [`model`] (Services + EndpointSlices → one `ServiceInfo` per service port, pure),
-//! [`nft`] (nftables rule generation, pure, and `nft -f -`), [`proxier`] (incremental nftables
-//! syncs with a per-service render cache), [`userspace`] (the tokio fallback proxy), [`dbus`]
+//! [`nft`] (nftables rule generation, pure, `nft -f -`, and the netlink batches of incremental
+//! syncs), [`proxier`] (incremental nftables syncs with a per-service render cache), [`userspace`] (the tokio fallback proxy), [`dbus`]
 //! (`io.kelson.Proxy1`), [`config`].
 //!
 //! [`run`] wires them with the shared daemon runtime: the mode is chosen once at start
@@ -183,12 +183,16 @@ pub async fn run(cfg: ProxyConfig, common: &CommonArgs, log: LogHandle) -> anyho
     let slices = reflect(Api::<EndpointSlice>::all(client), changed.clone());
 
     let mut backend = match mode {
-        Mode::Nftables => Backend::Nft(proxier::NftProxier::new(
-            nft,
-            &cfg.cluster_cidr,
-            cfg.masquerade_all,
-            &cfg.nodeport_addresses,
-        )),
+        Mode::Nftables => {
+            let mut p = proxier::NftProxier::new(
+                nft,
+                &cfg.cluster_cidr,
+                cfg.masquerade_all,
+                &cfg.nodeport_addresses,
+            );
+            p.set_netlink(cfg.nft_incremental_netlink);
+            Backend::Nft(p)
+        }
         Mode::Userspace => Backend::User(
             userspace::Userspace::new(&cfg.userspace_interface, &cfg.nodeport_addresses)
                 .await
