@@ -3,7 +3,8 @@
 //! service without endpoints refuses at once), and a NodePort at node-ip:nodePort
 //! (externalTrafficPolicy Cluster masquerades, Local keeps the client's address); a UDP
 //! ClusterIP (both modes), a LoadBalancer ingress IP, and sessionAffinity ClientIP sticking to
-//! one endpoint (nftables).
+//! one endpoint (nftables). In nftables mode the daemon's incremental syncs must all go over
+//! netlink (no fallback to `nft -f` in its log).
 //! Needs root and `cargo build -p kelson-kv -p kelson-apiserver`.
 
 mod common;
@@ -72,6 +73,16 @@ async fn cluster_ip(mode: &str) {
     let took = streak_start.duration_since(changed);
     eprintln!("{mode}: endpoint removal effective after {took:?}");
     assert!(took < Duration::from_secs(1), "removal took {took:?}");
+    if mode == "nftables" {
+        // The daemon's incremental syncs went over netlink, none fell back to `nft -f`.
+        let log = std::fs::read_to_string(env.cp.dir().join("proxy.log")).unwrap_or_default();
+        assert!(
+            !log.contains("incremental sync through nft")
+                && !log.contains("incremental netlink sync failed"),
+            "an incremental sync left netlink:\n{}",
+            env.proxy.log_tail(40)
+        );
+    }
 
     // D-Bus: mode, counts, sync duration; Sync() completes.
     let p = env.dbus().await;
