@@ -23,7 +23,9 @@
 //! a controller down). One task correlates in arrival order and hands the writes to
 //! [`LANES`] writer tasks chosen by event name, so a create and the later patches of the same
 //! Event stay in order while unrelated events are written in parallel. A patch that finds its
-//! Event gone (expired by the API server's event TTL) creates it again.
+//! Event gone (expired by the API server's event TTL) creates it again. What happened to each
+//! event (created, patched, dropped, filtered, failed) is counted on `/metrics` as
+//! `kelson_controller_manager_events_total{outcome}`.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -165,9 +167,9 @@ impl Recorder {
         Recorder { tx, stats }
     }
 
-    /// The recorder's counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The recorder's counters (shared with the /metrics collector).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Records an event about `obj` as `component` (upstream's controller name, e.g.
@@ -213,6 +215,38 @@ impl Recorder {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(reason, "event queue full; event dropped");
         }
+    }
+}
+
+/// `/metrics`: `kelson_controller_manager_events_total{outcome}` from the recorder's counters.
+#[derive(Debug)]
+pub struct StatsCollector(pub Arc<Stats>);
+
+impl prometheus_client::collector::Collector for StatsCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let s = &self.0;
+        let mut m = enc.encode_descriptor(
+            "kelson_controller_manager_events",
+            "Events by outcome: created, patched (count bump), dropped (queue full), filtered (spam filter), failed (API error)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (outcome, v) in [
+            ("created", &s.created),
+            ("patched", &s.patched),
+            ("dropped", &s.dropped),
+            ("filtered", &s.filtered),
+            ("failed", &s.failed),
+        ] {
+            ConstCounter::new(v.load(Ordering::Relaxed))
+                .encode(m.encode_family(&[("outcome", outcome)])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -597,6 +631,25 @@ mod tests {
         let later = t + Duration::from_secs(301);
         assert!(c.correlate(ev("d", "R", "m", 60), later).is_some());
         assert!(c.correlate(ev("d", "R", "m", 70), later).is_none());
+    }
+
+    #[test]
+    fn counters_are_exported() {
+        let stats = Arc::new(Stats::default());
+        stats.created.fetch_add(3, Ordering::Relaxed);
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(StatsCollector(stats)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains("kelson_controller_manager_events_total{outcome=\"created\"} 3"),
+            "{out}"
+        );
+        assert!(
+            out.contains("kelson_controller_manager_events_total{outcome=\"dropped\"} 1"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -261,7 +261,11 @@ pub async fn run(cfg: CmConfig, common: &CommonArgs, log: LogHandle) -> anyhow::
     )
     .await?;
     if let Some(addr) = common.metrics_addr {
-        let (bound, _) = kelson_runtime::metrics::serve(addr, kelson_runtime::metrics::registry())
+        let registry = kelson_runtime::metrics::registry();
+        registry
+            .lock()
+            .register_collector(Box::new(events::StatsCollector(ctx.events.stats())));
+        let (bound, _) = kelson_runtime::metrics::serve(addr, registry)
             .await
             .context("serving metrics")?;
         tracing::info!(%bound, "serving /metrics");
