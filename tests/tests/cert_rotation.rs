@@ -30,7 +30,10 @@
 //! A fourth rotates the cluster CA with `kelsonctl pki rotate-ca` through its three phases
 //! (trust old+new, re-issue leaves, drop the old CA) while a client makes a request every
 //! 50 ms over a fresh TLS connection: zero failures, the API server ends up serving a
-//! certificate from the new CA, and a client certificate from the old CA is refused.
+//! certificate from the new CA, and a client certificate from the old CA is refused. A fifth
+//! rotates the store CA (`--ca store`) the same way under API writes: every write succeeds,
+//! the store's and the store client's certificates end up from the new CA, and the store
+//! refuses a client certificate from the old one.
 //!
 //! Needs `cargo build -p kelson-kv -p kelson-apiserver -p kelsonctl -p kelson-scheduler`.
 
@@ -626,36 +629,7 @@ async fn store_client_follows_its_renewed_certificate_under_load() -> anyhow::Re
 
     // Steady writes (each hits the store: a create is a transaction), one every 100 ms.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (api, addr, stop) = (api.clone(), addr.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (mut ok, mut failures) = (0usize, Vec::new());
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                i += 1;
-                let body = format!(
-                    r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"store-rotation-{i}"}},"data":{{"i":"{i}"}}}}"#
-                );
-                let r = tls_send(
-                    &api,
-                    &addr,
-                    Some((
-                        "POST",
-                        "/api/v1/namespaces/default/configmaps",
-                        body.as_str(),
-                    )),
-                )
-                .await;
-                match r {
-                    Ok((_, status)) if status.contains(" 201 ") => ok += 1,
-                    Ok((_, status)) => failures.push(format!("write {i}: {status}")),
-                    Err(e) => failures.push(format!("write {i}: {e:#}")),
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            (ok, failures)
-        })
-    };
+    let load = spawn_writes(api.clone(), addr.clone(), "store-rotation", stop.clone());
 
     // Renewal 1: a 12 s certificate (same key, new serial).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -773,11 +747,56 @@ async fn store_client_follows_its_renewed_certificate_under_load() -> anyhow::Re
     Ok(())
 }
 
+/// Creates a ConfigMap `<prefix>-<i>` through the API server every 100 ms (each a store
+/// transaction) over a fresh TLS connection until `stop`; returns (successes, failures).
+fn spawn_writes(
+    api: TlsConnector,
+    addr: String,
+    prefix: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failures) = (0usize, Vec::new());
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let body = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{prefix}-{i}"}},"data":{{"i":"{i}"}}}}"#
+            );
+            let path = "/api/v1/namespaces/default/configmaps";
+            match tls_send(&api, &addr, Some(("POST", path, body.as_str()))).await {
+                Ok((_, status)) if status.contains(" 201 ") => ok += 1,
+                Ok((_, status)) => failures.push(format!("write {i}: {status}")),
+                Err(e) => failures.push(format!("write {i}: {e:#}")),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (ok, failures)
+    })
+}
+
+/// Whether a TLS client with `cert`/`key` gets an HTTP/2 answer from the gRPC server at
+/// `addr` (in TLS 1.3 a refused client certificate shows only after the handshake).
+async fn grpc_accepts(ca: &Path, cert: &Path, key: &Path, addr: &str) -> anyhow::Result<()> {
+    let c = connector(ca, cert, key, kelson_runtime::tls::ALPN_H2)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = c.connect(ServerName::try_from("127.0.0.1")?, tcp).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).await?;
+    anyhow::ensure!(n > 0, "closed");
+    Ok(())
+}
+
 fn rotate_ca(dir: &Path, phase: &str) -> anyhow::Result<String> {
+    rotate_ca_of(dir, "cluster", phase)
+}
+
+fn rotate_ca_of(dir: &Path, ca: &str, phase: &str) -> anyhow::Result<String> {
     let out = std::process::Command::new(bin_path("kelsonctl"))
         .args(["pki", "rotate-ca", "--dir"])
         .arg(dir)
-        .args(["--phase", phase])
+        .args(["--ca", ca, "--phase", phase])
         .output()
         .context("running kelsonctl (cargo build -p kelsonctl)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -889,5 +908,73 @@ async fn cluster_ca_rotates_in_three_phases_without_failed_requests() -> anyhow:
         "the server still presents an old-CA certificate: {r:?}"
     );
     eprintln!("{ok} requests, 0 failed, through trust/reissue/finish; serving serials {serials:?}");
+    Ok(())
+}
+
+/// Issue 8: the store CA rotates the same way while the API server writes through it: the
+/// store's serving certificate and the API server's store client certificate move to the new
+/// CA, no write fails, and the old store CA is refused at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_ca_rotates_under_api_writes() -> anyhow::Result<()> {
+    const SETTLE: Duration = Duration::from_millis(4500);
+    let cp = ControlPlane::start().await?;
+    let spki = cp.store().pki().context("store PKI")?.clone();
+    let pki: PathBuf = cp.dir().join("pki");
+    cp.kubeconfig_for("store-ca-tester", Some("system:masters"))?;
+    let api = connector(
+        &pki.join("ca.crt"),
+        &pki.join("client-store-ca-tester.crt"),
+        &pki.join("client-store-ca-tester.key"),
+        b"http/1.1",
+    )?;
+    let addr = cp.server_url().trim_start_matches("https://").to_string();
+    let kv_addr = cp.store().endpoints()[0]
+        .trim_start_matches("https://")
+        .to_string();
+    let old_client = cp.dir().join("old-kv-client.crt");
+    std::fs::copy(&spki.client_cert, &old_client)?;
+    let old_ca = std::fs::read_to_string(&spki.store_ca_cert)?;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = spawn_writes(api, addr, "store-ca-rotation", stop.clone());
+    let mut outputs = Vec::new();
+    for phase in ["trust", "reissue", "finish"] {
+        tokio::time::sleep(SETTLE).await;
+        outputs.push(rotate_ca_of(&spki.dir, "store", phase)?);
+    }
+    tokio::time::sleep(SETTLE).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failures) = load.await?;
+    assert!(
+        failures.is_empty(),
+        "{} of {} writes failed: {failures:#?}\n{outputs:#?}\n{}",
+        failures.len(),
+        ok + failures.len(),
+        cp.apiserver_log_tail(30)
+    );
+    assert!(ok >= 100, "only {ok} writes");
+    let new_ca = std::fs::read_to_string(&spki.store_ca_cert)?;
+    assert_eq!(new_ca.matches("BEGIN CERTIFICATE").count(), 1);
+    for leaf in [&spki.server_cert, &spki.peer_cert, &spki.client_cert] {
+        let pem = std::fs::read_to_string(leaf)?;
+        assert!(kelson_pki::issued_by(&pem, &new_ca), "{leaf:?}");
+        assert!(!kelson_pki::issued_by(&pem, &old_ca), "{leaf:?}");
+    }
+    assert!(
+        cp.apiserver_log().contains("store client reconnects"),
+        "the API server did not rebuild its store connection:\n{}",
+        cp.apiserver_log_tail(30)
+    );
+    // The store now refuses the old CA's client certificate and takes the re-issued one.
+    let ca = &spki.store_ca_cert;
+    let old = grpc_accepts(ca, &old_client, &spki.client_key, &kv_addr).await;
+    assert!(
+        old.is_err(),
+        "the store accepted an old-CA client certificate"
+    );
+    grpc_accepts(ca, &spki.client_cert, &spki.client_key, &kv_addr)
+        .await
+        .context("the re-issued store client certificate")?;
+    eprintln!("{ok} writes, 0 failed, through the store CA's trust/reissue/finish");
     Ok(())
 }
