@@ -503,11 +503,12 @@ pub fn wait_booted(dir: &Path, m: &MachineState, qemu: Proc, console: &Path) -> 
 /// Every QEMU process running this worker's overlay (found in /proc by its command line), for
 /// a worker whose process was never recorded (a crashed `lab up`).
 pub fn find_qemu(overlay: &Path) -> Vec<Proc> {
+    // The drive argument: `file=<overlay>,if=virtio,...`.
     let needle = format!("file={},", overlay.display());
     process::scan(|args| {
         args.first()
             .is_some_and(|a0| a0.ends_with(b"qemu-system-x86_64"))
-            && args.iter().any(|a| *a == needle.as_bytes())
+            && args.iter().any(|a| a.starts_with(needle.as_bytes()))
     })
 }
 
