@@ -254,7 +254,16 @@ pub async fn run(cfg: ProxyConfig, common: &CommonArgs, log: LogHandle) -> anyho
             Backend::Nft(p) => p
                 .sync(&desired, need_full)
                 .await
-                .map(|s| s.rules)
+                .map(|s| {
+                    tracing::debug!(
+                        full = s.full,
+                        netlink = s.netlink,
+                        nft_fallbacks = s.nft_fallbacks,
+                        apply = ?s.apply,
+                        "nftables transaction"
+                    );
+                    s.rules
+                })
                 .map_err(Into::into),
             Backend::User(u) => u
                 .sync(&desired)
