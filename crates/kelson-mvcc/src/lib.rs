@@ -27,7 +27,7 @@ mod store;
 mod txn;
 
 pub use error::{code, MvccError};
-pub use store::{Applied, Mvcc};
+pub use store::{Applied, Mvcc, SnapshotView};
 pub use txn::KeyRange;
 
 /// The RocksDB column families this crate owns; open the DB with all of them.

@@ -292,6 +292,33 @@ impl Loader {
 }
 
 /// etcd's MVCC keyspace over RocksDB. See the module docs for the apply/publish contract.
+/// An owned, consistent read view of the MVCC column families: what [`Mvcc::snapshot`]
+/// encodes, taken at one instant and encodable later on any thread. The Raft layer uses it to
+/// build a snapshot for a peer without stalling the thread that applies entries: taking the
+/// view is O(1), the iteration and encoding (proportional to the keyspace) happen elsewhere.
+pub struct SnapshotView {
+    // Field order matters: `snap` borrows the DB that `db` keeps alive, so it must drop first.
+    snap: rocksdb::Snapshot<'static>,
+    db: Arc<DB>,
+}
+
+impl SnapshotView {
+    /// Encodes every record visible in the view (the snapshot blob format of [`crate::snapshot`]).
+    pub fn encode(&self) -> Result<Vec<u8>, MvccError> {
+        let mut sections = Vec::with_capacity(CFS.len());
+        for name in CFS {
+            let cf = cf!(self.db, name);
+            let mut recs = Vec::new();
+            for item in self.snap.iterator_cf(&cf, IteratorMode::Start) {
+                let (k, v) = item?;
+                recs.push((k.into_vec(), v.into_vec()));
+            }
+            sections.push((name.to_string(), recs));
+        }
+        Ok(crate::snapshot::encode(&sections))
+    }
+}
+
 pub struct Mvcc {
     db: Arc<DB>,
     st: State,
@@ -620,18 +647,25 @@ impl Mvcc {
 
     /// Every record of our column families, from one consistent RocksDB snapshot.
     pub fn snapshot(&self) -> Result<Vec<u8>, MvccError> {
-        let snap = self.db.snapshot();
-        let mut sections = Vec::with_capacity(CFS.len());
-        for name in CFS {
-            let cf = cf!(self.db, name);
-            let mut recs = Vec::new();
-            for item in snap.iterator_cf(&cf, IteratorMode::Start) {
-                let (k, v) = item?;
-                recs.push((k.into_vec(), v.into_vec()));
-            }
-            sections.push((name.to_string(), recs));
+        self.snapshot_view().encode()
+    }
+
+    /// A consistent read view of the store as of now (a RocksDB snapshot: O(1) to take), which
+    /// can be encoded later, on another thread, while writes go on (see [`SnapshotView`]).
+    // The one unsafe block of the crate: rust-rocksdb's snapshot borrows the DB, and the view
+    // must own it to travel to another thread (no self-referential helper crate is in the
+    // workspace; the invariant is two lines, stated below).
+    #[allow(unsafe_code)]
+    pub fn snapshot_view(&self) -> SnapshotView {
+        let db = self.db.clone();
+        // SAFETY: the reference is only used by the RocksDB snapshot stored next to the Arc
+        // that keeps the DB alive; `SnapshotView` drops the snapshot before that Arc (field
+        // order), and the DB behind an Arc never moves.
+        let db_ref: &'static DB = unsafe { &*Arc::as_ptr(&db) };
+        SnapshotView {
+            snap: db_ref.snapshot(),
+            db,
         }
-        Ok(crate::snapshot::encode(&sections))
     }
 
     /// Replaces the whole store with a snapshot blob. The blob is fully validated before

@@ -975,3 +975,25 @@ fn equal_histories_hash_equal() {
     assert!(matches!(a.m.hash_kv(rev + 1), Err(MvccError::FutureRev)));
     assert!(a.m.db_size_bytes() > 0);
 }
+
+#[test]
+fn snapshot_view_is_the_state_when_taken() {
+    let mut src = Fx::new();
+    busy_history(&mut src);
+    let before = observe(&src);
+    let view = src.m.snapshot_view();
+    // Writes after the view was taken are not in it, even though it is encoded afterwards
+    // (and on another thread, as the Raft layer does).
+    src.put("later", "1");
+    src.del("k1", "");
+    let blob = std::thread::spawn(move || view.encode().unwrap())
+        .join()
+        .unwrap();
+    let mut dst = Fx::new();
+    let mut wb = rocksdb::WriteBatch::default();
+    dst.m.restore(&blob, &mut wb).unwrap();
+    dst.db.write(wb).unwrap();
+    dst.m.publish();
+    assert_eq!(observe(&dst), before);
+    assert!(dst.get("later").is_none());
+}

@@ -170,6 +170,9 @@ fn digest_u64(h: Sha256) -> u64 {
     }
 }
 
+/// Serializes a state machine view taken earlier (see [`StateMachine::snapshot_job`]).
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
+
 /// What the replicated state machine (kelson-mvcc) must provide.
 pub trait StateMachine: Send + 'static {
     /// Apply one committed normal entry's payload (what was given to `propose`). Put all writes
@@ -187,6 +190,14 @@ pub trait StateMachine: Send + 'static {
     fn on_durable(&mut self);
     /// A consistent serialized copy of the whole state machine as of the last applied entry.
     fn snapshot(&mut self) -> Result<Vec<u8>, String>;
+    /// The same bytes as [`StateMachine::snapshot`] as of now, produced later by the returned
+    /// job, which runs on another thread: creating it must be cheap (e.g. take a RocksDB
+    /// snapshot), so the Raft thread does not stall while a peer's snapshot is serialized.
+    /// The default serializes right away.
+    fn snapshot_job(&mut self) -> SnapshotJob {
+        let data = self.snapshot();
+        Box::new(move || data)
+    }
     /// Replace the whole state with `data` (from a peer's snapshot); write through `wb`
     /// (`on_durable` follows).
     fn restore(&mut self, data: &[u8], wb: &mut rocksdb::WriteBatch) -> Result<(), String>;

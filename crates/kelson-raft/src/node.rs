@@ -10,6 +10,10 @@
 //! caller, after the batch holding the applied entry is written and `on_durable` has run, so an
 //! acknowledged write is visible to the next read on that member.
 //!
+//! A snapshot for a lagging peer is built off this thread (`Loop::start_snapshot_build`): the
+//! loop takes the state machine's consistent view and hands serializing and writing the file to
+//! a thread of its own.
+//!
 //! Bootstrapping a new cluster writes the same initial state on every member: a snapshot at
 //! (index 1, term 1) whose conf state holds every initial member as a voter. A member that joins
 //! later starts empty and receives that (or a newer) snapshot from the leader, which is how it
@@ -71,6 +75,12 @@ pub(crate) enum Msg {
     TransferLeader(u64),
     /// A peer refused our traffic because this member was removed.
     Removed,
+    /// The snapshot file for (index, term) was written off the Raft thread (or failed).
+    SnapshotBuilt {
+        index: u64,
+        term: u64,
+        result: Result<(), RaftError>,
+    },
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -359,6 +369,8 @@ impl RaftNode {
             removed: false,
             self_removals: Vec::new(),
             campaign_alone: false,
+            snapshot_building: false,
+            inbox: tx.clone(),
             cluster_id: cluster_id.clone(),
             cs,
             rx,
@@ -794,6 +806,10 @@ struct Loop {
     self_removals: Vec<u64>,
     /// A conf change left this member the only voter: campaign once it is applied.
     campaign_alone: bool,
+    /// A snapshot for peers is being built on another thread (see `start_snapshot_build`).
+    snapshot_building: bool,
+    /// The inbox's sending side, for the snapshot builder's report.
+    inbox: mpsc::Sender<Msg>,
     cluster_id: Arc<AtomicU64>,
     cs: ConfState,
     rx: mpsc::Receiver<Msg>,
@@ -943,6 +959,11 @@ impl Loop {
                 }
             }
             Msg::TransferLeader(to) => self.raw.transfer_leader(to),
+            Msg::SnapshotBuilt {
+                index,
+                term,
+                result,
+            } => self.snapshot_built(index, term, result),
             Msg::Removed => {
                 self.removed = true;
                 // A peer refuses us only once it has applied our removal, so a removal of
@@ -1390,8 +1411,8 @@ impl Loop {
     /// its raft snapshot data is the backend, materialized at send time.
     fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
         let wanted = std::mem::take(&mut self.storage.core.write().want_snapshot);
-        if wanted && self.applied > self.storage.core.read().snap.0 {
-            self.write_snapshot()?;
+        if wanted && !self.snapshot_building && self.applied > self.storage.core.read().snap.0 {
+            self.start_snapshot_build();
         }
         if self.applied < self.last_snap_index + self.snapshot_count {
             return Ok(());
@@ -1409,42 +1430,76 @@ impl Loop {
         Ok(())
     }
 
-    /// Serializes the state machine as of `applied` into a snapshot file for peers.
-    fn write_snapshot(&mut self) -> Result<(), RaftError> {
-        let sm_data = match self.sm.snapshot() {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!("state machine snapshot failed: {e}");
-                return Ok(());
-            }
-        };
+    /// Starts building a snapshot file for peers as of `applied`, off this thread.
+    ///
+    /// Only the state machine's view (`StateMachine::snapshot_job`: for kelson-kv a RocksDB
+    /// snapshot, O(1)) and the membership are taken here; serializing the keyspace, encoding
+    /// and writing + fsyncing the file run on a thread of their own, which reports back with
+    /// `Msg::SnapshotBuilt`. Meanwhile raft keeps asking for the snapshot (and gets
+    /// "temporarily unavailable"), and this thread keeps applying entries — serializing a large
+    /// keyspace here used to stall heartbeats and every write for its whole duration.
+    fn start_snapshot_build(&mut self) {
+        let job = self.sm.snapshot_job();
+        let (index, term) = (self.applied, self.applied_term);
+        let cs = self.cs.clone();
         let members: Vec<MemberInfo> = self.members.read().values().cloned().collect();
         let mut removed: Vec<u64> = self.removed_ids.read().iter().copied().collect();
         removed.sort_unstable();
-        let mut snap = Snapshot {
-            data: encode_snap_data(
-                self.cluster_id.load(Ordering::Relaxed),
-                members,
-                removed,
-                &sm_data,
-            ),
-            metadata: None,
-        };
-        {
-            let m = snap.mut_metadata();
-            m.index = self.applied;
-            m.term = self.applied_term;
-            m.set_conf_state(self.cs.clone());
+        let cluster_id = self.cluster_id.load(Ordering::Relaxed);
+        let storage = self.storage.clone();
+        let inbox = self.inbox.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("raft-snap-{:x}", self.id))
+            .spawn(move || {
+                let result = (|| {
+                    let sm_data = job().map_err(RaftError::Storage)?;
+                    let mut snap = Snapshot {
+                        data: encode_snap_data(cluster_id, members, removed, &sm_data),
+                        metadata: None,
+                    };
+                    {
+                        let m = snap.mut_metadata();
+                        m.index = index;
+                        m.term = term;
+                        m.set_conf_state(cs);
+                    }
+                    storage.write_snapshot_file(&snap)
+                })();
+                // The loop may have stopped meanwhile; then nobody needs the answer.
+                let _ = inbox.blocking_send(Msg::SnapshotBuilt {
+                    index,
+                    term,
+                    result,
+                });
+            });
+        match spawned {
+            Ok(_) => self.snapshot_building = true,
+            Err(e) => tracing::error!("spawning the snapshot builder: {e}"),
         }
-        self.storage.write_snapshot_file(&snap)?;
-        self.storage.db().put_cf(
-            self.storage.cf_meta()?,
-            K_SNAPSHOT,
-            pair(self.applied, self.applied_term),
-        )?;
-        self.storage.core.write().snap = (self.applied, self.applied_term);
-        tracing::debug!(index = self.applied, "took snapshot for a peer");
-        Ok(())
+    }
+
+    /// The builder's report: make the new file the one raft hands to peers.
+    fn snapshot_built(&mut self, index: u64, term: u64, result: Result<(), RaftError>) {
+        self.snapshot_building = false;
+        if let Err(e) = result {
+            tracing::error!(index, "building a snapshot for a peer failed: {e}");
+            return;
+        }
+        if index <= self.storage.core.read().snap.0 {
+            return;
+        }
+        let put = self.storage.cf_meta().and_then(|cf| {
+            Ok(self
+                .storage
+                .db()
+                .put_cf(cf, K_SNAPSHOT, pair(index, term))?)
+        });
+        if let Err(e) = put {
+            tracing::error!(index, "recording the snapshot for a peer: {e}");
+            return;
+        }
+        self.storage.core.write().snap = (index, term);
+        tracing::debug!(index, "took snapshot for a peer");
     }
 
     fn publish_status(&mut self) {
