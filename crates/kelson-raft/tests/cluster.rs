@@ -406,3 +406,63 @@ async fn removed_ids_travel_in_snapshots() {
     c.node.shutdown().await;
     a.node.shutdown().await;
 }
+
+/// A snapshot for a peer is serialized off the Raft thread: while a (slow) build runs, the
+/// leader keeps committing writes promptly; the peer then installs the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_for_a_peer_is_built_off_the_raft_thread() {
+    init_tracing();
+    let ms = cluster(1, 10_000).await;
+    let a = &ms[0];
+    assert!(wait_leader(&[&a.node], Duration::from_secs(3))
+        .await
+        .is_some());
+    for i in 0..5 {
+        propose_ok(&a.node, format!("s{i}=1")).await;
+    }
+    a.view
+        .snapshot_delay_ms
+        .store(3000, std::sync::atomic::Ordering::SeqCst);
+    let b_addr = free_addr();
+    let (added, _) = a.node.add_member(vec![url(b_addr)], true).await.unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b_cfg = config(
+        "b",
+        b_dir.path(),
+        b_addr,
+        &[(a.name.clone(), a.addr), ("b".into(), b_addr)],
+    );
+    b_cfg.join_existing = true;
+    let b = start(b_cfg, b_dir).await;
+    assert_eq!(b.node.id(), added.id);
+    // Let the leader notice that b needs a snapshot and start building it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        let t = std::time::Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            a.node.propose(format!("during{i}=1").into_bytes()),
+        )
+        .await
+        .expect("write during the snapshot build timed out")
+        .expect("write during the snapshot build");
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "write {i} took {:?}: the Raft thread was blocked",
+            t.elapsed()
+        );
+    }
+    assert_eq!(
+        b.node.status().snapshots_installed,
+        0,
+        "the writes above must have happened while the snapshot was still being built"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || b.view.get("during9").is_some()).await,
+        "the learner caught up after the build: {:?}",
+        b.node.status()
+    );
+    assert!(b.node.status().snapshots_installed >= 1);
+    b.node.shutdown().await;
+    a.node.shutdown().await;
+}

@@ -20,6 +20,8 @@ pub const SM_CF: &str = "test_sm";
 pub struct SmView {
     pub visible: Arc<Mutex<BTreeMap<String, String>>>,
     pub restores: Arc<AtomicU64>,
+    /// Milliseconds a snapshot job sleeps before it serializes (a slow, large keyspace).
+    pub snapshot_delay_ms: Arc<AtomicU64>,
 }
 
 impl SmView {
@@ -82,6 +84,14 @@ impl StateMachine for TestSm {
     }
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(&self.staged).map_err(|e| e.to_string())
+    }
+    fn snapshot_job(&mut self) -> kelson_raft::SnapshotJob {
+        let data = self.snapshot();
+        let delay = Duration::from_millis(self.view.snapshot_delay_ms.load(Ordering::SeqCst));
+        Box::new(move || {
+            std::thread::sleep(delay);
+            data
+        })
     }
     fn restore(&mut self, data: &[u8], wb: &mut WriteBatch) -> Result<(), String> {
         let map: BTreeMap<String, String> =
