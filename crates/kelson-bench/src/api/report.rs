@@ -179,9 +179,11 @@ pub fn find_pid(exe_name: &str, args: &[&str]) -> Option<u32> {
             .split(|b| *b == 0)
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
+        // The program itself, or a wrapper running it (valgrind's command line names it).
         let prog_matches = parts
-            .first()
-            .is_some_and(|p| p.rsplit('/').next() == Some(exe_name));
+            .iter()
+            .take_while(|p| !p.is_empty())
+            .any(|p| p.rsplit('/').next() == Some(exe_name));
         if prog_matches && args.iter().all(|a| parts.iter().any(|p| p == a)) {
             return Some(pid);
         }

@@ -12,6 +12,11 @@
 //! - **LIST** of 10k pods, full and paginated (`limit=500`), time to the last byte; target
 //!   <= 300 ms for the full list;
 //! - **RSS** of the API server with 10k pods stored (after the lists). Target <= 200 MB.
+//! - **seq** (only with `--only seq`): creates, then deletes, one request at a time over one
+//!   HTTP/2 connection: the CPU each process spends per operation with no queueing, the
+//!   figure to compare two builds by on a noisy machine. `--callgrind` zeroes and dumps the
+//!   counters of an API server run under `valgrind --tool=callgrind` around the create phase
+//!   (instruction counts per create: deterministic).
 //!
 //! Client: the stock `kube` crate (`kube::Client` over HTTPS with the admin client
 //! certificate), the way every Kelson component and most operators talk to the API server.
@@ -82,6 +87,14 @@ struct Args {
     /// kube client's pool of HTTP/1.1 connections (one per request in flight).
     #[arg(long)]
     h2: bool,
+    /// Operations per phase of the `seq` rows [default 2000, 200 with --quick].
+    #[arg(long)]
+    seq_ops: Option<usize>,
+    /// Around the `seq` create phase, switch on, zero and dump the callgrind counters of the
+    /// API server (run it under `valgrind --tool=callgrind --instr-atstart=no`, e.g. through a
+    /// wrapper script named `kelson-apiserver` next to this program).
+    #[arg(long)]
+    callgrind: bool,
 }
 
 /// A kube client whose requests share one multiplexed HTTP/2 connection (the stock
@@ -107,6 +120,7 @@ enum Group {
     Open,
     Watch,
     List,
+    Seq,
 }
 
 const MUTATING_P99_MS: f64 = 50.0;
@@ -355,6 +369,78 @@ async fn crud(
     let (update, owned) = run_phase(2, owned).await?;
     let (delete, _) = run_phase(3, owned).await?;
     Ok([create, get, update, delete])
+}
+
+/// `callgrind_control <flag> <pid>` (the `seq` rows under `--callgrind`).
+fn callgrind_control(flag: &str, pid: u32) -> anyhow::Result<()> {
+    let out = std::process::Command::new("callgrind_control")
+        .args([flag, &pid.to_string()])
+        .output()
+        .context("running callgrind_control (valgrind installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {flag} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `n` creates, then `n` deletes, one at a time: latency without queueing and the CPU per
+/// operation of each process (after a warm-up of the connection and the caches).
+async fn seq(
+    api: &Api<Pod>,
+    procs: Procs,
+    n: usize,
+    callgrind: bool,
+) -> anyhow::Result<(Phase, Phase)> {
+    let ns = api_ns(api).to_string();
+    for i in 0..20 {
+        let name = format!("warm-{i}");
+        api.create(&PostParams::default(), &pod(&ns, &name)).await?;
+        api.delete(&name, &DeleteParams::default()).await?;
+    }
+    if callgrind {
+        callgrind_control("--instr=on", procs.api)?;
+        callgrind_control("-z", procs.api)?;
+    }
+    let mut create = Phase::default();
+    let cpu0 = procs.sample();
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        match api
+            .create(&PostParams::default(), &pod(&ns, &format!("seq-{i:06}")))
+            .await
+        {
+            Ok(_) => create.ok(t),
+            Err(e) => create.err(e),
+        }
+    }
+    create.elapsed = start.elapsed();
+    let cpu1 = procs.sample();
+    if callgrind {
+        callgrind_control("-d", procs.api)?;
+    }
+    let mut delete = Phase::default();
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        match api.delete(&format!("seq-{i:06}"), &dp).await {
+            Ok(_) => delete.ok(t),
+            Err(e) => delete.err(e),
+        }
+    }
+    delete.elapsed = start.elapsed();
+    let cpu2 = procs.sample();
+    let d = |a: [f64; 3], b: [f64; 3]| Some([b[0] - a[0], b[1] - a[1], b[2] - a[2]]);
+    create.cpu = d(cpu0, cpu1);
+    delete.cpu = d(cpu1, cpu2);
+    Ok((create, delete))
 }
 
 fn api_ns(api: &Api<Pod>) -> &str {
@@ -726,6 +812,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         a.only.clone()
     };
+    let seq_ops = a.seq_ops.unwrap_or(if q { 200 } else { 2000 });
 
     let t_all = Instant::now();
     // The API server runs at `--log-level info` (no per-request lines); the store is kelson-kv
@@ -780,6 +867,42 @@ async fn main() -> anyhow::Result<()> {
                 lines.extend(ph.lines(&format!("pod {name}, {c} client{plural}"), Target::None));
             }
         }
+    }
+
+    if groups.contains(&Group::Seq) {
+        ensure_namespace(&client, "bench-seq").await?;
+        let api: Api<Pod> = Api::namespaced(h2_client(cp.kubeconfig_path()).await?, "bench-seq");
+        let rss_before = report::rss_mb(api_pid);
+        let (create, delete) = seq(&api, procs, seq_ops, a.callgrind).await?;
+        for (name, ph) in [("create", &create), ("delete", &delete)] {
+            info!(
+                "seq {name}: {} ops {} errors in {:?}, p50 {:?} p99 {:?} ms; {}",
+                ph.ops,
+                ph.errors,
+                ph.elapsed,
+                ph.hist.ms(0.5),
+                ph.hist.ms(0.99),
+                ph.note()
+            );
+            let w = format!("pod {name}, sequential over HTTP/2 ({seq_ops})");
+            lines.extend(ph.lines(&w, Target::None));
+            if let Some(c) = ph.cpu.filter(|_| ph.ops > 0) {
+                let us = |v: f64| Some(v * 1e6 / ph.ops as f64);
+                lines.push(Line::new(&w, "API server CPU us/op", us(c[0])));
+                lines.push(Line::new(&w, "kelson-kv CPU us/op", us(c[1])));
+            }
+        }
+        lines.push(
+            Line::new(
+                "API server after the sequential rows",
+                "RSS MB",
+                report::rss_mb(api_pid),
+            )
+            .note(format!(
+                "{} MB before",
+                rss_before.map(report::fmt_value).unwrap_or_default()
+            )),
+        );
     }
 
     if groups.contains(&Group::Open) {
