@@ -20,7 +20,10 @@
 //!    answer from both zones again.
 //! 4. `lab down` → no QEMU process, namespace, tap, overlay or image of the lab is left.
 //!
-//! Takes about 13 minutes on 2 cores at load 9 (TCG boots and a debug kubelet under emulation); the
+//! The control-plane machines are provisioned by ansible/site.yml (`lab up`'s default), the
+//! workers over ssh without Ansible.
+//!
+//! Takes about 13–15 minutes on 2 cores at load 9 (TCG boots and a debug kubelet under emulation); the
 //! first run also builds the cached images (scripts/nspawn-rootfs.sh, scripts/vm-image.sh: a
 //! few minutes each, network to a Debian mirror) and fetches QEMU (scripts/qemu-fetch.sh).
 //! Needs root, every Kelson binary in target/debug, kubectl, ssh and qemu-img.
