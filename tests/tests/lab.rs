@@ -555,14 +555,24 @@ fn known_failure(error: &str) -> Option<&'static str> {
     // The VIP is nowhere for a moment: the holder's speaker drops the address before it
     // releases the Lease, and the next holder takes it over at its retry period.
     let vip_gap = error.contains("10.218.100.100:6443")
-        && ["no route to host", "connection refused", "i/o timeout"]
-            .iter()
-            .any(|m| error.contains(m));
-    // The API server's store client fails a request on the kv member that is restarting
-    // (cancelled in flight, or a refused connection) instead of using another member.
-    let store_member = ["tcp connect error", "etcd: Cancelled"]
+        && [
+            "no route to host",
+            "connection refused",
+            "connection reset by peer",
+            "i/o timeout",
+            "TLS handshake timeout",
+        ]
         .iter()
         .any(|m| error.contains(m));
+    // The API server's store client fails a request on the kv member that is restarting
+    // (cancelled in flight, or a refused connection) instead of using another member.
+    let store_member = [
+        "tcp connect error",
+        "etcd: Cancelled",
+        "(ServiceUnavailable)",
+    ]
+    .iter()
+    .any(|m| error.contains(m));
     if vip_gap {
         Some(VIP_GAP)
     } else if store_member {
