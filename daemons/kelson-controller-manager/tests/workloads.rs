@@ -352,8 +352,27 @@ async fn indexed_job_backoff_limit_per_index() {
     assert_eq!(condition(&j, "Failed").unwrap().0, "FailedIndexes");
     assert_eq!(st.failed_indexes.as_deref(), Some("0,2"));
     assert_eq!(st.completed_indexes.as_deref(), Some("1"));
-    assert_eq!((st.failed, st.succeeded), (Some(4), Some(1)));
     let pods = pods_with(&env, "app=pi").await;
+    let summary: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            format!(
+                "{} idx={:?} count={:?} phase={:?} fin={:?} del={}",
+                p.metadata.name.as_deref().unwrap_or_default(),
+                annotation(p, "batch.kubernetes.io/job-completion-index"),
+                annotation(p, "batch.kubernetes.io/job-index-failure-count"),
+                p.status.as_ref().and_then(|s| s.phase.clone()),
+                p.metadata.finalizers,
+                p.metadata.deletion_timestamp.is_some()
+            )
+        })
+        .collect();
+    assert_eq!(
+        (st.failed, st.succeeded),
+        (Some(4), Some(1)),
+        "{summary:#?}\n{st:?}\n--- controller manager log ---\n{}",
+        env.cm.log_tail(80)
+    );
     assert_eq!(pods.len(), 5, "two attempts for 0 and 2, one for 1");
     for i in ["0", "2"] {
         let mut counts: Vec<String> = pods

@@ -545,6 +545,10 @@ async fn reconcile(
     let spec = job.spec.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    // Expectations first, then the pods: checked after listing, a pod created by the last
+    // sync could arrive in between, satisfy the check and still be missing from the list,
+    // and its index be created twice (upstream checks them first too).
+    let satisfied = exp.satisfied(key, ns, ctx);
     let pods: Vec<Arc<Pod>> = ctx
         .inf
         .pods
@@ -853,7 +857,7 @@ async fn reconcile(
     }
 
     // Manage active pods.
-    if exp.satisfied(key, ns, ctx) {
+    if satisfied {
         let failed_indexes = per_index.as_ref().map(|x| &x.failed);
         let n_failed_indexes = failed_indexes.map_or(0, |f| f.len() as i32);
         // Running pods of failed indexes are stopped (upstream terminates them too).

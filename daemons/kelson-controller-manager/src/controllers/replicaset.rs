@@ -132,6 +132,9 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     let rs_uid = rs.metadata.uid.clone().unwrap_or_default();
     let deleting = util::is_deleting(&rs.metadata);
 
+    // Expectations before the pods are listed (see the job controller: checked after, a pod
+    // arriving in between would satisfy them yet be missing from the list).
+    let satisfied = exp.satisfied(key, ns, ctx);
     // Claim.
     let mut owned: Vec<Arc<Pod>> = Vec::new();
     for pod in ctx.inf.pods.list_ns(ns) {
@@ -159,7 +162,7 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| util::is_pod_active(p)).collect();
 
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-    if !deleting && exp.satisfied(key, ns, ctx) {
+    if !deleting && satisfied {
         if active.len() < replicas {
             let n = (replicas - active.len()).min(BURST);
             let created = create_pods(ctx, &pods_api, &rs, n).await;
