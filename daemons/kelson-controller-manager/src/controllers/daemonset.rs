@@ -248,6 +248,8 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     let hash = rev_name.rsplit('-').next().unwrap_or_default().to_string();
 
     let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+    // Expectations before the pods are listed (see the job controller).
+    let satisfied = exp.satisfied(key, ns, ctx);
     for p in ctx.inf.pods.list_ns(ns) {
         if util::controller_of(&p.metadata).is_some_and(|r| r.uid == uid)
             && !util::is_deleting(&p.metadata)
@@ -352,7 +354,7 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
         }
     }
 
-    if !deleting && exp.satisfied(key, ns, ctx) {
+    if !deleting && satisfied {
         let mut created = Vec::new();
         let mut err = None;
         for nn in &create_on {
