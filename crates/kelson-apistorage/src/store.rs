@@ -105,20 +105,43 @@ impl Storage {
     }
 
     async fn range(&self, key: &str, opts: GetOptions) -> Result<GetResponse, StorageError> {
-        let mut kv = self.client.kv_client();
-        self.timed(kv.get(key, Some(opts)))
-            .await?
-            .map_err(|e| etcd_error(e, UNEXPECTED))
+        let mut attempt = 0;
+        loop {
+            let mut kv = self.client.kv_client();
+            match self.timed(kv.get(key, Some(opts.clone()))).await? {
+                Ok(r) => return Ok(r),
+                // A read is always safe to repeat: a member that is restarting (its connection
+                // cancelled or refused) is not an answer while the others can give one.
+                Err(e) if attempt < STORE_RETRIES && retryable_read(&e) => {
+                    tracing::debug!(error = %e, attempt, "store read failed; retrying");
+                }
+                Err(e) => return Err(etcd_error(e, UNEXPECTED)),
+            }
+            attempt += 1;
+            tokio::time::sleep(retry_backoff(attempt)).await;
+        }
     }
 
     /// One transaction on `key` (every write is one: its header revision is at least the
     /// write's, which the watch caches' read-your-own-writes marks record).
     async fn txn(&self, key: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StorageError> {
-        let mut kv = self.client.kv_client();
-        let resp = self
-            .timed(kv.txn(txn))
-            .await?
-            .map_err(|e| etcd_error(e, UNEXPECTED))?;
+        let mut attempt = 0;
+        let resp = loop {
+            let mut kv = self.client.kv_client();
+            match self.timed(kv.txn(txn.clone())).await? {
+                Ok(r) => break r,
+                // A write is repeated only when it provably never left this process (the
+                // connection to the chosen member could not be made): any later failure is
+                // ambiguous, and repeating a create or a compare-and-swap that did apply would
+                // answer with a wrong conflict (etcd's clientv3 draws the same line).
+                Err(e) if attempt < STORE_RETRIES && never_sent(&e) => {
+                    tracing::debug!(error = %e, attempt, "store write not sent; retrying");
+                }
+                Err(e) => return Err(etcd_error(e, UNEXPECTED)),
+            }
+            attempt += 1;
+            tokio::time::sleep(retry_backoff(attempt)).await;
+        };
         if let Some(h) = resp.header() {
             self.last_write.note(key, h.revision(), resp.succeeded());
         }
@@ -795,5 +818,74 @@ mod tests {
                 current: 3
             }
         );
+    }
+}
+
+/// Extra attempts of a store call that failed on the way to one member (the balanced client
+/// picks another member, or the same one after it came back).
+const STORE_RETRIES: u32 = 3;
+
+fn retry_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(50 * u64::from(attempt))
+}
+
+/// The message of a transport-level failure, wherever etcd-client put it.
+fn failure_text(e: &etcd_client::Error) -> Option<String> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                Some(format!("{:?}: {}", s.code(), s.message()))
+            }
+            _ => None,
+        },
+        etcd_client::Error::TransportError(t) => Some(format!("transport: {t:?}")),
+        etcd_client::Error::IoError(io) => Some(format!("io: {io}")),
+        _ => None,
+    }
+}
+
+/// Reads are repeated after any transport failure or a member's refusal (Unavailable,
+/// Cancelled, a reset connection), never after an answer such as "compacted".
+fn retryable_read(e: &etcd_client::Error) -> bool {
+    failure_text(e).is_some()
+}
+
+/// True when the request cannot have reached a member: the connection was never made.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    failure_text(e).is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t.contains("connect error")
+            || t.contains("error trying to connect")
+            || t.contains("connection refused")
+            || t.contains("refused_stream")
+            || t.contains("refused stream")
+    })
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn reads_retry_on_transport_failures_only() {
+        let cancelled = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("h2 reset"));
+        let compacted = etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision has been compacted",
+        ));
+        assert!(retryable_read(&cancelled));
+        assert!(!retryable_read(&compacted));
+    }
+
+    #[test]
+    fn writes_retry_only_when_never_sent() {
+        let refused = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+        ));
+        let cancelled = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("h2 reset"));
+        let no_leader =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert!(never_sent(&refused));
+        assert!(!never_sent(&cancelled));
+        assert!(!never_sent(&no_leader));
     }
 }

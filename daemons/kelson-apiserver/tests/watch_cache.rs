@@ -265,7 +265,6 @@ async fn caches_start_at_boot_and_serve_old_watches_and_versioned_gets() -> anyh
     let maddr = format!("127.0.0.1:{}", kelson_testsupport::free_port());
     let cp = ControlPlane::start_with(ControlPlaneOpts {
         apiserver_args: vec!["--metrics-addr".into(), maddr.clone()],
-        ..Default::default()
     })
     .await?;
     cp.kubectl_ok(&["create", "namespace", "boot"])?;

@@ -220,9 +220,10 @@ pub async fn run_vip(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let api: Api<Lease> = Api::namespaced(client, &le.namespace);
+    let (lease_name, identity) = (le.name.clone(), le.identity.clone());
     let (lead_tx, mut lead_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let election = tokio::spawn(run_leader_election(api, le, lead_tx, stop_rx));
+    let election = tokio::spawn(run_leader_election(api.clone(), le, lead_tx, stop_rx));
     let mut held = Held::default();
     let vip_shared = Shared::default();
     loop {
@@ -241,12 +242,49 @@ pub async fn run_vip(
             _ = shutdown.changed() => break,
         }
     }
-    // Drop the address before releasing the Lease so two holders never overlap.
-    held.release_all(&ann, &vip_shared).await;
-    shared.holds_vip.store(false, Ordering::Relaxed);
+    // Release the Lease first and keep answering on the address until another candidate holds
+    // the Lease (bounded): the API server behind this address still serves while its speaker
+    // stops (upgrade.yml stops the speaker before restarting anything), so clients see no gap.
+    // Dropping the address first left it unanswered until the next holder's retry period
+    // (2 s: "no route to host" for every request in between). Both hold the address for at
+    // most one poll plus `SUCCESSOR_GRACE` after the successor announced it; both serve the
+    // same API then.
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    if held.0.contains_key(&ip) {
+        wait_for_other_holder(&api, &lease_name, &identity, HANDOVER_WAIT).await;
+    }
+    held.release_all(&ann, &vip_shared).await;
+    shared.holds_vip.store(false, Ordering::Relaxed);
     Ok(())
+}
+
+/// How long a stopping VIP holder keeps the address for a successor to take the Lease: a bit
+/// more than the candidates' retry period (2 s by default).
+const HANDOVER_WAIT: Duration = Duration::from_secs(4);
+/// Time a successor has from writing the Lease to holding and announcing the address.
+const SUCCESSOR_GRACE: Duration = Duration::from_millis(300);
+
+/// Polls the Lease until someone other than `identity` holds it, or `limit` passes.
+async fn wait_for_other_holder(api: &Api<Lease>, name: &str, identity: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(lease)) = api.get_opt(name).await {
+            let holder = lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default();
+            if !holder.is_empty() && holder != identity {
+                // The successor writes the Lease, then adds the address and announces it:
+                // give it that long before the address goes here.
+                tokio::time::sleep(SUCCESSOR_GRACE).await;
+                tracing::info!(successor = %holder, "VIP lease taken over; dropping the address");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!("no successor took the VIP lease; dropping the address anyway");
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -256,6 +258,48 @@ async fn loadbalancer_ip_is_announced_and_fails_over() {
     assert_eq!(body, format!("lb-{vip_holder}"));
     let vip_other = if vip_holder == "n1" { "n2" } else { "n1" };
     let vidx = if vip_holder == "n1" { 0 } else { 1 };
+    // A clean stop hands the VIP over without a gap: the stopping holder keeps the address
+    // until the successor holds the Lease, so a client fetching throughout never fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU32::new(0));
+    let prober = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        let netns = lab.host("client").netns.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut slowest) = (Vec::new(), 0u32, 0f64);
+            for _ in 0..400 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &netns, "curl", "-s", "--noproxy", "*"])
+                    .args(["-w", "\n%{time_connect}", "-m", "3"])
+                    .arg(format!("http://{VIP}:8080/"))
+                    .output()
+                    .expect("running curl");
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let (body, connect) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+                if out.status.success() {
+                    ok.push(body.trim().to_string());
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    slowest = slowest.max(connect.trim().parse::<f64>().unwrap_or(0.0));
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed, slowest)
+        })
+    };
+    // Stop the holder only once the prober has been answered (by it).
+    let t0 = Instant::now();
+    while answered.load(Ordering::Relaxed) == 0 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        answered.load(Ordering::Relaxed) > 0,
+        "the prober got no answer before the handover"
+    );
     speakers[vidx]
         .take()
         .unwrap()
@@ -267,6 +311,19 @@ async fn loadbalancer_ip_is_announced_and_fails_over() {
     })
     .await;
     assert_eq!(body, format!("lb-{vip_other}"));
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failed, slowest) = prober.join().expect("prober thread");
+    assert_eq!(
+        failed,
+        0,
+        "fetches through the VIP failed during a clean handover ({} answered)",
+        answers.len()
+    );
+    // A gap (nobody holding the address) shows as a SYN retransmission: connect >= 1 s.
+    assert!(
+        slowest < 0.9,
+        "a fetch needed {slowest:.2} s to connect during the handover: the VIP was unheld"
+    );
 
     // Deleting the Service frees the address everywhere and the finalizer lets it go.
     svcs.delete("web", &DeleteParams::default()).await.unwrap();

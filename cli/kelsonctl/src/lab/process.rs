@@ -126,7 +126,7 @@ mod tests {
         c.arg(&marker);
         let p = spawn_detached(&mut c, &dir.path().join("log")).unwrap();
         assert!(p.alive());
-        let found = scan(|args| args.iter().any(|a| *a == marker.as_bytes()));
+        let found = scan(|args| args.contains(&marker.as_bytes()));
         assert_eq!(found, vec![p], "found by its argument");
         kill_until_gone("the test sleep", Duration::from_secs(10), |_| {
             vec![(p, true)]
