@@ -63,17 +63,19 @@ async fn build(path: &Path) -> Result<kube::Client, KubeError> {
 
 /// What identifies a file's version: a rename-into-place changes the inode, an in-place write
 /// the mtime or size. `None` when the file is missing (a change too, when it reappears).
-type FileSig = Option<(u64, u64, u64, i64, i64)>;
+pub type FileSig = Option<(u64, u64, u64, i64, i64)>;
 
-fn sig(path: &Path) -> FileSig {
+/// The [`FileSig`] of `path` now.
+pub fn sig(path: &Path) -> FileSig {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// The files a kubeconfig depends on: itself and every file it names (paths are absolute:
-/// `Kubeconfig::read_from` resolves them against the kubeconfig's directory).
-fn watched_files(path: &Path) -> Vec<PathBuf> {
+/// `Kubeconfig::read_from` resolves them against the kubeconfig's directory). Also used by
+/// the kubelet's own reloading client.
+pub fn watched_files(path: &Path) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
     if let Ok(kc) = kube::config::Kubeconfig::read_from(path) {
         for c in kc.clusters.iter().filter_map(|c| c.cluster.as_ref()) {

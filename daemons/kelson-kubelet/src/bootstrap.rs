@@ -44,6 +44,9 @@
 //! `kubelet-serving` CSR; the new pair replaces the file in one rename and the kubelet API's
 //! reloading resolver serves it from the next handshake on, without a restart.
 
+// Which files a kubeconfig depends on and how a change of one is seen: kelson-kube's, so the
+// kubelet and the other daemons' clients reload on the same evidence.
+use kelson_kube::client::{sig as file_sig, watched_files, FileSig};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -745,37 +748,6 @@ async fn build_client(kubeconfig: &Path, tracker: &Arc<ConnTracker>) -> Result<k
         .map_err(|e: hyper_util::client::legacy::Error| -> tower::BoxError { Box::new(e) })
         .service(hc);
     Ok(kube::Client::new(svc, config.default_namespace))
-}
-
-/// What identifies a file's version: a rename into place (or a symlink swap) changes the
-/// inode, an in-place write the mtime or size; `None` when missing.
-type FileSig = Option<(u64, u64, u64, i64, i64)>;
-
-fn file_sig(path: &Path) -> FileSig {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
-}
-
-/// The kubeconfig and every file it names (relative names resolved by kube's reader).
-fn watched_files(kubeconfig: &Path) -> Vec<PathBuf> {
-    let mut files = vec![kubeconfig.to_path_buf()];
-    if let Ok(kc) = Kubeconfig::read_from(kubeconfig) {
-        for c in kc.clusters.iter().filter_map(|c| c.cluster.as_ref()) {
-            files.extend(c.certificate_authority.iter().map(PathBuf::from));
-        }
-        for a in kc.auth_infos.iter().filter_map(|a| a.auth_info.as_ref()) {
-            files.extend(
-                [&a.client_certificate, &a.client_key, &a.token_file]
-                    .into_iter()
-                    .flatten()
-                    .map(PathBuf::from),
-            );
-        }
-    }
-    files.sort();
-    files.dedup();
-    files
 }
 
 struct ClientState {

@@ -5,7 +5,9 @@
 //! can do what upstream does in three passes:
 //! - [`validate`]: types (with `nullable` and `x-kubernetes-int-or-string`), `required`,
 //!   `enum`, numeric bounds, string length and `pattern`, item counts, and the embedded
-//!   resource's `apiVersion`/`kind`; causes carry upstream's field paths and messages
+//!   resource's `apiVersion`/`kind`, `format` (the formats upstream knows), `allOf`/`anyOf`/
+//!   `oneOf`/`not` and unique items of `x-kubernetes-list-type` set/map lists; causes carry
+//!   upstream's field paths and messages
 //!   (`spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string"`);
 //! - [`prune`]: fields the schema does not declare are dropped unless
 //!   `x-kubernetes-preserve-unknown-fields` is set (returning their paths is also what
@@ -197,6 +199,14 @@ fn walk(s: &Value, v: &Value, path: &str, out: &mut Vec<StatusCause>) {
                 _ => {}
             }
         }
+        if let Some(f) = s["format"].as_str() {
+            if format_ok(f, st) == Some(false) {
+                out.push(bad(format!(
+                    "{path} in body must be of type {f}: {}",
+                    show(v)
+                )));
+            }
+        }
     }
     if let Some(items) = v.as_array() {
         if let Some(max) = s["maxItems"].as_u64() {
@@ -220,6 +230,7 @@ fn walk(s: &Value, v: &Value, path: &str, out: &mut Vec<StatusCause>) {
                 walk(&s["items"], it, &format!("{path}[{i}]"), out);
             }
         }
+        list_uniqueness(s, items, path, out);
     }
     if let Some(o) = v.as_object() {
         if let Some(req) = s["required"].as_array() {
@@ -257,6 +268,125 @@ fn walk(s: &Value, v: &Value, path: &str, out: &mut Vec<StatusCause>) {
             }
         }
     }
+    junctors(s, v, path, out);
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not`: in a structural schema they carry value validations
+/// only (no types), checked against the same value; messages as go-openapi's (which upstream
+/// passes through as `Invalid value` causes).
+fn junctors(s: &Value, v: &Value, path: &str, out: &mut Vec<StatusCause>) {
+    let errors_of = |sub: &Value| {
+        let mut e = Vec::new();
+        walk(sub, v, path, &mut e);
+        e
+    };
+    let bad =
+        |msg: String| StatusCause::invalid(path, format!("Invalid value: {}: {msg}", show(v)));
+    if let Some(all) = s["allOf"].as_array() {
+        for sub in all {
+            out.extend(errors_of(sub));
+        }
+    }
+    if let Some(any) = s["anyOf"].as_array() {
+        if !any.is_empty() && !any.iter().any(|sub| errors_of(sub).is_empty()) {
+            out.push(bad(format!(
+                "{path} in body must validate at least one schema (anyOf)"
+            )));
+        }
+    }
+    if let Some(one) = s["oneOf"].as_array() {
+        let passing = one.iter().filter(|sub| errors_of(sub).is_empty()).count();
+        if !one.is_empty() && passing != 1 {
+            out.push(bad(format!(
+                "{path} in body must validate one and only one schema (oneOf)"
+            )));
+        }
+    }
+    if s["not"].is_object() && errors_of(&s["not"]).is_empty() {
+        out.push(bad(format!(
+            "{path} in body must not validate the schema (not)"
+        )));
+    }
+}
+
+/// `x-kubernetes-list-type: set` items and `map` items' keys must be unique (upstream:
+/// `Duplicate value` causes at the later item's index).
+fn list_uniqueness(s: &Value, items: &[Value], path: &str, out: &mut Vec<StatusCause>) {
+    let keys: Vec<&str> = s["x-kubernetes-list-map-keys"]
+        .as_array()
+        .map(|k| k.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let identity = |it: &Value| -> Option<Value> {
+        match s["x-kubernetes-list-type"].as_str() {
+            Some("set") => Some(it.clone()),
+            Some("map") if !keys.is_empty() => {
+                let mut m = Map::new();
+                for k in &keys {
+                    if let Some(x) = it.get(*k) {
+                        m.insert((*k).to_string(), x.clone());
+                    }
+                }
+                Some(Value::Object(m))
+            }
+            _ => None,
+        }
+    };
+    let mut seen: Vec<Value> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let Some(id) = identity(it) else { return };
+        if seen.contains(&id) {
+            out.push(StatusCause {
+                reason: "FieldValueDuplicate".into(),
+                message: format!("Duplicate value: {}", show(&id)),
+                field: format!("{path}[{i}]"),
+            });
+        } else {
+            seen.push(id);
+        }
+    }
+}
+
+/// Checks a string against the formats upstream's CRD validation knows (`format` values it
+/// does not know are accepted, as upstream); `None` for an unknown format.
+fn format_ok(format: &str, st: &str) -> Option<bool> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::str::FromStr;
+    let re = |p: &str| regex::Regex::new(p).is_ok_and(|r| r.is_match(st));
+    Some(match format {
+        "date-time" | "datetime" => k8s_openapi::jiff::Timestamp::from_str(st).is_ok(),
+        "date" => k8s_openapi::jiff::civil::Date::from_str(st).is_ok() && st.len() == 10,
+        "ipv4" => Ipv4Addr::from_str(st).is_ok(),
+        "ipv6" => Ipv6Addr::from_str(st).is_ok(),
+        "cidr" => {
+            st.split_once('/')
+                .is_some_and(|(a, n)| match (IpAddr::from_str(a), n.parse::<u8>()) {
+                    (Ok(IpAddr::V4(_)), Ok(n)) => n <= 32,
+                    (Ok(IpAddr::V6(_)), Ok(n)) => n <= 128,
+                    _ => false,
+                })
+        }
+        "mac" => re(r"^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$"),
+        "uuid" => re(r"^(?i)[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$"),
+        "uuid3" | "uuid4" | "uuid5" => {
+            let ver = &format[4..];
+            re(&format!(
+                r"^(?i)[0-9a-f]{{8}}-?[0-9a-f]{{4}}-?{ver}[0-9a-f]{{3}}-?[0-9a-f]{{4}}-?[0-9a-f]{{12}}$"
+            ))
+        }
+        "hostname" => {
+            st.len() <= 253
+                && re(
+                    r"^[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$",
+                )
+        }
+        "email" => re(r"^[^@\s]+@[^@\s]+$"),
+        "uri" => re(r"^[a-zA-Z][a-zA-Z0-9+.-]*:"),
+        "byte" => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(st).is_ok()
+        }
+        _ => return None,
+    })
 }
 
 fn type_invalid(path: &str, ty: &str, v: &Value) -> StatusCause {
@@ -460,6 +590,51 @@ mod tests {
         assert_eq!(missing[0].reason, "FieldValueRequired");
         assert!(validate(&s, &json!({"spec": {"cronSpec": "a b", "port": "http"}})).is_empty());
         assert!(!validate(&s, &json!({"spec": {"cronSpec": "ab"}})).is_empty());
+    }
+
+    #[test]
+    fn junctors_formats_and_list_uniqueness() {
+        let s = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "when": {"type": "string", "format": "date-time"},
+            "addr": {"type": "string", "format": "ipv4"},
+            "net": {"type": "string", "format": "cidr"},
+            "odd": {"type": "string", "format": "no-such-format"},
+            "size": {"x-kubernetes-int-or-string": true,
+                     "anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+Gi$"}]},
+            "one": {"type": "integer", "oneOf": [{"minimum": 5}, {"maximum": 7}]},
+            "both": {"type": "integer", "allOf": [{"minimum": 1}, {"maximum": 3}]},
+            "notTwo": {"type": "integer", "not": {"enum": [2]}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                      "x-kubernetes-list-map-keys": ["name"],
+                      "items": {"type": "object", "properties": {
+                          "name": {"type": "string"}, "port": {"type": "integer"}}}}
+        }}}});
+        let good = json!({"spec": {"when": "2026-11-21T18:00:00Z", "addr": "10.0.0.1",
+            "net": "10.0.0.0/8", "odd": "anything", "size": "5Gi", "one": 3, "both": 2,
+            "notTwo": 3, "tags": ["a", "b"], "ports": [{"name": "a", "port": 1}, {"name": "b", "port": 1}]}});
+        assert!(validate(&s, &good).is_empty(), "{:?}", validate(&s, &good));
+        let bad = json!({"spec": {"when": "yesterday", "addr": "10.0.0.256", "net": "10.0.0.0/33",
+            "size": "5Mi", "one": 6, "both": 4, "notTwo": 2, "tags": ["a", "a"],
+            "ports": [{"name": "a", "port": 1}, {"name": "a", "port": 2}]}});
+        let got: Vec<String> = validate(&s, &bad)
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        for want in [
+            "spec.when: Invalid value: \"yesterday\": spec.when in body must be of type date-time: \"yesterday\"",
+            "spec.addr: Invalid value: \"10.0.0.256\": spec.addr in body must be of type ipv4: \"10.0.0.256\"",
+            "spec.size: Invalid value: \"5Mi\": spec.size in body must validate at least one schema (anyOf)",
+            "spec.one: Invalid value: 6: spec.one in body must validate one and only one schema (oneOf)",
+            "spec.both: Invalid value: 4: spec.both in body should be less than or equal to 3",
+            "spec.notTwo: Invalid value: 2: spec.notTwo in body must not validate the schema (not)",
+            "spec.tags[1]: Duplicate value: \"a\"",
+            "spec.ports[1]: Duplicate value: {\"name\":\"a\"}",
+        ] {
+            assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:#?}");
+        }
+        assert!(got.iter().any(|g| g.starts_with("spec.net: ")), "{got:?}");
+        assert_eq!(got.len(), 9, "{got:#?}");
     }
 
     #[test]

@@ -19,13 +19,19 @@
 //! kubelet renew at once). It is written through `/status` (PUT with the resourceVersion read,
 //! so a concurrent signer loses with a 409 instead of signing twice).
 //!
-//! The CA is read once at start-up (rcgen needs the issuer as a certificate object; like
-//! `kelson-pki` we re-materialise it from the CA's DER with the CA key: same name and key
-//! identifier, so leaves chain to the original CA certificate).
+//! The CA is loaded from its files and re-loaded when they change ([`ReloadingSigner`]: the
+//! files' modification times and sizes are compared before each signing; a pair that fails to
+//! load — e.g. caught half-written, or a key that does not match — keeps the previous CA), so
+//! `kelsonctl pki rotate-ca --phase reissue` takes effect without a restart, like upstream's
+//! dynamic serving content. rcgen needs the issuer as a certificate object; like `kelson-pki`
+//! we re-materialise it from the CA's DER with the CA key: same name and key identifier, so
+//! leaves chain to the original CA certificate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 use ::time::OffsetDateTime;
 use k8s_openapi::api::certificates::v1::{
@@ -366,7 +372,7 @@ pub fn controller(ctx: &Ctx) -> Controller {
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
-    let Some(signer) = ctx.settings.cluster_signing.clone() else {
+    let Some(signer) = ctx.settings.cluster_signing.as_ref().map(|s| s.current()) else {
         return Ok(None);
     };
     let Some(csr) = ctx.inf.csrs.get(None, key) else {
@@ -431,14 +437,76 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     }
 }
 
+/// The signing CA from its files, re-loaded when they change (see the module doc).
+pub struct ReloadingSigner {
+    cert: PathBuf,
+    key: PathBuf,
+    max_duration: Duration,
+    state: Mutex<(FileStamps, Arc<Signer>)>,
+}
+
+/// (modification time, length) of the certificate and key files.
+type FileStamps = [Option<(SystemTime, u64)>; 2];
+
+fn stamps(cert: &Path, key: &Path) -> FileStamps {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    [one(cert), one(key)]
+}
+
+impl ReloadingSigner {
+    /// Loads the pair now (an error here is a configuration error: the daemon refuses to start).
+    pub fn load(cert: &Path, key: &Path, max: Duration) -> Result<Self, SignerError> {
+        let st = stamps(cert, key);
+        let signer = Arc::new(Signer::load(cert, key, max)?);
+        Ok(ReloadingSigner {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            max_duration: max,
+            state: Mutex::new((st, signer)),
+        })
+    }
+
+    /// The CA to sign with now: re-read first when either file changed since the last load.
+    pub fn current(&self) -> Arc<Signer> {
+        let now = stamps(&self.cert, &self.key);
+        let mut st = self.state.lock();
+        if now != st.0 {
+            match Signer::load(&self.cert, &self.key, self.max_duration) {
+                Ok(s) => {
+                    tracing::info!(cert = %self.cert.display(), "signing CA changed on disk; reloaded");
+                    *st = (now, Arc::new(s));
+                }
+                // Keep signing with the CA we have; try again at the next change or request.
+                Err(e) => {
+                    tracing::warn!(error = %e, "reloading the signing CA failed; keeping the previous one")
+                }
+            }
+        }
+        st.1.clone()
+    }
+}
+
+impl std::fmt::Debug for ReloadingSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingSigner")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
 /// Builds the signer from the settings' files, if both are given.
 pub fn load_from(
     cert: Option<&Path>,
     key: Option<&Path>,
     max: Duration,
-) -> Result<Option<Arc<Signer>>, SignerError> {
+) -> Result<Option<Arc<ReloadingSigner>>, SignerError> {
     match (cert, key) {
-        (Some(c), Some(k)) => Ok(Some(Arc::new(Signer::load(c, k, max)?))),
+        (Some(c), Some(k)) => Ok(Some(Arc::new(ReloadingSigner::load(c, k, max)?))),
         (None, None) => Ok(None),
         _ => Err(SignerError::Invalid(
             "--cluster-signing-cert-file and --cluster-signing-key-file go together".into(),
@@ -565,13 +633,41 @@ mod tests {
         let d = Duration::from_secs(60);
         assert!(load_from(Some(&c), None, d).is_err());
         assert!(load_from(None, None, d).unwrap().is_none());
-        assert_eq!(
-            load_from(Some(&c), Some(&k), d)
-                .unwrap()
-                .unwrap()
-                .max_duration,
-            d
-        );
+        let reloading = load_from(Some(&c), Some(&k), d).unwrap().unwrap();
+        assert_eq!(reloading.current().max_duration, d);
         assert!(load_from(Some(&k), Some(&k), d).is_err());
+        // A new CA written over the files is used for the next signing, without a restart;
+        // a broken pair keeps the previous CA.
+        let first = reloading.current();
+        assert!(
+            Arc::ptr_eq(&first, &reloading.current()),
+            "unchanged files are not re-read"
+        );
+        let (cert2, key2) = ca();
+        // Past the file system's timestamp granularity, so the rewrite shows in the stamps.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&k, "not a key").unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &reloading.current()),
+            "a broken pair keeps the old CA"
+        );
+        std::fs::write(&c, &cert2).unwrap();
+        std::fs::write(&k, &key2).unwrap();
+        let second = reloading.current();
+        assert!(!Arc::ptr_eq(&first, &second), "the new CA was loaded");
+        let csr = request("system:node:n1", &["system:nodes"], &[]);
+        let signed = second
+            .sign(
+                &csr,
+                &u(&["client auth", "digital signature"]),
+                None,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(signed.as_bytes()).unwrap();
+        let (_, leaf) = X509Certificate::from_der(&leaf.contents).unwrap();
+        let (_, ca2) = x509_parser::pem::parse_x509_pem(cert2.as_bytes()).unwrap();
+        let (_, ca2) = X509Certificate::from_der(&ca2.contents).unwrap();
+        assert!(leaf.verify_signature(Some(ca2.public_key())).is_ok());
     }
 }

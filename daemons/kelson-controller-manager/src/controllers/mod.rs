@@ -197,7 +197,7 @@ pub struct Settings {
     /// `--large-cluster-size-threshold`.
     pub large_cluster_size_threshold: usize,
     /// The CA csrsigning issues with (`--cluster-signing-cert-file`/`-key-file`).
-    pub cluster_signing: Option<Arc<csrsigning::Signer>>,
+    pub cluster_signing: Option<Arc<csrsigning::ReloadingSigner>>,
 }
 
 /// What every reconcile gets.
