@@ -25,7 +25,7 @@ fn unit_files() -> Vec<PathBuf> {
         .filter(|p| {
             matches!(
                 p.extension().and_then(|e| e.to_str()),
-                Some("service") | Some("target")
+                Some("service") | Some("target") | Some("timer")
             )
         })
         .collect();
@@ -50,7 +50,7 @@ fn staged_units(dir: &Path) -> Vec<PathBuf> {
             let text = std::fs::read_to_string(src).expect("read unit");
             let mut out = String::with_capacity(text.len());
             for line in text.lines() {
-                if line.starts_with("ExecStart=/usr/bin/kelson-") {
+                if line.starts_with("ExecStart=/usr/bin/kelson") {
                     let args = line.split_once(' ').map(|(_, a)| a).unwrap_or("");
                     out.push_str(&format!("ExecStart=/bin/true {args}\n"));
                 } else {
@@ -81,6 +81,8 @@ fn every_unit_and_target_exists() {
         "kelson-proxy.service",
         "kelson-dns.service",
         "kelson-speaker.service",
+        "kelson-pki-renew.service",
+        "kelson-pki-renew.timer",
         "kelson-control-plane.target",
         "kelson-node.target",
         "kelson.target",
@@ -92,6 +94,15 @@ fn every_unit_and_target_exists() {
         .filter(|p| p.extension().unwrap() == "service")
     {
         let text = std::fs::read_to_string(p).unwrap();
+        if text.lines().any(|l| l == "Type=oneshot") {
+            // The renewal job: no daemon, so no notify/watchdog; it must run `pki renew`.
+            assert!(
+                text.contains("ExecStart=/usr/bin/kelsonctl pki renew"),
+                "{}: a oneshot unit that is not the renewal job",
+                p.display()
+            );
+            continue;
+        }
         for line in ["Type=notify", "Restart=on-failure", "NotifyAccess=main"] {
             assert!(
                 text.lines().any(|l| l == line),

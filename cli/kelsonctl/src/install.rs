@@ -108,6 +108,8 @@ pub const ASSETS: &[Asset] = &[
     asset!(Unit, "", "kelson-proxy.service"),
     asset!(Unit, "", "kelson-dns.service"),
     asset!(Unit, "", "kelson-speaker.service"),
+    asset!(Unit, "", "kelson-pki-renew.service"),
+    asset!(Unit, "", "kelson-pki-renew.timer"),
     asset!(Unit, "", "kelson-control-plane.target"),
     asset!(Unit, "", "kelson-node.target"),
     asset!(Unit, "", "kelson.target"),
@@ -414,7 +416,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd");
         for e in fs::read_dir(&dir).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            if name.ends_with(".service") || name.ends_with(".target") {
+            if name.ends_with(".service") || name.ends_with(".target") || name.ends_with(".timer") {
                 assert!(
                     ASSETS
                         .iter()
