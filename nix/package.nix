@@ -49,7 +49,7 @@ rustPlatform.buildRustPackage {
   # ExecStart=/usr/bin/... and ExecReload=/bin/kill become store paths (NixOS has neither).
   postInstall = ''
     mkdir -p $out/lib/systemd/system $out/share/dbus-1/system.d $out/lib/sysusers.d $out/lib/tmpfiles.d
-    for unit in systemd/*.service systemd/*.target; do
+    for unit in systemd/*.service systemd/*.target systemd/*.timer; do
       substitute "$unit" "$out/lib/systemd/system/$(basename "$unit")" \
         --replace-quiet /usr/bin/ "$out/bin/" \
         --replace-quiet /bin/kill "${coreutils}/bin/kill"
