@@ -5,7 +5,8 @@
 #   scripts/vm-image.sh DIR
 #
 # DIR/rootfs   the debootstrapped tree (bookworm + the cloud kernel, systemd, containerd, runc,
-#              the CNI plugins, openssh-server, nftables, iproute2), ready for `mkfs.ext4 -d`
+#              the CNI plugins, openssh-server, nftables, iproute2, python3 for Ansible), ready
+#              for `mkfs.ext4 -d`
 #              (`kelsonctl lab up` adds Kelson and the lab's ssh key to a copy of it and makes
 #              the lab's ext4 image from that; each VM then boots a qcow2 overlay of it)
 # DIR/vmlinuz, DIR/initrd.img   the kernel and initramfs from the tree's /boot, for
@@ -30,8 +31,11 @@ mirror=${KELSON_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 # procps: /bin/kill for the units' ExecReload=; kmod: modprobe for overlay/br_netfilter;
 # conntrack, iptables: what kubelet/proxy hosts usually carry (proxy itself uses nftables).
-include=linux-image-cloud-amd64,systemd,systemd-sysv,dbus,udev,kmod,iproute2,ca-certificates,procps,containerd,runc,containernetworking-plugins,openssh-server,nftables,iputils-ping
-stamp="kelson-vm-rootfs v1 $suite $include"
+# python3, python3-apt: Ansible manages the workers (ansible/site.yml; its apt module needs
+# python3-apt). librocksdb7.8: kelsonctl links it (roles/common runs `kelsonctl install` on the
+# machine). Every package the play installs is here: there is no mirror in the lab.
+include=linux-image-cloud-amd64,systemd,systemd-sysv,dbus,udev,kmod,iproute2,ca-certificates,procps,containerd,runc,containernetworking-plugins,openssh-server,nftables,iputils-ping,python3,python3-apt,librocksdb7.8
+stamp="kelson-vm-rootfs v2 $suite $include"
 marker=.kelson-vm-complete
 
 if [ "$(id -u)" -ne 0 ]; then
