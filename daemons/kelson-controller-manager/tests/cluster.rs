@@ -24,6 +24,40 @@ where
         .unwrap_or(usize::MAX)
 }
 
+/// `kubectl create deployment <name>` with `replicas`, waited for until rolled out.
+fn rolled_out_deployment(env: &Env, name: &str, replicas: u32) {
+    env.kubectl(&[
+        "create",
+        "deployment",
+        name,
+        "--image=registry.invalid/x:1",
+        &format!("--replicas={replicas}"),
+    ]);
+    env.kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        "--timeout=60s",
+    ]);
+}
+
+/// Deployment `name` is gone and left its one ReplicaSet behind without an owner.
+async fn orphaned(deps: &Api<Deployment>, rss: &Api<ReplicaSet>, name: &str) -> Option<()> {
+    let gone = deps.get_opt(name).await.ok()?.is_none();
+    let l = rss
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .ok()?
+        .items;
+    let free = l.len() == 1
+        && l[0]
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|r| r.is_empty());
+    (gone && free).then_some(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_collection_policies() {
     let env = Env::start(&[], &[("n1", "a")]).await;
@@ -32,14 +66,7 @@ async fn garbage_collection_policies() {
     let deps: Api<Deployment> = Api::namespaced(env.client.clone(), "default");
 
     // Background (kubectl's default): the Deployment goes at once, the GC removes the rest.
-    env.kubectl(&[
-        "create",
-        "deployment",
-        "bg",
-        "--image=registry.invalid/x:1",
-        "--replicas=2",
-    ]);
-    env.kubectl(&["rollout", "status", "deployment/bg", "--timeout=60s"]);
+    rolled_out_deployment(&env, "bg", 2);
     env.kubectl(&["delete", "deployment", "bg", "--cascade=background"]);
     env.wait("background cascade", 30, || async {
         (count(&rss, "app=bg").await == 0 && count(&pods, "app=bg").await == 0).then_some(())
@@ -47,14 +74,7 @@ async fn garbage_collection_policies() {
     .await;
 
     // Orphan: an owner carrying the orphan finalizer; dependents lose the reference and stay.
-    env.kubectl(&[
-        "create",
-        "deployment",
-        "or",
-        "--image=registry.invalid/x:1",
-        "--replicas=1",
-    ]);
-    env.kubectl(&["rollout", "status", "deployment/or", "--timeout=60s"]);
+    rolled_out_deployment(&env, "or", 1);
     deps.patch(
         "or",
         &PatchParams::default(),
@@ -63,34 +83,13 @@ async fn garbage_collection_policies() {
     .await
     .unwrap();
     deps.delete("or", &DeleteParams::orphan()).await.unwrap();
-    env.wait("orphaned replica set", 30, || async {
-        let gone = deps.get_opt("or").await.ok()?.is_none();
-        let l = rss
-            .list(&ListParams::default().labels("app=or"))
-            .await
-            .ok()?
-            .items;
-        let free = l.len() == 1
-            && l[0]
-                .metadata
-                .owner_references
-                .as_ref()
-                .is_none_or(|r| r.is_empty());
-        (gone && free).then_some(())
-    })
-    .await;
+    env.wait("orphaned replica set", 30, || orphaned(&deps, &rss, "or"))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(count(&pods, "app=or").await, 1, "orphaned pods stay");
 
     // Foreground: the owner (foregroundDeletion finalizer) is deleted only after its dependents.
-    env.kubectl(&[
-        "create",
-        "deployment",
-        "fg",
-        "--image=registry.invalid/x:1",
-        "--replicas=2",
-    ]);
-    env.kubectl(&["rollout", "status", "deployment/fg", "--timeout=60s"]);
+    rolled_out_deployment(&env, "fg", 2);
     deps.patch(
         "fg",
         &PatchParams::default(),
@@ -116,43 +115,15 @@ async fn garbage_collection_policies() {
     );
 
     // Through kubectl: the API server records --cascade as the finalizer the GC acts on.
-    env.kubectl(&[
-        "create",
-        "deployment",
-        "ko",
-        "--image=registry.invalid/x:1",
-        "--replicas=1",
-    ]);
-    env.kubectl(&["rollout", "status", "deployment/ko", "--timeout=60s"]);
+    rolled_out_deployment(&env, "ko", 1);
     env.kubectl(&["delete", "deployment", "ko", "--cascade=orphan"]);
     env.wait(
         "kubectl --cascade=orphan keeps the replica set, unowned",
         30,
-        || async {
-            let gone = deps.get_opt("ko").await.ok()?.is_none();
-            let l = rss
-                .list(&ListParams::default().labels("app=ko"))
-                .await
-                .ok()?
-                .items;
-            let free = l.len() == 1
-                && l[0]
-                    .metadata
-                    .owner_references
-                    .as_ref()
-                    .is_none_or(|r| r.is_empty());
-            (gone && free).then_some(())
-        },
+        || orphaned(&deps, &rss, "ko"),
     )
     .await;
-    env.kubectl(&[
-        "create",
-        "deployment",
-        "kf",
-        "--image=registry.invalid/x:1",
-        "--replicas=2",
-    ]);
-    env.kubectl(&["rollout", "status", "deployment/kf", "--timeout=60s"]);
+    rolled_out_deployment(&env, "kf", 2);
     env.kubectl(&[
         "delete",
         "deployment",

@@ -292,17 +292,6 @@ async fn recreate_and_replicaset_adoption() {
     env.kubectl(&["rollout", "status", "deployment/rc", "--timeout=60s"]);
 }
 
-/// Events about `kind/name` in the default namespace, as `kubectl describe` finds them.
-async fn events_for(env: &Env, kind: &str, name: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(env.client.clone(), "default");
-    api.list(&ListParams::default().fields(&format!(
-        "involvedObject.kind={kind},involvedObject.name={name}"
-    )))
-    .await
-    .map(|l| l.items)
-    .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_records_events_like_upstream() {
     let env = Env::start(&[], &[("n1", "a"), ("n2", "b")]).await;
@@ -327,7 +316,7 @@ async fn rollout_records_events_like_upstream() {
     let up = format!("Scaled up replica set {rs_name} from 0 to 3");
     let e = env
         .wait("ScalingReplicaSet event", 20, || async {
-            events_for(&env, "Deployment", "ev")
+            env.events_for("Deployment", "ev")
                 .await
                 .into_iter()
                 .find(|e| e.message.as_deref() == Some(up.as_str()))
@@ -351,7 +340,8 @@ async fn rollout_records_events_like_upstream() {
     // ReplicaSet: one SuccessfulCreate per pod, from the replicaset-controller.
     let created = env
         .wait("3 SuccessfulCreate events", 20, || async {
-            let v: Vec<Event> = events_for(&env, "ReplicaSet", &rs_name)
+            let v: Vec<Event> = env
+                .events_for("ReplicaSet", &rs_name)
                 .await
                 .into_iter()
                 .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
@@ -381,7 +371,7 @@ async fn rollout_records_events_like_upstream() {
     let count_of = |msg: String| {
         let env = &env;
         async move {
-            events_for(env, "Deployment", "ev")
+            env.events_for("Deployment", "ev")
                 .await
                 .into_iter()
                 .filter(|e| e.message.as_deref() == Some(msg.as_str()))
@@ -395,7 +385,8 @@ async fn rollout_records_events_like_upstream() {
     })
     .await;
     env.wait("2 SuccessfulDelete events", 20, || async {
-        let n = events_for(&env, "ReplicaSet", &rs_name)
+        let n = env
+            .events_for("ReplicaSet", &rs_name)
             .await
             .iter()
             .filter(|e| {

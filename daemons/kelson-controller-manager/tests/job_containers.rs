@@ -6,6 +6,8 @@
 //! binaries built (`cargo build -p kelson-kv -p kelson-apiserver -p kelson-kubelet`; CI builds
 //! the workspace first). Pod traffic stays on a bridge this test creates and deletes.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -120,15 +122,7 @@ async fn job_with_real_containers_completes_with_parallelism() {
             .await
             .unwrap()
             .items;
-        let unfinished = list
-            .iter()
-            .filter(|p| {
-                !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded") | Some("Failed")
-                )
-            })
-            .count();
+        let unfinished = common::unfinished(&list);
         max_running = max_running.max(unfinished);
         let j = jobs.get("sleepy").await.unwrap();
         let complete = j

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use common::Env;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, Node, PersistentVolumeClaim, Pod, ResourceQuota,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, ResourceQuota};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -50,17 +48,6 @@ fn job(
         }
     }
     j
-}
-
-/// Events about `kind/name` in the default namespace.
-async fn events_for(env: &Env, kind: &str, name: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(env.client.clone(), "default");
-    api.list(&ListParams::default().fields(&format!(
-        "involvedObject.kind={kind},involvedObject.name={name}"
-    )))
-    .await
-    .map(|l| l.items)
-    .unwrap_or_default()
 }
 
 fn annotation(p: &Pod, key: &str) -> Option<String> {
@@ -101,15 +88,7 @@ async fn job_runs_to_completion_with_parallelism() {
     let mut max_active = 0;
     let done = loop {
         let pods = pods_with(&env, "app=pi").await;
-        let running = pods
-            .iter()
-            .filter(|p| {
-                !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded") | Some("Failed")
-                )
-            })
-            .count();
+        let running = common::unfinished(&pods);
         max_active = max_active.max(running);
         let j = jobs.get("pi").await.unwrap();
         if condition(&j, "Complete").is_some() {
@@ -209,7 +188,7 @@ async fn failing_job_hits_backoff_limit_then_ttl_deletes_it() {
     // Events, as `kubectl describe job` shows them: the pods created, then the failure.
     let evs = env
         .wait("job events", 20, || async {
-            let evs = events_for(&env, "Job", "bad").await;
+            let evs = env.events_for("Job", "bad").await;
             let created = evs
                 .iter()
                 .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
@@ -318,7 +297,7 @@ async fn indexed_job_backoff_limit_per_index() {
     // No retry for the failed index.
     assert_eq!(pods_with(&env, "app=fi").await.len(), 2);
     env.wait("FailedIndexes event", 20, || async {
-        events_for(&env, "Job", "fi").await.into_iter().find(|e| {
+        env.events_for("Job", "fi").await.into_iter().find(|e| {
             e.reason.as_deref() == Some("FailedIndexes")
                 && e.type_.as_deref() == Some("Warning")
                 && e.message.as_deref() == Some("Job has failed indexes")

@@ -8,237 +8,28 @@
 //! one: nftables rules in the node namespace, or the userspace proxy's listeners there.
 //!
 //! ```text
-//!   client (fd77:2::2) ──veth── node ──br0 (fd77:1::1/64)── e1..e3 (fd77:1::11..13, port 8086)
+//!   client (fd77:2::2) ──veth── node ──br0 (fd77:1::1/64)── e1..e3 (fd77:1::11..13, port 8080)
 //!                  fd77:2::1 ─┘
 //! ```
-//! Needs root.
+//! (tests/common's topology in its IPv6 family). Needs root.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::in_netns;
+use common::{Topo, PORT, V6};
 use kelson_proxy::model::{Endpoint, Protocol, ServiceInfo, ServicePortName, State};
 use kelson_proxy::nft::Nft;
 use kelson_proxy::proxier::NftProxier;
 use kelson_proxy::userspace::Userspace;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-const PORT: u16 = 8086;
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Topo6 {
-    node: String,
-    client: String,
-    endpoints: Vec<String>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Topo6 {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for ns in self.endpoints.iter().chain([&self.client, &self.node]) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-impl Topo6 {
-    fn new() -> Topo6 {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test creates network namespaces and needs root"
-        );
-        let id = format!(
-            "kpx6-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let t = Topo6 {
-            node: format!("{id}-n"),
-            client: format!("{id}-c"),
-            endpoints: (1..=3).map(|i| format!("{id}-e{i}")).collect(),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        for ns in t.endpoints.iter().chain([&t.client, &t.node]) {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        let n = t.node.as_str();
-        sh(&["ip", "-n", n, "link", "add", "br0", "type", "bridge"]);
-        // nodad: addresses usable at once, not after duplicate address detection.
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "addr",
-            "add",
-            "fd77:1::1/64",
-            "dev",
-            "br0",
-            "nodad",
-        ]);
-        sh(&["ip", "-n", n, "link", "set", "br0", "up"]);
-        for (i, e) in t.endpoints.iter().enumerate() {
-            let ve = format!("ve{}", i + 1);
-            sh(&[
-                "ip", "-n", n, "link", "add", &ve, "type", "veth", "peer", "name", "eth0", "netns",
-                e,
-            ]);
-            sh(&["ip", "-n", n, "link", "set", &ve, "master", "br0", "up"]);
-            let addr = format!("{}/64", Self::endpoint_ip(i));
-            sh(&["ip", "-n", e, "addr", "add", &addr, "dev", "eth0", "nodad"]);
-            sh(&["ip", "-n", e, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                e,
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "fd77:1::1",
-            ]);
-        }
-        let c = t.client.as_str();
-        sh(&[
-            "ip", "-n", n, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "addr",
-            "add",
-            "fd77:2::1/64",
-            "dev",
-            "vc",
-            "nodad",
-        ]);
-        sh(&["ip", "-n", n, "link", "set", "vc", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            c,
-            "addr",
-            "add",
-            "fd77:2::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        sh(&["ip", "-n", c, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            c,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd77:2::1",
-        ]);
-        // As for IPv4: a default route, so unanswered ClusterIP traffic reaches the filter
-        // hooks that reject it instead of dying in routing.
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd77:1::fe",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
-        t.start_servers();
-        t
-    }
-
-    fn endpoint_ip(i: usize) -> String {
-        format!("fd77:1::1{}", i + 1)
-    }
-
-    /// Endpoint i answers `e<i+1> <peer-ip>` on [::]:8086 and closes.
-    fn start_servers(&self) {
-        for (i, ns) in self.endpoints.iter().enumerate() {
-            let l: TcpListener = in_netns(ns, || {
-                TcpListener::bind(("::", PORT)).expect("bind [::]:8086")
-            });
-            l.set_nonblocking(true).unwrap();
-            let stop = self.stop.clone();
-            let name = format!("e{}", i + 1);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, peer)) => {
-                            let _ = s.write_all(format!("{name} {}\n", peer.ip()).as_bytes());
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            });
-        }
-    }
-
-    fn connect(&self, addr: SocketAddr) -> std::io::Result<String> {
-        in_netns(&self.client, move || {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out.trim().to_string())
-        })
-    }
-
-    /// Polls until `addr` answers (at most `secs`).
-    fn wait_answer(&self, addr: SocketAddr, secs: u64) -> String {
-        let start = Instant::now();
-        loop {
-            match self.connect(addr) {
-                Ok(a) => return a,
-                Err(e) if start.elapsed() > Duration::from_secs(secs) => {
-                    panic!("{addr} did not answer within {secs} s: {e}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-
-    /// Who answers over `n` connections.
-    fn answers(&self, addr: SocketAddr, n: usize) -> BTreeSet<String> {
-        (0..n)
-            .map(|_| {
-                let a = self.connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-                a.split_whitespace().next().unwrap_or_default().to_string()
-            })
-            .collect()
-    }
+/// The IPv6 topology with its endpoint servers running.
+fn topo6() -> Topo {
+    let t = Topo::with(&V6);
+    t.start_servers();
+    t
 }
 
 fn spn(name: &str) -> ServicePortName {
@@ -259,7 +50,7 @@ fn state(eps: &[usize], node_port: Option<u16>) -> State {
     let endpoints = eps
         .iter()
         .map(|i| Endpoint {
-            ip: Topo6::endpoint_ip(*i).parse().unwrap(),
+            ip: V6.endpoint_ip(*i).parse().unwrap(),
             port: PORT,
             ready: true,
             serving: true,
@@ -290,7 +81,7 @@ fn sock(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
 }
 
-fn assert_refused_at_once(t: &Topo6, addr: SocketAddr) {
+fn assert_refused_at_once(t: &Topo, addr: SocketAddr) {
     let started = Instant::now();
     let err = t.connect(addr).expect_err("a service without endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
@@ -303,7 +94,7 @@ fn assert_refused_at_once(t: &Topo6, addr: SocketAddr) {
 
 #[tokio::test]
 async fn nftables_ipv6_cluster_ip_and_node_port() {
-    let t = Topo6::new();
+    let t = topo6();
     let mut p = NftProxier::new(
         Nft::in_netns(&t.node),
         &["10.244.0.0/16".into(), "fd77:1::/64".into()],
@@ -397,7 +188,7 @@ impl Drop for UserspaceNode {
 
 #[test]
 fn userspace_ipv6_cluster_ip() {
-    let t = Topo6::new();
+    let t = topo6();
     let u = UserspaceNode::start(&t.node);
     u.sync(state(&[0, 1, 2], None));
     let addr = sock(CIP, 80);

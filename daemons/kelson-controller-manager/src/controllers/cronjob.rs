@@ -28,10 +28,10 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-use super::{err_message, is_status, job, Controller, Ctx, Result};
+use super::{err_message, is_status, job, patch_status, Controller, Ctx, Result};
 use crate::events::EventType;
 
 /// The reporting controller name of upstream's cronjob controller.
@@ -357,20 +357,12 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         }
     }
     if st != old {
-        match cj_api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": CronJobStatus {
-                    active: Some(st.active.clone().unwrap_or_default()),
-                    ..st.clone()
-                }})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let status = CronJobStatus {
+            active: Some(st.active.clone().unwrap_or_default()),
+            ..st.clone()
+        };
+        if !patch_status(&cj_api, name, json!({"status": status})).await? {
+            return Ok(None);
         }
     }
     Ok(again)

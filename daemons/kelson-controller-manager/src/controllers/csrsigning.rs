@@ -245,6 +245,31 @@ fn usage_set(usages: &[String]) -> std::collections::BTreeSet<&str> {
     usages.iter().map(String::as_str).collect()
 }
 
+/// The last checks of both kubelet CSR kinds: the subject names a node, and the usages are
+/// `full` (sorted, as upstream's message lists them) or `full` without key encipherment
+/// (a non-RSA key).
+fn node_name_and_usages(
+    f: &RequestFacts,
+    usages: &[String],
+    full: [&str; 3],
+) -> Result<(), String> {
+    if !f
+        .common_name
+        .as_deref()
+        .is_some_and(|cn| cn.starts_with("system:node:"))
+    {
+        return Err("subject common name does not begin with system:node:".into());
+    }
+    let u = usage_set(usages);
+    let all: std::collections::BTreeSet<&str> = full.into();
+    let mut no_rsa = all.clone();
+    no_rsa.remove("key encipherment");
+    if u != all && u != no_rsa {
+        return Err(format!("usages did not match [{}]", full.join(" ")));
+    }
+    Ok(())
+}
+
 /// Upstream's `ValidateKubeletClientCSR`.
 pub fn validate_kubelet_client(f: &RequestFacts, usages: &[String]) -> Result<(), String> {
     if f.organizations != ["system:nodes"] {
@@ -262,21 +287,11 @@ pub fn validate_kubelet_client(f: &RequestFacts, usages: &[String]) -> Result<()
     if f.uris > 0 {
         return Err("URI subjectAltNames are not allowed".into());
     }
-    if !f
-        .common_name
-        .as_deref()
-        .is_some_and(|cn| cn.starts_with("system:node:"))
-    {
-        return Err("subject common name does not begin with system:node:".into());
-    }
-    let u = usage_set(usages);
-    let full: std::collections::BTreeSet<&str> =
-        ["client auth", "digital signature", "key encipherment"].into();
-    let no_rsa: std::collections::BTreeSet<&str> = ["client auth", "digital signature"].into();
-    if u != full && u != no_rsa {
-        return Err("usages did not match [client auth digital signature key encipherment]".into());
-    }
-    Ok(())
+    node_name_and_usages(
+        f,
+        usages,
+        ["client auth", "digital signature", "key encipherment"],
+    )
 }
 
 /// Upstream's `ValidateKubeletServingCSR`.
@@ -293,21 +308,11 @@ pub fn validate_kubelet_serving(f: &RequestFacts, usages: &[String]) -> Result<(
     if f.uris > 0 {
         return Err("URI subjectAltNames are not allowed".into());
     }
-    if !f
-        .common_name
-        .as_deref()
-        .is_some_and(|cn| cn.starts_with("system:node:"))
-    {
-        return Err("subject common name does not begin with system:node:".into());
-    }
-    let u = usage_set(usages);
-    let full: std::collections::BTreeSet<&str> =
-        ["digital signature", "key encipherment", "server auth"].into();
-    let no_rsa: std::collections::BTreeSet<&str> = ["digital signature", "server auth"].into();
-    if u != full && u != no_rsa {
-        return Err("usages did not match [digital signature key encipherment server auth]".into());
-    }
-    Ok(())
+    node_name_and_usages(
+        f,
+        usages,
+        ["digital signature", "key encipherment", "server auth"],
+    )
 }
 
 /// Upstream's `validAPIServerClientUsages`.

@@ -24,18 +24,18 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Toleration,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
-use super::replicaset::Expectations;
-use super::{err_message, history, is_status, Controller, Ctx, Error, Result};
-use crate::events::EventType;
-
-/// The reporting controller name of upstream's daemonset controller.
-const COMPONENT: &str = "daemonset-controller";
+use super::history::revision_hash as hash_of;
+use super::podcontrol::{self, Expectations};
+use super::{history, patch_status, Controller, Ctx, Result};
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
+
+/// The reporting controller name of upstream's daemonset controller.
+const COMPONENT: &str = "daemonset-controller";
 
 pub fn controller(ctx: &Ctx) -> Controller {
     let queue = WorkQueue::new();
@@ -207,14 +207,6 @@ pub fn pod_node(p: &Pod) -> Option<String> {
         .and_then(|r| r.values.as_ref()?.first().cloned())
 }
 
-fn hash_of(p: &Pod) -> Option<&str> {
-    p.metadata
-        .labels
-        .as_ref()?
-        .get(history::REVISION_HASH)
-        .map(String::as_str)
-}
-
 async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Duration>> {
     let (Some(ns), name) = split_key(key) else {
         return Ok(None);
@@ -358,27 +350,10 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
         let mut created = Vec::new();
         let mut err = None;
         for nn in &create_on {
-            match create_pod(&pods_api, &ds, &tmpl, nn, &hash).await {
-                Ok(n) => {
-                    ctx.events.event(
-                        COMPONENT,
-                        &*ds,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {n}"),
-                    );
-                    created.push(n)
-                }
+            let pod = daemon_pod(&ds, &tmpl, nn, &hash);
+            match podcontrol::create_pod(ctx, &pods_api, COMPONENT, &*ds, &pod).await {
+                Ok(n) => created.push(n),
                 Err(e) => {
-                    if let Error::Kube(k) = &e {
-                        ctx.events.event(
-                            COMPONENT,
-                            &*ds,
-                            EventType::Warning,
-                            "FailedCreate",
-                            format!("Error creating: {}", err_message(k)),
-                        );
-                    }
                     err = Some(e);
                     break;
                 }
@@ -386,29 +361,14 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
         }
         let mut deleted = Vec::new();
         if err.is_none() {
+            let dp = DeleteParams::background();
             for p in &delete {
                 let pn = p.metadata.name.clone().unwrap_or_default();
-                match pods_api.delete(&pn, &DeleteParams::background()).await {
-                    Ok(_) => {
-                        ctx.events.event(
-                            COMPONENT,
-                            &*ds,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            format!("Deleted pod: {pn}"),
-                        );
-                        deleted.push(pn)
-                    }
-                    Err(e) if is_status(&e, 404) => {}
+                match podcontrol::delete_pod(ctx, &pods_api, COMPONENT, &*ds, &pn, &dp).await {
+                    Ok(true) => deleted.push(pn),
+                    Ok(false) => {}
                     Err(e) => {
-                        ctx.events.event(
-                            COMPONENT,
-                            &*ds,
-                            EventType::Warning,
-                            "FailedDelete",
-                            format!("Error deleting: {}", err_message(&e)),
-                        );
-                        err = Some(e.into());
+                        err = Some(e);
                         break;
                     }
                 }
@@ -416,26 +376,23 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
         }
         exp.expect(key, created, deleted);
         if let Some(e) = err {
-            return Err(e);
+            return Err(e.into());
         }
     }
 
     // History.
     if !deleting {
-        let mut keep: HashSet<String> = HashSet::from([rev_name.clone()]);
-        for (_, ps) in &eligible {
-            for p in ps {
-                if let Some(h) = hash_of(p) {
-                    keep.insert(format!("{name}-{h}"));
-                }
-            }
-        }
+        let used: Vec<&Pod> = eligible
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().map(|p| &**p))
+            .collect();
         history::truncate(
             ctx,
             ns,
-            &uid,
+            &ds.metadata,
             spec.revision_history_limit.unwrap_or(10),
-            &keep,
+            &[&rev_name],
+            &used,
         )
         .await?;
     }
@@ -486,43 +443,25 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     st.conditions = ds.status.as_ref().and_then(|s| s.conditions.clone());
     if ds.status.as_ref() != Some(&st) {
         let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
-        match api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        if !patch_status(&api, name, json!({"status": st})).await? {
+            return Ok(None);
         }
     }
     // Pods become available after minReadySeconds without an event.
     Ok((min_ready > 0 && avail < ready).then(|| Duration::from_secs(min_ready as u64)))
 }
 
-async fn create_pod(
-    api: &Api<Pod>,
-    ds: &DaemonSet,
-    tmpl: &PodTemplateSpec,
-    node: &str,
-    hash: &str,
-) -> Result<String> {
-    let mut meta = tmpl.metadata.clone().unwrap_or_default();
-    let mut spec = tmpl.spec.clone().unwrap_or_default();
-    meta.name = None;
-    meta.generate_name = Some(format!(
-        "{}-",
-        ds.metadata.name.as_deref().unwrap_or_default()
-    ));
-    meta.namespace = ds.metadata.namespace.clone();
-    meta.owner_references = Some(vec![util::controller_ref(
+/// The pod `ds` runs on `node`: its template at revision `hash`, pinned to the node.
+fn daemon_pod(ds: &DaemonSet, tmpl: &PodTemplateSpec, node: &str, hash: &str) -> Pod {
+    let mut pod = podcontrol::pod_from_template(
+        tmpl,
+        &ds.metadata,
         "apps/v1",
         "DaemonSet",
-        &ds.metadata,
-    )]);
+        format!("{}-", ds.metadata.name.as_deref().unwrap_or_default()),
+    );
+    let meta = &mut pod.metadata;
+    let spec = pod.spec.get_or_insert_with(Default::default);
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(history::REVISION_HASH.into(), hash.into());
     labels.insert(
@@ -548,13 +487,7 @@ async fn create_pod(
             tols.push(t);
         }
     }
-    let pod = Pod {
-        metadata: meta,
-        spec: Some(spec),
-        status: None,
-    };
-    let p = api.create(&PostParams::default(), &pod).await?;
-    Ok(p.metadata.name.unwrap_or_default())
+    pod
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
-use super::{is_status, Controller, Ctx, Error, Result};
+use super::{delete_object, is_status, patch_status, Controller, Ctx, Error, Result};
 use crate::events::{EventType, Recorder};
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
@@ -656,17 +656,8 @@ async fn cleanup(api: &Api<ReplicaSet>, old: &[ReplicaSet], limit: i32) -> Resul
     }
     dead.sort_by_key(|r| revision_of(&r.metadata));
     for r in dead.into_iter().take(excess as usize) {
-        match api
-            .delete(
-                r.metadata.name.as_deref().unwrap_or_default(),
-                &DeleteParams::default(),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let name = r.metadata.name.as_deref().unwrap_or_default();
+        delete_object(api, name, &DeleteParams::default()).await?;
     }
     Ok(())
 }
@@ -913,18 +904,8 @@ async fn sync_status(
                 v[k] = Value::Null;
             }
         }
-        match api
-            .patch_status(
-                d.metadata.name.as_deref().unwrap_or_default(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": v})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let name = d.metadata.name.as_deref().unwrap_or_default();
+        patch_status(&api, name, json!({"status": v})).await?;
     }
     Ok(again)
 }

@@ -18,42 +18,33 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 
-use super::{is_status, Controller, Ctx, Result};
-use crate::informer::{key_of, split_key};
+use super::{patch_status, Controller, Ctx, Result};
+use crate::informer::{key_of, split_key, Informer, Object};
 use crate::queue::WorkQueue;
 use crate::util;
+
+/// Queues every budget of a namespace when an object of `inf` in it changes.
+fn budgets_follow<K: Object>(inf: &Informer<K>, queue: &WorkQueue, ctx: &Ctx) {
+    let (q, pdbs) = (queue.clone(), ctx.inf.pdbs.clone());
+    inf.on_change(move |o, _| {
+        for p in pdbs.list_ns(o.meta().namespace.as_deref().unwrap_or_default()) {
+            q.add(key_of(&*p));
+        }
+    });
+}
 
 pub fn controller(ctx: &Ctx) -> Controller {
     let queue = WorkQueue::new();
     let q = queue.clone();
     ctx.inf.pdbs.on_change(move |p, _| q.add(key_of(p)));
     // Any change of pods or scale in a namespace may change its budgets.
-    let enqueue_ns = |q: WorkQueue, pdbs: crate::informer::Informer<PodDisruptionBudget>| {
-        move |ns: Option<&str>| {
-            for p in pdbs.list_ns(ns.unwrap_or_default()) {
-                q.add(key_of(&*p));
-            }
-        }
-    };
-    let f = enqueue_ns(queue.clone(), ctx.inf.pdbs.clone());
-    ctx.inf
-        .pods
-        .on_change(move |p, _| f(p.metadata.namespace.as_deref()));
-    let f = enqueue_ns(queue.clone(), ctx.inf.pdbs.clone());
-    ctx.inf
-        .replicasets
-        .on_change(move |p, _| f(p.metadata.namespace.as_deref()));
-    let f = enqueue_ns(queue.clone(), ctx.inf.pdbs.clone());
-    ctx.inf
-        .deployments
-        .on_change(move |p, _| f(p.metadata.namespace.as_deref()));
-    let f = enqueue_ns(queue.clone(), ctx.inf.pdbs.clone());
-    ctx.inf
-        .statefulsets
-        .on_change(move |p, _| f(p.metadata.namespace.as_deref()));
+    budgets_follow(&ctx.inf.pods, &queue, ctx);
+    budgets_follow(&ctx.inf.replicasets, &queue, ctx);
+    budgets_follow(&ctx.inf.deployments, &queue, ctx);
+    budgets_follow(&ctx.inf.statefulsets, &queue, ctx);
     let c = ctx.clone();
     let pdbs = ctx.inf.pdbs.clone();
     Controller::new("disruption-controller", queue, 1, move |key| {
@@ -201,18 +192,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     }]);
     if pdb.status.as_ref() != Some(&st) {
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-        match api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        patch_status(&api, name, json!({"status": st})).await?;
     }
     Ok(None)
 }

@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 
-use super::{err_message, is_status, Controller, Ctx, Result};
+use super::{delete_object, err_message, is_status, Controller, Ctx, Result};
 use crate::events::EventType;
 
 /// Reporting controller names of upstream's endpoints and endpointslice controllers.
@@ -159,11 +159,7 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     let existing = ctx.inf.endpoints.get(Some(ns), name);
     let Some(svc) = ctx.inf.services.get(Some(ns), name) else {
         if existing.is_some() {
-            match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 404) => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_object(&api, name, &DeleteParams::default()).await?;
         }
         return Ok(None);
     };
@@ -370,17 +366,8 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     let (Some(svc), Some(pods)) = (svc, pods) else {
         // No service (or no selector): our slices go (the GC would too, via ownerReferences).
         for s in ours {
-            match api
-                .delete(
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                    &DeleteParams::default(),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 404) => {}
-                Err(e) => return Err(e.into()),
-            }
+            let sn = s.metadata.name.as_deref().unwrap_or_default();
+            delete_object(&api, sn, &DeleteParams::default()).await?;
         }
         return Ok(None);
     };
@@ -452,17 +439,8 @@ async fn sync_slices(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     };
     for s in &ours {
         if s.metadata.name.as_deref() != Some(want_name.as_str()) {
-            match api
-                .delete(
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                    &DeleteParams::default(),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 404) => {}
-                Err(e) => return Err(e.into()),
-            }
+            let sn = s.metadata.name.as_deref().unwrap_or_default();
+            delete_object(&api, sn, &DeleteParams::default()).await?;
         }
     }
     match ours

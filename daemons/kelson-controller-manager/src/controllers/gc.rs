@@ -26,7 +26,7 @@ use kube::api::{
 };
 use serde_json::json;
 
-use super::{is_status, Controller, Ctx, Result};
+use super::{delete_object, is_status, Controller, Ctx, Result};
 use crate::informer::{Change, Informer, Object};
 use crate::queue::WorkQueue;
 
@@ -272,14 +272,8 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
                     }),
                     ..Default::default()
                 };
-                match dapi
-                    .delete(d.name.as_deref().unwrap_or_default(), &dp)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                // A uid precondition: 409 = replaced by a new object of that name.
+                delete_object(&dapi, d.name.as_deref().unwrap_or_default(), &dp).await?;
             }
         }
         if blocking == 0 {
@@ -320,11 +314,7 @@ async fn reconcile(ctx: &Ctx, sources: &Sources, key: &str) -> Result<Option<Dur
             }),
             ..Default::default()
         };
-        match api.delete(name, &dp).await {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_object(&api, name, &dp).await?;
         return Ok(None);
     }
     if !dangling.is_empty() {

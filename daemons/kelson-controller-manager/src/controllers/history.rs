@@ -9,12 +9,13 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
-use super::{is_status, Ctx, Result};
+use super::{delete_object, is_status, Ctx, Result};
 use crate::util;
 
 pub const REVISION_HASH: &str = "controller-revision-hash";
@@ -117,15 +118,33 @@ pub async fn ensure(
     }
 }
 
-/// Deletes the oldest revisions beyond `limit` that are neither `keep` nor used by a pod.
+/// The revision hash a pod was made from (its `controller-revision-hash` label).
+pub fn revision_hash(p: &Pod) -> Option<&str> {
+    p.metadata
+        .labels
+        .as_ref()?
+        .get(REVISION_HASH)
+        .map(String::as_str)
+}
+
+/// Deletes the oldest revisions of `owner` in `ns` beyond `limit` that are neither one of
+/// `current` (revision names) nor used by one of `pods` (revision `<owner>-<hash>`).
 pub async fn truncate(
     ctx: &Ctx,
     ns: &str,
-    owner_uid: &str,
+    owner: &ObjectMeta,
     limit: i32,
-    keep: &HashSet<String>,
+    current: &[&str],
+    pods: &[&Pod],
 ) -> Result<()> {
-    let revs = owned(ctx, ns, owner_uid);
+    let name = owner.name.as_deref().unwrap_or_default();
+    let mut keep: HashSet<String> = current.iter().map(|r| r.to_string()).collect();
+    keep.extend(
+        pods.iter()
+            .filter_map(|p| revision_hash(p))
+            .map(|h| format!("{name}-{h}")),
+    );
+    let revs = owned(ctx, ns, owner.uid.as_deref().unwrap_or_default());
     let removable: Vec<&ControllerRevision> = revs
         .iter()
         .filter(|r| !keep.contains(r.metadata.name.as_deref().unwrap_or_default()))
@@ -133,17 +152,8 @@ pub async fn truncate(
     let excess = removable.len().saturating_sub(limit.max(0) as usize);
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
     for r in removable.into_iter().take(excess) {
-        match api
-            .delete(
-                r.metadata.name.as_deref().unwrap_or_default(),
-                &DeleteParams::default(),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let name = r.metadata.name.as_deref().unwrap_or_default();
+        delete_object(&api, name, &DeleteParams::default()).await?;
     }
     Ok(())
 }

@@ -53,12 +53,12 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTermina
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::replicaset::Expectations;
-use super::{err_message, is_status, Controller, Ctx, Result};
+use super::podcontrol::{self, Expectations};
+use super::{delete_object, is_status, Controller, Ctx, Result};
 use crate::events::EventType;
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
@@ -485,30 +485,11 @@ async fn remove_finalizer(api: &Api<Pod>, p: &Pod) -> Result<()> {
 
 async fn delete_pods(ctx: &Ctx, job: &Job, api: &Api<Pod>, pods: &[&Pod]) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    let dp = DeleteParams::background();
     for p in pods {
         let n = p.metadata.name.clone().unwrap_or_default();
-        match api.delete(&n, &DeleteParams::background()).await {
-            Ok(_) => {
-                ctx.events.event(
-                    COMPONENT,
-                    job,
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {n}"),
-                );
-                out.push(n)
-            }
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => {
-                ctx.events.event(
-                    COMPONENT,
-                    job,
-                    EventType::Warning,
-                    "FailedDelete",
-                    format!("Error deleting: {}", err_message(&e)),
-                );
-                return Err(e.into());
-            }
+        if podcontrol::delete_pod(ctx, api, COMPONENT, job, &n, &dp).await? {
+            out.push(n);
         }
     }
     Ok(out)
@@ -1035,80 +1016,55 @@ async fn create_pods(
         .unwrap_or_default();
     let mut created = Vec::new();
     for idx in indexes {
-        let mut meta = tmpl.metadata.clone().unwrap_or_default();
-        let mut spec = tmpl.spec.clone().unwrap_or_default();
-        meta.name = None;
-        meta.namespace = job.metadata.namespace.clone();
-        meta.owner_references = Some(vec![util::controller_ref("batch/v1", "Job", &job.metadata)]);
+        let generate_name = match idx {
+            Some((i, _)) => format!("{name}-{i}-"),
+            None => format!("{name}-"),
+        };
+        let mut pod =
+            podcontrol::pod_from_template(&tmpl, &job.metadata, "batch/v1", "Job", generate_name);
+        let meta = &mut pod.metadata;
+        let spec = pod.spec.get_or_insert_with(Default::default);
         meta.finalizers
             .get_or_insert_with(Vec::new)
             .push(TRACKING_FINALIZER.into());
-        match idx {
-            Some((i, (failures, ignored))) => {
-                meta.generate_name = Some(format!("{name}-{i}-"));
-                let ann = meta.annotations.get_or_insert_with(Default::default);
-                ann.insert(COMPLETION_INDEX.into(), i.to_string());
-                if per_index {
-                    ann.insert(INDEX_FAILURE_COUNT.into(), failures.to_string());
-                    if ignored > 0 {
-                        ann.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
-                    }
+        if let Some((i, (failures, ignored))) = idx {
+            let ann = meta.annotations.get_or_insert_with(Default::default);
+            ann.insert(COMPLETION_INDEX.into(), i.to_string());
+            if per_index {
+                ann.insert(INDEX_FAILURE_COUNT.into(), failures.to_string());
+                if ignored > 0 {
+                    ann.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
                 }
-                meta.labels
-                    .get_or_insert_with(Default::default)
-                    .insert(COMPLETION_INDEX.into(), i.to_string());
-                spec.hostname = Some(format!("{name}-{i}"));
-                let env = EnvVar {
-                    name: "JOB_COMPLETION_INDEX".into(),
-                    value: None,
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            api_version: Some("v1".into()),
-                            field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
-                        }),
-                        ..Default::default()
+            }
+            meta.labels
+                .get_or_insert_with(Default::default)
+                .insert(COMPLETION_INDEX.into(), i.to_string());
+            spec.hostname = Some(format!("{name}-{i}"));
+            let env = EnvVar {
+                name: "JOB_COMPLETION_INDEX".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".into()),
+                        field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
                     }),
-                };
-                for c in spec
-                    .containers
-                    .iter_mut()
-                    .chain(spec.init_containers.iter_mut().flatten())
-                {
-                    let envs = c.env.get_or_insert_with(Vec::new);
-                    if !envs.iter().any(|e| e.name == env.name) {
-                        envs.push(env.clone());
-                    }
+                    ..Default::default()
+                }),
+            };
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
+                let envs = c.env.get_or_insert_with(Vec::new);
+                if !envs.iter().any(|e| e.name == env.name) {
+                    envs.push(env.clone());
                 }
             }
-            None => meta.generate_name = Some(format!("{name}-")),
         }
-        let pod = Pod {
-            metadata: meta,
-            spec: Some(spec),
-            status: None,
-        };
-        match api.create(&PostParams::default(), &pod).await {
-            Ok(p) => {
-                let pn = p.metadata.name.unwrap_or_default();
-                ctx.events.event(
-                    COMPONENT,
-                    job,
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    format!("Created pod: {pn}"),
-                );
-                created.push(pn)
-            }
-            Err(e) => {
-                ctx.events.event(
-                    COMPONENT,
-                    job,
-                    EventType::Warning,
-                    "FailedCreate",
-                    format!("Error creating: {}", err_message(&e)),
-                );
-                return (created, Err(e.into()));
-            }
+        match podcontrol::create_pod(ctx, api, COMPONENT, job, &pod).await {
+            Ok(pn) => created.push(pn),
+            Err(e) => return (created, Err(e.into())),
         }
     }
     (created, Ok(()))
@@ -1174,11 +1130,8 @@ async fn ttl_reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         }),
         ..Default::default()
     };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok(None),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    delete_object(&api, name, &dp).await?;
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podcontrol;
 pub mod quantity;
 pub mod replicaset;
 pub mod resourcequota;
@@ -76,6 +77,49 @@ pub fn err_message(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => s.message.clone(),
         e => e.to_string(),
+    }
+}
+
+/// Merge-patches the status subresource of `name` with `patch` (`{"status": …}`, possibly
+/// with a resourceVersion precondition). `Ok(false)`: the object is gone — not an error for a
+/// controller, whose informer brings the deletion next.
+pub async fn patch_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<bool>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 404) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes `name` with `dp`. Gone already (404) is not an error, nor — when `dp` carries
+/// preconditions — a 409: the object now under that name is not the one meant.
+pub async fn delete_object<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    dp: &kube::api::DeleteParams,
+) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, dp).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) if is_status(&e, 409) && dp.preconditions.is_some() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -5,79 +5,32 @@
 //! to close the gap, then write status (replicas, fullyLabeledReplicas, readyReplicas,
 //! availableReplicas honoring minReadySeconds, observedGeneration).
 //!
-//! Expectations (as upstream's `ControllerExpectations`): after creating or deleting pods the
-//! informer cache lags; acting on it again would over-create. So each ReplicaSet remembers
-//! the names it created and deleted, and only manages replicas again once the cache shows all
-//! of them (or after a timeout, in case a watch event was lost). Status is still written.
+//! Expectations (as upstream's `ControllerExpectations`, [`super::podcontrol::Expectations`]):
+//! after creating or deleting pods the informer cache lags; acting on it again would
+//! over-create. So each ReplicaSet remembers the names it created and deleted, and only manages
+//! replicas again once the cache shows all of them (or after a timeout, in case a watch event
+//! was lost). Status is still written.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Resource;
-use parking_lot::Mutex;
 use serde_json::json;
 
-use super::{err_message, is_status, Controller, Ctx, Result};
-use crate::events::EventType;
+use super::podcontrol::{self, Expectations};
+use super::{is_status, patch_status, Controller, Ctx, Result};
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 use crate::util;
 
 /// The reporting controller name upstream's replicaset controller records events as.
 const COMPONENT: &str = "replicaset-controller";
-const EXPECTATIONS_TTL: Duration = Duration::from_secs(60);
 /// Upstream's burst of pod creations per sync (slow start batches within it).
 const BURST: usize = 500;
-
-#[derive(Default)]
-struct Expect {
-    adds: HashSet<String>,
-    dels: HashSet<String>,
-    at: Option<Instant>,
-}
-
-/// Pods a controller created/deleted that the cache has not shown yet (shared with the job
-/// and daemonset controllers, which have the same over-creation hazard).
-#[derive(Default, Clone)]
-pub(crate) struct Expectations(Arc<Mutex<HashMap<String, Expect>>>);
-
-impl Expectations {
-    pub(crate) fn satisfied(&self, key: &str, ns: &str, ctx: &Ctx) -> bool {
-        let mut g = self.0.lock();
-        let Some(e) = g.get_mut(key) else { return true };
-        if e.at.is_some_and(|t| t.elapsed() > EXPECTATIONS_TTL) {
-            g.remove(key);
-            return true;
-        }
-        e.adds.retain(|n| ctx.inf.pods.get(Some(ns), n).is_none());
-        e.dels.retain(|n| {
-            ctx.inf
-                .pods
-                .get(Some(ns), n)
-                .is_some_and(|p| !util::is_deleting(&p.metadata))
-        });
-        let ok = e.adds.is_empty() && e.dels.is_empty();
-        if ok {
-            g.remove(key);
-        }
-        ok
-    }
-    pub(crate) fn expect(&self, key: &str, adds: Vec<String>, dels: Vec<String>) {
-        let mut g = self.0.lock();
-        let e = g.entry(key.to_string()).or_default();
-        e.adds.extend(adds);
-        e.dels.extend(dels);
-        e.at = Some(Instant::now());
-    }
-    pub(crate) fn forget(&self, key: &str) {
-        self.0.lock().remove(key);
-    }
-}
 
 pub fn controller(ctx: &Ctx) -> Controller {
     let queue = WorkQueue::new();
@@ -123,7 +76,7 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
         return Ok(None);
     };
     let Some(rs) = ctx.inf.replicasets.get(Some(ns), name) else {
-        exp.0.lock().remove(key);
+        exp.forget(key);
         return Ok(None);
     };
     let spec = rs.spec.clone().unwrap_or_default();
@@ -174,28 +127,13 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
             let n = active.len() - replicas;
             let mut deleted = Vec::new();
             let mut err = None;
+            let dp = DeleteParams::default();
             for p in victims.into_iter().take(n) {
                 let pn = p.metadata.name.clone().unwrap_or_default();
-                match pods_api.delete(&pn, &DeleteParams::default()).await {
-                    Ok(_) => {
-                        ctx.events.event(
-                            COMPONENT,
-                            &*rs,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            format!("Deleted pod: {pn}"),
-                        );
-                        deleted.push(pn)
-                    }
-                    Err(e) if is_status(&e, 404) => {}
+                match podcontrol::delete_pod(ctx, &pods_api, COMPONENT, &*rs, &pn, &dp).await {
+                    Ok(true) => deleted.push(pn),
+                    Ok(false) => {}
                     Err(e) => {
-                        ctx.events.event(
-                            COMPONENT,
-                            &*rs,
-                            EventType::Warning,
-                            "FailedDelete",
-                            format!("Error deleting: {}", err_message(&e)),
-                        );
                         err = Some(e);
                         break;
                     }
@@ -244,17 +182,8 @@ async fn reconcile(ctx: &Ctx, exp: &Expectations, key: &str) -> Result<Option<Du
     st.conditions = rs.status.as_ref().and_then(|s| s.conditions.clone());
     if rs.status.as_ref() != Some(&st) {
         let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
-        match rs_api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": st})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        if !patch_status(&rs_api, name, json!({"status": st})).await? {
+            return Ok(None);
         }
     }
     Ok(again.map(|s| Duration::from_secs(s) + Duration::from_millis(100)))
@@ -302,53 +231,26 @@ async fn create_pods(
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    let mut meta = tmpl.metadata.clone().unwrap_or_default();
-    meta.generate_name = Some(format!(
-        "{}-",
-        rs.metadata.name.as_deref().unwrap_or_default()
-    ));
-    meta.name = None;
-    meta.namespace = rs.metadata.namespace.clone();
-    meta.owner_references = Some(vec![util::controller_ref(
+    let pod = podcontrol::pod_from_template(
+        &tmpl,
+        &rs.metadata,
         "apps/v1",
         "ReplicaSet",
-        &rs.metadata,
-    )]);
-    let pod = Pod {
-        metadata: meta,
-        spec: tmpl.spec.clone(),
-        status: None,
-    };
+        format!("{}-", rs.metadata.name.as_deref().unwrap_or_default()),
+    );
     // Slow start (1, 2, 4, ...): a quota or admission failure costs one request, not n.
     let mut created = Vec::new();
-    let pp = PostParams::default();
     let mut batch = 1usize;
     while created.len() < n {
         let size = batch.min(n - created.len());
-        let results = futures::future::join_all((0..size).map(|_| api.create(&pp, &pod))).await;
+        let results = futures::future::join_all(
+            (0..size).map(|_| podcontrol::create_pod(ctx, api, COMPONENT, rs, &pod)),
+        )
+        .await;
         for r in results {
             match r {
-                Ok(p) => {
-                    let pn = p.metadata.name.unwrap_or_default();
-                    ctx.events.event(
-                        COMPONENT,
-                        rs,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        format!("Created pod: {pn}"),
-                    );
-                    created.push(pn)
-                }
-                Err(e) => {
-                    ctx.events.event(
-                        COMPONENT,
-                        rs,
-                        EventType::Warning,
-                        "FailedCreate",
-                        format!("Error creating: {}", err_message(&e)),
-                    );
-                    return (created, Err(e.into()));
-                }
+                Ok(pn) => created.push(pn),
+                Err(e) => return (created, Err(e.into())),
             }
         }
         batch *= 2;

@@ -18,7 +18,7 @@
 //! current/updated replicas and revisions; currentRevision becomes updateRevision once every
 //! pod runs it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +27,11 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-use super::{err_message, history, is_status, Controller, Ctx, Result};
+use super::history::revision_hash as revision_of;
+use super::{err_message, history, is_status, patch_status, Controller, Ctx, Result};
 use crate::events::EventType;
 
 /// The reporting controller name of upstream's statefulset controller.
@@ -75,14 +76,6 @@ pub fn ordinal(set: &str, pod: &str) -> Option<i32> {
 
 fn running_and_ready(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && util::is_pod_ready(p)
-}
-
-fn revision_of(p: &Pod) -> Option<&str> {
-    p.metadata
-        .labels
-        .as_ref()?
-        .get(history::REVISION_HASH)
-        .map(String::as_str)
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
@@ -240,18 +233,14 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     }
 
     // History.
-    let mut keep: HashSet<String> = HashSet::from([update_rev.clone(), current_rev.clone()]);
-    for p in pods.values() {
-        if let Some(h) = revision_of(p) {
-            keep.insert(format!("{name}-{h}"));
-        }
-    }
+    let used: Vec<&Pod> = pods.values().map(|p| &**p).collect();
     history::truncate(
         ctx,
         ns,
-        &uid,
+        &set.metadata,
         spec.revision_history_limit.unwrap_or(10),
-        &keep,
+        &[&update_rev, &current_rev],
+        &used,
     )
     .await?;
 
@@ -297,21 +286,12 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
     }
     if set.status.as_ref() != Some(&st) {
         let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-        match api
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                // currentRevision is carried over from the cached status: a stale cache must
-                // not write it back over a newer one, so the write is conditional (409 → retry).
-                &Patch::Merge(
-                    json!({"metadata": {"resourceVersion": set.metadata.resource_version}, "status": st}),
-                ),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_status(&e, 404) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        // currentRevision is carried over from the cached status: a stale cache must not
+        // write it back over a newer one, so the write is conditional (409 → retry).
+        let patch =
+            json!({"metadata": {"resourceVersion": set.metadata.resource_version}, "status": st});
+        if !patch_status(&api, name, patch).await? {
+            return Ok(None);
         }
     }
     let waiting = st.available_replicas < st.ready_replicas;

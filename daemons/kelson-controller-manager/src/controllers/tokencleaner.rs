@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Preconditions};
 
-use super::{is_status, Controller, Ctx, Result};
+use super::{delete_object, Controller, Ctx, Result};
 use crate::informer::{key_of, split_key};
 use crate::queue::WorkQueue;
 
@@ -70,11 +70,8 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Option<Duration>> {
         }),
         ..Default::default()
     };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok(None),
-        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    delete_object(&api, name, &dp).await?;
+    Ok(None)
 }
 
 #[cfg(test)]

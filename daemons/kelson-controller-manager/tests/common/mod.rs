@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kelson_testsupport::{ChildGuard, ControlPlane};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -72,6 +72,17 @@ impl Env {
         }
     }
 
+    /// Events about `kind/name` in the default namespace, as `kubectl describe` finds them.
+    pub async fn events_for(&self, kind: &str, name: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        api.list(&ListParams::default().fields(&format!(
+            "involvedObject.kind={kind},involvedObject.name={name}"
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    }
+
     /// Polls `f` every 200 ms until it returns Some, at most `secs`.
     pub async fn wait<T, F, Fut>(&self, what: &str, secs: u64, mut f: F) -> T
     where
@@ -92,6 +103,18 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// How many of `pods` have not finished (neither Succeeded nor Failed).
+pub fn unfinished(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded") | Some("Failed")
+            )
+        })
+        .count()
 }
 
 #[derive(Clone)]

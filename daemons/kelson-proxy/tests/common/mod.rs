@@ -37,6 +37,8 @@ pub const NODE: &str = "node1";
 pub const NODE_BRIDGE_IP: &str = "10.77.1.1";
 pub const NODE_CLIENT_IP: &str = "10.77.2.1";
 pub const CLIENT_IP: &str = "10.77.2.2";
+/// The endpoint servers' port (TCP and UDP).
+pub const PORT: u16 = 8080;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -59,12 +61,75 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("netns thread")
 }
 
+/// The addresses of one IP family in the topology (the picture above is [`V4`]; [`V6`] is the
+/// same with `fd77:1::/64` on the bridge and `fd77:2::/64` to the client).
+pub struct Family {
+    /// In the namespace names, so topologies of both families can exist at once.
+    tag: &'static str,
+    /// `ip -4` / `ip -6`.
+    ip: &'static str,
+    /// Prefix length of both subnets.
+    len: u8,
+    /// The node's address on the bridge (the endpoints' gateway).
+    pub bridge: &'static str,
+    /// Endpoint i is this followed by `i + 1`.
+    endpoint_prefix: &'static str,
+    /// The node's address towards the client (the client's gateway).
+    pub node_client: &'static str,
+    pub client: &'static str,
+    /// The node's default route: to a gateway that does not exist.
+    gateway: &'static str,
+    /// The sysctl that makes the node route.
+    forwarding: &'static str,
+    /// `ip addr add` flags.
+    addr_flags: &'static [&'static str],
+    /// The wildcard address the endpoint servers bind.
+    any: &'static str,
+}
+
+pub const V4: Family = Family {
+    tag: "",
+    ip: "-4",
+    len: 24,
+    bridge: NODE_BRIDGE_IP,
+    endpoint_prefix: "10.77.1.1",
+    node_client: NODE_CLIENT_IP,
+    client: CLIENT_IP,
+    gateway: "10.77.1.254",
+    forwarding: "net.ipv4.ip_forward=1",
+    addr_flags: &[],
+    any: "0.0.0.0",
+};
+
+pub const V6: Family = Family {
+    tag: "6-",
+    ip: "-6",
+    len: 64,
+    bridge: "fd77:1::1",
+    endpoint_prefix: "fd77:1::1",
+    node_client: "fd77:2::1",
+    client: "fd77:2::2",
+    gateway: "fd77:1::fe",
+    forwarding: "net.ipv6.conf.all.forwarding=1",
+    // nodad: addresses usable at once, not after duplicate address detection.
+    addr_flags: &["nodad"],
+    any: "::",
+};
+
+impl Family {
+    /// Endpoint `i`'s address (0-based: `e1` is 0).
+    pub fn endpoint_ip(&self, i: usize) -> String {
+        format!("{}{}", self.endpoint_prefix, i + 1)
+    }
+}
+
 /// The namespaces and links; dropping deletes every namespace (and with them veths, the
 /// bridge, nftables tables and the dummy interface).
 pub struct Topo {
     pub node: String,
     pub client: String,
     pub endpoints: Vec<String>,
+    family: &'static Family,
     stop: Arc<AtomicBool>,
 }
 
@@ -78,13 +143,20 @@ impl Drop for Topo {
 }
 
 impl Topo {
+    /// The IPv4 topology.
     pub fn new() -> Topo {
+        Topo::with(&V4)
+    }
+
+    /// The topology in `family`.
+    pub fn with(family: &'static Family) -> Topo {
         assert!(
             nix::unistd::geteuid().is_root(),
             "these tests create network namespaces and need root"
         );
         let id = format!(
-            "kpx{}-{}",
+            "kpx{}{}-{}",
+            family.tag,
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -92,7 +164,18 @@ impl Topo {
             node: format!("{id}-node"),
             client: format!("{id}-c"),
             endpoints: (1..=3).map(|i| format!("{id}-e{i}")).collect(),
+            family,
             stop: Arc::new(AtomicBool::new(false)),
+        };
+        let f = family;
+        let addr = |ns: &str, ip: &str, dev: &str| {
+            let cidr = format!("{ip}/{}", f.len);
+            let mut args = vec!["ip", "-n", ns, "addr", "add", &cidr, "dev", dev];
+            args.extend(f.addr_flags);
+            sh(&args);
+        };
+        let default_via = |ns: &str, gw: &str| {
+            sh(&["ip", "-n", ns, f.ip, "route", "add", "default", "via", gw]);
         };
         for ns in t.endpoints.iter().chain([&t.client, &t.node]) {
             sh(&["ip", "netns", "add", ns]);
@@ -100,7 +183,7 @@ impl Topo {
         }
         let n = t.node.as_str();
         sh(&["ip", "-n", n, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", n, "addr", "add", "10.77.1.1/24", "dev", "br0"]);
+        addr(n, f.bridge, "br0");
         sh(&["ip", "-n", n, "link", "set", "br0", "up"]);
         for (i, e) in t.endpoints.iter().enumerate() {
             let ve = format!("ve{}", i + 1);
@@ -109,79 +192,39 @@ impl Topo {
                 e,
             ]);
             sh(&["ip", "-n", n, "link", "set", &ve, "master", "br0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                e,
-                "addr",
-                "add",
-                &format!("10.77.1.1{}/24", i + 1),
-                "dev",
-                "eth0",
-            ]);
+            addr(e, &f.endpoint_ip(i), "eth0");
             sh(&["ip", "-n", e, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                e,
-                "route",
-                "add",
-                "default",
-                "via",
-                NODE_BRIDGE_IP,
-            ]);
+            default_via(e, f.bridge);
         }
         let c = t.client.as_str();
         sh(&[
             "ip", "-n", n, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c,
         ]);
-        sh(&["ip", "-n", n, "addr", "add", "10.77.2.1/24", "dev", "vc"]);
+        addr(n, f.node_client, "vc");
         sh(&["ip", "-n", n, "link", "set", "vc", "up"]);
-        sh(&["ip", "-n", c, "addr", "add", "10.77.2.2/24", "dev", "eth0"]);
+        addr(c, f.client, "eth0");
         sh(&["ip", "-n", c, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            c,
-            "route",
-            "add",
-            "default",
-            "via",
-            NODE_CLIENT_IP,
-        ]);
+        default_via(c, f.node_client);
         // A node has a default route (here to a gateway that does not exist): without one,
         // packets to a ClusterIP that is not DNATed would die in routing before the filter
         // hooks that reject them.
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.1.254",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        default_via(n, f.gateway);
+        sh(&["ip", "netns", "exec", n, "sysctl", "-qw", f.forwarding]);
         t
     }
 
+    /// Endpoint `i`'s IPv4 address.
     pub fn endpoint_ip(i: usize) -> String {
-        format!("10.77.1.1{}", i + 1)
+        V4.endpoint_ip(i)
     }
 
-    /// Starts the echo servers: endpoint i answers `e<i+1> <peer-ip>`, on TCP and UDP 8080.
+    /// Starts the echo servers: endpoint i answers `e<i+1> <peer-ip>`, on TCP and UDP
+    /// [`PORT`], and closes.
     pub fn start_servers(&self) {
         for (i, ns) in self.endpoints.iter().enumerate() {
-            let u: UdpSocket = in_netns(ns, || UdpSocket::bind("0.0.0.0:8080").expect("bind udp"));
+            let any = self.family.any;
+            let u: UdpSocket =
+                in_netns(ns, move || UdpSocket::bind((any, PORT)).expect("bind udp"));
             u.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let stop = self.stop.clone();
             let name = format!("e{}", i + 1);
@@ -195,8 +238,10 @@ impl Topo {
             });
         }
         for (i, ns) in self.endpoints.iter().enumerate() {
-            let l: TcpListener =
-                in_netns(ns, || TcpListener::bind("0.0.0.0:8080").expect("bind 8080"));
+            let any = self.family.any;
+            let l: TcpListener = in_netns(ns, move || {
+                TcpListener::bind((any, PORT)).expect("bind tcp")
+            });
             l.set_nonblocking(true).unwrap();
             let stop = self.stop.clone();
             let name = format!("e{}", i + 1);
@@ -257,6 +302,30 @@ impl Topo {
 }
 
 impl Topo {
+    /// Polls until `addr` answers from the client netns (at most `secs`); the answer.
+    pub fn wait_answer(&self, addr: SocketAddr, secs: u64) -> String {
+        let start = Instant::now();
+        loop {
+            match self.connect(addr) {
+                Ok(a) => return a,
+                Err(e) if start.elapsed() > Duration::from_secs(secs) => {
+                    panic!("{addr} did not answer within {secs} s: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Which endpoints (`e1`..`e3`) answer over `n` connections.
+    pub fn answers(&self, addr: SocketAddr, n: usize) -> std::collections::BTreeSet<String> {
+        (0..n)
+            .map(|_| {
+                let a = self.connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+                parse_answer(&a).0
+            })
+            .collect()
+    }
+
     /// One UDP exchange from the client netns (a fresh socket, so a new conntrack flow).
     pub fn udp(&self, addr: SocketAddr) -> std::io::Result<String> {
         in_netns(&self.client, move || {
