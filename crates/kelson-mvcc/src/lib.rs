@@ -15,7 +15,8 @@
 //! - `lease`: lease id (8, BE) -> granted TTL (8, BE). Attached keys are derived from the values.
 //!
 //! Modules: [`revision`] (key encoding), [`index`] (the compact in-memory key index), `txn`
-//! (request validation and compares), `snapshot` (the blob format), `store` (everything else).
+//! (request validation and compares), `snapshot` (the blob format, in memory or streamed), `store` (everything else; its child
+//! `store::restore` writes and restores snapshots as streams).
 //!
 //! [`InternalRequest`]: kelson_etcdpb::internal::InternalRequest
 
@@ -27,7 +28,7 @@ mod store;
 mod txn;
 
 pub use error::{code, MvccError};
-pub use store::{Applied, Mvcc, SnapshotView};
+pub use store::{Applied, Mvcc, PreparedRestore, SnapshotView};
 pub use txn::KeyRange;
 
 /// The RocksDB column families this crate owns; open the DB with all of them.

@@ -72,6 +72,10 @@ use crate::revision::Rev;
 use crate::txn::{self, KeyRange};
 use crate::{MvccError, CFS};
 
+// Streaming snapshot write and restore (a child module: it swaps this module's private state).
+mod restore;
+pub use restore::PreparedRestore;
+
 const CF_KV: &str = "kv";
 const CF_META: &str = "mvcc_meta";
 const CF_LEASE: &str = "lease";

@@ -12,8 +12,9 @@
 //! entry — and RocksDB's atomic flush persists applied state and index together; a crash
 //! restarts from the last flushed applied index and re-applies the log after it. Peers talk over
 //! a small gRPC service ([`transport`]): one client stream per peer for ordinary messages and a
-//! chunked stream for snapshots; over mutual TLS whose certificates are re-read when they are
-//! renewed ([`tls`]).
+//! chunked stream per snapshot, which streams the snapshot file from disk into a file on the
+//! receiver (see [`node`] for how it is then installed); over mutual TLS whose certificates are
+//! re-read when they are renewed ([`tls`]).
 //!
 //! A member that applies its own removal, or whose peers refuse its traffic because it was
 //! removed, reports [`NodeStatus::removed`]; the daemon then stops like etcd does. Removed ids
@@ -33,6 +34,7 @@ pub mod storage;
 pub mod tls;
 pub mod transport;
 
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -173,6 +175,14 @@ fn digest_u64(h: Sha256) -> u64 {
 /// Serializes a state machine view taken earlier (see [`StateMachine::snapshot_job`]).
 pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
 
+/// Streams a state machine view taken earlier into a writer (see
+/// [`StateMachine::snapshot_write_job`]).
+pub type SnapshotWriteJob = Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<(), String> + Send>;
+
+/// A snapshot the state machine has validated and staged, not yet installed (see
+/// [`StateMachine::prepare_restore`]).
+pub type PreparedRestore = Box<dyn std::any::Any + Send>;
+
 /// What the replicated state machine (kelson-mvcc) must provide.
 pub trait StateMachine: Send + 'static {
     /// Apply one committed normal entry's payload (what was given to `propose`). Put all writes
@@ -201,6 +211,55 @@ pub trait StateMachine: Send + 'static {
     /// Replace the whole state with `data` (from a peer's snapshot); write through `wb`
     /// (`on_durable` follows).
     fn restore(&mut self, data: &[u8], wb: &mut rocksdb::WriteBatch) -> Result<(), String>;
+    /// Like [`StateMachine::snapshot_job`], but the job streams the bytes into a writer (the
+    /// snapshot file), so a large state is never held in memory. The default buffers the
+    /// bytes of `snapshot_job`.
+    fn snapshot_write_job(&mut self) -> SnapshotWriteJob {
+        let job = self.snapshot_job();
+        Box::new(move |w| {
+            let data = job()?;
+            w.write_all(&data).map_err(|e| e.to_string())
+        })
+    }
+    /// First half of a restore from a peer's snapshot: read the `len` bytes of state machine
+    /// data from `r` (what [`StateMachine::snapshot_write_job`] wrote), validate them and
+    /// stage whatever can be staged — WITHOUT changing the current state: an error here leaves
+    /// it intact. `scratch` is a directory the state machine may use for staged files. The
+    /// default reads the bytes into memory.
+    fn prepare_restore(
+        &mut self,
+        r: &mut dyn std::io::Read,
+        len: u64,
+        scratch: &std::path::Path,
+    ) -> Result<PreparedRestore, String> {
+        let _ = scratch;
+        let mut data = Vec::new();
+        r.take(len)
+            .read_to_end(&mut data)
+            .map_err(|e| format!("reading snapshot data: {e}"))?;
+        if data.len() as u64 != len {
+            return Err(format!(
+                "snapshot data truncated: {} of {len} bytes",
+                data.len()
+            ));
+        }
+        Ok(Box::new(data))
+    }
+    /// Second half: replace the whole state with the prepared snapshot. Writes may go through
+    /// `wb` (committed, synced, with the raft state that records the snapshot) or straight to
+    /// the database; in the latter case they must be idempotent: a crash before `wb` is
+    /// written makes the node prepare and install the same snapshot again on restart.
+    /// `on_durable` follows. The default restores the bytes `prepare_restore` read.
+    fn install_restore(
+        &mut self,
+        prepared: PreparedRestore,
+        wb: &mut rocksdb::WriteBatch,
+    ) -> Result<(), String> {
+        let data = prepared
+            .downcast::<Vec<u8>>()
+            .map_err(|_| "prepared snapshot of an unexpected kind".to_string())?;
+        self.restore(&data, wb)
+    }
 }
 
 /// The raft role of this member.

@@ -12,7 +12,13 @@
 //!
 //! A snapshot for a lagging peer is built off this thread (`Loop::start_snapshot_build`): the
 //! loop takes the state machine's consistent view and hands serializing and writing the file to
-//! a thread of its own.
+//! a thread of its own, which streams it into the file. Raft only ever sees snapshots by their
+//! metadata (`storage::FILE_DATA` as data): the transport streams the file from disk in chunks,
+//! the receiving member writes it to a file, fsyncs it and only then steps the message into
+//! raft; installing it (`Loop::stage_snapshot`) lets the state machine validate and prepare the
+//! file first and replace its state only then, between a durable restore mark and the synced
+//! batch that records the snapshot in the raft state — an interrupted restore is redone from
+//! the file on restart (`finish_interrupted_restore`).
 //!
 //! Bootstrapping a new cluster writes the same initial state on every member: a snapshot at
 //! (index 1, term 1) whose conf state holds every initial member as a voter. A member that joins
@@ -36,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::storage::{self, pair, RocksStorage, K_APPLIED, K_CONF_STATE, K_HARD_STATE, K_IDS};
-use crate::storage::{K_MEMBERS, K_REMOVED, K_SNAPSHOT, K_TRUNCATED};
+use crate::storage::{K_MEMBERS, K_REMOVED, K_RESTORING, K_SNAPSHOT, K_TRUNCATED};
 use crate::transport::{self, Members, PeerService, Removed, Transport};
 use crate::{MemberInfo, NodeStatus, RaftConfig, RaftError, StateMachine};
 
@@ -128,18 +134,171 @@ fn encode_snap_data(
     out
 }
 
-fn decode_snap_data(data: &[u8]) -> Result<(SnapHeader, &[u8]), RaftError> {
+/// Writes the frame's head (everything before the state machine's data) to `w`.
+fn write_snap_header(
+    w: &mut dyn std::io::Write,
+    cluster_id: u64,
+    members: Vec<MemberInfo>,
+    removed: Vec<u64>,
+) -> Result<(), RaftError> {
+    let header = serde_json::to_vec(&SnapHeader {
+        cluster_id,
+        members,
+        removed,
+    })
+    .map_err(|e| RaftError::Storage(format!("encoding snapshot header: {e}")))?;
+    let io = |e: std::io::Error| RaftError::Storage(format!("writing snapshot header: {e}"));
+    w.write_all(&[b'K', 1]).map_err(io)?;
+    w.write_all(&(header.len() as u32).to_be_bytes())
+        .map_err(io)?;
+    w.write_all(&header).map_err(io)
+}
+
+/// Reads the frame's head from snapshot data of `len` bytes; returns it and the length of the
+/// state machine's data that follows.
+fn read_snap_header(r: &mut dyn std::io::Read, len: u64) -> Result<(SnapHeader, u64), RaftError> {
     let bad = |why: &str| RaftError::Storage(format!("malformed snapshot data: {why}"));
-    if data.len() < 6 || data[0] != b'K' || data[1] != 1 {
+    let mut head = [0u8; 6];
+    if len < 6 {
+        return Err(bad("short"));
+    }
+    r.read_exact(&mut head).map_err(|e| bad(&e.to_string()))?;
+    if head[0] != b'K' || head[1] != 1 {
         return Err(bad("bad magic"));
     }
-    let n = u32::from_be_bytes([data[2], data[3], data[4], data[5]]) as usize;
-    let rest = &data[6..];
-    if rest.len() < n {
+    let n = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as u64;
+    if 6 + n > len {
         return Err(bad("short header"));
     }
-    let header: SnapHeader = serde_json::from_slice(&rest[..n]).map_err(|e| bad(&e.to_string()))?;
-    Ok((header, &rest[n..]))
+    let mut buf = vec![0u8; n as usize];
+    r.read_exact(&mut buf).map_err(|e| bad(&e.to_string()))?;
+    let header: SnapHeader = serde_json::from_slice(&buf).map_err(|e| bad(&e.to_string()))?;
+    Ok((header, len - 6 - n))
+}
+
+/// Replaces the state machine's state with the snapshot file for `meta` (fsynced in the
+/// snapshot directory: received from a peer, or found again after a crash). The state
+/// machine first validates and prepares it without touching its state; only then is the
+/// restore mark set (synced), and the old state replaced. Returns the frame's header.
+fn restore_from_file(
+    storage: &RocksStorage,
+    sm: &mut dyn StateMachine,
+    meta: &raft::eraftpb::SnapshotMetadata,
+    cluster_id: u64,
+    wb: &mut WriteBatch,
+) -> Result<SnapHeader, RaftError> {
+    let path = storage.snap_path(meta.term, meta.index);
+    let mut f = storage::open_snapshot_file(&path)?;
+    if (f.meta.index, f.meta.term) != (meta.index, meta.term) {
+        return Err(RaftError::Storage(format!(
+            "snapshot file {} holds {}/{}",
+            path.display(),
+            f.meta.index,
+            f.meta.term
+        )));
+    }
+    let (header, sm_len) = read_snap_header(&mut f.data, f.data_len)?;
+    if header.cluster_id != cluster_id {
+        return Err(RaftError::ClusterMismatch(format!(
+            "snapshot from cluster {:x}",
+            header.cluster_id
+        )));
+    }
+    let scratch = storage
+        .snap_dir()
+        .join(format!("restore-{:016x}", meta.index));
+    let started = Instant::now();
+    let prepared = sm
+        .prepare_restore(&mut f.data, sm_len, &scratch)
+        .map_err(RaftError::Storage)?;
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    storage.db().put_cf_opt(
+        storage.cf_meta()?,
+        K_RESTORING,
+        pair(meta.index, meta.term),
+        &wo,
+    )?;
+    sm.install_restore(prepared, wb)
+        .map_err(RaftError::Storage)?;
+    tracing::info!(
+        index = meta.index,
+        bytes = sm_len,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state machine restored from snapshot file"
+    );
+    Ok(header)
+}
+
+/// Finishes a restore that a crash interrupted (see `storage`): restores the snapshot file
+/// again and records it in the raft state exactly as the Ready loop would have.
+fn finish_interrupted_restore(
+    storage: &RocksStorage,
+    sm: &mut dyn StateMachine,
+    (index, term): (u64, u64),
+) -> Result<(), RaftError> {
+    tracing::warn!(
+        index,
+        term,
+        "a snapshot restore was interrupted; restoring it again"
+    );
+    let cfm = storage.cf_meta()?;
+    let (cid, _) = storage
+        .db()
+        .get_cf(cfm, K_IDS)?
+        .map(|v| storage::unpair("ids", &v))
+        .transpose()?
+        .ok_or_else(|| RaftError::Storage("restore mark without cluster ids".into()))?;
+    let meta = storage::open_snapshot_file(&storage.snap_path(term, index))?.meta;
+    let mut wb = WriteBatch::default();
+    let header = restore_from_file(storage, sm, &meta, cid, &mut wb)?;
+    let (last, mut hs) = {
+        let c = storage.core.read();
+        (c.last_index, c.hs.clone())
+    };
+    let log = storage.cf_log()?;
+    wb.delete_range_cf(
+        log,
+        storage::idx_key(0),
+        storage::idx_key(last.max(index) + 1),
+    );
+    wb.put_cf(cfm, K_TRUNCATED, pair(index, term));
+    wb.put_cf(cfm, K_SNAPSHOT, pair(index, term));
+    wb.put_cf(cfm, K_CONF_STATE, meta.get_conf_state().encode_to_vec());
+    wb.put_cf(
+        cfm,
+        K_MEMBERS,
+        serde_json::to_vec(&header.members).unwrap_or_default(),
+    );
+    let mut removed: Vec<u64> = storage
+        .db()
+        .get_cf(cfm, K_REMOVED)?
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .unwrap_or_default();
+    removed.extend(header.removed);
+    removed.sort_unstable();
+    removed.dedup();
+    wb.put_cf(
+        cfm,
+        K_REMOVED,
+        serde_json::to_vec(&removed).unwrap_or_default(),
+    );
+    wb.put_cf(cfm, K_APPLIED, index.to_be_bytes());
+    // Raising the term without a vote is always safe. The log now ends at the snapshot, so
+    // that is the commit index (raft only installs a snapshot beyond its commit index).
+    if hs.term < term {
+        hs.term = term;
+        hs.vote = 0;
+    }
+    hs.commit = index;
+    wb.put_cf(cfm, K_HARD_STATE, hs.encode_to_vec());
+    wb.delete_cf(cfm, K_RESTORING);
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    storage.db().write_opt(wb, &wo)?;
+    sm.on_durable();
+    storage.prune_snapshots(2);
+    Ok(())
 }
 
 fn proposal_ctx(id: u64, seq: u64) -> Vec<u8> {
@@ -195,7 +354,12 @@ impl RaftNode {
                 "election timeout must be at least twice the heartbeat interval".into(),
             ));
         }
-        let (storage, persisted) = RocksStorage::open(db.clone(), cfg.data_dir.join("snap"))?;
+        let (mut storage, mut persisted) =
+            RocksStorage::open(db.clone(), cfg.data_dir.join("snap"))?;
+        if let Some(mark) = storage.restore_mark()? {
+            finish_interrupted_restore(&storage, &mut *sm, mark)?;
+            (storage, persisted) = RocksStorage::open(db.clone(), cfg.data_dir.join("snap"))?;
+        }
         let client_tls = cfg
             .peer_tls
             .as_ref()
@@ -345,6 +509,8 @@ impl RaftNode {
                 members: members.clone(),
                 removed: removed.clone(),
                 shutdown: shutdown_rx.clone(),
+                snap_dir: storage.snap_dir().to_path_buf(),
+                receiving: Arc::new(AtomicU64::new(0)),
             },
             server_tls,
             max_msg,
@@ -356,6 +522,7 @@ impl RaftNode {
             client_tls,
             tx.clone(),
             max_msg,
+            storage.snap_dir().to_path_buf(),
         );
         let snap_index = storage.core.read().snap.0;
         let lp = Loop {
@@ -1217,22 +1384,24 @@ impl Loop {
         Ok(())
     }
 
+    /// Installs the snapshot of this Ready: the state machine restores the snapshot file the
+    /// peer server received (and fsynced) before handing raft the message, and the raft state
+    /// is staged into the Ready's (synced) batch, which also clears the restore mark.
     fn stage_snapshot(&mut self, snap: Snapshot, wb: &mut WriteBatch) -> Result<(), RaftError> {
         let meta = snap.get_metadata().clone();
-        let (header, sm_data) = decode_snap_data(&snap.data)?;
-        if header.cluster_id != self.cluster_id.load(Ordering::Relaxed) {
-            return Err(RaftError::ClusterMismatch(format!(
-                "snapshot from cluster {:x}",
-                header.cluster_id
-            )));
+        if snap.data != storage::FILE_DATA {
+            return Err(RaftError::Storage(
+                "snapshot without its file (peers stream snapshot files)".into(),
+            ));
         }
-        self.sm.restore(sm_data, wb).map_err(RaftError::Storage)?;
-        self.storage.write_snapshot_file(&snap)?;
-        let (first, last) = {
-            let c = self.storage.core.read();
-            (c.first_index, c.last_index)
-        };
-        let _ = first;
+        let header = restore_from_file(
+            &self.storage,
+            &mut *self.sm,
+            &meta,
+            self.cluster_id.load(Ordering::Relaxed),
+            wb,
+        )?;
+        let last = self.storage.core.read().last_index;
         let log = self.storage.cf_log()?;
         wb.delete_range_cf(
             log,
@@ -1242,6 +1411,7 @@ impl Loop {
         let cfm = self.storage.cf_meta()?;
         wb.put_cf(cfm, K_TRUNCATED, pair(meta.index, meta.term));
         wb.put_cf(cfm, K_SNAPSHOT, pair(meta.index, meta.term));
+        wb.delete_cf(cfm, K_RESTORING);
         self.cs = meta.get_conf_state().clone();
         self.cs_dirty = true;
         {
@@ -1268,6 +1438,8 @@ impl Loop {
         self.last_snap_index = meta.index;
         self.snapshots_installed += 1;
         self.installed_snapshot = Some((meta.index, meta.term));
+        // The received file is the newest: it stays, older ones go.
+        self.storage.prune_snapshots(2);
         tracing::info!(
             index = meta.index,
             term = meta.term,
@@ -1439,7 +1611,7 @@ impl Loop {
     /// "temporarily unavailable"), and this thread keeps applying entries — serializing a large
     /// keyspace here used to stall heartbeats and every write for its whole duration.
     fn start_snapshot_build(&mut self) {
-        let job = self.sm.snapshot_job();
+        let job = self.sm.snapshot_write_job();
         let (index, term) = (self.applied, self.applied_term);
         let cs = self.cs.clone();
         let members: Vec<MemberInfo> = self.members.read().values().cloned().collect();
@@ -1451,20 +1623,17 @@ impl Loop {
         let spawned = std::thread::Builder::new()
             .name(format!("raft-snap-{:x}", self.id))
             .spawn(move || {
-                let result = (|| {
-                    let sm_data = job().map_err(RaftError::Storage)?;
-                    let mut snap = Snapshot {
-                        data: encode_snap_data(cluster_id, members, removed, &sm_data),
-                        metadata: None,
-                    };
-                    {
-                        let m = snap.mut_metadata();
-                        m.index = index;
-                        m.term = term;
-                        m.set_conf_state(cs);
-                    }
-                    storage.write_snapshot_file(&snap)
-                })();
+                let mut meta = raft::eraftpb::SnapshotMetadata {
+                    index,
+                    term,
+                    ..Default::default()
+                };
+                meta.set_conf_state(cs);
+                // Streamed into the file: the keyspace is never held in memory here.
+                let result = storage.write_snapshot_file_with(&meta, |w| {
+                    write_snap_header(w, cluster_id, members, removed)?;
+                    job(w).map_err(RaftError::Storage)
+                });
                 // The loop may have stopped meanwhile; then nobody needs the answer.
                 let _ = inbox.blocking_send(Msg::SnapshotBuilt {
                     index,

@@ -11,19 +11,29 @@
 //! the in-memory [`Core`] that raft reads through the [`raft::Storage`] trait. Raft reads storage
 //! only from the loop's thread, so it never observes a staged-but-unwritten state.
 //!
-//! Snapshots are files `snap/<term>-<index>.snap` (hex) holding a prost-encoded raft `Snapshot`
-//! whose data is this crate's frame (see `node`); they are written atomically (tmp, fsync,
-//! rename, fsync dir) and the newest two are kept.
+//! Snapshots are files `snap/<term>-<index>.snap` (hex): `KSNP`, a version byte (2), the length
+//! (u32 BE) of the prost-encoded raft `SnapshotMetadata`, the metadata, then the snapshot data
+//! (this crate's frame, see `node`). The metadata comes first so the file can be written as a
+//! stream, and so raft can be handed a snapshot without reading its data: the `Snapshot` raft
+//! sees carries [`FILE_DATA`] instead, and the transport streams the file named by its
+//! metadata from disk. Files are written atomically (tmp, fsync, rename, fsync dir) and the
+//! newest two are kept. Files a peer is still sending (`*.snap.part-*`) and restore scratch
+//! directories (`restore-*`) left by a crash are removed on open.
+//!
+//! A snapshot restore is bracketed by [`K_RESTORING`]: set (synced) once the snapshot has been
+//! validated and before the state machine's old state is replaced, cleared in the synced batch
+//! that records the snapshot in the raft state. Finding it on start means the restore was
+//! interrupted; the node then redoes it from the (fsynced) file before raft starts.
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use prost_011::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{ColumnFamily, WriteBatch, DB};
 
@@ -42,6 +52,69 @@ pub(crate) const K_IDS: &[u8] = b"ids";
 /// JSON list of member ids removed from the cluster (their peer traffic is refused with
 /// [`crate::transport::REMOVED`], which makes them stop).
 pub(crate) const K_REMOVED: &[u8] = b"removed";
+/// (index, term) of a snapshot whose restore has started and not yet been recorded (see the
+/// module docs).
+pub(crate) const K_RESTORING: &[u8] = b"restoring";
+
+/// The `data` of every `Snapshot` this crate hands raft: the real data is in the snapshot file
+/// its metadata names.
+pub(crate) const FILE_DATA: &[u8] = b"kelson-raft snapshot file v2";
+const SNAP_MAGIC: &[u8; 4] = b"KSNP";
+const SNAP_VERSION: u8 = 2;
+/// Bound for the metadata record at the head of a snapshot file (a conf state of a few ids).
+const SNAP_META_MAX: u32 = 1 << 20;
+
+/// Path of the snapshot file for (term, index) in `dir`.
+pub(crate) fn snap_file(dir: &Path, term: u64, index: u64) -> PathBuf {
+    dir.join(format!("{term:016x}-{index:016x}.snap"))
+}
+
+/// A snapshot file opened for reading: its metadata, and a reader positioned at its data.
+pub(crate) struct SnapFile {
+    pub meta: SnapshotMetadata,
+    pub data: BufReader<fs::File>,
+    /// Bytes of data after the head.
+    pub data_len: u64,
+}
+
+/// Opens a snapshot file and reads its head.
+pub(crate) fn open_snapshot_file(path: &Path) -> Result<SnapFile, RaftError> {
+    let bad = |why: String| RaftError::Storage(format!("snapshot {}: {why}", path.display()));
+    let f = fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head)
+        .map_err(|e| bad(format!("reading its head: {e}")))?;
+    if &head[..4] != SNAP_MAGIC || head[4] != SNAP_VERSION {
+        return Err(bad("not a snapshot file of this version".into()));
+    }
+    let n = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+    if n > SNAP_META_MAX || 9 + n as u64 > len {
+        return Err(bad(format!("metadata length {n} out of bounds")));
+    }
+    let mut buf = vec![0u8; n as usize];
+    r.read_exact(&mut buf)
+        .map_err(|e| bad(format!("reading its metadata: {e}")))?;
+    let meta = SnapshotMetadata::decode(&buf[..]).map_err(|e| bad(format!("metadata: {e}")))?;
+    Ok(SnapFile {
+        meta,
+        data: r,
+        data_len: len - 9 - n as u64,
+    })
+}
+
+/// Writes the head of a snapshot file.
+pub(crate) fn write_snapshot_head(
+    w: &mut dyn Write,
+    meta: &SnapshotMetadata,
+) -> std::io::Result<()> {
+    let m = meta.encode_to_vec();
+    w.write_all(SNAP_MAGIC)?;
+    w.write_all(&[SNAP_VERSION])?;
+    w.write_all(&(m.len() as u32).to_be_bytes())?;
+    w.write_all(&m)
+}
 
 /// Entries kept in memory at the tail of the log; followers and the apply path read recent
 /// entries, so this avoids a RocksDB lookup per entry in the common case.
@@ -65,7 +138,7 @@ pub(crate) fn pair(a: u64, b: u64) -> [u8; 16] {
     k
 }
 
-fn unpair(what: &str, v: &[u8]) -> Result<(u64, u64), RaftError> {
+pub(crate) fn unpair(what: &str, v: &[u8]) -> Result<(u64, u64), RaftError> {
     if v.len() != 16 {
         return Err(RaftError::Storage(format!(
             "corrupt raft_meta key {what}: {} bytes",
@@ -137,6 +210,7 @@ impl RocksStorage {
         }
         fs::create_dir_all(&snap_dir)
             .map_err(|e| RaftError::Storage(format!("creating {}: {e}", snap_dir.display())))?;
+        remove_leftovers(&snap_dir);
         let s = RocksStorage {
             db,
             core: Arc::new(RwLock::new(Core::default())),
@@ -305,29 +379,49 @@ impl RocksStorage {
 
     /// Path of the snapshot file for (term, index).
     pub(crate) fn snap_path(&self, term: u64, index: u64) -> PathBuf {
-        self.snap_dir.join(format!("{term:016x}-{index:016x}.snap"))
+        snap_file(&self.snap_dir, term, index)
     }
 
-    /// Writes a snapshot file atomically and keeps only the newest two.
+    pub(crate) fn snap_dir(&self) -> &Path {
+        &self.snap_dir
+    }
+
+    /// Writes a snapshot file whose data is in memory (the bootstrap snapshot).
     pub(crate) fn write_snapshot_file(&self, snap: &Snapshot) -> Result<(), RaftError> {
-        let meta = snap.get_metadata();
+        self.write_snapshot_file_with(snap.get_metadata(), |w| {
+            w.write_all(&snap.data)
+                .map_err(|e| RaftError::Storage(format!("writing snapshot data: {e}")))
+        })
+    }
+
+    /// Writes a snapshot file atomically, its data streamed by `write_data`, and keeps only the
+    /// newest two.
+    pub(crate) fn write_snapshot_file_with(
+        &self,
+        meta: &SnapshotMetadata,
+        write_data: impl FnOnce(&mut dyn Write) -> Result<(), RaftError>,
+    ) -> Result<(), RaftError> {
         let path = self.snap_path(meta.term, meta.index);
         let tmp = path.with_extension("snap.tmp");
         let io = |e: std::io::Error| RaftError::Storage(format!("writing {}: {e}", path.display()));
-        {
-            let mut f = fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&snap.encode_to_vec()).map_err(io)?;
-            f.sync_all().map_err(io)?;
+        let written = (|| {
+            let mut w = BufWriter::with_capacity(1 << 20, fs::File::create(&tmp).map_err(io)?);
+            write_snapshot_head(&mut w, meta).map_err(io)?;
+            write_data(&mut w)?;
+            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+            f.sync_all().map_err(io)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
         fs::rename(&tmp, &path).map_err(io)?;
-        fs::File::open(&self.snap_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        sync_dir(&self.snap_dir).map_err(io)?;
         self.prune_snapshots(2);
         Ok(())
     }
 
-    fn prune_snapshots(&self, keep: usize) {
+    pub(crate) fn prune_snapshots(&self, keep: usize) {
         let Ok(rd) = fs::read_dir(&self.snap_dir) else {
             return;
         };
@@ -355,18 +449,31 @@ impl RocksStorage {
         }
     }
 
-    /// Loads the newest snapshot file.
+    /// The newest snapshot as raft sees it: its metadata, read from the file's head, and
+    /// [`FILE_DATA`] (the transport streams the file itself).
     pub(crate) fn load_snapshot(&self) -> Result<Option<Snapshot>, RaftError> {
         let (index, term) = self.core.read().snap;
         if index == 0 {
             return Ok(None);
         }
-        let path = self.snap_path(term, index);
-        let bytes = fs::read(&path)
-            .map_err(|e| RaftError::Storage(format!("reading {}: {e}", path.display())))?;
-        let snap = Snapshot::decode(&bytes[..])
-            .map_err(|e| RaftError::Storage(format!("corrupt snapshot {}: {e}", path.display())))?;
-        Ok(Some(snap))
+        let f = open_snapshot_file(&self.snap_path(term, index))?;
+        if (f.meta.index, f.meta.term) != (index, term) {
+            return Err(RaftError::Storage(format!(
+                "snapshot file for {index}/{term} holds {}/{}",
+                f.meta.index, f.meta.term
+            )));
+        }
+        Ok(Some(Snapshot {
+            data: FILE_DATA.to_vec(),
+            metadata: Some(f.meta),
+        }))
+    }
+
+    /// (index, term) of an interrupted restore (see the module docs).
+    pub(crate) fn restore_mark(&self) -> Result<Option<(u64, u64)>, RaftError> {
+        self.meta_get(K_RESTORING)?
+            .map(|v| unpair("restoring", &v))
+            .transpose()
     }
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
@@ -409,6 +516,47 @@ impl RocksStorage {
         raft::util::limit_size(&mut out, max_size);
         Ok(out)
     }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Removes what a crash can leave in the snapshot directory: partly received files, partly
+/// written ones, and restore scratch directories.
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let res = if name.contains(".snap.part-") || name.ends_with(".snap.tmp") {
+            fs::remove_file(&p)
+        } else if name.starts_with("restore-") && p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            continue;
+        };
+        if let Err(e) = res {
+            tracing::warn!(path = %p.display(), "removing a leftover: {e}");
+        }
+    }
+}
+
+/// Makes a received snapshot file (fsynced, at `part`) the snapshot file for its metadata.
+pub(crate) fn publish_received(
+    part: &Path,
+    dir: &Path,
+    meta: &SnapshotMetadata,
+) -> Result<PathBuf, RaftError> {
+    let path = snap_file(dir, meta.term, meta.index);
+    let io = |e: std::io::Error| RaftError::Storage(format!("installing {}: {e}", path.display()));
+    fs::rename(part, &path).map_err(io)?;
+    sync_dir(dir).map_err(io)?;
+    Ok(path)
 }
 
 fn to_raft_err(e: RaftError) -> raft::Error {
@@ -504,7 +652,9 @@ impl raft::Storage for RocksStorage {
                 ))
             }
             Err(e) => {
-                tracing::error!("loading snapshot for a peer: {e}");
+                // E.g. a file of an older format: build a new one.
+                tracing::warn!("loading snapshot for a peer: {e}; taking a new one");
+                self.core.write().want_snapshot = true;
                 Err(raft::Error::Store(
                     StorageError::SnapshotTemporarilyUnavailable,
                 ))

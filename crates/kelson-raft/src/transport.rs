@@ -10,8 +10,22 @@
 //! Receiving: every batch names the cluster and both members; a mismatch or a message that does
 //! not decode is refused with a gRPC error and logged, never stepped into raft. The server's
 //! streams end when the node shuts down so a graceful server stop cannot hang on a peer's stream.
+//!
+//! Snapshots (as etcd sends them): the raft message carries only the snapshot's metadata, and
+//! the snapshot file it names is streamed from disk in 1 MiB chunks by a blocking reader that
+//! stays at most two chunks ahead of the network, so neither the Raft thread nor memory sees
+//! the whole snapshot. The receiver writes the chunks to a part file in the snapshot
+//! directory, checking that every chunk continues where the last one ended, then checks the
+//! size and SHA-256 the last chunk announces, fsyncs the file, renames it to the snapshot file
+//! its metadata names and only then steps the message into raft. Anything else — the sender
+//! dying mid-transfer, a gap, a checksum mismatch, a stream without its last chunk — removes
+//! the part file and fails the call, which the sender reports to raft as a failed snapshot (and
+//! the peer as unreachable), so raft sends a snapshot again later. Snapshot messages on the
+//! ordinary message stream are refused.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +34,8 @@ use parking_lot::RwLock;
 use prost_011::Message as _;
 use raft::eraftpb::{EntryType, Message, MessageType};
 use rustls::{ClientConfig, ServerConfig};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
@@ -29,6 +45,7 @@ use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Msg;
+use crate::storage;
 use crate::{MemberInfo, RaftError};
 
 /// Generated gRPC types of the peer protocol.
@@ -45,6 +62,11 @@ const PEER_QUEUE: usize = 4096;
 /// Upper bound for one batch on the wire.
 const BATCH_BYTES: usize = 4 << 20;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Bound for sending one snapshot (and for a receiver waiting for the next chunk).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Fault injection for tests: a pause after every snapshot chunk sent, in milliseconds, so a
+/// test can kill the sender mid-transfer.
+const CHUNK_DELAY_ENV: &str = "KELSON_RAFT_SNAPSHOT_CHUNK_DELAY_MS";
 
 /// The status message a member answers a removed member's traffic with (etcd answers HTTP 410
 /// with the same text); the removed member stops when it sees it. Needed because a removed
@@ -118,6 +140,10 @@ pub(crate) struct PeerService {
     pub members: Members,
     pub removed: Removed,
     pub shutdown: watch::Receiver<bool>,
+    /// Where received snapshot files go (the storage's snapshot directory).
+    pub snap_dir: PathBuf,
+    /// Numbers the part files of concurrent receptions.
+    pub receiving: Arc<AtomicU64>,
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -193,6 +219,13 @@ impl RaftPeer for PeerService {
             self.check_header(batch.cluster_id, batch.from, batch.to)?;
             for raw in &batch.messages {
                 let m = decode_peer_message(raw, batch.from, batch.to)?;
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    // Its data would name a file we never received.
+                    tracing::warn!(from = %format!("{:x}", batch.from), "snapshot on the message stream");
+                    return Err(Status::invalid_argument(
+                        "snapshots travel over the Snapshot stream",
+                    ));
+                }
                 self.inbox
                     .send(Msg::Raft(m))
                     .await
@@ -206,26 +239,59 @@ impl RaftPeer for PeerService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Done>, Status> {
         let mut s = req.into_inner();
-        let mut header: Option<(u64, u64, Vec<u8>)> = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = s.message().await? {
-            if header.is_none() {
-                self.check_header(chunk.cluster_id, chunk.from, chunk.to)?;
-                header = Some((chunk.from, chunk.to, chunk.message));
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        let Some((from, to, msg)) = header else {
+        let Some(first) = s.message().await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
-        let mut m = decode_peer_message(&msg, from, to)?;
-        if m.get_msg_type() != MessageType::MsgSnapshot {
+        let (from, to) = (first.from, first.to);
+        self.check_header(first.cluster_id, from, to)?;
+        let m = decode_peer_message(&first.message, from, to)?;
+        if m.get_msg_type() != MessageType::MsgSnapshot
+            || m.get_snapshot().data != storage::FILE_DATA
+        {
             return Err(Status::invalid_argument(
                 "snapshot stream without a snapshot message",
             ));
         }
-        m.mut_snapshot().data = data;
-        tracing::info!(from = %format!("{from:x}"), index = m.get_snapshot().get_metadata().index, "received snapshot");
+        let meta = m.get_snapshot().get_metadata().clone();
+        let n = self.receiving.fetch_add(1, Ordering::Relaxed);
+        let part = PartFile(self.snap_dir.join(format!(
+            "{:016x}-{:016x}.snap.part-{from:x}-{n}",
+            meta.term, meta.index
+        )));
+        let stop = stopped(self.shutdown.clone());
+        tokio::pin!(stop);
+        let received = tokio::select! {
+            r = receive_file(&part.0, first, &mut s) => r,
+            _ = &mut stop => Err(Status::unavailable("etcdserver: server stopped")),
+        };
+        let size = match received {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!(from = %format!("{from:x}"), index = meta.index, "receiving snapshot failed: {}", e.message());
+                return Err(e);
+            }
+        };
+        // The file must be the snapshot the message describes.
+        let head = {
+            let p = part.0.clone();
+            tokio::task::spawn_blocking(move || storage::open_snapshot_file(&p).map(|f| f.meta))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+        };
+        match head {
+            Ok(h) if (h.index, h.term) == (meta.index, meta.term) => {}
+            Ok(h) => {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot file holds {}/{}, the message {}/{}",
+                    h.index, h.term, meta.index, meta.term
+                )))
+            }
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        }
+        let path = storage::publish_received(&part.0, &self.snap_dir, &meta)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        part.disarm();
+        tracing::info!(from = %format!("{from:x}"), index = meta.index, bytes = size, path = %path.display(), "received snapshot");
         self.inbox
             .send(Msg::Raft(m))
             .await
@@ -245,6 +311,72 @@ impl RaftPeer for PeerService {
             members_json,
         }))
     }
+}
+
+/// A part file that is removed unless the reception completes.
+struct PartFile(PathBuf);
+
+impl PartFile {
+    fn disarm(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Writes the chunks of a snapshot stream (starting with `first`) to `path`, checking offsets,
+/// size and checksum, and fsyncs it. Returns the size.
+async fn receive_file(
+    path: &Path,
+    first: SnapshotChunk,
+    s: &mut Streaming<SnapshotChunk>,
+) -> Result<u64, Status> {
+    let io = |e: std::io::Error| Status::internal(format!("writing the snapshot: {e}"));
+    let mut f = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let mut chunk = first;
+    loop {
+        if chunk.offset != written {
+            return Err(Status::invalid_argument(format!(
+                "snapshot chunk at offset {}, expected {written}",
+                chunk.offset
+            )));
+        }
+        f.write_all(&chunk.data).await.map_err(io)?;
+        hasher.update(&chunk.data);
+        written += chunk.data.len() as u64;
+        if chunk.last {
+            if chunk.total_size != written {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot is {written} bytes, the sender says {}",
+                    chunk.total_size
+                )));
+            }
+            if hasher.finalize().as_slice() != chunk.sha256.as_slice() {
+                return Err(Status::data_loss("snapshot checksum mismatch"));
+            }
+            break;
+        }
+        chunk = match tokio::time::timeout(SNAPSHOT_TIMEOUT, s.message()).await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "snapshot stream ended before its last chunk",
+                ))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("snapshot stream stalled")),
+        };
+    }
+    f.sync_all().await.map_err(io)?;
+    Ok(written)
 }
 
 /// Runs the peer server on `listener` until `shutdown` turns true; with `tls`, over TLS
@@ -306,6 +438,8 @@ pub(crate) struct Transport {
     peers: HashMap<u64, Peer>,
     max_msg: usize,
     snapshot_tasks: Vec<JoinHandle<()>>,
+    /// Where the snapshot files raft hands out live.
+    snap_dir: PathBuf,
 }
 
 impl Transport {
@@ -316,6 +450,7 @@ impl Transport {
         tls: Option<Arc<ClientConfig>>,
         inbox: mpsc::Sender<Msg>,
         max_msg: usize,
+        snap_dir: PathBuf,
     ) -> Transport {
         Transport {
             rt,
@@ -326,6 +461,7 @@ impl Transport {
             peers: HashMap::new(),
             max_msg,
             snapshot_tasks: Vec::new(),
+            snap_dir,
         }
     }
 
@@ -384,13 +520,14 @@ impl Transport {
             let is_snap = m.get_msg_type() == MessageType::MsgSnapshot;
             let (id, cluster_id, inbox) = (self.id, self.cluster_id.clone(), self.inbox.clone());
             let rt = self.rt.clone();
+            let snap_dir = is_snap.then(|| self.snap_dir.clone());
             let Some(peer) = self.peer(to, members) else {
                 unreachable.push(to);
                 continue;
             };
-            if is_snap {
+            if let Some(snap_dir) = snap_dir {
                 let client = peer.client.clone();
-                let t = rt.spawn(send_snapshot(id, cluster_id, client, m, inbox));
+                let t = rt.spawn(send_snapshot(id, cluster_id, client, m, inbox, snap_dir));
                 self.snapshot_tasks.push(t);
             } else if peer.tx.try_send(m).is_err() {
                 unreachable.push(to);
@@ -562,39 +699,119 @@ fn peer_call_ended(
 async fn send_snapshot(
     from: u64,
     cluster_id: Arc<AtomicU64>,
-    mut client: RaftPeerClient<Channel>,
-    mut m: Message,
+    client: RaftPeerClient<Channel>,
+    m: Message,
     inbox: mpsc::Sender<Msg>,
+    snap_dir: PathBuf,
 ) {
     let to = m.to;
-    let data = std::mem::take(&mut m.mut_snapshot().data);
     let index = m.get_snapshot().get_metadata().index;
-    let header = m.encode_to_vec();
-    let cid = cluster_id.load(Ordering::Relaxed);
-    let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
-    let mut first = true;
-    let mut rest: &[u8] = &data;
-    while first || !rest.is_empty() {
-        let n = rest.len().min(SNAPSHOT_CHUNK);
-        chunks.push(SnapshotChunk {
-            cluster_id: cid,
-            from,
-            to,
-            message: if first { header.clone() } else { Vec::new() },
-            data: rest[..n].to_vec(),
-        });
-        rest = &rest[n..];
-        first = false;
-    }
-    tracing::info!(peer = %format!("{to:x}"), index, bytes = data.len(), "sending snapshot");
-    let res = tokio::time::timeout(
-        Duration::from_secs(600),
-        client.snapshot(tokio_stream::iter(chunks)),
+    let res = stream_snapshot(
+        from,
+        cluster_id.load(Ordering::Relaxed),
+        client,
+        m,
+        &snap_dir,
     )
     .await;
-    let ok = matches!(res, Ok(Ok(_)));
-    if !ok {
-        tracing::warn!(peer = %format!("{to:x}"), index, "sending snapshot failed: {res:?}");
-    }
+    let ok = match res {
+        Ok(bytes) => {
+            tracing::info!(peer = %format!("{to:x}"), index, bytes, "sent snapshot");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %format!("{to:x}"), index, "sending snapshot failed: {e}");
+            false
+        }
+    };
     let _ = inbox.send(Msg::SnapshotStatus(to, ok)).await;
+}
+
+/// Streams the snapshot file `m` names to its peer; returns its size once the peer has it.
+async fn stream_snapshot(
+    from: u64,
+    cid: u64,
+    mut client: RaftPeerClient<Channel>,
+    m: Message,
+    snap_dir: &Path,
+) -> Result<u64, String> {
+    let to = m.to;
+    let snap = m.get_snapshot();
+    if snap.data != storage::FILE_DATA {
+        return Err("snapshot message without a snapshot file".into());
+    }
+    let meta = snap.get_metadata();
+    let path = storage::snap_file(snap_dir, meta.term, meta.index);
+    // Opened here: a newer snapshot may prune the file while it is sent; the open file stays.
+    let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let size = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    let header = m.encode_to_vec();
+    let delay = std::env::var(CHUNK_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    tracing::info!(peer = %format!("{to:x}"), index = meta.index, bytes = size, "sending snapshot");
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut r = std::io::BufReader::with_capacity(SNAPSHOT_CHUNK, file);
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        loop {
+            let mut data = Vec::with_capacity(SNAPSHOT_CHUNK);
+            (&mut r)
+                .take(SNAPSHOT_CHUNK as u64)
+                .read_to_end(&mut data)
+                .map_err(|e| format!("reading the snapshot: {e}"))?;
+            hasher.update(&data);
+            let n = data.len() as u64;
+            let last = offset + n >= size;
+            if n == 0 && !last {
+                return Err("snapshot file shrank while being sent".into());
+            }
+            let chunk = SnapshotChunk {
+                cluster_id: cid,
+                from,
+                to,
+                message: if offset == 0 {
+                    header.clone()
+                } else {
+                    Vec::new()
+                },
+                data,
+                offset,
+                last,
+                total_size: if last { size } else { 0 },
+                sha256: if last {
+                    hasher.clone().finalize().to_vec()
+                } else {
+                    Vec::new()
+                },
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return Ok(()); // The call ended; its result says why.
+            }
+            offset += n;
+            if last {
+                return Ok(());
+            }
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+        }
+    });
+    let res =
+        tokio::time::timeout(SNAPSHOT_TIMEOUT, client.snapshot(ReceiverStream::new(rx))).await;
+    let read = reader.await;
+    match res {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(status)) => Err(status.to_string()),
+        Ok(Ok(_)) => match read {
+            Ok(Ok(())) => Ok(size),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        },
+    }
 }

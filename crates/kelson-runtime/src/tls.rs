@@ -9,7 +9,8 @@
 //! Polling on the handshake path instead of an inotify watcher keeps this free of background
 //! tasks and works for files replaced by renames or on filesystems without inotify; a stat
 //! every few seconds costs nothing. `SIGHUP`/`Reload()` can force a check via
-//! [`ReloadingCertResolver::reload`]. (A client that resumes a TLS session does not get a
+//! [`ReloadingCertResolver::reload`], or of every certificate and CA bundle of the process at
+//! once via [`reload_all`] (each reloading type registers itself when created). (A client that resumes a TLS session does not get a
 //! certificate at all, so it keeps its session until the ticket expires; new full handshakes
 //! see the new certificate.)
 //!
@@ -367,6 +368,55 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// What [`reload_all`] can re-check.
+trait Reloadable: Send + Sync {
+    fn reload_now(&self) -> Result<bool, TlsError>;
+    fn file(&self) -> &Path;
+}
+
+/// Every reloading certificate and CA bundle alive in the process (weakly: dropping a config
+/// drops its entries).
+fn reloadables() -> &'static Mutex<Vec<std::sync::Weak<dyn Reloadable>>> {
+    static ALL: std::sync::OnceLock<Mutex<Vec<std::sync::Weak<dyn Reloadable>>>> =
+        std::sync::OnceLock::new();
+    ALL.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn register<T: Reloadable + 'static>(r: &Arc<T>) {
+    let weak: std::sync::Weak<dyn Reloadable> = Arc::downgrade(r) as _;
+    let mut all = reloadables().lock();
+    all.retain(|w| w.strong_count() > 0);
+    all.push(weak);
+}
+
+/// Re-checks every certificate/key pair and CA bundle this process serves, presents or trusts
+/// right now, regardless of the reload interval — what a daemon does on SIGHUP / `Reload()`.
+/// Changed files are loaded (each logs "TLS certificate reloaded" / "CA bundle reloaded"); a
+/// file that fails to load is logged and the previous one stays in use. Returns how many were
+/// replaced.
+pub fn reload_all() -> usize {
+    let live: Vec<Arc<dyn Reloadable>> = {
+        let mut all = reloadables().lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.iter().filter_map(|w| w.upgrade()).collect()
+    };
+    let mut replaced = 0;
+    for r in &live {
+        match r.reload_now() {
+            Ok(true) => replaced += 1,
+            Ok(false) => {}
+            Err(err) => tracing::warn!(file = %r.file().display(), error = %err,
+                "TLS reload failed; keeping the previous one"),
+        }
+    }
+    tracing::info!(
+        checked = live.len(),
+        replaced,
+        "re-checked TLS certificates and CA bundles"
+    );
+    replaced
+}
+
 /// Serves a certificate/key pair from files, reloading it when the files change.
 pub struct ReloadingCertResolver {
     cert: PathBuf,
@@ -399,7 +449,7 @@ impl ReloadingCertResolver {
         let provider = provider();
         let stamps = (stamp(cert), stamp(key));
         let ck = load_certified_key(cert, key, &provider)?;
-        Ok(Arc::new(ReloadingCertResolver {
+        let r = Arc::new(ReloadingCertResolver {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             interval,
@@ -410,7 +460,9 @@ impl ReloadingCertResolver {
                 failed: None,
                 checked: Instant::now(),
             }),
-        }))
+        });
+        register(&r);
+        Ok(r)
     }
 
     /// The pair currently served.
@@ -466,6 +518,33 @@ impl ReloadingCertResolver {
         if let Err(err) = self.reload() {
             tracing::warn!(error = %err, "TLS certificate reload failed; serving the previous one");
         }
+    }
+}
+
+impl Reloadable for ReloadingCertResolver {
+    fn reload_now(&self) -> Result<bool, TlsError> {
+        self.reload()
+    }
+    fn file(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl Reloadable for ReloadingClientVerifier {
+    fn reload_now(&self) -> Result<bool, TlsError> {
+        self.reload()
+    }
+    fn file(&self) -> &Path {
+        &self.trust.path
+    }
+}
+
+impl Reloadable for ReloadingServerVerifier {
+    fn reload_now(&self) -> Result<bool, TlsError> {
+        self.reload()
+    }
+    fn file(&self) -> &Path {
+        &self.trust.path
     }
 }
 
@@ -601,10 +680,12 @@ impl ReloadingClientVerifier {
             };
             vb.build().map_err(|e| TlsError::Verifier(e.to_string()))
         });
-        Ok(Arc::new(ReloadingClientVerifier {
+        let v = Arc::new(ReloadingClientVerifier {
             trust: TrustFile::new(ca, interval, build)?,
             mandatory,
-        }))
+        });
+        register(&v);
+        Ok(v)
     }
 
     /// Re-reads the bundle now if it changed; `Ok(true)` when a new one is in use.
@@ -689,9 +770,11 @@ impl ReloadingServerVerifier {
                 .map_err(|e| TlsError::Verifier(e.to_string()))?;
             Ok(v as Arc<dyn ServerCertVerifier>)
         });
-        Ok(Arc::new(ReloadingServerVerifier {
+        let v = Arc::new(ReloadingServerVerifier {
             trust: TrustFile::new(ca, interval, build)?,
-        }))
+        });
+        register(&v);
+        Ok(v)
     }
 
     /// Re-reads the bundle now if it changed; `Ok(true)` when a new one is in use.

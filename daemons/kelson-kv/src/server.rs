@@ -427,7 +427,14 @@ pub async fn run(
     let mut hup = signals::reload_signals()?;
     let state = DaemonState::new(env!("CARGO_PKG_VERSION"));
     state.set_status("recovering the store");
-    state.on_reload(|| Box::pin(async { Ok(()) }));
+    // SIGHUP / Reload(): re-check every certificate, key and CA bundle now (client and peer
+    // listeners, peer and lease-forwarding clients) instead of at the next poll.
+    state.on_reload(|| {
+        Box::pin(async {
+            kelson_runtime::tls::reload_all();
+            Ok(())
+        })
+    });
 
     let member = start(cfg.clone()).await?;
     let shared = member.shared.clone();

@@ -213,6 +213,40 @@ impl StateMachine for KvStateMachine {
             .restore(data, wb)
             .map_err(|e| e.to_string())
     }
+
+    fn snapshot_write_job(&mut self) -> kelson_raft::SnapshotWriteJob {
+        // As `snapshot_job`, but streamed into the snapshot file instead of built in memory.
+        let view = self.mvcc.read().snapshot_view();
+        Box::new(move |w| view.write_to(w).map_err(|e| e.to_string()))
+    }
+
+    fn prepare_restore(
+        &mut self,
+        r: &mut dyn std::io::Read,
+        len: u64,
+        scratch: &std::path::Path,
+    ) -> Result<kelson_raft::PreparedRestore, String> {
+        // Validates and stages the snapshot without the store's lock: readers go on meanwhile.
+        let prepared = Mvcc::prepare_restore(r, len, scratch).map_err(|e| e.to_string())?;
+        Ok(Box::new(prepared))
+    }
+
+    fn install_restore(
+        &mut self,
+        prepared: kelson_raft::PreparedRestore,
+        _wb: &mut rocksdb::WriteBatch,
+    ) -> Result<(), String> {
+        let prepared = prepared
+            .downcast::<kelson_mvcc::PreparedRestore>()
+            .map_err(|_| "prepared snapshot of an unexpected kind".to_string())?;
+        self.pending.clear();
+        self.pending_prev_kv = true;
+        self.restored = true;
+        self.mvcc
+            .write()
+            .install_restore(*prepared)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The watch hub's view of the MVCC store.
