@@ -123,7 +123,7 @@ pub fn health(shared: &Shared) -> String {
 
 /// Emits LeaderChanged and PropertiesChanged on every leader change until the node stops.
 pub async fn watch_leader(shared: Arc<Shared>, conn: zbus::Connection, path: String) {
-    let mut rx = shared.node().watch_status();
+    let mut rx = shared.node().watch_role();
     let mut last = (0u64, 0u64);
     loop {
         let (leader, term) = {

@@ -128,7 +128,8 @@ impl LeaseClock {
 
 /// The leader's expiry loop: refresh on promotion, revoke on expiry. Runs until `shutdown`.
 pub async fn run_expiry(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut status = shared.node().watch_status();
+    // Promotion is what matters here; the full status would wake this loop on every commit.
+    let mut status = shared.node().watch_role();
     let mut was_leader = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {

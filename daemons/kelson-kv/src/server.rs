@@ -499,7 +499,8 @@ pub async fn run(
     tracing::info!(member = %format!("{:x}", st.id), addrs = ?member.client_addrs, "ready to serve client requests");
     let _watchdog = state.spawn_watchdog();
 
-    let mut status = shared.node().watch_status();
+    // Leadership changes only: the full status changes on every commit.
+    let mut status = shared.node().watch_role();
     // journald key event on every leader change this member sees (docs/journald.md).
     let mut last_leader = None;
     let mut leader_event = |st: &kelson_raft::NodeStatus| {

@@ -93,13 +93,12 @@ impl Shared {
             id: 0,
             request: Some(req),
         };
-        let data = req.encode_to_vec();
-        if data.len() > self.cfg.max_request_bytes {
+        if req.encoded_len() > self.cfg.max_request_bytes {
             return Err(status_for_message(ERR_REQUEST_TOO_LARGE));
         }
         let out = self
             .node()
-            .propose(data)
+            .propose_message(&req)
             .await
             .map_err(|e| raft_status(&e))?;
         let resp = InternalResponse::decode(out.as_slice())
