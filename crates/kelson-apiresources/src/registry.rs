@@ -79,9 +79,24 @@ impl ResourceInfo {
     /// `<group>/<version>/<kind>` (empty group for core, so `/v1/Pod`), base64. Clients only
     /// compare it for equality (to notice storage migrations), but matching upstream keeps
     /// mixed tooling quiet.
+    /// Computed from the storage version's kind, so events.k8s.io/v1 Events (stored as core/v1
+    /// Events) carry the core Event's hash, as upstream's do.
     pub fn storage_version_hash(&self) -> String {
-        let digest = Sha256::digest(format!("{}/{}/{}", self.group, self.version, self.kind));
+        let s = self.shared_storage().unwrap_or(self);
+        let digest = Sha256::digest(format!("{}/{}/{}", s.group, s.version, s.kind));
         base64::engine::general_purpose::STANDARD.encode(&digest[..8])
+    }
+
+    /// The resource whose storage this one shares, if another: upstream serves
+    /// events.k8s.io/v1 Events from the core Event storage (`/registry/events`, objects stored
+    /// as core/v1 JSON and converted for the events.k8s.io endpoints), so both groups show the
+    /// same objects.
+    pub fn shared_storage(&self) -> Option<&'static ResourceInfo> {
+        if self.group == "events.k8s.io" && self.resource == "events" {
+            lookup("", "v1", "events")
+        } else {
+            None
+        }
     }
 
     /// The URL prefix of the group version: `/api/v1` or `/apis/<group>/<version>`.
@@ -91,11 +106,13 @@ impl ResourceInfo {
 
     /// The storage key prefix from the design: `/registry/<resource>/` for the core group,
     /// `/registry/<group>/<resource>/` otherwise (namespace and name follow).
+    /// Resources that share another's storage ([`ResourceInfo::shared_storage`]) use its prefix.
     pub fn storage_prefix(&self) -> String {
-        if self.group.is_empty() {
-            format!("/registry/{}/", self.resource)
+        let s = self.shared_storage().unwrap_or(self);
+        if s.group.is_empty() {
+            format!("/registry/{}/", s.resource)
         } else {
-            format!("/registry/{}/{}/", self.group, self.resource)
+            format!("/registry/{}/{}/", s.group, s.resource)
         }
     }
 }
@@ -982,6 +999,19 @@ mod tests {
                 .storage_version_hash(),
             "8aSe+NMegvE="
         );
+        // events.k8s.io/v1 Events are stored as core/v1 Events: one hash, one prefix.
+        let ev = lookup("events.k8s.io", "v1", "events").unwrap();
+        assert_eq!(ev.storage_version_hash(), "r2yiGXH7wu8=");
+        assert_eq!(
+            lookup("", "v1", "events").unwrap().storage_version_hash(),
+            "r2yiGXH7wu8="
+        );
+        assert_eq!(ev.storage_prefix(), "/registry/events/");
+        assert_eq!(ev.shared_storage().unwrap().group, "");
+        assert!(lookup("", "v1", "events")
+            .unwrap()
+            .shared_storage()
+            .is_none());
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn typed(info: &ResourceInfo, obj: &Value) -> Option<Result<Value, String>> {
         ("", "Node") => roundtrip::<core::v1::Node>(obj),
         ("", "ServiceAccount") => roundtrip::<core::v1::ServiceAccount>(obj),
         ("", "Event") => roundtrip::<core::v1::Event>(obj),
+        ("events.k8s.io", "Event") => roundtrip::<events::v1::Event>(obj),
         ("", "Endpoints") => roundtrip::<core::v1::Endpoints>(obj),
         ("", "PersistentVolumeClaim") => roundtrip::<core::v1::PersistentVolumeClaim>(obj),
         ("", "PersistentVolume") => roundtrip::<core::v1::PersistentVolume>(obj),

@@ -189,9 +189,9 @@ type Filter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
 /// The request's selectors as one predicate.
 fn selector_filter(t: &Target, q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     let ls = meta::label_selector(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fs = FieldSelector::parse(
+    let fs = FieldSelector::for_resource(
         q.get("fieldSelector").map(String::as_str).unwrap_or(""),
-        t.info.kind,
+        t.info,
     )?;
     let name = t.name.clone();
     Ok(Arc::new(move |o: &Value| {

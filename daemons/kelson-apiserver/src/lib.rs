@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod crd;
 pub mod dbus;
+pub mod events;
 pub mod eviction;
 pub mod fieldval;
 pub mod handlers;
@@ -174,6 +175,8 @@ pub async fn bootstrap(api: &Arc<server::Api>) -> Result<(), ApiError> {
             Err(e) => return Err(e),
         }
     }
+    // events.k8s.io Events of earlier builds move to the shared Event storage (events.rs).
+    events::migrate_legacy(api).await?;
     // The in-cluster address of the API server: the range's first IP, port 443 → secure port.
     let port: u16 = api
         .server_address

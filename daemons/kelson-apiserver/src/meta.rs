@@ -5,6 +5,11 @@
 //! labels (`GetAttrs`/`AddFieldLabelConversionFunc`): every kind has `metadata.name` and
 //! `metadata.namespace`, pods add `spec.nodeName`, `status.phase`, … ([`field_value`]). A
 //! selector on any other field is a 400 like upstream's "field label not supported".
+//!
+//! Selectors run on the stored object (the watch cache's selectable view of it). A resource
+//! served from another's storage names the labels its own way: events.k8s.io/v1 selects on
+//! `regarding.name`, `reportingController`, ..., which are renamed to core/v1's labels when
+//! the selector is parsed (upstream's field label conversion; `crate::events::field_label`).
 
 use std::collections::BTreeMap;
 
@@ -50,15 +55,28 @@ pub fn field_value(kind: &str, obj: &Value, field: &str) -> Option<Option<String
         ("Namespace", "status.phase") => s(&obj["status"]["phase"]),
         ("CertificateSigningRequest", "spec.signerName") => s(&obj["spec"]["signerName"]),
         ("Secret", "type") => s(&obj["type"]),
+        // Upstream's `ToSelectableFields` of core Events: `source` is the source component,
+        // or the reporting controller when there is none.
+        ("Event", "source") => Some(
+            obj["source"]["component"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .or_else(|| obj["reportingComponent"].as_str())
+                .unwrap_or_default()
+                .to_string(),
+        ),
         (
             "Event",
             "involvedObject.kind"
             | "involvedObject.name"
             | "involvedObject.namespace"
             | "involvedObject.uid"
+            | "involvedObject.apiVersion"
+            | "involvedObject.resourceVersion"
+            | "involvedObject.fieldPath"
             | "reason"
-            | "type"
-            | "source",
+            | "reportingComponent"
+            | "type",
         ) => {
             let mut v = obj;
             for p in field.split('.') {
@@ -90,7 +108,13 @@ fn selectable_paths(kind: &str) -> &'static [&'static [&'static str]] {
         "Namespace" => &[&["status", "phase"]],
         "CertificateSigningRequest" => &[&["spec", "signerName"]],
         "Secret" => &[&["type"]],
-        "Event" => &[&["involvedObject"], &["reason"], &["type"], &["source"]],
+        "Event" => &[
+            &["involvedObject"],
+            &["reason"],
+            &["type"],
+            &["source"],
+            &["reportingComponent"],
+        ],
         "ReplicaSet" | "Job" => &[&["status", "replicas"]],
         _ => &[],
     }
@@ -129,26 +153,62 @@ pub fn selectable_view(kind: &str, obj: &Value) -> Value {
     v
 }
 
+/// Renames a field label of the request's resource to the stored kind's (`None`: unsupported).
+type LabelFn = fn(&str) -> Option<&'static str>;
+
 /// A field selector checked against the field labels of one kind.
 #[derive(Debug, Clone)]
 pub struct FieldSelector {
     kind: &'static str,
     sel: selector::FieldSelector,
+    /// For resources stored as another kind's objects (events.k8s.io/v1 Events).
+    rename: Option<LabelFn>,
 }
 
 impl FieldSelector {
     /// Parses `text` (upstream's syntax) and refuses fields `kind` has no label for.
     pub fn parse(text: &str, kind: &'static str) -> Result<Self, ApiError> {
+        Self::parse_with(text, kind, None)
+    }
+
+    /// Parses a selector of requests to `info`, whose labels may be renamed to those of the
+    /// stored objects (events.k8s.io/v1 → core/v1 Events).
+    pub fn for_resource(
+        text: &str,
+        info: &crate::registry::ResourceInfo,
+    ) -> Result<Self, ApiError> {
+        let rename =
+            crate::events::is_events_v1(info).then_some(crate::events::field_label as LabelFn);
+        Self::parse_with(text, info.kind, rename)
+    }
+
+    fn parse_with(
+        text: &str,
+        kind: &'static str,
+        rename: Option<LabelFn>,
+    ) -> Result<Self, ApiError> {
         let sel = selector::FieldSelector::parse(text)?;
-        for t in sel.terms() {
-            if field_value(kind, &Value::Null, &t.field).is_none() {
+        let fs = FieldSelector { kind, sel, rename };
+        for t in fs.sel.terms() {
+            let ok = fs
+                .stored_label(&t.field)
+                .is_some_and(|l| field_value(kind, &Value::Null, l).is_some());
+            if !ok {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {}",
                     t.field
                 )));
             }
         }
-        Ok(FieldSelector { kind, sel })
+        Ok(fs)
+    }
+
+    /// The label of the stored kind a requested label selects on.
+    fn stored_label<'a>(&self, label: &'a str) -> Option<&'a str> {
+        match self.rename {
+            Some(f) => f(label),
+            None => Some(label),
+        }
     }
 
     /// Whether `obj`'s field labels satisfy the selector.
@@ -161,7 +221,8 @@ impl FieldSelector {
             .terms()
             .iter()
             .filter_map(|t| {
-                field_value(self.kind, obj, &t.field)
+                let label = self.stored_label(&t.field)?;
+                field_value(self.kind, obj, label)
                     .flatten()
                     .map(|v| (t.field.clone(), v))
             })
@@ -229,7 +290,10 @@ mod tests {
             ),
             (
                 "Event",
-                json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u"}, "reason": "R", "type": "Normal", "source": "x"}),
+                json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u",
+                    "apiVersion": "v1", "resourceVersion": "7", "fieldPath": "spec.containers{c}"},
+                    "reason": "R", "type": "Normal", "source": {"component": "x", "host": "h"},
+                    "reportingComponent": "r", "message": "m"}),
             ),
             (
                 "ReplicaSet",
@@ -258,7 +322,11 @@ mod tests {
             "involvedObject.name",
             "involvedObject.namespace",
             "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
             "reason",
+            "reportingComponent",
             "source",
             "status.replicas",
         ];
@@ -275,6 +343,55 @@ mod tests {
         }
         let pod = selectable_view("Pod", &objs_pod());
         assert!(pod["spec"].get("containers").is_none(), "{pod}");
+    }
+
+    #[test]
+    fn event_field_selectors_of_both_groups_run_on_the_core_object() {
+        let core = crate::registry::lookup("", "v1", "events").unwrap();
+        let v1 = crate::registry::lookup("events.k8s.io", "v1", "events").unwrap();
+        let ev = json!({"metadata": {"name": "e", "namespace": "d"},
+            "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec"},
+            "reason": "R", "type": "Warning", "reportingComponent": "ctl"});
+        let m = |info, text: &str| {
+            FieldSelector::for_resource(text, info)
+                .unwrap()
+                .matches(&selectable_view("Event", &ev))
+        };
+        assert!(m(
+            core,
+            "involvedObject.name=p,involvedObject.fieldPath=spec,type=Warning"
+        ));
+        assert!(
+            m(core, "reportingComponent=ctl,source=ctl"),
+            "source falls back to the reporter"
+        );
+        assert!(m(
+            v1,
+            "regarding.name=p,regarding.kind=Pod,reportingController=ctl"
+        ));
+        assert!(m(v1, "reason=R,metadata.name=e,source=ctl"));
+        assert!(!m(v1, "regarding.name=q"));
+        assert!(!m(core, "source=other"));
+        for (info, bad) in [
+            (v1, "involvedObject.name=p"),
+            (v1, "reportingComponent=ctl"),
+            (v1, "note=x"),
+            (core, "regarding.name=p"),
+            (core, "message=x"),
+        ] {
+            let e = FieldSelector::for_resource(bad, info).unwrap_err();
+            assert_eq!(e.code, 400, "{bad}");
+            assert!(
+                e.message.starts_with("field label not supported: "),
+                "{}",
+                e.message
+            );
+        }
+        let mut with_source = ev.clone();
+        with_source["source"] = json!({"component": "kubelet"});
+        assert!(FieldSelector::for_resource("source=kubelet", v1)
+            .unwrap()
+            .matches(&selectable_view("Event", &with_source)));
     }
 
     fn objs_pod() -> Value {

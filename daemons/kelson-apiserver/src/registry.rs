@@ -50,13 +50,15 @@ impl ResourceExt for ResourceInfo {
         self.has_verb(verb)
     }
     fn key_prefix(&self, root: &str, ns: Option<&str>) -> String {
+        // events.k8s.io Events live in the core Event storage (crate::events).
+        let s = self.shared_storage().unwrap_or(self);
         let mut k = root.trim_end_matches('/').to_string();
         k.push('/');
-        if !self.group.is_empty() {
-            k.push_str(self.group);
+        if !s.group.is_empty() {
+            k.push_str(s.group);
             k.push('/');
         }
-        k.push_str(self.resource);
+        k.push_str(s.resource);
         k.push('/');
         if let Some(ns) = ns {
             k.push_str(ns);

@@ -76,6 +76,7 @@ pub fn for_kind(group: &str, kind: &str) -> &'static dyn Strategy {
         ("", "ResourceQuota") => &workloads::ResourceQuotaStrategy,
         ("", "PersistentVolume") => &volumes::PersistentVolumeStrategy,
         ("", "PersistentVolumeClaim") => &volumes::PersistentVolumeClaimStrategy,
+        (crate::events::GROUP, "Event") => &crate::events::EventsV1Strategy,
         (crate::crd::GROUP, "CustomResourceDefinition") => &crate::crd::CrdStrategy,
         (g, k) if crate::crd::is_custom_kind(g, k) => &crate::crd::CustomStrategy,
         _ => &DefaultStrategy,

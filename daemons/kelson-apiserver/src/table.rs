@@ -10,6 +10,10 @@
 //! (`includeObject=Object`) or nothing (`None`), as upstream.
 
 use kelson_apimachinery::table::{ColumnDefinition, IncludeObject, Table};
+
+/// Canonical quantities for the PV and PVC columns.
+#[path = "quantity.rs"]
+mod quantity;
 use serde_json::{json, Value};
 
 /// kubectl's AGE of an object, from its creationTimestamp.
@@ -175,7 +179,11 @@ fn event_cells(o: &Value) -> Vec<Value> {
     };
     let source = either("source", "deprecatedSource");
     let non_empty = |a: String, b: String| if a.is_empty() { b } else { a };
-    let component = non_empty(s(&source["component"]), s(&o["reportingController"]));
+    // core/v1 calls the reporting controller `reportingComponent`.
+    let component = non_empty(
+        s(&source["component"]),
+        s(&either("reportingComponent", "reportingController")),
+    );
     let instance = non_empty(s(&source["host"]), s(&o["reportingInstance"]));
     let source = if instance.is_empty() {
         component
@@ -252,7 +260,7 @@ fn pv_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
     };
     vec![
         name,
-        json!(s(&spec["capacity"]["storage"])),
+        json!(quantity(&spec["capacity"]["storage"])),
         json!(access_modes(&spec["accessModes"])),
         json!(s(&spec["persistentVolumeReclaimPolicy"])),
         json!(volume_phase(o)),
@@ -273,7 +281,7 @@ fn pvc_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
         (String::new(), String::new())
     } else {
         (
-            s(&o["status"]["capacity"]["storage"]),
+            quantity(&o["status"]["capacity"]["storage"]),
             access_modes(&o["status"]["accessModes"]),
         )
     };
@@ -288,6 +296,16 @@ fn pvc_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
         age,
         json!(or_unset(&spec["volumeMode"])),
     ]
+}
+
+/// A quantity as upstream's printers show it (`Quantity.String()`: canonical, `0` when absent).
+fn quantity(v: &Value) -> String {
+    match v {
+        Value::String(q) => quantity::canonical(q),
+        // Quantities may be sent as JSON numbers.
+        Value::Number(n) => quantity::canonical(&n.to_string()),
+        _ => "0".into(),
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -698,6 +716,26 @@ mod tests {
         assert_eq!(c[4], "RWO,ROX");
         assert_eq!(c[5], "");
         assert_eq!(c[6], "gold");
+
+        // Capacities print canonicalized, as upstream's Quantity.String().
+        let pv = json!({"metadata": {"name": "pv2"}, "spec": {"capacity": {"storage": "1024Mi"}}});
+        let t = table("PersistentVolume", &[pv], json!({}), Include::None, false);
+        assert_eq!(t["rows"][0]["cells"][1], "1Gi");
+        let bound = json!({"metadata": {"name": "c3"}, "spec": {"volumeName": "pv2"},
+            "status": {"capacity": {"storage": "1536Mi"}}});
+        let no_capacity = json!({"metadata": {"name": "c4"}, "spec": {"volumeName": "pv3"}});
+        let t = table(
+            "PersistentVolumeClaim",
+            &[bound, no_capacity],
+            json!({}),
+            Include::None,
+            false,
+        );
+        assert_eq!(t["rows"][0]["cells"][3], "1536Mi");
+        assert_eq!(
+            t["rows"][1]["cells"][3], "0",
+            "a bound claim without capacity: zero"
+        );
     }
 
     #[test]
@@ -740,5 +778,10 @@ mod tests {
         assert_eq!(c[5], "ctl");
         assert_eq!(c[6], "boom");
         assert_eq!(c[8], 1);
+        // A core/v1 Event with the new fields only (written through events.k8s.io).
+        let core_new = json!({"metadata": {"name": "e.3"}, "involvedObject": {"kind": "Pod", "name": "q"},
+            "reportingComponent": "kubelet", "reportingInstance": "n2", "eventTime": ago(5)});
+        let t = table("Event", &[core_new], json!({}), Include::None, false);
+        assert_eq!(t["rows"][0]["cells"][5], "kubelet, n2");
     }
 }

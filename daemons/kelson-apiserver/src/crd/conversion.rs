@@ -29,6 +29,9 @@
 //! must name `<service>.<namespace>.svc`, the name upstream dials. The call is bounded by
 //! [`TIMEOUT`] (upstream: 30 s at most).
 //!
+//! The same hooks convert events.k8s.io/v1 Events to and from their core/v1 storage form
+//! (`crate::events`), a built-in conversion with no webhook.
+//!
 //! Why synchronous entry points: the handlers convert inside the storage retry loop and in
 //! response encoders, which are synchronous closures. A webhook call blocks the worker thread
 //! with `tokio::task::block_in_place` (the server runs tokio's multi-threaded runtime, whose
@@ -147,7 +150,7 @@ fn convertible(info: &ResourceInfo) -> Option<Arc<Served>> {
 /// Whether objects of `info` may need converting on their way out (so responses cannot be
 /// spliced from cached bytes).
 pub fn converts(info: &ResourceInfo) -> bool {
-    convertible(info).is_some()
+    crate::events::converts(info) || convertible(info).is_some()
 }
 
 fn storage_api_version(s: &Served) -> String {
@@ -156,6 +159,9 @@ fn storage_api_version(s: &Served) -> String {
 
 /// An object as the request's version (of `info`) shows it.
 pub fn to_request(info: &ResourceInfo, obj: Value) -> Result<Value, ApiError> {
+    if crate::events::converts(info) {
+        return Ok(crate::events::to_request(info, obj));
+    }
     match convertible(info) {
         Some(s) => one(&s, obj, &info.api_version()),
         None => Ok(obj),
@@ -164,6 +170,9 @@ pub fn to_request(info: &ResourceInfo, obj: Value) -> Result<Value, ApiError> {
 
 /// An object in the storage version of `info`'s CRD.
 pub fn to_storage(info: &ResourceInfo, obj: Value) -> Result<Value, ApiError> {
+    if crate::events::converts(info) {
+        return Ok(crate::events::to_storage(info, obj));
+    }
     match convertible(info) {
         Some(s) => one(&s, obj, &storage_api_version(&s)),
         None => Ok(obj),
@@ -172,6 +181,9 @@ pub fn to_storage(info: &ResourceInfo, obj: Value) -> Result<Value, ApiError> {
 
 /// A response's object in the request's version (borrowed when nothing changes).
 pub fn output<'a>(info: &ResourceInfo, obj: &'a Value) -> Result<Cow<'a, Value>, ApiError> {
+    if crate::events::converts(info) {
+        return Ok(crate::events::output(info, obj));
+    }
     let Some(s) = convertible(info) else {
         return Ok(Cow::Borrowed(obj));
     };
@@ -184,6 +196,12 @@ pub fn output<'a>(info: &ResourceInfo, obj: &'a Value) -> Result<Cow<'a, Value>,
 
 /// A list's items in the request's version (one webhook call for all that need it).
 pub fn output_list(info: &ResourceInfo, items: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+    if crate::events::converts(info) {
+        return Ok(items
+            .into_iter()
+            .map(|o| crate::events::to_request(info, o))
+            .collect());
+    }
     match convertible(info) {
         Some(s) => convert(&s, items, &info.api_version(), true),
         None => Ok(items),
