@@ -328,13 +328,15 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
     };
     let pool = connect_pool(ep, conns_for(clients, s.clients_per_conn)).await?;
     let cpu_before = srv.cpu_time()?;
+    let own_before = server::own_cpu_time()?;
     let r = closed_loop(&pool, clients, s.duration, op).await?;
     let cpu = srv.cpu_time()?.saturating_sub(cpu_before);
+    let own = server::own_cpu_time()?.saturating_sub(own_before);
     // Server CPU per successful request (µs): the cost that must drop for the server to go
     // faster on a machine whose cores it shares with the load generator.
     let cpu_per_op = (r.ops > 0).then(|| cpu.as_secs_f64() * 1e6 / r.ops as f64);
     info!(
-        "{} {row:?}: {} ops, {} errors in {:?} = {:.0} QPS, p50 {:?} ms, p99 {:?} ms, server CPU {:?} ({:.1} µs/op)",
+        "{} {row:?}: {} ops, {} errors in {:?} = {:.0} QPS, p50 {:?} ms, p99 {:?} ms, server CPU {:?} ({:.1} µs/op), client CPU {:.1} µs/op",
         kind.name(),
         r.ops,
         r.errors,
@@ -343,7 +345,8 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
         r.quantile_ms(0.5),
         r.quantile_ms(0.99),
         cpu,
-        cpu_per_op.unwrap_or(0.0)
+        cpu_per_op.unwrap_or(0.0),
+        own.as_secs_f64() * 1e6 / r.ops.max(1) as f64
     );
     for line in lines.iter_mut() {
         let v = match line.metric.as_str() {

@@ -193,13 +193,7 @@ impl Server {
     /// of one request: on a 2-core machine shared with the load generator (and other builds)
     /// that is steadier evidence than wall-clock throughput.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let path = format!("/proc/{}/stat", self.pid());
-        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let ticks = parse_stat_cpu_ticks(&stat).with_context(|| format!("malformed {path}"))?;
-        let hz = clock_ticks_per_sec();
-        Ok(Duration::from_nanos(
-            ticks.saturating_mul(1_000_000_000 / hz),
-        ))
+        proc_cpu_time(&format!("/proc/{}/stat", self.pid()))
     }
 
     /// The process's resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
@@ -216,6 +210,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system) this benchmark process has used so far: the load generator's
+/// share of the machine, shown next to the server's.
+pub fn own_cpu_time() -> anyhow::Result<Duration> {
+    proc_cpu_time("/proc/self/stat")
+}
+
+fn proc_cpu_time(path: &str) -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_stat_cpu_ticks(&stat).with_context(|| format!("malformed {path}"))?;
+    let hz = clock_ticks_per_sec();
+    Ok(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000 / hz),
+    ))
 }
 
 /// The kernel's USER_HZ (`getconf CLK_TCK`; 100 on every common Linux build), asked once.
