@@ -32,6 +32,9 @@
 //! is converted, created under `/registry/events/` and removed from the old key. Migrating
 //! once is simpler and cheaper than reading both prefixes on every request (two caches, merged
 //! lists and watches, continue tokens over two prefixes) and events are short-lived anyway.
+//! In a rolling upgrade of several API servers, events an old-build server writes after the
+//! migration stay under the old prefix until a new-build server starts again (every start
+//! migrates; an empty old prefix costs one list).
 
 use std::borrow::Cow;
 use std::sync::Arc;
