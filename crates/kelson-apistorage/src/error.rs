@@ -184,6 +184,12 @@ pub(crate) fn classify(err: etcd_client::Error) -> EtcdFailure {
                 }
                 Code::ResourceExhausted => EtcdFailure::Other(StorageError::TooLarge(msg)),
                 Code::Unavailable => EtcdFailure::Other(StorageError::Unavailable(msg)),
+                // The request's HTTP/2 stream or connection was cut (a member stopping or
+                // restarting): not an answer. As Unavailable it is retried (reads) or resolved
+                // by reading back (writes: it may have been applied), like a lost connection.
+                Code::Cancelled => {
+                    EtcdFailure::Other(StorageError::Unavailable(format!("etcd: Cancelled: {msg}")))
+                }
                 Code::DeadlineExceeded => EtcdFailure::Other(StorageError::Timeout(msg)),
                 _ => EtcdFailure::Other(StorageError::Internal(format!(
                     "etcd: {:?}: {msg}",
@@ -304,6 +310,13 @@ mod tests {
         ));
         let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader"));
         assert_eq!(etcd_error(down, "x").http_code(), 503);
+        // A stream cut by a stopping member (seen in the lab's rolling upgrade) is no answer.
+        let cut =
+            etcd_client::Error::GRpcStatus(tonic::Status::cancelled("operation was canceled"));
+        assert!(matches!(
+            classify(cut),
+            EtcdFailure::Other(StorageError::Unavailable(_))
+        ));
     }
 
     #[test]

@@ -887,5 +887,8 @@ mod retry_tests {
         assert!(never_sent(&refused));
         assert!(!never_sent(&cancelled));
         assert!(!never_sent(&no_leader));
+        // Not repeated blindly, but not a final answer either: a cancelled create or update is
+        // resolved by reading the key back (it may have been applied).
+        assert!(is_ambiguous(&etcd_error(cancelled, UNEXPECTED)));
     }
 }
