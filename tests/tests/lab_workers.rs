@@ -1,9 +1,11 @@
 //! `kelsonctl lab` with workers: three control-plane machines (systemd-nspawn, zones a/b/c)
-//! and two workers that are QEMU/TCG virtual machines (zones a and b), provisioned over ssh.
-//! Issue 9, acceptance 1 (and the worker half of 4):
+//! and two workers that are QEMU/TCG virtual machines (zones a and b), every machine
+//! provisioned by `ansible/site.yml` over ssh. Issue 9, acceptance 1 (and the worker half of 4):
 //!
-//! 1. `lab up` → `kubectl get nodes` shows both workers Ready with their zone labels; their
-//!    pod CIDRs are routed through the lab's router.
+//! 1. `lab up` → the generated inventory lists the workers in group `workers` with their
+//!    zones, `site.yml --limit workers` provisioned both (changed, nothing failed or
+//!    unreachable), and `kubectl get nodes` shows both workers Ready with their zone labels;
+//!    their pod CIDRs are routed through the lab's router.
 //! 2. A Deployment spread over the zones (hard `topologySpreadConstraints` on
 //!    `topology.kubernetes.io/zone`) runs real containers (containerd + runc inside the VMs) on
 //!    both workers, and its ClusterIP Service answers from a pod with both backends (so
@@ -20,8 +22,8 @@
 //!    answer from both zones again.
 //! 4. `lab down` → no QEMU process, namespace, tap, overlay or image of the lab is left.
 //!
-//! The control-plane machines are provisioned by ansible/site.yml (`lab up`'s default), the
-//! workers over ssh without Ansible.
+//! `lab up`'s default provisioning is Ansible: `site.yml --limit control_plane` once the
+//! nspawn machines are booted, `site.yml --limit workers` once the VMs are (see docs/lab.md).
 //!
 //! Takes about 13–15 minutes on 2 cores at load 9 (TCG boots and a debug kubelet under emulation); the
 //! first run also builds the cached images (scripts/nspawn-rootfs.sh, scripts/vm-image.sh: a
@@ -306,8 +308,8 @@ fn workers_as_vms_serve_a_zone_spread_deployment() {
     require_tool("/usr/bin/ansible-playbook", "ansible-core");
     let bin_dir = bin_dir().display().to_string();
     let target = workspace_root().join("target");
-    // The control-plane machines are provisioned by ansible/site.yml (python3 and sshd in
-    // their rootfs); the workers over ssh without Ansible (see docs/lab.md).
+    // Every machine is provisioned by ansible/site.yml (python3 and sshd in the control-plane
+    // rootfs and in the worker image).
     let rootfs = ansible_rootfs().display().to_string();
     let ansible = workspace_root().join("ansible").display().to_string();
     script("vm-image.sh", &[&target.join("vm-image")]);
@@ -352,7 +354,50 @@ fn workers_as_vms_serve_a_zone_spread_deployment() {
     );
     assert!(ip.contains("10.216.2.21/24"), "{ip}");
 
-    // 1. Both workers Ready with their zones.
+    // 1. The workers are Ansible-managed hosts of the inventory, provisioned by site.yml.
+    let inventory = std::fs::read_to_string(lab.lab_dir().join("inventory.yml")).unwrap();
+    let workers_group = &inventory[inventory.find("    workers:\n").expect("workers group")..];
+    for (m, zone, addr) in [
+        ("worker-a", "a", "10.216.1.21"),
+        ("worker-b", "b", "10.216.2.21"),
+    ] {
+        assert!(
+            workers_group.contains(&format!(
+                "        {m}:\n          ansible_host: {addr}\n          zone: \"{zone}\"\n"
+            )),
+            "{inventory}"
+        );
+    }
+    let site = std::fs::read_to_string(lab.lab_dir().join("ansible-workers.log"))
+        .expect("lab up keeps the workers' site.yml log");
+    for m in ["worker-a", "worker-b"] {
+        let r = common::ansible::recap(&site, m);
+        assert_eq!((r["failed"], r["unreachable"]), (0, 0), "{m}: {r:?}");
+        assert!(r["changed"] > 0, "site.yml changed nothing on {m}: {r:?}");
+    }
+    // The control-plane machines were not part of the workers' run.
+    assert!(
+        !site.contains("cp-a "),
+        "site.yml --limit workers touched cp-a:\n{site}"
+    );
+    let enabled = lab.ctl_ok(
+        60,
+        &[
+            "exec",
+            "worker-a",
+            "--",
+            "systemctl",
+            "is-enabled",
+            "kelson-kubelet",
+            "kelson-speaker",
+        ],
+    );
+    assert_eq!(
+        enabled.split_whitespace().collect::<Vec<_>>(),
+        ["enabled", "enabled"]
+    );
+
+    // Both workers Ready with their zones.
     let ns = wait_for("workers Ready", Duration::from_secs(60), || {
         let ns = nodes(&lab)?;
         let ok = |n: &str, z: &str| ns.iter().any(|x| x.0 == n && x.1 == "True" && x.2 == z);

@@ -2,25 +2,24 @@
 //! ssh, exactly as an operator provisions bare metal: `lab up` writes an inventory generated
 //! from the cluster description (`DIR/inventory.yml`: groups `control_plane` and `workers`,
 //! `zone` and `ansible_host` per machine, the lab's key for root) and runs
-//! `ansible-playbook site.yml` with it; `lab ansible PLAYBOOK ...` runs any playbook (a second
-//! `site.yml`, `upgrade.yml -e kelson_bin_dir=...`, `backup.yml`) against the same lab.
+//! `ansible-playbook site.yml --limit control_plane` once the control-plane machines are booted,
+//! then `site.yml --limit workers` once the worker VMs are; `lab ansible PLAYBOOK ...` runs any
+//! playbook (a second `site.yml`, `upgrade.yml -e kelson_bin_dir=...`, `add-node.yml`,
+//! `backup.yml`) against the same lab.
 //!
 //! The machines are reached on their own addresses through the lab's routed network (the host
-//! has a route to every zone), with the lab's key baked into their image
-//! ([`super::machine::AnsibleSeed`]). The inventory says what differs from a bare-metal
-//! cluster, and only that: the images carry every package the play installs (no mirror in the
-//! lab: `kelson_apt_update_cache: false`), kubectl is already on the machines' PATH (bound in
-//! from the host), and control-plane machines are not nodes (containerd cannot create
-//! containers inside nspawn on these hosts; workers are the lab's VMs).
-//!
-//! Workers (QEMU/TCG VMs) are not in the inventory: their image has no Python, and an Ansible
-//! run against a TCG guest costs minutes per machine on top of its boot, so `lab up` still
-//! copies render's files to them over ssh ([`super::provision::workers`]; see docs/lab.md).
+//! has a route to every zone), with the lab's key baked into their images
+//! ([`super::machine::AnsibleSeed`], [`super::vm::prepare_image`]). The inventory says what
+//! differs from a bare-metal cluster, and only that: the images carry every package the play
+//! installs (no mirror in the lab: `kelson_apt_update_cache: false`), kubectl is already on the
+//! control-plane machines' PATH (bound in from the host), control-plane machines are not nodes
+//! (containerd cannot create containers inside nspawn on these hosts; workers are the lab's
+//! VMs), and the workers are air-gapped: containerd's sandbox image and the test images are
+//! preloaded archives the node role imports (`kelson_node_image_archives`).
 //!
 //! Ansible's ssh connection masters (`ControlPersist`) would outlive the run; their control
 //! sockets live in the lab directory (`DIR/ansible-cp`), so `lab down` finds and ends them.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,9 +43,13 @@ pub const BINARIES: &[&str] = &[
     "kelson-dns",
 ];
 
-/// Bound for `lab up`'s `site.yml` run (three machines in parallel on a loaded 2-core host
-/// took a few minutes; most of it is the per-file copies of the rendered configuration).
+/// Bound for each of `lab up`'s `site.yml` runs (three machines in parallel on a loaded 2-core
+/// host took a few minutes; most of it is the per-file copies of the rendered configuration).
 pub const SITE_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// `lab up`'s logs of its `site.yml` runs: the control plane's, then the workers'.
+pub const SITE_LOG: &str = "ansible-site.log";
+pub const WORKERS_LOG: &str = "ansible-workers.log";
 
 /// The generated inventory.
 pub fn inventory_path(dir: &Path) -> PathBuf {
@@ -71,35 +74,38 @@ pub struct Inputs<'a> {
     pub key: &'a Path,
 }
 
-/// The inventory of the lab's Ansible-managed machines (its control plane).
+/// The inventory of the lab's machines: the control plane and the workers.
 pub fn inventory(st: &LabState, i: &Inputs) -> String {
-    let host = |name: &str, addr: Ipv4Addr, zone: &str| {
-        format!(
-            "        {name}:\n          ansible_host: {addr}\n          zone: {}\n",
-            q(zone)
-        )
+    let hosts = |role: Role| -> String {
+        let hs: String = st
+            .machines
+            .iter()
+            .filter(|m| m.role == role)
+            .map(|m| {
+                format!(
+                    "        {}:\n          ansible_host: {}\n          zone: {}\n",
+                    m.name,
+                    m.address,
+                    q(&m.zone)
+                )
+            })
+            .collect();
+        if hs.is_empty() {
+            "      hosts: {}\n".to_string()
+        } else {
+            format!("      hosts:\n{hs}")
+        }
     };
-    let cps: String = st
-        .machines
+    let archives: String = WORKER_IMAGES
         .iter()
-        .filter(|m| m.role == Role::ControlPlane)
-        .map(|m| host(&m.name, m.address, &m.zone))
+        .map(|(name, file)| {
+            format!(
+                "          - name: {}\n            archive: {}\n",
+                q(name),
+                q(&format!("/{}/{file}", super::vm::IMAGES_DIR))
+            )
+        })
         .collect();
-    let workers: Vec<&str> = st
-        .machines
-        .iter()
-        .filter(|m| m.role == Role::Worker)
-        .map(|m| m.name.as_str())
-        .collect();
-    let workers_note = if workers.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "      # {} are QEMU/TCG VMs provisioned by `lab up` over ssh without Ansible\n      \
-             # (no Python in their image; see docs/lab.md).\n",
-            workers.join(", ")
-        )
-    };
     format!(
         "# Generated by `kelsonctl lab up` for lab {name} from {cluster}.\n\
          # ansible-playbook -i {inv} site.yml   (in the ansible/ directory)\n\
@@ -110,20 +116,26 @@ pub fn inventory(st: &LabState, i: &Inputs) -> String {
              kelson_bin_dir: {bin}\n    \
              # The lab's images carry every package the play installs; there is no mirror.\n    \
              kelson_apt_update_cache: false\n    \
-             # kubectl is on the machines' PATH already (bound in from the host).\n    \
+             # kubectl: bound in from the host on control-plane machines; workers use none.\n    \
              kelson_kubectl_src: \"\"\n    \
              ansible_user: root\n    \
              ansible_ssh_private_key_file: {key}\n    \
              # A lab machine's host key is new with every lab.\n    \
-             ansible_ssh_common_args: \"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=30 -o ServerAliveInterval=5\"\n  \
+             ansible_ssh_common_args: \"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ServerAliveInterval=5\"\n    \
+             # sshd in a TCG guest on a loaded host was seen taking more than 10 s to answer.\n    \
+             ansible_ssh_timeout: 30\n  \
            children:\n    \
              control_plane:\n      \
                vars:\n        \
                  # containerd cannot create containers inside nspawn on these hosts.\n        \
-                 kelson_node_enabled: false\n      \
-               hosts:\n{cps}    \
-             workers:\n{workers_note}      \
-               hosts: {{}}\n",
+                 kelson_node_enabled: false\n\
+         {cps}    \
+             workers:\n      \
+               # QEMU/TCG VMs without a registry: the sandbox and test images are preloaded.\n      \
+               vars:\n        \
+                 kelson_containerd_sandbox_image: {pause}\n        \
+                 kelson_node_image_archives:\n{archives}\
+         {workers}",
         name = st.name,
         cluster = i.cluster.display(),
         inv = inventory_path(i.render.parent().unwrap_or(Path::new("."))).display(),
@@ -131,8 +143,17 @@ pub fn inventory(st: &LabState, i: &Inputs) -> String {
         render = q(&i.render.to_string_lossy()),
         bin = q(&i.bin_dir.to_string_lossy()),
         key = q(&i.key.to_string_lossy()),
+        cps = hosts(Role::ControlPlane),
+        workers = hosts(Role::Worker),
+        pause = q(kelson_oci::PAUSE_IMAGE),
     )
 }
+
+/// The images baked into the worker image ([`super::vm::IMAGES_DIR`]): (reference, archive).
+pub const WORKER_IMAGES: &[(&str, &str)] = &[
+    (kelson_oci::PAUSE_IMAGE, "pause.tar"),
+    (kelson_oci::BUSYBOX_IMAGE, "busybox.tar"),
+];
 
 /// `ansible-playbook -i DIR/inventory.yml PLAYBOOK EXTRA...` in the playbooks' directory with
 /// their ansible.cfg, bounded by `timeout`; the caller chooses where the output goes.
@@ -192,16 +213,28 @@ pub fn wait_sshd(st: &LabState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `lab up`'s provisioning: writes the inventory and runs `site.yml` (output in
-/// `DIR/ansible-site.log`).
+/// `lab up`'s provisioning of the control plane: writes the inventory and runs `site.yml
+/// --limit control_plane` (output in `DIR/ansible-site.log`; the workers are not booted yet).
 pub fn site(dir: &Path, st: &LabState, ansible_dir: &Path, i: &Inputs) -> anyhow::Result<()> {
-    let t = Instant::now();
     std::fs::write(inventory_path(dir), inventory(st, i))
         .with_context(|| format!("writing {}", inventory_path(dir).display()))?;
     wait_sshd(st)?;
-    let log = dir.join("ansible-site.log");
+    site_limited(dir, ansible_dir, "control_plane", SITE_LOG)
+}
+
+/// `lab up`'s provisioning of the booted worker VMs: `site.yml --limit workers` with the
+/// inventory [`site`] wrote (output in `DIR/ansible-workers.log`), as an operator adds
+/// workers to a running control plane.
+pub fn site_workers(dir: &Path, ansible_dir: &Path) -> anyhow::Result<()> {
+    site_limited(dir, ansible_dir, "workers", WORKERS_LOG)
+}
+
+fn site_limited(dir: &Path, ansible_dir: &Path, group: &str, log: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let log = dir.join(log);
     let f = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let status = playbook(dir, ansible_dir, "site.yml", &[], SITE_TIMEOUT)?
+    let args = ["--limit".to_string(), group.to_string()];
+    let status = playbook(dir, ansible_dir, "site.yml", &args, SITE_TIMEOUT)?
         .stdin(std::process::Stdio::null())
         .stdout(f.try_clone()?)
         .stderr(f)
@@ -209,13 +242,13 @@ pub fn site(dir: &Path, st: &LabState, ansible_dir: &Path, i: &Inputs) -> anyhow
         .context("running ansible-playbook (ansible-core)")?;
     if !status.success() {
         bail!(
-            "ansible-playbook site.yml failed ({status}); the end of {}:\n{}",
+            "ansible-playbook site.yml --limit {group} failed ({status}); the end of {}:\n{}",
             log.display(),
             machine::tail(&log, 60)
         );
     }
     eprintln!(
-        "lab: site.yml provisioned the control plane in {:?}",
+        "lab: site.yml --limit {group} provisioned in {:?}",
         t.elapsed()
     );
     Ok(())
@@ -288,9 +321,84 @@ address = "10.9.1.21"
             "{inv}"
         );
         assert!(inv.contains("kelson_node_enabled: false"), "{inv}");
-        // The worker is named in a comment only: not a host of the play.
-        assert!(!inv.contains("worker-a:"), "{inv}");
-        assert!(inv.contains("# worker-a are QEMU/TCG VMs"), "{inv}");
-        assert!(inv.contains("    workers:\n"), "{inv}");
+        // The worker is a host of the workers group, with its zone and the preloaded images.
+        let workers = &inv[inv.find("    workers:\n").expect("workers group")..];
+        assert!(
+            workers.contains(
+                "        worker-a:\n          ansible_host: 10.9.1.21\n          zone: \"a\"\n"
+            ),
+            "{inv}"
+        );
+        assert!(
+            workers.contains("kelson_containerd_sandbox_image: \"kelson.local/pause:3.10\""),
+            "{inv}"
+        );
+        assert!(
+            workers.contains("archive: \"/var/lib/kelson-lab/images/busybox.tar\""),
+            "{inv}"
+        );
+        assert!(!workers.contains("cp-a:"), "{inv}");
+    }
+
+    /// What ansible-inventory makes of it: the groups, hosts and variables Ansible sees.
+    #[test]
+    fn inventory_parses_as_ansible_reads_it() {
+        if std::process::Command::new("ansible-inventory")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            panic!("ansible-inventory is missing: install ansible-core (scripts/setup.sh)");
+        }
+        let spec = super::super::spec::LabSpec::parse(
+            r#"
+name = "t"
+[[control_plane]]
+name = "cp-a"
+zone = "a"
+address = "10.9.1.11"
+[[workers]]
+name = "worker-a"
+zone = "a"
+address = "10.9.1.21"
+"#,
+        )
+        .unwrap();
+        let st = super::super::plan(Path::new("/srv/lab"), &spec);
+        let inv = inventory(
+            &st,
+            &Inputs {
+                cluster: Path::new("/srv/cluster.toml"),
+                render: Path::new("/srv/lab/render"),
+                bin_dir: Path::new("/opt/bin"),
+                key: Path::new("/srv/lab/ssh/id_ed25519"),
+            },
+        );
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("inventory.yml");
+        std::fs::write(&path, &inv).unwrap();
+        let out = std::process::Command::new("ansible-inventory")
+            .arg("-i")
+            .arg(&path)
+            .arg("--list")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["control_plane"]["hosts"], serde_json::json!(["cp-a"]));
+        assert_eq!(v["workers"]["hosts"], serde_json::json!(["worker-a"]));
+        let w = &v["_meta"]["hostvars"]["worker-a"];
+        assert_eq!(w["zone"], "a");
+        assert_eq!(w["ansible_host"], "10.9.1.21");
+        assert_eq!(
+            w["kelson_node_image_archives"][1]["name"],
+            "kelson.local/busybox:latest"
+        );
+        assert!(w.get("kelson_node_enabled").is_none(), "{w}");
+        assert_eq!(v["_meta"]["hostvars"]["cp-a"]["kelson_node_enabled"], false);
     }
 }

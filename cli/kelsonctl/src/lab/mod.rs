@@ -20,10 +20,12 @@
 //! Workers are QEMU/TCG virtual machines ([`vm`]): containerd cannot create containers inside
 //! nspawn on these hosts. Each boots a qcow2 overlay of the lab's worker image (the cached
 //! `scripts/vm-image.sh` tree with Kelson installed), with a tap on its zone's bridge, and is
-//! provisioned over ssh with the lab's key ([`provision::workers`]): its rendered `etc/kelson`,
-//! the test images imported into containerd, `kelson-node.target` enabled and started (and
-//! the speaker, on a second NIC on the VIP's segment, for LoadBalancer addresses). `up`
-//! boots at most [`MAX_BOOTING`] VMs at once (each booting VM keeps a core busy).
+//! provisioned over ssh with the lab's key by `site.yml --limit workers` once the control plane
+//! is up ([`ansible::site_workers`]: its rendered `etc/kelson`, containerd configured, the
+//! preloaded test images imported, the node units and the speaker — on a second NIC on the
+//! VIP's segment, for LoadBalancer addresses — enabled and started), or with `--provision
+//! copy` by [`provision::workers`] (the same steps without Ansible). `up` boots at most
+//! [`MAX_BOOTING`] VMs at once (each booting VM keeps a core busy).
 
 pub mod ansible;
 pub mod cmd;
@@ -95,11 +97,12 @@ pub enum LabCommand {
     },
 }
 
-/// How `lab up` configures the control-plane machines.
+/// How `lab up` configures the machines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Provision {
     /// `ansible-playbook site.yml` over ssh with an inventory generated from the description
-    /// (the rootfs needs python3 and sshd: ansible/tests/target-rootfs.sh builds one).
+    /// (the rootfs needs python3 and sshd: ansible/tests/target-rootfs.sh builds one; the
+    /// worker image of scripts/vm-image.sh has python3).
     Ansible,
     /// Copy render's files into the machines and start the units directly (no Ansible).
     Copy,
@@ -120,8 +123,7 @@ pub struct UpArgs {
     /// The QEMU binary for workers (scripts/qemu-fetch.sh DIR prints a usable one).
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
-    /// How the control-plane machines are provisioned (workers are always provisioned over
-    /// ssh without Ansible: see docs/lab.md).
+    /// How the machines (control plane and workers) are provisioned.
     #[arg(long, value_enum, default_value_t = Provision::Ansible)]
     pub provision: Provision,
     /// The playbooks: the repository's ansible/ directory.
@@ -425,7 +427,16 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
                 args.qemu.display()
             );
         }
-        Some(vm::CachedImage::at(&args.vm_image)?)
+        let cached = vm::CachedImage::at(&args.vm_image)?;
+        if args.provision == Provision::Ansible && !cached.rootfs.join("usr/bin/python3").exists() {
+            bail!(
+                "the worker image {} has no python3, which Ansible needs: rebuild it with \
+                 scripts/vm-image.sh {} (python3 is in its package list), or pass --provision copy",
+                args.vm_image.display(),
+                args.vm_image.display()
+            );
+        }
+        Some(cached)
     } else {
         None
     };
@@ -492,6 +503,11 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
             &bin_dir,
             &key.with_extension("pub"),
             st.vip.as_ref().map(|(_, i)| i.as_str()),
+            if by_ansible {
+                vm::ImageKind::Ansible
+            } else {
+                vm::ImageKind::Copy
+            },
         )?;
     }
     net::create_fabric(&st)?;
@@ -559,7 +575,13 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
     if !wks.is_empty() {
         eprintln!("lab: {} workers booted after {:?}", wks.len(), t.elapsed());
         let workers: Vec<&MachineState> = wks.iter().map(|&i| &st.machines[i]).collect();
-        provision::workers(dir, &st, &workers, &rendered)?;
+        match &st.ansible {
+            Some(ansible_dir) => {
+                ansible::site_workers(dir, ansible_dir)?;
+                provision::workers_ready(dir, &st, &workers)?;
+            }
+            None => provision::workers(dir, &st, &workers, &rendered)?,
+        }
     }
     eprintln!("lab: up after {:?}", t.elapsed());
     println!(
@@ -700,7 +722,8 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         "admin.kubeconfig",
         "partition.nft",
         "inventory.yml",
-        "ansible-site.log",
+        ansible::SITE_LOG,
+        ansible::WORKERS_LOG,
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }

@@ -1,6 +1,6 @@
-//! Configuring the machines' control plane once they are booted, without Ansible (`lab up
-//! --provision copy`; the default runs `ansible/site.yml`, see [`super::ansible`], and only
-//! [`control_plane_done`] is shared), and the workers.
+//! Configuring the machines once they are booted, without Ansible (`lab up --provision copy`;
+//! the default runs `ansible/site.yml`, see [`super::ansible`], and only [`control_plane_done`]
+//! and [`workers_ready`] are shared): the control plane, and the workers.
 //!
 //! The configuration comes from `kelsonctl cluster render` (run on the host, as an operator
 //! would on their workstation): one directory per machine laid out as that machine's root.
@@ -289,22 +289,16 @@ const WORKER_SPEAKER: &str = r#"if [ -f /etc/kelson/speaker.toml ]; then
 fi
 "#;
 
-/// Provisions booted worker VMs over ssh (the lab's key is baked into their image): copies
-/// each worker's rendered `etc/kelson` (a tar stream over ssh, as `scp -r` would, keeping
-/// render's modes), runs [`WORKER_SETUP`], waits until the node is Ready, and routes its pod
-/// CIDR through the lab's router (the lab's stand-in for a cloud route table: zones are
-/// separate L2 segments, so nodes cannot route pods to each other directly).
-///
-/// The issue asks for the Ansible playbooks here; they need an Ansible run per worker against
-/// a TCG VM (python on the guest, fact gathering), which is minutes per machine on these
-/// hosts, so the lab copies render's files directly (see docs/lab.md).
+/// `--provision copy`: provisions booted worker VMs over ssh without Ansible (the lab's key is
+/// baked into their image): copies each worker's rendered `etc/kelson` (a tar stream over ssh,
+/// as `scp -r` would, keeping render's modes), runs [`WORKER_SETUP`] (what ansible/roles/node
+/// does), then [`workers_ready`].
 pub fn workers(
     dir: &Path,
     state: &LabState,
     workers: &[&MachineState],
     rendered: &Path,
 ) -> anyhow::Result<()> {
-    let t = Instant::now();
     let key = dir.join("ssh/id_ed25519");
     for m in workers {
         let src = rendered.join(&m.name);
@@ -325,6 +319,18 @@ pub fn workers(
         }
         super::vm::ssh_ok(dir, m, &setup, Duration::from_secs(180))?;
     }
+    workers_ready(dir, state, workers)
+}
+
+/// However the workers were provisioned: waits (bounded) until each node is Ready with a pod
+/// CIDR, and routes that CIDR through the lab's router (the lab's stand-in for a cloud route
+/// table: zones are separate L2 segments, so nodes cannot route pods to each other directly).
+pub fn workers_ready(
+    dir: &Path,
+    state: &LabState,
+    workers: &[&MachineState],
+) -> anyhow::Result<()> {
+    let t = Instant::now();
     let kubeconfig = dir.join("admin.kubeconfig");
     for m in workers {
         let deadline = Instant::now() + Duration::from_secs(240);
@@ -383,7 +389,7 @@ pub fn workers(
         tracing::info!(node = %m.name, %cidr, "worker Ready, pod CIDR routed");
     }
     eprintln!(
-        "lab: {} workers provisioned and Ready in {:?}",
+        "lab: {} workers Ready, pod CIDRs routed, in {:?}",
         workers.len(),
         t.elapsed()
     );

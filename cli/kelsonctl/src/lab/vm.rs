@@ -6,13 +6,16 @@
 //! login prompt, ~460 MB host RSS, one busy core while booting).
 //!
 //! Disk: `scripts/vm-image.sh` caches a debootstrapped tree (cloud kernel, systemd, containerd,
-//! runc, CNI plugins, openssh-server) with its kernel and initramfs. Per lab, [`prepare_image`]
-//! copies that tree, installs Kelson with `kelsonctl install --root` (the same step the nspawn
-//! machines' base layer gets), bakes in the lab's ssh public key, containerd's configuration
-//! for the kubelet and the busybox/pause test images, and makes one ext4 image of it with
-//! `mkfs.ext4 -d` (no loop mounts, no root-only block devices). Each worker boots a qcow2
-//! overlay of that image, so a worker costs only what it writes, and `lab start` after `lab
-//! kill` boots the same disk again.
+//! runc, CNI plugins, openssh-server, python3 for Ansible) with its kernel and initramfs. Per
+//! lab, [`prepare_image`] copies that tree, installs Kelson with `kelsonctl install --root` (the
+//! same step the nspawn machines' base layer gets), bakes in the lab's ssh public key and the
+//! busybox/pause test images, and makes one ext4 image of it with `mkfs.ext4 -d` (no loop
+//! mounts, no root-only block devices). For Ansible ([`ImageKind::Ansible`]) the build is also
+//! staged where `ansible/roles/common` stages it (hard links: no second copy on disk), so the
+//! play finds it current instead of sending it to every VM; for `--provision copy`
+//! ([`ImageKind::Copy`]) containerd's configuration is baked in instead (the node role writes
+//! it otherwise). Each worker boots a qcow2 overlay of that image, so a worker costs only what
+//! it writes, and `lab start` after `lab kill` boots the same disk again.
 //!
 //! Boot: `-kernel/-initrd` from the tree's /boot with `root=/dev/vda`; the machine's address,
 //! gateway and host name come from the kernel command line (`ip=` is turned into a
@@ -23,7 +26,9 @@
 //! console goes to `DIR/machines/<m>/console.log`.
 //!
 //! Provisioning is over ssh as root with the lab's key (`DIR/ssh/id_ed25519`), exactly like
-//! an operator's first login: see [`super::provision::workers`].
+//! an operator's first login: by `ansible/site.yml --limit workers`
+//! ([`super::ansible::site_workers`]), or with `--provision copy` by
+//! [`super::provision::workers`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -50,7 +55,8 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 pub const IMAGES_DIR: &str = "var/lib/kelson-lab/images";
 
 /// containerd for the kubelet (as ansible/roles/node's template), with the lab's pause image
-/// as sandbox image: workers are air-gapped, images come from `ctr images import`.
+/// as sandbox image: workers are air-gapped, images come from `ctr images import`. Only for
+/// `--provision copy` (with Ansible the node role writes it).
 const CONTAINERD_CONFIG: &str = r#"# Written by kelsonctl lab: containerd 1.6 for the kelson kubelet.
 version = 2
 
@@ -141,14 +147,26 @@ pub fn lab_image(dir: &Path) -> PathBuf {
     dir.join("worker.img")
 }
 
-/// Builds `DIR/worker.img` (once per lab): the cached tree + Kelson + the lab's key +
-/// containerd's config + test images, as one ext4 file system.
+/// How the lab's workers are provisioned, which decides what their image carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// By `ansible/site.yml`: the whole build staged in `/var/lib/kelson-dist/bin` (a golden
+    /// image with the release preloaded); containerd's configuration is the node role's.
+    Ansible,
+    /// By `lab up` over ssh: only what a worker runs, containerd configured for the kubelet.
+    Copy,
+}
+
+/// Builds `DIR/worker.img` (once per lab): the cached tree + Kelson + the lab's key + the
+/// test images (+ the staged build, or containerd's config: see [`ImageKind`]), as one ext4
+/// file system.
 pub fn prepare_image(
     dir: &Path,
     cached: &CachedImage,
     bin_dir: &Path,
     pubkey: &Path,
     vip_if: Option<&str>,
+    kind: ImageKind,
 ) -> anyhow::Result<PathBuf> {
     let img = lab_image(dir);
     if dir.join(LAB_IMAGE_MARKER).is_file() && img.is_file() {
@@ -170,15 +188,31 @@ pub fn prepare_image(
     )?;
     let result = (|| -> anyhow::Result<()> {
         super::machine::install_root(bin_dir, &tree)?;
-        // Only what a worker runs: the control-plane daemons stay off its disk (and kelsonctl
-        // itself links RocksDB, which the worker image does not carry).
-        for b in [
-            "kelson-kv",
-            "kelson-apiserver",
-            "kelson-scheduler",
-            "kelson-controller-manager",
-        ] {
-            let _ = std::fs::remove_file(tree.join("usr/bin").join(b));
+        match kind {
+            ImageKind::Ansible => {
+                // Where roles/common stages the build, as hard links to what `install --root`
+                // laid out (the same bytes; mkfs.ext4 -d keeps hard links): the play compares
+                // checksums, finds both current, and `kelsonctl install` reports `unchanged`.
+                let dist = tree.join(super::machine::DIST_BIN);
+                std::fs::create_dir_all(&dist)?;
+                for b in super::ansible::BINARIES {
+                    std::fs::hard_link(tree.join("usr/bin").join(b), dist.join(b))
+                        .with_context(|| format!("staging {b} in the worker image"))?;
+                }
+            }
+            ImageKind::Copy => {
+                // Only what a worker runs: the control-plane daemons stay off its disk.
+                for b in [
+                    "kelson-kv",
+                    "kelson-apiserver",
+                    "kelson-scheduler",
+                    "kelson-controller-manager",
+                ] {
+                    let _ = std::fs::remove_file(tree.join("usr/bin").join(b));
+                }
+                std::fs::create_dir_all(tree.join("etc/containerd"))?;
+                std::fs::write(tree.join("etc/containerd/config.toml"), CONTAINERD_CONFIG)?;
+            }
         }
         let ssh = tree.join("root/.ssh");
         std::fs::create_dir_all(&ssh)?;
@@ -194,8 +228,6 @@ pub fn prepare_image(
                 vip_network_unit(ifname),
             )?;
         }
-        std::fs::create_dir_all(tree.join("etc/containerd"))?;
-        std::fs::write(tree.join("etc/containerd/config.toml"), CONTAINERD_CONFIG)?;
         let images = tree.join(IMAGES_DIR);
         std::fs::create_dir_all(&images)?;
         kelson_oci::build_test_images(Path::new(kelson_oci::DEFAULT_BUSYBOX), &images)
