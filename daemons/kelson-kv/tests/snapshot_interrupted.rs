@@ -37,6 +37,20 @@ fn value(seed: u64) -> Vec<u8> {
     v
 }
 
+/// A put retried (bounded) across transient failures: on a loaded machine a 500 ms election
+/// timeout can expire and a request can time out; putting the same value again is harmless.
+async fn put_retry(c: &mut Client, key: String, value: Vec<u8>) {
+    let mut last = None;
+    for _ in 0..30 {
+        match c.put(key.clone(), value.clone(), None).await {
+            Ok(_) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("put {key}: {last:?}");
+}
+
 fn part_files(snap_dir: &Path) -> Vec<String> {
     std::fs::read_dir(snap_dir)
         .map(|rd| {
@@ -131,9 +145,7 @@ async fn follower_catches_up_after_the_snapshot_sender_dies_mid_transfer() {
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             for k in (w..KEYS).step_by(8) {
-                c.put(format!("k/{k:04}"), value(k as u64), None)
-                    .await
-                    .expect("put");
+                put_retry(&mut c, format!("k/{k:04}"), value(k as u64)).await;
             }
         }));
     }
@@ -142,9 +154,7 @@ async fn follower_catches_up_after_the_snapshot_sender_dies_mid_transfer() {
     }
     let mut c = client.clone();
     for k in 0..40u64 {
-        c.put(format!("k/{k:04}"), format!("v2 {k}"), None)
-            .await
-            .expect("overwrite");
+        put_retry(&mut c, format!("k/{k:04}"), format!("v2 {k}").into_bytes()).await;
     }
     for k in 40..60u64 {
         c.delete(format!("k/{k:04}"), None).await.expect("delete");

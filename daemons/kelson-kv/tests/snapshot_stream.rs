@@ -42,6 +42,20 @@ fn value(seed: u64) -> Vec<u8> {
     v
 }
 
+/// A put retried (bounded) across transient failures: on a loaded machine a 500 ms election
+/// timeout can expire and a request can time out; putting the same value again is harmless.
+async fn put_retry(c: &mut Client, key: String, value: Vec<u8>) {
+    let mut last = None;
+    for _ in 0..30 {
+        match c.put(key.clone(), value.clone(), None).await {
+            Ok(_) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("put {key}: {last:?}");
+}
+
 /// The pid of the kelson-kv process serving `data_dir` (its command line names it).
 pub fn pid_of(data_dir: &Path) -> u32 {
     let want = data_dir.to_string_lossy().to_string();
@@ -175,9 +189,7 @@ async fn follower_catches_up_by_streamed_snapshot_in_bounded_memory() {
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             for k in (w..KEYS).step_by(8) {
-                c.put(format!("big/{k:04}"), value(k as u64), None)
-                    .await
-                    .expect("put");
+                put_retry(&mut c, format!("big/{k:04}"), value(k as u64)).await;
             }
         }));
     }
@@ -186,9 +198,12 @@ async fn follower_catches_up_by_streamed_snapshot_in_bounded_memory() {
     }
     let mut c = client.clone();
     for k in 0..20u64 {
-        c.put(format!("big/{k:04}"), format!("small {k}"), None)
-            .await
-            .expect("overwrite");
+        put_retry(
+            &mut c,
+            format!("big/{k:04}"),
+            format!("small {k}").into_bytes(),
+        )
+        .await;
     }
     for k in 20..30u64 {
         c.delete(format!("big/{k:04}"), None).await.expect("delete");
