@@ -22,6 +22,17 @@
 //! picks up a changed CA bundle or token file the same way. A kubeconfig that fails to load (a
 //! half-written file, a key that does not match) is logged and the current client is kept; the
 //! next change of the files triggers another attempt.
+//!
+//! Transport: [`Transport::Http1`] is kube-rs's stock stack (HTTP/1.1: one request per
+//! connection at a time, so N concurrent requests hold N TLS connections). With the `http2`
+//! feature, [`Transport::Http2`] builds the same layers (base URI, auth, extra headers) over a
+//! hyper client that offers `h2` by ALPN and multiplexes every request over one connection
+//! (falling back to HTTP/1.1 when a server does not offer h2), as client-go does. It is meant
+//! for many small concurrent writes (the scheduler's bindings and events): one connection
+//! task writes many frames per syscall instead of dozens of connections waking one task
+//! each. (Until a connection has negotiated h2, hyper cannot know it will be shared: a cold
+//! burst may handshake a few connections at once, of which all but one are dropped.) Long watches are better left on HTTP/1.1 connections of their own: on a shared
+//! HTTP/2 connection a slow consumer's flow-control window would stall the writes too.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -41,13 +52,32 @@ pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A client for the cluster described by the kubeconfig at `path` (its current context) that
 /// reloads the kubeconfig's credentials when its files change (see the module docs).
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, KubeError> {
-    let svc = ReloadingService::new(path, RELOAD_CHECK_INTERVAL).await?;
+    client_from_kubeconfig_with(path, Transport::Http1).await
+}
+
+/// [`client_from_kubeconfig`] over the given [`Transport`].
+pub async fn client_from_kubeconfig_with(
+    path: &Path,
+    transport: Transport,
+) -> Result<kube::Client, KubeError> {
+    let svc = ReloadingService::with_transport(path, RELOAD_CHECK_INTERVAL, transport).await?;
     let ns = svc.default_namespace().await;
     Ok(kube::Client::new(svc, ns))
 }
 
-/// Builds a stock kube-rs client from the kubeconfig file.
-async fn build(path: &Path) -> Result<kube::Client, KubeError> {
+/// How a client speaks HTTP to the API server (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// kube-rs's stock client: HTTP/1.1, a connection per concurrent request.
+    #[default]
+    Http1,
+    /// All requests multiplexed over one HTTP/2 connection (ALPN `h2`, HTTP/1.1 fallback).
+    #[cfg(feature = "http2")]
+    Http2,
+}
+
+/// Builds a kube-rs client from the kubeconfig file: the stock one, or the HTTP/2 one.
+async fn build(path: &Path, transport: Transport) -> Result<kube::Client, KubeError> {
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
         path: path.display().to_string(),
         source,
@@ -58,7 +88,66 @@ async fn build(path: &Path) -> Result<kube::Client, KubeError> {
             path: path.display().to_string(),
             source,
         })?;
-    Ok(kube::Client::try_from(cfg)?)
+    match transport {
+        Transport::Http1 => Ok(kube::Client::try_from(cfg)?),
+        #[cfg(feature = "http2")]
+        Transport::Http2 => h2::build(cfg),
+    }
+}
+
+#[cfg(feature = "http2")]
+mod h2 {
+    //! The HTTP/2 stack: kube-rs's request layers over a hyper client whose TLS connector
+    //! offers `h2` by ALPN. The ALPN list is set on kube-rs's own rustls config (same CA,
+    //! client certificate, verifier) and the connector built with `HttpsConnector::new`,
+    //! which takes that config as is, so hyper-rustls keeps the features kube-rs gives it.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use hyper_rustls::{DefaultServerNameResolver, FixedServerNameResolver, ResolveServerName};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::ConfigExt;
+
+    use crate::KubeError;
+
+    /// Pings on an idle or stuck connection, so a dead peer fails requests within
+    /// `KEEPALIVE + KEEPALIVE_TIMEOUT` instead of leaving them waiting on a half-open socket.
+    const KEEPALIVE: Duration = Duration::from_secs(30);
+    const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub(super) fn build(cfg: kube::Config) -> Result<kube::Client, KubeError> {
+        let mut tls = cfg.rustls_client_config()?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let names: Arc<dyn ResolveServerName + Send + Sync> = match &cfg.tls_server_name {
+            Some(n) => {
+                let name = rustls::pki_types::ServerName::try_from(n.clone()).map_err(|e| {
+                    KubeError::Transport(format!("invalid tls-server-name {n:?}: {e}"))
+                })?;
+                Arc::new(FixedServerNameResolver::new(name))
+            }
+            None => Arc::new(DefaultServerNameResolver::default()),
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        // Small request frames must leave at once (Nagle + delayed ACK would add ~40 ms).
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout.unwrap_or(Duration::from_secs(30))));
+        let https = hyper_rustls::HttpsConnector::new(http, tls, false, names);
+        let hc: hyper_util::client::legacy::Client<_, kube::client::Body> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .http2_keep_alive_interval(KEEPALIVE)
+                .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .build(https);
+        let svc = tower::ServiceBuilder::new()
+            .layer(cfg.base_uri_layer())
+            .option_layer(cfg.auth_layer()?)
+            .layer(cfg.extra_headers_layer()?)
+            .map_err(|e: hyper_util::client::legacy::Error| -> tower::BoxError { Box::new(e) })
+            .service(hc);
+        Ok(kube::Client::new(svc, cfg.default_namespace))
+    }
 }
 
 /// What identifies a file's version: a rename-into-place changes the inode, an in-place write
@@ -113,6 +202,7 @@ struct State {
 pub struct ReloadingService {
     path: Arc<PathBuf>,
     interval: Duration,
+    transport: Transport,
     // A tokio mutex: a rebuild awaits (kube's config loading is async) and requests arriving
     // meanwhile should wait for the new client rather than race to build their own.
     state: Arc<tokio::sync::Mutex<State>>,
@@ -122,14 +212,25 @@ impl ReloadingService {
     /// Builds the first client from `path` (an error here is fatal, as for a plain client) and
     /// checks the files for changes at most once per `interval`.
     pub async fn new(path: &Path, interval: Duration) -> Result<ReloadingService, KubeError> {
+        Self::with_transport(path, interval, Transport::Http1).await
+    }
+
+    /// [`ReloadingService::new`] whose clients (the first and every rebuilt one) use
+    /// `transport`.
+    pub async fn with_transport(
+        path: &Path,
+        interval: Duration,
+        transport: Transport,
+    ) -> Result<ReloadingService, KubeError> {
         // Signatures first: a change between reading them and building is then seen as a
         // change at the next check, never missed.
         let files = watched_files(path);
         let sigs = signatures(&files);
-        let client = build(path).await?;
+        let client = build(path, transport).await?;
         Ok(ReloadingService {
             path: Arc::new(path.to_path_buf()),
             interval,
+            transport,
             state: Arc::new(tokio::sync::Mutex::new(State {
                 client,
                 files,
@@ -165,7 +266,7 @@ impl ReloadingService {
             if sigs != st.sigs {
                 files = watched_files(&self.path);
                 sigs = signatures(&files);
-                match build(&self.path).await {
+                match build(&self.path, self.transport).await {
                     Ok(client) => {
                         st.client = client;
                         st.reloads += 1;

@@ -13,7 +13,7 @@ pub mod client;
 pub mod duration;
 pub mod flags;
 
-pub use client::client_from_kubeconfig;
+pub use client::{client_from_kubeconfig, client_from_kubeconfig_with, Transport};
 pub use flags::LeaderElectFlags;
 
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ pub enum KubeError {
     },
     #[error("building the API client: {0}")]
     Client(#[from] kube::Error),
+    #[error("building the API client's transport: {0}")]
+    Transport(String),
 }
 
 /// Leader election settings (flags named like upstream's `--leader-elect-*`).

@@ -1702,29 +1702,40 @@ async fn bind(r: &mut Req<'_>, body: &[u8]) -> Result<Response<Body>, ApiError> 
             .filter(|s| !s.is_empty())
             .map(String::from),
     };
-    r.api
-        .store
-        .guaranteed_update(&key, &pre, dry, |cur| {
-            if cur["metadata"]["deletionTimestamp"].is_string() {
-                return Err(ApiError::conflict("", "pods", &name, "pod is being deleted, cannot be assigned to a host"));
+    // From the watch cache's copy, like updates: a current copy (the scheduler binds pods it
+    // just saw created) makes the binding one compare-and-swap with no read before it; on a
+    // stale copy the conflict checks below are only final after a fresh read agrees.
+    cached_update(r.api, r.t.info, &key, &pre, dry, |mut pod| {
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                &name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        if let Some(n) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict(
+                "",
+                "pods/binding",
+                &name,
+                &format!("pod {name} is already assigned to node {n:?}"),
+            ));
+        }
+        // The callback owns its copy: modify it in place rather than clone the pod again.
+        pod["spec"]["nodeName"] = json!(node);
+        let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
+        match pod["status"]["conditions"].as_array_mut() {
+            Some(cs) => {
+                cs.retain(|c| c["type"] != "PodScheduled");
+                cs.push(cond);
             }
-            if let Some(n) = cur["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-                return Err(ApiError::conflict("", "pods/binding", &name, &format!("pod {name} is already assigned to node {n:?}")));
-            }
-            let mut new = cur.clone();
-            new["spec"]["nodeName"] = json!(node);
-            let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()});
-            match new["status"]["conditions"].as_array_mut() {
-                Some(cs) => {
-                    cs.retain(|c| c["type"] != "PodScheduled");
-                    cs.push(cond);
-                }
-                None => new["status"]["conditions"] = json!([cond]),
-            }
-            Ok(new)
-        })
-        .await
-        .map_err(update_err(r.t, &name))?;
+            None => pod["status"]["conditions"] = json!([cond]),
+        }
+        Ok(pod)
+    })
+    .await
+    .map_err(update_err(r.t, &name))?;
     Ok(h::json(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

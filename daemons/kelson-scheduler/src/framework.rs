@@ -144,38 +144,52 @@ impl Algorithm {
 /// (feasible node indices, per-node failures, nodes visited).
 type FilterOutcome = (Vec<usize>, Vec<(usize, Failure)>, usize);
 
+/// Threads for the parallel filter (at most 8), read once: `available_parallelism` reads
+/// cgroup files on every call, which showed in profiles at one call per attempt.
+fn parallelism() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(1)
+            .min(8)
+    })
+}
+
 /// Filters nodes from `start` (wrapping) until `want` feasible ones are found or all were
 /// visited. Returns (feasible, failures, number visited).
 fn find_feasible(st: &CycleState, snap: &Snapshot, start: usize, want: usize) -> FilterOutcome {
     let n = snap.nodes.len();
     let order = |k: usize| (start + k) % n;
-    // Parallel in chunks for big clusters; each chunk stops once the total is reached.
+    // The first PAR_THRESHOLD nodes are filtered on this thread: most attempts find their
+    // `want` feasible nodes there, and threads spawned per attempt (tens of µs each, plus
+    // wake-ups) would cost more than they save. Only the rest of a big cluster is filtered in
+    // parallel chunks, each stopping once the total is reached.
     const PAR_THRESHOLD: usize = 1000;
-    let threads = std::thread::available_parallelism()
-        .map(|p| p.get())
-        .unwrap_or(1)
-        .min(8);
-    if n < PAR_THRESHOLD || threads < 2 {
-        let mut feasible = Vec::new();
-        let mut failures = Vec::new();
-        let mut visited = 0;
-        for k in 0..n {
-            visited += 1;
-            let i = order(k);
-            match plugins::filter(st, &snap.nodes[i]) {
-                Ok(()) => {
-                    feasible.push(i);
-                    if feasible.len() >= want {
-                        break;
-                    }
+    let threads = parallelism();
+    let seq_limit = if threads < 2 { n } else { PAR_THRESHOLD.min(n) };
+    let mut feasible = Vec::new();
+    let mut failures = Vec::new();
+    let mut visited = 0;
+    for k in 0..seq_limit {
+        visited += 1;
+        let i = order(k);
+        match plugins::filter(st, &snap.nodes[i]) {
+            Ok(()) => {
+                feasible.push(i);
+                if feasible.len() >= want {
+                    return (feasible, failures, visited);
                 }
-                Err(f) => failures.push((i, f)),
             }
+            Err(f) => failures.push((i, f)),
         }
+    }
+    if seq_limit == n {
         return (feasible, failures, visited);
     }
-    let found = std::sync::atomic::AtomicUsize::new(0);
-    let chunk = n.div_ceil(threads);
+    let found = std::sync::atomic::AtomicUsize::new(feasible.len());
+    let rest = n - seq_limit;
+    let chunk = rest.div_ceil(threads);
     let results: Vec<FilterOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -184,7 +198,7 @@ fn find_feasible(st: &CycleState, snap: &Snapshot, start: usize, want: usize) ->
                     let mut feasible = Vec::new();
                     let mut failures = Vec::new();
                     let mut visited = 0;
-                    for k in (t * chunk)..((t + 1) * chunk).min(n) {
+                    for k in (seq_limit + t * chunk)..(seq_limit + (t + 1) * chunk).min(n) {
                         if found.load(std::sync::atomic::Ordering::Relaxed) >= want {
                             break;
                         }
@@ -204,9 +218,6 @@ fn find_feasible(st: &CycleState, snap: &Snapshot, start: usize, want: usize) ->
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
-    let mut feasible = Vec::new();
-    let mut failures = Vec::new();
-    let mut visited = 0;
     for (f, e, v) in results {
         feasible.extend(f);
         failures.extend(e);

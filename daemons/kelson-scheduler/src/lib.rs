@@ -4,7 +4,8 @@
 //! [`nodeinfo`] (per-node aggregates and snapshots), [`plugins`] (filters and scores),
 //! [`framework`] (one attempt: sampling, filtering, scoring, FitError, preemption),
 //! [`queue`] (active / back-off / unschedulable), [`scheduler`] (informers, cache, assume and
-//! bind, events and status), [`dbus`] (`io.kelson.Scheduler1`), [`config`].
+//! bind, events and status), [`podwatch`] (pods decoded without managedFields), [`dbus`]
+//! (`io.kelson.Scheduler1`), [`config`].
 //!
 //! [`run`] wires them with the shared daemon runtime: D-Bus, /metrics, `READY=1` once the API
 //! server is reachable and the node and pod caches are synced, Lease leader election on
@@ -16,6 +17,7 @@ pub mod dbus;
 pub mod framework;
 pub mod nodeinfo;
 pub mod plugins;
+pub mod podwatch;
 pub mod queue;
 pub mod resources;
 pub mod scheduler;
@@ -96,6 +98,13 @@ impl prometheus_client::collector::Collector for SchedCollector {
         ] {
             h.encode(m.encode_family(&[("result", result)])?)?;
         }
+        let c = ConstCounter::new(s.events_dropped.load(Ordering::Relaxed));
+        c.encode(enc.encode_descriptor(
+            "scheduler_events_dropped",
+            "Events not recorded because the recorder's queue was full",
+            None,
+            c.metric_type(),
+        )?)?;
         let g = ConstGauge::new(s.is_leader.load(Ordering::Relaxed) as i64);
         g.encode(enc.encode_descriptor(
             "scheduler_is_leader",
@@ -145,6 +154,15 @@ pub async fn run(cfg: SchedulerConfig, common: &CommonArgs, log: LogHandle) -> a
             .await
             .context("no --kubeconfig and no in-cluster/default kubeconfig")?,
     };
+    // Bindings, events and status patches (many small concurrent writes) share one
+    // multiplexed HTTP/2 connection; watches and leader election keep the stock HTTP/1.1
+    // client, so a watch backlog's flow control can never stall a binding.
+    let writer = match &cfg.kubeconfig {
+        Some(p) => {
+            kelson_kube::client_from_kubeconfig_with(p, kelson_kube::Transport::Http2).await?
+        }
+        None => client.clone(),
+    };
     let identity = kelson_kube::default_identity();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (leading_tx, leading_rx) = watch::channel(!cfg.leader_elect);
@@ -177,7 +195,7 @@ pub async fn run(cfg: SchedulerConfig, common: &CommonArgs, log: LogHandle) -> a
         component: "default-scheduler".into(),
         identity: identity.clone(),
     };
-    let sched = Scheduler::new(client, opts, shared.clone());
+    let sched = Scheduler::new(client, opts, shared.clone()).with_writer(writer);
     let mut sched_task = tokio::spawn(sched.run(leading_rx, shutdown_rx.clone()));
 
     // READY=1 once caches are synced (the API server answered lists for nodes and pods).

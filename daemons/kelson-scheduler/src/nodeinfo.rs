@@ -149,6 +149,27 @@ impl PodInfo {
         }
     }
 
+    /// This pod's parsed facts for `pod`, a copy of the same pod that differs only where
+    /// scheduling does not look (the assumed copy with `spec.nodeName` set): the parse is
+    /// not repeated.
+    pub fn with_pod(&self, pod: Arc<Pod>) -> PodInfo {
+        PodInfo {
+            pod,
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            requests: self.requests.clone(),
+            non_zero: self.non_zero.clone(),
+            priority: self.priority,
+            host_ports: self.host_ports.clone(),
+            required_affinity: self.required_affinity.clone(),
+            required_anti_affinity: self.required_anti_affinity.clone(),
+            preferred_affinity: self.preferred_affinity.clone(),
+            group: self.group.clone(),
+        }
+    }
+
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }

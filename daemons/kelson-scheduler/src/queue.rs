@@ -11,9 +11,14 @@
 //! scheduled) sends the pod to back-off instead, so the event is not lost (upstream's
 //! `moveRequestCycle`). The queue is owned by one task; time is passed in, so it is testable
 //! with a fake clock.
+//!
+//! The scheduling loop asks for the lengths and flushes back-off before every attempt, so
+//! neither may scan all pods: with a backlog of 10 000 pending pods that scan cost more than
+//! the attempt itself. The lengths are counted as pods change place, and the waiting pods
+//! (back-off and unschedulable, usually few) are kept in a set of their own.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// How long a pod may sit in unschedulable before it is retried anyway.
@@ -78,6 +83,10 @@ pub struct Lengths {
 pub struct SchedulingQueue {
     heap: BinaryHeap<Entry>,
     pods: HashMap<String, Info>,
+    /// Keys of the pods in back-off or unschedulable.
+    waiting: HashSet<String>,
+    /// Pods per place, kept as they move.
+    lengths: Lengths,
     seq: u64,
     move_cycle: u64,
     initial_backoff: Duration,
@@ -89,6 +98,8 @@ impl SchedulingQueue {
         SchedulingQueue {
             heap: BinaryHeap::new(),
             pods: HashMap::new(),
+            waiting: HashSet::new(),
+            lengths: Lengths::default(),
             seq: 0,
             move_cycle: 0,
             initial_backoff,
@@ -96,11 +107,37 @@ impl SchedulingQueue {
         }
     }
 
+    /// Moves `key`'s entry to `to`, keeping the lengths and the waiting set in step.
+    fn set_place(&mut self, key: &str, to: Where) {
+        let Some(info) = self.pods.get_mut(key) else {
+            return;
+        };
+        let from = std::mem::replace(&mut info.place, to);
+        self.count(from, -1);
+        self.count(to, 1);
+        let waits = |w: Where| matches!(w, Where::Backoff | Where::Unschedulable);
+        if waits(to) && !waits(from) {
+            self.waiting.insert(key.to_string());
+        } else if waits(from) && !waits(to) {
+            self.waiting.remove(key);
+        }
+    }
+
+    fn count(&mut self, place: Where, delta: isize) {
+        let n = match place {
+            Where::Active => &mut self.lengths.active,
+            Where::Backoff => &mut self.lengths.backoff,
+            Where::Unschedulable => &mut self.lengths.unschedulable,
+            Where::InFlight => return,
+        };
+        *n = n.saturating_add_signed(delta);
+    }
+
     fn push_active(&mut self, key: &str, now: Instant) {
         self.seq += 1;
         let seq = self.seq;
+        self.set_place(key, Where::Active);
         if let Some(info) = self.pods.get_mut(key) {
-            info.place = Where::Active;
             info.seq = seq;
             info.since = now;
             self.heap.push(Entry {
@@ -116,12 +153,13 @@ impl SchedulingQueue {
     pub fn add(&mut self, key: &str, priority: i32, now: Instant) {
         match self.pods.get_mut(key) {
             None => {
+                // Enters in flight (uncounted); push_active counts it as active.
                 self.pods.insert(
                     key.to_string(),
                     Info {
                         priority,
                         attempts: 0,
-                        place: Where::Active,
+                        place: Where::InFlight,
                         since: now,
                         seq: 0,
                         popped_at_cycle: 0,
@@ -143,7 +181,12 @@ impl SchedulingQueue {
 
     /// Forgets a pod (deleted or bound).
     pub fn remove(&mut self, key: &str) {
-        self.pods.remove(key);
+        if let Some(info) = self.pods.remove(key) {
+            self.count(info.place, -1);
+            if matches!(info.place, Where::Backoff | Where::Unschedulable) {
+                self.waiting.remove(key);
+            }
+        }
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -163,9 +206,9 @@ impl SchedulingQueue {
             if info.seq != e.seq || info.place != Where::Active {
                 continue;
             }
-            info.place = Where::InFlight;
             info.attempts += 1;
             info.popped_at_cycle = self.move_cycle;
+            self.set_place(&e.key, Where::InFlight);
             return Some(e.key);
         }
         None
@@ -186,18 +229,23 @@ impl SchedulingQueue {
             return;
         };
         info.since = now;
-        info.place = if unschedulable && info.popped_at_cycle >= cycle {
+        let to = if unschedulable && info.popped_at_cycle >= cycle {
             Where::Unschedulable
         } else {
             Where::Backoff
         };
+        self.set_place(key, to);
     }
 
     /// Moves back-off pods whose time is up to active; returns when the next one is due.
     pub fn flush_backoff(&mut self, now: Instant) -> Option<Instant> {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
-        for (k, i) in &self.pods {
+        for (k, i) in self
+            .waiting
+            .iter()
+            .filter_map(|k| self.pods.get(k).map(|i| (k, i)))
+        {
             match i.place {
                 Where::Backoff => {
                     let at = i.since + self.backoff_duration(i.attempts);
@@ -224,16 +272,15 @@ impl SchedulingQueue {
     pub fn move_all_to_active_or_backoff(&mut self, now: Instant) {
         self.move_cycle += 1;
         let keys: Vec<(String, bool)> = self
-            .pods
+            .waiting
             .iter()
+            .filter_map(|k| self.pods.get(k).map(|i| (k, i)))
             .filter(|(_, i)| i.place == Where::Unschedulable)
             .map(|(k, i)| (k.clone(), i.since + self.backoff_duration(i.attempts) > now))
             .collect();
         for (k, backing_off) in keys {
             if backing_off {
-                if let Some(i) = self.pods.get_mut(&k) {
-                    i.place = Where::Backoff;
-                }
+                self.set_place(&k, Where::Backoff);
             } else {
                 self.push_active(&k, now);
             }
@@ -241,16 +288,7 @@ impl SchedulingQueue {
     }
 
     pub fn lengths(&self) -> Lengths {
-        let mut l = Lengths::default();
-        for i in self.pods.values() {
-            match i.place {
-                Where::Active => l.active += 1,
-                Where::Backoff => l.backoff += 1,
-                Where::Unschedulable => l.unschedulable += 1,
-                Where::InFlight => {}
-            }
-        }
-        l
+        self.lengths
     }
 }
 
@@ -320,6 +358,54 @@ mod tests {
         assert_eq!(q.lengths().unschedulable, 1);
         q.flush_backoff(t0 + Duration::from_secs(100) + MAX_UNSCHEDULABLE);
         assert_eq!(q.lengths().active, 1);
+    }
+
+    /// The counted lengths and the waiting set agree with a scan of every pod after any
+    /// sequence of operations (random, seeded).
+    #[test]
+    fn counted_lengths_match_a_full_scan() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut q = q();
+        let t0 = Instant::now();
+        let mut in_flight: Vec<String> = Vec::new();
+        for step in 0..5000u64 {
+            let now = t0 + Duration::from_millis(step * 7);
+            let key = format!("p{}", rng.gen_range(0..40));
+            match rng.gen_range(0..7) {
+                0 | 1 => q.add(&key, rng.gen_range(0..3), now),
+                2 => q.remove(&key),
+                3 => in_flight.extend(q.pop()),
+                4 => {
+                    if !in_flight.is_empty() {
+                        let k = in_flight.swap_remove(rng.gen_range(0..in_flight.len()));
+                        if q.place(&k) == Some(Where::InFlight) {
+                            q.requeue_failed(&k, rng.gen_bool(0.5), now);
+                        }
+                    }
+                }
+                5 => {
+                    q.flush_backoff(now);
+                }
+                _ => q.move_all_to_active_or_backoff(now),
+            }
+            let mut scan = Lengths::default();
+            let mut waiting = HashSet::new();
+            for (k, i) in &q.pods {
+                match i.place {
+                    Where::Active => scan.active += 1,
+                    Where::Backoff => scan.backoff += 1,
+                    Where::Unschedulable => scan.unschedulable += 1,
+                    Where::InFlight => {}
+                }
+                if matches!(i.place, Where::Backoff | Where::Unschedulable) {
+                    waiting.insert(k.clone());
+                }
+            }
+            assert_eq!(q.lengths(), scan, "step {step}");
+            assert_eq!(q.waiting, waiting, "step {step}");
+        }
     }
 
     #[test]

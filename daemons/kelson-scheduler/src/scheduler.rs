@@ -6,8 +6,10 @@
 //! spawned tasks whose results come back through the same channel.
 //!
 //! The scheduling path never waits for the API: the binding POST runs in a task that takes one
-//! of [`BIND_CONCURRENCY`] permits (so a backlog of assumed pods reuses a few connections rather
-//! than opening thousands), and events go through a bounded, best-effort recorder. The cache
+//! of [`BIND_CONCURRENCY`] permits and then writes the pod's Scheduled event under the same
+//! permit (never dropped); other events go through a bounded, best-effort recorder. Writes use
+//! the writer client (one multiplexed HTTP/2 connection in the daemon), watches the stock one;
+//! pods are decoded without their managedFields ([`crate::podwatch`]). The cache
 //! owns one [`Snapshot`] that every event updates in place, and an attempt borrows it: no
 //! per-attempt copy or rebuild over all nodes.
 //!
@@ -31,7 +33,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use parking_lot::Mutex;
@@ -41,6 +43,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::framework::{preempt, Algorithm, FitError};
 use crate::nodeinfo::{PodInfo, Snapshot};
+use crate::podwatch::LitePod;
 use crate::queue::{Lengths, SchedulingQueue};
 use crate::selectors::label_selector_matches;
 
@@ -168,6 +171,17 @@ impl Cache {
     }
 }
 
+/// The pod watch's event as the loop handles it: the typed Pod inside.
+fn lite_event(e: watcher::Event<LitePod>) -> watcher::Event<Pod> {
+    match e {
+        watcher::Event::Apply(p) => watcher::Event::Apply(p.0),
+        watcher::Event::Delete(p) => watcher::Event::Delete(p.0),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(p) => watcher::Event::InitApply(p.0),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 fn pod_key(p: &Pod) -> String {
     format!(
         "{}/{}",
@@ -215,6 +229,7 @@ fn now_time() -> Time {
 /// The scheduler daemon's core.
 pub struct Scheduler {
     client: kube::Client,
+    writer: kube::Client,
     opts: Options,
     shared: Arc<Shared>,
 }
@@ -222,10 +237,18 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(client: kube::Client, opts: Options, shared: Arc<Shared>) -> Self {
         Scheduler {
+            writer: client.clone(),
             client,
             opts,
             shared,
         }
+    }
+
+    /// Sends the writes (bindings, events, status patches, evictions) through `writer`
+    /// instead of the watching client: the daemon passes one multiplexed HTTP/2 client.
+    pub fn with_writer(mut self, writer: kube::Client) -> Self {
+        self.writer = writer;
+        self
     }
 
     /// Runs until `shutdown` fires or leadership is lost (an error: upstream exits then, and
@@ -237,7 +260,8 @@ impl Scheduler {
     ) -> anyhow::Result<()> {
         let (tx, mut rx) = mpsc::channel::<Msg>(4096);
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let pods: Api<Pod> = Api::all(self.client.clone());
+        // Pods are decoded without their managedFields (see `podwatch`).
+        let pods: Api<LitePod> = Api::all(self.client.clone());
         let wcfg = watcher::Config::default();
         let mut tasks = Vec::new();
         {
@@ -261,7 +285,7 @@ impl Scheduler {
             tasks.push(tokio::spawn(async move {
                 while let Some(ev) = s.next().await {
                     let m = match ev {
-                        Ok(e) => Msg::Pod(e),
+                        Ok(e) => Msg::Pod(lite_event(e)),
                         Err(e) => Msg::WatchError("pods", e.to_string()),
                     };
                     if tx.send(m).await.is_err() {
@@ -315,7 +339,7 @@ impl Scheduler {
         let _abort = Abort(tasks);
 
         let mut st = Loop {
-            client: self.client.clone(),
+            client: self.writer.clone(),
             shared: self.shared.clone(),
             cache: Cache::new(),
             queue: SchedulingQueue::new(self.opts.initial_backoff, self.opts.max_backoff),
@@ -336,8 +360,9 @@ impl Scheduler {
             pdbs: pdb_store,
             tx: tx.clone(),
             bind_permits: Arc::new(tokio::sync::Semaphore::new(BIND_CONCURRENCY)),
+            event_source: Arc::new((self.opts.component.clone(), self.opts.identity.clone())),
             events: Recorder::start(
-                self.client.clone(),
+                self.writer.clone(),
                 self.opts.component.clone(),
                 self.opts.identity.clone(),
                 self.shared.clone(),
@@ -350,6 +375,10 @@ impl Scheduler {
             init_namespaces: None,
         };
         let mut was_leader = false;
+        // Without leader election the sender is dropped at once (leading stays `true`), and a
+        // closed watch channel's `changed()` is ready forever: polled anyway, it turned the
+        // idle loop into a busy one (a core spinning whenever the queue was empty).
+        let mut election_open = true;
         loop {
             // Apply everything that has arrived before the next attempt.
             while let Ok(m) = rx.try_recv() {
@@ -383,7 +412,7 @@ impl Scheduler {
                     Some(m) => st.handle(m),
                     None => anyhow::bail!("all watchers stopped"),
                 },
-                _ = leading.changed() => {}
+                r = leading.changed(), if election_open => election_open = r.is_ok(),
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => return Ok(()),
             }
@@ -392,6 +421,7 @@ impl Scheduler {
 }
 
 struct Loop {
+    /// The writing client (bindings, events, status, evictions).
     client: kube::Client,
     shared: Arc<Shared>,
     cache: Cache,
@@ -407,6 +437,8 @@ struct Loop {
     tx: mpsc::Sender<Msg>,
     bind_permits: Arc<tokio::sync::Semaphore>,
     events: Recorder,
+    /// (component, instance) of the events the binding tasks write.
+    event_source: Arc<(String, String)>,
     nodes_synced: bool,
     pods_synced: bool,
     namespaces_synced: bool,
@@ -673,7 +705,7 @@ impl Loop {
                 }
                 let uid = pi.uid.clone();
                 self.cache
-                    .add_pod(&node, Arc::new(PodInfo::new(Arc::new(assumed), prio)));
+                    .add_pod(&node, Arc::new(pi.with_pod(Arc::new(assumed))));
                 self.cache.assumed.insert(uid.clone());
                 // Its nomination is spent: the assumed pod now holds the room itself.
                 self.nominated.remove(key);
@@ -725,24 +757,36 @@ impl Loop {
     /// simultaneous connections (each a TLS handshake) that starve the API server. The result
     /// comes back to the loop as [`Msg::Bound`]: success confirms, failure forgets the assumed
     /// pod and re-queues it with back-off.
+    ///
+    /// The pod's `Scheduled` event (upstream writes one per bound pod) is written by the same
+    /// task, after the result went back and still under the permit, not through the
+    /// best-effort recorder: at backlog rates the recorder's queue overflowed and dropped
+    /// most of them (3.4k of 10k written in sched-bench). Under the permit, event writes
+    /// share the bindings' bound on writes in flight, so a slow API server slows the
+    /// bindings down instead of losing events.
     fn spawn_bind(&self, key: String, pod: Arc<Pod>, uid: String, node: String) {
         let client = self.client.clone();
         let tx = self.tx.clone();
         let permits = self.bind_permits.clone();
-        let events = self.events.clone();
+        let source = self.event_source.clone();
         tokio::spawn(async move {
-            let result = match permits.acquire_owned().await {
-                Ok(_permit) => {
-                    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-                    let name = pod.metadata.name.as_deref().unwrap_or("");
-                    bind(&client, ns, name, &uid, &node).await
-                }
-                Err(_) => Err("scheduler shutting down".to_string()),
+            let Ok(permit) = permits.acquire_owned().await else {
+                let result = Err("scheduler shutting down".to_string());
+                let _ = tx
+                    .send(Msg::Bound {
+                        key,
+                        uid,
+                        node,
+                        result,
+                    })
+                    .await;
+                return;
             };
-            if result.is_ok() {
-                let msg = format!("Successfully assigned {} to {node}", pod_key(&pod));
-                events.emit(pod, "Normal", "Scheduled", msg);
-            }
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let name = pod.metadata.name.as_deref().unwrap_or("");
+            let result = bind(&client, ns, name, &uid, &node).await;
+            let bound = result.is_ok();
+            let msg = format!("Successfully assigned {} to {node}", pod_key(&pod));
             let _ = tx
                 .send(Msg::Bound {
                     key,
@@ -751,6 +795,20 @@ impl Loop {
                     result,
                 })
                 .await;
+            if bound {
+                let (component, identity) = &*source;
+                record_event(
+                    &client,
+                    &pod,
+                    "Normal",
+                    "Scheduled",
+                    &msg,
+                    component,
+                    identity,
+                )
+                .await;
+            }
+            drop(permit);
         });
     }
 
@@ -830,14 +888,17 @@ impl Loop {
     }
 }
 
-/// Bindings in flight at once (upstream binds in unbounded goroutines, but client-go
-/// multiplexes them over one HTTP/2 connection; kube's client speaks HTTP/1.1, one request per
-/// connection at a time, so the bound is what keeps the connection count small).
+/// Bindings in flight at once (upstream binds in unbounded goroutines that client-go
+/// multiplexes over one HTTP/2 connection). The daemon's writer multiplexes too, so this no
+/// longer bounds connections (an HTTP/1.1 writer, as in tests, would open up to this many);
+/// it bounds the writes in flight: each permit covers a binding and then its Scheduled event.
 pub const BIND_CONCURRENCY: usize = 32;
 /// Events queued for the API; beyond this they are dropped (upstream's broadcaster drops too:
-/// events are best effort and must never slow scheduling down).
+/// events are best effort and must never slow scheduling down). Dropped events are counted
+/// (`scheduler_events_dropped_total`).
 const EVENT_QUEUE: usize = 1000;
-/// Event POSTs in flight at once.
+/// Event POSTs in flight at once (FailedScheduling and Preempted events; the Scheduled ones
+/// are written by the binding tasks).
 const EVENT_CONCURRENCY: usize = 4;
 
 struct EventReq {
@@ -904,6 +965,23 @@ impl Recorder {
     }
 }
 
+/// POSTs a JSON body to `path`; the response body is read but not decoded (a Status for a
+/// binding, the created Event for an event: nothing the scheduler uses). Errors are kube's
+/// (`Error::Api` with the server's Status for a non-2xx answer).
+async fn post_json(
+    client: &kube::Client,
+    path: String,
+    body: &impl serde::Serialize,
+) -> Result<(), kube::Error> {
+    let body = serde_json::to_vec(body).map_err(kube::Error::SerdeError)?;
+    let req = http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "application/json")
+        .body(body)
+        .map_err(kube::Error::HttpError)?;
+    client.request_text(req).await.map(drop)
+}
+
 /// POST pods/<name>/binding.
 async fn bind(
     client: &kube::Client,
@@ -912,17 +990,19 @@ async fn bind(
     uid: &str,
     node: &str,
 ) -> Result<(), String> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let body = json!({
         "apiVersion": "v1",
         "kind": "Binding",
         "metadata": {"name": name, "namespace": ns, "uid": uid},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
-    api.create_subresource::<_, serde_json::Value>("binding", name, &PostParams::default(), &body)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    post_json(
+        client,
+        format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
+        &body,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Creates a core/v1 Event about `pod` (what `kubectl describe pod` and `kubectl get events`
@@ -981,8 +1061,7 @@ async fn record_event(
         }),
         ..Default::default()
     };
-    let api: Api<Event> = Api::namespaced(client.clone(), &ns);
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+    if let Err(e) = post_json(client, format!("/api/v1/namespaces/{ns}/events"), &ev).await {
         tracing::debug!(error = %e, reason, "recording event failed");
     }
 }

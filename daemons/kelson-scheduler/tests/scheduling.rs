@@ -454,3 +454,92 @@ async fn two_instances_one_leader_and_failover() {
     assert_eq!(wait_bound(&client, "p2", standby.log_path()).await, "n1");
     assert!(standby.is_running());
 }
+
+/// User+system CPU seconds of process `pid` so far (`/proc/<pid>/stat`, USER_HZ = 100).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
+    let rest = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// Every bound pod gets exactly one upstream-style Scheduled event and the PodScheduled
+/// condition, written through the scheduler's multiplexed writer; and a scheduler without
+/// leader election idles without burning CPU (it used to spin on the closed election channel).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_scheduled_event_per_pod_and_an_idle_loop_that_sleeps() {
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().await.unwrap();
+    create_node(&client, "n1", "4", json!(null), json!(null)).await;
+    create_node(&client, "n2", "4", json!(null), json!(null)).await;
+    let sched = spawn_scheduler(&cp, "sched", &["--leader-elect=false"]);
+    let log = cp.dir().join("sched.log");
+    const PODS: usize = 30;
+    for i in 0..PODS {
+        create_pod(&client, &format!("e-{i}"), json!({"app": "e"}), cpu("10m")).await;
+    }
+    let mut nodes = Vec::new();
+    for i in 0..PODS {
+        nodes.push(wait_bound(&client, &format!("e-{i}"), &log).await);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..PODS {
+        let p = pods.get(&format!("e-{i}")).await.unwrap();
+        let conds = p.status.and_then(|s| s.conditions).unwrap_or_default();
+        assert!(
+            conds
+                .iter()
+                .any(|c| c.type_ == "PodScheduled" && c.status == "True"),
+            "e-{i}: {conds:?}"
+        );
+    }
+    // Events are written right after each binding; wait (bounded) for all of them.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let scheduled = wait_for(Duration::from_secs(20), "a Scheduled event per pod", || {
+        let events = events.clone();
+        async move {
+            let evs: Vec<Event> = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+                .collect();
+            if evs.len() >= PODS {
+                Ok(evs)
+            } else {
+                anyhow::bail!("{} Scheduled events so far", evs.len())
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        scheduled.len(),
+        PODS,
+        "one Scheduled event per pod, no more"
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let name = format!("e-{i}");
+        let ev: Vec<&Event> = scheduled
+            .iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name.as_str()))
+            .collect();
+        assert_eq!(ev.len(), 1, "{name}: {ev:?}");
+        assert_eq!(ev[0].type_.as_deref(), Some("Normal"));
+        assert_eq!(
+            ev[0].message.as_deref(),
+            Some(format!("Successfully assigned default/{name} to {node}").as_str())
+        );
+        assert_eq!(ev[0].involved_object.kind.as_deref(), Some("Pod"));
+    }
+    // Idle: nothing to schedule for 3 s. A spinning loop would use ~3 s of CPU here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = cpu_seconds(sched.pid());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = cpu_seconds(sched.pid()) - cpu0;
+    assert!(
+        idle < 0.5,
+        "the idle scheduler used {idle:.2} s of CPU in 3 s (busy loop?)"
+    );
+}
