@@ -251,6 +251,29 @@ async fn core_and_events_k8s_io_share_one_resource() {
         r#"{"series": {"count": 3, "lastObservedTime": "2024-01-01T00:05:00.000000Z"}}"#,
     ]);
     assert_eq!(get("events", "p2.v1")["series"]["count"], 3);
+    // Strategic merge patches work in both groups (events have no merge keys: a merge).
+    for (res, label) in [
+        ("events.v1.events.k8s.io", "smp-v1"),
+        ("events", "smp-core"),
+    ] {
+        c.ok(&[
+            "-n",
+            "evs",
+            "patch",
+            res,
+            "p2.v1",
+            "--type",
+            "strategic",
+            "-p",
+            &format!(r#"{{"metadata": {{"labels": {{"{label}": "yes"}}}}}}"#),
+        ]);
+    }
+    let labels = &get("events.v1.events.k8s.io", "p2.v1")["metadata"]["labels"];
+    assert_eq!(
+        (&labels["smp-v1"], &labels["smp-core"], &labels["from"]),
+        (&json!("yes"), &json!("yes"), &json!("v1")),
+        "{labels}"
+    );
 
     // Delete through the other group.
     c.ok(&["-n", "evs", "delete", "events.v1.events.k8s.io", "p1.core"]);
