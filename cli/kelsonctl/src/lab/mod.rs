@@ -508,6 +508,7 @@ pub fn up(dir: &Path, cluster: &Path, args: &UpArgs) -> anyhow::Result<()> {
             } else {
                 vm::ImageKind::Copy
             },
+            st.router_addr,
         )?;
     }
     net::create_fabric(&st)?;

@@ -167,6 +167,7 @@ pub fn prepare_image(
     pubkey: &Path,
     vip_if: Option<&str>,
     kind: ImageKind,
+    resolver: std::net::Ipv4Addr,
 ) -> anyhow::Result<PathBuf> {
     let img = lab_image(dir);
     if dir.join(LAB_IMAGE_MARKER).is_file() && img.is_file() {
@@ -228,6 +229,14 @@ pub fn prepare_image(
                 vip_network_unit(ifname),
             )?;
         }
+        // kelson-dns refuses to start without an upstream resolver (as node-local-dns does),
+        // and the image's resolv.conf is empty: the lab has no outside network. Its router
+        // stands in (reachable from every zone; nothing answers port 53 there, so names
+        // outside the cluster fail at once, and cluster names are kelson-dns's own).
+        std::fs::write(
+            tree.join("etc/resolv.conf"),
+            format!("# Written by kelsonctl lab: the lab's router (no resolver behind it).\nnameserver {resolver}\n"),
+        )?;
         let images = tree.join(IMAGES_DIR);
         std::fs::create_dir_all(&images)?;
         kelson_oci::build_test_images(Path::new(kelson_oci::DEFAULT_BUSYBOX), &images)
