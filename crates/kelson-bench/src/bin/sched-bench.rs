@@ -349,6 +349,9 @@ struct E2e {
 }
 
 /// Creates `n` pods of variant `v` in a fresh namespace and waits until all are bound.
+// One call site passes a row's knobs straight from the command line; a struct for them would
+// only rename the arguments.
+#[allow(clippy::too_many_arguments)]
 async fn run_e2e(
     client: &kube::Client,
     v: Variant,
