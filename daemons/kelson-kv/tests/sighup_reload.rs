@@ -8,88 +8,13 @@
 //! re-check is logged (with the certificate reloaded) although no handshake happened since the
 //! renewal, and the first handshake after it sees the new serials on the client and peer ports.
 
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kelson_pki::{Ca, CertRequest, PkiPaths, Usage};
+mod common;
+
+use common::pid_of;
+use common::tls::{connector, renew, serial_of, served_serial};
 use kelson_testsupport::{ClusterOpts, StoreCluster, StoreKind};
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
-
-/// Issues new `kv-server` and `kv-peer` pairs (same names and SANs as the cluster's PKI),
-/// written in place with atomic renames as `kelsonctl pki renew` does; returns their serials.
-fn renew(pki: &PkiPaths) -> (String, String) {
-    let ca = Ca::load_files(&pki.ca_cert, &pki.ca_key).expect("store CA");
-    let req = |cn: &str| CertRequest {
-        dns_names: vec!["localhost".into()],
-        ip_addresses: vec![IpAddr::from([127, 0, 0, 1])],
-        validity: Duration::from_secs(3600),
-        ..CertRequest::new(cn, Usage::Peer)
-    };
-    let mut serials = Vec::new();
-    for (base, cn) in [("kv-server", "kelson-kv"), ("kv-peer", "kelson-kv-peer")] {
-        let pair = ca.issue(&req(cn)).expect("issue");
-        let (cert, _) = pair.write_pair(&pki.dir, base).expect("write pair");
-        serials.push(serial_of(&cert));
-    }
-    (serials[0].clone(), serials[1].clone())
-}
-
-fn serial_of(path: &Path) -> String {
-    let certs = kelson_runtime::tls::load_certs(path).expect("certificate");
-    kelson_runtime::tls::serial_hex(certs[0].as_ref()).expect("serial")
-}
-
-/// Full handshakes only (no resumption), with a client certificate from the store CA.
-fn connector(pki: &PkiPaths) -> TlsConnector {
-    let mut cfg = (*kelson_runtime::tls::client_config(
-        &pki.ca_cert,
-        Some(&pki.client_cert),
-        Some(&pki.client_key),
-    )
-    .expect("client TLS config"))
-    .clone();
-    cfg.resumption = tokio_rustls::rustls::client::Resumption::disabled();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    TlsConnector::from(Arc::new(cfg))
-}
-
-/// The serial a fresh handshake with 127.0.0.1:`port` sees.
-async fn served_serial(connector: &TlsConnector, port: u16) -> anyhow::Result<String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let name = ServerName::try_from("127.0.0.1")?;
-    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await??;
-    let (_, conn) = tls.get_ref();
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| anyhow::anyhow!("no peer certificate"))?;
-    kelson_runtime::tls::serial_hex(leaf.as_ref())
-        .ok_or_else(|| anyhow::anyhow!("unparsable certificate"))
-}
-
-/// The pid of the kelson-kv process serving `data_dir` (its command line names it).
-fn pid_of(data_dir: &Path) -> u32 {
-    let want = data_dir.to_string_lossy().to_string();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).to_string())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("kelson-kv")) && args.contains(&want) {
-            return pid;
-        }
-    }
-    panic!("no kelson-kv process for {want}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_renewed_certificates_at_once() {
@@ -111,7 +36,7 @@ async fn sighup_reloads_renewed_certificates_at_once() {
         .expect("handshake with the client port");
     assert_eq!(before, serial_of(&pki.server_cert));
 
-    let (server_serial, peer_serial) = renew(&pki);
+    let (server_serial, peer_serial) = renew(&pki, Duration::from_secs(3600));
     assert_ne!(server_serial, before, "the renewal has a new serial");
     // No handshake between the renewal and the signal: the poll-based check, which runs only
     // on a handshake, cannot be what reloads the files.

@@ -11,45 +11,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{dump, put_retry, value, wait_caught_up};
 use etcd_client::{Client, GetOptions};
 use kelson_testsupport::{ClusterOpts, StoreCluster, StoreKind};
 
 const VALUE: usize = 16 << 10;
 const KEYS: usize = 640;
-
-fn value(seed: u64) -> Vec<u8> {
-    // One pseudo-random buffer (generated once), stamped with the seed: distinct values
-    // without generating every byte anew.
-    static BASE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let base = BASE.get_or_init(|| {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        (0..VALUE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    });
-    let mut v = base.clone();
-    v[..8].copy_from_slice(&seed.to_be_bytes());
-    v
-}
-
-/// A put retried (bounded) across transient failures: on a loaded machine a 500 ms election
-/// timeout can expire and a request can time out; putting the same value again is harmless.
-async fn put_retry(c: &mut Client, key: String, value: Vec<u8>) {
-    let mut last = None;
-    for _ in 0..30 {
-        match c.put(key.clone(), value.clone(), None).await {
-            Ok(_) => return,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("put {key}: {last:?}");
-}
 
 fn part_files(snap_dir: &Path) -> Vec<String> {
     std::fs::read_dir(snap_dir)
@@ -60,65 +29,6 @@ fn part_files(snap_dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Waits (bounded) until member `i` serves revision `rev` from its own state.
-async fn wait_caught_up(cluster: &StoreCluster, i: usize, rev: i64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        if let Ok(mut c) = cluster.member_client(i).await {
-            let opts = GetOptions::new()
-                .with_all_keys()
-                .with_serializable()
-                .with_count_only();
-            match c.get("", Some(opts)).await {
-                Ok(r) => {
-                    let at = r.header().map(|h| h.revision()).unwrap_or(0);
-                    if at >= rev {
-                        return;
-                    }
-                    last = format!("at revision {at}");
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "member {i} did not catch up to revision {rev} ({last}):\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Every key with its revisions, version and value, page by page, from the member itself.
-async fn dump(c: &mut Client) -> Vec<(Vec<u8>, i64, i64, i64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut from = vec![0u8];
-    loop {
-        let opts = GetOptions::new()
-            .with_from_key()
-            .with_serializable()
-            .with_limit(100);
-        let r = c.get(from.clone(), Some(opts)).await.expect("range page");
-        for kv in r.kvs() {
-            out.push((
-                kv.key().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-                kv.value().to_vec(),
-            ));
-        }
-        match r.kvs().last() {
-            Some(kv) if r.more() => {
-                from = kv.key().to_vec();
-                from.push(0);
-            }
-            _ => return out,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +55,7 @@ async fn follower_catches_up_after_the_snapshot_sender_dies_mid_transfer() {
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             for k in (w..KEYS).step_by(8) {
-                put_retry(&mut c, format!("k/{k:04}"), value(k as u64)).await;
+                put_retry(&mut c, format!("k/{k:04}"), value(k as u64, VALUE)).await;
             }
         }));
     }
@@ -240,7 +150,7 @@ async fn follower_catches_up_after_the_snapshot_sender_dies_mid_transfer() {
         hb.hash(),
         "HashKV over every revision up to {rev}"
     );
-    let (da, db) = (dump(&mut a).await, dump(&mut b).await);
+    let (da, db) = (dump(&mut a, 100).await, dump(&mut b, 100).await);
     assert_eq!(da.len(), KEYS - 20 + 1, "live keys");
     assert!(da == db, "the caught-up member holds different data");
     // Reads at an older revision agree too (history, not just the latest values).

@@ -12,70 +12,17 @@
 //! snapshot's size (about half, measured), and afterwards it holds exactly the others' data
 //! (same HashKV, same keys with the same revisions and versions, same values).
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+mod common;
+
+use common::{dump, pid_of, put_retry, value, wait_caught_up};
+use etcd_client::Client;
 use kelson_testsupport::{ClusterOpts, StoreCluster, StoreKind};
 
 /// Value size and count: 384 × 256 KiB = 96 MiB of values (96 chunks).
 const VALUE: usize = 256 << 10;
 const KEYS: usize = 384;
-
-fn value(seed: u64) -> Vec<u8> {
-    // One pseudo-random buffer (generated once), stamped with the seed: distinct values
-    // without generating every byte anew.
-    static BASE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let base = BASE.get_or_init(|| {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        (0..VALUE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    });
-    let mut v = base.clone();
-    v[..8].copy_from_slice(&seed.to_be_bytes());
-    v
-}
-
-/// A put retried (bounded) across transient failures: on a loaded machine a 500 ms election
-/// timeout can expire and a request can time out; putting the same value again is harmless.
-async fn put_retry(c: &mut Client, key: String, value: Vec<u8>) {
-    let mut last = None;
-    for _ in 0..30 {
-        match c.put(key.clone(), value.clone(), None).await {
-            Ok(_) => return,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("put {key}: {last:?}");
-}
-
-/// The pid of the kelson-kv process serving `data_dir` (its command line names it).
-pub fn pid_of(data_dir: &Path) -> u32 {
-    let want = data_dir.to_string_lossy().to_string();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).to_string())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("kelson-kv")) && args.contains(&want) {
-            return pid;
-        }
-    }
-    panic!("no kelson-kv process for {want}");
-}
 
 /// VmHWM (peak resident set) of `pid`, in bytes.
 fn vm_hwm(pid: u32) -> u64 {
@@ -90,80 +37,6 @@ fn vm_hwm(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmHWM value");
     kb * 1024
-}
-
-/// Waits (bounded) until member `i` serves revision `rev` from its own state.
-async fn wait_caught_up(cluster: &StoreCluster, i: usize, rev: i64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        if let Ok(mut c) = cluster.member_client(i).await {
-            match c
-                .get(
-                    "",
-                    Some(
-                        GetOptions::new()
-                            .with_all_keys()
-                            .with_serializable()
-                            .with_count_only(),
-                    ),
-                )
-                .await
-            {
-                Ok(r) => {
-                    let at = r.header().map(|h| h.revision()).unwrap_or(0);
-                    if at >= rev {
-                        return;
-                    }
-                    last = format!("at revision {at}");
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "member {i} did not catch up to revision {rev} ({last}):\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Every key with its revisions, version and value, read page by page (serializable, from
-/// the member itself).
-pub async fn dump(c: &mut Client, page: i64) -> Vec<(Vec<u8>, i64, i64, i64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut from = vec![0u8];
-    loop {
-        let r = c
-            .get(
-                from.clone(),
-                Some(
-                    GetOptions::new()
-                        .with_from_key()
-                        .with_serializable()
-                        .with_limit(page),
-                ),
-            )
-            .await
-            .expect("range page");
-        for kv in r.kvs() {
-            out.push((
-                kv.key().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-                kv.value().to_vec(),
-            ));
-        }
-        match r.kvs().last() {
-            Some(kv) if r.more() => {
-                from = kv.key().to_vec();
-                from.push(0);
-            }
-            _ => return out,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +62,7 @@ async fn follower_catches_up_by_streamed_snapshot_in_bounded_memory() {
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             for k in (w..KEYS).step_by(8) {
-                put_retry(&mut c, format!("big/{k:04}"), value(k as u64)).await;
+                put_retry(&mut c, format!("big/{k:04}"), value(k as u64, VALUE)).await;
             }
         }));
     }
