@@ -24,8 +24,9 @@
 //! - validation: writes through events.k8s.io/v1 are validated as upstream's
 //!   `ValidateEventCreate`/`ValidateEventUpdate` for that version ([`EventsV1Strategy`]),
 //!   on the core form, so causes name core's fields as upstream's do (`message`, not `note`).
-//!   core/v1 writes keep no validation beyond object metadata (upstream's "legacy" checks
-//!   would refuse events Kelson's daemons write today, e.g. an `eventTime` without `action`).
+//!   core/v1 writes get upstream's "legacy" checks only ([`CoreEventStrategy`]: the event's
+//!   namespace must agree with the involved object's, and an event with `eventTime` set must
+//!   name its reporter, action and reason), as `ValidateEventCreate/Update` do for core/v1.
 //!
 //! Data written by earlier Kelson builds under the old `/registry/events.k8s.io/events/`
 //! prefix is **migrated** at start ([`migrate_legacy`], called from `bootstrap`): each object
@@ -245,8 +246,15 @@ fn normalized(v: &Value) -> Value {
     }
 }
 
-/// Upstream's `legacyValidateEvent`, on a core/v1 Event (every version's writes pass it).
+/// Upstream's `legacyValidateEvent`, on a core/v1 Event (every version's writes pass it),
+/// naming the reporter field as events.k8s.io/v1 does.
 pub fn legacy_causes(ev: &Value) -> Vec<StatusCause> {
+    legacy_causes_as(ev, "reportingController")
+}
+
+/// `legacyValidateEvent` with the reporter's field named as the request's version names it
+/// (`reportingComponent` for core/v1 requests, as upstream).
+fn legacy_causes_as(ev: &Value, controller_field: &str) -> Vec<StatusCause> {
     let mut causes = Vec::new();
     let ns = text(&ev["metadata"]["namespace"]);
     let involved_ns = &ev["involvedObject"]["namespace"];
@@ -273,10 +281,10 @@ pub fn legacy_causes(ev: &Value) -> Vec<StatusCause> {
     }
     let controller = text(&ev["reportingComponent"]);
     if controller.is_empty() {
-        causes.push(field::required("reportingController", ""));
+        causes.push(field::required(controller_field, ""));
     }
     for m in is_qualified_name(controller) {
-        causes.push(field::invalid_str("reportingController", controller, &m));
+        causes.push(field::invalid_str(controller_field, controller, &m));
     }
     let too_long = |path: &str, limit: usize| {
         field::invalid_str(path, "", &format!("can have at most {limit} characters"))
@@ -392,6 +400,20 @@ impl Strategy for EventsV1Strategy {
     }
 }
 
+/// core/v1 Events: upstream's `ValidateEventCreate`/`ValidateEventUpdate` for a core/v1
+/// request stop after the legacy checks ("no further validation for backwards
+/// compatibility"): no immutable fields, no required `eventTime`.
+pub struct CoreEventStrategy;
+
+impl Strategy for CoreEventStrategy {
+    fn validate(&self, obj: &Value) -> Vec<StatusCause> {
+        legacy_causes_as(obj, "reportingComponent")
+    }
+    fn validate_update(&self, new: &Value, _old: &Value) -> Vec<StatusCause> {
+        legacy_causes_as(new, "reportingComponent")
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Migration of the old events.k8s.io prefix
 
@@ -480,6 +502,50 @@ mod tests {
             "related": {"kind": "Node", "name": "n1"},
             "series": {"count": 2, "lastObservedTime": "2024-01-01T00:01:00.000000Z"},
             "reportingComponent": "kubelet", "reportingInstance": "n1"})
+    }
+
+    #[test]
+    fn core_events_get_upstreams_legacy_checks_only() {
+        let s = CoreEventStrategy;
+        let mut ev = core_event();
+        ev["metadata"]["namespace"] = json!("evs");
+        ev["involvedObject"]["namespace"] = json!("evs");
+        ev["eventTime"] = Value::Null;
+        assert!(s.validate(&ev).is_empty(), "{:?}", s.validate(&ev));
+        // The namespaces must agree.
+        ev["involvedObject"]["namespace"] = json!("other");
+        let c = s.validate(&ev);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].field, "involvedObject.namespace");
+        // A cluster-scoped object's events live in "default" (or no namespace).
+        ev["involvedObject"]["namespace"] = Value::Null;
+        ev["metadata"]["namespace"] = json!("default");
+        assert!(s.validate(&ev).is_empty());
+        ev["metadata"]["namespace"] = json!("evs");
+        assert_eq!(s.validate(&ev).len(), 1);
+        // With eventTime set: reporter (named as core/v1 names it), instance, action, reason.
+        let new_style = json!({"metadata": {"namespace": "evs"},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "evs"},
+            "eventTime": "2024-01-01T00:00:00.000000Z"});
+        let fields: Vec<String> = s
+            .validate(&new_style)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        for f in [
+            "reportingComponent",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
+            assert!(fields.iter().any(|x| x == f), "{f} missing in {fields:?}");
+        }
+        // No immutable fields through core/v1.
+        let mut changed = core_event();
+        changed["metadata"]["namespace"] = json!("evs");
+        changed["involvedObject"]["namespace"] = json!("evs");
+        changed["message"] = json!("changed");
+        assert!(s.validate_update(&changed, &core_event()).is_empty());
     }
 
     #[test]

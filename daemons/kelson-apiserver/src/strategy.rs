@@ -77,6 +77,7 @@ pub fn for_kind(group: &str, kind: &str) -> &'static dyn Strategy {
         ("", "PersistentVolume") => &volumes::PersistentVolumeStrategy,
         ("", "PersistentVolumeClaim") => &volumes::PersistentVolumeClaimStrategy,
         (crate::events::GROUP, "Event") => &crate::events::EventsV1Strategy,
+        ("", "Event") => &crate::events::CoreEventStrategy,
         (crate::crd::GROUP, "CustomResourceDefinition") => &crate::crd::CrdStrategy,
         (g, k) if crate::crd::is_custom_kind(g, k) => &crate::crd::CustomStrategy,
         _ => &DefaultStrategy,

@@ -4,7 +4,7 @@
 //! human, never a reason to stop reconciling.
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 
 pub const COMPONENT: &str = "kelson-cloud-controller-manager";
@@ -36,7 +36,9 @@ pub async fn emit(
         count: Some(1),
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
-        event_time: Some(MicroTime(now)),
+        // Legacy core/v1 style (no eventTime), as upstream's cloud controllers record through
+        // client-go's legacy recorder: with eventTime set the API server would require `action`.
+        event_time: None,
         reporting_component: Some(COMPONENT.into()),
         reporting_instance: Some(COMPONENT.into()),
         source: Some(EventSource {
