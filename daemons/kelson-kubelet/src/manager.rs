@@ -7,8 +7,9 @@
 //!
 //! After each (re)list the manager knows the full set of this node's pods, so it
 //!   - tells workers whose pod is no longer listed that it is gone, and
-//!   - on the first list, removes sandboxes labelled with this node whose pod UID is unknown
-//!     (pods deleted while the kubelet was down), and reports "caches synced".
+//!   - on the first list, removes (in a task of its own, so new pods never wait behind it)
+//!     sandboxes labelled with this node whose pod UID is unknown (pods deleted while the
+//!     kubelet was down), and reports "caches synced".
 //!
 //! Mirror pods (static pods' API objects) are skipped: [`crate::static_pods`] runs those.
 //!
@@ -77,7 +78,12 @@ pub async fn run(
                 }
                 if !first_list_done {
                     first_list_done = true;
-                    remove_orphans(&shared, &node_name, &seen).await;
+                    // Off the loop: tearing down the sandboxes of pods deleted while the
+                    // kubelet was down (after a reboot: dead containers, vanished network
+                    // namespaces) can take long, and new pods must not wait behind it.
+                    let (shared, node_name) = (shared.clone(), node_name.clone());
+                    let known = seen.clone();
+                    tokio::spawn(async move { remove_orphans(&shared, &node_name, &known).await });
                     let _ = synced.send(true);
                     tracing::info!(pods = seen.len(), "pod cache synced");
                 }
