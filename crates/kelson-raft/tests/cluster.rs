@@ -29,12 +29,8 @@ async fn propose_ok(node: &kelson_raft::RaftNode, kv: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_and_snapshot_catch_up() {
     init_tracing();
-    let mut ms = cluster(3, 20).await;
-    let nodes: Vec<_> = ms.iter().map(|m| m.node.clone()).collect();
-    let leader = wait_leader(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(5))
-        .await
-        .expect("leader");
-    let li = ms.iter().position(|m| m.node.id() == leader).unwrap();
+    let (mut ms, li) = cluster_with_leader(3, 20).await;
+    let leader = ms[li].node.id();
     assert_eq!(ms[li].node.status().role, Role::Leader);
 
     // Propose through followers (forwarded to the leader).
@@ -75,9 +71,7 @@ async fn failover_and_snapshot_catch_up() {
     }
 
     // Restart the stopped member: it must catch up through a snapshot.
-    let Member { dir, node, cfg, .. } = stopped;
-    drop(node);
-    let back = start(cfg, dir).await;
+    let back = stopped.restart().await;
     assert!(
         wait_until(Duration::from_secs(5), || back.view.len() == 90).await,
         "restarted member caught up: {}",
@@ -91,20 +85,13 @@ async fn failover_and_snapshot_catch_up() {
     for m in ms.iter().chain(std::iter::once(&back)) {
         assert!(wait_until(Duration::from_secs(3), || m.view.get("c").is_some()).await);
     }
-    for m in ms.iter().chain(std::iter::once(&back)) {
-        m.node.shutdown().await;
-    }
+    shutdown_all(ms.iter().chain(std::iter::once(&back))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_index_on_follower_sees_acked_write() {
     init_tracing();
-    let ms = cluster(3, 10_000).await;
-    let nodes: Vec<_> = ms.iter().map(|m| m.node.clone()).collect();
-    let leader = wait_leader(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let li = ms.iter().position(|m| m.node.id() == leader).unwrap();
+    let (ms, li) = cluster_with_leader(3, 10_000).await;
     let f = &ms[(li + 1) % 3];
     for i in 0..20 {
         ms[li]
@@ -119,19 +106,13 @@ async fn read_index_on_follower_sees_acked_write() {
         }
         assert_eq!(f.view.get(&format!("r{i}")), Some(i.to_string()));
     }
-    for m in &ms {
-        m.node.shutdown().await;
-    }
+    shutdown_all(&ms).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_promote_remove_member() {
     init_tracing();
-    let ms = cluster(1, 10_000).await;
-    let a = &ms[0];
-    assert!(wait_leader(&[&a.node], Duration::from_secs(3))
-        .await
-        .is_some());
+    let a = &lone_leader().await;
     for i in 0..5 {
         a.node
             .propose(format!("m{i}=1").into_bytes())
@@ -156,15 +137,7 @@ async fn add_promote_remove_member() {
         Err(RaftError::NotLearner)
     ));
 
-    let b_dir = tempfile::tempdir().unwrap();
-    let mut b_cfg = config(
-        "b",
-        b_dir.path(),
-        b_addr,
-        &[(a.name.clone(), a.addr), ("b".into(), b_addr)],
-    );
-    b_cfg.join_existing = true;
-    let b = start(b_cfg.clone(), b_dir).await;
+    let b = start_joiner(a, "b", b_addr).await;
     assert_eq!(b.node.id(), added.id);
     assert_eq!(b.node.cluster_id(), a.node.cluster_id());
     assert!(
@@ -236,7 +209,7 @@ async fn add_promote_remove_member() {
         .find(|m| m.id == added.id)
         .unwrap();
     assert_eq!(mb.name, "b");
-    assert_eq!(mb.client_urls, b_cfg.client_urls);
+    assert_eq!(mb.client_urls, b.cfg.client_urls);
 
     // Writes now need both voters; then update and remove b.
     a.node.propose(b"two=voters".to_vec()).await.unwrap();
@@ -259,11 +232,7 @@ async fn add_promote_remove_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_peer_messages_are_rejected() {
     init_tracing();
-    let ms = cluster(1, 10_000).await;
-    let a = &ms[0];
-    assert!(wait_leader(&[&a.node], Duration::from_secs(3))
-        .await
-        .is_some());
+    let a = &lone_leader().await;
     let mut client = RaftPeerClient::connect(url(a.addr)).await.unwrap();
 
     let garbage = MessageBatch {
@@ -341,12 +310,7 @@ async fn knock(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_ids_travel_in_snapshots() {
     init_tracing();
-    let mut ms = cluster(2, 10_000).await;
-    let nodes: Vec<_> = ms.iter().map(|m| &m.node).collect();
-    let leader = wait_leader(&nodes, Duration::from_secs(5))
-        .await
-        .expect("leader");
-    let li = ms.iter().position(|m| m.node.id() == leader).unwrap();
+    let (mut ms, li) = cluster_with_leader(2, 10_000).await;
     let gone = ms.remove(1 - li);
     let a = &ms[0];
     propose_ok(&a.node, "k=1".into()).await;
@@ -362,15 +326,7 @@ async fn removed_ids_travel_in_snapshots() {
     // leader's log, not in anything the new member replays).
     let c_addr = free_addr();
     let (added, _) = a.node.add_member(vec![url(c_addr)], true).await.unwrap();
-    let c_dir = tempfile::tempdir().unwrap();
-    let mut c_cfg = config(
-        "c",
-        c_dir.path(),
-        c_addr,
-        &[(a.name.clone(), a.addr), ("c".into(), c_addr)],
-    );
-    c_cfg.join_existing = true;
-    let c = start(c_cfg, c_dir).await;
+    let c = start_joiner(a, "c", c_addr).await;
     assert_eq!(c.node.id(), added.id);
     assert!(
         wait_until(Duration::from_secs(5), || c.view.get("k").is_some()).await,
@@ -393,10 +349,7 @@ async fn removed_ids_travel_in_snapshots() {
     assert_eq!(st.code(), tonic::Code::Ok, "{st:?}");
 
     // Persisted: after a restart from disk the new member still refuses it.
-    c.node.shutdown().await;
-    let (cfg, dir) = (c.cfg.clone(), c.dir);
-    drop(c.node);
-    let c = start(cfg, dir).await;
+    let c = c.restart().await;
     let st = knock(c.addr, c.node.cluster_id(), gone_id, c.node.id()).await;
     assert_eq!(
         st.code(),
@@ -412,11 +365,7 @@ async fn removed_ids_travel_in_snapshots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_for_a_peer_is_built_off_the_raft_thread() {
     init_tracing();
-    let ms = cluster(1, 10_000).await;
-    let a = &ms[0];
-    assert!(wait_leader(&[&a.node], Duration::from_secs(3))
-        .await
-        .is_some());
+    let a = &lone_leader().await;
     for i in 0..5 {
         propose_ok(&a.node, format!("s{i}=1")).await;
     }
@@ -425,15 +374,7 @@ async fn snapshot_for_a_peer_is_built_off_the_raft_thread() {
         .store(3000, std::sync::atomic::Ordering::SeqCst);
     let b_addr = free_addr();
     let (added, _) = a.node.add_member(vec![url(b_addr)], true).await.unwrap();
-    let b_dir = tempfile::tempdir().unwrap();
-    let mut b_cfg = config(
-        "b",
-        b_dir.path(),
-        b_addr,
-        &[(a.name.clone(), a.addr), ("b".into(), b_addr)],
-    );
-    b_cfg.join_existing = true;
-    let b = start(b_cfg, b_dir).await;
+    let b = start_joiner(a, "b", b_addr).await;
     assert_eq!(b.node.id(), added.id);
     // Let the leader notice that b needs a snapshot and start building it.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -10,9 +10,7 @@ use kelson_raft::Role;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_watch_ignores_commits_but_not_leadership() {
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let cfg = config("solo", dir.path(), addr, &[("solo".into(), addr)]);
+    let (cfg, dir) = solo();
     let m = start(cfg, dir).await;
     let mut role = m.node.watch_role();
     // Leadership arrives through the role watch.

@@ -9,9 +9,7 @@ use kelson_raft::{RaftError, RaftNode, Role};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propose_apply_and_restart() {
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let cfg = config("solo", dir.path(), addr, &[("solo".into(), addr)]);
+    let (cfg, dir) = solo();
     let m = start(cfg.clone(), dir).await;
     assert!(wait_leader(&[&m.node], Duration::from_secs(3))
         .await
@@ -97,9 +95,7 @@ async fn propose_apply_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_raft_meta_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let cfg = config("solo", dir.path(), addr, &[("solo".into(), addr)]);
+    let (cfg, dir) = solo();
     let db = open_db(dir.path());
     db.put_cf(
         db.cf_handle("raft_meta").unwrap(),
@@ -117,9 +113,7 @@ async fn corrupt_raft_meta_is_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_proposals_share_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let cfg = config("solo", dir.path(), addr, &[("solo".into(), addr)]);
+    let (cfg, dir) = solo();
     let m = start(cfg, dir).await;
     assert!(wait_leader(&[&m.node], Duration::from_secs(3))
         .await

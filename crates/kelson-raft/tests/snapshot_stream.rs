@@ -58,11 +58,7 @@ fn snap_dir_entries(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_snapshot_streams_are_refused_and_leave_nothing() {
     init_tracing();
-    let ms = cluster(1, 10_000).await;
-    let a = &ms[0];
-    assert!(wait_leader(&[&a.node], Duration::from_secs(3))
-        .await
-        .is_some());
+    let a = &lone_leader().await;
     a.node.propose(b"before=1".to_vec()).await.unwrap();
     let files_before = snap_dir_entries(a.dir.path());
     let mut client = RaftPeerClient::connect(url(a.addr)).await.unwrap();
@@ -178,12 +174,8 @@ async fn bad_snapshot_streams_are_refused_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_restore_is_redone_on_start() {
     init_tracing();
-    let mut ms = cluster(3, 20).await;
-    let nodes: Vec<_> = ms.iter().map(|m| m.node.clone()).collect();
-    let leader = wait_leader(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(5))
-        .await
-        .expect("leader");
-    let li = ms.iter().position(|m| m.node.id() == leader).unwrap();
+    let (mut ms, li) = cluster_with_leader(3, 20).await;
+    let leader = ms[li].node.id();
     let fi = (li + 1) % 3;
     let behind = ms.remove(fi);
     behind.node.shutdown().await;
@@ -197,18 +189,14 @@ async fn interrupted_restore_is_redone_on_start() {
     }
 
     // Catch up by snapshot, then stop.
-    let Member { dir, node, cfg, .. } = behind;
-    drop(node);
-    let back = start(cfg, dir).await;
+    let back = behind.restart().await;
     assert!(
         wait_until(Duration::from_secs(10), || back.view.len() == 80).await,
         "caught up: {}",
         back.view.len()
     );
     assert_eq!(back.view.restores(), 1, "caught up by one snapshot");
-    back.node.shutdown().await;
-    let Member { dir, node, cfg, .. } = back;
-    drop(node);
+    let (cfg, dir) = back.stop().await;
 
     // Simulate the crash: the mark names the installed snapshot, and the state machine's
     // state is half gone (as if the old state had been deleted and the new one not written).
@@ -246,10 +234,7 @@ async fn interrupted_restore_is_redone_on_start() {
     // restart too, so whichever leads next learns this member's log afresh.
     let mut rest = Vec::new();
     for m in ms {
-        m.node.shutdown().await;
-        let Member { dir, node, cfg, .. } = m;
-        drop(node);
-        rest.push((cfg, dir));
+        rest.push(m.stop().await);
     }
     let again = start(cfg, dir).await;
     assert_eq!(again.view.restores(), 1, "the restore was redone on start");
@@ -275,7 +260,5 @@ async fn interrupted_restore_is_redone_on_start() {
     let ln = nodes.iter().find(|n| n.id() == leader).unwrap();
     ln.propose(b"after=1".to_vec()).await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || again.view.get("after").is_some()).await);
-    for m in ms.iter().chain(std::iter::once(&again)) {
-        m.node.shutdown().await;
-    }
+    shutdown_all(ms.iter().chain(std::iter::once(&again))).await;
 }

@@ -219,3 +219,80 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// A one-member cluster's config ("solo") and its data dir, not yet started.
+pub fn solo() -> (RaftConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let cfg = config("solo", dir.path(), addr, &[("solo".into(), addr)]);
+    (cfg, dir)
+}
+
+/// Starts `n` members and waits (up to 5 s) until they agree on a leader: the members and
+/// the leader's index among them.
+pub async fn cluster_with_leader(n: usize, snapshot_count: u64) -> (Vec<Member>, usize) {
+    let ms = cluster(n, snapshot_count).await;
+    let li = leader_index(&ms, Duration::from_secs(5))
+        .await
+        .expect("the members agree on a leader within 5 s");
+    (ms, li)
+}
+
+/// Index into `ms` of the leader all of them agree on, once they do within `limit`.
+pub async fn leader_index(ms: &[Member], limit: Duration) -> Option<usize> {
+    let nodes: Vec<&RaftNode> = ms.iter().map(|m| &m.node).collect();
+    let leader = wait_leader(&nodes, limit).await?;
+    ms.iter().position(|m| m.node.id() == leader)
+}
+
+/// The member of a one-member cluster (`snapshot_count` 10 000), once it leads.
+pub async fn lone_leader() -> Member {
+    let mut ms = cluster(1, 10_000).await;
+    let a = ms.pop().unwrap();
+    assert!(
+        wait_leader(&[&a.node], Duration::from_secs(3))
+            .await
+            .is_some(),
+        "a lone member leads within 3 s"
+    );
+    a
+}
+
+/// Starts member `name` at `addr` joining `existing`'s cluster, after `existing` added it
+/// with `add_member`.
+pub async fn start_joiner(existing: &Member, name: &str, addr: SocketAddr) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        name,
+        dir.path(),
+        addr,
+        &[(existing.name.clone(), existing.addr), (name.into(), addr)],
+    );
+    cfg.join_existing = true;
+    start(cfg, dir).await
+}
+
+/// Shuts every member down.
+pub async fn shutdown_all<'a>(ms: impl IntoIterator<Item = &'a Member>) {
+    for m in ms {
+        m.node.shutdown().await;
+    }
+}
+
+impl Member {
+    /// Shuts the member down (again, if it already was: shutdown is idempotent) and gives
+    /// back what starts it again from the same data dir.
+    pub async fn stop(self) -> (RaftConfig, tempfile::TempDir) {
+        self.node.shutdown().await;
+        let Member { dir, node, cfg, .. } = self;
+        // The node's last handle must be gone before the same database can be reopened.
+        drop(node);
+        (cfg, dir)
+    }
+
+    /// Stops the member and starts it again from its data dir.
+    pub async fn restart(self) -> Member {
+        let (cfg, dir) = self.stop().await;
+        start(cfg, dir).await
+    }
+}
