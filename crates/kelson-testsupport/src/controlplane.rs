@@ -66,6 +66,35 @@ fn write_kubeconfig(
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The flags every test API server shares: serve TLS on 127.0.0.1:`port` with
+/// `pki`/apiserver.{crt,key}, trust client certificates of `pki`/ca.crt, and talk to `store`
+/// with its client certificate (mutual TLS). Callers append the rest (`--no-dbus`,
+/// `--log-level`, feature flags), so a second server over the same store (HA, key rotation,
+/// migration tests) is started the same way as the first.
+pub fn apiserver_args(store: &StoreCluster, pki: &Path, port: u16) -> anyhow::Result<Vec<String>> {
+    let spki = store.pki().context("store PKI")?;
+    let mut args: Vec<String> = vec![
+        "--bind-address".into(),
+        "127.0.0.1".into(),
+        "--secure-port".into(),
+        port.to_string(),
+        "--etcd-servers".into(),
+        store.endpoints_str(),
+    ];
+    for (flag, path) in [
+        ("--etcd-cafile", spki.ca_cert.clone()),
+        ("--etcd-certfile", spki.client_cert.clone()),
+        ("--etcd-keyfile", spki.client_key.clone()),
+        ("--tls-cert-file", pki.join("apiserver.crt")),
+        ("--tls-private-key-file", pki.join("apiserver.key")),
+        ("--client-ca-file", pki.join("ca.crt")),
+    ] {
+        args.push(flag.into());
+        args.push(path.display().to_string());
+    }
+    Ok(args)
+}
+
 impl ControlPlane {
     /// Starts a kelson-kv member and kelson-apiserver and waits (bounded, 60 s) until the API
     /// server is ready. Needs `cargo build -p kelson-kv -p kelson-apiserver` beforehand.
@@ -99,30 +128,10 @@ impl ControlPlane {
         })?
         .write_pair(&pki, "apiserver")?;
         let port = free_port();
-        let spki = store.pki().context("store PKI")?.clone();
         let mut cmd = Command::new(apiserver);
-        cmd.args([
-            "--no-dbus",
-            "--bind-address",
-            "127.0.0.1",
-            "--log-level",
-            "info",
-        ])
-        .args(["--secure-port", &port.to_string()])
-        .args(["--etcd-servers", &store.endpoints_str()])
-        .arg("--etcd-cafile")
-        .arg(&spki.ca_cert)
-        .arg("--etcd-certfile")
-        .arg(&spki.client_cert)
-        .arg("--etcd-keyfile")
-        .arg(&spki.client_key)
-        .arg("--tls-cert-file")
-        .arg(pki.join("apiserver.crt"))
-        .arg("--tls-private-key-file")
-        .arg(pki.join("apiserver.key"))
-        .arg("--client-ca-file")
-        .arg(pki.join("ca.crt"))
-        .args(&opts.apiserver_args);
+        cmd.args(["--no-dbus", "--log-level", "info"])
+            .args(apiserver_args(&store, &pki, port)?)
+            .args(&opts.apiserver_args);
         let server = ChildGuard::spawn("kelson-apiserver", cmd, &dir.path().join("apiserver.log"))?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let mut cp = ControlPlane {

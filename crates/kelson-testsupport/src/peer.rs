@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::{bin_path, client_for, free_port, ChildGuard, ControlPlane, KUBECTL};
+use crate::{apiserver_args, bin_path, client_for, free_port, ChildGuard, ControlPlane, KUBECTL};
 
 /// One more API server over a control plane's store; drop to stop it.
 pub struct PeerApiServer {
@@ -50,30 +50,9 @@ impl ControlPlane {
         extra_args: &[&str],
     ) -> anyhow::Result<PeerApiServer> {
         let pki = self.dir().join("pki");
-        let spki = self.store().pki().context("store PKI")?.clone();
         let port = free_port();
-        let mut args: Vec<String> = vec![
-            "--no-dbus".into(),
-            "--bind-address".into(),
-            "127.0.0.1".into(),
-            "--log-level".into(),
-            "info".into(),
-            "--secure-port".into(),
-            port.to_string(),
-            "--etcd-servers".into(),
-            self.store().endpoints_str(),
-        ];
-        for (flag, path) in [
-            ("--etcd-cafile", spki.ca_cert.clone()),
-            ("--etcd-certfile", spki.client_cert.clone()),
-            ("--etcd-keyfile", spki.client_key.clone()),
-            ("--tls-cert-file", pki.join("apiserver.crt")),
-            ("--tls-private-key-file", pki.join("apiserver.key")),
-            ("--client-ca-file", pki.join("ca.crt")),
-        ] {
-            args.push(flag.into());
-            args.push(path.display().to_string());
-        }
+        let mut args: Vec<String> = vec!["--no-dbus".into(), "--log-level".into(), "info".into()];
+        args.extend(apiserver_args(self.store(), &pki, port)?);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         // The admin identity the control plane issued; the same certificate works everywhere.
         let kubeconfig = self.dir().join(format!("{name}.kubeconfig"));

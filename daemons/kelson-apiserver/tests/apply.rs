@@ -487,18 +487,7 @@ except Exception as e:
     print(json.dumps({"conflict": e.status, "data": o.to_dict()["data"],
                       "managers": [m["manager"] for m in o.to_dict()["metadata"]["managedFields"]]}))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .output()
-        .expect("python3 runs (the `kubernetes` package is a test prerequisite)");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = c.python(script);
     assert_eq!(v["conflict"], 409, "{v}");
     assert_eq!(v["data"], json!({"k": "v2"}));
     assert_eq!(v["managers"], json!(["py-ssa"]));

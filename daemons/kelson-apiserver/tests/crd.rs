@@ -388,17 +388,6 @@ except client.ApiException as e:
     code = e.status
 print(json.dumps({"names": [i["metadata"]["name"] for i in items], "replicas": items[0]["spec"]["replicas"], "bad": code}))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .output()
-        .expect("python3 runs (the `kubernetes` package is a test prerequisite)");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = c.python(script);
     assert_eq!(v, json!({"names": ["py"], "replicas": 1, "bad": 422}));
 }

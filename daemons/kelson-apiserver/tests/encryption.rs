@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context};
 use kelson_testsupport::{
-    bin_path, free_port, ChildGuard, ControlPlane, ControlPlaneOpts, KUBECTL,
+    apiserver_args, bin_path, free_port, ChildGuard, ControlPlane, ControlPlaneOpts, KUBECTL,
 };
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -111,31 +111,11 @@ async fn secrets_are_encrypted_and_rotation_rewrites_them() -> anyhow::Result<()
     let cfg2 = dir.path().join("enc2.yaml");
     std::fs::write(&cfg2, config(&[("key2", KEY2), ("key1", KEY1)]))?;
     let port = free_port();
-    let pki = cp.dir().join("pki");
-    let spki = cp.store().pki().context("store PKI")?.clone();
     let mut cmd = Command::new(bin_path("kelson-apiserver"));
-    cmd.args([
-        "--no-dbus",
-        "--bind-address",
-        "127.0.0.1",
-        "--secure-port",
-        &port.to_string(),
-    ])
-    .args(["--etcd-servers", &cp.store().endpoints_str()])
-    .arg("--etcd-cafile")
-    .arg(&spki.ca_cert)
-    .arg("--etcd-certfile")
-    .arg(&spki.client_cert)
-    .arg("--etcd-keyfile")
-    .arg(&spki.client_key)
-    .arg("--tls-cert-file")
-    .arg(pki.join("apiserver.crt"))
-    .arg("--tls-private-key-file")
-    .arg(pki.join("apiserver.key"))
-    .arg("--client-ca-file")
-    .arg(pki.join("ca.crt"))
-    .arg("--encryption-provider-config")
-    .arg(&cfg2);
+    cmd.arg("--no-dbus")
+        .args(apiserver_args(cp.store(), &cp.dir().join("pki"), port)?)
+        .arg("--encryption-provider-config")
+        .arg(&cfg2);
     let server2 = ChildGuard::spawn(
         "kelson-apiserver-2",
         cmd,

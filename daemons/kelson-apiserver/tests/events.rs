@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ApiCluster;
-use kelson_testsupport::{free_port, ChildGuard, StoreKind};
+use kelson_testsupport::{apiserver_args, free_port, ChildGuard, StoreKind};
 use serde_json::{json, Value};
 
 fn json(s: &str) -> Value {
@@ -603,19 +603,7 @@ except ApiException as ex:
     out["invalid"] = [ex.status, sorted(set(c["field"] for c in body["details"]["causes"]))]
 print(json.dumps(out))
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .output()
-        .expect("python3 runs (the `kubernetes` package is a test prerequisite)");
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.server.log_tail(20)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = c.python(script);
     assert_eq!(
         v["v1_of_core"],
         json!({"note": "hello", "regarding": "p", "count": 2, "controller": "kubelet",
@@ -673,25 +661,9 @@ async fn events_of_the_old_prefix_are_migrated_at_start() {
     kv.put(old_key, old.to_string(), None).await.unwrap();
 
     // A second server over the same store: its start migrates.
-    let pki = c.dir.path().join("pki");
-    let spki = c.store.pki().unwrap().clone();
-    let port = free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kelson-apiserver"));
-    cmd.args(["--bind-address", "127.0.0.1", "--no-dbus"])
-        .args(["--secure-port", &port.to_string()])
-        .args(["--etcd-servers", &c.store.endpoints_str()])
-        .arg("--etcd-cafile")
-        .arg(&spki.ca_cert)
-        .arg("--etcd-certfile")
-        .arg(&spki.client_cert)
-        .arg("--etcd-keyfile")
-        .arg(&spki.client_key)
-        .arg("--tls-cert-file")
-        .arg(pki.join("apiserver.crt"))
-        .arg("--tls-private-key-file")
-        .arg(pki.join("apiserver.key"))
-        .arg("--client-ca-file")
-        .arg(pki.join("ca.crt"));
+    cmd.arg("--no-dbus")
+        .args(apiserver_args(&c.store, &c.dir.path().join("pki"), free_port()).unwrap());
     let second = ChildGuard::spawn(
         "kelson-apiserver-2",
         cmd,

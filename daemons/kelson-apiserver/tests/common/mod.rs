@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use kelson_pki::{Ca, CertRequest, Usage};
-use kelson_testsupport::{free_port, ChildGuard, ClusterOpts, StoreCluster, StoreKind};
+use kelson_testsupport::{
+    apiserver_args, free_port, ChildGuard, ClusterOpts, StoreCluster, StoreKind,
+};
 
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -90,23 +92,9 @@ impl ApiCluster {
         })?
         .write_pair(&pki, "bob")?;
         let port = free_port();
-        let spki = store.pki().context("store PKI")?.clone();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kelson-apiserver"));
-        cmd.args(["--bind-address", "127.0.0.1", "--log-level", "info"])
-            .args(["--secure-port", &port.to_string()])
-            .args(["--etcd-servers", &store.endpoints_str()])
-            .arg("--etcd-cafile")
-            .arg(&spki.ca_cert)
-            .arg("--etcd-certfile")
-            .arg(&spki.client_cert)
-            .arg("--etcd-keyfile")
-            .arg(&spki.client_key)
-            .arg("--tls-cert-file")
-            .arg(pki.join("apiserver.crt"))
-            .arg("--tls-private-key-file")
-            .arg(pki.join("apiserver.key"))
-            .arg("--client-ca-file")
-            .arg(pki.join("ca.crt"))
+        cmd.args(["--log-level", "info"])
+            .args(apiserver_args(&store, &pki, port)?)
             .args(extra);
         for (k, v) in env {
             cmd.env(k, v);
@@ -226,6 +214,31 @@ impl ApiCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `script` with python3 and the official `kubernetes` client (a test prerequisite),
+    /// the admin kubeconfig as `sys.argv[1]`; asserts it succeeds and parses what it prints
+    /// as JSON (a script prints one JSON document of its findings for the test to check).
+    #[track_caller]
+    pub fn python(&self, script: &str) -> serde_json::Value {
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(&self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("python3 runs (the `kubernetes` package is a test prerequisite)");
+        assert!(
+            out.status.success(),
+            "python failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server.log_tail(20)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "python printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Runs kubectl expecting failure; returns stderr.
