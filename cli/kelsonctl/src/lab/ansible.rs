@@ -275,9 +275,25 @@ pub fn end_ssh_masters(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// The inventory of the lab `spec` (TOML) planned under /srv/lab, with its binaries in
+    /// `bin_dir` (a path with a space checks the quoting).
+    fn inventory_of(spec: &str, bin_dir: &str) -> String {
+        let spec = super::super::spec::LabSpec::parse(spec).unwrap();
+        let st = super::super::plan(Path::new("/srv/lab"), &spec);
+        inventory(
+            &st,
+            &Inputs {
+                cluster: Path::new("/srv/cluster.toml"),
+                render: Path::new("/srv/lab/render"),
+                bin_dir: Path::new(bin_dir),
+                key: Path::new("/srv/lab/ssh/id_ed25519"),
+            },
+        )
+    }
+
     #[test]
     fn inventory_lists_the_control_plane_with_zones_and_the_key() {
-        let spec = super::super::spec::LabSpec::parse(
+        let inv = inventory_of(
             r#"
 name = "t"
 [[control_plane]]
@@ -293,17 +309,7 @@ name = "worker-a"
 zone = "a"
 address = "10.9.1.21"
 "#,
-        )
-        .unwrap();
-        let st = super::super::plan(Path::new("/srv/lab"), &spec);
-        let inv = inventory(
-            &st,
-            &Inputs {
-                cluster: Path::new("/srv/cluster.toml"),
-                render: Path::new("/srv/lab/render"),
-                bin_dir: Path::new("/opt/kelson bin"),
-                key: Path::new("/srv/lab/ssh/id_ed25519"),
-            },
+            "/opt/kelson bin",
         );
         assert!(
             inv.contains(
@@ -350,7 +356,7 @@ address = "10.9.1.21"
         {
             panic!("ansible-inventory is missing: install ansible-core (scripts/setup.sh)");
         }
-        let spec = super::super::spec::LabSpec::parse(
+        let inv = inventory_of(
             r#"
 name = "t"
 [[control_plane]]
@@ -362,17 +368,7 @@ name = "worker-a"
 zone = "a"
 address = "10.9.1.21"
 "#,
-        )
-        .unwrap();
-        let st = super::super::plan(Path::new("/srv/lab"), &spec);
-        let inv = inventory(
-            &st,
-            &Inputs {
-                cluster: Path::new("/srv/cluster.toml"),
-                render: Path::new("/srv/lab/render"),
-                bin_dir: Path::new("/opt/bin"),
-                key: Path::new("/srv/lab/ssh/id_ed25519"),
-            },
+            "/opt/bin",
         );
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("inventory.yml");
