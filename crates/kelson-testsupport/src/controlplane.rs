@@ -95,6 +95,72 @@ pub fn apiserver_args(store: &StoreCluster, pki: &Path, port: u16) -> anyhow::Re
     Ok(args)
 }
 
+/// Runs the real kubectl with `kubeconfig` and `HOME=home` (its cache stays in the test's
+/// dir), bounded by `--request-timeout 20s`, feeding it `stdin`. A kubectl that cannot be run
+/// is an [`Output`] with exit status 127 and the reason on stderr, so callers report it the
+/// same way as a failed command.
+pub fn kubectl_with(kubeconfig: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(KUBECTL);
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .args(["--request-timeout", "20s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Output {
+                status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+                stdout: Vec::new(),
+                stderr: format!("spawning {KUBECTL}: {e}").into_bytes(),
+            }
+        }
+    };
+    if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
+        let _ = w.write_all(input.as_bytes());
+    }
+    // Closing stdin tells kubectl the input is complete (and is EOF when there is none).
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap_or_else(|e| Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+        stdout: Vec::new(),
+        stderr: format!("waiting for kubectl: {e}").into_bytes(),
+    })
+}
+
+/// Polls `/readyz` with kubectl ([`kubectl_with`]) every 200 ms until it answers `ok`. Fails
+/// early, with the log tail, when `server` (named `what` in errors) exits; fails with the last
+/// kubectl error and the log tail after `timeout`.
+pub async fn wait_readyz(
+    server: &mut ChildGuard,
+    what: &str,
+    kubeconfig: &Path,
+    home: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let out = kubectl_with(kubeconfig, home, &["get", "--raw", "/readyz"], None);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+            return Ok(());
+        }
+        if let Some(st) = server.try_wait() {
+            bail!("{what} exited ({st}):\n{}", server.log_tail(40));
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{what} not ready after {timeout:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                server.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl ControlPlane {
     /// Starts a kelson-kv member and kelson-apiserver and waits (bounded, 60 s) until the API
     /// server is ready. Needs `cargo build -p kelson-kv -p kelson-apiserver` beforehand.
@@ -143,7 +209,14 @@ impl ControlPlane {
             dir,
         };
         cp.issue_kubeconfig(&kubeconfig, "kubernetes-admin", Some("system:masters"))?;
-        cp.wait_ready(Duration::from_secs(60)).await?;
+        wait_readyz(
+            &mut cp.server,
+            "kelson-apiserver",
+            &cp.kubeconfig,
+            cp.dir.path(),
+            Duration::from_secs(60),
+        )
+        .await?;
         Ok(cp)
     }
 
@@ -174,30 +247,6 @@ impl ControlPlane {
             .join(format!("{}.kubeconfig", user.replace([':', '/'], "_")));
         self.issue_kubeconfig(&path, user, group)?;
         Ok(path)
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let out = self.kubectl(&["get", "--raw", "/readyz"]);
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-                return Ok(());
-            }
-            if let Some(st) = self.server.try_wait() {
-                bail!(
-                    "kelson-apiserver exited ({st}):\n{}",
-                    self.server.log_tail(40)
-                );
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "API server not ready after {timeout:?}: {}\n{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    self.server.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// The admin kubeconfig (`O=system:masters`).
@@ -247,34 +296,7 @@ impl ControlPlane {
 
     /// kubectl with `stdin` fed to it (e.g. `apply -f -`).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
-        let mut cmd = Command::new(KUBECTL);
-        cmd.env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path())
-            .args(["--request-timeout", "20s"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                return Output {
-                    status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
-                    stdout: Vec::new(),
-                    stderr: format!("spawning {KUBECTL}: {e}").into_bytes(),
-                }
-            }
-        };
-        if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
-            let _ = w.write_all(input.as_bytes());
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().unwrap_or_else(|e| Output {
-            status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
-            stdout: Vec::new(),
-            stderr: format!("waiting for kubectl: {e}").into_bytes(),
-        })
+        kubectl_with(&self.kubeconfig, self.dir.path(), args, stdin)
     }
 
     /// kubectl that must succeed; returns stdout, or an error with stderr and the server log.

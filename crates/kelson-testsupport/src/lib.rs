@@ -34,7 +34,9 @@ pub use cluster::{
     start_cluster, ClusterOpts, EtcdCluster, KvCluster, KvMember, Member, StoreCluster, StoreKind,
 };
 pub use containerd::Containerd;
-pub use controlplane::{apiserver_args, client_for, ControlPlane, ControlPlaneOpts, KUBECTL};
+pub use controlplane::{
+    apiserver_args, client_for, kubectl_with, wait_readyz, ControlPlane, ControlPlaneOpts, KUBECTL,
+};
 pub use dbus::DbusDaemon;
 pub use host::HostCleanup;
 pub use nspawn::NspawnMachine;

@@ -12,12 +12,15 @@
 //!   restarted replica behind a load balancer would be.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::{apiserver_args, bin_path, client_for, free_port, ChildGuard, ControlPlane, KUBECTL};
+use crate::{
+    apiserver_args, bin_path, client_for, free_port, kubectl_with, wait_readyz, ChildGuard,
+    ControlPlane,
+};
 
 /// One more API server over a control plane's store; drop to stop it.
 pub struct PeerApiServer {
@@ -93,40 +96,16 @@ impl PeerApiServer {
         let mut cmd = Command::new(bin_path("kelson-apiserver"));
         cmd.args(&self.args);
         let log = self.dir.join(format!("{}.{}.log", self.name, self.starts));
-        self.child = Some(ChildGuard::spawn(
-            &format!("kelson-apiserver {}", self.name),
-            cmd,
-            &log,
-        )?);
-        self.wait_ready(Duration::from_secs(60)).await
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let out = self.kubectl(&["get", "--raw", "/readyz"]);
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(st) = child.try_wait() {
-                    bail!(
-                        "kelson-apiserver {} exited ({st}):\n{}",
-                        self.name,
-                        child.log_tail(40)
-                    );
-                }
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "API server {} not ready after {timeout:?}: {}\n{}",
-                    self.name,
-                    String::from_utf8_lossy(&out.stderr),
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let what = format!("kelson-apiserver {}", self.name);
+        let child = self.child.insert(ChildGuard::spawn(&what, cmd, &log)?);
+        wait_readyz(
+            child,
+            &what,
+            &self.kubeconfig,
+            &self.dir,
+            Duration::from_secs(60),
+        )
+        .await
     }
 
     /// SIGKILLs the server (no graceful shutdown); a no-op when it is not running.
@@ -170,18 +149,7 @@ impl PeerApiServer {
 
     /// The real kubectl against this server (bounded by `--request-timeout 20s`).
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(KUBECTL)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.dir)
-            .args(["--request-timeout", "20s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| Output {
-                status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
-                stdout: Vec::new(),
-                stderr: format!("running {KUBECTL}: {e}").into_bytes(),
-            })
+        kubectl_with(&self.kubeconfig, &self.dir, args, None)
     }
 
     /// kubectl that must succeed; returns stdout, or an error with stderr and the log tail.

@@ -2,11 +2,10 @@
 //! upstream's message, warn → kubectl prints the warning, workload templates warn),
 //! LimitRanger (defaults and max), ResourceQuota (403 over `hard`, `status.used` counted).
 
-use kelson_testsupport::ControlPlane;
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
+use common::text;
+use kelson_testsupport::ControlPlane;
 
 const PRIVILEGED_POD: &str = r#"
 apiVersion: v1

@@ -9,53 +9,22 @@
 //! - bad requests, signer names, usages and durations are 422 with field causes; a spec change
 //!   through the main resource is not applied (upstream copies the stored spec).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use base64::Engine;
+use common::{eventually, text};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use kelson_testsupport::{ControlPlane, KUBECTL};
+use kelson_testsupport::{kubectl_with, ControlPlane};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 const SIGNER: &str = "example.com/test-signer";
 
 fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(KUBECTL)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", cp.dir())
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .expect("writing kubectl's stdin");
-    drop(input);
-    child.wait_with_output().expect("kubectl output")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
-/// Polls (every 100 ms, at most 15 s) until `f` holds: RBAC changes reach the authorizer
-/// through a watch.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    kubectl_with(kubeconfig, cp.dir(), args, stdin)
 }
 
 /// A PEM certificate request for `cn` in organization `org`, from a fresh P-256 key.

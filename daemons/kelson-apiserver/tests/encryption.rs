@@ -6,11 +6,11 @@
 //! Needs `cargo build -p kelson-kv -p kelson-apiserver`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{ensure, Context};
 use kelson_testsupport::{
-    apiserver_args, bin_path, free_port, ChildGuard, ControlPlane, ControlPlaneOpts, KUBECTL,
+    apiserver_args, bin_path, free_port, kubectl_with, ChildGuard, ControlPlane, ControlPlaneOpts,
 };
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -39,22 +39,9 @@ fn raw(cp: &ControlPlane, key: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut child = Command::new(KUBECTL)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("kubectl")?;
-    if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
-        w.write_all(input.as_bytes())?;
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
+    // kubectl's cache goes next to the kubeconfig (both kubeconfigs are in the test's dirs).
+    let home = kubeconfig.parent().context("kubeconfig dir")?;
+    let out = kubectl_with(kubeconfig, home, args, stdin);
     ensure!(
         out.status.success(),
         "kubectl {args:?}: {}",

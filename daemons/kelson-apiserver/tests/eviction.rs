@@ -6,9 +6,9 @@
 //! Needs `cargo build -p kelson-kv -p kelson-apiserver`.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use kelson_testsupport::{ControlPlane, KUBECTL};
+use kelson_testsupport::{kubectl_with, ControlPlane};
 use serde_json::{json, Value};
 
 /// The admin's client certificate against the API server through curl: (code, JSON body).
@@ -191,14 +191,7 @@ async fn eviction_respects_disruption_budgets() {
 }
 
 fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(KUBECTL)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", cp.dir())
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running kubectl")
+    kubectl_with(kubeconfig, cp.dir(), args, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

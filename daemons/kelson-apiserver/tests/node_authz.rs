@@ -4,37 +4,16 @@
 //! reads a Secret its bound pod uses but not one it does not, and may not relabel itself
 //! into a restricted label namespace or modify another node.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use kelson_testsupport::{ControlPlane, ControlPlaneOpts, KUBECTL};
+use common::{eventually, text};
+use kelson_testsupport::{kubectl_with, ControlPlane, ControlPlaneOpts, KUBECTL};
 
 fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(KUBECTL)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", cp.dir())
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running kubectl")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
-/// Polls (every 100 ms, at most 15 s) until `f` holds: the graph follows pods by watch.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    kubectl_with(kubeconfig, cp.dir(), args, None)
 }
 
 const OBJECTS: &str = r#"

@@ -5,22 +5,17 @@
 //! `kubectl auth can-i` answers for users, component identities and service accounts from the
 //! bootstrap policy.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use kelson_testsupport::{ControlPlane, KUBECTL};
+use std::path::Path;
+use std::process::Output;
+
+use common::eventually;
+use kelson_testsupport::{kubectl_with, ControlPlane};
 use serde_json::Value;
 
 fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(KUBECTL)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", cp.dir())
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running kubectl")
+    kubectl_with(kubeconfig, cp.dir(), args, None)
 }
 
 fn stderr(o: &Output) -> String {
@@ -41,19 +36,6 @@ fn can_i(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> bool {
         "yes" => true,
         no if no == "no" || no.starts_with("no - ") => false,
         other => panic!("kubectl auth can-i {args:?}: {other:?} / {}", stderr(&out)),
-    }
-}
-
-/// Polls (every 100 ms, at most 15 s) until `f` holds: policy changes reach the authorizer
-/// through a watch, so they take effect shortly after the write returns.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use kelson_pki::{Ca, CertRequest, Usage};
 use kelson_testsupport::{
-    apiserver_args, free_port, ChildGuard, ClusterOpts, StoreCluster, StoreKind,
+    apiserver_args, free_port, kubectl_with, wait_readyz, ChildGuard, ClusterOpts, StoreCluster,
+    StoreKind,
 };
 
 pub const KUBECTL: &str = "/usr/bin/kubectl";
@@ -129,32 +129,15 @@ impl ApiCluster {
             kubeconfig,
             dir,
         };
-        c.wait_ready(Duration::from_secs(30))?;
+        wait_readyz(
+            &mut c.server,
+            "kelson-apiserver",
+            &c.kubeconfig,
+            c.dir.path(),
+            Duration::from_secs(30),
+        )
+        .await?;
         Ok(c)
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let out = self.kubectl(&["get", "--raw", "/readyz"]);
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-                return Ok(());
-            }
-            if let Some(st) = self.server.try_wait() {
-                bail!(
-                    "kelson-apiserver exited ({st}):\n{}",
-                    self.server.log_tail(40)
-                );
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "not ready after {timeout:?}: {}\n{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    self.server.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     pub fn kubeconfig_for(&self, user: &str) -> PathBuf {
@@ -162,26 +145,7 @@ impl ApiCluster {
     }
 
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
-        let mut cmd = Command::new(KUBECTL);
-        cmd.env("KUBECONFIG", kubeconfig)
-            .env("HOME", self.dir.path())
-            .args(["--request-timeout", "20s"])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl runs");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().expect("kubectl finishes")
+        kubectl_with(kubeconfig, self.dir.path(), args, stdin)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -251,6 +215,26 @@ impl ApiCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// Output bytes as trimmed text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// Polls (every 100 ms, at most 15 s) until `f` holds: policy and object changes reach the
+/// authorizers (RBAC, the node graph) through a watch, so they take effect shortly after the
+/// write returns.
+#[track_caller]
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
