@@ -27,6 +27,18 @@ fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str], stdin: Option
     kubectl_with(kubeconfig, cp.dir(), args, stdin)
 }
 
+/// kubectl as `kubeconfig` that must succeed: its trimmed stdout.
+#[track_caller]
+fn ok_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl_as(cp, kubeconfig, args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// A PEM certificate request for `cn` in organization `org`, from a fresh P-256 key.
 fn csr_pem(cn: &str, org: &str) -> String {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -142,8 +154,7 @@ async fn csr_requester_approval_and_status() {
     let bob = cp.kubeconfig_for("bob", None).unwrap();
     let carol = cp.kubeconfig_for("carol", None).unwrap();
     let admin = cp.kubeconfig_path().to_path_buf();
-    let out = kubectl_as(&cp, &admin, &["apply", "-f", "-"], Some(POLICY));
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    ok_as(&cp, &admin, &["apply", "-f", "-"], Some(POLICY));
     let can = |kc: &Path, args: &[&str]| {
         let mut full = vec!["auth", "can-i"];
         full.extend_from_slice(args);
@@ -173,13 +184,12 @@ async fn csr_requester_approval_and_status() {
         &["digital signature", "client auth"],
         &csr_pem("alice", "requesters"),
     );
-    let out = kubectl_as(
+    ok_as(
         &cp,
         &alice,
         &["create", "-f", "-"],
         Some(&manifest.to_string()),
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let csrs: Api<CertificateSigningRequest> = Api::all(cp.client().await.unwrap());
     let got = csrs.get("alice-1").await.unwrap();
     let spec = &got.spec;
@@ -277,17 +287,13 @@ async fn csr_requester_approval_and_status() {
     );
     assert_eq!(conds[0].reason.as_deref(), Some("KubectlApprove"));
     assert!(conds[0].last_update_time.is_some() && conds[0].last_transition_time.is_some());
-    let out = kubectl_as(
+    let row = ok_as(
         &cp,
         &admin,
         &["get", "csr", "alice-1", "--no-headers"],
         None,
     );
-    assert!(
-        text(&out.stdout).ends_with("Approved"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(row.ends_with("Approved"), "{row}");
     // `kubectl describe csr` reads it.
     let out = kubectl_as(&cp, &admin, &["describe", "csr", "alice-1"], None);
     let desc = text(&out.stdout);
@@ -358,17 +364,13 @@ async fn csr_requester_approval_and_status() {
     let st = stored.status.unwrap();
     assert_eq!(st.certificate.unwrap().0, pem.as_bytes());
     assert_eq!(st.conditions.unwrap()[0].type_, "Approved");
-    let out = kubectl_as(
+    let row = ok_as(
         &cp,
         &admin,
         &["get", "csr", "alice-1", "--no-headers"],
         None,
     );
-    assert!(
-        text(&out.stdout).ends_with("Approved,Issued"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(row.ends_with("Approved,Issued"), "{row}");
     // Once issued the certificate cannot change.
     let other = json!({"status": {"certificate": base64::engine::general_purpose::STANDARD.encode(cert_pem())}});
     let err = api_err(
@@ -388,26 +390,20 @@ async fn csr_requester_approval_and_status() {
         &["client auth"],
         &csr_pem("alice", "requesters"),
     );
-    let out = kubectl_as(
+    ok_as(
         &cp,
         &alice,
         &["create", "-f", "-"],
         Some(&manifest.to_string()),
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = kubectl_as(&cp, &admin, &["certificate", "deny", "alice-2"], None);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = kubectl_as(
+    ok_as(&cp, &admin, &["certificate", "deny", "alice-2"], None);
+    let row = ok_as(
         &cp,
         &admin,
         &["get", "csr", "alice-2", "--no-headers"],
         None,
     );
-    assert!(
-        text(&out.stdout).ends_with("Denied"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(row.ends_with("Denied"), "{row}");
     let both = json!({"status": {"conditions": [
         {"type": "Denied", "status": "True", "reason": "KubectlDeny"},
         {"type": "Approved", "status": "True"}]}});
@@ -452,17 +448,13 @@ async fn csr_requester_approval_and_status() {
                 && m.operation.as_deref() == Some("Apply")),
         "{mf:?}"
     );
-    let out = kubectl_as(
+    let row = ok_as(
         &cp,
         &admin,
         &["get", "csr", "alice-2", "--no-headers"],
         None,
     );
-    assert!(
-        text(&out.stdout).ends_with("Denied,Failed"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(row.ends_with("Denied,Failed"), "{row}");
 
     // A spec change through the resource itself is not applied (upstream keeps the stored
     // spec); labels are.
@@ -654,13 +646,12 @@ async fn invalid_csrs_are_422_with_causes() {
         &["digital signature", "client auth"],
         &csr_pem("system:node:n2", "system:nodes"),
     );
-    let out = kubectl_as(
+    ok_as(
         &cp,
         &joiner,
         &["create", "-f", "-"],
         Some(&bootstrap.to_string()),
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let got = csrs.get("node-csr-joiner").await.unwrap();
     assert_eq!(
         got.spec.username.as_deref(),
