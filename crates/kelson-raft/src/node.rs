@@ -8,7 +8,9 @@
 //!
 //! Proposals carry `proposer id ++ sequence` in the entry context; only the proposer answers its
 //! caller, after the batch holding the applied entry is written and `on_durable` has run, so an
-//! acknowledged write is visible to the next read on that member.
+//! acknowledged write is visible to the next read on that member. The callers of one group
+//! commit are answered through one message to a task on the daemon's runtime, which completes
+//! them there: one cross-thread wake-up per commit instead of one per caller.
 //!
 //! A snapshot for a lagging peer is built off this thread (`Loop::start_snapshot_build`): the
 //! loop takes the state machine's consistent view and hands serializing and writing the file to
@@ -61,6 +63,8 @@ const READ_RETRY_TICKS: u32 = 3;
 const STOP_DRAIN: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<Vec<u8>, RaftError>>;
+/// The answers of one Ready cycle's applied proposals (see `Loop::answer`).
+type Answers = Vec<(Reply, Result<Vec<u8>, RaftError>)>;
 type ReadWaiter = oneshot::Sender<Result<(), RaftError>>;
 
 /// Everything the Ready loop accepts.
@@ -527,6 +531,19 @@ impl RaftNode {
             storage.snap_dir().to_path_buf(),
         );
         let snap_index = storage.core.read().snap.0;
+        let (answers, mut answers_rx) = mpsc::unbounded_channel::<Answers>();
+        // Completes each caller of a group commit from a worker of the daemon's runtime: the
+        // Raft thread wakes one task per commit instead of every caller across threads (each
+        // such wake-up is a push onto the runtime's shared inject queue and, with a parked
+        // worker, a syscall), and the callers' tasks then land on that worker's local queue.
+        // Ends when the loop drops its sender.
+        tokio::spawn(async move {
+            while let Some(batch) = answers_rx.recv().await {
+                for (tx, res) in batch {
+                    let _ = tx.send(res);
+                }
+            }
+        });
         let lp = Loop {
             id,
             raw,
@@ -547,6 +564,7 @@ impl RaftNode {
             status_tx,
             role_tx,
             pending: HashMap::new(),
+            answers,
             read_waiting: Vec::new(),
             read_inflight: HashMap::new(),
             read_ready: Vec::new(),
@@ -1012,6 +1030,8 @@ struct Loop {
     /// See [`RaftNode::watch_role`].
     role_tx: watch::Sender<NodeStatus>,
     pending: HashMap<u64, Reply>,
+    /// Hands a group commit's answers to a task on the daemon's runtime in one message.
+    answers: mpsc::UnboundedSender<Answers>,
     read_waiting: Vec<ReadWaiter>,
     read_inflight: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
     read_ready: Vec<(u64, Vec<ReadWaiter>)>,
@@ -1249,7 +1269,7 @@ impl Loop {
             return Ok(());
         }
         let mut rd = self.raw.ready();
-        let mut replies: Vec<(Reply, Result<Vec<u8>, RaftError>)> = Vec::new();
+        let mut replies: Answers = Vec::new();
         let applied_before = self.applied;
         let storage = self.storage.clone();
         let meta = storage.cf_meta()?;
@@ -1350,12 +1370,27 @@ impl Loop {
         if self.applied != applied_before {
             self.sm.on_durable();
         }
-        for (tx, res) in replies {
-            let _ = tx.send(res);
-        }
+        self.answer(replies);
         self.resolve_reads();
         self.maybe_snapshot()?;
         Ok(())
+    }
+
+    /// Answers the callers of this Ready's applied proposals (after `on_durable`: an
+    /// acknowledged write is visible to the caller's next read). A lone answer goes straight
+    /// to its caller — a hand-off would only add a task poll to single-client latency; more
+    /// go to the answering task in one message.
+    fn answer(&self, mut replies: Answers) {
+        if replies.len() > 1 {
+            match self.answers.send(replies) {
+                Ok(()) => return,
+                // The runtime is shutting down and took the task with it: answer here.
+                Err(mpsc::error::SendError(back)) => replies = back,
+            }
+        }
+        for (tx, res) in replies {
+            let _ = tx.send(res);
+        }
     }
 
     /// Writes applied state without the WAL (only with `unlogged_apply_cfs`).
@@ -1477,12 +1512,7 @@ impl Loop {
         Ok(())
     }
 
-    fn apply_entries(
-        &mut self,
-        entries: Vec<Entry>,
-        wb: &mut WriteBatch,
-        replies: &mut Vec<(Reply, Result<Vec<u8>, RaftError>)>,
-    ) {
+    fn apply_entries(&mut self, entries: Vec<Entry>, wb: &mut WriteBatch, replies: &mut Answers) {
         for e in entries {
             if e.index <= self.applied {
                 continue;
