@@ -381,23 +381,19 @@ impl RaftNode {
             let (cid, id) = persisted.ids.ok_or_else(|| {
                 RaftError::Storage("raft_meta has raft state but no cluster/member id".into())
             })?;
-            if !cfg.join_existing {
-                let want_cid = crate::cluster_id(&cfg.initial_cluster, &cfg.initial_cluster_token);
-                if want_cid != cid {
-                    return Err(RaftError::ClusterMismatch(format!(
-                        "data dir belongs to cluster {cid:x}, but --initial-cluster describes {want_cid:x}"
-                    )));
-                }
-                if let Some((name, urls)) = cfg.initial_cluster.iter().find(|(n, _)| *n == cfg.name)
-                {
-                    let want = crate::member_id(name, urls, &cfg.initial_cluster_token);
-                    if want != id {
-                        return Err(RaftError::ClusterMismatch(format!(
-                            "data dir belongs to member {id:x}, but {} is {want:x}",
-                            cfg.name
-                        )));
-                    }
-                }
+            // Like etcd, a data dir that already holds raft state is the truth: the
+            // --initial-cluster* flags only describe how to bootstrap and are ignored here. A
+            // cluster grown by `member add` changes every machine's rendered initial cluster (and
+            // an added member's id is not derived from it), so refusing to start on a mismatch
+            // would stop the original members from restarting. Say so when they disagree.
+            let want_cid = crate::cluster_id(&cfg.initial_cluster, &cfg.initial_cluster_token);
+            if !cfg.join_existing && want_cid != cid {
+                tracing::info!(
+                    cluster = %format!("{cid:x}"),
+                    member = %format!("{id:x}"),
+                    described = %format!("{want_cid:x}"),
+                    "data dir already initialized: --initial-cluster and --initial-cluster-token ignored"
+                );
             }
             let members = persisted.members.clone().ok_or_else(|| {
                 RaftError::Storage("raft_meta has raft state but no member list".into())

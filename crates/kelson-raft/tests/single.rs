@@ -81,16 +81,31 @@ async fn propose_apply_and_restart() {
     let Member { dir, node, .. } = m;
     drop(node);
 
-    // Same data dir, different cluster description: a clear error, not a panic.
+    // Same data dir, different cluster description (a cluster grown by `member add` renders a
+    // new one): like etcd, the initialized data dir wins and the flags are ignored.
     let mut other = cfg.clone();
     other.initial_cluster_token = "another-cluster".into();
-    let db = open_db(dir.path());
-    let (sm, _) = TestSm::open(db.clone());
-    match RaftNode::start(db, other, sm).await {
-        Err(RaftError::ClusterMismatch(msg)) => assert!(msg.contains("cluster"), "{msg}"),
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("started against a foreign data dir"),
-    }
+    other
+        .initial_cluster
+        .push(("added".into(), vec!["http://127.0.0.1:9".into()]));
+    let m = start(other, dir).await;
+    assert_eq!(m.node.id(), id, "the member id comes from the data dir");
+    assert_eq!(
+        m.node.cluster_id(),
+        cid,
+        "the cluster id comes from the data dir"
+    );
+    assert_eq!(
+        m.node.members().len(),
+        1,
+        "the member list comes from the data dir"
+    );
+    assert_eq!(m.view.get("after").as_deref(), Some("restart"));
+    assert!(wait_leader(&[&m.node], Duration::from_secs(3))
+        .await
+        .is_some());
+    m.node.propose(b"after=flags".to_vec()).await.unwrap();
+    m.node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
