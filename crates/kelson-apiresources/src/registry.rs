@@ -850,14 +850,16 @@ pub fn resources_in<'a>(
 pub fn lookup(group: &str, version: &str, resource: &str) -> Option<&'static ResourceInfo> {
     RESOURCES
         .iter()
-        .find(|r| r.group == group && r.version == version && r.resource == resource)
+        // The resource name first: it tells most entries apart, so the scan (run several
+        // times per request) mostly stops at one comparison per entry.
+        .find(|r| r.resource == resource && r.group == group && r.version == version)
 }
 
 /// Finds a resource by kind (the `apiVersion`/`kind` of a request body).
 pub fn by_kind(group: &str, version: &str, kind: &str) -> Option<&'static ResourceInfo> {
     RESOURCES
         .iter()
-        .find(|r| r.group == group && r.version == version && r.kind == kind)
+        .find(|r| r.kind == kind && r.group == group && r.version == version)
 }
 
 /// Finds the resource whose list kind is `kind` (`PodList` → pods).

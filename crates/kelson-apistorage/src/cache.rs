@@ -88,12 +88,27 @@ pub struct CachedObject {
     pub json: Bytes,
     /// What selectors see (see [`ViewFn`]).
     pub view: Value,
+    /// The decoded object, kept once [`CachedObject::shared_value`] asked for it: admission
+    /// reads the same few objects (a namespace, a service account) for every create, and
+    /// decoding them each time was a JSON parse per lookup. Filled only on demand, so the
+    /// cache of a big resource does not hold every object twice.
+    tree: OnceLock<Arc<Value>>,
 }
 
 impl CachedObject {
     /// The object decoded (for formats that need the tree: Table, YAML, metadata-only).
     pub fn value(&self) -> Result<Value, StorageError> {
         serde_json::from_slice(&self.json).map_err(|e| StorageError::Internal(e.to_string()))
+    }
+
+    /// The object decoded once and shared (see the `tree` field): for readers that only
+    /// look, such as admission plugins.
+    pub fn shared_value(&self) -> Result<Arc<Value>, StorageError> {
+        if let Some(t) = self.tree.get() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(self.value()?);
+        Ok(self.tree.get_or_init(|| t).clone())
     }
 
     /// The same object reported at another revision (a DELETED event carries the deletion's).
@@ -108,6 +123,7 @@ impl CachedObject {
                     .map_err(|e| StorageError::Internal(format!("encoding {}: {e}", self.key)))?,
             ),
             view: self.view.clone(),
+            tree: OnceLock::new(),
         })
     }
 }
@@ -811,6 +827,7 @@ fn copy(o: &CachedObject) -> CachedObject {
         rev: o.rev,
         json: o.json.clone(),
         view: o.view.clone(),
+        tree: OnceLock::new(),
     }
 }
 
@@ -900,13 +917,20 @@ async fn run(s: Arc<Shared>, rev_tx: watch::Sender<i64>) {
 
 /// Decodes one stored value into a cached object.
 fn cached(s: &Shared, key: &[u8], data: &[u8], rev: i64) -> Result<CachedObject, StorageError> {
-    let v = s.store.decode_kv(key, data, rev)?;
-    let json = serde_json::to_vec(&v).map_err(|e| StorageError::Internal(e.to_string()))?;
+    let plain = s.store.open(key, data)?.0;
+    let v = crate::codec::decode(key, &plain, rev)?;
+    // The stored bytes with the resourceVersion spliced in: one decode (for the selectable
+    // view) and no encode per event.
+    let json = match crate::codec::splice_resource_version(&plain, rev) {
+        Some(j) => j,
+        None => serde_json::to_vec(&v).map_err(|e| StorageError::Internal(e.to_string()))?,
+    };
     Ok(CachedObject {
         key: String::from_utf8_lossy(key).into_owned(),
         rev,
         json: Bytes::from(json),
         view: (s.view)(&v),
+        tree: OnceLock::new(),
     })
 }
 
@@ -1121,6 +1145,7 @@ mod tests {
                 rev,
                 json: Bytes::from_static(b"{}"),
                 view: Value::Null,
+                tree: OnceLock::new(),
             }),
             prev: None,
             frame: OnceLock::new(),

@@ -545,14 +545,17 @@ impl Storage {
                 }
             };
             let data = encode(&mut new)?;
+            // A no-op against a cached copy proves nothing: refresh and redo. The cached
+            // copy's bytes are never encoded (that would cost an encode per update): its
+            // tree is compared instead. Equal trees with different bytes (key order) only
+            // cost the refresh, after which the byte comparison below decides as always.
+            if !is_current && state.obj.as_ref().is_some_and(|o| same_object(o, &new)) {
+                state = self.current_state(&key, opts.ignore_not_found).await?;
+                is_current = true;
+                continue;
+            }
             // A stale value (older key, or plaintext) is rewritten even when unchanged.
-            if state.obj.is_some() && data == state.data && !state.stale {
-                if !is_current {
-                    // A no-op against a cached copy proves nothing: refresh and redo.
-                    state = self.current_state(&key, opts.ignore_not_found).await?;
-                    is_current = true;
-                    continue;
-                }
+            if is_current && state.obj.is_some() && data == state.data && !state.stale {
                 debug!(
                     key,
                     rev = state.rev,
@@ -783,22 +786,74 @@ fn state_from_else(
     }
 }
 
+/// A caller's (cached) copy as the loop's starting state. Its `data` stays empty: the loop
+/// compares a cached copy by tree ([`same_object`]), never by bytes, so it is not encoded.
 fn state_from_object(mut obj: Value) -> Result<ObjState, StorageError> {
     let rv = parse_resource_version(codec::meta_str(Some(&obj), "resourceVersion"))? as i64;
-    let mut stored = obj.clone();
-    let data = encode(&mut stored)?;
     set_resource_version(&mut obj, rv);
     Ok(ObjState {
         obj: Some(obj),
-        data,
+        data: Vec::new(),
         rev: rv,
         stale: false,
     })
 }
 
+/// Whether `new` (as [`encode`] left it: no resourceVersion, no selfLink) is the object
+/// `old` (as decoded: with its resourceVersion) apart from those two fields. Compares in
+/// place, so an update from a cached copy needs neither a clone nor an encode of it.
+fn same_object(old: &Value, new: &Value) -> bool {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return false;
+    };
+    let ignored = |k: &str| k == "resourceVersion" || k == "selfLink";
+    let meta_eq = |om: Option<&Value>, nm: Option<&Value>| match (om, nm) {
+        (Some(Value::Object(om)), Some(Value::Object(nm))) => {
+            om.keys().filter(|k| !ignored(k.as_str())).count()
+                == nm.keys().filter(|k| !ignored(k.as_str())).count()
+                && om
+                    .iter()
+                    .filter(|(k, _)| !ignored(k.as_str()))
+                    .all(|(k, v)| nm.get(k) == Some(v))
+        }
+        (om, nm) => om == nm,
+    };
+    o.len() == n.len()
+        && o.iter().all(|(k, v)| {
+            if k == "metadata" {
+                meta_eq(Some(v), n.get("metadata"))
+            } else {
+                n.get(k) == Some(v)
+            }
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_object_ignores_only_resource_version_and_self_link() {
+        let old = serde_json::json!({"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "7", "labels": {"x": "1"}}, "spec": {"n": 1}});
+        let mut new = old.clone();
+        encode(&mut new).unwrap();
+        assert!(same_object(&old, &new));
+        let mut changed = new.clone();
+        changed["spec"]["n"] = serde_json::json!(2);
+        assert!(!same_object(&old, &changed));
+        let mut label = new.clone();
+        label["metadata"]["labels"]["y"] = serde_json::json!("2");
+        assert!(!same_object(&old, &label));
+        let mut extra = new.clone();
+        extra["status"] = serde_json::json!({});
+        assert!(!same_object(&old, &extra));
+        let mut meta_extra = new.clone();
+        meta_extra["metadata"]["generation"] = serde_json::json!(1);
+        assert!(!same_object(&old, &meta_extra));
+        let mut no_meta = new.clone();
+        no_meta.as_object_mut().unwrap().remove("metadata");
+        assert!(!same_object(&old, &no_meta));
+    }
 
     #[test]
     fn prefix_end_increments_the_last_byte() {

@@ -15,19 +15,18 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::registry::ResourceInfo;
 
-fn roundtrip<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Result<Value, String>> {
-    Some(match serde_json::from_value::<T>(v.clone()) {
-        Ok(t) => serde_json::to_value(t).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    })
+/// The type verdict: decodes `v` as `T` straight from the borrowed tree (no clone of the
+/// request, and no encode back: only the decode's error matters, and a k8s-openapi type that
+/// decoded always encodes).
+fn roundtrip<T: DeserializeOwned>(v: &Value) -> Option<Result<(), String>> {
+    Some(T::deserialize(v).map(drop).map_err(|e| e.to_string()))
 }
 
-fn typed(info: &ResourceInfo, obj: &Value) -> Option<Result<Value, String>> {
+fn typed(info: &ResourceInfo, obj: &Value) -> Option<Result<(), String>> {
     use k8s_openapi::api::*;
     match (info.group, info.kind) {
         ("", "Namespace") => roundtrip::<core::v1::Namespace>(obj),
@@ -101,17 +100,20 @@ fn resolve<'a>(defs: &'a HashMap<String, Value>, mut s: &'a Value) -> &'a Value 
     s
 }
 
+/// Walks `v` against `schema`, pushing unknown paths to `out`. `path` is one buffer extended
+/// and truncated around each step (no string allocated per visited field).
 fn walk(
     defs: &HashMap<String, Value>,
     v: &Value,
     schema: &Value,
-    path: &str,
+    path: &mut String,
     out: &mut Vec<String>,
 ) {
     let schema = resolve(defs, schema);
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
         return;
     }
+    let len = path.len();
     match v {
         Value::Object(m) => {
             let props = schema.get("properties").and_then(Value::as_object);
@@ -124,21 +126,24 @@ fn walk(
                 if c.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match (props.and_then(|p| p.get(k)), extra) {
-                    (Some(s), _) | (None, Some(s)) => walk(defs, c, s, &p, out),
-                    (None, None) => out.push(p),
+                if len > 0 {
+                    path.push('.');
                 }
+                path.push_str(k);
+                match (props.and_then(|p| p.get(k)), extra) {
+                    (Some(s), _) | (None, Some(s)) => walk(defs, c, s, path, out),
+                    (None, None) => out.push(path.clone()),
+                }
+                path.truncate(len);
             }
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
                 for (i, c) in items.iter().enumerate() {
-                    walk(defs, c, s, &format!("{path}[{i}]"), out);
+                    use std::fmt::Write;
+                    let _ = write!(path, "[{i}]");
+                    walk(defs, c, s, path, out);
+                    path.truncate(len);
                 }
             }
         }
@@ -159,7 +164,7 @@ pub fn check(info: &ResourceInfo, obj: &Value) -> Result<Vec<String>, String> {
     let defs = definitions();
     let mut out = Vec::new();
     if let Some(schema) = defs.get(info.definition) {
-        walk(defs, obj, schema, "", &mut out);
+        walk(defs, obj, schema, &mut String::new(), &mut out);
     }
     Ok(out)
 }

@@ -117,17 +117,19 @@ impl Api {
         ns: Option<&str>,
         name: &str,
         live_on_miss: bool,
-    ) -> Result<Option<Value>, kelson_apistorage::StorageError> {
+    ) -> Result<Option<Arc<Value>>, kelson_apistorage::StorageError> {
         let key = crate::handlers::key(self, info, ns, name);
         if let Some(cache) = self.cache(info) {
             match cache.get_own_writes(&key).await? {
-                Some(Some(o)) => return o.value().map(Some),
+                // Shared, decoded once per cached version: the same namespace and service
+                // account are read for every create.
+                Some(Some(o)) => return o.shared_value().map(Some),
                 Some(None) if !live_on_miss => return Ok(None),
                 Some(None) | None => {}
             }
         }
         match self.store.get(&key, None).await {
-            Ok(o) => Ok(Some(o)),
+            Ok(o) => Ok(Some(Arc::new(o))),
             Err(kelson_apistorage::StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }

@@ -64,7 +64,12 @@ impl Set {
     pub fn insert(&mut self, path: &[Element]) {
         match path.split_first() {
             None => self.member = true,
-            Some((first, rest)) => self.children.entry(first.clone()).or_default().insert(rest),
+            // Look up before `entry`: the element is cloned only when the child is new
+            // (a create inserts every path, each sharing its prefixes with many others).
+            Some((first, rest)) => match self.children.get_mut(first) {
+                Some(c) => c.insert(rest),
+                None => self.children.entry(first.clone()).or_default().insert(rest),
+            },
         }
     }
 

@@ -321,9 +321,11 @@ impl FieldManager {
     ) -> Result<(), ApiError> {
         let mut managers = self.starting_managers(info, cur, req_mf)?;
         let old = cur.map(without_managed_fields).unwrap_or_else(|| json!({}));
-        let stripped = without_managed_fields(new);
+        // `new`'s managedFields are replaced below anyway: drop them in place rather than
+        // compare a stripped clone of the whole object (a clone per create and update).
+        set_managed_fields(new, None);
         let now = kelson_apimachinery::meta::now_rfc3339();
-        managers.update(&old, &stripped, &self.writer(&self.manager, &now));
+        managers.update(&old, new, &self.writer(&self.manager, &now));
         set_managed_fields(new, managers.encode());
         Ok(())
     }
