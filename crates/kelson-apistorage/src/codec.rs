@@ -71,7 +71,10 @@ pub(crate) fn splice_resource_version(plain: &[u8], rev: i64) -> Option<Vec<u8>>
     }
     let first = open + 1 + skip_ws(&plain[open + 1..]);
     let empty = plain.get(first) == Some(&b'}');
-    let rv = format!("\"resourceVersion\":\"{rev}\"{}", if empty { "" } else { "," });
+    let rv = format!(
+        "\"resourceVersion\":\"{rev}\"{}",
+        if empty { "" } else { "," }
+    );
     let mut out = Vec::with_capacity(plain.len() + rv.len());
     out.extend_from_slice(&plain[..=open]);
     out.extend_from_slice(rv.as_bytes());
@@ -183,9 +186,7 @@ mod tests {
         // No top-level metadata object, or one already naming a resourceVersion: encode.
         assert!(splice_resource_version(br#"{"spec":{"metadata":{}}}"#, 1).is_none());
         assert!(splice_resource_version(br#"{"metadata":null}"#, 1).is_none());
-        assert!(
-            splice_resource_version(br#"{"metadata":{"resourceVersion":"3"}}"#, 1).is_none()
-        );
+        assert!(splice_resource_version(br#"{"metadata":{"resourceVersion":"3"}}"#, 1).is_none());
     }
 
     #[test]
