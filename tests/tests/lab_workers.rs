@@ -29,7 +29,8 @@
 //! `lab up`'s default provisioning is Ansible: `site.yml --limit control_plane` once the
 //! nspawn machines are booted, `site.yml --limit workers` once the VMs are (see docs/lab.md).
 //!
-//! Takes about 13–15 minutes on 2 cores at load 9 (TCG boots and a debug kubelet under emulation); the
+//! Takes about 20–22 minutes on 2 cores at load 2–9 (TCG boots, a debug kubelet under emulation, and
+//! three Ansible runs on the VMs: 1315 s in session 6, remove-node 182 s, add-node 155 s); the
 //! first run also builds the cached images (scripts/nspawn-rootfs.sh, scripts/vm-image.sh: a
 //! few minutes each, network to a Debian mirror) and fetches QEMU (scripts/qemu-fetch.sh).
 //! Needs root, every Kelson binary in target/debug, kubectl, ssh and qemu-img.
