@@ -36,10 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::lab::{
-    ansible_rootfs, assert_nothing_left, bin_dir, is_root, nspawn_rootfs, require_tool, text,
-    wait_for, Lab,
+    ansible_rootfs, assert_nothing_left, bin_dir, copy_build, is_root, nspawn_rootfs,
+    require_ansible_lab, require_tool, text, wait_for, Lab,
 };
-use kelson_testsupport::workspace_root;
 
 /// (machine, zone, address). Subnets 10.213.{1,2,3}.0/24 are used by this test only; the
 /// crash test uses 10.214.x (the tests may run in parallel; the lab refuses routed subnets).
@@ -132,25 +131,13 @@ fn three_zone_control_plane_survives_kill_and_partition() {
         "the lab test needs root (namespaces, mounts, systemd-nspawn)"
     );
     require_tool("/usr/bin/ansible-playbook", "ansible-core");
-    let bin_dir = bin_dir().display().to_string();
-    let rootfs = ansible_rootfs().display().to_string();
-    let ansible = workspace_root().join("ansible").display().to_string();
+    // Builds the rootfs (cached) before the clock of `up` starts.
+    ansible_rootfs();
     eprintln!("lab: rootfs ready after {:?}", started.elapsed());
 
     // Provisioned by ansible/site.yml over ssh (the default).
     let mut lab = Lab::new("kelson-lab-", &cluster_toml(213));
-    let up = lab.ctl_ok(
-        900,
-        &[
-            "up",
-            "--rootfs",
-            &rootfs,
-            "--bin-dir",
-            &bin_dir,
-            "--ansible",
-            &ansible,
-        ],
-    );
+    let up = lab.up_with_ansible(900, &bin_dir());
     eprintln!("lab: up after {:?}\n{up}", started.elapsed());
     let status = lab.ctl_ok(30, &["status"]);
     let id = lab.id();
@@ -568,20 +555,7 @@ struct Request {
 #[test]
 fn ansible_site_is_idempotent_and_upgrade_rolls_without_failed_requests() {
     let started = Instant::now();
-    assert!(
-        is_root(),
-        "the lab test needs root (namespaces, mounts, systemd-nspawn)"
-    );
-    require_tool("/usr/bin/systemd-nspawn", "systemd-container");
-    require_tool("/usr/sbin/debootstrap", "debootstrap");
-    require_tool("/usr/bin/ansible-playbook", "ansible-core");
-    require_tool("/usr/bin/etcdctl", "etcd-client");
-    require_tool(
-        "/usr/bin/kubectl",
-        "kubectl (preinstalled on these machines)",
-    );
-    let rootfs = ansible_rootfs().display().to_string();
-    let ansible = workspace_root().join("ansible").display().to_string();
+    require_ansible_lab();
 
     // Snapshots of the build: target/debug is shared and may be rebuilt meanwhile, and the
     // second site.yml must compare the machines against the very files of the first.
@@ -593,11 +567,8 @@ fn ansible_site_is_idempotent_and_upgrade_rolls_without_failed_requests() {
     let build2 = lab_tmp.path().join("build-2");
     std::fs::create_dir(&build1).unwrap();
     std::fs::create_dir(&build2).unwrap();
-    let from = bin_dir();
-    for b in common::lab::BINARIES {
-        std::fs::copy(from.join(b), build1.join(b)).unwrap();
-        std::fs::copy(from.join(b), build2.join(b)).unwrap();
-    }
+    copy_build(&build1);
+    copy_build(&build2);
     for b in UPGRADED {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -618,19 +589,7 @@ fn ansible_site_is_idempotent_and_upgrade_rolls_without_failed_requests() {
         .map(|m| m.2.replace("10.213.", "10.218."))
         .collect();
     let t = Instant::now();
-    let b1 = build1.display().to_string();
-    lab.ctl_ok(
-        1200,
-        &[
-            "up",
-            "--rootfs",
-            &rootfs,
-            "--bin-dir",
-            &b1,
-            "--ansible",
-            &ansible,
-        ],
-    );
+    lab.up_with_ansible(1200, &build1);
     eprintln!("lab-ansible: up (site.yml included) in {:?}", t.elapsed());
     let id = lab.id();
     let site1 = std::fs::read_to_string(lab.lab_dir().join("ansible-site.log"))

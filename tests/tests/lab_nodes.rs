@@ -23,8 +23,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{ansible_rootfs, bin_dir, is_root, require_tool, text, wait_for, Lab};
-use kelson_testsupport::workspace_root;
+use common::lab::{copy_build, require_ansible_lab, text, wait_for, Lab};
 
 /// The second octet of this test's subnets: 10.219.{1,2,3}.0/24 and the VIP's 10.219.100.0/24
 /// are this test's only (lab.rs uses 213, 214 and 218, lab_workers.rs 216; the lab refuses
@@ -166,20 +165,7 @@ fn configmap_data(lab: &Lab, server: &str, name: &str) -> Result<String, String>
 #[test]
 fn control_plane_machine_is_removed_and_added_again_with_the_playbooks() {
     let started = Instant::now();
-    assert!(
-        is_root(),
-        "the lab test needs root (namespaces, mounts, systemd-nspawn)"
-    );
-    require_tool("/usr/bin/systemd-nspawn", "systemd-container");
-    require_tool("/usr/sbin/debootstrap", "debootstrap");
-    require_tool("/usr/bin/ansible-playbook", "ansible-core");
-    require_tool("/usr/bin/etcdctl", "etcd-client");
-    require_tool(
-        "/usr/bin/kubectl",
-        "kubectl (preinstalled on these machines)",
-    );
-    let rootfs = ansible_rootfs().display().to_string();
-    let ansible = workspace_root().join("ansible").display().to_string();
+    require_ansible_lab();
 
     // A snapshot of the build: target/debug is shared and may be rebuilt meanwhile, and
     // add-node.yml's common role must find the very files site.yml installed.
@@ -187,27 +173,11 @@ fn control_plane_machine_is_removed_and_added_again_with_the_playbooks() {
         .prefix("kelson-lab-nodes-build-")
         .tempdir()
         .expect("tempdir");
-    let from = bin_dir();
-    for b in common::lab::BINARIES {
-        std::fs::copy(from.join(b), build.path().join(b))
-            .unwrap_or_else(|e| panic!("{b}: {e} (cargo build -p {b})"));
-    }
-    let bin = build.path().display().to_string();
+    copy_build(build.path());
 
     let mut lab = Lab::new("kelson-lab-nodes-", &cluster_toml());
     let t = Instant::now();
-    lab.ctl_ok(
-        1200,
-        &[
-            "up",
-            "--rootfs",
-            &rootfs,
-            "--bin-dir",
-            &bin,
-            "--ansible",
-            &ansible,
-        ],
-    );
+    lab.up_with_ansible(1200, build.path());
     eprintln!("lab-nodes: up (site.yml included) in {:?}", t.elapsed());
     let id = lab.id();
     let all: Vec<String> = (0..MACHINES.len()).map(addr).collect();

@@ -46,6 +46,34 @@ pub fn is_root() -> bool {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
+/// Fails (never skips) unless the test runs as root with what an nspawn lab provisioned by
+/// Ansible needs: systemd-nspawn, debootstrap, ansible-playbook, etcdctl and kubectl.
+pub fn require_ansible_lab() {
+    assert!(
+        is_root(),
+        "the lab test needs root (namespaces, mounts, systemd-nspawn)"
+    );
+    require_tool("/usr/bin/systemd-nspawn", "systemd-container");
+    require_tool("/usr/sbin/debootstrap", "debootstrap");
+    require_tool("/usr/bin/ansible-playbook", "ansible-core");
+    require_tool("/usr/bin/etcdctl", "etcd-client");
+    require_tool(
+        "/usr/bin/kubectl",
+        "kubectl (preinstalled on these machines)",
+    );
+}
+
+/// Copies the lab's binaries from target/debug into `to`: target/debug is shared and may be
+/// rebuilt while a lab test runs, and a later playbook must find the very files the first
+/// one installed.
+pub fn copy_build(to: &Path) {
+    let from = bin_dir();
+    for b in BINARIES {
+        std::fs::copy(from.join(b), to.join(b))
+            .unwrap_or_else(|e| panic!("{b}: {e} (cargo build -p {b})"));
+    }
+}
+
 /// Waits (bounded) until `check` holds, polling every half second; panics with the last
 /// diagnostic.
 pub fn wait_for<T>(
@@ -157,6 +185,26 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .expect("running kelsonctl lab")
+    }
+
+    /// `lab up` from the Ansible rootfs with the binaries of `bin`, provisioned by
+    /// ansible/site.yml over ssh as an operator would (bounded by `secs`); returns its output.
+    pub fn up_with_ansible(&self, secs: u64, bin: &Path) -> String {
+        let rootfs = ansible_rootfs().display().to_string();
+        let ansible = workspace_root().join("ansible").display().to_string();
+        let bin = bin.display().to_string();
+        self.ctl_ok(
+            secs,
+            &[
+                "up",
+                "--rootfs",
+                &rootfs,
+                "--bin-dir",
+                &bin,
+                "--ansible",
+                &ansible,
+            ],
+        )
     }
 
     pub fn ctl_ok(&self, secs: u64, args: &[&str]) -> String {
