@@ -464,6 +464,9 @@ impl Loop {
                 watcher::Event::Delete(n) => {
                     self.cache
                         .remove_node(n.metadata.name.as_deref().unwrap_or(""));
+                    // A node gone can make pods fit (upstream's PodTopologySpread registers
+                    // for Node deletes: a topology domain may disappear with it).
+                    self.queue.move_all_to_active_or_backoff(now);
                 }
                 watcher::Event::InitDone => {
                     if let Some(seen) = self.init_nodes.take() {

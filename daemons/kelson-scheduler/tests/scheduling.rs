@@ -543,3 +543,72 @@ async fn one_scheduled_event_per_pod_and_an_idle_loop_that_sleeps() {
         "the idle scheduler used {idle:.2} s of CPU in 3 s (busy loop?)"
     );
 }
+
+/// Deleting a Node can make a pending pod schedulable (a topology domain disappears, so a hard
+/// spread constraint is satisfied again): like upstream's PodTopologySpread, which registers
+/// for Node deletes, the scheduler retries unschedulable pods then, not at the 5-minute flush.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_node_retries_pods_its_zone_kept_pending() {
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().await.unwrap();
+    create_node(
+        &client,
+        "za",
+        "4",
+        json!({"topology.kubernetes.io/zone": "zone-a"}),
+        json!(null),
+    )
+    .await;
+    // Zone b exists only through a node no pod here tolerates.
+    create_node(
+        &client,
+        "zb",
+        "4",
+        json!({"topology.kubernetes.io/zone": "zone-b"}),
+        json!([{"key": "dedicated", "value": "other", "effect": "NoSchedule"}]),
+    )
+    .await;
+    // One pod already runs in zone a.
+    create_pod(
+        &client,
+        "anchor",
+        json!({"app": "spread"}),
+        json!({"nodeName": "za", "containers": [{"name": "c", "image": "busybox"}]}),
+    )
+    .await;
+    let _s = spawn_scheduler(&cp, "sched", &["--leader-elect=false"]);
+    let log = cp.dir().join("sched.log");
+
+    // A second one would make zone a two ahead of zone b: it stays Pending.
+    let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}],
+        "containers": [{"name": "c", "image": "busybox"}]});
+    create_pod(&client, "second", json!({"app": "spread"}), spread).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    wait_for(
+        Duration::from_secs(20),
+        "second marked unschedulable",
+        || async {
+            let p = pods.get("second").await?;
+            let unschedulable = p
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"));
+            anyhow::ensure!(unschedulable, "not yet");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(node_of(&client, "second").await, None);
+
+    // Zone b goes away with its only node: the constraint holds on za, and the scheduler
+    // retries at once (bounded well below the 5-minute flush of unschedulable pods).
+    Api::<Node>::all(client.clone())
+        .delete("zb", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(wait_bound(&client, "second", &log).await, "za");
+}
