@@ -11,11 +11,15 @@
 //!   run); each RSS row gets a fresh server per implementation, so memory reflects exactly the
 //!   loaded keyspace and nothing else.
 //! - Same durability for both (fsync on), plaintext loopback, default timings; see `server`.
-//! - Workloads use the stock `etcd-client` crate; see `workload` for the load model.
+//! - The put and range rows are driven by a lean HTTP/2 gRPC client (`grpc`) by default, or by
+//!   the stock `etcd-client` crate with `--client etcd-client`; the generator shares the cores
+//!   with the server, so its own CPU per request is printed as a row next to the server's. See
+//!   `workload` for the load model.
 //!
 //! This is a program, not a test: it takes minutes at full size. `--quick` (1 s workloads,
 //! 20k keys) validates the program itself.
 
+mod grpc;
 mod report;
 mod server;
 mod workload;
@@ -29,7 +33,9 @@ use tracing::{error, info};
 
 use report::{Better, Line, Target};
 use server::{Kind, Server};
-use workload::{closed_loop, connect_pool, conns_for, preload, watch_fanout, Op};
+use workload::{
+    closed_loop, connect_load_pool, connect_pool, conns_for, preload, watch_fanout, ClientKind, Op,
+};
 
 /// Benchmark kelson-kv against etcd with identical workloads and print a comparison table.
 #[derive(Parser, Debug)]
@@ -50,6 +56,10 @@ struct Args {
     /// Value size in bytes for the put and range workloads.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
+    /// Load generator for the put and range rows: the lean h2 gRPC client or the stock
+    /// etcd-client crate (tonic).
+    #[arg(long, value_enum, default_value_t = ClientKind::Lean)]
+    client: ClientKind,
     /// Concurrent clients sharing one gRPC connection in the put and range rows.
     #[arg(long, default_value_t = workload::CLIENTS_PER_CONN)]
     clients_per_conn: usize,
@@ -120,6 +130,9 @@ const CONCURRENT: Target = Target::Ratio(1.5);
 const RSS_CAP_MB: f64 = 250.0;
 /// Informational line on the put and range rows: server CPU time per successful request.
 const CPU_METRIC: &str = "server CPU us/op";
+/// Informational line on the put and range rows: the load generator's (this process's) CPU
+/// time per successful request, so readers see what the client took from the shared cores.
+const CLIENT_CPU_METRIC: &str = "client CPU us/op";
 
 /// Effective settings after applying `--quick` defaults.
 #[derive(Debug, Clone)]
@@ -130,6 +143,7 @@ struct Settings {
     put_keyspace: u64,
     value_size: usize,
     clients_per_conn: usize,
+    client: ClientKind,
     watchers: usize,
     watch_events: usize,
     rows: Vec<Row>,
@@ -187,6 +201,7 @@ impl Settings {
             put_keyspace: a.put_keyspace,
             value_size: a.value_size,
             clients_per_conn: a.clients_per_conn,
+            client: a.client,
             watchers: a.watchers,
             watch_events,
             rows,
@@ -228,6 +243,7 @@ fn lines_for(row: Row, s: &Settings) -> Vec<Line> {
             Line::new(&put(1), "p50 ms", Better::Lower, PAR),
             Line::new(&put(1), "p99 ms", Better::Lower, PAR),
             Line::new(&put(1), CPU_METRIC, Better::Lower, Target::None),
+            Line::new(&put(1), CLIENT_CPU_METRIC, Better::Lower, Target::None),
         ],
         Row::Put64 | Row::Put256 => {
             let c = if row == Row::Put64 { 64 } else { 256 };
@@ -235,6 +251,7 @@ fn lines_for(row: Row, s: &Settings) -> Vec<Line> {
                 Line::new(&put(c), "QPS", Better::Higher, CONCURRENT),
                 Line::new(&put(c), "p99 ms", Better::Lower, PAR),
                 Line::new(&put(c), CPU_METRIC, Better::Lower, Target::None),
+                Line::new(&put(c), CLIENT_CPU_METRIC, Better::Lower, Target::None),
             ]
         }
         Row::RangeLin | Row::RangeSer => {
@@ -251,6 +268,7 @@ fn lines_for(row: Row, s: &Settings) -> Vec<Line> {
                 Line::new(&w, "QPS", Better::Higher, CONCURRENT),
                 Line::new(&w, "p99 ms", Better::Lower, PAR),
                 Line::new(&w, CPU_METRIC, Better::Lower, Target::None),
+                Line::new(&w, CLIENT_CPU_METRIC, Better::Lower, Target::None),
             ]
         }
         Row::Watch => {
@@ -326,7 +344,7 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
         }
         Row::Rss64 | Row::Rss256 => unreachable!("RSS rows use their own servers"),
     };
-    let pool = connect_pool(ep, conns_for(clients, s.clients_per_conn)).await?;
+    let pool = connect_load_pool(s.client, ep, conns_for(clients, s.clients_per_conn)).await?;
     let cpu_before = srv.cpu_time()?;
     let own_before = server::own_cpu_time()?;
     let r = closed_loop(&pool, clients, s.duration, op).await?;
@@ -335,6 +353,7 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
     // Server CPU per successful request (µs): the cost that must drop for the server to go
     // faster on a machine whose cores it shares with the load generator.
     let cpu_per_op = (r.ops > 0).then(|| cpu.as_secs_f64() * 1e6 / r.ops as f64);
+    let client_cpu_per_op = (r.ops > 0).then(|| own.as_secs_f64() * 1e6 / r.ops as f64);
     info!(
         "{} {row:?}: {} ops, {} errors in {:?} = {:.0} QPS, p50 {:?} ms, p99 {:?} ms, server CPU {:?} ({:.1} µs/op), client CPU {:.1} µs/op",
         kind.name(),
@@ -346,7 +365,7 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
         r.quantile_ms(0.99),
         cpu,
         cpu_per_op.unwrap_or(0.0),
-        own.as_secs_f64() * 1e6 / r.ops.max(1) as f64
+        client_cpu_per_op.unwrap_or(0.0)
     );
     for line in lines.iter_mut() {
         let v = match line.metric.as_str() {
@@ -354,6 +373,7 @@ async fn run_row(row: Row, srv: &Server, s: &Settings, lines: &mut [Line]) -> an
             "p50 ms" => r.quantile_ms(0.5),
             "p99 ms" => r.quantile_ms(0.99),
             CPU_METRIC => cpu_per_op,
+            CLIENT_CPU_METRIC => client_cpu_per_op,
             other => anyhow::bail!("no value for metric {other}"),
         };
         set(line, kind, v);
@@ -490,8 +510,9 @@ async fn main() -> anyhow::Result<()> {
         machine_description()
     );
     println!(
-        "workloads {:?} each; single member, fsync on, plaintext loopback; ratio > 1.0 means kelson-kv is better (kelson/etcd for throughput, etcd/kelson for latency and RSS)\n",
-        s.duration
+        "workloads {:?} each; single member, fsync on, plaintext loopback; put/range load generator: {}; ratio > 1.0 means kelson-kv is better (kelson/etcd for throughput, etcd/kelson for latency and RSS)\n",
+        s.duration,
+        s.client.name()
     );
     print!("{}", report::render(&lines));
     println!("\n{pass} PASS, {miss} MISS");
@@ -523,6 +544,10 @@ mod tests {
         assert_eq!(s.rows, ALL_ROWS.to_vec());
         assert_eq!(s.kinds, vec![Kind::Etcd, Kind::Kelson]);
         assert!(s.kelson_bin.ends_with("kelson-kv"));
+        assert_eq!(s.client, ClientKind::Lean);
+        let s = settings(&["--client", "etcd-client"]).unwrap();
+        assert_eq!(s.client, ClientKind::EtcdClient);
+        assert!(settings(&["--client", "tonic"]).is_err());
     }
 
     #[test]
@@ -562,11 +587,15 @@ mod tests {
         let seq = lines_for(Row::PutSeq, &s);
         assert!(seq
             .iter()
-            .filter(|l| l.metric != CPU_METRIC)
+            .filter(|l| l.metric != CPU_METRIC && l.metric != CLIENT_CPU_METRIC)
             .all(|l| l.target == Target::Ratio(1.0)));
-        // The CPU line is evidence, not a goal.
+        // The CPU lines are evidence, not goals.
         assert_eq!(put[2].metric, CPU_METRIC);
         assert_eq!(put[2].target, Target::None);
+        assert_eq!(put[3].metric, CLIENT_CPU_METRIC);
+        assert_eq!(put[3].target, Target::None);
+        let range = lines_for(Row::RangeSer, &s);
+        assert_eq!(range.last().unwrap().metric, CLIENT_CPU_METRIC);
         let rss = lines_for(Row::Rss64, &s);
         assert_eq!(rss[0].target, Target::AtMost(250.0));
         assert!(rss[0].workload.starts_with("1M keys x 64 B"));

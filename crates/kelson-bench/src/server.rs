@@ -52,12 +52,17 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Bound on connecting, for every benchmark connection (etcd-client's and the lean client's).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one request, for every benchmark request (etcd-client's and the lean client's).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connect options used for every benchmark connection: bounded connect and request times, so
 /// a stuck server turns into errors instead of a hung benchmark.
 pub fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(30))
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
 }
 
 impl Server {

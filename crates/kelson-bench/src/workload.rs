@@ -1,5 +1,12 @@
-//! The workloads, written once against the stock `etcd-client` so they run unchanged against
-//! etcd and kelson-kv.
+//! The workloads, written once against etcd's gRPC API so they run unchanged against etcd and
+//! kelson-kv.
+//!
+//! Two load generators for the closed-loop put/range workloads ([`ClientKind`]): the lean h2
+//! client of [`crate::grpc`] (default) and the stock `etcd-client` crate (tonic). Both send the
+//! same requests (same keys, value size and serializable flag) and bound each request by
+//! [`REQUEST_TIMEOUT`]; the lean one costs far less CPU and latency per request, which matters
+//! because the generator shares the machine's cores with the server under test. Preloading
+//! and the watch fan-out are not latency-critical and stay on `etcd-client`.
 //!
 //! Load model: closed loop. "N clients" means N tasks, each with exactly one request in flight,
 //! issuing the next request as soon as the previous answer arrives, until a deadline. The tasks
@@ -22,14 +29,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use anyhow::{bail, Context};
 use etcd_client::{Client, GetOptions, KvClient, Txn, TxnOp};
 use hdrhistogram::Histogram;
+use kelson_etcdpb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
-use crate::server::connect_options;
+use crate::grpc;
+use crate::server::{connect_options, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 
 /// Default number of concurrent clients sharing one gRPC connection (etcd's benchmark uses
 /// similar ratios); `--clients-per-conn` overrides it.
@@ -53,6 +64,70 @@ pub async fn connect_pool(endpoint: &str, n: usize) -> anyhow::Result<Vec<Client
         pool.push(c);
     }
     Ok(pool)
+}
+
+/// Which gRPC client the closed-loop workloads use; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ClientKind {
+    /// The lean h2 client of [`crate::grpc`].
+    #[default]
+    Lean,
+    /// The stock `etcd-client` crate (tonic).
+    EtcdClient,
+}
+
+impl ClientKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Lean => "lean h2 gRPC client",
+            ClientKind::EtcdClient => "etcd-client (tonic)",
+        }
+    }
+}
+
+/// The connections of a closed-loop workload, of one [`ClientKind`].
+pub enum Pool {
+    Lean(Vec<grpc::Conn>),
+    EtcdClient(Vec<Client>),
+}
+
+impl Pool {
+    fn is_empty(&self) -> bool {
+        match self {
+            Pool::Lean(p) => p.is_empty(),
+            Pool::EtcdClient(p) => p.is_empty(),
+        }
+    }
+}
+
+/// The socket address of a plaintext `http://host:port` endpoint.
+fn endpoint_addr(endpoint: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = endpoint
+        .strip_prefix("http://")
+        .with_context(|| format!("the lean client needs an http:// endpoint, got {endpoint}"))?;
+    hostport
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("endpoint {endpoint} is not http://<ip>:<port>"))
+}
+
+/// Opens `n` (at least one) separate connections of `kind` to `endpoint`.
+pub async fn connect_load_pool(kind: ClientKind, endpoint: &str, n: usize) -> anyhow::Result<Pool> {
+    match kind {
+        ClientKind::EtcdClient => Ok(Pool::EtcdClient(connect_pool(endpoint, n).await?)),
+        ClientKind::Lean => {
+            let addr = endpoint_addr(endpoint)?;
+            let mut pool = Vec::with_capacity(n.max(1));
+            for _ in 0..n.max(1) {
+                let c = tokio::time::timeout(CONNECT_TIMEOUT, grpc::Conn::connect(addr))
+                    .await
+                    .with_context(|| format!("connecting to {endpoint}: timed out"))?
+                    .with_context(|| format!("connecting to {endpoint}"))?;
+                pool.push(c);
+            }
+            Ok(Pool::Lean(pool))
+        }
+    }
 }
 
 /// Connections needed for `clients` concurrent clients at `per_conn` clients per connection.
@@ -117,34 +192,94 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid")
 }
 
+/// One closed-loop client's handle on its connection.
+enum OpClient {
+    Lean(grpc::Conn),
+    EtcdClient(KvClient),
+}
+
+/// Why one request failed (formatted only for the first failure of a client).
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error(transparent)]
+    Lean(#[from] grpc::GrpcError),
+    #[error(transparent)]
+    EtcdClient(#[from] etcd_client::Error),
+    #[error("no answer within {REQUEST_TIMEOUT:?}")]
+    Timeout,
+}
+
 async fn run_op(
-    kv: &mut KvClient,
+    client: &mut OpClient,
     op: &Op,
     rng: &mut StdRng,
     value: &[u8],
-) -> Result<(), etcd_client::Error> {
-    match op {
-        Op::Put {
-            prefix, keyspace, ..
-        } => {
+) -> Result<(), OpError> {
+    match (client, op) {
+        (
+            OpClient::EtcdClient(kv),
+            Op::Put {
+                prefix, keyspace, ..
+            },
+        ) => {
             let k = key(prefix, rng.gen_range(0..*keyspace));
-            kv.put(k, value, None).await.map(|_| ())
+            kv.put(k, value, None).await?;
         }
-        Op::Range {
-            prefix,
-            keyspace,
-            serializable,
-        } => {
+        (
+            OpClient::EtcdClient(kv),
+            Op::Range {
+                prefix,
+                keyspace,
+                serializable,
+            },
+        ) => {
             let k = key(prefix, rng.gen_range(0..*keyspace));
             let opts = serializable.then(|| GetOptions::new().with_serializable());
-            kv.get(k, opts).await.map(|_| ())
+            kv.get(k, opts).await?;
+        }
+        (
+            OpClient::Lean(conn),
+            Op::Put {
+                prefix, keyspace, ..
+            },
+        ) => {
+            // The same request etcd-client's `put(key, value, None)` sends.
+            let req = PutRequest {
+                key: key(prefix, rng.gen_range(0..*keyspace)),
+                value: value.to_vec(),
+                ..Default::default()
+            };
+            let call = conn.unary::<_, PutResponse>(grpc::PUT, &req);
+            tokio::time::timeout(REQUEST_TIMEOUT, call)
+                .await
+                .map_err(|_| OpError::Timeout)??;
+        }
+        (
+            OpClient::Lean(conn),
+            Op::Range {
+                prefix,
+                keyspace,
+                serializable,
+            },
+        ) => {
+            // The same request etcd-client's `get(key, opts)` sends: one key, no range end.
+            let req = RangeRequest {
+                key: key(prefix, rng.gen_range(0..*keyspace)),
+                serializable: *serializable,
+                ..Default::default()
+            };
+            let call = conn.unary::<_, RangeResponse>(grpc::RANGE, &req);
+            tokio::time::timeout(REQUEST_TIMEOUT, call)
+                .await
+                .map_err(|_| OpError::Timeout)??;
         }
     }
+    Ok(())
 }
 
 /// Runs `op` from `clients` closed-loop clients over `pool` for `duration`.
 pub async fn closed_loop(
-    pool: &[Client],
+    pool: &Pool,
     clients: usize,
     duration: Duration,
     op: Op,
@@ -161,17 +296,20 @@ pub async fn closed_loop(
     let deadline = start + duration;
     let mut tasks = JoinSet::new();
     for i in 0..clients {
-        let mut kv = pool[i % pool.len()].kv_client();
+        let mut client = match pool {
+            Pool::Lean(p) => OpClient::Lean(p[i % p.len()].clone()),
+            Pool::EtcdClient(p) => OpClient::EtcdClient(p[i % p.len()].kv_client()),
+        };
         let op = op.clone();
         let value = value.clone();
         tasks.spawn(async move {
             let mut rng = StdRng::seed_from_u64(i as u64);
             let mut hist = new_hist();
             let (mut ops, mut errors, mut first_error) = (0u64, 0u64, None);
-            // Bounded by the deadline; each request is bounded by the client's request timeout.
+            // Bounded by the deadline; each request is bounded by REQUEST_TIMEOUT.
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match run_op(&mut kv, &op, &mut rng, &value).await {
+                match run_op(&mut client, &op, &mut rng, &value).await {
                     Ok(()) => {
                         hist.saturating_record(t.elapsed().as_micros() as u64);
                         ops += 1;
@@ -419,38 +557,52 @@ mod tests {
             "a range op must read one key, not a span"
         );
 
-        let put = Op::Put {
-            prefix: "t/p/".into(),
-            keyspace: 50,
-            value_size: 32,
-        };
-        let r = closed_loop(&pool, 4, Duration::from_millis(300), put)
-            .await
-            .unwrap();
-        assert!(r.ops > 0 && r.errors == 0, "{r:?}");
-        assert_eq!(r.hist.len(), r.ops);
-        assert!(r.qps() > 0.0);
-        let (p50, p99) = (r.quantile_ms(0.5).unwrap(), r.quantile_ms(0.99).unwrap());
-        assert!(p50 > 0.0 && p50 <= p99 && p99 < 30_000.0, "{p50} {p99}");
-        let written = kv
-            .get(
-                "t/p/",
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .unwrap();
-        assert!(written.count() > 0 && written.count() <= 50);
-
-        for serializable in [false, true] {
-            let range = Op::Range {
-                prefix: "t/r/".into(),
-                keyspace: 300,
-                serializable,
+        // Each client kind writes under its own prefix, so each one's writes are checked.
+        for kind in [ClientKind::Lean, ClientKind::EtcdClient] {
+            let load = connect_load_pool(kind, srv.endpoint(), 2).await.unwrap();
+            let prefix = format!("t/p/{kind:?}/");
+            let put = Op::Put {
+                prefix: prefix.clone(),
+                keyspace: 50,
+                value_size: 32,
             };
-            let r = closed_loop(&pool, 3, Duration::from_millis(200), range)
+            let r = closed_loop(&load, 4, Duration::from_millis(300), put)
                 .await
                 .unwrap();
-            assert!(r.ops > 0 && r.errors == 0, "{r:?}");
+            assert!(r.ops > 0 && r.errors == 0, "{kind:?}: {r:?}");
+            assert_eq!(r.hist.len(), r.ops);
+            assert!(r.qps() > 0.0);
+            let (p50, p99) = (r.quantile_ms(0.5).unwrap(), r.quantile_ms(0.99).unwrap());
+            assert!(p50 > 0.0 && p50 <= p99 && p99 < 30_000.0, "{p50} {p99}");
+            let written = kv
+                .get(
+                    prefix.as_str(),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .unwrap();
+            assert!(
+                written.count() > 0 && written.count() <= 50,
+                "{kind:?}: {written:?}"
+            );
+            let one = kv
+                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            assert_eq!(one.kvs().len() as i64, written.count());
+            assert!(one.kvs().iter().all(|kv| kv.value() == [b'v'; 32]));
+
+            for serializable in [false, true] {
+                let range = Op::Range {
+                    prefix: "t/r/".into(),
+                    keyspace: 300,
+                    serializable,
+                };
+                let r = closed_loop(&load, 3, Duration::from_millis(200), range)
+                    .await
+                    .unwrap();
+                assert!(r.ops > 0 && r.errors == 0, "{kind:?}: {r:?}");
+            }
         }
 
         let w = watch_fanout(srv.endpoint(), 150, 20, Duration::from_secs(10))
@@ -465,7 +617,7 @@ mod tests {
     #[tokio::test]
     async fn empty_inputs_are_errors() {
         assert!(closed_loop(
-            &[],
+            &Pool::Lean(Vec::new()),
             1,
             Duration::from_millis(1),
             Op::Range {
@@ -477,6 +629,12 @@ mod tests {
         .await
         .is_err());
         assert!(preload(&[], "x", 1, 1).await.is_err());
+        assert!(endpoint_addr("https://127.0.0.1:1").is_err());
+        assert!(endpoint_addr("http://localhost:1").is_err());
+        assert_eq!(
+            endpoint_addr("http://127.0.0.1:2379/").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
         assert!(
             watch_fanout("http://127.0.0.1:1", 0, 1, Duration::from_secs(1))
                 .await
