@@ -8,7 +8,6 @@
 //! kv-bench is a binary crate, so the module is compiled into this test by path.
 
 #[path = "../src/grpc.rs"]
-#[allow(dead_code)]
 mod grpc;
 
 use std::path::Path;
