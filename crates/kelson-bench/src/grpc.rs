@@ -222,25 +222,12 @@ fn check_status(headers: &HeaderMap) -> Result<(), GrpcError> {
 }
 
 /// `grpc-message` is percent-encoded UTF-8 (gRPC over HTTP/2 spec); a malformed escape is kept
-/// literally, as the spec asks of clients, and invalid UTF-8 is replaced.
+/// literally, as the spec asks of clients (`percent_encoding` does that), and invalid UTF-8 is
+/// replaced.
 fn percent_decode(raw: &[u8]) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' && i + 2 < raw.len() {
-            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(raw[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
