@@ -187,6 +187,9 @@ pub struct Storage {
     /// What writes through this storage (any clone) have seen: what a watch cache must reach
     /// for this server to read its own writes ([`writes`]).
     last_write: std::sync::Arc<writes::Writes>,
+    /// Whether the store orders a RequestProgress answer after the events it covers (see
+    /// [`Storage::progress_is_ordered`]); asked once.
+    progress_ordered: std::sync::Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -229,7 +232,39 @@ impl Storage {
             client,
             config,
             last_write: Default::default(),
+            progress_ordered: Default::default(),
         })
+    }
+
+    /// Whether a progress notification the store sends on request can be trusted to mean "every
+    /// event up to this revision was sent": etcd before 3.4.25 / 3.5.8 could answer a
+    /// RequestProgress ahead of events it had not sent yet (etcd-io/etcd#15220), so a watch
+    /// cache following it may believe itself fresh while events are still in flight. Like
+    /// kube-apiserver's feature-support checker (RequestWatchProgress: etcd 3.4.31+, 3.5.13+,
+    /// 3.6+), consistent reads are served from the cache only when the store's version has the
+    /// fix, and from the store otherwise. Asked once (Maintenance Status); an error counts as
+    /// "no", which only costs a store read.
+    pub async fn progress_is_ordered(&self) -> bool {
+        *self
+            .progress_ordered
+            .get_or_init(|| async {
+                let mut m = self.client.maintenance_client();
+                match self.timed(m.status()).await {
+                    Ok(Ok(st)) => {
+                        let ok = request_progress_supported(st.version());
+                        if !ok {
+                            tracing::info!(
+                                version = st.version(),
+                                "store does not order progress notifications after events \
+                                 (etcd-io/etcd#15220): consistent reads go to the store"
+                            );
+                        }
+                        ok
+                    }
+                    _ => false,
+                }
+            })
+            .await
     }
 
     /// The bytes to store for the encoded object `plain` at (prefixed) `key`.
@@ -275,9 +310,50 @@ impl Storage {
     }
 }
 
+/// Whether etcd `version` ("major.minor.patch", maybe with a suffix) answers RequestProgress
+/// in order with its events: 3.4.31+, 3.5.13+ or 3.6+ (the versions kube-apiserver requires
+/// for RequestWatchProgress).
+fn request_progress_supported(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    match (major, minor) {
+        (3, 4) => patch >= 31,
+        (3, 5) => patch >= 13,
+        (3, m) => m >= 6,
+        (m, _) => m > 3,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_progress_support_follows_the_etcd_versions_with_the_fix() {
+        for v in [
+            "3.4.31",
+            "3.4.34",
+            "3.5.13",
+            "3.5.17",
+            "3.6.0",
+            "3.6.5-rc.0",
+            "4.0.0",
+        ] {
+            assert!(request_progress_supported(v), "{v}");
+        }
+        for v in [
+            "3.4.23", "3.4.30", "3.5.0", "3.5.12", "3.3.27", "", "garbage",
+        ] {
+            assert!(!request_progress_supported(v), "{v}");
+        }
+    }
     use serde_json::json;
 
     #[test]

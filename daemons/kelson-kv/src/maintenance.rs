@@ -30,8 +30,11 @@ use crate::errors::{
 use crate::store::Shared;
 
 pub const SNAPSHOT_MAGIC: &[u8] = b"KELSONKV-SNAPSHOT-1\n";
-/// The etcd API version this server reports (the protocol level it implements).
-pub const ETCD_VERSION: &str = "3.5.0";
+/// The etcd API version this server reports (the protocol level it implements). 3.5.13 is the
+/// first 3.5 release whose RequestProgress answers come after the events they cover
+/// (etcd-io/etcd#15220), which kelson-kv's watch does; kube-apiserver (and kelson-apistorage)
+/// trust progress notifications for consistent reads from their watch cache only from there.
+pub const ETCD_VERSION: &str = "3.5.13";
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
 /// Wraps an MVCC snapshot in the on-disk snapshot format: magic, 8-byte little-endian length,
