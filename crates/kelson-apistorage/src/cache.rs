@@ -24,6 +24,10 @@
 //!   the cache has caught up to it, asking the store for a progress notification so a quiet
 //!   resource still advances; if that takes longer than [`CONSISTENT_WAIT`] the caller falls back
 //!   to the store. resourceVersion "0" is served at once; a NotOlderThan version waits for it.
+//!   Only from a store whose progress answers come after the events they cover
+//!   ([`Storage::progress_is_ordered`]: etcd 3.4.31+/3.5.13+, kelson-kv): with an older etcd a
+//!   consistent LIST goes to the store, and the cache does not request progress at all (events
+//!   and the store's periodic notifications move it), as upstream's feature-support checker.
 //!   `resourceVersionMatch=Exact` and legacy exact paged lists go to the store; a `continue`
 //!   token is served from the cache when nothing under the prefix changed since the token's
 //!   revision (the cache then *is* that revision), otherwise from the store at that revision.
