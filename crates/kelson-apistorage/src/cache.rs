@@ -651,21 +651,21 @@ impl WatchCache {
         if recursive && !key.ends_with('/') {
             key.push('/');
         }
-        match start {
-            WatchStart::Now { consistent: true } => {
-                if !self.wait_fresh(CONSISTENT_WAIT).await? {
-                    return Err(StorageError::Timeout(
-                        "the watch cache did not catch up with the store".into(),
-                    ));
-                }
+        // Without ordered progress the cache cannot learn that it is fresh when the newest
+        // writes were elsewhere: such a "consistent" start begins at its current state, as
+        // upstream did before consistent reads from cache (and does with such stores).
+        let consistent = matches!(start, WatchStart::Now { consistent: true })
+            && s.store.progress_is_ordered().await;
+        if consistent {
+            if !self.wait_fresh(CONSISTENT_WAIT).await? {
+                return Err(StorageError::Timeout(
+                    "the watch cache did not catch up with the store".into(),
+                ));
             }
-            _ => {
-                if !self.wait_for(1, CONSISTENT_WAIT).await {
-                    return Err(StorageError::Timeout(
-                        "the watch cache is not initialized yet".into(),
-                    ));
-                }
-            }
+        } else if !self.wait_for(1, CONSISTENT_WAIT).await {
+            return Err(StorageError::Timeout(
+                "the watch cache is not initialized yet".into(),
+            ));
         }
         if let WatchStart::After(rv) = start {
             // The ring may still hold revisions the store has compacted away; answering 410

@@ -188,8 +188,8 @@ pub struct Storage {
     /// for this server to read its own writes ([`writes`]).
     last_write: std::sync::Arc<writes::Writes>,
     /// Whether the store orders a RequestProgress answer after the events it covers (see
-    /// [`Storage::progress_is_ordered`]); asked once.
-    progress_ordered: std::sync::Arc<tokio::sync::OnceCell<bool>>,
+    /// [`Storage::progress_is_ordered`]); set by the first answer.
+    progress_ordered: std::sync::Arc<std::sync::OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -242,29 +242,29 @@ impl Storage {
     /// cache following it may believe itself fresh while events are still in flight. Like
     /// kube-apiserver's feature-support checker (RequestWatchProgress: etcd 3.4.31+, 3.5.13+,
     /// 3.6+), consistent reads are served from the cache only when the store's version has the
-    /// fix, and from the store otherwise. Asked once (Maintenance Status); an error counts as
-    /// "no", which only costs a store read.
+    /// fix, and from the store otherwise. Asked until the store answers (Maintenance Status);
+    /// meanwhile an error counts as "no", which only costs a store read.
     pub async fn progress_is_ordered(&self) -> bool {
-        *self
-            .progress_ordered
-            .get_or_init(|| async {
-                let mut m = self.client.maintenance_client();
-                match self.timed(m.status()).await {
-                    Ok(Ok(st)) => {
-                        let ok = request_progress_supported(st.version());
-                        if !ok {
-                            tracing::info!(
-                                version = st.version(),
-                                "store does not order progress notifications after events \
-                                 (etcd-io/etcd#15220): consistent reads go to the store"
-                            );
-                        }
-                        ok
-                    }
-                    _ => false,
+        if let Some(known) = self.progress_ordered.get() {
+            return *known;
+        }
+        let mut m = self.client.maintenance_client();
+        match self.timed(m.status()).await {
+            Ok(Ok(st)) => {
+                let ok = request_progress_supported(st.version());
+                if !ok {
+                    tracing::info!(
+                        version = st.version(),
+                        "store does not order progress notifications after events \
+                         (etcd-io/etcd#15220): consistent reads go to the store"
+                    );
                 }
-            })
-            .await
+                let _ = self.progress_ordered.set(ok);
+                ok
+            }
+            // Not remembered: a store that is not up yet is asked again next time.
+            _ => false,
+        }
     }
 
     /// The bytes to store for the encoded object `plain` at (prefixed) `key`.
